@@ -1,0 +1,82 @@
+# moelm build. `make` builds ./moelm; `make test` builds and runs every test; `make demo` trains a
+# small model on the built-in corpus. Options: BLAS=0 (no OpenBLAS), SAN=1 (ASan+UBSan), DEBUG=1.
+
+CC      ?= gcc
+BLAS    ?= 1
+SAN     ?= 0
+DEBUG   ?= 0
+
+CFLAGS  := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fopenmp -Iinclude -Isrc -MMD -MP
+LDLIBS  := -lm -fopenmp
+
+ifeq ($(DEBUG),1)
+  CFLAGS += -O0 -g
+else
+  CFLAGS += -O2 -g -march=native
+endif
+
+BUILD := build
+ifeq ($(SAN),1)
+  CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  LDLIBS += -fsanitize=address,undefined
+  BUILD := build-san
+endif
+
+ifeq ($(BLAS),1)
+  BLAS_INC := /usr/include/x86_64-linux-gnu/openblas-openmp
+  CFLAGS += -DMOELM_BLAS -I$(BLAS_INC)
+  LDLIBS += -L/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas
+else
+  BUILD := $(BUILD)-noblas
+endif
+
+LIB_SRC  := $(sort $(shell find src -name '*.c' -not -path 'src/cli/*'))
+CLI_SRC  := $(sort $(wildcard src/cli/*.c))
+TEST_SRC := $(sort $(wildcard tests/test_*.c))
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
+TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+LIB      := $(BUILD)/libmoelm.a
+
+ifeq ($(SAN)$(BLAS),01)
+  BIN := moelm
+else
+  BIN := $(BUILD)/moelm
+endif
+
+.PHONY: all test demo clean deps check-deps tests
+all: $(BIN)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BIN): $(CLI_OBJ) $(LIB)
+	$(CC) $(CFLAGS) $(CLI_OBJ) $(LIB) -o $@ $(LDLIBS)
+
+$(BUILD)/tests/%: tests/%.c $(LIB) tests/test.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests $< $(LIB) -o $@ $(LDLIBS)
+
+tests: $(TEST_BIN) $(BIN)
+
+# Installs the Debian packages moelm needs when they are missing (root on Debian 12).
+deps:
+	@sh scripts/deps.sh
+
+test: deps
+	@$(MAKE) --no-print-directory tests
+	@MOELM_BIN=$(abspath $(BIN)) sh tests/run.sh $(TEST_BIN)
+
+demo: deps
+	@$(MAKE) --no-print-directory $(BIN)
+	@sh scripts/demo.sh $(BIN)
+
+clean:
+	rm -rf build build-san build-noblas build-san-noblas moelm
+
+-include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d)

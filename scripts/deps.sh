@@ -1,0 +1,19 @@
+#!/bin/sh
+# Installs what moelm needs to build and test, when missing (Debian 12, as root).
+# Core: gcc, make, OpenBLAS (OpenMP build). Tests also use sentencepiece's spm_* tools when present.
+set -e
+need=""
+command -v gcc >/dev/null 2>&1 || need="$need gcc"
+command -v make >/dev/null 2>&1 || need="$need make"
+[ -f /usr/include/x86_64-linux-gnu/openblas-openmp/cblas.h ] || need="$need libopenblas-openmp-dev"
+[ -n "${MOELM_TEST_DEPS:-}" ] && { command -v spm_encode >/dev/null 2>&1 || need="$need sentencepiece"; }
+if [ -n "$need" ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "moelm: missing packages:$need (run as root, or: sudo apt-get install$need)" >&2
+        exit 1
+    fi
+    echo "moelm: installing$need" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq $need >/dev/null
+fi

@@ -1,0 +1,168 @@
+/* util.c: errors, counted allocation, RNG, CRC-32. See util.h. */
+#define _POSIX_C_SOURCE 200809L
+#include "util.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* ---- errors ---------------------------------------------------------------------------------- */
+
+static _Thread_local char g_err[1024];
+
+const char *moelm_last_error(void) { return g_err[0] ? g_err : "no error"; }
+
+moelm_status moelm_fail(moelm_status st, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_err, sizeof g_err, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+moelm_status moelm_fail_context(moelm_status st, const char *fmt, ...) {
+    char prefix[512], old[sizeof g_err];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    memcpy(old, g_err, sizeof old);
+    snprintf(g_err, sizeof g_err, "%s: %s", prefix, old);
+    return st;
+}
+
+void moelm_check_failed(const char *expr, const char *file, int line) {
+    fprintf(stderr, "moelm: internal check failed: %s (%s:%d)\n", expr, file, line);
+    abort();
+}
+
+/* ---- memory ---------------------------------------------------------------------------------- */
+
+/* A 64-byte header in front of every block records its size, so live bytes can be counted and
+ * the user pointer stays 64-byte aligned. */
+#define HDR 64
+static size_t g_live;
+static long g_fail_after;
+
+size_t moelm_alloc_live_bytes(void) { return g_live; }
+void moelm_alloc_fail_after(long n) { g_fail_after = n; }
+
+void *moelm_malloc(size_t bytes) {
+    if (g_fail_after > 0 && --g_fail_after == 0) {
+        moelm_fail(MOELM_ERR_NOMEM, "out of memory (injected failure) allocating %zu bytes", bytes);
+        return NULL;
+    }
+    void *p = NULL;
+    if (bytes > SIZE_MAX - HDR || posix_memalign(&p, 64, bytes + HDR) != 0) {
+        moelm_fail(MOELM_ERR_NOMEM, "out of memory allocating %zu bytes", bytes);
+        return NULL;
+    }
+    *(size_t *)p = bytes;
+#pragma omp atomic
+    g_live += bytes;
+    return (char *)p + HDR;
+}
+
+void *moelm_calloc(size_t count, size_t size) {
+    if (size && count > SIZE_MAX / size) {
+        moelm_fail(MOELM_ERR_NOMEM, "allocation of %zu x %zu bytes overflows", count, size);
+        return NULL;
+    }
+    void *p = moelm_malloc(count * size);
+    if (p) memset(p, 0, count * size);
+    return p;
+}
+
+void *moelm_realloc(void *p, size_t bytes) {
+    if (!p) return moelm_malloc(bytes);
+    size_t old = *(size_t *)((char *)p - HDR);
+    void *q = moelm_malloc(bytes);
+    if (!q) return NULL;
+    memcpy(q, p, old < bytes ? old : bytes);
+    moelm_free(p);
+    return q;
+}
+
+void moelm_free(void *p) {
+    if (!p) return;
+    char *base = (char *)p - HDR;
+#pragma omp atomic
+    g_live -= *(size_t *)base;
+    free(base);
+}
+
+char *moelm_strdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = moelm_malloc(n);
+    if (d) memcpy(d, s, n);
+    return d;
+}
+
+/* ---- random numbers ---------------------------------------------------------------------------- */
+
+void rng_seed(Rng *r, uint64_t seed) { r->s = seed ^ 0x9E3779B97F4A7C15ull; }
+
+uint64_t rng_u64(Rng *r) {
+    /* splitmix64 (Steele, Lea, Flood 2014): a Weyl sequence passed through a bijective mixer */
+    uint64_t z = (r->s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+uint32_t rng_u32(Rng *r) { return (uint32_t)(rng_u64(r) >> 32); }
+
+float rng_uniform(Rng *r) { return (float)(rng_u32(r) >> 8) * (1.0f / 16777216.0f); }
+
+float rng_normal(Rng *r) {
+    float u1 = rng_uniform(r), u2 = rng_uniform(r);
+    if (u1 < 1e-12f) u1 = 1e-12f;
+    return sqrtf(-2.0f * logf(u1)) * cosf(6.28318530718f * u2);
+}
+
+uint32_t rng_below(Rng *r, uint32_t n) {
+    CHECK(n > 0);
+    /* Lemire's multiply-shift with rejection of the biased low range */
+    uint64_t m = (uint64_t)rng_u32(r) * n;
+    uint32_t lo = (uint32_t)m;
+    if (lo < n) {
+        uint32_t t = (uint32_t)(-n) % n;
+        while (lo < t) { m = (uint64_t)rng_u32(r) * n; lo = (uint32_t)m; }
+    }
+    return (uint32_t)(m >> 32);
+}
+
+/* ---- small helpers ----------------------------------------------------------------------------- */
+
+double time_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+uint32_t crc32_update(uint32_t crc, const void *data, size_t n) {
+    static uint32_t table[256];
+    static int ready;
+    if (!ready) {   /* benign race: every thread writes the same values */
+        for (uint32_t i = 0; i < 256; i++) {
+            uint32_t c = i;
+            for (int k = 0; k < 8; k++) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+            table[i] = c;
+        }
+        ready = 1;
+    }
+    const unsigned char *p = data;
+    crc = ~crc;
+    for (size_t i = 0; i < n; i++) crc = table[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
+    return ~crc;
+}
+
+uint64_t hash_fnv1a64(const void *data, size_t n) {
+    const unsigned char *p = data;
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++) { h ^= p[i]; h *= 0x100000001b3ull; }
+    return h;
+}

@@ -1,0 +1,62 @@
+/* util.h: the few things every moelm module shares.
+ *
+ * - Status codes and the last-error message (environmental failures: I/O, bad files, bad config).
+ * - CHECK(): an always-on check for broken programmer contracts (shape mismatch, index out of range);
+ *   it prints the expression, file and line and aborts. It never validates file contents: readers
+ *   return a status instead.
+ * - One allocation function, so tests can count bytes and make the Nth allocation fail.
+ * - A small, serialisable random number generator (splitmix64 state, one uint64).
+ *
+ * Not here: anything that knows about tensors or models.
+ */
+#ifndef MOELM_UTIL_H
+#define MOELM_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "moelm.h"
+
+/* ---- errors ---------------------------------------------------------------------------------- */
+
+/* Sets the thread's last-error message (printf-style) and returns st, so callers write
+ *     return moelm_fail(MOELM_ERR_IO, "%s: cannot open: %s", path, strerror(errno));      */
+moelm_status moelm_fail(moelm_status st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Prefixes the current last-error message with a context, e.g. the file being loaded. */
+moelm_status moelm_fail_context(moelm_status st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+void moelm_check_failed(const char *expr, const char *file, int line) __attribute__((noreturn));
+#define CHECK(cond) do { if (!(cond)) moelm_check_failed(#cond, __FILE__, __LINE__); } while (0)
+
+/* ---- memory ---------------------------------------------------------------------------------- */
+
+/* All heap memory of the library goes through these. moelm_malloc returns NULL (and sets the last
+ * error) on failure; it never aborts. Memory is 64-byte aligned. */
+void *moelm_malloc(size_t bytes);
+void *moelm_calloc(size_t count, size_t size);
+void *moelm_realloc(void *p, size_t bytes);
+void moelm_free(void *p);
+char *moelm_strdup(const char *s);
+
+/* Test hooks: bytes currently allocated, and make the n-th allocation from now fail (0 = off). */
+size_t moelm_alloc_live_bytes(void);
+void moelm_alloc_fail_after(long n);
+
+/* ---- random numbers ---------------------------------------------------------------------------- */
+
+typedef struct { uint64_t s; } Rng;   /* splitmix64; the whole state is s, saved in checkpoints */
+
+void rng_seed(Rng *r, uint64_t seed);
+uint64_t rng_u64(Rng *r);
+uint32_t rng_u32(Rng *r);
+float rng_uniform(Rng *r);                 /* [0, 1) with 24 random bits */
+float rng_normal(Rng *r);                  /* standard normal, Box-Muller */
+uint32_t rng_below(Rng *r, uint32_t n);    /* uniform in [0, n), n > 0, no modulo bias */
+
+/* ---- small helpers ----------------------------------------------------------------------------- */
+
+double time_now(void);                      /* monotonic seconds */
+uint32_t crc32_update(uint32_t crc, const void *data, size_t n);   /* IEEE CRC-32 (zlib's) */
+uint64_t hash_fnv1a64(const void *data, size_t n);
+
+#endif

@@ -1,0 +1,139 @@
+/* moe.h: the Mixture-of-Experts layer, one data path (see ../shared/DESIGN.md):
+ *
+ *   x[N,C] --router (fp32)--> logits[N,E] -> probs -> (expert, gate) per token-slot
+ *          --> capacity (drop slots over Cap in token order; cf <= 0 dropless)
+ *          --> dispatch: counting sort of slots by expert -> offsets[E+1], rows gathered into slabs
+ *          --> [seam: expert parallel all-to-all goes here]
+ *          --> experts: one GEMM pair per expert over its slab
+ *          --> [seam: all-to-all back]
+ *          --> combine: out[t] += gate * expert_out[slot]
+ *
+ * Dimensions: N tokens (B*T, one routing group), C d_model, E experts, K experts per token,
+ * H expert hidden size, Cap capacity per expert, S slots (kept token-expert pairs, S <= N*K).
+ *
+ * The MoE output is ASSIGNED (out =) and does not include the residual: the model adds it. A dropped
+ * token gets 0 from this layer, so the residual carries it.
+ */
+#ifndef MOELM_MOE_H
+#define MOELM_MOE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "common/util.h"
+#include "ops/ops.h"
+
+typedef enum {
+    ROUTER_RANDOM = 0,        /* the tutorial: one uniformly random expert for the whole forward pass */
+    ROUTER_HASH,              /* expert = fixed hash of the token id (Roller et al. 2021) */
+    ROUTER_SOFT,              /* the tutorial's gating network: softmax weights, every expert runs */
+    ROUTER_SWITCH,            /* top-1 (Fedus et al. 2021) */
+    ROUTER_TOPK,              /* K >= 2 */
+    ROUTER_EXPERT_CHOICE,     /* each expert takes its top-Cap tokens (Zhou et al. 2022); non-causal */
+    ROUTER__COUNT
+} RouterType;
+
+const char *router_name(RouterType r);            /* "random", "hash", "soft", "switch", "topk", "expert-choice" */
+int router_from_name(const char *s);              /* -1 when unknown */
+
+typedef struct {
+    RouterType router;
+    int E, K, C, H;            /* experts, experts per token (1 for switch/random/hash), d_model, expert hidden */
+    Activation act;            /* expert activation: relu, gelu, swiglu (w1 then has 2H rows) */
+    int topk_softmax_after;    /* topk: 0 = softmax over all E then top-K (GShard); 1 = softmax over the top-K logits (Mixtral) */
+    float capacity_factor_train, capacity_factor_eval;   /* <= 0: dropless */
+    int min_capacity;          /* Cap = max(min_capacity, round(cf * N * K / E)) */
+    int expert_capacity;       /* > 0: fixed Cap per expert (Hugging Face's mode), overrides the factors */
+    float aux_coef;            /* load-balancing loss alpha (default 0.01) */
+    float z_coef;              /* router z-loss beta (default 0.001) */
+    float jitter;              /* multiplicative jitter eps on the router input in training (0 = off) */
+    int use_expert_bias;       /* DeepSeek-V3 selection bias, nudged toward balance each step */
+    float bias_rate;           /* the bias update speed u */
+    int shared_expert;         /* 1: a dense FFN (hidden H) that every token uses, added to the output */
+} MoEConfig;
+
+/* Parameter tensors of one MoE layer (pointers into the model's arena; grads use the same struct). */
+typedef struct {
+    float *router_w;    /* [E, C] router weight (no bias, as Switch and HF) */
+    float *w1;          /* [E, H1, C], H1 = H (relu/gelu) or 2H (swiglu: gate rows, then up rows) */
+    float *b1;          /* [E, H1] */
+    float *w2;          /* [E, C, H] */
+    float *b2;          /* [E, C] */
+    float *sw1, *sb1;   /* shared expert [H1, C], [H1]; NULL without a shared expert */
+    float *sw2, *sb2;   /* shared expert [C, H], [C] */
+    float *expert_bias; /* [E] selection bias (not trained by gradient; NULL unless use_expert_bias) */
+} MoEParams;
+
+/* Saved activations and routing decisions of one MoE layer for N tokens. Routing decisions are
+ * data: the backward pass reads exactly these. Bound into caller memory by moe_acts_bind. */
+typedef struct {
+    int N, Cap, S;          /* tokens, capacity used, kept slots in this pass */
+    float *xin;             /* [N, C] router input after jitter (== x when no jitter) */
+    float *logits;          /* [N, E] router logits (fp32) */
+    float *probs;           /* [N, E] softmax over all experts of the logits */
+    int *expert;            /* [N, K] chosen expert per token-slot (-1 for none) */
+    float *gate;            /* [N, K] combine weight per token-slot */
+    int *slot_row;          /* [N, K] row of the slot in the dispatched slabs, -1 if dropped */
+    int *offsets;           /* [E + 1] start of each expert's rows in the slabs */
+    int *row_token;         /* [Smax] token of each dispatched row */
+    int *row_slot;          /* [Smax] k index of each dispatched row (gate = gate[token*K + k]) */
+    float *xd;              /* [Smax, C] dispatched inputs, grouped by expert */
+    float *h_pre;           /* [Smax, H1] first linear output */
+    float *h;               /* [Smax, H] after activation */
+    float *y;               /* [Smax, C] expert outputs (before gate) */
+    float *sh_pre, *sh, *sy;/* shared expert [N,H1], [N,H], [N,C] (NULL without one) */
+    float aux_loss;         /* E * sum_e f_e P_e (unweighted) */
+    float z_loss;           /* mean_t logsumexp(logits_t)^2 (unweighted) */
+    int random_expert;      /* ROUTER_RANDOM: the expert drawn for this pass */
+    /* scratch for backward, [Smax, H1] and [Smax, C] sized, plus [N,E] */
+    float *dh_pre, *dh, *dy, *dlogits;
+} MoEActs;
+
+/* Number of floats (and ints, counted as 4 bytes each) the activations of N tokens need: the caller
+ * allocates once (no allocation inside a step) and binds. */
+size_t moe_acts_bytes(const MoEConfig *cfg, int N);
+void moe_acts_bind(MoEActs *a, void *mem, const MoEConfig *cfg, int N);
+
+/* Parameter floats of one layer (router + experts + shared expert + expert bias); the model lays the
+ * tensors out in its arena in the order of MoEParams' fields. */
+size_t moe_param_count(const MoEConfig *cfg);
+
+/* Validates a config; on error returns MOELM_ERR_CONFIG with a message. causal: the model is a causal LM. */
+moelm_status moe_config_check(const MoEConfig *cfg, int causal);
+
+/* Capacity per expert for N tokens (N*K when dropless). */
+int moe_capacity(const MoEConfig *cfg, int N, int training);
+
+/* out[N,C] = MoE(x[N,C]); tokens[N] are the token ids (hash routing). rng drives jitter and the
+ * random router. training selects the capacity factor and jitter. */
+void moe_forward(float *out, MoEActs *a, const float *x, const int *tokens, const MoEParams *p,
+                 const MoEConfig *cfg, int N, int training, Rng *rng);
+
+/* The weighted auxiliary terms this layer adds to the loss: aux_coef * aux_loss + z_coef * z_loss. */
+float moe_loss(const MoEActs *a, const MoEConfig *cfg);
+
+/* dx[N,C] = (assigned), grads += . dout[N,C] is the gradient of the MoE output. The auxiliary
+ * losses enter with weight aux_scale (1 when the total loss is CE + sum of moe_loss). */
+void moe_backward(float *dx, MoEParams *grads, const float *dout, MoEActs *a, const float *x,
+                  const MoEParams *p, const MoEConfig *cfg, int N, float aux_scale);
+
+/* DeepSeek-V3 bias update after an optimizer step: b_e += rate * sign(mean_load - load_e). */
+void moe_update_bias(MoEParams *p, const MoEActs *a, const MoEConfig *cfg);
+
+/* Routing statistics, accumulated over evaluation batches. */
+typedef struct {
+    int E;
+    double tokens;          /* tokens routed */
+    double slots;           /* token-slots chosen (before capacity) */
+    double dropped;         /* token-slots dropped by capacity */
+    double load[256];       /* kept slots per expert */
+    double entropy_sum;     /* sum over tokens of router entropy (nats) */
+    double top1_sum;        /* sum over tokens of max prob */
+    double aux_sum, z_sum;  /* sum over batches of unweighted aux and z losses */
+    int batches;
+} MoEStats;
+
+void moe_stats_reset(MoEStats *s, int E);
+void moe_stats_add(MoEStats *s, const MoEActs *a, const MoEConfig *cfg);
+int moe_stats_dead(const MoEStats *s);   /* experts that received no token */
+
+#endif

@@ -1,0 +1,81 @@
+/* ops.h: layer math on raw float arrays, forward and backward.
+ *
+ * Dimensions: B batch, T sequence, C channels, NH heads, V vocab, N rows (= B*T), OC output channels.
+ *
+ * The accumulation contract (every op in this folder keeps it):
+ *   - parameter gradients are ACCUMULATED (+=): the caller zeroes the gradient arena once per step;
+ *   - activation gradients are ASSIGNED (=), except where an op reads the residual stream
+ *     (layernorm_backward, rmsnorm_backward: dinp +=), because the residual stream has two consumers;
+ *   - every backward takes the same saved tensors its forward wrote, and never reads an output
+ *     buffer that a later op may have overwritten.
+ * Forward:  op_forward(out, saved..., inp, weights..., dims...)
+ * Backward: op_backward(dinp, dweights..., dout, saved..., inp, weights..., dims...)
+ */
+#ifndef MOELM_OPS_H
+#define MOELM_OPS_H
+
+#include <stdint.h>
+#include "common/util.h"
+
+typedef enum { ACT_RELU = 0, ACT_GELU = 1, ACT_SWIGLU = 2 } Activation;
+
+/* out[B,T,C] = wte[inp[b,t]] + wpe[t]. wpe may be NULL (no learned positions). */
+void encoder_forward(float *out, const int *inp, const float *wte, const float *wpe, int B, int T, int C);
+/* dwte[V,C] +=, dwpe[maxT,C] += (may be NULL). */
+void encoder_backward(float *dwte, float *dwpe, const float *dout, const int *inp, int B, int T, int C);
+
+/* LayerNorm over the last axis: out[N,C], mean[N], rstd[N] saved. */
+void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
+                       const float *b, int N, int C, float eps);
+/* dinp[N,C] += (residual stream), dw[C] +=, db[C] += */
+void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                        const float *w, const float *mean, const float *rstd, int N, int C);
+
+/* RMSNorm (T5/Switch): out = inp * rstd * w, rstd[N] saved. */
+void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int C, float eps);
+/* dinp[N,C] +=, dw[C] += */
+void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
+                      const float *rstd, int N, int C);
+
+/* out[N,OC] = inp[N,C] @ w[OC,C]^T + bias[OC] (bias may be NULL). PyTorch nn.Linear layout. */
+void matmul_forward(float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC);
+/* dinp[N,C] = (may be NULL: not needed), dw[OC,C] +=, dbias[OC] += (may be NULL) */
+void matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                     const float *w, int N, int C, int OC);
+
+/* Multi-head self-attention core (after the QKV projection, before the output projection).
+ * qkv[B,T,3C] holds q, k, v for each position (C each, heads of size C/NH side by side).
+ * att[B,NH,T,T] saves the softmax probabilities (zero above the diagonal when causal).
+ * out[B,T,C] = per head softmax(q k^T / sqrt(hs) + mask) v */
+void attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH, int causal);
+/* dqkv[B,T,3C] = ; datt[B,NH,T,T] is scratch */
+void attention_backward(float *dqkv, float *datt, const float *dout, const float *att, const float *qkv,
+                        int B, int T, int C, int NH, int causal);
+
+/* Elementwise activations. For ACT_SWIGLU the input is [N, 2H] (gate columns 0..H-1, then up
+ * columns H..2H-1) and the output [N, H] = silu(gate) * up. For ReLU/GELU, inp and out are [N, H].
+ * GELU is the exact erf form (PyTorch's default). */
+void activation_forward(float *out, const float *inp, Activation act, int N, int H);
+/* dinp = (shape of inp) */
+void activation_backward(float *dinp, const float *dout, const float *inp, Activation act, int N, int H);
+
+/* Inverted dropout: out = inp * mask / (1 - p); mask[n] in {0,1} saved. p == 0 copies (mask all 1).
+ * out may alias inp. */
+void dropout_forward(float *out, uint8_t *mask, const float *inp, float p, size_t n, Rng *rng);
+/* dinp = dout * mask / (1 - p); dinp may alias dout. */
+void dropout_backward(float *dinp, const float *dout, const uint8_t *mask, float p, size_t n);
+
+/* Softmax cross-entropy per row: losses[N] = -log softmax(logits[n])[targets[n]].
+ * A target < 0 is ignored (loss 0). */
+void crossentropy_forward(float *losses, const float *logits, const int *targets, int N, int V);
+/* dlogits[N,V] = dlosses[n] * (softmax(logits[n]) - onehot(targets[n])); dlogits may alias logits. */
+void crossentropy_backward(float *dlogits, const float *logits, const int *targets, const float *dlosses,
+                           int N, int V);
+
+/* Row-wise softmax, in place allowed: out[N,V] */
+void softmax_forward(float *out, const float *inp, int N, int V);
+
+/* out[n] = a[n] + b[n] (out may alias a) */
+void add_forward(float *out, const float *a, const float *b, size_t n);
+
+#endif

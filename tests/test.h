@@ -1,0 +1,40 @@
+/* test.h: the tiny test harness every tests/test_*.c uses.
+ *
+ *   TEST(name) { ... EXPECT(cond); EXPECT_NEAR(a, b, tol); ... }
+ *   int main(void) { RUN(name); ...; return test_summary("module"); }
+ *
+ * Each failed expectation prints file:line and the values. test_summary prints
+ * "module: N passed, N failed" and returns non-zero when anything failed; tests/run.sh adds the
+ * counts of all binaries and prints the suite's closing line.
+ */
+#ifndef MOELM_TEST_H
+#define MOELM_TEST_H
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+static int t_passed, t_failed, t_cur_failed;
+
+#define TEST(name) static void name(void)
+#define RUN(name) do { \
+        t_cur_failed = 0; name(); \
+        if (t_cur_failed) { t_failed++; printf("FAIL %s\n", #name); } \
+        else { t_passed++; printf("ok   %s\n", #name); } \
+        fflush(stdout); \
+    } while (0)
+#define EXPECT(cond) do { if (!(cond)) { t_cur_failed = 1; \
+        printf("  %s:%d: expected %s\n", __FILE__, __LINE__, #cond); } } while (0)
+#define EXPECT_MSG(cond, ...) do { if (!(cond)) { t_cur_failed = 1; \
+        printf("  %s:%d: expected %s: ", __FILE__, __LINE__, #cond); printf(__VA_ARGS__); printf("\n"); } } while (0)
+#define EXPECT_NEAR(a, b, tol) do { double _a = (a), _b = (b); \
+        if (!(fabs(_a - _b) <= (tol)) ) { t_cur_failed = 1; \
+        printf("  %s:%d: %s = %.9g, %s = %.9g, |diff| %.3g > %.3g\n", __FILE__, __LINE__, #a, _a, #b, _b, \
+               fabs(_a - _b), (double)(tol)); } } while (0)
+
+static int test_summary(const char *module) {
+    printf("%s: %d passed, %d failed\n", module, t_passed, t_failed);
+    return t_failed ? 1 : 0;
+}
+
+#endif
