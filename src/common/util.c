@@ -30,7 +30,13 @@ moelm_status moelm_fail_context(moelm_status st, const char *fmt, ...) {
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, g_err, sizeof old);
-    snprintf(g_err, sizeof g_err, "%s: %s", prefix, old);
+    size_t pl = strlen(prefix), ol = strlen(old);
+    if (pl > sizeof g_err - 3) pl = sizeof g_err - 3;
+    if (ol > sizeof g_err - 3 - pl) ol = sizeof g_err - 3 - pl;
+    memcpy(g_err, prefix, pl);
+    memcpy(g_err + pl, ": ", 2);
+    memcpy(g_err + pl + 2, old, ol);
+    g_err[pl + 2 + ol] = '\0';
     return st;
 }
 

@@ -1,0 +1,369 @@
+/* ops.c: forward and backward of every dense layer op, on raw float arrays. See ops.h for the
+ * shapes and the accumulation contract. Loops over rows are OpenMP-parallel where each thread owns
+ * whole rows of the output; parameter-gradient reductions are written so that each thread owns
+ * whole columns (or whole parameters) instead, so results do not depend on the thread count. */
+#include "ops.h"
+
+#include <math.h>
+#include <string.h>
+#include "backend/gemm.h"
+
+/* ---- embeddings -------------------------------------------------------------------------------- */
+
+void encoder_forward(float *out, const int *inp, const float *wte, const float *wpe, int B, int T, int C) {
+#pragma omp parallel for schedule(static)
+    for (int bt = 0; bt < B * T; bt++) {
+        const float *te = wte + (size_t)inp[bt] * C;
+        const float *pe = wpe ? wpe + (size_t)(bt % T) * C : NULL;
+        float *o = out + (size_t)bt * C;
+        for (int c = 0; c < C; c++) o[c] = te[c] + (pe ? pe[c] : 0.0f);
+    }
+}
+
+void encoder_backward(float *dwte, float *dwpe, const float *dout, const int *inp, int B, int T, int C) {
+    /* Sequential on purpose: several positions may hold the same token, and a fixed order keeps the
+     * sum bit-identical at any thread count. It is O(B*T*C), small next to the matmuls. */
+    for (int bt = 0; bt < B * T; bt++) {
+        const float *d = dout + (size_t)bt * C;
+        float *g = dwte + (size_t)inp[bt] * C;
+        for (int c = 0; c < C; c++) g[c] += d[c];
+    }
+    if (dwpe) {
+#pragma omp parallel for schedule(static)
+        for (int t = 0; t < T; t++) {   /* each thread owns position t's row of dwpe */
+            float *g = dwpe + (size_t)t * C;
+            for (int b = 0; b < B; b++) {
+                const float *d = dout + ((size_t)b * T + t) * C;
+                for (int c = 0; c < C; c++) g[c] += d[c];
+            }
+        }
+    }
+}
+
+/* ---- norms ----------------------------------------------------------------------------------- */
+
+void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
+                       const float *b, int N, int C, float eps) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C;
+        float m = 0.0f;
+        for (int c = 0; c < C; c++) m += x[c];
+        m /= C;
+        float v = 0.0f;
+        for (int c = 0; c < C; c++) { float d = x[c] - m; v += d * d; }
+        v /= C;
+        float s = 1.0f / sqrtf(v + eps);
+        float *o = out + (size_t)n * C;
+        for (int c = 0; c < C; c++) o[c] = (x[c] - m) * s * w[c] + b[c];
+        mean[n] = m;
+        rstd[n] = s;
+    }
+}
+
+/* Column sums of a [N,C] product, reduced per column in row order so every thread count gives the
+ * same bits: dw[c] += sum_n a[n,c] * (b ? b[n,c] : 1). */
+static void colsum_product_acc(float *dw, const float *a, const float *b, int N, int C) {
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < C; c++) {   /* each thread owns column c */
+        float s = 0.0f;
+        for (int n = 0; n < N; n++) s += a[(size_t)n * C + c] * (b ? b[(size_t)n * C + c] : 1.0f);
+        dw[c] += s;
+    }
+}
+
+void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                        const float *w, const float *mean, const float *rstd, int N, int C) {
+    /* xhat = (x - mean) * rstd; y = xhat * w + b
+     * dxhat = dy * w;  dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) */
+    if (dw || db) {
+        /* dw[c] = sum_n dy[n,c] * xhat[n,c], computed column-wise */
+#pragma omp parallel for schedule(static)
+        for (int c = 0; c < C; c++) {
+            float sw = 0.0f, sb = 0.0f;
+            for (int n = 0; n < N; n++) {
+                float dy = dout[(size_t)n * C + c];
+                sw += dy * (inp[(size_t)n * C + c] - mean[n]) * rstd[n];
+                sb += dy;
+            }
+            if (dw) dw[c] += sw;
+            if (db) db[c] += sb;
+        }
+    }
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
+        float m = mean[n], s = rstd[n];
+        float a = 0.0f, bsum = 0.0f;
+        for (int c = 0; c < C; c++) {
+            float dxh = dy[c] * w[c];
+            a += dxh;
+            bsum += dxh * (x[c] - m) * s;
+        }
+        a /= C;
+        bsum /= C;
+        float *dx = dinp + (size_t)n * C;
+        for (int c = 0; c < C; c++) {
+            float xh = (x[c] - m) * s;
+            dx[c] += s * (dy[c] * w[c] - a - xh * bsum);
+        }
+    }
+}
+
+void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int C, float eps) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C;
+        float ss = 0.0f;
+        for (int c = 0; c < C; c++) ss += x[c] * x[c];
+        float s = 1.0f / sqrtf(ss / C + eps);
+        float *o = out + (size_t)n * C;
+        for (int c = 0; c < C; c++) o[c] = x[c] * s * w[c];
+        rstd[n] = s;
+    }
+}
+
+void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
+                      const float *rstd, int N, int C) {
+    /* y = x * s * w, s = (mean(x^2) + eps)^-1/2;  dx = s * (dy*w - x * s^2 * mean(dy*w*x)) */
+    if (dw) {
+#pragma omp parallel for schedule(static)
+        for (int c = 0; c < C; c++) {
+            float sw = 0.0f;
+            for (int n = 0; n < N; n++) sw += dout[(size_t)n * C + c] * inp[(size_t)n * C + c] * rstd[n];
+            dw[c] += sw;
+        }
+    }
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
+        float s = rstd[n], a = 0.0f;
+        for (int c = 0; c < C; c++) a += dy[c] * w[c] * x[c];
+        a /= C;
+        float *dx = dinp + (size_t)n * C;
+        for (int c = 0; c < C; c++) dx[c] += s * (dy[c] * w[c] - x[c] * s * s * a);
+    }
+}
+
+/* ---- linear ---------------------------------------------------------------------------------- */
+
+void matmul_forward(float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC) {
+    if (bias) {
+#pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; n++) memcpy(out + (size_t)n * OC, bias, sizeof(float) * OC);
+    }
+    gemm(0, 1, N, OC, C, 1.0f, inp, C, w, C, bias ? 1.0f : 0.0f, out, OC);
+}
+
+void matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                     const float *w, int N, int C, int OC) {
+    if (dinp) gemm(0, 0, N, C, OC, 1.0f, dout, OC, w, C, 0.0f, dinp, C);        /* dinp = dout @ w */
+    if (dw) gemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C);          /* dw += dout^T @ inp */
+    if (dbias) colsum_product_acc(dbias, dout, NULL, N, OC);
+}
+
+/* ---- attention ------------------------------------------------------------------------------- */
+
+void attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH, int causal) {
+    int hs = C / NH;
+    float scale = 1.0f / sqrtf((float)hs);
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < NH; h++) {   /* each thread owns one (b, h): its att block and out columns */
+            for (int t = 0; t < T; t++) {
+                const float *q = qkv + ((size_t)b * T + t) * 3 * C + h * hs;
+                float *a = att + (((size_t)b * NH + h) * T + t) * T;
+                int tmax = causal ? t : T - 1;
+                float mx = -INFINITY;
+                for (int u = 0; u <= tmax; u++) {
+                    const float *k = qkv + ((size_t)b * T + u) * 3 * C + C + h * hs;
+                    float s = 0.0f;
+                    for (int i = 0; i < hs; i++) s += q[i] * k[i];
+                    s *= scale;
+                    a[u] = s;
+                    if (s > mx) mx = s;
+                }
+                float sum = 0.0f;
+                for (int u = 0; u <= tmax; u++) { a[u] = expf(a[u] - mx); sum += a[u]; }
+                float inv = 1.0f / sum;
+                for (int u = 0; u <= tmax; u++) a[u] *= inv;
+                for (int u = tmax + 1; u < T; u++) a[u] = 0.0f;
+                float *o = out + ((size_t)b * T + t) * C + h * hs;
+                for (int i = 0; i < hs; i++) o[i] = 0.0f;
+                for (int u = 0; u <= tmax; u++) {
+                    const float *v = qkv + ((size_t)b * T + u) * 3 * C + 2 * C + h * hs;
+                    float p = a[u];
+                    for (int i = 0; i < hs; i++) o[i] += p * v[i];
+                }
+            }
+        }
+    }
+}
+
+void attention_backward(float *dqkv, float *datt, const float *dout, const float *att, const float *qkv,
+                        int B, int T, int C, int NH, int causal) {
+    int hs = C / NH;
+    float scale = 1.0f / sqrtf((float)hs);
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < NH; h++) {   /* each thread owns the (b, h) slice of dqkv: head columns of batch b */
+            for (int t = 0; t < T; t++) {
+                float *dq = dqkv + ((size_t)b * T + t) * 3 * C + h * hs;
+                float *dk = dq + C, *dv = dq + 2 * C;
+                for (int i = 0; i < hs; i++) dq[i] = dk[i] = dv[i] = 0.0f;
+            }
+            for (int t = 0; t < T; t++) {
+                const float *a = att + (((size_t)b * NH + h) * T + t) * T;
+                float *da = datt + (((size_t)b * NH + h) * T + t) * T;
+                const float *dO = dout + ((size_t)b * T + t) * C + h * hs;
+                const float *q = qkv + ((size_t)b * T + t) * 3 * C + h * hs;
+                float *dq = dqkv + ((size_t)b * T + t) * 3 * C + h * hs;
+                int tmax = causal ? t : T - 1;
+                /* out = sum_u a[u] v[u]:  da[u] = dO . v[u];  dv[u] += a[u] dO */
+                for (int u = 0; u <= tmax; u++) {
+                    const float *v = qkv + ((size_t)b * T + u) * 3 * C + 2 * C + h * hs;
+                    float *dv = dqkv + ((size_t)b * T + u) * 3 * C + 2 * C + h * hs;
+                    float s = 0.0f;
+                    for (int i = 0; i < hs; i++) { s += dO[i] * v[i]; dv[i] += a[u] * dO[i]; }
+                    da[u] = s;
+                }
+                /* softmax backward: ds[u] = a[u] (da[u] - sum_w a[w] da[w]) */
+                float dot = 0.0f;
+                for (int u = 0; u <= tmax; u++) dot += a[u] * da[u];
+                for (int u = 0; u <= tmax; u++) {
+                    float ds = a[u] * (da[u] - dot) * scale;
+                    const float *k = qkv + ((size_t)b * T + u) * 3 * C + C + h * hs;
+                    float *dk = dqkv + ((size_t)b * T + u) * 3 * C + C + h * hs;
+                    for (int i = 0; i < hs; i++) { dq[i] += ds * k[i]; dk[i] += ds * q[i]; }
+                }
+            }
+        }
+    }
+}
+
+/* ---- activations ----------------------------------------------------------------------------- */
+
+static inline float gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+static inline float gelu_grad(float x) {
+    /* d/dx x*Phi(x) = Phi(x) + x*phi(x) */
+    float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
+    float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
+    return cdf + x * pdf;
+}
+static inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+void activation_forward(float *out, const float *inp, Activation act, int N, int H) {
+    if (act == ACT_SWIGLU) {
+#pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; n++) {
+            const float *g = inp + (size_t)n * 2 * H, *u = g + H;
+            float *o = out + (size_t)n * H;
+            for (int i = 0; i < H; i++) o[i] = g[i] * sigmoid(g[i]) * u[i];
+        }
+        return;
+    }
+    size_t total = (size_t)N * H;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < total; i++) {
+        float x = inp[i];
+        out[i] = act == ACT_RELU ? (x > 0.0f ? x : 0.0f) : gelu(x);
+    }
+}
+
+void activation_backward(float *dinp, const float *dout, const float *inp, Activation act, int N, int H) {
+    if (act == ACT_SWIGLU) {
+#pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; n++) {
+            const float *g = inp + (size_t)n * 2 * H, *u = g + H;
+            const float *dy = dout + (size_t)n * H;
+            float *dg = dinp + (size_t)n * 2 * H, *du = dg + H;
+            for (int i = 0; i < H; i++) {
+                /* y = silu(g) u;  silu'(g) = s (1 + g (1 - s)), s = sigmoid(g) */
+                float s = sigmoid(g[i]);
+                float silu = g[i] * s;
+                dg[i] = dy[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
+                du[i] = dy[i] * silu;
+            }
+        }
+        return;
+    }
+    size_t total = (size_t)N * H;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < total; i++) {
+        float x = inp[i];
+        dinp[i] = dout[i] * (act == ACT_RELU ? (x > 0.0f ? 1.0f : 0.0f) : gelu_grad(x));
+    }
+}
+
+/* ---- dropout ----------------------------------------------------------------------------------- */
+
+void dropout_forward(float *out, uint8_t *mask, const float *inp, float p, size_t n, Rng *rng) {
+    if (p <= 0.0f) {
+        if (out != inp) memcpy(out, inp, n * sizeof(float));
+        memset(mask, 1, n);
+        return;
+    }
+    /* Sequential draws from one RNG keep the mask independent of the thread count. */
+    float scale = 1.0f / (1.0f - p);
+    for (size_t i = 0; i < n; i++) {
+        mask[i] = rng_uniform(rng) >= p;
+        out[i] = mask[i] ? inp[i] * scale : 0.0f;
+    }
+}
+
+void dropout_backward(float *dinp, const float *dout, const uint8_t *mask, float p, size_t n) {
+    float scale = p > 0.0f ? 1.0f / (1.0f - p) : 1.0f;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) dinp[i] = mask[i] ? dout[i] * scale : 0.0f;
+}
+
+/* ---- softmax and cross-entropy --------------------------------------------------------------- */
+
+void softmax_forward(float *out, const float *inp, int N, int V) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * V;
+        float *y = out + (size_t)n * V;
+        float mx = -INFINITY;
+        for (int v = 0; v < V; v++) if (x[v] > mx) mx = x[v];
+        float sum = 0.0f;
+        for (int v = 0; v < V; v++) { y[v] = expf(x[v] - mx); sum += y[v]; }
+        float inv = 1.0f / sum;
+        for (int v = 0; v < V; v++) y[v] *= inv;
+    }
+}
+
+void crossentropy_forward(float *losses, const float *logits, const int *targets, int N, int V) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        if (targets[n] < 0) { losses[n] = 0.0f; continue; }
+        const float *x = logits + (size_t)n * V;
+        float mx = -INFINITY;
+        for (int v = 0; v < V; v++) if (x[v] > mx) mx = x[v];
+        double sum = 0.0;
+        for (int v = 0; v < V; v++) sum += expf(x[v] - mx);
+        losses[n] = (float)(log(sum) + mx - x[targets[n]]);
+    }
+}
+
+void crossentropy_backward(float *dlogits, const float *logits, const int *targets, const float *dlosses,
+                           int N, int V) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x = logits + (size_t)n * V;
+        float *d = dlogits + (size_t)n * V;
+        if (targets[n] < 0) { memset(d, 0, sizeof(float) * V); continue; }
+        float mx = -INFINITY;
+        for (int v = 0; v < V; v++) if (x[v] > mx) mx = x[v];
+        float sum = 0.0f;
+        for (int v = 0; v < V; v++) sum += expf(x[v] - mx);
+        float inv = 1.0f / sum, g = dlosses[n];
+        int tgt = targets[n];
+        for (int v = 0; v < V; v++) d[v] = g * (expf(x[v] - mx) * inv - (v == tgt ? 1.0f : 0.0f));
+    }
+}
+
+void add_forward(float *out, const float *a, const float *b, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
