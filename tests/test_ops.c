@@ -1,0 +1,239 @@
+/* test_ops.c: every op's backward against central finite differences, BLAS GEMM against the
+ * reference on odd shapes, and the attention mask's causality.
+ *
+ * Tolerances: values are O(1), h = 1e-2 (1e-3 for the cross-entropy), and the float forward gives
+ * about 1e-6 absolute noise on the double-accumulated loss, i.e. ~1e-4 on the difference quotient;
+ * atol 2e-3 and rtol 1e-2 leave room for that noise while a wrong formula misses by O(1). */
+#include <string.h>
+#include "test.h"
+#include "fd.h"
+#include "ops/ops.h"
+#include "backend/gemm.h"
+
+#define ATOL 2e-3
+#define RTOL 1e-2
+
+static uint64_t seed = 42;
+
+static float *vec(size_t n, float scale) {
+    float *x = malloc(n * sizeof(float));
+    fd_fill(x, n, scale, &seed);
+    return x;
+}
+static float *zeros(size_t n) { return calloc(n, sizeof(float)); }
+
+/* ---- matmul ---- */
+typedef struct { float *out, *inp, *w, *b, *r; int N, C, OC; } MatmulCtx;
+static double matmul_loss(void *p) {
+    MatmulCtx *c = p;
+    matmul_forward(c->out, c->inp, c->w, c->b, c->N, c->C, c->OC);
+    return fd_dot(c->out, c->r, (size_t)c->N * c->OC);
+}
+TEST(matmul_grad) {
+    int N = 7, C = 13, OC = 5;
+    MatmulCtx c = {zeros(N * OC), vec(N * C, 1), vec(OC * C, 1), vec(OC, 1), vec(N * OC, 1), N, C, OC};
+    float *dinp = zeros(N * C), *dw = zeros(OC * C), *db = zeros(OC);
+    matmul_loss(&c);
+    matmul_backward(dinp, dw, db, c.r, c.inp, c.w, N, C, OC);
+    EXPECT(fd_check("dinp", c.inp, dinp, N * C, matmul_loss, &c, 1e-2f, ATOL, RTOL, 100));
+    EXPECT(fd_check("dw", c.w, dw, OC * C, matmul_loss, &c, 1e-2f, ATOL, RTOL, 100));
+    EXPECT(fd_check("db", c.b, db, OC, matmul_loss, &c, 1e-2f, ATOL, RTOL, 100));
+    /* parameter gradients accumulate: a second backward doubles them */
+    float dw0 = dw[3];
+    matmul_backward(dinp, dw, db, c.r, c.inp, c.w, N, C, OC);
+    EXPECT_NEAR(dw[3], 2 * dw0, 1e-5 * (1 + fabs(dw0)));
+}
+
+/* ---- layernorm / rmsnorm ---- */
+typedef struct { float *out, *mean, *rstd, *inp, *w, *b, *r; int N, C, rms; } NormCtx;
+static double norm_loss(void *p) {
+    NormCtx *c = p;
+    if (c->rms) rmsnorm_forward(c->out, c->rstd, c->inp, c->w, c->N, c->C, 1e-5f);
+    else layernorm_forward(c->out, c->mean, c->rstd, c->inp, c->w, c->b, c->N, c->C, 1e-5f);
+    return fd_dot(c->out, c->r, (size_t)c->N * c->C);
+}
+static void norm_case(int rms) {
+    int N = 5, C = 11;
+    NormCtx c = {zeros(N * C), zeros(N), zeros(N), vec(N * C, 2), vec(C, 1), vec(C, 1), vec(N * C, 1), N, C, rms};
+    float *dinp = zeros(N * C), *dw = zeros(C), *db = zeros(C);
+    norm_loss(&c);
+    if (rms) rmsnorm_backward(dinp, dw, c.r, c.inp, c.w, c.rstd, N, C);
+    else layernorm_backward(dinp, dw, db, c.r, c.inp, c.w, c.mean, c.rstd, N, C);
+    EXPECT(fd_check("dinp", c.inp, dinp, N * C, norm_loss, &c, 1e-2f, ATOL, RTOL, 100));
+    EXPECT(fd_check("dw", c.w, dw, C, norm_loss, &c, 1e-2f, ATOL, RTOL, 100));
+    if (!rms) EXPECT(fd_check("db", c.b, db, C, norm_loss, &c, 1e-2f, ATOL, RTOL, 100));
+    /* dinp accumulates (residual stream) */
+    float d0 = dinp[4];
+    if (rms) rmsnorm_backward(dinp, NULL, c.r, c.inp, c.w, c.rstd, N, C);
+    else layernorm_backward(dinp, NULL, NULL, c.r, c.inp, c.w, c.mean, c.rstd, N, C);
+    EXPECT_NEAR(dinp[4], 2 * d0, 1e-5 * (1 + fabs(d0)));
+}
+TEST(layernorm_grad) { norm_case(0); }
+TEST(rmsnorm_grad) { norm_case(1); }
+
+/* ---- attention ---- */
+typedef struct { float *out, *att, *qkv, *r; int B, T, C, NH, causal; } AttCtx;
+static double att_loss(void *p) {
+    AttCtx *c = p;
+    attention_forward(c->out, c->att, c->qkv, c->B, c->T, c->C, c->NH, c->causal);
+    return fd_dot(c->out, c->r, (size_t)c->B * c->T * c->C);
+}
+static void att_case(int causal) {
+    int B = 2, T = 5, C = 12, NH = 3;
+    AttCtx c = {zeros(B * T * C), zeros(B * NH * T * T), vec(B * T * 3 * C, 1), vec(B * T * C, 1), B, T, C, NH, causal};
+    float *dqkv = zeros(B * T * 3 * C), *datt = zeros(B * NH * T * T);
+    att_loss(&c);
+    attention_backward(dqkv, datt, c.r, c.att, c.qkv, B, T, C, NH, causal);
+    EXPECT(fd_check("dqkv", c.qkv, dqkv, B * T * 3 * C, att_loss, &c, 1e-2f, ATOL, RTOL, 400));
+}
+TEST(attention_causal_grad) { att_case(1); }
+TEST(attention_full_grad) { att_case(0); }
+
+TEST(attention_is_causal) {
+    /* changing position t' changes no output at t < t' */
+    int B = 1, T = 6, C = 8, NH = 2;
+    float *qkv = vec(T * 3 * C, 1), *o1 = zeros(T * C), *o2 = zeros(T * C), *att = zeros(NH * T * T);
+    attention_forward(o1, att, qkv, B, T, C, NH, 1);
+    for (int i = 0; i < 3 * C; i++) qkv[4 * 3 * C + i] += 0.5f;
+    attention_forward(o2, att, qkv, B, T, C, NH, 1);
+    EXPECT(memcmp(o1, o2, sizeof(float) * 4 * C) == 0);
+    EXPECT(memcmp(o1 + 4 * C, o2 + 4 * C, sizeof(float) * C) != 0);
+}
+
+/* ---- activations ---- */
+typedef struct { float *out, *inp, *r; int N, H; Activation act; } ActCtx;
+static double act_loss(void *p) {
+    ActCtx *c = p;
+    activation_forward(c->out, c->inp, c->act, c->N, c->H);
+    return fd_dot(c->out, c->r, (size_t)c->N * c->H);
+}
+static void act_case(Activation act) {
+    int N = 4, H = 9, in = act == ACT_SWIGLU ? 2 * H : H;
+    ActCtx c = {zeros(N * H), vec(N * in, 2), vec(N * H, 1), N, H, act};
+    /* keep ReLU inputs away from the kink, where the derivative does not exist */
+    if (act == ACT_RELU) for (int i = 0; i < N * in; i++) if (fabsf(c.inp[i]) < 0.05f) c.inp[i] = 0.3f;
+    float *dinp = zeros(N * in);
+    act_loss(&c);
+    activation_backward(dinp, c.r, c.inp, act, N, H);
+    EXPECT(fd_check("dinp", c.inp, dinp, N * in, act_loss, &c, 1e-2f, ATOL, RTOL, 100));
+}
+TEST(relu_grad) { act_case(ACT_RELU); }
+TEST(gelu_grad) { act_case(ACT_GELU); }
+TEST(swiglu_grad) { act_case(ACT_SWIGLU); }
+
+TEST(gelu_values) {
+    /* exact erf GELU: gelu(1) = 0.8413447, gelu(-1) = -0.1586553 */
+    float x[2] = {1.0f, -1.0f}, y[2];
+    activation_forward(y, x, ACT_GELU, 1, 2);
+    EXPECT_NEAR(y[0], 0.8413447, 1e-6);
+    EXPECT_NEAR(y[1], -0.1586553, 1e-6);
+}
+
+/* ---- embeddings ---- */
+typedef struct { float *out, *wte, *wpe, *r; int *inp; int B, T, C; } EncCtx;
+static double enc_loss(void *p) {
+    EncCtx *c = p;
+    encoder_forward(c->out, c->inp, c->wte, c->wpe, c->B, c->T, c->C);
+    return fd_dot(c->out, c->r, (size_t)c->B * c->T * c->C);
+}
+TEST(encoder_grad) {
+    int B = 2, T = 4, C = 6, V = 5;
+    int inp[8] = {1, 3, 3, 0, 4, 1, 1, 2};
+    EncCtx c = {zeros(B * T * C), vec(V * C, 1), vec(T * C, 1), vec(B * T * C, 1), inp, B, T, C};
+    float *dwte = zeros(V * C), *dwpe = zeros(T * C);
+    enc_loss(&c);
+    encoder_backward(dwte, dwpe, c.r, inp, B, T, C);
+    EXPECT(fd_check("dwte", c.wte, dwte, V * C, enc_loss, &c, 1e-2f, ATOL, RTOL, 100));
+    EXPECT(fd_check("dwpe", c.wpe, dwpe, T * C, enc_loss, &c, 1e-2f, ATOL, RTOL, 100));
+}
+
+/* ---- cross-entropy ---- */
+typedef struct { float *losses, *logits, *w; int *tg; int N, V; } CeCtx;
+static double ce_loss(void *p) {
+    CeCtx *c = p;
+    crossentropy_forward(c->losses, c->logits, c->tg, c->N, c->V);
+    return fd_dot(c->losses, c->w, c->N);
+}
+TEST(crossentropy_grad) {
+    int N = 4, V = 7;
+    int tg[4] = {2, 6, -1, 0};
+    CeCtx c = {zeros(N), vec(N * V, 3), vec(N, 1), tg, N, V};
+    float *dl = zeros(N * V);
+    ce_loss(&c);
+    EXPECT(c.losses[2] == 0.0f);   /* ignored target */
+    crossentropy_backward(dl, c.logits, tg, c.w, N, V);
+    EXPECT(fd_check("dlogits", c.logits, dl, N * V, ce_loss, &c, 1e-3f, ATOL, RTOL, 100));
+    /* value: uniform logits give log V */
+    float z[7] = {0}, l;
+    int t0 = 3;
+    crossentropy_forward(&l, z, &t0, 1, V);
+    EXPECT_NEAR(l, log(7.0), 1e-6);
+}
+
+/* ---- dropout ---- */
+TEST(dropout_mask_and_grad) {
+    size_t n = 10000;
+    float *x = vec(n, 1), *y = zeros(n), *dy = vec(n, 1), *dx = zeros(n);
+    uint8_t *m = malloc(n);
+    Rng r;
+    rng_seed(&r, 7);
+    dropout_forward(y, m, x, 0.25f, n, &r);
+    size_t kept = 0, wrong = 0;
+    const float scale = 1.0f / 0.75f;
+    for (size_t i = 0; i < n; i++) {
+        kept += m[i];
+        wrong += y[i] != (m[i] ? x[i] * scale : 0.0f);
+    }
+    EXPECT(wrong == 0);
+    /* 7500 expected, sd ~43: 5 sd */
+    EXPECT(kept > 7280 && kept < 7720);
+    dropout_backward(dx, dy, m, 0.25f, n);
+    wrong = 0;
+    for (size_t i = 0; i < n; i++) wrong += dx[i] != (m[i] ? dy[i] * scale : 0.0f);
+    EXPECT(wrong == 0);
+    /* same seed, same mask */
+    uint8_t *m2 = malloc(n);
+    rng_seed(&r, 7);
+    dropout_forward(y, m2, x, 0.25f, n, &r);
+    EXPECT(memcmp(m, m2, n) == 0);
+}
+
+/* ---- BLAS against the reference ---- */
+TEST(gemm_matches_reference) {
+    int shapes[][3] = {{1, 1, 1}, {7, 13, 5}, {33, 17, 65}, {129, 31, 257}, {3, 300, 2}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++) {
+                float *A = vec((size_t)M * K, 1), *Bm = vec((size_t)K * N, 1);
+                float *C1 = vec((size_t)M * N, 1), *C2 = malloc(sizeof(float) * M * N);
+                memcpy(C2, C1, sizeof(float) * M * N);
+                int lda = ta ? M : K, ldb = tb ? K : N;
+                gemm(ta, tb, M, N, K, 0.7f, A, lda, Bm, ldb, 0.3f, C1, N);
+                gemm_ref(ta, tb, M, N, K, 0.7f, A, lda, Bm, ldb, 0.3f, C2, N);
+                /* float accumulation over K terms of size <= 1: error <= K * 6e-8 * sqrt-ish; 1e-5*K is safe */
+                double worst = 0;
+                for (int i = 0; i < M * N; i++) if (fabs(C1[i] - C2[i]) > worst) worst = fabs(C1[i] - C2[i]);
+                EXPECT_MSG(worst <= 1e-5 * K, "M=%d N=%d K=%d ta=%d tb=%d worst %g", M, N, K, ta, tb, worst);
+                free(A); free(Bm); free(C1); free(C2);
+            }
+    }
+}
+
+int main(void) {
+    RUN(matmul_grad);
+    RUN(layernorm_grad);
+    RUN(rmsnorm_grad);
+    RUN(attention_causal_grad);
+    RUN(attention_full_grad);
+    RUN(attention_is_causal);
+    RUN(relu_grad);
+    RUN(gelu_grad);
+    RUN(swiglu_grad);
+    RUN(gelu_values);
+    RUN(encoder_grad);
+    RUN(crossentropy_grad);
+    RUN(dropout_mask_and_grad);
+    RUN(gemm_matches_reference);
+    return test_summary("ops");
+}
