@@ -1,0 +1,97 @@
+/* dataloader.c: window batching for training and evaluation. See dataloader.h.
+ *
+ * Invariants: order is always the permutation of the current epoch, recomputed from scratch (identity,
+ * then Fisher-Yates) so that it depends on (seed, epoch) only; dataloader_next never allocates.
+ */
+#include "data/dataloader.h"
+#include "common/util.h"
+
+#include <string.h>
+
+/* Rebuilds order for dl->epoch: identity, then (if shuffling) Fisher-Yates driven by an Rng whose seed
+ * mixes the loader seed and the epoch through splitmix64, so nearby (seed, epoch) pairs are unrelated. */
+static void build_order(DataLoader *dl) {
+    for (size_t i = 0; i < dl->nwin; i++) dl->order[i] = (uint32_t)i;
+    if (!dl->shuffle || dl->nwin < 2) return;
+    Rng r;
+    rng_seed(&r, dl->seed);
+    uint64_t a = rng_u64(&r);
+    rng_seed(&r, a ^ (dl->epoch * 0xD1B54A32D192ED03ull));
+    for (size_t i = dl->nwin - 1; i > 0; i--) {
+        size_t j = rng_below(&r, (uint32_t)(i + 1));
+        uint32_t t = dl->order[i]; dl->order[i] = dl->order[j]; dl->order[j] = t;
+    }
+}
+
+moelm_status dataloader_init(DataLoader *dl, const int *ids, size_t n, int B, int T, int stride, int shuffle, uint64_t seed) {
+    memset(dl, 0, sizeof *dl);
+    if (B < 1 || T < 1 || stride < 1)
+        return moelm_fail(MOELM_ERR_CONFIG, "dataloader: batch size %d, sequence length %d and stride %d must all be >= 1",
+                          B, T, stride);
+    if (n < (size_t)T + 1)
+        return moelm_fail(MOELM_ERR_DATA, "dataloader: too few tokens (%zu) for one window of T+1 = %d", n, T + 1);
+    size_t nwin = (n - (size_t)T - 1) / (size_t)stride + 1;
+    if (nwin > UINT32_MAX)
+        return moelm_fail(MOELM_ERR_DATA, "dataloader: %zu windows is more than 2^32-1; use a larger stride", nwin);
+    uint32_t *order = moelm_malloc(nwin * sizeof *order);
+    if (!order) return moelm_fail_context(MOELM_ERR_NOMEM, "dataloader");
+    dl->ids = ids; dl->n = n;
+    dl->B = B; dl->T = T; dl->stride = stride;
+    dl->nwin = nwin; dl->order = order;
+    dl->shuffle = shuffle != 0; dl->seed = seed;
+    dl->epoch = 0; dl->pos = 0;
+    build_order(dl);
+    return MOELM_OK;
+}
+
+void dataloader_free(DataLoader *dl) {
+    moelm_free(dl->order);
+    dl->order = NULL;
+    dl->nwin = 0;
+}
+
+void dataloader_next(DataLoader *dl, int *inputs, int *targets) {
+    CHECK(dl->order != NULL);
+    const int T = dl->T;
+    for (int b = 0; b < dl->B; b++) {
+        if (dl->pos >= dl->nwin) {
+            dl->epoch++;
+            dl->pos = 0;
+            build_order(dl);
+        }
+        size_t start = (size_t)dl->order[dl->pos++] * (size_t)dl->stride;
+        const int *w = dl->ids + start;             /* start + T + 1 <= n by construction of nwin */
+        memcpy(inputs + (size_t)b * T, w, (size_t)T * sizeof(int));
+        memcpy(targets + (size_t)b * T, w + 1, (size_t)T * sizeof(int));
+    }
+}
+
+moelm_status dataloader_seek(DataLoader *dl, uint64_t epoch, size_t pos) {
+    if (pos > dl->nwin)
+        return moelm_fail(MOELM_ERR_DATA, "dataloader: saved position %zu is past the %zu windows of an epoch; "
+                          "the data or the batch shape changed since the checkpoint", pos, dl->nwin);
+    dl->epoch = epoch;
+    dl->pos = pos;
+    build_order(dl);
+    return MOELM_OK;
+}
+
+size_t eval_num_batches(size_t n, int B, int T) {
+    CHECK(B >= 1 && T >= 1);
+    if (n < 2) return 0;
+    size_t nwin = (n - 1 + (size_t)T - 1) / (size_t)T;
+    return (nwin + (size_t)B - 1) / (size_t)B;
+}
+
+void eval_batch(const int *ids, size_t n, int B, int T, size_t batch_index, int *inputs, int *targets) {
+    CHECK(batch_index < eval_num_batches(n, B, T));
+    for (int b = 0; b < B; b++) {
+        size_t w = batch_index * (size_t)B + (size_t)b;
+        for (int t = 0; t < T; t++) {
+            size_t p = w * (size_t)T + (size_t)t;    /* input position; its target is p + 1 */
+            size_t k = (size_t)b * T + t;
+            if (p + 1 < n) { inputs[k] = ids[p]; targets[k] = ids[p + 1]; }
+            else { inputs[k] = 0; targets[k] = -1; }
+        }
+    }
+}
