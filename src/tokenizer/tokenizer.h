@@ -1,0 +1,76 @@
+/* tokenizer.h: the one tokenizer interface the rest of moelm uses.
+ *
+ * Four kinds behind one opaque handle:
+ *   TOK_WORD     whitespace vocabulary (PTB convention: every line end is the token "<eos>").
+ *                Ids: 0 = "<unk>", 1 = "<eos>", then words by count descending, ties bytewise ascending.
+ *   TOK_CHAR     one id per distinct UTF-8 code point. Ids: 0 = "<unk>", then code points ascending.
+ *                Newline is an ordinary character; there is no <eos> (tokenizer_eos_id() = -1).
+ *   TOK_UNIGRAM  SentencePiece unigram model, read from / written to SentencePiece .model files,
+ *   TOK_BPE      SentencePiece BPE model; both encode exactly as the sentencepiece library does.
+ *
+ * Word and char vocabularies are saved in moelm's own binary format (magic "MOELMVOC", version,
+ * kind, pieces, CRC-32); SentencePiece kinds are saved as .model protobufs. tokenizer_load tells the
+ * two apart by content. See docs/TOKENIZER.md.
+ *
+ * Not here: token files and batching (src/data/).
+ */
+#ifndef MOELM_TOKENIZER_H
+#define MOELM_TOKENIZER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "common/util.h"
+
+typedef struct Tokenizer Tokenizer;   /* opaque */
+typedef enum { TOK_WORD = 0, TOK_CHAR, TOK_UNIGRAM, TOK_BPE } TokenizerKind;
+
+/* Word vocabulary: "<unk>", "<eos>" and the max_vocab-2 most frequent other words of text
+ * (fewer if the text has fewer). A word spelled "<unk>" in the text maps to <unk>, "<eos>" to <eos>.
+ * max_vocab >= 2. */
+moelm_status tokenizer_build_word(Tokenizer **out, const char *text, size_t n, int max_vocab);
+/* Char vocabulary: "<unk>" plus every distinct valid UTF-8 code point of text, ascending.
+ * Bytes that are not valid UTF-8 encode to <unk>. */
+moelm_status tokenizer_build_char(Tokenizer **out, const char *text, size_t n);
+/* Trains a SentencePiece unigram or bpe model in memory on text with default options (the same
+ * as `moelm tokenizer train --model_type unigram|bpe --vocab_size N`). */
+moelm_status tokenizer_train_spm(Tokenizer **out, const char *text, size_t n, TokenizerKind kind, int vocab_size);
+/* Loads a SentencePiece .model file or a moelm word/char vocabulary file (detected by content). */
+moelm_status tokenizer_load(Tokenizer **out, const char *path);
+/* Saves atomically (path.tmp, fflush, fsync, rename, fsync of the directory). */
+moelm_status tokenizer_save(const Tokenizer *t, const char *path);
+void tokenizer_free(Tokenizer *t);
+
+TokenizerKind tokenizer_kind(const Tokenizer *t);
+int tokenizer_vocab_size(const Tokenizer *t);
+/* Content hash (pieces, scores, types, normalisation): validates cached token files. */
+uint64_t tokenizer_hash(const Tokenizer *t);
+
+/* Encodes a whole corpus. Word: words and one <eos> per line end (a last line without '\n' also
+ * gets one). Char: one id per code point, newlines included. SentencePiece kinds: each line is
+ * encoded as spm_encode does, then the model's eos id (if it has one) is appended per line.
+ * *ids is moelm_malloc'ed (caller moelm_free's); *count its length. */
+moelm_status tokenizer_encode(const Tokenizer *t, const char *text, size_t n, int **ids, size_t *count);
+/* Decodes ids to a moelm_malloc'ed NUL-terminated string. Word: words joined by spaces, <eos> ->
+ * "\n". Char: concatenation. SentencePiece: as spm_decode (eos ids -> "\n"). */
+moelm_status tokenizer_decode(const Tokenizer *t, const int *ids, size_t count, char **text);
+/* The piece of id, or NULL when id is out of range. */
+const char *tokenizer_piece(const Tokenizer *t, int id);
+/* The id of piece, or -1 when it is not in the vocabulary. */
+int tokenizer_piece_id(const Tokenizer *t, const char *piece);
+int tokenizer_eos_id(const Tokenizer *t);   /* -1 if none */
+int tokenizer_unk_id(const Tokenizer *t);   /* -1 if none */
+
+/* Number of "words" in text as PTB word-level perplexity counts them: whitespace-separated words
+ * plus one per line end (a last line without '\n' counts one too). */
+size_t text_count_words(const char *text, size_t n);
+
+/* ---- SentencePiece line-level API (used by the CLI and the tests) ---------------------------- */
+
+/* Encodes one line (no '\n') exactly as sentencepiece's SentencePieceProcessor::Encode: no bos/eos.
+ * *ids is moelm_malloc'ed. Only for TOK_UNIGRAM / TOK_BPE. */
+moelm_status tokenizer_encode_line(const Tokenizer *t, const char *line, size_t n, int **ids, size_t *count);
+/* Decodes ids as SentencePieceProcessor::Decode (control pieces vanish, bytes are reassembled,
+ * U+2581 becomes a space, the leading dummy space is dropped). *text is moelm_malloc'ed. */
+moelm_status tokenizer_decode_line(const Tokenizer *t, const int *ids, size_t count, char **text);
+
+#endif
