@@ -10,6 +10,8 @@
  *
  * Dimensions: N tokens (B*T, one routing group), C d_model, E experts, K experts per token,
  * H expert hidden size, Cap capacity per expert, S slots (kept token-expert pairs, S <= N*K).
+ * KS slots per token = moe_slots_per_token(cfg): K for topk, E for soft and expert-choice, else 1;
+ * the per-slot arrays (expert, gate, slot_row) are [N, KS]. Smax = Nmax * KS bounds the rows.
  *
  * The MoE output is ASSIGNED (out =) and does not include the residual: the model adds it. A dropped
  * token gets 0 from this layer, so the residual carries it.
@@ -67,13 +69,18 @@ typedef struct {
  * data: the backward pass reads exactly these. Bound into caller memory by moe_acts_bind. */
 typedef struct {
     int N, Cap, S;          /* tokens, capacity used, kept slots in this pass */
-    float *xin;             /* [N, C] router input after jitter (== x when no jitter) */
-    float *logits;          /* [N, E] router logits (fp32) */
-    float *probs;           /* [N, E] softmax over all experts of the logits */
-    int *expert;            /* [N, K] chosen expert per token-slot (-1 for none) */
-    float *gate;            /* [N, K] combine weight per token-slot */
-    int *slot_row;          /* [N, K] row of the slot in the dispatched slabs, -1 if dropped */
+    int Nmax, KS, Smax;     /* bound size: tokens, slots per token, rows (Nmax * KS) */
+    float *xin;             /* [N, C] router input after jitter (== x when no jitter; NULL for random/hash) */
+    float *jit;             /* [N, C] jitter factors of this pass (NULL unless cfg->jitter > 0) */
+    int jittered;           /* 1 when this pass applied jitter (training with jitter > 0) */
+    float *logits;          /* [N, E] router logits (fp32; 0 for random/hash) */
+    float *probs;           /* [N, E] softmax over all experts of the logits (random/hash: one-hot of the choice) */
+    int *expert;            /* [N, KS] chosen expert per token-slot (-1 for none: expert-choice) */
+    float *gate;            /* [N, KS] combine weight per token-slot */
+    int *slot_row;          /* [N, KS] row of the slot in the dispatched slabs, -1 if dropped or none */
     int *offsets;           /* [E + 1] start of each expert's rows in the slabs */
+    int *assigned;          /* [E] token-slots that chose each expert, before capacity */
+    int *fill;              /* [E] scratch of the dispatch */
     int *row_token;         /* [Smax] token of each dispatched row */
     int *row_slot;          /* [Smax] k index of each dispatched row (gate = gate[token*K + k]) */
     float *xd;              /* [Smax, C] dispatched inputs, grouped by expert */
@@ -84,7 +91,7 @@ typedef struct {
     float aux_loss;         /* E * sum_e f_e P_e (unweighted) */
     float z_loss;           /* mean_t logsumexp(logits_t)^2 (unweighted) */
     int random_expert;      /* ROUTER_RANDOM: the expert drawn for this pass */
-    /* scratch for backward, [Smax, H1] and [Smax, C] sized, plus [N,E] */
+    /* scratch for backward: [Smax, H1], [Smax, H], [Smax, C], [N, E] (dlogits NULL for random/hash) */
     float *dh_pre, *dh, *dy, *dlogits;
 } MoEActs;
 
@@ -93,18 +100,26 @@ typedef struct {
 size_t moe_acts_bytes(const MoEConfig *cfg, int N);
 void moe_acts_bind(MoEActs *a, void *mem, const MoEConfig *cfg, int N);
 
+/* KS: token-slots per token (K for topk, E for soft and expert-choice, 1 otherwise). */
+int moe_slots_per_token(const MoEConfig *cfg);
+
+/* The hash router's fixed expert for a token id, in [0, E). */
+int moe_hash_expert(int token, int E);
+
 /* Parameter floats of one layer (router + experts + shared expert + expert bias); the model lays the
- * tensors out in its arena in the order of MoEParams' fields. */
+ * tensors out in its arena in the order of MoEParams' fields. router_w is counted for every router
+ * (random and hash leave it unused), so the layout does not depend on the router. */
 size_t moe_param_count(const MoEConfig *cfg);
 
 /* Validates a config; on error returns MOELM_ERR_CONFIG with a message. causal: the model is a causal LM. */
 moelm_status moe_config_check(const MoEConfig *cfg, int causal);
 
-/* Capacity per expert for N tokens (N*K when dropless). */
+/* Capacity per expert for N tokens, clamped to [1, N] (N when dropless, and always for soft and random). */
 int moe_capacity(const MoEConfig *cfg, int N, int training);
 
-/* out[N,C] = MoE(x[N,C]); tokens[N] are the token ids (hash routing). rng drives jitter and the
- * random router. training selects the capacity factor and jitter. */
+/* out[N,C] = MoE(x[N,C]), N <= the N acts were bound for; tokens[N] are the token ids (hash routing;
+ * may be NULL otherwise). rng drives jitter and the random router (may be NULL when neither runs).
+ * training selects the capacity factor and jitter. */
 void moe_forward(float *out, MoEActs *a, const float *x, const int *tokens, const MoEParams *p,
                  const MoEConfig *cfg, int N, int training, Rng *rng);
 
@@ -125,6 +140,7 @@ typedef struct {
     double tokens;          /* tokens routed */
     double slots;           /* token-slots chosen (before capacity) */
     double dropped;         /* token-slots dropped by capacity */
+    double unrouted;        /* tokens with no kept slot (MoE output 0: the residual carries them) */
     double load[256];       /* kept slots per expert */
     double entropy_sum;     /* sum over tokens of router entropy (nats) */
     double top1_sum;        /* sum over tokens of max prob */
