@@ -1,0 +1,28 @@
+/* checksum.h: a CHECKSUMS file for a directory of files (a checkpoint), and its verification.
+ *
+ * Format (text, one line each, written atomically):
+ *     # moelm CHECKSUMS v1: crc32 size name
+ *     1a2b3c4d 1048576 model.safetensors
+ *     ...
+ * crc32 is IEEE CRC-32 (zlib's) as 8 lowercase hex digits, size is decimal bytes, name is the file
+ * name relative to the directory (no '/' at the start, no ".." component, no newline).
+ * Files are read in 1 MiB chunks, so checkpoint size does not matter.
+ */
+#ifndef MOELM_CHECKSUM_H
+#define MOELM_CHECKSUM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "common/util.h"
+
+#define CHECKSUMS_NAME "CHECKSUMS"
+
+/* Computes crc32 and size of dir/files[i] for each i and writes dir/CHECKSUMS atomically. */
+moelm_status checksums_write(const char *dir, const char *const *files, int n);
+/* Recomputes every listed file; the first missing or mismatched one is reported by name
+ * (MOELM_ERR_FORMAT for a mismatch or a malformed CHECKSUMS, MOELM_ERR_IO for a missing file). */
+moelm_status checksums_verify(const char *dir);
+/* crc32 and size of one file. */
+moelm_status file_crc32(const char *path, uint32_t *crc, uint64_t *size);
+
+#endif

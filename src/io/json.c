@@ -1,0 +1,598 @@
+/* json.c: strict RFC 8259 parser into a small DOM, and the StrBuf writer. See json.h.
+ *
+ * Invariants: every node's children live in one contiguous array (items[0..n)); an object also has
+ * keys[0..n), each a NUL-terminated UTF-8 string owned by the object. Recursion depth is bounded by
+ * JSON_MAX_DEPTH both when parsing and when freeing or writing. Allocation is proportional to the
+ * input: a node needs at least one input byte, and a decoded string is never longer than its
+ * source text.
+ */
+#include "io/json.h"
+#include "io/fileio.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct Json {
+    JsonType type;
+    int b;            /* JSON_BOOL */
+    int is_int;       /* JSON_NUMBER written as an integer literal that fits int64 */
+    int64_t ival;     /* valid when is_int */
+    double num;       /* JSON_NUMBER */
+    char *str;        /* JSON_STRING: NUL-terminated UTF-8 */
+    size_t n;         /* JSON_ARRAY / JSON_OBJECT: element count */
+    Json *items;      /* [n] children */
+    char **keys;      /* [n] object keys */
+};
+
+/* ---- parser ----------------------------------------------------------------------------------- */
+
+typedef struct {
+    const unsigned char *s;
+    size_t n, pos;
+    const char *what;
+    int depth;
+} Parser;
+
+/* Reports the error at byte offset `at` as line:column (1-based; column counts bytes). */
+static moelm_status perr_at(const Parser *p, size_t at, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static moelm_status perr_at(const Parser *p, size_t at, const char *fmt, ...) {
+    size_t line = 1, col = 1;
+    if (at > p->n) at = p->n;
+    for (size_t i = 0; i < at; i++) {
+        if (p->s[i] == '\n') { line++; col = 1; } else col++;
+    }
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return moelm_fail(MOELM_ERR_FORMAT, "%s: line %zu, column %zu: %s", p->what, line, col, msg);
+}
+
+static moelm_status nomem(const Parser *p) {
+    return moelm_fail_context(MOELM_ERR_NOMEM, "%s: parsing JSON", p->what);
+}
+
+static void skip_ws(Parser *p) {
+    while (p->pos < p->n) {
+        unsigned char c = p->s[p->pos];
+        if (c == ' ' || c == '\t' || c == '\n' || c == '\r') p->pos++;
+        else break;
+    }
+}
+
+/* Describes the byte at pos for messages: a printable character, "end of input" or a hex byte. */
+static const char *describe(const Parser *p, size_t pos, char buf[16]) {
+    if (pos >= p->n) return "end of input";
+    unsigned char c = p->s[pos];
+    if (c >= 0x21 && c < 0x7f) snprintf(buf, 16, "'%c'", c);
+    else snprintf(buf, 16, "byte 0x%02x", c);
+    return buf;
+}
+
+/* Length of the valid UTF-8 sequence at s[0..avail), or 0 if it is invalid (RFC 3629: no overlong
+ * forms, no surrogates U+D800..DFFF, nothing above U+10FFFF). */
+static size_t utf8_len(const unsigned char *s, size_t avail) {
+    unsigned char c = s[0];
+    if (c < 0x80) return 1;
+    size_t len;
+    unsigned char lo = 0x80, hi = 0xBF;   /* allowed range of the second byte */
+    if (c >= 0xC2 && c <= 0xDF) len = 2;
+    else if (c == 0xE0) { len = 3; lo = 0xA0; }
+    else if (c >= 0xE1 && c <= 0xEC) len = 3;
+    else if (c == 0xED) { len = 3; hi = 0x9F; }
+    else if (c >= 0xEE && c <= 0xEF) len = 3;
+    else if (c == 0xF0) { len = 4; lo = 0x90; }
+    else if (c >= 0xF1 && c <= 0xF3) len = 4;
+    else if (c == 0xF4) { len = 4; hi = 0x8F; }
+    else return 0;
+    if (avail < len) return 0;
+    if (s[1] < lo || s[1] > hi) return 0;
+    for (size_t i = 2; i < len; i++)
+        if ((s[i] & 0xC0) != 0x80) return 0;
+    return len;
+}
+
+static int hex4(const unsigned char *s, unsigned *out) {
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        unsigned char c = s[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9') v |= (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f') v |= (unsigned)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F') v |= (unsigned)(c - 'A' + 10);
+        else return 0;
+    }
+    *out = v;
+    return 1;
+}
+
+static size_t utf8_put(char *d, unsigned cp) {
+    if (cp < 0x80) { d[0] = (char)cp; return 1; }
+    if (cp < 0x800) { d[0] = (char)(0xC0 | (cp >> 6)); d[1] = (char)(0x80 | (cp & 0x3F)); return 2; }
+    if (cp < 0x10000) {
+        d[0] = (char)(0xE0 | (cp >> 12)); d[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        d[2] = (char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    d[0] = (char)(0xF0 | (cp >> 18)); d[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    d[2] = (char)(0x80 | ((cp >> 6) & 0x3F)); d[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+/* Parses a string starting at the opening quote; *out is a new NUL-terminated UTF-8 string. */
+static moelm_status parse_string(Parser *p, char **out) {
+    size_t start = p->pos + 1, i = start;
+    /* First pass: find the closing quote, validating everything, so one allocation suffices. */
+    for (;;) {
+        if (i >= p->n) return perr_at(p, p->pos, "unterminated string");
+        unsigned char c = p->s[i];
+        if (c == '"') break;
+        if (c < 0x20) return perr_at(p, i, "raw control character 0x%02x in string (must be escaped)", c);
+        if (c == '\\') {
+            if (i + 1 >= p->n) return perr_at(p, p->pos, "unterminated string");
+            unsigned char e = p->s[i + 1];
+            if (e == 'u') {
+                unsigned u;
+                if (i + 6 > p->n || !hex4(p->s + i + 2, &u))
+                    return perr_at(p, i, "bad \\u escape (need four hex digits)");
+                if (u == 0) return perr_at(p, i, "\\u0000 is not supported (strings are C strings)");
+                if (u >= 0xDC00 && u <= 0xDFFF) return perr_at(p, i, "lone low surrogate \\u%04x", u);
+                if (u >= 0xD800 && u <= 0xDBFF) {
+                    unsigned u2;
+                    if (i + 12 > p->n || p->s[i + 6] != '\\' || p->s[i + 7] != 'u' ||
+                        !hex4(p->s + i + 8, &u2) || u2 < 0xDC00 || u2 > 0xDFFF)
+                        return perr_at(p, i, "high surrogate \\u%04x not followed by a low surrogate", u);
+                    i += 12;
+                } else {
+                    i += 6;
+                }
+                continue;
+            }
+            if (!strchr("\"\\/bfnrt", e) || e == 0)
+                return perr_at(p, i, "bad escape sequence '\\%c'", (e >= 0x20 && e < 0x7f) ? e : '?');
+            i += 2;
+            continue;
+        }
+        size_t len = utf8_len(p->s + i, p->n - i);
+        if (!len) return perr_at(p, i, "invalid UTF-8 byte 0x%02x in string", c);
+        i += len;
+    }
+    size_t end = i;
+    char *d = moelm_malloc(end - start + 1);
+    if (!d) return nomem(p);
+    size_t k = 0;
+    /* Second pass: decode; the first pass guarantees every escape and sequence is well formed. */
+    for (i = start; i < end;) {
+        unsigned char c = p->s[i];
+        if (c != '\\') { d[k++] = (char)c; i++; continue; }
+        unsigned char e = p->s[i + 1];
+        switch (e) {
+        case 'b': d[k++] = '\b'; i += 2; break;
+        case 'f': d[k++] = '\f'; i += 2; break;
+        case 'n': d[k++] = '\n'; i += 2; break;
+        case 'r': d[k++] = '\r'; i += 2; break;
+        case 't': d[k++] = '\t'; i += 2; break;
+        case 'u': {
+            unsigned u, u2;
+            hex4(p->s + i + 2, &u);
+            i += 6;
+            if (u >= 0xD800 && u <= 0xDBFF) {
+                hex4(p->s + i + 2, &u2);
+                i += 6;
+                u = 0x10000 + ((u - 0xD800) << 10) + (u2 - 0xDC00);
+            }
+            k += utf8_put(d + k, u);
+            break;
+        }
+        default: d[k++] = (char)e; i += 2; break;   /* " \ / */
+        }
+    }
+    d[k] = 0;
+    p->pos = end + 1;
+    *out = d;
+    return MOELM_OK;
+}
+
+static moelm_status parse_number(Parser *p, Json *j) {
+    size_t start = p->pos, i = start;
+    int integral = 1;
+    if (i < p->n && p->s[i] == '-') i++;
+    if (i >= p->n || p->s[i] < '0' || p->s[i] > '9') return perr_at(p, start, "invalid number");
+    if (p->s[i] == '0') {
+        i++;
+        if (i < p->n && p->s[i] >= '0' && p->s[i] <= '9')
+            return perr_at(p, start, "leading zeros are not allowed in numbers");
+    } else {
+        while (i < p->n && p->s[i] >= '0' && p->s[i] <= '9') i++;
+    }
+    if (i < p->n && p->s[i] == '.') {
+        integral = 0;
+        i++;
+        if (i >= p->n || p->s[i] < '0' || p->s[i] > '9')
+            return perr_at(p, i, "digit expected after decimal point");
+        while (i < p->n && p->s[i] >= '0' && p->s[i] <= '9') i++;
+    }
+    if (i < p->n && (p->s[i] == 'e' || p->s[i] == 'E')) {
+        integral = 0;
+        i++;
+        if (i < p->n && (p->s[i] == '+' || p->s[i] == '-')) i++;
+        if (i >= p->n || p->s[i] < '0' || p->s[i] > '9') return perr_at(p, i, "digit expected in exponent");
+        while (i < p->n && p->s[i] >= '0' && p->s[i] <= '9') i++;
+    }
+    size_t len = i - start;
+    char small[64], *buf = small;
+    if (len >= sizeof small) {
+        buf = moelm_malloc(len + 1);
+        if (!buf) return nomem(p);
+    }
+    memcpy(buf, p->s + start, len);
+    buf[len] = 0;
+    double v = strtod(buf, NULL);   /* the grammar above is a subset of strtod's (C locale) */
+    if (buf != small) moelm_free(buf);
+    if (isinf(v)) return perr_at(p, start, "number out of range (overflows a double)");
+    j->type = JSON_NUMBER;
+    j->num = v;
+    if (integral) {
+        /* exact int64: accumulate negatively so INT64_MIN fits */
+        int neg = p->s[start] == '-';
+        int64_t acc = 0;
+        int ok = 1;
+        for (size_t k = start + (size_t)neg; k < i; k++) {
+            int d = p->s[k] - '0';
+            if (acc < (INT64_MIN + d) / 10) { ok = 0; break; }
+            acc = acc * 10 - d;
+        }
+        if (ok && !neg && acc == INT64_MIN) ok = 0;
+        if (ok) { j->is_int = 1; j->ival = neg ? acc : -acc; }
+    }
+    p->pos = i;
+    return MOELM_OK;
+}
+
+static void node_clear(Json *j);
+
+typedef struct { const char *k; size_t pos; } KeyPos;
+
+static int keypos_cmp(const void *a, const void *b) {
+    const KeyPos *x = a, *y = b;
+    int c = strcmp(x->k, y->k);
+    if (c) return c;
+    return (x->pos > y->pos) - (x->pos < y->pos);
+}
+
+static moelm_status parse_value(Parser *p, Json *j);
+
+/* Grows a children array (and keys) to hold at least need elements. */
+static int grow(Json **items, char ***keys, size_t *cap, size_t need) {
+    if (need <= *cap) return 1;
+    size_t nc = *cap ? *cap * 2 : 4;
+    Json *ni = moelm_realloc(*items, nc * sizeof **items);
+    if (!ni) return 0;
+    *items = ni;
+    if (keys) {
+        char **nk = moelm_realloc(*keys, nc * sizeof **keys);
+        if (!nk) return 0;
+        *keys = nk;
+    }
+    *cap = nc;
+    return 1;
+}
+
+static moelm_status parse_container(Parser *p, Json *j, int is_obj) {
+    size_t open = p->pos;
+    if (++p->depth > JSON_MAX_DEPTH)
+        return perr_at(p, open, "nesting deeper than %d levels", JSON_MAX_DEPTH);
+    j->type = is_obj ? JSON_OBJECT : JSON_ARRAY;
+    p->pos++;
+    size_t cap = 0;
+    size_t *keypos = NULL, kpcap = 0;
+    moelm_status st = MOELM_OK;
+    char close = is_obj ? '}' : ']';
+    char db[16];
+    skip_ws(p);
+    if (p->pos < p->n && p->s[p->pos] == (unsigned char)close) {
+        p->pos++;
+        p->depth--;
+        return MOELM_OK;
+    }
+    for (;;) {
+        skip_ws(p);
+        if (!grow(&j->items, is_obj ? &j->keys : NULL, &cap, j->n + 1)) { st = nomem(p); goto done; }
+        if (is_obj) {
+            if (p->pos >= p->n || p->s[p->pos] != '"') {
+                st = perr_at(p, p->pos, "object key (a string) expected, found %s", describe(p, p->pos, db));
+                goto done;
+            }
+            if (kpcap < cap) {
+                size_t *nk = moelm_realloc(keypos, cap * sizeof *keypos);
+                if (!nk) { st = nomem(p); goto done; }
+                keypos = nk;
+                kpcap = cap;
+            }
+            keypos[j->n] = p->pos;
+            char *key = NULL;
+            if ((st = parse_string(p, &key)) != MOELM_OK) goto done;
+            j->keys[j->n] = key;
+            memset(&j->items[j->n], 0, sizeof(Json));
+            j->n++;   /* the key is owned now; its value is a JSON_NULL until parsed */
+            skip_ws(p);
+            if (p->pos >= p->n || p->s[p->pos] != ':') {
+                st = perr_at(p, p->pos, "':' expected after object key, found %s", describe(p, p->pos, db));
+                goto done;
+            }
+            p->pos++;
+            skip_ws(p);
+            if ((st = parse_value(p, &j->items[j->n - 1])) != MOELM_OK) goto done;
+        } else {
+            memset(&j->items[j->n], 0, sizeof(Json));
+            j->n++;
+            if ((st = parse_value(p, &j->items[j->n - 1])) != MOELM_OK) goto done;
+        }
+        skip_ws(p);
+        if (p->pos < p->n && p->s[p->pos] == ',') { p->pos++; continue; }
+        if (p->pos < p->n && p->s[p->pos] == (unsigned char)close) { p->pos++; break; }
+        st = perr_at(p, p->pos, "',' or '%c' expected, found %s", close, describe(p, p->pos, db));
+        goto done;
+    }
+    if (is_obj && j->n > 1) {
+        /* Duplicate keys: sort (key, position) pairs; a duplicate is reported at its second use. */
+        KeyPos *kp = moelm_malloc(j->n * sizeof *kp);
+        if (!kp) { st = nomem(p); goto done; }
+        for (size_t i = 0; i < j->n; i++) { kp[i].k = j->keys[i]; kp[i].pos = keypos[i]; }
+        qsort(kp, j->n, sizeof *kp, keypos_cmp);
+        for (size_t i = 1; i < j->n; i++) {
+            if (strcmp(kp[i - 1].k, kp[i].k) == 0) {
+                char shown[64];
+                snprintf(shown, sizeof shown, "%s", kp[i].k);
+                st = perr_at(p, kp[i].pos, "duplicate key \"%s\"", shown);
+                break;
+            }
+        }
+        moelm_free(kp);
+    }
+done:
+    moelm_free(keypos);
+    p->depth--;
+    return st;
+}
+
+static moelm_status parse_value(Parser *p, Json *j) {
+    char db[16];
+    if (p->pos >= p->n) return perr_at(p, p->pos, "value expected, found end of input");
+    unsigned char c = p->s[p->pos];
+    switch (c) {
+    case '{': return parse_container(p, j, 1);
+    case '[': return parse_container(p, j, 0);
+    case '"': {
+        char *s = NULL;
+        moelm_status st = parse_string(p, &s);
+        if (st) return st;
+        j->type = JSON_STRING;
+        j->str = s;
+        return MOELM_OK;
+    }
+    case 't': case 'f': case 'n': {
+        const char *lit = c == 't' ? "true" : c == 'f' ? "false" : "null";
+        size_t len = strlen(lit);
+        if (p->n - p->pos < len || memcmp(p->s + p->pos, lit, len) != 0)
+            return perr_at(p, p->pos, "invalid literal (expected %s)", lit);
+        p->pos += len;
+        j->type = c == 'n' ? JSON_NULL : JSON_BOOL;
+        j->b = c == 't';
+        return MOELM_OK;
+    }
+    default:
+        if (c == '-' || (c >= '0' && c <= '9')) return parse_number(p, j);
+        return perr_at(p, p->pos, "value expected, found %s", describe(p, p->pos, db));
+    }
+}
+
+moelm_status json_parse(Json **out, const char *text, size_t n, const char *what) {
+    *out = NULL;
+    Parser p = { (const unsigned char *)text, n, 0, what ? what : "(json)", 0 };
+    if (n >= 3 && p.s[0] == 0xEF && p.s[1] == 0xBB && p.s[2] == 0xBF)
+        return perr_at(&p, 0, "byte order mark is not allowed");
+    Json *root = moelm_calloc(1, sizeof *root);
+    if (!root) return nomem(&p);
+    skip_ws(&p);
+    if (p.pos >= p.n) { json_free(root); return perr_at(&p, p.pos, "empty input (no JSON value)"); }
+    moelm_status st = parse_value(&p, root);
+    if (st == MOELM_OK) {
+        skip_ws(&p);
+        char db[16];
+        if (p.pos < p.n)
+            st = perr_at(&p, p.pos, "trailing characters after the JSON value (%s)", describe(&p, p.pos, db));
+    }
+    if (st) { json_free(root); return st; }
+    *out = root;
+    return MOELM_OK;
+}
+
+moelm_status json_parse_file(Json **out, const char *path) {
+    *out = NULL;
+    char *data = NULL;
+    size_t n = 0;
+    moelm_status st = file_read_all(path, &data, &n);
+    if (st) return st;
+    st = json_parse(out, data, n, path);
+    moelm_free(data);
+    return st;
+}
+
+static void node_clear(Json *j) {
+    if (j->type == JSON_STRING) moelm_free(j->str);
+    if (j->type == JSON_ARRAY || j->type == JSON_OBJECT) {
+        for (size_t i = 0; i < j->n; i++) {
+            node_clear(&j->items[i]);
+            if (j->keys) moelm_free(j->keys[i]);
+        }
+        moelm_free(j->items);
+        moelm_free(j->keys);
+    }
+}
+
+void json_free(Json *j) {
+    if (!j) return;
+    node_clear(j);
+    moelm_free(j);
+}
+
+/* ---- accessors -------------------------------------------------------------------------------- */
+
+JsonType json_type(const Json *j) { return j ? j->type : JSON_NULL; }
+
+const Json *json_get(const Json *obj, const char *key) {
+    if (!obj || obj->type != JSON_OBJECT || !key) return NULL;
+    for (size_t i = 0; i < obj->n; i++)
+        if (strcmp(obj->keys[i], key) == 0) return &obj->items[i];
+    return NULL;
+}
+
+size_t json_len(const Json *j) {
+    return (j && (j->type == JSON_ARRAY || j->type == JSON_OBJECT)) ? j->n : 0;
+}
+
+const Json *json_at(const Json *j, size_t i) {
+    if (!j || (j->type != JSON_ARRAY && j->type != JSON_OBJECT) || i >= j->n) return NULL;
+    return &j->items[i];
+}
+
+const char *json_key_at(const Json *obj, size_t i) {
+    if (!obj || obj->type != JSON_OBJECT || i >= obj->n) return NULL;
+    return obj->keys[i];
+}
+
+double json_number(const Json *j) { return (j && j->type == JSON_NUMBER) ? j->num : 0.0; }
+int json_bool(const Json *j) { return (j && j->type == JSON_BOOL) ? j->b : 0; }
+const char *json_string(const Json *j) { return (j && j->type == JSON_STRING) ? j->str : NULL; }
+
+int json_int64(const Json *j, int64_t *v) {
+    if (!j || j->type != JSON_NUMBER || !j->is_int) return 0;
+    *v = j->ival;
+    return 1;
+}
+
+/* ---- StrBuf ----------------------------------------------------------------------------------- */
+
+static int sb_reserve(StrBuf *sb, size_t extra) {
+    if (sb->failed) return 0;
+    if (extra > SIZE_MAX - sb->len - 1) { sb->failed = 1; return 0; }
+    size_t need = sb->len + extra + 1;
+    if (need <= sb->cap) return 1;
+    size_t nc = sb->cap ? sb->cap : 64;
+    while (nc < need) nc = nc > SIZE_MAX / 2 ? need : nc * 2;
+    char *nb = moelm_realloc(sb->buf, nc);
+    if (!nb) { sb->failed = 1; return 0; }
+    sb->buf = nb;
+    sb->cap = nc;
+    return 1;
+}
+
+void sb_append(StrBuf *sb, const void *data, size_t n) {
+    if (!sb_reserve(sb, n)) return;
+    if (n) memcpy(sb->buf + sb->len, data, n);
+    sb->len += n;
+    sb->buf[sb->len] = 0;
+}
+
+void sb_vprintf(StrBuf *sb, const char *fmt, va_list ap) {
+    if (!sb_reserve(sb, 64)) return;
+    va_list ap2;
+    va_copy(ap2, ap);
+    int k = vsnprintf(sb->buf + sb->len, sb->cap - sb->len, fmt, ap2);
+    va_end(ap2);
+    if (k < 0) { sb->failed = 1; sb->buf[sb->len] = 0; return; }
+    if ((size_t)k >= sb->cap - sb->len) {
+        if (!sb_reserve(sb, (size_t)k)) { sb->buf[sb->len] = 0; return; }
+        vsnprintf(sb->buf + sb->len, sb->cap - sb->len, fmt, ap);
+    }
+    sb->len += (size_t)k;
+}
+
+void sb_printf(StrBuf *sb, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    sb_vprintf(sb, fmt, ap);
+    va_end(ap);
+}
+
+void sb_json_string(StrBuf *sb, const char *s) {
+    const unsigned char *u = (const unsigned char *)(s ? s : "");
+    size_t n = strlen((const char *)u);
+    sb_append(sb, "\"", 1);
+    size_t run = 0;   /* start of the pending run of bytes copied verbatim */
+    for (size_t i = 0; i < n;) {
+        unsigned char c = u[i];
+        const char *esc = NULL;
+        char ubuf[8];
+        size_t len = 1;
+        switch (c) {
+        case '"': esc = "\\\""; break;
+        case '\\': esc = "\\\\"; break;
+        case '\n': esc = "\\n"; break;
+        case '\r': esc = "\\r"; break;
+        case '\t': esc = "\\t"; break;
+        case '\b': esc = "\\b"; break;
+        case '\f': esc = "\\f"; break;
+        default:
+            if (c < 0x20) { snprintf(ubuf, sizeof ubuf, "\\u%04x", c); esc = ubuf; }
+            else if (c >= 0x80) {
+                len = utf8_len(u + i, n - i);
+                if (!len) { esc = "\\ufffd"; len = 1; }
+            }
+        }
+        if (esc) {
+            sb_append(sb, u + run, i - run);
+            sb_append(sb, esc, strlen(esc));
+            i += len;
+            run = i;
+        } else {
+            i += len;
+        }
+    }
+    sb_append(sb, u + run, n - run);
+    sb_append(sb, "\"", 1);
+}
+
+void sb_json_double(StrBuf *sb, double v) {
+    if (!isfinite(v)) sb_append(sb, "null", 4);
+    else sb_printf(sb, "%.17g", v);
+}
+
+void sb_json_float(StrBuf *sb, float v) {
+    if (!isfinite(v)) sb_append(sb, "null", 4);
+    else sb_printf(sb, "%.9g", (double)v);
+}
+
+void json_write(StrBuf *sb, const Json *j) {
+    switch (json_type(j)) {
+    case JSON_NULL: sb_append(sb, "null", 4); break;
+    case JSON_BOOL: if (j->b) sb_append(sb, "true", 4); else sb_append(sb, "false", 5); break;
+    case JSON_NUMBER:
+        if (j->is_int) sb_printf(sb, "%lld", (long long)j->ival);
+        else sb_json_double(sb, j->num);
+        break;
+    case JSON_STRING: sb_json_string(sb, j->str); break;
+    case JSON_ARRAY:
+    case JSON_OBJECT:
+        sb_append(sb, j->type == JSON_OBJECT ? "{" : "[", 1);
+        for (size_t i = 0; i < j->n; i++) {
+            if (i) sb_append(sb, ",", 1);
+            if (j->type == JSON_OBJECT) { sb_json_string(sb, j->keys[i]); sb_append(sb, ":", 1); }
+            json_write(sb, &j->items[i]);
+        }
+        sb_append(sb, j->type == JSON_OBJECT ? "}" : "]", 1);
+        break;
+    }
+}
+
+void sb_free(StrBuf *sb) {
+    moelm_free(sb->buf);
+    sb->buf = NULL;
+    sb->len = sb->cap = 0;
+    sb->failed = 0;
+}

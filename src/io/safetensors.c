@@ -1,0 +1,415 @@
+/* safetensors.c: safetensors reader (full header validation) and streaming atomic writer.
+ * See safetensors.h for the format and the rules enforced.
+ *
+ * The open file keeps the parsed header tree alive: tensor names and metadata strings point into
+ * it. Entries are kept twice: sorted by name (lookup) and in data order (validation, st_name).
+ */
+#include "io/safetensors.h"
+#include "io/fileio.h"
+#include "io/json.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "safetensors.c assumes a little-endian machine (the format stores little-endian data)"
+#endif
+
+typedef struct { const char *name; unsigned size; } DType;
+
+static const DType g_dtypes[] = {
+    { "BOOL", 1 }, { "U8", 1 }, { "I8", 1 }, { "F8_E5M2", 1 }, { "F8_E4M3", 1 },
+    { "I16", 2 }, { "U16", 2 }, { "F16", 2 }, { "BF16", 2 },
+    { "I32", 4 }, { "U32", 4 }, { "F32", 4 },
+    { "I64", 8 }, { "U64", 8 }, { "F64", 8 },
+};
+
+typedef struct {
+    const char *name;             /* points into the header tree */
+    const char *dtype;            /* a g_dtypes name */
+    int ndim;
+    int64_t shape[ST_MAX_DIMS];
+    uint64_t begin, end;          /* byte offsets in the data region */
+} StEntry;
+
+struct SafeTensors {
+    char *path;
+    int fd;
+    uint64_t data_start;          /* 8 + header length */
+    uint64_t data_size;
+    Json *header;
+    int count;
+    StEntry *by_name;             /* [count] sorted by name */
+    StEntry *by_offset;           /* [count] sorted by (begin, end) */
+    const Json *meta;             /* the __metadata__ object, or NULL */
+};
+
+/* ---- writing ---------------------------------------------------------------------------------- */
+
+moelm_status st_write(const char *path, const StTensor *tensors, int count, const char *const *meta_kv) {
+    CHECK(count >= 0 && (count == 0 || tensors));
+    StrBuf h = { 0 };
+    sb_append(&h, "{", 1);
+    int first = 1;
+    if (meta_kv && meta_kv[0]) {
+        sb_append(&h, "\"__metadata__\":{", 16);
+        for (int i = 0; meta_kv[i]; i += 2) {
+            CHECK(meta_kv[i + 1] != NULL);   /* keys and values come in pairs */
+            for (int k = 0; k < i; k += 2) CHECK(strcmp(meta_kv[k], meta_kv[i]) != 0);
+            if (i) sb_append(&h, ",", 1);
+            sb_json_string(&h, meta_kv[i]);
+            sb_append(&h, ":", 1);
+            sb_json_string(&h, meta_kv[i + 1]);
+        }
+        sb_append(&h, "}", 1);
+        first = 0;
+    }
+    uint64_t off = 0;
+    for (int i = 0; i < count; i++) {
+        const StTensor *t = &tensors[i];
+        CHECK(t->name && t->name[0] && strcmp(t->name, "__metadata__") != 0);
+        CHECK(t->ndim >= 0 && t->ndim <= 4);
+        for (int k = 0; k < i; k++) CHECK(strcmp(tensors[k].name, t->name) != 0);
+        uint64_t elems = 1;
+        for (int d = 0; d < t->ndim; d++) {
+            CHECK(t->shape[d] >= 0);
+            CHECK(t->shape[d] == 0 || elems <= UINT64_MAX / 4 / (uint64_t)t->shape[d]);
+            elems *= (uint64_t)t->shape[d];
+        }
+        CHECK(elems == 0 || t->data);
+        uint64_t nb = elems * 4;
+        if (!first) sb_append(&h, ",", 1);
+        first = 0;
+        sb_json_string(&h, t->name);
+        sb_append(&h, ":{\"dtype\":\"F32\",\"shape\":[", 25);
+        for (int d = 0; d < t->ndim; d++) sb_printf(&h, d ? ",%lld" : "%lld", (long long)t->shape[d]);
+        sb_printf(&h, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)off,
+                  (unsigned long long)(off + nb));
+        off += nb;
+    }
+    sb_append(&h, "}", 1);
+    while (!h.failed && h.len % 8) sb_append(&h, " ", 1);   /* data start 8-byte aligned */
+    if (h.failed) {
+        sb_free(&h);
+        return moelm_fail(MOELM_ERR_NOMEM, "%s: out of memory building the safetensors header", path);
+    }
+    unsigned char len8[8];
+    for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)h.len >> (8 * i));
+    FileWriter w;
+    moelm_status st = fw_open(&w, path);
+    if (!st) st = fw_write(&w, len8, 8);
+    if (!st) st = fw_write(&w, h.buf, h.len);
+    for (int i = 0; i < count && !st; i++) {
+        const StTensor *t = &tensors[i];
+        size_t elems = 1;
+        for (int d = 0; d < t->ndim; d++) elems *= (size_t)t->shape[d];
+        if (elems) st = fw_write(&w, t->data, elems * sizeof(float));
+    }
+    if (!st) st = fw_commit(&w);
+    sb_free(&h);
+    return st;
+}
+
+/* ---- reading ---------------------------------------------------------------------------------- */
+
+static const DType *dtype_find(const char *s) {
+    for (size_t i = 0; i < sizeof g_dtypes / sizeof g_dtypes[0]; i++)
+        if (strcmp(g_dtypes[i].name, s) == 0) return &g_dtypes[i];
+    return NULL;
+}
+
+static int entry_name_cmp(const void *a, const void *b) {
+    return strcmp(((const StEntry *)a)->name, ((const StEntry *)b)->name);
+}
+
+static int entry_offset_cmp(const void *a, const void *b) {
+    const StEntry *x = a, *y = b;
+    if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
+    if (x->end != y->end) return x->end < y->end ? -1 : 1;
+    return strcmp(x->name, y->name);
+}
+
+/* Reads exactly n bytes at offset off; fails on short reads (a file that shrank). */
+static moelm_status read_at(int fd, const char *path, void *dst, uint64_t n, uint64_t off, const char *what) {
+    char *p = dst;
+    while (n > 0) {
+        size_t chunk = n > ((uint64_t)1 << 30) ? ((size_t)1 << 30) : (size_t)n;
+        ssize_t k = pread(fd, p, chunk, (off_t)off);
+        if (k < 0) {
+            if (errno == EINTR) continue;
+            return moelm_fail(MOELM_ERR_IO, "%s: read error in %s: %s", path, what, strerror(errno));
+        }
+        if (k == 0)
+            return moelm_fail(MOELM_ERR_FORMAT, "%s: unexpected end of file in %s", path, what);
+        p += k;
+        n -= (uint64_t)k;
+        off += (uint64_t)k;
+    }
+    return MOELM_OK;
+}
+
+/* Validates one tensor entry `name: {...}` into e. */
+static moelm_status parse_entry(const char *path, const char *name, const Json *v, uint64_t data_size,
+                                StEntry *e) {
+    memset(e, 0, sizeof *e);
+    e->name = name;
+    if (name[0] == 0) return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor with an empty name", path);
+    if (json_type(v) != JSON_OBJECT)
+        return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\": entry is not a JSON object", path, name);
+    for (size_t i = 0; i < json_len(v); i++) {
+        const char *k = json_key_at(v, i);
+        if (strcmp(k, "dtype") && strcmp(k, "shape") && strcmp(k, "data_offsets"))
+            return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\": unknown field \"%s\"", path, name, k);
+    }
+    const Json *jd = json_get(v, "dtype"), *js = json_get(v, "shape"), *jo = json_get(v, "data_offsets");
+    if (!jd) return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\": missing \"dtype\"", path, name);
+    if (!js) return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\": missing \"shape\"", path, name);
+    if (!jo) return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\": missing \"data_offsets\"", path, name);
+    if (json_type(jd) != JSON_STRING)
+        return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\": dtype is not a string", path, name);
+    const DType *dt = dtype_find(json_string(jd));
+    if (!dt) {
+        char shown[48];
+        snprintf(shown, sizeof shown, "%s", json_string(jd));
+        return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\": unknown dtype \"%s\"", path, name, shown);
+    }
+    e->dtype = dt->name;
+    if (json_type(js) != JSON_ARRAY)
+        return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\": shape is not an array", path, name);
+    if (json_len(js) > ST_MAX_DIMS)
+        return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\": shape has %zu dimensions, at most %d allowed",
+                          path, name, json_len(js), ST_MAX_DIMS);
+    e->ndim = (int)json_len(js);
+    uint64_t elems = 1;
+    int overflow = 0;
+    for (int d = 0; d < e->ndim; d++) {
+        int64_t x;
+        if (!json_int64(json_at(js, (size_t)d), &x) || x < 0)
+            return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\": shape[%d] is not a non-negative integer",
+                              path, name, d);
+        e->shape[d] = x;
+        if (x == 0) elems = 0;
+        else if (elems > UINT64_MAX / (uint64_t)x) overflow = 1;
+        else elems *= (uint64_t)x;
+    }
+    if (elems == 0) overflow = 0;   /* a zero dimension makes the product 0 whatever the others are */
+    if (overflow || elems > UINT64_MAX / dt->size)
+        return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\": shape product overflows", path, name);
+    uint64_t nbytes = elems * dt->size;
+    if (json_type(jo) != JSON_ARRAY || json_len(jo) != 2)
+        return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\": data_offsets is not a [begin, end] pair",
+                          path, name);
+    int64_t b, en;
+    if (!json_int64(json_at(jo, 0), &b) || !json_int64(json_at(jo, 1), &en) || b < 0 || en < 0)
+        return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\": data_offsets are not non-negative integers",
+                          path, name);
+    if (en < b)
+        return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\": data_offsets end %lld is before begin %lld",
+                          path, name, (long long)en, (long long)b);
+    e->begin = (uint64_t)b;
+    e->end = (uint64_t)en;
+    if (e->end - e->begin != nbytes)
+        return moelm_fail(MOELM_ERR_FORMAT,
+                          "%s: tensor \"%s\": data_offsets span %llu bytes but dtype %s and the shape need %llu",
+                          path, name, (unsigned long long)(e->end - e->begin), dt->name,
+                          (unsigned long long)nbytes);
+    if (e->end > data_size)
+        return moelm_fail(MOELM_ERR_FORMAT,
+                          "%s: tensor \"%s\": data_offsets [%llu, %llu) reach past the data region (%llu bytes)",
+                          path, name, (unsigned long long)e->begin, (unsigned long long)e->end,
+                          (unsigned long long)data_size);
+    return MOELM_OK;
+}
+
+static moelm_status validate_header(SafeTensors *st) {
+    const char *path = st->path;
+    const Json *root = st->header;
+    if (json_type(root) != JSON_OBJECT)
+        return moelm_fail(MOELM_ERR_FORMAT, "%s: header is not a JSON object", path);
+    size_t n = json_len(root);
+    const Json *meta = json_get(root, "__metadata__");
+    size_t ntensors = n - (meta ? 1 : 0);
+    if (meta) {
+        if (json_type(meta) != JSON_OBJECT)
+            return moelm_fail(MOELM_ERR_FORMAT, "%s: __metadata__ is not a JSON object", path);
+        for (size_t i = 0; i < json_len(meta); i++)
+            if (json_type(json_at(meta, i)) != JSON_STRING)
+                return moelm_fail(MOELM_ERR_FORMAT, "%s: __metadata__ value of \"%s\" is not a string", path,
+                                  json_key_at(meta, i));
+        st->meta = meta;
+    }
+    if (ntensors > 0) {
+        st->by_name = moelm_malloc(ntensors * sizeof(StEntry));
+        st->by_offset = moelm_malloc(ntensors * sizeof(StEntry));
+        if (!st->by_name || !st->by_offset) return moelm_fail_context(MOELM_ERR_NOMEM, "%s: reading header", path);
+    }
+    int k = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *name = json_key_at(root, i);
+        if (strcmp(name, "__metadata__") == 0) continue;
+        moelm_status s = parse_entry(path, name, json_at(root, i), st->data_size, &st->by_offset[k]);
+        if (s) return s;
+        k++;
+    }
+    st->count = k;
+    if (k) {
+        memcpy(st->by_name, st->by_offset, (size_t)k * sizeof(StEntry));
+        qsort(st->by_name, (size_t)k, sizeof(StEntry), entry_name_cmp);
+        qsort(st->by_offset, (size_t)k, sizeof(StEntry), entry_offset_cmp);
+    }
+    /* The tensors must tile the data region: no overlaps, no holes, nothing after the last. */
+    uint64_t pos = 0;
+    for (int i = 0; i < k; i++) {
+        const StEntry *e = &st->by_offset[i];
+        if (e->begin < pos)
+            return moelm_fail(MOELM_ERR_FORMAT, "%s: tensors \"%s\" and \"%s\" overlap (bytes [%llu, %llu) and "
+                              "[%llu, %llu))", path, st->by_offset[i - 1].name, e->name,
+                              (unsigned long long)st->by_offset[i - 1].begin,
+                              (unsigned long long)st->by_offset[i - 1].end,
+                              (unsigned long long)e->begin, (unsigned long long)e->end);
+        if (e->begin > pos)
+            return moelm_fail(MOELM_ERR_FORMAT, "%s: hole in the data region: bytes [%llu, %llu) before tensor "
+                              "\"%s\" belong to no tensor", path, (unsigned long long)pos,
+                              (unsigned long long)e->begin, e->name);
+        pos = e->end;
+    }
+    if (pos != st->data_size)
+        return moelm_fail(MOELM_ERR_FORMAT, "%s: the data region has %llu bytes but the tensors cover %llu "
+                          "(truncated or trailing data)", path, (unsigned long long)st->data_size,
+                          (unsigned long long)pos);
+    return MOELM_OK;
+}
+
+moelm_status st_open(SafeTensors **out, const char *path) {
+    *out = NULL;
+    SafeTensors *st = moelm_calloc(1, sizeof *st);
+    if (!st) return moelm_fail_context(MOELM_ERR_NOMEM, "%s: opening", path);
+    st->fd = -1;
+    moelm_status s = MOELM_OK;
+    char *hbuf = NULL;
+    st->path = moelm_strdup(path);
+    if (!st->path) { s = moelm_fail_context(MOELM_ERR_NOMEM, "%s: opening", path); goto fail; }
+    st->fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (st->fd < 0) { s = moelm_fail(MOELM_ERR_IO, "%s: cannot open: %s", path, strerror(errno)); goto fail; }
+    struct stat sb;
+    if (fstat(st->fd, &sb) != 0) { s = moelm_fail(MOELM_ERR_IO, "%s: cannot stat: %s", path, strerror(errno)); goto fail; }
+    if (!S_ISREG(sb.st_mode)) { s = moelm_fail(MOELM_ERR_IO, "%s: not a regular file", path); goto fail; }
+    uint64_t fsize = (uint64_t)sb.st_size;
+    if (fsize < 8) {
+        s = moelm_fail(MOELM_ERR_FORMAT, "%s: file is %llu bytes, too short for a safetensors file (8-byte "
+                       "header length, then the header)", path, (unsigned long long)fsize);
+        goto fail;
+    }
+    unsigned char len8[8];
+    if ((s = read_at(st->fd, path, len8, 8, 0, "the header length"))) goto fail;
+    uint64_t hlen = 0;
+    for (int i = 0; i < 8; i++) hlen |= (uint64_t)len8[i] << (8 * i);
+    if (hlen == 0) { s = moelm_fail(MOELM_ERR_FORMAT, "%s: header length is 0", path); goto fail; }
+    if (hlen > ST_MAX_HEADER) {
+        s = moelm_fail(MOELM_ERR_FORMAT, "%s: header length %llu exceeds the %u-byte limit (not a safetensors "
+                       "file?)", path, (unsigned long long)hlen, ST_MAX_HEADER);
+        goto fail;
+    }
+    if (hlen > fsize - 8) {
+        s = moelm_fail(MOELM_ERR_FORMAT, "%s: header length %llu exceeds the %llu bytes after the length field "
+                       "(truncated file?)", path, (unsigned long long)hlen, (unsigned long long)(fsize - 8));
+        goto fail;
+    }
+    st->data_start = 8 + hlen;
+    st->data_size = fsize - st->data_start;
+    hbuf = moelm_malloc((size_t)hlen);
+    if (!hbuf) { s = moelm_fail_context(MOELM_ERR_NOMEM, "%s: reading header", path); goto fail; }
+    if ((s = read_at(st->fd, path, hbuf, hlen, 8, "the header"))) goto fail;
+    {
+        size_t wlen = strlen(path) + 16;
+        char *what = moelm_malloc(wlen);
+        if (!what) { s = moelm_fail_context(MOELM_ERR_NOMEM, "%s: reading header", path); goto fail; }
+        snprintf(what, wlen, "%s: header", path);
+        s = json_parse(&st->header, hbuf, (size_t)hlen, what);
+        moelm_free(what);
+        if (s) goto fail;
+    }
+    moelm_free(hbuf);
+    hbuf = NULL;
+    if ((s = validate_header(st))) goto fail;
+    *out = st;
+    return MOELM_OK;
+fail:
+    moelm_free(hbuf);
+    st_close(st);
+    return s;
+}
+
+int st_count(const SafeTensors *st) { return st->count; }
+
+const char *st_name(const SafeTensors *st, int i) {
+    if (i < 0 || i >= st->count) return NULL;
+    return st->by_offset[i].name;
+}
+
+static const StEntry *find(const SafeTensors *st, const char *name) {
+    if (!st->count) return NULL;
+    StEntry key;
+    key.name = name;
+    return bsearch(&key, st->by_name, (size_t)st->count, sizeof(StEntry), entry_name_cmp);
+}
+
+int st_info(const SafeTensors *st, const char *name, const char **dtype, int *ndim, int64_t *shape) {
+    const StEntry *e = find(st, name);
+    if (!e) return 0;
+    if (dtype) *dtype = e->dtype;
+    if (ndim) *ndim = e->ndim;
+    if (shape) for (int d = 0; d < e->ndim; d++) shape[d] = e->shape[d];
+    return 1;
+}
+
+static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
+    size_t k = 0;
+    k += (size_t)snprintf(buf + k, cap - k, "[");
+    for (int d = 0; d < ndim && k < cap; d++)
+        k += (size_t)snprintf(buf + k, cap - k, d ? ", %lld" : "%lld", (long long)shape[d]);
+    if (k < cap) snprintf(buf + k, cap - k, "]");
+}
+
+moelm_status st_read_f32(const SafeTensors *st, const char *name, float *dst, int ndim, const int64_t *shape) {
+    CHECK(ndim >= 0 && ndim <= ST_MAX_DIMS);
+    const StEntry *e = find(st, name);
+    if (!e) return moelm_fail(MOELM_ERR_FORMAT, "%s: no tensor named \"%s\"", st->path, name);
+    if (strcmp(e->dtype, "F32") != 0)
+        return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\" has dtype %s, expected F32", st->path, name,
+                          e->dtype);
+    int same = e->ndim == ndim;
+    for (int d = 0; same && d < ndim; d++) same = e->shape[d] == shape[d];
+    if (!same) {
+        char have[160], want[160];
+        shape_str(have, sizeof have, e->ndim, e->shape);
+        shape_str(want, sizeof want, ndim, shape);
+        return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\" has shape %s, expected %s", st->path, name, have,
+                          want);
+    }
+    uint64_t nb = e->end - e->begin;
+    if (nb == 0) return MOELM_OK;
+    CHECK(dst != NULL);
+    char what[64 + 32];
+    snprintf(what, sizeof what, "tensor \"%.64s\"", name);
+    return read_at(st->fd, st->path, dst, nb, st->data_start + e->begin, what);
+}
+
+const char *st_meta(const SafeTensors *st, const char *key) {
+    return st->meta ? json_string(json_get(st->meta, key)) : NULL;
+}
+
+void st_close(SafeTensors *st) {
+    if (!st) return;
+    if (st->fd >= 0) close(st->fd);
+    json_free(st->header);
+    moelm_free(st->by_name);
+    moelm_free(st->by_offset);
+    moelm_free(st->path);
+    moelm_free(st);
+}

@@ -1,0 +1,57 @@
+/* safetensors.h: read and write the safetensors format (Hugging Face's weight file).
+ *
+ * Layout: an 8-byte little-endian unsigned header length N, N bytes of a JSON object
+ *     {"__metadata__": {"key": "value", ...},
+ *      "name": {"dtype": "F32", "shape": [d0, d1, ...], "data_offsets": [begin, end]}, ...}
+ * then the data region; offsets are relative to its start, data are little-endian, row-major.
+ *
+ * Writing produces F32 tensors only, in the order given, packed with no gaps; the header is padded
+ * with spaces to a multiple of 8 bytes as the Python library does, so data stay 8-byte aligned.
+ * Files are written atomically (temporary name, fsync, rename, directory fsync) and streamed, so
+ * a checkpoint is never held twice in memory.
+ *
+ * Reading validates the whole header before anything is used, with the rules of the reference
+ * implementation: header length below 100 MB and within the file; strict JSON without duplicate
+ * keys; every tensor entry has exactly dtype/shape/data_offsets; known dtype; at most 8 dims, each
+ * >= 0; shape product * dtype size == end - begin without overflow; tensors tile the data region
+ * exactly (sorted by offset they start at 0, each begins where the previous ends, the last ends at
+ * the end of the file): no overlaps, no holes, no trailing bytes. __metadata__ maps strings to
+ * strings. Only F32 tensors can be read into memory; other dtypes are validated and reported.
+ * Data are read with pread on demand, so opening a large file costs only its header.
+ */
+#ifndef MOELM_SAFETENSORS_H
+#define MOELM_SAFETENSORS_H
+
+#include <stdint.h>
+#include "common/util.h"
+
+#define ST_MAX_DIMS 8
+#define ST_MAX_HEADER (100u * 1000u * 1000u)
+
+typedef struct {
+    const char *name;
+    const float *data;   /* [shape[0] * ... * shape[ndim-1]] */
+    int ndim;            /* 0 (a scalar) .. 4 */
+    int64_t shape[4];
+} StTensor;
+
+/* Writes tensors[0..count) as F32, in that order. meta_kv is NULL or a NULL-terminated list
+ * key, value, key, value, ..., NULL of strings stored in "__metadata__". Names must be unique,
+ * non-empty and not "__metadata__" (checked with CHECK: a programming error). */
+moelm_status st_write(const char *path, const StTensor *tensors, int count, const char *const *meta_kv);
+
+typedef struct SafeTensors SafeTensors;
+
+moelm_status st_open(SafeTensors **out, const char *path);   /* reads and validates the header */
+int st_count(const SafeTensors *st);
+const char *st_name(const SafeTensors *st, int i);  /* i-th tensor in data order; NULL if out of range */
+/* Looks a tensor up: returns 1 and fills dtype ("F32", ...), ndim and shape[ST_MAX_DIMS] (any may
+ * be NULL), or 0 when absent. */
+int st_info(const SafeTensors *st, const char *name, const char **dtype, int *ndim, int64_t *shape);
+/* Finds the tensor, checks dtype F32 and that its shape equals shape[0..ndim) exactly, and copies
+ * its data into dst. Errors name the file, the tensor and the mismatch. */
+moelm_status st_read_f32(const SafeTensors *st, const char *name, float *dst, int ndim, const int64_t *shape);
+const char *st_meta(const SafeTensors *st, const char *key);   /* NULL if absent */
+void st_close(SafeTensors *st);
+
+#endif
