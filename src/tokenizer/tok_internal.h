@@ -58,6 +58,7 @@ struct Tokenizer {
     size_t trainer_raw_len;
     uint8_t *extra_raw;          /* other top-level fields (self_test_data, unknown), written back */
     size_t extra_raw_len;
+    char *unk_surface;           /* trainer_spec.unk_surface, decoded for <unk> (" \u2047 ") */
     int byte_fallback;
     int treat_ws_as_suffix;
     int byte_id[256];            /* id of <0xNN>, -1 if absent */
@@ -82,10 +83,12 @@ int tok_utf8_valid_prefix(const char *s, size_t n, size_t *mblen);   /* sentence
 static inline int tok_onechar_len(uint8_t c) { static const uint8_t L[16] = {1,1,1,1,1,1,1,1,1,1,1,1,2,2,3,4}; return L[c >> 4]; }
 
 /* ---- SentencePiece (spm_*.c) ---- */
+typedef struct SpmTrainOptions SpmTrainOptions;
 moelm_status spm_parse_model(Tokenizer **out, const uint8_t *buf, size_t n, const char *path);
 moelm_status spm_serialize_model(const Tokenizer *t, uint8_t **buf, size_t *n);
 moelm_status spm_prepare(Tokenizer *t, const char *path);   /* tries, byte ids, scores; after parse/train */
 void spm_free_fields(Tokenizer *t);
+moelm_status spm_build_trainer_spec(const SpmTrainOptions *op, uint8_t **buf, size_t *n);
 void trie_free(PieceTrie *tr);
 
 /* Normalizes one line as sentencepiece's Normalizer::Normalize. *out is moelm_malloc'ed. */
@@ -93,7 +96,7 @@ moelm_status spm_normalize(const Tokenizer *t, const SpmNormSpec *ns, const char
 moelm_status spm_norm_parse_charsmap(SpmNormSpec *ns, const char *what);
 
 /* Training options: sentencepiece's TrainerSpec names and defaults. */
-typedef struct {
+struct SpmTrainOptions {
     TokenizerKind model_type;
     int vocab_size;                 /* 8000 */
     double character_coverage;      /* 0.9995 */
@@ -117,7 +120,7 @@ typedef struct {
     int num_threads;                /* 16 */
     const uint8_t *charsmap;        /* precompiled charsmap to embed (NULL: identity) */
     size_t charsmap_len;
-} SpmTrainOptions;
+};
 
 void spm_train_options_default(SpmTrainOptions *o);
 /* Trains on a list of texts (each a whole corpus, lines split at '\n'). */
