@@ -116,6 +116,17 @@ TEST(json_write_roundtrip) {
     sb_json_float(&s, NAN); sb_printf(&s, ","); sb_json_double(&s, INFINITY);
     EXPECT(strcmp(s.buf, "null,null") == 0);
     sb_free(&s);
+    /* -0 keeps its sign through a round trip */
+    Json *z = NULL;
+    EXPECT(json_parse(&z, "[-0,0,-0.0]", 11, "z") == MOELM_OK);
+    json_write(&s, z);
+    EXPECT(strcmp(s.buf, "[-0,0,-0]") == 0);
+    json_free(z);
+    sb_free(&s);
+    char disp[8];
+    EXPECT(strcmp(json_display("a\nb", disp, sizeof disp), "a?b") == 0);
+    EXPECT(strcmp(json_display("abcdefghij", disp, sizeof disp), "abcd...") == 0);
+    EXPECT(strcmp(json_display("abcdefg", disp, sizeof disp), "abcdefg") == 0);
     /* strings: invalid UTF-8 is replaced, output always parses back */
     sb_json_string(&s, "ok\xff\xc3\xa9\x1f");
     EXPECT(strcmp(s.buf, "\"ok\\ufffd\xc3\xa9\\u001f\"") == 0);
@@ -508,6 +519,7 @@ TEST(st_hostile_catalogue) {
         { "zero-size tensor inside another", "{\"a\":{" T16 ",\"data_offsets\":[0,16]},"
                                              "\"z\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[8,8]}}", 16 },
         { "control character in header", "{\"a\":{" T16 ",\"data_offsets\":[0,16]}\x01}", 16 },
+        { "newline in a bad tensor name", "{\"a\\nb\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,8]}}", 8 },
         { "NUL padding instead of spaces", "{\"a\":{" T16 ",\"data_offsets\":[0,16]}}\0\0\0", 16 },
     };
     int n = (int)(sizeof cases / sizeof cases[0]);

@@ -347,8 +347,7 @@ static moelm_status parse_container(Parser *p, Json *j, int is_obj) {
         for (size_t i = 1; i < j->n; i++) {
             if (strcmp(kp[i - 1].k, kp[i].k) == 0) {
                 char shown[64];
-                snprintf(shown, sizeof shown, "%s", kp[i].k);
-                st = perr_at(p, kp[i].pos, "duplicate key \"%s\"", shown);
+                st = perr_at(p, kp[i].pos, "duplicate key \"%s\"", json_display(kp[i].k, shown, sizeof shown));
                 break;
             }
         }
@@ -439,6 +438,19 @@ void json_free(Json *j) {
     if (!j) return;
     node_clear(j);
     moelm_free(j);
+}
+
+const char *json_display(const char *s, char *buf, size_t cap) {
+    CHECK(cap >= 4);
+    size_t n = strlen(s), keep = n < cap ? n : cap - 4;   /* one byte per byte: no expansion */
+    while (keep < n && keep > 0 && ((unsigned char)s[keep] & 0xC0) == 0x80) keep--;   /* whole characters */
+    for (size_t i = 0; i < keep; i++) {
+        unsigned char c = (unsigned char)s[i];
+        buf[i] = (c < 0x20 || c == 0x7f) ? '?' : (char)c;
+    }
+    if (keep < n) { memcpy(buf + keep, "...", 3); keep += 3; }
+    buf[keep] = 0;
+    return buf;
 }
 
 /* ---- accessors -------------------------------------------------------------------------------- */
@@ -573,7 +585,8 @@ void json_write(StrBuf *sb, const Json *j) {
     case JSON_NULL: sb_append(sb, "null", 4); break;
     case JSON_BOOL: if (j->b) sb_append(sb, "true", 4); else sb_append(sb, "false", 5); break;
     case JSON_NUMBER:
-        if (j->is_int) sb_printf(sb, "%lld", (long long)j->ival);
+        /* "-0" is an integer literal with value 0 but a negative double: keep the sign */
+        if (j->is_int && !(j->ival == 0 && signbit(j->num))) sb_printf(sb, "%lld", (long long)j->ival);
         else sb_json_double(sb, j->num);
         break;
     case JSON_STRING: sb_json_string(sb, j->str); break;

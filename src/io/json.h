@@ -46,6 +46,10 @@ const char *json_string(const Json *j);                /* NULL if not a string *
  * fits in int64_t, exactly (doubles lose integers above 2^53); 0 otherwise. */
 int json_int64(const Json *j, int64_t *v);
 
+/* s for an error message: control characters become '?', and at most cap-1 bytes are kept (a
+ * truncated string ends in "..."), so the message stays on one line. cap >= 4. Returns buf. */
+const char *json_display(const char *s, char *buf, size_t cap);
+
 /* ---- writing ---------------------------------------------------------------------------------- */
 
 /* A growable string builder. Zero-initialise it ({0}). An allocation failure sets `failed`, after

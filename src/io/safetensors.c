@@ -154,17 +154,20 @@ static moelm_status read_at(int fd, const char *path, void *dst, uint64_t n, uin
 }
 
 /* Validates one tensor entry `name: {...}` into e. */
-static moelm_status parse_entry(const char *path, const char *name, const Json *v, uint64_t data_size,
+static moelm_status parse_entry(const char *path, const char *raw_name, const Json *v, uint64_t data_size,
                                 StEntry *e) {
     memset(e, 0, sizeof *e);
-    e->name = name;
+    e->name = raw_name;
+    char nbuf[96], kbuf[48];
+    const char *name = json_display(raw_name, nbuf, sizeof nbuf);   /* for messages */
     if (name[0] == 0) return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor with an empty name", path);
     if (json_type(v) != JSON_OBJECT)
         return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\": entry is not a JSON object", path, name);
     for (size_t i = 0; i < json_len(v); i++) {
         const char *k = json_key_at(v, i);
         if (strcmp(k, "dtype") && strcmp(k, "shape") && strcmp(k, "data_offsets"))
-            return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\": unknown field \"%s\"", path, name, k);
+            return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\": unknown field \"%s\"", path, name,
+                              json_display(k, kbuf, sizeof kbuf));
     }
     const Json *jd = json_get(v, "dtype"), *js = json_get(v, "shape"), *jo = json_get(v, "data_offsets");
     if (!jd) return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\": missing \"dtype\"", path, name);
@@ -175,7 +178,7 @@ static moelm_status parse_entry(const char *path, const char *name, const Json *
     const DType *dt = dtype_find(json_string(jd));
     if (!dt) {
         char shown[48];
-        snprintf(shown, sizeof shown, "%s", json_string(jd));
+        json_display(json_string(jd), shown, sizeof shown);
         return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\": unknown dtype \"%s\"", path, name, shown);
     }
     e->dtype = dt->name;
@@ -237,10 +240,12 @@ static moelm_status validate_header(SafeTensors *st) {
     if (meta) {
         if (json_type(meta) != JSON_OBJECT)
             return moelm_fail(MOELM_ERR_FORMAT, "%s: __metadata__ is not a JSON object", path);
-        for (size_t i = 0; i < json_len(meta); i++)
+        for (size_t i = 0; i < json_len(meta); i++) {
+            char kbuf[64];
             if (json_type(json_at(meta, i)) != JSON_STRING)
                 return moelm_fail(MOELM_ERR_FORMAT, "%s: __metadata__ value of \"%s\" is not a string", path,
-                                  json_key_at(meta, i));
+                                  json_display(json_key_at(meta, i), kbuf, sizeof kbuf));
+        }
         st->meta = meta;
     }
     if (ntensors > 0) {
@@ -264,18 +269,20 @@ static moelm_status validate_header(SafeTensors *st) {
     }
     /* The tensors must tile the data region: no overlaps, no holes, nothing after the last. */
     uint64_t pos = 0;
+    char n1[64], n2[64];
     for (int i = 0; i < k; i++) {
         const StEntry *e = &st->by_offset[i];
         if (e->begin < pos)
             return moelm_fail(MOELM_ERR_FORMAT, "%s: tensors \"%s\" and \"%s\" overlap (bytes [%llu, %llu) and "
-                              "[%llu, %llu))", path, st->by_offset[i - 1].name, e->name,
+                              "[%llu, %llu))", path, json_display(st->by_offset[i - 1].name, n1, sizeof n1),
+                              json_display(e->name, n2, sizeof n2),
                               (unsigned long long)st->by_offset[i - 1].begin,
                               (unsigned long long)st->by_offset[i - 1].end,
                               (unsigned long long)e->begin, (unsigned long long)e->end);
         if (e->begin > pos)
             return moelm_fail(MOELM_ERR_FORMAT, "%s: hole in the data region: bytes [%llu, %llu) before tensor "
                               "\"%s\" belong to no tensor", path, (unsigned long long)pos,
-                              (unsigned long long)e->begin, e->name);
+                              (unsigned long long)e->begin, json_display(e->name, n1, sizeof n1));
         pos = e->end;
     }
     if (pos != st->data_size)
