@@ -196,9 +196,10 @@ static void gen_dates(Gen *g) {
         ws(g, PICK(g, k_events)); ws(g, "starts at"); wtime(g, 60 * a + 30 * rnd(g, 2)); w(g, "on"); wdate(g, 1, 0);
         ws(g, "and ends at"); wtime(g, 60 * b);
         break;
-    default:  /* we meet every thursday at 6 pm */
-        ws(g, PICK(g, ((const char *const[]){"we meet", "they meet", "the club meets", "the team trains",
-                                              "the market opens", "the shop closes", "the bus leaves"})));
+    default:  /* the ferry departs every thursday at 6 pm */
+        ws(g, PICK(g, ((const char *const[]){"the ferry departs", "the choir rehearses", "the club convenes",
+                                              "the team trains", "the bakery closes", "the bus departs",
+                                              "the seminar begins"})));
         w(g, "every"); w(g, k_days[rnd(g, 7)]); w(g, "at"); wtime(g, 60 * (6 + rnd(g, 16)));
         break;
     }
