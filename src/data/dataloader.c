@@ -61,8 +61,8 @@ void dataloader_next(DataLoader *dl, int *inputs, int *targets) {
         }
         size_t start = (size_t)dl->order[dl->pos++] * (size_t)dl->stride;
         const int *w = dl->ids + start;             /* start + T + 1 <= n by construction of nwin */
-        memcpy(inputs + (size_t)b * T, w, (size_t)T * sizeof(int));
-        memcpy(targets + (size_t)b * T, w + 1, (size_t)T * sizeof(int));
+        memcpy(inputs + (size_t)b * (size_t)T, w, (size_t)T * sizeof(int));
+        memcpy(targets + (size_t)b * (size_t)T, w + 1, (size_t)T * sizeof(int));
     }
 }
 
@@ -89,7 +89,7 @@ void eval_batch(const int *ids, size_t n, int B, int T, size_t batch_index, int 
         size_t w = batch_index * (size_t)B + (size_t)b;
         for (int t = 0; t < T; t++) {
             size_t p = w * (size_t)T + (size_t)t;    /* input position; its target is p + 1 */
-            size_t k = (size_t)b * T + t;
+            size_t k = (size_t)b * (size_t)T + (size_t)t;
             if (p + 1 < n) { inputs[k] = ids[p]; targets[k] = ids[p + 1]; }
             else { inputs[k] = 0; targets[k] = -1; }
         }

@@ -145,6 +145,7 @@ moelm_status tokens_read(const char *path, int **ids_out, size_t *count_out, int
     if (!f) return moelm_fail(MOELM_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     moelm_status st = MOELM_OK;
     int *ids = NULL;
+    uint64_t count = 0;
     struct stat sb;
     if (fstat(fileno(f), &sb) != 0) {
         st = moelm_fail(MOELM_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
@@ -170,7 +171,8 @@ moelm_status tokens_read(const char *path, int **ids_out, size_t *count_out, int
         goto done;
     }
     uint32_t version = get_u32(hdr + 8), fvocab = get_u32(hdr + 12), fcrc = get_u32(hdr + 32);
-    uint64_t fhash = get_u64(hdr + 16), count = get_u64(hdr + 24);
+    uint64_t fhash = get_u64(hdr + 16);
+    count = get_u64(hdr + 24);
     if (version != TOKENS_VERSION) {
         st = moelm_fail(MOELM_ERR_FORMAT, "%s: unsupported token file version %u (this build reads version %u)",
                         path, version, TOKENS_VERSION);
