@@ -1,0 +1,391 @@
+/* config.c: presets, key=value overrides, config.json reading and writing, validation. */
+#include "model/config.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "io/fileio.h"
+#include "io/json.h"
+
+const char *const config_preset_names[] = {"tiny", "demo", "dense-ptb", "switch-ptb", "seed-moe",
+                                           "seed-gating", "seed-switch", NULL};
+
+static void base_lm(ModelConfig *c) {
+    memset(c, 0, sizeof *c);
+    c->model_type = MODEL_LM;
+    c->vocab_size = 0;   /* 0: taken from the tokenizer at training time */
+    c->d_model = 256;
+    c->num_heads = 4;
+    c->num_layers = 4;
+    c->d_ff = 1024;
+    c->n_positions = 256;
+    c->dropout_rate = 0.1f;
+    c->layer_norm_epsilon = 1e-5f;
+    c->norm_type = NORM_LAYER;
+    c->hidden_act = ACT_GELU;
+    c->tie_word_embeddings = 1;
+    c->head_hidden = 512;
+    c->num_experts = 0;
+    c->sparse_step = 2;
+    c->router_type = ROUTER_SWITCH;
+    c->num_experts_per_tok = 1;
+    c->capacity_factor = 1.25f;
+    c->eval_capacity_factor = 2.0f;
+    c->min_capacity = 4;
+    c->router_aux_loss_coef = 0.01f;
+    c->router_z_loss_coef = 0.001f;
+    c->expert_bias_rate = 0.001f;
+}
+
+static void base_train(TrainConfig *t) {
+    memset(t, 0, sizeof *t);
+    t->batch_size = 32;
+    t->seq_len = 64;
+    t->lr = 1e-3f;
+    t->min_lr_ratio = 0.1f;
+    t->warmup_steps = 100;
+    t->schedule = SCHED_COSINE;
+    t->adamw = 1;
+    t->weight_decay = 0.1f;
+    t->beta1 = 0.9f;
+    t->beta2 = 0.95f;
+    t->eps = 1e-8f;
+    t->grad_clip = 1.0f;
+    t->steps = 1000;
+    snprintf(t->tokenizer, sizeof t->tokenizer, "word");
+}
+
+static void seed_model(ModelConfig *c, RouterType r) {
+    base_lm(c);
+    /* the tutorial's sizes: embedding 256, hidden 512, output 512, 8 heads, 6 layers, 32 experts */
+    c->model_type = MODEL_SEED;
+    c->d_model = 256;
+    c->num_heads = 8;
+    c->num_layers = 6;
+    c->d_ff = 512;
+    c->expert_d_ff = 512;
+    c->head_hidden = 512;
+    c->n_positions = 64;
+    c->hidden_act = ACT_RELU;
+    c->tie_word_embeddings = 0;
+    c->num_experts = 32;
+    c->router_type = r;
+    c->dropout_rate = 0.1f;
+}
+
+moelm_status config_preset(ModelConfig *c, const char *name) {
+    if (!strcmp(name, "tiny")) {
+        base_lm(c);
+        c->d_model = 32; c->num_heads = 2; c->num_layers = 2; c->d_ff = 64; c->n_positions = 64;
+        c->num_experts = 4; c->sparse_step = 2; c->dropout_rate = 0.0f;
+    } else if (!strcmp(name, "demo")) {
+        base_lm(c);
+        c->d_model = 128; c->num_heads = 4; c->num_layers = 2; c->d_ff = 256; c->n_positions = 64;
+        c->num_experts = 4; c->sparse_step = 1; c->dropout_rate = 0.0f;
+    } else if (!strcmp(name, "dense-ptb")) {
+        base_lm(c);
+        c->dropout_rate = 0.3f;
+    } else if (!strcmp(name, "switch-ptb")) {
+        base_lm(c);
+        c->dropout_rate = 0.3f;
+        c->num_experts = 8;
+        c->sparse_step = 2;
+    } else if (!strcmp(name, "seed-moe")) {
+        seed_model(c, ROUTER_RANDOM);
+    } else if (!strcmp(name, "seed-gating")) {
+        seed_model(c, ROUTER_SOFT);
+    } else if (!strcmp(name, "seed-switch")) {
+        seed_model(c, ROUTER_SWITCH);
+    } else {
+        char list[256] = "";
+        for (int i = 0; config_preset_names[i]; i++) {
+            strcat(list, i ? ", " : "");
+            strcat(list, config_preset_names[i]);
+        }
+        return moelm_fail(MOELM_ERR_CONFIG, "unknown preset '%s' (presets: %s; or a config.json path)", name, list);
+    }
+    return MOELM_OK;
+}
+
+moelm_status config_preset_train(TrainConfig *t, const char *name) {
+    base_train(t);
+    if (!strcmp(name, "tiny")) {
+        t->batch_size = 4; t->seq_len = 16; t->steps = 20; t->warmup_steps = 0; t->lr = 3e-3f;
+    } else if (!strcmp(name, "demo")) {
+        t->batch_size = 16; t->seq_len = 32; t->steps = 400; t->warmup_steps = 20; t->lr = 2e-3f;
+        t->weight_decay = 0.0f;
+    } else if (!strcmp(name, "dense-ptb") || !strcmp(name, "switch-ptb")) {
+        t->batch_size = 32; t->seq_len = 64; t->steps = 4000; t->warmup_steps = 200; t->lr = 1e-3f;
+        snprintf(t->tokenizer, sizeof t->tokenizer, "word:10000");
+    } else if (!strncmp(name, "seed-", 5)) {
+        /* the tutorial: sequence 30, batch 64, Adam lr 1e-3 */
+        t->batch_size = 64; t->seq_len = 30; t->lr = 1e-3f; t->adamw = 0; t->weight_decay = 0.0f;
+        t->schedule = SCHED_CONSTANT; t->warmup_steps = 0; t->beta2 = 0.999f; t->grad_clip = 1.0f;
+        t->steps = 1000;
+        snprintf(t->tokenizer, sizeof t->tokenizer, "word:10000");
+    } else {
+        return config_preset(&(ModelConfig){0}, name);
+    }
+    return MOELM_OK;
+}
+
+/* ---- key=value ---------------------------------------------------------------------------------- */
+
+static moelm_status parse_int(const char *key, const char *v, int *out) {
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || end == v || *end || x < -2147483647L || x > 2147483647L)
+        return moelm_fail(MOELM_ERR_CONFIG, "%s: '%s' is not an integer", key, v);
+    *out = (int)x;
+    return MOELM_OK;
+}
+
+static moelm_status parse_float(const char *key, const char *v, float *out) {
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (errno || end == v || *end || !isfinite(x))
+        return moelm_fail(MOELM_ERR_CONFIG, "%s: '%s' is not a finite number", key, v);
+    *out = (float)x;
+    return MOELM_OK;
+}
+
+static moelm_status parse_bool(const char *key, const char *v, int *out) {
+    if (!strcmp(v, "true") || !strcmp(v, "1")) *out = 1;
+    else if (!strcmp(v, "false") || !strcmp(v, "0")) *out = 0;
+    else return moelm_fail(MOELM_ERR_CONFIG, "%s: '%s' is not true or false", key, v);
+    return MOELM_OK;
+}
+
+static const char *act_name(Activation a) { return a == ACT_RELU ? "relu" : a == ACT_GELU ? "gelu" : "swiglu"; }
+
+moelm_status config_set(ModelConfig *c, const char *key, const char *v) {
+#define INT(k, f) if (!strcmp(key, k)) return parse_int(key, v, &c->f)
+#define FLT(k, f) if (!strcmp(key, k)) return parse_float(key, v, &c->f)
+#define BOOL(k, f) if (!strcmp(key, k)) return parse_bool(key, v, &c->f)
+    INT("vocab_size", vocab_size);
+    INT("d_model", d_model);
+    INT("num_heads", num_heads);
+    INT("num_layers", num_layers);
+    INT("d_ff", d_ff);
+    INT("n_positions", n_positions);
+    FLT("dropout_rate", dropout_rate);
+    FLT("layer_norm_epsilon", layer_norm_epsilon);
+    BOOL("tie_word_embeddings", tie_word_embeddings);
+    INT("head_hidden", head_hidden);
+    INT("num_experts", num_experts);
+    INT("sparse_step", sparse_step);
+    INT("num_experts_per_tok", num_experts_per_tok);
+    BOOL("topk_softmax_after", topk_softmax_after);
+    FLT("capacity_factor", capacity_factor);
+    FLT("eval_capacity_factor", eval_capacity_factor);
+    INT("min_capacity", min_capacity);
+    INT("expert_capacity", expert_capacity);
+    INT("expert_d_ff", expert_d_ff);
+    FLT("router_aux_loss_coef", router_aux_loss_coef);
+    FLT("router_z_loss_coef", router_z_loss_coef);
+    FLT("router_jitter_noise", router_jitter_noise);
+    BOOL("use_expert_bias", use_expert_bias);
+    FLT("expert_bias_rate", expert_bias_rate);
+    BOOL("shared_expert", shared_expert);
+#undef INT
+#undef FLT
+#undef BOOL
+    if (!strcmp(key, "model_type")) {
+        if (!strcmp(v, "lm")) c->model_type = MODEL_LM;
+        else if (!strcmp(v, "seed")) c->model_type = MODEL_SEED;
+        else return moelm_fail(MOELM_ERR_CONFIG, "model_type: '%s' is not lm or seed", v);
+        return MOELM_OK;
+    }
+    if (!strcmp(key, "norm_type")) {
+        if (!strcmp(v, "layernorm")) c->norm_type = NORM_LAYER;
+        else if (!strcmp(v, "rmsnorm")) c->norm_type = NORM_RMS;
+        else return moelm_fail(MOELM_ERR_CONFIG, "norm_type: '%s' is not layernorm or rmsnorm", v);
+        return MOELM_OK;
+    }
+    if (!strcmp(key, "hidden_act")) {
+        if (!strcmp(v, "relu")) c->hidden_act = ACT_RELU;
+        else if (!strcmp(v, "gelu")) c->hidden_act = ACT_GELU;
+        else if (!strcmp(v, "swiglu")) c->hidden_act = ACT_SWIGLU;
+        else return moelm_fail(MOELM_ERR_CONFIG, "hidden_act: '%s' is not relu, gelu or swiglu", v);
+        return MOELM_OK;
+    }
+    if (!strcmp(key, "router_type")) {
+        int r = router_from_name(v);
+        if (r < 0) return moelm_fail(MOELM_ERR_CONFIG, "router_type: '%s' is not random, hash, soft, switch, topk or expert-choice", v);
+        c->router_type = (RouterType)r;
+        return MOELM_OK;
+    }
+    return moelm_fail(MOELM_ERR_CONFIG, "unknown config key '%s'", key);
+}
+
+moelm_status train_config_set(TrainConfig *t, const char *key, const char *v) {
+    if (!strcmp(key, "batch_size")) return parse_int(key, v, &t->batch_size);
+    if (!strcmp(key, "seq_len")) return parse_int(key, v, &t->seq_len);
+    if (!strcmp(key, "stride")) return parse_int(key, v, &t->stride);
+    if (!strcmp(key, "lr")) return parse_float(key, v, &t->lr);
+    if (!strcmp(key, "min_lr_ratio")) return parse_float(key, v, &t->min_lr_ratio);
+    if (!strcmp(key, "warmup_steps")) return parse_int(key, v, &t->warmup_steps);
+    if (!strcmp(key, "weight_decay")) return parse_float(key, v, &t->weight_decay);
+    if (!strcmp(key, "beta1")) return parse_float(key, v, &t->beta1);
+    if (!strcmp(key, "beta2")) return parse_float(key, v, &t->beta2);
+    if (!strcmp(key, "eps")) return parse_float(key, v, &t->eps);
+    if (!strcmp(key, "grad_clip")) return parse_float(key, v, &t->grad_clip);
+    if (!strcmp(key, "optimizer")) {
+        if (!strcmp(v, "adamw")) t->adamw = 1;
+        else if (!strcmp(v, "adam")) t->adamw = 0;
+        else return moelm_fail(MOELM_ERR_CONFIG, "optimizer: '%s' is not adam or adamw", v);
+        return MOELM_OK;
+    }
+    if (!strcmp(key, "lr_schedule")) {
+        if (!strcmp(v, "constant")) t->schedule = SCHED_CONSTANT;
+        else if (!strcmp(v, "cosine")) t->schedule = SCHED_COSINE;
+        else if (!strcmp(v, "linear")) t->schedule = SCHED_LINEAR;
+        else return moelm_fail(MOELM_ERR_CONFIG, "lr_schedule: '%s' is not constant, cosine or linear", v);
+        return MOELM_OK;
+    }
+    if (!strcmp(key, "steps")) {
+        int s;
+        moelm_status st = parse_int(key, v, &s);
+        t->steps = s;
+        return st;
+    }
+    if (!strcmp(key, "tokenizer")) {
+        snprintf(t->tokenizer, sizeof t->tokenizer, "%s", v);
+        return MOELM_OK;
+    }
+    return moelm_fail(MOELM_ERR_CONFIG, "unknown training key '%s'", key);
+}
+
+/* ---- JSON ------------------------------------------------------------------------------------- */
+
+moelm_status config_load(ModelConfig *c, const char *path) {
+    Json *j = NULL;
+    moelm_status st = json_parse_file(&j, path);
+    if (st) return st;
+    if (json_type(j) != JSON_OBJECT) {
+        json_free(j);
+        return moelm_fail(MOELM_ERR_CONFIG, "%s: a config must be a JSON object", path);
+    }
+    base_lm(c);
+    const Json *mt = json_get(j, "model_type");
+    if (mt && json_type(mt) == JSON_STRING && !strcmp(json_string(mt), "seed")) seed_model(c, ROUTER_SWITCH);
+    for (size_t i = 0; i < json_len(j); i++) {
+        const char *key = json_key_at(j, i);
+        const Json *v = json_at(j, i);
+        char buf[64];
+        const char *sv = buf;
+        switch (json_type(v)) {
+        case JSON_STRING: sv = json_string(v); break;
+        case JSON_BOOL: sv = json_bool(v) ? "true" : "false"; break;
+        case JSON_NUMBER: snprintf(buf, sizeof buf, "%.9g", json_number(v)); break;
+        default:
+            json_free(j);
+            return moelm_fail(MOELM_ERR_CONFIG, "%s: key '%s' must be a number, string or boolean", path, key);
+        }
+        if (!strcmp(key, "moelm_version")) continue;
+        st = config_set(c, key, sv);
+        if (st) {
+            json_free(j);
+            return moelm_fail_context(st, "%s", path);
+        }
+    }
+    json_free(j);
+    st = config_check(c);
+    return st ? moelm_fail_context(st, "%s", path) : MOELM_OK;
+}
+
+char *config_to_json(const ModelConfig *c) {
+    StrBuf sb = {0};
+    sb_printf(&sb, "{\n  \"moelm_version\": \"%s\",\n", MOELM_VERSION);
+    sb_printf(&sb, "  \"model_type\": \"%s\",\n", c->model_type == MODEL_SEED ? "seed" : "lm");
+    sb_printf(&sb, "  \"vocab_size\": %d,\n  \"d_model\": %d,\n  \"num_heads\": %d,\n  \"num_layers\": %d,\n",
+              c->vocab_size, c->d_model, c->num_heads, c->num_layers);
+    sb_printf(&sb, "  \"d_ff\": %d,\n  \"n_positions\": %d,\n  \"dropout_rate\": %.9g,\n  \"layer_norm_epsilon\": %.9g,\n",
+              c->d_ff, c->n_positions, c->dropout_rate, c->layer_norm_epsilon);
+    sb_printf(&sb, "  \"norm_type\": \"%s\",\n  \"hidden_act\": \"%s\",\n  \"tie_word_embeddings\": %s,\n",
+              c->norm_type == NORM_RMS ? "rmsnorm" : "layernorm", act_name(c->hidden_act),
+              c->tie_word_embeddings ? "true" : "false");
+    sb_printf(&sb, "  \"head_hidden\": %d,\n  \"num_experts\": %d,\n  \"sparse_step\": %d,\n  \"router_type\": \"%s\",\n",
+              c->head_hidden, c->num_experts, c->sparse_step, router_name(c->router_type));
+    sb_printf(&sb, "  \"num_experts_per_tok\": %d,\n  \"topk_softmax_after\": %s,\n", c->num_experts_per_tok,
+              c->topk_softmax_after ? "true" : "false");
+    sb_printf(&sb, "  \"capacity_factor\": %.9g,\n  \"eval_capacity_factor\": %.9g,\n  \"min_capacity\": %d,\n",
+              c->capacity_factor, c->eval_capacity_factor, c->min_capacity);
+    sb_printf(&sb, "  \"expert_capacity\": %d,\n  \"expert_d_ff\": %d,\n", c->expert_capacity, c->expert_d_ff);
+    sb_printf(&sb, "  \"router_aux_loss_coef\": %.9g,\n  \"router_z_loss_coef\": %.9g,\n  \"router_jitter_noise\": %.9g,\n",
+              c->router_aux_loss_coef, c->router_z_loss_coef, c->router_jitter_noise);
+    sb_printf(&sb, "  \"use_expert_bias\": %s,\n  \"expert_bias_rate\": %.9g,\n  \"shared_expert\": %s\n}\n",
+              c->use_expert_bias ? "true" : "false", c->expert_bias_rate, c->shared_expert ? "true" : "false");
+    if (sb.failed) {
+        sb_free(&sb);
+        return NULL;
+    }
+    return sb.buf;
+}
+
+/* ---- validation --------------------------------------------------------------------------------- */
+
+int config_block_is_sparse(const ModelConfig *c, int i) {
+    if (c->model_type != MODEL_LM || c->num_experts <= 1 || c->sparse_step <= 0) return 0;
+    return c->sparse_step == 1 || i % c->sparse_step == 1;
+}
+
+MoEConfig config_moe(const ModelConfig *c) {
+    MoEConfig m;
+    memset(&m, 0, sizeof m);
+    m.router = c->router_type;
+    m.E = c->num_experts > 1 ? c->num_experts : 1;
+    m.K = (c->router_type == ROUTER_TOPK) ? c->num_experts_per_tok : 1;
+    m.C = c->d_model;
+    m.H = c->expert_d_ff > 0 ? c->expert_d_ff : c->d_ff;
+    m.act = c->hidden_act;
+    m.topk_softmax_after = c->topk_softmax_after;
+    m.capacity_factor_train = c->capacity_factor;
+    m.capacity_factor_eval = c->eval_capacity_factor;
+    m.min_capacity = c->min_capacity;
+    m.expert_capacity = c->expert_capacity;
+    m.aux_coef = c->router_aux_loss_coef;
+    m.z_coef = c->router_z_loss_coef;
+    m.jitter = c->router_jitter_noise;
+    m.use_expert_bias = c->use_expert_bias;
+    m.bias_rate = c->expert_bias_rate;
+    m.shared_expert = c->shared_expert;
+    return m;
+}
+
+moelm_status config_check(const ModelConfig *c) {
+#define REQ(cond, ...) if (!(cond)) return moelm_fail(MOELM_ERR_CONFIG, __VA_ARGS__)
+    REQ(c->vocab_size >= 1 && c->vocab_size <= 10000000, "vocab_size must be in [1, 10000000] (got %d)", c->vocab_size);
+    REQ(c->d_model >= 1 && c->d_model <= 65536, "d_model must be in [1, 65536] (got %d)", c->d_model);
+    REQ(c->num_heads >= 1, "num_heads must be positive (got %d)", c->num_heads);
+    REQ(c->d_model % c->num_heads == 0, "num_heads (%d) must divide d_model (%d)", c->num_heads, c->d_model);
+    REQ(c->num_layers >= 0 && c->num_layers <= 1000, "num_layers must be in [0, 1000] (got %d)", c->num_layers);
+    REQ(c->d_ff >= 1 && c->d_ff <= 1 << 20, "d_ff must be in [1, 1048576] (got %d)", c->d_ff);
+    REQ(c->n_positions >= 1 && c->n_positions <= 1 << 16, "n_positions must be in [1, 65536] (got %d)", c->n_positions);
+    REQ(c->dropout_rate >= 0.0f && c->dropout_rate < 1.0f, "dropout_rate must be in [0, 1) (got %g)", c->dropout_rate);
+    REQ(c->layer_norm_epsilon > 0.0f && c->layer_norm_epsilon < 1.0f, "layer_norm_epsilon must be in (0, 1) (got %g)", c->layer_norm_epsilon);
+    REQ(c->num_experts >= 0 && c->num_experts <= 256, "num_experts must be in [0, 256] (got %d)", c->num_experts);
+    REQ(c->expert_d_ff >= 0 && c->expert_d_ff <= 1 << 20, "expert_d_ff must be in [0, 1048576] (got %d)", c->expert_d_ff);
+    REQ(c->sparse_step >= 0, "sparse_step must be >= 0 (got %d)", c->sparse_step);
+    if (c->model_type == MODEL_SEED) {
+        REQ(c->num_experts >= 1, "the seed model needs num_experts >= 1 (got %d)", c->num_experts);
+        REQ(c->head_hidden >= 1 && c->head_hidden <= 1 << 20, "head_hidden must be in [1, 1048576] (got %d)", c->head_hidden);
+    }
+    REQ(isfinite(c->capacity_factor) && isfinite(c->eval_capacity_factor), "capacity_factor must be finite");
+    REQ(isfinite(c->router_aux_loss_coef) && c->router_aux_loss_coef >= 0, "router_aux_loss_coef must be >= 0");
+    REQ(isfinite(c->router_z_loss_coef) && c->router_z_loss_coef >= 0, "router_z_loss_coef must be >= 0");
+    REQ(isfinite(c->router_jitter_noise) && c->router_jitter_noise >= 0 && c->router_jitter_noise < 1,
+        "router_jitter_noise must be in [0, 1)");
+#undef REQ
+    int has_moe = c->model_type == MODEL_SEED || (c->num_experts > 1 && c->sparse_step > 0);
+    if (has_moe) {
+        MoEConfig m = config_moe(c);
+        moelm_status st = moe_config_check(&m, 1);
+        if (st) return st;
+    }
+    return MOELM_OK;
+}

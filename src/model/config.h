@@ -1,0 +1,91 @@
+/* config.h: a model's configuration, its presets, and its JSON form.
+ *
+ * Keys use Hugging Face's names where one exists (vocab_size, d_model, num_heads, num_layers, d_ff,
+ * dropout_rate, layer_norm_epsilon, num_experts, expert_capacity, router_aux_loss_coef,
+ * router_z_loss_coef, router_jitter_noise, tie_word_embeddings, n_positions, num_experts_per_tok,
+ * sparse_step, hidden_act). Validation returns MOELM_ERR_CONFIG with a message naming the key.
+ */
+#ifndef MOELM_CONFIG_H
+#define MOELM_CONFIG_H
+
+#include "common/util.h"
+#include "moe/moe.h"
+#include "ops/ops.h"
+
+typedef enum { MODEL_LM = 0, MODEL_SEED = 1 } ModelType;
+typedef enum { NORM_LAYER = 0, NORM_RMS = 1 } NormType;
+
+typedef struct {
+    ModelType model_type;       /* "lm" (pre-norm decoder) or "seed" (the tutorial's post-norm stack + MoE head) */
+    int vocab_size;             /* V */
+    int d_model;                /* C */
+    int num_heads;              /* NH */
+    int num_layers;             /* L */
+    int d_ff;                   /* H of the dense FFN */
+    int n_positions;            /* max sequence length T of the learned position table */
+    float dropout_rate;
+    float layer_norm_epsilon;
+    NormType norm_type;         /* "layernorm" | "rmsnorm" */
+    Activation hidden_act;      /* "relu" | "gelu" | "swiglu" (dense FFN and experts) */
+    int tie_word_embeddings;    /* lm: LM head shares the token embedding */
+    int head_hidden;            /* seed: hidden size of the tutorial's head (dropout, linear, ReLU, linear) */
+    /* MoE (num_experts <= 1: dense model) */
+    int num_experts;            /* E */
+    int sparse_step;            /* lm: block i is sparse when sparse_step == 1 or i % sparse_step == 1 (HF) */
+    RouterType router_type;
+    int num_experts_per_tok;    /* K */
+    int topk_softmax_after;     /* 0: softmax then top-K (GShard); 1: softmax over the top-K (Mixtral) */
+    float capacity_factor, eval_capacity_factor;   /* <= 0: dropless */
+    int min_capacity;
+    int expert_capacity;        /* > 0: fixed capacity per expert (HF) */
+    int expert_d_ff;            /* H of each expert (0: d_ff) */
+    float router_aux_loss_coef, router_z_loss_coef, router_jitter_noise;
+    int use_expert_bias;        /* DeepSeek-V3 selection bias */
+    float expert_bias_rate;
+    int shared_expert;
+} ModelConfig;
+
+/* The names of the presets, NULL-terminated. */
+extern const char *const config_preset_names[];
+
+/* Fills cfg with the preset's model config. MOELM_ERR_CONFIG for an unknown name. */
+moelm_status config_preset(ModelConfig *cfg, const char *name);
+
+/* Applies "key=value" (a config.json key) to cfg; MOELM_ERR_CONFIG for unknown keys or bad values. */
+moelm_status config_set(ModelConfig *cfg, const char *key, const char *value);
+
+/* Reads config.json: starts from "model_type"'s defaults, then every key present. */
+moelm_status config_load(ModelConfig *cfg, const char *path);
+
+/* The config as a JSON object (moelm_malloc'ed string). */
+char *config_to_json(const ModelConfig *cfg);
+
+/* Validates; the message names the key and the problem (heads not dividing d_model, ...). */
+moelm_status config_check(const ModelConfig *cfg);
+
+/* Whether block i of the lm is an MoE block. */
+int config_block_is_sparse(const ModelConfig *cfg, int i);
+
+/* The MoE layer config derived from the model config. */
+MoEConfig config_moe(const ModelConfig *cfg);
+
+/* ---- training settings (presets carry them too) ------------------------------------------------ */
+
+typedef enum { SCHED_CONSTANT = 0, SCHED_COSINE = 1, SCHED_LINEAR = 2 } LrSchedule;
+
+typedef struct {
+    int batch_size, seq_len, stride;      /* stride 0: = seq_len (non-overlapping windows) */
+    float lr, min_lr_ratio;               /* decay ends at lr * min_lr_ratio */
+    int warmup_steps;
+    LrSchedule schedule;
+    int adamw;                            /* 1: AdamW (decoupled decay), 0: Adam (L2 folded into the gradient) */
+    float weight_decay, beta1, beta2, eps, grad_clip;   /* grad_clip <= 0: off */
+    long steps;
+    char tokenizer[256];                  /* "word", "word:N", "char", or a tokenizer file */
+} TrainConfig;
+
+/* Fills tc with the preset's training defaults. */
+moelm_status config_preset_train(TrainConfig *tc, const char *name);
+moelm_status train_config_set(TrainConfig *tc, const char *key, const char *value);
+
+#endif

@@ -1,0 +1,480 @@
+/* model.c: parameter layout, forward and backward of the lm and seed models, KV-cache generation.
+ * See model.h for the architecture, the memory arenas and the shapes. */
+#include "model/model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include "backend/gemm.h"
+#include "ops/ops.h"
+
+/* ---- layout ------------------------------------------------------------------------------------ */
+
+/* The layout runs twice: pass 0 records the tensor table and counts floats; pass 1 (after the arenas
+ * exist) hands out pointers. Both passes walk the same sequence, so offsets agree by construction. */
+typedef struct {
+    Model *m;
+    int pass;
+    size_t off;
+    int n;
+} Layout;
+
+static float *tensor(Layout *L, float **grad, const char *name, int trainable, int ndim, int64_t d0,
+                     int64_t d1, int64_t d2) {
+    int64_t shape[3] = {d0, d1, d2};
+    size_t size = 1;
+    for (int i = 0; i < ndim; i++) size *= (size_t)shape[i];
+    if (L->pass == 0) {
+        TensorInfo *t = &L->m->tensors[L->n];
+        snprintf(t->name, sizeof t->name, "%s", name);
+        t->ndim = ndim;
+        for (int i = 0; i < 4; i++) t->shape[i] = i < ndim ? shape[i] : 0;
+        t->offset = L->off;
+        t->size = size;
+        t->decay = ndim >= 2;   /* matrices decay; norms, biases and vectors do not */
+        t->trainable = trainable;
+    }
+    L->n++;
+    float *p = L->pass ? L->m->params + L->off : NULL;
+    if (grad) *grad = L->pass ? L->m->grads + L->off : NULL;
+    L->off += size;
+    return p;
+}
+
+static void layout_moe(Layout *L, MoEParams *p, MoEParams *g, const MoEConfig *mc, const char *prefix) {
+    char nm[96];
+    int E = mc->E, C = mc->C, H = mc->H, H1 = mc->act == ACT_SWIGLU ? 2 * H : H;
+#define NAME(s) (snprintf(nm, sizeof nm, "%s.%s", prefix, s), nm)
+    if (mc->router != ROUTER_RANDOM && mc->router != ROUTER_HASH)
+        p->router_w = tensor(L, &g->router_w, NAME("router.weight"), 1, 2, E, C, 0);
+    p->w1 = tensor(L, &g->w1, NAME("experts.fc1.weight"), 1, 3, E, H1, C);
+    p->b1 = tensor(L, &g->b1, NAME("experts.fc1.bias"), 1, 2, E, H1, 0);
+    p->w2 = tensor(L, &g->w2, NAME("experts.fc2.weight"), 1, 3, E, C, H);
+    p->b2 = tensor(L, &g->b2, NAME("experts.fc2.bias"), 1, 2, E, C, 0);
+    if (mc->shared_expert) {
+        p->sw1 = tensor(L, &g->sw1, NAME("shared.fc1.weight"), 1, 2, H1, C, 0);
+        p->sb1 = tensor(L, &g->sb1, NAME("shared.fc1.bias"), 1, 1, H1, 0, 0);
+        p->sw2 = tensor(L, &g->sw2, NAME("shared.fc2.weight"), 1, 2, C, H, 0);
+        p->sb2 = tensor(L, &g->sb2, NAME("shared.fc2.bias"), 1, 1, C, 0, 0);
+    }
+    if (mc->use_expert_bias) p->expert_bias = tensor(L, &g->expert_bias, NAME("expert_bias"), 0, 1, E, 0, 0);
+#undef NAME
+}
+
+static void layout_model(Layout *L) {
+    Model *m = L->m;
+    const ModelConfig *c = &m->cfg;
+    int C = c->d_model, V = c->vocab_size, H = c->d_ff, H1 = c->hidden_act == ACT_SWIGLU ? 2 * H : H;
+    int rms = c->norm_type == NORM_RMS;
+    ModelParams *p = &m->p, *g = &m->g;
+    char nm[96];
+    p->wte = tensor(L, &g->wte, "tok_emb.weight", 1, 2, V, C, 0);
+    p->wpe = tensor(L, &g->wpe, "pos_emb.weight", 1, 2, c->n_positions, C, 0);
+    for (int l = 0; l < c->num_layers; l++) {
+        LayerParams *lp = &p->layers[l], *lg = &g->layers[l];
+#define NAME(s) (snprintf(nm, sizeof nm, "blocks.%d.%s", l, s), nm)
+        lp->ln1_w = tensor(L, &lg->ln1_w, NAME("ln1.weight"), 1, 1, C, 0, 0);
+        if (!rms) lp->ln1_b = tensor(L, &lg->ln1_b, NAME("ln1.bias"), 1, 1, C, 0, 0);
+        lp->qkv_w = tensor(L, &lg->qkv_w, NAME("attn.qkv.weight"), 1, 2, 3 * C, C, 0);
+        lp->qkv_b = tensor(L, &lg->qkv_b, NAME("attn.qkv.bias"), 1, 1, 3 * C, 0, 0);
+        lp->out_w = tensor(L, &lg->out_w, NAME("attn.out.weight"), 1, 2, C, C, 0);
+        lp->out_b = tensor(L, &lg->out_b, NAME("attn.out.bias"), 1, 1, C, 0, 0);
+        lp->ln2_w = tensor(L, &lg->ln2_w, NAME("ln2.weight"), 1, 1, C, 0, 0);
+        if (!rms) lp->ln2_b = tensor(L, &lg->ln2_b, NAME("ln2.bias"), 1, 1, C, 0, 0);
+        if (c->model_type == MODEL_LM && config_block_is_sparse(c, l)) {
+            char prefix[64];
+            snprintf(prefix, sizeof prefix, "blocks.%d.moe", l);
+            layout_moe(L, &lp->moe, &lg->moe, &m->moe_cfg, prefix);
+        } else {
+            lp->fc1_w = tensor(L, &lg->fc1_w, NAME("ffn.fc1.weight"), 1, 2, H1, C, 0);
+            lp->fc1_b = tensor(L, &lg->fc1_b, NAME("ffn.fc1.bias"), 1, 1, H1, 0, 0);
+            lp->fc2_w = tensor(L, &lg->fc2_w, NAME("ffn.fc2.weight"), 1, 2, C, H, 0);
+            lp->fc2_b = tensor(L, &lg->fc2_b, NAME("ffn.fc2.bias"), 1, 1, C, 0, 0);
+        }
+#undef NAME
+    }
+    if (c->model_type == MODEL_LM) {
+        p->lnf_w = tensor(L, &g->lnf_w, "ln_f.weight", 1, 1, C, 0, 0);
+        if (!rms) p->lnf_b = tensor(L, &g->lnf_b, "ln_f.bias", 1, 1, C, 0, 0);
+        if (!c->tie_word_embeddings) p->lm_head = tensor(L, &g->lm_head, "lm_head.weight", 1, 2, V, C, 0);
+    } else {
+        layout_moe(L, &p->head_moe, &g->head_moe, &m->moe_cfg, "moe");
+        int HH = c->head_hidden;
+        p->head_w1 = tensor(L, &g->head_w1, "head.fc1.weight", 1, 2, HH, C, 0);
+        p->head_b1 = tensor(L, &g->head_b1, "head.fc1.bias", 1, 1, HH, 0, 0);
+        p->head_w2 = tensor(L, &g->head_w2, "head.fc2.weight", 1, 2, V, HH, 0);
+        p->head_b2 = tensor(L, &g->head_b2, "head.fc2.bias", 1, 1, V, 0, 0);
+    }
+}
+
+/* Activations: a bump allocator over one block, run twice like the parameter layout. */
+typedef struct {
+    char *base;
+    size_t off;
+} Bump;
+
+static void *bump(Bump *b, size_t bytes) {
+    void *p = b->base ? b->base + b->off : NULL;
+    b->off += (bytes + 63) & ~(size_t)63;
+    return p;
+}
+#define BF(b, n) ((float *)bump(b, sizeof(float) * (size_t)(n)))
+
+static void layout_acts(Model *m, Bump *b) {
+    const ModelConfig *c = &m->cfg;
+    int B = m->B, T = m->T, N = B * T, C = c->d_model, NH = c->num_heads, V = c->vocab_size;
+    int H = c->d_ff, H1 = c->hidden_act == ACT_SWIGLU ? 2 * H : H, HH = c->head_hidden;
+    int seed = c->model_type == MODEL_SEED;
+    ModelActs *a = &m->a;
+    for (int l = 0; l < c->num_layers; l++) {
+        LayerActs *la = &a->layers[l];
+        int sparse = !seed && config_block_is_sparse(c, l);
+        la->x_in = BF(b, N * C);
+        la->ln1 = BF(b, N * C);
+        la->ln1_mean = BF(b, N);
+        la->ln1_rstd = BF(b, N);
+        la->qkv = BF(b, N * 3 * C);
+        la->att = BF(b, (size_t)B * NH * T * T);
+        la->atty = BF(b, N * C);
+        la->attproj = BF(b, N * C);
+        la->drop1 = bump(b, (size_t)N * C);
+        la->res1 = BF(b, N * C);
+        la->ln2 = seed ? NULL : BF(b, N * C);
+        la->ln2_mean = BF(b, N);
+        la->ln2_rstd = BF(b, N);
+        la->fc_pre = sparse ? NULL : BF(b, N * H1);
+        la->fc = sparse ? NULL : BF(b, N * H);
+        la->ffn = BF(b, N * C);
+        la->drop2 = bump(b, (size_t)N * C);
+        la->res2 = seed ? BF(b, N * C) : NULL;
+        if (sparse) {
+            void *mem = bump(b, moe_acts_bytes(&m->moe_cfg, N));
+            if (mem) moe_acts_bind(&la->moe, mem, &m->moe_cfg, N);
+        }
+    }
+    a->x_final = BF(b, N * C);
+    a->emb_mask = bump(b, (size_t)N * C);
+    if (!seed) {
+        a->lnf = BF(b, N * C);
+        a->lnf_mean = BF(b, N);
+        a->lnf_rstd = BF(b, N);
+    } else {
+        void *mem = bump(b, moe_acts_bytes(&m->moe_cfg, N));
+        if (mem) moe_acts_bind(&a->head_moe, mem, &m->moe_cfg, N);
+        a->hm_out = BF(b, N * C);
+        a->hm = BF(b, N * C);
+        a->hm_drop = BF(b, N * C);
+        a->head_mask = bump(b, (size_t)N * C);
+        a->head_pre = BF(b, N * HH);
+        a->head_h = BF(b, N * HH);
+    }
+    a->logits = BF(b, (size_t)N * V);
+    a->losses = BF(b, N);
+    a->inputs = bump(b, sizeof(int) * N);
+    a->targets = bump(b, sizeof(int) * N);
+    /* scratch for the backward pass, shared by all layers */
+    ModelScratch *s = &m->s;
+    int wide = H1 > HH ? H1 : HH;
+    s->dres = BF(b, N * C);
+    s->dbuf = BF(b, N * C);
+    s->dbuf2 = BF(b, N * C);
+    s->dqkv = BF(b, N * 3 * C);
+    s->datt = BF(b, (size_t)B * NH * T * T);
+    s->dfc = BF(b, (size_t)N * wide);
+    s->dfc2 = BF(b, (size_t)N * wide);
+    s->dlosses = BF(b, N);
+}
+
+/* ---- create / free ----------------------------------------------------------------------------- */
+
+static void init_normal(float *x, size_t n, float std, Rng *r) {
+    for (size_t i = 0; i < n; i++) x[i] = std * rng_normal(r);
+}
+
+static void init_params(Model *m, uint64_t seed) {
+    Rng r;
+    rng_seed(&r, seed);
+    const ModelConfig *c = &m->cfg;
+    /* GPT-2's scheme: N(0, 0.02) for matrices, the residual projections scaled by 1/sqrt(2L),
+     * zero biases, unit norm weights; the router at N(0, sqrt(0.1 / C)) (Switch's small router init). */
+    float resid_std = 0.02f / sqrtf(2.0f * (float)c->num_layers);
+    for (int i = 0; i < m->n_tensors; i++) {
+        TensorInfo *t = &m->tensors[i];
+        float *x = m->params + t->offset;
+        const char *nm = t->name;
+        if (strstr(nm, "ln") && strstr(nm, ".weight") && t->ndim == 1) {
+            for (size_t k = 0; k < t->size; k++) x[k] = 1.0f;
+        } else if (t->ndim == 1 || strstr(nm, ".bias") || strstr(nm, "expert_bias")) {
+            memset(x, 0, sizeof(float) * t->size);
+        } else if (strstr(nm, "router.weight")) {
+            init_normal(x, t->size, sqrtf(0.1f / (float)c->d_model), &r);
+        } else if (strstr(nm, "attn.out.weight") || strstr(nm, "fc2.weight")) {
+            init_normal(x, t->size, c->model_type == MODEL_LM ? resid_std : 0.02f, &r);
+        } else {
+            init_normal(x, t->size, 0.02f, &r);
+        }
+    }
+}
+
+moelm_status model_create(Model *m, const ModelConfig *cfg, int B, int T, uint64_t seed) {
+    memset(m, 0, sizeof *m);
+    moelm_status st = config_check(cfg);
+    if (st) return st;
+    if (B < 1 || T < 1) return moelm_fail(MOELM_ERR_CONFIG, "batch size and sequence length must be positive (got %d x %d)", B, T);
+    if (T > cfg->n_positions)
+        return moelm_fail(MOELM_ERR_CONFIG, "sequence length %d exceeds n_positions %d", T, cfg->n_positions);
+    m->cfg = *cfg;
+    m->moe_cfg = config_moe(cfg);
+    m->B = B;
+    m->T = T;
+    int L = cfg->num_layers;
+    m->p.layers = moelm_calloc(L ? L : 1, sizeof(LayerParams));
+    m->g.layers = moelm_calloc(L ? L : 1, sizeof(LayerParams));
+    m->a.layers = moelm_calloc(L ? L : 1, sizeof(LayerActs));
+    m->tensors = moelm_calloc(16 + 20 * (size_t)L, sizeof(TensorInfo));
+    if (!m->p.layers || !m->g.layers || !m->a.layers || !m->tensors) { model_free(m); return MOELM_ERR_NOMEM; }
+    Layout lay = {m, 0, 0, 0};
+    layout_model(&lay);
+    m->n_tensors = lay.n;
+    m->n_params = lay.off;
+    m->params = moelm_calloc(m->n_params, sizeof(float));
+    m->grads = moelm_calloc(m->n_params, sizeof(float));
+    if (!m->params || !m->grads) { model_free(m); return MOELM_ERR_NOMEM; }
+    lay = (Layout){m, 1, 0, 0};
+    layout_model(&lay);
+    Bump b = {NULL, 0};
+    layout_acts(m, &b);
+    m->acts_bytes = b.off;
+    m->acts_mem = moelm_calloc(1, b.off);
+    if (!m->acts_mem) { model_free(m); return MOELM_ERR_NOMEM; }
+    b = (Bump){m->acts_mem, 0};
+    layout_acts(m, &b);
+    init_params(m, seed);
+    rng_seed(&m->rng, seed ^ 0xD5A61266F0C9392Cull);
+    return MOELM_OK;
+}
+
+void model_free(Model *m) {
+    moelm_free(m->p.layers);
+    moelm_free(m->g.layers);
+    moelm_free(m->a.layers);
+    moelm_free(m->tensors);
+    moelm_free(m->params);
+    moelm_free(m->grads);
+    moelm_free(m->acts_mem);
+    memset(m, 0, sizeof *m);
+}
+
+void model_zero_grad(Model *m) { memset(m->grads, 0, sizeof(float) * m->n_params); }
+
+static size_t moe_expert_params(const MoEConfig *mc) {
+    int H1 = mc->act == ACT_SWIGLU ? 2 * mc->H : mc->H;
+    return (size_t)H1 * mc->C + H1 + (size_t)mc->C * mc->H + mc->C;
+}
+
+void model_param_counts(const Model *m, size_t *total, size_t *active, size_t *per_expert) {
+    size_t tot = 0;
+    for (int i = 0; i < m->n_tensors; i++) if (m->tensors[i].trainable) tot += m->tensors[i].size;
+    int moe_layers = 0;
+    if (m->cfg.model_type == MODEL_SEED) moe_layers = 1;
+    else for (int l = 0; l < m->cfg.num_layers; l++) moe_layers += config_block_is_sparse(&m->cfg, l);
+    size_t pe = moe_layers ? moe_expert_params(&m->moe_cfg) : 0;
+    int E = m->moe_cfg.E, K = m->moe_cfg.router == ROUTER_SOFT ? E : m->moe_cfg.K;
+    if (total) *total = tot;
+    if (active) *active = tot - (size_t)moe_layers * pe * (size_t)(E - K);
+    if (per_expert) *per_expert = pe;
+}
+
+/* ---- forward ----------------------------------------------------------------------------------- */
+
+static void norm_fwd(const Model *m, float *out, float *mean, float *rstd, const float *inp, const float *w,
+                     const float *b, int N) {
+    int C = m->cfg.d_model;
+    if (m->cfg.norm_type == NORM_RMS) rmsnorm_forward(out, rstd, inp, w, N, C, m->cfg.layer_norm_epsilon);
+    else layernorm_forward(out, mean, rstd, inp, w, b, N, C, m->cfg.layer_norm_epsilon);
+}
+
+static void norm_bwd(const Model *m, float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                     const float *w, const float *mean, const float *rstd, int N) {
+    int C = m->cfg.d_model;
+    if (m->cfg.norm_type == NORM_RMS) rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, C);
+    else layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, C);
+}
+
+/* Dense FFN: out[N,C] = fc2(act(fc1(inp))) saving fc_pre and fc. */
+static void ffn_fwd(const Model *m, float *out, float *fc_pre, float *fc, const float *inp, const LayerParams *lp, int N) {
+    int C = m->cfg.d_model, H = m->cfg.d_ff, H1 = m->cfg.hidden_act == ACT_SWIGLU ? 2 * H : H;
+    matmul_forward(fc_pre, inp, lp->fc1_w, lp->fc1_b, N, C, H1);
+    activation_forward(fc, fc_pre, m->cfg.hidden_act, N, H);
+    matmul_forward(out, fc, lp->fc2_w, lp->fc2_b, N, H, C);
+}
+
+float model_forward(Model *m, const int *inputs, const int *targets, int training) {
+    const ModelConfig *c = &m->cfg;
+    int B = m->B, T = m->T, N = B * T, C = c->d_model, NH = c->num_heads, V = c->vocab_size;
+    int seed = c->model_type == MODEL_SEED;
+    float pdrop = training ? c->dropout_rate : 0.0f;
+    ModelActs *a = &m->a;
+    const ModelParams *p = &m->p;
+    m->pdrop = pdrop;
+    for (int i = 0; i < N; i++) CHECK(inputs[i] >= 0 && inputs[i] < V);
+    memcpy(a->inputs, inputs, sizeof(int) * N);
+    for (int i = 0; i < N; i++) a->targets[i] = targets ? targets[i] : -1;
+
+    float *x0 = c->num_layers ? a->layers[0].x_in : a->x_final;
+    encoder_forward(x0, inputs, p->wte, p->wpe, B, T, C);
+    dropout_forward(x0, a->emb_mask, x0, pdrop, (size_t)N * C, &m->rng);
+    m->aux_loss = 0.0f;
+    for (int l = 0; l < c->num_layers; l++) {
+        LayerActs *la = &a->layers[l];
+        const LayerParams *lp = &p->layers[l];
+        float *out = l + 1 < c->num_layers ? a->layers[l + 1].x_in : a->x_final;
+        int sparse = !seed && config_block_is_sparse(c, l);
+        const float *att_in = la->x_in;
+        if (!seed) {
+            norm_fwd(m, la->ln1, la->ln1_mean, la->ln1_rstd, la->x_in, lp->ln1_w, lp->ln1_b, N);
+            att_in = la->ln1;
+        }
+        matmul_forward(la->qkv, att_in, lp->qkv_w, lp->qkv_b, N, C, 3 * C);
+        attention_forward(la->atty, la->att, la->qkv, B, T, C, NH, 1);
+        matmul_forward(la->attproj, la->atty, lp->out_w, lp->out_b, N, C, C);
+        dropout_forward(la->attproj, la->drop1, la->attproj, pdrop, (size_t)N * C, &m->rng);
+        add_forward(la->res1, la->x_in, la->attproj, (size_t)N * C);
+        const float *ffn_in;
+        if (!seed) {
+            norm_fwd(m, la->ln2, la->ln2_mean, la->ln2_rstd, la->res1, lp->ln2_w, lp->ln2_b, N);
+            ffn_in = la->ln2;
+        } else {
+            norm_fwd(m, la->ln1, la->ln1_mean, la->ln1_rstd, la->res1, lp->ln1_w, lp->ln1_b, N);
+            ffn_in = la->ln1;
+        }
+        if (sparse) {
+            moe_forward(la->ffn, &la->moe, ffn_in, inputs, &lp->moe, &m->moe_cfg, N, training, &m->rng);
+            m->aux_loss += moe_loss(&la->moe, &m->moe_cfg);
+        } else {
+            ffn_fwd(m, la->ffn, la->fc_pre, la->fc, ffn_in, lp, N);
+        }
+        dropout_forward(la->ffn, la->drop2, la->ffn, pdrop, (size_t)N * C, &m->rng);
+        if (!seed) {
+            add_forward(out, la->res1, la->ffn, (size_t)N * C);
+        } else {
+            add_forward(la->res2, la->ln1, la->ffn, (size_t)N * C);
+            norm_fwd(m, out, la->ln2_mean, la->ln2_rstd, la->res2, lp->ln2_w, lp->ln2_b, N);
+        }
+    }
+    if (!seed) {
+        norm_fwd(m, a->lnf, a->lnf_mean, a->lnf_rstd, a->x_final, p->lnf_w, p->lnf_b, N);
+        matmul_forward(a->logits, a->lnf, c->tie_word_embeddings ? p->wte : p->lm_head, NULL, N, C, V);
+    } else {
+        int HH = c->head_hidden;
+        moe_forward(a->hm_out, &a->head_moe, a->x_final, inputs, &p->head_moe, &m->moe_cfg, N, training, &m->rng);
+        m->aux_loss += moe_loss(&a->head_moe, &m->moe_cfg);
+        add_forward(a->hm, a->x_final, a->hm_out, (size_t)N * C);
+        dropout_forward(a->hm_drop, a->head_mask, a->hm, pdrop, (size_t)N * C, &m->rng);
+        matmul_forward(a->head_pre, a->hm_drop, p->head_w1, p->head_b1, N, C, HH);
+        activation_forward(a->head_h, a->head_pre, ACT_RELU, N, HH);
+        matmul_forward(a->logits, a->head_h, p->head_w2, p->head_b2, N, HH, V);
+    }
+    crossentropy_forward(a->losses, a->logits, a->targets, N, V);
+    double sum = 0.0;
+    int valid = 0;
+    for (int i = 0; i < N; i++) if (a->targets[i] >= 0) { sum += a->losses[i]; valid++; }
+    m->n_valid = valid;
+    m->loss = valid ? (float)(sum / valid) : 0.0f;
+    return m->loss;
+}
+
+/* ---- backward ---------------------------------------------------------------------------------- */
+
+void model_backward(Model *m) {
+    const ModelConfig *c = &m->cfg;
+    int B = m->B, T = m->T, N = B * T, C = c->d_model, NH = c->num_heads, V = c->vocab_size;
+    int H = c->d_ff, H1 = c->hidden_act == ACT_SWIGLU ? 2 * H : H;
+    int seed = c->model_type == MODEL_SEED;
+    float pdrop = m->pdrop;          /* the rate the forward used (0 in eval: masks all ones) */
+    ModelActs *a = &m->a;
+    ModelScratch *s = &m->s;
+    const ModelParams *p = &m->p;
+    ModelParams *g = &m->g;
+    size_t NC = (size_t)N * C;
+
+    float inv = m->n_valid ? 1.0f / (float)m->n_valid : 0.0f;
+    for (int i = 0; i < N; i++) s->dlosses[i] = a->targets[i] >= 0 ? inv : 0.0f;
+    float *dlogits = a->logits;   /* in place: the logits are not needed after this */
+    crossentropy_backward(dlogits, a->logits, a->targets, s->dlosses, N, V);
+
+    if (!seed) {
+        const float *W = c->tie_word_embeddings ? p->wte : p->lm_head;
+        float *dW = c->tie_word_embeddings ? g->wte : g->lm_head;
+        matmul_backward(s->dbuf, dW, NULL, dlogits, a->lnf, W, N, C, V);
+        memset(s->dres, 0, sizeof(float) * NC);
+        norm_bwd(m, s->dres, g->lnf_w, g->lnf_b, s->dbuf, a->x_final, p->lnf_w, a->lnf_mean, a->lnf_rstd, N);
+    } else {
+        int HH = c->head_hidden;
+        matmul_backward(s->dfc2, g->head_w2, g->head_b2, dlogits, a->head_h, p->head_w2, N, HH, V);
+        activation_backward(s->dfc, s->dfc2, a->head_pre, ACT_RELU, N, HH);
+        matmul_backward(s->dbuf, g->head_w1, g->head_b1, s->dfc, a->hm_drop, p->head_w1, N, C, HH);
+        dropout_backward(s->dbuf, s->dbuf, a->head_mask, pdrop, NC);          /* d hm */
+        moe_backward(s->dbuf2, &g->head_moe, s->dbuf, &a->head_moe, a->x_final, &p->head_moe, &m->moe_cfg, N, 1.0f);
+        add_forward(s->dres, s->dbuf, s->dbuf2, NC);                        /* hm = x + moe(x) */
+    }
+
+    for (int l = c->num_layers - 1; l >= 0; l--) {
+        LayerActs *la = &a->layers[l];
+        const LayerParams *lp = &p->layers[l];
+        LayerParams *lg = &g->layers[l];
+        int sparse = !seed && config_block_is_sparse(c, l);
+        /* s->dres holds d(block output) */
+        const float *ffn_in;
+        float *dffn_out;   /* gradient of the FFN/MoE output (after dropout) */
+        if (!seed) {
+            ffn_in = la->ln2;
+            dffn_out = s->dres;           /* out = res1 + ffn: dres flows on as d res1 */
+        } else {
+            ffn_in = la->ln1;
+            memset(s->dbuf, 0, sizeof(float) * NC);
+            norm_bwd(m, s->dbuf, lg->ln2_w, lg->ln2_b, s->dres, la->res2, lp->ln2_w, la->ln2_mean, la->ln2_rstd, N);
+            dffn_out = s->dbuf;           /* res2 = ln1 + ffn: d ln1 and d ffn both = dbuf */
+        }
+        dropout_backward(s->dbuf2, dffn_out, la->drop2, pdrop, NC);
+        float *dffn_in = s->dqkv;         /* [N, C] slice of the [N, 3C] scratch, free until attention */
+        if (sparse) {
+            moe_backward(dffn_in, &lg->moe, s->dbuf2, &la->moe, ffn_in, &lp->moe, &m->moe_cfg, N, 1.0f);
+        } else {
+            matmul_backward(s->dfc2, lg->fc2_w, lg->fc2_b, s->dbuf2, la->fc, lp->fc2_w, N, H, C);
+            activation_backward(s->dfc, s->dfc2, la->fc_pre, c->hidden_act, N, H);
+            matmul_backward(dffn_in, lg->fc1_w, lg->fc1_b, s->dfc, ffn_in, lp->fc1_w, N, C, H1);
+        }
+        if (!seed) {
+            norm_bwd(m, s->dres, lg->ln2_w, lg->ln2_b, dffn_in, la->res1, lp->ln2_w, la->ln2_mean, la->ln2_rstd, N);
+        } else {
+            add_forward(s->dbuf, s->dbuf, dffn_in, NC);                     /* d ln1 */
+            memset(s->dres, 0, sizeof(float) * NC);
+            norm_bwd(m, s->dres, lg->ln1_w, lg->ln1_b, s->dbuf, la->res1, lp->ln1_w, la->ln1_mean, la->ln1_rstd, N);
+        }
+        /* s->dres = d res1; res1 = x_in + attproj */
+        dropout_backward(s->dbuf, s->dres, la->drop1, pdrop, NC);
+        matmul_backward(s->dbuf2, lg->out_w, lg->out_b, s->dbuf, la->atty, lp->out_w, N, C, C);
+        attention_backward(s->dqkv, s->datt, s->dbuf2, la->att, la->qkv, B, T, C, NH, 1);
+        const float *att_in = seed ? la->x_in : la->ln1;
+        matmul_backward(s->dbuf, lg->qkv_w, lg->qkv_b, s->dqkv, att_in, lp->qkv_w, N, C, 3 * C);
+        if (!seed) norm_bwd(m, s->dres, lg->ln1_w, lg->ln1_b, s->dbuf, la->x_in, lp->ln1_w, la->ln1_mean, la->ln1_rstd, N);
+        else add_forward(s->dres, s->dres, s->dbuf, NC);
+    }
+    dropout_backward(s->dres, s->dres, a->emb_mask, pdrop, NC);
+    encoder_backward(g->wte, g->wpe, s->dres, a->inputs, B, T, C);
+}
+
+int model_moe_layers(const Model *m, const MoEActs **acts, int max) {
+    int n = 0;
+    if (m->cfg.model_type == MODEL_SEED) {
+        if (n < max) acts[n] = &m->a.head_moe;
+        return 1;
+    }
+    for (int l = 0; l < m->cfg.num_layers; l++)
+        if (config_block_is_sparse(&m->cfg, l)) {
+            if (n < max) acts[n] = &m->a.layers[l].moe;
+            n++;
+        }
+    return n;
+}

@@ -1,0 +1,161 @@
+/* model.h: a whole language model: parameter layout, forward, backward, generation.
+ *
+ * Dimensions: B batch, T sequence, N = B*T, C d_model, NH heads, L layers, V vocab, H d_ff,
+ * H1 = H or 2H (SwiGLU), E experts, HH the seed head's hidden size.
+ *
+ * Memory: one allocation per role, sized once from (config, B, T) by model_create:
+ *   params, grads            [n_params] each, tensors back to back in the order of model_tensors
+ *   acts                     saved activations of every layer for one (B, T) batch
+ *   scratch                  activation gradients and per-layer temporaries, shared by all layers
+ * The Adam moments live in the optimizer (src/optim). Nothing is allocated inside a step.
+ *
+ * Models:
+ *   lm:   x = wte[tok] + wpe[t]; per block (pre-norm):
+ *           x = x + drop(attn(norm1(x)));  x = x + drop(ffn_or_moe(norm2(x)));
+ *         logits = norm_f(x) @ wte^T (tied) or @ lm_head^T.
+ *   seed: the tutorial's stack, fixed: x = wte[tok] + wpe[t]; per block (post-norm, causal):
+ *           x = norm1(x + drop(attn(x)));  x = norm2(x + drop(ffn(x)));
+ *         then one MoE layer with a residual (x = x + moe(x)) and the tutorial's head:
+ *           logits = relu(drop(x) @ W1^T + b1) @ W2^T + b2.
+ */
+#ifndef MOELM_MODEL_H
+#define MOELM_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "model/config.h"
+#include "moe/moe.h"
+
+typedef struct {
+    float *ln1_w, *ln1_b;     /* [C], [C] (b NULL for RMSNorm) */
+    float *qkv_w, *qkv_b;     /* [3C, C], [3C] */
+    float *out_w, *out_b;     /* [C, C], [C] */
+    float *ln2_w, *ln2_b;     /* [C], [C] */
+    float *fc1_w, *fc1_b;     /* dense FFN [H1, C], [H1] (NULL in sparse blocks) */
+    float *fc2_w, *fc2_b;     /* [C, H], [C] */
+    MoEParams moe;            /* sparse blocks only */
+} LayerParams;
+
+typedef struct {
+    float *wte;               /* [V, C] */
+    float *wpe;               /* [n_positions, C] */
+    LayerParams *layers;      /* [L] */
+    float *lnf_w, *lnf_b;     /* lm: [C], [C] */
+    float *lm_head;           /* lm, untied: [V, C] */
+    MoEParams head_moe;       /* seed */
+    float *head_w1, *head_b1; /* seed: [HH, C], [HH] */
+    float *head_w2, *head_b2; /* seed: [V, HH], [V] */
+} ModelParams;
+
+typedef struct {
+    char name[96];
+    int ndim;
+    int64_t shape[4];
+    size_t offset, size;      /* in floats, into the params/grads arenas */
+    int decay;                /* AdamW weight decay applies (matrices; not norms, biases, positions) */
+    int trainable;            /* 0: a buffer such as the expert selection bias */
+} TensorInfo;
+
+typedef struct {
+    float *x_in;              /* [N, C] block input */
+    float *ln1, *ln1_mean, *ln1_rstd;   /* [N, C], [N], [N]: lm: norm1(x_in); seed: norm1(res1) */
+    float *qkv;               /* [N, 3C] */
+    float *att;               /* [B, NH, T, T] attention probabilities */
+    float *atty;              /* [N, C] attention output before the projection */
+    float *attproj;           /* [N, C] projection output after dropout */
+    uint8_t *drop1;           /* [N, C] */
+    float *res1;              /* [N, C] x_in + attproj (lm: the mid residual) */
+    float *ln2, *ln2_mean, *ln2_rstd;   /* lm: norm2(res1); seed: norm2(res2) = block output */
+    float *fc_pre;            /* [N, H1] */
+    float *fc;                /* [N, H] */
+    float *ffn;               /* [N, C] FFN/MoE output after dropout */
+    uint8_t *drop2;           /* [N, C] */
+    float *res2;              /* seed: [N, C] ln1 + ffn */
+    MoEActs moe;
+} LayerActs;
+
+typedef struct {
+    LayerActs *layers;        /* [L] */
+    float *x_final;           /* [N, C] output of the last block */
+    uint8_t *emb_mask;        /* [N, C] embedding dropout mask */
+    float *lnf, *lnf_mean, *lnf_rstd;   /* lm: [N, C], [N], [N] */
+    MoEActs head_moe;         /* seed */
+    float *hm_out;            /* seed: [N, C] moe output; x_final + it = hm */
+    float *hm;                /* seed: [N, C] */
+    float *hm_drop;           /* seed: [N, C] after dropout */
+    uint8_t *head_mask;       /* seed: [N, C] */
+    float *head_pre, *head_h; /* seed: [N, HH], [N, HH] */
+    float *logits;            /* [N, V]; overwritten by dlogits in backward */
+    float *losses;            /* [N] */
+    int *inputs, *targets;    /* [N], [N] copies of the batch */
+} ModelActs;
+
+typedef struct {
+    float *dres;              /* [N, C] gradient of the residual stream */
+    float *dbuf;              /* [N, C] */
+    float *dbuf2;             /* [N, C] */
+    float *dqkv;              /* [N, 3C] */
+    float *datt;              /* [B, NH, T, T] */
+    float *dfc;               /* [N, H1 or HH] */
+    float *dfc2;              /* [N, H or HH] */
+    float *dlosses;           /* [N] */
+} ModelScratch;
+
+/* Inference state for generation with a KV cache (batch 1). */
+typedef struct {
+    float *k, *v;             /* [L, n_positions, C] each */
+    int pos;                  /* tokens already in the cache */
+    float *x, *xb, *xb2, *qkv, *att, *fc_pre, *fc, *logits, *hh;   /* one position's buffers */
+    MoEActs *moe;             /* [L + 1] MoE acts for one token */
+    void *mem;
+} KVCache;
+
+typedef struct {
+    ModelConfig cfg;
+    MoEConfig moe_cfg;
+    int n_tensors;
+    TensorInfo *tensors;      /* [n_tensors] */
+    size_t n_params;
+    float *params, *grads;    /* [n_params] each */
+    ModelParams p, g;         /* named views into params and grads */
+    int B, T;                 /* the batch shape the activations are sized for */
+    void *acts_mem;
+    ModelActs a;
+    ModelScratch s;
+    Rng rng;                  /* dropout, jitter and the random router */
+    float pdrop;              /* dropout rate of the last forward (0 in eval) */
+    float loss;               /* mean cross-entropy of the last forward (targets >= 0) */
+    float aux_loss;           /* sum over MoE layers of moe_loss */
+    int n_valid;              /* targets >= 0 in the last forward */
+    size_t acts_bytes;
+} Model;
+
+/* Builds the layout and allocates params, grads and activations for batches of B x T. Parameters
+ * are initialised from seed. */
+moelm_status model_create(Model *m, const ModelConfig *cfg, int B, int T, uint64_t seed);
+void model_free(Model *m);
+
+/* Parameter counts: total, active per token (one routed path: K experts), per expert. */
+void model_param_counts(const Model *m, size_t *total, size_t *active, size_t *per_expert);
+
+/* Forward over a batch (inputs, targets [B*T]; targets may be NULL, or < 0 to ignore a position).
+ * Fills logits; returns the mean cross-entropy over valid targets (0 when targets == NULL).
+ * training: dropout, jitter and the training capacity factor. */
+float model_forward(Model *m, const int *inputs, const int *targets, int training);
+
+/* Backward of the last forward: grads += d(loss + aux_loss)/d(params). Needs targets. */
+void model_backward(Model *m);
+
+void model_zero_grad(Model *m);
+
+/* Generation with a KV cache: feeds one token at position cache->pos, writes next-token logits [V]
+ * into cache->logits, advances pos. */
+moelm_status kv_create(KVCache *kv, const Model *m);
+void kv_free(KVCache *kv);
+void kv_reset(KVCache *kv);
+void model_step_kv(Model *m, KVCache *kv, int token);
+
+/* Routing statistics of the last forward, per MoE layer: layer index list and acts. */
+int model_moe_layers(const Model *m, const MoEActs **acts, int max);
+
+#endif

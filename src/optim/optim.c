@@ -1,0 +1,89 @@
+/* optim.c: see optim.h. */
+#include "optim/optim.h"
+
+#include <math.h>
+#include <string.h>
+
+moelm_status optim_create(Optimizer *o, size_t n) {
+    memset(o, 0, sizeof *o);
+    o->m = moelm_calloc(n, sizeof(float));
+    o->v = moelm_calloc(n, sizeof(float));
+    if (!o->m || !o->v) {
+        optim_free(o);
+        return MOELM_ERR_NOMEM;
+    }
+    o->n = n;
+    return MOELM_OK;
+}
+
+void optim_free(Optimizer *o) {
+    moelm_free(o->m);
+    moelm_free(o->v);
+    memset(o, 0, sizeof *o);
+}
+
+void optim_step(Optimizer *o, Model *m, const TrainConfig *tc, float lr) {
+    o->t++;
+    float b1 = tc->beta1, b2 = tc->beta2, eps = tc->eps;
+    float bc1 = 1.0f - powf(b1, (float)o->t), bc2 = 1.0f - powf(b2, (float)o->t);
+    for (int i = 0; i < m->n_tensors; i++) {
+        const TensorInfo *t = &m->tensors[i];
+        if (!t->trainable) continue;
+        float wd = t->decay ? tc->weight_decay : 0.0f;
+        float *p = m->params + t->offset, *g = m->grads + t->offset;
+        float *mm = o->m + t->offset, *vv = o->v + t->offset;
+        size_t n = t->size;
+        int adamw = tc->adamw;
+        /* each element is independent: no two threads touch the same index */
+#pragma omp parallel for schedule(static)
+        for (size_t k = 0; k < n; k++) {
+            float gk = g[k];
+            if (!adamw) gk += wd * p[k];
+            mm[k] = b1 * mm[k] + (1.0f - b1) * gk;
+            vv[k] = b2 * vv[k] + (1.0f - b2) * gk * gk;
+            float upd = (mm[k] / bc1) / (sqrtf(vv[k] / bc2) + eps);
+            if (adamw) upd += wd * p[k];
+            p[k] -= lr * upd;
+        }
+    }
+}
+
+float grad_clip(Model *m, float max_norm) {
+    double ss = 0.0;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const TensorInfo *t = &m->tensors[i];
+        if (!t->trainable) continue;
+        const float *g = m->grads + t->offset;
+        double s = 0.0;
+        /* the reduction is per-thread partial sums combined by OpenMP: the order is fixed for a
+         * fixed thread count (static schedule), which is what bit-exact resume needs */
+#pragma omp parallel for schedule(static) reduction(+ : s)
+        for (size_t k = 0; k < t->size; k++) s += (double)g[k] * (double)g[k];
+        ss += s;
+    }
+    float norm = (float)sqrt(ss);
+    if (max_norm > 0.0f && isfinite(norm) && norm > max_norm) {
+        float scale = max_norm / norm;
+        for (int i = 0; i < m->n_tensors; i++) {
+            const TensorInfo *t = &m->tensors[i];
+            if (!t->trainable) continue;
+            float *g = m->grads + t->offset;
+#pragma omp parallel for schedule(static)
+            for (size_t k = 0; k < t->size; k++) g[k] *= scale;
+        }
+    }
+    return norm;
+}
+
+float lr_at(const TrainConfig *tc, long step, long total) {
+    float lr = tc->lr;
+    if (tc->warmup_steps > 0 && step < tc->warmup_steps) return lr * (float)(step + 1) / (float)tc->warmup_steps;
+    if (tc->schedule == SCHED_CONSTANT) return lr;
+    long span = total - tc->warmup_steps;
+    if (span <= 0) return lr;
+    float frac = (float)(step - tc->warmup_steps) / (float)span;
+    if (frac > 1.0f) frac = 1.0f;
+    float lo = lr * tc->min_lr_ratio;
+    if (tc->schedule == SCHED_COSINE) return lo + (lr - lo) * 0.5f * (1.0f + cosf(3.14159265358979f * frac));
+    return lr - (lr - lo) * frac;
+}

@@ -1,0 +1,36 @@
+/* optim.h: Adam and AdamW over the flat parameter arena, global-norm clipping, LR schedules.
+ *
+ * The moments are two arenas of n_params floats (one allocation each), walked tensor by tensor so
+ * that weight decay applies to matrices only (TensorInfo.decay) and buffers (trainable == 0) are
+ * left alone.
+ */
+#ifndef MOELM_OPTIM_H
+#define MOELM_OPTIM_H
+
+#include <stddef.h>
+#include "model/config.h"
+#include "model/model.h"
+
+typedef struct {
+    float *m, *v;   /* [n_params] first and second moments */
+    size_t n;
+    long t;         /* updates taken (bias correction) */
+} Optimizer;
+
+moelm_status optim_create(Optimizer *o, size_t n_params);
+void optim_free(Optimizer *o);
+
+/* One update of every trainable tensor. AdamW: p -= lr * (mhat / (sqrt(vhat) + eps) + wd * p);
+ * Adam: g += wd * p first (L2), then the same update without the decoupled term. */
+void optim_step(Optimizer *o, Model *m, const TrainConfig *tc, float lr);
+
+/* The global L2 norm of the trainable gradients (double accumulation); when max_norm > 0 and the
+ * norm exceeds it, scales the gradients down to max_norm. Returns the norm before clipping
+ * (NaN or Inf if any gradient is not finite). */
+float grad_clip(Model *m, float max_norm);
+
+/* Learning rate at step (0-based) of total: linear warm-up over warmup_steps, then constant,
+ * cosine or linear decay to lr * min_lr_ratio at total. */
+float lr_at(const TrainConfig *tc, long step, long total);
+
+#endif
