@@ -501,6 +501,29 @@ TEST(expert_choice_takes_exactly_cap_best_tokens) {
     }
 }
 
+TEST(ties_go_to_the_lower_index) {
+    /* zero router weights: every prob is exactly 1/E, so only the tie rule decides */
+    RouterType rs[3] = { ROUTER_SWITCH, ROUTER_TOPK, ROUTER_EXPERT_CHOICE };
+    for (int i = 0; i < 3; i++) {
+        Case cs;
+        case_init(&cs, cfg_make(rs[i], i == 0 ? 1 : 2, ACT_RELU, 1.0f), TN, 35);
+        memset(cs.p.router_w, 0, sizeof(float) * TE * TC);
+        case_forward(&cs);
+        const MoEActs *a = &cs.a;
+        if (rs[i] == ROUTER_EXPERT_CHOICE) {
+            for (int e = 0; e < TE; e++)
+                for (int t = 0; t < TN; t++) EXPECT((a->expert[t * TE + e] == e) == (t < a->Cap));
+        } else {
+            for (int t = 0; t < TN; t++)
+                for (int k = 0; k < a->KS; k++) {
+                    EXPECT(a->expert[t * a->KS + k] == k);                    /* experts 0, 1, ... */
+                    EXPECT((a->slot_row[t * a->KS + k] >= 0) == (t < a->Cap));   /* the first Cap tokens */
+                }
+        }
+        case_free(&cs);
+    }
+}
+
 TEST(hash_is_a_pure_function_of_the_token_id) {
     Case cs;
     case_init(&cs, cfg_make(ROUTER_HASH, 1, ACT_RELU, 0.0f), TN, 40);
@@ -515,7 +538,7 @@ TEST(hash_is_a_pure_function_of_the_token_id) {
     }
     /* independent of x, the weights, the position and the rng */
     for (int i = 0; i < TN * TC; i++) cs.x[i] = -cs.x[i];
-    for (int t = 0; t < TN; t++) cs.tokens[t] = cs.tokens[TN - 1 - t] + 0 * t;
+    for (int t = 0; t < TN; t++) cs.tokens[t] = (cs.tokens[t] * 7 + 3) % 40;   /* other ids at each position */
     cs.seed = 999;
     case_forward(&cs);
     for (int t = 0; t < TN; t++) EXPECT(cs.a.expert[t] == moe_hash_expert(cs.tokens[t], TE));
@@ -844,6 +867,7 @@ int main(void) {
     RUN(grad_expert_bias_selects_but_does_not_weigh);
     RUN(selection_topk_argmax_and_drop_priority);
     RUN(expert_choice_takes_exactly_cap_best_tokens);
+    RUN(ties_go_to_the_lower_index);
     RUN(hash_is_a_pure_function_of_the_token_id);
     RUN(random_router_one_expert_reproducible);
     RUN(float_forward_finite_differences);
