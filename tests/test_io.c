@@ -211,6 +211,35 @@ TEST(json_out_of_memory_is_clean) {
     EXPECT(saw_ok);
 }
 
+/* The tree costs a small constant times the input, whatever its shape (no per-node allocation). */
+TEST(json_memory_is_bounded_by_input) {
+    const char *unit[] = { "0,", "\"\",", "[],", "{},", "[[]],", "true," };
+    for (size_t u = 0; u < sizeof unit / sizeof unit[0]; u++) {
+        StrBuf sb = { 0 };
+        sb_printf(&sb, "[");
+        for (int i = 0; i < 200000; i++) sb_printf(&sb, "%s", unit[u]);
+        sb.buf[sb.len - 1] = ']';
+        Json *j = NULL;
+        EXPECT(json_parse(&j, sb.buf, sb.len, "big.json") == MOELM_OK);
+        size_t live = moelm_alloc_live_bytes() - sb.cap;
+        EXPECT_MSG(live <= 13 * sb.len + 1024, "unit %s: %zu bytes for %zu of input", unit[u], live, sb.len);
+        json_free(j);
+        sb_free(&sb);
+    }
+    /* an object with many distinct keys */
+    StrBuf sb = { 0 };
+    sb_printf(&sb, "{");
+    for (int i = 0; i < 100000; i++) sb_printf(&sb, "%s\"%x\":0", i ? "," : "", i);
+    sb_printf(&sb, "}");
+    Json *j = NULL;
+    EXPECT(json_parse(&j, sb.buf, sb.len, "keys.json") == MOELM_OK);
+    EXPECT(json_len(j) == 100000 && json_get(j, "1869f") == json_at(j, 99999));
+    EXPECT(moelm_alloc_live_bytes() - sb.cap <= 13 * sb.len + 1024);
+    json_free(j);
+    sb_free(&sb);
+    EXPECT(moelm_alloc_live_bytes() == 0);
+}
+
 /* ---- fileio ----------------------------------------------------------------------------------- */
 
 TEST(fileio_read_write) {
@@ -692,6 +721,7 @@ int main(void) {
     RUN(json_hostile_catalogue);
     RUN(json_files);
     RUN(json_out_of_memory_is_clean);
+    RUN(json_memory_is_bounded_by_input);
     RUN(fileio_read_write);
     RUN(fileio_injected_failures_keep_previous_file);
     RUN(fileio_dirs);

@@ -1,10 +1,13 @@
 /* json.c: strict RFC 8259 parser into a small DOM, and the StrBuf writer. See json.h.
  *
- * Invariants: every node's children live in one contiguous array (items[0..n)); an object also has
- * keys[0..n), each a NUL-terminated UTF-8 string owned by the object. Recursion depth is bounded by
- * JSON_MAX_DEPTH both when parsing and when freeing or writing. Allocation is proportional to the
- * input: a node needs at least one input byte, and a decoded string is never longer than its
- * source text.
+ * Parsing takes two passes over the text. The first validates everything except duplicate keys and
+ * counts: nodes, object members, string bytes, and the children of every container (in preorder).
+ * The second builds the tree into one exact-size block:
+ *     [Json nodes: root, then every container's children contiguously] [key pointers] [string bytes]
+ * so the root's address is the block's and json_free(root) releases everything. Memory is thus a
+ * small constant times the input (24 bytes a node, 8 + 16 transient a key, 4 a bracket, <= 1 a
+ * string byte), whatever the input is, with three allocations in all and no per-node overhead.
+ * Recursion depth is bounded by JSON_MAX_DEPTH when parsing and writing.
  */
 #include "io/json.h"
 #include "io/fileio.h"
@@ -15,24 +18,39 @@
 #include <string.h>
 
 struct Json {
-    JsonType type;
-    int b;            /* JSON_BOOL */
-    int is_int;       /* JSON_NUMBER written as an integer literal that fits int64 */
-    int64_t ival;     /* valid when is_int */
-    double num;       /* JSON_NUMBER */
-    char *str;        /* JSON_STRING: NUL-terminated UTF-8 */
-    size_t n;         /* JSON_ARRAY / JSON_OBJECT: element count */
-    Json *items;      /* [n] children */
-    char **keys;      /* [n] object keys */
+    uint8_t type;          /* JsonType */
+    uint8_t b;             /* JSON_BOOL value */
+    uint8_t is_int;        /* JSON_NUMBER written as an integer literal that fits int64: u.ival */
+    uint8_t pad_;
+    uint32_t n;            /* JSON_ARRAY / JSON_OBJECT: child count */
+    union {
+        double num;        /* JSON_NUMBER, !is_int */
+        int64_t ival;      /* JSON_NUMBER, is_int */
+        const char *str;   /* JSON_STRING: NUL-terminated UTF-8 */
+        Json *items;       /* containers: [n] children */
+    } u;
+    const char **keys;     /* JSON_OBJECT: [n] keys */
 };
 
 /* ---- parser ----------------------------------------------------------------------------------- */
+
+typedef struct { const char *k; size_t pos; } KeyPos;
 
 typedef struct {
     const unsigned char *s;
     size_t n, pos;
     const char *what;
     int depth;
+    int build;                 /* 0: validating and counting pass; 1: building pass */
+    /* counted in pass 1 */
+    size_t nodes, members, strbytes, containers;
+    uint32_t *counts;          /* [containers] children per container, preorder */
+    /* used in pass 2 */
+    size_t cidx;               /* next container, preorder */
+    Json *node_at;   size_t node_next;
+    const char **key_at; size_t key_next;
+    char *str_at;    size_t str_next;
+    KeyPos *scratch; size_t scratch_top;   /* [members] a stack: open objects' keys */
 } Parser;
 
 /* Reports the error at byte offset `at` as line:column (1-based; column counts bytes). */
@@ -123,10 +141,10 @@ static size_t utf8_put(char *d, unsigned cp) {
     return 4;
 }
 
-/* Parses a string starting at the opening quote; *out is a new NUL-terminated UTF-8 string. */
-static moelm_status parse_string(Parser *p, char **out) {
+/* Parses a string starting at the opening quote. Pass 1 validates and counts its bytes; pass 2
+ * decodes it into the string area and sets *out. */
+static moelm_status parse_string(Parser *p, const char **out) {
     size_t start = p->pos + 1, i = start;
-    /* First pass: find the closing quote, validating everything, so one allocation suffices. */
     for (;;) {
         if (i >= p->n) return perr_at(p, p->pos, "unterminated string");
         unsigned char c = p->s[i];
@@ -152,7 +170,7 @@ static moelm_status parse_string(Parser *p, char **out) {
                 }
                 continue;
             }
-            if (!strchr("\"\\/bfnrt", e) || e == 0)
+            if (e == 0 || !strchr("\"\\/bfnrt", e))
                 return perr_at(p, i, "bad escape sequence '\\%c'", (e >= 0x20 && e < 0x7f) ? e : '?');
             i += 2;
             continue;
@@ -162,10 +180,14 @@ static moelm_status parse_string(Parser *p, char **out) {
         i += len;
     }
     size_t end = i;
-    char *d = moelm_malloc(end - start + 1);
-    if (!d) return nomem(p);
+    p->pos = end + 1;
+    if (!p->build) {
+        p->strbytes += end - start + 1;   /* decoded text is never longer than its source */
+        return MOELM_OK;
+    }
+    /* Pass 2: decode; pass 1 guarantees every escape and sequence is well formed. */
+    char *d = p->str_at + p->str_next;
     size_t k = 0;
-    /* Second pass: decode; the first pass guarantees every escape and sequence is well formed. */
     for (i = start; i < end;) {
         unsigned char c = p->s[i];
         if (c != '\\') { d[k++] = (char)c; i++; continue; }
@@ -192,7 +214,7 @@ static moelm_status parse_string(Parser *p, char **out) {
         }
     }
     d[k] = 0;
-    p->pos = end + 1;
+    p->str_next += k + 1;
     *out = d;
     return MOELM_OK;
 }
@@ -223,22 +245,9 @@ static moelm_status parse_number(Parser *p, Json *j) {
         if (i >= p->n || p->s[i] < '0' || p->s[i] > '9') return perr_at(p, i, "digit expected in exponent");
         while (i < p->n && p->s[i] >= '0' && p->s[i] <= '9') i++;
     }
-    size_t len = i - start;
-    char small[64], *buf = small;
-    if (len >= sizeof small) {
-        buf = moelm_malloc(len + 1);
-        if (!buf) return nomem(p);
-    }
-    memcpy(buf, p->s + start, len);
-    buf[len] = 0;
-    double v = strtod(buf, NULL);   /* the grammar above is a subset of strtod's (C locale) */
-    if (buf != small) moelm_free(buf);
-    if (isinf(v)) return perr_at(p, start, "number out of range (overflows a double)");
-    j->type = JSON_NUMBER;
-    j->num = v;
+    int neg = p->s[start] == '-';
     if (integral) {
-        /* exact int64: accumulate negatively so INT64_MIN fits */
-        int neg = p->s[start] == '-';
+        /* exact int64, accumulated negatively so that INT64_MIN fits */
         int64_t acc = 0;
         int ok = 1;
         for (size_t k = start + (size_t)neg; k < i; k++) {
@@ -247,15 +256,30 @@ static moelm_status parse_number(Parser *p, Json *j) {
             acc = acc * 10 - d;
         }
         if (ok && !neg && acc == INT64_MIN) ok = 0;
-        if (ok) { j->is_int = 1; j->ival = neg ? acc : -acc; }
+        if (ok && neg && acc == 0) ok = 0;   /* "-0" is the double -0.0: keep its sign */
+        if (ok) {
+            /* (double)ival and strtod of the same integer round identically: json_number agrees */
+            if (j) { j->type = JSON_NUMBER; j->is_int = 1; j->u.ival = neg ? acc : -acc; }
+            p->pos = i;
+            return MOELM_OK;
+        }
     }
+    size_t len = i - start;
+    char small[64], *buf = small;
+    if (len >= sizeof small) {
+        /* Rare (hundreds of digits): a transient copy for strtod, which needs a terminator. */
+        buf = malloc(len + 1);
+        if (!buf) return moelm_fail(MOELM_ERR_NOMEM, "%s: out of memory parsing a number", p->what);
+    }
+    memcpy(buf, p->s + start, len);
+    buf[len] = 0;
+    double v = strtod(buf, NULL);   /* the grammar above is a subset of strtod's (C locale) */
+    if (buf != small) free(buf);
+    if (isinf(v)) return perr_at(p, start, "number out of range (overflows a double)");
+    if (j) { j->type = JSON_NUMBER; j->u.num = v; }
     p->pos = i;
     return MOELM_OK;
 }
-
-static void node_clear(Json *j);
-
-typedef struct { const char *k; size_t pos; } KeyPos;
 
 static int keypos_cmp(const void *a, const void *b) {
     const KeyPos *x = a, *y = b;
@@ -266,97 +290,85 @@ static int keypos_cmp(const void *a, const void *b) {
 
 static moelm_status parse_value(Parser *p, Json *j);
 
-/* Grows a children array (and keys) to hold at least need elements. */
-static int grow(Json **items, char ***keys, size_t *cap, size_t need) {
-    if (need <= *cap) return 1;
-    size_t nc = *cap ? *cap * 2 : 4;
-    Json *ni = moelm_realloc(*items, nc * sizeof **items);
-    if (!ni) return 0;
-    *items = ni;
-    if (keys) {
-        char **nk = moelm_realloc(*keys, nc * sizeof **keys);
-        if (!nk) return 0;
-        *keys = nk;
-    }
-    *cap = nc;
-    return 1;
-}
-
+/* Pass 1: j is NULL; the container's child count goes to counts[its preorder index].
+ * Pass 2: j's children are the next counts[idx] free nodes; keys are checked for duplicates. */
 static moelm_status parse_container(Parser *p, Json *j, int is_obj) {
     size_t open = p->pos;
     if (++p->depth > JSON_MAX_DEPTH)
         return perr_at(p, open, "nesting deeper than %d levels", JSON_MAX_DEPTH);
-    j->type = is_obj ? JSON_OBJECT : JSON_ARRAY;
+    size_t idx = p->build ? p->cidx++ : p->containers++;
+    size_t expect = 0, base = p->scratch_top;
+    if (p->build) {
+        expect = p->counts[idx];
+        j->type = is_obj ? JSON_OBJECT : JSON_ARRAY;
+        j->n = (uint32_t)expect;
+        j->u.items = p->node_at + p->node_next;
+        p->node_next += expect;
+        if (is_obj) { j->keys = p->key_at + p->key_next; p->key_next += expect; }
+    }
     p->pos++;
-    size_t cap = 0;
-    size_t *keypos = NULL, kpcap = 0;
-    moelm_status st = MOELM_OK;
+    size_t count = 0;
     char close = is_obj ? '}' : ']';
     char db[16];
+    moelm_status st;
     skip_ws(p);
     if (p->pos < p->n && p->s[p->pos] == (unsigned char)close) {
         p->pos++;
-        p->depth--;
-        return MOELM_OK;
-    }
-    for (;;) {
-        skip_ws(p);
-        if (!grow(&j->items, is_obj ? &j->keys : NULL, &cap, j->n + 1)) { st = nomem(p); goto done; }
-        if (is_obj) {
-            if (p->pos >= p->n || p->s[p->pos] != '"') {
-                st = perr_at(p, p->pos, "object key (a string) expected, found %s", describe(p, p->pos, db));
-                goto done;
-            }
-            if (kpcap < cap) {
-                size_t *nk = moelm_realloc(keypos, cap * sizeof *keypos);
-                if (!nk) { st = nomem(p); goto done; }
-                keypos = nk;
-                kpcap = cap;
-            }
-            keypos[j->n] = p->pos;
-            char *key = NULL;
-            if ((st = parse_string(p, &key)) != MOELM_OK) goto done;
-            j->keys[j->n] = key;
-            memset(&j->items[j->n], 0, sizeof(Json));
-            j->n++;   /* the key is owned now; its value is a JSON_NULL until parsed */
+    } else {
+        for (;;) {
             skip_ws(p);
-            if (p->pos >= p->n || p->s[p->pos] != ':') {
-                st = perr_at(p, p->pos, "':' expected after object key, found %s", describe(p, p->pos, db));
-                goto done;
+            Json *child = NULL;
+            if (p->build) {
+                CHECK(count < expect);   /* both passes read the same text */
+                child = &j->u.items[count];
             }
-            p->pos++;
+            if (is_obj) {
+                if (p->pos >= p->n || p->s[p->pos] != '"')
+                    return perr_at(p, p->pos, "object key (a string) expected, found %s", describe(p, p->pos, db));
+                size_t kpos = p->pos;
+                const char *key = NULL;
+                if ((st = parse_string(p, &key))) return st;
+                if (p->build) {
+                    j->keys[count] = key;
+                    p->scratch[p->scratch_top].k = key;
+                    p->scratch[p->scratch_top].pos = kpos;
+                    p->scratch_top++;
+                }
+                skip_ws(p);
+                if (p->pos >= p->n || p->s[p->pos] != ':')
+                    return perr_at(p, p->pos, "':' expected after object key, found %s", describe(p, p->pos, db));
+                p->pos++;
+                skip_ws(p);
+            }
+            if ((st = parse_value(p, child))) return st;
+            count++;
             skip_ws(p);
-            if ((st = parse_value(p, &j->items[j->n - 1])) != MOELM_OK) goto done;
-        } else {
-            memset(&j->items[j->n], 0, sizeof(Json));
-            j->n++;
-            if ((st = parse_value(p, &j->items[j->n - 1])) != MOELM_OK) goto done;
+            if (p->pos < p->n && p->s[p->pos] == ',') { p->pos++; continue; }
+            if (p->pos < p->n && p->s[p->pos] == (unsigned char)close) { p->pos++; break; }
+            return perr_at(p, p->pos, "',' or '%c' expected, found %s", close, describe(p, p->pos, db));
         }
-        skip_ws(p);
-        if (p->pos < p->n && p->s[p->pos] == ',') { p->pos++; continue; }
-        if (p->pos < p->n && p->s[p->pos] == (unsigned char)close) { p->pos++; break; }
-        st = perr_at(p, p->pos, "',' or '%c' expected, found %s", close, describe(p, p->pos, db));
-        goto done;
     }
-    if (is_obj && j->n > 1) {
-        /* Duplicate keys: sort (key, position) pairs; a duplicate is reported at its second use. */
-        KeyPos *kp = moelm_malloc(j->n * sizeof *kp);
-        if (!kp) { st = nomem(p); goto done; }
-        for (size_t i = 0; i < j->n; i++) { kp[i].k = j->keys[i]; kp[i].pos = keypos[i]; }
-        qsort(kp, j->n, sizeof *kp, keypos_cmp);
-        for (size_t i = 1; i < j->n; i++) {
-            if (strcmp(kp[i - 1].k, kp[i].k) == 0) {
-                char shown[64];
-                st = perr_at(p, kp[i].pos, "duplicate key \"%s\"", json_display(kp[i].k, shown, sizeof shown));
-                break;
+    if (!p->build) {
+        p->counts[idx] = (uint32_t)count;
+        p->nodes += count;
+        if (is_obj) p->members += count;
+    } else {
+        CHECK(count == expect);
+        if (is_obj && count > 1) {
+            /* Duplicate keys: sort (key, position) pairs; a duplicate is reported at its second use. */
+            KeyPos *kp = p->scratch + base;
+            qsort(kp, count, sizeof *kp, keypos_cmp);
+            for (size_t i = 1; i < count; i++) {
+                if (strcmp(kp[i - 1].k, kp[i].k) == 0) {
+                    char shown[64];
+                    return perr_at(p, kp[i].pos, "duplicate key \"%s\"", json_display(kp[i].k, shown, sizeof shown));
+                }
             }
         }
-        moelm_free(kp);
+        p->scratch_top = base;
     }
-done:
-    moelm_free(keypos);
     p->depth--;
-    return st;
+    return MOELM_OK;
 }
 
 static moelm_status parse_value(Parser *p, Json *j) {
@@ -367,11 +379,10 @@ static moelm_status parse_value(Parser *p, Json *j) {
     case '{': return parse_container(p, j, 1);
     case '[': return parse_container(p, j, 0);
     case '"': {
-        char *s = NULL;
+        const char *s = NULL;
         moelm_status st = parse_string(p, &s);
         if (st) return st;
-        j->type = JSON_STRING;
-        j->str = s;
+        if (j) { j->type = JSON_STRING; j->u.str = s; }
         return MOELM_OK;
     }
     case 't': case 'f': case 'n': {
@@ -380,8 +391,7 @@ static moelm_status parse_value(Parser *p, Json *j) {
         if (p->n - p->pos < len || memcmp(p->s + p->pos, lit, len) != 0)
             return perr_at(p, p->pos, "invalid literal (expected %s)", lit);
         p->pos += len;
-        j->type = c == 'n' ? JSON_NULL : JSON_BOOL;
-        j->b = c == 't';
+        if (j) { j->type = c == 'n' ? JSON_NULL : JSON_BOOL; j->b = c == 't'; }
         return MOELM_OK;
     }
     default:
@@ -390,23 +400,62 @@ static moelm_status parse_value(Parser *p, Json *j) {
     }
 }
 
+/* One pass over the whole text: a value surrounded by optional whitespace. */
+static moelm_status parse_text(Parser *p, Json *root) {
+    p->pos = 0;
+    p->depth = 0;
+    skip_ws(p);
+    if (p->pos >= p->n) return perr_at(p, p->pos, "empty input (no JSON value)");
+    moelm_status st = parse_value(p, root);
+    if (st) return st;
+    skip_ws(p);
+    char db[16];
+    if (p->pos < p->n)
+        return perr_at(p, p->pos, "trailing characters after the JSON value (%s)", describe(p, p->pos, db));
+    return MOELM_OK;
+}
+
 moelm_status json_parse(Json **out, const char *text, size_t n, const char *what) {
     *out = NULL;
-    Parser p = { (const unsigned char *)text, n, 0, what ? what : "(json)", 0 };
+    Parser p;
+    memset(&p, 0, sizeof p);
+    p.s = (const unsigned char *)text;
+    p.n = n;
+    p.what = what ? what : "(json)";
+    if (n > UINT32_MAX)
+        return moelm_fail(MOELM_ERR_FORMAT, "%s: JSON text of %zu bytes is larger than the 4 GiB supported", p.what, n);
     if (n >= 3 && p.s[0] == 0xEF && p.s[1] == 0xBB && p.s[2] == 0xBF)
         return perr_at(&p, 0, "byte order mark is not allowed");
-    Json *root = moelm_calloc(1, sizeof *root);
-    if (!root) return nomem(&p);
-    skip_ws(&p);
-    if (p.pos >= p.n) { json_free(root); return perr_at(&p, p.pos, "empty input (no JSON value)"); }
-    moelm_status st = parse_value(&p, root);
-    if (st == MOELM_OK) {
-        skip_ws(&p);
-        char db[16];
-        if (p.pos < p.n)
-            st = perr_at(&p, p.pos, "trailing characters after the JSON value (%s)", describe(&p, p.pos, db));
+    /* Every container starts with a bracket byte: their count bounds the number of containers. */
+    size_t brackets = 0;
+    for (size_t i = 0; i < n; i++) brackets += p.s[i] == '[' || p.s[i] == '{';
+    if (brackets) {
+        p.counts = moelm_malloc(brackets * sizeof *p.counts);
+        if (!p.counts) return nomem(&p);
     }
-    if (st) { json_free(root); return st; }
+    moelm_status st = parse_text(&p, NULL);
+    if (st) { moelm_free(p.counts); return st; }
+
+    size_t nodes = 1 + p.nodes;
+    size_t bytes = nodes * sizeof(Json) + p.members * sizeof(const char *) + p.strbytes;
+    char *block = moelm_malloc(bytes);
+    if (p.members) p.scratch = moelm_malloc(p.members * sizeof *p.scratch);
+    if (!block || (p.members && !p.scratch)) {
+        moelm_free(block); moelm_free(p.scratch); moelm_free(p.counts);
+        return nomem(&p);
+    }
+    memset(block, 0, nodes * sizeof(Json));
+    Json *root = (Json *)block;
+    p.node_at = root;
+    p.node_next = 1;
+    p.key_at = (const char **)(block + nodes * sizeof(Json));
+    p.str_at = block + nodes * sizeof(Json) + p.members * sizeof(const char *);
+    p.build = 1;
+    st = parse_text(&p, root);
+    moelm_free(p.scratch);
+    moelm_free(p.counts);
+    if (st) { moelm_free(block); return st; }   /* only a duplicate key gets here */
+    CHECK(p.node_next == nodes && p.key_next == p.members && p.str_next <= p.strbytes);
     *out = root;
     return MOELM_OK;
 }
@@ -422,23 +471,7 @@ moelm_status json_parse_file(Json **out, const char *path) {
     return st;
 }
 
-static void node_clear(Json *j) {
-    if (j->type == JSON_STRING) moelm_free(j->str);
-    if (j->type == JSON_ARRAY || j->type == JSON_OBJECT) {
-        for (size_t i = 0; i < j->n; i++) {
-            node_clear(&j->items[i]);
-            if (j->keys) moelm_free(j->keys[i]);
-        }
-        moelm_free(j->items);
-        moelm_free(j->keys);
-    }
-}
-
-void json_free(Json *j) {
-    if (!j) return;
-    node_clear(j);
-    moelm_free(j);
-}
+void json_free(Json *j) { moelm_free(j); }   /* the root is the start of the one block */
 
 const char *json_display(const char *s, char *buf, size_t cap) {
     CHECK(cap >= 4);
@@ -455,12 +488,12 @@ const char *json_display(const char *s, char *buf, size_t cap) {
 
 /* ---- accessors -------------------------------------------------------------------------------- */
 
-JsonType json_type(const Json *j) { return j ? j->type : JSON_NULL; }
+JsonType json_type(const Json *j) { return j ? (JsonType)j->type : JSON_NULL; }
 
 const Json *json_get(const Json *obj, const char *key) {
     if (!obj || obj->type != JSON_OBJECT || !key) return NULL;
     for (size_t i = 0; i < obj->n; i++)
-        if (strcmp(obj->keys[i], key) == 0) return &obj->items[i];
+        if (strcmp(obj->keys[i], key) == 0) return &obj->u.items[i];
     return NULL;
 }
 
@@ -470,7 +503,7 @@ size_t json_len(const Json *j) {
 
 const Json *json_at(const Json *j, size_t i) {
     if (!j || (j->type != JSON_ARRAY && j->type != JSON_OBJECT) || i >= j->n) return NULL;
-    return &j->items[i];
+    return &j->u.items[i];
 }
 
 const char *json_key_at(const Json *obj, size_t i) {
@@ -478,13 +511,16 @@ const char *json_key_at(const Json *obj, size_t i) {
     return obj->keys[i];
 }
 
-double json_number(const Json *j) { return (j && j->type == JSON_NUMBER) ? j->num : 0.0; }
+double json_number(const Json *j) {
+    if (!j || j->type != JSON_NUMBER) return 0.0;
+    return j->is_int ? (double)j->u.ival : j->u.num;
+}
 int json_bool(const Json *j) { return (j && j->type == JSON_BOOL) ? j->b : 0; }
-const char *json_string(const Json *j) { return (j && j->type == JSON_STRING) ? j->str : NULL; }
+const char *json_string(const Json *j) { return (j && j->type == JSON_STRING) ? j->u.str : NULL; }
 
 int json_int64(const Json *j, int64_t *v) {
     if (!j || j->type != JSON_NUMBER || !j->is_int) return 0;
-    *v = j->ival;
+    *v = j->u.ival;
     return 1;
 }
 
@@ -585,18 +621,17 @@ void json_write(StrBuf *sb, const Json *j) {
     case JSON_NULL: sb_append(sb, "null", 4); break;
     case JSON_BOOL: if (j->b) sb_append(sb, "true", 4); else sb_append(sb, "false", 5); break;
     case JSON_NUMBER:
-        /* "-0" is an integer literal with value 0 but a negative double: keep the sign */
-        if (j->is_int && !(j->ival == 0 && signbit(j->num))) sb_printf(sb, "%lld", (long long)j->ival);
-        else sb_json_double(sb, j->num);
+        if (j->is_int) sb_printf(sb, "%lld", (long long)j->u.ival);
+        else sb_json_double(sb, j->u.num);
         break;
-    case JSON_STRING: sb_json_string(sb, j->str); break;
+    case JSON_STRING: sb_json_string(sb, j->u.str); break;
     case JSON_ARRAY:
     case JSON_OBJECT:
         sb_append(sb, j->type == JSON_OBJECT ? "{" : "[", 1);
         for (size_t i = 0; i < j->n; i++) {
             if (i) sb_append(sb, ",", 1);
             if (j->type == JSON_OBJECT) { sb_json_string(sb, j->keys[i]); sb_append(sb, ":", 1); }
-            json_write(sb, &j->items[i]);
+            json_write(sb, &j->u.items[i]);
         }
         sb_append(sb, j->type == JSON_OBJECT ? "}" : "]", 1);
         break;

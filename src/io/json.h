@@ -8,7 +8,8 @@
  *   - "\u0000" is rejected too: strings are handed out as NUL-terminated C strings.
  * Not here: streaming, comments, NaN/Infinity literals, any leniency.
  *
- * Every node is owned by the root returned from json_parse; json_free(root) releases all of it.
+ * The whole tree is one allocation owned by the root returned from json_parse; json_free(root)
+ * releases it. Memory is a small constant times the input (see json.c), never more.
  * Accessors are total: a wrong type or a NULL node gives NULL / 0 / "" rather than a crash, so
  * readers check json_type() where they need a specific type and report the error themselves.
  */
@@ -32,7 +33,7 @@ typedef struct Json Json;
 moelm_status json_parse(Json **out, const char *text, size_t n, const char *what);
 /* Reads the whole file and parses it; errors name the file. */
 moelm_status json_parse_file(Json **out, const char *path);
-void json_free(Json *j);
+void json_free(Json *j);   /* a root from json_parse (the whole tree is one block); NULL is fine */
 
 JsonType json_type(const Json *j);                     /* JSON_NULL for a NULL pointer */
 const Json *json_get(const Json *obj, const char *key);/* NULL if absent or obj not an object */
