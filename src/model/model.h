@@ -101,12 +101,20 @@ typedef struct {
     float *dlosses;           /* [N] */
 } ModelScratch;
 
-/* Inference state for generation with a KV cache (batch 1). */
+/* Inference state for generation with a KV cache (batch 1), one allocation (mem) sized from the
+ * config by kv_create. Dimensions as above, P = n_positions, W1 = max(H1, HH), W = max(H, HH). */
 typedef struct {
-    float *k, *v;             /* [L, n_positions, C] each */
-    int pos;                  /* tokens already in the cache */
-    float *x, *xb, *xb2, *qkv, *att, *fc_pre, *fc, *logits, *hh;   /* one position's buffers */
-    MoEActs *moe;             /* [L + 1] MoE acts for one token */
+    int pos;                  /* tokens already in the cache; the next token goes to position pos */
+    int n_positions;          /* P: the cache is full at pos == P */
+    float *k, *v;             /* [L, P, C] each: keys and values of positions 0..pos-1 */
+    float *x;                 /* [C] residual stream of the current position */
+    float *xb, *xb2;          /* [C], [C] norm / attention / FFN outputs */
+    float *qkv;               /* [3C] the current position's q, k, v */
+    float *atty;              /* [C] attention output before the projection */
+    float *att;               /* [P] one head's scores, then probabilities */
+    float *fc_pre, *fc;       /* [W1], [W] dense FFN or seed head hidden */
+    float *logits;            /* [V] next-token logits after model_step_kv */
+    MoEActs moe;              /* one token's MoE activations, reused by every MoE layer (no backward) */
     void *mem;
 } KVCache;
 
@@ -148,12 +156,20 @@ void model_backward(Model *m);
 
 void model_zero_grad(Model *m);
 
-/* Generation with a KV cache: feeds one token at position cache->pos, writes next-token logits [V]
- * into cache->logits, advances pos. */
+/* Generation with a KV cache (batch 1). kv_create sizes one allocation from m->cfg (n_positions).
+ * model_step_kv feeds token at position kv->pos and writes next-token logits [V] into kv->logits,
+ * exactly what model_forward(training = 0) computes for the last position of the sequence so far
+ * (up to float reordering), then advances pos. The caller stops at pos == n_positions (CHECKed).
+ * The random router draws its expert from m->rng on every step, as model_forward does per pass. */
 moelm_status kv_create(KVCache *kv, const Model *m);
 void kv_free(KVCache *kv);
 void kv_reset(KVCache *kv);
 void model_step_kv(Model *m, KVCache *kv, int token);
+
+/* Samples the next token from logits [V]: temperature temp (<= 0: greedy argmax, the first maximum),
+ * then top-k (top_k <= 0: off), then top-p / nucleus over the top-k renormalised (top_p >= 1: off),
+ * drawing from rng. scratch [2V] floats. */
+int sample_token(const float *logits, int V, float temp, int top_k, float top_p, Rng *rng, float *scratch);
 
 /* Routing statistics of the last forward, per MoE layer: layer index list and acts. */
 int model_moe_layers(const Model *m, const MoEActs **acts, int max);

@@ -1,0 +1,232 @@
+/* generate.c: generation with a KV cache (batch 1) and next-token sampling.
+ *
+ * model_step_kv runs one position through the same layers, in the same order and with the same ops,
+ * as model_forward in eval mode (no dropout, the eval capacity factor, no jitter), keeping each
+ * layer's keys and values so that attention at position t reads positions 0..t from the cache
+ * instead of recomputing them. It is not a second model: any change to model_forward's structure
+ * must be mirrored here, and tests/test_generate.c compares the two on every model kind.
+ *
+ * Invariants: one allocation per cache (kv_create), nothing allocated in a step; kv->k and kv->v
+ * hold positions 0..kv->pos-1 of every layer; the MoE layers run with N = 1, so a token's routing
+ * never depends on other tokens (capacity is clamped to N = 1, which drops nothing: a token's K
+ * slots go to K distinct experts).
+ *
+ * Dimensions: C d_model, NH heads, hs = C/NH, L layers, V vocab, H d_ff, H1 = H or 2H (SwiGLU),
+ * HH the seed head's hidden size, P n_positions.
+ */
+#include "model/model.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "ops/ops.h"
+
+/* ---- cache ------------------------------------------------------------------------------------- */
+
+static int model_has_moe(const ModelConfig *c) {
+    if (c->model_type == MODEL_SEED) return 1;
+    for (int l = 0; l < c->num_layers; l++) if (config_block_is_sparse(c, l)) return 1;
+    return 0;
+}
+
+/* Runs twice like model.c's layouts: base == NULL counts bytes, then hands out pointers. */
+static size_t kv_layout(KVCache *kv, char *base, const Model *m) {
+    const ModelConfig *c = &m->cfg;
+    int C = c->d_model, L = c->num_layers, P = c->n_positions, V = c->vocab_size;
+    int H = c->d_ff, H1 = c->hidden_act == ACT_SWIGLU ? 2 * H : H, HH = c->model_type == MODEL_SEED ? c->head_hidden : 0;
+    int W1 = H1 > HH ? H1 : HH, W = H > HH ? H : HH;
+    size_t off = 0;
+#define TAKE(ptr, nfloats) do { size_t _b = sizeof(float) * (size_t)(nfloats); \
+        (ptr) = base ? (float *)(base + off) : NULL; off += (_b + 63) & ~(size_t)63; } while (0)
+    TAKE(kv->k, (size_t)L * P * C);
+    TAKE(kv->v, (size_t)L * P * C);
+    TAKE(kv->x, C);
+    TAKE(kv->xb, C);
+    TAKE(kv->xb2, C);
+    TAKE(kv->qkv, 3 * C);
+    TAKE(kv->atty, C);
+    TAKE(kv->att, P);
+    TAKE(kv->fc_pre, W1);
+    TAKE(kv->fc, W);
+    TAKE(kv->logits, V);
+#undef TAKE
+    if (model_has_moe(c)) {
+        size_t bytes = moe_acts_bytes(&m->moe_cfg, 1);
+        if (base) moe_acts_bind(&kv->moe, base + off, &m->moe_cfg, 1);
+        off += (bytes + 63) & ~(size_t)63;
+    }
+    return off;
+}
+
+moelm_status kv_create(KVCache *kv, const Model *m) {
+    memset(kv, 0, sizeof *kv);
+    size_t bytes = kv_layout(kv, NULL, m);
+    kv->mem = moelm_calloc(1, bytes);
+    if (!kv->mem)
+        return moelm_fail(MOELM_ERR_NOMEM, "cannot allocate the KV cache (%zu bytes for n_positions %d): "
+                          "lower n_positions", bytes, m->cfg.n_positions);
+    kv_layout(kv, kv->mem, m);
+    kv->n_positions = m->cfg.n_positions;
+    kv->pos = 0;
+    return MOELM_OK;
+}
+
+void kv_free(KVCache *kv) {
+    moelm_free(kv->mem);
+    memset(kv, 0, sizeof *kv);
+}
+
+/* Old keys and values need no clearing: attention reads only positions < pos. */
+void kv_reset(KVCache *kv) { kv->pos = 0; }
+
+/* ---- one step ---------------------------------------------------------------------------------- */
+
+static void norm1(const Model *m, float *out, const float *inp, const float *w, const float *b) {
+    float mean, rstd;
+    if (m->cfg.norm_type == NORM_RMS) rmsnorm_forward(out, &rstd, inp, w, 1, m->cfg.d_model, m->cfg.layer_norm_epsilon);
+    else layernorm_forward(out, &mean, &rstd, inp, w, b, 1, m->cfg.d_model, m->cfg.layer_norm_epsilon);
+}
+
+/* out[C] = causal self-attention of the query in qkv[0:C] over cached keys/values k, v [t+1, C] of
+ * one layer. The same arithmetic, in the same order, as attention_forward's row t. */
+static void attend(float *out, float *att, const float *q, const float *k, const float *v, int t, int C, int NH) {
+    int hs = C / NH;
+    float scale = 1.0f / sqrtf((float)hs);
+    for (int h = 0; h < NH; h++) {
+        const float *qh = q + h * hs;
+        float mx = -INFINITY;
+        for (int u = 0; u <= t; u++) {
+            const float *kh = k + (size_t)u * C + h * hs;
+            float s = 0.0f;
+            for (int i = 0; i < hs; i++) s += qh[i] * kh[i];
+            s *= scale;
+            att[u] = s;
+            if (s > mx) mx = s;
+        }
+        float sum = 0.0f;
+        for (int u = 0; u <= t; u++) { att[u] = expf(att[u] - mx); sum += att[u]; }
+        float inv = 1.0f / sum;
+        for (int u = 0; u <= t; u++) att[u] *= inv;
+        float *o = out + h * hs;
+        for (int i = 0; i < hs; i++) o[i] = 0.0f;
+        for (int u = 0; u <= t; u++) {
+            const float *vh = v + (size_t)u * C + h * hs;
+            float p = att[u];
+            for (int i = 0; i < hs; i++) o[i] += p * vh[i];
+        }
+    }
+}
+
+/* out[C] = fc2(act(fc1(inp[C]))) */
+static void ffn1(const Model *m, KVCache *kv, float *out, const float *inp, const LayerParams *lp) {
+    int C = m->cfg.d_model, H = m->cfg.d_ff, H1 = m->cfg.hidden_act == ACT_SWIGLU ? 2 * H : H;
+    matmul_forward(kv->fc_pre, inp, lp->fc1_w, lp->fc1_b, 1, C, H1);
+    activation_forward(kv->fc, kv->fc_pre, m->cfg.hidden_act, 1, H);
+    matmul_forward(out, kv->fc, lp->fc2_w, lp->fc2_b, 1, H, C);
+}
+
+void model_step_kv(Model *m, KVCache *kv, int token) {
+    const ModelConfig *c = &m->cfg;
+    int C = c->d_model, NH = c->num_heads, V = c->vocab_size, P = c->n_positions;
+    int seed = c->model_type == MODEL_SEED;
+    const ModelParams *p = &m->p;
+    int t = kv->pos;
+    CHECK(kv->mem != NULL && kv->n_positions == P);
+    CHECK(t >= 0 && t < P);             /* the caller stops when the cache is full */
+    CHECK(token >= 0 && token < V);
+    float *x = kv->x, *xb = kv->xb, *xb2 = kv->xb2;
+
+    /* x = wte[token] + wpe[t]: encoder_forward's sum */
+    for (int i = 0; i < C; i++) x[i] = p->wte[(size_t)token * C + i] + p->wpe[(size_t)t * C + i];
+    for (int l = 0; l < c->num_layers; l++) {
+        const LayerParams *lp = &p->layers[l];
+        int sparse = !seed && config_block_is_sparse(c, l);
+        float *kl = kv->k + (size_t)l * P * C, *vl = kv->v + (size_t)l * P * C;
+        const float *att_in = x;
+        if (!seed) {
+            norm1(m, xb, x, lp->ln1_w, lp->ln1_b);
+            att_in = xb;
+        }
+        matmul_forward(kv->qkv, att_in, lp->qkv_w, lp->qkv_b, 1, C, 3 * C);
+        memcpy(kl + (size_t)t * C, kv->qkv + C, sizeof(float) * C);
+        memcpy(vl + (size_t)t * C, kv->qkv + 2 * C, sizeof(float) * C);
+        attend(kv->atty, kv->att, kv->qkv, kl, vl, t, C, NH);
+        matmul_forward(xb2, kv->atty, lp->out_w, lp->out_b, 1, C, C);
+        add_forward(x, x, xb2, C);                                   /* res1 = x_in + attproj */
+        const float *ffn_in;
+        if (!seed) norm1(m, xb, x, lp->ln2_w, lp->ln2_b);
+        else norm1(m, xb, x, lp->ln1_w, lp->ln1_b);
+        ffn_in = xb;
+        if (sparse) moe_forward(xb2, &kv->moe, ffn_in, &token, &lp->moe, &m->moe_cfg, 1, 0, &m->rng);
+        else ffn1(m, kv, xb2, ffn_in, lp);
+        if (!seed) {
+            add_forward(x, x, xb2, C);                               /* out = res1 + ffn */
+        } else {
+            add_forward(xb2, xb, xb2, C);                            /* res2 = ln1 + ffn */
+            norm1(m, x, xb2, lp->ln2_w, lp->ln2_b);                  /* out = norm2(res2) */
+        }
+    }
+    if (!seed) {
+        norm1(m, xb, x, p->lnf_w, p->lnf_b);
+        matmul_forward(kv->logits, xb, c->tie_word_embeddings ? p->wte : p->lm_head, NULL, 1, C, V);
+    } else {
+        int HH = c->head_hidden;
+        moe_forward(xb2, &kv->moe, x, &token, &p->head_moe, &m->moe_cfg, 1, 0, &m->rng);
+        add_forward(xb, x, xb2, C);                                  /* hm = x + moe(x) */
+        matmul_forward(kv->fc_pre, xb, p->head_w1, p->head_b1, 1, C, HH);
+        activation_forward(kv->fc, kv->fc_pre, ACT_RELU, 1, HH);
+        matmul_forward(kv->logits, kv->fc, p->head_w2, p->head_b2, 1, HH, V);
+    }
+    kv->pos = t + 1;
+}
+
+/* ---- sampling ---------------------------------------------------------------------------------- */
+
+/* Sorts (value, index) pairs stored as two floats: value descending, then index ascending, so the
+ * order (and hence the draw) does not depend on qsort's treatment of ties. */
+static int pair_cmp(const void *a, const void *b) {
+    const float *x = a, *y = b;
+    if (x[0] != y[0]) return x[0] > y[0] ? -1 : 1;
+    return x[1] < y[1] ? -1 : x[1] > y[1];
+}
+
+int sample_token(const float *logits, int V, float temp, int top_k, float top_p, Rng *rng, float *scratch) {
+    CHECK(V > 0 && V <= (1 << 24));   /* indices are stored exactly as floats in scratch */
+    int best = 0;
+    for (int v = 1; v < V; v++) if (logits[v] > logits[best]) best = v;
+    if (!(temp > 0.0f) || top_k == 1) return best;
+    CHECK(rng != NULL && scratch != NULL);
+    /* pairs (w, index) with w = exp((logit - max) / temp), the unnormalised softmax(logits / temp) */
+    float mx = logits[best];
+    for (int v = 0; v < V; v++) {
+        scratch[2 * v] = expf((logits[v] - mx) / temp);
+        scratch[2 * v + 1] = (float)v;
+    }
+    int n = V;
+    int filter = (top_k > 0 && top_k < V) || top_p < 1.0f;
+    if (filter) {
+        qsort(scratch, (size_t)V, 2 * sizeof(float), pair_cmp);
+        if (top_k > 0 && top_k < n) n = top_k;
+        if (top_p < 1.0f) {
+            /* nucleus: the shortest prefix of the (top-k) sorted distribution with mass >= top_p */
+            double tot = 0.0, cum = 0.0;
+            for (int i = 0; i < n; i++) tot += scratch[2 * i];
+            int keep = n;
+            for (int i = 0; i < n; i++) {
+                cum += scratch[2 * i];
+                if (cum >= (double)top_p * tot) { keep = i + 1; break; }
+            }
+            n = keep;
+        }
+    }
+    double tot = 0.0;
+    for (int i = 0; i < n; i++) tot += scratch[2 * i];
+    double u = (double)rng_uniform(rng) * tot, cum = 0.0;
+    for (int i = 0; i < n; i++) {
+        cum += scratch[2 * i];
+        if (u < cum) return (int)scratch[2 * i + 1];
+    }
+    /* rounding left u at the very top: the last candidate with nonzero weight */
+    for (int i = n - 1; i > 0; i--) if (scratch[2 * i] > 0.0f) return (int)scratch[2 * i + 1];
+    return (int)scratch[1];
+}
