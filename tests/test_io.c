@@ -312,6 +312,20 @@ TEST(fileio_injected_failures_keep_previous_file) {
     EXPECT(file_write_atomic(p, big, sizeof big) == MOELM_OK);
     fileio_fail_reset();
     EXPECT(file_equals(p, big, sizeof big));
+    /* only the directory fsync (the 2nd fsync) fails: reported, and the new file is complete */
+    EXPECT(file_write_atomic(p, old, strlen(old)) == MOELM_OK);
+    fileio_fail_at("fsync", 2);
+    EXPECT(file_write_atomic(p, "NEW", 3) == MOELM_ERR_IO && strstr(moelm_last_error(), "directory fsync"));
+    fileio_fail_reset();
+    EXPECT(file_equals(p, "NEW", 3) && !tmp_left(p));
+    /* reads can fail too */
+    char *got = NULL;
+    size_t gn = 0;
+    fileio_fail_at("read", 1);
+    EXPECT(file_read_all(p, &got, &gn) == MOELM_ERR_IO && got == NULL);
+    EXPECT(strstr(moelm_last_error(), p) && strstr(moelm_last_error(), "Input/output error"));
+    fileio_fail_reset();
+    EXPECT(file_write_atomic(p, big, sizeof big) == MOELM_OK);
     /* an aborted writer leaves nothing behind */
     EXPECT(fw_open(&w, p) == MOELM_OK);
     EXPECT(fw_write(&w, "zz", 2) == MOELM_OK);
@@ -339,6 +353,10 @@ TEST(fileio_dirs) {
     EXPECT(file_equals(TMP "/outside.txt", "keep", 4));
     EXPECT(path_is_dir(TMP));
     EXPECT(dir_sync(TMP "/nope") == MOELM_ERR_IO);
+    const char *refused[] = { "", "/", "///", ".", "..", "./", TMP "/.", TMP "/..", TMP "/../" };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++)
+        EXPECT_MSG(dir_remove_tree(refused[i]) == MOELM_ERR_IO, "removed \"%s\"", refused[i]);
+    EXPECT(path_is_dir(TMP));
     char buf[64];
     EXPECT(strcmp(path_dirname("a/b/c", buf, sizeof buf), "a/b") == 0);
     EXPECT(strcmp(path_dirname("c", buf, sizeof buf), ".") == 0);

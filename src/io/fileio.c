@@ -326,6 +326,14 @@ static moelm_status remove_at(int parent, const char *name, const char *top) {
 }
 
 moelm_status dir_remove_tree(const char *path) {
-    if (path[0] == 0) return moelm_fail(MOELM_ERR_IO, "refusing to remove a tree with an empty name");
+    /* Guard against the obvious disasters: "", "/", ".", "..", "x/." and "x/..". */
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/') n--;
+    const char *last = path + n;
+    while (last > path && last[-1] != '/') last--;
+    size_t ll = (size_t)(path + n - last);
+    if (n == 0 || (n == 1 && path[0] == '/') || (ll == 1 && last[0] == '.') ||
+        (ll == 2 && last[0] == '.' && last[1] == '.'))
+        return moelm_fail(MOELM_ERR_IO, "%s: refusing to remove this path recursively", path);
     return remove_at(AT_FDCWD, path, path);
 }

@@ -3,7 +3,8 @@
  * An atomic write goes to "<path>.tmp.<pid>", is written completely (short writes are retried,
  * EINTR is retried), fsync'ed and closed, then renamed over <path>, and the directory is
  * fsync'ed. A crash or failure at any point leaves either the old file or the new one, never a
- * mix; on failure the temporary file is removed.
+ * mix; on failure the temporary file is removed. If only the final directory fsync fails, the new
+ * file is already in place (complete) but not known to be durable, and the error is still returned.
  *
  * Fault injection for tests: fileio_fail_at("write", 3) makes the 3rd write(2) from now fail with
  * ENOSPC. Operations and the errno they fail with:
@@ -45,7 +46,8 @@ void fw_abort(FileWriter *w);
 
 moelm_status dir_sync(const char *dir);       /* fsync a directory (its entries become durable) */
 moelm_status dir_make(const char *path);      /* mkdir -p; an existing directory is fine */
-moelm_status dir_remove_tree(const char *path); /* rm -rf without following symlinks; absent is fine */
+/* rm -rf without following symlinks; an absent path is fine; "/", ".", ".." and "" are refused. */
+moelm_status dir_remove_tree(const char *path);
 int path_exists(const char *path);
 int path_is_dir(const char *path);
 
