@@ -679,6 +679,62 @@ TEST(st_interrupted_write_keeps_previous) {
     EXPECT(moelm_alloc_live_bytes() == 0);
 }
 
+/* Every allocation failure is reported as NOMEM, leaks nothing and leaves the previous file. */
+TEST(io_out_of_memory_is_clean) {
+    const char *p = TMP "/oom.safetensors";
+    float w[6] = { 1, 2, 3, 4, 5, 6 };
+    StTensor ts[2] = { { "a", w, 2, { 2, 2 } }, { "b", w + 4, 1, { 2 } } };
+    const char *meta[] = { "k", "v", NULL };
+    EXPECT(st_write(p, ts, 1, NULL) == MOELM_OK);
+    int wrote = 0, opened = 0;
+    for (long k = 1; k < 100 && !(wrote && opened); k++) {
+        moelm_alloc_fail_after(k);
+        moelm_status s = st_write(p, ts, 2, meta);
+        moelm_alloc_fail_after(0);
+        EXPECT(s == MOELM_OK || s == MOELM_ERR_NOMEM);
+        EXPECT(moelm_alloc_live_bytes() == 0 && !tmp_left(p));
+        if (s == MOELM_OK) wrote = 1;
+        SafeTensors *st = NULL;
+        if (s != MOELM_OK) {   /* the one-tensor file is still there and intact */
+            EXPECT(st_open(&st, p) == MOELM_OK && st_count(st) == 1);
+            st_close(st);
+            continue;
+        }
+        for (long m = 1; m < 100 && !opened; m++) {
+            moelm_alloc_fail_after(m);
+            moelm_status o = st_open(&st, p);
+            moelm_alloc_fail_after(0);
+            if (o == MOELM_OK) { opened = 1; EXPECT(st_count(st) == 2); st_close(st); }
+            else EXPECT(o == MOELM_ERR_NOMEM && st == NULL);
+            EXPECT(moelm_alloc_live_bytes() == 0);
+        }
+    }
+    EXPECT(wrote && opened);
+    /* checksums */
+    EXPECT(dir_make(TMP "/ckoom") == MOELM_OK);
+    write_raw(TMP "/ckoom/x", "abc", 3);
+    const char *files[] = { "x" };
+    int ok = 0;
+    for (long k = 1; k < 100 && !ok; k++) {
+        moelm_alloc_fail_after(k);
+        moelm_status s = checksums_write(TMP "/ckoom", files, 1);
+        moelm_alloc_fail_after(0);
+        EXPECT(s == MOELM_OK || s == MOELM_ERR_NOMEM);
+        EXPECT(moelm_alloc_live_bytes() == 0);
+        ok = s == MOELM_OK;
+    }
+    ok = 0;
+    for (long k = 1; k < 100 && !ok; k++) {
+        moelm_alloc_fail_after(k);
+        moelm_status s = checksums_verify(TMP "/ckoom");
+        moelm_alloc_fail_after(0);
+        EXPECT(s == MOELM_OK || s == MOELM_ERR_NOMEM);
+        EXPECT(moelm_alloc_live_bytes() == 0);
+        ok = s == MOELM_OK;
+    }
+    EXPECT(ok);
+}
+
 /* ---- checksums -------------------------------------------------------------------------------- */
 
 TEST(checksums) {
@@ -749,6 +805,7 @@ int main(void) {
     RUN(st_hostile_catalogue);
     RUN(st_read_errors_after_open);
     RUN(st_interrupted_write_keeps_previous);
+    RUN(io_out_of_memory_is_clean);
     RUN(checksums);
     return test_summary("io");
 }

@@ -72,7 +72,7 @@ moelm_status checksums_write(const char *dir, const char *const *files, int n) {
             break;
         }
         char *path = join(dir, files[i]);
-        if (!path) { st = MOELM_ERR_NOMEM; break; }
+        if (!path) { st = moelm_fail_context(MOELM_ERR_NOMEM, "%s: checksums", dir); break; }
         uint32_t crc;
         uint64_t size;
         st = file_crc32(path, &crc, &size);
@@ -82,7 +82,7 @@ moelm_status checksums_write(const char *dir, const char *const *files, int n) {
     if (!st && sb.failed) st = moelm_fail(MOELM_ERR_NOMEM, "%s: out of memory writing %s", dir, CHECKSUMS_NAME);
     if (!st) {
         char *path = join(dir, CHECKSUMS_NAME);
-        if (!path) st = MOELM_ERR_NOMEM;
+        if (!path) st = moelm_fail_context(MOELM_ERR_NOMEM, "%s: checksums", dir);
         else { st = file_write_atomic(path, sb.buf, sb.len); moelm_free(path); }
     }
     sb_free(&sb);
@@ -91,7 +91,7 @@ moelm_status checksums_write(const char *dir, const char *const *files, int n) {
 
 moelm_status checksums_verify(const char *dir) {
     char *cpath = join(dir, CHECKSUMS_NAME);
-    if (!cpath) return MOELM_ERR_NOMEM;
+    if (!cpath) return moelm_fail_context(MOELM_ERR_NOMEM, "%s: checksums", dir);
     char *text = NULL;
     size_t n = 0;
     moelm_status st = file_read_all_limit(cpath, &text, &n, 16u << 20);
@@ -146,7 +146,7 @@ moelm_status checksums_verify(const char *dir) {
             break;
         }
         char *fpath = join(dir, name);
-        if (!fpath) { st = MOELM_ERR_NOMEM; break; }
+        if (!fpath) { st = moelm_fail_context(MOELM_ERR_NOMEM, "%s: checksums", dir); break; }
         uint32_t crc;
         uint64_t size;
         if (!path_exists(fpath)) {
