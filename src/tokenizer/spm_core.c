@@ -42,7 +42,7 @@ static int piece_cmp(const void *a, const void *b) {
 }
 
 /* Builds a trie over the pieces whose type bit is set in type_mask (bit k = type k). */
-static moelm_status trie_build(PieceTrie *tr, const Tokenizer *t, unsigned type_mask) {
+moelm_status trie_build(PieceTrie *tr, const Tokenizer *t, unsigned type_mask) {
     trie_free(tr);
     int *ids = moelm_malloc(sizeof(int) * (size_t)(t->V + 1));
     if (!ids) return MOELM_ERR_NOMEM;
@@ -101,7 +101,7 @@ out:
     return st;
 }
 
-static inline int trie_next(const PieceTrie *tr, int node, uint8_t c) {
+int trie_next(const PieceTrie *tr, int node, uint8_t c) {
     if (node == 0) return tr->root[c];
     int lo = tr->first[node], hi = tr->first[node + 1];
     while (lo < hi) {

@@ -90,6 +90,8 @@ moelm_status spm_prepare(Tokenizer *t, const char *path);   /* tries, byte ids, 
 void spm_free_fields(Tokenizer *t);
 moelm_status spm_build_trainer_spec(const SpmTrainOptions *op, uint8_t **buf, size_t *n);
 void trie_free(PieceTrie *tr);
+moelm_status trie_build(PieceTrie *tr, const Tokenizer *t, unsigned type_mask);   /* bit k: include type k */
+int trie_next(const PieceTrie *tr, int node, uint8_t c);   /* child of node by byte c, -1 if none */
 
 /* Normalizes one line as sentencepiece's Normalizer::Normalize. *out is moelm_malloc'ed. */
 moelm_status spm_normalize(const Tokenizer *t, const SpmNormSpec *ns, const char *in, size_t n, char **out, size_t *outn);
