@@ -1,0 +1,20 @@
+/* args.h: flag parsing shared by the subcommands. Every value is checked; a bad one sets the
+ * last error and returns non-zero, and the subcommand prints it on one line. */
+#ifndef MOELM_ARGS_H
+#define MOELM_ARGS_H
+
+#include <stdint.h>
+
+/* Matches argv[*i] against a flag (names separated by '|', e.g. "-b|--batch-size"); accepts
+ * "--flag value" and "--flag=value". On a match sets *val (NULL for a missing value: an error
+ * is already set) and advances *i past the value. Underscores and dashes are interchangeable. */
+int arg_match(int argc, char **argv, int *i, const char *names, const char **val);
+int arg_flag(char **argv, int i, const char *names);   /* a flag without a value */
+
+int arg_int(const char *flag, const char *v, long lo, long hi, long *out);
+int arg_float(const char *flag, const char *v, double lo, double hi, double *out);
+
+/* Prints "moelm: <last error>" and returns 2 (usage) or 1. */
+int cli_error(int code);
+
+#endif

@@ -1,0 +1,39 @@
+/* cmd_generate.c: `moelm generate`, with llama.cpp's sampling flags. */
+#include <stdio.h>
+#include <string.h>
+#include "args.h"
+#include "common/util.h"
+#include "train/train.h"
+
+int cmd_generate(int argc, char **argv) {
+    GenerateOptions o = {.ckpt = NULL, .prompt = "", .n = 40, .temp = 0.8f, .top_p = 1.0f, .top_k = 40, .seed = 1, .threads = 1};
+    long v;
+    double d;
+    for (int i = 1; i < argc; i++) {
+        const char *val = NULL;
+        if (arg_flag(argv, i, "-h|--help")) {
+            printf("usage: moelm generate -m CKPT [-p PROMPT] [-n N] [--temp X] [--top-k K] [--top-p P] [--seed N] [-t N]\n\n"
+                   "  -m, --model CKPT   checkpoint directory, or a run directory (its latest)\n"
+                   "  -p, --prompt TEXT  prompt (default: empty, i.e. start of a line)\n"
+                   "  -n N               tokens to generate (default 40)\n"
+                   "  --temp X           temperature; 0 = greedy (default 0.8)\n"
+                   "  --top-k K          sample from the K most likely tokens; 0 = off (default 40)\n"
+                   "  --top-p P          nucleus sampling; 1 = off (default 1)\n"
+                   "  --seed N           sampling seed (default 1)\n"
+                   "  -t, --threads N    threads (default 1)\n");
+            return 0;
+        }
+        else if (arg_match(argc, argv, &i, "-m|--model", &val)) { if (!val) return cli_error(2); o.ckpt = val; }
+        else if (arg_match(argc, argv, &i, "-p|--prompt", &val)) { if (!val) return cli_error(2); o.prompt = val; }
+        else if (arg_match(argc, argv, &i, "-n|--n-predict", &val)) { if (arg_int("-n", val, 0, 1 << 20, &v)) return cli_error(2); o.n = (int)v; }
+        else if (arg_match(argc, argv, &i, "--temp", &val)) { if (arg_float("--temp", val, 0, 100, &d)) return cli_error(2); o.temp = (float)d; }
+        else if (arg_match(argc, argv, &i, "--top-k", &val)) { if (arg_int("--top-k", val, 0, 1 << 24, &v)) return cli_error(2); o.top_k = (int)v; }
+        else if (arg_match(argc, argv, &i, "--top-p", &val)) { if (arg_float("--top-p", val, 0, 1, &d)) return cli_error(2); o.top_p = (float)d; }
+        else if (arg_match(argc, argv, &i, "--seed", &val)) { if (arg_int("--seed", val, 0, 0x7fffffffffffffffL, &v)) return cli_error(2); o.seed = (uint64_t)v; }
+        else if (arg_match(argc, argv, &i, "-t|--threads", &val)) { if (arg_int("--threads", val, 1, 1024, &v)) return cli_error(2); o.threads = (int)v; }
+        else { moelm_fail(MOELM_ERR_ARG, "generate: unknown flag '%s' (see moelm generate --help)", argv[i]); return cli_error(2); }
+    }
+    if (!o.ckpt) { moelm_fail(MOELM_ERR_ARG, "generate: -m CKPT is required"); return cli_error(2); }
+    moelm_status st = generate_run(&o);
+    return st ? cli_error(st == MOELM_ERR_ARG ? 2 : 1) : 0;
+}

@@ -1,0 +1,82 @@
+/* cmd_train.c: `moelm train`. */
+#include <stdio.h>
+#include <string.h>
+#include "args.h"
+#include "common/util.h"
+#include "model/config.h"
+#include "train/train.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: moelm train [flags]\n\n"
+            "  --data PATH            corpus: a folder with ptb.{train,valid,test}.txt or {train,valid,test}.txt,\n"
+            "                         a text file (split 90/5/5 by lines), or builtin (default: builtin)\n"
+            "  --config NAME|FILE     preset (tiny, demo, dense-ptb, switch-ptb, seed-moe, seed-gating, seed-switch)\n"
+            "                         or a config.json (default: demo)\n"
+            "  --set KEY=VALUE        override a config or training key, repeatable (e.g. --set num_experts=16)\n"
+            "  --tokenizer SPEC       word, word:N, char, unigram:N, bpe:N, or a tokenizer file (default: the preset's)\n"
+            "  --out DIR              run directory (default: runs/demo)\n"
+            "  --resume DIR           continue the run in DIR from its latest checkpoint, bit-identically\n"
+            "  --force                resume even if the data or shape differ\n"
+            "  --steps N              optimizer steps (default: the preset's)\n"
+            "  --time-budget MIN      lay the LR schedule over MIN minutes of wall-clock and stop then\n"
+            "  -b, --batch-size N     sequences per batch (default: the preset's)\n"
+            "  --seq-len N            tokens per sequence (default: the preset's)\n"
+            "  --stride N             window stride (default: seq-len, non-overlapping; 1 = the tutorial's windows)\n"
+            "  --lr X                 peak learning rate (default: the preset's)\n"
+            "  --seed N               seed of the initialisation, data order and dropout (default 1)\n"
+            "  -t, --threads N        threads (default 2)\n"
+            "  --eval-interval N      evaluate every N steps (default 200; 0 = only at the end)\n"
+            "  --eval-batches N       batches per periodic evaluation (default 0 = the whole validation split)\n"
+            "  --log-interval N       log every N steps (default 10)\n"
+            "  --ckpt-interval N      checkpoint every N steps (default 0 = at each evaluation and at the end)\n"
+            "  --keep N               checkpoints to keep (default 3; 0 = all)\n"
+            "  --skip-nonfinite       skip updates whose loss or gradients are NaN/Inf instead of stopping\n"
+            "  --quiet                no per-step lines\n");
+}
+
+int cmd_train(int argc, char **argv) {
+    TrainOptions o;
+    train_options_default(&o);
+    const char *sets[256];
+    long v;
+    double d;
+    for (int i = 1; i < argc; i++) {
+        const char *val = NULL;
+        if (arg_flag(argv, i, "-h|--help")) { usage(stdout); return 0; }
+        else if (arg_flag(argv, i, "--force")) o.force = 1;
+        else if (arg_flag(argv, i, "--quiet")) o.quiet = 1;
+        else if (arg_flag(argv, i, "--skip-nonfinite")) o.skip_nonfinite = 1;
+        else if (arg_match(argc, argv, &i, "--data", &val)) { if (!val) return cli_error(2); o.data = val; }
+        else if (arg_match(argc, argv, &i, "--config", &val)) { if (!val) return cli_error(2); o.config = val; }
+        else if (arg_match(argc, argv, &i, "--tokenizer", &val)) { if (!val) return cli_error(2); o.tokenizer = val; }
+        else if (arg_match(argc, argv, &i, "--out", &val)) { if (!val) return cli_error(2); o.out = val; }
+        else if (arg_match(argc, argv, &i, "--resume", &val)) { if (!val) return cli_error(2); o.resume = val; }
+        else if (arg_match(argc, argv, &i, "--set", &val)) {
+            if (!val) return cli_error(2);
+            if (o.n_sets >= 255) { moelm_fail(MOELM_ERR_ARG, "too many --set"); return cli_error(2); }
+            sets[o.n_sets++] = val;
+        }
+        else if (arg_match(argc, argv, &i, "--steps", &val)) { if (arg_int("--steps", val, 1, 1000000000L, &v)) return cli_error(2); o.steps = v; }
+        else if (arg_match(argc, argv, &i, "--time-budget", &val)) { if (arg_float("--time-budget", val, 0.01, 1e6, &d)) return cli_error(2); o.time_budget_min = d; }
+        else if (arg_match(argc, argv, &i, "-b|--batch-size", &val)) { if (arg_int("--batch-size", val, 1, 1 << 16, &v)) return cli_error(2); o.batch_size = (int)v; }
+        else if (arg_match(argc, argv, &i, "--seq-len", &val)) { if (arg_int("--seq-len", val, 1, 1 << 16, &v)) return cli_error(2); o.seq_len = (int)v; }
+        else if (arg_match(argc, argv, &i, "--stride", &val)) { if (arg_int("--stride", val, 1, 1 << 16, &v)) return cli_error(2); o.stride = (int)v; }
+        else if (arg_match(argc, argv, &i, "--lr", &val)) { if (arg_float("--lr", val, 1e-12, 10, &d)) return cli_error(2); o.lr = (float)d; }
+        else if (arg_match(argc, argv, &i, "--seed", &val)) { if (arg_int("--seed", val, 0, 0x7fffffffffffffffL, &v)) return cli_error(2); o.seed = (uint64_t)v; }
+        else if (arg_match(argc, argv, &i, "-t|--threads", &val)) { if (arg_int("--threads", val, 1, 1024, &v)) return cli_error(2); o.threads = (int)v; }
+        else if (arg_match(argc, argv, &i, "--eval-interval", &val)) { if (arg_int("--eval-interval", val, 0, 1000000000L, &v)) return cli_error(2); o.eval_interval = (int)v; }
+        else if (arg_match(argc, argv, &i, "--eval-batches", &val)) { if (arg_int("--eval-batches", val, 0, 1000000000L, &v)) return cli_error(2); o.eval_batches = v; }
+        else if (arg_match(argc, argv, &i, "--log-interval", &val)) { if (arg_int("--log-interval", val, 1, 1000000000L, &v)) return cli_error(2); o.log_interval = (int)v; }
+        else if (arg_match(argc, argv, &i, "--ckpt-interval", &val)) { if (arg_int("--ckpt-interval", val, 0, 1000000000L, &v)) return cli_error(2); o.ckpt_interval = (int)v; }
+        else if (arg_match(argc, argv, &i, "--keep", &val)) { if (arg_int("--keep", val, 0, 1000000, &v)) return cli_error(2); o.keep = (int)v; }
+        else {
+            moelm_fail(MOELM_ERR_ARG, "train: unknown flag '%s' (see moelm train --help)", argv[i]);
+            return cli_error(2);
+        }
+    }
+    sets[o.n_sets] = NULL;
+    o.sets = sets;
+    moelm_status st = train_run(&o);
+    return st ? cli_error(st == MOELM_ERR_ARG ? 2 : 1) : 0;
+}

@@ -1,0 +1,51 @@
+/* main.c: `moelm <subcommand> [flags]`, the dispatcher. The only place (with the subcommands)
+ * that prints errors and picks exit codes: 0 success, 1 failure, 2 bad usage. */
+#include <stdio.h>
+#include <string.h>
+#include "moelm.h"
+
+int cmd_train(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+int cmd_tokenizer(int argc, char **argv);
+
+/* Until src/cli/cmd_tokenizer.c is built in, the subcommand says so instead of failing to link. */
+__attribute__((weak)) int cmd_tokenizer(int argc, char **argv) {
+    (void)argc;
+    (void)argv;
+    fprintf(stderr, "moelm: the tokenizer command is not built into this binary\n");
+    return 1;
+}
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "moelm %s: Mixture-of-Experts and Switch Transformer language models\n\n"
+            "usage: moelm <command> [flags]   (moelm <command> --help for its flags)\n\n"
+            "commands:\n"
+            "  train      train a model (built-in corpus by default)\n"
+            "  eval       token- and word-level perplexity and expert statistics of a checkpoint\n"
+            "  generate   sample text from a checkpoint\n"
+            "  info       a checkpoint's config, parameter counts and step\n"
+            "  tokenizer  train, encode and decode SentencePiece-compatible tokenizers\n",
+            MOELM_VERSION);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("moelm %s\n", MOELM_VERSION);
+        return 0;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "train")) return cmd_train(argc - 1, argv + 1);
+    if (!strcmp(cmd, "eval")) return cmd_eval(argc - 1, argv + 1);
+    if (!strcmp(cmd, "generate")) return cmd_generate(argc - 1, argv + 1);
+    if (!strcmp(cmd, "info")) return cmd_info(argc - 1, argv + 1);
+    if (!strcmp(cmd, "tokenizer")) return cmd_tokenizer(argc - 1, argv + 1);
+    fprintf(stderr, "moelm: unknown command '%s' (try moelm --help)\n", cmd);
+    return 2;
+}

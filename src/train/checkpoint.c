@@ -1,0 +1,275 @@
+/* checkpoint.c: see checkpoint.h. */
+#include "train/checkpoint.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "io/checksum.h"
+#include "io/fileio.h"
+#include "io/json.h"
+#include "io/safetensors.h"
+
+static const char *const ckpt_files[] = {"model.safetensors", "optimizer.safetensors", "config.json",
+                                         "state.json", "tokenizer.model"};
+#define N_CKPT_FILES 5
+
+static char *state_to_json(const TrainState *s) {
+    StrBuf sb = {0};
+    sb_printf(&sb, "{\n  \"step\": %ld,\n  \"data_epoch\": \"%" PRIu64 "\",\n  \"data_pos\": \"%" PRIu64 "\",\n",
+              s->step, s->data_epoch, s->data_pos);
+    sb_printf(&sb, "  \"rng\": \"%" PRIu64 "\",\n  \"seed\": \"%" PRIu64 "\",\n  \"threads\": %d,\n", s->rng, s->seed,
+              s->threads);
+    sb_printf(&sb, "  \"batch_size\": %d,\n  \"seq_len\": %d,\n  \"elapsed_s\": %.17g,\n  \"tokens_seen\": %.17g,\n",
+              s->batch_size, s->seq_len, s->elapsed_s, s->tokens_seen);
+    sb_printf(&sb, "  \"data\": ");
+    sb_json_string(&sb, s->data);
+    sb_printf(&sb, ",\n  \"tokenizer_hash\": \"%" PRIu64 "\",\n  \"train\": %s\n}\n", s->tokenizer_hash,
+              s->train_json[0] ? s->train_json : "{}");
+    if (sb.failed) {
+        sb_free(&sb);
+        return NULL;
+    }
+    return sb.buf;
+}
+
+static moelm_status write_text(const char *dir, const char *name, const char *text) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return file_write_atomic(path, text, strlen(text));
+}
+
+static moelm_status write_model(const char *path, const Model *m) {
+    StTensor *ts = moelm_calloc((size_t)m->n_tensors, sizeof(StTensor));
+    if (!ts) return MOELM_ERR_NOMEM;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const TensorInfo *t = &m->tensors[i];
+        ts[i].name = t->name;
+        ts[i].data = m->params + t->offset;
+        ts[i].ndim = t->ndim;
+        for (int d = 0; d < t->ndim; d++) ts[i].shape[d] = t->shape[d];
+    }
+    const char *meta[] = {"format", "moelm", "moelm_version", MOELM_VERSION, NULL};
+    moelm_status st = st_write(path, ts, m->n_tensors, meta);
+    moelm_free(ts);
+    return st;
+}
+
+static moelm_status write_optimizer(const char *path, const Optimizer *o) {
+    float t = (float)o->t;   /* exact below 2^24 steps */
+    StTensor ts[3] = {
+        {"adam.m", o->m, 1, {(int64_t)o->n}},
+        {"adam.v", o->v, 1, {(int64_t)o->n}},
+        {"adam.t", &t, 0, {0}},
+    };
+    return st_write(path, ts, 3, NULL);
+}
+
+static int ckpt_step_of(const char *name) {
+    if (strncmp(name, "ckpt-", 5) != 0) return -1;
+    char *end;
+    long v = strtol(name + 5, &end, 10);
+    return *end || v < 0 ? -1 : (int)v;
+}
+
+static void prune(const char *run_dir, int keep) {
+    if (keep <= 0) return;
+    DIR *d = opendir(run_dir);
+    if (!d) return;
+    int steps[4096], n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < 4096) {
+        int s = ckpt_step_of(e->d_name);
+        if (s >= 0) steps[n++] = s;
+    }
+    closedir(d);
+    /* newest first */
+    for (int i = 0; i < n; i++)
+        for (int j = i + 1; j < n; j++)
+            if (steps[j] > steps[i]) { int t = steps[i]; steps[i] = steps[j]; steps[j] = t; }
+    for (int i = keep; i < n; i++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/ckpt-%08d", run_dir, steps[i]);
+        dir_remove_tree(path);
+    }
+}
+
+moelm_status ckpt_save(const char *run_dir, const Model *m, const Optimizer *o, const TrainState *s,
+                       const Tokenizer *tok, int keep) {
+    char tmp[4096], final[4096], path[4096], name[64];
+    snprintf(name, sizeof name, "ckpt-%08ld", s->step);
+    snprintf(tmp, sizeof tmp, "%s/.tmp-%s", run_dir, name);
+    snprintf(final, sizeof final, "%s/%s", run_dir, name);
+    moelm_status st = dir_remove_tree(tmp);
+    if (!st) st = dir_make(tmp);
+    char *cfg = NULL, *state = NULL;
+    if (!st) {
+        snprintf(path, sizeof path, "%s/model.safetensors", tmp);
+        st = write_model(path, m);
+    }
+    if (!st) {
+        snprintf(path, sizeof path, "%s/optimizer.safetensors", tmp);
+        st = write_optimizer(path, o);
+    }
+    if (!st) {
+        cfg = config_to_json(&m->cfg);
+        state = state_to_json(s);
+        st = cfg && state ? MOELM_OK : moelm_fail(MOELM_ERR_NOMEM, "out of memory writing the checkpoint");
+    }
+    if (!st) st = write_text(tmp, "config.json", cfg);
+    if (!st) st = write_text(tmp, "state.json", state);
+    if (!st) {
+        snprintf(path, sizeof path, "%s/tokenizer.model", tmp);
+        st = tokenizer_save(tok, path);
+    }
+    if (!st) st = checksums_write(tmp, ckpt_files, N_CKPT_FILES);
+    if (!st) st = dir_sync(tmp);
+    moelm_free(cfg);
+    moelm_free(state);
+    if (!st) {
+        /* a checkpoint of the same step from an earlier, interrupted run is replaced whole */
+        if (path_exists(final)) st = dir_remove_tree(final);
+        if (!st && rename(tmp, final) != 0)
+            st = moelm_fail(MOELM_ERR_IO, "%s: cannot rename checkpoint into place: %s", final, strerror(errno));
+    }
+    if (!st) st = dir_sync(run_dir);
+    if (!st) {
+        char link_tmp[4096], link[4096];
+        snprintf(link_tmp, sizeof link_tmp, "%s/.latest.tmp", run_dir);
+        snprintf(link, sizeof link, "%s/latest", run_dir);
+        unlink(link_tmp);
+        if (symlink(name, link_tmp) != 0)
+            st = moelm_fail(MOELM_ERR_IO, "%s: cannot create symlink: %s", link_tmp, strerror(errno));
+        else if (rename(link_tmp, link) != 0)
+            st = moelm_fail(MOELM_ERR_IO, "%s: cannot update: %s", link, strerror(errno));
+        if (!st) st = dir_sync(run_dir);
+    }
+    if (st) {
+        dir_remove_tree(tmp);
+        return moelm_fail_context(st, "checkpoint at step %ld not written (the previous one is intact)", s->step);
+    }
+    prune(run_dir, keep);
+    return MOELM_OK;
+}
+
+moelm_status ckpt_resolve(const char *path, char *out, size_t cap) {
+    char buf[4096];
+    if (!path_exists(path)) return moelm_fail(MOELM_ERR_IO, "%s: no such checkpoint or run directory", path);
+    snprintf(buf, sizeof buf, "%s/model.safetensors", path);
+    if (path_exists(buf)) {
+        snprintf(out, cap, "%s", path);
+        return MOELM_OK;
+    }
+    snprintf(buf, sizeof buf, "%s/latest/model.safetensors", path);
+    if (path_exists(buf)) {
+        snprintf(out, cap, "%s/latest", path);
+        return MOELM_OK;
+    }
+    return moelm_fail(MOELM_ERR_IO, "%s: not a checkpoint (no model.safetensors) and no latest checkpoint in it", path);
+}
+
+moelm_status ckpt_read_config(const char *dir, ModelConfig *cfg) {
+    moelm_status st = checksums_verify(dir);
+    if (st) return st;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    return config_load(cfg, path);
+}
+
+static moelm_status get_u64(const Json *j, const char *key, uint64_t *v, const char *path) {
+    const Json *x = json_get(j, key);
+    if (!x || json_type(x) != JSON_STRING) return moelm_fail(MOELM_ERR_FORMAT, "%s: missing \"%s\"", path, key);
+    char *end;
+    errno = 0;
+    unsigned long long u = strtoull(json_string(x), &end, 10);
+    if (errno || *end || end == json_string(x)) return moelm_fail(MOELM_ERR_FORMAT, "%s: \"%s\" is not an unsigned integer", path, key);
+    *v = u;
+    return MOELM_OK;
+}
+
+static moelm_status get_num(const Json *j, const char *key, double *v, double lo, double hi, const char *path) {
+    const Json *x = json_get(j, key);
+    if (!x || json_type(x) != JSON_NUMBER) return moelm_fail(MOELM_ERR_FORMAT, "%s: missing number \"%s\"", path, key);
+    *v = json_number(x);
+    if (!(*v >= lo && *v <= hi)) return moelm_fail(MOELM_ERR_FORMAT, "%s: \"%s\" = %g out of range", path, key, *v);
+    return MOELM_OK;
+}
+
+moelm_status ckpt_read_state(const char *dir, TrainState *s) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/state.json", dir);
+    Json *j = NULL;
+    moelm_status st = json_parse_file(&j, path);
+    if (st) return st;
+    memset(s, 0, sizeof *s);
+    double step = 0, threads = 0, bs = 0, sl = 0;
+    if (json_type(j) != JSON_OBJECT) st = moelm_fail(MOELM_ERR_FORMAT, "%s: not a JSON object", path);
+    if (!st) st = get_num(j, "step", &step, 0, 1e15, path);
+    if (!st) st = get_u64(j, "data_epoch", &s->data_epoch, path);
+    if (!st) st = get_u64(j, "data_pos", &s->data_pos, path);
+    if (!st) st = get_u64(j, "rng", &s->rng, path);
+    if (!st) st = get_u64(j, "seed", &s->seed, path);
+    if (!st) st = get_num(j, "threads", &threads, 1, 4096, path);
+    if (!st) st = get_num(j, "batch_size", &bs, 1, 1 << 20, path);
+    if (!st) st = get_num(j, "seq_len", &sl, 1, 1 << 20, path);
+    if (!st) st = get_num(j, "elapsed_s", &s->elapsed_s, 0, 1e12, path);
+    if (!st) st = get_num(j, "tokens_seen", &s->tokens_seen, 0, 1e18, path);
+    if (!st) st = get_u64(j, "tokenizer_hash", &s->tokenizer_hash, path);
+    if (!st) {
+        const Json *d = json_get(j, "data");
+        if (!d || json_type(d) != JSON_STRING) st = moelm_fail(MOELM_ERR_FORMAT, "%s: missing \"data\"", path);
+        else snprintf(s->data, sizeof s->data, "%s", json_string(d));
+    }
+    if (!st) {
+        const Json *t = json_get(j, "train");
+        if (t && json_type(t) == JSON_OBJECT) {
+            StrBuf sb = {0};
+            json_write(&sb, t);
+            if (!sb.failed && sb.len < sizeof s->train_json) memcpy(s->train_json, sb.buf, sb.len + 1);
+            sb_free(&sb);
+        }
+    }
+    s->step = (long)step;
+    s->threads = (int)threads;
+    s->batch_size = (int)bs;
+    s->seq_len = (int)sl;
+    json_free(j);
+    return st;
+}
+
+moelm_status ckpt_load_model(const char *dir, Model *m) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    SafeTensors *sf = NULL;
+    moelm_status st = st_open(&sf, path);
+    if (st) return st;
+    if (st_count(sf) != m->n_tensors)
+        st = moelm_fail(MOELM_ERR_FORMAT, "%s: %d tensors, the config needs %d", path, st_count(sf), m->n_tensors);
+    for (int i = 0; !st && i < m->n_tensors; i++) {
+        const TensorInfo *t = &m->tensors[i];
+        st = st_read_f32(sf, t->name, m->params + t->offset, t->ndim, t->shape);
+    }
+    st_close(sf);
+    return st;
+}
+
+moelm_status ckpt_load_optimizer(const char *dir, Optimizer *o, const Model *m) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
+    SafeTensors *sf = NULL;
+    moelm_status st = st_open(&sf, path);
+    if (st) return st;
+    int64_t n = (int64_t)m->n_params;
+    float t = 0;
+    st = st_read_f32(sf, "adam.m", o->m, 1, &n);
+    if (!st) st = st_read_f32(sf, "adam.v", o->v, 1, &n);
+    if (!st) st = st_read_f32(sf, "adam.t", &t, 0, NULL);
+    if (!st && !(t >= 0 && t < 16777216.0f)) st = moelm_fail(MOELM_ERR_FORMAT, "%s: adam.t = %g is not a step count", path, t);
+    o->t = (long)t;
+    st_close(sf);
+    return st;
+}

@@ -1,0 +1,52 @@
+/* checkpoint.h: checkpoint directories.
+ *
+ * RUN/ckpt-<step>/ holds model.safetensors (one tensor per parameter, the model's names),
+ * optimizer.safetensors (flat "adam.m", "adam.v" over the parameter arena, "adam.t"), config.json,
+ * state.json (step, data position, RNG states, thread count, run settings), tokenizer.model and
+ * CHECKSUMS (CRC-32 and size of every file, verified on load).
+ * Writing: everything goes into RUN/.tmp-ckpt-<step>, each file fsynced, CHECKSUMS last, the
+ * directory fsynced and renamed into place, RUN fsynced; then the symlink RUN/latest is replaced
+ * atomically (symlink to a temporary name, rename). A crash at any point leaves the previous
+ * checkpoint and `latest` intact.
+ */
+#ifndef MOELM_CHECKPOINT_H
+#define MOELM_CHECKPOINT_H
+
+#include <stdint.h>
+#include "model/model.h"
+#include "optim/optim.h"
+#include "tokenizer/tokenizer.h"
+
+typedef struct {
+    long step;                  /* optimizer steps done */
+    uint64_t data_epoch;        /* dataloader position */
+    uint64_t data_pos;
+    uint64_t rng;               /* model RNG state (dropout, jitter, random router) */
+    uint64_t seed;              /* the run's seed */
+    int threads;
+    int batch_size, seq_len;
+    double elapsed_s;           /* training wall-clock so far */
+    double tokens_seen;
+    char data[512];             /* the --data spec the run trains on */
+    uint64_t tokenizer_hash;
+    char train_json[2048];      /* the TrainConfig as JSON (lr, schedule, ...) */
+} TrainState;
+
+/* Writes RUN/ckpt-<step> and points RUN/latest at it; then keeps only the newest `keep`
+ * checkpoints (keep <= 0: all). */
+moelm_status ckpt_save(const char *run_dir, const Model *m, const Optimizer *o, const TrainState *st,
+                       const Tokenizer *tok, int keep);
+
+/* Resolves a path given by the user (a checkpoint dir, RUN/latest, or a RUN dir with `latest`)
+ * to a checkpoint directory in out. */
+moelm_status ckpt_resolve(const char *path, char *out, size_t cap);
+
+/* Reads config.json and verifies CHECKSUMS. */
+moelm_status ckpt_read_config(const char *dir, ModelConfig *cfg);
+moelm_status ckpt_read_state(const char *dir, TrainState *st);
+
+/* Loads the weights into a model created from the checkpoint's config (any B, T). */
+moelm_status ckpt_load_model(const char *dir, Model *m);
+moelm_status ckpt_load_optimizer(const char *dir, Optimizer *o, const Model *m);
+
+#endif

@@ -1,0 +1,497 @@
+/* train.c: a training run (see train.h), evaluation, and the summaries the CLI prints. */
+#include "train/train.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "backend/gemm.h"
+#include "data/corpus.h"
+#include "data/dataloader.h"
+#include "data/tokens.h"
+#include "io/fileio.h"
+#include "io/json.h"
+#include "optim/optim.h"
+#include "train/checkpoint.h"
+
+void train_options_default(TrainOptions *o) {
+    memset(o, 0, sizeof *o);
+    o->config = "demo";
+    o->out = "runs/demo";
+    o->seed = 1;
+    o->threads = 2;
+    o->eval_interval = 200;
+    o->log_interval = 10;
+    o->ckpt_interval = 0;   /* 0: at each eval and at the end */
+    o->keep = 3;
+    o->eval_batches = 0;
+}
+
+/* ---- summaries --------------------------------------------------------------------------------- */
+
+static void fmt_count(char *buf, size_t cap, size_t n) {
+    if (n >= 1000000) snprintf(buf, cap, "%.2fM", n / 1e6);
+    else if (n >= 1000) snprintf(buf, cap, "%.1fK", n / 1e3);
+    else snprintf(buf, cap, "%zu", n);
+}
+
+void print_model_summary(const Model *m, FILE *f) {
+    const ModelConfig *c = &m->cfg;
+    size_t total, active, per_expert;
+    model_param_counts(m, &total, &active, &per_expert);
+    char t[32], a[32], pe[32];
+    fmt_count(t, sizeof t, total);
+    fmt_count(a, sizeof a, active);
+    fmt_count(pe, sizeof pe, per_expert);
+    fprintf(f, "model: %s, vocab %d, d_model %d, %d layers, %d heads, d_ff %d, %s, %s%s\n",
+            c->model_type == MODEL_SEED ? "seed" : "lm", c->vocab_size, c->d_model, c->num_layers, c->num_heads,
+            c->d_ff, c->norm_type == NORM_RMS ? "rmsnorm" : "layernorm",
+            c->hidden_act == ACT_RELU ? "relu" : c->hidden_act == ACT_GELU ? "gelu" : "swiglu",
+            c->model_type == MODEL_LM ? (c->tie_word_embeddings ? ", tied head" : ", untied head") : "");
+    const MoEActs *acts[64];
+    int n_moe = model_moe_layers(m, acts, 64);
+    if (n_moe) {
+        const MoEConfig *mc = &m->moe_cfg;
+        fprintf(f, "moe: %d sparse layer(s), %d experts (d_ff %d), router %s, k %d, capacity factor %g train / %g eval, "
+                   "aux %g, z %g, jitter %g%s%s\n",
+                n_moe, mc->E, mc->H, router_name(mc->router), mc->K, mc->capacity_factor_train, mc->capacity_factor_eval,
+                mc->aux_coef, mc->z_coef, mc->jitter, mc->shared_expert ? ", shared expert" : "",
+                mc->use_expert_bias ? ", expert bias" : "");
+    }
+    fprintf(f, "parameters: %s total, %s active per token", t, a);
+    if (n_moe) fprintf(f, ", %s per expert", pe);
+    fprintf(f, "\n");
+}
+
+void print_moe_stats(const EvalResult *r, FILE *f) {
+    for (int l = 0; l < r->n_moe; l++) {
+        const MoEStats *s = &r->stats[l];
+        double kept = s->slots - s->dropped;
+        fprintf(f, "  moe layer %d: dropped %.2f%%, entropy %.3f, top-1 prob %.3f, dead %d/%d, aux %.4f, z %.4f, load",
+                l, s->slots > 0 ? 100.0 * s->dropped / s->slots : 0.0, s->tokens > 0 ? s->entropy_sum / s->tokens : 0.0,
+                s->tokens > 0 ? s->top1_sum / s->tokens : 0.0, moe_stats_dead(s), s->E,
+                s->batches ? s->aux_sum / s->batches : 0.0, s->batches ? s->z_sum / s->batches : 0.0);
+        for (int e = 0; e < s->E && e < 256; e++) fprintf(f, " %.3f", kept > 0 ? s->load[e] / kept : 0.0);
+        fprintf(f, "\n");
+    }
+}
+
+/* ---- evaluation -------------------------------------------------------------------------------- */
+
+moelm_status evaluate(Model *m, const int *ids, size_t n, size_t max_batches, EvalResult *r) {
+    memset(r, 0, sizeof *r);
+    int B = m->B, T = m->T;
+    size_t nb = eval_num_batches(n, B, T);
+    if (max_batches && nb > max_batches) nb = max_batches;
+    int *inp = moelm_malloc(sizeof(int) * (size_t)B * T), *tgt = moelm_malloc(sizeof(int) * (size_t)B * T);
+    if (!inp || !tgt) {
+        moelm_free(inp);
+        moelm_free(tgt);
+        return MOELM_ERR_NOMEM;
+    }
+    const MoEActs *acts[64];
+    r->n_moe = model_moe_layers(m, acts, 64);
+    if (r->n_moe > 64) r->n_moe = 64;
+    for (int l = 0; l < r->n_moe; l++) moe_stats_reset(&r->stats[l], m->moe_cfg.E);
+    for (size_t b = 0; b < nb; b++) {
+        eval_batch(ids, n, B, T, b, inp, tgt);
+        model_forward(m, inp, tgt, 0);
+        for (int i = 0; i < B * T; i++)
+            if (tgt[i] >= 0) r->nll += m->a.losses[i];
+        r->tokens += m->n_valid;
+        for (int l = 0; l < r->n_moe; l++) moe_stats_add(&r->stats[l], acts[l], &m->moe_cfg);
+    }
+    moelm_free(inp);
+    moelm_free(tgt);
+    return MOELM_OK;
+}
+
+/* ---- data ---------------------------------------------------------------------------------------- */
+
+static moelm_status make_tokenizer(Tokenizer **tok, const char *spec, const Corpus *c) {
+    const char *text = c->text[CORPUS_TRAIN];
+    size_t n = c->len[CORPUS_TRAIN];
+    if (!strcmp(spec, "word")) return tokenizer_build_word(tok, text, n, 1 << 30);
+    if (!strncmp(spec, "word:", 5)) {
+        int v = atoi(spec + 5);
+        if (v < 2) return moelm_fail(MOELM_ERR_CONFIG, "tokenizer '%s': the vocabulary size must be >= 2", spec);
+        return tokenizer_build_word(tok, text, n, v);
+    }
+    if (!strcmp(spec, "char")) return tokenizer_build_char(tok, text, n);
+    if (!strncmp(spec, "unigram:", 8) || !strncmp(spec, "bpe:", 4)) {
+        int unigram = spec[0] == 'u';
+        int v = atoi(spec + (unigram ? 8 : 4));
+        if (v < 4) return moelm_fail(MOELM_ERR_CONFIG, "tokenizer '%s': the vocabulary size must be >= 4", spec);
+        return tokenizer_train_spm(tok, text, n, unigram ? TOK_UNIGRAM : TOK_BPE, v);
+    }
+    return tokenizer_load(tok, spec);
+}
+
+/* Encodes a split, through the run directory's token cache when one is valid for this tokenizer.
+ * Evaluation streams start with <eos> so that their first word is predicted too. */
+static moelm_status split_ids(int **ids, size_t *n, const Corpus *c, int split, const Tokenizer *tok,
+                              const char *run_dir) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tokens.%s.bin", run_dir, corpus_split_name(split));
+    int V = tokenizer_vocab_size(tok);
+    uint64_t h = tokenizer_hash(tok);
+    if (path_exists(path) && tokens_read(path, ids, n, V, h) == MOELM_OK) return MOELM_OK;
+    int *raw = NULL;
+    size_t cnt = 0;
+    moelm_status st = tokenizer_encode(tok, c->text[split], c->len[split], &raw, &cnt);
+    if (st) return moelm_fail_context(st, "%s", c->name[split]);
+    int eos = tokenizer_eos_id(tok);
+    if (split != CORPUS_TRAIN && eos >= 0) {
+        int *w = moelm_malloc(sizeof(int) * (cnt + 1));
+        if (!w) { moelm_free(raw); return MOELM_ERR_NOMEM; }
+        w[0] = eos;
+        memcpy(w + 1, raw, sizeof(int) * cnt);
+        moelm_free(raw);
+        raw = w;
+        cnt++;
+    }
+    *ids = raw;
+    *n = cnt;
+    return tokens_write(path, raw, cnt, V, h);
+}
+
+/* ---- the run ------------------------------------------------------------------------------------- */
+
+typedef struct {
+    FILE *metrics;
+    Corpus corpus;
+    Tokenizer *tok;
+    int *ids[3];
+    size_t n[3];
+    size_t words[3];
+    Model model;
+    Optimizer opt;
+    DataLoader dl;
+    int *inp, *tgt;
+    int model_ok, opt_ok, dl_ok;
+} Run;
+
+static void run_free(Run *r) {
+    if (r->metrics) fclose(r->metrics);
+    corpus_free(&r->corpus);
+    if (r->tok) tokenizer_free(r->tok);
+    for (int i = 0; i < 3; i++) moelm_free(r->ids[i]);
+    if (r->model_ok) model_free(&r->model);
+    if (r->opt_ok) optim_free(&r->opt);
+    if (r->dl_ok) dataloader_free(&r->dl);
+    moelm_free(r->inp);
+    moelm_free(r->tgt);
+}
+
+static char *train_config_json(const TrainConfig *tc) {
+    StrBuf sb = {0};
+    sb_printf(&sb, "{\"batch_size\": %d, \"seq_len\": %d, \"stride\": %d, \"lr\": %.9g, \"min_lr_ratio\": %.9g, "
+                   "\"warmup_steps\": %d, \"lr_schedule\": \"%s\", \"optimizer\": \"%s\", \"weight_decay\": %.9g, "
+                   "\"beta1\": %.9g, \"beta2\": %.9g, \"eps\": %.9g, \"grad_clip\": %.9g, \"steps\": %ld, \"tokenizer\": ",
+              tc->batch_size, tc->seq_len, tc->stride, tc->lr, tc->min_lr_ratio, tc->warmup_steps,
+              tc->schedule == SCHED_CONSTANT ? "constant" : tc->schedule == SCHED_COSINE ? "cosine" : "linear",
+              tc->adamw ? "adamw" : "adam", tc->weight_decay, tc->beta1, tc->beta2, tc->eps, tc->grad_clip, tc->steps);
+    sb_json_string(&sb, tc->tokenizer);
+    sb_printf(&sb, "}");
+    if (sb.failed) { sb_free(&sb); return NULL; }
+    return sb.buf;
+}
+
+/* Re-applies a saved TrainConfig JSON (from state.json) key by key. */
+static moelm_status train_config_from_json(TrainConfig *tc, const char *js) {
+    Json *j = NULL;
+    moelm_status st = json_parse(&j, js, strlen(js), "state.json train");
+    if (st) return st;
+    for (size_t i = 0; !st && i < json_len(j); i++) {
+        const Json *v = json_at(j, i);
+        char buf[64];
+        const char *sv = buf;
+        if (json_type(v) == JSON_STRING) sv = json_string(v);
+        else snprintf(buf, sizeof buf, "%.9g", json_number(v));
+        st = train_config_set(tc, json_key_at(j, i), sv);
+    }
+    json_free(j);
+    return st;
+}
+
+/* Keeps the records of metrics.jsonl up to step (a resumed run rewrites what came after). */
+static moelm_status metrics_truncate(const char *path, long step) {
+    if (!path_exists(path)) return MOELM_OK;
+    char *data = NULL;
+    size_t n = 0;
+    moelm_status st = file_read_all(path, &data, &n);
+    if (st) return st;
+    size_t keep = 0;
+    for (size_t i = 0; i < n;) {
+        char *nl = memchr(data + i, '\n', n - i);
+        size_t end = nl ? (size_t)(nl - data) + 1 : n;
+        const char *s = strstr(data + i, "\"step\": ");
+        long v = s && s < data + end ? strtol(s + 8, NULL, 10) : -1;
+        if (!nl || v > step || v < 0) break;   /* a torn last line, or a step after the checkpoint */
+        keep = end;
+        i = end;
+    }
+    st = file_write_atomic(path, data, keep);
+    moelm_free(data);
+    return st;
+}
+
+static double now_s(void) { return time_now(); }
+
+moelm_status train_run(const TrainOptions *o) {
+    Run r;
+    memset(&r, 0, sizeof r);
+    ModelConfig cfg;
+    TrainConfig tc;
+    TrainState state;
+    memset(&state, 0, sizeof state);
+    moelm_status st = MOELM_OK;
+    char ckdir[4096] = "";
+    const char *run_dir = o->resume ? o->resume : o->out;
+    if (strlen(run_dir) > 3000) return moelm_fail(MOELM_ERR_ARG, "run directory path too long");
+    backend_set_threads(o->threads);
+
+    if (o->resume) {
+        st = ckpt_resolve(o->resume, ckdir, sizeof ckdir);
+        if (!st) st = ckpt_read_config(ckdir, &cfg);
+        if (!st) st = ckpt_read_state(ckdir, &state);
+        if (st) return moelm_fail_context(st, "cannot resume from %s", o->resume);
+        config_preset_train(&tc, "demo");
+        st = train_config_from_json(&tc, state.train_json);
+        if (st) return st;
+        if (!o->force) {
+            if (o->data && strcmp(o->data, state.data) != 0)
+                return moelm_fail(MOELM_ERR_CONFIG, "resume: the run trained on '%s', not '%s' (use --force to continue anyway)",
+                                  state.data, o->data);
+            if (o->n_sets || o->batch_size || o->seq_len)
+                return moelm_fail(MOELM_ERR_CONFIG, "resume: the model and batch shape come from the checkpoint; "
+                                                    "--set, -b and --seq-len are refused (use --force to override)");
+            if (o->threads != state.threads)
+                fprintf(stderr, "moelm: warning: resuming with %d threads, the run used %d: losses will not be bit-identical\n",
+                        o->threads, state.threads);
+        }
+        if (o->steps > 0) tc.steps = o->steps;
+    } else {
+        if (path_exists(o->config) && !path_is_dir(o->config)) {
+            st = config_load(&cfg, o->config);
+            if (!st) config_preset_train(&tc, "demo");
+        } else {
+            st = config_preset(&cfg, o->config);
+            if (!st) st = config_preset_train(&tc, o->config);
+        }
+        if (st) return st;
+        if (o->tokenizer) snprintf(tc.tokenizer, sizeof tc.tokenizer, "%s", o->tokenizer);
+        for (int i = 0; i < o->n_sets; i++) {
+            char key[128];
+            const char *eq = strchr(o->sets[i], '=');
+            if (!eq || eq == o->sets[i] || (size_t)(eq - o->sets[i]) >= sizeof key)
+                return moelm_fail(MOELM_ERR_ARG, "--set '%s': expected key=value", o->sets[i]);
+            memcpy(key, o->sets[i], (size_t)(eq - o->sets[i]));
+            key[eq - o->sets[i]] = '\0';
+            st = config_set(&cfg, key, eq + 1);
+            if (st == MOELM_ERR_CONFIG && strstr(moelm_last_error(), "unknown config key")) st = train_config_set(&tc, key, eq + 1);
+            if (st) return st;
+        }
+        if (o->steps > 0) tc.steps = o->steps;
+        if (o->batch_size > 0) tc.batch_size = o->batch_size;
+        if (o->seq_len > 0) tc.seq_len = o->seq_len;
+        if (o->stride > 0) tc.stride = o->stride;
+        if (o->lr > 0) tc.lr = o->lr;
+        snprintf(state.data, sizeof state.data, "%s", o->data ? o->data : "builtin");
+        state.seed = o->seed;
+        state.threads = o->threads;
+        state.batch_size = tc.batch_size;
+        state.seq_len = tc.seq_len;
+    }
+    if (tc.batch_size < 1 || tc.seq_len < 1) return moelm_fail(MOELM_ERR_CONFIG, "batch size and sequence length must be positive");
+    if (tc.steps < 1) return moelm_fail(MOELM_ERR_CONFIG, "steps must be positive (got %ld)", tc.steps);
+    if (!(tc.lr > 0) || !isfinite(tc.lr)) return moelm_fail(MOELM_ERR_CONFIG, "lr must be a positive number");
+    if (cfg.n_positions < tc.seq_len) cfg.n_positions = tc.seq_len;
+
+    /* data and tokenizer */
+    st = dir_make(run_dir);
+    if (!st) st = corpus_load(&r.corpus, strcmp(state.data, "builtin") ? state.data : NULL);
+    if (!st) {
+        if (o->resume) {
+            char tp[4096];
+            snprintf(tp, sizeof tp, "%s/tokenizer.model", ckdir);
+            st = tokenizer_load(&r.tok, tp);
+            if (!st && tokenizer_hash(r.tok) != state.tokenizer_hash)
+                st = moelm_fail(MOELM_ERR_FORMAT, "%s: tokenizer hash differs from state.json", tp);
+        } else {
+            st = make_tokenizer(&r.tok, tc.tokenizer, &r.corpus);
+        }
+    }
+    for (int s = 0; !st && s < 2; s++) st = split_ids(&r.ids[s], &r.n[s], &r.corpus, s, r.tok, run_dir);
+    if (st) { run_free(&r); return st; }
+    r.words[CORPUS_VALID] = text_count_words(r.corpus.text[CORPUS_VALID], r.corpus.len[CORPUS_VALID]);
+    int V = tokenizer_vocab_size(r.tok);
+    if (cfg.vocab_size == 0) cfg.vocab_size = V;
+    if (cfg.vocab_size != V) {
+        run_free(&r);
+        return moelm_fail(MOELM_ERR_CONFIG, "vocab_size %d in the config, but the tokenizer has %d", cfg.vocab_size, V);
+    }
+    state.tokenizer_hash = tokenizer_hash(r.tok);
+    if (r.n[CORPUS_TRAIN] < (size_t)tc.seq_len + 1) {
+        run_free(&r);
+        return moelm_fail(MOELM_ERR_DATA, "%s: %zu tokens, too few for one window of %d", r.corpus.name[0], r.n[0], tc.seq_len + 1);
+    }
+
+    /* model, optimizer, data order */
+    st = model_create(&r.model, &cfg, tc.batch_size, tc.seq_len, state.seed);
+    r.model_ok = st == MOELM_OK;
+    if (!st) st = optim_create(&r.opt, r.model.n_params);
+    r.opt_ok = st == MOELM_OK;
+    if (!st) st = dataloader_init(&r.dl, r.ids[0], r.n[0], tc.batch_size, tc.seq_len, tc.stride > 0 ? tc.stride : tc.seq_len,
+                                  1, state.seed);
+    r.dl_ok = st == MOELM_OK;
+    if (!st && o->resume) {
+        st = ckpt_load_model(ckdir, &r.model);
+        if (!st) st = ckpt_load_optimizer(ckdir, &r.opt, &r.model);
+        if (!st) st = dataloader_seek(&r.dl, state.data_epoch, state.data_pos);
+        r.model.rng.s = state.rng;
+    }
+    r.inp = moelm_malloc(sizeof(int) * (size_t)tc.batch_size * tc.seq_len);
+    r.tgt = moelm_malloc(sizeof(int) * (size_t)tc.batch_size * tc.seq_len);
+    if (!st && (!r.inp || !r.tgt)) st = MOELM_ERR_NOMEM;
+    char mpath[4096];
+    snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", run_dir);
+    if (!st) st = metrics_truncate(mpath, state.step);
+    if (!st && !(r.metrics = fopen(mpath, "a"))) st = moelm_fail(MOELM_ERR_IO, "%s: cannot open: %s", mpath, strerror(errno));
+    char *tjs = train_config_json(&tc);
+    if (tjs) {
+        snprintf(state.train_json, sizeof state.train_json, "%s", tjs);
+        moelm_free(tjs);
+    }
+    if (st) { run_free(&r); return st; }
+
+    if (!o->quiet) {
+        printf("data: %s (%zu train tokens, %zu valid tokens, %zu valid words), tokenizer %s, vocab %d\n",
+               state.data, r.n[0], r.n[1], r.words[1], tc.tokenizer, V);
+        print_model_summary(&r.model, stdout);
+        printf("training: %ld steps, batch %d x %d, lr %g (%s, warm-up %d), %s, wd %g, clip %g, %d threads, backend %s\n",
+               tc.steps, tc.batch_size, tc.seq_len, tc.lr,
+               tc.schedule == SCHED_CONSTANT ? "constant" : tc.schedule == SCHED_COSINE ? "cosine" : "linear",
+               tc.warmup_steps, tc.adamw ? "AdamW" : "Adam", tc.weight_decay, tc.grad_clip, o->threads, backend_name());
+        if (o->resume) printf("resumed from %s at step %ld\n", ckdir, state.step);
+        fflush(stdout);
+    }
+
+    Model *m = &r.model;
+    int eval_interval = o->eval_interval, log_interval = o->log_interval > 0 ? o->log_interval : 1;
+    double t_run = now_s() - state.elapsed_s, t_log = now_s();
+    long tokens_since = 0, skipped = 0;
+    double budget_s = o->time_budget_min * 60.0;
+    const MoEActs *acts[64];
+    int n_moe = model_moe_layers(m, acts, 64);
+    while (state.step < tc.steps) {
+        long step = state.step;
+        double elapsed = now_s() - t_run;
+        float lr;
+        if (budget_s > 0) {
+            if (elapsed >= budget_s) break;
+            /* the schedule runs over the time budget: progress = elapsed / budget */
+            long fake_total = 1000000, fake_step = (long)(elapsed / budget_s * fake_total);
+            lr = step < tc.warmup_steps ? lr_at(&tc, step, tc.steps) : lr_at(&(TrainConfig){.lr = tc.lr, .min_lr_ratio = tc.min_lr_ratio, .schedule = tc.schedule}, fake_step, fake_total);
+        } else {
+            lr = lr_at(&tc, step, tc.steps);
+        }
+        dataloader_next(&r.dl, r.inp, r.tgt);
+        model_zero_grad(m);
+        float loss = model_forward(m, r.inp, r.tgt, 1);
+        model_backward(m);
+        float gnorm = grad_clip(m, tc.grad_clip);
+        int bad = !isfinite(loss) || !isfinite(gnorm) || !isfinite(m->aux_loss);   /* the global norm is NaN/Inf exactly when a gradient is */
+        if (bad) {
+            if (!o->skip_nonfinite) {
+                run_free(&r);
+                return moelm_fail(MOELM_ERR_NONFINITE,
+                                  "non-finite %s at step %ld (loss %g, grad norm %g); stopped, the last checkpoint in %s is intact "
+                                  "(lower --lr, or --skip-nonfinite to skip such updates)",
+                                  isfinite(loss) ? "gradient" : "loss", step + 1, loss, gnorm, run_dir);
+            }
+            skipped++;
+            fprintf(stderr, "moelm: step %ld: non-finite loss or gradients, update skipped (%ld so far)\n", step + 1, skipped);
+        } else {
+            optim_step(&r.opt, m, &tc, lr);
+            if (m->moe_cfg.use_expert_bias)
+                for (int l = 0; l < m->cfg.num_layers; l++)
+                    if (config_block_is_sparse(&m->cfg, l)) moe_update_bias(&m->p.layers[l].moe, &m->a.layers[l].moe, &m->moe_cfg);
+        }
+        state.step++;
+        tokens_since += (long)tc.batch_size * tc.seq_len;
+        state.tokens_seen += (double)tc.batch_size * tc.seq_len;
+        int last = state.step == tc.steps || (budget_s > 0 && now_s() - t_run >= budget_s);
+        int do_log = state.step % log_interval == 0 || state.step == 1 || last;
+        int do_eval = (eval_interval > 0 && state.step % eval_interval == 0) || last;
+        if (do_log) {
+            double t = now_s(), dt = t - t_log;
+            double tps = dt > 0 ? tokens_since / dt : 0;
+            double ms = log_interval > 0 ? 1000.0 * dt / (state.step == 1 ? 1 : (state.step % log_interval ? state.step % log_interval : log_interval)) : 0;
+            if (!o->quiet) {
+                printf("step %6ld | loss %.4f", state.step, loss);
+                if (n_moe) printf(" | aux %.4f", m->aux_loss);
+                printf(" | lr %.2e | grad norm %.3f | %.1f ms | %.0f tok/s\n", lr, gnorm, ms, tps);
+                fflush(stdout);
+            }
+            fprintf(r.metrics, "{\"step\": %ld, \"loss\": %.6f, \"aux_loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6f, "
+                               "\"tokens_per_s\": %.1f, \"time_s\": %.3f, \"tokens\": %.0f",
+                    state.step, loss, m->aux_loss, lr, gnorm, tps, now_s() - t_run, state.tokens_seen);
+            if (!do_eval) fprintf(r.metrics, "}\n");
+            t_log = now_s();
+            tokens_since = 0;
+        }
+        if (do_eval) {
+            EvalResult ev;
+            double t0 = now_s();
+            st = evaluate(m, r.ids[1], r.n[1], (size_t)o->eval_batches, &ev);
+            if (st) { run_free(&r); return st; }
+            double tok_nll = ev.tokens > 0 ? ev.nll / ev.tokens : 0;
+            /* word-level perplexity: the NLL of the whole split over its words (<eos> included);
+             * a partial evaluation scales its mean to the split's token count */
+            double total_nll = tok_nll * (double)(r.n[1] - 1);
+            double word_ppl = r.words[1] ? exp(total_nll / (double)r.words[1]) : 0;
+            if (!do_log) fprintf(r.metrics, "{\"step\": %ld", state.step);
+            fprintf(r.metrics, ", \"val_loss\": %.6f, \"val_ppl\": %.4f, \"val_word_ppl\": %.4f", tok_nll, exp(tok_nll), word_ppl);
+            if (ev.n_moe) {
+                fprintf(r.metrics, ", \"moe\": [");
+                for (int l = 0; l < ev.n_moe; l++) {
+                    const MoEStats *s = &ev.stats[l];
+                    double kept = s->slots - s->dropped;
+                    fprintf(r.metrics, "%s{\"layer\": %d, \"dropped\": %.6f, \"entropy\": %.6f, \"top1\": %.6f, \"dead\": %d, "
+                                       "\"aux\": %.6f, \"z\": %.6f, \"load\": [",
+                            l ? ", " : "", l, s->slots > 0 ? s->dropped / s->slots : 0, s->tokens > 0 ? s->entropy_sum / s->tokens : 0,
+                            s->tokens > 0 ? s->top1_sum / s->tokens : 0, moe_stats_dead(s), s->batches ? s->aux_sum / s->batches : 0,
+                            s->batches ? s->z_sum / s->batches : 0);
+                    for (int e = 0; e < s->E && e < 256; e++) fprintf(r.metrics, "%s%.5f", e ? ", " : "", kept > 0 ? s->load[e] / kept : 0);
+                    fprintf(r.metrics, "]}");
+                }
+                fprintf(r.metrics, "]");
+            }
+            fprintf(r.metrics, "}\n");
+            if (!o->quiet) {
+                printf("eval   %6ld | val loss %.4f | val ppl %.2f | word ppl %.2f | %.1f s\n", state.step, tok_nll, exp(tok_nll),
+                       word_ppl, now_s() - t0);
+                print_moe_stats(&ev, stdout);
+                fflush(stdout);
+            }
+            t_log = now_s();
+        }
+        fflush(r.metrics);
+        int do_ckpt = o->ckpt_interval > 0 ? (state.step % o->ckpt_interval == 0 || last) : (do_eval || last);
+        if (do_ckpt) {
+            state.elapsed_s = now_s() - t_run;
+            state.data_epoch = r.dl.epoch;
+            state.data_pos = r.dl.pos;
+            state.rng = m->rng.s;
+            st = ckpt_save(run_dir, m, &r.opt, &state, r.tok, o->keep);
+            if (st) { run_free(&r); return st; }
+        }
+        if (last) break;
+    }
+    if (skipped && !o->quiet) printf("skipped %ld non-finite updates\n", skipped);
+    run_free(&r);
+    return MOELM_OK;
+}

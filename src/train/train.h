@@ -1,0 +1,75 @@
+/* train.h: the training run, evaluation and text generation that the CLI drives.
+ *
+ * train_run owns a whole run: it resolves the config (preset or config.json, then overrides),
+ * loads the corpus, builds or loads the tokenizer, caches the token ids in the run directory,
+ * trains with periodic logging, evaluation and checkpoints, and resumes exactly from `latest`.
+ */
+#ifndef MOELM_TRAIN_H
+#define MOELM_TRAIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include "model/model.h"
+#include "moe/moe.h"
+#include "tokenizer/tokenizer.h"
+
+typedef struct {
+    const char *data;           /* NULL or "builtin", a directory, or a text file */
+    const char *config;         /* a preset name or a config.json path (default "demo") */
+    const char *out;            /* run directory (created) */
+    const char *resume;         /* run directory to continue from its latest checkpoint, or NULL */
+    const char *const *sets;    /* "key=value" overrides of model or training keys; NULL-terminated */
+    int n_sets;
+    const char *tokenizer;      /* overrides the preset's tokenizer: word[:N], char, unigram:N, bpe:N, or a file */
+    long steps;                 /* > 0: overrides the preset */
+    int batch_size, seq_len, stride;   /* > 0: override */
+    float lr;                   /* > 0: overrides */
+    uint64_t seed;
+    int threads;
+    int eval_interval, log_interval, ckpt_interval, keep;
+    long eval_batches;          /* batches per periodic eval (0: the whole validation split) */
+    double time_budget_min;     /* > 0: the LR schedule is laid over this wall-clock budget and training stops at it */
+    int skip_nonfinite;         /* skip (and count) updates whose loss or gradients are not finite */
+    int force;                  /* resume even if the config or data changed */
+    int quiet;
+} TrainOptions;
+
+void train_options_default(TrainOptions *o);
+moelm_status train_run(const TrainOptions *o);
+
+/* Evaluation over a token stream: every token after the first is predicted once (the stream
+ * should start with <eos> so that the first word is predicted too). max_batches 0: all. */
+typedef struct {
+    double nll;                 /* total negative log-likelihood (nats) */
+    double tokens;              /* predicted tokens */
+    int n_moe;
+    MoEStats stats[64];         /* per MoE layer */
+} EvalResult;
+
+moelm_status evaluate(Model *m, const int *ids, size_t n, size_t max_batches, EvalResult *r);
+
+/* Prints per-layer expert statistics (load, dropped, entropy, confidence, dead) on one line each. */
+void print_moe_stats(const EvalResult *r, FILE *f);
+
+/* moelm eval: loads a checkpoint, evaluates a text file (or the test split of a folder). */
+moelm_status eval_run(const char *ckpt, const char *data, int batch_size, int seq_len, int threads);
+
+/* moelm generate */
+typedef struct {
+    const char *ckpt, *prompt;
+    int n;
+    float temp, top_p;
+    int top_k;
+    uint64_t seed;
+    int threads;
+} GenerateOptions;
+moelm_status generate_run(const GenerateOptions *o);
+
+/* moelm info */
+moelm_status info_run(const char *ckpt);
+
+/* Prints the resolved config and the parameter counts. */
+void print_model_summary(const Model *m, FILE *f);
+
+#endif
