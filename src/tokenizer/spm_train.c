@@ -234,9 +234,11 @@ static char *replace_meta(const char *s, size_t n, char *const *meta, int nmeta,
     char *o = moelm_malloc(n * 3 + 4);
     if (!o) return NULL;
     size_t k = 0;
+    uint8_t first[256] = {0};
+    for (int m = 0; m < nmeta; m++) first[(uint8_t)meta[m][0]] = 1;
     for (size_t i = 0; i < n;) {
         size_t best = 0;
-        for (int m = 0; m < nmeta; m++) {
+        for (int m = 0; m < nmeta && first[(uint8_t)s[i]]; m++) {
             size_t l = strlen(meta[m]);
             if (l > best && l <= n - i && meta[m][0] == s[i] && !memcmp(meta[m], s + i, l)) best = l;
         }
