@@ -22,6 +22,9 @@
 #include <string.h>
 
 #include "backend/gemm.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 /* ---- names and sizes -------------------------------------------------------------------------- */
 
@@ -466,13 +469,32 @@ static void ffn_backward(float *dx, float *dw1, float *db1, float *dw2, float *d
     gemm(0, 0, n, C, H1, 1.0f, dh_pre, H1, w1, C, 0.0f, dx, C);    /* dx = dh_pre @ w1 */
 }
 
+/* Whether to run the experts side by side (one thread per expert, each GEMM single-threaded) rather
+ * one after another (each GEMM threaded by BLAS). Side by side wins for many small slabs (a slab's GEMM
+ * does not scale to more threads, PERF-NOTES), but leaves threads idle when one slab dominates: one
+ * expert (E = 1, the random router) or fewer busy experts than threads. Rule: side by side when the
+ * largest slab is at most 1.5 / threads of all rows. The backward makes the same choice from the
+ * same offsets. */
+static int experts_side_by_side(const int *offsets, int E) {
+#ifdef _OPENMP
+    int nt = omp_get_max_threads(), mx = 0;
+    if (nt < 2) return 0;
+    for (int e = 0; e < E; e++) if (offsets[e + 1] - offsets[e] > mx) mx = offsets[e + 1] - offsets[e];
+    return 2.0 * mx * nt <= 3.0 * offsets[E];
+#else
+    (void)offsets; (void)E;
+    return 0;
+#endif
+}
+
 /* The expert computation over the dispatched slabs. This is the whole of what runs on an expert's
  * owner under expert parallelism: it reads only xd and offsets, writes only h_pre, h, y. */
 static void moe_experts_forward(MoEActs *a, const MoEParams *p, const MoEConfig *cfg) {
     int E = cfg->E, C = cfg->C, H = cfg->H, H1 = moe_h1(cfg);
-    /* One small GEMM pair per expert: parallel across experts (a slab's GEMM does not scale to more
-     * threads, see PERF-NOTES). Expert e writes only its rows offsets[e]..offsets[e+1]-1. */
-#pragma omp parallel for schedule(dynamic, 1)
+    /* One GEMM pair per expert, experts side by side when that pays (see experts_side_by_side).
+     * Expert e writes only its rows offsets[e]..offsets[e+1]-1. */
+    int par = experts_side_by_side(a->offsets, E);
+#pragma omp parallel for schedule(dynamic, 1) if (par)
     for (int e = 0; e < E; e++) {
         int r0 = a->offsets[e], n = a->offsets[e + 1] - r0;
         if (n == 0) continue;
@@ -603,9 +625,11 @@ void moe_backward(float *dx, MoEParams *grads, const float *dout, MoEActs *a, co
     }
 
     /* [seam: all-to-all of the dy slabs to the experts' owners] */
-    /* Experts backward, parallel across experts: expert e writes only its own rows of dh, dh_pre, dy
-     * and its own slices of the weight gradients. dxd overwrites dy in place (ffn_backward allows it). */
-#pragma omp parallel for schedule(dynamic, 1)
+    /* Experts backward, side by side when the forward did so: expert e writes only its own rows of
+     * dh, dh_pre, dy and its own slices of the weight gradients. dxd overwrites dy in place
+     * (ffn_backward allows it). */
+    int par = experts_side_by_side(a->offsets, E);
+#pragma omp parallel for schedule(dynamic, 1) if (par)
     for (int e = 0; e < E; e++) {
         int r0 = a->offsets[e], n = a->offsets[e + 1] - r0;
         if (n == 0) continue;
