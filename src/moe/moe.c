@@ -76,7 +76,7 @@ int moe_hash_expert(int token, int E) {
 
 size_t moe_param_count(const MoEConfig *cfg) {
     size_t E = (size_t)cfg->E, C = (size_t)cfg->C, H = (size_t)cfg->H, H1 = (size_t)moe_h1(cfg);
-    size_t n = E * C                        /* router_w (present for every router: one layout) */
+    size_t n = (router_learned(cfg->router) ? E * C : 0)   /* router_w: none for random and hash */
              + E * H1 * C + E * H1          /* w1, b1 */
              + E * C * H + E * C;           /* w2, b2 */
     if (cfg->shared_expert) n += H1 * C + H1 + C * H + C;
@@ -183,7 +183,7 @@ moelm_status moe_config_check(const MoEConfig *cfg, int causal) {
         break;
     default: break;
     }
-    if (cfg->capacity_factor_train > 0.0f && cfg->min_capacity < 0)
+    if (cfg->min_capacity < 0)
         return moelm_fail(MOELM_ERR_CONFIG, "min_capacity: must be >= 0, got %d", cfg->min_capacity);
     if (cfg->expert_capacity < 0)
         return moelm_fail(MOELM_ERR_CONFIG, "expert_capacity: must be >= 0 (0 = from the factors), got %d",
@@ -313,7 +313,7 @@ static void moe_route(MoEActs *a, const float *x, const int *tokens, const MoEPa
     /* probs = softmax(logits) per token; lse for the z-loss. Rows are independent: each thread writes
      * only its tokens' rows; the z sum is a reduction. */
     double zsum = 0.0;
-    int topk = cfg->router == ROUTER_TOPK || cfg->router == ROUTER_SWITCH;
+    int token_choice = cfg->router == ROUTER_TOPK || cfg->router == ROUTER_SWITCH;
     int K = cfg->router == ROUTER_TOPK ? cfg->K : 1;
     int mixtral = cfg->router == ROUTER_TOPK && cfg->topk_softmax_after;
     const float *bias = (cfg->use_expert_bias && p->expert_bias) ? p->expert_bias : NULL;
@@ -334,7 +334,7 @@ static void moe_route(MoEActs *a, const float *x, const int *tokens, const MoEPa
         float *g = a->gate + (size_t)t * KS;
         if (cfg->router == ROUTER_SOFT) {
             for (int e = 0; e < E; e++) { ex[e] = e; g[e] = pr[e]; }
-        } else if (topk) {
+        } else if (token_choice) {
             /* top-K by score = prob + selection bias (DeepSeek-V3: the bias chooses, never weighs);
              * ties go to the lower expert index. K passes over E: K is small. */
             for (int k = 0; k < K; k++) {
@@ -380,7 +380,7 @@ static void moe_route(MoEActs *a, const float *x, const int *tokens, const MoEPa
     /* Load-balancing loss (Switch eq. 4, GShard for K > 1): E * sum_e f_e P_e, with f_e the fraction
      * of the N*K token-slots that chose e before capacity, P_e the mean router probability. Only the
      * token-choice routers have it: soft runs every expert and expert-choice is balanced by design. */
-    if (topk) {
+    if (token_choice) {
         double aux = 0.0;
         for (int e = 0; e < E; e++) {
             double P = 0.0;

@@ -55,7 +55,7 @@ typedef struct {
 
 /* Parameter tensors of one MoE layer (pointers into the model's arena; grads use the same struct). */
 typedef struct {
-    float *router_w;    /* [E, C] router weight (no bias, as Switch and HF) */
+    float *router_w;    /* [E, C] router weight (no bias, as Switch and HF); NULL for random and hash */
     float *w1;          /* [E, H1, C], H1 = H (relu/gelu) or 2H (swiglu: gate rows, then up rows) */
     float *b1;          /* [E, H1] */
     float *w2;          /* [E, C, H] */
@@ -107,8 +107,8 @@ int moe_slots_per_token(const MoEConfig *cfg);
 int moe_hash_expert(int token, int E);
 
 /* Parameter floats of one layer (router + experts + shared expert + expert bias); the model lays the
- * tensors out in its arena in the order of MoEParams' fields. router_w is counted for every router
- * (random and hash leave it unused), so the layout does not depend on the router. */
+ * tensors out in its arena in the order of MoEParams' fields. Random and hash routing have no router
+ * weight (router_w is NULL and not counted). */
 size_t moe_param_count(const MoEConfig *cfg);
 
 /* Validates a config; on error returns MOELM_ERR_CONFIG with a message. causal: the model is a causal LM. */
