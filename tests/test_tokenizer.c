@@ -5,9 +5,11 @@
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/tok_internal.h"
 
+#include <stdarg.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <stdlib.h>
 
 #define TMPDIR "build/tmp/tok"
 
@@ -145,11 +147,443 @@ TEST(vocab_bad_files) {
     moelm_free(b);
 }
 
+
+/* ---- SentencePiece against spm_train / spm_encode / spm_decode ------------------------------- */
+
+#define PTB_TRAIN "../shared/data/ptb/ptb.train.txt"
+#define PTB_VALID "../shared/data/ptb/ptb.valid.txt"
+#define PTB_TEST "../shared/data/ptb/ptb.test.txt"
+#define SHAKES "../shared/data/tinyshakespeare/input.txt"
+
+static int have_spm(void) {
+    static int cached = -1;
+    if (cached < 0) {
+        cached = system("command -v spm_encode >/dev/null 2>&1 && command -v spm_train >/dev/null 2>&1 "
+                        "&& command -v spm_decode >/dev/null 2>&1") == 0
+                 && access(PTB_TRAIN, R_OK) == 0 && access(SHAKES, R_OK) == 0;
+        if (!cached) printf("SKIP sentencepiece oracle tests: spm_train/spm_encode/spm_decode or the data are missing\n");
+    }
+    return cached;
+}
+
+static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int sh(const char *fmt, ...) {
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    int rc = system(cmd);
+    if (rc != 0) printf("  command failed (%d): %s\n", rc, cmd);
+    return rc;
+}
+
+/* Lines of a file as an array of NUL-terminated strings (the buffer is modified). */
+typedef struct { char *buf; char **line; size_t n; } Lines;
+static int lines_read(Lines *L, const char *path) {
+    uint8_t *b; size_t n;
+    memset(L, 0, sizeof *L);
+    if (tok_read_file(path, &b, &n)) return 0;
+    size_t cnt = 0;
+    for (size_t i = 0; i < n; i++) cnt += b[i] == '\n';
+    L->buf = moelm_malloc(n + 1);
+    L->line = moelm_malloc((cnt + 2) * sizeof(char *));
+    memcpy(L->buf, b, n);
+    L->buf[n] = 0;
+    moelm_free(b);
+    char *p = L->buf;
+    while (*p || (size_t)(p - L->buf) < n) {
+        if ((size_t)(p - L->buf) >= n) break;
+        char *e = memchr(p, '\n', n - (size_t)(p - L->buf));
+        L->line[L->n++] = p;
+        if (!e) break;
+        *e = 0;
+        p = e + 1;
+    }
+    return 1;
+}
+static void lines_free(Lines *L) { moelm_free(L->buf); moelm_free(L->line); }
+
+/* Encodes every line of data with t and compares with spm_encode's ids for the model file;
+ * returns the number of differing lines (printed), or -1 on error. */
+static long diff_with_spm(const Tokenizer *t, const char *model, const char *data, const char *tag) {
+    char out[512];
+    snprintf(out, sizeof out, TMPDIR "/%s.ids", tag);
+    if (sh("spm_encode --model=%s --output_format=id < %s > %s", model, data, out)) return -1;
+    Lines in, ref;
+    if (!lines_read(&in, data) || !lines_read(&ref, out)) return -1;
+    long bad = 0;
+    if (in.n != ref.n) { printf("  %s: %zu input lines, %zu spm lines\n", tag, in.n, ref.n); bad = (long)(in.n > ref.n ? in.n : ref.n); }
+    for (size_t i = 0; i < in.n && i < ref.n; i++) {
+        int *ids; size_t n;
+        if (tokenizer_encode_line(t, in.line[i], strlen(in.line[i]), &ids, &n)) { bad++; continue; }
+        char buf[65536];
+        size_t k = 0;
+        for (size_t j = 0; j < n && k < sizeof buf - 16; j++) k += (size_t)snprintf(buf + k, sizeof buf - k, j ? " %d" : "%d", ids[j]);
+        buf[k] = 0;
+        if (strcmp(buf, ref.line[i])) {
+            if (bad < 3) printf("  %s line %zu differs:\n    moelm: %.200s\n    spm:   %.200s\n", tag, i + 1, buf, ref.line[i]);
+            bad++;
+        }
+        moelm_free(ids);
+    }
+    printf("  %-28s %-12s %6zu lines, %ld differ\n", tag, strrchr(data, '/') + 1, in.n, bad);
+    lines_free(&in); lines_free(&ref);
+    return bad;
+}
+
+typedef struct { const char *tag, *input, *flags; } SpmCase;
+static const SpmCase k_cases[] = {
+    { "ptb_unigram_identity", PTB_TRAIN, "--model_type=unigram --vocab_size=4000 --normalization_rule_name=identity" },
+    { "ptb_bpe_nfkc_bytes", PTB_TRAIN, "--model_type=bpe --vocab_size=4000 --byte_fallback=true" },
+    { "ptb_unigram_nfkc_bytes", PTB_TRAIN, "--model_type=unigram --vocab_size=8000 --byte_fallback=true" },
+    { "shakes_unigram_nfkc_user", SHAKES, "--model_type=unigram --vocab_size=2000 '--user_defined_symbols=<sep>,the,ing' '--control_symbols=<ctl>'" },
+    { "shakes_bpe_identity_bytes", SHAKES, "--model_type=bpe --vocab_size=2000 --normalization_rule_name=identity --byte_fallback=true '--user_defined_symbols=<sep>'" },
+    { "shakes_bpe_nfkc", SHAKES, "--model_type=bpe --vocab_size=3000 --character_coverage=0.99" },
+};
+#define NCASES (sizeof k_cases / sizeof k_cases[0])
+
+static int train_cases(void) {
+    static int done = -1;
+    if (done >= 0) return done;
+    mkdirs();
+    done = 1;
+    for (size_t c = 0; c < NCASES; c++)
+        if (sh("spm_train --input=%s --model_prefix=" TMPDIR "/%s %s --minloglevel=2 > " TMPDIR "/%s.log 2>&1",
+               k_cases[c].input, k_cases[c].tag, k_cases[c].flags, k_cases[c].tag)) done = 0;
+    return done;
+}
+
+/* A small stress file: Unicode that nmt_nfkc rewrites, tabs, runs of spaces, control bytes,
+ * malformed UTF-8, meta-piece spellings. Written once under build/tmp. */
+static const char *stress_file(void) {
+    static const char *path = TMPDIR "/stress.txt";
+    static const char *parts[] = {
+        "\xEF\xBD\x81", "\xEF\xBC\xA2", "\xE2\x91\xA0", "\xEF\xAC\x81", "\t", "  ", "\xC3\xA9", "e\xCC\x81", "\xE3\x80\x80",
+        "\xC2\xBD", "\xE2\x85\xAB", "\x01", "\xE2\x80\x8B", "\xEF\xBB\xBF", "\xF0\x9F\x98\x80", "\xC2\xA0", "\xE2\x84\xA2",
+        "\xEF\xBD\xB6", "\xEF\xBE\x9E", "...", "hello", "world", " the ", "<s>", "</s>", "<unk>", "<sep>", "\xE2\x96\x81",
+        "x", "Q", "\xFF", "\xC3\x28", "\xE2\x82", "\xED\xA0\x80", "\xF0\x9F\x98", "\xC0\xAF", "ing", "<0x41>",
+    };
+    FILE *f = fopen(path, "wb");
+    if (!f) return path;
+    Rng r;
+    rng_seed(&r, 7);
+    for (int l = 0; l < 3000; l++) {
+        int k = (int)rng_below(&r, 14);
+        for (int j = 0; j < k; j++) fputs(parts[rng_below(&r, sizeof parts / sizeof parts[0])], f);
+        fputc('\n', f);
+    }
+    fclose(f);
+    return path;
+}
+
+TEST(spm_encode_matches_spm_encode) {
+    if (!have_spm()) return;
+    EXPECT(train_cases());
+    const char *stress = stress_file();
+    long total = 0;
+    for (size_t c = 0; c < NCASES; c++) {
+        char model[256];
+        snprintf(model, sizeof model, TMPDIR "/%s.model", k_cases[c].tag);
+        Tokenizer *t;
+        if (tokenizer_load(&t, model)) { printf("  %s\n", moelm_last_error()); EXPECT(0); continue; }
+        EXPECT(tokenizer_kind(t) == (strstr(k_cases[c].tag, "bpe") ? TOK_BPE : TOK_UNIGRAM));
+        const char *data[4] = { PTB_VALID, PTB_TEST, SHAKES, stress };
+        for (int d = 0; d < 4; d++) {
+            char tag[256];
+            snprintf(tag, sizeof tag, "%s.%d", k_cases[c].tag, d);
+            long bad = diff_with_spm(t, model, data[d], tag);
+            EXPECT_MSG(bad == 0, "%s on %s: %ld differing lines", k_cases[c].tag, data[d], bad);
+            if (bad > 0) total += bad;
+        }
+        tokenizer_free(t);
+    }
+    printf("  differing lines in all: %ld\n", total);
+}
+
+/* decode(encode(x)) equals sentencepiece's round trip, and decoding spm's ids equals spm_decode */
+TEST(spm_decode_matches_spm_decode) {
+    if (!have_spm()) return;
+    EXPECT(train_cases());
+    const char *stress = stress_file();
+    long bad = 0;
+    for (size_t c = 0; c < NCASES; c++) {
+        char model[256], ids[256], dec[256];
+        snprintf(model, sizeof model, TMPDIR "/%s.model", k_cases[c].tag);
+        const char *data[2] = { PTB_TEST, stress };
+        Tokenizer *t;
+        if (tokenizer_load(&t, model)) { EXPECT(0); continue; }
+        for (int d = 0; d < 2; d++) {
+            snprintf(ids, sizeof ids, TMPDIR "/%s.dec%d.ids", k_cases[c].tag, d);
+            snprintf(dec, sizeof dec, TMPDIR "/%s.dec%d.txt", k_cases[c].tag, d);
+            if (sh("spm_encode --model=%s --output_format=id < %s > %s && spm_decode --model=%s --input_format=id < %s > %s",
+                   model, data[d], ids, model, ids, dec)) { EXPECT(0); continue; }
+            Lines in, ref;
+            if (!lines_read(&in, data[d]) || !lines_read(&ref, dec)) { EXPECT(0); continue; }
+            long b = in.n == ref.n ? 0 : 1;
+            for (size_t i = 0; i < in.n && i < ref.n; i++) {
+                int *v; size_t n; char *text;
+                if (tokenizer_encode_line(t, in.line[i], strlen(in.line[i]), &v, &n) || tokenizer_decode_line(t, v, n, &text)) { b++; continue; }
+                if (strcmp(text, ref.line[i])) {
+                    if (b < 3) printf("  %s line %zu: moelm \"%.120s\" spm \"%.120s\"\n", k_cases[c].tag, i + 1, text, ref.line[i]);
+                    b++;
+                }
+                moelm_free(text);
+                moelm_free(v);
+            }
+            bad += b;
+            lines_free(&in); lines_free(&ref);
+        }
+        tokenizer_free(t);
+    }
+    printf("  round-trip lines differing from sentencepiece: %ld\n", bad);
+    EXPECT(bad == 0);
+}
+
+/* A .model written by moelm loads in spm_encode and gives the same ids; so does a moelm-trained one. */
+TEST(spm_saved_model_loads_in_spm) {
+    if (!have_spm()) return;
+    EXPECT(train_cases());
+    for (size_t c = 0; c < NCASES; c += 2) {
+        char model[256], resaved[256], tag[256];
+        snprintf(model, sizeof model, TMPDIR "/%s.model", k_cases[c].tag);
+        snprintf(resaved, sizeof resaved, TMPDIR "/%s.resaved.model", k_cases[c].tag);
+        Tokenizer *t, *t2;
+        if (tokenizer_load(&t, model)) { EXPECT(0); continue; }
+        EXPECT(tokenizer_save(t, resaved) == MOELM_OK);
+        EXPECT(tokenizer_load(&t2, resaved) == MOELM_OK);
+        EXPECT(tokenizer_hash(t) == tokenizer_hash(t2));
+        snprintf(tag, sizeof tag, "%s.resaved", k_cases[c].tag);
+        EXPECT(diff_with_spm(t2, resaved, PTB_VALID, tag) == 0);
+        tokenizer_free(t); tokenizer_free(t2);
+    }
+    uint8_t *d; size_t n;
+    EXPECT(tok_read_file(SHAKES, &d, &n) == MOELM_OK);
+    for (int k = 0; k < 2; k++) {
+        Tokenizer *t;
+        const char *text = (const char *)d;
+        SpmTrainOptions o;
+        spm_train_options_default(&o);
+        o.model_type = k ? TOK_BPE : TOK_UNIGRAM;
+        o.vocab_size = 1500;
+        o.byte_fallback = k;
+        o.user_defined_symbols = "<sep>";
+        EXPECT(spm_train(&t, &text, &n, 1, &o) == MOELM_OK);
+        if (!t) continue;
+        EXPECT(tokenizer_vocab_size(t) == 1500);
+        const char *path = k ? TMPDIR "/moelm_bpe.model" : TMPDIR "/moelm_unigram.model";
+        EXPECT(tokenizer_save(t, path) == MOELM_OK);
+        EXPECT(diff_with_spm(t, path, PTB_VALID, k ? "moelm_bpe" : "moelm_unigram") == 0);
+        EXPECT(diff_with_spm(t, path, stress_file(), k ? "moelm_bpe.stress" : "moelm_unigram.stress") == 0);
+        /* corpus encoding appends </s> per line */
+        int *ids; size_t cnt;
+        const char *two = "hello world\nthe king\n";
+        EXPECT(tokenizer_encode(t, two, strlen(two), &ids, &cnt) == MOELM_OK);
+        EXPECT(cnt >= 4 && ids[cnt - 1] == tokenizer_eos_id(t) && tokenizer_eos_id(t) == 2);
+        char *back;
+        EXPECT(tokenizer_decode(t, ids, cnt, &back) == MOELM_OK);
+        EXPECT_MSG(strcmp(back, two) == 0, "decoded \"%s\"", back);
+        moelm_free(back);
+        moelm_free(ids);
+        tokenizer_free(t);
+    }
+    moelm_free(d);
+}
+
+static size_t count_pieces(const Tokenizer *t, const char *path) {
+    uint8_t *d; size_t n;
+    if (tok_read_file(path, &d, &n)) return 0;
+    int *ids; size_t cnt = 0;
+    if (tokenizer_encode(t, (const char *)d, n, &ids, &cnt) == MOELM_OK) moelm_free(ids);
+    moelm_free(d);
+    return cnt;
+}
+
+/* moelm's trainers against spm_train at equal settings: piece counts on PTB test within 1% */
+TEST(spm_train_piece_counts) {
+    if (!have_spm()) return;
+    mkdirs();
+    uint8_t *d; size_t n;
+    EXPECT(tok_read_file(PTB_TRAIN, &d, &n) == MOELM_OK);
+    const char *types[2] = { "unigram", "bpe" };
+    for (int k = 0; k < 2; k++) {
+        char prefix[256], model[256];
+        snprintf(prefix, sizeof prefix, TMPDIR "/spm_ref_%s", types[k]);
+        snprintf(model, sizeof model, "%s.model", prefix);
+        EXPECT(sh("spm_train --input=%s --model_prefix=%s --model_type=%s --vocab_size=8000 --normalization_rule_name=identity "
+                  "--minloglevel=2 > /dev/null 2>&1", PTB_TRAIN, prefix, types[k]) == 0);
+        Tokenizer *ref, *ours;
+        if (tokenizer_load(&ref, model)) { EXPECT(0); continue; }
+        SpmTrainOptions o;
+        spm_train_options_default(&o);
+        o.model_type = k ? TOK_BPE : TOK_UNIGRAM;
+        o.vocab_size = 8000;
+        const char *text = (const char *)d;
+        double t0 = time_now();
+        EXPECT(spm_train(&ours, &text, &n, 1, &o) == MOELM_OK);
+        double dt = time_now() - t0;
+        if (!ours) { tokenizer_free(ref); continue; }
+        size_t a = count_pieces(ours, PTB_TEST), b = count_pieces(ref, PTB_TEST);
+        double ratio = (double)a / (double)b;
+        printf("  %s vocab 8000: moelm %zu pieces, spm_train %zu pieces on ptb.test, ratio %.4f (moelm trains in %.2f s)\n",
+               types[k], a, b, ratio, dt);
+        EXPECT_NEAR(ratio, 1.0, 0.01);
+        tokenizer_free(ref); tokenizer_free(ours);
+    }
+    moelm_free(d);
+}
+
+/* ---- malformed .model files ---------------------------------------------------------------- */
+
+typedef struct { uint8_t b[8192]; size_t n; } PB;
+static void pb_byte(PB *p, uint8_t x) { if (p->n < sizeof p->b) p->b[p->n++] = x; }
+static void pb_var(PB *p, uint64_t v) { do { pb_byte(p, (uint8_t)((v & 0x7F) | (v > 0x7F ? 0x80 : 0))); v >>= 7; } while (v); }
+static void pb_str(PB *p, int f, const void *s, size_t n) { pb_var(p, (uint64_t)f << 3 | 2); pb_var(p, n); for (size_t i = 0; i < n; i++) pb_byte(p, ((const uint8_t *)s)[i]); }
+static void pb_piece(PB *p, const char *s, float score, int type) {
+    PB m = { .n = 0 };
+    pb_str(&m, 1, s, strlen(s));
+    uint32_t b; memcpy(&b, &score, 4);
+    pb_var(&m, 2 << 3 | 5); for (int i = 0; i < 4; i++) pb_byte(&m, (uint8_t)(b >> (8 * i)));
+    if (type) { pb_var(&m, 3 << 3); pb_var(&m, (uint64_t)type); }
+    pb_str(p, 1, m.b, m.n);
+}
+
+static moelm_status load_bytes(const void *b, size_t n, Tokenizer **t) {
+    write_file(TMPDIR "/bad.model", b, n);
+    return tokenizer_load(t, TMPDIR "/bad.model");
+}
+
+static void minimal_model(PB *p) {
+    p->n = 0;
+    pb_piece(p, "<unk>", 0, SPM_UNKNOWN);
+    pb_piece(p, "<s>", 0, SPM_CONTROL);
+    pb_piece(p, "</s>", 0, SPM_CONTROL);
+    pb_piece(p, "\xE2\x96\x81", -1, 0);
+    pb_piece(p, "a", -2, 0);
+    pb_piece(p, "b", -2, 0);
+    pb_piece(p, "\xE2\x96\x81" "ab", -1.5f, 0);
+}
+
+TEST(spm_malformed_models) {
+    mkdirs();
+    Tokenizer *t = NULL;
+    PB p;
+    minimal_model(&p);
+    EXPECT(load_bytes(p.b, p.n, &t) == MOELM_OK);
+    if (t) {
+        int *ids; size_t n;
+        EXPECT(tokenizer_encode_line(t, "ab  b", 5, &ids, &n) == MOELM_OK);
+        EXPECT(n == 3 && ids[0] == 6 && ids[1] == 3 && ids[2] == 5);
+        moelm_free(ids);
+        tokenizer_free(t);
+    }
+    /* every truncation either loads a valid prefix model or fails with a message naming the file */
+    int crashes = 0;
+    for (size_t cut = 0; cut < p.n; cut++) {
+        moelm_status st = load_bytes(p.b, cut, &t);
+        if (st == MOELM_OK) tokenizer_free(t);
+        else if (!strstr(moelm_last_error(), "bad.model")) crashes++;
+    }
+    EXPECT(crashes == 0);
+    struct { const char *what; uint8_t bytes[32]; size_t n; } raw[] = {
+        { "group wire type", { 0x0B, 0x0C }, 2 },
+        { "wire type 7", { 0x0F }, 1 },
+        { "huge length", { 0x0A, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F, 'x' }, 7 },
+        { "overlong varint", { 0x08, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80 }, 12 },
+        { "field 0", { 0x02, 0x00 }, 2 },
+        { "text file", "hello world\n", 12 },
+    };
+    for (size_t k = 0; k < sizeof raw / sizeof raw[0]; k++) {
+        moelm_status st = load_bytes(raw[k].bytes, raw[k].n, &t);
+        EXPECT_MSG(st == MOELM_ERR_FORMAT, "%s loaded", raw[k].what);
+        if (st == MOELM_OK) tokenizer_free(t);
+        else EXPECT(strstr(moelm_last_error(), "bad.model") && !strchr(moelm_last_error(), '\n'));
+    }
+    /* semantic errors */
+    PB q;
+    q.n = 0; pb_piece(&q, "a", 0, 0); pb_piece(&q, "b", 0, 0);
+    EXPECT(load_bytes(q.b, q.n, &t) == MOELM_ERR_FORMAT && strstr(moelm_last_error(), "unk"));
+    minimal_model(&q); pb_piece(&q, "a", 0, 0);
+    EXPECT(load_bytes(q.b, q.n, &t) == MOELM_ERR_FORMAT && strstr(moelm_last_error(), "duplicate"));
+    minimal_model(&q); pb_piece(&q, "\xFF\xFE", 0, 0);
+    EXPECT(load_bytes(q.b, q.n, &t) == MOELM_ERR_FORMAT && strstr(moelm_last_error(), "UTF-8"));
+    minimal_model(&q); pb_piece(&q, "", 0, 0);
+    EXPECT(load_bytes(q.b, q.n, &t) == MOELM_ERR_FORMAT && strstr(moelm_last_error(), "empty"));
+    minimal_model(&q); pb_piece(&q, "<unk2>", 0, SPM_UNKNOWN);
+    EXPECT(load_bytes(q.b, q.n, &t) == MOELM_ERR_FORMAT && strstr(moelm_last_error(), "unk"));
+    minimal_model(&q); pb_piece(&q, "z", 0, 9);
+    EXPECT(load_bytes(q.b, q.n, &t) == MOELM_ERR_FORMAT);
+    minimal_model(&q); pb_piece(&q, "<0x41>", 0, SPM_BYTE);
+    EXPECT(load_bytes(q.b, q.n, &t) == MOELM_ERR_FORMAT && strstr(moelm_last_error(), "byte_fallback"));
+    /* a trainer_spec with byte_fallback but no byte pieces */
+    minimal_model(&q); { uint8_t ts[] = { 0x98, 0x02, 0x01 }; pb_str(&q, 2, ts, sizeof ts); }
+    EXPECT(load_bytes(q.b, q.n, &t) == MOELM_ERR_FORMAT && strstr(moelm_last_error(), "256"));
+    /* model_type word is not read as a SentencePiece model */
+    minimal_model(&q); { uint8_t ts[] = { 0x18, 0x03 }; pb_str(&q, 2, ts, sizeof ts); }
+    EXPECT(load_bytes(q.b, q.n, &t) == MOELM_ERR_FORMAT && strstr(moelm_last_error(), "model_type"));
+    /* a corrupt charsmap: trie size beyond the blob */
+    minimal_model(&q); { uint8_t cm[] = { 0x12, 0x04, 0xFF, 0x00, 0x00, 0x00 }; pb_str(&q, 3, cm, sizeof cm); }
+    EXPECT(load_bytes(q.b, q.n, &t) == MOELM_ERR_FORMAT && strstr(moelm_last_error(), "charsmap"));
+    /* random byte flips of a real model never crash */
+    if (have_spm() && train_cases()) {
+        uint8_t *b; size_t n;
+        if (tok_read_file(TMPDIR "/shakes_unigram_nfkc_user.model", &b, &n) == MOELM_OK) {
+            Rng r;
+            rng_seed(&r, 3);
+            int loaded = 0;
+            for (int it = 0; it < 300; it++) {
+                size_t pos = rng_below(&r, (uint32_t)n);
+                uint8_t old = b[pos];
+                b[pos] ^= (uint8_t)(1 + rng_below(&r, 255));
+                if (load_bytes(b, n, &t) == MOELM_OK) {
+                    int *ids; size_t cnt;
+                    const char *s = "Hello, \xEF\xBD\x81 world!\tThe <sep> king";
+                    if (tokenizer_encode_line(t, s, strlen(s), &ids, &cnt) == MOELM_OK) moelm_free(ids);
+                    tokenizer_free(t);
+                    loaded++;
+                }
+                b[pos] = old;
+            }
+            printf("  300 corrupted copies: %d still load (flips in scores or text), none crash\n", loaded);
+            moelm_free(b);
+        }
+    }
+}
+
+TEST(spm_alloc_failures) {
+    /* every allocation failure while loading and encoding returns an error, never crashes or leaks */
+    PB p;
+    minimal_model(&p);
+    mkdirs();
+    write_file(TMPDIR "/small.model", p.b, p.n);
+    size_t live0 = moelm_alloc_live_bytes();
+    int fails = 0;
+    for (long k = 1; k < 200; k++) {
+        moelm_alloc_fail_after(k);
+        Tokenizer *t;
+        moelm_status st = tokenizer_load(&t, TMPDIR "/small.model");
+        if (st == MOELM_OK) {
+            int *ids; size_t n;
+            if (tokenizer_encode(t, "ab b\nba\n", 8, &ids, &n) == MOELM_OK) moelm_free(ids);
+            tokenizer_free(t);
+        } else fails++;
+        moelm_alloc_fail_after(0);
+    }
+    EXPECT(fails > 0);
+    EXPECT(moelm_alloc_live_bytes() == live0);
+}
+
 int main(void) {
     RUN(word_build_encode_decode);
     RUN(count_words);
     RUN(char_build_encode_decode);
     RUN(vocab_save_load_hash);
     RUN(vocab_bad_files);
+    RUN(spm_malformed_models);
+    RUN(spm_alloc_failures);
+    RUN(spm_encode_matches_spm_encode);
+    RUN(spm_decode_matches_spm_decode);
+    RUN(spm_saved_model_loads_in_spm);
+    RUN(spm_train_piece_counts);
     return test_summary("tokenizer");
 }
