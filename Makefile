@@ -71,11 +71,11 @@ deps:
 
 test: deps
 	@$(MAKE) --no-print-directory tests
-	@MOELM_BIN=$(abspath $(BIN)) sh tests/run.sh $(TEST_BIN)
+	@MOELM_BIN=$(abspath $(BIN)) sh tests/run.sh $(TEST_BIN) $(wildcard tests/test_*.sh)
 
 demo: deps
 	@$(MAKE) --no-print-directory $(BIN)
-	@sh scripts/demo.sh $(BIN)
+	@sh scripts/demo.sh ./$(BIN)
 
 clean:
 	rm -rf build build-san build-noblas build-san-noblas moelm

@@ -31,7 +31,8 @@ static float *tensor(Layout *L, float **grad, const char *name, int trainable, i
         for (int i = 0; i < 4; i++) t->shape[i] = i < ndim ? shape[i] : 0;
         t->offset = L->off;
         t->size = size;
-        t->decay = ndim >= 2;   /* matrices decay; norms, biases and vectors do not */
+        /* matrices decay; norms, biases (the experts' [E, H] ones too) and positions do not */
+        t->decay = ndim >= 2 && !strstr(name, ".bias") && !strstr(name, "pos_emb");
         t->trainable = trainable;
     }
     L->n++;

@@ -103,7 +103,11 @@ moelm_status generate_run(const GenerateOptions *o) {
     st = kv_create(&kv, &m);
     int *ids = NULL;
     size_t n = 0;
-    if (!st && o->prompt[0]) st = tokenizer_encode_line(tok, o->prompt, strlen(o->prompt), &ids, &n);
+    if (!st && o->prompt[0]) {
+        /* the prompt is the start of a line: encoded as text, without the line end's <eos> */
+        st = tokenizer_encode(tok, o->prompt, strlen(o->prompt), &ids, &n);
+        if (!st && n > 0 && ids[n - 1] == tokenizer_eos_id(tok)) n--;
+    }
     int V = m.cfg.vocab_size, maxT = m.cfg.n_positions;
     float *scratch = st ? NULL : moelm_malloc(sizeof(float) * 2 * (size_t)V);
     if (!st && !scratch) st = MOELM_ERR_NOMEM;
@@ -119,20 +123,22 @@ moelm_status generate_run(const GenerateOptions *o) {
         if (eos < 0 && n == 0) model_step_kv(&m, &kv, 0);
         fputs(o->prompt, stdout);
         double t0 = time_now();
-        int made = 0;
+        int made = 0, at_line_start = o->prompt[0] == '\0';
         for (int i = 0; i < o->n && kv.pos < maxT; i++) {
             int next = sample_token(kv.logits, V, o->temp, o->top_k, o->top_p, &rng, scratch);
             char *piece = NULL;
             if (tokenizer_decode(tok, &next, 1, &piece) == MOELM_OK) {
                 int word = tokenizer_kind(tok) == TOK_WORD;
-                if (word && piece[0] != '\n' && (i > 0 || o->prompt[0])) fputc(' ', stdout);
+                if (word && piece[0] != '\n' && !at_line_start) fputc(' ', stdout);
                 fputs(piece, stdout);
+                at_line_start = piece[0] && piece[strlen(piece) - 1] == '\n';
                 moelm_free(piece);
             }
             made++;
             if (kv.pos < maxT) model_step_kv(&m, &kv, next);
         }
-        fputc('\n', stdout);
+        if (!at_line_start) fputc('\n', stdout);
+        fflush(stdout);
         double dt = time_now() - t0;
         fprintf(stderr, "generated %d tokens in %.2f s (%.1f tok/s)\n", made, dt, dt > 0 ? made / dt : 0.0);
     }
