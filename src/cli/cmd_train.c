@@ -19,6 +19,7 @@ static void usage(FILE *f) {
             "  --resume DIR           continue the run in DIR from its latest checkpoint, bit-identically\n"
             "  --force                resume even if the data or shape differ\n"
             "  --steps N              optimizer steps (default: the preset's)\n"
+            "  --stop-at N            stop after step N with a checkpoint, keeping the schedule of --steps\n"
             "  --time-budget MIN      lay the LR schedule over MIN minutes of wall-clock and stop then\n"
             "  -b, --batch-size N     sequences per batch (default: the preset's)\n"
             "  --seq-len N            tokens per sequence (default: the preset's)\n"
@@ -58,6 +59,7 @@ int cmd_train(int argc, char **argv) {
             sets[o.n_sets++] = val;
         }
         else if (arg_match(argc, argv, &i, "--steps", &val)) { if (arg_int("--steps", val, 1, 1000000000L, &v)) return cli_error(2); o.steps = v; }
+        else if (arg_match(argc, argv, &i, "--stop-at", &val)) { if (arg_int("--stop-at", val, 1, 1000000000L, &v)) return cli_error(2); o.stop_at = v; }
         else if (arg_match(argc, argv, &i, "--time-budget", &val)) { if (arg_float("--time-budget", val, 0.01, 1e6, &d)) return cli_error(2); o.time_budget_min = d; }
         else if (arg_match(argc, argv, &i, "-b|--batch-size", &val)) { if (arg_int("--batch-size", val, 1, 1 << 16, &v)) return cli_error(2); o.batch_size = (int)v; }
         else if (arg_match(argc, argv, &i, "--seq-len", &val)) { if (arg_int("--seq-len", val, 1, 1 << 16, &v)) return cli_error(2); o.seq_len = (int)v; }

@@ -423,7 +423,7 @@ moelm_status train_run(const TrainOptions *o) {
         state.step++;
         tokens_since += (long)tc.batch_size * tc.seq_len;
         state.tokens_seen += (double)tc.batch_size * tc.seq_len;
-        int last = state.step == tc.steps || (budget_s > 0 && now_s() - t_run >= budget_s);
+        int last = state.step == tc.steps || state.step == o->stop_at || (budget_s > 0 && now_s() - t_run >= budget_s);
         int do_log = state.step % log_interval == 0 || state.step == 1 || last;
         int do_eval = (eval_interval > 0 && state.step % eval_interval == 0) || last;
         if (do_log) {

@@ -22,7 +22,8 @@ typedef struct {
     const char *const *sets;    /* "key=value" overrides of model or training keys; NULL-terminated */
     int n_sets;
     const char *tokenizer;      /* overrides the preset's tokenizer: word[:N], char, unigram:N, bpe:N, or a file */
-    long steps;                 /* > 0: overrides the preset */
+    long steps;                 /* > 0: overrides the preset (and sets the length of the LR schedule) */
+    long stop_at;               /* > 0: stop after this step with a checkpoint; the schedule is unchanged */
     int batch_size, seq_len, stride;   /* > 0: override */
     float lr;                   /* > 0: overrides */
     uint64_t seed;

@@ -1,0 +1,82 @@
+#!/bin/sh
+# test_cli.sh: the moelm command end to end: learning on the built-in corpus, exact resume,
+# metrics without duplicates, and bad input (one-line error, non-zero exit, nothing overwritten).
+# Ends with "cli: N passed, N failed" and exits non-zero on failure.
+BIN=${MOELM_BIN:-./moelm}
+TMP=build/tmp/cli
+rm -rf "$TMP"; mkdir -p "$TMP"
+pass=0; fail=0
+ok()   { pass=$((pass + 1)); echo "ok   $1"; }
+bad()  { fail=$((fail + 1)); echo "FAIL $1"; }
+check() { name=$1; shift; if "$@"; then ok "$name"; else bad "$name"; fi; }
+
+# expect_error NAME PATTERN CMD...: exit code != 0, exactly one stderr line, matching PATTERN
+expect_error() {
+    name=$1; pat=$2; shift 2
+    "$@" >"$TMP/out" 2>"$TMP/err"; rc=$?
+    lines=$(wc -l <"$TMP/err")
+    if [ "$rc" != 0 ] && [ "$lines" = 1 ] && grep -q -- "$pat" "$TMP/err"; then ok "$name"
+    else bad "$name (rc=$rc, $lines stderr lines: $(head -c 300 "$TMP/err"))"; fi
+}
+
+T="-t 1 --quiet"
+# 1. learning: validation loss falls well below the unigram entropy of the built-in corpus
+#    (5.34 nats/token, measured on the valid split with train frequencies; see tests/test_data.c)
+$BIN train --config tiny --steps 300 --set d_model=64 --set num_heads=4 --set d_ff=128 -b 16 --seq-len 32 --lr 3e-3 \
+    --eval-interval 0 --eval-batches 40 --out "$TMP/learn" $T >"$TMP/learn.log" 2>&1
+val=$(grep val_loss "$TMP/learn/metrics.jsonl" | tail -n 1 | sed -E 's/.*"val_loss": ([0-9.]+).*/\1/')
+check "learns: val loss $val < 4.0 (unigram entropy 5.34)" awk "BEGIN{exit !($val < 4.0)}"
+
+# 2. exact resume: 12 steps, or 6 (--stop-at) + resume + 6, give the same losses and the same final weights
+$BIN train --config tiny --steps 12 --ckpt-interval 6 --eval-interval 0 --log-interval 1 --out "$TMP/full" -t 2 --quiet >/dev/null 2>&1
+$BIN train --config tiny --steps 12 --stop-at 6 --ckpt-interval 6 --eval-interval 0 --log-interval 1 --out "$TMP/half" -t 2 --quiet >/dev/null 2>&1
+$BIN train --resume "$TMP/half" --steps 12 --ckpt-interval 6 --eval-interval 0 --log-interval 1 -t 2 --quiet >/dev/null 2>&1
+loss_of() { grep -o '"step": [0-9]*, "loss": [0-9.]*' "$1/metrics.jsonl"; }
+check "resume: identical loss curve" test "$(loss_of "$TMP/full")" = "$(loss_of "$TMP/half")"
+check "resume: identical final weights" cmp -s "$TMP/full/latest/model.safetensors" "$TMP/half/latest/model.safetensors"
+check "resume: identical optimizer state" cmp -s "$TMP/full/latest/optimizer.safetensors" "$TMP/half/latest/optimizer.safetensors"
+n=$(grep -c '"step"' "$TMP/half/metrics.jsonl")
+check "metrics: one record per step after resume ($n of 12)" test "$n" = 12
+
+# a resume after a crash that logged steps past the checkpoint drops them, no duplicates
+echo '{"step": 13, "loss": 9.9}' >>"$TMP/half/metrics.jsonl"
+$BIN train --resume "$TMP/half" --steps 14 --eval-interval 0 --log-interval 1 $T >/dev/null 2>&1
+n13=$(grep -c '"step": 13,' "$TMP/half/metrics.jsonl")
+check "metrics: a logged step after the checkpoint is replaced, not duplicated" test "$n13" = 1
+
+# 3. the checkpoint loads: eval and generate run, info prints the step
+check "eval runs on the checkpoint" sh -c "$BIN eval -m $TMP/full -t 1 | grep -q 'word-level perplexity'"
+check "generate runs on the checkpoint" sh -c "$BIN generate -m $TMP/full -n 5 --seed 3 >/dev/null 2>&1"
+check "info reports the step" sh -c "$BIN info $TMP/full | grep -q 'step 12'"
+g1=$($BIN generate -m "$TMP/full" -n 8 --seed 7 2>/dev/null); g2=$($BIN generate -m "$TMP/full" -n 8 --seed 7 2>/dev/null)
+check "generate is reproducible with a seed" test "$g1" = "$g2"
+
+# 4. bad input: one-line error, non-zero exit
+expect_error "missing data dir" "no-such-dir" $BIN train --data "$TMP/no-such-dir" --out "$TMP/x1" $T
+: >"$TMP/empty.txt"
+expect_error "empty corpus" "empty" $BIN train --data "$TMP/empty.txt" --out "$TMP/x2" $T
+expect_error "heads not dividing d_model" "num_heads" $BIN train --config tiny --set num_heads=3 --out "$TMP/x3" $T
+expect_error "negative size" "d_model" $BIN train --config tiny --set d_model=-4 --out "$TMP/x4" $T
+expect_error "NaN capacity factor" "capacity_factor" $BIN train --config tiny --set capacity_factor=nan --out "$TMP/x5" $T
+expect_error "unknown flag" "unknown flag" $BIN train --no-such-flag
+expect_error "bad number" "not an integer" $BIN train --steps 12x
+expect_error "unknown preset" "unknown preset" $BIN train --config no-such-preset --out "$TMP/x6" $T
+expect_error "expert-choice in a causal LM" "causal" $BIN train --config tiny --set router_type=expert-choice --out "$TMP/x7" $T
+expect_error "missing checkpoint" "no such" $BIN eval -m "$TMP/nothing-here"
+expect_error "unknown command" "unknown command" $BIN frobnicate
+
+# a corrupt checkpoint is refused by its checksums, and a failed resume overwrites nothing
+cp -r "$TMP/full" "$TMP/corrupt"
+f="$TMP/corrupt/latest/model.safetensors"
+printf '\377' | dd of="$f" bs=1 seek=200 conv=notrunc 2>/dev/null
+expect_error "corrupt checkpoint (eval)" "model.safetensors" $BIN eval -m "$TMP/corrupt"
+before=$(ls -l "$TMP/corrupt" "$TMP/corrupt/latest/" | md5sum)
+expect_error "corrupt checkpoint (resume)" "model.safetensors" $BIN train --resume "$TMP/corrupt" --steps 20 $T
+after=$(ls -l "$TMP/corrupt" "$TMP/corrupt/latest/" | md5sum)
+check "failed resume leaves the run untouched" test "$before" = "$after"
+printf '{"d_model": 64,, }' >"$TMP/bad.json"
+expect_error "invalid config.json" "bad.json" $BIN train --config "$TMP/bad.json" --out "$TMP/x8" $T
+expect_error "resume with another data set" "resume" $BIN train --resume "$TMP/full" --data ../shared/data/ptb --steps 20 $T
+
+echo "cli: $pass passed, $fail failed"
+[ "$fail" = 0 ]
