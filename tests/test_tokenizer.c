@@ -407,7 +407,7 @@ TEST(spm_train_piece_counts) {
     EXPECT(tok_read_file(PTB_TRAIN, &d, &n) == MOELM_OK);
     const char *types[2] = { "unigram", "bpe" };
     for (int k = 0; k < 2; k++) {
-        char prefix[256], model[256];
+        char prefix[200], model[256];
         snprintf(prefix, sizeof prefix, TMPDIR "/spm_ref_%s", types[k]);
         snprintf(model, sizeof model, "%s.model", prefix);
         EXPECT(sh("spm_train --input=%s --model_prefix=%s --model_type=%s --vocab_size=8000 --normalization_rule_name=identity "
