@@ -241,6 +241,8 @@ static const SpmCase k_cases[] = {
     { "shakes_unigram_nfkc_user", SHAKES, "--model_type=unigram --vocab_size=2000 '--user_defined_symbols=<sep>,the,ing' '--control_symbols=<ctl>'" },
     { "shakes_bpe_identity_bytes", SHAKES, "--model_type=bpe --vocab_size=2000 --normalization_rule_name=identity --byte_fallback=true '--user_defined_symbols=<sep>'" },
     { "shakes_bpe_nfkc", SHAKES, "--model_type=bpe --vocab_size=3000 --character_coverage=0.99" },
+    { "ptb_unigram_ws_suffix", PTB_TRAIN, "--model_type=unigram --vocab_size=3000 --treat_whitespace_as_suffix=true" },
+    { "ptb_bpe_raw_spaces", PTB_TRAIN, "--model_type=bpe --vocab_size=3000 --add_dummy_prefix=false --remove_extra_whitespaces=false" },
 };
 #define NCASES (sizeof k_cases / sizeof k_cases[0])
 

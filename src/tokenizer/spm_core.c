@@ -493,6 +493,10 @@ moelm_status tokenizer_decode_line(const Tokenizer *t, const int *ids, size_t co
     *text = NULL;
     Buf o = {0};
     buf_put(&o, "", 0);
+    /* the leading U+2581 of the text is dropped when the normaliser adds a dummy prefix or removes
+     * extra whitespace; with remove_extra_whitespaces, every leading one while the text is empty */
+    int strip = t->norm.add_dummy_prefix || t->norm.remove_extra_whitespaces;
+    int is_bos_ws = 1, bos_ws_seen = 0;
     for (size_t i = 0; i < count;) {
         int id = ids[i];
         if (id < 0 || id >= t->V) { moelm_free(o.b); return moelm_fail(MOELM_ERR_DATA, "tokenizer: id %d out of range [0, %d)", id, t->V); }
@@ -518,11 +522,16 @@ moelm_status tokenizer_decode_line(const Tokenizer *t, const int *ids, size_t co
             continue;
         }
         i++;
+        if (bos_ws_seen || o.n) is_bos_ws = 0;
+        bos_ws_seen = 0;
         if (ty == SPM_CONTROL) continue;
         if (ty == SPM_UNKNOWN) { buf_put(&o, t->unk_surface, strlen(t->unk_surface)); continue; }
         const char *p = t->piece[id];
         size_t pn = t->plen[id];
-        if (o.n == 0 && pn >= 3 && !memcmp(p, SPACE_SYM, 3)) { p += 3; pn -= 3; }
+        if (is_bos_ws && strip && pn >= 3 && !memcmp(p, SPACE_SYM, 3)) {
+            p += 3; pn -= 3;
+            bos_ws_seen = !t->norm.remove_extra_whitespaces;
+        }
         for (size_t k = 0; k < pn;) {
             if (k + 3 <= pn && !memcmp(p + k, SPACE_SYM, 3)) { buf_put(&o, " ", 1); k += 3; }
             else { buf_put(&o, p + k, 1); k++; }
