@@ -378,6 +378,19 @@ TEST(spm_saved_model_loads_in_spm) {
         EXPECT(tokenizer_save(t, path) == MOELM_OK);
         EXPECT(diff_with_spm(t, path, PTB_VALID, k ? "moelm_bpe" : "moelm_unigram") == 0);
         EXPECT(diff_with_spm(t, path, stress_file(), k ? "moelm_bpe.stress" : "moelm_unigram.stress") == 0);
+        /* streaming decode keeps the spaces that whole-line decoding drops at the start */
+        {
+            int *v; size_t cnt2;
+            EXPECT(tokenizer_encode_line(t, "the king", 8, &v, &cnt2) == MOELM_OK);
+            char acc[256] = "";
+            for (size_t j = 0; j < cnt2; j++) {
+                char *pc;
+                EXPECT(tokenizer_decode_piece(t, v[j], &pc) == MOELM_OK);
+                if (pc) { strncat(acc, pc, sizeof acc - strlen(acc) - 1); moelm_free(pc); }
+            }
+            EXPECT_MSG(strcmp(acc, " the king") == 0, "streamed \"%s\"", acc);
+            moelm_free(v);
+        }
         /* corpus encoding appends </s> per line */
         int *ids; size_t cnt;
         const char *two = "hello world\nthe king\n";

@@ -546,3 +546,28 @@ moelm_status tokenizer_load(Tokenizer **out, const char *path) {
     moelm_free(b);
     return st;
 }
+
+moelm_status tokenizer_decode_piece(const Tokenizer *t, int id, char **text) {
+    *text = NULL;
+    if (id < 0 || id >= t->V) return moelm_fail(MOELM_ERR_DATA, "tokenizer: id %d out of range [0, %d)", id, t->V);
+    const char *p = t->piece[id];
+    size_t n = t->plen[id];
+    char *o = moelm_malloc(n + 8 + (t->unk_surface ? strlen(t->unk_surface) : 0));
+    if (!o) return MOELM_ERR_NOMEM;
+    size_t k = 0;
+    int spm = t->kind == TOK_UNIGRAM || t->kind == TOK_BPE;
+    if (t->kind == TOK_WORD && id == t->eos_id) o[k++] = '\n';
+    else if (t->kind == TOK_CHAR && id == t->unk_id) { memcpy(o, "\xEF\xBF\xBD", 3); k = 3; }
+    else if (spm && t->type[id] == SPM_CONTROL) k = 0;
+    else if (spm && t->type[id] == SPM_UNKNOWN) { k = strlen(t->unk_surface); memcpy(o, t->unk_surface, k); }
+    else if (spm && t->type[id] == SPM_BYTE) o[k++] = (char)strtol(p + 3, NULL, 16);
+    else if (spm) {
+        for (size_t i = 0; i < n;) {
+            if (i + 3 <= n && !memcmp(p + i, "\xE2\x96\x81", 3)) { o[k++] = ' '; i += 3; }
+            else o[k++] = p[i++];
+        }
+    } else { memcpy(o, p, n); k = n; }
+    o[k] = 0;
+    *text = o;
+    return MOELM_OK;
+}

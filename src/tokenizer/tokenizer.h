@@ -53,6 +53,11 @@ moelm_status tokenizer_encode(const Tokenizer *t, const char *text, size_t n, in
 /* Decodes ids to a moelm_malloc'ed NUL-terminated string. Word: words joined by spaces, <eos> ->
  * "\n". Char: concatenation. SentencePiece: as spm_decode (eos ids -> "\n"). */
 moelm_status tokenizer_decode(const Tokenizer *t, const int *ids, size_t count, char **text);
+/* The text one token contributes inside running text, for streaming generation: SentencePiece
+ * U+2581 -> ' ' (the leading space is kept), control pieces -> "", <unk> -> " \u2047 ", a byte
+ * piece -> its raw byte (concatenate the outputs: multi-byte characters come out whole); word:
+ * the word (no separator), <eos> -> "\n"; char: the character. moelm_malloc'ed. */
+moelm_status tokenizer_decode_piece(const Tokenizer *t, int id, char **text);
 /* The piece of id, or NULL when id is out of range. */
 const char *tokenizer_piece(const Tokenizer *t, int id);
 /* The id of piece, or -1 when it is not in the vocabulary. */
