@@ -31,28 +31,28 @@ void trie_free(PieceTrie *tr) {
     memset(tr, 0, sizeof *tr);
 }
 
-static const Tokenizer *g_sort_tok;   /* qsort has no context argument in C11 */
+/* pieces to sort: qsort has no context argument, so each record carries its string */
+typedef struct { const char *s; uint32_t len; int id; } PieceRef;
 static int piece_cmp(const void *a, const void *b) {
-    const Tokenizer *t = g_sort_tok;
-    int x = *(const int *)a, y = *(const int *)b;
-    size_t lx = t->plen[x], ly = t->plen[y], m = lx < ly ? lx : ly;
-    int c = memcmp(t->piece[x], t->piece[y], m);
+    const PieceRef *x = a, *y = b;
+    size_t m = x->len < y->len ? x->len : y->len;
+    int c = memcmp(x->s, y->s, m);
     if (c) return c;
-    return lx < ly ? -1 : (lx > ly);
+    return x->len < y->len ? -1 : (x->len > y->len);
 }
 
 /* Builds a trie over the pieces whose type bit is set in type_mask (bit k = type k). */
 moelm_status trie_build(PieceTrie *tr, const Tokenizer *t, unsigned type_mask) {
     trie_free(tr);
-    int *ids = moelm_malloc(sizeof(int) * (size_t)(t->V + 1));
+    PieceRef *ids = moelm_malloc(sizeof(PieceRef) * (size_t)(t->V + 1));
     if (!ids) return MOELM_ERR_NOMEM;
     int n = 0;
     size_t total = 1, maxlen = 0;
     for (int i = 0; i < t->V; i++) if (type_mask >> t->type[i] & 1) {
-        ids[n++] = i; total += t->plen[i];
+        ids[n++] = (PieceRef){ t->piece[i], t->plen[i], i };
+        total += t->plen[i];
         if (t->plen[i] > maxlen) maxlen = t->plen[i];
     }
-    g_sort_tok = t;
     qsort(ids, (size_t)n, sizeof *ids, piece_cmp);
     int32_t *fc = moelm_malloc(total * 4), *lc = moelm_malloc(total * 4), *ns = moelm_malloc(total * 4);
     int32_t *val = moelm_malloc(total * 4), *path = moelm_malloc((maxlen + 1) * 4);
@@ -63,7 +63,7 @@ moelm_status trie_build(PieceTrie *tr, const Tokenizer *t, unsigned type_mask) {
     fc[0] = lc[0] = ns[0] = -1; val[0] = -1; lab[0] = 0; path[0] = 0;
     int prev = -1;
     for (int k = 0; k < n; k++) {
-        int id = ids[k];
+        int id = ids[k].id;
         const uint8_t *s = (const uint8_t *)t->piece[id];
         size_t len = t->plen[id], lcp = 0;
         if (prev >= 0) {
