@@ -9,7 +9,11 @@
  * The weights are scaled up 10x from the 0.02 init so that attention, the FFN and routing all move
  * the logits visibly (checked: the logits differ across positions by far more than the tolerance).
  */
+#include <fcntl.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include "test.h"
 #include "model/model.h"
 
@@ -62,6 +66,16 @@ static void run_case(const ModelConfig *c, const char *label) {
     for (int i = 0; i < T; i++) inp[i] = (i * 7 + 3 + i / 3) % V;
     rng_seed(&m.rng, 42);
     model_forward(&m, inp, NULL, 0);
+    /* routing must vary over the sequence, or a per-token routing bug could hide */
+    const MoEActs *acts[4];
+    int nl = model_moe_layers(&m, acts, 4), used = 0;
+    for (int l = 0; l < nl && l < 4; l++) {
+        int hit[256] = {0};
+        for (int i = 0; i < T * acts[l]->KS; i++) if (acts[l]->expert[i] >= 0) hit[acts[l]->expert[i]] = 1;
+        for (int e = 0; e < m.moe_cfg.E; e++) used += hit[e];
+    }
+    if (nl && m.moe_cfg.router != ROUTER_RANDOM)
+        EXPECT_MSG(used >= 2 * nl, "%s: %d experts used over %d MoE layers", label, used, nl);
     EXPECT(kv_create(&kv, &m) == MOELM_OK);
     float *first = malloc(sizeof(float) * T * V);
     double maxdiff = 0.0, spread = 0.0;
@@ -161,6 +175,20 @@ TEST(kv_memory) {
     for (int t = 0; t < c.n_positions; t++) model_step_kv(&m, &kv, t % 13);
     EXPECT(moelm_alloc_live_bytes() == with);
     EXPECT(kv.pos == c.n_positions);
+    /* a full cache is a broken caller contract: the CHECK aborts (in a child process; the alarm
+     * ends a child that got past the CHECK and stalled in the OpenMP pool it inherited) */
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int null = open("/dev/null", O_WRONLY);   /* keep the expected CHECK message out of the log */
+        if (null >= 0) dup2(null, 2);
+        alarm(10);
+        model_step_kv(&m, &kv, 0);
+        _exit(0);
+    }
+    int status = 0;
+    EXPECT(pid > 0 && waitpid(pid, &status, 0) == pid);
+    EXPECT_MSG(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT, "a step past n_positions did not abort");
     kv_free(&kv);
     EXPECT(moelm_alloc_live_bytes() == before);
     moelm_alloc_fail_after(1);
