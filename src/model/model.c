@@ -1,4 +1,4 @@
-/* model.c: parameter layout, forward and backward of the lm and seed models, KV-cache generation.
+/* model.c: parameter layout, forward and backward of the lm and seed models (generation: generate.c).
  * See model.h for the architecture, the memory arenas and the shapes. */
 #include "model/model.h"
 

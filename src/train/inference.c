@@ -127,7 +127,7 @@ moelm_status generate_run(const GenerateOptions *o) {
         for (int i = 0; i < o->n && kv.pos < maxT; i++) {
             int next = sample_token(kv.logits, V, o->temp, o->top_k, o->top_p, &rng, scratch);
             char *piece = NULL;
-            if (tokenizer_decode(tok, &next, 1, &piece) == MOELM_OK) {
+            if (tokenizer_decode_piece(tok, next, &piece) == MOELM_OK) {
                 int word = tokenizer_kind(tok) == TOK_WORD;
                 if (word && piece[0] != '\n' && !at_line_start) fputc(' ', stdout);
                 fputs(piece, stdout);
@@ -140,6 +140,7 @@ moelm_status generate_run(const GenerateOptions *o) {
         if (!at_line_start) fputc('\n', stdout);
         fflush(stdout);
         double dt = time_now() - t0;
+        fflush(stdout);
         fprintf(stderr, "generated %d tokens in %.2f s (%.1f tok/s)\n", made, dt, dt > 0 ? made / dt : 0.0);
     }
     moelm_free(scratch);
