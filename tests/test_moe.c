@@ -613,6 +613,12 @@ TEST(float_forward_finite_differences) {
                           cfg_make(ROUTER_TOPK, 2, ACT_SWIGLU, 1.0f) };
     cfgs[2].topk_softmax_after = 1;
     cfgs[2].shared_expert = 1;
+#ifdef _OPENMP
+    /* ~1500 tiny passes: threads add only barrier cost (seconds when the cores are shared);
+     * threads_agree covers the threaded paths */
+    int nt = omp_get_max_threads();
+    omp_set_num_threads(1);
+#endif
     for (int ci = 0; ci < 3; ci++) {
         Case cs;
         case_init(&cs, cfgs[ci], TN, 60 + ci);
@@ -635,6 +641,9 @@ TEST(float_forward_finite_differences) {
         free(f.expert0); free(f.row0); free(dx); free(gw);
         case_free(&cs);
     }
+#ifdef _OPENMP
+    omp_set_num_threads(nt);
+#endif
 }
 
 /* ---- invariants ------------------------------------------------------------------------------- */

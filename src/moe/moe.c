@@ -45,6 +45,11 @@ int router_from_name(const char *s) {
     return -1;
 }
 
+/* A loop runs in parallel only when it touches at least this many floats: a parallel region costs
+ * microseconds on an idle machine and far more when the cores are shared, so the small passes of
+ * generation (N = 1) and of tiny models stay on one thread. */
+#define MOE_PAR_WORK ((size_t)1 << 15)
+
 static int moe_h1(const MoEConfig *cfg) { return cfg->act == ACT_SWIGLU ? 2 * cfg->H : cfg->H; }
 
 /* Routers with a learned weight (and so logits, probs, gradients and losses). */
@@ -317,7 +322,7 @@ static void moe_route(MoEActs *a, const float *x, const int *tokens, const MoEPa
     int K = cfg->router == ROUTER_TOPK ? cfg->K : 1;
     int mixtral = cfg->router == ROUTER_TOPK && cfg->topk_softmax_after;
     const float *bias = (cfg->use_expert_bias && p->expert_bias) ? p->expert_bias : NULL;
-#pragma omp parallel for schedule(static) reduction(+ : zsum)
+#pragma omp parallel for schedule(static) reduction(+ : zsum) if ((size_t)N * E * (K + 4) >= MOE_PAR_WORK)
     for (int t = 0; t < N; t++) {
         const float *l = a->logits + (size_t)t * E;
         float *pr = a->probs + (size_t)t * E;
@@ -368,7 +373,7 @@ static void moe_route(MoEActs *a, const float *x, const int *tokens, const MoEPa
         int Cap = a->Cap;
         /* Each expert writes only column e of expert[] and uses its own scratch row_token[e*Cap ..],
          * disjoint because E * Cap <= E * N = Smax. */
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if ((size_t)N * E * 4 >= MOE_PAR_WORK)
         for (int e = 0; e < E; e++)
             expert_choice_select(a->expert, a->probs, a->row_token + (size_t)e * Cap, e, N, E, Cap);
     }
@@ -426,7 +431,7 @@ static void moe_dispatch_plan(MoEActs *a, int N, int E) {
 
 /* xd[r] = x[row_token[r]]: each row written once. */
 static void moe_gather(MoEActs *a, const float *x, int C) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)a->S * C >= MOE_PAR_WORK)
     for (int r = 0; r < a->S; r++)
         memcpy(a->xd + (size_t)r * C, x + (size_t)a->row_token[r] * C, (size_t)C * sizeof(float));
 }
@@ -475,14 +480,14 @@ static void ffn_backward(float *dx, float *dw1, float *db1, float *dw2, float *d
  * expert (E = 1, the random router) or fewer busy experts than threads. Rule: side by side when the
  * largest slab is at most 1.5 / threads of all rows. The backward makes the same choice from the
  * same offsets. */
-static int experts_side_by_side(const int *offsets, int E) {
+static int experts_side_by_side(const int *offsets, int E, int C, int H1) {
 #ifdef _OPENMP
     int nt = omp_get_max_threads(), mx = 0;
-    if (nt < 2) return 0;
+    if (nt < 2 || (size_t)offsets[E] * H1 * C < MOE_PAR_WORK * 4) return 0;
     for (int e = 0; e < E; e++) if (offsets[e + 1] - offsets[e] > mx) mx = offsets[e + 1] - offsets[e];
     return 2.0 * mx * nt <= 3.0 * offsets[E];
 #else
-    (void)offsets; (void)E;
+    (void)offsets; (void)E; (void)C; (void)H1;
     return 0;
 #endif
 }
@@ -493,7 +498,7 @@ static void moe_experts_forward(MoEActs *a, const MoEParams *p, const MoEConfig 
     int E = cfg->E, C = cfg->C, H = cfg->H, H1 = moe_h1(cfg);
     /* One GEMM pair per expert, experts side by side when that pays (see experts_side_by_side).
      * Expert e writes only its rows offsets[e]..offsets[e+1]-1. */
-    int par = experts_side_by_side(a->offsets, E);
+    int par = experts_side_by_side(a->offsets, E, C, H1);
 #pragma omp parallel for schedule(dynamic, 1) if (par)
     for (int e = 0; e < E; e++) {
         int r0 = a->offsets[e], n = a->offsets[e + 1] - r0;
@@ -508,7 +513,7 @@ static void moe_experts_forward(MoEActs *a, const MoEParams *p, const MoEConfig 
  * row of out is written by one thread. */
 static void moe_combine(float *out, const MoEActs *a, int N, int C) {
     int KS = a->KS;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * KS * C >= MOE_PAR_WORK)
     for (int t = 0; t < N; t++) {
         float *o = out + (size_t)t * C;
         if (a->sy) memcpy(o, a->sy + (size_t)t * C, (size_t)C * sizeof(float));
@@ -562,7 +567,7 @@ static void router_backward_logits(MoEActs *a, const float *dout, const MoEConfi
     /* z = (1/N) sum_t lse_t^2  =>  d z / d logits[t,e] = 2 lse_t p[t,e] / N */
     float z_w = aux_scale * cfg->z_coef * 2.0f / (float)N;
     /* Tokens are independent: each thread writes only its tokens' rows of dlogits. */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * (KS * C + 4 * E) >= MOE_PAR_WORK)
     for (int t = 0; t < N; t++) {
         const float *pr = a->probs + (size_t)t * E, *l = a->logits + (size_t)t * E;
         const float *dyt = dout + (size_t)t * C;
@@ -615,7 +620,7 @@ void moe_backward(float *dx, MoEParams *grads, const float *dout, MoEActs *a, co
         memset(dx, 0, NC * sizeof(float));
 
     /* Combine backward into the slabs: dy[r] = gate * dout[token]. One row per iteration. */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)a->S * C >= MOE_PAR_WORK)
     for (int r = 0; r < a->S; r++) {
         int t = a->row_token[r];
         float g = a->gate[(size_t)t * KS + a->row_slot[r]];
@@ -628,7 +633,7 @@ void moe_backward(float *dx, MoEParams *grads, const float *dout, MoEActs *a, co
     /* Experts backward, side by side when the forward did so: expert e writes only its own rows of
      * dh, dh_pre, dy and its own slices of the weight gradients. dxd overwrites dy in place
      * (ffn_backward allows it). */
-    int par = experts_side_by_side(a->offsets, E);
+    int par = experts_side_by_side(a->offsets, E, C, H1);
 #pragma omp parallel for schedule(dynamic, 1) if (par)
     for (int e = 0; e < E; e++) {
         int r0 = a->offsets[e], n = a->offsets[e + 1] - r0;
@@ -643,7 +648,7 @@ void moe_backward(float *dx, MoEParams *grads, const float *dout, MoEActs *a, co
     /* [seam: all-to-all of the dxd slabs back] */
 
     /* Scatter: dx[t] += sum over t's kept slots of dxd[row]. Each token's row written by one thread. */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * KS * C >= MOE_PAR_WORK)
     for (int t = 0; t < N; t++) {
         float *o = dx + (size_t)t * C;
         for (int k = 0; k < KS; k++) {
