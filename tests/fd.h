@@ -16,7 +16,7 @@
 
 typedef double (*fd_loss_fn)(void *ctx);
 
-static int fd_check(const char *what, float *x, const float *grad, size_t n, fd_loss_fn f, void *ctx,
+static inline int fd_check(const char *what, float *x, const float *grad, size_t n, fd_loss_fn f, void *ctx,
                     float h, double atol, double rtol, int max_coords) {
     int bad = 0;
     size_t step = n > (size_t)max_coords ? n / (size_t)max_coords : 1;
@@ -42,7 +42,7 @@ static int fd_check(const char *what, float *x, const float *grad, size_t n, fd_
 }
 
 /* Fills x[n] with uniform values in [-scale, scale) from a small LCG (tests need no Rng state). */
-static void fd_fill(float *x, size_t n, float scale, uint64_t *seed) {
+static inline void fd_fill(float *x, size_t n, float scale, uint64_t *seed) {
     for (size_t i = 0; i < n; i++) {
         *seed = *seed * 6364136223846793005ull + 1442695040888963407ull;
         x[i] = scale * (2.0f * (float)((*seed >> 40) & 0xFFFFFF) / 16777216.0f - 1.0f);
@@ -50,7 +50,7 @@ static void fd_fill(float *x, size_t n, float scale, uint64_t *seed) {
 }
 
 /* sum_i out[i] * r[i] in double: the projection loss that turns any output into a scalar. */
-static double fd_dot(const float *out, const float *r, size_t n) {
+static inline double fd_dot(const float *out, const float *r, size_t n) {
     double s = 0.0;
     for (size_t i = 0; i < n; i++) s += (double)out[i] * (double)r[i];
     return s;

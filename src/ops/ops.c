@@ -8,10 +8,14 @@
 #include <string.h>
 #include "backend/gemm.h"
 
+/* Below this much work a parallel region costs more than it saves, and on a loaded machine a
+ * region whose second thread is descheduled stalls for a whole scheduler quantum. */
+#define PAR_MIN_WORK 32768
+
 /* ---- embeddings -------------------------------------------------------------------------------- */
 
 void encoder_forward(float *out, const int *inp, const float *wte, const float *wpe, int B, int T, int C) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)B * T * C >= PAR_MIN_WORK)
     for (int bt = 0; bt < B * T; bt++) {
         const float *te = wte + (size_t)inp[bt] * C;
         const float *pe = wpe ? wpe + (size_t)(bt % T) * C : NULL;
@@ -29,7 +33,7 @@ void encoder_backward(float *dwte, float *dwpe, const float *dout, const int *in
         for (int c = 0; c < C; c++) g[c] += d[c];
     }
     if (dwpe) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)B * T * C >= PAR_MIN_WORK)
         for (int t = 0; t < T; t++) {   /* each thread owns position t's row of dwpe */
             float *g = dwpe + (size_t)t * C;
             for (int b = 0; b < B; b++) {
@@ -44,7 +48,7 @@ void encoder_backward(float *dwte, float *dwpe, const float *dout, const int *in
 
 void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
                        const float *b, int N, int C, float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN_WORK)
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C;
         float m = 0.0f;
@@ -64,7 +68,7 @@ void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, c
 /* Column sums of a [N,C] product, reduced per column in row order so every thread count gives the
  * same bits: dw[c] += sum_n a[n,c] * (b ? b[n,c] : 1). */
 static void colsum_product_acc(float *dw, const float *a, const float *b, int N, int C) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN_WORK)
     for (int c = 0; c < C; c++) {   /* each thread owns column c */
         float s = 0.0f;
         for (int n = 0; n < N; n++) s += a[(size_t)n * C + c] * (b ? b[(size_t)n * C + c] : 1.0f);
@@ -78,7 +82,7 @@ void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, co
      * dxhat = dy * w;  dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) */
     if (dw || db) {
         /* dw[c] = sum_n dy[n,c] * xhat[n,c], computed column-wise */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN_WORK)
         for (int c = 0; c < C; c++) {
             float sw = 0.0f, sb = 0.0f;
             for (int n = 0; n < N; n++) {
@@ -90,7 +94,7 @@ void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, co
             if (db) db[c] += sb;
         }
     }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN_WORK)
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
         float m = mean[n], s = rstd[n];
@@ -111,7 +115,7 @@ void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, co
 }
 
 void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int C, float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN_WORK)
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C;
         float ss = 0.0f;
@@ -127,14 +131,14 @@ void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *in
                       const float *rstd, int N, int C) {
     /* y = x * s * w, s = (mean(x^2) + eps)^-1/2;  dx = s * (dy*w - x * s^2 * mean(dy*w*x)) */
     if (dw) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN_WORK)
         for (int c = 0; c < C; c++) {
             float sw = 0.0f;
             for (int n = 0; n < N; n++) sw += dout[(size_t)n * C + c] * inp[(size_t)n * C + c] * rstd[n];
             dw[c] += sw;
         }
     }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN_WORK)
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
         float s = rstd[n], a = 0.0f;
@@ -149,7 +153,7 @@ void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *in
 
 void matmul_forward(float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC) {
     if (bias) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * OC >= PAR_MIN_WORK)
         for (int n = 0; n < N; n++) memcpy(out + (size_t)n * OC, bias, sizeof(float) * OC);
     }
     gemm(0, 1, N, OC, C, 1.0f, inp, C, w, C, bias ? 1.0f : 0.0f, out, OC);
@@ -167,7 +171,7 @@ void matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, co
 void attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH, int causal) {
     int hs = C / NH;
     float scale = 1.0f / sqrtf((float)hs);
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)B * T * T * C >= PAR_MIN_WORK)
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < NH; h++) {   /* each thread owns one (b, h): its att block and out columns */
             for (int t = 0; t < T; t++) {
@@ -204,7 +208,7 @@ void attention_backward(float *dqkv, float *datt, const float *dout, const float
                         int B, int T, int C, int NH, int causal) {
     int hs = C / NH;
     float scale = 1.0f / sqrtf((float)hs);
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)B * T * T * C >= PAR_MIN_WORK)
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < NH; h++) {   /* each thread owns the (b, h) slice of dqkv: head columns of batch b */
             for (int t = 0; t < T; t++) {
@@ -254,7 +258,7 @@ static inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 void activation_forward(float *out, const float *inp, Activation act, int N, int H) {
     if (act == ACT_SWIGLU) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * H >= PAR_MIN_WORK)
         for (int n = 0; n < N; n++) {
             const float *g = inp + (size_t)n * 2 * H, *u = g + H;
             float *o = out + (size_t)n * H;
@@ -263,7 +267,7 @@ void activation_forward(float *out, const float *inp, Activation act, int N, int
         return;
     }
     size_t total = (size_t)N * H;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (total >= PAR_MIN_WORK)
     for (size_t i = 0; i < total; i++) {
         float x = inp[i];
         out[i] = act == ACT_RELU ? (x > 0.0f ? x : 0.0f) : gelu(x);
@@ -272,7 +276,7 @@ void activation_forward(float *out, const float *inp, Activation act, int N, int
 
 void activation_backward(float *dinp, const float *dout, const float *inp, Activation act, int N, int H) {
     if (act == ACT_SWIGLU) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * H >= PAR_MIN_WORK)
         for (int n = 0; n < N; n++) {
             const float *g = inp + (size_t)n * 2 * H, *u = g + H;
             const float *dy = dout + (size_t)n * H;
@@ -288,7 +292,7 @@ void activation_backward(float *dinp, const float *dout, const float *inp, Activ
         return;
     }
     size_t total = (size_t)N * H;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (total >= PAR_MIN_WORK)
     for (size_t i = 0; i < total; i++) {
         float x = inp[i];
         dinp[i] = dout[i] * (act == ACT_RELU ? (x > 0.0f ? 1.0f : 0.0f) : gelu_grad(x));
@@ -313,14 +317,14 @@ void dropout_forward(float *out, uint8_t *mask, const float *inp, float p, size_
 
 void dropout_backward(float *dinp, const float *dout, const uint8_t *mask, float p, size_t n) {
     float scale = p > 0.0f ? 1.0f / (1.0f - p) : 1.0f;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN_WORK)
     for (size_t i = 0; i < n; i++) dinp[i] = mask[i] ? dout[i] * scale : 0.0f;
 }
 
 /* ---- softmax and cross-entropy --------------------------------------------------------------- */
 
 void softmax_forward(float *out, const float *inp, int N, int V) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * V >= PAR_MIN_WORK)
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * V;
         float *y = out + (size_t)n * V;
@@ -334,7 +338,7 @@ void softmax_forward(float *out, const float *inp, int N, int V) {
 }
 
 void crossentropy_forward(float *losses, const float *logits, const int *targets, int N, int V) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * V >= PAR_MIN_WORK)
     for (int n = 0; n < N; n++) {
         if (targets[n] < 0) { losses[n] = 0.0f; continue; }
         const float *x = logits + (size_t)n * V;
@@ -348,7 +352,7 @@ void crossentropy_forward(float *losses, const float *logits, const int *targets
 
 void crossentropy_backward(float *dlogits, const float *logits, const int *targets, const float *dlosses,
                            int N, int V) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * V >= PAR_MIN_WORK)
     for (int n = 0; n < N; n++) {
         const float *x = logits + (size_t)n * V;
         float *d = dlogits + (size_t)n * V;
@@ -364,6 +368,6 @@ void crossentropy_backward(float *dlogits, const float *logits, const int *targe
 }
 
 void add_forward(float *out, const float *a, const float *b, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN_WORK)
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }

@@ -35,7 +35,7 @@ void optim_step(Optimizer *o, Model *m, const TrainConfig *tc, float lr) {
         size_t n = t->size;
         int adamw = tc->adamw;
         /* each element is independent: no two threads touch the same index */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= 32768)
         for (size_t k = 0; k < n; k++) {
             float gk = g[k];
             if (!adamw) gk += wd * p[k];
@@ -57,7 +57,7 @@ float grad_clip(Model *m, float max_norm) {
         double s = 0.0;
         /* the reduction is per-thread partial sums combined by OpenMP: the order is fixed for a
          * fixed thread count (static schedule), which is what bit-exact resume needs */
-#pragma omp parallel for schedule(static) reduction(+ : s)
+#pragma omp parallel for schedule(static) reduction(+ : s) if (t->size >= 32768)
         for (size_t k = 0; k < t->size; k++) s += (double)g[k] * (double)g[k];
         ss += s;
     }
@@ -68,7 +68,7 @@ float grad_clip(Model *m, float max_norm) {
             const TensorInfo *t = &m->tensors[i];
             if (!t->trainable) continue;
             float *g = m->grads + t->offset;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (t->size >= 32768)
             for (size_t k = 0; k < t->size; k++) g[k] *= scale;
         }
     }
