@@ -9,14 +9,18 @@ int cmd_eval(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_tokenizer(int argc, char **argv);
+int cmd_report(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 
-/* Until src/cli/cmd_tokenizer.c is built in, the subcommand says so instead of failing to link. */
-__attribute__((weak)) int cmd_tokenizer(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "moelm: the tokenizer command is not built into this binary\n");
-    return 1;
-}
+/* A subcommand whose file is not built in says so instead of failing to link. */
+#define MISSING_COMMAND(fn, name) \
+    __attribute__((weak)) int fn(int argc, char **argv) { \
+        (void)argc; (void)argv; \
+        fprintf(stderr, "moelm: the %s command is not built into this binary\n", name); \
+        return 1; \
+    }
+MISSING_COMMAND(cmd_report, "report")
+MISSING_COMMAND(cmd_bench, "bench")
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -27,7 +31,9 @@ static void usage(FILE *f) {
             "  eval       token- and word-level perplexity and expert statistics of a checkpoint\n"
             "  generate   sample text from a checkpoint\n"
             "  info       a checkpoint's config, parameter counts and step\n"
-            "  tokenizer  train, encode and decode SentencePiece-compatible tokenizers\n",
+            "  tokenizer  train, encode and decode SentencePiece-compatible tokenizers\n"
+            "  report     one self-contained HTML page of a run or several: curves, expert load, routing\n"
+            "  bench      training and inference speed: tok/s, GFLOP/s, share of the machine's GEMM peak\n",
             MOELM_VERSION);
 }
 
@@ -46,6 +52,8 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "generate")) return cmd_generate(argc - 1, argv + 1);
     if (!strcmp(cmd, "info")) return cmd_info(argc - 1, argv + 1);
     if (!strcmp(cmd, "tokenizer")) return cmd_tokenizer(argc - 1, argv + 1);
+    if (!strcmp(cmd, "report")) return cmd_report(argc - 1, argv + 1);
+    if (!strcmp(cmd, "bench")) return cmd_bench(argc - 1, argv + 1);
     fprintf(stderr, "moelm: unknown command '%s' (try moelm --help)\n", cmd);
     return 2;
 }
