@@ -69,7 +69,8 @@ tests: $(TEST_BIN) $(BIN)
 deps:
 	@sh scripts/deps.sh
 
-test: deps
+test:
+	@sh scripts/deps.sh test
 	@$(MAKE) --no-print-directory tests
 	@MOELM_BIN=$(abspath $(BIN)) sh tests/run.sh $(TEST_BIN) $(wildcard tests/test_*.sh)
 
