@@ -1,10 +1,12 @@
 # moelm build. `make` builds ./moelm; `make test` builds and runs every test; `make demo` trains a
-# small model on the built-in corpus. Options: BLAS=0 (no OpenBLAS), SAN=1 (ASan+UBSan), DEBUG=1.
+# small model on the built-in corpus. Options: BLAS=0 (no OpenBLAS), SAN=1 (ASan+UBSan), DEBUG=1,
+# MPI=1 (mpicc, data and expert parallel training under mpirun; builds into build-mpi*).
 
 CC      ?= gcc
 BLAS    ?= 1
 SAN     ?= 0
 DEBUG   ?= 0
+MPI     ?= 0
 
 # -Wno-format-truncation: paths are built into fixed buffers whose inputs are length-checked at the CLI
 CFLAGS  := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Wno-format-truncation -fopenmp -Iinclude -Isrc -MMD -MP
@@ -23,6 +25,12 @@ ifeq ($(SAN),1)
   BUILD := build-san
 endif
 
+ifeq ($(MPI),1)
+  CC     := mpicc
+  CFLAGS += -DMOELM_MPI
+  BUILD  := $(BUILD)-mpi
+endif
+
 ifeq ($(BLAS),1)
   BLAS_INC := /usr/include/x86_64-linux-gnu/openblas-openmp
   CFLAGS += -DMOELM_BLAS -I$(BLAS_INC)
@@ -39,7 +47,7 @@ CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 LIB      := $(BUILD)/libmoelm.a
 
-ifeq ($(SAN)$(BLAS),01)
+ifeq ($(SAN)$(BLAS)$(MPI),010)
   BIN := moelm
 else
   BIN := $(BUILD)/moelm
@@ -79,6 +87,6 @@ demo: deps
 	@sh scripts/demo.sh ./$(BIN)
 
 clean:
-	rm -rf build build-san build-noblas build-san-noblas moelm
+	rm -rf build build-san build-noblas build-san-noblas build-mpi build-mpi-noblas build-san-mpi build-san-mpi-noblas moelm
 
 -include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d)

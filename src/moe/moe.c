@@ -21,7 +21,9 @@
 #include <math.h>
 #include <string.h>
 
+#include "backend/comm.h"
 #include "backend/gemm.h"
+#include "moe/moe_dist.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -138,6 +140,28 @@ static size_t moe_acts_layout(MoEActs *a, void *mem, const MoEConfig *cfg, int N
     a->dh = carve(&cv, Smax * H * f);
     a->dy = carve(&cv, Smax * C * f);
     a->dlogits = carve(&cv, learned ? n * E * f : 0);
+    /* Across ranks (moe_dist.h): sized from the groups as they are at bind time. */
+    a->Ng = N;
+    if (comm_size(COMM_WORLD) > 1) a->kpos = carve(&cv, 3 * KS * E * i);
+    size_t P = (size_t)comm_size(COMM_EP);
+    if (P > 1) {
+        size_t R = P * Smax;
+        a->Rmax = (int)R;
+        a->ep_send = carve(&cv, E * i);
+        a->ep_recv = carve(&cv, E * i);
+        a->ep_off = carve(&cv, (E + 1) * i);
+        a->ep_sc = carve(&cv, P * i);
+        a->ep_sd = carve(&cv, P * i);
+        a->ep_rc = carve(&cv, P * i);
+        a->ep_rd = carve(&cv, P * i);
+        a->ep_stage = carve(&cv, R * C * f);
+        a->ep_x = carve(&cv, R * C * f);
+        a->ep_h_pre = carve(&cv, R * H1 * f);
+        a->ep_h = carve(&cv, R * H * f);
+        a->ep_y = carve(&cv, R * C * f);
+        a->ep_dh_pre = carve(&cv, R * H1 * f);
+        a->ep_dh = carve(&cv, R * H * f);
+    }
     return cv.off + 64;   /* slack: the caller's block need not be 64-byte aligned at its start */
 }
 
@@ -294,6 +318,7 @@ static void moe_route(MoEActs *a, const float *x, const int *tokens, const MoEPa
         }
         for (int e = 0; e < E; e++) a->assigned[e] = 0;
         for (int t = 0; t < N; t++) a->assigned[a->expert[t]]++;
+        comm_allreduce_i32(COMM_WORLD, a->assigned, E);   /* the routing group's counts */
         return;
     }
 
@@ -367,7 +392,8 @@ static void moe_route(MoEActs *a, const float *x, const int *tokens, const MoEPa
             for (int e = 0; e < E; e++) { ex[e] = -1; g[e] = pr[e]; }
         }
     }
-    a->z_loss = (float)(zsum / N);
+    comm_allreduce_f64(COMM_WORLD, &zsum, 1);   /* the routing group is every rank's tokens */
+    a->z_loss = (float)(zsum / a->Ng);
 
     if (cfg->router == ROUTER_EXPERT_CHOICE) {
         int Cap = a->Cap;
@@ -381,17 +407,19 @@ static void moe_route(MoEActs *a, const float *x, const int *tokens, const MoEPa
     for (int e = 0; e < E; e++) a->assigned[e] = 0;
     for (size_t i = 0; i < (size_t)N * KS; i++)
         if (a->expert[i] >= 0) a->assigned[a->expert[i]]++;
+    comm_allreduce_i32(COMM_WORLD, a->assigned, E);
 
     /* Load-balancing loss (Switch eq. 4, GShard for K > 1): E * sum_e f_e P_e, with f_e the fraction
      * of the N*K token-slots that chose e before capacity, P_e the mean router probability. Only the
      * token-choice routers have it: soft runs every expert and expert-choice is balanced by design. */
     if (token_choice) {
-        double aux = 0.0;
+        double aux = 0.0, P[256], Ng = a->Ng;
         for (int e = 0; e < E; e++) {
-            double P = 0.0;
-            for (int t = 0; t < N; t++) P += a->probs[(size_t)t * E + e];
-            aux += (double)a->assigned[e] / ((double)N * K) * (P / N);
+            P[e] = 0.0;
+            for (int t = 0; t < N; t++) P[e] += a->probs[(size_t)t * E + e];
         }
+        comm_allreduce_f64(COMM_WORLD, P, (size_t)E);
+        for (int e = 0; e < E; e++) aux += (double)a->assigned[e] / (Ng * K) * (P[e] / Ng);
         a->aux_loss = (float)(E * aux);
     }
 }
@@ -405,12 +433,26 @@ static void moe_dispatch_plan(MoEActs *a, int N, int E) {
     int KS = a->KS, Cap = a->Cap;
     int *fill = a->fill;
     for (int e = 0; e < E; e++) fill[e] = 0;
-    for (int k = 0; k < KS; k++) {
-        for (int t = 0; t < N; t++) {
-            size_t i = (size_t)t * KS + k;
-            int e = a->expert[i];
-            if (e >= 0 && fill[e] < Cap) { fill[e]++; a->slot_row[i] = -2; }   /* -2: kept, row not yet known */
-            else a->slot_row[i] = -1;
+    if (a->kpos) {
+        /* across ranks: a slot is kept when its position in the whole group's drop order is < Cap */
+        moe_dist_positions(a, N, E);
+        for (int k = 0; k < KS; k++) {
+            int *pos = a->kpos + (size_t)k * E;
+            for (int t = 0; t < N; t++) {
+                size_t i = (size_t)t * KS + k;
+                int e = a->expert[i];
+                if (e >= 0 && pos[e]++ < Cap) { fill[e]++; a->slot_row[i] = -2; }
+                else a->slot_row[i] = -1;
+            }
+        }
+    } else {
+        for (int k = 0; k < KS; k++) {
+            for (int t = 0; t < N; t++) {
+                size_t i = (size_t)t * KS + k;
+                int e = a->expert[i];
+                if (e >= 0 && fill[e] < Cap) { fill[e]++; a->slot_row[i] = -2; }   /* -2: kept, row not yet known */
+                else a->slot_row[i] = -1;
+            }
         }
     }
     a->offsets[0] = 0;
@@ -528,6 +570,21 @@ static void moe_combine(float *out, const MoEActs *a, int N, int C) {
     }
 }
 
+/* The owner's side of expert parallelism as acts of their own: the experts' loops run unchanged over
+ * the rows received from every peer (ep_off gives rows only to this rank's experts). */
+static MoEActs moe_ep_view(const MoEActs *a) {
+    MoEActs v = *a;
+    v.offsets = a->ep_off;
+    v.xd = a->ep_x;
+    v.h_pre = a->ep_h_pre;
+    v.h = a->ep_h;
+    v.y = a->ep_y;
+    v.dh_pre = a->ep_dh_pre;
+    v.dh = a->ep_dh;
+    v.dy = a->ep_y;   /* the backward's dy: y is not read by the experts' backward */
+    return v;
+}
+
 /* ---- forward ---------------------------------------------------------------------------------- */
 
 void moe_forward(float *out, MoEActs *a, const float *x, const int *tokens, const MoEParams *p,
@@ -536,14 +593,24 @@ void moe_forward(float *out, MoEActs *a, const float *x, const int *tokens, cons
     CHECK(a->KS == moe_slots_per_token(cfg));
     int C = cfg->C;
     a->N = N;
-    a->Cap = moe_capacity(cfg, N, training);
+    a->Ng = N;
+    comm_allreduce_i32(COMM_WORLD, &a->Ng, 1);
+    CHECK(comm_size(COMM_WORLD) == 1 || a->kpos != NULL);   /* bound after comm_init */
+    a->Cap = moe_capacity(cfg, a->Ng, training);
 
     moe_route(a, x, tokens, p, cfg, N, training, rng);
     moe_dispatch_plan(a, N, cfg->E);
     moe_gather(a, x, C);
-    /* [seam: expert parallelism sends each expert's slab xd[offsets[e]..] to the rank owning e] */
-    moe_experts_forward(a, p, cfg);
-    /* [seam: and the slabs y[offsets[e]..] come back here] */
+    if (a->Rmax) {
+        /* expert parallel: each expert's slab xd[offsets[e]..] goes to the rank owning e, which runs
+         * its experts over the rows of every peer (a view of the acts on its own slabs) */
+        MoEActs v = moe_ep_view(a);
+        moe_ep_to_owners(a, cfg, a->xd, a->ep_x, 1);
+        moe_experts_forward(&v, p, cfg);
+        moe_ep_from_owners(a, cfg, a->ep_y, a->y);   /* and the slabs y[offsets[e]..] come back */
+    } else {
+        moe_experts_forward(a, p, cfg);
+    }
     if (cfg->shared_expert)
         ffn_forward(a->sy, a->sh, a->sh_pre, x, p->sw1, p->sb1, p->sw2, p->sb2, cfg->act, N, C, cfg->H);
     moe_combine(out, a, N, C);
@@ -563,9 +630,10 @@ static void router_backward_logits(MoEActs *a, const float *dout, const MoEConfi
     int mixtral = cfg->router == ROUTER_TOPK && cfg->topk_softmax_after;
     int K = cfg->router == ROUTER_TOPK ? cfg->K : 1;
     /* aux = E sum_e f_e P_e, P_e = (1/N) sum_t p[t,e]  =>  d aux / d p[t,e] = E f_e / N */
-    float aux_w = balance ? aux_scale * cfg->aux_coef * (float)E / ((float)N * (float)N * (float)K) : 0.0f;
+    float Ng = (float)a->Ng;   /* the routing group's tokens (N on one rank) */
+    float aux_w = balance ? aux_scale * cfg->aux_coef * (float)E / (Ng * Ng * (float)K) : 0.0f;
     /* z = (1/N) sum_t lse_t^2  =>  d z / d logits[t,e] = 2 lse_t p[t,e] / N */
-    float z_w = aux_scale * cfg->z_coef * 2.0f / (float)N;
+    float z_w = aux_scale * cfg->z_coef * 2.0f / Ng;
     /* Tokens are independent: each thread writes only its tokens' rows of dlogits. */
 #pragma omp parallel for schedule(static) if ((size_t)N * (KS * C + 4 * E) >= MOE_PAR_WORK)
     for (int t = 0; t < N; t++) {
@@ -606,10 +674,29 @@ static void router_backward_logits(MoEActs *a, const float *dout, const MoEConfi
     }
 }
 
+/* Experts backward, side by side when the forward did so: expert e writes only its own rows of
+ * dh, dh_pre, dy and its own slices of the weight gradients. dxd overwrites dy in place
+ * (ffn_backward allows it). */
+static void moe_experts_backward(MoEActs *a, MoEParams *grads, const MoEParams *p, const MoEConfig *cfg) {
+    int E = cfg->E, C = cfg->C, H = cfg->H, H1 = moe_h1(cfg);
+    int par = experts_side_by_side(a->offsets, E, C, H1);
+#pragma omp parallel for schedule(dynamic, 1) if (par)
+    for (int e = 0; e < E; e++) {
+        int r0 = a->offsets[e], n = a->offsets[e + 1] - r0;
+        if (n == 0) continue;
+        float *dy = a->dy + (size_t)r0 * C;
+        ffn_backward(dy, grads->w1 + (size_t)e * H1 * C, grads->b1 + (size_t)e * H1,
+                     grads->w2 + (size_t)e * C * H, grads->b2 + (size_t)e * C,
+                     a->dh + (size_t)r0 * H, a->dh_pre + (size_t)r0 * H1, dy, a->h + (size_t)r0 * H,
+                     a->h_pre + (size_t)r0 * H1, a->xd + (size_t)r0 * C, p->w1 + (size_t)e * H1 * C,
+                     p->w2 + (size_t)e * C * H, cfg->act, n, C, H);
+    }
+}
+
 void moe_backward(float *dx, MoEParams *grads, const float *dout, MoEActs *a, const float *x,
                   const MoEParams *p, const MoEConfig *cfg, int N, float aux_scale) {
     CHECK(N == a->N);
-    int E = cfg->E, C = cfg->C, H = cfg->H, H1 = moe_h1(cfg), KS = a->KS;
+    int E = cfg->E, C = cfg->C, H = cfg->H, KS = a->KS;
     size_t NC = (size_t)N * C;
 
     /* Shared expert first: its [N, .] gradients use the scratch before the experts need it. dx = */
@@ -629,23 +716,16 @@ void moe_backward(float *dx, MoEParams *grads, const float *dout, MoEActs *a, co
         for (int c = 0; c < C; c++) dy[c] = g * d[c];
     }
 
-    /* [seam: all-to-all of the dy slabs to the experts' owners] */
-    /* Experts backward, side by side when the forward did so: expert e writes only its own rows of
-     * dh, dh_pre, dy and its own slices of the weight gradients. dxd overwrites dy in place
-     * (ffn_backward allows it). */
-    int par = experts_side_by_side(a->offsets, E, C, H1);
-#pragma omp parallel for schedule(dynamic, 1) if (par)
-    for (int e = 0; e < E; e++) {
-        int r0 = a->offsets[e], n = a->offsets[e + 1] - r0;
-        if (n == 0) continue;
-        float *dy = a->dy + (size_t)r0 * C;
-        ffn_backward(dy, grads->w1 + (size_t)e * H1 * C, grads->b1 + (size_t)e * H1,
-                     grads->w2 + (size_t)e * C * H, grads->b2 + (size_t)e * C,
-                     a->dh + (size_t)r0 * H, a->dh_pre + (size_t)r0 * H1, dy, a->h + (size_t)r0 * H,
-                     a->h_pre + (size_t)r0 * H1, a->xd + (size_t)r0 * C, p->w1 + (size_t)e * H1 * C,
-                     p->w2 + (size_t)e * C * H, cfg->act, n, C, H);
+    if (a->Rmax) {
+        /* expert parallel: the dy slabs go to the experts' owners, which alone accumulate their
+         * experts' weight gradients, and the dxd slabs come back */
+        MoEActs v = moe_ep_view(a);
+        moe_ep_to_owners(a, cfg, a->dy, v.dy, 0);
+        moe_experts_backward(&v, grads, p, cfg);
+        moe_ep_from_owners(a, cfg, v.dy, a->dy);
+    } else {
+        moe_experts_backward(a, grads, p, cfg);
     }
-    /* [seam: all-to-all of the dxd slabs back] */
 
     /* Scatter: dx[t] += sum over t's kept slots of dxd[row]. Each token's row written by one thread. */
 #pragma omp parallel for schedule(static) if ((size_t)N * KS * C >= MOE_PAR_WORK)

@@ -93,6 +93,20 @@ typedef struct {
     int random_expert;      /* ROUTER_RANDOM: the expert drawn for this pass */
     /* scratch for backward: [Smax, H1], [Smax, H], [Smax, C], [N, E] (dlogits NULL for random/hash) */
     float *dh_pre, *dh, *dy, *dlogits;
+    /* Over several ranks (src/backend/comm.h; all NULL/0 with one): the routing group is every rank's
+     * tokens (docs/SCALING.md), so capacity and the auxiliary losses count Ng tokens, and assigned[]
+     * counts the whole group's choices. Bound when the acts are bound, from the groups' sizes then. */
+    int Ng;                 /* tokens of the routing group (N on one rank) */
+    int *kpos;              /* [3, KS, E] scratch: this rank's drop-priority positions per (k, e) */
+    /* Expert parallelism (COMM_EP of size P > 1): this rank as the owner of experts [p E/P, (p+1) E/P)
+     * receives the rows its peers dispatched to them. Rmax = P * Smax rows bound. */
+    int Rmax;
+    int *ep_send, *ep_recv; /* [E] rows sent per expert; [P, E/P] rows received from each peer per owned expert */
+    int *ep_off;            /* [E + 1] the owner's rows per expert in the ep_* slabs (0 rows for others' experts) */
+    int *ep_sc, *ep_sd, *ep_rc, *ep_rd;   /* [P] each: all-to-all counts and displacements (floats) */
+    float *ep_stage;        /* [Rmax, max(C, ...)] rows as received, peer-major */
+    float *ep_x, *ep_h_pre, *ep_h, *ep_y;     /* [Rmax, C], [Rmax, H1], [Rmax, H], [Rmax, C] owner's slabs */
+    float *ep_dh_pre, *ep_dh;                 /* [Rmax, H1], [Rmax, H] owner's backward scratch */
 } MoEActs;
 
 /* Number of floats (and ints, counted as 4 bytes each) the activations of N tokens need: the caller
