@@ -1,0 +1,61 @@
+/* cmd_bench.c: `moelm bench`, the front end of bench_run (src/train/bench.h). */
+#include <stdio.h>
+#include <string.h>
+#include "args.h"
+#include "common/util.h"
+#include "train/bench.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: moelm bench [flags]\n\n"
+            "Training and generation speed on synthetic tokens: tok/s, GFLOP/s (forward + backward, counted\n"
+            "analytically), and the share of this machine's sgemm peak measured by the same run.\n\n"
+            "  --config NAME|FILE     preset (tiny, demo, dense-ptb, switch-ptb, seed-moe, seed-gating, seed-switch)\n"
+            "                         or a config.json (default: seed-switch)\n"
+            "  --set KEY=VALUE        override a config or training key, repeatable (e.g. --set num_experts=128)\n"
+            "  -t, --threads N        threads for OpenMP and BLAS (default 2)\n"
+            "  --steps N              timed training steps (default 10; 0 = no training)\n"
+            "  --warmup N             untimed training steps first (default 2)\n"
+            "  -b, --batch-size N     sequences per batch (default: the preset's)\n"
+            "  --seq-len N            tokens per sequence (default: the preset's)\n"
+            "  --vocab N              vocabulary size when the config leaves it open (default 10000)\n"
+            "  -n, --gen N            generated tokens, batch 1, KV cache (default 100; 0 = no generation)\n"
+            "  --no-peak              skip the sgemm peak measurement\n"
+            "  --profile              print forward / backward / optimizer time per step\n"
+            "  --seed N               seed of the weights and tokens (default 1)\n");
+}
+
+int cmd_bench(int argc, char **argv) {
+    BenchOptions o;
+    bench_options_default(&o);
+    const char *sets[256];
+    long v;
+    for (int i = 1; i < argc; i++) {
+        const char *val = NULL;
+        if (arg_flag(argv, i, "-h|--help")) { usage(stdout); return 0; }
+        else if (arg_flag(argv, i, "--no-peak")) o.peak = 0;
+        else if (arg_flag(argv, i, "--profile")) o.profile = 1;
+        else if (arg_match(argc, argv, &i, "--config", &val)) { if (!val) return cli_error(2); o.config = val; }
+        else if (arg_match(argc, argv, &i, "--set", &val)) {
+            if (!val) return cli_error(2);
+            if (o.n_sets >= 255) { moelm_fail(MOELM_ERR_ARG, "too many --set"); return cli_error(2); }
+            sets[o.n_sets++] = val;
+        }
+        else if (arg_match(argc, argv, &i, "-t|--threads", &val)) { if (arg_int("--threads", val, 1, 1024, &v)) return cli_error(2); o.threads = (int)v; }
+        else if (arg_match(argc, argv, &i, "--steps", &val)) { if (arg_int("--steps", val, 0, 1000000, &v)) return cli_error(2); o.steps = (int)v; }
+        else if (arg_match(argc, argv, &i, "--warmup", &val)) { if (arg_int("--warmup", val, 0, 1000000, &v)) return cli_error(2); o.warmup = (int)v; }
+        else if (arg_match(argc, argv, &i, "-b|--batch-size", &val)) { if (arg_int("--batch-size", val, 1, 1 << 16, &v)) return cli_error(2); o.batch_size = (int)v; }
+        else if (arg_match(argc, argv, &i, "--seq-len", &val)) { if (arg_int("--seq-len", val, 1, 1 << 16, &v)) return cli_error(2); o.seq_len = (int)v; }
+        else if (arg_match(argc, argv, &i, "--vocab", &val)) { if (arg_int("--vocab", val, 2, 10000000, &v)) return cli_error(2); o.vocab_size = (int)v; }
+        else if (arg_match(argc, argv, &i, "-n|--gen", &val)) { if (arg_int("--gen", val, 0, 65535, &v)) return cli_error(2); o.n_gen = (int)v; }
+        else if (arg_match(argc, argv, &i, "--seed", &val)) { if (arg_int("--seed", val, 0, 0x7fffffffffffffffL, &v)) return cli_error(2); o.seed = (uint64_t)v; }
+        else {
+            moelm_fail(MOELM_ERR_ARG, "bench: unknown flag '%s' (see moelm bench --help)", argv[i]);
+            return cli_error(2);
+        }
+    }
+    sets[o.n_sets] = NULL;
+    o.sets = sets;
+    moelm_status st = bench_run(&o);
+    return st ? cli_error(st == MOELM_ERR_ARG ? 2 : 1) : 0;
+}

@@ -1,0 +1,228 @@
+/* bench.c: `moelm bench` (see bench.h). Everything is sized and allocated before the timed loops;
+ * the loops call exactly what a training step (train.c) and generation (inference.c) call. */
+#include "train/bench.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include "backend/gemm.h"
+#include "io/fileio.h"
+#include "optim/optim.h"
+#include "train/train.h"
+
+void bench_options_default(BenchOptions *o) {
+    memset(o, 0, sizeof *o);
+    o->config = "seed-switch";
+    o->threads = 2;
+    o->steps = 10;
+    o->warmup = 2;
+    o->vocab_size = 10000;
+    o->n_gen = 100;
+    o->peak = 1;
+    o->seed = 1;
+}
+
+/* ---- FLOPs ----------------------------------------------------------------------------------------- */
+
+/* Dimensions: N = B*T tokens, C d_model, H d_ff, H1 = H or 2H (SwiGLU), E experts, S kept slots,
+ * HH the seed head's hidden size, V vocab. 2 FLOPs per multiply-add. */
+static double moe_flops(const Model *m, const MoEActs *a) {
+    const MoEConfig *mc = &m->moe_cfg;
+    double C = mc->C, H = mc->H, H1 = mc->act == ACT_SWIGLU ? 2.0 * mc->H : mc->H, N = a->N;
+    double f = (double)a->S * (2 * C * H1 + 2 * H * C);                        /* experts over kept slots */
+    if (mc->router != ROUTER_RANDOM && mc->router != ROUTER_HASH) f += 2 * N * C * mc->E;   /* router */
+    if (mc->shared_expert) f += N * (2 * C * H1 + 2 * H * C);
+    return f;
+}
+
+double bench_forward_flops(const Model *m) {
+    const ModelConfig *c = &m->cfg;
+    double B = m->B, T = m->T, N = B * T, C = c->d_model, V = c->vocab_size;
+    double H = c->d_ff, H1 = c->hidden_act == ACT_SWIGLU ? 2 * H : H, HH = c->head_hidden;
+    int seed = c->model_type == MODEL_SEED;
+    double f = 0.0;
+    for (int l = 0; l < c->num_layers; l++) {
+        f += 2 * N * C * 3 * C + 2 * N * C * C;            /* qkv and output projections */
+        f += 2 * B * T * (T + 1) * C;                       /* causal q.k and p.v: 2 * 2 * hs per (b,h,t,u<=t) */
+        if (!seed && config_block_is_sparse(c, l)) f += moe_flops(m, &m->a.layers[l].moe);
+        else f += N * (2 * C * H1 + 2 * H * C);
+    }
+    if (seed) f += moe_flops(m, &m->a.head_moe) + 2 * N * C * HH + 2 * N * HH * V;
+    else f += 2 * N * C * V;
+    return f;
+}
+
+/* ---- helpers ------------------------------------------------------------------------------------- */
+
+static double peak_rss_mb(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss / 1024.0;   /* KiB on Linux */
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Median GFLOP/s of C[M,N] = A[M,K] B[N,K]^T (the layout of matmul_forward) through gemm(). */
+static moelm_status gemm_gflops(int M, int Nn, int K, int reps, double *out) {
+    float *A = moelm_malloc(sizeof(float) * (size_t)M * K), *Bm = moelm_malloc(sizeof(float) * (size_t)Nn * K);
+    float *Cm = moelm_malloc(sizeof(float) * (size_t)M * Nn);
+    if (!A || !Bm || !Cm) {
+        moelm_free(A); moelm_free(Bm); moelm_free(Cm);
+        return MOELM_ERR_NOMEM;
+    }
+    Rng r;
+    rng_seed(&r, 7);
+    for (size_t i = 0; i < (size_t)M * K; i++) A[i] = rng_uniform(&r) - 0.5f;
+    for (size_t i = 0; i < (size_t)Nn * K; i++) Bm[i] = rng_uniform(&r) - 0.5f;
+    memset(Cm, 0, sizeof(float) * (size_t)M * Nn);
+    double t[32];
+    if (reps > 32) reps = 32;
+    gemm(0, 1, M, Nn, K, 1.0f, A, K, Bm, K, 0.0f, Cm, Nn);   /* warm-up: pages, BLAS buffers, threads */
+    for (int i = 0; i < reps; i++) {
+        double t0 = time_now();
+        gemm(0, 1, M, Nn, K, 1.0f, A, K, Bm, K, 0.0f, Cm, Nn);
+        t[i] = time_now() - t0;
+    }
+    qsort(t, (size_t)reps, sizeof(double), cmp_double);
+    *out = 2.0 * M * Nn * K / t[reps / 2] / 1e9;
+    moelm_free(A); moelm_free(Bm); moelm_free(Cm);
+    return MOELM_OK;
+}
+
+static moelm_status resolve_config(const BenchOptions *o, ModelConfig *cfg, TrainConfig *tc) {
+    moelm_status st;
+    if (path_exists(o->config) && !path_is_dir(o->config)) {
+        st = config_load(cfg, o->config);
+        if (!st) st = config_preset_train(tc, "demo");
+    } else {
+        st = config_preset(cfg, o->config);
+        if (!st) st = config_preset_train(tc, o->config);
+    }
+    if (st) return st;
+    for (int i = 0; i < o->n_sets; i++) {
+        char key[128];
+        const char *eq = strchr(o->sets[i], '=');
+        if (!eq || eq == o->sets[i] || (size_t)(eq - o->sets[i]) >= sizeof key)
+            return moelm_fail(MOELM_ERR_ARG, "--set '%s': expected key=value", o->sets[i]);
+        memcpy(key, o->sets[i], (size_t)(eq - o->sets[i]));
+        key[eq - o->sets[i]] = '\0';
+        st = config_set(cfg, key, eq + 1);
+        if (st == MOELM_ERR_CONFIG && strstr(moelm_last_error(), "unknown config key")) st = train_config_set(tc, key, eq + 1);
+        if (st) return st;
+    }
+    if (o->batch_size > 0) tc->batch_size = o->batch_size;
+    if (o->seq_len > 0) tc->seq_len = o->seq_len;
+    if (cfg->vocab_size == 0) cfg->vocab_size = o->vocab_size;
+    if (cfg->n_positions < tc->seq_len) cfg->n_positions = tc->seq_len;
+    if (cfg->n_positions < o->n_gen + 1) cfg->n_positions = o->n_gen + 1;   /* the generation's context */
+    return config_check(cfg);
+}
+
+/* ---- the run --------------------------------------------------------------------------------------- */
+
+moelm_status bench_run(const BenchOptions *o) {
+    ModelConfig cfg;
+    TrainConfig tc;
+    moelm_status st = resolve_config(o, &cfg, &tc);
+    if (st) return st;
+    backend_set_threads(o->threads);
+    int B = tc.batch_size, T = tc.seq_len, N = B * T, V = cfg.vocab_size;
+
+    Model m;
+    Optimizer opt;
+    KVCache kv;
+    memset(&kv, 0, sizeof kv);
+    st = model_create(&m, &cfg, B, T, o->seed);
+    if (st) return st;
+    st = optim_create(&opt, m.n_params);
+    if (st) { model_free(&m); return st; }
+    if (o->n_gen > 0) st = kv_create(&kv, &m);
+    enum { NBATCH = 4 };
+    int *tok = moelm_malloc(sizeof(int) * (size_t)N * NBATCH * 2);
+    float *scratch = moelm_malloc(sizeof(float) * 2 * (size_t)V);
+    if (!st && (!tok || !scratch)) st = MOELM_ERR_NOMEM;
+    if (st) goto done;
+    Rng r;
+    rng_seed(&r, o->seed ^ 0x9E3779B97F4A7C15ull);
+    for (size_t i = 0; i < (size_t)N * NBATCH * 2; i++) tok[i] = (int)rng_below(&r, (uint32_t)V);
+
+    print_model_summary(&m, stdout);
+    printf("bench: %s, batch %d x %d, %d threads, backend %s\n", o->config, B, T, o->threads, backend_name());
+    fflush(stdout);
+
+    /* training: the step of train.c, on synthetic batches */
+    double t_fwd = 0, t_bwd = 0, t_opt = 0, t_total = 0, flops = 0;
+    for (int s = 0; s < o->warmup + o->steps; s++) {
+        const int *inp = tok + (size_t)(s % NBATCH) * 2 * N, *tgt = inp + N;
+        double t0 = time_now();
+        model_zero_grad(&m);
+        model_forward(&m, inp, tgt, 1);
+        double t1 = time_now();
+        model_backward(&m);
+        double t2 = time_now();
+        grad_clip(&m, tc.grad_clip);
+        optim_step(&opt, &m, &tc, tc.lr);
+        double t3 = time_now();
+        if (s < o->warmup) continue;
+        t_fwd += t1 - t0;
+        t_bwd += t2 - t1;
+        t_opt += t3 - t2;
+        t_total += t3 - t0;
+        flops += 3.0 * bench_forward_flops(&m);
+    }
+    double train_tps = o->steps > 0 ? (double)N * o->steps / t_total : 0.0;
+    double train_gflops = o->steps > 0 ? flops / t_total / 1e9 : 0.0;
+    if (o->steps > 0) {
+        printf("train: %.2f ms/step, %.0f tok/s, %.1f GFLOP/s (%.2f GFLOP/step), loss %.4f\n",
+               1e3 * t_total / o->steps, train_tps, train_gflops, flops / o->steps / 1e9, m.loss);
+        if (o->profile)
+            printf("train phases: forward %.2f ms, backward %.2f ms, clip+optimizer %.2f ms per step\n",
+                   1e3 * t_fwd / o->steps, 1e3 * t_bwd / o->steps, 1e3 * t_opt / o->steps);
+    }
+
+    /* generation: batch 1, one prompt token, then n_gen greedy tokens through the KV cache */
+    double gen_tps = 0.0;
+    if (o->n_gen > 0) {
+        for (int rep = 0; rep < 2; rep++) {   /* the first pass warms the cache pages and the weights */
+            kv_reset(&kv);
+            double t0 = time_now();
+            model_step_kv(&m, &kv, tok[0]);
+            for (int i = 0; i < o->n_gen; i++) {
+                int next = sample_token(kv.logits, V, 0.0f, 0, 1.0f, &r, scratch);
+                if (i + 1 < o->n_gen) model_step_kv(&m, &kv, next);
+            }
+            double dt = time_now() - t0;
+            gen_tps = o->n_gen / dt;
+        }
+        printf("generate: batch 1, %d new tokens, %.1f tok/s (%.3f ms/token)\n", o->n_gen, gen_tps, 1e3 / gen_tps);
+    }
+    double rss = peak_rss_mb();
+    printf("memory: peak RSS %.1f MB (training and generation)\n", rss);
+
+    /* the machine's sgemm peak, now, through the same gemm() and thread count */
+    double peak = 0.0, head = 0.0;
+    int hM = N, hN = V, hK = cfg.model_type == MODEL_SEED ? cfg.head_hidden : cfg.d_model;
+    if (o->peak) {
+        st = gemm_gflops(2048, 2048, 2048, 5, &peak);
+        if (!st) st = gemm_gflops(hM, hN, hK, 5, &head);
+        if (st) goto done;
+        printf("sgemm: 2048^3 %.1f GFLOP/s; head shape %dx%dx%d %.1f GFLOP/s\n", peak, hM, hN, hK, head);
+        if (o->steps > 0) printf("train: %.1f%% of the sgemm 2048^3 peak\n", 100.0 * train_gflops / peak);
+    }
+    printf("RESULT config=%s threads=%d train_tok_s=%.1f train_ms_step=%.3f train_gflops=%.2f gen_tok_s=%.2f "
+           "sgemm_peak_gflops=%.2f peak_share=%.4f rss_mb=%.1f\n",
+           o->config, o->threads, train_tps, o->steps > 0 ? 1e3 * t_total / o->steps : 0.0, train_gflops, gen_tps, peak,
+           peak > 0 ? train_gflops / peak : 0.0, rss);
+    fflush(stdout);
+done:
+    moelm_free(tok);
+    moelm_free(scratch);
+    if (kv.mem) kv_free(&kv);
+    optim_free(&opt);
+    model_free(&m);
+    return st;
+}

@@ -1,0 +1,41 @@
+/* bench.h: `moelm bench`: training and generation speed of a model config on synthetic tokens.
+ *
+ * What it measures, in one process:
+ *   train     steps of (zero grad, forward with dropout, backward, clip, Adam/AdamW) on random token
+ *             batches of the preset's B x T: ms/step, tokens/s, and GFLOP/s from an analytic count of
+ *             the forward + backward FLOPs (bench_step_flops);
+ *   generate  batch 1, a one-token prompt then n_gen greedy tokens through the KV cache: tokens/s;
+ *   peak      sgemm through gemm() at 2048^3 and at the model's largest GEMM shape: GFLOP/s, so the
+ *             training figure can be given as a share of what this machine's GEMM reaches now;
+ *   memory    the process's peak RSS after training and generation (before the peak GEMM buffers).
+ * What it is not: a convergence test (the tokens are uniform noise).
+ */
+#ifndef MOELM_BENCH_H
+#define MOELM_BENCH_H
+
+#include "model/model.h"
+
+typedef struct {
+    const char *config;         /* preset name or config.json (default "seed-switch") */
+    const char *const *sets;    /* "key=value" model or training overrides, NULL-terminated */
+    int n_sets;
+    int threads;
+    int steps;                  /* timed training steps (default 10) */
+    int warmup;                 /* untimed steps first (default 2) */
+    int batch_size, seq_len;    /* > 0: override the preset */
+    int vocab_size;             /* when the config leaves it 0 (default 10000) */
+    int n_gen;                  /* generated tokens (default 100; 0: skip) */
+    int peak;                   /* measure the sgemm peak (default 1) */
+    int profile;                /* print forward / backward / optimizer times per step */
+    uint64_t seed;
+} BenchOptions;
+
+void bench_options_default(BenchOptions *o);
+moelm_status bench_run(const BenchOptions *o);
+
+/* Forward FLOPs of the last model_forward (2 per multiply-add; matmuls, attention scores and
+ * weighted sums, MoE experts counted over the slots actually kept). A training step is counted as
+ * 3x this (the backward computes two GEMMs per forward GEMM). */
+double bench_forward_flops(const Model *m);
+
+#endif
