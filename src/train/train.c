@@ -14,6 +14,8 @@
 #include "io/fileio.h"
 #include "io/json.h"
 #include "optim/optim.h"
+#include "report/progress.h"
+#include "report/routing.h"
 #include "train/checkpoint.h"
 
 void train_options_default(TrainOptions *o) {
@@ -310,6 +312,9 @@ moelm_status train_run(const TrainOptions *o) {
     if (!(tc.lr > 0) || !isfinite(tc.lr)) return moelm_fail(MOELM_ERR_CONFIG, "lr must be a positive number");
     if (cfg.n_positions < tc.seq_len) cfg.n_positions = tc.seq_len;
 
+    Progress prog;   /* the terminal progress line (stderr, tty only) */
+    progress_begin(&prog, "train", state.step, tc.steps, !o->quiet);
+    progress_note(&prog, "preparing data and tokenizer (%s) ...", tc.tokenizer);
     /* data and tokenizer */
     st = dir_make(run_dir);
     if (!st) st = corpus_load(&r.corpus, strcmp(state.data, "builtin") ? state.data : NULL);
@@ -367,6 +372,7 @@ moelm_status train_run(const TrainOptions *o) {
     }
     if (st) { run_free(&r); return st; }
 
+    progress_clear(&prog);
     if (!o->quiet) {
         printf("data: %s (%zu train tokens, %zu valid tokens, %zu valid words), tokenizer %s, vocab %d\n",
                state.data, r.n[0], r.n[1], r.words[1], tc.tokenizer, V);
@@ -426,6 +432,7 @@ moelm_status train_run(const TrainOptions *o) {
         int last = state.step == tc.steps || state.step == o->stop_at || (budget_s > 0 && now_s() - t_run >= budget_s);
         int do_log = state.step % log_interval == 0 || state.step == 1 || last;
         int do_eval = (eval_interval > 0 && state.step % eval_interval == 0) || last;
+        if (do_log || do_eval) progress_clear(&prog);
         if (do_log) {
             double t = now_s(), dt = t - t_log;
             double tps = dt > 0 ? tokens_since / dt : 0;
@@ -477,6 +484,8 @@ moelm_status train_run(const TrainOptions *o) {
                 print_moe_stats(&ev, stdout);
                 fflush(stdout);
             }
+            if (routing_dump(run_dir, state.step, m, r.tok, r.ids[1], r.n[1], (size_t)o->eval_batches, state.data))
+                fprintf(stderr, "moelm: warning: routing dump not written: %s\n", moelm_last_error());
             t_log = now_s();
         }
         fflush(r.metrics);
@@ -489,8 +498,10 @@ moelm_status train_run(const TrainOptions *o) {
             st = ckpt_save(run_dir, m, &r.opt, &state, r.tok, o->keep);
             if (st) { run_free(&r); return st; }
         }
+        progress_update(&prog, state.step, "loss %.3f", loss);
         if (last) break;
     }
+    progress_end(&prog);
     if (skipped && !o->quiet) printf("skipped %ld non-finite updates\n", skipped);
     run_free(&r);
     return MOELM_OK;
