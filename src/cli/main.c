@@ -1,7 +1,9 @@
 /* main.c: `moelm <subcommand> [flags]`, the dispatcher. The only place (with the subcommands)
  * that prints errors and picks exit codes: 0 success, 1 failure, 2 bad usage. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include "common/util.h"
 #include "moelm.h"
 
 int cmd_train(int argc, char **argv);
@@ -46,6 +48,10 @@ int main(int argc, char **argv) {
         printf("moelm %s\n", MOELM_VERSION);
         return 0;
     }
+    /* Test hook (tests/test_faults.sh): MOELM_FAIL_ALLOC_AFTER=N makes the N-th allocation of the
+     * library fail, to check that every out-of-memory path ends in a one-line error, not a crash. */
+    const char *fa = getenv("MOELM_FAIL_ALLOC_AFTER");
+    if (fa && atol(fa) > 0) moelm_alloc_fail_after(atol(fa));
     const char *cmd = argv[1];
     if (!strcmp(cmd, "train")) return cmd_train(argc - 1, argv + 1);
     if (!strcmp(cmd, "eval")) return cmd_eval(argc - 1, argv + 1);

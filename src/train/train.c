@@ -242,6 +242,38 @@ static moelm_status metrics_truncate(const char *path, long step) {
 
 static double now_s(void) { return time_now(); }
 
+/* "%.6f" of x, or "null" when x is NaN or Inf (JSON has no spelling for them); buf holds 32 bytes. */
+static const char *json_num(char *buf, double x) {
+    if (!isfinite(x)) return "null";
+    snprintf(buf, 32, "%.6f", x);
+    return buf;
+}
+
+/* Test hook (tests/test_faults.sh): MOELM_INJECT_NAN_STEP=N makes the loss of step N (1-based) NaN;
+ * MOELM_INJECT_NAN_STEP=N:grad leaves the loss alone and makes one gradient Inf instead. Either
+ * must be caught by the non-finite check of that same step. Unset (the normal case): never fires. */
+static long inject_nan_step(int *grad_only) {
+    const char *e = getenv("MOELM_INJECT_NAN_STEP");
+    *grad_only = 0;
+    if (!e || !*e) return 0;
+    char *end;
+    long n = strtol(e, &end, 10);
+    if (!strcmp(end, ":grad")) *grad_only = 1;
+    return n > 0 ? n : 0;
+}
+
+static void inject_nan(Model *m, float *loss, int grad_only) {
+    if (!grad_only) {
+        *loss = NAN;
+        return;
+    }
+    for (int i = 0; i < m->n_tensors; i++)
+        if (m->tensors[i].trainable) {
+            m->grads[m->tensors[i].offset] = INFINITY;
+            return;
+        }
+}
+
 moelm_status train_run(const TrainOptions *o) {
     Run r;
     memset(&r, 0, sizeof r);
@@ -392,6 +424,8 @@ moelm_status train_run(const TrainOptions *o) {
     double budget_s = o->time_budget_min * 60.0;
     const MoEActs *acts[64];
     int n_moe = model_moe_layers(m, acts, 64);
+    int nan_grad_only;
+    long nan_step = inject_nan_step(&nan_grad_only);
     while (state.step < tc.steps) {
         long step = state.step;
         double elapsed = now_s() - t_run;
@@ -408,6 +442,7 @@ moelm_status train_run(const TrainOptions *o) {
         model_zero_grad(m);
         float loss = model_forward(m, r.inp, r.tgt, 1);
         model_backward(m);
+        if (step + 1 == nan_step) inject_nan(m, &loss, nan_grad_only);
         float gnorm = grad_clip(m, tc.grad_clip);
         int bad = !isfinite(loss) || !isfinite(gnorm) || !isfinite(m->aux_loss);   /* the global norm is NaN/Inf exactly when a gradient is */
         if (bad) {
@@ -443,9 +478,11 @@ moelm_status train_run(const TrainOptions *o) {
                 printf(" | lr %.2e | grad norm %.3f | %.1f ms | %.0f tok/s\n", lr, gnorm, ms, tps);
                 fflush(stdout);
             }
-            fprintf(r.metrics, "{\"step\": %ld, \"loss\": %.6f, \"aux_loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6f, "
+            char jl[32], ja[32], jg[32];   /* a skipped non-finite step logs null: the line stays JSON */
+            fprintf(r.metrics, "{\"step\": %ld, \"loss\": %s, \"aux_loss\": %s, \"lr\": %.6g, \"grad_norm\": %s, "
                                "\"tokens_per_s\": %.1f, \"time_s\": %.3f, \"tokens\": %.0f",
-                    state.step, loss, m->aux_loss, lr, gnorm, tps, now_s() - t_run, state.tokens_seen);
+                    state.step, json_num(jl, loss), json_num(ja, m->aux_loss), lr, json_num(jg, gnorm), tps,
+                    now_s() - t_run, state.tokens_seen);
             if (!do_eval) fprintf(r.metrics, "}\n");
             t_log = now_s();
             tokens_since = 0;

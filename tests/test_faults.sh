@@ -1,0 +1,127 @@
+#!/bin/sh
+# test_faults.sh: nothing is lost when a training run dies.
+#   1. kill -9 at random moments (startup, steps, checkpoint writes), each followed by --resume until
+#      the run completes: the final weights and the loss curve equal an uninterrupted run bit for bit,
+#      and metrics.jsonl holds exactly one record per step.
+#   2. NaN/Inf in the loss or the gradients (test hook MOELM_INJECT_NAN_STEP, see train.c) is caught in
+#      the step where it appears: by default a one-line error, exit 1, the last checkpoint loadable;
+#      with --skip-nonfinite the update is skipped and counted and the run completes.
+#   3. Allocation failure (test hook MOELM_FAIL_ALLOC_AFTER, see main.c) at many points of a run: a
+#      one-line "out of memory" error and exit 1, never a crash.
+# Ends with "faults: N passed, N failed" and exits non-zero on failure. Bounded: ~30 s on 2 cores.
+# FAULTS_SEED=N picks another sequence of kill moments (default: from the clock; printed).
+BIN=${MOELM_BIN:-./moelm}
+TMP=build/tmp/faults
+rm -rf "$TMP"; mkdir -p "$TMP"
+pass=0; fail=0
+ok()   { pass=$((pass + 1)); echo "ok   $1"; }
+bad()  { fail=$((fail + 1)); echo "FAIL $1"; }
+check() { name=$1; shift; if "$@"; then ok "$name"; else bad "$name"; fi; }
+
+# expect_error NAME PATTERN CMD...: exit code 1, exactly one stderr line, matching PATTERN
+expect_error() {
+    name=$1; pat=$2; shift 2
+    "$@" >"$TMP/out" 2>"$TMP/err"; rc=$?
+    lines=$(wc -l <"$TMP/err")
+    if [ "$rc" = 1 ] && [ "$lines" = 1 ] && grep -q -- "$pat" "$TMP/err"; then ok "$name"
+    else bad "$name (rc=$rc, $lines stderr lines: $(head -c 300 "$TMP/err"))"; fi
+}
+
+STEPS=24
+# checkpoints at every step, so that most kill moments fall into a checkpoint write
+ARGS="--config tiny --steps $STEPS --ckpt-interval 1 --keep 2 --eval-interval 0 --log-interval 1 -t 1 --quiet"
+curve() { grep -o '"step": [0-9]*, "loss": [-0-9.a-z]*\|"val_loss": [-0-9.a-z]*' "$1/metrics.jsonl"; }
+
+# ---- 1. kill -9 and resume ------------------------------------------------------------------------
+t0=$(date +%s%N)
+$BIN train $ARGS --out "$TMP/ref" >/dev/null 2>&1
+check "uninterrupted reference run completes" test -f "$TMP/ref/latest/model.safetensors"
+ref_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+
+seed=${FAULTS_SEED:-$(date +%s)}
+echo "   kill moments from FAULTS_SEED=$seed (reference run ${ref_ms} ms)"
+KILLS=12
+# sleeps uniform in [0.02 s, 1.2 * reference / KILLS): on average 0.6 of a run goes by in KILLS starts;
+# a start that completes on its own is not a kill, and more starts are made (at most 3 * KILLS)
+sleeps=$(awk -v s="$seed" -v n=$((3 * KILLS)) -v r="$ref_ms" 'BEGIN{srand(s); for(i=0;i<n;i++) printf "%.3f ", 0.02 + rand()*1.2*r/1000/12}')
+RUN=$TMP/killed
+kills=0; starts=0; resumed_ok=1
+for s in $sleeps; do
+    [ "$kills" -ge "$KILLS" ] && break
+    if [ -e "$RUN/latest" ]; then $BIN train --resume "$RUN" $ARGS >/dev/null 2>"$TMP/kerr" &
+    else $BIN train $ARGS --out "$RUN" >/dev/null 2>"$TMP/kerr" &
+    fi
+    pid=$!; starts=$((starts + 1))
+    sleep "$s"
+    kill -9 "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null; rc=$?
+    if [ "$rc" = 137 ]; then kills=$((kills + 1))
+    elif [ "$rc" != 0 ]; then resumed_ok=0; echo "   start $starts: rc=$rc: $(head -c 300 "$TMP/kerr")"
+    fi
+done
+# and on to the end, uninterrupted
+if [ -e "$RUN/latest" ]; then $BIN train --resume "$RUN" $ARGS >/dev/null 2>"$TMP/kerr"; rc=$?
+else $BIN train $ARGS --out "$RUN" >/dev/null 2>"$TMP/kerr"; rc=$?
+fi
+[ "$rc" = 0 ] || { resumed_ok=0; echo "   final resume: rc=$rc: $(head -c 300 "$TMP/kerr")"; }
+check "every resume after kill -9 succeeds ($kills kills in $starts starts)" test "$resumed_ok" = 1
+check "at least 10 kills landed ($kills)" test "$kills" -ge 10
+check "killed run: final weights bit-identical" cmp -s "$TMP/ref/latest/model.safetensors" "$RUN/latest/model.safetensors"
+check "killed run: optimizer state bit-identical" cmp -s "$TMP/ref/latest/optimizer.safetensors" "$RUN/latest/optimizer.safetensors"
+check "killed run: identical loss curve" test "$(curve "$TMP/ref")" = "$(curve "$RUN")"
+n=$(grep -c '"step"' "$RUN/metrics.jsonl")
+steps_seq=$(grep -o '^{"step": [0-9]*' "$RUN/metrics.jsonl" | sed 's/.* //' | tr '\n' ' ')
+check "killed run: one metrics record per step ($n of $STEPS)" test "$steps_seq" = "$(seq 1 $STEPS | tr '\n' ' ')"
+check "killed run: info reports step $STEPS" sh -c "$BIN info '$RUN' | grep -q 'step $STEPS'"
+
+# ---- 2. NaN / Inf ---------------------------------------------------------------------------------
+NARGS="--config tiny --steps 10 --ckpt-interval 2 --eval-interval 0 --log-interval 1 -t 1 --quiet"
+MOELM_INJECT_NAN_STEP=5 expect_error "NaN loss stops the run at its step" "non-finite loss at step 5" \
+    $BIN train $NARGS --out "$TMP/nan"
+check "NaN: latest checkpoint is the one before (step 4)" sh -c "$BIN info '$TMP/nan' | grep -q 'step 4'"
+check "NaN: last checkpoint loads and evaluates" sh -c "$BIN eval -m '$TMP/nan' -t 1 >/dev/null 2>&1"
+check "NaN: no metrics record for the bad step" test "$(grep -c '"step": 5,' "$TMP/nan/metrics.jsonl")" = 0
+MOELM_INJECT_NAN_STEP=7:grad expect_error "Inf gradient stops the run at its step" "non-finite gradient at step 7" \
+    $BIN train $NARGS --out "$TMP/inf"
+check "Inf: latest checkpoint is step 6 and loads" sh -c "$BIN info '$TMP/inf' | grep -q 'step 6' && $BIN eval -m '$TMP/inf' -t 1 >/dev/null 2>&1"
+check "Inf: resume after the stop completes" sh -c "$BIN train --resume '$TMP/inf' $NARGS >/dev/null 2>&1 && $BIN info '$TMP/inf' | grep -q 'step 10'"
+MOELM_INJECT_NAN_STEP=5 $BIN train $NARGS --out "$TMP/skip" --skip-nonfinite >"$TMP/out" 2>"$TMP/err"; rc=$?
+check "--skip-nonfinite: the run completes (rc=$rc)" test "$rc" = 0
+check "--skip-nonfinite: the skip is reported" grep -q "step 5: non-finite loss or gradients, update skipped (1 so far)" "$TMP/err"
+check "--skip-nonfinite: reaches the last step" sh -c "$BIN info '$TMP/skip' | grep -q 'step 10'"
+check "--skip-nonfinite: metrics.jsonl stays valid JSON (null for NaN)" sh -c "grep -q '\"step\": 5, \"loss\": null' '$TMP/skip/metrics.jsonl' && ! grep -qi 'nan' '$TMP/skip/metrics.jsonl'"
+MOELM_INJECT_NAN_STEP=3:grad $BIN train $NARGS --out "$TMP/skip2" --skip-nonfinite >/dev/null 2>&1; rc=$?
+check "--skip-nonfinite: an Inf gradient is skipped too (rc=$rc)" test "$rc" = 0
+
+# ---- 3. allocation failure ------------------------------------------------------------------------
+# every allocation up to 40, then every 37th until a run needs no more (a tiny run makes ~1500)
+n=1; crashes=0; oom=0; msgs=0; done_at=0
+while [ "$n" -le 20000 ]; do
+    MOELM_FAIL_ALLOC_AFTER=$n $BIN train --config tiny --steps 2 --ckpt-interval 1 -t 1 --quiet --out "$TMP/oom" \
+        >/dev/null 2>"$TMP/err"; rc=$?
+    if [ "$rc" = 0 ]; then done_at=$n; break; fi
+    oom=$((oom + 1))
+    if [ "$rc" != 1 ]; then crashes=$((crashes + 1)); echo "   alloc $n: rc=$rc: $(head -c 300 "$TMP/err")"
+    elif [ "$(wc -l <"$TMP/err")" != 1 ] || ! grep -q "out of memory" "$TMP/err"; then
+        msgs=$((msgs + 1)); echo "   alloc $n: $(head -c 300 "$TMP/err")"
+    fi
+    if [ "$n" -lt 40 ]; then n=$((n + 1)); else n=$((n + 37)); fi
+done
+check "allocation failures: no crash in $oom failing runs" test "$crashes" = 0
+check "allocation failures: one-line 'out of memory' every time" test "$msgs" = 0
+check "allocation failures: a run past the last allocation ($done_at) succeeds" test "$done_at" -gt 0
+n=1; crashes=0; msgs=0; runs=0
+while [ "$n" -le 3000 ]; do
+    MOELM_FAIL_ALLOC_AFTER=$n $BIN eval -m "$TMP/ref" -t 1 >/dev/null 2>"$TMP/err"; rc=$?
+    [ "$rc" = 0 ] && break
+    runs=$((runs + 1))
+    if [ "$rc" != 1 ]; then crashes=$((crashes + 1)); echo "   eval alloc $n: rc=$rc: $(head -c 300 "$TMP/err")"
+    elif [ "$(wc -l <"$TMP/err")" != 1 ] || ! grep -q "out of memory" "$TMP/err"; then
+        msgs=$((msgs + 1)); echo "   eval alloc $n: $(head -c 300 "$TMP/err")"
+    fi
+    if [ "$n" -lt 30 ]; then n=$((n + 1)); else n=$((n + 23)); fi
+done
+check "eval under allocation failure: no crash, one-line 'out of memory' ($runs runs)" test "$crashes$msgs" = 00
+
+echo "faults: $pass passed, $fail failed"
+[ "$fail" = 0 ]
