@@ -33,7 +33,9 @@ static void usage(FILE *f) {
             "  --ckpt-interval N      checkpoint every N steps (default 0 = at each evaluation and at the end)\n"
             "  --keep N               checkpoints to keep (default 3; 0 = all)\n"
             "  --skip-nonfinite       skip updates whose loss or gradients are NaN/Inf instead of stopping\n"
-            "  --quiet                no per-step lines\n");
+            "  --quiet                no per-step lines\n"
+            "  --expert-parallel N    under mpirun (make MPI=1): spread each MoE layer's experts over N ranks;\n"
+            "                         the ranks split -b evenly (default 1: data parallel only; docs/SCALING.md)\n");
 }
 
 int cmd_train(int argc, char **argv) {
@@ -71,6 +73,7 @@ int cmd_train(int argc, char **argv) {
         else if (arg_match(argc, argv, &i, "--eval-batches", &val)) { if (arg_int("--eval-batches", val, 0, 1000000000L, &v)) return cli_error(2); o.eval_batches = v; }
         else if (arg_match(argc, argv, &i, "--log-interval", &val)) { if (arg_int("--log-interval", val, 1, 1000000000L, &v)) return cli_error(2); o.log_interval = (int)v; }
         else if (arg_match(argc, argv, &i, "--ckpt-interval", &val)) { if (arg_int("--ckpt-interval", val, 0, 1000000000L, &v)) return cli_error(2); o.ckpt_interval = (int)v; }
+        else if (arg_match(argc, argv, &i, "--expert-parallel", &val)) { if (arg_int("--expert-parallel", val, 1, 1 << 20, &v)) return cli_error(2); o.expert_parallel = (int)v; }
         else if (arg_match(argc, argv, &i, "--keep", &val)) { if (arg_int("--keep", val, 0, 1000000, &v)) return cli_error(2); o.keep = (int)v; }
         else {
             moelm_fail(MOELM_ERR_ARG, "train: unknown flag '%s' (see moelm train --help)", argv[i]);

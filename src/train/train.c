@@ -17,6 +17,7 @@
 #include "report/progress.h"
 #include "report/routing.h"
 #include "train/checkpoint.h"
+#include "train/dist.h"
 
 void train_options_default(TrainOptions *o) {
     memset(o, 0, sizeof *o);
@@ -84,10 +85,10 @@ void print_moe_stats(const EvalResult *r, FILE *f) {
 
 moelm_status evaluate(Model *m, const int *ids, size_t n, size_t max_batches, EvalResult *r) {
     memset(r, 0, sizeof *r);
-    int B = m->B, T = m->T;
-    size_t nb = eval_num_batches(n, B, T);
+    int B = m->B, T = m->T, Bg = B * dist_world();   /* over W ranks each takes B of the Bg windows */
+    size_t nb = eval_num_batches(n, Bg, T);
     if (max_batches && nb > max_batches) nb = max_batches;
-    int *inp = moelm_malloc(sizeof(int) * (size_t)B * T), *tgt = moelm_malloc(sizeof(int) * (size_t)B * T);
+    int *inp = moelm_malloc(sizeof(int) * (size_t)Bg * T), *tgt = moelm_malloc(sizeof(int) * (size_t)Bg * T);
     if (!inp || !tgt) {
         moelm_free(inp);
         moelm_free(tgt);
@@ -98,13 +99,15 @@ moelm_status evaluate(Model *m, const int *ids, size_t n, size_t max_batches, Ev
     if (r->n_moe > 64) r->n_moe = 64;
     for (int l = 0; l < r->n_moe; l++) moe_stats_reset(&r->stats[l], m->moe_cfg.E);
     for (size_t b = 0; b < nb; b++) {
-        eval_batch(ids, n, B, T, b, inp, tgt);
+        eval_batch(ids, n, Bg, T, b, inp, tgt);
+        dist_take_rows(inp, tgt, Bg, T);
         model_forward(m, inp, tgt, 0);
         for (int i = 0; i < B * T; i++)
             if (tgt[i] >= 0) r->nll += m->a.losses[i];
         r->tokens += m->n_valid;
         for (int l = 0; l < r->n_moe; l++) moe_stats_add(&r->stats[l], acts[l], &m->moe_cfg);
     }
+    dist_reduce_eval(r);
     moelm_free(inp);
     moelm_free(tgt);
     return MOELM_OK;
@@ -274,7 +277,16 @@ static void inject_nan(Model *m, float *loss, int grad_only) {
         }
 }
 
+static moelm_status train_run_ranks(const TrainOptions *o);
+
+/* Over MPI every rank runs this (see dist.h); without it, one rank. */
 moelm_status train_run(const TrainOptions *o) {
+    moelm_status st = dist_begin(o->expert_parallel);
+    if (!st) st = train_run_ranks(o);
+    return dist_end(st);
+}
+
+static moelm_status train_run_ranks(const TrainOptions *o) {
     Run r;
     memset(&r, 0, sizeof r);
     ModelConfig cfg;
@@ -361,7 +373,9 @@ moelm_status train_run(const TrainOptions *o) {
             st = make_tokenizer(&r.tok, tc.tokenizer, &r.corpus);
         }
     }
+    dist_serial_begin();   /* rank 0 writes the token cache first, the others then read it */
     for (int s = 0; !st && s < 2; s++) st = split_ids(&r.ids[s], &r.n[s], &r.corpus, s, r.tok, run_dir);
+    dist_serial_end();
     if (st) { run_free(&r); return st; }
     r.words[CORPUS_VALID] = text_count_words(r.corpus.text[CORPUS_VALID], r.corpus.len[CORPUS_VALID]);
     int V = tokenizer_vocab_size(r.tok);
@@ -377,7 +391,8 @@ moelm_status train_run(const TrainOptions *o) {
     }
 
     /* model, optimizer, data order */
-    st = model_create(&r.model, &cfg, tc.batch_size, tc.seq_len, state.seed);
+    st = dist_check(&cfg, tc.batch_size);
+    if (!st) st = model_create(&r.model, &cfg, tc.batch_size / dist_world(), tc.seq_len, state.seed);
     r.model_ok = st == MOELM_OK;
     if (!st) st = optim_create(&r.opt, r.model.n_params);
     r.opt_ok = st == MOELM_OK;
@@ -395,7 +410,8 @@ moelm_status train_run(const TrainOptions *o) {
     if (!st && (!r.inp || !r.tgt)) st = MOELM_ERR_NOMEM;
     char mpath[4096];
     snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", run_dir);
-    if (!st) st = metrics_truncate(mpath, state.step);
+    if (!dist_is_root()) snprintf(mpath, sizeof mpath, "/dev/null");   /* rank 0 logs */
+    else if (!st) st = metrics_truncate(mpath, state.step);
     if (!st && !(r.metrics = fopen(mpath, "a"))) st = moelm_fail(MOELM_ERR_IO, "%s: cannot open: %s", mpath, strerror(errno));
     char *tjs = train_config_json(&tc);
     if (tjs) {
@@ -439,9 +455,12 @@ moelm_status train_run(const TrainOptions *o) {
             lr = lr_at(&tc, step, tc.steps);
         }
         dataloader_next(&r.dl, r.inp, r.tgt);
+        dist_take_rows(r.inp, r.tgt, tc.batch_size, tc.seq_len);
         model_zero_grad(m);
-        float loss = model_forward(m, r.inp, r.tgt, 1);
+        model_forward(m, r.inp, r.tgt, 1);
+        float loss = dist_loss(m);
         model_backward(m);
+        dist_reduce_grads(m);
         if (step + 1 == nan_step) inject_nan(m, &loss, nan_grad_only);
         float gnorm = grad_clip(m, tc.grad_clip);
         int bad = !isfinite(loss) || !isfinite(gnorm) || !isfinite(m->aux_loss);   /* the global norm is NaN/Inf exactly when a gradient is */
@@ -532,8 +551,8 @@ moelm_status train_run(const TrainOptions *o) {
             state.data_epoch = r.dl.epoch;
             state.data_pos = r.dl.pos;
             state.rng = m->rng.s;
-            st = ckpt_save(run_dir, m, &r.opt, &state, r.tok, o->keep);
-            if (st) { run_free(&r); return st; }
+            if (dist_is_root()) st = ckpt_save(run_dir, m, &r.opt, &state, r.tok, o->keep);
+            if (dist_any_failed(st)) { run_free(&r); return st ? st : moelm_fail(MOELM_ERR_IO, "rank 0 failed to write a checkpoint"); }
         }
         progress_update(&prog, state.step, "loss %.3f", loss);
         if (last) break;

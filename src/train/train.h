@@ -34,6 +34,7 @@ typedef struct {
     int skip_nonfinite;         /* skip (and count) updates whose loss or gradients are not finite */
     int force;                  /* resume even if the config or data changed */
     int quiet;
+    int expert_parallel;        /* under mpirun: ranks that share one copy of the experts (0 or 1: data parallel only) */
 } TrainOptions;
 
 void train_options_default(TrainOptions *o);

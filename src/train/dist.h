@@ -1,0 +1,57 @@
+/* dist.h: data- and expert-parallel training over the groups of src/backend/comm.h.
+ *
+ * The batch of a step is global: -b B is the whole batch, and with W ranks rank r takes windows
+ * r B/W .. (r+1) B/W - 1 of it (every rank draws the same global batch from the same loader, which is
+ * cheap: token ids). The MoE routing group is the global batch too (src/moe/moe_dist.h). The loss
+ * is the mean cross-entropy over the valid targets of the global batch, so each rank's backward
+ * computes the gradient of that global loss through its own tokens, and the sum over ranks of those
+ * gradients is the one-process gradient: W ranks with B/W windows each = one process with B, up to
+ * the order of float additions.
+ *
+ * Gradients (Model.grads, one arena): the non-expert tensors are summed over COMM_WORLD. The expert
+ * tensors of each MoE layer are summed only over COMM_DP, for this rank's shard of experts (nobody
+ * else in its COMM_EP group computed them), then shared within COMM_EP by an all-gather, so every
+ * rank holds the whole gradient, takes the same optimizer step, and the parameters stay replicated:
+ * rank 0 writes complete checkpoints and a run resumes at any world size that divides the batch.
+ * Only rank 0 prints, logs and writes checkpoints.
+ */
+#ifndef MOELM_TRAIN_DIST_H
+#define MOELM_TRAIN_DIST_H
+
+#include "model/model.h"
+#include "train/train.h"
+
+/* Starts the groups (comm_init(ep)); on ranks other than 0 sends stdout to /dev/null. */
+moelm_status dist_begin(int ep);
+/* Ends the groups. A failure with several ranks prints the error with the rank and aborts the job
+ * (the other ranks would wait in a collective forever); otherwise returns st. */
+moelm_status dist_end(moelm_status st);
+
+int dist_world(void);
+int dist_is_root(void);
+
+/* Checks a run's shape against the world: the batch must split evenly, the experts over COMM_EP. */
+moelm_status dist_check(const ModelConfig *cfg, int batch_size);
+
+/* Moves this rank's windows (B/W of the B windows of T tokens) to the front of inputs and targets. */
+void dist_take_rows(int *inputs, int *targets, int B, int T);
+
+/* After model_forward: the mean cross-entropy over the global batch's valid targets. Sets m->loss
+ * and m->n_valid to the global values, so that model_backward scales by the global count. */
+float dist_loss(Model *m);
+
+/* After model_backward: every rank holds the gradient of the global loss (see above). */
+void dist_reduce_grads(Model *m);
+
+/* After evaluating this rank's share of every batch: sums the counts over ranks. */
+void dist_reduce_eval(EvalResult *r);
+
+/* 1 when any rank's st is a failure (a collective). */
+int dist_any_failed(moelm_status st);
+
+/* Ranks other than 0 wait here until rank 0 calls dist_serial_end (for a step that writes shared
+ * files, such as the token cache). */
+void dist_serial_begin(void);
+void dist_serial_end(void);
+
+#endif
