@@ -21,7 +21,7 @@
 
 void train_options_default(TrainOptions *o) {
     memset(o, 0, sizeof *o);
-    o->config = "demo";
+    o->config = NULL;   /* the "demo" preset, or on resume the checkpoint's */
     o->out = "runs/demo";
     o->seed = 1;
     o->threads = 2;
@@ -245,6 +245,74 @@ static moelm_status metrics_truncate(const char *path, long step) {
 
 static double now_s(void) { return time_now(); }
 
+/* The model and training config of a preset name or a config.json path. */
+static moelm_status config_base(const char *name, ModelConfig *cfg, TrainConfig *tc) {
+    if (path_exists(name) && !path_is_dir(name)) {
+        moelm_status st = config_load(cfg, name);
+        if (!st) config_preset_train(tc, "demo");
+        return st;
+    }
+    moelm_status st = config_preset(cfg, name);
+    return st ? st : config_preset_train(tc, name);
+}
+
+/* Applies the --set overrides: model keys to cfg, the others to tc; *n_train counts the latter. */
+static moelm_status config_apply_sets(const TrainOptions *o, ModelConfig *cfg, TrainConfig *tc, int *n_train) {
+    *n_train = 0;
+    for (int i = 0; i < o->n_sets; i++) {
+        char key[128];
+        const char *eq = strchr(o->sets[i], '=');
+        if (!eq || eq == o->sets[i] || (size_t)(eq - o->sets[i]) >= sizeof key)
+            return moelm_fail(MOELM_ERR_ARG, "--set '%s': expected key=value", o->sets[i]);
+        memcpy(key, o->sets[i], (size_t)(eq - o->sets[i]));
+        key[eq - o->sets[i]] = '\0';
+        moelm_status st = config_set(cfg, key, eq + 1);
+        if (st == MOELM_ERR_CONFIG && strstr(moelm_last_error(), "unknown config key")) {
+            st = train_config_set(tc, key, eq + 1);
+            (*n_train)++;
+        }
+        if (st) return st;
+    }
+    return MOELM_OK;
+}
+
+/* Resume without --force: the model config asked for on the command line (--config, --set) must be
+ * the checkpoint's; otherwise the error names the first key that differs. */
+static moelm_status resume_check_config(const TrainOptions *o, const ModelConfig *have, int seq_len) {
+    ModelConfig want = *have;
+    TrainConfig tc;
+    int n_train = 0;
+    config_preset_train(&tc, "demo");
+    moelm_status st = o->config ? config_base(o->config, &want, &tc) : MOELM_OK;
+    if (!st) st = config_apply_sets(o, &want, &tc, &n_train);
+    if (st) return moelm_fail_context(st, "resume");
+    if (n_train)
+        return moelm_fail(MOELM_ERR_CONFIG, "resume: the training settings come from the checkpoint; "
+                                            "--set of a training key is refused (use --force to override)");
+    /* what a fresh run would have filled in */
+    if (want.vocab_size == 0) want.vocab_size = have->vocab_size;
+    if (want.n_positions < seq_len) want.n_positions = seq_len;
+    char *a = config_to_json(have), *b = config_to_json(&want);
+    if (!a || !b) st = moelm_fail(MOELM_ERR_NOMEM, "out of memory comparing configs");
+    for (const char *x = a, *y = b; !st && *x && *y;) {
+        size_t nx = strcspn(x, "\n"), ny = strcspn(y, "\n");
+        if (nx != ny || memcmp(x, y, nx) != 0) {
+            while (*x == ' ') x++, nx--;
+            while (*y == ' ') y++, ny--;
+            if (nx && x[nx - 1] == ',') nx--;
+            if (ny && y[ny - 1] == ',') ny--;
+            st = moelm_fail(MOELM_ERR_CONFIG, "resume: the checkpoint's model has %.*s, the requested config %.*s "
+                                              "(the model comes from the checkpoint; use --force to continue with it)",
+                            (int)nx, x, (int)ny, y);
+        }
+        x += nx + (x[nx] == '\n');
+        y += ny + (y[ny] == '\n');
+    }
+    moelm_free(a);
+    moelm_free(b);
+    return st;
+}
+
 /* "%.6f" of x, or "null" when x is NaN or Inf (JSON has no spelling for them); buf holds 32 bytes. */
 static const char *json_num(char *buf, double x) {
     if (!isfinite(x)) return "null";
@@ -311,35 +379,25 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
             if (o->data && strcmp(o->data, state.data) != 0)
                 return moelm_fail(MOELM_ERR_CONFIG, "resume: the run trained on '%s', not '%s' (use --force to continue anyway)",
                                   state.data, o->data);
-            if (o->n_sets || o->batch_size || o->seq_len)
-                return moelm_fail(MOELM_ERR_CONFIG, "resume: the model and batch shape come from the checkpoint; "
-                                                    "--set, -b and --seq-len are refused (use --force to override)");
+            if (o->batch_size || o->seq_len)
+                return moelm_fail(MOELM_ERR_CONFIG, "resume: the batch shape comes from the checkpoint; "
+                                                    "-b and --seq-len are refused (use --force to override)");
+            if (o->config || o->n_sets) {
+                st = resume_check_config(o, &cfg, state.seq_len);
+                if (st) return st;
+            }
             if (o->threads != state.threads)
                 fprintf(stderr, "moelm: warning: resuming with %d threads, the run used %d: losses will not be bit-identical\n",
                         o->threads, state.threads);
         }
         if (o->steps > 0) tc.steps = o->steps;
     } else {
-        if (path_exists(o->config) && !path_is_dir(o->config)) {
-            st = config_load(&cfg, o->config);
-            if (!st) config_preset_train(&tc, "demo");
-        } else {
-            st = config_preset(&cfg, o->config);
-            if (!st) st = config_preset_train(&tc, o->config);
-        }
+        int n_train;
+        st = config_base(o->config ? o->config : "demo", &cfg, &tc);
         if (st) return st;
         if (o->tokenizer) snprintf(tc.tokenizer, sizeof tc.tokenizer, "%s", o->tokenizer);
-        for (int i = 0; i < o->n_sets; i++) {
-            char key[128];
-            const char *eq = strchr(o->sets[i], '=');
-            if (!eq || eq == o->sets[i] || (size_t)(eq - o->sets[i]) >= sizeof key)
-                return moelm_fail(MOELM_ERR_ARG, "--set '%s': expected key=value", o->sets[i]);
-            memcpy(key, o->sets[i], (size_t)(eq - o->sets[i]));
-            key[eq - o->sets[i]] = '\0';
-            st = config_set(&cfg, key, eq + 1);
-            if (st == MOELM_ERR_CONFIG && strstr(moelm_last_error(), "unknown config key")) st = train_config_set(&tc, key, eq + 1);
-            if (st) return st;
-        }
+        st = config_apply_sets(o, &cfg, &tc, &n_train);
+        if (st) return st;
         if (o->steps > 0) tc.steps = o->steps;
         if (o->batch_size > 0) tc.batch_size = o->batch_size;
         if (o->seq_len > 0) tc.seq_len = o->seq_len;

@@ -16,7 +16,8 @@
 
 typedef struct {
     const char *data;           /* NULL or "builtin", a directory, or a text file */
-    const char *config;         /* a preset name or a config.json path (default "demo") */
+    const char *config;         /* a preset name or a config.json path (NULL: "demo"; on resume NULL means the
+                                 * checkpoint's, and a config given must match it unless force) */
     const char *out;            /* run directory (created) */
     const char *resume;         /* run directory to continue from its latest checkpoint, or NULL */
     const char *const *sets;    /* "key=value" overrides of model or training keys; NULL-terminated */
