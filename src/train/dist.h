@@ -54,4 +54,7 @@ int dist_any_failed(moelm_status st);
 void dist_serial_begin(void);
 void dist_serial_end(void);
 
+/* Test hook: MOELM_KILL_RANK_AT_STEP=R:S kills rank R during step S (1-based). */
+void dist_fault_point(long step);
+
 #endif

@@ -517,6 +517,7 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
         model_zero_grad(m);
         model_forward(m, r.inp, r.tgt, 1);
         float loss = dist_loss(m);
+        dist_fault_point(step + 1);
         model_backward(m);
         dist_reduce_grads(m);
         if (step + 1 == nan_step) inject_nan(m, &loss, nan_grad_only);
