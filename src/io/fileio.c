@@ -15,9 +15,9 @@
 
 /* ---- fault injection -------------------------------------------------------------------------- */
 
-enum { OP_OPEN, OP_READ, OP_WRITE, OP_SHORT_WRITE, OP_FSYNC, OP_RENAME, OP_COUNT };
-static const char *const g_op_names[OP_COUNT] = { "open", "read", "write", "short_write", "fsync", "rename" };
-static const int g_op_errno[OP_COUNT] = { EACCES, EIO, ENOSPC, 0, EIO, EIO };
+enum { OP_OPEN, OP_READ, OP_WRITE, OP_SHORT_WRITE, OP_FSYNC, OP_RENAME, OP_SYMLINK, OP_COUNT };
+static const char *const g_op_names[OP_COUNT] = { "open", "read", "write", "short_write", "fsync", "rename", "symlink" };
+static const int g_op_errno[OP_COUNT] = { EACCES, EIO, ENOSPC, 0, EIO, EIO, EIO };
 static int g_countdown[OP_COUNT];
 
 void fileio_fail_at(const char *op, int nth) {
@@ -241,6 +241,17 @@ moelm_status file_write_atomic(const char *path, const void *data, size_t n) {
 }
 
 /* ---- directories ------------------------------------------------------------------------------ */
+
+moelm_status file_rename(const char *from, const char *to) {
+    if (h_rename(from, to) != 0) return moelm_fail(MOELM_ERR_IO, "%s: cannot rename to %s: %s", from, to, strerror(errno));
+    return MOELM_OK;
+}
+
+moelm_status file_symlink(const char *target, const char *path) {
+    if (injected(OP_SYMLINK) || symlink(target, path) != 0)
+        return moelm_fail(MOELM_ERR_IO, "%s: cannot create symlink to %s: %s", path, target, strerror(errno));
+    return MOELM_OK;
+}
 
 moelm_status dir_sync(const char *dir) {
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);

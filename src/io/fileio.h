@@ -10,7 +10,7 @@
  * ENOSPC. Operations and the errno they fail with:
  *   "open" EACCES, "read" EIO, "write" ENOSPC, "short_write" (the write stores only part of its
  *   bytes and reports so; not an error, the writer must retry), "fsync" EIO (file and directory
- *   fsyncs both count), "rename" EIO.
+ *   fsyncs both count), "rename" EIO (file_rename too), "symlink" EIO (file_symlink).
  * Counters are process-global and not thread-safe; fileio_fail_reset() turns all of them off.
  */
 #ifndef MOELM_FILEIO_H
@@ -43,6 +43,10 @@ moelm_status fw_open(FileWriter *w, const char *path);
 moelm_status fw_write(FileWriter *w, const void *data, size_t n);
 moelm_status fw_commit(FileWriter *w);
 void fw_abort(FileWriter *w);
+
+/* rename(2) and symlink(2) with injectable failures; the message names both paths. */
+moelm_status file_rename(const char *from, const char *to);
+moelm_status file_symlink(const char *target, const char *path);
 
 moelm_status dir_sync(const char *dir);       /* fsync a directory (its entries become durable) */
 moelm_status dir_make(const char *path);      /* mkdir -p; an existing directory is fine */

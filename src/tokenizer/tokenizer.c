@@ -9,6 +9,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "tokenizer/tok_internal.h"
+#include "io/fileio.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -183,34 +184,9 @@ moelm_status tok_read_file(const char *path, uint8_t **data, size_t *n) {
     return MOELM_OK;
 }
 
+/* The fileio protocol (tmp, fsync, rename, directory fsync), so that tests can inject failures. */
 moelm_status tok_write_atomic(const char *path, const void *data, size_t n) {
-    size_t pl = strlen(path);
-    char *tmp = moelm_malloc(pl + 5);
-    if (!tmp) return MOELM_ERR_NOMEM;
-    memcpy(tmp, path, pl);
-    memcpy(tmp + pl, ".tmp", 5);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) { moelm_status st = moelm_fail(MOELM_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno)); moelm_free(tmp); return st; }
-    int ok = fwrite(data, 1, n, f) == n && fflush(f) == 0 && fsync(fileno(f)) == 0;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(tmp, path) != 0) {
-        moelm_status st = moelm_fail(MOELM_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
-        remove(tmp);
-        moelm_free(tmp);
-        return st;
-    }
-    moelm_free(tmp);
-    /* fsync the directory so the rename itself is durable */
-    char *dir = moelm_strdup(path);
-    if (dir) {
-        char *slash = strrchr(dir, '/');
-        const char *d = ".";
-        if (slash) { if (slash == dir) slash[1] = 0; else *slash = 0; d = dir; }
-        int fd = open(d, O_RDONLY);
-        if (fd >= 0) { fsync(fd); close(fd); }
-        moelm_free(dir);
-    }
-    return MOELM_OK;
+    return file_write_atomic(path, data, n);
 }
 
 /* ---- word ------------------------------------------------------------------------------------- */

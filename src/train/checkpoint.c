@@ -133,21 +133,23 @@ moelm_status ckpt_save(const char *run_dir, const Model *m, const Optimizer *o, 
     if (!st) {
         /* a checkpoint of the same step from an earlier, interrupted run is replaced whole */
         if (path_exists(final)) st = dir_remove_tree(final);
-        if (!st && rename(tmp, final) != 0)
-            st = moelm_fail(MOELM_ERR_IO, "%s: cannot rename checkpoint into place: %s", final, strerror(errno));
+        if (!st) st = file_rename(tmp, final);
     }
     if (!st) st = dir_sync(run_dir);
+    int moved = 0;   /* latest points at the new checkpoint */
     if (!st) {
         char link_tmp[4096], link[4096];
         snprintf(link_tmp, sizeof link_tmp, "%s/.latest.tmp", run_dir);
         snprintf(link, sizeof link, "%s/latest", run_dir);
         unlink(link_tmp);
-        if (symlink(name, link_tmp) != 0)
-            st = moelm_fail(MOELM_ERR_IO, "%s: cannot create symlink: %s", link_tmp, strerror(errno));
-        else if (rename(link_tmp, link) != 0)
-            st = moelm_fail(MOELM_ERR_IO, "%s: cannot update: %s", link, strerror(errno));
+        st = file_symlink(name, link_tmp);
+        if (!st) st = file_rename(link_tmp, link);
+        if (st) unlink(link_tmp);
+        moved = !st;
         if (!st) st = dir_sync(run_dir);
     }
+    if (st && moved)
+        return moelm_fail_context(st, "checkpoint at step %ld written and made latest, but not known to be durable", s->step);
     if (st) {
         dir_remove_tree(tmp);
         return moelm_fail_context(st, "checkpoint at step %ld not written (the previous one is intact)", s->step);
