@@ -1,0 +1,113 @@
+#!/bin/sh
+# test_mpi.sh: MPI-sharded training against one process (STYLE, tier 2: backend against backend).
+#
+# Builds `make MPI=1` and trains the tiny preset (one MoE layer, 4 experts, switch routing with
+# capacity dropping, -t 1 per rank) for 20 steps: one process of the plain build is the oracle; 1, 2
+# and 4 ranks of data parallelism, expert parallelism over 2 and 4 ranks, and DP x EP = 2 x 2 must
+# give the same loss curve, the same validation loss, the same routing counts (kept load per expert
+# and dropped fraction at each evaluation) and the same final checkpoint. Then a rank is killed in the
+# middle of a step: the last checkpoint must be intact, and resuming from it at the same world size
+# must finish the run with the uninterrupted run's losses.
+#
+# Tolerances. Losses: 1e-5 (absolute, on losses near 6). The runs are not bit-identical because W
+# ranks add the gradient in a different order from one process (each rank sums its rows, then the
+# all-reduce adds the W partial sums), so the gradients differ in the last bits; 20 Adam steps keep
+# the losses equal to ~1e-6. Checkpoint parameters: 1e-4 absolute, because Adam divides by sqrt(v):
+# a coordinate whose gradient is ~1e-8 (a rare token's embedding) moves by up to lr = 3e-3 per step
+# whatever the gradient's size, so last-bit differences there show as ~1e-5 (measured 1e-5 max).
+# Routing counts: exact (they are integers: a last-bit difference in a router logit could flip a
+# choice, but does not in these runs; a flip would show up as a loss difference as well).
+#
+# Skips (neither passes nor fails) when mpirun or mpicc is not installed.
+cd "$(dirname "$0")/.." || exit 1
+passed=0; failed=0
+ok() { echo "ok   $1"; passed=$((passed + 1)); }
+bad() { echo "FAIL $1"; failed=$((failed + 1)); }
+finish() { rm -rf "$tmp"; echo "mpi: $passed passed, $failed failed"; [ "$failed" = 0 ]; exit $?; }
+
+if ! command -v mpirun >/dev/null 2>&1 || ! command -v mpicc >/dev/null 2>&1; then
+    echo "SKIP mpi: mpirun/mpicc not installed (apt-get install openmpi-bin libopenmpi-dev)"
+    echo "mpi: 0 passed, 0 failed"
+    exit 0
+fi
+tmp=$(mktemp -d)
+if ! make -s -j8 MPI=1 >"$tmp/build.log" 2>&1; then
+    cat "$tmp/build.log"; bad build_mpi; finish
+fi
+ok build_mpi
+MPI_BIN=build-mpi/moelm
+REF_BIN=${MOELM_BIN:-./moelm}
+[ -x "$REF_BIN" ] || { make -s -j8 >/dev/null 2>&1; REF_BIN=./moelm; }
+
+# OpenMPI refuses root without --allow-run-as-root and more ranks than cores without --oversubscribe;
+# MPICH knows neither flag. Shared-memory single-copy (CMA) fails in containers: turn it off.
+MPIRUN="mpirun"
+if mpirun --version 2>&1 | grep -q "Open MPI"; then
+    MPIRUN="mpirun --oversubscribe"
+    [ "$(id -u)" = 0 ] && MPIRUN="$MPIRUN --allow-run-as-root"
+    export OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1
+    export OMPI_MCA_btl="self,vader,tcp" OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo
+fi
+
+ARGS="train --config tiny -t 1 --steps 20 --log-interval 1 --eval-interval 10 --eval-batches 4 --quiet"
+
+# $1 run dir; the losses of every step, then the val losses, one per line
+losses() { grep -o '"loss": [-0-9.e]*' "$1/metrics.jsonl" | cut -d' ' -f2; grep -o '"val_loss": [-0-9.e]*' "$1/metrics.jsonl" | cut -d' ' -f2; }
+routing() { grep -o '"dropped": [0-9.]*\|"load": \[[^]]*\]' "$1/metrics.jsonl"; }
+# parameters of a safetensors file as one float a line (data starts after the 8-byte header length and the header)
+st_floats() { h=$(od -An -t u8 -N 8 "$1" | tr -d ' '); od -An -v -f -j $((8 + h)) "$1" | tr -s ' ' '\n' | grep -v '^$'; }
+# $1 $2 files of numbers, $3 tolerance: prints the max |diff|, fails on a count mismatch or a larger diff
+maxdiff() {
+    [ "$(wc -l <"$1")" = "$(wc -l <"$2")" ] && [ -s "$1" ] || { echo "count mismatch"; return 1; }
+    paste "$1" "$2" | awk -v tol="$3" '{ d = $1 - $2; if (d < 0) d = -d; if (d > m) m = d } END { printf "%.3g\n", m; exit !(m <= tol) }'
+}
+
+# $1 name, $2 reference run dir, $3 run dir
+compare() {
+    losses "$2" >"$tmp/a"; losses "$3" >"$tmp/b"
+    if d=$(maxdiff "$tmp/a" "$tmp/b" 1e-5); then ok "$1: loss curve (max diff $d)"; else bad "$1: loss curve (max diff $d)"; fi
+    if [ -n "$(routing "$2")" ] && [ "$(routing "$2")" = "$(routing "$3")" ]; then ok "$1: routing counts"; else bad "$1: routing counts"; fi
+    st_floats "$2/latest/model.safetensors" >"$tmp/a"; st_floats "$3/latest/model.safetensors" >"$tmp/b"
+    if d=$(maxdiff "$tmp/a" "$tmp/b" 1e-4); then ok "$1: checkpoint (max diff $d)"; else bad "$1: checkpoint (max diff $d)"; fi
+}
+
+# $1 name, $2 ranks, $3 extra flags; run dir $tmp/$1
+mpi_train() {
+    if $MPIRUN -np "$2" $MPI_BIN $ARGS $3 --out "$tmp/$1" >"$tmp/$1.log" 2>&1; then return 0; fi
+    cat "$tmp/$1.log"; return 1
+}
+
+for router in switch topk; do
+    set --   # extra model flags
+    [ "$router" = topk ] && set -- --set router_type=topk --set num_experts_per_tok=2
+    ref="$tmp/ref-$router"
+    if ! $REF_BIN $ARGS "$@" --out "$ref" >"$ref.log" 2>&1; then cat "$ref.log"; bad "$router: one process"; continue; fi
+    for spec in "dp1 1 1" "dp2 2 1" "dp4 4 1" "ep2 2 2" "ep4 4 4" "dp2xep2 4 2"; do
+        set -- $spec "$@"
+        name="$router-$1"; np=$2; ep=$3; shift 3
+        if mpi_train "$name" "$np" "--expert-parallel $ep $*"; then compare "$name" "$ref" "$tmp/$name"; else bad "$name: run"; fi
+    done
+done
+
+# A rank killed in the middle of step 13 (checkpoints every 5 steps): the job stops, checkpoint 10 is
+# intact and complete, and resuming from it on 2 ranks reproduces the uninterrupted 2-rank run.
+full="$tmp/switch-dp2"
+kill_dir="$tmp/killed"
+if MOELM_KILL_RANK_AT_STEP=1:13 $MPIRUN -np 2 $MPI_BIN $ARGS --ckpt-interval 5 --out "$kill_dir" >"$tmp/killed.log" 2>&1; then
+    bad "killed rank: the job reported success"
+else
+    ok "killed rank: the job stops"
+fi
+if [ "$(readlink "$kill_dir/latest")" = "ckpt-00000010" ] && $REF_BIN info "$kill_dir/latest" >/dev/null 2>&1; then   # info verifies CHECKSUMS
+    ok "killed rank: the last checkpoint is intact"
+else
+    ls -la "$kill_dir" "$kill_dir/latest/" 2>&1 | head -20; bad "killed rank: the last checkpoint is intact"
+fi
+if $MPIRUN -np 2 $MPI_BIN train --resume "$kill_dir" -t 1 --log-interval 1 --eval-interval 10 --eval-batches 4 --ckpt-interval 5 --quiet \
+        >"$tmp/resume.log" 2>&1; then
+    losses "$full" >"$tmp/a"; losses "$kill_dir" >"$tmp/b"
+    if d=$(maxdiff "$tmp/a" "$tmp/b" 1e-5); then ok "killed rank: resume on 2 ranks (max diff $d)"; else bad "killed rank: resume on 2 ranks (max diff $d)"; fi
+else
+    cat "$tmp/resume.log"; bad "killed rank: resume on 2 ranks"
+fi
+finish
