@@ -756,6 +756,8 @@ TEST(tokens_corrupt_files) {
     int good[8] = {0, 1, 2, 3, 4, 5, 6, 99};
     int badid[8] = {0, 1, 2, 3, 100, 5, 6, 7};
     int negid[8] = {0, 1, 2, 3, 4, -5, 6, 7};
+    int edgeid[8] = {100, 1, 2, 3, 4, 5, 6, 7};
+    int minid[8] = {0, 1, 2, 3, 4, 5, 6, INT32_MIN};
     const struct { const char *what; const char *magic; uint32_t version, vocab; uint64_t hash, count; const int *ids;
                    size_t nids; int crc_delta; long trunc; moelm_status st; const char *msg; } cases[] = {
         {"sanity", "MOELMTOK", 1, 100, HASH, 8, good, 8, 0, 0, MOELM_OK, ""},
@@ -773,6 +775,15 @@ TEST(tokens_corrupt_files) {
         {"crc", "MOELMTOK", 1, 100, HASH, 8, good, 8, 1, 0, MOELM_ERR_FORMAT, "checksum"},
         {"id out of range", "MOELMTOK", 1, 100, HASH, 8, badid, 8, 0, 0, MOELM_ERR_DATA, "token id 100 at position 4 out of range [0, 100)"},
         {"negative id", "MOELMTOK", 1, 100, HASH, 8, negid, 8, 0, 0, MOELM_ERR_DATA, "token id -5 at position 5"},
+        {"id == V", "MOELMTOK", 1, 100, HASH, 8, edgeid, 8, 0, 0, MOELM_ERR_DATA, "token id 100 at position 0"},
+        {"id INT_MIN", "MOELMTOK", 1, 100, HASH, 8, minid, 8, 0, 0, MOELM_ERR_DATA, "token id -2147483648 at position 7"},
+        {"version 0", "MOELMTOK", 0, 100, HASH, 8, good, 8, 0, 0, MOELM_ERR_FORMAT, "version 0"},
+        {"vocab 0", "MOELMTOK", 1, 0, HASH, 8, good, 8, 0, 0, MOELM_ERR_DATA, "vocab size 0"},
+        {"vocab 2^32-1", "MOELMTOK", 1, UINT32_MAX, HASH, 8, good, 8, 0, 0, MOELM_ERR_DATA, "vocab size"},
+        {"zero magic", "\0\0\0\0\0\0\0\0", 1, 100, HASH, 8, good, 8, 0, 0, MOELM_ERR_FORMAT, ""},
+        {"count 0, ids follow", "MOELMTOK", 1, 100, HASH, 0, good, 8, 0, 0, MOELM_ERR_FORMAT, "header says 0 tokens"},
+        {"count odd bytes", "MOELMTOK", 1, 100, HASH, 8, good, 8, 0, 1, MOELM_ERR_FORMAT, ""},
+        {"crc high bit", "MOELMTOK", 1, 100, HASH, 8, good, 8, INT32_MIN, 0, MOELM_ERR_FORMAT, "checksum"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         size_t n = craft(buf, cases[i].magic, cases[i].version, cases[i].vocab, cases[i].hash, cases[i].count,
