@@ -31,7 +31,8 @@ void svg_scale_fit(SvgScale *s, const double *v, int n, int log) {
     } else {
         if (hi - lo <= 1e-12 * (fabs(lo) + fabs(hi)) || hi == lo) {
             double d = lo != 0 ? fabs(lo) * 0.1 : 1;
-            lo -= d; hi += d;
+            lo = lo >= 0 && lo - d < 0 ? 0 : lo - d;   /* a constant count of 0 shows as [0, 1], not [-1, 1] */
+            hi += d;
         } else {
             double pad = (hi - lo) * 0.03;
             /* a non-negative quantity keeps 0 as its floor rather than a padded negative one */
@@ -124,6 +125,15 @@ static void fmt_num(char *buf, size_t cap, double v) {
     else snprintf(buf, cap, "%.4g", v);
 }
 
+/* A tick label of a linear axis with tick spacing step: as many decimals as the step needs, so
+ * that neighbouring ticks never print the same (1.3862, 1.3864 rather than 1.386, 1.386). */
+static void fmt_tick(char *buf, size_t cap, double v, double step) {
+    if (fabs(v) >= 1e4 || !(step > 0)) { fmt_num(buf, cap, v); return; }
+    int dec = (int)ceil(-log10(step) - 1e-9);
+    dec = dec < 0 ? 0 : dec > 9 ? 9 : dec;
+    snprintf(buf, cap, "%.*f", dec, v);
+}
+
 static void text_el(StrBuf *sb, double x, double y, const char *anchor, const char *cls, const char *s) {
     sb_printf(sb, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"%s\" class=\"%s\">", x, y, anchor, cls);
     svg_escape(sb, s);
@@ -146,7 +156,7 @@ static void open_svg(StrBuf *sb, const char *id, const char *cls, int w, int h) 
 enum { ML = 58, MR = 14, MT = 24, MB = 38 };
 
 int svg_line_chart(StrBuf *sb, const SvgChart *c, const SvgSeries *s, int ns) {
-    int W = c->width > 0 ? c->width : 460, H0 = c->height > 0 ? c->height : 280;
+    int W = c->width > 0 ? c->width : 440, H0 = c->height > 0 ? c->height : 270;
     /* legend: entries laid out left to right in rows below the x label */
     int legend_rows = 0, lx = ML;
     for (int i = 0; i < ns; i++) {
@@ -198,14 +208,15 @@ int svg_line_chart(StrBuf *sb, const SvgChart *c, const SvgSeries *s, int ns) {
     for (int i = 0; i < nt; i++) {
         double p = svg_scale_map(&xs, ticks[i]);
         sb_printf(sb, "<line class=\"grid\" x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>", p, py0, p, py1);
-        fmt_num(num, sizeof num, ticks[i]);
+        fmt_tick(num, sizeof num, ticks[i], nt > 1 ? ticks[1] - ticks[0] : 0);
         text_el(sb, p, py0 + 13, "middle", "tick", num);
     }
     nt = svg_ticks(&ys, ticks, c->logy ? 12 : 6);
     for (int i = 0; i < nt; i++) {
         double p = svg_scale_map(&ys, ticks[i]);
         sb_printf(sb, "<line class=\"grid\" x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>", px0, p, px1, p);
-        fmt_num(num, sizeof num, ticks[i]);
+        if (c->logy) fmt_num(num, sizeof num, ticks[i]);
+        else fmt_tick(num, sizeof num, ticks[i], nt > 1 ? ticks[1] - ticks[0] : 0);
         text_el(sb, px0 - 4, p + 3.5, "end", "tick", num);
     }
     sb_printf(sb, "</g><g class=\"data\">");
@@ -229,7 +240,9 @@ int svg_line_chart(StrBuf *sb, const SvgChart *c, const SvgSeries *s, int ns) {
             svg_escape(sb, s[i].name ? s[i].name : "");
             sb_printf(sb, "</title></path>");
         }
-        if (!s[i].markers) continue;
+        int nfin = 0;
+        for (int j = 0; j < s[i].n; j++) nfin += isfinite(s[i].x[j]) && usable(s[i].y[j], c->logy);
+        if (!s[i].markers && nfin != 1) continue;   /* a lone point gets a marker: its path has no extent */
         for (int j = 0; j < s[i].n; j++) {
             double x = s[i].x[j], y = s[i].y[j];
             if (!isfinite(x) || !usable(y, c->logy)) continue;

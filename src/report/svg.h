@@ -5,7 +5,8 @@
  *   line chart  one <path class="series"> per series with at least one finite point, whose "d" holds
  *               exactly one coordinate pair (an M or L command) per finite point; a NaN or infinite
  *               x or y (or y <= 0 on a log axis) breaks the line (the next point starts with M).
- *               Series with markers also get one <circle> per finite point, with a <title> tooltip.
+ *               Series with markers, and any series with exactly one finite point, also get one
+ *               <circle> per finite point, with a <title> tooltip.
  *   heatmap     one <rect> per cell, rows x cols, in row-major order, each with a <title>; a NaN cell
  *               is grey with class "nan".
  * A chart with no finite data writes its frame, the text "no data" and class "plot empty", and
@@ -52,7 +53,7 @@ typedef struct {
     const char *id;       /* element id (NULL: none) */
     const char *title;    /* above the chart */
     const char *xlabel, *ylabel;
-    int width, height;    /* pixels (0: 460 x 280) */
+    int width, height;    /* pixels (0: 440 x 270; the legend adds rows below) */
     int logy;             /* log10 y axis */
 } SvgChart;
 

@@ -1,0 +1,50 @@
+/* cmd_report.c: `moelm report RUN_DIR [RUN_DIR...] [-o report.html]`. */
+#include <stdio.h>
+#include <string.h>
+#include "args.h"
+#include "common/util.h"
+#include "report/report.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: moelm report RUN_DIR [RUN_DIR...] [-o FILE]\n\n"
+            "Writes one self-contained HTML page (inline SVG, no network) about the runs: loss and perplexity\n"
+            "against step and wall-clock, learning rate, tokens/s, auxiliary and z losses, expert load over\n"
+            "training, dropped tokens, router entropy and confidence, dead experts, validation text coloured\n"
+            "by expert, domain x expert shares (built-in corpus) and each expert's most frequent tokens.\n"
+            "Several runs are overlaid, one colour per run.\n\n"
+            "  -o, --output FILE   the HTML file (default: RUN_DIR/report.html for one run, report.html for several)\n");
+}
+
+int cmd_report(int argc, char **argv) {
+    const char *out = NULL;
+    const char *runs[64];
+    int n = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *val = NULL;
+        if (arg_flag(argv, i, "-h|--help")) { usage(stdout); return 0; }
+        else if (arg_match(argc, argv, &i, "-o|--output", &val)) { if (!val) return cli_error(2); out = val; }
+        else if (argv[i][0] == '-' && argv[i][1]) {
+            moelm_fail(MOELM_ERR_ARG, "report: unknown flag '%s' (see moelm report --help)", argv[i]);
+            return cli_error(2);
+        } else {
+            if (n >= 64) { moelm_fail(MOELM_ERR_ARG, "report: at most 64 run directories"); return cli_error(2); }
+            runs[n++] = argv[i];
+        }
+    }
+    if (!n) { moelm_fail(MOELM_ERR_ARG, "report: give at least one run directory (moelm report RUN_DIR [-o FILE])"); return cli_error(2); }
+    char def[4096];
+    if (!out) {
+        if (n == 1) {
+            if (strlen(runs[0]) > 4000) { moelm_fail(MOELM_ERR_ARG, "report: run path too long"); return cli_error(2); }
+            snprintf(def, sizeof def, "%s/report.html", runs[0]);
+        } else {
+            snprintf(def, sizeof def, "report.html");
+        }
+        out = def;
+    }
+    size_t bytes = 0;
+    if (report_write(runs, n, out, &bytes)) return cli_error(1);
+    printf("wrote %s (%.0f KB)\n", out, bytes / 1024.0);
+    return 0;
+}

@@ -1,0 +1,323 @@
+/* test_report.c: the report's SVG writers, routing choice, progress formatting and the HTML page.
+ *
+ * Checked: scales map data to pixels exactly (linear and log), ranges and ticks are sane; a line
+ * chart has one coordinate per finite point (NaN breaks the line), markers when asked and for a
+ * lone point; a heatmap has rows x cols cells, NaN cells marked; empty or all-NaN data gives an
+ * "empty" plot and no marks; every label is escaped (&, <, >, quotes); the expert of a token is
+ * its kept slot with the largest gate; ETA formatting; and report_build on a synthetic run (torn
+ * metrics line, JSON nulls, routing dump with hostile pieces) writes the expected plots and token
+ * spans, overlays two runs, and fails with a clear error for a directory without metrics.
+ * Pixel tolerances are 0.05 px: coordinates are written with one decimal.
+ */
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include "test.h"
+#include "io/fileio.h"
+#include "report/progress.h"
+#include "report/report.h"
+#include "report/routing.h"
+#include "report/svg.h"
+
+static int count(const char *hay, const char *needle) {
+    int n = 0;
+    size_t l = strlen(needle);
+    for (const char *p = hay; (p = strstr(p, needle)); p += l) n++;
+    return n;
+}
+
+/* Occurrences of needle between the first `from` and the next `to` after it. */
+static int count_between(const char *hay, const char *from, const char *to, const char *needle) {
+    const char *a = strstr(hay, from);
+    if (!a) return -1;
+    const char *b = strstr(a, to);
+    if (!b) return -1;
+    int n = 0;
+    size_t l = strlen(needle);
+    for (const char *p = a; (p = strstr(p, needle)) && p < b; p += l) n++;
+    return n;
+}
+
+TEST(scale_linear_and_log) {
+    SvgScale s = {.lo = 0, .hi = 10, .p0 = 50, .p1 = 150, .log = 0};
+    EXPECT_NEAR(svg_scale_map(&s, 0), 50, 1e-12);
+    EXPECT_NEAR(svg_scale_map(&s, 5), 100, 1e-12);
+    EXPECT_NEAR(svg_scale_map(&s, 10), 150, 1e-12);
+    SvgScale y = {.lo = 0, .hi = 4, .p0 = 200, .p1 = 0};   /* y axes grow upwards */
+    EXPECT_NEAR(svg_scale_map(&y, 1), 150, 1e-12);
+    SvgScale g = {.lo = 1, .hi = 1000, .p0 = 0, .p1 = 300, .log = 1};
+    EXPECT_NEAR(svg_scale_map(&g, 10), 100, 1e-9);
+    EXPECT_NEAR(svg_scale_map(&g, 100), 200, 1e-9);
+}
+
+TEST(scale_fit) {
+    SvgScale s;
+    double v[4] = {2, NAN, 4, INFINITY};
+    svg_scale_fit(&s, v, 4, 0);
+    EXPECT(s.lo <= 2 && s.hi >= 4 && s.lo >= 0 && s.hi < 4.5);
+    double z[3] = {0, 0, 0};
+    svg_scale_fit(&s, z, 3, 0);
+    EXPECT(s.lo == 0 && s.hi == 1);   /* a constant zero count: [0, 1], not [-1, 1] */
+    double neg[2] = {-3, -1};
+    svg_scale_fit(&s, neg, 2, 0);
+    EXPECT(s.lo < -3 && s.hi > -1);
+    double lg[4] = {-1, 0, 10, 1000};   /* log: non-positive values are ignored */
+    svg_scale_fit(&s, lg, 4, 1);
+    EXPECT(s.log && s.lo > 0 && s.lo <= 10 && s.hi >= 1000);
+    svg_scale_fit(&s, NULL, 0, 0);
+    EXPECT(s.lo < s.hi);
+}
+
+TEST(ticks) {
+    SvgScale s = {.lo = 0, .hi = 1, .p0 = 0, .p1 = 1};
+    double t[32];
+    int n = svg_ticks(&s, t, 8);
+    EXPECT(n == 6);
+    for (int i = 0; i < n; i++) EXPECT_NEAR(t[i], 0.2 * i, 1e-12);
+    SvgScale g = {.lo = 1, .hi = 1000, .p0 = 0, .p1 = 1, .log = 1};
+    n = svg_ticks(&g, t, 12);
+    int decades = 0;
+    for (int i = 0; i < n; i++) {
+        EXPECT(t[i] >= 1 && t[i] <= 1000);
+        if (i) EXPECT(t[i] > t[i - 1]);
+        decades += t[i] == 1 || t[i] == 10 || t[i] == 100 || t[i] == 1000;
+    }
+    EXPECT(decades == 4);
+    SvgScale narrow = {.lo = 1.38620, .hi = 1.38630, .p0 = 0, .p1 = 1};
+    n = svg_ticks(&narrow, t, 6);
+    EXPECT(n >= 2);
+    for (int i = 1; i < n; i++) EXPECT(t[i] > t[i - 1]);
+}
+
+TEST(escape) {
+    StrBuf sb = {0};
+    svg_escape(&sb, "<a href='x'>\"&\" \xc3\xa9");
+    EXPECT(sb.buf && !strcmp(sb.buf, "&lt;a href=&#39;x&#39;&gt;&quot;&amp;&quot; \xc3\xa9"));
+    sb_free(&sb);
+    StrBuf e = {0};
+    svg_escape(&e, "");
+    svg_escape(&e, NULL);
+    EXPECT(e.len == 0);
+    sb_free(&e);
+}
+
+TEST(line_chart_points) {
+    double x[5] = {0, 1, 2, 3, 4}, y[5] = {1, 2, 3, 2, 1};
+    SvgSeries s = {.x = x, .y = y, .n = 5, .name = "train"};
+    SvgChart c = {.id = "c1", .title = "loss <vs> step & \"more\"", .xlabel = "step", .ylabel = "loss"};
+    StrBuf sb = {0};
+    int pts = svg_line_chart(&sb, &c, &s, 1);
+    EXPECT(pts == 5);
+    EXPECT(count(sb.buf, "<path class=\"series\"") == 1);
+    /* the d attribute: "M x y L x y L ..." with one pair per point */
+    const char *d = strstr(sb.buf, " d=\"");
+    EXPECT(d != NULL);
+    if (d) {
+        const char *end = strchr(d + 4, '"');
+        int m = 0, l = 0;
+        for (const char *p = d + 4; p < end; p++) { m += *p == 'M'; l += *p == 'L'; }
+        EXPECT(m == 1 && l == 4);
+        /* the first point: x = 0 at the left edge of the plot area (58 px), the largest y at the top
+         * padded by 3% of the range */
+        double px, py;
+        EXPECT(sscanf(d + 4, "M%lf %lf", &px, &py) == 2);
+        EXPECT_NEAR(px, 58, 0.05);
+    }
+    EXPECT(count(sb.buf, "<circle") == 0);
+    EXPECT(strstr(sb.buf, "loss &lt;vs&gt; step &amp; &quot;more&quot;") != NULL);
+    EXPECT(strstr(sb.buf, "<vs>") == NULL);
+    EXPECT(strstr(sb.buf, "class=\"plot\"") != NULL);
+    sb_free(&sb);
+}
+
+TEST(line_chart_gaps_markers_log) {
+    double x[6] = {0, 1, 2, 3, 4, 5}, y[6] = {10, 100, NAN, 1000, -1, 10};
+    SvgSeries s[2] = {{.x = x, .y = y, .n = 6, .name = "val", .markers = 1, .dashed = 1},
+                      {.x = x, .y = y, .n = 2, .name = NULL}};
+    SvgChart c = {.title = "ppl", .logy = 1};
+    StrBuf sb = {0};
+    int pts = svg_line_chart(&sb, &c, s, 2);
+    EXPECT(pts == 4 + 2);   /* NaN and the non-positive value are not plotted on a log axis */
+    EXPECT(count(sb.buf, "<circle") == 4);
+    EXPECT(count(sb.buf, "stroke-dasharray") >= 1);
+    const char *d = strstr(sb.buf, " d=\"");
+    if (d) {
+        const char *end = strchr(d + 4, '"');
+        int m = 0, l = 0;
+        for (const char *p = d + 4; p < end; p++) { m += *p == 'M'; l += *p == 'L'; }
+        EXPECT(m == 3 && l == 1);   /* [10, 100] L, gap, [1000] M, gap, [10] M */
+    }
+    sb_free(&sb);
+    /* a single point gets a marker even without markers */
+    double x1 = 3, y1 = 4;
+    SvgSeries one = {.x = &x1, .y = &y1, .n = 1, .name = "one"};
+    StrBuf sb1 = {0};
+    EXPECT(svg_line_chart(&sb1, &(SvgChart){0}, &one, 1) == 1);
+    EXPECT(count(sb1.buf, "<circle") == 1);
+    sb_free(&sb1);
+}
+
+TEST(line_chart_empty) {
+    double x[3] = {0, 1, 2}, y[3] = {NAN, NAN, INFINITY};
+    SvgSeries s = {.x = x, .y = y, .n = 3, .name = "nothing"};
+    StrBuf sb = {0};
+    EXPECT(svg_line_chart(&sb, &(SvgChart){.title = "t"}, &s, 1) == 0);
+    EXPECT(strstr(sb.buf, "plot empty") != NULL && strstr(sb.buf, "no data") != NULL);
+    EXPECT(count(sb.buf, "class=\"series\"") == 0);
+    EXPECT(count(sb.buf, "<svg") == 1 && count(sb.buf, "</svg>") == 1);
+    sb_free(&sb);
+    StrBuf sb2 = {0};
+    EXPECT(svg_line_chart(&sb2, &(SvgChart){0}, NULL, 0) == 0);
+    EXPECT(strstr(sb2.buf, "plot empty") != NULL);
+    sb_free(&sb2);
+}
+
+TEST(heatmap_cells) {
+    double v[12] = {0, 0.1, 0.2, 0.3, 0.4, NAN, 0.6, 0.7, 0.8, 0.9, 1.0, 0.5};
+    const char *rows[3] = {"a<1>", "b", "c"}, *cols[4] = {"e0", "e1", "e2", "e'3"};
+    SvgHeatmap h = {.id = "h1", .title = "load", .row_labels = rows, .col_labels = cols, .vmin = 0, .vmax = 1};
+    StrBuf sb = {0};
+    EXPECT(svg_heatmap(&sb, &h, v, 3, 4) == 12);
+    EXPECT(count_between(sb.buf, "<g class=\"data cells\">", "</g>", "<rect") == 12);
+    EXPECT(count(sb.buf, "class=\"nan\"") == 1);
+    EXPECT(strstr(sb.buf, "a&lt;1&gt;") != NULL && strstr(sb.buf, "e&#39;3") != NULL);
+    /* colours: the smallest and the largest value get the ends of the ramp */
+    char lo[8], hi[8];
+    svg_ramp(0, lo);
+    svg_ramp(1, hi);
+    EXPECT(strcmp(lo, hi) != 0);
+    char buf[64];
+    snprintf(buf, sizeof buf, "fill=\"%s\"><title>a&lt;1&gt;, e0", lo);
+    EXPECT(strstr(sb.buf, buf) != NULL);
+    snprintf(buf, sizeof buf, "fill=\"%s\"><title>c, e2", hi);
+    EXPECT(strstr(sb.buf, buf) != NULL);
+    sb_free(&sb);
+    StrBuf e = {0};
+    EXPECT(svg_heatmap(&e, &h, v, 0, 4) == 0);
+    EXPECT(strstr(e.buf, "empty") != NULL);
+    sb_free(&e);
+    char c[8];
+    svg_ramp(NAN, c);
+    EXPECT(c[0] == '#' && strlen(c) == 7);
+}
+
+TEST(token_expert) {
+    /* 2 tokens x KS 2: token 0 keeps both slots (gates 0.3, 0.7), token 1 keeps none */
+    int expert[4] = {1, 3, 2, 0}, slot_row[4] = {0, 1, -1, -1};
+    float gate[4] = {0.3f, 0.7f, 0.9f, 0.1f};
+    MoEActs a;
+    memset(&a, 0, sizeof a);
+    a.KS = 2;
+    a.expert = expert;
+    a.slot_row = slot_row;
+    a.gate = gate;
+    EXPECT(routing_token_expert(&a, 0) == 3);
+    EXPECT(routing_token_expert(&a, 1) == -1);
+}
+
+TEST(eta_format) {
+    char b[32];
+    progress_fmt_eta(b, sizeof b, 42.2);
+    EXPECT(!strcmp(b, "42s"));
+    progress_fmt_eta(b, sizeof b, 185);
+    EXPECT(!strcmp(b, "3m05s"));
+    progress_fmt_eta(b, sizeof b, 7620);
+    EXPECT(!strcmp(b, "2h07m"));
+    progress_fmt_eta(b, sizeof b, NAN);
+    EXPECT(!strcmp(b, "?"));
+    /* not a terminal (tests run with stderr captured): every call is a no-op */
+    Progress p;
+    progress_begin(&p, "t", 0, 10, 1);
+    if (!progress_enabled(1)) EXPECT(p.on == 0);
+    progress_begin(&p, "t", 0, 10, 0);
+    EXPECT(p.on == 0);
+}
+
+static void write_file(const char *path, const char *s) {
+    FILE *f = fopen(path, "w");
+    if (f) { fputs(s, f); fclose(f); }
+}
+
+TEST(report_page) {
+    const char *dir = "build/tmp/test_report";
+    dir_remove_tree(dir);
+    dir_make("build/tmp/test_report/a/routing");
+    dir_make("build/tmp/test_report/b");
+    write_file("build/tmp/test_report/a/metrics.jsonl",
+               "{\"step\": 1, \"loss\": 6.9, \"aux_loss\": 0.02, \"lr\": 0.001, \"grad_norm\": 2.0, \"tokens_per_s\": 900, \"time_s\": 0.1, \"tokens\": 64}\n"
+               "{\"step\": 2, \"loss\": null, \"aux_loss\": null, \"lr\": 0.001, \"grad_norm\": null, \"tokens_per_s\": 950, \"time_s\": 0.2, \"tokens\": 128}\n"
+               "{\"step\": 3, \"loss\": 5.9, \"aux_loss\": 0.02, \"lr\": 0.0009, \"grad_norm\": 1.5, \"tokens_per_s\": 1000, \"time_s\": 0.3, \"tokens\": 192, "
+               "\"val_loss\": 6.0, \"val_ppl\": 403.4, \"val_word_ppl\": 403.4, \"moe\": [{\"layer\": 0, \"dropped\": 0.1, \"entropy\": 1.3, "
+               "\"top1\": 0.3, \"dead\": 0, \"aux\": 1.01, \"z\": 0.8, \"load\": [0.25, 0.25, 0.3, 0.2]}]}\n"
+               "{\"step\": 4, \"loss\": 5.5, \"aux_loss\": 0.02, \"lr\": 0.0008, \"grad_norm\": 1.2, \"tokens_per_s\": 1000, \"time_s\": 0.4, \"tokens\": 256}\n"
+               "{\"step\": 6, \"val_loss\": 5.2, \"val_ppl\": 181.3, \"val_word_ppl\": 181.3, \"moe\": [{\"layer\": 0, \"dropped\": 0.05, "
+               "\"entropy\": 1.2, \"top1\": 0.4, \"dead\": 1, \"aux\": 1.02, \"z\": 0.7, \"load\": [0.4, 0.0, 0.3, 0.3]}]}\n"
+               "{\"step\": 7, \"loss\": 5.");   /* a torn last line */
+    write_file("build/tmp/test_report/a/routing/step-3.json", "{\"step\": 3}\n");
+    write_file("build/tmp/test_report/a/routing/step-6.json",
+               "{\"format\": \"moelm-routing\", \"version\": 1, \"step\": 6, \"router\": \"switch\", \"num_experts\": 4, \"k\": 1, "
+               "\"word_level\": true, \"layers\": [\"block 1\"], \"tokens_counted\": 5, "
+               "\"sample\": {\"pieces\": [\"\\n\", \"if\", \"x\", \"<b>\", \"&\"], \"experts\": [[0, 1, -1, 3, 2]]}, "
+               "\"expert_tokens\": [[1, 1, 1, 1]], \"domains\": [\"arithmetic\", \"dates\", \"grammar\", \"code\"], "
+               "\"domain_counts\": [[[1, 0, 0, 0], [0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 1]]], "
+               "\"top_tokens\": [[[[\"<eos>\", 1]], [[\"if\", 1]], [[\"&\", 1]], [[\"<b>\", 1]]]]}\n");
+    write_file("build/tmp/test_report/b/metrics.jsonl",
+               "{\"step\": 1, \"loss\": 6.8, \"aux_loss\": 0, \"lr\": 0.001, \"grad_norm\": 2.0, \"tokens_per_s\": 1900, \"time_s\": 0.05, \"tokens\": 64}\n"
+               "{\"step\": 3, \"loss\": 6.0, \"aux_loss\": 0, \"lr\": 0.0009, \"grad_norm\": 1.4, \"tokens_per_s\": 2000, \"time_s\": 0.15, \"tokens\": 192, "
+               "\"val_loss\": 6.1, \"val_ppl\": 445.9, \"val_word_ppl\": 445.9}\n");
+
+    const char *one[1] = {"build/tmp/test_report/a/"};
+    StrBuf sb = {0};
+    EXPECT(report_build(&sb, one, 1) == MOELM_OK);
+    if (sb.buf) {
+        /* 4 loss/ppl charts, lr, throughput, grad norm, aux term, aux, z, dropped, entropy, confidence, dead,
+         * the load heatmap and one domain heatmap */
+        EXPECT_MSG(count(sb.buf, "<svg ") == 16, "%d svg", count(sb.buf, "<svg "));
+        EXPECT(count(sb.buf, "plot empty") == 0);
+        EXPECT(count(sb.buf, "<span class=\"tok") == 5);
+        EXPECT(count(sb.buf, "class=\"tok drop\"") == 1);
+        EXPECT(strstr(sb.buf, ">&lt;b&gt;</span>") != NULL && strstr(sb.buf, ">&amp;</span>") != NULL);
+        EXPECT(strstr(sb.buf, "<b>") == NULL);
+        EXPECT(strstr(sb.buf, "1 malformed line") != NULL);
+        EXPECT(strstr(sb.buf, "id=\"load-0\"") != NULL && strstr(sb.buf, "id=\"domain-0-0\"") != NULL);
+        /* the load heatmap: 1 layer x 4 experts x 2 evals */
+        EXPECT(count_between(sb.buf, "id=\"load-0\"", "</g>", "<rect") == 8);
+        EXPECT(strstr(sb.buf, "most frequent words") != NULL);
+        EXPECT(strstr(sb.buf, "http://") == NULL || count(sb.buf, "http://") == count(sb.buf, "xmlns=\"http://www.w3.org/2000/svg\""));
+        EXPECT(strstr(sb.buf, "src=") == NULL);   /* self-contained: no outside scripts or images */
+    }
+    sb_free(&sb);
+
+    const char *two[2] = {"build/tmp/test_report/a", "build/tmp/test_report/b"};
+    StrBuf sb2 = {0};
+    EXPECT(report_build(&sb2, two, 2) == MOELM_OK);
+    if (sb2.buf) {
+        /* the loss vs step chart holds both runs: train and val for each */
+        EXPECT(count_between(sb2.buf, "id=\"chart-1\"", "</svg>", "<path class=\"series\"") == 4);
+        EXPECT(strstr(sb2.buf, ">a train<") != NULL && strstr(sb2.buf, ">b val<") != NULL);
+    }
+    sb_free(&sb2);
+
+    const char *none[1] = {"build/tmp/test_report/missing"};
+    StrBuf sb3 = {0};
+    EXPECT(report_build(&sb3, none, 1) == MOELM_ERR_IO);
+    EXPECT(strstr(moelm_last_error(), "missing") && strstr(moelm_last_error(), "metrics.jsonl"));
+    sb_free(&sb3);
+    EXPECT(report_write(one, 1, "build/tmp/test_report/r.html", NULL) == MOELM_OK);
+    EXPECT(path_exists("build/tmp/test_report/r.html"));
+}
+
+int main(void) {
+    RUN(scale_linear_and_log);
+    RUN(scale_fit);
+    RUN(ticks);
+    RUN(escape);
+    RUN(line_chart_points);
+    RUN(line_chart_gaps_markers_log);
+    RUN(line_chart_empty);
+    RUN(heatmap_cells);
+    RUN(token_expert);
+    RUN(eta_format);
+    RUN(report_page);
+    return test_summary("report");
+}
