@@ -75,15 +75,17 @@ float grad_clip(Model *m, float max_norm) {
     return norm;
 }
 
-float lr_at(const TrainConfig *tc, long step, long total) {
+float lr_at_progress(const TrainConfig *tc, long step, double progress) {
     float lr = tc->lr;
     if (tc->warmup_steps > 0 && step < tc->warmup_steps) return lr * (float)(step + 1) / (float)tc->warmup_steps;
     if (tc->schedule == SCHED_CONSTANT) return lr;
-    long span = total - tc->warmup_steps;
-    if (span <= 0) return lr;
-    float frac = (float)(step - tc->warmup_steps) / (float)span;
-    if (frac > 1.0f) frac = 1.0f;
+    float frac = progress < 0 ? 0.0f : progress > 1 ? 1.0f : (float)progress;
     float lo = lr * tc->min_lr_ratio;
     if (tc->schedule == SCHED_COSINE) return lo + (lr - lo) * 0.5f * (1.0f + cosf(3.14159265358979f * frac));
     return lr - (lr - lo) * frac;
+}
+
+float lr_at(const TrainConfig *tc, long step, long total) {
+    long span = total - tc->warmup_steps;
+    return lr_at_progress(tc, step, span > 0 ? (double)(step - tc->warmup_steps) / (double)span : 0.0);
 }

@@ -33,4 +33,7 @@ float grad_clip(Model *m, float max_norm);
  * cosine or linear decay to lr * min_lr_ratio at total. */
 float lr_at(const TrainConfig *tc, long step, long total);
 
+/* The same schedule with the decay's progress given directly (0..1), e.g. elapsed / time budget. */
+float lr_at_progress(const TrainConfig *tc, long step, double progress);
+
 #endif

@@ -507,8 +507,7 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
         if (budget_s > 0) {
             if (elapsed >= budget_s) break;
             /* the schedule runs over the time budget: progress = elapsed / budget */
-            long fake_total = 1000000, fake_step = (long)(elapsed / budget_s * fake_total);
-            lr = step < tc.warmup_steps ? lr_at(&tc, step, tc.steps) : lr_at(&(TrainConfig){.lr = tc.lr, .min_lr_ratio = tc.min_lr_ratio, .schedule = tc.schedule}, fake_step, fake_total);
+            lr = lr_at_progress(&tc, step, elapsed / budget_s);
         } else {
             lr = lr_at(&tc, step, tc.steps);
         }
