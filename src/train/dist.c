@@ -23,6 +23,14 @@ moelm_status dist_end(moelm_status st) {
         fflush(stderr);
         comm_abort(1);
     }
+    if (!st && comm_size(COMM_WORLD) > 1) {
+        /* the exchange volume of the whole run (bench/mpi_bench.sh reads this line) */
+        double b = (double)comm_alltoall_bytes();
+        comm_allreduce_f64(COMM_WORLD, &b, 1);
+        printf("comm: %d ranks (data parallel %d x expert parallel %d), all-to-all %.0f bytes sent by all ranks\n",
+               comm_size(COMM_WORLD), comm_size(COMM_DP), comm_size(COMM_EP), b);
+        fflush(stdout);
+    }
     comm_finalize();
     return st;
 }

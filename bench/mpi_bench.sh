@@ -1,0 +1,42 @@
+#!/bin/sh
+# mpi_bench.sh: step time and all-to-all traffic of data- and expert-parallel training at 1, 2 and 4
+# ranks (make MPI=1). Strong scaling: the global batch is fixed, the ranks split it.
+#
+#   sh bench/mpi_bench.sh [STEPS]       writes a Markdown table to stdout (bench/RESULTS-mpi.md keeps one)
+#
+# Model: the demo preset with 8 experts in both layers (d_model 128, d_ff 256, switch, capacity 1.25),
+# batch 16 x 32 = 512 tokens a step, -t 1 per rank. Step time: the wall time between the logs of
+# step 5 and step STEPS (default 25), over STEPS - 5. All-to-all bytes per step: the difference of the
+# run's total (the "comm:" line) between a run of STEPS steps and one of 5 steps, over STEPS - 5, so
+# the final evaluation cancels out; the total is what all ranks together send to other ranks.
+cd "$(dirname "$0")/.." || exit 1
+S=${1:-25}
+make -s -j4 MPI=1 >/dev/null || exit 1
+BIN=build-mpi/moelm
+MPIRUN="mpirun"
+if mpirun --version 2>&1 | grep -q "Open MPI"; then
+    MPIRUN="mpirun --oversubscribe"
+    [ "$(id -u)" = 0 ] && MPIRUN="$MPIRUN --allow-run-as-root"
+    export OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1
+    # more ranks than cores: a rank waiting in a collective yields its core instead of spinning
+    [ "$(nproc)" -lt 4 ] && export OMPI_MCA_mpi_yield_when_idle=1
+fi
+tmp=$(mktemp -d)
+ARGS="train --config demo --set num_experts=8 -b 16 --seq-len 32 -t 1 --eval-interval 0 --eval-batches 1 --log-interval 5 --quiet"
+bytes() { grep -o 'all-to-all [0-9]* bytes' "$1" | awk '{print $2}'; }
+tsec() { grep "\"step\": $2," "$1/metrics.jsonl" | grep -o '"time_s": [0-9.]*' | awk '{print $2}'; }
+
+echo "| ranks | DP x EP | step time (ms) | tokens/s | all-to-all per step (bytes, all ranks) | final loss |"
+echo "|---|---|---|---|---|---|"
+for spec in "1 1" "2 1" "2 2" "4 1" "4 2" "4 4"; do
+    set -- $spec
+    np=$1; ep=$2
+    $MPIRUN -np $np $BIN $ARGS --steps $S --expert-parallel $ep --out "$tmp/a$np$ep" >"$tmp/a$np$ep.log" 2>&1 || { cat "$tmp/a$np$ep.log"; exit 1; }
+    $MPIRUN -np $np $BIN $ARGS --steps 5 --expert-parallel $ep --out "$tmp/b$np$ep" >"$tmp/b$np$ep.log" 2>&1 || { cat "$tmp/b$np$ep.log"; exit 1; }
+    t0=$(tsec "$tmp/a$np$ep" 5); t1=$(tsec "$tmp/a$np$ep" $S)
+    b1=$(bytes "$tmp/a$np$ep.log"); b0=$(bytes "$tmp/b$np$ep.log")
+    loss=$(grep "\"step\": $S," "$tmp/a$np$ep/metrics.jsonl" | grep -o '"loss": [0-9.]*' | awk '{print $2}')
+    awk -v np=$np -v ep=$ep -v t0=$t0 -v t1=$t1 -v b0=${b0:-0} -v b1=${b1:-0} -v S=$S -v loss=$loss 'BEGIN {
+        ms = 1000 * (t1 - t0) / (S - 5); printf "| %d | %d x %d | %.1f | %.0f | %.0f | %s |\n", np, np / ep, ep, ms, 512 / (ms / 1000), (b1 - b0) / (S - 5), loss }'
+done
+rm -rf "$tmp"
