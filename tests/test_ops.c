@@ -100,6 +100,65 @@ TEST(attention_is_causal) {
     EXPECT(memcmp(o1 + 4 * C, o2 + 4 * C, sizeof(float) * C) != 0);
 }
 
+/* The fast attention kernels against their plain references (STYLE.md: fast paths keep their
+ * reference). Shapes that are multiples of no vector width (hs = 5, 7, 33), T = 1, both masks;
+ * values O(1) and sums of at most T*hs terms, so float reordering and exp_poly's 2 ulp give under
+ * 1e-6 relative; 2e-5 (1 + |ref|) leaves room and still catches any wrong index, which is O(1). */
+static void att_fast_case(int B, int T, int C, int NH, int causal) {
+    size_t nq = (size_t)B * T * 3 * C, no = (size_t)B * T * C, na = (size_t)B * NH * T * T;
+    float *qkv = vec(nq, 1.5f), *dout = vec(no, 1);
+    float *o1 = zeros(no), *o2 = zeros(no), *a1 = zeros(na), *a2 = zeros(na);
+    float *d1 = vec(nq, 1), *d2 = vec(nq, 1), *s1 = zeros(na), *s2 = zeros(na);   /* dqkv is assigned: garbage first */
+    attention_forward_ref(o1, a1, qkv, B, T, C, NH, causal);
+    attention_forward(o2, a2, qkv, B, T, C, NH, causal);
+    attention_backward_ref(d1, s1, dout, a1, qkv, B, T, C, NH, causal);
+    attention_backward(d2, s2, dout, a1, qkv, B, T, C, NH, causal);
+    double eo = 0, ea = 0, ed = 0;
+    for (size_t i = 0; i < no; i++) eo = fmax(eo, fabs(o1[i] - o2[i]) / (1 + fabs(o1[i])));
+    for (size_t i = 0; i < na; i++) ea = fmax(ea, fabs(a1[i] - a2[i]));
+    for (size_t i = 0; i < nq; i++) ed = fmax(ed, fabs(d1[i] - d2[i]) / (1 + fabs(d1[i])));
+    EXPECT_MSG(eo <= 2e-5 && ea <= 2e-5 && ed <= 2e-5, "B %d T %d C %d NH %d causal %d: out %.3g att %.3g dqkv %.3g",
+               B, T, C, NH, causal, eo, ea, ed);
+    if (causal)   /* probabilities above the diagonal are exactly zero in both */
+        for (int t = 0; t < T; t++)
+            for (int u = t + 1; u < T; u++) EXPECT(a2[(size_t)t * T + u] == 0.0f);
+    free(qkv); free(dout); free(o1); free(o2); free(a1); free(a2); free(d1); free(d2); free(s1); free(s2);
+}
+TEST(attention_fast_matches_reference) {
+    att_fast_case(3, 7, 15, 3, 1);
+    att_fast_case(3, 7, 15, 3, 0);
+    att_fast_case(2, 1, 14, 2, 1);
+    att_fast_case(1, 31, 66, 2, 1);
+    att_fast_case(2, 30, 256, 8, 1);   /* the seed config's head shape */
+}
+
+/* Cross-entropy (vectorised exp) against a double-precision softmax on an odd vocabulary with a
+ * wide logit range; 1e-5 relative is 100x the float rounding of a sum of 1001 terms. */
+TEST(crossentropy_matches_double) {
+    int N = 5, V = 1001;
+    float *x = vec((size_t)N * V, 8), *loss = zeros(N), *d = zeros((size_t)N * V), *dl = vec(N, 1);
+    int tgt[5] = {0, 1000, 17, -1, 500};
+    crossentropy_forward(loss, x, tgt, N, V);
+    crossentropy_backward(d, x, tgt, dl, N, V);
+    for (int n = 0; n < N; n++) {
+        const float *r = x + (size_t)n * V;
+        double mx = -1e300, sum = 0;
+        for (int v = 0; v < V; v++) mx = fmax(mx, r[v]);
+        for (int v = 0; v < V; v++) sum += exp(r[v] - mx);
+        if (tgt[n] < 0) { EXPECT(loss[n] == 0.0f); EXPECT(d[(size_t)n * V + 3] == 0.0f); continue; }
+        double ref = log(sum) + mx - r[tgt[n]];
+        EXPECT_NEAR(loss[n], ref, 1e-5 * (1 + fabs(ref)));
+        for (int v = 0; v < V; v++) {
+            double g = dl[n] * (exp(r[v] - mx) / sum - (v == tgt[n]));
+            EXPECT_NEAR(d[(size_t)n * V + v], g, 1e-5 * (fabs(dl[n]) + 1e-3));
+        }
+    }
+    /* in place (dlogits == logits), as model_backward calls it: the same bits */
+    crossentropy_backward(x, x, tgt, dl, N, V);
+    EXPECT(memcmp(x, d, sizeof(float) * (size_t)N * V) == 0);
+    free(x); free(loss); free(d); free(dl);
+}
+
 /* ---- activations ---- */
 typedef struct { float *out, *inp, *r; int N, H; Activation act; } ActCtx;
 static double act_loss(void *p) {
@@ -200,7 +259,8 @@ TEST(dropout_mask_and_grad) {
 
 /* ---- BLAS against the reference ---- */
 TEST(gemm_matches_reference) {
-    int shapes[][3] = {{1, 1, 1}, {7, 13, 5}, {33, 17, 65}, {129, 31, 257}, {3, 300, 2}};
+    int shapes[][3] = {{1, 1, 1}, {7, 13, 5}, {33, 17, 65}, {129, 31, 257}, {3, 300, 2},
+                       {1, 300, 77}, {1, 513, 1000}, {77, 1, 300}, {1, 7, 1}};   /* M or N = 1: sgemv */
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
         for (int ta = 0; ta < 2; ta++)
@@ -227,6 +287,8 @@ int main(void) {
     RUN(attention_causal_grad);
     RUN(attention_full_grad);
     RUN(attention_is_causal);
+    RUN(attention_fast_matches_reference);
+    RUN(crossentropy_matches_double);
     RUN(relu_grad);
     RUN(gelu_grad);
     RUN(swiglu_grad);

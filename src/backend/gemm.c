@@ -38,6 +38,20 @@ void gemm(int transA, int transB, int M, int N, int K, float alpha, const float 
             for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(size_t)i * ldc + j];
         return;
     }
+    if (M == 1 || N == 1) {
+        /* A matrix-vector product (generation runs every layer on one row). OpenBLAS 0.3.21's sgemm
+         * packs the whole weight matrix for it, each call; sgemv streams it once. beta == 0 must not
+         * read C (it may hold NaN garbage): zero it first, as sgemm's meaning requires. */
+        int n = M == 1 ? N : M, inc = M == 1 ? 1 : ldc;
+        if (beta == 0.0f) for (int i = 0; i < n; i++) C[(size_t)i * inc] = 0.0f;
+        if (M == 1)   /* C[0,:] = alpha op(B)^T a + beta C, a = row 0 of op(A) */
+            cblas_sgemv(CblasRowMajor, transB ? CblasNoTrans : CblasTrans, transB ? N : K, transB ? K : N, alpha, B, ldb,
+                        A, transA ? lda : 1, beta, C, 1);
+        else          /* C[:,0] = alpha op(A) b + beta C, b = column 0 of op(B) */
+            cblas_sgemv(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transA ? K : M, transA ? M : K, alpha, A, lda,
+                        B, transB ? 1 : ldb, beta, C, ldc);
+        return;
+    }
     cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
                 M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 #else

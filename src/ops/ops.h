@@ -51,6 +51,11 @@ void attention_forward(float *out, float *att, const float *qkv, int B, int T, i
 /* dqkv[B,T,3C] = ; datt[B,NH,T,T] is scratch */
 void attention_backward(float *dqkv, float *datt, const float *dout, const float *att, const float *qkv,
                         int B, int T, int C, int NH, int causal);
+/* The plain references of the two above (scalar loops, libm expf), always compiled; the fast
+ * kernels are tested against them on odd shapes (tests/test_ops.c). */
+void attention_forward_ref(float *out, float *att, const float *qkv, int B, int T, int C, int NH, int causal);
+void attention_backward_ref(float *dqkv, float *datt, const float *dout, const float *att, const float *qkv,
+                            int B, int T, int C, int NH, int causal);
 
 /* Elementwise activations. For ACT_SWIGLU the input is [N, 2H] (gate columns 0..H-1, then up
  * columns H..2H-1) and the output [N, H] = silu(gate) * up. For ReLU/GELU, inp and out are [N, H].
