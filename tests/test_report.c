@@ -121,7 +121,7 @@ TEST(line_chart_points) {
          * padded by 3% of the range */
         double px, py;
         EXPECT(sscanf(d + 4, "M%lf %lf", &px, &py) == 2);
-        EXPECT_NEAR(px, 58, 0.05);
+        EXPECT_NEAR(px, 66, 0.05);
     }
     EXPECT(count(sb.buf, "<circle") == 0);
     EXPECT(strstr(sb.buf, "loss &lt;vs&gt; step &amp; &quot;more&quot;") != NULL);

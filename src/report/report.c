@@ -270,8 +270,8 @@ static const char *CSS =
     "body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1480px;padding:0 16px;color:#222}"
     "h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 6px;border-bottom:1px solid #ddd;padding-bottom:3px}"
     "h3{font-size:14px;margin:14px 0 4px}p.note{color:#555;margin:2px 0 8px;max-width:1000px}"
-    ".grid{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;background:#fff;border:1px solid #e4e4e4;border-radius:4px;padding:4px}"
-    "svg text{font:11px system-ui,sans-serif;fill:#333}svg text.title{font-weight:600;font-size:12px}svg text.nodata{fill:#999}"
+    ".grid{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0;background:#fff;border:1px solid #e4e4e4;border-radius:4px;padding:2px}"
+    "svg text{font:11px system-ui,sans-serif;fill:#333}svg text.cellv{font-size:10px}svg text.title{font-weight:600;font-size:12px}svg text.nodata{fill:#999}"
     "svg .frame{fill:#fcfcfc;stroke:#bbb}svg .grid{stroke:#eee}svg path.series{stroke-width:1.6}svg line.key{stroke-width:2}"
     "table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}"
     "th{background:#f4f4f4}td.n{text-align:right;font-variant-numeric:tabular-nums}"
@@ -571,7 +571,7 @@ static void section_specialisation(StrBuf *sb, Run *runs, int R) {
                 snprintf(title, sizeof title, "%s: %s", runs[i].label, layer_name(&runs[i], (int)l, ln, sizeof ln));
                 snprintf(id, sizeof id, "domain-%d-%zu", i, l);
                 SvgHeatmap h = {.id = id, .title = title, .xlabel = "expert", .row_labels = rows, .col_labels = colp,
-                                .vmin = 0, .vmax = 1, .cell = E <= 16 ? 34 : 0, .fmt = "%.2f"};
+                                .vmin = 0, .vmax = 1, .cell = E <= 12 ? 40 : 0, .fmt = "%.2f", .values = 1};
                 sb_printf(sb, "<figure>");
                 svg_heatmap(sb, &h, v, D, E);
                 sb_printf(sb, "</figure>\n");
@@ -581,7 +581,8 @@ static void section_specialisation(StrBuf *sb, Run *runs, int R) {
     }
     if (!any_top) return;
     sb_printf(sb, "<h2>What each expert receives</h2><p class=\"note\">The most frequent tokens routed to each expert "
-                  "over the first %s validation tokens of the newest routing dump, with counts.</p>\n", "16k");
+                  "over the start of the validation text (the number of tokens counted is under each table), from the "
+                  "newest routing dump, with counts.</p>\n");
     for (int i = 0; i < R; i++) {
         const Json *j = runs[i].routing, *top = json_get(j, "top_tokens"), *et = json_get(j, "expert_tokens");
         if (!json_len(top)) continue;
@@ -610,7 +611,8 @@ static void section_specialisation(StrBuf *sb, Run *runs, int R) {
                 }
                 sb_printf(sb, "</td></tr>\n");
             }
-            sb_printf(sb, "</table>\n");
+            sb_printf(sb, "</table><p class=\"note\">%.0f tokens counted at step %.0f.</p>\n", num(j, "tokens_counted"),
+                      num(j, "step"));
         }
     }
 }

@@ -153,7 +153,7 @@ static void open_svg(StrBuf *sb, const char *id, const char *cls, int w, int h) 
 
 /* ---- line chart --------------------------------------------------------------------------------- */
 
-enum { ML = 58, MR = 14, MT = 24, MB = 38 };
+enum { ML = 66, MR = 14, MT = 24, MB = 38 };
 
 int svg_line_chart(StrBuf *sb, const SvgChart *c, const SvgSeries *s, int ns) {
     int W = c->width > 0 ? c->width : 440, H0 = c->height > 0 ? c->height : 270;
@@ -331,6 +331,22 @@ int svg_heatmap(StrBuf *sb, const SvgHeatmap *h, const double *v, int rows, int 
             sb_printf(sb, ": %s</title></rect>", val);
         }
     sb_printf(sb, "</g>");
+    if (h->values && cw >= 28 && ch >= 16) {   /* the numbers themselves, where a cell has room for them */
+        sb_printf(sb, "<g class=\"values\">");
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++) {
+                double x = v[(size_t)r * cols + c];
+                if (!isfinite(x)) continue;
+                char val[48];
+                snprintf(val, sizeof val, fmt, x);
+                double t = (x - vmin) / (vmax - vmin);
+                sb_printf(sb, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" class=\"cellv\" style=\"fill:%s\">",
+                          left + (c + 0.5) * cw, top + (r + 0.5) * ch + 3.5, t > 0.55 ? "#fff" : "#222");
+                svg_escape(sb, val);
+                sb_printf(sb, "</text>");
+            }
+        sb_printf(sb, "</g>");
+    }
     /* labels: every row when the rows are tall enough, otherwise every k-th; same for columns */
     int rk = ch >= 10 ? 1 : (int)ceil(10 / ch), ck = (int)ceil((6.5 * maxcl + 4) / cw);
     if (ck < 1) ck = 1;

@@ -68,6 +68,7 @@ typedef struct {
     double vmin, vmax;              /* colour range; vmin >= vmax: the data's finite range */
     int cell;                       /* cell size in pixels (0: fit to about 440 x 260) */
     const char *fmt;                /* printf format of a value in tooltips (NULL: "%.3g") */
+    int values;                     /* 1: also print each value in its cell when the cell is large enough */
 } SvgHeatmap;
 
 /* Appends a heatmap of v[rows, cols] (row-major); returns the number of cells (rows * cols), 0 when
