@@ -294,7 +294,9 @@ moelm_status config_load(ModelConfig *c, const char *path) {
         }
     }
     json_free(j);
-    st = config_check(c);
+    ModelConfig chk = *c;
+    if (chk.vocab_size == 0) chk.vocab_size = 1;   /* 0 (or absent): taken from the tokenizer when training */
+    st = config_check(&chk);
     return st ? moelm_fail_context(st, "%s", path) : MOELM_OK;
 }
 

@@ -12,6 +12,7 @@
  */
 #include "tokenizer/tok_internal.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -306,8 +307,11 @@ moelm_status spm_parse_model(Tokenizer **out, const uint8_t *buf, size_t n, cons
     if (!t->unk_surface && !(t->unk_surface = moelm_strdup(" \xE2\x81\x87 "))) { st = MOELM_ERR_NOMEM; goto done; }
     t->byte_fallback = tb.byte_fallback;
     t->treat_ws_as_suffix = tb.treat_ws_as_suffix;
-    for (size_t i = 0; i < np && !st; i++)
-        st = tok_set_piece(t, (int)i, (const char *)rp[i].piece, rp[i].len, rp[i].score, rp[i].type);
+    for (size_t i = 0; i < np && !st; i++) {
+        /* a NaN or infinite score would poison every Viterbi comparison */
+        if (!isfinite(rp[i].score)) st = moelm_fail(MOELM_ERR_FORMAT, "%s: piece %zu has a non-finite score", path, i);
+        else st = tok_set_piece(t, (int)i, (const char *)rp[i].piece, rp[i].len, rp[i].score, rp[i].type);
+    }
     if (st) goto done;
     /* checks sentencepiece makes when it loads a model */
     for (int i = 0; i < t->V; i++) {

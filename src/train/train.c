@@ -374,7 +374,10 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
         if (st) return moelm_fail_context(st, "cannot resume from %s", o->resume);
         config_preset_train(&tc, "demo");
         st = train_config_from_json(&tc, state.train_json);
-        if (st) return st;
+        if (st) return moelm_fail_context(st, "%s/state.json: \"train\"", ckdir);
+        if (!(tc.lr > 0) || !isfinite(tc.lr) || tc.batch_size < 1 || tc.seq_len < 1 || tc.steps < 1)
+            return moelm_fail(MOELM_ERR_FORMAT, "%s/state.json: \"train\" holds an invalid lr, batch size, sequence length "
+                                                "or step count", ckdir);
         if (!o->force) {
             if (o->data && strcmp(o->data, state.data) != 0)
                 return moelm_fail(MOELM_ERR_CONFIG, "resume: the run trained on '%s', not '%s' (use --force to continue anyway)",
@@ -460,7 +463,8 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
     if (!st && o->resume) {
         st = ckpt_load_model(ckdir, &r.model);
         if (!st) st = ckpt_load_optimizer(ckdir, &r.opt, &r.model);
-        if (!st) st = dataloader_seek(&r.dl, state.data_epoch, state.data_pos);
+        if (!st && (st = dataloader_seek(&r.dl, state.data_epoch, state.data_pos)) != MOELM_OK)
+            moelm_fail_context(st, "%s/state.json", ckdir);
         r.model.rng.s = state.rng;
     }
     r.inp = moelm_malloc(sizeof(int) * (size_t)tc.batch_size * tc.seq_len);

@@ -1,0 +1,219 @@
+#!/bin/sh
+# test_hostile.sh: corrupt and adversarial inputs to every reader the moelm command has, and invalid
+# command-line values. Each must give exactly one stderr line that names the file (or the flag) and
+# the problem, a non-zero exit below 128 (no crash, no sanitizer report), and nothing else.
+# Catalogues: config.json (--config), state.json (in a checkpoint, CHECKSUMS rewritten so that the
+# state parser itself is reached), tokenizer .model files (moelm tokenizer encode --model), checkpoint
+# safetensors, and command-line values. Token files: tests/test_data.c (tokens_corrupt_files);
+# safetensors at the C level: tests/test_io.c.
+# Ends with "hostile: N passed, N failed" and exits non-zero on failure.
+BIN=${MOELM_BIN:-./moelm}
+TMP=build/tmp/hostile
+rm -rf "$TMP"; mkdir -p "$TMP"
+pass=0; fail=0
+ok()   { pass=$((pass + 1)); echo "ok   $1"; }
+bad()  { fail=$((fail + 1)); echo "FAIL $1"; }
+
+# expect_error NAME PATTERN CMD...: 0 < exit < 128, exactly one stderr line, matching PATTERN (grep -E)
+expect_error() {
+    name=$1; pat=$2; shift 2
+    "$@" >"$TMP/out" 2>"$TMP/err" </dev/null; rc=$?
+    lines=$(wc -l <"$TMP/err")
+    if [ "$rc" -gt 0 ] && [ "$rc" -lt 128 ] && [ "$lines" = 1 ] && grep -qE -- "$pat" "$TMP/err"; then ok "$name"
+    else bad "$name (rc=$rc, $lines stderr lines: $(head -c 300 "$TMP/err"))"; fi
+}
+
+# le32 N: N as 4 little-endian bytes
+le32() { printf "$(printf '\\%03o\\%03o\\%03o\\%03o' $(($1 & 255)) $((($1 >> 8) & 255)) $((($1 >> 16) & 255)) $((($1 >> 24) & 255)))"; }
+# crc32 FILE: zlib's CRC-32 in hex, from gzip's trailer
+crc32() { gzip -c <"$1" | tail -c 8 | od -An -tx4 -N4 | tr -d ' \n'; }
+
+# ---- config.json ------------------------------------------------------------------------------------
+C=$TMP/config; mkdir -p "$C"
+nc=0
+cfg() {  # cfg NAME PATTERN JSON
+    nc=$((nc + 1)); f="$C/$1.json"; printf '%s' "$3" >"$f"
+    expect_error "config: $1" "$f.*($2)" $BIN train --config "$f" --steps 1 --out "$TMP/run-$1" -t 1 --quiet
+}
+cfg empty            "empty|unexpected|end"       ''
+cfg array            "object"                     '[1, 2]'
+cfg string-for-int   "d_model"                    '{"d_model": "abc"}'
+cfg negative-size    "d_model"                    '{"d_model": -4}'
+cfg huge-size        "d_model"                    '{"d_model": 1e30}'
+cfg fraction         "d_model"                    '{"d_model": 64.5}'
+cfg int-overflow     "n_positions"                '{"n_positions": 2147483648}'
+cfg heads-not-divide "num_heads"                  '{"d_model": 64, "num_heads": 3}'
+cfg unknown-key      "unknown"                    '{"no_such_key": 1}'
+cfg nan-string       "capacity_factor"            '{"capacity_factor": "NaN"}'
+cfg inf-string       "capacity_factor"            '{"capacity_factor": "inf"}'
+cfg dropout-range    "dropout_rate"               '{"dropout_rate": 1.5}'
+cfg null-value       "d_model"                    '{"d_model": null}'
+cfg array-value      "d_model"                    '{"d_model": [64]}'
+cfg nested-object    "moe"                        '{"moe": {"num_experts": 8}}'
+cfg negative-layers  "num_layers"                 '{"num_layers": -1}'
+cfg negative-vocab   "vocab_size"                 '{"vocab_size": -1}'
+cfg huge-experts     "num_experts"                '{"num_experts": 100000000}'
+cfg k-above-e        "num_experts_per_tok"        '{"num_experts": 4, "router_type": "topk", "num_experts_per_tok": 9}'
+cfg bad-router       "router_type"                '{"router_type": "bogus"}'
+cfg bad-act-type     "hidden_act"                 '{"hidden_act": 5}'
+cfg bad-bool         "tie_word_embeddings"        '{"tie_word_embeddings": "maybe"}'
+cfg syntax           "bad|expected|unexpected|invalid" '{"d_model": 64,, }'
+cfg truncated        "end|unexpected|expected"    '{"d_model": 6'
+cfg trailing         "trailing|after|unexpected"  '{"d_model": 64} x'
+cfg bad-utf8         "UTF-8|utf|invalid"          "$(printf '{"d_\377model": 64}')"
+cfg deep-nesting     "deep|nest|depth"            "$(awk 'BEGIN{for(i=0;i<100000;i++) printf "["; for(i=0;i<100000;i++) printf "]"}')"
+cfg negative-eps     "layer_norm_epsilon"         '{"layer_norm_epsilon": -1}'
+cfg negative-sparse  "sparse_step"                '{"sparse_step": -1}'
+printf '{"d_model": 64\000}' >"$C/nul.json"; nc=$((nc + 1))
+expect_error "config: NUL byte" "$C/nul.json" $BIN train --config "$C/nul.json" --steps 1 --out "$TMP/run-nul" -t 1 --quiet
+echo "   config catalogue: $nc files"
+
+# ---- state.json (in a checkpoint; CHECKSUMS rewritten so the parser itself is reached) -------------
+$BIN train --config tiny --steps 2 --ckpt-interval 2 --eval-interval 0 --out "$TMP/base" -t 1 --quiet >/dev/null 2>&1
+good_state=$(cat "$TMP/base/latest/state.json")
+ns=0
+state() {  # state NAME PATTERN JSON
+    ns=$((ns + 1)); r="$TMP/st-$1"; rm -rf "$r"; cp -r "$TMP/base" "$r"
+    d=$(cd "$r/latest" && pwd -P)
+    printf '%s' "$3" >"$d/state.json"
+    grep -v ' state.json$' "$d/CHECKSUMS" >"$d/CHECKSUMS.new"
+    echo "$(crc32 "$d/state.json") $(wc -c <"$d/state.json" | tr -d ' ') state.json" >>"$d/CHECKSUMS.new"
+    mv "$d/CHECKSUMS.new" "$d/CHECKSUMS"
+    expect_error "state: $1" "state.json.*($2)|($2).*state.json" $BIN train --resume "$r" --steps 4 -t 1 --quiet
+}
+# sub KEY VALUE: the good state with "KEY": VALUE
+sub() { printf '%s' "$good_state" | sed -E "s/\"$1\": [^,]*,/\"$1\": $2,/"; }
+state empty          "empty|end|unexpected"    ''
+state not-object     "object"                  '[]'
+state empty-object   "missing"                 '{}'
+state step-negative  "step"                    "$(sub step -1)"
+state step-string    "step"                    "$(sub step '"abc"')"
+state step-huge      "step"                    "$(sub step 1e300)"
+state epoch-number   "data_epoch"              "$(sub data_epoch 3)"
+state pos-negative   "position"                "$(sub data_pos '"-1"')"
+state pos-overflow   "data_pos"                "$(sub data_pos '"18446744073709551616"')"
+state pos-past-end   "position"                "$(sub data_pos '"99999999"')"
+state rng-text       "rng"                     "$(sub rng '"x1"')"
+state seed-empty     "seed"                    "$(sub seed '""')"
+state threads-zero   "threads"                 "$(sub threads 0)"
+state threads-huge   "threads"                 "$(sub threads 1e9)"
+state batch-zero     "batch_size"              "$(sub batch_size 0)"
+state seq-negative   "seq_len"                 "$(sub seq_len -5)"
+state elapsed-nan    "elapsed_s"               "$(sub elapsed_s '"NaN"')"
+state tokens-neg     "tokens_seen"             "$(sub tokens_seen -1)"
+state data-number    "data"                    "$(sub data 7)"
+state tok-hash       "tokenizer|hash"          "$(sub tokenizer_hash '"123"')"
+state train-lr-text  "lr"                      "$(printf '%s' "$good_state" | sed -E 's/"lr": [^,]*,/"lr": "abc",/')"
+state train-lr-neg   "lr"                      "$(printf '%s' "$good_state" | sed -E 's/"lr": [^,]*,/"lr": -1,/')"
+state train-unknown  "unknown|bogus"           "$(printf '%s' "$good_state" | sed -E 's/"lr": [^,]*,/"bogus": 1,/')"
+state garbled-tail   "trailing"                "$(printf '%s' "$good_state" | sed -E 's/"train": .*/"train": [1]/; s/$/}/')"
+state train-array    "train"                   "$(printf '%s' "$good_state" | tr -d '\n' | sed -E 's/"train": \{.*\}/"train": [1]/')"
+state truncated      "end|unexpected|expected" "$(printf '%s' "$good_state" | head -c 100)"
+state deep-nesting   "deep|nest|depth"         "$(awk 'BEGIN{for(i=0;i<100000;i++) printf "["; for(i=0;i<100000;i++) printf "]"}')"
+echo "   state.json catalogue: $ns files"
+# and an edit that does not rewrite CHECKSUMS is refused by it
+r="$TMP/st-unsummed"; cp -r "$TMP/base" "$r"; d=$(cd "$r/latest" && pwd -P)
+sed -i 's/"seed": "1"/"seed": "2"/' "$d/state.json"
+expect_error "state: an edit without CHECKSUMS is caught" "state.json" $BIN train --resume "$r" --steps 4 -t 1 --quiet
+r="$TMP/cfg-unsummed"; cp -r "$TMP/base" "$r"; d=$(cd "$r/latest" && pwd -P)
+sed -i 's/"d_model": 32/"d_model": 64/' "$d/config.json"
+expect_error "config.json edited in a checkpoint is caught" "config.json" $BIN train --resume "$r" --steps 4 -t 1 --quiet
+
+# ---- checkpoint safetensors (CHECKSUMS rewritten) ---------------------------------------------------
+nt=0
+weights() {  # weights NAME PATTERN: after the file was changed by the caller in $d
+    nt=$((nt + 1))
+    grep -v ' model.safetensors$' "$d/CHECKSUMS" >"$d/CHECKSUMS.new"
+    echo "$(crc32 "$d/model.safetensors") $(wc -c <"$d/model.safetensors" | tr -d ' ') model.safetensors" >>"$d/CHECKSUMS.new"
+    mv "$d/CHECKSUMS.new" "$d/CHECKSUMS"
+    expect_error "safetensors: $1" "model.safetensors.*($2)" $BIN eval -m "$r" -t 1 -b 2
+}
+newck() { r="$TMP/w-$1"; rm -rf "$r"; cp -r "$TMP/base" "$r"; d=$(cd "$r/latest" && pwd -P); f=$d/model.safetensors; }
+newck trunc;  head -c 1000 "$f" >"$f.x"; mv "$f.x" "$f"; weights truncated "truncat|short|size|bytes"
+newck empty;  : >"$f"; weights empty "truncat|short|size|bytes|empty"
+newck hlen;   { printf '\377\377\377\377\377\377\377\177'; tail -c +9 "$f"; } >"$f.x"; mv "$f.x" "$f"; weights "huge header length" "header"
+newck json;   { head -c 8 "$f"; printf '[1,2,3'; tail -c +15 "$f"; } >"$f.x"; mv "$f.x" "$f"; weights "header not JSON" "header|JSON|json|expected"
+newck dtype;  sed -i '0,/"F32"/s//"F64"/' "$f"; weights "wrong dtype" "dtype|F64|size|bytes|offset"
+newck shape;  sed -i '0,/"shape":\[/s//"shape":[7,/' "$f"; weights "wrong shape" "shape|size|bytes|offset|expected"
+echo "   checkpoint safetensors: $nt files (the C-level catalogue is in tests/test_io.c)"
+
+# ---- tokenizer files --------------------------------------------------------------------------------
+K=$TMP/tok; mkdir -p "$K"
+echo "the cat sat on the mat" >"$K/in.txt"
+ntk=0
+tok() {  # tok NAME PATTERN (file $K/NAME.model already written)
+    ntk=$((ntk + 1))
+    expect_error "tokenizer: $1" "$K/$1.model.*($2)|$K/$1.model" $BIN tokenizer encode --model "$K/$1.model" "$K/in.txt"
+}
+# voc NAME VERSION KIND V BODY-COMMAND: a moelm vocabulary file with a valid CRC
+voc() {
+    f="$K/$1.model"
+    { printf 'MOELMVOC'; le32 "$2"; le32 "$3"; le32 "$4"; eval "$5"; } >"$f.body"
+    { cat "$f.body"; c=$(crc32 "$f.body"); le32 $((0x$c)); } >"$f"; rm -f "$f.body"
+}
+piece() { le32 ${#1}; printf '%s' "$1"; }
+: >"$K/empty.model";                                 tok empty "truncated|empty|0 bytes"
+printf 'x' >"$K/one-byte.model";                     tok one-byte ""
+printf 'MOELMVOC' >"$K/magic-only.model";            tok magic-only "truncated"
+voc good 1 0 3 'piece "<unk>"; piece "<eos>"; piece the'
+cp "$K/good.model" "$K/bad-crc.model"; printf 'X' | dd of="$K/bad-crc.model" bs=1 seek=30 conv=notrunc 2>/dev/null
+tok bad-crc "checksum"
+voc version 2 0 3 'piece "<unk>"; piece "<eos>"; piece the';      tok version "version 2"
+voc kind 1 7 3 'piece "<unk>"; piece "<eos>"; piece the';         tok kind "kind 7"
+voc v-zero 1 0 0 '';                                              tok v-zero "size 0|truncated"
+voc v-huge 1 0 4294967295 'piece "<unk>"; piece "<eos>"';         tok v-huge "size"
+voc past-end 1 0 3 'piece "<unk>"; piece "<eos>"; le32 1000; printf the'; tok past-end "past end"
+voc nul 1 0 3 'piece "<unk>"; piece "<eos>"; le32 3; printf "t\000e"';  tok nul "NUL"
+voc no-unk 1 0 3 'piece "<xxx>"; piece "<eos>"; piece the';       tok no-unk "<unk>"
+voc no-eos 1 0 3 'piece "<unk>"; piece "<bos>"; piece the';       tok no-eos "<eos>"
+voc trailing 1 0 3 'piece "<unk>"; piece "<eos>"; piece the; printf xyz'; tok trailing "trailing"
+voc dup 1 0 4 'piece "<unk>"; piece "<eos>"; piece the; piece the'; tok dup "duplicate|twice|the"
+voc piece-trunc 1 0 3 'piece "<unk>"; piece "<eos>"; printf "\001"'; tok piece-trunc "truncated|past end"
+head -c 3000 /dev/urandom >"$K/random.model";         tok random ""
+printf 'hello world\n' >"$K/text.model";               tok text ""
+printf '\n\377\377\377\377\017' >"$K/pb-huge-len.model"; tok pb-huge-len ""
+printf '\n\377\377\377\377\377\377\377\377\377\377' >"$K/pb-varint.model"; tok pb-varint ""
+printf '\n\t\n\005<unk>\030\002\n\010\n\001a\025\000\000\300\177' >"$K/pb-nan-score.model"; tok pb-nan-score ""
+printf '\013\000\000\000' >"$K/pb-wiretype.model";     tok pb-wiretype ""
+printf '\n\005\n\003<s>' >"$K/pb-no-unk.model";         tok pb-no-unk ""
+if $BIN tokenizer train --input "$K/in.txt" --model_prefix "$K/real" --vocab_size 12 --model_type bpe \
+        --hard_vocab_limit=false >/dev/null 2>&1; then
+    head -c $(( $(wc -c <"$K/real.model") / 2 )) "$K/real.model" >"$K/pb-truncated.model"; tok pb-truncated ""
+fi
+expect_error "tokenizer: missing file" "$K/none.model" $BIN tokenizer encode --model "$K/none.model" "$K/in.txt"
+expect_error "tokenizer: a directory" "$K" $BIN tokenizer encode --model "$K" "$K/in.txt"
+ntk=$((ntk + 2))
+echo "   tokenizer catalogue: $ntk files"
+
+# ---- token cache ------------------------------------------------------------------------------------
+# a corrupt or foreign token cache in a run directory (bad id, bad CRC) is rebuilt, never trusted
+r="$TMP/cache"; cp -r "$TMP/base" "$r"
+printf '\377\377\377\177' | dd of="$r/tokens.train.bin" bs=1 seek=40 conv=notrunc 2>/dev/null
+if $BIN train --resume "$r" --steps 3 -t 1 --quiet >"$TMP/out" 2>"$TMP/err"; then ok "token cache with a bad id is rebuilt"
+else bad "token cache with a bad id is rebuilt: $(head -c 300 "$TMP/err")"; fi
+
+# ---- command-line values ----------------------------------------------------------------------------
+R="--out $TMP/cli -t 1 --quiet --steps 1"
+expect_error "cli: negative batch size"      "batch-size"        $BIN train -b -1 $R
+expect_error "cli: zero seq-len"             "seq-len"           $BIN train --seq-len 0 $R
+expect_error "cli: NaN lr"                   "lr"                $BIN train --lr nan $R
+expect_error "cli: threads 0"                "threads"           $BIN train -t 0 --out "$TMP/cli"
+expect_error "cli: steps overflow"           "steps"             $BIN train --steps 99999999999999999999 --out "$TMP/cli"
+expect_error "cli: NaN capacity factor"      "capacity_factor"   $BIN train --config tiny --set capacity_factor=nan $R
+expect_error "cli: heads not dividing"       "num_heads"         $BIN train --config tiny --set num_heads=5 $R
+expect_error "cli: negative d_ff"            "d_ff"              $BIN train --config tiny --set d_ff=-1 $R
+expect_error "cli: experts per token > E"    "num_experts"       $BIN train --config tiny --set num_experts=4 --set router_type=topk --set num_experts_per_tok=99 $R
+expect_error "cli: --set without ="          "--set"             $BIN train --config tiny --set d_model $R
+expect_error "cli: missing value"            "needs a value"     $BIN train --steps
+expect_error "cli: generate -n negative"     "-n|tokens"         $BIN generate -m "$TMP/base" -n -1
+expect_error "cli: generate top-p 2"         "top-p"             $BIN generate -m "$TMP/base" --top-p 2
+expect_error "cli: generate temp nan"        "temp"              $BIN generate -m "$TMP/base" --temp nan
+expect_error "cli: eval batch 0"             "batch-size"        $BIN eval -m "$TMP/base" -b 0
+expect_error "cli: encode unknown format"    "format"            $BIN tokenizer encode --model "$K/good.model" --output_format xml "$K/in.txt"
+printf '1 2 999999\n' >"$K/ids.txt"
+expect_error "cli: decode id out of range"   "999999|range"      $BIN tokenizer decode --model "$K/good.model" --input_format id "$K/ids.txt"
+printf '1 -4\n' >"$K/neg.txt"
+expect_error "cli: decode negative id"       "-4|range"          $BIN tokenizer decode --model "$K/good.model" --input_format id "$K/neg.txt"
+
+echo "hostile: $pass passed, $fail failed"
+[ "$fail" = 0 ]
