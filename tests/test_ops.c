@@ -237,6 +237,14 @@ TEST(dropout_mask_and_grad) {
     Rng r;
     rng_seed(&r, 7);
     dropout_forward(y, m, x, 0.25f, n, &r);
+    /* the mask is n sequential rng_uniform draws (however the kernel computes them), and the RNG
+     * ends where n draws leave it */
+    Rng seq;
+    rng_seed(&seq, 7);
+    size_t differ = 0;
+    for (size_t i = 0; i < n; i++) differ += m[i] != (rng_uniform(&seq) >= 0.25f);
+    EXPECT(differ == 0);
+    EXPECT(seq.s == r.s);
     size_t kept = 0, wrong = 0;
     const float scale = 1.0f / 0.75f;
     for (size_t i = 0; i < n; i++) {
