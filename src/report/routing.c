@@ -1,5 +1,9 @@
 /* routing.c: the per-eval routing dump (see routing.h). Allocates its own bounded buffers (this is
- * evaluation, not a training step); everything it holds is O(ROUTING_MAX_TOKENS * sparse layers). */
+ * evaluation, not a training step); everything it holds is O(ROUTING_MAX_TOKENS * sparse layers).
+ *
+ * Over MPI (src/train/dist.h) every rank runs the same forward passes in step, as evaluate() does
+ * (expert parallelism exchanges tokens inside model_forward), each on its share of the windows of a
+ * global batch; rank 0 records its own windows (the stream's start is among them) and writes. */
 #include "report/routing.h"
 
 #include <stdio.h>
@@ -9,6 +13,7 @@
 #include "data/dataloader.h"
 #include "io/fileio.h"
 #include "io/json.h"
+#include "train/dist.h"
 
 int routing_token_expert(const MoEActs *a, int t) {
     int best = -1;
@@ -110,38 +115,41 @@ moelm_status routing_dump(const char *run_dir, long step, Model *m, const Tokeni
     if (L <= 0 || n < 2) return MOELM_OK;
     if (L > 64) L = 64;
     const MoEConfig *mc = &m->moe_cfg;
-    int B = m->B, T = m->T, E = mc->E;
-    size_t BT = (size_t)B * T;
-    size_t nb = eval_num_batches(n, B, T), want = (ROUTING_MAX_TOKENS + BT - 1) / BT;
+    int B = m->B, T = m->T, E = mc->E, Bg = B * dist_world();   /* this rank's windows, all ranks' windows */
+    size_t BT = (size_t)B * T, BgT = (size_t)Bg * T;
+    size_t nb = eval_num_batches(n, Bg, T), want = (ROUTING_MAX_TOKENS + BT - 1) / BT;
     if (nb > want) nb = want;
     if (max_batches && nb > max_batches) nb = max_batches;
     size_t cap = nb * BT;
     int top = E * L > 64 ? (640 / (E * L) > 3 ? 640 / (E * L) : 3) : ROUTING_TOP;
 
-    int *inp = moelm_malloc(sizeof(int) * BT), *tgt = moelm_malloc(sizeof(int) * BT);
+    int *inp = moelm_malloc(sizeof(int) * BgT), *tgt = moelm_malloc(sizeof(int) * BgT);
     int *tokens = moelm_malloc(sizeof(int) * cap);
     size_t *pos = moelm_malloc(sizeof(size_t) * cap);
     short *experts = moelm_malloc(sizeof(short) * cap * (size_t)L);
     StrBuf sb = {0};
     int *dom = NULL;
     moelm_status st = MOELM_OK;
-    if (!inp || !tgt || !tokens || !pos || !experts) { st = MOELM_ERR_NOMEM; goto done; }
+    if (!inp || !tgt || !tokens || !pos || !experts) st = MOELM_ERR_NOMEM;
+    if (dist_any_failed(st)) { if (!st) st = moelm_fail(MOELM_ERR_NOMEM, "routing dump: another rank ran out of memory"); goto done; }
 
     /* routing of every counted token: inference forward passes over the first nb eval batches */
     Rng saved = m->rng;
     size_t cnt = 0;
     for (size_t b = 0; b < nb; b++) {
-        eval_batch(ids, n, B, T, b, inp, tgt);
+        eval_batch(ids, n, Bg, T, b, inp, tgt);
+        dist_take_rows(inp, tgt, Bg, T);
         model_forward(m, inp, tgt, 0);
         for (size_t i = 0; i < BT; i++) {
             if (tgt[i] < 0) continue;
             tokens[cnt] = inp[i];
-            pos[cnt] = b * BT + i;   /* window w = b*B + row holds inputs ids[w*T ...], so the stream index is b*B*T + i */
+            pos[cnt] = b * BgT + i;   /* rank 0's window w = b*Bg + row holds inputs ids[w*T ...]: stream index b*Bg*T + i */
             for (int l = 0; l < L; l++) experts[(size_t)l * cap + cnt] = (short)routing_token_expert(acts[l], (int)i);
             cnt++;
         }
     }
     m->rng = saved;
+    if (!dist_is_root()) goto done;
 
     sb_printf(&sb, "{\"format\": \"moelm-routing\", \"version\": 1, \"step\": %ld, \"router\": \"%s\", \"num_experts\": %d, "
                    "\"k\": %d, \"word_level\": %s, \"layers\": [",

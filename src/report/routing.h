@@ -19,6 +19,8 @@
  * top_tokens: the most frequent token ids (tokenizer_piece) per expert, ties by id.
  *
  * The size is bounded by the config, not by the length of training: a few KB for small models.
+ * Over MPI every rank must call it (the forward passes are collective); rank 0 counts its own
+ * windows of each global batch and writes the file.
  * The model's RNG is restored afterwards, so a dump never changes the training run.
  */
 #ifndef MOELM_REPORT_ROUTING_H
