@@ -254,6 +254,7 @@ TEST(report_page) {
                "\"entropy\": 1.2, \"top1\": 0.4, \"dead\": 1, \"aux\": 1.02, \"z\": 0.7, \"load\": [0.4, 0.0, 0.3, 0.3]}]}\n"
                "{\"step\": 7, \"loss\": 5.");   /* a torn last line */
     write_file("build/tmp/test_report/a/routing/step-3.json", "{\"step\": 3}\n");
+    write_file("build/tmp/test_report/a/routing/step-9.json", "{\"step\": 9}\n");   /* past the metrics: stale */
     write_file("build/tmp/test_report/a/routing/step-6.json",
                "{\"format\": \"moelm-routing\", \"version\": 1, \"step\": 6, \"router\": \"switch\", \"num_experts\": 4, \"k\": 1, "
                "\"word_level\": true, \"layers\": [\"block 1\"], \"tokens_counted\": 5, "

@@ -152,8 +152,12 @@ static moelm_status read_metrics(Run *r) {
     return MOELM_OK;
 }
 
-/* The newest routing/step-N.json (largest N), parsed; none is not an error. */
+/* The newest routing/step-N.json (largest N not past the last step in metrics.jsonl: a dump left by
+ * a crashed run beyond its resumed checkpoint is stale), parsed; none is not an error. */
 static void read_routing(Run *r) {
+    double last = -1;
+    for (int i = 0; i < r->S; i++) if (r->step[i] > last) last = r->step[i];
+    for (int i = 0; i < r->V; i++) if (r->estep[i] > last) last = r->estep[i];
     char dir[1100];
     snprintf(dir, sizeof dir, "%s/routing", r->path);
     DIR *d = opendir(dir);
@@ -164,7 +168,7 @@ static void read_routing(Run *r) {
         char *end;
         if (strncmp(de->d_name, "step-", 5)) continue;
         long s = strtol(de->d_name + 5, &end, 10);
-        if (end != de->d_name + 5 && !strcmp(end, ".json") && s > best) best = s;
+        if (end != de->d_name + 5 && !strcmp(end, ".json") && s > best && s <= last) best = s;
     }
     closedir(d);
     if (best < 0) return;
