@@ -438,7 +438,8 @@ static void section_router(StrBuf *sb, Run *runs, int R) {
                   "z: the router z-loss (both unweighted); dropped: token-slots over capacity; entropy: of the router's "
                   "softmax (nats; ln E is uniform); confidence: the mean top-1 probability; dead: experts that received "
                   "no token.</p><div class=\"grid\">\n");
-    for (int i = 0; i < R; i++) ser_add(&S, runs[i].step, runs[i].aux, runs[i].S, svg_palette(i), 0, 0, "%s", runs[i].label);
+    for (int i = 0; i < R; i++)
+        if (runs[i].L) ser_add(&S, runs[i].step, runs[i].aux, runs[i].S, svg_palette(i), 0, 0, "%s", runs[i].label);
     chart(sb, &S, "auxiliary terms in the training loss", "step", "weighted aux + z (all layers)", 0);
     layer_chart(sb, runs, R, 4, 1, "load-balancing loss per layer", "aux (unweighted)");
     layer_chart(sb, runs, R, 5, 1, "router z-loss per layer", "z (unweighted)");
