@@ -12,8 +12,8 @@
 #   - in headless Chromium: the page's own check passes (every <svg class="plot"> has data marks with
 #     a non-empty bounding box, the token spans are there, no script error), the DOM holds as many
 #     plots as the file, and a screenshot of the whole page is saved to build/tmp/report.png.
-# Without Chromium (and not root, or apt-get failing) the browser part prints SKIP and counts as
-# neither passed nor failed. Ends with "report_browser: N passed, N failed".
+# Without Chromium (and not root, or apt-get failing; or MOELM_CHROMIUM=none) the browser part prints
+# SKIP and counts as neither passed nor failed. Ends with "report_browser: N passed, N failed".
 cd "$(dirname "$0")/.." || exit 1
 BIN=${MOELM_BIN:-./moelm}
 TMP=build/tmp/report_browser
@@ -63,9 +63,13 @@ $BIN report "$TMP/switch" >/dev/null 2>&1
 check "report: default output RUN_DIR/report.html" test -s "$TMP/switch/report.html"
 
 # the browser
-CHROME=""
-for c in chromium chromium-browser google-chrome; do command -v "$c" >/dev/null 2>&1 && { CHROME=$c; break; }; done
-if [ -z "$CHROME" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+# MOELM_CHROMIUM: a browser binary to use, or "none" to take the skip path (without installing)
+CHROME=${MOELM_CHROMIUM:-}
+if [ -z "$CHROME" ]; then
+    for c in chromium chromium-browser google-chrome; do command -v "$c" >/dev/null 2>&1 && { CHROME=$c; break; }; done
+fi
+if [ "$CHROME" = none ]; then CHROME=""
+elif [ -z "$CHROME" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing chromium (apt-get) for the browser checks"
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >"$TMP/apt.log" 2>&1
     command -v chromium >/dev/null 2>&1 && CHROME=chromium
