@@ -15,12 +15,27 @@
 
 static uint64_t seed = 42;
 
+/* Test buffers are kept in a list and freed together at the end (no leaks under ASan). */
+static void *g_bufs[1024];
+static int g_nbufs;
+static void *keep(void *p) {
+    if (g_nbufs < 1024) g_bufs[g_nbufs++] = p;
+    return p;
+}
+static void drop(void *p) {   /* frees a kept buffer now */
+    for (int i = 0; i < g_nbufs; i++)
+        if (g_bufs[i] == p) { g_bufs[i] = g_bufs[--g_nbufs]; break; }
+    free(p);
+}
+static void free_bufs(void) {
+    while (g_nbufs) free(g_bufs[--g_nbufs]);
+}
 static float *vec(size_t n, float scale) {
-    float *x = malloc(n * sizeof(float));
+    float *x = keep(malloc(n * sizeof(float)));
     fd_fill(x, n, scale, &seed);
     return x;
 }
-static float *zeros(size_t n) { return calloc(n, sizeof(float)); }
+static float *zeros(size_t n) { return keep(calloc(n, sizeof(float))); }
 
 /* ---- matmul ---- */
 typedef struct { float *out, *inp, *w, *b, *r; int N, C, OC; } MatmulCtx;
@@ -122,7 +137,7 @@ static void att_fast_case(int B, int T, int C, int NH, int causal) {
     if (causal)   /* probabilities above the diagonal are exactly zero in both */
         for (int t = 0; t < T; t++)
             for (int u = t + 1; u < T; u++) EXPECT(a2[(size_t)t * T + u] == 0.0f);
-    free(qkv); free(dout); free(o1); free(o2); free(a1); free(a2); free(d1); free(d2); free(s1); free(s2);
+    drop(qkv); drop(dout); drop(o1); drop(o2); drop(a1); drop(a2); drop(d1); drop(d2); drop(s1); drop(s2);
 }
 TEST(attention_fast_matches_reference) {
     att_fast_case(3, 7, 15, 3, 1);
@@ -156,7 +171,7 @@ TEST(crossentropy_matches_double) {
     /* in place (dlogits == logits), as model_backward calls it: the same bits */
     crossentropy_backward(x, x, tgt, dl, N, V);
     EXPECT(memcmp(x, d, sizeof(float) * (size_t)N * V) == 0);
-    free(x); free(loss); free(d); free(dl);
+    drop(x); drop(loss); drop(d); drop(dl);
 }
 
 /* ---- activations ---- */
@@ -233,7 +248,7 @@ TEST(crossentropy_grad) {
 TEST(dropout_mask_and_grad) {
     size_t n = 10000;
     float *x = vec(n, 1), *y = zeros(n), *dy = vec(n, 1), *dx = zeros(n);
-    uint8_t *m = malloc(n);
+    uint8_t *m = keep(malloc(n));
     Rng r;
     rng_seed(&r, 7);
     dropout_forward(y, m, x, 0.25f, n, &r);
@@ -259,7 +274,7 @@ TEST(dropout_mask_and_grad) {
     for (size_t i = 0; i < n; i++) wrong += dx[i] != (m[i] ? dy[i] * scale : 0.0f);
     EXPECT(wrong == 0);
     /* same seed, same mask */
-    uint8_t *m2 = malloc(n);
+    uint8_t *m2 = keep(malloc(n));
     rng_seed(&r, 7);
     dropout_forward(y, m2, x, 0.25f, n, &r);
     EXPECT(memcmp(m, m2, n) == 0);
@@ -283,7 +298,7 @@ TEST(gemm_matches_reference) {
                 double worst = 0;
                 for (int i = 0; i < M * N; i++) if (fabs(C1[i] - C2[i]) > worst) worst = fabs(C1[i] - C2[i]);
                 EXPECT_MSG(worst <= 1e-5 * K, "M=%d N=%d K=%d ta=%d tb=%d worst %g", M, N, K, ta, tb, worst);
-                free(A); free(Bm); free(C1); free(C2);
+                drop(A); drop(Bm); drop(C1); free(C2);
             }
     }
 }
@@ -305,5 +320,6 @@ int main(void) {
     RUN(crossentropy_grad);
     RUN(dropout_mask_and_grad);
     RUN(gemm_matches_reference);
+    free_bufs();
     return test_summary("ops");
 }
