@@ -6,7 +6,8 @@
  * "empty" plot and no marks; every label is escaped (&, <, >, quotes); the expert of a token is
  * its kept slot with the largest gate; ETA formatting; and report_build on a synthetic run (torn
  * metrics line, JSON nulls, routing dump with hostile pieces) writes the expected plots and token
- * spans, overlays two runs, and fails with a clear error for a directory without metrics.
+ * spans, overlays two runs, thins a 5001-step run to at most 2000 points per curve, and fails with a
+ * clear error for a directory without metrics.
  * Pixel tolerances are 0.05 px: coordinates are written with one decimal.
  */
 #include <stdio.h>
@@ -298,6 +299,25 @@ TEST(report_page) {
         EXPECT(strstr(sb2.buf, ">a train<") != NULL && strstr(sb2.buf, ">b val<") != NULL);
     }
     sb_free(&sb2);
+
+    /* a long run is thinned to at most 2000 points per curve, keeping the first and the last */
+    dir_make("build/tmp/test_report/long");
+    FILE *f = fopen("build/tmp/test_report/long/metrics.jsonl", "w");
+    if (f) {
+        for (int i = 1; i <= 5001; i++)
+            fprintf(f, "{\"step\": %d, \"loss\": %g, \"aux_loss\": 0, \"lr\": 0.001, \"grad_norm\": 1, \"tokens_per_s\": 100, "
+                       "\"time_s\": %d, \"tokens\": %d}\n", i, 7.0 - i * 1e-3, i, 64 * i);
+        fclose(f);
+    }
+    const char *lng[1] = {"build/tmp/test_report/long"};
+    StrBuf sb4 = {0};
+    EXPECT(report_build(&sb4, lng, 1) == MOELM_OK);
+    if (sb4.buf) {
+        int pts = count_between(sb4.buf, "id=\"chart-1\"", "</path>", " L") + 1;
+        EXPECT_MSG(pts >= 1000 && pts <= 2001, "%d points", pts);
+        EXPECT(strstr(sb4.buf, "<title>long train</title>") != NULL);
+    }
+    sb_free(&sb4);
 
     const char *none[1] = {"build/tmp/test_report/missing"};
     StrBuf sb3 = {0};

@@ -17,6 +17,7 @@
 
 #define MAXL 64
 #define MAXE 256
+#define REPORT_MAX_POINTS 2000   /* per curve; longer series are thinned evenly */
 
 typedef struct {
     char path[1024];
@@ -222,6 +223,16 @@ static void ser_add(Series *S, const double *x, const double *y, int n, const ch
 static void ser_add(Series *S, const double *x, const double *y, int n, const char *color, int dashed, int markers,
                     const char *fmt, ...) {
     if (S->n >= 256 || !x || !y) return;
+    if (n > REPORT_MAX_POINTS) {
+        /* a long run: every k-th point and the last one, so a page stays a few MB at most */
+        int k = (n + REPORT_MAX_POINTS - 1) / REPORT_MAX_POINTS, m = (n - 1) / k + 1 + ((n - 1) % k != 0);
+        double *dx = ser_buf(S, m), *dy = ser_buf(S, m);
+        if (!dx || !dy) return;
+        int j = 0;
+        for (int i = 0; i < n; i += k, j++) { dx[j] = x[i]; dy[j] = y[i]; }
+        if ((n - 1) % k) { dx[j] = x[n - 1]; dy[j] = y[n - 1]; j++; }
+        x = dx; y = dy; n = j;
+    }
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(S->names[S->n], sizeof S->names[S->n], fmt, ap);
