@@ -282,9 +282,10 @@ moelm_status config_load(ModelConfig *c, const char *path) {
         case JSON_STRING: sv = json_string(v); break;
         case JSON_BOOL: sv = json_bool(v) ? "true" : "false"; break;
         case JSON_NUMBER: snprintf(buf, sizeof buf, "%.9g", json_number(v)); break;
-        default:
+        default:   /* the message first: key points into j */
+            st = moelm_fail(MOELM_ERR_CONFIG, "%s: key '%s' must be a number, string or boolean", path, key);
             json_free(j);
-            return moelm_fail(MOELM_ERR_CONFIG, "%s: key '%s' must be a number, string or boolean", path, key);
+            return st;
         }
         if (!strcmp(key, "moelm_version")) continue;
         st = config_set(c, key, sv);
