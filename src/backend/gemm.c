@@ -41,7 +41,12 @@ static void gemv_rows(int N, int K, float alpha, const float *W, int ldw, const 
         const float *w0 = W + (size_t)n * ldw, *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
         float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
 #pragma omp simd reduction(+ : s0, s1, s2, s3)
-        for (int k = 0; k < K; k++) { s0 += w0[k] * x[k]; s1 += w1[k] * x[k]; s2 += w2[k] * x[k]; s3 += w3[k] * x[k]; }
+        for (int k = 0; k < K; k++) {
+            s0 = __builtin_fmaf(w0[k], x[k], s0);
+            s1 = __builtin_fmaf(w1[k], x[k], s1);
+            s2 = __builtin_fmaf(w2[k], x[k], s2);
+            s3 = __builtin_fmaf(w3[k], x[k], s3);
+        }
         float s[4] = {s0, s1, s2, s3};
         for (int i = 0; i < 4; i++) y[n + i] = alpha * s[i] + (beta == 0.0f ? 0.0f : beta * y[n + i]);
     }
@@ -49,7 +54,7 @@ static void gemv_rows(int N, int K, float alpha, const float *W, int ldw, const 
         const float *w = W + (size_t)n * ldw;
         float s = 0.0f;
 #pragma omp simd reduction(+ : s)
-        for (int k = 0; k < K; k++) s += w[k] * x[k];
+        for (int k = 0; k < K; k++) s = __builtin_fmaf(w[k], x[k], s);
         y[n] = alpha * s + (beta == 0.0f ? 0.0f : beta * y[n]);
     }
 }

@@ -111,17 +111,25 @@ void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, co
     /* xhat = (x - mean) * rstd; y = xhat * w + b
      * dxhat = dy * w;  dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) */
     if (dw || db) {
-        /* dw[c] = sum_n dy[n,c] * xhat[n,c], computed column-wise */
-#pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN_WORK)
-        for (int c = 0; c < C; c++) {
-            float sw = 0.0f, sb = 0.0f;
+        /* dw[c] = sum_n dy[n,c] * xhat[n,c], db[c] = sum_n dy[n,c]: blocks of columns, each owned by one
+         * thread, walked row by row (contiguous, vectorised); per column the sum runs over n in order,
+         * the same bits as a column-at-a-time loop. */
+        enum { CB = 256 };
+        int nblk = (C + CB - 1) / CB;
+#pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN_WORK && nblk > 1)
+        for (int blk = 0; blk < nblk; blk++) {
+            int c0 = blk * CB, nc = C - c0 < CB ? C - c0 : CB;
+            float sw[CB], sb[CB];
+            for (int c = 0; c < nc; c++) sw[c] = sb[c] = 0.0f;
             for (int n = 0; n < N; n++) {
-                float dy = dout[(size_t)n * C + c];
-                sw += dy * (inp[(size_t)n * C + c] - mean[n]) * rstd[n];
-                sb += dy;
+                const float *dy = dout + (size_t)n * C + c0, *x = inp + (size_t)n * C + c0;
+                float m = mean[n], r = rstd[n];
+                for (int c = 0; c < nc; c++) { sw[c] += dy[c] * (x[c] - m) * r; sb[c] += dy[c]; }
             }
-            if (dw) dw[c] += sw;
-            if (db) db[c] += sb;
+            for (int c = 0; c < nc; c++) {
+                if (dw) dw[c0 + c] += sw[c];
+                if (db) db[c0 + c] += sb[c];
+            }
         }
     }
 #pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN_WORK)
@@ -160,12 +168,20 @@ void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, 
 void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
                       const float *rstd, int N, int C) {
     /* y = x * s * w, s = (mean(x^2) + eps)^-1/2;  dx = s * (dy*w - x * s^2 * mean(dy*w*x)) */
-    if (dw) {
-#pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN_WORK)
-        for (int c = 0; c < C; c++) {
-            float sw = 0.0f;
-            for (int n = 0; n < N; n++) sw += dout[(size_t)n * C + c] * inp[(size_t)n * C + c] * rstd[n];
-            dw[c] += sw;
+    if (dw) {   /* column blocks walked row by row, as in layernorm_backward: the same bits */
+        enum { CB = 256 };
+        int nblk = (C + CB - 1) / CB;
+#pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN_WORK && nblk > 1)
+        for (int blk = 0; blk < nblk; blk++) {
+            int c0 = blk * CB, nc = C - c0 < CB ? C - c0 : CB;
+            float sw[CB];
+            for (int c = 0; c < nc; c++) sw[c] = 0.0f;
+            for (int n = 0; n < N; n++) {
+                const float *dy = dout + (size_t)n * C + c0, *x = inp + (size_t)n * C + c0;
+                float r = rstd[n];
+                for (int c = 0; c < nc; c++) sw[c] += dy[c] * x[c] * r;
+            }
+            for (int c = 0; c < nc; c++) dw[c0 + c] += sw[c];
         }
     }
 #pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN_WORK)
@@ -304,14 +320,14 @@ void attention_backward_ref(float *dqkv, float *datt, const float *dout, const f
 static inline float dot_simd(const float *a, const float *b, int n) {
     float s = 0.0f;
 #pragma omp simd reduction(+ : s)
-    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    for (int i = 0; i < n; i++) s = __builtin_fmaf(a[i], b[i], s);   /* -std=c11 contracts nothing by itself */
     return s;
 }
 
 /* y[i] += alpha x[i] over n floats */
 static inline void axpy_simd(float *restrict y, float alpha, const float *restrict x, int n) {
 #pragma omp simd
-    for (int i = 0; i < n; i++) y[i] += alpha * x[i];
+    for (int i = 0; i < n; i++) y[i] = __builtin_fmaf(alpha, x[i], y[i]);
 }
 
 void attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH, int causal) {
