@@ -2,10 +2,16 @@
 #include "gemm.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+/* iterations a libgomp thread spins at a barrier before it sleeps (libgomp: 300000, or 1000 when it
+ * sees more threads than CPUs; it cannot see other processes) */
+#define MOELM_GOMP_SPINCOUNT "10000"
+
 #ifdef MOELM_BLAS
 #include <cblas.h>
 #endif
@@ -76,6 +82,16 @@ void gemm(int transA, int transB, int M, int N, int K, float alpha, const float 
                 M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 #else
     gemm_ref(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+#endif
+}
+
+void backend_init_runtime(char **argv) {
+#ifdef _OPENMP
+    if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT")) return;   /* the user's choice, or re-executed */
+    setenv("GOMP_SPINCOUNT", MOELM_GOMP_SPINCOUNT, 1);
+    execv("/proc/self/exe", argv);   /* returns only on failure: then run on with libgomp's default */
+#else
+    (void)argv;
 #endif
 }
 

@@ -5,6 +5,7 @@
 #include <string.h>
 #include "common/util.h"
 #include "moelm.h"
+#include "backend/gemm.h"
 
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
@@ -40,6 +41,7 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+    backend_init_runtime(argv);   /* may re-execute once with the OpenMP wait policy set (gemm.h) */
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
         usage(stdout);
         return argc < 2 ? 2 : 0;
