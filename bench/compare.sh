@@ -1,0 +1,82 @@
+#!/bin/sh
+# bench/compare.sh: moelm and PyTorch on the same configs, in one go, interleaved, with ratios.
+#
+#   sh bench/compare.sh [CORETYPE]      CORETYPE: env (OPENBLAS_CORETYPE as the environment has it,
+#                                       the default), or a kernel name such as Cooperlake (AVX-512) or
+#                                       Haswell (AVX2), set for both programs inside this script only
+#   environment: THREADS (2), STEPS (5 timed training steps), WARMUP (1), GEN (100), REPS (2),
+#                MOELM (./moelm), PY (/usr/bin/python3), CONFIGS (names below, space-separated),
+#                TORCH_SPIN (10000: GOMP_SPINCOUNT for torch, the value moelm sets for itself at start,
+#                src/backend/gemm.h; "default" leaves libgomp's own)
+#
+# Configs (the seed stack: vocab 10k, d_model 256, 6 layers, 8 heads, seq 30, batch 64):
+#   dense     seed-moe with one expert: the MoE head is one FFN, no router (a dense model)
+#   switch32  seed-switch: top-1, 32 experts, capacity factor 1.25
+#   soft32    seed-gating: soft gating over 32 experts (every expert sees every token)
+#   switch8   seed-switch with 8 experts    } fixed active parameters: one expert of d_ff 512
+#   switch128 seed-switch with 128 experts  } per token, so the step should cost the same
+# Each (config, program) pair runs REPS times, alternating moelm and torch; the table shows medians.
+# Generation (batch 1, 100 new tokens, KV cache) is measured in the same runs.
+set -u
+CORE=${1:-env}
+THREADS=${THREADS:-2}; STEPS=${STEPS:-5}; WARMUP=${WARMUP:-1}; GEN=${GEN:-100}; REPS=${REPS:-2}
+MOELM=${MOELM:-./moelm}; PY=${PY:-/usr/bin/python3}
+CONFIGS=${CONFIGS:-"dense switch32 soft32 switch8 switch128"}
+OUT=${OUT:-build/compare}
+TORCH_SPIN=${TORCH_SPIN:-10000}
+mkdir -p "$OUT"
+
+args() {
+    case $1 in
+    dense) echo "--config seed-moe --set num_experts=1" ;;
+    switch32) echo "--config seed-switch" ;;
+    soft32) echo "--config seed-gating" ;;
+    switch8) echo "--config seed-switch --set num_experts=8" ;;
+    switch128) echo "--config seed-switch --set num_experts=128" ;;
+    *) echo "unknown config $1" >&2; exit 2 ;;
+    esac
+}
+
+run() {   # run PROGRAM CONFIG LOG: one benchmark process with the chosen kernel
+    prog=$1; cfg=$2; log=$3
+    if [ "$prog" = moelm ]; then set -- "$MOELM" bench $(args "$cfg") -t "$THREADS" --steps "$STEPS" --warmup "$WARMUP" -n "$GEN"
+    else
+        set -- "$PY" bench/torch_ref.py $(args "$cfg") -t "$THREADS" --steps "$STEPS" --warmup "$WARMUP" --gen "$GEN"
+        [ "$TORCH_SPIN" != default ] && set -- env GOMP_SPINCOUNT="$TORCH_SPIN" "$@"
+    fi
+    if [ "$CORE" = env ]; then "$@" >>"$log" 2>&1
+    else env OPENBLAS_CORETYPE="$CORE" "$@" >>"$log" 2>&1; fi
+}
+
+field() { grep '^RESULT' "$1" | sed -E "s/.* $2=([-0-9.e]+).*/\1/"; }
+median() { sort -g | awk '{a[NR]=$1} END {if (NR == 0) print "nan"; else if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+
+echo "compare: $(date -u +%FT%TZ), kernel ${CORE} (OPENBLAS_CORETYPE=$([ "$CORE" = env ] && echo "${OPENBLAS_CORETYPE:-unset}" || echo "$CORE")), $THREADS threads, $STEPS steps (+$WARMUP warm-up), $REPS reps, torch GOMP_SPINCOUNT=$TORCH_SPIN, load: $(cut -d' ' -f1-3 /proc/loadavg)"
+for cfg in $CONFIGS; do
+    rm -f "$OUT/$cfg.moelm.$CORE.log" "$OUT/$cfg.torch.$CORE.log"
+    r=0
+    while [ $r -lt "$REPS" ]; do
+        run moelm "$cfg" "$OUT/$cfg.moelm.$CORE.log"
+        run torch "$cfg" "$OUT/$cfg.torch.$CORE.log"
+        r=$((r + 1))
+    done
+done
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '\n| config | moelm tok/s | torch tok/s | ratio | moelm GFLOP/s | sgemm peak | share | torch GFLOP/s | gen moelm tok/s | gen torch tok/s | gen ratio | RSS moelm MB | RSS torch MB | moelm ms/step |\n'
+printf '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n'
+for cfg in $CONFIGS; do
+    m="$OUT/$cfg.moelm.$CORE.log"; t="$OUT/$cfg.torch.$CORE.log"
+    mt=$(field "$m" train_tok_s | median); tt=$(field "$t" train_tok_s | median)
+    mg=$(field "$m" train_gflops | median); pk=$(field "$m" sgemm_peak_gflops | median); tg=$(field "$t" train_gflops | median)
+    sh=$(field "$m" peak_share | median)
+    mgen=$(field "$m" gen_tok_s | median); tgen=$(field "$t" gen_tok_s | median)
+    mr=$(field "$m" rss_mb | median); tr=$(field "$t" rss_mb | median); ms=$(field "$m" train_ms_step | median)
+    awk -v c="$cfg" -v mt="$mt" -v tt="$tt" -v mg="$mg" -v pk="$pk" -v sh="$sh" -v tg="$tg" -v mgen="$mgen" -v tgen="$tgen" \
+        -v mr="$mr" -v tr="$tr" -v ms="$ms" 'BEGIN {
+        printf "| %s | %.0f | %.0f | %.2fx | %.1f | %.1f | %.0f%% | %.1f | %.1f | %.1f | %.2fx | %.0f | %.0f | %.1f |\n",
+               c, mt, tt, tt > 0 ? mt / tt : 0, mg, pk, 100 * sh, tg, mgen, tgen, tgen > 0 ? mgen / tgen : 0, mr, tr, ms }'
+done
+case " $CONFIGS " in *" switch8 "*" switch128 "*)
+    a=$(field "$OUT/switch8.moelm.$CORE.log" train_ms_step | median); b=$(field "$OUT/switch128.moelm.$CORE.log" train_ms_step | median)
+    awk -v a="$a" -v b="$b" 'BEGIN { printf "\nmoelm step time, 128 experts / 8 experts (fixed active parameters): %.2fx\n", b / a }' ;;
+esac
