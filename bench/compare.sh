@@ -7,7 +7,8 @@
 #   environment: THREADS (2), STEPS (5 timed training steps), WARMUP (1), GEN (100), REPS (2),
 #                MOELM (./moelm), PY (/usr/bin/python3), CONFIGS (names below, space-separated),
 #                TORCH_SPIN (10000: GOMP_SPINCOUNT for torch, the value moelm sets for itself at start,
-#                src/backend/gemm.h; "default" leaves libgomp's own)
+#                src/backend/gemm.h; "default" leaves libgomp's own), TABLE_ONLY (1: no runs, the
+#                table of the logs already in OUT)
 #
 # Configs (the seed stack: vocab 10k, d_model 256, 6 layers, 8 heads, seq 30, batch 64):
 #   dense     seed-moe with one expert: the MoE head is one FFN, no router (a dense model)
@@ -53,6 +54,7 @@ median() { sort -g | awk '{a[NR]=$1} END {if (NR == 0) print "nan"; else if (NR 
 
 echo "compare: $(date -u +%FT%TZ), kernel ${CORE} (OPENBLAS_CORETYPE=$([ "$CORE" = env ] && echo "${OPENBLAS_CORETYPE:-unset}" || echo "$CORE")), $THREADS threads, $STEPS steps (+$WARMUP warm-up), $REPS reps, torch GOMP_SPINCOUNT=$TORCH_SPIN, load: $(cut -d' ' -f1-3 /proc/loadavg)"
 for cfg in $CONFIGS; do
+    [ "${TABLE_ONLY:-0}" = 1 ] && break   # TABLE_ONLY=1: print the table of the logs already in OUT
     rm -f "$OUT/$cfg.moelm.$CORE.log" "$OUT/$cfg.torch.$CORE.log"
     r=0
     while [ $r -lt "$REPS" ]; do
@@ -74,7 +76,7 @@ for cfg in $CONFIGS; do
     awk -v c="$cfg" -v mt="$mt" -v tt="$tt" -v mg="$mg" -v pk="$pk" -v sh="$sh" -v tg="$tg" -v mgen="$mgen" -v tgen="$tgen" \
         -v mr="$mr" -v tr="$tr" -v ms="$ms" 'BEGIN {
         printf "| %s | %.0f | %.0f | %.2fx | %.1f | %.1f | %.0f%% | %.1f | %.1f | %.1f | %.2fx | %.0f | %.0f | %.1f |\n",
-               c, mt, tt, tt > 0 ? mt / tt : 0, mg, pk, 100 * sh, tg, mgen, tgen, tgen > 0 ? mgen / tgen : 0, mr, tr, ms }'
+               c, mt, tt, (tt > 0 ? mt / tt : 0), mg, pk, 100 * sh, tg, mgen, tgen, (tgen > 0 ? mgen / tgen : 0), mr, tr, ms }'
 done
 case " $CONFIGS " in *" switch8 "*" switch128 "*)
     a=$(field "$OUT/switch8.moelm.$CORE.log" train_ms_step | median); b=$(field "$OUT/switch128.moelm.$CORE.log" train_ms_step | median)

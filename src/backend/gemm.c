@@ -36,32 +36,40 @@ void gemm_ref(int transA, int transB, int M, int N, int K, float alpha, const fl
 }
 
 /* y[n] = alpha * W[n,:] . x + beta * y[n] for n < N (W row-major [N, K], stride ldw): the matrix-vector
- * product of generation, where each layer sees one row. Single-threaded on purpose: it streams W once
- * (memory-bound), and OpenBLAS 0.3.21 would either pack all of W as for a GEMM (sgemm) or open a
- * parallel region per call (sgemv), which on a shared 2-core machine stalls for a scheduler quantum
- * whenever the second thread is descheduled (measured: 6.5 vs 132 tokens/s). Four rows at a time
- * share each load of x. beta == 0 does not read y. */
+ * product of generation, where each layer sees one row. It streams W once (memory-bound). OpenBLAS
+ * 0.3.21 would pack all of W as for a GEMM (sgemm), or open a parallel region per call whose waits
+ * stalled on the shared machine (sgemv: 6.5 vs 132 tokens/s at 2 threads). Here blocks of four rows
+ * (sharing each load of x) are split over the threads when W is large enough for two cores' memory
+ * bandwidth to pay: each row is computed by one thread in a fixed order, so the bits do not depend
+ * on the thread count. beta == 0 does not read y. */
+#define GEMV_PAR_MIN ((size_t)1 << 20)   /* floats of W (4 MiB, ~200 us): a region must outlast waking the second thread */
+
 static void gemv_rows(int N, int K, float alpha, const float *W, int ldw, const float *x, float beta, float *y) {
-    int n = 0;
-    for (; n + 4 <= N; n += 4) {
-        const float *w0 = W + (size_t)n * ldw, *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
-        float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+    int nblk = (N + 3) / 4;
+#pragma omp parallel for schedule(static) if ((size_t)N * K >= GEMV_PAR_MIN)
+    for (int blk = 0; blk < nblk; blk++) {   /* each thread owns rows 4 blk .. 4 blk + 3 of y */
+        int n = 4 * blk;
+        if (n + 4 <= N) {
+            const float *w0 = W + (size_t)n * ldw, *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
+            float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
 #pragma omp simd reduction(+ : s0, s1, s2, s3)
-        for (int k = 0; k < K; k++) {
-            s0 = __builtin_fmaf(w0[k], x[k], s0);
-            s1 = __builtin_fmaf(w1[k], x[k], s1);
-            s2 = __builtin_fmaf(w2[k], x[k], s2);
-            s3 = __builtin_fmaf(w3[k], x[k], s3);
+            for (int k = 0; k < K; k++) {
+                s0 = __builtin_fmaf(w0[k], x[k], s0);
+                s1 = __builtin_fmaf(w1[k], x[k], s1);
+                s2 = __builtin_fmaf(w2[k], x[k], s2);
+                s3 = __builtin_fmaf(w3[k], x[k], s3);
+            }
+            float s[4] = {s0, s1, s2, s3};
+            for (int i = 0; i < 4; i++) y[n + i] = alpha * s[i] + (beta == 0.0f ? 0.0f : beta * y[n + i]);
+            continue;
         }
-        float s[4] = {s0, s1, s2, s3};
-        for (int i = 0; i < 4; i++) y[n + i] = alpha * s[i] + (beta == 0.0f ? 0.0f : beta * y[n + i]);
-    }
-    for (; n < N; n++) {
-        const float *w = W + (size_t)n * ldw;
-        float s = 0.0f;
+        for (; n < N; n++) {
+            const float *w = W + (size_t)n * ldw;
+            float s = 0.0f;
 #pragma omp simd reduction(+ : s)
-        for (int k = 0; k < K; k++) s = __builtin_fmaf(w[k], x[k], s);
-        y[n] = alpha * s + (beta == 0.0f ? 0.0f : beta * y[n]);
+            for (int k = 0; k < K; k++) s = __builtin_fmaf(w[k], x[k], s);
+            y[n] = alpha * s + (beta == 0.0f ? 0.0f : beta * y[n]);
+        }
     }
 }
 
