@@ -145,6 +145,8 @@ TEST(attention_fast_matches_reference) {
     att_fast_case(2, 1, 14, 2, 1);
     att_fast_case(1, 31, 66, 2, 1);
     att_fast_case(2, 30, 256, 8, 1);   /* the seed config's head shape */
+    att_fast_case(1, 70, 130, 2, 1);   /* longer rows: T = 70, hs = 65 */
+    att_fast_case(1, 70, 130, 2, 0);
 }
 
 /* Cross-entropy (vectorised exp) against a double-precision softmax on an odd vocabulary with a
