@@ -93,14 +93,41 @@ void gemm(int transA, int transB, int M, int N, int K, float alpha, const float 
 #endif
 }
 
-void backend_init_runtime(char **argv) {
-#ifdef _OPENMP
-    if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT")) return;   /* the user's choice, or re-executed */
-    setenv("GOMP_SPINCOUNT", MOELM_GOMP_SPINCOUNT, 1);
-    execv("/proc/self/exe", argv);   /* returns only on failure: then run on with libgomp's default */
+/* OpenBLAS 0.3.21 reads OPENBLAS_CORETYPE once, when it is loaded, and its own detection does not
+ * know Zen 5: left alone it picks the generic SSE3 "Prescott" kernel (2-4x slower than the AVX-512
+ * one). When the variable is unset, moelm names the kernel the CPU supports; a value the user or
+ * the environment set is never changed. Returns 1 when it set something. */
+static int choose_blas_kernel(void) {
+#if defined(MOELM_BLAS) && defined(__x86_64__)
+    if (getenv("OPENBLAS_CORETYPE")) return 0;
+    __builtin_cpu_init();
+    const char *core = NULL;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+        core = "SkylakeX";
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        core = "Haswell";
+    if (!core) return 0;
+    setenv("OPENBLAS_CORETYPE", core, 1);
+    return 1;
 #else
-    (void)argv;
+    return 0;
 #endif
+}
+
+void backend_init_runtime(char **argv) {
+    int changed = 0;
+    if (!getenv("MOELM_REEXECED")) {
+        changed |= choose_blas_kernel();
+#ifdef _OPENMP
+        if (!getenv("OMP_WAIT_POLICY") && !getenv("GOMP_SPINCOUNT")) {   /* never override the user's choice */
+            setenv("GOMP_SPINCOUNT", MOELM_GOMP_SPINCOUNT, 1);
+            changed = 1;
+        }
+#endif
+    }
+    if (!changed) return;
+    setenv("MOELM_REEXECED", "1", 1);
+    execv("/proc/self/exe", argv);   /* returns only on failure: then run on with the defaults */
 }
 
 static int g_threads = 1;
