@@ -9,6 +9,9 @@
 #                TORCH_SPIN (10000: GOMP_SPINCOUNT for torch, the value moelm sets for itself at start,
 #                src/backend/gemm.h; "default" leaves libgomp's own), TABLE_ONLY (1: no runs, the
 #                table of the logs already in OUT)
+# Since 6bf369a moelm names an AVX-512/AVX2 kernel itself when OPENBLAS_CORETYPE is unset; torch does
+# not, so "env" with the variable unset compares the two programs' defaults (kernels differ: the
+# table's last lines name both). Pass a kernel name to compare like with like.
 #
 # Configs (the seed stack: vocab 10k, d_model 256, 6 layers, 8 heads, seq 30, batch 64):
 #   dense     seed-moe with one expert: the MoE head is one FFN, no router (a dense model)
@@ -78,6 +81,9 @@ for cfg in $CONFIGS; do
         printf "| %s | %.0f | %.0f | %.2fx | %.1f | %.1f | %.0f%% | %.1f | %.1f | %.1f | %.2fx | %.0f | %.0f | %.1f |\n",
                c, mt, tt, (tt > 0 ? mt / tt : 0), mg, pk, 100 * sh, tg, mgen, tgen, (tgen > 0 ? mgen / tgen : 0), mr, tr, ms }'
 done
+k() { grep '^RESULT' "$1" | sed -E 's/.* kernel=([^ ]+).*/\1/' | sort -u | tr '\n' ' '; }
+first=${CONFIGS%% *}
+printf '\nOpenBLAS kernels: moelm %s, torch %s\n' "$(k "$OUT/$first.moelm.$CORE.log")" "$(k "$OUT/$first.torch.$CORE.log")"
 case " $CONFIGS " in *" switch8 "*" switch128 "*)
     a=$(field "$OUT/switch8.moelm.$CORE.log" train_ms_step | median); b=$(field "$OUT/switch128.moelm.$CORE.log" train_ms_step | median)
     awk -v a="$a" -v b="$b" 'BEGIN { printf "\nmoelm step time, 128 experts / 8 experts (fixed active parameters): %.2fx\n", b / a }' ;;

@@ -297,6 +297,19 @@ def moe_flops(c, m, N, C, EH):
     return m.kept * 4 * C * EH + (0 if m.router in ("random", "hash") else 2 * N * C * m.E)
 
 
+def openblas_core():
+    """the kernel of the OpenBLAS torch loaded (Debian: libblas.so.3 -> OpenBLAS), or why unknown"""
+    import ctypes
+    for name in ("libopenblas.so.0", "libblas.so.3"):
+        try:
+            f = ctypes.CDLL(name).openblas_get_corename   # the already-loaded library: the same state
+            f.restype = ctypes.c_char_p
+            return f().decode()
+        except (OSError, AttributeError):
+            continue
+    return "unknown (not OpenBLAS)"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="seed-switch")
@@ -322,6 +335,7 @@ def main():
     opt = Opt(model.parameters(), lr=t["lr"], betas=(t["beta1"], t["beta2"]), eps=t["eps"],
               weight_decay=t["weight_decay"])
     blas = [l.strip() for l in torch.__config__.show().splitlines() if "BLAS_INFO" in l]
+    print("openblas kernel: %s" % openblas_core())
     print("torch %s, %d threads, %s params %.2fM, config %s, batch %d x %d" %
           (torch.__version__, torch.get_num_threads(), "BLAS_INFO=" + (blas[0].split("BLAS_INFO=")[1].split(",")[0]
                                                                       if blas else "?"), n_params / 1e6, a.config, B, T))
@@ -361,8 +375,9 @@ def main():
         print("generate: batch 1, %d new tokens, %.1f tok/s" % (a.gen, gen_tps))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print("memory: peak RSS %.1f MB" % rss)
-    print("RESULT config=%s threads=%d train_tok_s=%.1f train_ms_step=%.3f train_gflops=%.2f gen_tok_s=%.2f rss_mb=%.1f"
-          % (a.config, a.threads, tps, 1e3 * t_total / a.steps if a.steps else 0.0, gfl, gen_tps, rss))
+    print("RESULT config=%s threads=%d train_tok_s=%.1f train_ms_step=%.3f train_gflops=%.2f gen_tok_s=%.2f rss_mb=%.1f "
+          "kernel=%s" % (a.config, a.threads, tps, 1e3 * t_total / a.steps if a.steps else 0.0, gfl, gen_tps, rss,
+                         openblas_core()))
 
 
 if __name__ == "__main__":

@@ -213,10 +213,13 @@ moelm_status bench_run(const BenchOptions *o) {
         printf("sgemm: 2048^3 %.1f GFLOP/s; head shape %dx%dx%d %.1f GFLOP/s\n", peak, hM, hN, hK, head);
         if (o->steps > 0) printf("train: %.1f%% of the sgemm 2048^3 peak\n", 100.0 * train_gflops / peak);
     }
+    char kernel[64] = "none";   /* backend_name(): "openblas (KERNEL; config)" */
+    const char *bn = strchr(backend_name(), '(');
+    if (bn) snprintf(kernel, sizeof kernel, "%.*s", (int)strcspn(bn + 1, ";) "), bn + 1);
     printf("RESULT config=%s threads=%d train_tok_s=%.1f train_ms_step=%.3f train_gflops=%.2f gen_tok_s=%.2f "
-           "sgemm_peak_gflops=%.2f peak_share=%.4f rss_mb=%.1f\n",
+           "sgemm_peak_gflops=%.2f peak_share=%.4f rss_mb=%.1f kernel=%s\n",
            o->config, o->threads, train_tps, o->steps > 0 ? 1e3 * t_total / o->steps : 0.0, train_gflops, gen_tps, peak,
-           peak > 0 ? train_gflops / peak : 0.0, rss);
+           peak > 0 ? train_gflops / peak : 0.0, rss, kernel);
     fflush(stdout);
 done:
     moelm_free(tok);
