@@ -5,19 +5,8 @@
 BIN=${MOELM_BIN:-./moelm}
 TMP=build/tmp/cli
 rm -rf "$TMP"; mkdir -p "$TMP"
-pass=0; fail=0
-ok()   { pass=$((pass + 1)); echo "ok   $1"; }
-bad()  { fail=$((fail + 1)); echo "FAIL $1"; }
-check() { name=$1; shift; if "$@"; then ok "$name"; else bad "$name"; fi; }
+. "$(dirname "$0")/lib.sh"
 
-# expect_error NAME PATTERN CMD...: exit code != 0, exactly one stderr line, matching PATTERN
-expect_error() {
-    name=$1; pat=$2; shift 2
-    "$@" >"$TMP/out" 2>"$TMP/err"; rc=$?
-    lines=$(wc -l <"$TMP/err")
-    if [ "$rc" != 0 ] && [ "$lines" = 1 ] && grep -q -- "$pat" "$TMP/err"; then ok "$name"
-    else bad "$name (rc=$rc, $lines stderr lines: $(head -c 300 "$TMP/err"))"; fi
-}
 
 T="-t 1 --quiet"
 # 1. learning: validation loss falls well below the unigram entropy of the built-in corpus
@@ -88,5 +77,4 @@ printf '{"d_model": 64,, }' >"$TMP/bad.json"
 expect_error "invalid config.json" "bad.json" $BIN train --config "$TMP/bad.json" --out "$TMP/x8" $T
 expect_error "resume with another data set" "resume" $BIN train --resume "$TMP/full" --data ../shared/data/ptb --steps 20 $T
 
-echo "cli: $pass passed, $fail failed"
-[ "$fail" = 0 ]
+finish cli

@@ -13,19 +13,9 @@
 BIN=${MOELM_BIN:-./moelm}
 TMP=build/tmp/faults
 rm -rf "$TMP"; mkdir -p "$TMP"
-pass=0; fail=0
-ok()   { pass=$((pass + 1)); echo "ok   $1"; }
-bad()  { fail=$((fail + 1)); echo "FAIL $1"; }
-check() { name=$1; shift; if "$@"; then ok "$name"; else bad "$name"; fi; }
+. "$(dirname "$0")/lib.sh"
+EXPECT_RC=1
 
-# expect_error NAME PATTERN CMD...: exit code 1, exactly one stderr line, matching PATTERN
-expect_error() {
-    name=$1; pat=$2; shift 2
-    "$@" >"$TMP/out" 2>"$TMP/err"; rc=$?
-    lines=$(wc -l <"$TMP/err")
-    if [ "$rc" = 1 ] && [ "$lines" = 1 ] && grep -q -- "$pat" "$TMP/err"; then ok "$name"
-    else bad "$name (rc=$rc, $lines stderr lines: $(head -c 300 "$TMP/err"))"; fi
-}
 
 STEPS=24
 # checkpoints at every step, so that most kill moments fall into a checkpoint write
@@ -123,5 +113,4 @@ while [ "$n" -le 3000 ]; do
 done
 check "eval under allocation failure: no crash, one-line 'out of memory' ($runs runs)" test "$crashes$msgs" = 00
 
-echo "faults: $pass passed, $fail failed"
-[ "$fail" = 0 ]
+finish faults

@@ -10,18 +10,8 @@
 BIN=${MOELM_BIN:-./moelm}
 TMP=build/tmp/hostile
 rm -rf "$TMP"; mkdir -p "$TMP"
-pass=0; fail=0
-ok()   { pass=$((pass + 1)); echo "ok   $1"; }
-bad()  { fail=$((fail + 1)); echo "FAIL $1"; }
+. "$(dirname "$0")/lib.sh"
 
-# expect_error NAME PATTERN CMD...: 0 < exit < 128, exactly one stderr line, matching PATTERN (grep -E)
-expect_error() {
-    name=$1; pat=$2; shift 2
-    "$@" >"$TMP/out" 2>"$TMP/err" </dev/null; rc=$?
-    lines=$(wc -l <"$TMP/err")
-    if [ "$rc" -gt 0 ] && [ "$rc" -lt 128 ] && [ "$lines" = 1 ] && grep -qE -- "$pat" "$TMP/err"; then ok "$name"
-    else bad "$name (rc=$rc, $lines stderr lines: $(head -c 300 "$TMP/err"))"; fi
-}
 
 # le32 N: N as 4 little-endian bytes
 le32() { printf "$(printf '\\%03o\\%03o\\%03o\\%03o' $(($1 & 255)) $((($1 >> 8) & 255)) $((($1 >> 16) & 255)) $((($1 >> 24) & 255)))"; }
@@ -215,5 +205,4 @@ expect_error "cli: decode id out of range"   "999999|range"      $BIN tokenizer 
 printf '1 -4\n' >"$K/neg.txt"
 expect_error "cli: decode negative id"       "-4|range"          $BIN tokenizer decode --model "$K/good.model" --input_format id "$K/neg.txt"
 
-echo "hostile: $pass passed, $fail failed"
-[ "$fail" = 0 ]
+finish hostile
