@@ -235,10 +235,12 @@ moelm_status ckpt_read_state(const char *dir, TrainState *s) {
             sb_free(&sb);
         }
     }
-    s->step = (long)step;
-    s->threads = (int)threads;
-    s->batch_size = (int)bs;
-    s->seq_len = (int)sl;
+    if (!st) {   /* only validated numbers are converted (an out-of-range double is UB to cast) */
+        s->step = (long)step;
+        s->threads = (int)threads;
+        s->batch_size = (int)bs;
+        s->seq_len = (int)sl;
+    }
     json_free(j);
     return st;
 }
