@@ -5,7 +5,7 @@ set -e
 need=""
 command -v gcc >/dev/null 2>&1 || need="$need gcc"
 command -v make >/dev/null 2>&1 || need="$need make"
-[ -f /usr/include/x86_64-linux-gnu/openblas-openmp/cblas.h ] || need="$need libopenblas-openmp-dev"
+{ [ -f /usr/include/x86_64-linux-gnu/openblas-openmp/cblas.h ] && [ -f /usr/lib/x86_64-linux-gnu/openblas-openmp/libopenblas.so ]; } || need="$need libopenblas-openmp-dev"
 # make test also wants sentencepiece (spm_train/spm_encode: the tokenizer oracle tests)
 [ "${1:-}" = test ] && { command -v spm_encode >/dev/null 2>&1 || need="$need sentencepiece"; }
 if [ -n "$need" ]; then

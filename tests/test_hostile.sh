@@ -54,6 +54,7 @@ cfg bad-utf8         "UTF-8|utf|invalid"          "$(printf '{"d_\377model": 64}
 cfg deep-nesting     "deep|nest|depth"            "$(awk 'BEGIN{for(i=0;i<100000;i++) printf "["; for(i=0;i<100000;i++) printf "]"}')"
 cfg negative-eps     "layer_norm_epsilon"         '{"layer_norm_epsilon": -1}'
 cfg negative-sparse  "sparse_step"                '{"sparse_step": -1}'
+cfg newline-in-key   "unknown"                    '{"d_\nmodel": 64}'
 printf '{"d_model": 64\000}' >"$C/nul.json"; nc=$((nc + 1))
 expect_error "config: NUL byte" "$C/nul.json" $BIN train --config "$C/nul.json" --steps 1 --out "$TMP/run-nul" -t 1 --quiet
 echo "   config catalogue: $nc files"

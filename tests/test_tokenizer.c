@@ -537,6 +537,21 @@ TEST(spm_malformed_models) {
     /* model_type word is not read as a SentencePiece model */
     minimal_model(&q); { uint8_t ts[] = { 0x18, 0x03 }; pb_str(&q, 2, ts, sizeof ts); }
     EXPECT(load_bytes(q.b, q.n, &t) == MOELM_ERR_FORMAT && strstr(moelm_last_error(), "model_type"));
+    /* a string field given twice, the second holding a NUL: the first copy is freed exactly once
+     * (the fuzzer found a double free here; the live-byte count catches it without ASan) */
+    {
+        size_t live = moelm_alloc_live_bytes();
+        minimal_model(&q);
+        { uint8_t ts[] = { 0xE2, 0x02, 0x01, 'x', 0xE2, 0x02, 0x02, 'y', 0x00 }; pb_str(&q, 2, ts, sizeof ts); }
+        EXPECT(load_bytes(q.b, q.n, &t) == MOELM_ERR_FORMAT && strstr(moelm_last_error(), "NUL"));
+        minimal_model(&q);
+        { uint8_t ns[] = { 0x0A, 0x01, 'n', 0x0A, 0x02, 'm', 0x00 }; pb_str(&q, 3, ns, sizeof ns); }
+        EXPECT(load_bytes(q.b, q.n, &t) == MOELM_ERR_FORMAT && strstr(moelm_last_error(), "NUL"));
+        minimal_model(&q);
+        { uint8_t ns[] = { 0x32, 0x01, 'r', 0x32, 0x02, 's', 0x00 }; pb_str(&q, 3, ns, sizeof ns); }
+        EXPECT(load_bytes(q.b, q.n, &t) == MOELM_ERR_FORMAT && strstr(moelm_last_error(), "NUL"));
+        EXPECT_MSG(moelm_alloc_live_bytes() == live, "live bytes %zu -> %zu", live, moelm_alloc_live_bytes());
+    }
     /* a corrupt charsmap: trie size beyond the blob */
     minimal_model(&q); { uint8_t cm[] = { 0x12, 0x04, 0xFF, 0x00, 0x00, 0x00 }; pb_str(&q, 3, cm, sizeof cm); }
     EXPECT(load_bytes(q.b, q.n, &t) == MOELM_ERR_FORMAT && strstr(moelm_last_error(), "charsmap"));

@@ -15,11 +15,19 @@ static _Thread_local char g_err[1024];
 
 const char *moelm_last_error(void) { return g_err[0] ? g_err : "no error"; }
 
+/* A message stays one line whatever it quotes (a JSON key may hold an escaped newline): control
+ * characters become '?'. */
+static void one_line(char *s) {
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f) *s = '?';
+}
+
 moelm_status moelm_fail(moelm_status st, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(g_err, sizeof g_err, fmt, ap);
     va_end(ap);
+    one_line(g_err);
     return st;
 }
 
@@ -37,6 +45,7 @@ moelm_status moelm_fail_context(moelm_status st, const char *fmt, ...) {
     memcpy(g_err + pl, ": ", 2);
     memcpy(g_err + pl + 2, old, ol);
     g_err[pl + 2 + ol] = '\0';
+    one_line(g_err);
     return st;
 }
 

@@ -106,6 +106,7 @@ static int parse_trainer(const uint8_t *d, size_t n, TrainerBits *tb, const char
         else if (f == 48 && wt == 2) dst = &tb->pad_piece;
         if (dst) {
             moelm_free(*dst);
+            *dst = NULL;   /* an error below must not leave it dangling for the caller to free again */
             if (memchr(data, 0, len)) { *err = "trainer_spec string contains NUL"; return -1; }
             if (!(*dst = dup_bytes(data, len))) { *err = "out of memory"; return -1; }
         }
@@ -164,6 +165,7 @@ static int parse_normalizer(const uint8_t *d, size_t n, SpmNormSpec *ns, const c
     while ((r = pb_field(&in, &f, &wt, &v, &data, &len, err)) == 1) {
         if (f == 1 && wt == 2) {
             moelm_free(ns->name);
+            ns->name = NULL;
             if (memchr(data, 0, len)) { *err = "normalizer name contains NUL"; return -1; }
             if (!(ns->name = dup_bytes(data, len))) { *err = "out of memory"; return -1; }
         } else if (f == 2 && wt == 2) {
@@ -179,6 +181,7 @@ static int parse_normalizer(const uint8_t *d, size_t n, SpmNormSpec *ns, const c
         else if (f == 5 && wt == 0) { ns->escape_whitespaces = v != 0; ns->has_escape_whitespaces = 1; }
         else if (f == 6 && wt == 2) {
             moelm_free(ns->rule_tsv);
+            ns->rule_tsv = NULL;
             if (memchr(data, 0, len)) { *err = "normalization_rule_tsv contains NUL"; return -1; }
             if (!(ns->rule_tsv = dup_bytes(data, len))) { *err = "out of memory"; return -1; }
         }
