@@ -45,6 +45,12 @@ check "metrics: a logged step after the checkpoint is replaced, not duplicated" 
 
 # 3. the checkpoint loads: eval and generate run, info prints the step
 check "eval runs on the checkpoint" sh -c "$BIN eval -m $TMP/full -t 1 | grep -q 'word-level perplexity'"
+# sliding-window evaluation scores every token once, as the non-overlapping one does
+$BIN eval -m "$TMP/full" -t 1 >"$TMP/ev1" 2>&1
+$BIN eval -m "$TMP/full" -t 1 --stride 3 >"$TMP/ev3" 2>&1
+check "eval --stride scores the same tokens" sh -c "grep -q 'every 3' $TMP/ev3 && [ \"\$(head -n 1 $TMP/ev1 | cut -d, -f1)\" = \"\$(head -n 1 $TMP/ev3 | cut -d, -f1)\" ]"
+check "eval --stride changes the perplexity" sh -c "! cmp -s $TMP/ev1 $TMP/ev3 && [ \"\$(grep word-level $TMP/ev1)\" != \"\$(grep word-level $TMP/ev3)\" ]"
+expect_error "eval --stride longer than the context" "stride" $BIN eval -m "$TMP/full" -t 1 --stride 999
 check "generate runs on the checkpoint" sh -c "$BIN generate -m $TMP/full -n 5 --seed 3 >/dev/null 2>&1"
 check "info reports the step" sh -c "$BIN info $TMP/full | grep -q 'step 12'"
 g1=$($BIN generate -m "$TMP/full" -n 8 --seed 7 2>/dev/null); g2=$($BIN generate -m "$TMP/full" -n 8 --seed 7 2>/dev/null)

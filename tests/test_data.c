@@ -963,33 +963,46 @@ TEST(dataloader_seek_restores) {
 
 TEST(eval_batches_cover_once) {
     size_t live = moelm_alloc_live_bytes();
-    static const struct { size_t n; int B, T; } cases[] = {
-        {1000, 4, 16}, {1000, 1, 1}, {17, 4, 16}, {16, 4, 16}, {33, 2, 16}, {2, 3, 5}, {1001, 3, 10}, {12345, 7, 33},
+    static const struct { size_t n; int B, T, S; } cases[] = {
+        {1000, 4, 16, 16}, {1000, 1, 1, 1}, {17, 4, 16, 16}, {16, 4, 16, 16}, {33, 2, 16, 16}, {2, 3, 5, 5},
+        {1001, 3, 10, 10}, {12345, 7, 33, 33},
+        /* sliding windows */
+        {1000, 4, 16, 8}, {1000, 3, 16, 1}, {17, 4, 16, 5}, {18, 2, 16, 1}, {12345, 7, 33, 11}, {2, 3, 5, 2}, {40, 1, 8, 3},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         size_t n = cases[c].n;
-        int B = cases[c].B, T = cases[c].T;
+        int B = cases[c].B, T = cases[c].T, S = cases[c].S;
         int *ids = iota(n);
-        size_t nb = eval_num_batches(n, B, T);
-        size_t windows = (n - 1 + (size_t)T - 1) / (size_t)T;
+        size_t nb = eval_num_batches(n, B, T, S);
+        size_t windows = n - 1 <= (size_t)T ? 1 : 1 + (n - 1 - (size_t)T + (size_t)S - 1) / (size_t)S;
         EXPECT(nb == (windows + (size_t)B - 1) / (size_t)B);
         int *hits = calloc(n, sizeof *hits);
         int *in = malloc((size_t)B * T * sizeof *in), *tg = malloc((size_t)B * T * sizeof *tg);
         int ok = 1;
+        size_t scored_ctx_min = (size_t)-1;
         for (size_t bi = 0; bi < nb; bi++) {
-            eval_batch(ids, n, B, T, bi, in, tg);
-            for (int k = 0; k < B * T; k++) {
-                if (tg[k] == -1) { ok &= in[k] == 0; continue; }
-                ok &= tg[k] >= 1 && (size_t)tg[k] < n && in[k] == tg[k] - 1;
-                if (tg[k] >= 1 && (size_t)tg[k] < n) hits[tg[k]]++;
+            eval_batch(ids, n, B, T, S, bi, in, tg);
+            for (int b = 0; b < B; b++) {
+                size_t w = bi * (size_t)B + (size_t)b;
+                for (int t = 0; t < T; t++) {
+                    int k = b * T + t;
+                    /* a row is one contiguous stretch of the stream, then padding */
+                    if (t > 0 && in[k] != 0) ok &= in[k] == in[k - 1] + 1;
+                    if (tg[k] == -1) continue;
+                    ok &= tg[k] >= 1 && (size_t)tg[k] < n && in[k] == tg[k] - 1;
+                    if (tg[k] >= 1 && (size_t)tg[k] < n) hits[tg[k]]++;
+                    if (w > 0 && (size_t)t < scored_ctx_min) scored_ctx_min = (size_t)t;   /* tokens before it in its window */
+                }
             }
         }
         for (size_t p = 1; p < n; p++) ok &= hits[p] == 1;
-        EXPECT_MSG(ok, "n %zu B %d T %d", n, B, T);
+        if (windows > 1) ok &= scored_ctx_min >= (size_t)(T - S);
+        EXPECT_MSG(ok, "n %zu B %d T %d S %d", n, B, T, S);
         free(hits); free(in); free(tg); free(ids);
     }
-    EXPECT(eval_num_batches(0, 4, 8) == 0 && eval_num_batches(1, 4, 8) == 0);
-    EXPECT(eval_num_batches(2, 4, 8) == 1 && eval_num_batches(9, 1, 8) == 1 && eval_num_batches(10, 1, 8) == 2);
+    EXPECT(eval_num_batches(0, 4, 8, 8) == 0 && eval_num_batches(1, 4, 8, 8) == 0);
+    EXPECT(eval_num_batches(2, 4, 8, 8) == 1 && eval_num_batches(9, 1, 8, 8) == 1 && eval_num_batches(10, 1, 8, 8) == 2);
+    EXPECT(eval_num_batches(10, 1, 8, 1) == 2 && eval_num_batches(11, 1, 8, 1) == 3);
     EXPECT(moelm_alloc_live_bytes() == live);
 }
 

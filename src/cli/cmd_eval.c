@@ -7,15 +7,17 @@
 
 int cmd_eval(int argc, char **argv) {
     const char *ckpt = NULL, *data = NULL;
-    long b = 16, T = 0, t = 2;
+    long b = 16, T = 0, t = 2, S = 0;
     for (int i = 1; i < argc; i++) {
         const char *val = NULL;
         if (arg_flag(argv, i, "-h|--help")) {
-            printf("usage: moelm eval -m CKPT [--data FILE|DIR] [-b N] [--seq-len N] [-t N]\n\n"
+            printf("usage: moelm eval -m CKPT [--data FILE|DIR] [-b N] [--seq-len N] [--stride N] [-t N]\n\n"
                    "  -m, --model CKPT    checkpoint directory, or a run directory (its latest)\n"
                    "  --data FILE|DIR     text to evaluate; a folder means its test split (default: the run's test split)\n"
                    "  -b, --batch-size N  sequences per batch (default 16)\n"
                    "  --seq-len N         context length (default: the run's)\n"
+                   "  --stride N          windows N tokens apart, scoring only their last N tokens: every token\n"
+                   "                      sees at least seq-len - N of context (default: seq-len, no overlap)\n"
                    "  -t, --threads N     threads (default 2)\n"
                    "Prints token-level and word-level perplexity (exp of the total NLL over the words, <eos> included)\n"
                    "and per-layer expert load, dropped fraction, router entropy and confidence, dead experts.\n");
@@ -25,11 +27,12 @@ int cmd_eval(int argc, char **argv) {
         else if (arg_match(argc, argv, &i, "--data", &val)) { if (!val) return cli_error(2); data = val; }
         else if (arg_match(argc, argv, &i, "-b|--batch-size", &val)) { if (arg_int("--batch-size", val, 1, 1 << 16, &b)) return cli_error(2); }
         else if (arg_match(argc, argv, &i, "--seq-len", &val)) { if (arg_int("--seq-len", val, 1, 1 << 16, &T)) return cli_error(2); }
+        else if (arg_match(argc, argv, &i, "--stride", &val)) { if (arg_int("--stride", val, 1, 1 << 16, &S)) return cli_error(2); }
         else if (arg_match(argc, argv, &i, "-t|--threads", &val)) { if (arg_int("--threads", val, 1, 1024, &t)) return cli_error(2); }
         else { moelm_fail(MOELM_ERR_ARG, "eval: unknown flag '%s' (see moelm eval --help)", argv[i]); return cli_error(2); }
     }
     if (!ckpt) { moelm_fail(MOELM_ERR_ARG, "eval: -m CKPT is required"); return cli_error(2); }
-    moelm_status st = eval_run(ckpt, data, (int)b, (int)T, (int)t);
+    moelm_status st = eval_run(ckpt, data, (int)b, (int)T, (int)S, (int)t);
     return st ? cli_error(st == MOELM_ERR_ARG ? 2 : 1) : 0;
 }
 

@@ -76,21 +76,27 @@ moelm_status dataloader_seek(DataLoader *dl, uint64_t epoch, size_t pos) {
     return MOELM_OK;
 }
 
-size_t eval_num_batches(size_t n, int B, int T) {
-    CHECK(B >= 1 && T >= 1);
+static size_t eval_num_windows(size_t n, int T, int S) {
     if (n < 2) return 0;
-    size_t nwin = (n - 1 + (size_t)T - 1) / (size_t)T;
-    return (nwin + (size_t)B - 1) / (size_t)B;
+    size_t preds = n - 1;   /* targets 1..n-1 */
+    return preds <= (size_t)T ? 1 : 1 + (preds - (size_t)T + (size_t)S - 1) / (size_t)S;
 }
 
-void eval_batch(const int *ids, size_t n, int B, int T, size_t batch_index, int *inputs, int *targets) {
-    CHECK(batch_index < eval_num_batches(n, B, T));
+size_t eval_num_batches(size_t n, int B, int T, int S) {
+    CHECK(B >= 1 && T >= 1 && S >= 1 && S <= T);
+    return (eval_num_windows(n, T, S) + (size_t)B - 1) / (size_t)B;
+}
+
+void eval_batch(const int *ids, size_t n, int B, int T, int S, size_t batch_index, int *inputs, int *targets) {
+    CHECK(batch_index < eval_num_batches(n, B, T, S));
+    size_t nwin = eval_num_windows(n, T, S);
     for (int b = 0; b < B; b++) {
         size_t w = batch_index * (size_t)B + (size_t)b;
         for (int t = 0; t < T; t++) {
-            size_t p = w * (size_t)T + (size_t)t;    /* input position; its target is p + 1 */
+            size_t p = w * (size_t)S + (size_t)t;    /* input position; its target is p + 1 */
             size_t k = (size_t)b * (size_t)T + (size_t)t;
-            if (p + 1 < n) { inputs[k] = ids[p]; targets[k] = ids[p + 1]; }
+            int scored = w == 0 || t >= T - S;
+            if (w < nwin && p + 1 < n) { inputs[k] = ids[p]; targets[k] = scored ? ids[p + 1] : -1; }
             else { inputs[k] = 0; targets[k] = -1; }
         }
     }

@@ -38,10 +38,14 @@ void dataloader_next(DataLoader *dl, int *inputs, int *targets);
 /* Restores the position (epoch, pos) exactly, for resume. MOELM_ERR_DATA if pos > nwin. */
 moelm_status dataloader_seek(DataLoader *dl, uint64_t epoch, size_t pos);
 
-/* Evaluation: number of batches of B windows of T targets covering targets 1..n-1 (0 when n < 2). */
-size_t eval_num_batches(size_t n, int B, int T);
-/* Fills inputs[B*T], targets[B*T] of batch batch_index < eval_num_batches(n, B, T). Window w of the
- * stream covers targets w*T+1 .. w*T+T; positions past the stream are padded (input 0, target -1). */
-void eval_batch(const int *ids, size_t n, int B, int T, size_t batch_index, int *inputs, int *targets);
+/* Evaluation windows of T tokens, S (1 <= S <= T) apart: window 0 scores targets 1..T, window w >= 1
+ * starts at w*S and scores only its last S positions (targets w*S+T-S+1 .. w*S+T), the rest being
+ * context. Every target 1..n-1 is scored exactly once, and with S < T each one after the first
+ * window sees at least T-S tokens of context (sliding-window evaluation). S = T: non-overlapping.
+ * eval_num_batches: batches of B windows (0 when n < 2). */
+size_t eval_num_batches(size_t n, int B, int T, int S);
+/* Fills inputs[B*T], targets[B*T] of batch batch_index < eval_num_batches(n, B, T, S). Context
+ * positions have target -1; positions past the stream are padded (input 0, target -1). */
+void eval_batch(const int *ids, size_t n, int B, int T, int S, size_t batch_index, int *inputs, int *targets);
 
 #endif

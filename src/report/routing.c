@@ -117,7 +117,7 @@ moelm_status routing_dump(const char *run_dir, long step, Model *m, const Tokeni
     const MoEConfig *mc = &m->moe_cfg;
     int B = m->B, T = m->T, E = mc->E, Bg = B * dist_world();   /* this rank's windows, all ranks' windows */
     size_t BT = (size_t)B * T, BgT = (size_t)Bg * T;
-    size_t nb = eval_num_batches(n, Bg, T), want = (ROUTING_MAX_TOKENS + BT - 1) / BT;
+    size_t nb = eval_num_batches(n, Bg, T, T), want = (ROUTING_MAX_TOKENS + BT - 1) / BT;
     if (nb > want) nb = want;
     if (max_batches && nb > max_batches) nb = max_batches;
     size_t cap = nb * BT;
@@ -137,7 +137,7 @@ moelm_status routing_dump(const char *run_dir, long step, Model *m, const Tokeni
     Rng saved = m->rng;
     size_t cnt = 0;
     for (size_t b = 0; b < nb; b++) {
-        eval_batch(ids, n, Bg, T, b, inp, tgt);
+        eval_batch(ids, n, Bg, T, T, b, inp, tgt);
         dist_take_rows(inp, tgt, Bg, T);
         model_forward(m, inp, tgt, 0);
         for (size_t i = 0; i < BT; i++) {

@@ -27,7 +27,7 @@ static moelm_status open_ckpt(const char *path, int B, int T, Model *m, Tokenize
     return st;
 }
 
-moelm_status eval_run(const char *ckpt, const char *data, int B, int T, int threads) {
+moelm_status eval_run(const char *ckpt, const char *data, int B, int T, int stride, int threads) {
     backend_set_threads(threads);
     Model m;
     Tokenizer *tok = NULL;
@@ -73,10 +73,12 @@ moelm_status eval_run(const char *ckpt, const char *data, int B, int T, int thre
         size_t words = text_count_words(text, len);
         EvalResult r;
         double t0 = time_now();
-        st = evaluate(&m, ids, n, 0, &r);
+        st = evaluate(&m, ids, n, 0, stride, &r);
         if (!st) {
             double per_tok = r.nll / r.tokens;
-            printf("%s: %.0f tokens, %zu words\n", name, r.tokens, words);
+            printf("%s: %.0f tokens, %zu words, windows of %d tokens", name, r.tokens, words, m.T);
+            if (stride > 0 && stride < m.T) printf(" every %d (each scored token sees at least %d before it)\n", stride, m.T - stride);
+            else printf(", not overlapping\n");
             printf("token-level: loss %.4f, perplexity %.3f\n", per_tok, exp(per_tok));
             printf("word-level perplexity: %.3f\n", words ? exp(r.nll / (double)words) : 0.0);
             printf("eval time %.1f s (%.0f tok/s)\n", time_now() - t0, r.tokens / (time_now() - t0));

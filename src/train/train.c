@@ -83,10 +83,12 @@ void print_moe_stats(const EvalResult *r, FILE *f) {
 
 /* ---- evaluation -------------------------------------------------------------------------------- */
 
-moelm_status evaluate(Model *m, const int *ids, size_t n, size_t max_batches, EvalResult *r) {
+moelm_status evaluate(Model *m, const int *ids, size_t n, size_t max_batches, int stride, EvalResult *r) {
     memset(r, 0, sizeof *r);
     int B = m->B, T = m->T, Bg = B * dist_world();   /* over W ranks each takes B of the Bg windows */
-    size_t nb = eval_num_batches(n, Bg, T);
+    int S = stride > 0 ? stride : T;
+    if (S > T) return moelm_fail(MOELM_ERR_ARG, "evaluation stride %d is longer than the context %d", S, T);
+    size_t nb = eval_num_batches(n, Bg, T, S);
     if (max_batches && nb > max_batches) nb = max_batches;
     int *inp = moelm_malloc(sizeof(int) * (size_t)Bg * T), *tgt = moelm_malloc(sizeof(int) * (size_t)Bg * T);
     if (!inp || !tgt) {
@@ -99,7 +101,7 @@ moelm_status evaluate(Model *m, const int *ids, size_t n, size_t max_batches, Ev
     if (r->n_moe > 64) r->n_moe = 64;
     for (int l = 0; l < r->n_moe; l++) moe_stats_reset(&r->stats[l], m->moe_cfg.E);
     for (size_t b = 0; b < nb; b++) {
-        eval_batch(ids, n, Bg, T, b, inp, tgt);
+        eval_batch(ids, n, Bg, T, S, b, inp, tgt);
         dist_take_rows(inp, tgt, Bg, T);
         model_forward(m, inp, tgt, 0);
         for (int i = 0; i < B * T; i++)
@@ -571,7 +573,7 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
         if (do_eval) {
             EvalResult ev;
             double t0 = now_s();
-            st = evaluate(m, r.ids[1], r.n[1], (size_t)o->eval_batches, &ev);
+            st = evaluate(m, r.ids[1], r.n[1], (size_t)o->eval_batches, 0, &ev);
             if (st) { run_free(&r); return st; }
             double tok_nll = ev.tokens > 0 ? ev.nll / ev.tokens : 0;
             /* word-level perplexity: the NLL of the whole split over its words (<eos> included);

@@ -50,13 +50,16 @@ typedef struct {
     MoEStats stats[64];         /* per MoE layer */
 } EvalResult;
 
-moelm_status evaluate(Model *m, const int *ids, size_t n, size_t max_batches, EvalResult *r);
+/* Evaluates ids[n] in windows of the model's T tokens, stride apart (0: stride T, non-overlapping;
+ * less than T: sliding-window evaluation, every target scored once with at least T - stride tokens
+ * of context after the first window); at most max_batches batches (0: all). */
+moelm_status evaluate(Model *m, const int *ids, size_t n, size_t max_batches, int stride, EvalResult *r);
 
 /* Prints per-layer expert statistics (load, dropped, entropy, confidence, dead) on one line each. */
 void print_moe_stats(const EvalResult *r, FILE *f);
 
 /* moelm eval: loads a checkpoint, evaluates a text file (or the test split of a folder). */
-moelm_status eval_run(const char *ckpt, const char *data, int batch_size, int seq_len, int threads);
+moelm_status eval_run(const char *ckpt, const char *data, int batch_size, int seq_len, int stride, int threads);
 
 /* moelm generate */
 typedef struct {
