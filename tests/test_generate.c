@@ -19,41 +19,15 @@
 #include <unistd.h>
 #include "test.h"
 #include "model/model.h"
+#include "tiny_models.h"
 
 static void tiny(ModelConfig *c, int V) {
-    config_preset(c, "tiny");
-    c->vocab_size = V;
-    c->d_model = 8;
-    c->num_heads = 2;
-    c->d_ff = 12;
-    c->n_positions = 8;
-    c->dropout_rate = 0.1f;   /* must be ignored in eval and in generation */
+    tiny_lm(c, V, 0.1f);   /* dropout must be ignored in eval and in generation */
 }
 
 static void seed_cfg(ModelConfig *c, RouterType r) {
-    config_preset(c, "seed-switch");
-    c->vocab_size = 11;
-    c->d_model = 8;
-    c->num_heads = 2;
-    c->num_layers = 2;
-    c->d_ff = 12;
-    c->expert_d_ff = 10;
-    c->head_hidden = 9;
-    c->num_experts = 3;
-    c->n_positions = 8;
-    c->router_type = r;
+    tiny_seed(c, r, 0.1f);
     c->eval_capacity_factor = 0.0f;   /* dropless: the full pass must not drop what N = 1 keeps */
-}
-
-static void scale_params(Model *m, float s) {
-    for (size_t i = 0; i < m->n_params; i++) m->params[i] *= s;
-    for (int i = 0; i < m->n_tensors; i++) {
-        const TensorInfo *t = &m->tensors[i];
-        if (strstr(t->name, "ln") && t->ndim == 1 && strstr(t->name, "weight"))
-            for (size_t k = 0; k < t->size; k++) m->params[t->offset + k] = 1.0f + 0.1f * (float)(k % 3);
-        else if (t->ndim == 1 || strstr(t->name, "bias"))   /* zero at init: give them values too */
-            for (size_t k = 0; k < t->size; k++) m->params[t->offset + k] = 0.1f * (float)((k * 7 + i) % 5) - 0.2f;
-    }
 }
 
 /* T tokens, stepped and in one forward: max |diff| over all positions and logits. Also checks that
@@ -65,7 +39,7 @@ static void run_case(const ModelConfig *c, const char *label) {
     KVCache kv;
     int V = c->vocab_size, inp[T];
     EXPECT_MSG(model_create(&m, c, 1, T, 7) == MOELM_OK, "%s: %s", label, moelm_last_error());
-    scale_params(&m, 10.0f);
+    scale_params(&m, 10.0f, 1);
     for (int i = 0; i < T; i++) inp[i] = (i * 7 + 3 + i / 3) % V;
     rng_seed(&m.rng, 42);
     model_forward(&m, inp, NULL, 0);

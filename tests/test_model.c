@@ -13,6 +13,7 @@
 #include "test.h"
 #include "fd.h"
 #include "model/model.h"
+#include "tiny_models.h"
 #include "optim/optim.h"
 
 typedef struct { Model *m; int *inp, *tgt; } Ctx;
@@ -93,15 +94,7 @@ static int grad_check(Model *m, int *inp, int *tgt, int max_per_tensor) {
     return ok;
 }
 
-static void tiny(ModelConfig *c, int V) {
-    config_preset(c, "tiny");
-    c->vocab_size = V;
-    c->d_model = 8;
-    c->num_heads = 2;
-    c->d_ff = 12;
-    c->n_positions = 8;
-    c->dropout_rate = 0.0f;
-}
+static void tiny(ModelConfig *c, int V) { tiny_lm(c, V, 0.0f); }
 
 static void batch(int *inp, int *tgt, int n, int V, int seed) {
     for (int i = 0; i < n; i++) {
@@ -110,19 +103,11 @@ static void batch(int *inp, int *tgt, int n, int V, int seed) {
     }
 }
 
-static void scale_params(Model *m, float s) {
-    /* larger weights than the 0.02 init make every term of the gradient visible to FD */
-    for (size_t i = 0; i < m->n_params; i++) m->params[i] *= s;
-    for (int i = 0; i < m->n_tensors; i++)
-        if (strstr(m->tensors[i].name, "ln") && m->tensors[i].ndim == 1 && strstr(m->tensors[i].name, "weight"))
-            for (size_t k = 0; k < m->tensors[i].size; k++) m->params[m->tensors[i].offset + k] = 1.0f + 0.1f * (float)(k % 3);
-}
-
 static void run_case(ModelConfig *c, const char *label) {
     Model m;
     int B = 2, T = 5, V = c->vocab_size, inp[10], tgt[10];
     EXPECT_MSG(model_create(&m, c, B, T, 1) == MOELM_OK, "%s: %s", label, moelm_last_error());
-    scale_params(&m, getenv("FD_S") ? (float)atof(getenv("FD_S")) : 20.0f);
+    scale_params(&m, getenv("FD_S") ? (float)atof(getenv("FD_S")) : 20.0f, 0);
     batch(inp, tgt, B * T, V, 1);
     tgt[3] = -1;   /* an ignored position */
     int ok = grad_check(&m, inp, tgt, 25);
@@ -172,18 +157,7 @@ TEST(grad_seed_models) {
     RouterType r[4] = {ROUTER_HASH, ROUTER_RANDOM, ROUTER_SOFT, ROUTER_SWITCH};
     for (int i = 0; i < 4; i++) {
         ModelConfig c;
-        config_preset(&c, "seed-switch");
-        c.vocab_size = 11;
-        c.d_model = 8;
-        c.num_heads = 2;
-        c.num_layers = 2;
-        c.d_ff = 12;
-        c.expert_d_ff = 10;
-        c.head_hidden = 9;
-        c.num_experts = 3;
-        c.n_positions = 8;
-        c.dropout_rate = 0.0f;
-        c.router_type = r[i];
+        tiny_seed(&c, r[i], 0.0f);
         /* GELU in the stack and the experts: with ReLU there (the preset's choice, whose backward
          * test_ops checks) nearly every perturbation flips some ReLU input and is skipped */
         c.hidden_act = ACT_GELU;
@@ -199,7 +173,7 @@ TEST(causality) {
     Model m;
     int B = 1, T = 8, inp[8] = {1, 2, 3, 4, 5, 6, 7, 8};
     EXPECT(model_create(&m, &c, B, T, 3) == MOELM_OK);
-    scale_params(&m, 10.0f);
+    scale_params(&m, 10.0f, 0);
     model_forward(&m, inp, NULL, 0);
     float *l1 = malloc(sizeof(float) * T * 13);
     memcpy(l1, m.a.logits, sizeof(float) * T * 13);

@@ -1,0 +1,51 @@
+/* tiny_models.h: the tiny model configurations and weight scaling shared by the whole-model tests
+ * (test_model.c: gradients against finite differences; test_generate.c: the KV cache against the
+ * full forward). Header-only, static: each test binary is one translation unit. */
+#ifndef MOELM_TESTS_TINY_MODELS_H
+#define MOELM_TESTS_TINY_MODELS_H
+
+#include <string.h>
+#include "model/model.h"
+
+/* The dense pre-norm lm of the "tiny" preset, shrunk to d_model 8 (vocabulary V). */
+static void tiny_lm(ModelConfig *c, int V, float dropout) {
+    config_preset(c, "tiny");
+    c->vocab_size = V;
+    c->d_model = 8;
+    c->num_heads = 2;
+    c->d_ff = 12;
+    c->n_positions = 8;
+    c->dropout_rate = dropout;
+}
+
+/* The tutorial's seed model (post-norm stack, MoE head) with router r, at the same tiny sizes. */
+static void tiny_seed(ModelConfig *c, RouterType r, float dropout) {
+    config_preset(c, "seed-switch");
+    c->vocab_size = 11;
+    c->d_model = 8;
+    c->num_heads = 2;
+    c->num_layers = 2;
+    c->d_ff = 12;
+    c->expert_d_ff = 10;
+    c->head_hidden = 9;
+    c->num_experts = 3;
+    c->n_positions = 8;
+    c->dropout_rate = dropout;
+    c->router_type = r;
+}
+
+/* Scales every weight by s (larger than the 0.02 init, so that attention, the FFN and routing all
+ * move the output visibly) and sets the norm weights to 1 + 0.1 * (k % 3). biases = 1 also gives
+ * the vectors that are zero at init (biases) small distinct values. */
+static void scale_params(Model *m, float s, int biases) {
+    for (size_t i = 0; i < m->n_params; i++) m->params[i] *= s;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const TensorInfo *t = &m->tensors[i];
+        if (strstr(t->name, "ln") && t->ndim == 1 && strstr(t->name, "weight"))
+            for (size_t k = 0; k < t->size; k++) m->params[t->offset + k] = 1.0f + 0.1f * (float)(k % 3);
+        else if (biases && (t->ndim == 1 || strstr(t->name, "bias")))
+            for (size_t k = 0; k < t->size; k++) m->params[t->offset + k] = 0.1f * (float)((k * 7 + i) % 5) - 0.2f;
+    }
+}
+
+#endif
