@@ -76,6 +76,40 @@ static int ckpt_step_of(const char *name) {
     return *end || v < 0 ? -1 : (int)v;
 }
 
+int ckpt_newest_step(const char *run_dir) {
+    DIR *d = opendir(run_dir);
+    if (!d) return -1;
+    int best = -1;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        int s = ckpt_step_of(e->d_name);
+        if (s > best) best = s;
+    }
+    closedir(d);
+    char latest[4096];
+    snprintf(latest, sizeof latest, "%s/latest", run_dir);
+    struct stat sb;
+    if (best < 0 && lstat(latest, &sb) == 0) best = 0;
+    return best;
+}
+
+moelm_status ckpt_remove_all(const char *run_dir) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/latest", run_dir);
+    if (unlink(path) != 0 && errno != ENOENT) return moelm_fail(MOELM_ERR_IO, "%s: cannot remove: %s", path, strerror(errno));
+    DIR *d = opendir(run_dir);
+    if (!d) return MOELM_OK;
+    moelm_status st = MOELM_OK;
+    struct dirent *e;
+    while (!st && (e = readdir(d))) {
+        if (ckpt_step_of(e->d_name) < 0) continue;
+        snprintf(path, sizeof path, "%s/%s", run_dir, e->d_name);
+        st = dir_remove_tree(path);
+    }
+    closedir(d);
+    return st;
+}
+
 static void prune(const char *run_dir, int keep) {
     if (keep <= 0) return;
     DIR *d = opendir(run_dir);

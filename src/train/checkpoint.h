@@ -37,6 +37,11 @@ typedef struct {
 moelm_status ckpt_save(const char *run_dir, const Model *m, const Optimizer *o, const TrainState *st,
                        const Tokenizer *tok, int keep);
 
+/* The step of the newest RUN/ckpt-<step> (0 when only RUN/latest exists), -1 when RUN holds none. */
+int ckpt_newest_step(const char *run_dir);
+/* Deletes RUN/latest and every RUN/ckpt-<step> (a new run started over an old one with --force). */
+moelm_status ckpt_remove_all(const char *run_dir);
+
 /* Resolves a path given by the user (a checkpoint dir, RUN/latest, or a RUN dir with `latest`)
  * to a checkpoint directory in out. */
 moelm_status ckpt_resolve(const char *path, char *out, size_t cap);

@@ -424,6 +424,20 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
     progress_note(&prog, "preparing data and tokenizer (%s) ...", tc.tokenizer);
     /* data and tokenizer */
     st = dir_make(run_dir);
+    if (!st && !o->resume && ckpt_newest_step(run_dir) >= 0) {
+        /* a new run over an old one would mix their checkpoints and metrics: refused, or with
+         * --force the old checkpoints are deleted first */
+        if (!o->force)
+            st = moelm_fail(MOELM_ERR_CONFIG, "%s already holds a run (its checkpoints): --resume %s continues it, "
+                                              "--force starts over and deletes them, or choose another --out",
+                            run_dir, run_dir);
+        else if (dist_is_root()) {
+            char rd[4096];
+            snprintf(rd, sizeof rd, "%s/routing", run_dir);   /* the old run's routing dumps go too */
+            st = ckpt_remove_all(run_dir);
+            if (!st) st = dir_remove_tree(rd);
+        }
+    }
     if (!st) st = corpus_load(&r.corpus, strcmp(state.data, "builtin") ? state.data : NULL);
     if (!st) {
         if (o->resume) {
@@ -501,7 +515,7 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
     int eval_interval = o->eval_interval, log_interval = o->log_interval > 0 ? o->log_interval : 1;
     double t_run = now_s() - state.elapsed_s, t_log = now_s();
     long tokens_since = 0, skipped = 0;
-    double budget_s = o->time_budget_min * 60.0;
+    double budget_s = o->time_budget_min * 60.0, reserve_s = 0.0, t_end_start = 0.0;
     const MoEActs *acts[64];
     int n_moe = model_moe_layers(m, acts, 64);
     int nan_grad_only;
@@ -513,7 +527,7 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
         if (budget_s > 0) {
             if (elapsed >= budget_s) break;
             /* the schedule runs over the time budget: progress = elapsed / budget */
-            lr = lr_at_progress(&tc, step, elapsed / budget_s);
+            lr = lr_at_progress(&tc, step, elapsed / (budget_s - reserve_s > 0 ? budget_s - reserve_s : budget_s));
         } else {
             lr = lr_at(&tc, step, tc.steps);
         }
@@ -547,9 +561,14 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
         state.step++;
         tokens_since += (long)tc.batch_size * tc.seq_len;
         state.tokens_seen += (double)tc.batch_size * tc.seq_len;
-        int last = state.step == tc.steps || state.step == o->stop_at || (budget_s > 0 && now_s() - t_run >= budget_s);
+        /* with a time budget the run ends so that its final evaluation and checkpoint finish on time:
+         * it stops once the time left is less than what the last evaluation + checkpoint took (twice
+         * that at a step with a periodic evaluation, which then becomes the final one) */
+        int periodic = eval_interval > 0 && state.step % eval_interval == 0;
+        int last = state.step == tc.steps || state.step == o->stop_at ||
+                   (budget_s > 0 && now_s() - t_run + reserve_s * (1 + periodic) >= budget_s);
         int do_log = state.step % log_interval == 0 || state.step == 1 || last;
-        int do_eval = (eval_interval > 0 && state.step % eval_interval == 0) || last;
+        int do_eval = periodic || last;
         if (do_log || do_eval) progress_clear(&prog);
         if (do_log) {
             double t = now_s(), dt = t - t_log;
@@ -570,6 +589,7 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
             t_log = now_s();
             tokens_since = 0;
         }
+        if (do_eval || last) t_end_start = now_s();
         if (do_eval) {
             EvalResult ev;
             double t0 = now_s();
@@ -618,6 +638,7 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
             if (dist_is_root()) st = ckpt_save(run_dir, m, &r.opt, &state, r.tok, o->keep);
             if (dist_any_failed(st)) { run_free(&r); return st ? st : moelm_fail(MOELM_ERR_IO, "rank 0 failed to write a checkpoint"); }
         }
+        if (do_eval) reserve_s = now_s() - t_end_start;   /* evaluation, routing dump, checkpoint */
         progress_update(&prog, state.step, "loss %.3f", loss);
         if (last) break;
     }
