@@ -515,7 +515,10 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
     int eval_interval = o->eval_interval, log_interval = o->log_interval > 0 ? o->log_interval : 1;
     double t_run = now_s() - state.elapsed_s, t_log = now_s();
     long tokens_since = 0, skipped = 0;
-    double budget_s = o->time_budget_min * 60.0, reserve_s = 0.0, t_end_start = 0.0;
+    double budget_s = o->time_budget_min * 60.0, reserve_s = 0.0, t_end_start = 0.0, t_eval_s = 0.0;
+    /* periodic evaluations may take --eval-batches batches; the final one takes the whole split */
+    size_t full_batches = eval_num_batches(r.n[1], tc.batch_size, tc.seq_len, tc.seq_len);
+    size_t part_batches = o->eval_batches > 0 && (size_t)o->eval_batches < full_batches ? (size_t)o->eval_batches : full_batches;
     const MoEActs *acts[64];
     int n_moe = model_moe_layers(m, acts, 64);
     int nan_grad_only;
@@ -593,7 +596,8 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
         if (do_eval) {
             EvalResult ev;
             double t0 = now_s();
-            st = evaluate(m, r.ids[1], r.n[1], (size_t)o->eval_batches, 0, &ev);
+            st = evaluate(m, r.ids[1], r.n[1], last ? 0 : part_batches, 0, &ev);
+            t_eval_s = now_s() - t0;
             if (st) { run_free(&r); return st; }
             double tok_nll = ev.tokens > 0 ? ev.nll / ev.tokens : 0;
             /* word-level perplexity: the NLL of the whole split over its words (<eos> included);
@@ -638,7 +642,9 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
             if (dist_is_root()) st = ckpt_save(run_dir, m, &r.opt, &state, r.tok, o->keep);
             if (dist_any_failed(st)) { run_free(&r); return st ? st : moelm_fail(MOELM_ERR_IO, "rank 0 failed to write a checkpoint"); }
         }
-        if (do_eval) reserve_s = now_s() - t_end_start;   /* evaluation, routing dump, checkpoint */
+        /* what the end of the run will take: the whole split's evaluation, routing dump, checkpoint */
+        if (do_eval && !last)
+            reserve_s = now_s() - t_end_start - t_eval_s + t_eval_s * (double)full_batches / (double)(part_batches ? part_batches : 1);
         progress_update(&prog, state.step, "loss %.3f", loss);
         if (last) break;
     }
