@@ -88,3 +88,14 @@ int cli_error(int code) {
     fprintf(stderr, "moelm: %s\n", moelm_last_error());
     return code;
 }
+
+int arg_add_set(const char *val, const char **sets, int *n, int cap) {
+    if (!val) return 1;
+    if (*n >= cap - 1) {
+        moelm_fail(MOELM_ERR_ARG, "too many --set (at most %d)", cap - 1);
+        return 1;
+    }
+    sets[(*n)++] = val;
+    sets[*n] = NULL;
+    return 0;
+}

@@ -14,6 +14,10 @@ int arg_flag(char **argv, int i, const char *names);   /* a flag without a value
 int arg_int(const char *flag, const char *v, long lo, long hi, long *out);
 int arg_float(const char *flag, const char *v, double lo, double hi, double *out);
 
+/* Appends a --set KEY=VALUE to sets[cap - 1] (kept NULL-terminated); non-zero when val is NULL
+ * (a missing value) or the list is full, with the last error set. */
+int arg_add_set(const char *val, const char **sets, int *n, int cap);
+
 /* Prints "moelm: <last error>" and returns 2 (usage) or 1. */
 int cli_error(int code);
 

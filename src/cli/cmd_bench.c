@@ -36,11 +36,7 @@ int cmd_bench(int argc, char **argv) {
         else if (arg_flag(argv, i, "--no-peak")) o.peak = 0;
         else if (arg_flag(argv, i, "--profile")) o.profile = 1;
         else if (arg_match(argc, argv, &i, "--config", &val)) { if (!val) return cli_error(2); o.config = val; }
-        else if (arg_match(argc, argv, &i, "--set", &val)) {
-            if (!val) return cli_error(2);
-            if (o.n_sets >= 255) { moelm_fail(MOELM_ERR_ARG, "too many --set"); return cli_error(2); }
-            sets[o.n_sets++] = val;
-        }
+        else if (arg_match(argc, argv, &i, "--set", &val)) { if (arg_add_set(val, sets, &o.n_sets, 256)) return cli_error(2); }
         else if (arg_match(argc, argv, &i, "-t|--threads", &val)) { if (arg_int("--threads", val, 1, 1024, &v)) return cli_error(2); o.threads = (int)v; }
         else if (arg_match(argc, argv, &i, "--steps", &val)) { if (arg_int("--steps", val, 0, 1000000, &v)) return cli_error(2); o.steps = (int)v; }
         else if (arg_match(argc, argv, &i, "--warmup", &val)) { if (arg_int("--warmup", val, 0, 1000000, &v)) return cli_error(2); o.warmup = (int)v; }

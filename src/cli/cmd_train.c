@@ -57,11 +57,7 @@ int cmd_train(int argc, char **argv) {
         else if (arg_match(argc, argv, &i, "--tokenizer", &val)) { if (!val) return cli_error(2); o.tokenizer = val; }
         else if (arg_match(argc, argv, &i, "--out", &val)) { if (!val) return cli_error(2); o.out = val; }
         else if (arg_match(argc, argv, &i, "--resume", &val)) { if (!val) return cli_error(2); o.resume = val; }
-        else if (arg_match(argc, argv, &i, "--set", &val)) {
-            if (!val) return cli_error(2);
-            if (o.n_sets >= 255) { moelm_fail(MOELM_ERR_ARG, "too many --set"); return cli_error(2); }
-            sets[o.n_sets++] = val;
-        }
+        else if (arg_match(argc, argv, &i, "--set", &val)) { if (arg_add_set(val, sets, &o.n_sets, 256)) return cli_error(2); }
         else if (arg_match(argc, argv, &i, "--steps", &val)) { if (arg_int("--steps", val, 1, 1000000000L, &v)) return cli_error(2); o.steps = v; }
         else if (arg_match(argc, argv, &i, "--stop-at", &val)) { if (arg_int("--stop-at", val, 1, 1000000000L, &v)) return cli_error(2); o.stop_at = v; }
         else if (arg_match(argc, argv, &i, "--time-budget", &val)) { if (arg_float("--time-budget", val, 0.01, 1e6, &d)) return cli_error(2); o.time_budget_min = d; }
