@@ -5,14 +5,14 @@
 # (default "1"), with THREADS threads (default 2); PARALLEL=2 trains dense and switch of one seed
 # side by side (use THREADS=1 then: both get the same conditions). After training, each run's test
 # split is evaluated once, with non-overlapping windows (as the validation) and with sliding windows
-# (stride 16: each word sees at least 48 words before it). Runs go to runs/quality/<model>-s<seed>.
+# (stride 16: each word sees at least 48 words before it). Runs go to $OUT/<model>-s<seed> (default runs/quality).
 # Prints one line per run and, with several seeds, the mean and spread (min..max) per model and of
 # the switch - dense gap. The kernel (OPENBLAS_CORETYPE) is the caller's.
 set -u
 MIN=${1:-15}; SEEDS=${2:-1}; T=${3:-2}; PAR=${4:-1}
 BIN=${MOELM_BIN:-./moelm}
 DATA=${PTB:-../shared/data/ptb}
-OUT=runs/quality
+OUT=${OUT:-runs/quality}
 mkdir -p "$OUT"
 train() {   # train MODEL SEED
     d="$OUT/$1-s$2"

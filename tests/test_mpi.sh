@@ -110,4 +110,14 @@ if $MPIRUN -np 2 $MPI_BIN train --resume "$kill_dir" -t 1 --log-interval 1 --eva
 else
     cat "$tmp/resume.log"; bad "killed rank: resume on 2 ranks"
 fi
+# --time-budget on several ranks: every rank takes rank 0's clock, so all use the same learning rate
+# and stop at the same step (a rank stopping alone would leave the others waiting in a collective)
+if timeout 120 $MPIRUN -np 2 $MPI_BIN train --config tiny -t 1 --steps 100000000 --time-budget 0.05 --eval-interval 20 \
+        --eval-batches 2 --log-interval 1 --quiet --out "$tmp/budget" >"$tmp/budget.log" 2>&1 &&
+   tail -n 1 "$tmp/budget/metrics.jsonl" | grep -q val_loss; then
+    ok "time budget on 2 ranks: the job ends together, with a final evaluation"
+else
+    cat "$tmp/budget.log"; bad "time budget on 2 ranks"
+fi
+
 finish

@@ -137,6 +137,11 @@ void dist_reduce_eval(EvalResult *r) {
     }
 }
 
+double dist_root_value(double v) {
+    if (comm_size(COMM_WORLD) > 1) comm_bcast_f64(COMM_WORLD, &v, 1, 0);
+    return v;
+}
+
 int dist_any_failed(moelm_status st) {
     int f = st != MOELM_OK;
     comm_allreduce_i32(COMM_WORLD, &f, 1);

@@ -49,6 +49,10 @@ void dist_reduce_eval(EvalResult *r);
 /* 1 when any rank's st is a failure (a collective). */
 int dist_any_failed(moelm_status st);
 
+/* Rank 0's v on every rank (a collective): the wall-clock of a time budget, so that every rank
+ * computes the same learning rate and stops at the same step. */
+double dist_root_value(double v);
+
 /* Ranks other than 0 wait here until rank 0 calls dist_serial_end (for a step that writes shared
  * files, such as the token cache). */
 void dist_serial_begin(void);

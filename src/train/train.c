@@ -525,7 +525,7 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
     long nan_step = inject_nan_step(&nan_grad_only);
     while (state.step < tc.steps) {
         long step = state.step;
-        double elapsed = now_s() - t_run;
+        double elapsed = budget_s > 0 ? dist_root_value(now_s() - t_run) : 0.0;
         float lr;
         if (budget_s > 0) {
             if (elapsed >= budget_s) break;
@@ -569,7 +569,7 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
          * that at a step with a periodic evaluation, which then becomes the final one) */
         int periodic = eval_interval > 0 && state.step % eval_interval == 0;
         int last = state.step == tc.steps || state.step == o->stop_at ||
-                   (budget_s > 0 && now_s() - t_run + reserve_s * (1 + periodic) >= budget_s);
+                   (budget_s > 0 && dist_root_value(now_s() - t_run) + reserve_s * (1 + periodic) >= budget_s);
         int do_log = state.step % log_interval == 0 || state.step == 1 || last;
         int do_eval = periodic || last;
         if (do_log || do_eval) progress_clear(&prog);
@@ -644,7 +644,8 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
         }
         /* what the end of the run will take: the whole split's evaluation, routing dump, checkpoint */
         if (do_eval && !last)
-            reserve_s = now_s() - t_end_start - t_eval_s + t_eval_s * (double)full_batches / (double)(part_batches ? part_batches : 1);
+            reserve_s = dist_root_value(now_s() - t_end_start - t_eval_s +
+                                        t_eval_s * (double)full_batches / (double)(part_batches ? part_batches : 1));
         progress_update(&prog, state.step, "loss %.3f", loss);
         if (last) break;
     }
