@@ -592,10 +592,9 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
             t_log = now_s();
             tokens_since = 0;
         }
-        if (do_eval || last) t_end_start = now_s();
         if (do_eval) {
             EvalResult ev;
-            double t0 = now_s();
+            double t0 = t_end_start = now_s();
             st = evaluate(m, r.ids[1], r.n[1], last ? 0 : part_batches, 0, &ev);
             t_eval_s = now_s() - t0;
             if (st) { run_free(&r); return st; }
