@@ -105,10 +105,10 @@ void comm_exscan_i32(CommGroup g, const int *in, int *out, int n) {
     if (g_rank[g] == 0) memset(out, 0, sizeof(int) * (size_t)n);   /* MPI leaves rank 0's undefined */
 }
 
-void comm_allgather_f32(CommGroup g, float *buf, size_t n) {
-    if (g_size[g] == 1) return;
+void comm_gather_f32(CommGroup g, const float *send, size_t n, float *recv, int root) {
+    if (g_size[g] == 1) { memcpy(recv, send, sizeof(float) * n); return; }
     CHECK(n <= (size_t)0x7fffffff);
-    MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, (int)n, MPI_FLOAT, g_comm[g]);
+    MPI_Gather(send, (int)n, MPI_FLOAT, recv, (int)n, MPI_FLOAT, root, g_comm[g]);
 }
 
 void comm_alltoall_i32(CommGroup g, const int *send, int *recv, int n) {
@@ -156,7 +156,10 @@ void comm_exscan_i32(CommGroup g, const int *in, int *out, int n) {
     (void)g; (void)in;
     memset(out, 0, sizeof(int) * (size_t)n);
 }
-void comm_allgather_f32(CommGroup g, float *buf, size_t n) { (void)g; (void)buf; (void)n; }
+void comm_gather_f32(CommGroup g, const float *send, size_t n, float *recv, int root) {
+    (void)g; (void)root;
+    memcpy(recv, send, sizeof(float) * n);
+}
 void comm_alltoall_i32(CommGroup g, const int *send, int *recv, int n) {
     (void)g;
     memcpy(recv, send, sizeof(int) * (size_t)n);

@@ -384,6 +384,11 @@ static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
 }
 
 moelm_status st_read_f32(const SafeTensors *st, const char *name, float *dst, int ndim, const int64_t *shape) {
+    return st_read_f32_part(st, name, dst, ndim, shape, 0, SIZE_MAX);
+}
+
+moelm_status st_read_f32_part(const SafeTensors *st, const char *name, float *dst, int ndim, const int64_t *shape,
+                              size_t first, size_t count) {
     CHECK(ndim >= 0 && ndim <= ST_MAX_DIMS);
     const StEntry *e = find(st, name);
     if (!e) return moelm_fail(MOELM_ERR_FORMAT, "%s: no tensor named \"%s\"", st->path, name);
@@ -399,12 +404,14 @@ moelm_status st_read_f32(const SafeTensors *st, const char *name, float *dst, in
         return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\" has shape %s, expected %s", st->path, name, have,
                           want);
     }
-    uint64_t nb = e->end - e->begin;
-    if (nb == 0) return MOELM_OK;
+    uint64_t total = (e->end - e->begin) / sizeof(float);
+    if (count == SIZE_MAX) count = first <= total ? (size_t)(total - first) : 0;
+    CHECK(first <= total && count <= total - first);   /* the caller's part lies inside the checked shape */
+    if (count == 0) return MOELM_OK;
     CHECK(dst != NULL);
     char what[64 + 32];
     snprintf(what, sizeof what, "tensor \"%.64s\"", name);
-    return read_at(st->fd, st->path, dst, nb, st->data_start + e->begin, what);
+    return read_at(st->fd, st->path, dst, count * sizeof(float), st->data_start + e->begin + first * sizeof(float), what);
 }
 
 const char *st_meta(const SafeTensors *st, const char *key) {

@@ -51,6 +51,11 @@ int st_info(const SafeTensors *st, const char *name, const char **dtype, int *nd
 /* Finds the tensor, checks dtype F32 and that its shape equals shape[0..ndim) exactly, and copies
  * its data into dst. Errors name the file, the tensor and the mismatch. */
 moelm_status st_read_f32(const SafeTensors *st, const char *name, float *dst, int ndim, const int64_t *shape);
+/* The same checks, then copies only elements [first, first + count) of the tensor (row-major) into
+ * dst[count]: a part of a tensor, such as one rank's shard of the experts. The part must lie inside
+ * the shape (CHECKed: the caller computes it from the shape it asked for). */
+moelm_status st_read_f32_part(const SafeTensors *st, const char *name, float *dst, int ndim, const int64_t *shape,
+                              size_t first, size_t count);
 const char *st_meta(const SafeTensors *st, const char *key);   /* NULL if absent */
 void st_close(SafeTensors *st);
 

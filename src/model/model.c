@@ -15,15 +15,18 @@
 typedef struct {
     Model *m;
     int pass;
-    size_t off;
+    size_t off, full_off;     /* floats laid out so far: held, whole model */
     int n;
+    int part, parts;          /* the experts' shard held (expert parallelism), 0 of 1 otherwise */
 } Layout;
 
-static float *tensor(Layout *L, float **grad, const char *name, int trainable, int ndim, int64_t d0,
-                     int64_t d1, int64_t d2) {
-    int64_t shape[3] = {d0, d1, d2};
+/* A tensor of shape [d0, d1, d2][:ndim] of which rows [first, first + rows) of dim 0 are held. */
+static float *tensor_rows(Layout *L, float **grad, const char *name, int trainable, int ndim, int64_t d0,
+                          int64_t d1, int64_t d2, int64_t first, int64_t rows) {
+    int64_t shape[3] = {rows, d1, d2};
     size_t size = 1;
     for (int i = 0; i < ndim; i++) size *= (size_t)shape[i];
+    size_t full = ndim && rows ? size / (size_t)rows * (size_t)d0 : size;
     if (L->pass == 0) {
         TensorInfo *t = &L->m->tensors[L->n];
         snprintf(t->name, sizeof t->name, "%s", name);
@@ -31,6 +34,10 @@ static float *tensor(Layout *L, float **grad, const char *name, int trainable, i
         for (int i = 0; i < 4; i++) t->shape[i] = i < ndim ? shape[i] : 0;
         t->offset = L->off;
         t->size = size;
+        t->full_dim0 = d0;
+        t->shard_first = first;
+        t->full_offset = L->full_off;
+        t->full_size = full;
         /* matrices decay; norms, biases (the experts' [E, H] ones too) and positions do not */
         t->decay = ndim >= 2 && !strstr(name, ".bias") && !strstr(name, "pos_emb");
         t->trainable = trainable;
@@ -39,7 +46,13 @@ static float *tensor(Layout *L, float **grad, const char *name, int trainable, i
     float *p = L->pass ? L->m->params + L->off : NULL;
     if (grad) *grad = L->pass ? L->m->grads + L->off : NULL;
     L->off += size;
+    L->full_off += full;
     return p;
+}
+
+static float *tensor(Layout *L, float **grad, const char *name, int trainable, int ndim, int64_t d0,
+                     int64_t d1, int64_t d2) {
+    return tensor_rows(L, grad, name, trainable, ndim, d0, d1, d2, 0, ndim ? d0 : 1);
 }
 
 static void layout_moe(Layout *L, MoEParams *p, MoEParams *g, const MoEConfig *mc, const char *prefix) {
@@ -48,10 +61,12 @@ static void layout_moe(Layout *L, MoEParams *p, MoEParams *g, const MoEConfig *m
 #define NAME(s) (snprintf(nm, sizeof nm, "%s.%s", prefix, s), nm)
     if (mc->router != ROUTER_RANDOM && mc->router != ROUTER_HASH)
         p->router_w = tensor(L, &g->router_w, NAME("router.weight"), 1, 2, E, C, 0);
-    p->w1 = tensor(L, &g->w1, NAME("experts.fc1.weight"), 1, 3, E, H1, C);
-    p->b1 = tensor(L, &g->b1, NAME("experts.fc1.bias"), 1, 2, E, H1, 0);
-    p->w2 = tensor(L, &g->w2, NAME("experts.fc2.weight"), 1, 3, E, C, H);
-    p->b2 = tensor(L, &g->b2, NAME("experts.fc2.bias"), 1, 2, E, C, 0);
+    /* the experts: this layout's shard of them (all E unless expert parallel) */
+    int64_t first = (int64_t)E / L->parts * L->part, rows = E / L->parts;
+    p->w1 = tensor_rows(L, &g->w1, NAME("experts.fc1.weight"), 1, 3, E, H1, C, first, rows);
+    p->b1 = tensor_rows(L, &g->b1, NAME("experts.fc1.bias"), 1, 2, E, H1, 0, first, rows);
+    p->w2 = tensor_rows(L, &g->w2, NAME("experts.fc2.weight"), 1, 3, E, C, H, first, rows);
+    p->b2 = tensor_rows(L, &g->b2, NAME("experts.fc2.bias"), 1, 2, E, C, 0, first, rows);
     if (mc->shared_expert) {
         p->sw1 = tensor(L, &g->sw1, NAME("shared.fc1.weight"), 1, 2, H1, C, 0);
         p->sb1 = tensor(L, &g->sb1, NAME("shared.fc1.bias"), 1, 1, H1, 0, 0);
@@ -188,8 +203,14 @@ static void layout_acts(Model *m, Bump *b) {
 
 /* ---- create / free ----------------------------------------------------------------------------- */
 
-static void init_normal(float *x, size_t n, float std, Rng *r) {
-    for (size_t i = 0; i < n; i++) x[i] = std * rng_normal(r);
+/* x = the held part of a tensor of N(0, std) values: the whole tensor's draws are made (the stream
+ * after it is the same whatever part is held), the held ones kept. */
+static void init_normal(float *x, const TensorInfo *t, float std, Rng *r) {
+    size_t skip = t->full_dim0 ? t->full_size / (size_t)t->full_dim0 * (size_t)t->shard_first : 0;
+    for (size_t i = 0; i < t->full_size; i++) {
+        float v = std * rng_normal(r);
+        if (i >= skip && i - skip < t->size) x[i - skip] = v;
+    }
 }
 
 static void init_params(Model *m, uint64_t seed) {
@@ -208,24 +229,33 @@ static void init_params(Model *m, uint64_t seed) {
         } else if (t->ndim == 1 || strstr(nm, ".bias") || strstr(nm, "expert_bias")) {
             memset(x, 0, sizeof(float) * t->size);
         } else if (strstr(nm, "router.weight")) {
-            init_normal(x, t->size, sqrtf(0.1f / (float)c->d_model), &r);
+            init_normal(x, t, sqrtf(0.1f / (float)c->d_model), &r);
         } else if (strstr(nm, "attn.out.weight") || strstr(nm, "fc2.weight")) {
-            init_normal(x, t->size, c->model_type == MODEL_LM ? resid_std : 0.02f, &r);
+            init_normal(x, t, c->model_type == MODEL_LM ? resid_std : 0.02f, &r);
         } else {
-            init_normal(x, t->size, 0.02f, &r);
+            init_normal(x, t, 0.02f, &r);
         }
     }
 }
 
 moelm_status model_create(Model *m, const ModelConfig *cfg, int B, int T, uint64_t seed) {
+    return model_create_sharded(m, cfg, B, T, seed, 0, 1);
+}
+
+moelm_status model_create_sharded(Model *m, const ModelConfig *cfg, int B, int T, uint64_t seed, int part, int parts) {
     memset(m, 0, sizeof *m);
     moelm_status st = config_check(cfg);
     if (st) return st;
+    int E = cfg->num_experts > 1 ? cfg->num_experts : 1;
+    if (parts < 1 || part < 0 || part >= parts || E % parts)
+        return moelm_fail(MOELM_ERR_CONFIG, "cannot hold part %d of %d of %d experts (the parts must divide the experts)",
+                          part, parts, E);
     if (B < 1 || T < 1) return moelm_fail(MOELM_ERR_CONFIG, "batch size and sequence length must be positive (got %d x %d)", B, T);
     if (T > cfg->n_positions)
         return moelm_fail(MOELM_ERR_CONFIG, "sequence length %d exceeds n_positions %d", T, cfg->n_positions);
     m->cfg = *cfg;
     m->moe_cfg = config_moe(cfg);
+    m->moe_cfg.e_first = E / parts * part;
     m->B = B;
     m->T = T;
     int L = cfg->num_layers;
@@ -234,14 +264,15 @@ moelm_status model_create(Model *m, const ModelConfig *cfg, int B, int T, uint64
     m->a.layers = moelm_calloc(L ? L : 1, sizeof(LayerActs));
     m->tensors = moelm_calloc(16 + 20 * (size_t)L, sizeof(TensorInfo));
     if (!m->p.layers || !m->g.layers || !m->a.layers || !m->tensors) { model_free(m); return MOELM_ERR_NOMEM; }
-    Layout lay = {m, 0, 0, 0};
+    Layout lay = {m, 0, 0, 0, 0, part, parts};
     layout_model(&lay);
     m->n_tensors = lay.n;
     m->n_params = lay.off;
+    m->n_params_full = lay.full_off;
     m->params = moelm_calloc(m->n_params, sizeof(float));
     m->grads = moelm_calloc(m->n_params, sizeof(float));
     if (!m->params || !m->grads) { model_free(m); return MOELM_ERR_NOMEM; }
-    lay = (Layout){m, 1, 0, 0};
+    lay = (Layout){m, 1, 0, 0, 0, part, parts};
     layout_model(&lay);
     Bump b = {NULL, 0};
     layout_acts(m, &b);
@@ -275,7 +306,7 @@ static size_t moe_expert_params(const MoEConfig *mc) {
 
 void model_param_counts(const Model *m, size_t *total, size_t *active, size_t *per_expert) {
     size_t tot = 0;
-    for (int i = 0; i < m->n_tensors; i++) if (m->tensors[i].trainable) tot += m->tensors[i].size;
+    for (int i = 0; i < m->n_tensors; i++) if (m->tensors[i].trainable) tot += m->tensors[i].full_size;
     int moe_layers = 0;
     if (m->cfg.model_type == MODEL_SEED) moe_layers = 1;
     else for (int l = 0; l < m->cfg.num_layers; l++) moe_layers += config_block_is_sparse(&m->cfg, l);

@@ -52,9 +52,18 @@ typedef struct {
     int ndim;
     int64_t shape[4];
     size_t offset, size;      /* in floats, into the params/grads arenas */
+    /* Expert parallelism shards the experts' tensors on dim 0 (experts): this rank holds rows
+     * [shard_first, shard_first + shape[0]) of full_dim0. The full model's arena (a checkpoint's
+     * layout) has the tensor at full_offset with full_size floats. Unsharded: shard_first 0,
+     * full_dim0 = shape[0], full_size = size. */
+    int64_t full_dim0, shard_first;
+    size_t full_offset, full_size;
     int decay;                /* AdamW weight decay applies (matrices; not norms, biases, positions) */
     int trainable;            /* 0: a buffer such as the expert selection bias */
 } TensorInfo;
+
+/* 1 when this rank holds only a shard of the tensor (expert parallelism). */
+static inline int tensor_sharded(const TensorInfo *t) { return t->size != t->full_size; }
 
 typedef struct {
     float *x_in;              /* [N, C] block input */
@@ -123,7 +132,8 @@ typedef struct {
     MoEConfig moe_cfg;
     int n_tensors;
     TensorInfo *tensors;      /* [n_tensors] */
-    size_t n_params;
+    size_t n_params;          /* floats this rank holds (the local arena) */
+    size_t n_params_full;     /* floats of the whole model (== n_params unless sharded) */
     float *params, *grads;    /* [n_params] each */
     ModelParams p, g;         /* named views into params and grads */
     int B, T;                 /* the batch shape the activations are sized for */
@@ -141,9 +151,14 @@ typedef struct {
 /* Builds the layout and allocates params, grads and activations for batches of B x T. Parameters
  * are initialised from seed. */
 moelm_status model_create(Model *m, const ModelConfig *cfg, int B, int T, uint64_t seed);
+/* The same, holding only part `part` of `parts` of every MoE layer's experts (expert parallelism:
+ * experts [part E/parts, (part+1) E/parts), parts must divide E). Every held value equals the full
+ * model's (the initialisation draws the whole stream and keeps the slice); parts = 1 is model_create. */
+moelm_status model_create_sharded(Model *m, const ModelConfig *cfg, int B, int T, uint64_t seed, int part, int parts);
 void model_free(Model *m);
 
-/* Parameter counts: total, active per token (one routed path: K experts), per expert. */
+/* Parameter counts of the whole model (sharded or not): total, active per token (one routed path:
+ * K experts), per expert. */
 void model_param_counts(const Model *m, size_t *total, size_t *active, size_t *per_expert);
 
 /* Forward over a batch (inputs, targets [B*T]; targets may be NULL, or < 0 to ignore a position).

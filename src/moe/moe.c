@@ -516,6 +516,14 @@ static void ffn_backward(float *dx, float *dw1, float *db1, float *dw2, float *d
     gemm(0, 0, n, C, H1, 1.0f, dh_pre, H1, w1, C, 0.0f, dx, C);    /* dx = dh_pre @ w1 */
 }
 
+/* Expert e's index in the held weights (expert parallelism holds [e_first, e_first + E/P)); only
+ * held experts receive rows: ep_off gives the others none. */
+static size_t held_expert(const MoEConfig *cfg, int e) {
+    int P = comm_size(COMM_EP);
+    CHECK(e >= cfg->e_first && e < cfg->e_first + (P > 1 ? cfg->E / P : cfg->E));
+    return (size_t)(e - cfg->e_first);
+}
+
 /* Whether to run the experts side by side (one thread per expert, each GEMM single-threaded) rather
  * one after another (each GEMM threaded by BLAS). Side by side wins for many small slabs (a slab's GEMM
  * does not scale to more threads, PERF-NOTES), but leaves threads idle when one slab dominates: one
@@ -545,9 +553,10 @@ static void moe_experts_forward(MoEActs *a, const MoEParams *p, const MoEConfig 
     for (int e = 0; e < E; e++) {
         int r0 = a->offsets[e], n = a->offsets[e + 1] - r0;
         if (n == 0) continue;
+        size_t w = held_expert(cfg, e);
         ffn_forward(a->y + (size_t)r0 * C, a->h + (size_t)r0 * H, a->h_pre + (size_t)r0 * H1,
-                    a->xd + (size_t)r0 * C, p->w1 + (size_t)e * H1 * C, p->b1 + (size_t)e * H1,
-                    p->w2 + (size_t)e * C * H, p->b2 + (size_t)e * C, cfg->act, n, C, H);
+                    a->xd + (size_t)r0 * C, p->w1 + w * H1 * C, p->b1 + w * H1,
+                    p->w2 + w * C * H, p->b2 + w * C, cfg->act, n, C, H);
     }
 }
 
@@ -685,11 +694,11 @@ static void moe_experts_backward(MoEActs *a, MoEParams *grads, const MoEParams *
         int r0 = a->offsets[e], n = a->offsets[e + 1] - r0;
         if (n == 0) continue;
         float *dy = a->dy + (size_t)r0 * C;
-        ffn_backward(dy, grads->w1 + (size_t)e * H1 * C, grads->b1 + (size_t)e * H1,
-                     grads->w2 + (size_t)e * C * H, grads->b2 + (size_t)e * C,
+        size_t w = held_expert(cfg, e);
+        ffn_backward(dy, grads->w1 + w * H1 * C, grads->b1 + w * H1, grads->w2 + w * C * H, grads->b2 + w * C,
                      a->dh + (size_t)r0 * H, a->dh_pre + (size_t)r0 * H1, dy, a->h + (size_t)r0 * H,
-                     a->h_pre + (size_t)r0 * H1, a->xd + (size_t)r0 * C, p->w1 + (size_t)e * H1 * C,
-                     p->w2 + (size_t)e * C * H, cfg->act, n, C, H);
+                     a->h_pre + (size_t)r0 * H1, a->xd + (size_t)r0 * C, p->w1 + w * H1 * C,
+                     p->w2 + w * C * H, cfg->act, n, C, H);
     }
 }
 

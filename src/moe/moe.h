@@ -51,12 +51,16 @@ typedef struct {
     int use_expert_bias;       /* DeepSeek-V3 selection bias, nudged toward balance each step */
     float bias_rate;           /* the bias update speed u */
     int shared_expert;         /* 1: a dense FFN (hidden H) that every token uses, added to the output */
+    int e_first;               /* the first expert whose weights MoEParams holds: under expert parallelism a
+                                * rank holds experts [e_first, e_first + E/P) only (w1 etc. are [E/P, ...]
+                                * there) and runs only those; 0 otherwise (all E held) */
 } MoEConfig;
 
 /* Parameter tensors of one MoE layer (pointers into the model's arena; grads use the same struct). */
 typedef struct {
     float *router_w;    /* [E, C] router weight (no bias, as Switch and HF); NULL for random and hash */
-    float *w1;          /* [E, H1, C], H1 = H (relu/gelu) or 2H (swiglu: gate rows, then up rows) */
+    float *w1;          /* [E, H1, C], H1 = H (relu/gelu) or 2H (swiglu: gate rows, then up rows);
+                         * w1..b2 hold E/P experts from cfg->e_first under expert parallelism */
     float *b1;          /* [E, H1] */
     float *w2;          /* [E, C, H] */
     float *b2;          /* [E, C] */

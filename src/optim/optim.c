@@ -3,6 +3,7 @@
 
 #include <math.h>
 #include <string.h>
+#include "backend/comm.h"
 
 moelm_status optim_create(Optimizer *o, size_t n) {
     memset(o, 0, sizeof *o);
@@ -49,7 +50,8 @@ void optim_step(Optimizer *o, Model *m, const TrainConfig *tc, float lr) {
 }
 
 float grad_clip(Model *m, float max_norm) {
-    double ss = 0.0;
+    double ss = 0.0, shard_ss = 0.0;   /* replicated tensors; this rank's shards of the experts */
+    int sharded = 0;
     for (int i = 0; i < m->n_tensors; i++) {
         const TensorInfo *t = &m->tensors[i];
         if (!t->trainable) continue;
@@ -59,8 +61,12 @@ float grad_clip(Model *m, float max_norm) {
          * fixed thread count (static schedule), which is what bit-exact resume needs */
 #pragma omp parallel for schedule(static) reduction(+ : s) if (t->size >= 32768)
         for (size_t k = 0; k < t->size; k++) s += (double)g[k] * (double)g[k];
-        ss += s;
+        if (tensor_sharded(t)) { shard_ss += s; sharded = 1; }
+        else ss += s;
     }
+    /* expert parallelism: the expert-parallel group together holds every expert once */
+    if (sharded) comm_allreduce_f64(COMM_EP, &shard_ss, 1);
+    ss += shard_ss;
     float norm = (float)sqrt(ss);
     if (max_norm > 0.0f && isfinite(norm) && norm > max_norm) {
         float scale = max_norm / norm;

@@ -24,7 +24,8 @@ void optim_free(Optimizer *o);
  * Adam: g += wd * p first (L2), then the same update without the decoupled term. */
 void optim_step(Optimizer *o, Model *m, const TrainConfig *tc, float lr);
 
-/* The global L2 norm of the trainable gradients (double accumulation); when max_norm > 0 and the
+/* The global L2 norm of the trainable gradients (double accumulation; with sharded experts the
+ * shards' squares are summed over COMM_EP, a collective); when max_norm > 0 and the
  * norm exceeds it, scales the gradients down to max_norm. Returns the norm before clipping
  * (NaN or Inf if any gradient is not finite). */
 float grad_clip(Model *m, float max_norm);

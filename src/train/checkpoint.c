@@ -288,8 +288,13 @@ moelm_status ckpt_load_model(const char *dir, Model *m) {
     if (st_count(sf) != m->n_tensors)
         st = moelm_fail(MOELM_ERR_FORMAT, "%s: %d tensors, the config needs %d", path, st_count(sf), m->n_tensors);
     for (int i = 0; !st && i < m->n_tensors; i++) {
+        /* the file holds the whole tensor; a sharded model reads its rows of it */
         const TensorInfo *t = &m->tensors[i];
-        st = st_read_f32(sf, t->name, m->params + t->offset, t->ndim, t->shape);
+        int64_t shape[4];
+        memcpy(shape, t->shape, sizeof shape);
+        if (t->ndim) shape[0] = t->full_dim0;
+        size_t row = t->full_dim0 ? t->full_size / (size_t)t->full_dim0 : 0;
+        st = st_read_f32_part(sf, t->name, m->params + t->offset, t->ndim, shape, row * (size_t)t->shard_first, t->size);
     }
     st_close(sf);
     return st;
@@ -301,10 +306,16 @@ moelm_status ckpt_load_optimizer(const char *dir, Optimizer *o, const Model *m) 
     SafeTensors *sf = NULL;
     moelm_status st = st_open(&sf, path);
     if (st) return st;
-    int64_t n = (int64_t)m->n_params;
+    int64_t n = (int64_t)m->n_params_full;
     float t = 0;
-    st = st_read_f32(sf, "adam.m", o->m, 1, &n);
-    if (!st) st = st_read_f32(sf, "adam.v", o->v, 1, &n);
+    /* the moments of the whole model's arena; a sharded model reads its tensors' parts of it */
+    for (int i = 0; !st && i < m->n_tensors; i++) {
+        const TensorInfo *ti = &m->tensors[i];
+        size_t row = ti->full_dim0 ? ti->full_size / (size_t)ti->full_dim0 : 0;
+        size_t first = ti->full_offset + row * (size_t)ti->shard_first;
+        st = st_read_f32_part(sf, "adam.m", o->m + ti->offset, 1, &n, first, ti->size);
+        if (!st) st = st_read_f32_part(sf, "adam.v", o->v + ti->offset, 1, &n, first, ti->size);
+    }
     if (!st) st = st_read_f32(sf, "adam.t", &t, 0, NULL);
     if (!st && !(t >= 0 && t < 16777216.0f)) st = moelm_fail(MOELM_ERR_FORMAT, "%s: adam.t = %g is not a step count", path, t);
     o->t = (long)t;

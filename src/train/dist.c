@@ -6,8 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include "backend/comm.h"
 #include "model/config.h"
+#include "train/checkpoint.h"
 
 moelm_status dist_begin(int ep) {
     moelm_status st = comm_init(ep < 1 ? 1 : ep);
@@ -25,10 +27,20 @@ moelm_status dist_end(moelm_status st) {
     }
     if (!st && comm_size(COMM_WORLD) > 1) {
         /* the exchange volume of the whole run (bench/mpi_bench.sh reads this line) */
-        double b = (double)comm_alltoall_bytes();
-        comm_allreduce_f64(COMM_WORLD, &b, 1);
-        printf("comm: %d ranks (data parallel %d x expert parallel %d), all-to-all %.0f bytes sent by all ranks\n",
-               comm_size(COMM_WORLD), comm_size(COMM_DP), comm_size(COMM_EP), b);
+        /* and each rank's peak resident memory (Linux reports ru_maxrss in KiB) */
+        int W = comm_size(COMM_WORLD);
+        double *v = moelm_calloc((size_t)W + 1, sizeof(double));
+        struct rusage ru;
+        if (v) {
+            v[0] = (double)comm_alltoall_bytes();
+            v[1 + comm_rank(COMM_WORLD)] = getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss / 1024.0 : 0.0;
+            comm_allreduce_f64(COMM_WORLD, v, (size_t)W + 1);
+            double lo = v[1], hi = v[1];
+            for (int r = 1; r < W; r++) { lo = v[1 + r] < lo ? v[1 + r] : lo; hi = v[1 + r] > hi ? v[1 + r] : hi; }
+            printf("comm: %d ranks (data parallel %d x expert parallel %d), all-to-all %.0f bytes sent by all ranks, "
+                   "peak RSS per rank %.1f-%.1f MiB\n", W, comm_size(COMM_DP), comm_size(COMM_EP), v[0], lo, hi);
+            moelm_free(v);
+        }
         fflush(stdout);
     }
     comm_finalize();
@@ -72,44 +84,80 @@ float dist_loss(Model *m) {
     return m->loss;
 }
 
-/* The expert tensors (w1, b1, w2, b2 of each MoE layer) as offsets into the arena, in order. */
-static int expert_tensors(const Model *m, size_t *off, size_t *size, int max) {
-    const MoEActs *acts[64];
-    int n_moe = model_moe_layers(m, acts, 64), n = 0;
-    if (n_moe == 0) return 0;
-    for (int i = 0; i < m->n_tensors && n < max; i++) {
-        const TensorInfo *t = &m->tensors[i];
-        const float *g = m->grads + t->offset;
-        int is_expert = 0;
-        for (int l = 0; l < m->cfg.num_layers + 1 && !is_expert; l++) {
-            const MoEParams *mp = l < m->cfg.num_layers ? &m->g.layers[l].moe : &m->g.head_moe;
-            is_expert = g == mp->w1 || g == mp->b1 || g == mp->w2 || g == mp->b2;
-        }
-        if (is_expert && t->size) { off[n] = t->offset; size[n] = t->size; n++; }
-    }
-    return n;
+void dist_expert_shard(int *part, int *parts) {
+    *part = comm_rank(COMM_EP);
+    *parts = comm_size(COMM_EP);
 }
 
 void dist_reduce_grads(Model *m) {
-    int W = comm_size(COMM_WORLD), P = comm_size(COMM_EP);
-    if (W == 1) return;
-    if (P == 1) {   /* data parallel only: one all-reduce of the whole arena */
-        comm_allreduce_f32(COMM_WORLD, m->grads, m->n_params);
-        return;
+    if (comm_size(COMM_WORLD) == 1) return;
+    /* runs of consecutive tensors of one kind (the arena is laid out in tensor order): replicated
+     * tensors sum over the world; a held shard of experts sums over its replicas (COMM_DP), the
+     * only ranks that computed its gradient. Data parallel only: one all-reduce of the arena. */
+    int i = 0;
+    while (i < m->n_tensors) {
+        int sharded = tensor_sharded(&m->tensors[i]);
+        size_t at = m->tensors[i].offset, n = 0;
+        while (i < m->n_tensors && tensor_sharded(&m->tensors[i]) == sharded) n += m->tensors[i++].size;
+        comm_allreduce_f32(sharded ? COMM_DP : COMM_WORLD, m->grads + at, n);
     }
-    size_t off[1024], size[1024];
-    int n = expert_tensors(m, off, size, 1024), p = comm_rank(COMM_EP);
-    size_t at = 0;
-    for (int i = 0; i < n; i++) {
-        /* the non-expert tensors before this one: every rank holds a part of their gradient */
-        if (off[i] > at) comm_allreduce_f32(COMM_WORLD, m->grads + at, off[i] - at);
-        /* [E, ...] with E split evenly over COMM_EP: this rank's shard is block p of P */
-        size_t blk = size[i] / (size_t)P;
-        comm_allreduce_f32(COMM_DP, m->grads + off[i] + (size_t)p * blk, blk);
-        comm_allgather_f32(COMM_EP, m->grads + off[i], blk);
-        at = off[i] + size[i];
+}
+
+/* On world rank 0 (root), full[n_params_full] = the whole model's arena assembled from src[n_params]
+ * of the ranks of this COMM_EP group: the shards of a sharded tensor come from every rank of the
+ * group in rank order (rank p holds shard p), the other tensors from rank 0's own copy. */
+static void gather_arena(const Model *m, const float *src, float *full, int root) {
+    for (int i = 0; i < m->n_tensors; i++) {
+        const TensorInfo *t = &m->tensors[i];
+        if (tensor_sharded(t)) comm_gather_f32(COMM_EP, src + t->offset, t->size, root ? full + t->full_offset : NULL, 0);
+        else if (root) memcpy(full + t->full_offset, src + t->offset, sizeof(float) * t->size);
     }
-    if (m->n_params > at) comm_allreduce_f32(COMM_WORLD, m->grads + at, m->n_params - at);
+}
+
+moelm_status dist_save_checkpoint(const char *run_dir, const Model *m, const Optimizer *o, const TrainState *s,
+                                  const Tokenizer *tok, int keep) {
+    int root = comm_rank(COMM_WORLD) == 0;
+    if (m->n_params == m->n_params_full) return root ? ckpt_save(run_dir, m, o, s, tok, keep) : MOELM_OK;
+    /* sharded experts: replica 0's expert-parallel group (world ranks 0 .. P-1) gathers the weights
+     * and both Adam moments onto rank 0, which writes the whole model's checkpoint */
+    if (comm_rank(COMM_DP) != 0) return MOELM_OK;
+    size_t nf = m->n_params_full;
+    float *full = root ? moelm_malloc(3 * nf * sizeof(float)) : NULL;
+    TensorInfo *ft = root ? moelm_malloc(sizeof(TensorInfo) * (size_t)m->n_tensors) : NULL;
+    int failed = root && (!full || !ft);
+    comm_allreduce_i32(COMM_EP, &failed, 1);   /* the group gathers only if rank 0 can hold the result */
+    moelm_status st = MOELM_OK;
+    if (failed) {
+        st = root ? moelm_fail(MOELM_ERR_NOMEM, "cannot gather the experts for a checkpoint (%zu floats)", 3 * nf)
+                  : MOELM_OK;
+    } else {
+        gather_arena(m, m->params, full, root);
+        gather_arena(m, o->m, full + nf, root);
+        gather_arena(m, o->v, full + 2 * nf, root);
+    }
+    if (!failed && root) {
+        /* the whole model as ckpt_save sees it: full shapes and offsets over the gathered arenas */
+        for (int i = 0; i < m->n_tensors; i++) {
+            ft[i] = m->tensors[i];
+            if (ft[i].ndim) ft[i].shape[0] = ft[i].full_dim0;
+            ft[i].shard_first = 0;
+            ft[i].offset = ft[i].full_offset;
+            ft[i].size = ft[i].full_size;
+        }
+        Model fm = *m;
+        fm.tensors = ft;
+        fm.params = full;
+        fm.grads = NULL;
+        fm.n_params = nf;
+        Optimizer fo = *o;
+        fo.m = full + nf;
+        fo.v = full + 2 * nf;
+        fo.n = nf;
+        st = ckpt_save(run_dir, &fm, &fo, s, tok, keep);
+    }
+    moelm_free(full);
+    moelm_free(ft);
+    return st;
 }
 
 void dist_reduce_eval(EvalResult *r) {

@@ -8,17 +8,21 @@
  * gradients is the one-process gradient: W ranks with B/W windows each = one process with B, up to
  * the order of float additions.
  *
- * Gradients (Model.grads, one arena): the non-expert tensors are summed over COMM_WORLD. The expert
- * tensors of each MoE layer are summed only over COMM_DP, for this rank's shard of experts (nobody
- * else in its COMM_EP group computed them), then shared within COMM_EP by an all-gather, so every
- * rank holds the whole gradient, takes the same optimizer step, and the parameters stay replicated:
- * rank 0 writes complete checkpoints and a run resumes at any world size that divides the batch.
- * Only rank 0 prints, logs and writes checkpoints.
+ * Parameters. With expert parallelism over P ranks (COMM_EP) each rank holds only its E/P experts
+ * of every MoE layer (model_create_sharded: the expert tensors are [E/P, ...] in its arena), so their
+ * weights, gradients and Adam moments take 1/P of the memory; the other tensors are replicated.
+ * Gradients (Model.grads, one arena): the replicated tensors are summed over COMM_WORLD; a held
+ * shard of experts only over COMM_DP (its replicas: nobody else computed it). The clip norm adds
+ * the shards' squares over COMM_EP (optim.c), so every rank clips by the one-process norm.
+ * Checkpoints hold the whole model: dist_save_checkpoint gathers the shards onto rank 0, and on
+ * load each rank reads its own rows (checkpoint.c), so a run resumes at any world size and expert
+ * parallelism that divide the batch and the experts. Only rank 0 prints, logs and writes files.
  */
 #ifndef MOELM_TRAIN_DIST_H
 #define MOELM_TRAIN_DIST_H
 
 #include "model/model.h"
+#include "train/checkpoint.h"
 #include "train/train.h"
 
 /* Starts the groups (comm_init(ep)); on ranks other than 0 sends stdout to /dev/null. */
@@ -40,8 +44,19 @@ void dist_take_rows(int *inputs, int *targets, int B, int T);
  * and m->n_valid to the global values, so that model_backward scales by the global count. */
 float dist_loss(Model *m);
 
-/* After model_backward: every rank holds the gradient of the global loss (see above). */
+/* The part of every MoE layer's experts this rank holds: part of parts (0 of 1 without expert
+ * parallelism); the arguments of model_create_sharded. */
+void dist_expert_shard(int *part, int *parts);
+
+/* After model_backward: every rank holds the gradient of the global loss for what it holds. */
 void dist_reduce_grads(Model *m);
+
+/* Writes a checkpoint of the whole model (a collective): rank 0 calls ckpt_save; with sharded
+ * experts, ranks 0 .. P-1 first gather the shards of the weights and Adam moments onto rank 0
+ * (which holds the whole arena three times over while it writes). Returns rank 0's status (the
+ * other ranks return MOELM_OK; pass the result to dist_any_failed). */
+moelm_status dist_save_checkpoint(const char *run_dir, const Model *m, const Optimizer *o, const TrainState *s,
+                                  const Tokenizer *tok, int keep);
 
 /* After evaluating this rank's share of every batch: sums the counts over ranks. */
 void dist_reduce_eval(EvalResult *r);

@@ -66,6 +66,16 @@ void print_model_summary(const Model *m, FILE *f) {
     fprintf(f, "parameters: %s total, %s active per token", t, a);
     if (n_moe) fprintf(f, ", %s per expert", pe);
     fprintf(f, "\n");
+    for (int i = 0; i < m->n_tensors; i++) {
+        const TensorInfo *ti = &m->tensors[i];
+        if (!tensor_sharded(ti)) continue;
+        char h[32], w[32];   /* expert parallelism: each rank holds a shard of the experts */
+        fmt_count(h, sizeof h, m->n_params);
+        fmt_count(w, sizeof w, m->n_params_full);
+        fprintf(f, "expert parallel: each rank holds %" PRId64 " of the %" PRId64 " experts of each MoE layer, "
+                   "%s of the %s parameters (and their gradients and Adam moments)\n", ti->shape[0], ti->full_dim0, h, w);
+        break;
+    }
 }
 
 void print_moe_stats(const EvalResult *r, FILE *f) {
@@ -469,7 +479,9 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
 
     /* model, optimizer, data order */
     st = dist_check(&cfg, tc.batch_size);
-    if (!st) st = model_create(&r.model, &cfg, tc.batch_size / dist_world(), tc.seq_len, state.seed);
+    int part, parts;
+    dist_expert_shard(&part, &parts);
+    if (!st) st = model_create_sharded(&r.model, &cfg, tc.batch_size / dist_world(), tc.seq_len, state.seed, part, parts);
     r.model_ok = st == MOELM_OK;
     if (!st) st = optim_create(&r.opt, r.model.n_params);
     r.opt_ok = st == MOELM_OK;
@@ -638,7 +650,7 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
             state.data_epoch = r.dl.epoch;
             state.data_pos = r.dl.pos;
             state.rng = m->rng.s;
-            if (dist_is_root()) st = ckpt_save(run_dir, m, &r.opt, &state, r.tok, o->keep);
+            st = dist_save_checkpoint(run_dir, m, &r.opt, &state, r.tok, o->keep);
             if (dist_any_failed(st)) { run_free(&r); return st ? st : moelm_fail(MOELM_ERR_IO, "rank 0 failed to write a checkpoint"); }
         }
         /* what the end of the run will take: the whole split's evaluation, routing dump, checkpoint */
