@@ -26,8 +26,8 @@ ARGS="train --config demo --set num_experts=8 -b 16 --seq-len 32 -t 1 --eval-int
 bytes() { grep -o 'all-to-all [0-9]* bytes' "$1" | awk '{print $2}'; }
 tsec() { grep "\"step\": $2," "$1/metrics.jsonl" | grep -o '"time_s": [0-9.]*' | awk '{print $2}'; }
 
-echo "| ranks | DP x EP | step time (ms) | tokens/s | all-to-all per step (bytes, all ranks) | final loss |"
-echo "|---|---|---|---|---|---|"
+echo "| ranks | DP x EP | step time (ms) | tokens/s | all-to-all per step (bytes, all ranks) | peak RSS per rank (MiB) | final loss |"
+echo "|---|---|---|---|---|---|---|"
 for spec in "1 1" "2 1" "2 2" "4 1" "4 2" "4 4"; do
     set -- $spec
     np=$1; ep=$2
@@ -36,7 +36,26 @@ for spec in "1 1" "2 1" "2 2" "4 1" "4 2" "4 4"; do
     t0=$(tsec "$tmp/a$np$ep" 5); t1=$(tsec "$tmp/a$np$ep" $S)
     b1=$(bytes "$tmp/a$np$ep.log"); b0=$(bytes "$tmp/b$np$ep.log")
     loss=$(grep "\"step\": $S," "$tmp/a$np$ep/metrics.jsonl" | grep -o '"loss": [0-9.]*' | awk '{print $2}')
-    awk -v np=$np -v ep=$ep -v t0=$t0 -v t1=$t1 -v b0=${b0:-0} -v b1=${b1:-0} -v S=$S -v loss=$loss 'BEGIN {
-        ms = 1000 * (t1 - t0) / (S - 5); printf "| %d | %d x %d | %.1f | %.0f | %.0f | %s |\n", np, np / ep, ep, ms, 512 / (ms / 1000), (b1 - b0) / (S - 5), loss }'
+    rss=$(grep -o 'peak RSS per rank [0-9.]*-[0-9.]*' "$tmp/a$np$ep.log" | awk '{print $5}')
+    awk -v np=$np -v ep=$ep -v t0=$t0 -v t1=$t1 -v b0=${b0:-0} -v b1=${b1:-0} -v S=$S -v loss=$loss -v rss=${rss:--} 'BEGIN {
+        ms = 1000 * (t1 - t0) / (S - 5); printf "| %d | %d x %d | %.1f | %.0f | %.0f | %s | %s |\n", np, np / ep, ep, ms, 512 / (ms / 1000), (b1 - b0) / (S - 5), rss, loss }'
+done
+
+# Memory: expert parallelism holds E/P experts per rank (weights, gradients, Adam moments). A model
+# whose experts dominate: the demo preset with 32 experts of hidden size 1024 in both layers (16.8M
+# expert parameters of 18.1M, 16 bytes each with gradients and moments); 2 steps, peak RSS per rank.
+echo
+echo "| ranks | DP x EP | experts held per layer | parameters held per rank | peak RSS per rank (MiB) |"
+echo "|---|---|---|---|---|"
+MEM="train --config demo --set num_experts=32 --set expert_d_ff=1024 -b 16 --seq-len 32 -t 1 --steps 2 --eval-interval 0 --eval-batches 1"
+for spec in "1 1" "2 1" "2 2" "4 2" "4 4"; do
+    set -- $spec
+    np=$1; ep=$2
+    $MPIRUN -np $np $BIN $MEM --expert-parallel $ep --out "$tmp/m$np$ep" >"$tmp/m$np$ep.log" 2>&1 || { cat "$tmp/m$np$ep.log"; exit 1; }
+    held=$(grep -o 'holds [0-9]* of the [0-9]* experts of each MoE layer, [0-9.KM]* of the [0-9.KM]*' "$tmp/m$np$ep.log" |
+           awk '{printf "%s of %s | %s of %s", $2, $5, $11, $14}')
+    [ -n "$held" ] || held="32 of 32 | $(grep -o 'parameters: [0-9.KM]* total' "$tmp/m$np$ep.log" | awk '{print $2}') (all)"
+    rss=$(grep -o 'peak RSS per rank [0-9.]*-[0-9.]*' "$tmp/m$np$ep.log" | awk '{print $5}')
+    echo "| $np | $((np / ep)) x $ep | $held | ${rss:--} |"
 done
 rm -rf "$tmp"

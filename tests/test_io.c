@@ -395,6 +395,14 @@ TEST(st_roundtrip) {
     EXPECT(memcmp(r2, w2, sizeof w2) == 0);
     EXPECT(st_read_f32(st, "scalar", &rs, 0, NULL) == MOELM_OK && rs == 42);
     EXPECT(st_read_f32(st, "empty", NULL, 2, she) == MOELM_OK);
+    /* a part: expert 1 of the [2, 3, 2, 2] tensor (elements 12..23), and a middle slice; the shape
+     * is checked as for a whole read */
+    float part[12];
+    EXPECT(st_read_f32_part(st, "experts.w1", part, 4, sh2, 12, 12) == MOELM_OK);
+    EXPECT(memcmp(part, w2 + 12, 12 * sizeof(float)) == 0);
+    EXPECT(st_read_f32_part(st, "experts.w1", part, 4, sh2, 5, 3) == MOELM_OK);
+    EXPECT(part[0] == w2[5] && part[2] == w2[7] && part[3] == w2[15]);   /* part[3] still from above */
+    EXPECT(st_read_f32_part(st, "experts.w1", part, 2, sh1, 0, 6) == MOELM_ERR_FORMAT);
     EXPECT(strcmp(st_meta(st, "moelm"), "0.1.0") == 0);
     EXPECT(strcmp(st_meta(st, "quote\"key"), "line\nvalue") == 0);
     EXPECT(st_meta(st, "nope") == NULL);

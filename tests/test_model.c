@@ -242,6 +242,59 @@ TEST(bad_configs_rejected) {
     EXPECT(config_check(&c) == MOELM_ERR_CONFIG);   /* non-causal router in a causal LM */
 }
 
+/* Expert parallelism's layout: each of P parts holds E/P experts of every MoE layer, with exactly
+ * the full model's values there (the initialisation keeps the slice of the whole stream), the other
+ * tensors whole and equal, and the arithmetic of held and full sizes right. */
+TEST(sharded_experts_layout) {
+    ModelConfig c;
+    tiny(&c, 11);
+    c.num_experts = 4;
+    c.sparse_step = 1;
+    Model full, part;
+    EXPECT(model_create(&full, &c, 1, 4, 7) == MOELM_OK);
+    EXPECT(full.n_params == full.n_params_full);
+    for (int P = 2; P <= 4; P += 2) {
+        size_t held_sum = 0;
+        for (int p = 0; p < P; p++) {
+            EXPECT(model_create_sharded(&part, &c, 1, 4, 7, p, P) == MOELM_OK);
+            EXPECT(part.n_params_full == full.n_params && part.n_params < full.n_params);
+            EXPECT(part.n_tensors == full.n_tensors && part.moe_cfg.e_first == p * 4 / P);
+            int n_sharded = 0;
+            for (int i = 0; i < part.n_tensors; i++) {
+                const TensorInfo *t = &part.tensors[i], *f = &full.tensors[i];
+                EXPECT(strcmp(t->name, f->name) == 0 && t->full_offset == f->offset && t->full_size == f->size);
+                int expert = strstr(t->name, ".experts.") != NULL;
+                n_sharded += tensor_sharded(t);
+                EXPECT(tensor_sharded(t) == expert);
+                if (expert) {
+                    EXPECT(t->shape[0] == 4 / P && t->full_dim0 == 4 && t->shard_first == p * 4 / P);
+                    EXPECT(t->size * (size_t)P == f->size);
+                    held_sum += t->size;
+                }
+                /* held values = the slice of the full model's tensor */
+                size_t skip = f->size / 4 * (size_t)t->shard_first;
+                EXPECT_MSG(memcmp(part.params + t->offset, full.params + f->offset + skip, t->size * sizeof(float)) == 0,
+                           "%s part %d of %d", t->name, p, P);
+            }
+            EXPECT(n_sharded == 4 * c.num_layers);   /* fc1/fc2 weight and bias per MoE layer */
+            size_t a, b, e1, e2, x1, x2;
+            model_param_counts(&full, &a, &e1, &x1);
+            model_param_counts(&part, &b, &e2, &x2);
+            EXPECT(a == b && e1 == e2 && x1 == x2);   /* the counts are the whole model's */
+            model_free(&part);
+        }
+        size_t expert_total = 0;
+        for (int i = 0; i < full.n_tensors; i++)
+            if (strstr(full.tensors[i].name, ".experts.")) expert_total += full.tensors[i].size;
+        EXPECT(held_sum == expert_total);   /* the parts together hold every expert once */
+    }
+    /* parts that do not divide the experts, or out of range */
+    EXPECT(model_create_sharded(&part, &c, 1, 4, 7, 0, 3) == MOELM_ERR_CONFIG);
+    EXPECT(strstr(moelm_last_error(), "divide") != NULL);
+    EXPECT(model_create_sharded(&part, &c, 1, 4, 7, 2, 2) == MOELM_ERR_CONFIG);
+    model_free(&full);
+}
+
 TEST(config_json_round_trip) {
     ModelConfig c, d;
     config_preset(&c, "switch-ptb");
@@ -268,6 +321,7 @@ int main(void) {
     RUN(causality);
     RUN(training_reduces_loss);
     RUN(bad_configs_rejected);
+    RUN(sharded_experts_layout);
     RUN(config_json_round_trip);
     return test_summary("model");
 }

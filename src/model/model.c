@@ -206,7 +206,7 @@ static void layout_acts(Model *m, Bump *b) {
 /* x = the held part of a tensor of N(0, std) values: the whole tensor's draws are made (the stream
  * after it is the same whatever part is held), the held ones kept. */
 static void init_normal(float *x, const TensorInfo *t, float std, Rng *r) {
-    size_t skip = t->full_dim0 ? t->full_size / (size_t)t->full_dim0 * (size_t)t->shard_first : 0;
+    size_t skip = tensor_held_first(t);
     for (size_t i = 0; i < t->full_size; i++) {
         float v = std * rng_normal(r);
         if (i >= skip && i - skip < t->size) x[i - skip] = v;

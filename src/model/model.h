@@ -64,6 +64,10 @@ typedef struct {
 
 /* 1 when this rank holds only a shard of the tensor (expert parallelism). */
 static inline int tensor_sharded(const TensorInfo *t) { return t->size != t->full_size; }
+/* The index in the whole tensor (row-major, in floats) of the first value held. */
+static inline size_t tensor_held_first(const TensorInfo *t) {
+    return t->full_dim0 ? t->full_size / (size_t)t->full_dim0 * (size_t)t->shard_first : 0;
+}
 
 typedef struct {
     float *x_in;              /* [N, C] block input */

@@ -293,8 +293,7 @@ moelm_status ckpt_load_model(const char *dir, Model *m) {
         int64_t shape[4];
         memcpy(shape, t->shape, sizeof shape);
         if (t->ndim) shape[0] = t->full_dim0;
-        size_t row = t->full_dim0 ? t->full_size / (size_t)t->full_dim0 : 0;
-        st = st_read_f32_part(sf, t->name, m->params + t->offset, t->ndim, shape, row * (size_t)t->shard_first, t->size);
+        st = st_read_f32_part(sf, t->name, m->params + t->offset, t->ndim, shape, tensor_held_first(t), t->size);
     }
     st_close(sf);
     return st;
@@ -311,8 +310,7 @@ moelm_status ckpt_load_optimizer(const char *dir, Optimizer *o, const Model *m) 
     /* the moments of the whole model's arena; a sharded model reads its tensors' parts of it */
     for (int i = 0; !st && i < m->n_tensors; i++) {
         const TensorInfo *ti = &m->tensors[i];
-        size_t row = ti->full_dim0 ? ti->full_size / (size_t)ti->full_dim0 : 0;
-        size_t first = ti->full_offset + row * (size_t)ti->shard_first;
+        size_t first = ti->full_offset + tensor_held_first(ti);
         st = st_read_f32_part(sf, "adam.m", o->m + ti->offset, 1, &n, first, ti->size);
         if (!st) st = st_read_f32_part(sf, "adam.v", o->v + ti->offset, 1, &n, first, ti->size);
     }

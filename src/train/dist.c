@@ -25,7 +25,7 @@ moelm_status dist_end(moelm_status st) {
         fflush(stderr);
         comm_abort(1);
     }
-    if (!st && comm_size(COMM_WORLD) > 1) {
+    if (!st && comm_is_mpi()) {
         /* the exchange volume of the whole run (bench/mpi_bench.sh reads this line) */
         /* and each rank's peak resident memory (Linux reports ru_maxrss in KiB) */
         int W = comm_size(COMM_WORLD);
