@@ -208,7 +208,7 @@ TEST(training_reduces_loss) {
         float l = model_forward(&m, inp, tgt, 1);
         model_backward(&m);
         grad_clip(&m, 1.0f);
-        optim_step(&o, &m, &tc, tc.lr);
+        optim_step(&o, &m, &tc, tc.lr, 1.0f);
         if (s == 0) first = l;
         last = l;
     }

@@ -59,12 +59,15 @@ static void adam_case(int adamw) {
     for (int step = 1; step <= 3; step++) {
         for (size_t i = 0; i < m.n_params; i++) m.grads[i] = 0.01f * (float)((i * 7 + step) % 13) - 0.05f;
         memcpy(p0, m.params, sizeof(float) * m.n_params);
-        optim_step(&o, &m, &tc, 0.01f);
+        optim_step(&o, &m, &tc, 0.01f, 1.0f);
+        int zeroed = 1;   /* optim_step consumes the gradients */
+        for (size_t i = 0; i < m.n_params; i++) zeroed &= m.grads[i] == 0.0f;
+        EXPECT(zeroed);
         for (int t = 0; t < m.n_tensors; t++) {
             const TensorInfo *ti = &m.tensors[t];
             double wd = ti->decay ? 0.1 : 0.0;
             for (size_t k = ti->offset; k < ti->offset + ti->size; k++) {
-                double g = m.grads[k];
+                double g = 0.01f * (float)((k * 7 + step) % 13) - 0.05f;   /* the gradient set above */
                 if (!adamw) g += wd * ref[k];
                 mm[k] = 0.9 * mm[k] + 0.1 * g;
                 vv[k] = 0.95 * vv[k] + 0.05 * g * g;
@@ -91,6 +94,33 @@ static void adam_case(int adamw) {
 TEST(adamw_matches_reference) { adam_case(1); }
 TEST(adam_l2_matches_reference) { adam_case(0); }
 
+/* The clip fused into the update: a step with gscale s on gradients g is bit-identical to grad_clip
+ * scaling g in place and a step with gscale 1 (what training did before the fusion). */
+TEST(fused_clip_matches_clip_then_step) {
+    Model a, b;
+    small_model(&a);
+    small_model(&b);
+    Optimizer oa, ob;
+    EXPECT(optim_create(&oa, a.n_params) == MOELM_OK && optim_create(&ob, b.n_params) == MOELM_OK);
+    TrainConfig tc;
+    config_preset_train(&tc, "demo");
+    tc.weight_decay = 0.1f;
+    for (int step = 1; step <= 3; step++) {
+        for (size_t i = 0; i < a.n_params; i++) a.grads[i] = b.grads[i] = (float)((i * 5 + step) % 11) - 5.0f;
+        float na = grad_clip(&a, 1.0f);
+        optim_step(&oa, &a, &tc, 0.01f, 1.0f);
+        float nb = grad_norm(&b);
+        EXPECT(nb == na && clip_scale(nb, 1.0f) < 1.0f);
+        optim_step(&ob, &b, &tc, 0.01f, clip_scale(nb, 1.0f));
+        EXPECT(memcmp(a.params, b.params, sizeof(float) * a.n_params) == 0);
+        EXPECT(memcmp(oa.m, ob.m, sizeof(float) * a.n_params) == 0 && memcmp(oa.v, ob.v, sizeof(float) * a.n_params) == 0);
+    }
+    EXPECT(clip_scale(0.5f, 1.0f) == 1.0f && clip_scale(2.0f, 0.0f) == 1.0f && clip_scale(NAN, 1.0f) == 1.0f);
+    EXPECT(clip_scale(4.0f, 1.0f) == 0.25f);
+    optim_free(&oa); optim_free(&ob);
+    model_free(&a); model_free(&b);
+}
+
 TEST(clipping) {
     Model m;
     small_model(&m);
@@ -116,5 +146,6 @@ int main(void) {
     RUN(adamw_matches_reference);
     RUN(adam_l2_matches_reference);
     RUN(clipping);
+    RUN(fused_clip_matches_clip_then_step);
     return test_summary("optim");
 }

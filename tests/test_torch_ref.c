@@ -439,7 +439,7 @@ static void compare_curve(const RefCase *rc) {
         float aux = m->aux_loss;
         model_backward(m);
         grad_clip(m, r.tc.grad_clip);
-        optim_step(&o, m, &r.tc, lr_at(&r.tc, s, r.tc.steps));
+        optim_step(&o, m, &r.tc, lr_at(&r.tc, s, r.tc.steps), 1.0f);
         double d = fabs((double)l - r.curve[s]), da = fabs((double)aux - r.curve_aux[s]);
         int bad = d > 1e-4 * fabs(r.curve[s]) || da > 1e-4 * fabs(r.curve_aux[s]) + 1e-7;
         EXPECT_MSG(!bad, "%s: step %d: loss C %.9g torch %.9g (rel %.2e), aux C %.9g torch %.9g", rc->name, s, l,

@@ -23,22 +23,27 @@ void optim_free(Optimizer *o) {
     memset(o, 0, sizeof *o);
 }
 
-void optim_step(Optimizer *o, Model *m, const TrainConfig *tc, float lr) {
+void optim_step(Optimizer *o, Model *m, const TrainConfig *tc, float lr, float gscale) {
     o->t++;
     float b1 = tc->beta1, b2 = tc->beta2, eps = tc->eps;
     float bc1 = 1.0f - powf(b1, (float)o->t), bc2 = 1.0f - powf(b2, (float)o->t);
     for (int i = 0; i < m->n_tensors; i++) {
         const TensorInfo *t = &m->tensors[i];
-        if (!t->trainable) continue;
-        float wd = t->decay ? tc->weight_decay : 0.0f;
         float *p = m->params + t->offset, *g = m->grads + t->offset;
-        float *mm = o->m + t->offset, *vv = o->v + t->offset;
         size_t n = t->size;
+        if (!t->trainable) {
+            memset(g, 0, sizeof(float) * n);
+            continue;
+        }
+        float wd = t->decay ? tc->weight_decay : 0.0f;
+        float *mm = o->m + t->offset, *vv = o->v + t->offset;
         int adamw = tc->adamw;
-        /* each element is independent: no two threads touch the same index */
+        /* each element is independent: no two threads touch the same index. The gradient is read
+         * once, scaled (the clip; g * 1 is g exactly) and zeroed in the same pass. */
 #pragma omp parallel for schedule(static) if (n >= 32768)
         for (size_t k = 0; k < n; k++) {
-            float gk = g[k];
+            float gk = g[k] * gscale;
+            g[k] = 0.0f;
             if (!adamw) gk += wd * p[k];
             mm[k] = b1 * mm[k] + (1.0f - b1) * gk;
             vv[k] = b2 * vv[k] + (1.0f - b2) * gk * gk;
@@ -49,7 +54,7 @@ void optim_step(Optimizer *o, Model *m, const TrainConfig *tc, float lr) {
     }
 }
 
-float grad_clip(Model *m, float max_norm) {
+float grad_norm(const Model *m) {
     double ss = 0.0, shard_ss = 0.0;   /* replicated tensors; this rank's shards of the experts */
     int sharded = 0;
     for (int i = 0; i < m->n_tensors; i++) {
@@ -67,9 +72,16 @@ float grad_clip(Model *m, float max_norm) {
     /* expert parallelism: the expert-parallel group together holds every expert once */
     if (sharded) comm_allreduce_f64(COMM_EP, &shard_ss, 1);
     ss += shard_ss;
-    float norm = (float)sqrt(ss);
-    if (max_norm > 0.0f && isfinite(norm) && norm > max_norm) {
-        float scale = max_norm / norm;
+    return (float)sqrt(ss);
+}
+
+float clip_scale(float norm, float max_norm) {
+    return max_norm > 0.0f && isfinite(norm) && norm > max_norm ? max_norm / norm : 1.0f;
+}
+
+float grad_clip(Model *m, float max_norm) {
+    float norm = grad_norm(m), scale = clip_scale(norm, max_norm);
+    if (scale != 1.0f) {
         for (int i = 0; i < m->n_tensors; i++) {
             const TensorInfo *t = &m->tensors[i];
             if (!t->trainable) continue;

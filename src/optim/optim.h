@@ -20,14 +20,23 @@ typedef struct {
 moelm_status optim_create(Optimizer *o, size_t n_params);
 void optim_free(Optimizer *o);
 
-/* One update of every trainable tensor. AdamW: p -= lr * (mhat / (sqrt(vhat) + eps) + wd * p);
- * Adam: g += wd * p first (L2), then the same update without the decoupled term. */
-void optim_step(Optimizer *o, Model *m, const TrainConfig *tc, float lr);
+/* One update of every trainable tensor from its gradient times gscale (the clip factor of
+ * clip_scale, applied on the fly: g * 1 is g exactly). AdamW: p -= lr * (mhat / (sqrt(vhat) + eps) +
+ * wd * p); Adam: g += wd * p first (L2), then the same update without the decoupled term.
+ * Consumes the gradients: every gradient is 0 afterwards (zeroed in the same pass that reads it),
+ * so the next backward needs no model_zero_grad. */
+void optim_step(Optimizer *o, Model *m, const TrainConfig *tc, float lr, float gscale);
 
 /* The global L2 norm of the trainable gradients (double accumulation; with sharded experts the
- * shards' squares are summed over COMM_EP, a collective); when max_norm > 0 and the
- * norm exceeds it, scales the gradients down to max_norm. Returns the norm before clipping
- * (NaN or Inf if any gradient is not finite). */
+ * shards' squares are summed over COMM_EP, a collective). NaN or Inf if any gradient is not finite. */
+float grad_norm(const Model *m);
+
+/* The factor that brings a gradient of this norm down to max_norm: max_norm / norm when max_norm > 0
+ * and the norm is finite and above it, else 1. */
+float clip_scale(float norm, float max_norm);
+
+/* grad_norm, then the gradients scaled by clip_scale in place. Returns the norm before clipping.
+ * (Training fuses the scaling into optim_step instead: one pass over the gradients fewer.) */
 float grad_clip(Model *m, float max_norm);
 
 /* Learning rate at step (0-based) of total: linear warm-up over warmup_steps, then constant,

@@ -527,6 +527,7 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
     int eval_interval = o->eval_interval, log_interval = o->log_interval > 0 ? o->log_interval : 1;
     double t_run = now_s() - state.elapsed_s, t_log = now_s();
     long tokens_since = 0, skipped = 0;
+    int grads_zero = 0;   /* the gradients are known to be zero (optim_step consumed them) */
     double budget_s = o->time_budget_min * 60.0, reserve_s = 0.0, t_end_start = 0.0, t_eval_s = 0.0;
     /* periodic evaluations may take --eval-batches batches; the final one takes the whole split */
     size_t full_batches = eval_num_batches(r.n[1], tc.batch_size, tc.seq_len, tc.seq_len);
@@ -548,14 +549,15 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
         }
         dataloader_next(&r.dl, r.inp, r.tgt);
         dist_take_rows(r.inp, r.tgt, tc.batch_size, tc.seq_len);
-        model_zero_grad(m);
+        if (!grads_zero) model_zero_grad(m);   /* optim_step leaves them zero */
+        grads_zero = 0;
         model_forward(m, r.inp, r.tgt, 1);
         float loss = dist_loss(m);
         dist_fault_point(step + 1);
         model_backward(m);
         dist_reduce_grads(m);
         if (step + 1 == nan_step) inject_nan(m, &loss, nan_grad_only);
-        float gnorm = grad_clip(m, tc.grad_clip);
+        float gnorm = grad_norm(m);   /* the clip is applied inside optim_step */
         int bad = !isfinite(loss) || !isfinite(gnorm) || !isfinite(m->aux_loss);   /* the global norm is NaN/Inf exactly when a gradient is */
         if (bad) {
             if (!o->skip_nonfinite) {
@@ -568,7 +570,8 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
             skipped++;
             fprintf(stderr, "moelm: step %ld: non-finite loss or gradients, update skipped (%ld so far)\n", step + 1, skipped);
         } else {
-            optim_step(&r.opt, m, &tc, lr);
+            optim_step(&r.opt, m, &tc, lr, clip_scale(gnorm, tc.grad_clip));
+            grads_zero = 1;
             if (m->moe_cfg.use_expert_bias)
                 for (int l = 0; l < m->cfg.num_layers; l++)
                     if (config_block_is_sparse(&m->cfg, l)) moe_update_bias(&m->p.layers[l].moe, &m->a.layers[l].moe, &m->moe_cfg);
