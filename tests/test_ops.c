@@ -205,6 +205,32 @@ TEST(gelu_values) {
     EXPECT_NEAR(y[1], -0.1586553, 1e-6);
 }
 
+/* The vectorised GELU against the erf form in double precision over [-12, 12] (the polynomial exp
+ * and erf: error ~2e-7 of max(1, |x|) allowed, a plain erff is ~6e-8), the derivative too, and NaN
+ * carried through (the training loop's non-finite check relies on it). */
+TEST(gelu_accuracy) {
+    enum { N = 24001 };
+    float *x = zeros(N), *y = zeros(N), *d = zeros(N), *one = zeros(N);
+    for (int i = 0; i < N; i++) { x[i] = -12.0f + 24.0f * (float)i / (N - 1); one[i] = 1.0f; }
+    activation_forward(y, x, ACT_GELU, 1, N);
+    activation_backward(d, one, x, ACT_GELU, 1, N);
+    double worst_y = 0, worst_d = 0;
+    for (int i = 0; i < N; i++) {
+        double v = x[i], cdf = 0.5 * (1.0 + erf(v / sqrt(2.0))), pdf = exp(-0.5 * v * v) / sqrt(2.0 * M_PI);
+        double scale = fabs(v) > 1.0 ? fabs(v) : 1.0;
+        double ey = fabs(y[i] - v * cdf) / scale, ed = fabs(d[i] - (cdf + v * pdf)) / scale;
+        worst_y = ey > worst_y ? ey : worst_y;
+        worst_d = ed > worst_d ? ed : worst_d;
+    }
+    EXPECT_MSG(worst_y < 3e-7, "gelu error %.3g", worst_y);
+    EXPECT_MSG(worst_d < 5e-7, "gelu' error %.3g", worst_d);
+    float bad[3] = {NAN, 1e30f, -1e30f}, out[3], g[3], ones[3] = {1, 1, 1};
+    activation_forward(out, bad, ACT_GELU, 1, 3);
+    activation_backward(g, ones, bad, ACT_GELU, 1, 3);
+    EXPECT(isnan(out[0]) && isnan(g[0]));
+    EXPECT_MSG(out[1] == 1e30f && out[2] == 0.0f && fabsf(g[1] - 1.0f) < 1e-6f && fabsf(g[2]) < 1e-6f, "%g %g %g %g", out[1], out[2], g[1], g[2]);
+}
+
 /* ---- embeddings ---- */
 typedef struct { float *out, *wte, *wpe, *r; int *inp; int B, T, C; } EncCtx;
 static double enc_loss(void *p) {
@@ -318,6 +344,7 @@ int main(void) {
     RUN(gelu_grad);
     RUN(swiglu_grad);
     RUN(gelu_values);
+    RUN(gelu_accuracy);
     RUN(encoder_grad);
     RUN(crossentropy_grad);
     RUN(dropout_mask_and_grad);

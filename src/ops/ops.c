@@ -396,12 +396,48 @@ void attention_backward(float *dqkv, float *datt, const float *dout, const float
 
 /* ---- activations ----------------------------------------------------------------------------- */
 
-static inline float gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+/* GELU (the exact, erf form) with branch-free arithmetic only, so that its loops vectorise: libm's
+ * erff and expf are calls the compiler cannot vectorise without -ffast-math, and took 12% of a
+ * dense-ptb step (perf, bench/RESULTS.md).
+ *
+ * exp_clamped(x) = e^x for x in [-87, 88] (x clamped into it, NaN to -87: the callers carry NaN
+ * through their other factor): e^x = 2^k e^r, k = round(x / ln 2), r = x - k ln 2 (ln 2 split in a
+ * high part exact in float and a low part), |r| <= ln 2 / 2, e^r by its Taylor series to degree 7
+ * (truncation below 6e-9 relative), 2^k built in the exponent bits. */
+static inline float exp_clamped(float x) {
+    x = x > -87.0f ? x : -87.0f;
+    x = x < 88.0f ? x : 88.0f;
+    float k = nearbyintf(x * 1.44269504088896341f);
+    float r = fmaf(k, -0.693145751953125f, x);
+    r = fmaf(k, -1.428606820309417e-06f, r);
+    float p = 1.0f / 5040.0f;
+    p = fmaf(p, r, 1.0f / 720.0f);
+    p = fmaf(p, r, 1.0f / 120.0f);
+    p = fmaf(p, r, 1.0f / 24.0f);
+    p = fmaf(p, r, 1.0f / 6.0f);
+    p = fmaf(p, r, 0.5f);
+    p = fmaf(p, r, 1.0f);
+    p = fmaf(p, r, 1.0f);
+    union { int32_t i; float f; } two_k = {((int32_t)k + 127) * (1 << 23)};
+    return p * two_k.f;
+}
+
+/* Phi(x) = (1 + erf(x / sqrt 2)) / 2 given e = exp(-x^2 / 2), with erf(z) for z >= 0 from
+ * Abramowitz & Stegun 7.1.26: 1 - (a1 t + .. + a5 t^5) e^{-z^2}, t = 1 / (1 + p z), absolute error
+ * below 1.5e-7 (float rounding adds ~1e-7); erf is odd. */
+static inline float normal_cdf(float x, float e) {
+    float z = fabsf(x) * 0.70710678118654752f;
+    float t = 1.0f / fmaf(0.3275911f, z, 1.0f);
+    float q = fmaf(fmaf(fmaf(fmaf(1.061405429f, t, -1.453152027f), t, 1.421413741f), t, -0.284496736f), t, 0.254829592f);
+    float erf_abs = 1.0f - q * t * e;
+    return 0.5f + 0.5f * (x < 0.0f ? -erf_abs : erf_abs);
+}
+
+static inline float gelu(float x) { return x * normal_cdf(x, exp_clamped(-0.5f * x * x)); }
 static inline float gelu_grad(float x) {
-    /* d/dx x*Phi(x) = Phi(x) + x*phi(x) */
-    float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
-    float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
-    return cdf + x * pdf;
+    /* d/dx x*Phi(x) = Phi(x) + x*phi(x), phi(x) = e / sqrt(2 pi) */
+    float e = exp_clamped(-0.5f * x * x);
+    return normal_cdf(x, e) + x * (0.39894228040143268f * e);
 }
 static inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
@@ -416,12 +452,12 @@ void activation_forward(float *out, const float *inp, Activation act, int N, int
         return;
     }
     size_t total = (size_t)N * H;
-    if (act == ACT_RELU) {   /* its own loop: branch-free, so it vectorises (GELU calls erff) */
+    if (act == ACT_RELU) {   /* its own loop: a select, so it vectorises */
 #pragma omp parallel for simd schedule(static) if (total >= PAR_MIN_WORK)
         for (size_t i = 0; i < total; i++) out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
         return;
     }
-#pragma omp parallel for schedule(static) if (total >= PAR_MIN_WORK)
+#pragma omp parallel for simd schedule(static) if (total >= PAR_MIN_WORK)
     for (size_t i = 0; i < total; i++) out[i] = gelu(inp[i]);
 }
 
@@ -448,7 +484,7 @@ void activation_backward(float *dinp, const float *dout, const float *inp, Activ
         for (size_t i = 0; i < total; i++) dinp[i] = inp[i] > 0.0f ? dout[i] * 1.0f : dout[i] * 0.0f;
         return;
     }
-#pragma omp parallel for schedule(static) if (total >= PAR_MIN_WORK)
+#pragma omp parallel for simd schedule(static) if (total >= PAR_MIN_WORK)
     for (size_t i = 0; i < total; i++) dinp[i] = dout[i] * gelu_grad(inp[i]);
 }
 
