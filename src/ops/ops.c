@@ -398,28 +398,11 @@ void attention_backward(float *dqkv, float *datt, const float *dout, const float
 
 /* GELU (the exact, erf form) with branch-free arithmetic only, so that its loops vectorise: libm's
  * erff and expf are calls the compiler cannot vectorise without -ffast-math, and took 12% of a
- * dense-ptb step (perf, bench/RESULTS.md).
- *
- * exp_clamped(x) = e^x for x in [-87, 88] (x clamped into it, NaN to -87: the callers carry NaN
- * through their other factor): e^x = 2^k e^r, k = round(x / ln 2), r = x - k ln 2 (ln 2 split in a
- * high part exact in float and a low part), |r| <= ln 2 / 2, e^r by its Taylor series to degree 7
- * (truncation below 6e-9 relative), 2^k built in the exponent bits. */
-static inline float exp_clamped(float x) {
-    x = x > -87.0f ? x : -87.0f;
-    x = x < 88.0f ? x : 88.0f;
-    float k = nearbyintf(x * 1.44269504088896341f);
-    float r = fmaf(k, -0.693145751953125f, x);
-    r = fmaf(k, -1.428606820309417e-06f, r);
-    float p = 1.0f / 5040.0f;
-    p = fmaf(p, r, 1.0f / 720.0f);
-    p = fmaf(p, r, 1.0f / 120.0f);
-    p = fmaf(p, r, 1.0f / 24.0f);
-    p = fmaf(p, r, 1.0f / 6.0f);
-    p = fmaf(p, r, 0.5f);
-    p = fmaf(p, r, 1.0f);
-    p = fmaf(p, r, 1.0f);
-    union { int32_t i; float f; } two_k = {((int32_t)k + 127) * (1 << 23)};
-    return p * two_k.f;
+ * dense-ptb step (perf, bench/RESULTS.md). gauss(x) = exp(-x^2 / 2) by exp_poly; a NaN x gives 1 (not
+ * a NaN cast to an integer inside exp_poly): the callers carry NaN through their factor x. */
+static inline float gauss(float x) {
+    float a = -0.5f * x * x;
+    return exp_poly(a <= 0.0f ? a : 0.0f);
 }
 
 /* Phi(x) = (1 + erf(x / sqrt 2)) / 2 given e = exp(-x^2 / 2), with erf(z) for z >= 0 from
@@ -433,10 +416,10 @@ static inline float normal_cdf(float x, float e) {
     return 0.5f + 0.5f * (x < 0.0f ? -erf_abs : erf_abs);
 }
 
-static inline float gelu(float x) { return x * normal_cdf(x, exp_clamped(-0.5f * x * x)); }
+static inline float gelu(float x) { return x * normal_cdf(x, gauss(x)); }
 static inline float gelu_grad(float x) {
     /* d/dx x*Phi(x) = Phi(x) + x*phi(x), phi(x) = e / sqrt(2 pi) */
-    float e = exp_clamped(-0.5f * x * x);
+    float e = gauss(x);
     return normal_cdf(x, e) + x * (0.39894228040143268f * e);
 }
 static inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
