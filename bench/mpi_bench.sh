@@ -8,7 +8,9 @@
 # batch 16 x 32 = 512 tokens a step, -t 1 per rank. Step time: the wall time between the logs of
 # step 5 and step STEPS (default 25), over STEPS - 5. All-to-all bytes per step: the difference of the
 # run's total (the "comm:" line) between a run of STEPS steps and one of 5 steps, over STEPS - 5, so
-# the final evaluation cancels out; the total is what all ranks together send to other ranks.
+# the final evaluation cancels out; the total is what all ranks together send to other ranks. The
+# gradient all-reduce time per step (the mean over ranks, the same difference) includes the time a
+# rank waits there for the slowest rank.
 cd "$(dirname "$0")/.." || exit 1
 S=${1:-25}
 make -s -j4 MPI=1 >/dev/null || exit 1
@@ -24,10 +26,11 @@ fi
 tmp=$(mktemp -d)
 ARGS="train --config demo --set num_experts=8 -b 16 --seq-len 32 -t 1 --eval-interval 0 --eval-batches 1 --log-interval 5 --quiet"
 bytes() { grep -o 'all-to-all [0-9]* bytes' "$1" | awk '{print $2}'; }
+ar() { grep -o 'gradient all-reduce [0-9.]* s' "$1" | awk '{print $3}'; }
 tsec() { grep "\"step\": $2," "$1/metrics.jsonl" | grep -o '"time_s": [0-9.]*' | awk '{print $2}'; }
 
-echo "| ranks | DP x EP | step time (ms) | tokens/s | all-to-all per step (bytes, all ranks) | peak RSS per rank (MiB) | final loss |"
-echo "|---|---|---|---|---|---|---|"
+echo "| ranks | DP x EP | step time (ms) | tokens/s | all-to-all per step (bytes, all ranks) | gradient all-reduce (ms/step, incl. waiting) | peak RSS per rank (MiB) | final loss |"
+echo "|---|---|---|---|---|---|---|---|"
 for spec in "1 1" "2 1" "2 2" "4 1" "4 2" "4 4"; do
     set -- $spec
     np=$1; ep=$2
@@ -37,8 +40,11 @@ for spec in "1 1" "2 1" "2 2" "4 1" "4 2" "4 4"; do
     b1=$(bytes "$tmp/a$np$ep.log"); b0=$(bytes "$tmp/b$np$ep.log")
     loss=$(grep "\"step\": $S," "$tmp/a$np$ep/metrics.jsonl" | grep -o '"loss": [0-9.]*' | awk '{print $2}')
     rss=$(grep -o 'peak RSS per rank [0-9.]*-[0-9.]*' "$tmp/a$np$ep.log" | awk '{print $5}')
-    awk -v np=$np -v ep=$ep -v t0=$t0 -v t1=$t1 -v b0=${b0:-0} -v b1=${b1:-0} -v S=$S -v loss=$loss -v rss=${rss:--} 'BEGIN {
-        ms = 1000 * (t1 - t0) / (S - 5); printf "| %d | %d x %d | %.1f | %.0f | %.0f | %s | %s |\n", np, np / ep, ep, ms, 512 / (ms / 1000), (b1 - b0) / (S - 5), rss, loss }'
+    r1=$(ar "$tmp/a$np$ep.log"); r0=$(ar "$tmp/b$np$ep.log")
+    awk -v np=$np -v ep=$ep -v t0=$t0 -v t1=$t1 -v b0=${b0:-0} -v b1=${b1:-0} -v S=$S -v loss=$loss -v rss=${rss:--} \
+        -v r0=${r0:-0} -v r1=${r1:-0} 'BEGIN {
+        ms = 1000 * (t1 - t0) / (S - 5); printf "| %d | %d x %d | %.1f | %.0f | %.0f | %.1f | %s | %s |\n", np, np / ep, ep, ms,
+            512 / (ms / 1000), (b1 - b0) / (S - 5), 1000 * (r1 - r0) / (S - 5), rss, loss }'
 done
 
 # Memory: expert parallelism holds E/P experts per rank (weights, gradients, Adam moments). A model

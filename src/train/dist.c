@@ -11,6 +11,8 @@
 #include "model/config.h"
 #include "train/checkpoint.h"
 
+static double g_reduce_s;   /* wall seconds this rank spent in dist_reduce_grads */
+
 moelm_status dist_begin(int ep) {
     moelm_status st = comm_init(ep < 1 ? 1 : ep);
     if (st) return st;
@@ -29,16 +31,18 @@ moelm_status dist_end(moelm_status st) {
         /* the exchange volume of the whole run (bench/mpi_bench.sh reads this line) */
         /* and each rank's peak resident memory (Linux reports ru_maxrss in KiB) */
         int W = comm_size(COMM_WORLD);
-        double *v = moelm_calloc((size_t)W + 1, sizeof(double));
+        double *v = moelm_calloc((size_t)W + 2, sizeof(double));
         struct rusage ru;
         if (v) {
             v[0] = (double)comm_alltoall_bytes();
-            v[1 + comm_rank(COMM_WORLD)] = getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss / 1024.0 : 0.0;
-            comm_allreduce_f64(COMM_WORLD, v, (size_t)W + 1);
-            double lo = v[1], hi = v[1];
-            for (int r = 1; r < W; r++) { lo = v[1 + r] < lo ? v[1 + r] : lo; hi = v[1 + r] > hi ? v[1 + r] : hi; }
+            v[1] = g_reduce_s / W;   /* the mean over ranks of the time in the gradient all-reduce */
+            v[2 + comm_rank(COMM_WORLD)] = getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss / 1024.0 : 0.0;
+            comm_allreduce_f64(COMM_WORLD, v, (size_t)W + 2);
+            double lo = v[2], hi = v[2];
+            for (int r = 1; r < W; r++) { lo = v[2 + r] < lo ? v[2 + r] : lo; hi = v[2 + r] > hi ? v[2 + r] : hi; }
             printf("comm: %d ranks (data parallel %d x expert parallel %d), all-to-all %.0f bytes sent by all ranks, "
-                   "peak RSS per rank %.1f-%.1f MiB\n", W, comm_size(COMM_DP), comm_size(COMM_EP), v[0], lo, hi);
+                   "gradient all-reduce %.3f s per rank, peak RSS per rank %.1f-%.1f MiB\n", W, comm_size(COMM_DP),
+                   comm_size(COMM_EP), v[0], v[1], lo, hi);
             moelm_free(v);
         }
         fflush(stdout);
@@ -91,6 +95,7 @@ void dist_expert_shard(int *part, int *parts) {
 
 void dist_reduce_grads(Model *m) {
     if (comm_size(COMM_WORLD) == 1) return;
+    double t0 = time_now();
     /* runs of consecutive tensors of one kind (the arena is laid out in tensor order): replicated
      * tensors sum over the world; a held shard of experts sums over its replicas (COMM_DP), the
      * only ranks that computed its gradient. Data parallel only: one all-reduce of the arena. */
@@ -101,6 +106,7 @@ void dist_reduce_grads(Model *m) {
         while (i < m->n_tensors && tensor_sharded(&m->tensors[i]) == sharded) n += m->tensors[i++].size;
         comm_allreduce_f32(sharded ? COMM_DP : COMM_WORLD, m->grads + at, n);
     }
+    g_reduce_s += time_now() - t0;
 }
 
 /* On world rank 0 (root), full[n_params_full] = the whole model's arena assembled from src[n_params]
