@@ -8,7 +8,8 @@
 # batch 16 x 32 = 512 tokens a step, -t 1 per rank. Step time: the wall time between the logs of
 # step 5 and step STEPS (default 25), over STEPS - 5. All-to-all bytes per step: the difference of the
 # run's total (the "comm:" line) between a run of STEPS steps and one of 5 steps, over STEPS - 5, so
-# the final evaluation cancels out; the total is what all ranks together send to other ranks. The
+# start-up cancels out; the total is what all ranks together send to other ranks in training steps
+# (the comm line counts the evaluations' bytes apart). The
 # gradient all-reduce time per step (the mean over ranks, the same difference) includes the time a
 # rank waits there for the slowest rank.
 cd "$(dirname "$0")/.." || exit 1

@@ -12,6 +12,10 @@
 #include "train/checkpoint.h"
 
 static double g_reduce_s;   /* wall seconds this rank spent in dist_reduce_grads */
+static uint64_t g_eval_start, g_eval_bytes;   /* all-to-all bytes of evaluations */
+
+void dist_eval_begin(void) { g_eval_start = comm_alltoall_bytes(); }
+void dist_eval_end(void) { g_eval_bytes += comm_alltoall_bytes() - g_eval_start; }
 
 moelm_status dist_begin(int ep) {
     moelm_status st = comm_init(ep < 1 ? 1 : ep);
@@ -31,18 +35,19 @@ moelm_status dist_end(moelm_status st) {
         /* the exchange volume of the whole run (bench/mpi_bench.sh reads this line) */
         /* and each rank's peak resident memory (Linux reports ru_maxrss in KiB) */
         int W = comm_size(COMM_WORLD);
-        double *v = moelm_calloc((size_t)W + 2, sizeof(double));
+        double *v = moelm_calloc((size_t)W + 3, sizeof(double));
         struct rusage ru;
         if (v) {
-            v[0] = (double)comm_alltoall_bytes();
-            v[1] = g_reduce_s / W;   /* the mean over ranks of the time in the gradient all-reduce */
-            v[2 + comm_rank(COMM_WORLD)] = getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss / 1024.0 : 0.0;
-            comm_allreduce_f64(COMM_WORLD, v, (size_t)W + 2);
-            double lo = v[2], hi = v[2];
-            for (int r = 1; r < W; r++) { lo = v[2 + r] < lo ? v[2 + r] : lo; hi = v[2 + r] > hi ? v[2 + r] : hi; }
-            printf("comm: %d ranks (data parallel %d x expert parallel %d), all-to-all %.0f bytes sent by all ranks, "
-                   "gradient all-reduce %.3f s per rank, peak RSS per rank %.1f-%.1f MiB\n", W, comm_size(COMM_DP),
-                   comm_size(COMM_EP), v[0], v[1], lo, hi);
+            v[0] = (double)(comm_alltoall_bytes() - g_eval_bytes);   /* training steps */
+            v[1] = (double)g_eval_bytes;
+            v[2] = g_reduce_s / W;   /* the mean over ranks of the time in the gradient all-reduce */
+            v[3 + comm_rank(COMM_WORLD)] = getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss / 1024.0 : 0.0;
+            comm_allreduce_f64(COMM_WORLD, v, (size_t)W + 3);
+            double lo = v[3], hi = v[3];
+            for (int r = 1; r < W; r++) { lo = v[3 + r] < lo ? v[3 + r] : lo; hi = v[3 + r] > hi ? v[3 + r] : hi; }
+            printf("comm: %d ranks (data parallel %d x expert parallel %d), all-to-all %.0f bytes in training steps "
+                   "(%.0f in evaluations) sent by all ranks, gradient all-reduce %.3f s per rank, peak RSS per rank "
+                   "%.1f-%.1f MiB\n", W, comm_size(COMM_DP), comm_size(COMM_EP), v[0], v[1], v[2], lo, hi);
             moelm_free(v);
         }
         fflush(stdout);

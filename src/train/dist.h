@@ -58,6 +58,11 @@ void dist_reduce_grads(Model *m);
 moelm_status dist_save_checkpoint(const char *run_dir, const Model *m, const Optimizer *o, const TrainState *s,
                                   const Tokenizer *tok, int keep);
 
+/* Bracket an evaluation's forward passes, so that the all-to-all bytes of the training steps and of
+ * the evaluations are reported apart (dist_end's comm line). */
+void dist_eval_begin(void);
+void dist_eval_end(void);
+
 /* After evaluating this rank's share of every batch: sums the counts over ranks. */
 void dist_reduce_eval(EvalResult *r);
 

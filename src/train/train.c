@@ -110,6 +110,7 @@ moelm_status evaluate(Model *m, const int *ids, size_t n, size_t max_batches, in
     r->n_moe = model_moe_layers(m, acts, 64);
     if (r->n_moe > 64) r->n_moe = 64;
     for (int l = 0; l < r->n_moe; l++) moe_stats_reset(&r->stats[l], m->moe_cfg.E);
+    dist_eval_begin();
     for (size_t b = 0; b < nb; b++) {
         eval_batch(ids, n, Bg, T, S, b, inp, tgt);
         dist_take_rows(inp, tgt, Bg, T);
@@ -119,6 +120,7 @@ moelm_status evaluate(Model *m, const int *ids, size_t n, size_t max_batches, in
         r->tokens += m->n_valid;
         for (int l = 0; l < r->n_moe; l++) moe_stats_add(&r->stats[l], acts[l], &m->moe_cfg);
     }
+    dist_eval_end();
     dist_reduce_eval(r);
     moelm_free(inp);
     moelm_free(tgt);
