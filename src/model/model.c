@@ -246,15 +246,15 @@ moelm_status model_create_sharded(Model *m, const ModelConfig *cfg, int B, int T
     memset(m, 0, sizeof *m);
     moelm_status st = config_check(cfg);
     if (st) return st;
-    int E = cfg->num_experts > 1 ? cfg->num_experts : 1;
-    if (parts < 1 || part < 0 || part >= parts || E % parts)
-        return moelm_fail(MOELM_ERR_CONFIG, "cannot hold part %d of %d of %d experts (the parts must divide the experts)",
-                          part, parts, E);
     if (B < 1 || T < 1) return moelm_fail(MOELM_ERR_CONFIG, "batch size and sequence length must be positive (got %d x %d)", B, T);
     if (T > cfg->n_positions)
         return moelm_fail(MOELM_ERR_CONFIG, "sequence length %d exceeds n_positions %d", T, cfg->n_positions);
     m->cfg = *cfg;
     m->moe_cfg = config_moe(cfg);
+    int E = m->moe_cfg.E;
+    if (parts < 1 || part < 0 || part >= parts || E % parts)
+        return moelm_fail(MOELM_ERR_CONFIG, "cannot hold part %d of %d of %d experts (the parts must divide the experts)",
+                          part, parts, E);
     m->moe_cfg.e_first = E / parts * part;
     m->B = B;
     m->T = T;
