@@ -375,8 +375,20 @@ def main():
         print("generate: batch 1, %d new tokens, %.1f tok/s" % (a.gen, gen_tps))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print("memory: peak RSS %.1f MB" % rss)
-    print("RESULT config=%s threads=%d train_tok_s=%.1f train_ms_step=%.3f train_gflops=%.2f gen_tok_s=%.2f rss_mb=%.1f "
-          "kernel=%s" % (a.config, a.threads, tps, 1e3 * t_total / a.steps if a.steps else 0.0, gfl, gen_tps, rss,
+    # the same generation with the model (weights, activations, cache) in bfloat16: torch's own
+    # reduced-precision inference, the peer of `moelm generate --bf16` (which keeps activations float)
+    gen16_tps = 0.0
+    if a.gen > 0:
+        model.to(torch.bfloat16)
+        cache = [(torch.zeros(P, C, dtype=torch.bfloat16), torch.zeros(P, C, dtype=torch.bfloat16)) for _ in model.blocks]
+        for rep in range(2):
+            t0 = time.perf_counter()
+            model.generate(int(batches[0][0][0, 0]), a.gen, cache)
+            gen16_tps = a.gen / (time.perf_counter() - t0)
+        print("generate bf16: %.1f tok/s" % gen16_tps)
+    print("RESULT config=%s threads=%d train_tok_s=%.1f train_ms_step=%.3f train_gflops=%.2f gen_tok_s=%.2f gen_bf16_tok_s=%.2f "
+          "rss_mb=%.1f kernel=%s" % (a.config, a.threads, tps, 1e3 * t_total / a.steps if a.steps else 0.0, gfl, gen_tps,
+                                     gen16_tps, rss,
                          openblas_core()))
 
 

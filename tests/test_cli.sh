@@ -55,6 +55,9 @@ check "generate runs on the checkpoint" sh -c "$BIN generate -m $TMP/full -n 5 -
 check "info reports the step" sh -c "$BIN info $TMP/full | grep -q 'step 12'"
 g1=$($BIN generate -m "$TMP/full" -n 8 --seed 7 2>/dev/null); g2=$($BIN generate -m "$TMP/full" -n 8 --seed 7 2>/dev/null)
 check "generate is reproducible with a seed" test "$g1" = "$g2"
+g3=$($BIN generate -m "$TMP/full" -n 8 --seed 7 -t 1 2>/dev/null)
+check "generate: 1 and 2 threads give the same text" test "$g1" = "$g3"
+check "generate --bf16 runs" sh -c "$BIN generate -m $TMP/full -n 8 --seed 7 --bf16 2>&1 | grep -q 'generated 8 tokens'"
 
 # 4. bad input: one-line error, non-zero exit
 expect_error "missing data dir" "no-such-dir" $BIN train --data "$TMP/no-such-dir" --out "$TMP/x1" $T

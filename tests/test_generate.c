@@ -9,7 +9,8 @@
  * The weights are scaled up 10x from the 0.02 init so that attention, the FFN and routing all move
  * the logits visibly (the test asserts logits differ across positions by > 0.1 and that routing
  * uses several experts; checked: a 1% change of the attention scale or a 0.01 offset on one MoE
- * output fails every affected case). Also: kv_reset reproduces the bits, one allocation and none per
+ * output fails every affected case). Also: kv_reset reproduces the bits, and so do teams of 2 and 3
+ * threads (each splits the products, attention and the head over its threads), one allocation and none per
  * step, a step on a full cache aborts; the sampler's greedy, top-k, top-p and frequency behaviour.
  */
 #include <fcntl.h>
@@ -18,6 +19,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include "test.h"
+#include "backend/gemm.h"
 #include "model/model.h"
 #include "tiny_models.h"
 
@@ -56,7 +58,8 @@ static void run_case(const ModelConfig *c, const char *label) {
     EXPECT(kv_create(&kv, &m) == MOELM_OK);
     float *first = malloc(sizeof(float) * T * V);
     double maxdiff = 0.0, spread = 0.0;
-    for (int pass = 0; pass < 2; pass++) {
+    for (int pass = 0; pass < 4; pass++) {
+        backend_set_threads(pass < 2 ? 1 : pass);   /* passes 2 and 3: a team of 2, then 3 threads */
         kv_reset(&kv);
         EXPECT(kv.pos == 0);
         for (int t = 0; t < T; t++) {
@@ -73,14 +76,80 @@ static void run_case(const ModelConfig *c, const char *label) {
                 }
             }
             if (pass == 0) memcpy(first + (size_t)t * V, kv.logits, sizeof(float) * V);
-            else EXPECT_MSG(memcmp(first + (size_t)t * V, kv.logits, sizeof(float) * V) == 0, "%s: reset t=%d", label, t);
+            else EXPECT_MSG(memcmp(first + (size_t)t * V, kv.logits, sizeof(float) * V) == 0,
+                            "%s: pass %d (%s) t=%d: not the first pass's bits", label, pass,
+                            pass == 1 ? "after kv_reset" : "more threads", t);
         }
     }
+    backend_set_threads(1);
+    /* bf16 weights: near the float logits (weights rounded to 8 significant bits: ~0.3% each, so
+     * ~1% of the logits' scale at most), not equal (or the copy is not read), the same bits at 1 and
+     * 2 threads */
+    EXPECT(kv_use_bf16(&kv, &m) == MOELM_OK);
+    float *bf = malloc(sizeof(float) * T * V);
+    double d16 = 0.0, scale = 0.0;
+    for (int pass = 0; pass < 2; pass++) {
+        backend_set_threads(pass + 1);
+        kv_reset(&kv);
+        for (int t = 0; t < T; t++) {
+            rng_seed(&m.rng, 42);
+            model_step_kv(&m, &kv, inp[t]);
+            if (pass == 1) {
+                EXPECT_MSG(memcmp(bf + (size_t)t * V, kv.logits, sizeof(float) * V) == 0, "%s: bf16 t=%d: 2 threads differ", label, t);
+                continue;
+            }
+            memcpy(bf + (size_t)t * V, kv.logits, sizeof(float) * V);
+            for (int v = 0; v < V; v++) {
+                double d = fabs((double)kv.logits[v] - first[(size_t)t * V + v]);
+                if (d > d16) d16 = d;
+                if (fabs(first[(size_t)t * V + v]) > scale) scale = fabs(first[(size_t)t * V + v]);
+            }
+        }
+    }
+    backend_set_threads(1);
+    EXPECT_MSG(d16 > 0.0 && d16 <= 0.02 * scale, "%s: bf16 logits off the float ones by %.3g (scale %.3g)", label, d16, scale);
+    free(bf);
     EXPECT_MSG(maxdiff <= 1e-4, "%s: max |kv - forward| = %.3g", label, maxdiff);
     EXPECT_MSG(spread > 0.1, "%s: logits barely depend on position/context (%.3g): the test is too weak", label, spread);
     free(first);
     kv_free(&kv);
     model_free(&m);
+}
+
+/* bfloat16 rounding: to nearest, ties to even, Inf and NaN kept; widening is exact */
+TEST(bf16_rounding) {
+    EXPECT(bf16_round(1.0f) == 0x3f80);
+    EXPECT(bf16_round(1.0f + 0x1p-8f) == 0x3f80);          /* tie: down to the even 0x3f80 */
+    EXPECT(bf16_round(1.0f + 3 * 0x1p-8f) == 0x3f82);      /* tie: up to the even 0x3f82 */
+    EXPECT(bf16_round(1.0f + 0x1p-8f + 0x1p-20f) == 0x3f81);   /* above the tie: up */
+    EXPECT(bf16_round(-2.5f) == 0xc020);
+    EXPECT(bf16_round(INFINITY) == 0x7f80 && bf16_round(-INFINITY) == 0xff80);
+    EXPECT(bf16_round(3.4e38f) == 0x7f80);                 /* past bf16's largest finite: Inf */
+    EXPECT(isnan(bf16_to_f32(bf16_round(NAN))));
+    for (int i = -1000; i <= 1000; i++) {   /* round trip of every bf16 value in a range is exact */
+        float f = bf16_to_f32((uint16_t)(0x3f80 + i));
+        EXPECT(bf16_to_f32(bf16_round(f)) == f);
+    }
+}
+
+/* gemv_team_bf16 against a double-precision product of the rounded weights, with and without bias,
+ * with row tails (N = 13) and an odd K */
+TEST(gemv_bf16_matches_reference) {
+    enum { N = 13, K = 37 };
+    float w[N * K], x[K], b[N], y[N];
+    uint16_t w16[N * K];
+    for (int i = 0; i < N * K; i++) w[i] = sinf(0.37f * i) * 1.7f;
+    for (int k = 0; k < K; k++) x[k] = cosf(0.11f * k) - 0.3f;
+    for (int n = 0; n < N; n++) b[n] = 0.1f * n - 0.5f;
+    bf16_from_f32(w16, w, N * K);
+    for (int withb = 0; withb < 2; withb++) {
+        gemv_team_bf16(y, x, w16, withb ? b : NULL, N, K);
+        for (int n = 0; n < N; n++) {
+            double ref = withb ? b[n] : 0.0;
+            for (int k = 0; k < K; k++) ref += (double)bf16_to_f32(w16[n * K + k]) * x[k];
+            EXPECT_MSG(fabs(y[n] - ref) <= 1e-5 * (1 + fabs(ref)), "row %d: %g vs %g", n, y[n], ref);
+        }
+    }
 }
 
 TEST(kv_dense_lm) {
@@ -244,6 +313,8 @@ TEST(sample_frequencies) {
 }
 
 int main(void) {
+    RUN(bf16_rounding);
+    RUN(gemv_bf16_matches_reference);
     RUN(kv_dense_lm);
     RUN(kv_dense_rms_swiglu_untied);
     RUN(kv_switch_lm);

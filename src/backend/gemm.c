@@ -44,32 +44,98 @@ void gemm_ref(int transA, int transB, int M, int N, int K, float alpha, const fl
  * on the thread count. beta == 0 does not read y. */
 #define GEMV_PAR_MIN ((size_t)1 << 20)   /* floats of W (4 MiB, ~200 us): a region must outlast waking the second thread */
 
+/* Rows 4 blk .. 4 blk + 3 of y (fewer at the end): the one kernel behind gemv_rows and gemv_team, so
+ * that both give the same bits. */
+static inline void gemv_block(int blk, int N, int K, float alpha, const float *W, int ldw, const float *x,
+                              float beta, float *y) {
+    int n = 4 * blk;
+    if (n + 4 <= N) {
+        const float *w0 = W + (size_t)n * ldw, *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
+        float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+        for (int k = 0; k < K; k++) {
+            s0 = __builtin_fmaf(w0[k], x[k], s0);
+            s1 = __builtin_fmaf(w1[k], x[k], s1);
+            s2 = __builtin_fmaf(w2[k], x[k], s2);
+            s3 = __builtin_fmaf(w3[k], x[k], s3);
+        }
+        float s[4] = {s0, s1, s2, s3};
+        for (int i = 0; i < 4; i++) y[n + i] = alpha * s[i] + (beta == 0.0f ? 0.0f : beta * y[n + i]);
+        return;
+    }
+    for (; n < N; n++) {
+        const float *w = W + (size_t)n * ldw;
+        float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+        for (int k = 0; k < K; k++) s = __builtin_fmaf(w[k], x[k], s);
+        y[n] = alpha * s + (beta == 0.0f ? 0.0f : beta * y[n]);
+    }
+}
+
 static void gemv_rows(int N, int K, float alpha, const float *W, int ldw, const float *x, float beta, float *y) {
     int nblk = (N + 3) / 4;
 #pragma omp parallel for schedule(static) if ((size_t)N * K >= GEMV_PAR_MIN)
-    for (int blk = 0; blk < nblk; blk++) {   /* each thread owns rows 4 blk .. 4 blk + 3 of y */
-        int n = 4 * blk;
-        if (n + 4 <= N) {
-            const float *w0 = W + (size_t)n * ldw, *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
-            float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-            for (int k = 0; k < K; k++) {
-                s0 = __builtin_fmaf(w0[k], x[k], s0);
-                s1 = __builtin_fmaf(w1[k], x[k], s1);
-                s2 = __builtin_fmaf(w2[k], x[k], s2);
-                s3 = __builtin_fmaf(w3[k], x[k], s3);
-            }
-            float s[4] = {s0, s1, s2, s3};
-            for (int i = 0; i < 4; i++) y[n + i] = alpha * s[i] + (beta == 0.0f ? 0.0f : beta * y[n + i]);
-            continue;
+    for (int blk = 0; blk < nblk; blk++) gemv_block(blk, N, K, alpha, W, ldw, x, beta, y);
+}
+
+void gemv_team(float *y, const float *x, const float *W, const float *bias, int N, int K) {
+    int nblk = (N + 3) / 4;
+    if (bias) {
+#pragma omp for schedule(static)
+        for (int blk = 0; blk < nblk; blk++) {
+            for (int n = 4 * blk; n < N && n < 4 * blk + 4; n++) y[n] = bias[n];
+            gemv_block(blk, N, K, 1.0f, W, K, x, 1.0f, y);
         }
-        for (; n < N; n++) {
-            const float *w = W + (size_t)n * ldw;
-            float s = 0.0f;
+    } else {
+#pragma omp for schedule(static)
+        for (int blk = 0; blk < nblk; blk++) gemv_block(blk, N, K, 1.0f, W, K, x, 0.0f, y);
+    }
+}
+
+uint16_t bf16_round(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);   /* NaN stays a (quiet) NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);   /* round to nearest, ties to even; overflow rounds to Inf */
+    return (uint16_t)(u >> 16);
+}
+
+float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+void bf16_from_f32(uint16_t *dst, const float *src, size_t n) {
+#pragma omp parallel for schedule(static) if (n >= GEMV_PAR_MIN)
+    for (size_t i = 0; i < n; i++) dst[i] = bf16_round(src[i]);
+}
+
+/* gemv_block with bf16 weights: each weight widened to float exactly (a 16-bit shift), then the same
+ * fused multiply-adds in float against the float x. Half the bytes of W to stream. */
+static inline void gemv_block_bf16(int blk, int N, int K, const uint16_t *W, const float *x, float *y, int acc) {
+    int n = 4 * blk;
+    for (; n < N && n < 4 * blk + 4; n++) {
+        const uint16_t *w = W + (size_t)n * K;
+        float s = 0.0f;
 #pragma omp simd reduction(+ : s)
-            for (int k = 0; k < K; k++) s = __builtin_fmaf(w[k], x[k], s);
-            y[n] = alpha * s + (beta == 0.0f ? 0.0f : beta * y[n]);
+        for (int k = 0; k < K; k++) {
+            uint32_t u = (uint32_t)w[k] << 16;
+            float f;
+            memcpy(&f, &u, sizeof f);
+            s = __builtin_fmaf(f, x[k], s);
         }
+        y[n] = acc ? s + y[n] : s;
+    }
+}
+
+void gemv_team_bf16(float *y, const float *x, const uint16_t *W, const float *bias, int N, int K) {
+    int nblk = (N + 3) / 4;
+#pragma omp for schedule(static)
+    for (int blk = 0; blk < nblk; blk++) {
+        if (bias) for (int n = 4 * blk; n < N && n < 4 * blk + 4; n++) y[n] = bias[n];
+        gemv_block_bf16(blk, N, K, W, x, y, bias != NULL);
     }
 }
 

@@ -8,11 +8,30 @@
 #ifndef MOELM_GEMM_H
 #define MOELM_GEMM_H
 
+#include <stddef.h>
+#include <stdint.h>
+
 void gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
           const float *B, int ldb, float beta, float *C, int ldc);
 
 void gemm_ref(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
               const float *B, int ldb, float beta, float *C, int ldc);
+
+/* y[N] = W[N,K] x[K] (+ bias[N]; bias may be NULL), W row-major as nn.Linear stores it: matmul_forward
+ * for one row, with the same bits as gemm() gives it under BLAS. Its loop is an orphaned `omp for`:
+ * called by every thread of a parallel region it splits the rows over them (each row computed by one
+ * thread, so the bits do not depend on the thread count) and ends at the loop's barrier; called
+ * outside a region it runs whole on the caller. */
+void gemv_team(float *y, const float *x, const float *W, const float *bias, int N, int K);
+
+/* bfloat16 (the upper 16 bits of a float) for generation's weights: bf16_round rounds to nearest,
+ * ties to even (NaN stays NaN, Inf stays Inf); bf16_to_f32 is exact. gemv_team_bf16 is gemv_team with
+ * W in bf16: each weight widened exactly, products and sums in float, half the bytes to stream; its
+ * rows are split over a team the same way, with the same bits at any thread count. */
+uint16_t bf16_round(float f);
+float bf16_to_f32(uint16_t h);
+void bf16_from_f32(uint16_t *dst, const float *src, size_t n);
+void gemv_team_bf16(float *y, const float *x, const uint16_t *W, const float *bias, int N, int K);
 
 /* Threads for both OpenMP loops and BLAS (one pool with the OpenMP build of OpenBLAS). */
 void backend_set_threads(int n);

@@ -19,6 +19,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include "backend/gemm.h"
 #include "ops/ops.h"
 
 /* ---- cache ------------------------------------------------------------------------------------- */
@@ -45,7 +46,7 @@ static size_t kv_layout(KVCache *kv, char *base, const Model *m) {
     TAKE(kv->xb2, C);
     TAKE(kv->qkv, 3 * C);
     TAKE(kv->atty, C);
-    TAKE(kv->att, P);
+    TAKE(kv->att, (size_t)c->num_heads * P);   /* a row of scores per head */
     TAKE(kv->fc_pre, W1);
     TAKE(kv->fc, W);
     TAKE(kv->logits, V);
@@ -71,7 +72,17 @@ moelm_status kv_create(KVCache *kv, const Model *m) {
     return MOELM_OK;
 }
 
+moelm_status kv_use_bf16(KVCache *kv, const Model *m) {
+    moelm_free(kv->w16);
+    kv->w16 = moelm_malloc(sizeof(uint16_t) * m->n_params);
+    if (!kv->w16)
+        return moelm_fail(MOELM_ERR_NOMEM, "cannot allocate the bf16 weights (%zu bytes)", sizeof(uint16_t) * m->n_params);
+    bf16_from_f32(kv->w16, m->params, m->n_params);
+    return MOELM_OK;
+}
+
 void kv_free(KVCache *kv) {
+    moelm_free(kv->w16);
     moelm_free(kv->mem);
     memset(kv, 0, sizeof *kv);
 }
@@ -87,96 +98,131 @@ static void norm1(const Model *m, float *out, const float *inp, const float *w, 
     else layernorm_forward(out, &mean, &rstd, inp, w, b, 1, m->cfg.d_model, m->cfg.layer_norm_epsilon);
 }
 
-/* out[C] = causal self-attention of the query in qkv[0:C] over cached keys/values k, v [t+1, C] of
- * one layer. The same arithmetic, in the same order, as attention_forward's row t. */
-static void attend(float *out, float *att, const float *q, const float *k, const float *v, int t, int C, int NH) {
+/* Head h of causal self-attention for the query in qkv[0:C] over the cached keys/values k, v [t+1, C]
+ * of one layer: writes out[h hs .. (h+1) hs), with att [P] its scratch. The same arithmetic, in the
+ * same order, as attention_forward's row t. */
+static void attend_head(float *out, float *att, const float *q, const float *k, const float *v, int t, int C,
+                        int NH, int h) {
     int hs = C / NH;
     float scale = 1.0f / sqrtf((float)hs);
-    for (int h = 0; h < NH; h++) {
-        const float *qh = q + h * hs;
-        float mx = -INFINITY;
-        for (int u = 0; u <= t; u++) {
-            const float *kh = k + (size_t)u * C + h * hs;
-            float s = 0.0f;
-            for (int i = 0; i < hs; i++) s += qh[i] * kh[i];
-            s *= scale;
-            att[u] = s;
-            if (s > mx) mx = s;
-        }
-        float sum = 0.0f;
-        for (int u = 0; u <= t; u++) { att[u] = expf(att[u] - mx); sum += att[u]; }
-        float inv = 1.0f / sum;
-        for (int u = 0; u <= t; u++) att[u] *= inv;
-        float *o = out + h * hs;
-        for (int i = 0; i < hs; i++) o[i] = 0.0f;
-        for (int u = 0; u <= t; u++) {
-            const float *vh = v + (size_t)u * C + h * hs;
-            float p = att[u];
-            for (int i = 0; i < hs; i++) o[i] += p * vh[i];
-        }
+    const float *qh = q + h * hs;
+    float mx = -INFINITY;
+    for (int u = 0; u <= t; u++) {
+        const float *kh = k + (size_t)u * C + h * hs;
+        float s = 0.0f;
+        for (int i = 0; i < hs; i++) s += qh[i] * kh[i];
+        s *= scale;
+        att[u] = s;
+        if (s > mx) mx = s;
+    }
+    float sum = 0.0f;
+    for (int u = 0; u <= t; u++) { att[u] = expf(att[u] - mx); sum += att[u]; }
+    float inv = 1.0f / sum;
+    for (int u = 0; u <= t; u++) att[u] *= inv;
+    float *o = out + h * hs;
+    for (int i = 0; i < hs; i++) o[i] = 0.0f;
+    for (int u = 0; u <= t; u++) {
+        const float *vh = v + (size_t)u * C + h * hs;
+        float p = att[u];
+        for (int i = 0; i < hs; i++) o[i] += p * vh[i];
     }
 }
 
-/* out[C] = fc2(act(fc1(inp[C]))) */
-static void ffn1(const Model *m, KVCache *kv, float *out, const float *inp, const LayerParams *lp) {
-    int C = m->cfg.d_model, H = m->cfg.d_ff, H1 = m->cfg.hidden_act == ACT_SWIGLU ? 2 * H : H;
-    matmul_forward(kv->fc_pre, inp, lp->fc1_w, lp->fc1_b, 1, C, H1);
-    activation_forward(kv->fc, kv->fc_pre, m->cfg.hidden_act, 1, H);
-    matmul_forward(out, kv->fc, lp->fc2_w, lp->fc2_b, 1, H, C);
+/* y[N] = W x + b, W one of m's weight matrices [N, K]: from its bf16 copy when kv has one. */
+static void mv(const Model *m, const KVCache *kv, float *y, const float *x, const float *W, const float *b, int N, int K) {
+    if (!kv->w16) {
+        gemv_team(y, x, W, b, N, K);
+        return;
+    }
+    CHECK(W >= m->params && W + (size_t)N * K <= m->params + m->n_params);
+    gemv_team_bf16(y, x, kv->w16 + (W - m->params), b, N, K);
 }
 
-void model_step_kv(Model *m, KVCache *kv, int token) {
+/* The body of model_step_kv, run by every thread of a team (or by one thread alone). A token step
+ * streams every weight once and does little else, so it is bound by memory bandwidth; one parallel
+ * region per token (instead of one per product, or none for the layers' small products) lets both
+ * cores stream every matrix. Work is shared three ways: the products split their rows over the team
+ * (gemv_team), attention its heads, and the short vector ops (norms, residual adds, activations, the
+ * MoE layer of one token) run on one thread (`omp single`). Every worksharing construct ends at a
+ * barrier, which orders each op's writes before the next op's reads. Each output element is computed
+ * by one thread with the same code at any thread count, so the bits do not depend on it. */
+static void step_team(Model *m, KVCache *kv, int token, int t) {
     const ModelConfig *c = &m->cfg;
-    int C = c->d_model, NH = c->num_heads, V = c->vocab_size, P = c->n_positions;
+    int C = c->d_model, NH = c->num_heads, V = c->vocab_size, P = c->n_positions, hs = C / NH;
+    int H = c->d_ff, H1 = c->hidden_act == ACT_SWIGLU ? 2 * H : H;
     int seed = c->model_type == MODEL_SEED;
     const ModelParams *p = &m->p;
-    int t = kv->pos;
-    CHECK(kv->mem != NULL && kv->n_positions == P);
-    CHECK(t >= 0 && t < P);             /* the caller stops when the cache is full */
-    CHECK(token >= 0 && token < V);
     float *x = kv->x, *xb = kv->xb, *xb2 = kv->xb2;
 
     /* x = wte[token] + wpe[t]: encoder_forward's sum */
+#pragma omp single
     for (int i = 0; i < C; i++) x[i] = p->wte[(size_t)token * C + i] + p->wpe[(size_t)t * C + i];
     for (int l = 0; l < c->num_layers; l++) {
         const LayerParams *lp = &p->layers[l];
         int sparse = !seed && config_block_is_sparse(c, l);
         float *kl = kv->k + (size_t)l * P * C, *vl = kv->v + (size_t)l * P * C;
-        const float *att_in = x;
+        const float *att_in = seed ? x : xb;
         if (!seed) {
+#pragma omp single
             norm1(m, xb, x, lp->ln1_w, lp->ln1_b);
-            att_in = xb;
         }
-        matmul_forward(kv->qkv, att_in, lp->qkv_w, lp->qkv_b, 1, C, 3 * C);
-        memcpy(kl + (size_t)t * C, kv->qkv + C, sizeof(float) * C);
-        memcpy(vl + (size_t)t * C, kv->qkv + 2 * C, sizeof(float) * C);
-        attend(kv->atty, kv->att, kv->qkv, kl, vl, t, C, NH);
-        matmul_forward(xb2, kv->atty, lp->out_w, lp->out_b, 1, C, C);
-        add_forward(x, x, xb2, C);                                   /* res1 = x_in + attproj */
-        const float *ffn_in;
-        if (!seed) norm1(m, xb, x, lp->ln2_w, lp->ln2_b);
-        else norm1(m, xb, x, lp->ln1_w, lp->ln1_b);
-        ffn_in = xb;
-        if (sparse) moe_forward(xb2, &kv->moe, ffn_in, &token, &lp->moe, &m->moe_cfg, 1, 0, &m->rng);
-        else ffn1(m, kv, xb2, ffn_in, lp);
-        if (!seed) {
-            add_forward(x, x, xb2, C);                               /* out = res1 + ffn */
-        } else {
-            add_forward(xb2, xb, xb2, C);                            /* res2 = ln1 + ffn */
-            norm1(m, x, xb2, lp->ln2_w, lp->ln2_b);                  /* out = norm2(res2) */
+        mv(m, kv, kv->qkv, att_in, lp->qkv_w, lp->qkv_b, 3 * C, C);
+        /* head h's thread caches head h's key and value of position t, then reads only head h's */
+#pragma omp for schedule(static)
+        for (int h = 0; h < NH; h++) {
+            memcpy(kl + (size_t)t * C + h * hs, kv->qkv + C + h * hs, sizeof(float) * hs);
+            memcpy(vl + (size_t)t * C + h * hs, kv->qkv + 2 * C + h * hs, sizeof(float) * hs);
+            attend_head(kv->atty, kv->att + (size_t)h * P, kv->qkv, kl, vl, t, C, NH, h);
+        }
+        mv(m, kv, xb2, kv->atty, lp->out_w, lp->out_b, C, C);
+#pragma omp single
+        {
+            add_forward(x, x, xb2, C);                               /* res1 = x_in + attproj */
+            norm1(m, xb, x, seed ? lp->ln1_w : lp->ln2_w, seed ? lp->ln1_b : lp->ln2_b);
+            if (sparse) moe_forward(xb2, &kv->moe, xb, &token, &lp->moe, &m->moe_cfg, 1, 0, &m->rng);
+        }
+        if (!sparse) {   /* xb2 = fc2(act(fc1(xb))) */
+            mv(m, kv, kv->fc_pre, xb, lp->fc1_w, lp->fc1_b, H1, C);
+#pragma omp single
+            activation_forward(kv->fc, kv->fc_pre, c->hidden_act, 1, H);
+            mv(m, kv, xb2, kv->fc, lp->fc2_w, lp->fc2_b, C, H);
+        }
+#pragma omp single
+        {
+            if (!seed) {
+                add_forward(x, x, xb2, C);                           /* out = res1 + ffn */
+            } else {
+                add_forward(xb2, xb, xb2, C);                        /* res2 = ln1 + ffn */
+                norm1(m, x, xb2, lp->ln2_w, lp->ln2_b);              /* out = norm2(res2) */
+            }
         }
     }
     if (!seed) {
+#pragma omp single
         norm1(m, xb, x, p->lnf_w, p->lnf_b);
-        matmul_forward(kv->logits, xb, c->tie_word_embeddings ? p->wte : p->lm_head, NULL, 1, C, V);
+        mv(m, kv, kv->logits, xb, c->tie_word_embeddings ? p->wte : p->lm_head, NULL, V, C);
     } else {
         int HH = c->head_hidden;
-        moe_forward(xb2, &kv->moe, x, &token, &p->head_moe, &m->moe_cfg, 1, 0, &m->rng);
-        add_forward(xb, x, xb2, C);                                  /* hm = x + moe(x) */
-        matmul_forward(kv->fc_pre, xb, p->head_w1, p->head_b1, 1, C, HH);
+#pragma omp single
+        {
+            moe_forward(xb2, &kv->moe, x, &token, &p->head_moe, &m->moe_cfg, 1, 0, &m->rng);
+            add_forward(xb, x, xb2, C);                              /* hm = x + moe(x) */
+        }
+        mv(m, kv, kv->fc_pre, xb, p->head_w1, p->head_b1, HH, C);
+#pragma omp single
         activation_forward(kv->fc, kv->fc_pre, ACT_RELU, 1, HH);
-        matmul_forward(kv->logits, kv->fc, p->head_w2, p->head_b2, 1, HH, V);
+        mv(m, kv, kv->logits, kv->fc, p->head_w2, p->head_b2, V, HH);
     }
+}
+
+void model_step_kv(Model *m, KVCache *kv, int token) {
+    const ModelConfig *c = &m->cfg;
+    int t = kv->pos;
+    CHECK(kv->mem != NULL && kv->n_positions == c->n_positions);
+    CHECK(t >= 0 && t < c->n_positions);   /* the caller stops when the cache is full */
+    CHECK(token >= 0 && token < c->vocab_size);
+#pragma omp parallel if (backend_threads() > 1)
+    step_team(m, kv, token, t);
     kv->pos = t + 1;
 }
 

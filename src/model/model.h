@@ -124,11 +124,12 @@ typedef struct {
     float *xb, *xb2;          /* [C], [C] norm / attention / FFN outputs */
     float *qkv;               /* [3C] the current position's q, k, v */
     float *atty;              /* [C] attention output before the projection */
-    float *att;               /* [P] one head's scores, then probabilities */
+    float *att;               /* [NH, P] each head's scores, then probabilities */
     float *fc_pre, *fc;       /* [W1], [W] dense FFN or seed head hidden */
     float *logits;            /* [V] next-token logits after model_step_kv */
     MoEActs moe;              /* one token's MoE activations, reused by every MoE layer (no backward) */
     void *mem;
+    uint16_t *w16;            /* NULL, or bf16 copies of the whole parameter arena (kv_use_bf16) */
 } KVCache;
 
 typedef struct {
@@ -183,6 +184,10 @@ void model_zero_grad(Model *m);
 moelm_status kv_create(KVCache *kv, const Model *m);
 void kv_free(KVCache *kv);
 void kv_reset(KVCache *kv);
+/* Makes model_step_kv read the products' weights (attention, FFN, head) in bfloat16, rounded once
+ * from m's current weights: half the bytes per token, logits within ~1% of the float ones (norms,
+ * biases, the experts of MoE layers and the KV cache stay float). Call again after the weights change. */
+moelm_status kv_use_bf16(KVCache *kv, const Model *m);
 void model_step_kv(Model *m, KVCache *kv, int token);
 
 /* Samples the next token from logits [V]: temperature temp (<= 0: greedy argmax, the first maximum),

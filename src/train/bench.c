@@ -23,6 +23,23 @@ void bench_options_default(BenchOptions *o) {
     o->seed = 1;
 }
 
+/* Tokens per second of greedy generation: one prompt token, then n new ones through the KV cache.
+ * The first of two passes warms the cache pages and the weights; the second is timed. */
+static double bench_generate(Model *m, KVCache *kv, int n, int first, Rng *r, float *scratch) {
+    double tps = 0.0;
+    for (int rep = 0; rep < 2; rep++) {
+        kv_reset(kv);
+        double t0 = time_now();
+        model_step_kv(m, kv, first);
+        for (int i = 0; i < n; i++) {
+            int next = sample_token(kv->logits, m->cfg.vocab_size, 0.0f, 0, 1.0f, r, scratch);
+            if (i + 1 < n) model_step_kv(m, kv, next);
+        }
+        tps = n / (time_now() - t0);
+    }
+    return tps;
+}
+
 /* ---- FLOPs ----------------------------------------------------------------------------------------- */
 
 /* Dimensions: N = B*T tokens, C d_model, H d_ff, H1 = H or 2H (SwiGLU), E experts, S kept slots,
@@ -183,24 +200,22 @@ moelm_status bench_run(const BenchOptions *o) {
                    1e3 * t_fwd / o->steps, 1e3 * t_bwd / o->steps, 1e3 * t_opt / o->steps);
     }
 
-    /* generation: batch 1, one prompt token, then n_gen greedy tokens through the KV cache */
-    double gen_tps = 0.0;
+    /* generation: batch 1, one prompt token, then n_gen greedy tokens through the KV cache; with the
+     * float weights, then (after the RSS is read: the copy is not part of training) with bf16 ones */
+    double gen_tps = 0.0, gen16_tps = 0.0;
     if (o->n_gen > 0) {
-        for (int rep = 0; rep < 2; rep++) {   /* the first pass warms the cache pages and the weights */
-            kv_reset(&kv);
-            double t0 = time_now();
-            model_step_kv(&m, &kv, tok[0]);
-            for (int i = 0; i < o->n_gen; i++) {
-                int next = sample_token(kv.logits, V, 0.0f, 0, 1.0f, &r, scratch);
-                if (i + 1 < o->n_gen) model_step_kv(&m, &kv, next);
-            }
-            double dt = time_now() - t0;
-            gen_tps = o->n_gen / dt;
-        }
+        gen_tps = bench_generate(&m, &kv, o->n_gen, tok[0], &r, scratch);
         printf("generate: batch 1, %d new tokens, %.1f tok/s (%.3f ms/token)\n", o->n_gen, gen_tps, 1e3 / gen_tps);
     }
     double rss = peak_rss_mb();
     printf("memory: peak RSS %.1f MB (training and generation)\n", rss);
+    if (o->n_gen > 0) {
+        st = kv_use_bf16(&kv, &m);
+        if (st) goto done;
+        gen16_tps = bench_generate(&m, &kv, o->n_gen, tok[0], &r, scratch);
+        printf("generate --bf16: %.1f tok/s (%.3f ms/token), %.2fx the float weights\n", gen16_tps, 1e3 / gen16_tps,
+               gen16_tps / gen_tps);
+    }
 
     /* the machine's sgemm peak, now, through the same gemm() and thread count */
     double peak = 0.0, head = 0.0;
@@ -216,8 +231,8 @@ moelm_status bench_run(const BenchOptions *o) {
     const char *bn = strchr(backend_name(), '(');
     if (bn) snprintf(kernel, sizeof kernel, "%.*s", (int)strcspn(bn + 1, ";) "), bn + 1);
     printf("RESULT config=%s threads=%d train_tok_s=%.1f train_ms_step=%.3f train_gflops=%.2f gen_tok_s=%.2f "
-           "sgemm_peak_gflops=%.2f peak_share=%.4f rss_mb=%.1f kernel=%s\n",
-           o->config, o->threads, train_tps, o->steps > 0 ? 1e3 * t_total / o->steps : 0.0, train_gflops, gen_tps, peak,
+           "gen_bf16_tok_s=%.2f sgemm_peak_gflops=%.2f peak_share=%.4f rss_mb=%.1f kernel=%s\n",
+           o->config, o->threads, train_tps, o->steps > 0 ? 1e3 * t_total / o->steps : 0.0, train_gflops, gen_tps, gen16_tps, peak,
            peak > 0 ? train_gflops / peak : 0.0, rss, kernel);
     fflush(stdout);
 done:
