@@ -5,7 +5,8 @@
 # (default "1"), with THREADS threads (default 2); PARALLEL=2 trains dense and switch of one seed
 # side by side (use THREADS=1 then: both get the same conditions). After training, each run's test
 # split is evaluated once, with non-overlapping windows (as the validation) and with sliding windows
-# (stride 16: each word sees at least 48 words before it). Runs go to $OUT/<model>-s<seed> (default runs/quality).
+# (stride 16: each word sees at least 48 words before it). Runs go to $OUT/<model>-s<seed> (default runs/quality);
+# a checkpoint every $CKPT steps (default 1000) and at the end.
 # Prints one line per run and, with several seeds, the mean and spread (min..max) per model and of
 # the switch - dense gap. The kernel (OPENBLAS_CORETYPE) is the caller's.
 set -u
@@ -13,12 +14,14 @@ MIN=${1:-15}; SEEDS=${2:-1}; T=${3:-2}; PAR=${4:-1}
 BIN=${MOELM_BIN:-./moelm}
 DATA=${PTB:-../shared/data/ptb}
 OUT=${OUT:-runs/quality}
+CKPT=${CKPT:-1000}   # steps between checkpoints (a switch-ptb one with its Adam moments is 158 MB)
 mkdir -p "$OUT"
 train() {   # train MODEL SEED
     d="$OUT/$1-s$2"
     rm -rf "$d"
     "$BIN" train --data "$DATA" --config "$1-ptb" --seed "$2" --time-budget "$MIN" --steps 100000000 \
-        --eval-interval 200 --eval-batches 20 --log-interval 50 -t "$T" --quiet --out "$d" >"$d.log" 2>&1
+        --eval-interval 200 --eval-batches 20 --log-interval 50 --ckpt-interval "$CKPT" -t "$T" --quiet --out "$d" \
+        >"$d.log" 2>&1
     "$BIN" eval -m "$d" --data "$DATA" -t "$T" >"$d.test" 2>&1
     "$BIN" eval -m "$d" --data "$DATA" --stride 16 -t "$T" >"$d.test16" 2>&1
 }

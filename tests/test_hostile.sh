@@ -194,6 +194,7 @@ expect_error "cli: NaN capacity factor"      "capacity_factor"   $BIN train --co
 expect_error "cli: heads not dividing"       "num_heads"         $BIN train --config tiny --set num_heads=5 $R
 expect_error "cli: negative d_ff"            "d_ff"              $BIN train --config tiny --set d_ff=-1 $R
 expect_error "cli: experts per token > E"    "num_experts"       $BIN train --config tiny --set num_experts=4 --set router_type=topk --set num_experts_per_tok=99 $R
+expect_error "cli: routed scaling factor 0" "routed_scaling_factor" $BIN train --config tiny --set routed_scaling_factor=0 $R
 expect_error "cli: --set without ="          "--set"             $BIN train --config tiny --set d_model $R
 expect_error "cli: missing value"            "needs a value"     $BIN train --steps
 expect_error "cli: generate -n negative"     "-n|tokens"         $BIN generate -m "$TMP/base" -n -1

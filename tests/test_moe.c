@@ -80,6 +80,7 @@ static MoEConfig cfg_make(RouterType r, int K, Activation act, float cf) {
     /* larger than the defaults so that the aux terms weigh visibly in the gradient checks */
     c.aux_coef = 0.3f; c.z_coef = 0.05f;
     c.bias_rate = 0.01f;
+    c.route_scale = 1.0f;
     return c;
 }
 
@@ -222,7 +223,7 @@ static double ref_loss(void *vctx) {
             double g = !learned ? 1.0 : mixtral ? exp(l[e]) / msum : pr[e];
             ffn_ref(y, xt, W + off[P_W1] + (size_t)e * H1 * C, W + off[P_B1] + (size_t)e * H1,
                     W + off[P_W2] + (size_t)e * C * H, W + off[P_B2] + (size_t)e * C, cf->act, C, H);
-            for (int c = 0; c < C; c++) o[c] += g * y[c];
+            for (int c = 0; c < C; c++) o[c] += (double)cf->route_scale * g * y[c];
         }
         for (int c = 0; c < C; c++) {
             L += o[c] * (double)cs->R[(size_t)t * C + c];
@@ -316,6 +317,25 @@ TEST(grad_switch_relu_with_drops) {
     check_against_reference(&cs);
     EXPECT(cs.a.Cap == 7);                 /* round(1.0 * 37 / 5) */
     EXPECT(case_dropped(&cs) > 0);         /* the case exercises dropping */
+    case_free(&cs);
+}
+
+/* routed_scaling_factor: the routed sum (not the shared expert) times s, in the forward and in every
+ * gradient (the experts' through dy, the router's through the gate); switch and Mixtral top-2 */
+TEST(grad_routed_scaling_factor) {
+    MoEConfig c = cfg_make(ROUTER_SWITCH, 1, ACT_GELU, 1.0f);
+    c.route_scale = 2.5f;
+    c.shared_expert = 1;
+    Case cs;
+    case_init(&cs, c, TN, 11);
+    check_against_reference(&cs);
+    EXPECT(case_dropped(&cs) > 0);
+    case_free(&cs);
+    c = cfg_make(ROUTER_TOPK, 2, ACT_RELU, 0.0f);
+    c.topk_softmax_after = 1;
+    c.route_scale = 0.4f;
+    case_init(&cs, c, TN, 12);
+    check_against_reference(&cs);
     case_free(&cs);
 }
 
@@ -860,6 +880,7 @@ TEST(threads_agree) {
 
 int main(void) {
     RUN(grad_switch_relu_with_drops);
+    RUN(grad_routed_scaling_factor);
     RUN(grad_topk_gshard_gelu_with_drops);
     RUN(grad_topk_mixtral_swiglu_with_drops);
     RUN(grad_topk3_mixtral_dropless_aux_scale);

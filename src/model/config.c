@@ -36,6 +36,7 @@ static void base_lm(ModelConfig *c) {
     c->min_capacity = 4;
     c->router_aux_loss_coef = 0.01f;
     c->router_z_loss_coef = 0.001f;
+    c->routed_scaling_factor = 1.0f;
     c->expert_bias_rate = 0.001f;
 }
 
@@ -191,6 +192,7 @@ moelm_status config_set(ModelConfig *c, const char *key, const char *v) {
     FLT("router_aux_loss_coef", router_aux_loss_coef);
     FLT("router_z_loss_coef", router_z_loss_coef);
     FLT("router_jitter_noise", router_jitter_noise);
+    FLT("routed_scaling_factor", routed_scaling_factor);
     BOOL("use_expert_bias", use_expert_bias);
     FLT("expert_bias_rate", expert_bias_rate);
     BOOL("shared_expert", shared_expert);
@@ -324,6 +326,7 @@ char *config_to_json(const ModelConfig *c) {
     sb_printf(&sb, "  \"expert_capacity\": %d,\n  \"expert_d_ff\": %d,\n", c->expert_capacity, c->expert_d_ff);
     sb_printf(&sb, "  \"router_aux_loss_coef\": %.9g,\n  \"router_z_loss_coef\": %.9g,\n  \"router_jitter_noise\": %.9g,\n",
               c->router_aux_loss_coef, c->router_z_loss_coef, c->router_jitter_noise);
+    sb_printf(&sb, "  \"routed_scaling_factor\": %.9g,\n", c->routed_scaling_factor);
     sb_printf(&sb, "  \"use_expert_bias\": %s,\n  \"expert_bias_rate\": %.9g,\n  \"shared_expert\": %s\n}\n",
               c->use_expert_bias ? "true" : "false", c->expert_bias_rate, c->shared_expert ? "true" : "false");
     if (sb.failed) {
@@ -356,6 +359,7 @@ MoEConfig config_moe(const ModelConfig *c) {
     m.expert_capacity = c->expert_capacity;
     m.aux_coef = c->router_aux_loss_coef;
     m.z_coef = c->router_z_loss_coef;
+    m.route_scale = c->routed_scaling_factor;
     m.jitter = c->router_jitter_noise;
     m.use_expert_bias = c->use_expert_bias;
     m.bias_rate = c->expert_bias_rate;
@@ -386,6 +390,8 @@ moelm_status config_check(const ModelConfig *c) {
     REQ(isfinite(c->router_z_loss_coef) && c->router_z_loss_coef >= 0, "router_z_loss_coef must be >= 0");
     REQ(isfinite(c->router_jitter_noise) && c->router_jitter_noise >= 0 && c->router_jitter_noise < 1,
         "router_jitter_noise must be in [0, 1)");
+    REQ(isfinite(c->routed_scaling_factor) && c->routed_scaling_factor > 0 && c->routed_scaling_factor <= 1024,
+        "routed_scaling_factor must be in (0, 1024] (got %g)", c->routed_scaling_factor);
 #undef REQ
     int has_moe = c->model_type == MODEL_SEED || (c->num_experts > 1 && c->sparse_step > 0);
     if (has_moe) {

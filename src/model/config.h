@@ -40,6 +40,7 @@ typedef struct {
     int expert_capacity;        /* > 0: fixed capacity per expert (HF) */
     int expert_d_ff;            /* H of each expert (0: d_ff) */
     float router_aux_loss_coef, router_z_loss_coef, router_jitter_noise;
+    float routed_scaling_factor;   /* the routed experts' combined output times this (DeepSeek's key; 1 = plain) */
     int use_expert_bias;        /* DeepSeek-V3 selection bias */
     float expert_bias_rate;
     int shared_expert;

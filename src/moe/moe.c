@@ -220,6 +220,8 @@ moelm_status moe_config_check(const MoEConfig *cfg, int causal) {
     if (!(cfg->aux_coef >= 0.0f) || !(cfg->z_coef >= 0.0f))
         return moelm_fail(MOELM_ERR_CONFIG, "router_aux_loss_coef (%g) and router_z_loss_coef (%g) must be >= 0",
                           (double)cfg->aux_coef, (double)cfg->z_coef);
+    if (!(cfg->route_scale > 0.0f && cfg->route_scale <= 1024.0f))
+        return moelm_fail(MOELM_ERR_CONFIG, "routed_scaling_factor: must be in (0, 1024], got %g", (double)cfg->route_scale);
     if (!(cfg->jitter >= 0.0f && cfg->jitter < 1.0f))
         return moelm_fail(MOELM_ERR_CONFIG, "router_jitter_noise: must be in [0, 1), got %g", (double)cfg->jitter);
     if (cfg->use_expert_bias && cfg->router != ROUTER_SWITCH && cfg->router != ROUTER_TOPK)
@@ -560,9 +562,10 @@ static void moe_experts_forward(MoEActs *a, const MoEParams *p, const MoEConfig 
     }
 }
 
-/* out[t] = sum over t's kept slots of gate * y[row] (+ the shared expert's sy[t]). Each token's
+/* out[t] = s * sum over t's kept slots of gate * y[row] (+ the shared expert's sy[t]), s the
+ * routed_scaling_factor. Each token's
  * row of out is written by one thread. */
-static void moe_combine(float *out, const MoEActs *a, int N, int C) {
+static void moe_combine(float *out, const MoEActs *a, int N, int C, float s) {
     int KS = a->KS;
 #pragma omp parallel for schedule(static) if ((size_t)N * KS * C >= MOE_PAR_WORK)
     for (int t = 0; t < N; t++) {
@@ -572,7 +575,7 @@ static void moe_combine(float *out, const MoEActs *a, int N, int C) {
         for (int k = 0; k < KS; k++) {
             int r = a->slot_row[(size_t)t * KS + k];
             if (r < 0) continue;
-            float g = a->gate[(size_t)t * KS + k];
+            float g = s * a->gate[(size_t)t * KS + k];
             const float *y = a->y + (size_t)r * C;
             for (int c = 0; c < C; c++) o[c] += g * y[c];
         }
@@ -622,7 +625,7 @@ void moe_forward(float *out, MoEActs *a, const float *x, const int *tokens, cons
     }
     if (cfg->shared_expert)
         ffn_forward(a->sy, a->sh, a->sh_pre, x, p->sw1, p->sb1, p->sw2, p->sb2, cfg->act, N, C, cfg->H);
-    moe_combine(out, a, N, C);
+    moe_combine(out, a, N, C, cfg->route_scale);
 }
 
 float moe_loss(const MoEActs *a, const MoEConfig *cfg) {
@@ -657,6 +660,7 @@ static void router_backward_logits(MoEActs *a, const float *dout, const MoEConfi
             if (r >= 0) {
                 const float *y = a->y + (size_t)r * C;
                 for (int c = 0; c < C; c++) d += dyt[c] * y[c];
+                d *= cfg->route_scale;   /* out = s * gate * y */
             }
             dg[k] = d;
             if (!mixtral && r >= 0) dl[a->expert[(size_t)t * KS + k]] += d;   /* gate = probs[t, e] */
@@ -715,11 +719,11 @@ void moe_backward(float *dx, MoEParams *grads, const float *dout, MoEActs *a, co
     else
         memset(dx, 0, NC * sizeof(float));
 
-    /* Combine backward into the slabs: dy[r] = gate * dout[token]. One row per iteration. */
+    /* Combine backward into the slabs: dy[r] = s * gate * dout[token]. One row per iteration. */
 #pragma omp parallel for schedule(static) if ((size_t)a->S * C >= MOE_PAR_WORK)
     for (int r = 0; r < a->S; r++) {
         int t = a->row_token[r];
-        float g = a->gate[(size_t)t * KS + a->row_slot[r]];
+        float g = cfg->route_scale * a->gate[(size_t)t * KS + a->row_slot[r]];
         const float *d = dout + (size_t)t * C;
         float *dy = a->dy + (size_t)r * C;
         for (int c = 0; c < C; c++) dy[c] = g * d[c];

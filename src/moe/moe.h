@@ -48,6 +48,7 @@ typedef struct {
     float aux_coef;            /* load-balancing loss alpha (default 0.01) */
     float z_coef;              /* router z-loss beta (default 0.001) */
     float jitter;              /* multiplicative jitter eps on the router input in training (0 = off) */
+    float route_scale;         /* the routed experts' gated sum is multiplied by this (1 = plain; not the shared expert) */
     int use_expert_bias;       /* DeepSeek-V3 selection bias, nudged toward balance each step */
     float bias_rate;           /* the bias update speed u */
     int shared_expert;         /* 1: a dense FFN (hidden H) that every token uses, added to the output */

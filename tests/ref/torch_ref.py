@@ -110,6 +110,7 @@ class Cfg:
         self.expert_capacity = d["expert_capacity"]
         self.EH = d["expert_d_ff"] if d["expert_d_ff"] > 0 else d["d_ff"]
         self.aux_coef, self.z_coef = d["router_aux_loss_coef"], d["router_z_loss_coef"]
+        self.route_scale = d.get("routed_scaling_factor", 1.0)   # routed sum times this (DeepSeek)
         # features this reference does not implement must be off
         assert d["dropout_rate"] == 0, "dropout must be 0"
         assert d["router_jitter_noise"] == 0, "jitter must be 0"
@@ -219,7 +220,7 @@ def moe(cfg, x, P, pre, stats):
             if idx.numel() == 0:
                 continue
             y = ffn(cfg, x[idx], W1[e], B1[e], W2[e], B2[e], H)
-            out = out.index_add(0, idx, gates[idx, k:k + 1] * y)
+            out = out.index_add(0, idx, cfg.route_scale * gates[idx, k:k + 1] * y)
     # load balancing: f_e from the pre-capacity choices (constants), P_e the mean probability
     f = torch.bincount(choice.flatten(), minlength=E).to(torch.float32) / (N * K)
     balance = E * (f * probs.mean(dim=0)).sum()
