@@ -301,6 +301,7 @@ TEST(config_json_round_trip) {
     c.vocab_size = 1234;
     c.router_type = ROUTER_TOPK;
     c.num_experts_per_tok = 2;
+    c.routed_scaling_factor = 0.75f;
     char *js = config_to_json(&c);
     EXPECT(js != NULL);
     system("mkdir -p build/tmp");
