@@ -17,8 +17,11 @@
 #include "io/fileio.h"
 #include "report/progress.h"
 #include "report/report.h"
+#include "io/fileio.h"
 #include "report/routing.h"
 #include "report/svg.h"
+#include "tiny_models.h"
+#include "train/train.h"
 
 static int count(const char *hay, const char *needle) {
     int n = 0;
@@ -37,6 +40,46 @@ static int count_between(const char *hay, const char *from, const char *to, cons
     size_t l = strlen(needle);
     for (const char *p = a; (p = strstr(p, needle)) && p < b; p += l) n++;
     return n;
+}
+
+/* Training's routing dump records its evaluation's own forward passes (routing_begin, evaluate_routed,
+ * routing_finish): byte for byte the file routing_dump writes from forward passes of its own, on a
+ * switch lm whose routing varies (weights scaled up), with a batch limit below the stream's batches */
+TEST(routing_from_evaluation_equals_dump) {
+    const char *text = "the cat sat on the mat\na dog ran to the cat\nthe mat was red and the dog was blue\n";
+    Tokenizer *tok = NULL;
+    EXPECT(tokenizer_build_word(&tok, text, strlen(text), 100) == MOELM_OK);
+    ModelConfig c;
+    tiny_lm(&c, tokenizer_vocab_size(tok), 0.0f);
+    c.num_experts = 4;
+    c.sparse_step = 1;
+    Model m;
+    EXPECT(model_create(&m, &c, 2, 8, 5) == MOELM_OK);
+    scale_params(&m, 10.0f, 1);
+    int ids[300];
+    for (int i = 0; i < 300; i++) ids[i] = (i * 7 + i / 5) % c.vocab_size;
+    dir_make("build/tmp/test_report/ra");
+    dir_make("build/tmp/test_report/rb");
+    EXPECT(routing_dump("build/tmp/test_report/ra", 7, &m, tok, ids, 300, 5, "x") == MOELM_OK);
+    RoutingRec rec;
+    EvalResult ev;
+    EXPECT(routing_begin(&rec, &m, 300, 5) == MOELM_OK);
+    EXPECT(rec.L == 2 && rec.nb == 5);
+    EXPECT(evaluate_routed(&m, ids, 300, 0, 0, &ev, &rec) == MOELM_OK);   /* all batches; records the first 5 */
+    EXPECT(rec.cnt == 5 * 2 * 8);
+    EXPECT(routing_finish(&rec, "build/tmp/test_report/rb", 7, &m, tok, ids, 300, "x") == MOELM_OK);
+    char *a = NULL, *b = NULL;
+    size_t na = 0, nb = 0;
+    EXPECT(file_read_all("build/tmp/test_report/ra/routing/step-7.json", &a, &na) == MOELM_OK);
+    EXPECT(file_read_all("build/tmp/test_report/rb/routing/step-7.json", &b, &nb) == MOELM_OK);
+    EXPECT(a && b && na == nb && memcmp(a, b, na) == 0);
+    EXPECT(a && strstr(a, "\"tokens_counted\": 80,") != NULL);
+    /* the routing varies: the first layer's expert counts are not all in one expert */
+    EXPECT(a && !strstr(a, "\"expert_tokens\": [[80,") && !strstr(a, ", 80, ") && !strstr(a, "[0, 0, 0, 80]"));
+    moelm_free(a);
+    moelm_free(b);
+    model_free(&m);
+    tokenizer_free(tok);
 }
 
 TEST(scale_linear_and_log) {
@@ -340,5 +383,6 @@ int main(void) {
     RUN(token_expert);
     RUN(eta_format);
     RUN(report_page);
+    RUN(routing_from_evaluation_equals_dump);
     return test_summary("report");
 }

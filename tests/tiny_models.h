@@ -8,7 +8,7 @@
 #include "model/model.h"
 
 /* The dense pre-norm lm of the "tiny" preset, shrunk to d_model 8 (vocabulary V). */
-static void tiny_lm(ModelConfig *c, int V, float dropout) {
+static inline void tiny_lm(ModelConfig *c, int V, float dropout) {
     config_preset(c, "tiny");
     c->vocab_size = V;
     c->d_model = 8;
@@ -19,7 +19,7 @@ static void tiny_lm(ModelConfig *c, int V, float dropout) {
 }
 
 /* The tutorial's seed model (post-norm stack, MoE head) with router r, at the same tiny sizes. */
-static void tiny_seed(ModelConfig *c, RouterType r, float dropout) {
+static inline void tiny_seed(ModelConfig *c, RouterType r, float dropout) {
     config_preset(c, "seed-switch");
     c->vocab_size = 11;
     c->d_model = 8;
@@ -37,7 +37,7 @@ static void tiny_seed(ModelConfig *c, RouterType r, float dropout) {
 /* Scales every weight by s (larger than the 0.02 init, so that attention, the FFN and routing all
  * move the output visibly) and sets the norm weights to 1 + 0.1 * (k % 3). biases = 1 also gives
  * the vectors that are zero at init (biases) small distinct values. */
-static void scale_params(Model *m, float s, int biases) {
+static inline void scale_params(Model *m, float s, int biases) {
     for (size_t i = 0; i < m->n_params; i++) m->params[i] *= s;
     for (int i = 0; i < m->n_tensors; i++) {
         const TensorInfo *t = &m->tensors[i];

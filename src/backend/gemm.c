@@ -100,12 +100,8 @@ uint16_t bf16_round(float f) {
     return (uint16_t)(u >> 16);
 }
 
-float bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
+static inline float bf16_widen(uint16_t h);
+float bf16_to_f32(uint16_t h) { return bf16_widen(h); }
 
 void bf16_from_f32(uint16_t *dst, const float *src, size_t n) {
 #pragma omp parallel for schedule(static) if (n >= GEMV_PAR_MIN)
@@ -114,18 +110,34 @@ void bf16_from_f32(uint16_t *dst, const float *src, size_t n) {
 
 /* gemv_block with bf16 weights: each weight widened to float exactly (a 16-bit shift), then the same
  * fused multiply-adds in float against the float x. Half the bytes of W to stream. */
+static inline float bf16_widen(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
 static inline void gemv_block_bf16(int blk, int N, int K, const uint16_t *W, const float *x, float *y, int acc) {
     int n = 4 * blk;
-    for (; n < N && n < 4 * blk + 4; n++) {
+    if (n + 4 <= N) {   /* four rows share each load of x, four independent sums */
+        const uint16_t *w0 = W + (size_t)n * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
+        float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+        for (int k = 0; k < K; k++) {
+            s0 = __builtin_fmaf(bf16_widen(w0[k]), x[k], s0);
+            s1 = __builtin_fmaf(bf16_widen(w1[k]), x[k], s1);
+            s2 = __builtin_fmaf(bf16_widen(w2[k]), x[k], s2);
+            s3 = __builtin_fmaf(bf16_widen(w3[k]), x[k], s3);
+        }
+        float s[4] = {s0, s1, s2, s3};
+        for (int i = 0; i < 4; i++) y[n + i] = acc ? s[i] + y[n + i] : s[i];
+        return;
+    }
+    for (; n < N; n++) {
         const uint16_t *w = W + (size_t)n * K;
         float s = 0.0f;
 #pragma omp simd reduction(+ : s)
-        for (int k = 0; k < K; k++) {
-            uint32_t u = (uint32_t)w[k] << 16;
-            float f;
-            memcpy(&f, &u, sizeof f);
-            s = __builtin_fmaf(f, x[k], s);
-        }
+        for (int k = 0; k < K; k++) s = __builtin_fmaf(bf16_widen(w[k]), x[k], s);
         y[n] = acc ? s + y[n] : s;
     }
 }

@@ -108,48 +108,93 @@ static moelm_status top_tokens(StrBuf *sb, const Tokenizer *tok, const int *toke
     return MOELM_OK;
 }
 
-moelm_status routing_dump(const char *run_dir, long step, Model *m, const Tokenizer *tok, const int *ids, size_t n,
-                          size_t max_batches, const char *data) {
+moelm_status routing_begin(RoutingRec *rec, const Model *m, size_t n, size_t max_batches) {
+    memset(rec, 0, sizeof *rec);
     const MoEActs *acts[64];
     int L = model_moe_layers(m, acts, 64);
-    if (L <= 0 || n < 2) return MOELM_OK;
+    if (L <= 0 || n < 2) return MOELM_OK;   /* nothing to record: rec->L == 0 */
     if (L > 64) L = 64;
-    const MoEConfig *mc = &m->moe_cfg;
-    int B = m->B, T = m->T, E = mc->E, Bg = B * dist_world();   /* this rank's windows, all ranks' windows */
-    size_t BT = (size_t)B * T, BgT = (size_t)Bg * T;
+    int B = m->B, T = m->T, Bg = B * dist_world();   /* this rank's windows, all ranks' windows */
+    size_t BT = (size_t)B * T;
     size_t nb = eval_num_batches(n, Bg, T, T), want = (ROUTING_MAX_TOKENS + BT - 1) / BT;
     if (nb > want) nb = want;
     if (max_batches && nb > max_batches) nb = max_batches;
-    size_t cap = nb * BT;
-    int top = E * L > 64 ? (640 / (E * L) > 3 ? 640 / (E * L) : 3) : ROUTING_TOP;
+    rec->L = L;
+    rec->nb = nb;
+    rec->cap = nb * BT;
+    rec->tokens = moelm_malloc(sizeof(int) * rec->cap);
+    rec->pos = moelm_malloc(sizeof(size_t) * rec->cap);
+    rec->experts = moelm_malloc(sizeof(short) * rec->cap * (size_t)L);
+    moelm_status st = rec->tokens && rec->pos && rec->experts ? MOELM_OK : MOELM_ERR_NOMEM;
+    if (dist_any_failed(st)) {
+        if (!st) st = moelm_fail(MOELM_ERR_NOMEM, "routing dump: another rank ran out of memory");
+        else moelm_fail(st, "routing dump: out of memory");
+        routing_free(rec);
+        return st;
+    }
+    return MOELM_OK;
+}
 
+void routing_take(RoutingRec *rec, const Model *m, const int *inp, const int *tgt, size_t b) {
+    if (!rec || rec->L == 0 || b >= rec->nb) return;
+    const MoEActs *acts[64];
+    model_moe_layers(m, acts, 64);
+    size_t BT = (size_t)m->B * m->T, BgT = BT * (size_t)dist_world();
+    for (size_t i = 0; i < BT; i++) {
+        if (tgt[i] < 0) continue;
+        size_t c = rec->cnt++;
+        rec->tokens[c] = inp[i];
+        rec->pos[c] = b * BgT + i;   /* rank 0's window w = b*Bg + row holds inputs ids[w*T ...]: stream index b*Bg*T + i */
+        for (int l = 0; l < rec->L; l++) rec->experts[(size_t)l * rec->cap + c] = (short)routing_token_expert(acts[l], (int)i);
+    }
+}
+
+void routing_free(RoutingRec *rec) {
+    moelm_free(rec->tokens); moelm_free(rec->pos); moelm_free(rec->experts);
+    memset(rec, 0, sizeof *rec);
+}
+
+moelm_status routing_dump(const char *run_dir, long step, Model *m, const Tokenizer *tok, const int *ids, size_t n,
+                          size_t max_batches, const char *data) {
+    RoutingRec rec;
+    moelm_status st = routing_begin(&rec, m, n, max_batches);
+    if (st || rec.L == 0) return st;
+    int Bg = m->B * dist_world(), T = m->T;
+    size_t BgT = (size_t)Bg * T;
     int *inp = moelm_malloc(sizeof(int) * BgT), *tgt = moelm_malloc(sizeof(int) * BgT);
-    int *tokens = moelm_malloc(sizeof(int) * cap);
-    size_t *pos = moelm_malloc(sizeof(size_t) * cap);
-    short *experts = moelm_malloc(sizeof(short) * cap * (size_t)L);
+    st = inp && tgt ? MOELM_OK : MOELM_ERR_NOMEM;
+    if (dist_any_failed(st)) {
+        if (!st) st = moelm_fail(MOELM_ERR_NOMEM, "routing dump: another rank ran out of memory");
+        else moelm_fail(st, "routing dump: out of memory");
+    } else {
+        /* routing of every counted token: inference forward passes over the first nb eval batches */
+        Rng saved = m->rng;
+        for (size_t b = 0; b < rec.nb; b++) {
+            eval_batch(ids, n, Bg, T, T, b, inp, tgt);
+            dist_take_rows(inp, tgt, Bg, T);
+            model_forward(m, inp, tgt, 0);
+            routing_take(&rec, m, inp, tgt, b);
+        }
+        m->rng = saved;
+    }
+    moelm_free(inp); moelm_free(tgt);
+    if (st) { routing_free(&rec); return st; }
+    return routing_finish(&rec, run_dir, step, m, tok, ids, n, data);
+}
+
+moelm_status routing_finish(RoutingRec *rec, const char *run_dir, long step, const Model *m, const Tokenizer *tok,
+                            const int *ids, size_t n, const char *data) {
+    moelm_status st = MOELM_OK;
     StrBuf sb = {0};
     int *dom = NULL;
-    moelm_status st = MOELM_OK;
-    if (!inp || !tgt || !tokens || !pos || !experts) st = MOELM_ERR_NOMEM;
-    if (dist_any_failed(st)) { if (!st) st = moelm_fail(MOELM_ERR_NOMEM, "routing dump: another rank ran out of memory"); goto done; }
-
-    /* routing of every counted token: inference forward passes over the first nb eval batches */
-    Rng saved = m->rng;
-    size_t cnt = 0;
-    for (size_t b = 0; b < nb; b++) {
-        eval_batch(ids, n, Bg, T, T, b, inp, tgt);
-        dist_take_rows(inp, tgt, Bg, T);
-        model_forward(m, inp, tgt, 0);
-        for (size_t i = 0; i < BT; i++) {
-            if (tgt[i] < 0) continue;
-            tokens[cnt] = inp[i];
-            pos[cnt] = b * BgT + i;   /* rank 0's window w = b*Bg + row holds inputs ids[w*T ...]: stream index b*Bg*T + i */
-            for (int l = 0; l < L; l++) experts[(size_t)l * cap + cnt] = (short)routing_token_expert(acts[l], (int)i);
-            cnt++;
-        }
-    }
-    m->rng = saved;
-    if (!dist_is_root()) goto done;
+    if (rec->L == 0 || !dist_is_root()) goto done;
+    const MoEConfig *mc = &m->moe_cfg;
+    int L = rec->L, E = mc->E;
+    size_t cap = rec->cap, cnt = rec->cnt;
+    int *tokens = rec->tokens;
+    size_t *pos = rec->pos;
+    short *experts = rec->experts;
+    int top = E * L > 64 ? (640 / (E * L) > 3 ? 640 / (E * L) : 3) : ROUTING_TOP;
 
     sb_printf(&sb, "{\"format\": \"moelm-routing\", \"version\": 1, \"step\": %ld, \"router\": \"%s\", \"num_experts\": %d, "
                    "\"k\": %d, \"word_level\": %s, \"layers\": [",
@@ -235,7 +280,8 @@ moelm_status routing_dump(const char *run_dir, long step, Model *m, const Tokeni
 
 done:
     if (st == MOELM_ERR_NOMEM) moelm_fail(st, "routing dump: out of memory");
-    moelm_free(inp); moelm_free(tgt); moelm_free(tokens); moelm_free(pos); moelm_free(experts); moelm_free(dom);
+    routing_free(rec);
+    moelm_free(dom);
     sb_free(&sb);
     return st;
 }

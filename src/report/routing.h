@@ -39,6 +39,27 @@
 moelm_status routing_dump(const char *run_dir, long step, Model *m, const Tokenizer *tok, const int *ids, size_t n,
                           size_t max_batches, const char *data);
 
+/* The same dump in three parts, for a caller that already runs the forward passes: training's
+ * evaluation records the routing of its own batches (evaluate_routed) instead of running them twice.
+ * routing_begin sizes and allocates for the first min(ROUTING_MAX_TOKENS / (B T), max_batches)
+ * evaluation batches (collective over MPI; rec->L == 0: no sparse layer, nothing to do);
+ * routing_take, after model_forward of evaluation batch b (stride T), records its tokens' experts
+ * (batches past the first nb are ignored); routing_finish writes the file (rank 0) and frees;
+ * routing_free frees without writing. */
+typedef struct RoutingRec {
+    int L;                    /* sparse layers recorded (0: none) */
+    size_t nb, cap, cnt;      /* batches to record, token capacity, tokens recorded */
+    int *tokens;              /* [cap] input token ids */
+    size_t *pos;              /* [cap] their index in the validation stream */
+    short *experts;           /* [L, cap] the expert each token went to per layer */
+} RoutingRec;
+
+moelm_status routing_begin(RoutingRec *rec, const Model *m, size_t n, size_t max_batches);
+void routing_take(RoutingRec *rec, const Model *m, const int *inp, const int *tgt, size_t b);
+moelm_status routing_finish(RoutingRec *rec, const char *run_dir, long step, const Model *m, const Tokenizer *tok,
+                            const int *ids, size_t n, const char *data);
+void routing_free(RoutingRec *rec);
+
 /* The expert token t went to in a (the kept slot with the largest gate), -1 when none was kept. */
 int routing_token_expert(const MoEActs *a, int t);
 

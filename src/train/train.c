@@ -94,6 +94,11 @@ void print_moe_stats(const EvalResult *r, FILE *f) {
 /* ---- evaluation -------------------------------------------------------------------------------- */
 
 moelm_status evaluate(Model *m, const int *ids, size_t n, size_t max_batches, int stride, EvalResult *r) {
+    return evaluate_routed(m, ids, n, max_batches, stride, r, NULL);
+}
+
+moelm_status evaluate_routed(Model *m, const int *ids, size_t n, size_t max_batches, int stride, EvalResult *r,
+                             RoutingRec *rec) {
     memset(r, 0, sizeof *r);
     int B = m->B, T = m->T, Bg = B * dist_world();   /* over W ranks each takes B of the Bg windows */
     int S = stride > 0 ? stride : T;
@@ -119,6 +124,7 @@ moelm_status evaluate(Model *m, const int *ids, size_t n, size_t max_batches, in
             if (tgt[i] >= 0) r->nll += m->a.losses[i];
         r->tokens += m->n_valid;
         for (int l = 0; l < r->n_moe; l++) moe_stats_add(&r->stats[l], acts[l], &m->moe_cfg);
+        if (rec) routing_take(rec, m, inp, tgt, b);
     }
     dist_eval_end();
     dist_reduce_eval(r);
@@ -611,10 +617,13 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
         }
         if (do_eval) {
             EvalResult ev;
+            RoutingRec rec;   /* the routing dump records the evaluation's own forward passes */
             double t0 = t_end_start = now_s();
-            st = evaluate(m, r.ids[1], r.n[1], last ? 0 : part_batches, 0, &ev);
+            if (routing_begin(&rec, m, r.n[1], (size_t)o->eval_batches))   /* rec stays empty */
+                fprintf(stderr, "moelm: warning: routing dump not written: %s\n", moelm_last_error());
+            st = evaluate_routed(m, r.ids[1], r.n[1], last ? 0 : part_batches, 0, &ev, &rec);
             t_eval_s = now_s() - t0;
-            if (st) { run_free(&r); return st; }
+            if (st) { routing_free(&rec); run_free(&r); return st; }
             double tok_nll = ev.tokens > 0 ? ev.nll / ev.tokens : 0;
             /* word-level perplexity: the NLL of the whole split over its words (<eos> included);
              * a partial evaluation scales its mean to the split's token count */
@@ -644,7 +653,7 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
                 print_moe_stats(&ev, stdout);
                 fflush(stdout);
             }
-            if (routing_dump(run_dir, state.step, m, r.tok, r.ids[1], r.n[1], (size_t)o->eval_batches, state.data))
+            if (routing_finish(&rec, run_dir, state.step, m, r.tok, r.ids[1], r.n[1], state.data))
                 fprintf(stderr, "moelm: warning: routing dump not written: %s\n", moelm_last_error());
             t_log = now_s();
         }
