@@ -100,16 +100,6 @@ uint16_t bf16_round(float f) {
     return (uint16_t)(u >> 16);
 }
 
-static inline float bf16_widen(uint16_t h);
-float bf16_to_f32(uint16_t h) { return bf16_widen(h); }
-
-void bf16_from_f32(uint16_t *dst, const float *src, size_t n) {
-#pragma omp parallel for schedule(static) if (n >= GEMV_PAR_MIN)
-    for (size_t i = 0; i < n; i++) dst[i] = bf16_round(src[i]);
-}
-
-/* gemv_block with bf16 weights: each weight widened to float exactly (a 16-bit shift), then the same
- * fused multiply-adds in float against the float x. Half the bytes of W to stream. */
 static inline float bf16_widen(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
     float f;
@@ -117,6 +107,15 @@ static inline float bf16_widen(uint16_t h) {
     return f;
 }
 
+float bf16_to_f32(uint16_t h) { return bf16_widen(h); }
+
+void bf16_from_f32(uint16_t *dst, const float *src, size_t n) {
+#pragma omp parallel for schedule(static) if (n >= GEMV_PAR_MIN)
+    for (size_t i = 0; i < n; i++) dst[i] = bf16_round(src[i]);
+}
+
+/* gemv_block with bf16 weights: each weight widened to float exactly (bf16_widen, a 16-bit shift),
+ * then the same fused multiply-adds in float against the float x. Half the bytes of W to stream. */
 static inline void gemv_block_bf16(int blk, int N, int K, const uint16_t *W, const float *x, float *y, int acc) {
     int n = 4 * blk;
     if (n + 4 <= N) {   /* four rows share each load of x, four independent sums */

@@ -102,6 +102,7 @@ moelm_status evaluate_routed(Model *m, const int *ids, size_t n, size_t max_batc
     memset(r, 0, sizeof *r);
     int B = m->B, T = m->T, Bg = B * dist_world();   /* over W ranks each takes B of the Bg windows */
     int S = stride > 0 ? stride : T;
+    CHECK(!rec || S == T);   /* the routing records stream positions of non-overlapping windows */
     if (S > T) return moelm_fail(MOELM_ERR_ARG, "evaluation stride %d is longer than the context %d", S, T);
     size_t nb = eval_num_batches(n, Bg, T, S);
     if (max_batches && nb > max_batches) nb = max_batches;
