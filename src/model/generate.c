@@ -98,36 +98,6 @@ static void norm1(const Model *m, float *out, const float *inp, const float *w, 
     else layernorm_forward(out, &mean, &rstd, inp, w, b, 1, m->cfg.d_model, m->cfg.layer_norm_epsilon);
 }
 
-/* Head h of causal self-attention for the query in qkv[0:C] over the cached keys/values k, v [t+1, C]
- * of one layer: writes out[h hs .. (h+1) hs), with att [P] its scratch. The same arithmetic, in the
- * same order, as attention_forward's row t. */
-static void attend_head(float *out, float *att, const float *q, const float *k, const float *v, int t, int C,
-                        int NH, int h) {
-    int hs = C / NH;
-    float scale = 1.0f / sqrtf((float)hs);
-    const float *qh = q + h * hs;
-    float mx = -INFINITY;
-    for (int u = 0; u <= t; u++) {
-        const float *kh = k + (size_t)u * C + h * hs;
-        float s = 0.0f;
-        for (int i = 0; i < hs; i++) s += qh[i] * kh[i];
-        s *= scale;
-        att[u] = s;
-        if (s > mx) mx = s;
-    }
-    float sum = 0.0f;
-    for (int u = 0; u <= t; u++) { att[u] = expf(att[u] - mx); sum += att[u]; }
-    float inv = 1.0f / sum;
-    for (int u = 0; u <= t; u++) att[u] *= inv;
-    float *o = out + h * hs;
-    for (int i = 0; i < hs; i++) o[i] = 0.0f;
-    for (int u = 0; u <= t; u++) {
-        const float *vh = v + (size_t)u * C + h * hs;
-        float p = att[u];
-        for (int i = 0; i < hs; i++) o[i] += p * vh[i];
-    }
-}
-
 /* y[N] = W x + b, W one of m's weight matrices [N, K]: from its bf16 copy when kv has one. */
 static void mv(const Model *m, const KVCache *kv, float *y, const float *x, const float *W, const float *b, int N, int K) {
     if (!kv->w16) {
@@ -138,18 +108,52 @@ static void mv(const Model *m, const KVCache *kv, float *y, const float *x, cons
     gemv_team_bf16(y, x, kv->w16 + (W - m->params), b, N, K);
 }
 
+/* y[C] = W2 act(W1 x + b1) + b2 on one row, in the team: moe.c's ffn_forward (and model.c's dense
+ * FFN) for N = 1, with h_pre [H1] and h [H] its scratch. */
+static void ffn_team(const Model *m, const KVCache *kv, float *y, float *h, float *h_pre, const float *x,
+                     const float *w1, const float *b1, const float *w2, const float *b2, Activation act, int C, int H) {
+    mv(m, kv, h_pre, x, w1, b1, act == ACT_SWIGLU ? 2 * H : H, C);
+#pragma omp single
+    activation_forward(h, h_pre, act, 1, H);
+    mv(m, kv, y, h, w2, b2, C, H);
+}
+
+/* out[C] = the MoE layer p on one token's x[C], in the team: the routing on one thread, then each
+ * expert the token reached (one for switch, every one for soft) as two team products, so both
+ * cores stream its weights, as the dense FFN's; then the gated sum on one thread. */
+static void moe_team(Model *m, KVCache *kv, float *out, const float *x, const int *token, const MoEParams *p) {
+    const MoEConfig *cfg = &m->moe_cfg;
+    MoEActs *a = &kv->moe;
+    int C = cfg->C, H = cfg->H, H1 = cfg->act == ACT_SWIGLU ? 2 * H : H;
+    CHECK(a->Rmax == 0 && cfg->e_first == 0);   /* every expert held here */
+#pragma omp single
+    moe_forward_route(a, x, token, p, cfg, 1, 0, &m->rng);
+    for (int e = 0; e < cfg->E; e++) {
+        int r = a->offsets[e];
+        if (a->offsets[e + 1] == r) continue;   /* N = 1: one row or none */
+        ffn_team(m, kv, a->y + (size_t)r * C, a->h + (size_t)r * H, a->h_pre + (size_t)r * H1, a->xd + (size_t)r * C,
+                 p->w1 + (size_t)e * H1 * C, p->b1 + (size_t)e * H1, p->w2 + (size_t)e * C * H, p->b2 + (size_t)e * C,
+                 cfg->act, C, H);
+    }
+    if (cfg->shared_expert)
+        ffn_team(m, kv, a->sy, a->sh, a->sh_pre, x, p->sw1, p->sb1, p->sw2, p->sb2, cfg->act, C, H);
+#pragma omp single
+    moe_forward_combine(out, a, cfg);
+}
+
 /* The body of model_step_kv, run by every thread of a team (or by one thread alone). A token step
  * streams every weight once and does little else, so it is bound by memory bandwidth; one parallel
  * region per token (instead of one per product, or none for the layers' small products) lets both
  * cores stream every matrix. Work is shared three ways: the products split their rows over the team
- * (gemv_team), attention its heads, and the short vector ops (norms, residual adds, activations, the
- * MoE layer of one token) run on one thread (`omp single`). Every worksharing construct ends at a
+ * (gemv_team), attention its heads, the MoE layers' experts like the dense
+ * FFN (moe_team), and the short vector ops (norms, residual adds, activations, routing, the gated
+ * sum) run on one thread (`omp single`). Every worksharing construct ends at a
  * barrier, which orders each op's writes before the next op's reads. Each output element is computed
  * by one thread with the same code at any thread count, so the bits do not depend on it. */
 static void step_team(Model *m, KVCache *kv, int token, int t) {
     const ModelConfig *c = &m->cfg;
     int C = c->d_model, NH = c->num_heads, V = c->vocab_size, P = c->n_positions, hs = C / NH;
-    int H = c->d_ff, H1 = c->hidden_act == ACT_SWIGLU ? 2 * H : H;
+    int H = c->d_ff;
     int seed = c->model_type == MODEL_SEED;
     const ModelParams *p = &m->p;
     float *x = kv->x, *xb = kv->xb, *xb2 = kv->xb2;
@@ -172,21 +176,17 @@ static void step_team(Model *m, KVCache *kv, int token, int t) {
         for (int h = 0; h < NH; h++) {
             memcpy(kl + (size_t)t * C + h * hs, kv->qkv + C + h * hs, sizeof(float) * hs);
             memcpy(vl + (size_t)t * C + h * hs, kv->qkv + 2 * C + h * hs, sizeof(float) * hs);
-            attend_head(kv->atty, kv->att + (size_t)h * P, kv->qkv, kl, vl, t, C, NH, h);
+            attention_row(kv->atty + h * hs, kv->att + (size_t)h * P, kv->qkv + h * hs, kl + h * hs, vl + h * hs,
+                          (size_t)C, t + 1, hs);   /* attention_forward's row t */
         }
         mv(m, kv, xb2, kv->atty, lp->out_w, lp->out_b, C, C);
 #pragma omp single
         {
             add_forward(x, x, xb2, C);                               /* res1 = x_in + attproj */
             norm1(m, xb, x, seed ? lp->ln1_w : lp->ln2_w, seed ? lp->ln1_b : lp->ln2_b);
-            if (sparse) moe_forward(xb2, &kv->moe, xb, &token, &lp->moe, &m->moe_cfg, 1, 0, &m->rng);
         }
-        if (!sparse) {   /* xb2 = fc2(act(fc1(xb))) */
-            mv(m, kv, kv->fc_pre, xb, lp->fc1_w, lp->fc1_b, H1, C);
-#pragma omp single
-            activation_forward(kv->fc, kv->fc_pre, c->hidden_act, 1, H);
-            mv(m, kv, xb2, kv->fc, lp->fc2_w, lp->fc2_b, C, H);
-        }
+        if (sparse) moe_team(m, kv, xb2, xb, &token, &lp->moe);
+        else ffn_team(m, kv, xb2, kv->fc, kv->fc_pre, xb, lp->fc1_w, lp->fc1_b, lp->fc2_w, lp->fc2_b, c->hidden_act, C, H);
 #pragma omp single
         {
             if (!seed) {
@@ -203,11 +203,9 @@ static void step_team(Model *m, KVCache *kv, int token, int t) {
         mv(m, kv, kv->logits, xb, c->tie_word_embeddings ? p->wte : p->lm_head, NULL, V, C);
     } else {
         int HH = c->head_hidden;
+        moe_team(m, kv, xb2, x, &token, &p->head_moe);
 #pragma omp single
-        {
-            moe_forward(xb2, &kv->moe, x, &token, &p->head_moe, &m->moe_cfg, 1, 0, &m->rng);
-            add_forward(xb, x, xb2, C);                              /* hm = x + moe(x) */
-        }
+        add_forward(xb, x, xb2, C);                                  /* hm = x + moe(x) */
         mv(m, kv, kv->fc_pre, xb, p->head_w1, p->head_b1, HH, C);
 #pragma omp single
         activation_forward(kv->fc, kv->fc_pre, ACT_RELU, 1, HH);

@@ -599,8 +599,8 @@ static MoEActs moe_ep_view(const MoEActs *a) {
 
 /* ---- forward ---------------------------------------------------------------------------------- */
 
-void moe_forward(float *out, MoEActs *a, const float *x, const int *tokens, const MoEParams *p,
-                 const MoEConfig *cfg, int N, int training, Rng *rng) {
+void moe_forward_route(MoEActs *a, const float *x, const int *tokens, const MoEParams *p, const MoEConfig *cfg,
+                       int N, int training, Rng *rng) {
     CHECK(N >= 1 && N <= a->Nmax);
     CHECK(a->KS == moe_slots_per_token(cfg));
     int C = cfg->C;
@@ -613,6 +613,16 @@ void moe_forward(float *out, MoEActs *a, const float *x, const int *tokens, cons
     moe_route(a, x, tokens, p, cfg, N, training, rng);
     moe_dispatch_plan(a, N, cfg->E);
     moe_gather(a, x, C);
+}
+
+void moe_forward_combine(float *out, const MoEActs *a, const MoEConfig *cfg) {
+    moe_combine(out, a, a->N, cfg->C, cfg->route_scale);
+}
+
+void moe_forward(float *out, MoEActs *a, const float *x, const int *tokens, const MoEParams *p,
+                 const MoEConfig *cfg, int N, int training, Rng *rng) {
+    int C = cfg->C;
+    moe_forward_route(a, x, tokens, p, cfg, N, training, rng);
     if (a->Rmax) {
         /* expert parallel: each expert's slab xd[offsets[e]..] goes to the rank owning e, which runs
          * its experts over the rows of every peer (a view of the acts on its own slabs) */
@@ -625,7 +635,7 @@ void moe_forward(float *out, MoEActs *a, const float *x, const int *tokens, cons
     }
     if (cfg->shared_expert)
         ffn_forward(a->sy, a->sh, a->sh_pre, x, p->sw1, p->sb1, p->sw2, p->sb2, cfg->act, N, C, cfg->H);
-    moe_combine(out, a, N, C, cfg->route_scale);
+    moe_forward_combine(out, a, cfg);
 }
 
 float moe_loss(const MoEActs *a, const MoEConfig *cfg) {

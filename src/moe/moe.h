@@ -142,6 +142,16 @@ int moe_capacity(const MoEConfig *cfg, int N, int training);
 void moe_forward(float *out, MoEActs *a, const float *x, const int *tokens, const MoEParams *p,
                  const MoEConfig *cfg, int N, int training, Rng *rng);
 
+/* moe_forward in its three parts, for a caller that runs the experts itself (generation, which
+ * shares each expert's products over a team of threads; tests/test_generate.c holds the result to
+ * moe_forward's). moe_forward_route routes the N tokens and gathers expert e's rows into
+ * xd[offsets[e] .. offsets[e+1]); the caller then writes the experts' outputs y (and the shared
+ * expert's sy) as moe_forward would; moe_forward_combine writes out[N,C] from them. Not under expert
+ * parallelism: the caller holds every expert (Rmax == 0, e_first == 0). */
+void moe_forward_route(MoEActs *a, const float *x, const int *tokens, const MoEParams *p, const MoEConfig *cfg,
+                       int N, int training, Rng *rng);
+void moe_forward_combine(float *out, const MoEActs *a, const MoEConfig *cfg);
+
 /* The weighted auxiliary terms this layer adds to the loss: aux_coef * aux_loss + z_coef * z_loss. */
 float moe_loss(const MoEActs *a, const MoEConfig *cfg);
 

@@ -330,29 +330,31 @@ static inline void axpy_simd(float *restrict y, float alpha, const float *restri
     for (int i = 0; i < n; i++) y[i] = __builtin_fmaf(alpha, x[i], y[i]);
 }
 
+void attention_row(float *o, float *a, const float *q, const float *k, const float *v, size_t stride, int n, int hs) {
+    float scale = 1.0f / sqrtf((float)hs);
+    for (int u = 0; u < n; u++) a[u] = scale * dot_simd(q, k + u * stride, hs);
+    float mx = row_max(a, n), sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int u = 0; u < n; u++) { a[u] = exp_poly(a[u] - mx); sum += a[u]; }
+    float inv = 1.0f / sum;
+#pragma omp simd
+    for (int u = 0; u < n; u++) a[u] *= inv;
+    for (int i = 0; i < hs; i++) o[i] = 0.0f;
+    for (int u = 0; u < n; u++) axpy_simd(o, a[u], v + u * stride, hs);
+}
+
 void attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH, int causal) {
     int hs = C / NH;
     size_t C3 = (size_t)3 * C;
-    float scale = 1.0f / sqrtf((float)hs);
 #pragma omp parallel for collapse(2) schedule(static) if ((size_t)B * T * T * C >= PAR_MIN_WORK)
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < NH; h++) {   /* each thread owns one (b, h): its att block and out columns */
             const float *qb = qkv + (size_t)b * T * C3 + h * hs, *kb = qb + C, *vb = qb + 2 * C;
             for (int t = 0; t < T; t++) {
-                const float *q = qb + t * C3;
                 float *a = att + (((size_t)b * NH + h) * T + t) * T;
                 int n = (causal ? t : T - 1) + 1;   /* keys 0..n-1 */
-                for (int u = 0; u < n; u++) a[u] = scale * dot_simd(q, kb + u * C3, hs);
-                float mx = row_max(a, n), sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-                for (int u = 0; u < n; u++) { a[u] = exp_poly(a[u] - mx); sum += a[u]; }
-                float inv = 1.0f / sum;
-#pragma omp simd
-                for (int u = 0; u < n; u++) a[u] *= inv;
+                attention_row(out + ((size_t)b * T + t) * C + h * hs, a, qb + t * C3, kb, vb, C3, n, hs);
                 for (int u = n; u < T; u++) a[u] = 0.0f;
-                float *o = out + ((size_t)b * T + t) * C + h * hs;
-                for (int i = 0; i < hs; i++) o[i] = 0.0f;
-                for (int u = 0; u < n; u++) axpy_simd(o, a[u], vb + u * C3, hs);
             }
         }
     }

@@ -48,6 +48,10 @@ void matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, co
  * att[B,NH,T,T] saves the softmax probabilities (zero above the diagonal when causal).
  * out[B,T,C] = per head softmax(q k^T / sqrt(hs) + mask) v */
 void attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH, int causal);
+/* One query row of one head, the body of attention_forward (and of generation's step over its KV
+ * cache): a[n] = softmax(q . k_u / sqrt(hs)) over keys u = 0..n-1, o[hs] = sum_u a[u] v_u, where key
+ * and value u start at k + u stride and v + u stride. */
+void attention_row(float *o, float *a, const float *q, const float *k, const float *v, size_t stride, int n, int hs);
 /* dqkv[B,T,3C] = ; datt[B,NH,T,T] is scratch */
 void attention_backward(float *dqkv, float *datt, const float *dout, const float *att, const float *qkv,
                         int B, int T, int C, int NH, int causal);
