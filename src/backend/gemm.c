@@ -78,18 +78,24 @@ static void gemv_rows(int N, int K, float alpha, const float *W, int ldw, const 
     for (int blk = 0; blk < nblk; blk++) gemv_block(blk, N, K, alpha, W, ldw, x, beta, y);
 }
 
+/* Block blk of y = W x (+ bias): what gemv_team and gemv_one run per block. */
+static inline void gemv_block_bias(int blk, float *y, const float *x, const float *W, const float *bias, int N, int K) {
+    if (!bias) {
+        gemv_block(blk, N, K, 1.0f, W, K, x, 0.0f, y);
+        return;
+    }
+    for (int n = 4 * blk; n < N && n < 4 * blk + 4; n++) y[n] = bias[n];
+    gemv_block(blk, N, K, 1.0f, W, K, x, 1.0f, y);
+}
+
 void gemv_team(float *y, const float *x, const float *W, const float *bias, int N, int K) {
     int nblk = (N + 3) / 4;
-    if (bias) {
 #pragma omp for schedule(static)
-        for (int blk = 0; blk < nblk; blk++) {
-            for (int n = 4 * blk; n < N && n < 4 * blk + 4; n++) y[n] = bias[n];
-            gemv_block(blk, N, K, 1.0f, W, K, x, 1.0f, y);
-        }
-    } else {
-#pragma omp for schedule(static)
-        for (int blk = 0; blk < nblk; blk++) gemv_block(blk, N, K, 1.0f, W, K, x, 0.0f, y);
-    }
+    for (int blk = 0; blk < nblk; blk++) gemv_block_bias(blk, y, x, W, bias, N, K);
+}
+
+void gemv_one(float *y, const float *x, const float *W, const float *bias, int N, int K) {
+    for (int blk = 0; blk < (N + 3) / 4; blk++) gemv_block_bias(blk, y, x, W, bias, N, K);
 }
 
 uint16_t bf16_round(float f) {
@@ -141,13 +147,20 @@ static inline void gemv_block_bf16(int blk, int N, int K, const uint16_t *W, con
     }
 }
 
+static inline void gemv_block_bias_bf16(int blk, float *y, const float *x, const uint16_t *W, const float *bias,
+                                        int N, int K) {
+    if (bias) for (int n = 4 * blk; n < N && n < 4 * blk + 4; n++) y[n] = bias[n];
+    gemv_block_bf16(blk, N, K, W, x, y, bias != NULL);
+}
+
 void gemv_team_bf16(float *y, const float *x, const uint16_t *W, const float *bias, int N, int K) {
     int nblk = (N + 3) / 4;
 #pragma omp for schedule(static)
-    for (int blk = 0; blk < nblk; blk++) {
-        if (bias) for (int n = 4 * blk; n < N && n < 4 * blk + 4; n++) y[n] = bias[n];
-        gemv_block_bf16(blk, N, K, W, x, y, bias != NULL);
-    }
+    for (int blk = 0; blk < nblk; blk++) gemv_block_bias_bf16(blk, y, x, W, bias, N, K);
+}
+
+void gemv_one_bf16(float *y, const float *x, const uint16_t *W, const float *bias, int N, int K) {
+    for (int blk = 0; blk < (N + 3) / 4; blk++) gemv_block_bias_bf16(blk, y, x, W, bias, N, K);
 }
 
 void gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,

@@ -23,6 +23,9 @@ void gemm_ref(int transA, int transB, int M, int N, int K, float alpha, const fl
  * thread, so the bits do not depend on the thread count) and ends at the loop's barrier; called
  * outside a region it runs whole on the caller. */
 void gemv_team(float *y, const float *x, const float *W, const float *bias, int N, int K);
+/* gemv_team without the worksharing: the whole product on the calling thread, inside a region or
+ * not (no barrier), with the same bits. */
+void gemv_one(float *y, const float *x, const float *W, const float *bias, int N, int K);
 
 /* bfloat16 (the upper 16 bits of a float) for generation's weights: bf16_round rounds to nearest,
  * ties to even (NaN stays NaN, Inf stays Inf); bf16_to_f32 is exact. gemv_team_bf16 is gemv_team with
@@ -32,6 +35,7 @@ uint16_t bf16_round(float f);
 float bf16_to_f32(uint16_t h);
 void bf16_from_f32(uint16_t *dst, const float *src, size_t n);
 void gemv_team_bf16(float *y, const float *x, const uint16_t *W, const float *bias, int N, int K);
+void gemv_one_bf16(float *y, const float *x, const uint16_t *W, const float *bias, int N, int K);
 
 /* Threads for both OpenMP loops and BLAS (one pool with the OpenMP build of OpenBLAS). */
 void backend_set_threads(int n);

@@ -17,6 +17,9 @@
 #include "model/model.h"
 
 #include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 #include "backend/gemm.h"
@@ -98,42 +101,79 @@ static void norm1(const Model *m, float *out, const float *inp, const float *w, 
     else layernorm_forward(out, &mean, &rstd, inp, w, b, 1, m->cfg.d_model, m->cfg.layer_norm_epsilon);
 }
 
-/* y[N] = W x + b, W one of m's weight matrices [N, K]: from its bf16 copy when kv has one. */
-static void mv(const Model *m, const KVCache *kv, float *y, const float *x, const float *W, const float *b, int N, int K) {
+/* y[N] = W x + b, W one of m's weight matrices [N, K]: from its bf16 copy when kv has one. team = 1:
+ * every thread of the team calls it and computes some of the rows (then a barrier); team = 0: the
+ * calling thread computes them all. The bits are the same either way. */
+static void mv_on(const Model *m, const KVCache *kv, float *y, const float *x, const float *W, const float *b, int N,
+                  int K, int team) {
     if (!kv->w16) {
-        gemv_team(y, x, W, b, N, K);
+        if (team) gemv_team(y, x, W, b, N, K);
+        else gemv_one(y, x, W, b, N, K);
         return;
     }
     CHECK(W >= m->params && W + (size_t)N * K <= m->params + m->n_params);
-    gemv_team_bf16(y, x, kv->w16 + (W - m->params), b, N, K);
+    const uint16_t *W16 = kv->w16 + (W - m->params);
+    if (team) gemv_team_bf16(y, x, W16, b, N, K);
+    else gemv_one_bf16(y, x, W16, b, N, K);
 }
 
-/* y[C] = W2 act(W1 x + b1) + b2 on one row, in the team: moe.c's ffn_forward (and model.c's dense
- * FFN) for N = 1, with h_pre [H1] and h [H] its scratch. */
+static void mv(const Model *m, const KVCache *kv, float *y, const float *x, const float *W, const float *b, int N, int K) {
+    mv_on(m, kv, y, x, W, b, N, K, 1);
+}
+
+/* y[C] = W2 act(W1 x + b1) + b2 on one row: moe.c's ffn_forward (and model.c's dense FFN) for
+ * N = 1, with h_pre [H1] and h [H] its scratch; over the team (team = 1) or on the calling thread. */
+static void ffn_one_row(const Model *m, const KVCache *kv, float *y, float *h, float *h_pre, const float *x,
+                        const float *w1, const float *b1, const float *w2, const float *b2, Activation act, int C,
+                        int H, int team) {
+    mv_on(m, kv, h_pre, x, w1, b1, act == ACT_SWIGLU ? 2 * H : H, C, team);
+    if (team) {
+#pragma omp single
+        activation_forward(h, h_pre, act, 1, H);
+    } else {
+        activation_forward(h, h_pre, act, 1, H);
+    }
+    mv_on(m, kv, y, h, w2, b2, C, H, team);
+}
+
 static void ffn_team(const Model *m, const KVCache *kv, float *y, float *h, float *h_pre, const float *x,
                      const float *w1, const float *b1, const float *w2, const float *b2, Activation act, int C, int H) {
-    mv(m, kv, h_pre, x, w1, b1, act == ACT_SWIGLU ? 2 * H : H, C);
-#pragma omp single
-    activation_forward(h, h_pre, act, 1, H);
-    mv(m, kv, y, h, w2, b2, C, H);
+    ffn_one_row(m, kv, y, h, h_pre, x, w1, b1, w2, b2, act, C, H, 1);
 }
 
-/* out[C] = the MoE layer p on one token's x[C], in the team: the routing on one thread, then each
- * expert the token reached (one for switch, every one for soft) as two team products, so both
- * cores stream its weights, as the dense FFN's; then the gated sum on one thread. */
+/* Expert e of p on its row of the dispatched slab (N = 1: one row or none), over the team or on the
+ * calling thread. */
+static void expert_row(const Model *m, KVCache *kv, const MoEParams *p, int e, int team) {
+    const MoEConfig *cfg = &m->moe_cfg;
+    MoEActs *a = &kv->moe;
+    int C = cfg->C, H = cfg->H, H1 = cfg->act == ACT_SWIGLU ? 2 * H : H, r = a->offsets[e];
+    if (a->offsets[e + 1] == r) return;
+    ffn_one_row(m, kv, a->y + (size_t)r * C, a->h + (size_t)r * H, a->h_pre + (size_t)r * H1, a->xd + (size_t)r * C,
+                p->w1 + (size_t)e * H1 * C, p->b1 + (size_t)e * H1, p->w2 + (size_t)e * C * H, p->b2 + (size_t)e * C,
+                cfg->act, C, H, team);
+}
+
+/* out[C] = the MoE layer p on one token's x[C], in the team: the routing on one thread, then the
+ * experts the token reached, then the gated sum on one thread. A few experts (switch, top-k) run one
+ * after another, each as two team products, so both cores stream its weights, as the dense FFN's;
+ * many (soft gating: every expert) are shared out whole over the threads, one barrier in all
+ * instead of three per expert. Either way each row is computed by one thread with the same code. */
 static void moe_team(Model *m, KVCache *kv, float *out, const float *x, const int *token, const MoEParams *p) {
     const MoEConfig *cfg = &m->moe_cfg;
     MoEActs *a = &kv->moe;
-    int C = cfg->C, H = cfg->H, H1 = cfg->act == ACT_SWIGLU ? 2 * H : H;
+    int C = cfg->C, H = cfg->H, E = cfg->E, nt = 1, reached = 0;
+#ifdef _OPENMP
+    nt = omp_get_num_threads();
+#endif
     CHECK(a->Rmax == 0 && cfg->e_first == 0);   /* every expert held here */
 #pragma omp single
     moe_forward_route(a, x, token, p, cfg, 1, 0, &m->rng);
-    for (int e = 0; e < cfg->E; e++) {
-        int r = a->offsets[e];
-        if (a->offsets[e + 1] == r) continue;   /* N = 1: one row or none */
-        ffn_team(m, kv, a->y + (size_t)r * C, a->h + (size_t)r * H, a->h_pre + (size_t)r * H1, a->xd + (size_t)r * C,
-                 p->w1 + (size_t)e * H1 * C, p->b1 + (size_t)e * H1, p->w2 + (size_t)e * C * H, p->b2 + (size_t)e * C,
-                 cfg->act, C, H);
+    for (int e = 0; e < E; e++) reached += a->offsets[e + 1] > a->offsets[e];
+    if (reached >= 2 * nt) {
+#pragma omp for schedule(static)
+        for (int e = 0; e < E; e++) expert_row(m, kv, p, e, 0);
+    } else {
+        for (int e = 0; e < E; e++) expert_row(m, kv, p, e, 1);
     }
     if (cfg->shared_expert)
         ffn_team(m, kv, a->sy, a->sh, a->sh_pre, x, p->sw1, p->sb1, p->sw2, p->sb2, cfg->act, C, H);
