@@ -184,11 +184,11 @@ static void moe_team(Model *m, KVCache *kv, float *out, const float *x, const in
 /* The body of model_step_kv, run by every thread of a team (or by one thread alone). A token step
  * streams every weight once and does little else, so it is bound by memory bandwidth; one parallel
  * region per token (instead of one per product, or none for the layers' small products) lets both
- * cores stream every matrix. Work is shared three ways: the products split their rows over the team
- * (gemv_team), attention its heads, the MoE layers' experts like the dense
- * FFN (moe_team), and the short vector ops (norms, residual adds, activations, routing, the gated
- * sum) run on one thread (`omp single`). Every worksharing construct ends at a
- * barrier, which orders each op's writes before the next op's reads. Each output element is computed
+ * cores stream every matrix. Work is shared out so: the products split their rows over the team
+ * (gemv_team), the MoE experts a token reached too, or they go whole to the threads when there are
+ * many (moe_team); attention splits its heads; the short vector ops (norms, residual adds,
+ * activations, routing, the gated sum) run on one thread (`omp single`). Every worksharing construct
+ * ends at a barrier, which orders each op's writes before the next op's reads. Each output element is computed
  * by one thread with the same code at any thread count, so the bits do not depend on it. */
 static void step_team(Model *m, KVCache *kv, int token, int t) {
     const ModelConfig *c = &m->cfg;
