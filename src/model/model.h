@@ -184,9 +184,10 @@ void model_zero_grad(Model *m);
 moelm_status kv_create(KVCache *kv, const Model *m);
 void kv_free(KVCache *kv);
 void kv_reset(KVCache *kv);
-/* Makes model_step_kv read the products' weights (attention, FFN, head) in bfloat16, rounded once
- * from m's current weights: half the bytes per token, logits within ~2% of the float ones' scale (norms,
- * biases, the experts of MoE layers and the KV cache stay float). Call again after the weights change. */
+/* Makes model_step_kv read the products' weights (attention, FFN, the MoE layers' experts, head) in
+ * bfloat16, rounded once from m's current weights: half the bytes per token, logits within ~2% of the
+ * float ones' scale (norms, biases, routers and the KV cache stay float). Call again after the weights
+ * change. */
 moelm_status kv_use_bf16(KVCache *kv, const Model *m);
 void model_step_kv(Model *m, KVCache *kv, int token);
 
