@@ -9,6 +9,7 @@
 #include "fd.h"
 #include "ops/ops.h"
 #include "backend/gemm.h"
+#include <omp.h>
 
 #define ATOL 2e-3
 #define RTOL 1e-2
@@ -153,10 +154,10 @@ TEST(attention_fast_matches_reference) {
  * wide logit range; 1e-5 relative is 100x the float rounding of a sum of 1001 terms. */
 TEST(crossentropy_matches_double) {
     int N = 5, V = 1001;
-    float *x = vec((size_t)N * V, 8), *loss = zeros(N), *d = zeros((size_t)N * V), *dl = vec(N, 1);
+    float *x = vec((size_t)N * V, 8), *loss = zeros(N), *lse = zeros(N), *d = zeros((size_t)N * V), *dl = vec(N, 1);
     int tgt[5] = {0, 1000, 17, -1, 500};
-    crossentropy_forward(loss, x, tgt, N, V);
-    crossentropy_backward(d, x, tgt, dl, N, V);
+    crossentropy_forward(loss, lse, x, tgt, N, V);
+    crossentropy_backward(d, x, lse, tgt, dl, N, V);
     for (int n = 0; n < N; n++) {
         const float *r = x + (size_t)n * V;
         double mx = -1e300, sum = 0;
@@ -165,15 +166,16 @@ TEST(crossentropy_matches_double) {
         if (tgt[n] < 0) { EXPECT(loss[n] == 0.0f); EXPECT(d[(size_t)n * V + 3] == 0.0f); continue; }
         double ref = log(sum) + mx - r[tgt[n]];
         EXPECT_NEAR(loss[n], ref, 1e-5 * (1 + fabs(ref)));
+        EXPECT_NEAR(lse[n], log(sum) + mx, 1e-5 * (1 + fabs(log(sum) + mx)));
         for (int v = 0; v < V; v++) {
             double g = dl[n] * (exp(r[v] - mx) / sum - (v == tgt[n]));
             EXPECT_NEAR(d[(size_t)n * V + v], g, 1e-5 * (fabs(dl[n]) + 1e-3));
         }
     }
     /* in place (dlogits == logits), as model_backward calls it: the same bits */
-    crossentropy_backward(x, x, tgt, dl, N, V);
+    crossentropy_backward(x, x, lse, tgt, dl, N, V);
     EXPECT(memcmp(x, d, sizeof(float) * (size_t)N * V) == 0);
-    drop(x); drop(loss); drop(d); drop(dl);
+    drop(x); drop(loss); drop(lse); drop(d); drop(dl);
 }
 
 /* ---- activations ---- */
@@ -250,25 +252,25 @@ TEST(encoder_grad) {
 }
 
 /* ---- cross-entropy ---- */
-typedef struct { float *losses, *logits, *w; int *tg; int N, V; } CeCtx;
+typedef struct { float *losses, *lse, *logits, *w; int *tg; int N, V; } CeCtx;
 static double ce_loss(void *p) {
     CeCtx *c = p;
-    crossentropy_forward(c->losses, c->logits, c->tg, c->N, c->V);
+    crossentropy_forward(c->losses, c->lse, c->logits, c->tg, c->N, c->V);
     return fd_dot(c->losses, c->w, c->N);
 }
 TEST(crossentropy_grad) {
     int N = 4, V = 7;
     int tg[4] = {2, 6, -1, 0};
-    CeCtx c = {zeros(N), vec(N * V, 3), vec(N, 1), tg, N, V};
+    CeCtx c = {zeros(N), zeros(N), vec(N * V, 3), vec(N, 1), tg, N, V};
     float *dl = zeros(N * V);
     ce_loss(&c);
     EXPECT(c.losses[2] == 0.0f);   /* ignored target */
-    crossentropy_backward(dl, c.logits, tg, c.w, N, V);
+    crossentropy_backward(dl, c.logits, c.lse, tg, c.w, N, V);
     EXPECT(fd_check("dlogits", c.logits, dl, N * V, ce_loss, &c, 1e-3f, ATOL, RTOL, 100));
     /* value: uniform logits give log V */
     float z[7] = {0}, l;
     int t0 = 3;
-    crossentropy_forward(&l, z, &t0, 1, V);
+    crossentropy_forward(&l, NULL, z, &t0, 1, V);
     EXPECT_NEAR(l, log(7.0), 1e-6);
 }
 
@@ -331,6 +333,45 @@ TEST(gemm_matches_reference) {
     }
 }
 
+/* gemm_pair and gemm_halves at two threads (the side-by-side path) and at one (one after the other):
+ * gemm_pair's products with the bits gemm() alone gives them (a linear layer's two gradients, the
+ * weight one accumulating, beta 1); gemm_halves (its forward) within rounding of gemm(), the row past
+ * the halves untouched. */
+static void pair_case(int threads) {
+    int N = 96, C = 40, OC = 72;
+    float *dout = vec((size_t)N * OC, 1), *inp = vec((size_t)N * C, 1), *w = vec((size_t)OC * C, 1);
+    float *dx1 = zeros((size_t)N * C), *dx2 = zeros((size_t)N * C), *dw1 = vec((size_t)OC * C, 1);
+    float *dw2 = zeros((size_t)OC * C);
+    memcpy(dw2, dw1, sizeof(float) * OC * C);
+    int was = omp_get_max_threads();
+    omp_set_num_threads(threads);
+    GemmCall gi = {0, 0, N, C, OC, 1.0f, dout, OC, w, C, 0.0f, dx1, C};
+    GemmCall gw = {1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw1, C};
+    gemm_pair(&gi, &gw);
+    omp_set_num_threads(1);
+    gemm(0, 0, N, C, OC, 1.0f, dout, OC, w, C, 0.0f, dx2, C);
+    gemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw2, C);
+    EXPECT_MSG(memcmp(dx1, dx2, sizeof(float) * N * C) == 0, "dinp differs at %d threads", threads);
+    EXPECT_MSG(memcmp(dw1, dw2, sizeof(float) * OC * C) == 0, "dw differs at %d threads", threads);
+    /* gemm_halves: a linear layer's forward, rows cut in two (odd N: halves of 47 and 48) */
+    float *y1 = vec((size_t)N * OC, 1), *y2 = zeros((size_t)N * OC);
+    memcpy(y2, y1, sizeof(float) * N * OC);
+    omp_set_num_threads(threads);
+    gemm_halves(1, N - 1, OC, C, 1.0f, inp, C, w, C, 1.0f, y1, OC);
+    omp_set_num_threads(1);
+    gemm(0, 1, N - 1, OC, C, 1.0f, inp, C, w, C, 1.0f, y2, OC);
+    /* BLAS may take another kernel for a half's shape (small-matrix paths), so not the same bits */
+    double worst = 0;
+    for (int i = 0; i < (N - 1) * OC; i++) worst = fmax(worst, fabs(y1[i] - y2[i]));
+    EXPECT_MSG(worst <= 1e-5 * C, "gemm_halves at %d threads: worst %g", threads, worst);
+    EXPECT(memcmp(y1 + (size_t)(N - 1) * OC, y2 + (size_t)(N - 1) * OC, sizeof(float) * OC) == 0);
+    omp_set_num_threads(was);
+}
+TEST(gemm_pair_same_bits) {
+    pair_case(2);
+    pair_case(1);
+}
+
 int main(void) {
     RUN(matmul_grad);
     RUN(layernorm_grad);
@@ -349,6 +390,7 @@ int main(void) {
     RUN(crossentropy_grad);
     RUN(dropout_mask_and_grad);
     RUN(gemm_matches_reference);
+    RUN(gemm_pair_same_bits);
     free_bufs();
     return test_summary("ops");
 }

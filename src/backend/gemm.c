@@ -35,6 +35,47 @@ void gemm_ref(int transA, int transB, int M, int N, int K, float alpha, const fl
     }
 }
 
+static int g_threads = 1;
+
+static void gemm_call(const GemmCall *g) {
+    gemm(g->transA, g->transB, g->M, g->N, g->K, g->alpha, g->A, g->lda, g->B, g->ldb, g->beta, g->C, g->ldc);
+}
+
+/* Multiply-adds up to which a product counts as small for gemm_pair. */
+#define GEMM_PAIR_MAX_MACS ((double)(1 << 30))
+
+/* Whether two products of these sizes run side by side (see gemm_pair). */
+static int pair_side_by_side(const GemmCall *a, const GemmCall *b) {
+#ifdef _OPENMP
+    double ma = (double)a->M * a->N * a->K, mb = (double)b->M * b->N * b->K;
+    return omp_get_max_threads() == 2 && !omp_in_parallel() && ma <= GEMM_PAIR_MAX_MACS && mb <= GEMM_PAIR_MAX_MACS;
+#else
+    (void)a; (void)b;
+    return 0;
+#endif
+}
+
+void gemm_pair(const GemmCall *a, const GemmCall *b) {
+#ifdef _OPENMP
+    if (pair_side_by_side(a, b)) {
+#pragma omp parallel num_threads(2)
+        gemm_call(omp_get_thread_num() == 0 ? a : b);
+        return;
+    }
+#endif
+    gemm_call(a);
+    gemm_call(b);
+}
+
+void gemm_halves(int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                 float beta, float *C, int ldc) {
+    int h = M / 2;
+    GemmCall top = {0, transB, h, N, K, alpha, A, lda, B, ldb, beta, C, ldc};
+    GemmCall bot = {0, transB, M - h, N, K, alpha, A + (size_t)h * lda, lda, B, ldb, beta, C + (size_t)h * ldc, ldc};
+    if (h > 0 && pair_side_by_side(&top, &bot)) gemm_pair(&top, &bot);
+    else gemm(0, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
 /* y[n] = alpha * W[n,:] . x + beta * y[n] for n < N (W row-major [N, K], stride ldw): the matrix-vector
  * product of generation, where each layer sees one row. It streams W once (memory-bound). OpenBLAS
  * 0.3.21 would pack all of W as for a GEMM (sgemm), or open a parallel region per call whose waits
@@ -219,8 +260,6 @@ void backend_init_runtime(char **argv) {
     setenv("MOELM_REEXECED", "1", 1);
     execv("/proc/self/exe", argv);   /* returns only on failure: then run on with the defaults */
 }
-
-static int g_threads = 1;
 
 void backend_set_threads(int n) {
     if (n < 1) n = 1;

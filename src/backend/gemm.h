@@ -17,6 +17,31 @@ void gemm(int transA, int transB, int M, int N, int K, float alpha, const float 
 void gemm_ref(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
               const float *B, int ldb, float beta, float *C, int ldc);
 
+/* One gemm() call's arguments, for gemm_pair. */
+typedef struct {
+    int transA, transB, M, N, K;
+    float alpha;
+    const float *A;
+    int lda;
+    const float *B;
+    int ldb;
+    float beta;
+    float *C;
+    int ldc;
+} GemmCall;
+
+/* Two independent products (neither writes what the other reads), e.g. a linear layer's input
+ * gradient and weight gradient. With two threads, outside any parallel region, and both products
+ * small (a GEMM of a few hundred MFLOP does not scale to two threads, PERF-NOTES), they run side by
+ * side, one thread each, BLAS single-threaded inside the region; otherwise one after the other, each
+ * threaded by BLAS. Either way each product is computed whole by one gemm() call. */
+void gemm_pair(const GemmCall *a, const GemmCall *b);
+/* gemm() with A not transposed, its rows cut in two halves that gemm_pair runs side by side when it
+ * would (each half computed whole by one thread; BLAS may round a half's shape otherwise than the
+ * whole, so the bits can differ from one gemm() call); otherwise one gemm() call. */
+void gemm_halves(int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                 float beta, float *C, int ldc);
+
 /* y[N] = W[N,K] x[K] (+ bias[N]; bias may be NULL), W row-major as nn.Linear stores it: matmul_forward
  * for one row, with the same bits as gemm() gives it under BLAS. Its loop is an orphaned `omp for`:
  * called by every thread of a parallel region it splits the rows over them (each row computed by one

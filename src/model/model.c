@@ -186,6 +186,7 @@ static void layout_acts(Model *m, Bump *b) {
     }
     a->logits = BF(b, (size_t)N * V);
     a->losses = BF(b, N);
+    a->lse = BF(b, N);
     a->inputs = bump(b, sizeof(int) * N);
     a->targets = bump(b, sizeof(int) * N);
     /* scratch for the backward pass, shared by all layers */
@@ -407,7 +408,7 @@ float model_forward(Model *m, const int *inputs, const int *targets, int trainin
         activation_forward(a->head_h, a->head_pre, ACT_RELU, N, HH);
         matmul_forward(a->logits, a->head_h, p->head_w2, p->head_b2, N, HH, V);
     }
-    crossentropy_forward(a->losses, a->logits, a->targets, N, V);
+    crossentropy_forward(a->losses, a->lse, a->logits, a->targets, N, V);
     double sum = 0.0;
     int valid = 0;
     for (int i = 0; i < N; i++) if (a->targets[i] >= 0) { sum += a->losses[i]; valid++; }
@@ -433,7 +434,7 @@ void model_backward(Model *m) {
     float inv = m->n_valid ? 1.0f / (float)m->n_valid : 0.0f;
     for (int i = 0; i < N; i++) s->dlosses[i] = a->targets[i] >= 0 ? inv : 0.0f;
     float *dlogits = a->logits;   /* in place: the logits are not needed after this */
-    crossentropy_backward(dlogits, a->logits, a->targets, s->dlosses, N, V);
+    crossentropy_backward(dlogits, a->logits, a->lse, a->targets, s->dlosses, N, V);
 
     if (!seed) {
         const float *W = c->tie_word_embeddings ? p->wte : p->lm_head;

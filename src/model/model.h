@@ -100,6 +100,7 @@ typedef struct {
     float *head_pre, *head_h; /* seed: [N, HH], [N, HH] */
     float *logits;            /* [N, V]; overwritten by dlogits in backward */
     float *losses;            /* [N] */
+    float *lse;               /* [N] log-sum-exp of each row of logits, for the backward */
     int *inputs, *targets;    /* [N], [N] copies of the batch */
 } ModelActs;
 

@@ -496,10 +496,10 @@ static void colsum_add(float *db, const float *d, int n, int OC) {
 static void ffn_forward(float *y, float *h, float *h_pre, const float *x, const float *w1, const float *b1,
                         const float *w2, const float *b2, Activation act, int n, int C, int H) {
     int H1 = act == ACT_SWIGLU ? 2 * H : H;
-    gemm(0, 1, n, H1, C, 1.0f, x, C, w1, C, 0.0f, h_pre, H1);
+    gemm_halves(1, n, H1, C, 1.0f, x, C, w1, C, 0.0f, h_pre, H1);
     add_bias_rows(h_pre, b1, n, H1);
     activation_forward(h, h_pre, act, n, H);
-    gemm(0, 1, n, C, H, 1.0f, h, H, w2, H, 0.0f, y, C);
+    gemm_halves(1, n, C, H, 1.0f, h, H, w2, H, 0.0f, y, C);
     add_bias_rows(y, b2, n, C);
 }
 
@@ -509,13 +509,16 @@ static void ffn_backward(float *dx, float *dw1, float *db1, float *dw2, float *d
                          const float *dy, const float *h, const float *h_pre, const float *x, const float *w1,
                          const float *w2, Activation act, int n, int C, int H) {
     int H1 = act == ACT_SWIGLU ? 2 * H : H;
-    gemm(0, 0, n, H, C, 1.0f, dy, C, w2, H, 0.0f, dh, H);          /* dh = dy @ w2 */
-    gemm(1, 0, C, H, n, 1.0f, dy, C, h, H, 1.0f, dw2, H);          /* dw2 += dy^T h */
+    GemmCall gh = {0, 0, n, H, C, 1.0f, dy, C, w2, H, 0.0f, dh, H};         /* dh = dy @ w2 */
+    GemmCall gw2 = {1, 0, C, H, n, 1.0f, dy, C, h, H, 1.0f, dw2, H};        /* dw2 += dy^T h */
+    gemm_pair(&gh, &gw2);
     colsum_add(db2, dy, n, C);
     activation_backward(dh_pre, dh, h_pre, act, n, H);
-    gemm(1, 0, H1, C, n, 1.0f, dh_pre, H1, x, C, 1.0f, dw1, C);    /* dw1 += dh_pre^T x */
+    /* dy is read for the last time above, so dx (which may alias it) can be written alongside dw1 */
+    GemmCall gw1 = {1, 0, H1, C, n, 1.0f, dh_pre, H1, x, C, 1.0f, dw1, C};  /* dw1 += dh_pre^T x */
+    GemmCall gx = {0, 0, n, C, H1, 1.0f, dh_pre, H1, w1, C, 0.0f, dx, C};   /* dx = dh_pre @ w1 */
+    gemm_pair(&gw1, &gx);
     colsum_add(db1, dh_pre, n, H1);
-    gemm(0, 0, n, C, H1, 1.0f, dh_pre, H1, w1, C, 0.0f, dx, C);    /* dx = dh_pre @ w1 */
 }
 
 /* Expert e's index in the held weights (expert parallelism holds [e_first, e_first + E/P)); only

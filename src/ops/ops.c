@@ -202,13 +202,16 @@ void matmul_forward(float *out, const float *inp, const float *w, const float *b
 #pragma omp parallel for schedule(static) if ((size_t)N * OC >= PAR_MIN_WORK)
         for (int n = 0; n < N; n++) memcpy(out + (size_t)n * OC, bias, sizeof(float) * OC);
     }
-    gemm(0, 1, N, OC, C, 1.0f, inp, C, w, C, bias ? 1.0f : 0.0f, out, OC);
+    gemm_halves(1, N, OC, C, 1.0f, inp, C, w, C, bias ? 1.0f : 0.0f, out, OC);
 }
 
 void matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
                      const float *w, int N, int C, int OC) {
-    if (dinp) gemm(0, 0, N, C, OC, 1.0f, dout, OC, w, C, 0.0f, dinp, C);        /* dinp = dout @ w */
-    if (dw) gemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C);          /* dw += dout^T @ inp */
+    GemmCall gi = {0, 0, N, C, OC, 1.0f, dout, OC, w, C, 0.0f, dinp, C};      /* dinp = dout @ w */
+    GemmCall gw = {1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C};       /* dw += dout^T @ inp */
+    if (dinp && dw) gemm_pair(&gi, &gw);
+    else if (dinp) gemm(0, 0, N, C, OC, 1.0f, dout, OC, w, C, 0.0f, dinp, C);
+    else if (dw) gemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C);
     if (dbias) colsum_product_acc(dbias, dout, NULL, N, OC);
 }
 
@@ -521,33 +524,31 @@ void softmax_forward(float *out, const float *inp, int N, int V) {
     }
 }
 
-void crossentropy_forward(float *losses, const float *logits, const int *targets, int N, int V) {
+void crossentropy_forward(float *losses, float *lse, const float *logits, const int *targets, int N, int V) {
 #pragma omp parallel for schedule(static) if ((size_t)N * V >= PAR_MIN_WORK)
     for (int n = 0; n < N; n++) {
         if (targets[n] < 0) { losses[n] = 0.0f; continue; }
         const float *x = logits + (size_t)n * V;
         float mx = row_max(x, V);
-        float sum = row_sumexp(x, V, mx);
-        losses[n] = (float)(log((double)sum) + mx - x[targets[n]]);
+        double l = log((double)row_sumexp(x, V, mx)) + mx;
+        losses[n] = (float)(l - x[targets[n]]);
+        if (lse) lse[n] = (float)l;
     }
 }
 
-void crossentropy_backward(float *dlogits, const float *logits, const int *targets, const float *dlosses,
-                           int N, int V) {
+void crossentropy_backward(float *dlogits, const float *logits, const float *lse, const int *targets,
+                           const float *dlosses, int N, int V) {
 #pragma omp parallel for schedule(static) if ((size_t)N * V >= PAR_MIN_WORK)
     for (int n = 0; n < N; n++) {
         const float *x = logits + (size_t)n * V;
         float *d = dlogits + (size_t)n * V;
         if (targets[n] < 0) { memset(d, 0, sizeof(float) * V); continue; }
-        float mx = row_max(x, V);
-        float sum = row_sumexp(x, V, mx);
-        float ginv = dlosses[n] / sum;
-        float xt = x[targets[n]];   /* read before d (which may alias x) is written */
+        float g = dlosses[n], l = lse[n];
         /* d = g (softmax - onehot). simd: element v is read then written, so the in-place case
-         * (d == x) carries no dependence between iterations. */
+         * (d == x) carries no dependence between iterations; x <= lse, so exp_poly sees x - l <= 0 */
 #pragma omp simd
-        for (int v = 0; v < V; v++) d[v] = ginv * exp_poly(x[v] - mx);
-        d[targets[n]] = ginv * exp_poly(xt - mx) - dlosses[n];
+        for (int v = 0; v < V; v++) d[v] = g * exp_poly(x[v] - l);
+        d[targets[n]] -= g;
     }
 }
 

@@ -74,12 +74,14 @@ void dropout_forward(float *out, uint8_t *mask, const float *inp, float p, size_
 /* dinp = dout * mask / (1 - p); dinp may alias dout. */
 void dropout_backward(float *dinp, const float *dout, const uint8_t *mask, float p, size_t n);
 
-/* Softmax cross-entropy per row: losses[N] = -log softmax(logits[n])[targets[n]].
- * A target < 0 is ignored (loss 0). */
-void crossentropy_forward(float *losses, const float *logits, const int *targets, int N, int V);
-/* dlogits[N,V] = dlosses[n] * (softmax(logits[n]) - onehot(targets[n])); dlogits may alias logits. */
-void crossentropy_backward(float *dlogits, const float *logits, const int *targets, const float *dlosses,
-                           int N, int V);
+/* Softmax cross-entropy per row: losses[N] = -log softmax(logits[n])[targets[n]], and (unless lse is
+ * NULL) lse[n] = log sum_v exp(logits[n][v]), which the backward takes instead of reading each row
+ * twice more. A target < 0 is ignored (loss 0, lse[n] not written). */
+void crossentropy_forward(float *losses, float *lse, const float *logits, const int *targets, int N, int V);
+/* dlogits[N,V] = dlosses[n] * (softmax(logits[n]) - onehot(targets[n])), softmax = exp(logits - lse)
+ * with the forward's lse, in one pass over each row; dlogits may alias logits. */
+void crossentropy_backward(float *dlogits, const float *logits, const float *lse, const int *targets,
+                           const float *dlosses, int N, int V);
 
 /* Row-wise softmax, in place allowed: out[N,V] */
 void softmax_forward(float *out, const float *inp, int N, int V);
