@@ -35,8 +35,6 @@ void gemm_ref(int transA, int transB, int M, int N, int K, float alpha, const fl
     }
 }
 
-static int g_threads = 1;
-
 static void gemm_call(const GemmCall *g) {
     gemm(g->transA, g->transB, g->M, g->N, g->K, g->alpha, g->A, g->lda, g->B, g->ldb, g->beta, g->C, g->ldc);
 }
@@ -260,6 +258,8 @@ void backend_init_runtime(char **argv) {
     setenv("MOELM_REEXECED", "1", 1);
     execv("/proc/self/exe", argv);   /* returns only on failure: then run on with the defaults */
 }
+
+static int g_threads = 1;
 
 void backend_set_threads(int n) {
     if (n < 1) n = 1;
