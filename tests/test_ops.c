@@ -353,6 +353,14 @@ static void pair_case(int threads) {
     gemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw2, C);
     EXPECT_MSG(memcmp(dx1, dx2, sizeof(float) * N * C) == 0, "dinp differs at %d threads", threads);
     EXPECT_MSG(memcmp(dw1, dw2, sizeof(float) * OC * C) == 0, "dw differs at %d threads", threads);
+    /* one product not asked for (C NULL, as matmul_backward's dinp may be): the other alone */
+    float *dx3 = zeros((size_t)N * C), *dx4 = zeros((size_t)N * C);
+    GemmCall gx = {0, 0, N, C, OC, 1.0f, dout, OC, w, C, 0.0f, dx3, C}, none = gw;
+    none.C = NULL;
+    omp_set_num_threads(threads);
+    gemm_pair(&none, &gx);
+    gemm(0, 0, N, C, OC, 1.0f, dout, OC, w, C, 0.0f, dx4, C);
+    EXPECT_MSG(memcmp(dx3, dx4, sizeof(float) * N * C) == 0, "the lone product differs at %d threads", threads);
     /* gemm_halves: a linear layer's forward, rows cut in two (odd N: halves of 47 and 48) */
     float *y1 = vec((size_t)N * OC, 1), *y2 = zeros((size_t)N * OC);
     memcpy(y2, y1, sizeof(float) * N * OC);

@@ -53,16 +53,29 @@ static int pair_side_by_side(const GemmCall *a, const GemmCall *b) {
 #endif
 }
 
-void gemm_pair(const GemmCall *a, const GemmCall *b) {
-#ifdef _OPENMP
-    if (pair_side_by_side(a, b)) {
+/* a on thread 0 and b on thread 1 of a team of two (BLAS runs single-threaded inside the region) */
+static void side_by_side(const GemmCall *a, const GemmCall *b) {
 #pragma omp parallel num_threads(2)
+    {
+#ifdef _OPENMP
         gemm_call(omp_get_thread_num() == 0 ? a : b);
-        return;
-    }
+#else
+        gemm_call(a);
+        gemm_call(b);
 #endif
-    gemm_call(a);
-    gemm_call(b);
+    }
+}
+
+void gemm_pair(const GemmCall *a, const GemmCall *b) {
+    if (!a->C || !b->C) {   /* one product asked for: BLAS threads it */
+        if (a->C) gemm_call(a);
+        if (b->C) gemm_call(b);
+    } else if (pair_side_by_side(a, b)) {
+        side_by_side(a, b);
+    } else {
+        gemm_call(a);
+        gemm_call(b);
+    }
 }
 
 void gemm_halves(int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
@@ -70,7 +83,7 @@ void gemm_halves(int transB, int M, int N, int K, float alpha, const float *A, i
     int h = M / 2;
     GemmCall top = {0, transB, h, N, K, alpha, A, lda, B, ldb, beta, C, ldc};
     GemmCall bot = {0, transB, M - h, N, K, alpha, A + (size_t)h * lda, lda, B, ldb, beta, C + (size_t)h * ldc, ldc};
-    if (h > 0 && pair_side_by_side(&top, &bot)) gemm_pair(&top, &bot);
+    if (h > 0 && pair_side_by_side(&top, &bot)) side_by_side(&top, &bot);
     else gemm(0, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 

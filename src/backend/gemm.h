@@ -34,7 +34,8 @@ typedef struct {
  * gradient and weight gradient. With two threads, outside any parallel region, and both products
  * small (a GEMM of a few hundred MFLOP does not scale to two threads, PERF-NOTES), they run side by
  * side, one thread each, BLAS single-threaded inside the region; otherwise one after the other, each
- * threaded by BLAS. Either way each product is computed whole by one gemm() call. */
+ * threaded by BLAS. Either way each product is computed whole by one gemm() call. A product whose C
+ * is NULL is not asked for: the other runs alone. */
 void gemm_pair(const GemmCall *a, const GemmCall *b);
 /* gemm() with A not transposed, its rows cut in two halves that gemm_pair runs side by side when it
  * would (each half computed whole by one thread; BLAS may round a half's shape otherwise than the

@@ -207,11 +207,9 @@ void matmul_forward(float *out, const float *inp, const float *w, const float *b
 
 void matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
                      const float *w, int N, int C, int OC) {
-    GemmCall gi = {0, 0, N, C, OC, 1.0f, dout, OC, w, C, 0.0f, dinp, C};      /* dinp = dout @ w */
-    GemmCall gw = {1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C};       /* dw += dout^T @ inp */
-    if (dinp && dw) gemm_pair(&gi, &gw);
-    else if (dinp) gemm(0, 0, N, C, OC, 1.0f, dout, OC, w, C, 0.0f, dinp, C);
-    else if (dw) gemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C);
+    GemmCall gi = {0, 0, N, C, OC, 1.0f, dout, OC, w, C, 0.0f, dinp, C};      /* dinp = dout @ w (if dinp) */
+    GemmCall gw = {1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C};       /* dw += dout^T @ inp (if dw) */
+    gemm_pair(&gi, &gw);
     if (dbias) colsum_product_acc(dbias, dout, NULL, N, OC);
 }
 
