@@ -37,6 +37,27 @@ check "resume: identical optimizer state" cmp -s "$TMP/full/latest/optimizer.saf
 n=$(grep -c '"step"' "$TMP/half/metrics.jsonl")
 check "metrics: one record per step after resume ($n of 12)" test "$n" = 12
 
+# a dropout rule (dropout_growth): the rate is fixed at the end of the warm-up from the epochs the
+# run makes, rate + growth * log2(epochs / dropout_epochs), kept by a resume before or after that step
+DR="--config tiny --steps 12 --set warmup_steps=4 --set dropout_rate=0.05 --set dropout_growth=0.1 --set dropout_epochs=0.0002
+    --set dropout_max=0.5 --ckpt-interval 2 --eval-interval 0 --log-interval 1 -t 2 --quiet"
+$BIN train $DR --out "$TMP/dr" >/dev/null 2>&1
+ntrain=$($BIN train --config tiny --steps 1 --eval-interval 0 -t 1 --out "$TMP/dr-n" 2>/dev/null | sed -n 's/.*(\([0-9]*\) train tokens.*/\1/p')
+want=$(awk "BEGIN{printf \"%.4f\", 0.05 + 0.1 * log(12 * 64 / ${ntrain:-1} / 0.0002) / log(2)}")
+drop_at() { grep "\"step\": $2," "$1/metrics.jsonl" | sed -E 's/.*"dropout": ([0-9.e-]+).*/\1/'; }
+got=$(awk "BEGIN{printf \"%.4f\", $(drop_at "$TMP/dr" 12)}")
+check "dropout rule: $got at step 12 = 0.05 + 0.1 log2(epochs / 0.0002) = $want ($ntrain train tokens)" test "$got" = "$want"
+check "dropout rule: the base rate during the warm-up" test "$(drop_at "$TMP/dr" 4)" = 0.05
+check "dropout rule: state.json keeps the rate" grep -q "\"dropout\": $got" "$TMP/dr/latest/state.json"
+for at in 2 6; do
+    $BIN train $DR --stop-at $at --out "$TMP/dr$at" >/dev/null 2>&1
+    $BIN train --resume "$TMP/dr$at" --ckpt-interval 2 --eval-interval 0 --log-interval 1 -t 2 >"$TMP/dr$at.log" 2>&1
+    check "dropout rule: resumed at step $at, identical loss curve" test "$(loss_of "$TMP/dr")" = "$(loss_of "$TMP/dr$at")"
+done
+check "dropout rule: a resume before the warm-up's end sets the rate, one after it reads it from state.json" \
+    sh -c "grep -q 'from step 5 on' $TMP/dr2.log && ! grep -q 'from step' $TMP/dr6.log"
+expect_error "dropout_max out of range" "dropout_max" $BIN train --config tiny --set dropout_max=1.5 --steps 1 --out "$TMP/drbad" $T
+
 # a resume after a crash that logged steps past the checkpoint drops them, no duplicates
 echo '{"step": 13, "loss": 9.9}' >>"$TMP/half/metrics.jsonl"
 $BIN train --resume "$TMP/half" --steps 14 --eval-interval 0 --log-interval 1 $T >/dev/null 2>&1

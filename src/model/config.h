@@ -82,11 +82,20 @@ typedef struct {
     int adamw;                            /* 1: AdamW (decoupled decay), 0: Adam (L2 folded into the gradient) */
     float weight_decay, beta1, beta2, eps, grad_clip;   /* grad_clip <= 0: off */
     long steps;
+    /* dropout that grows with the epochs a run is given: past dropout_epochs epochs the rate is
+     * dropout_rate + dropout_growth * log2(epochs / dropout_epochs), at most dropout_max; the epochs
+     * are projected once, at the end of the warm-up (from the steps, or from the time budget and the
+     * measured speed) and the rate is then fixed for the rest of the run (state.json keeps it).
+     * dropout_growth 0: off, dropout_rate throughout */
+    float dropout_growth, dropout_epochs, dropout_max;
     char tokenizer[256];                  /* "word", "word:N", "char", or a tokenizer file */
 } TrainConfig;
 
 /* Fills tc with the preset's training defaults. */
 moelm_status config_preset_train(TrainConfig *tc, const char *name);
 moelm_status train_config_set(TrainConfig *tc, const char *key, const char *value);
+
+/* The dropout rate of a run of `epochs` epochs under tc's rule, from the model's base rate. */
+float train_dropout_for_epochs(const TrainConfig *tc, float base, double epochs);
 
 #endif

@@ -251,6 +251,7 @@ moelm_status model_create_sharded(Model *m, const ModelConfig *cfg, int B, int T
     if (T > cfg->n_positions)
         return moelm_fail(MOELM_ERR_CONFIG, "sequence length %d exceeds n_positions %d", T, cfg->n_positions);
     m->cfg = *cfg;
+    m->train_dropout = cfg->dropout_rate;
     m->moe_cfg = config_moe(cfg);
     int E = m->moe_cfg.E;
     if (parts < 1 || part < 0 || part >= parts || E % parts)
@@ -346,7 +347,7 @@ float model_forward(Model *m, const int *inputs, const int *targets, int trainin
     const ModelConfig *c = &m->cfg;
     int B = m->B, T = m->T, N = B * T, C = c->d_model, NH = c->num_heads, V = c->vocab_size;
     int seed = c->model_type == MODEL_SEED;
-    float pdrop = training ? c->dropout_rate : 0.0f;
+    float pdrop = training ? m->train_dropout : 0.0f;
     ModelActs *a = &m->a;
     const ModelParams *p = &m->p;
     m->pdrop = pdrop;

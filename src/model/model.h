@@ -147,6 +147,7 @@ typedef struct {
     ModelActs a;
     ModelScratch s;
     Rng rng;                  /* dropout, jitter and the random router */
+    float train_dropout;      /* dropout rate of a training forward (cfg.dropout_rate unless a run's rule changed it) */
     float pdrop;              /* dropout rate of the last forward (0 in eval) */
     float loss;               /* mean cross-entropy of the last forward (targets >= 0) */
     float aux_loss;           /* sum over MoE layers of moe_loss */

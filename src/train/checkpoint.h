@@ -27,6 +27,7 @@ typedef struct {
     int batch_size, seq_len;
     double elapsed_s;           /* training wall-clock so far */
     double tokens_seen;
+    double dropout;             /* the dropout rate the run's rule fixed; -1: not fixed (yet) */
     char data[512];             /* the --data spec the run trains on */
     uint64_t tokenizer_hash;
     char train_json[2048];      /* the TrainConfig as JSON (lr, schedule, ...) */

@@ -215,10 +215,12 @@ static char *train_config_json(const TrainConfig *tc) {
     StrBuf sb = {0};
     sb_printf(&sb, "{\"batch_size\": %d, \"seq_len\": %d, \"stride\": %d, \"lr\": %.9g, \"min_lr_ratio\": %.9g, "
                    "\"warmup_steps\": %d, \"lr_schedule\": \"%s\", \"optimizer\": \"%s\", \"weight_decay\": %.9g, "
-                   "\"beta1\": %.9g, \"beta2\": %.9g, \"eps\": %.9g, \"grad_clip\": %.9g, \"steps\": %ld, \"tokenizer\": ",
+                   "\"beta1\": %.9g, \"beta2\": %.9g, \"eps\": %.9g, \"grad_clip\": %.9g, \"steps\": %ld, "
+                   "\"dropout_growth\": %.9g, \"dropout_epochs\": %.9g, \"dropout_max\": %.9g, \"tokenizer\": ",
               tc->batch_size, tc->seq_len, tc->stride, tc->lr, tc->min_lr_ratio, tc->warmup_steps,
               tc->schedule == SCHED_CONSTANT ? "constant" : tc->schedule == SCHED_COSINE ? "cosine" : "linear",
-              tc->adamw ? "adamw" : "adam", tc->weight_decay, tc->beta1, tc->beta2, tc->eps, tc->grad_clip, tc->steps);
+              tc->adamw ? "adamw" : "adam", tc->weight_decay, tc->beta1, tc->beta2, tc->eps, tc->grad_clip, tc->steps,
+              tc->dropout_growth, tc->dropout_epochs, tc->dropout_max);
     sb_json_string(&sb, tc->tokenizer);
     sb_printf(&sb, "}");
     if (sb.failed) { sb_free(&sb); return NULL; }
@@ -265,6 +267,13 @@ static moelm_status metrics_truncate(const char *path, long step) {
 }
 
 static double now_s(void) { return time_now(); }
+
+/* The step at whose start a dropout rule fixes the rate: the end of the warm-up, and with a time
+ * budget not before 20 steps have measured the speed. */
+static long dropout_fix_step(const TrainConfig *tc, double budget_min) {
+    long s = tc->warmup_steps;
+    return budget_min > 0 && s < 20 ? 20 : s;
+}
 
 /* The model and training config of a preset name or a config.json path. */
 static moelm_status config_base(const char *name, ModelConfig *cfg, TrainConfig *tc) {
@@ -382,6 +391,7 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
     TrainConfig tc;
     TrainState state;
     memset(&state, 0, sizeof state);
+    state.dropout = -1;
     moelm_status st = MOELM_OK;
     char ckdir[4096] = "";
     const char *run_dir = o->resume ? o->resume : o->out;
@@ -503,6 +513,7 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
         if (!st && (st = dataloader_seek(&r.dl, state.data_epoch, state.data_pos)) != MOELM_OK)
             moelm_fail_context(st, "%s/state.json", ckdir);
         r.model.rng.s = state.rng;
+        if (state.dropout >= 0) r.model.train_dropout = (float)state.dropout;
     }
     r.inp = moelm_malloc(sizeof(int) * (size_t)tc.batch_size * tc.seq_len);
     r.tgt = moelm_malloc(sizeof(int) * (size_t)tc.batch_size * tc.seq_len);
@@ -528,6 +539,10 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
                tc.steps, tc.batch_size, tc.seq_len, tc.lr,
                tc.schedule == SCHED_CONSTANT ? "constant" : tc.schedule == SCHED_COSINE ? "cosine" : "linear",
                tc.warmup_steps, tc.adamw ? "AdamW" : "Adam", tc.weight_decay, tc.grad_clip, o->threads, backend_name());
+        if (tc.dropout_growth > 0 && state.dropout < 0)
+            printf("dropout: %g until step %ld, then set from the epochs the run projects (+%g per doubling past %g epochs, "
+                   "at most %g)\n", cfg.dropout_rate, dropout_fix_step(&tc, o->time_budget_min), tc.dropout_growth, tc.dropout_epochs,
+                   tc.dropout_max);
         if (o->resume) printf("resumed from %s at step %ld\n", ckdir, state.step);
         fflush(stdout);
     }
@@ -555,6 +570,16 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
             lr = lr_at_progress(&tc, step, elapsed / (budget_s - reserve_s > 0 ? budget_s - reserve_s : budget_s));
         } else {
             lr = lr_at(&tc, step, tc.steps);
+        }
+        if (tc.dropout_growth > 0 && state.dropout < 0 && step >= dropout_fix_step(&tc, o->time_budget_min)) {
+            /* the epochs this run will make: its steps, or with a time budget the steps so far
+             * scaled to the whole budget (the same value on every rank) */
+            double steps = (double)tc.steps;
+            if (budget_s > 0 && elapsed > 0) steps = fmin(steps, (double)step * budget_s / elapsed);
+            double epochs = steps * tc.batch_size * tc.seq_len / (double)r.n[0];
+            m->train_dropout = train_dropout_for_epochs(&tc, cfg.dropout_rate, epochs);
+            state.dropout = m->train_dropout;
+            if (!o->quiet) printf("dropout %g from step %ld on: the run projects %.3g epochs\n", m->train_dropout, step + 1, epochs);
         }
         dataloader_next(&r.dl, r.inp, r.tgt);
         dist_take_rows(r.inp, r.tgt, tc.batch_size, tc.seq_len);
@@ -609,9 +634,9 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
             }
             char jl[32], ja[32], jg[32];   /* a skipped non-finite step logs null: the line stays JSON */
             fprintf(r.metrics, "{\"step\": %ld, \"loss\": %s, \"aux_loss\": %s, \"lr\": %.6g, \"grad_norm\": %s, "
-                               "\"tokens_per_s\": %.1f, \"time_s\": %.3f, \"tokens\": %.0f",
+                               "\"tokens_per_s\": %.1f, \"time_s\": %.3f, \"tokens\": %.0f, \"dropout\": %.6g",
                     state.step, json_num(jl, loss), json_num(ja, m->aux_loss), lr, json_num(jg, gnorm), tps,
-                    now_s() - t_run, state.tokens_seen);
+                    now_s() - t_run, state.tokens_seen, m->train_dropout);
             if (!do_eval) fprintf(r.metrics, "}\n");
             t_log = now_s();
             tokens_since = 0;
