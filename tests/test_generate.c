@@ -132,23 +132,39 @@ TEST(bf16_rounding) {
     }
 }
 
-/* gemv_team_bf16 against a double-precision product of the rounded weights, with and without bias,
- * with row tails (N = 13) and an odd K */
-TEST(gemv_bf16_matches_reference) {
-    enum { N = 13, K = 37 };
-    float w[N * K], x[K], b[N], y[N];
-    uint16_t w16[N * K];
-    for (int i = 0; i < N * K; i++) w[i] = sinf(0.37f * i) * 1.7f;
-    for (int k = 0; k < K; k++) x[k] = cosf(0.11f * k) - 0.3f;
-    for (int n = 0; n < N; n++) b[n] = 0.1f * n - 0.5f;
-    bf16_from_f32(w16, w, N * K);
-    for (int withb = 0; withb < 2; withb++) {
-        gemv_team_bf16(y, x, w16, withb ? b : NULL, N, K);
-        for (int n = 0; n < N; n++) {
-            double ref = withb ? b[n] : 0.0;
-            for (int k = 0; k < K; k++) ref += (double)bf16_to_f32(w16[n * K + k]) * x[k];
-            EXPECT_MSG(fabs(y[n] - ref) <= 1e-5 * (1 + fabs(ref)), "row %d: %g vs %g", n, y[n], ref);
-        }
+/* gemv_team / gemv_one, float and bf16 weights, against a double-precision product of the weights they
+ * hold, with and without bias, with row tails (N = 13) and K past each step of the kernel (16-float
+ * steps and a tail; 64-float steps, 16-float steps and a tail; a tail alone); team and one give the
+ * same bits. */
+TEST(gemv_matches_reference) {
+    enum { N = 13, KMAX = 217 };
+    static const int Ks[] = {37, 217, 9};
+    static float w[N * KMAX], x[KMAX], b[N], y[N], y1[N];
+    static uint16_t w16[N * KMAX];
+    for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki++) {
+        int K = Ks[ki];
+        for (int i = 0; i < N * K; i++) w[i] = sinf(0.37f * i) * 1.7f;
+        for (int k = 0; k < K; k++) x[k] = cosf(0.11f * k) - 0.3f;
+        for (int n = 0; n < N; n++) b[n] = 0.1f * n - 0.5f;
+        bf16_from_f32(w16, w, N * K);
+        for (int half = 0; half < 2; half++)
+            for (int withb = 0; withb < 2; withb++) {
+                const float *bias = withb ? b : NULL;
+                if (half) {
+                    gemv_team_bf16(y, x, w16, bias, N, K);
+                    gemv_one_bf16(y1, x, w16, bias, N, K);
+                } else {
+                    gemv_team(y, x, w, bias, N, K);
+                    gemv_one(y1, x, w, bias, N, K);
+                }
+                EXPECT_MSG(memcmp(y, y1, sizeof y) == 0, "K=%d bf16=%d bias=%d: team and one differ", K, half, withb);
+                for (int n = 0; n < N; n++) {
+                    double ref = withb ? b[n] : 0.0;
+                    for (int k = 0; k < K; k++) ref += (double)(half ? bf16_to_f32(w16[n * K + k]) : w[n * K + k]) * x[k];
+                    EXPECT_MSG(fabs(y[n] - ref) <= 1e-5 * (1 + fabs(ref)), "K=%d bf16=%d row %d: %g vs %g", K, half, n,
+                               y[n], ref);
+                }
+            }
     }
 }
 
@@ -314,7 +330,7 @@ TEST(sample_frequencies) {
 
 int main(void) {
     RUN(bf16_rounding);
-    RUN(gemv_bf16_matches_reference);
+    RUN(gemv_matches_reference);
     RUN(kv_dense_lm);
     RUN(kv_dense_rms_swiglu_untied);
     RUN(kv_switch_lm);

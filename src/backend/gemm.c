@@ -88,66 +88,90 @@ void gemm_halves(int transB, int M, int N, int K, float alpha, const float *A, i
 }
 
 /* y[n] = alpha * W[n,:] . x + beta * y[n] for n < N (W row-major [N, K], stride ldw): the matrix-vector
- * product of generation, where each layer sees one row. It streams W once (memory-bound). OpenBLAS
- * 0.3.21 would pack all of W as for a GEMM (sgemm), or open a parallel region per call whose waits
- * stalled on the shared machine (sgemv: 6.5 vs 132 tokens/s at 2 threads). Here blocks of four rows
- * (sharing each load of x) are split over the threads when W is large enough for two cores' memory
- * bandwidth to pay: each row is computed by one thread in a fixed order, so the bits do not depend
- * on the thread count. beta == 0 does not read y. */
+ * product of generation, where each layer sees one row. It streams W once, so it is bound by how fast
+ * the weights arrive. OpenBLAS 0.3.21 would pack all of W as for a GEMM (sgemm), or open a parallel
+ * region per call whose waits stalled on the shared machine (sgemv: 6.5 vs 132 tokens/s at 2 threads).
+ * Here each row is one dot product read front to back (one sequential stream, which the hardware
+ * prefetcher follows; four rows read side by side, 1 KiB apart, streamed 1.45x slower), and the rows
+ * are split over the threads when W is large enough for two cores to pay: each row is computed by one
+ * thread with the same code, so the bits do not depend on the thread count. beta == 0 does not read y. */
 #define GEMV_PAR_MIN ((size_t)1 << 20)   /* floats of W (4 MiB, ~200 us): a region must outlast waking the second thread */
 
-/* Rows 4 blk .. 4 blk + 3 of y (fewer at the end): the one kernel behind gemv_rows and gemv_team, so
- * that both give the same bits. */
-static inline void gemv_block(int blk, int N, int K, float alpha, const float *W, int ldw, const float *x,
-                              float beta, float *y) {
-    int n = 4 * blk;
-    if (n + 4 <= N) {
-        const float *w0 = W + (size_t)n * ldw, *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
-        float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-        for (int k = 0; k < K; k++) {
-            s0 = __builtin_fmaf(w0[k], x[k], s0);
-            s1 = __builtin_fmaf(w1[k], x[k], s1);
-            s2 = __builtin_fmaf(w2[k], x[k], s2);
-            s3 = __builtin_fmaf(w3[k], x[k], s3);
-        }
-        float s[4] = {s0, s1, s2, s3};
-        for (int i = 0; i < 4; i++) y[n + i] = alpha * s[i] + (beta == 0.0f ? 0.0f : beta * y[n + i]);
-        return;
+#if defined(__AVX512F__)
+#include <immintrin.h>
+/* x . w over K floats: four independent sums over 64-float steps (one FMA chain would wait on its own
+ * latency), then 16-float steps, then a masked tail; summed in a fixed order. */
+static inline float dot_row(const float *w, const float *x, int K) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int k = 0;
+    for (; k + 64 <= K; k += 64) {
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k), _mm512_loadu_ps(x + k), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 16), _mm512_loadu_ps(x + k + 16), a1);
+        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 32), _mm512_loadu_ps(x + k + 32), a2);
+        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 48), _mm512_loadu_ps(x + k + 48), a3);
     }
-    for (; n < N; n++) {
-        const float *w = W + (size_t)n * ldw;
-        float s = 0.0f;
+    for (; k + 16 <= K; k += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k), _mm512_loadu_ps(x + k), a0);
+    if (k < K) {
+        __mmask16 m = (__mmask16)((1u << (K - k)) - 1u);
+        a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w + k), _mm512_maskz_loadu_ps(m, x + k), a1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+/* the same with bf16 weights, each widened to float exactly (a 16-bit shift) */
+static inline __m512 widen16(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+
+static inline float dot_row_bf16(const uint16_t *w, const float *x, int K) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int k = 0;
+    for (; k + 64 <= K; k += 64) {
+        a0 = _mm512_fmadd_ps(widen16(_mm256_loadu_si256((const __m256i *)(w + k))), _mm512_loadu_ps(x + k), a0);
+        a1 = _mm512_fmadd_ps(widen16(_mm256_loadu_si256((const __m256i *)(w + k + 16))), _mm512_loadu_ps(x + k + 16), a1);
+        a2 = _mm512_fmadd_ps(widen16(_mm256_loadu_si256((const __m256i *)(w + k + 32))), _mm512_loadu_ps(x + k + 32), a2);
+        a3 = _mm512_fmadd_ps(widen16(_mm256_loadu_si256((const __m256i *)(w + k + 48))), _mm512_loadu_ps(x + k + 48), a3);
+    }
+    for (; k + 16 <= K; k += 16)
+        a0 = _mm512_fmadd_ps(widen16(_mm256_loadu_si256((const __m256i *)(w + k))), _mm512_loadu_ps(x + k), a0);
+    if (k < K) {
+        __mmask16 m = (__mmask16)((1u << (K - k)) - 1u);
+        a1 = _mm512_fmadd_ps(widen16(_mm256_maskz_loadu_epi16(m, w + k)), _mm512_maskz_loadu_ps(m, x + k), a1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+#else
+static inline float bf16_widen(uint16_t h);
+static inline float dot_row(const float *w, const float *x, int K) {
+    float s = 0.0f;
 #pragma omp simd reduction(+ : s)
-        for (int k = 0; k < K; k++) s = __builtin_fmaf(w[k], x[k], s);
+    for (int k = 0; k < K; k++) s = __builtin_fmaf(w[k], x[k], s);
+    return s;
+}
+
+static inline float dot_row_bf16(const uint16_t *w, const float *x, int K) {
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int k = 0; k < K; k++) s = __builtin_fmaf(bf16_widen(w[k]), x[k], s);
+    return s;
+}
+#endif
+
+static void gemv_rows(int N, int K, float alpha, const float *W, int ldw, const float *x, float beta, float *y) {
+#pragma omp parallel for schedule(static) if ((size_t)N * K >= GEMV_PAR_MIN)
+    for (int n = 0; n < N; n++) {
+        float s = dot_row(W + (size_t)n * ldw, x, K);
         y[n] = alpha * s + (beta == 0.0f ? 0.0f : beta * y[n]);
     }
 }
 
-static void gemv_rows(int N, int K, float alpha, const float *W, int ldw, const float *x, float beta, float *y) {
-    int nblk = (N + 3) / 4;
-#pragma omp parallel for schedule(static) if ((size_t)N * K >= GEMV_PAR_MIN)
-    for (int blk = 0; blk < nblk; blk++) gemv_block(blk, N, K, alpha, W, ldw, x, beta, y);
-}
-
-/* Block blk of y = W x (+ bias): what gemv_team and gemv_one run per block. */
-static inline void gemv_block_bias(int blk, float *y, const float *x, const float *W, const float *bias, int N, int K) {
-    if (!bias) {
-        gemv_block(blk, N, K, 1.0f, W, K, x, 0.0f, y);
-        return;
-    }
-    for (int n = 4 * blk; n < N && n < 4 * blk + 4; n++) y[n] = bias[n];
-    gemv_block(blk, N, K, 1.0f, W, K, x, 1.0f, y);
-}
+static inline float bias_at(const float *bias, int n) { return bias ? bias[n] : 0.0f; }
 
 void gemv_team(float *y, const float *x, const float *W, const float *bias, int N, int K) {
-    int nblk = (N + 3) / 4;
 #pragma omp for schedule(static)
-    for (int blk = 0; blk < nblk; blk++) gemv_block_bias(blk, y, x, W, bias, N, K);
+    for (int n = 0; n < N; n++) y[n] = bias_at(bias, n) + dot_row(W + (size_t)n * K, x, K);
 }
 
 void gemv_one(float *y, const float *x, const float *W, const float *bias, int N, int K) {
-    for (int blk = 0; blk < (N + 3) / 4; blk++) gemv_block_bias(blk, y, x, W, bias, N, K);
+    for (int n = 0; n < N; n++) y[n] = bias_at(bias, n) + dot_row(W + (size_t)n * K, x, K);
 }
 
 uint16_t bf16_round(float f) {
@@ -172,47 +196,14 @@ void bf16_from_f32(uint16_t *dst, const float *src, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] = bf16_round(src[i]);
 }
 
-/* gemv_block with bf16 weights: each weight widened to float exactly (bf16_widen, a 16-bit shift),
- * then the same fused multiply-adds in float against the float x. Half the bytes of W to stream. */
-static inline void gemv_block_bf16(int blk, int N, int K, const uint16_t *W, const float *x, float *y, int acc) {
-    int n = 4 * blk;
-    if (n + 4 <= N) {   /* four rows share each load of x, four independent sums */
-        const uint16_t *w0 = W + (size_t)n * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
-        float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-        for (int k = 0; k < K; k++) {
-            s0 = __builtin_fmaf(bf16_widen(w0[k]), x[k], s0);
-            s1 = __builtin_fmaf(bf16_widen(w1[k]), x[k], s1);
-            s2 = __builtin_fmaf(bf16_widen(w2[k]), x[k], s2);
-            s3 = __builtin_fmaf(bf16_widen(w3[k]), x[k], s3);
-        }
-        float s[4] = {s0, s1, s2, s3};
-        for (int i = 0; i < 4; i++) y[n + i] = acc ? s[i] + y[n + i] : s[i];
-        return;
-    }
-    for (; n < N; n++) {
-        const uint16_t *w = W + (size_t)n * K;
-        float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-        for (int k = 0; k < K; k++) s = __builtin_fmaf(bf16_widen(w[k]), x[k], s);
-        y[n] = acc ? s + y[n] : s;
-    }
-}
-
-static inline void gemv_block_bias_bf16(int blk, float *y, const float *x, const uint16_t *W, const float *bias,
-                                        int N, int K) {
-    if (bias) for (int n = 4 * blk; n < N && n < 4 * blk + 4; n++) y[n] = bias[n];
-    gemv_block_bf16(blk, N, K, W, x, y, bias != NULL);
-}
-
+/* the products of gemv_team / gemv_one with bf16 weights: half the bytes of W to stream */
 void gemv_team_bf16(float *y, const float *x, const uint16_t *W, const float *bias, int N, int K) {
-    int nblk = (N + 3) / 4;
 #pragma omp for schedule(static)
-    for (int blk = 0; blk < nblk; blk++) gemv_block_bias_bf16(blk, y, x, W, bias, N, K);
+    for (int n = 0; n < N; n++) y[n] = bias_at(bias, n) + dot_row_bf16(W + (size_t)n * K, x, K);
 }
 
 void gemv_one_bf16(float *y, const float *x, const uint16_t *W, const float *bias, int N, int K) {
-    for (int blk = 0; blk < (N + 3) / 4; blk++) gemv_block_bias_bf16(blk, y, x, W, bias, N, K);
+    for (int n = 0; n < N; n++) y[n] = bias_at(bias, n) + dot_row_bf16(W + (size_t)n * K, x, K);
 }
 
 void gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
