@@ -132,10 +132,10 @@ TEST(bf16_rounding) {
     }
 }
 
-/* gemv_team / gemv_one, float and bf16 weights, against a double-precision product of the weights they
- * hold, with and without bias, with row tails (N = 13) and K past each step of the kernel (16-float
- * steps and a tail; 64-float steps, 16-float steps and a tail; a tail alone); team and one give the
- * same bits. */
+/* gemv_one, float and bf16 weights, against a double-precision product of the weights it holds, with
+ * and without bias, with K past each step of the kernel (16-float steps and a tail; 64-float steps,
+ * 16-float steps and a tail; a tail alone); the product split into row ranges (as a team splits it)
+ * has the bits of the whole. */
 TEST(gemv_matches_reference) {
     enum { N = 13, KMAX = 217 };
     static const int Ks[] = {37, 217, 9};
@@ -150,14 +150,16 @@ TEST(gemv_matches_reference) {
         for (int half = 0; half < 2; half++)
             for (int withb = 0; withb < 2; withb++) {
                 const float *bias = withb ? b : NULL;
-                if (half) {
-                    gemv_team_bf16(y, x, w16, bias, N, K);
-                    gemv_one_bf16(y1, x, w16, bias, N, K);
-                } else {
-                    gemv_team(y, x, w, bias, N, K);
-                    gemv_one(y1, x, w, bias, N, K);
+                static const int cut[] = {0, 5, 6, 13};   /* row ranges [0,5) [5,6) [6,13) */
+                if (half) gemv_one_bf16(y, x, w16, bias, N, K);
+                else gemv_one(y, x, w, bias, N, K);
+                for (int r = 0; r < 3; r++) {
+                    int lo = cut[r], n = cut[r + 1] - lo;
+                    const float *bb = bias ? bias + lo : NULL;
+                    if (half) gemv_one_bf16(y1 + lo, x, w16 + (size_t)lo * K, bb, n, K);
+                    else gemv_one(y1 + lo, x, w + (size_t)lo * K, bb, n, K);
                 }
-                EXPECT_MSG(memcmp(y, y1, sizeof y) == 0, "K=%d bf16=%d bias=%d: team and one differ", K, half, withb);
+                EXPECT_MSG(memcmp(y, y1, sizeof y) == 0, "K=%d bf16=%d bias=%d: split rows differ", K, half, withb);
                 for (int n = 0; n < N; n++) {
                     double ref = withb ? b[n] : 0.0;
                     for (int k = 0; k < K; k++) ref += (double)(half ? bf16_to_f32(w16[n * K + k]) : w[n * K + k]) * x[k];

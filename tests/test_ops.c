@@ -380,6 +380,46 @@ TEST(gemm_pair_same_bits) {
     pair_case(1);
 }
 
+/* team_barrier_wait: 3 threads (more than this machine's cores, so waits also yield) write their
+ * round number, pass the barrier, and must all see every thread's write of that round; a second
+ * barrier keeps the next round's writes after the reads. */
+TEST(team_barrier_orders) {
+    enum { ROUNDS = 3000, NT = 3 };
+    static TeamBarrier bar;
+    static int slot[NT];
+    int wrong = 0, ran = 0;
+#pragma omp parallel num_threads(NT) reduction(+ : wrong, ran)
+    {
+        int nt = omp_get_num_threads(), me = omp_get_thread_num();
+        ran = 1;
+        for (int r = 1; r <= ROUNDS; r++) {
+            __atomic_store_n(&slot[me], r, __ATOMIC_RELAXED);
+            team_barrier_wait(&bar, nt);
+            for (int i = 0; i < nt; i++) wrong += __atomic_load_n(&slot[i], __ATOMIC_RELAXED) != r;
+            team_barrier_wait(&bar, nt);
+        }
+    }
+    EXPECT_MSG(ran == NT, "%d threads ran", ran);
+    EXPECT_MSG(wrong == 0, "%d reads saw another round", wrong);
+}
+
+/* activation_forward_cols over column ranges gives activation_forward's bits (one row; SwiGLU's
+ * second half read at H + i) */
+TEST(activation_cols_match) {
+    enum { H = 37 };
+    float inp[2 * H], whole[H], cols[H];
+    for (int i = 0; i < 2 * H; i++) inp[i] = 3.0f * sinf(0.7f * i) - 0.4f;
+    Activation acts[] = {ACT_RELU, ACT_GELU, ACT_SWIGLU};
+    for (int a = 0; a < 3; a++) {
+        activation_forward(whole, inp, acts[a], 1, H);
+        memset(cols, 0xff, sizeof cols);
+        activation_forward_cols(cols, inp, acts[a], H, 0, 16);
+        activation_forward_cols(cols, inp, acts[a], H, 16, 17);
+        activation_forward_cols(cols, inp, acts[a], H, 17, H);
+        EXPECT_MSG(memcmp(whole, cols, sizeof whole) == 0, "activation %d: columns differ from the whole row", a);
+    }
+}
+
 int main(void) {
     RUN(matmul_grad);
     RUN(layernorm_grad);
@@ -399,6 +439,8 @@ int main(void) {
     RUN(dropout_mask_and_grad);
     RUN(gemm_matches_reference);
     RUN(gemm_pair_same_bits);
+    RUN(team_barrier_orders);
+    RUN(activation_cols_match);
     free_bufs();
     return test_summary("ops");
 }

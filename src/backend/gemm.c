@@ -15,6 +15,13 @@
 #ifdef MOELM_BLAS
 #include <cblas.h>
 #endif
+#include <sched.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+static inline void spin_pause(void) { _mm_pause(); }
+#else
+static inline void spin_pause(void) {}
+#endif
 
 void gemm_ref(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
               const float *B, int ldb, float beta, float *C, int ldc) {
@@ -98,7 +105,6 @@ void gemm_halves(int transB, int M, int N, int K, float alpha, const float *A, i
 #define GEMV_PAR_MIN ((size_t)1 << 20)   /* floats of W (4 MiB, ~200 us): a region must outlast waking the second thread */
 
 #if defined(__AVX512F__)
-#include <immintrin.h>
 /* x . w over K floats: four independent sums over 64-float steps (one FMA chain would wait on its own
  * latency), then 16-float steps, then a masked tail; summed in a fixed order. */
 static inline float dot_row(const float *w, const float *x, int K) {
@@ -155,6 +161,7 @@ static inline float dot_row_bf16(const uint16_t *w, const float *x, int K) {
 }
 #endif
 
+#ifdef MOELM_BLAS   /* gemm()'s one-row case */
 static void gemv_rows(int N, int K, float alpha, const float *W, int ldw, const float *x, float beta, float *y) {
 #pragma omp parallel for schedule(static) if ((size_t)N * K >= GEMV_PAR_MIN)
     for (int n = 0; n < N; n++) {
@@ -162,16 +169,25 @@ static void gemv_rows(int N, int K, float alpha, const float *W, int ldw, const 
         y[n] = alpha * s + (beta == 0.0f ? 0.0f : beta * y[n]);
     }
 }
+#endif
 
 static inline float bias_at(const float *bias, int n) { return bias ? bias[n] : 0.0f; }
 
-void gemv_team(float *y, const float *x, const float *W, const float *bias, int N, int K) {
-#pragma omp for schedule(static)
+void gemv_one(float *y, const float *x, const float *W, const float *bias, int N, int K) {
     for (int n = 0; n < N; n++) y[n] = bias_at(bias, n) + dot_row(W + (size_t)n * K, x, K);
 }
 
-void gemv_one(float *y, const float *x, const float *W, const float *bias, int N, int K) {
-    for (int n = 0; n < N; n++) y[n] = bias_at(bias, n) + dot_row(W + (size_t)n * K, x, K);
+void team_barrier_wait(TeamBarrier *b, int nthreads) {
+    int gen = __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE);
+    if (__atomic_add_fetch(&b->arrived, 1, __ATOMIC_ACQ_REL) == nthreads) {   /* the last one releases */
+        __atomic_store_n(&b->arrived, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&b->generation, gen + 1, __ATOMIC_RELEASE);
+        return;
+    }
+    for (long spins = 0; __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) == gen; spins++) {
+        if (spins < 20000) spin_pause();
+        else sched_yield();
+    }
 }
 
 uint16_t bf16_round(float f) {
@@ -196,12 +212,7 @@ void bf16_from_f32(uint16_t *dst, const float *src, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] = bf16_round(src[i]);
 }
 
-/* the products of gemv_team / gemv_one with bf16 weights: half the bytes of W to stream */
-void gemv_team_bf16(float *y, const float *x, const uint16_t *W, const float *bias, int N, int K) {
-#pragma omp for schedule(static)
-    for (int n = 0; n < N; n++) y[n] = bias_at(bias, n) + dot_row_bf16(W + (size_t)n * K, x, K);
-}
-
+/* gemv_one with bf16 weights: half the bytes of W to stream */
 void gemv_one_bf16(float *y, const float *x, const uint16_t *W, const float *bias, int N, int K) {
     for (int n = 0; n < N; n++) y[n] = bias_at(bias, n) + dot_row_bf16(W + (size_t)n * K, x, K);
 }

@@ -44,23 +44,30 @@ void gemm_halves(int transB, int M, int N, int K, float alpha, const float *A, i
                  float beta, float *C, int ldc);
 
 /* y[N] = W[N,K] x[K] (+ bias[N]; bias may be NULL), W row-major as nn.Linear stores it: matmul_forward
- * for one row, with the same bits as gemm() gives it under BLAS. Its loop is an orphaned `omp for`:
- * called by every thread of a parallel region it splits the rows over them (each row computed by one
- * thread, so the bits do not depend on the thread count) and ends at the loop's barrier; called
- * outside a region it runs whole on the caller. */
-void gemv_team(float *y, const float *x, const float *W, const float *bias, int N, int K);
-/* gemv_team without the worksharing: the whole product on the calling thread, inside a region or
- * not (no barrier), with the same bits. */
+ * for one row, with the same bits as gemm() gives it under BLAS, on the calling thread (inside a
+ * parallel region or not). Each y[n] is computed from row n alone, so a product split by rows over a
+ * team (each thread calling it on its rows) has the bits of the whole. */
 void gemv_one(float *y, const float *x, const float *W, const float *bias, int N, int K);
 
+/* A barrier for the threads of one parallel region: each spins (then yields the core, so a machine with
+ * more runnable threads than cores still progresses) until all nthreads have arrived. libgomp's barrier
+ * makes a futex system call on every release (1.2-1.7 us in this VM against 0.4 us here); generation
+ * passes ~30 barriers per token. Zero-initialised before first use; one region at a time. */
+typedef struct {
+    int arrived;
+    char pad[60];     /* the two counters on different cache lines */
+    int generation;
+    char pad2[60];
+} TeamBarrier;
+void team_barrier_wait(TeamBarrier *b, int nthreads);
+
 /* bfloat16 (the upper 16 bits of a float) for generation's weights: bf16_round rounds to nearest,
- * ties to even (NaN stays NaN, Inf stays Inf); bf16_to_f32 is exact. gemv_team_bf16 is gemv_team with
- * W in bf16: each weight widened exactly, products and sums in float, half the bytes to stream; its
- * rows are split over a team the same way, with the same bits at any thread count. */
+ * ties to even (NaN stays NaN, Inf stays Inf); bf16_to_f32 is exact. gemv_one_bf16 is gemv_one with
+ * W in bf16: each weight widened exactly, products and sums in float, half the bytes to stream; each
+ * y[n] again from row n alone. */
 uint16_t bf16_round(float f);
 float bf16_to_f32(uint16_t h);
 void bf16_from_f32(uint16_t *dst, const float *src, size_t n);
-void gemv_team_bf16(float *y, const float *x, const uint16_t *W, const float *bias, int N, int K);
 void gemv_one_bf16(float *y, const float *x, const uint16_t *W, const float *bias, int N, int K);
 
 /* Threads for both OpenMP loops and BLAS (one pool with the OpenMP build of OpenBLAS). */

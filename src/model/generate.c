@@ -33,6 +33,9 @@ static int model_has_moe(const ModelConfig *c) {
     return 0;
 }
 
+/* floats between one thread's own vectors in kv->own: C rounded up to whole cache lines */
+static size_t own_stride(int C) { return ((size_t)C + 15) & ~(size_t)15; }
+
 /* Runs twice like model.c's layouts: base == NULL counts bytes, then hands out pointers. */
 static size_t kv_layout(KVCache *kv, char *base, const Model *m) {
     const ModelConfig *c = &m->cfg;
@@ -41,12 +44,12 @@ static size_t kv_layout(KVCache *kv, char *base, const Model *m) {
     int W1 = H1 > HH ? H1 : HH, W = H > HH ? H : HH;
     size_t off = 0;
 #define TAKE(ptr, nfloats) do { size_t _b = sizeof(float) * (size_t)(nfloats); \
-        (ptr) = base ? (float *)(base + off) : NULL; off += (_b + 63) & ~(size_t)63; } while (0)
+        (ptr) = base ? (void *)(base + off) : NULL; off += (_b + 63) & ~(size_t)63; } while (0)
     TAKE(kv->k, (size_t)L * P * C);
     TAKE(kv->v, (size_t)L * P * C);
-    TAKE(kv->x, C);
-    TAKE(kv->xb, C);
+    TAKE(kv->own, (size_t)KV_TEAM_MAX * 3 * own_stride(C));
     TAKE(kv->xb2, C);
+    TAKE(kv->bar, sizeof(TeamBarrier) / sizeof(float));
     TAKE(kv->qkv, 3 * C);
     TAKE(kv->atty, C);
     TAKE(kv->att, (size_t)c->num_heads * P);   /* a row of scores per head */
@@ -95,50 +98,98 @@ void kv_reset(KVCache *kv) { kv->pos = 0; }
 
 /* ---- one step ---------------------------------------------------------------------------------- */
 
+/* A token step streams every weight once and does little else, so it is bound by how fast the weights
+ * arrive; one parallel region per token lets every core stream its share of every matrix. Inside it:
+ * - each product's rows are split over the team (rows_of: contiguous, whole 16-row blocks), and an
+ *   FFN's activation is applied by the thread that computed the row;
+ * - attention is split by heads, and the thread that owns head h also computes h's rows of q, k and v,
+ *   so no barrier separates the qkv product from attention;
+ * - the short vector ops (residual adds, norms, the MoE layer's gated sum) are done by every thread on
+ *   its own copy of the vectors (kv->own), so they need neither a single thread nor a barrier;
+ * - a barrier follows each product whose output every thread reads next: 4 per dense layer.
+ * Each output element is computed by one thread with the same code, and every thread's own vectors
+ * hold the same values, at any thread count, so the bits do not depend on it. */
+
 static void norm1(const Model *m, float *out, const float *inp, const float *w, const float *b) {
     float mean, rstd;
     if (m->cfg.norm_type == NORM_RMS) rmsnorm_forward(out, &rstd, inp, w, 1, m->cfg.d_model, m->cfg.layer_norm_epsilon);
     else layernorm_forward(out, &mean, &rstd, inp, w, b, 1, m->cfg.d_model, m->cfg.layer_norm_epsilon);
 }
 
-/* y[N] = W x + b, W one of m's weight matrices [N, K]: from its bf16 copy when kv has one. team = 1:
- * every thread of the team calls it and computes some of the rows (then a barrier); team = 0: the
- * calling thread computes them all. The bits are the same either way. */
-static void mv_on(const Model *m, const KVCache *kv, float *y, const float *x, const float *W, const float *b, int N,
-                  int K, int team) {
-    if (!kv->w16) {
-        if (team) gemv_team(y, x, W, b, N, K);
-        else gemv_one(y, x, W, b, N, K);
+static int team_size(void) {
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
+static int team_rank(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* The calling thread's share [*lo, *hi) of n items split into units of `unit` (the last unit may be
+ * short): contiguous and in order over the team; the whole range when team == 0. */
+static void share_of(int n, int unit, int team, int *lo, int *hi) {
+    if (!team) {
+        *lo = 0;
+        *hi = n;
         return;
     }
-    CHECK(W >= m->params && W + (size_t)N * K <= m->params + m->n_params);
+    long units = (n + unit - 1) / unit, nt = team_size(), r = team_rank();
+    long a = unit * (units * r / nt), b = unit * (units * (r + 1) / nt);
+    *lo = (int)(a < n ? a : n);
+    *hi = (int)(b < n ? b : n);
+}
+
+static void rows_of(int n, int team, int *lo, int *hi) { share_of(n, 16, team, lo, hi); }
+
+static void team_barrier(KVCache *kv, int team) {
+    if (team) team_barrier_wait(kv->bar, team_size());
+}
+
+/* y[lo..hi) = W[lo..hi) x + b[lo..hi), W one of m's weight matrices [N, K] (from its bf16 copy when kv
+ * has one), on the calling thread. */
+static void mv_rows(const Model *m, const KVCache *kv, float *y, const float *x, const float *W, const float *b,
+                    int lo, int hi, int K) {
+    if (hi <= lo) return;
+    const float *bias = b ? b + lo : NULL;
+    if (!kv->w16) {
+        gemv_one(y + lo, x, W + (size_t)lo * K, bias, hi - lo, K);
+        return;
+    }
+    CHECK(W >= m->params && W + (size_t)hi * K <= m->params + m->n_params);
     const uint16_t *W16 = kv->w16 + (W - m->params);
-    if (team) gemv_team_bf16(y, x, W16, b, N, K);
-    else gemv_one_bf16(y, x, W16, b, N, K);
+    gemv_one_bf16(y + lo, x, W16 + (size_t)lo * K, bias, hi - lo, K);
 }
 
-static void mv(const Model *m, const KVCache *kv, float *y, const float *x, const float *W, const float *b, int N, int K) {
-    mv_on(m, kv, y, x, W, b, N, K, 1);
+/* y[N] = W x + b over the team (team = 1: every thread calls it, then a barrier) or on the calling thread */
+static void mv(const Model *m, KVCache *kv, float *y, const float *x, const float *W, const float *b, int N,
+               int K, int team) {
+    int lo, hi;
+    rows_of(N, team, &lo, &hi);
+    mv_rows(m, kv, y, x, W, b, lo, hi, K);
+    team_barrier(kv, team);
 }
 
-/* y[C] = W2 act(W1 x + b1) + b2 on one row: moe.c's ffn_forward (and model.c's dense FFN) for
- * N = 1, with h_pre [H1] and h [H] its scratch; over the team (team = 1) or on the calling thread. */
-static void ffn_one_row(const Model *m, const KVCache *kv, float *y, float *h, float *h_pre, const float *x,
+/* y[C] = W2 act(W1 x + b1) + b2 on one row: moe.c's ffn_forward (and model.c's dense FFN) for N = 1,
+ * with h_pre [H1] and h [H] its scratch; over the team (team = 1) or on the calling thread. A thread
+ * computes the rows i (and H + i for SwiGLU's second half) of h_pre whose h[i] it then applies the
+ * activation to. */
+static void ffn_one_row(const Model *m, KVCache *kv, float *y, float *h, float *h_pre, const float *x,
                         const float *w1, const float *b1, const float *w2, const float *b2, Activation act, int C,
                         int H, int team) {
-    mv_on(m, kv, h_pre, x, w1, b1, act == ACT_SWIGLU ? 2 * H : H, C, team);
-    if (team) {
-#pragma omp single
-        activation_forward(h, h_pre, act, 1, H);
-    } else {
-        activation_forward(h, h_pre, act, 1, H);
-    }
-    mv_on(m, kv, y, h, w2, b2, C, H, team);
-}
-
-static void ffn_team(const Model *m, const KVCache *kv, float *y, float *h, float *h_pre, const float *x,
-                     const float *w1, const float *b1, const float *w2, const float *b2, Activation act, int C, int H) {
-    ffn_one_row(m, kv, y, h, h_pre, x, w1, b1, w2, b2, act, C, H, 1);
+    int lo, hi;
+    rows_of(H, team, &lo, &hi);
+    mv_rows(m, kv, h_pre, x, w1, b1, lo, hi, C);
+    if (act == ACT_SWIGLU) mv_rows(m, kv, h_pre, x, w1, b1, H + lo, H + hi, C);
+    activation_forward_cols(h, h_pre, act, H, lo, hi);
+    team_barrier(kv, team);
+    mv(m, kv, y, h, w2, b2, C, H, team);
 }
 
 /* Expert e of p on its row of the dispatched slab (N = 1: one row or none), over the team or on the
@@ -153,113 +204,107 @@ static void expert_row(const Model *m, KVCache *kv, const MoEParams *p, int e, i
                 cfg->act, C, H, team);
 }
 
-/* out[C] = the MoE layer p on one token's x[C], in the team: the routing on one thread, then the
- * experts the token reached, then the gated sum on one thread. A few experts (switch, top-k) run one
- * after another, each as two team products, so both cores stream its weights, as the dense FFN's;
- * many (soft gating: every expert) are shared out whole over the threads, one barrier in all
- * instead of three per expert. Either way each row is computed by one thread with the same code. */
+/* out[C] (the calling thread's own) = the MoE layer p on one token's x[C], in the team: the routing on
+ * one thread, then the experts the token reached, then every thread sums the gated outputs into its
+ * own out. A few experts (switch, top-k) run one after another, each over the team, so every core
+ * streams its weights; many (soft gating: every expert) are shared out whole over the threads, one
+ * barrier in all instead of two per expert. Either way each row is computed by one thread with the
+ * same code. */
 static void moe_team(Model *m, KVCache *kv, float *out, const float *x, const int *token, const MoEParams *p) {
     const MoEConfig *cfg = &m->moe_cfg;
     MoEActs *a = &kv->moe;
-    int C = cfg->C, H = cfg->H, E = cfg->E, nt = 1, reached = 0;
-#ifdef _OPENMP
-    nt = omp_get_num_threads();
-#endif
+    int C = cfg->C, H = cfg->H, E = cfg->E, reached = 0;
     CHECK(a->Rmax == 0 && cfg->e_first == 0);   /* every expert held here */
-#pragma omp single
-    moe_forward_route(a, x, token, p, cfg, 1, 0, &m->rng);
+    if (team_rank() == 0) moe_forward_route(a, x, token, p, cfg, 1, 0, &m->rng);
+    team_barrier(kv, 1);
     for (int e = 0; e < E; e++) reached += a->offsets[e + 1] > a->offsets[e];
-    if (reached >= 2 * nt) {
-#pragma omp for schedule(static)
-        for (int e = 0; e < E; e++) expert_row(m, kv, p, e, 0);
+    if (reached >= 2 * team_size()) {
+        int e0, e1;
+        share_of(E, 1, 1, &e0, &e1);
+        for (int e = e0; e < e1; e++) expert_row(m, kv, p, e, 0);
+        team_barrier(kv, 1);
     } else {
         for (int e = 0; e < E; e++) expert_row(m, kv, p, e, 1);
     }
     if (cfg->shared_expert)
-        ffn_team(m, kv, a->sy, a->sh, a->sh_pre, x, p->sw1, p->sb1, p->sw2, p->sb2, cfg->act, C, H);
-#pragma omp single
+        ffn_one_row(m, kv, a->sy, a->sh, a->sh_pre, x, p->sw1, p->sb1, p->sw2, p->sb2, cfg->act, C, H, 1);
     moe_forward_combine(out, a, cfg);
 }
 
-/* The body of model_step_kv, run by every thread of a team (or by one thread alone). A token step
- * streams every weight once and does little else, so it is bound by memory bandwidth; one parallel
- * region per token (instead of one per product, or none for the layers' small products) lets both
- * cores stream every matrix. Work is shared out so: the products split their rows over the team
- * (gemv_team), the MoE experts a token reached too, or they go whole to the threads when there are
- * many (moe_team); attention splits its heads; the short vector ops (norms, residual adds,
- * activations, routing, the gated sum) run on one thread (`omp single`). Every worksharing construct
- * ends at a barrier, which orders each op's writes before the next op's reads. Each output element is computed
- * by one thread with the same code at any thread count, so the bits do not depend on it. */
+/* The body of model_step_kv, run by every thread of a team (or by one thread alone). */
 static void step_team(Model *m, KVCache *kv, int token, int t) {
     const ModelConfig *c = &m->cfg;
     int C = c->d_model, NH = c->num_heads, V = c->vocab_size, P = c->n_positions, hs = C / NH;
     int H = c->d_ff;
     int seed = c->model_type == MODEL_SEED;
     const ModelParams *p = &m->p;
-    float *x = kv->x, *xb = kv->xb, *xb2 = kv->xb2;
+    float *x = kv->own + (size_t)team_rank() * 3 * own_stride(C), *xb = x + own_stride(C), *o = xb + own_stride(C);
+    float *xb2 = kv->xb2;
 
     /* x = wte[token] + wpe[t]: encoder_forward's sum */
-#pragma omp single
     for (int i = 0; i < C; i++) x[i] = p->wte[(size_t)token * C + i] + p->wpe[(size_t)t * C + i];
     for (int l = 0; l < c->num_layers; l++) {
         const LayerParams *lp = &p->layers[l];
         int sparse = !seed && config_block_is_sparse(c, l);
         float *kl = kv->k + (size_t)l * P * C, *vl = kv->v + (size_t)l * P * C;
         const float *att_in = seed ? x : xb;
-        if (!seed) {
-#pragma omp single
-            norm1(m, xb, x, lp->ln1_w, lp->ln1_b);
-        }
-        mv(m, kv, kv->qkv, att_in, lp->qkv_w, lp->qkv_b, 3 * C, C);
-        /* head h's thread caches head h's key and value of position t, then reads only head h's */
-#pragma omp for schedule(static)
-        for (int h = 0; h < NH; h++) {
+        if (!seed) norm1(m, xb, x, lp->ln1_w, lp->ln1_b);
+        /* this thread's heads: their rows of q, k and v, the cache's position t, then attention_forward's row t */
+        int h0, h1;
+        share_of(NH, 1, 1, &h0, &h1);
+        for (int part = 0; part < 3; part++)
+            mv_rows(m, kv, kv->qkv, att_in, lp->qkv_w, lp->qkv_b, part * C + h0 * hs, part * C + h1 * hs, C);
+        for (int h = h0; h < h1; h++) {
             memcpy(kl + (size_t)t * C + h * hs, kv->qkv + C + h * hs, sizeof(float) * hs);
             memcpy(vl + (size_t)t * C + h * hs, kv->qkv + 2 * C + h * hs, sizeof(float) * hs);
             attention_row(kv->atty + h * hs, kv->att + (size_t)h * P, kv->qkv + h * hs, kl + h * hs, vl + h * hs,
-                          (size_t)C, t + 1, hs);   /* attention_forward's row t */
+                          (size_t)C, t + 1, hs);
         }
-        mv(m, kv, xb2, kv->atty, lp->out_w, lp->out_b, C, C);
-#pragma omp single
-        {
-            add_forward(x, x, xb2, C);                               /* res1 = x_in + attproj */
-            norm1(m, xb, x, seed ? lp->ln1_w : lp->ln2_w, seed ? lp->ln1_b : lp->ln2_b);
+        team_barrier(kv, 1);
+        mv(m, kv, xb2, kv->atty, lp->out_w, lp->out_b, C, C, 1);
+        add_forward(x, x, xb2, C);                                   /* res1 = x_in + attproj */
+        norm1(m, xb, x, seed ? lp->ln1_w : lp->ln2_w, seed ? lp->ln1_b : lp->ln2_b);
+        const float *ffn = xb2;
+        if (sparse) {
+            moe_team(m, kv, o, xb, &token, &lp->moe);
+            ffn = o;
+        } else {
+            ffn_one_row(m, kv, xb2, kv->fc, kv->fc_pre, xb, lp->fc1_w, lp->fc1_b, lp->fc2_w, lp->fc2_b, c->hidden_act,
+                        C, H, 1);
         }
-        if (sparse) moe_team(m, kv, xb2, xb, &token, &lp->moe);
-        else ffn_team(m, kv, xb2, kv->fc, kv->fc_pre, xb, lp->fc1_w, lp->fc1_b, lp->fc2_w, lp->fc2_b, c->hidden_act, C, H);
-#pragma omp single
-        {
-            if (!seed) {
-                add_forward(x, x, xb2, C);                           /* out = res1 + ffn */
-            } else {
-                add_forward(xb2, xb, xb2, C);                        /* res2 = ln1 + ffn */
-                norm1(m, x, xb2, lp->ln2_w, lp->ln2_b);              /* out = norm2(res2) */
-            }
+        if (!seed) {
+            add_forward(x, x, ffn, C);                               /* out = res1 + ffn */
+        } else {
+            add_forward(o, xb, ffn, C);                              /* res2 = ln1 + ffn */
+            norm1(m, x, o, lp->ln2_w, lp->ln2_b);                    /* out = norm2(res2) */
         }
     }
+    /* the last products end at the region's closing barrier */
     if (!seed) {
-#pragma omp single
         norm1(m, xb, x, p->lnf_w, p->lnf_b);
-        mv(m, kv, kv->logits, xb, c->tie_word_embeddings ? p->wte : p->lm_head, NULL, V, C);
+        int lo, hi;
+        rows_of(V, 1, &lo, &hi);
+        mv_rows(m, kv, kv->logits, xb, c->tie_word_embeddings ? p->wte : p->lm_head, NULL, lo, hi, C);
     } else {
-        int HH = c->head_hidden;
-        moe_team(m, kv, xb2, x, &token, &p->head_moe);
-#pragma omp single
-        add_forward(xb, x, xb2, C);                                  /* hm = x + moe(x) */
-        mv(m, kv, kv->fc_pre, xb, p->head_w1, p->head_b1, HH, C);
-#pragma omp single
-        activation_forward(kv->fc, kv->fc_pre, ACT_RELU, 1, HH);
-        mv(m, kv, kv->logits, kv->fc, p->head_w2, p->head_b2, V, HH);
+        int HH = c->head_hidden, lo, hi;
+        moe_team(m, kv, o, x, &token, &p->head_moe);
+        add_forward(xb, x, o, C);                                    /* hm = x + moe(x) */
+        rows_of(HH, 1, &lo, &hi);
+        mv_rows(m, kv, kv->fc_pre, xb, p->head_w1, p->head_b1, lo, hi, C);
+        activation_forward_cols(kv->fc, kv->fc_pre, ACT_RELU, HH, lo, hi);
+        team_barrier(kv, 1);
+        rows_of(V, 1, &lo, &hi);
+        mv_rows(m, kv, kv->logits, kv->fc, p->head_w2, p->head_b2, lo, hi, HH);
     }
 }
 
 void model_step_kv(Model *m, KVCache *kv, int token) {
     const ModelConfig *c = &m->cfg;
-    int t = kv->pos;
+    int t = kv->pos, team = backend_threads() < KV_TEAM_MAX ? backend_threads() : KV_TEAM_MAX;
     CHECK(kv->mem != NULL && kv->n_positions == c->n_positions);
     CHECK(t >= 0 && t < c->n_positions);   /* the caller stops when the cache is full */
     CHECK(token >= 0 && token < c->vocab_size);
-#pragma omp parallel if (backend_threads() > 1)
+#pragma omp parallel num_threads(team) if (team > 1)
     step_team(m, kv, token, t);
     kv->pos = t + 1;
 }

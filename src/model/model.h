@@ -23,6 +23,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include "backend/gemm.h"
 #include "model/config.h"
 #include "moe/moe.h"
 
@@ -116,13 +117,17 @@ typedef struct {
 } ModelScratch;
 
 /* Inference state for generation with a KV cache (batch 1), one allocation (mem) sized from the
- * config by kv_create. Dimensions as above, P = n_positions, W1 = max(H1, HH), W = max(H, HH). */
+ * config by kv_create. Dimensions as above, P = n_positions, W1 = max(H1, HH), W = max(H, HH). A
+ * step runs on at most KV_TEAM_MAX threads. */
+#define KV_TEAM_MAX 64
 typedef struct {
     int pos;                  /* tokens already in the cache; the next token goes to position pos */
     int n_positions;          /* P: the cache is full at pos == P */
     float *k, *v;             /* [L, P, C] each: keys and values of positions 0..pos-1 */
-    float *x;                 /* [C] residual stream of the current position */
-    float *xb, *xb2;          /* [C], [C] norm / attention / FFN outputs */
+    float *own;               /* [KV_TEAM_MAX, 3, Cp] each thread's own x (residual stream), xb (its norm) and
+                               * o (a layer's output, a sum), Cp = C rounded up to 16 floats */
+    float *xb2;               /* [C] the attention projection's or the dense FFN's output, shared by the team */
+    TeamBarrier *bar;         /* the team's barrier inside a step */
     float *qkv;               /* [3C] the current position's q, k, v */
     float *atty;              /* [C] attention output before the projection */
     float *att;               /* [NH, P] each head's scores, then probabilities */

@@ -447,6 +447,18 @@ void activation_forward(float *out, const float *inp, Activation act, int N, int
     for (size_t i = 0; i < total; i++) out[i] = gelu(inp[i]);
 }
 
+void activation_forward_cols(float *out, const float *inp, Activation act, int H, int lo, int hi) {
+    if (act == ACT_SWIGLU) {
+        for (int i = lo; i < hi; i++) out[i] = inp[i] * sigmoid(inp[i]) * inp[H + i];
+    } else if (act == ACT_RELU) {
+#pragma omp simd
+        for (int i = lo; i < hi; i++) out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
+    } else {
+#pragma omp simd
+        for (int i = lo; i < hi; i++) out[i] = gelu(inp[i]);
+    }
+}
+
 void activation_backward(float *dinp, const float *dout, const float *inp, Activation act, int N, int H) {
     if (act == ACT_SWIGLU) {
 #pragma omp parallel for schedule(static) if ((size_t)N * H >= PAR_MIN_WORK)

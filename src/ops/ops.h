@@ -65,6 +65,9 @@ void attention_backward_ref(float *dqkv, float *datt, const float *dout, const f
  * columns H..2H-1) and the output [N, H] = silu(gate) * up. For ReLU/GELU, inp and out are [N, H].
  * GELU is the exact erf form (PyTorch's default). */
 void activation_forward(float *out, const float *inp, Activation act, int N, int H);
+/* Columns [lo, hi) of one row of activation_forward (N = 1; inp [2H] for SwiGLU, [H] otherwise), on the
+ * calling thread, with the values activation_forward gives them: a team shares a row out by columns. */
+void activation_forward_cols(float *out, const float *inp, Activation act, int H, int lo, int hi);
 /* dinp = (shape of inp) */
 void activation_backward(float *dinp, const float *dout, const float *inp, Activation act, int N, int H);
 
