@@ -274,6 +274,21 @@ TEST(sample_greedy) {
         EXPECT(sample_token(logits, 6, 1.0f, 1, 1.0f, &r, scratch) == 3);
         EXPECT(sample_token(logits, 6, 5.0f, 1, 0.5f, &r, scratch) == 3);
     }
+    /* the greedy pick is the plain scan's (`if (x[v] > x[best]) best = v`) on a long row: ties, NaN,
+     * -inf, a maximum in each position class of the vectorised pass */
+    enum { V = 1003 };
+    static float x[V];
+    for (int trial = 0; trial < 40; trial++) {
+        for (int v = 0; v < V; v++) x[v] = (float)((v * 7919 + trial * 104729) % 211) - 100.0f;
+        if (trial % 4 == 1) x[(trial * 37) % V] = NAN;
+        if (trial % 4 == 2) x[0] = NAN;
+        if (trial % 4 == 3) for (int v = 0; v < V; v++) x[v] = -INFINITY;
+        if (trial >= 20) x[(trial * 131) % V] = 500.0f;
+        int best = 0;
+        for (int v = 1; v < V; v++) if (x[v] > x[best]) best = v;
+        int got = sample_token(x, V, 0.0f, 0, 1.0f, &r, NULL);
+        EXPECT_MSG(got == best, "trial %d: greedy %d, plain scan %d", trial, got, best);
+    }
 }
 
 TEST(sample_top_k) {

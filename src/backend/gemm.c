@@ -162,12 +162,18 @@ static inline float dot_row_bf16(const uint16_t *w, const float *x, int K) {
 #endif
 
 #ifdef MOELM_BLAS   /* gemm()'s one-row case */
+static inline void gemv_row(int n, int K, float alpha, const float *W, int ldw, const float *x, float beta, float *y) {
+    float s = dot_row(W + (size_t)n * ldw, x, K);
+    y[n] = alpha * s + (beta == 0.0f ? 0.0f : beta * y[n]);
+}
+
 static void gemv_rows(int N, int K, float alpha, const float *W, int ldw, const float *x, float beta, float *y) {
-#pragma omp parallel for schedule(static) if ((size_t)N * K >= GEMV_PAR_MIN)
-    for (int n = 0; n < N; n++) {
-        float s = dot_row(W + (size_t)n * ldw, x, K);
-        y[n] = alpha * s + (beta == 0.0f ? 0.0f : beta * y[n]);
+    if ((size_t)N * K < GEMV_PAR_MIN) {   /* no region (a nested one would cost a team of one per call) */
+        for (int n = 0; n < N; n++) gemv_row(n, K, alpha, W, ldw, x, beta, y);
+        return;
     }
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) gemv_row(n, K, alpha, W, ldw, x, beta, y);
 }
 #endif
 

@@ -319,10 +319,24 @@ static int pair_cmp(const void *a, const void *b) {
     return x[1] < y[1] ? -1 : x[1] > y[1];
 }
 
+/* The index of the first largest of x[0..n), as the plain scan `if (x[v] > x[best]) best = v` gives it
+ * (NaNs are never larger; 0 when x[0] is NaN): the largest value in one vectorised pass, then its
+ * first position; the plain scan when that value is not found (every x -inf, a NaN first). */
+static int argmax_first(const float *x, int n) {
+    if (isnan(x[0])) return 0;
+    float m = x[0];
+#pragma omp simd reduction(max : m)
+    for (int v = 1; v < n; v++) m = x[v] > m ? x[v] : m;
+    for (int v = 0; v < n; v++)
+        if (x[v] == m) return v;
+    int best = 0;
+    for (int v = 1; v < n; v++) if (x[v] > x[best]) best = v;
+    return best;
+}
+
 int sample_token(const float *logits, int V, float temp, int top_k, float top_p, Rng *rng, float *scratch) {
     CHECK(V > 0 && V <= (1 << 24));   /* indices are stored exactly as floats in scratch */
-    int best = 0;
-    for (int v = 1; v < V; v++) if (logits[v] > logits[best]) best = v;
+    int best = argmax_first(logits, V);
     if (!(temp > 0.0f) || top_k == 1) return best;
     CHECK(rng != NULL && scratch != NULL);
     /* pairs (w, index) with w = exp((logit - max) / temp), the unnormalised softmax(logits / temp) */

@@ -291,6 +291,55 @@ static void expert_choice_select(int *expert, const float *probs, int *heap, int
 }
 
 /* Fills xin (jittered), logits, probs, expert, gate, assigned, aux_loss, z_loss. */
+/* Token t's softmax over the router logits (probs), its chosen experts and gates; returns lse^2 for
+ * the z-loss. */
+static double route_token(MoEActs *a, const MoEConfig *cfg, const float *bias, int t, int token_choice, int K,
+                          int mixtral) {
+    int E = cfg->E, KS = a->KS;
+    const float *l = a->logits + (size_t)t * E;
+    float *pr = a->probs + (size_t)t * E;
+    float mx = -FLT_MAX;
+    for (int e = 0; e < E; e++) mx = l[e] > mx ? l[e] : mx;
+    float sum = 0.0f;
+    for (int e = 0; e < E; e++) { pr[e] = expf(l[e] - mx); sum += pr[e]; }
+    float inv = 1.0f / sum;
+    for (int e = 0; e < E; e++) pr[e] *= inv;
+    double lse = (double)mx + log((double)sum);
+
+    int *ex = a->expert + (size_t)t * KS;
+    float *g = a->gate + (size_t)t * KS;
+    if (cfg->router == ROUTER_SOFT) {
+        for (int e = 0; e < E; e++) { ex[e] = e; g[e] = pr[e]; }
+    } else if (token_choice) {
+        /* top-K by score = prob + selection bias (DeepSeek-V3: the bias chooses, never weighs);
+         * ties go to the lower expert index. K passes over E: K is small. */
+        for (int k = 0; k < K; k++) {
+            int best = -1; float bs = 0.0f;
+            for (int e = 0; e < E; e++) {
+                int taken = 0;
+                for (int j = 0; j < k; j++) taken |= ex[j] == e;
+                if (taken) continue;
+                float s = pr[e] + (bias ? bias[e] : 0.0f);
+                if (best < 0 || ranks_before(s, e, bs, best)) { best = e; bs = s; }
+            }
+            ex[k] = best;
+        }
+        if (mixtral) {
+            /* Mixtral: gates = softmax over the chosen K logits (renormalised) */
+            float m2 = -FLT_MAX, s2 = 0.0f;
+            for (int k = 0; k < K; k++) m2 = l[ex[k]] > m2 ? l[ex[k]] : m2;
+            for (int k = 0; k < K; k++) { g[k] = expf(l[ex[k]] - m2); s2 += g[k]; }
+            for (int k = 0; k < K; k++) g[k] /= s2;
+        } else {
+            /* Switch / GShard: the raw probability of the full softmax, not renormalised */
+            for (int k = 0; k < K; k++) g[k] = pr[ex[k]];
+        }
+    } else {   /* expert-choice: filled below, per expert */
+        for (int e = 0; e < E; e++) { ex[e] = -1; g[e] = pr[e]; }
+    }
+    return lse * lse;
+}
+
 static void moe_route(MoEActs *a, const float *x, const int *tokens, const MoEParams *p, const MoEConfig *cfg,
                       int N, int training, Rng *rng) {
     int C = cfg->C, E = cfg->E, KS = a->KS;
@@ -349,50 +398,11 @@ static void moe_route(MoEActs *a, const float *x, const int *tokens, const MoEPa
     int K = cfg->router == ROUTER_TOPK ? cfg->K : 1;
     int mixtral = cfg->router == ROUTER_TOPK && cfg->topk_softmax_after;
     const float *bias = (cfg->use_expert_bias && p->expert_bias) ? p->expert_bias : NULL;
-#pragma omp parallel for schedule(static) reduction(+ : zsum) if ((size_t)N * E * (K + 4) >= MOE_PAR_WORK)
-    for (int t = 0; t < N; t++) {
-        const float *l = a->logits + (size_t)t * E;
-        float *pr = a->probs + (size_t)t * E;
-        float mx = -FLT_MAX;
-        for (int e = 0; e < E; e++) mx = l[e] > mx ? l[e] : mx;
-        float sum = 0.0f;
-        for (int e = 0; e < E; e++) { pr[e] = expf(l[e] - mx); sum += pr[e]; }
-        float inv = 1.0f / sum;
-        for (int e = 0; e < E; e++) pr[e] *= inv;
-        double lse = (double)mx + log((double)sum);
-        zsum += lse * lse;
-
-        int *ex = a->expert + (size_t)t * KS;
-        float *g = a->gate + (size_t)t * KS;
-        if (cfg->router == ROUTER_SOFT) {
-            for (int e = 0; e < E; e++) { ex[e] = e; g[e] = pr[e]; }
-        } else if (token_choice) {
-            /* top-K by score = prob + selection bias (DeepSeek-V3: the bias chooses, never weighs);
-             * ties go to the lower expert index. K passes over E: K is small. */
-            for (int k = 0; k < K; k++) {
-                int best = -1; float bs = 0.0f;
-                for (int e = 0; e < E; e++) {
-                    int taken = 0;
-                    for (int j = 0; j < k; j++) taken |= ex[j] == e;
-                    if (taken) continue;
-                    float s = pr[e] + (bias ? bias[e] : 0.0f);
-                    if (best < 0 || ranks_before(s, e, bs, best)) { best = e; bs = s; }
-                }
-                ex[k] = best;
-            }
-            if (mixtral) {
-                /* Mixtral: gates = softmax over the chosen K logits (renormalised) */
-                float m2 = -FLT_MAX, s2 = 0.0f;
-                for (int k = 0; k < K; k++) m2 = l[ex[k]] > m2 ? l[ex[k]] : m2;
-                for (int k = 0; k < K; k++) { g[k] = expf(l[ex[k]] - m2); s2 += g[k]; }
-                for (int k = 0; k < K; k++) g[k] /= s2;
-            } else {
-                /* Switch / GShard: the raw probability of the full softmax, not renormalised */
-                for (int k = 0; k < K; k++) g[k] = pr[ex[k]];
-            }
-        } else {   /* expert-choice: filled below, per expert */
-            for (int e = 0; e < E; e++) { ex[e] = -1; g[e] = pr[e]; }
-        }
+    if ((size_t)N * E * (K + 4) >= MOE_PAR_WORK) {
+#pragma omp parallel for schedule(static) reduction(+ : zsum)
+        for (int t = 0; t < N; t++) zsum += route_token(a, cfg, bias, t, token_choice, K, mixtral);
+    } else {   /* no region for a few tokens (generation routes one inside its own) */
+        for (int t = 0; t < N; t++) zsum += route_token(a, cfg, bias, t, token_choice, K, mixtral);
     }
     comm_allreduce_f64(COMM_WORLD, &zsum, 1);   /* the routing group is every rank's tokens */
     a->z_loss = (float)(zsum / a->Ng);
@@ -475,7 +485,12 @@ static void moe_dispatch_plan(MoEActs *a, int N, int E) {
 
 /* xd[r] = x[row_token[r]]: each row written once. */
 static void moe_gather(MoEActs *a, const float *x, int C) {
-#pragma omp parallel for schedule(static) if ((size_t)a->S * C >= MOE_PAR_WORK)
+    if ((size_t)a->S * C < MOE_PAR_WORK) {
+        for (int r = 0; r < a->S; r++)
+            memcpy(a->xd + (size_t)r * C, x + (size_t)a->row_token[r] * C, (size_t)C * sizeof(float));
+        return;
+    }
+#pragma omp parallel for schedule(static)
     for (int r = 0; r < a->S; r++)
         memcpy(a->xd + (size_t)r * C, x + (size_t)a->row_token[r] * C, (size_t)C * sizeof(float));
 }
@@ -568,21 +583,26 @@ static void moe_experts_forward(MoEActs *a, const MoEParams *p, const MoEConfig 
 /* out[t] = s * sum over t's kept slots of gate * y[row] (+ the shared expert's sy[t]), s the
  * routed_scaling_factor. Each token's
  * row of out is written by one thread. */
-static void moe_combine(float *out, const MoEActs *a, int N, int C, float s) {
+static void combine_token(float *o, const MoEActs *a, int t, int C, float s) {
     int KS = a->KS;
-#pragma omp parallel for schedule(static) if ((size_t)N * KS * C >= MOE_PAR_WORK)
-    for (int t = 0; t < N; t++) {
-        float *o = out + (size_t)t * C;
-        if (a->sy) memcpy(o, a->sy + (size_t)t * C, (size_t)C * sizeof(float));
-        else memset(o, 0, (size_t)C * sizeof(float));
-        for (int k = 0; k < KS; k++) {
-            int r = a->slot_row[(size_t)t * KS + k];
-            if (r < 0) continue;
-            float g = s * a->gate[(size_t)t * KS + k];
-            const float *y = a->y + (size_t)r * C;
-            for (int c = 0; c < C; c++) o[c] += g * y[c];
-        }
+    if (a->sy) memcpy(o, a->sy + (size_t)t * C, (size_t)C * sizeof(float));
+    else memset(o, 0, (size_t)C * sizeof(float));
+    for (int k = 0; k < KS; k++) {
+        int r = a->slot_row[(size_t)t * KS + k];
+        if (r < 0) continue;
+        float g = s * a->gate[(size_t)t * KS + k];
+        const float *y = a->y + (size_t)r * C;
+        for (int c = 0; c < C; c++) o[c] += g * y[c];
     }
+}
+
+static void moe_combine(float *out, const MoEActs *a, int N, int C, float s) {
+    if ((size_t)N * a->KS * C < MOE_PAR_WORK) {   /* no region: generation calls it inside its own */
+        for (int t = 0; t < N; t++) combine_token(out + (size_t)t * C, a, t, C, s);
+        return;
+    }
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < N; t++) combine_token(out + (size_t)t * C, a, t, C, s);
 }
 
 /* The owner's side of expert parallelism as acts of their own: the experts' loops run unchanged over

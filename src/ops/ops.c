@@ -66,23 +66,32 @@ void encoder_backward(float *dwte, float *dwpe, const float *dout, const int *in
 
 /* ---- norms ----------------------------------------------------------------------------------- */
 
+static inline void layernorm_row(float *o, float *mean, float *rstd, const float *x, const float *w, const float *b,
+                                 int C, float eps) {
+    float m = 0.0f;
+    for (int c = 0; c < C; c++) m += x[c];
+    m /= C;
+    float v = 0.0f;
+    for (int c = 0; c < C; c++) { float d = x[c] - m; v += d * d; }
+    v /= C;
+    float s = 1.0f / sqrtf(v + eps);
+    for (int c = 0; c < C; c++) o[c] = (x[c] - m) * s * w[c] + b[c];
+    *mean = m;
+    *rstd = s;
+}
+
+/* Below PAR_MIN_WORK the ops run on the calling thread without opening a parallel region: called by
+ * every thread of a region (generation), a nested region would cost a team of one per call. */
 void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
                        const float *b, int N, int C, float eps) {
-#pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN_WORK)
-    for (int n = 0; n < N; n++) {
-        const float *x = inp + (size_t)n * C;
-        float m = 0.0f;
-        for (int c = 0; c < C; c++) m += x[c];
-        m /= C;
-        float v = 0.0f;
-        for (int c = 0; c < C; c++) { float d = x[c] - m; v += d * d; }
-        v /= C;
-        float s = 1.0f / sqrtf(v + eps);
-        float *o = out + (size_t)n * C;
-        for (int c = 0; c < C; c++) o[c] = (x[c] - m) * s * w[c] + b[c];
-        mean[n] = m;
-        rstd[n] = s;
+    if ((size_t)N * C < PAR_MIN_WORK) {
+        for (int n = 0; n < N; n++)
+            layernorm_row(out + (size_t)n * C, mean + n, rstd + n, inp + (size_t)n * C, w, b, C, eps);
+        return;
     }
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++)
+        layernorm_row(out + (size_t)n * C, mean + n, rstd + n, inp + (size_t)n * C, w, b, C, eps);
 }
 
 /* Column sums of a [N,C] product, reduced per column in row order so every thread count gives the
@@ -152,17 +161,21 @@ void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, co
     }
 }
 
+static inline void rmsnorm_row(float *o, float *rstd, const float *x, const float *w, int C, float eps) {
+    float ss = 0.0f;
+    for (int c = 0; c < C; c++) ss += x[c] * x[c];
+    float s = 1.0f / sqrtf(ss / C + eps);
+    for (int c = 0; c < C; c++) o[c] = x[c] * s * w[c];
+    *rstd = s;
+}
+
 void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int C, float eps) {
-#pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN_WORK)
-    for (int n = 0; n < N; n++) {
-        const float *x = inp + (size_t)n * C;
-        float ss = 0.0f;
-        for (int c = 0; c < C; c++) ss += x[c] * x[c];
-        float s = 1.0f / sqrtf(ss / C + eps);
-        float *o = out + (size_t)n * C;
-        for (int c = 0; c < C; c++) o[c] = x[c] * s * w[c];
-        rstd[n] = s;
+    if ((size_t)N * C < PAR_MIN_WORK) {
+        for (int n = 0; n < N; n++) rmsnorm_row(out + (size_t)n * C, rstd + n, inp + (size_t)n * C, w, C, eps);
+        return;
     }
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) rmsnorm_row(out + (size_t)n * C, rstd + n, inp + (size_t)n * C, w, C, eps);
 }
 
 void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
@@ -563,6 +576,10 @@ void crossentropy_backward(float *dlogits, const float *logits, const float *lse
 }
 
 void add_forward(float *out, const float *a, const float *b, size_t n) {
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN_WORK)
+    if (n < PAR_MIN_WORK) {
+        for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+        return;
+    }
+#pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
