@@ -297,6 +297,20 @@ def moe_flops(c, m, N, C, EH):
     return m.kept * 4 * C * EH + (0 if m.router in ("random", "hash") else 2 * N * C * m.E)
 
 
+GEN_PASSES = 5
+
+
+def timed_generation(model, first, n, cache):
+    """tokens/s: a warm-up pass, then the median of GEN_PASSES timed passes (as `moelm bench` times it)"""
+    tps = []
+    for rep in range(GEN_PASSES + 1):
+        t0 = time.perf_counter()
+        model.generate(first, n, cache)
+        if rep:
+            tps.append(n / (time.perf_counter() - t0))
+    return sorted(tps)[GEN_PASSES // 2]
+
+
 def openblas_core():
     """the kernel of the OpenBLAS torch loaded (Debian: libblas.so.3 -> OpenBLAS), or why unknown"""
     import ctypes
@@ -368,10 +382,7 @@ def main():
         model.eval()
         C, P = c["d_model"], c["n_positions"]
         cache = [(torch.zeros(P, C), torch.zeros(P, C)) for _ in model.blocks]
-        for rep in range(2):   # the first pass warms up
-            t0 = time.perf_counter()
-            model.generate(int(batches[0][0][0, 0]), a.gen, cache)
-            gen_tps = a.gen / (time.perf_counter() - t0)
+        gen_tps = timed_generation(model, int(batches[0][0][0, 0]), a.gen, cache)
         print("generate: batch 1, %d new tokens, %.1f tok/s" % (a.gen, gen_tps))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print("memory: peak RSS %.1f MB" % rss)
@@ -381,10 +392,7 @@ def main():
     if a.gen > 0:
         model.to(torch.bfloat16)
         cache = [(torch.zeros(P, C, dtype=torch.bfloat16), torch.zeros(P, C, dtype=torch.bfloat16)) for _ in model.blocks]
-        for rep in range(2):
-            t0 = time.perf_counter()
-            model.generate(int(batches[0][0][0, 0]), a.gen, cache)
-            gen16_tps = a.gen / (time.perf_counter() - t0)
+        gen16_tps = timed_generation(model, int(batches[0][0][0, 0]), a.gen, cache)
         print("generate bf16: %.1f tok/s" % gen16_tps)
     print("RESULT config=%s threads=%d train_tok_s=%.1f train_ms_step=%.3f train_gflops=%.2f gen_tok_s=%.2f gen_bf16_tok_s=%.2f "
           "rss_mb=%.1f kernel=%s" % (a.config, a.threads, tps, 1e3 * t_total / a.steps if a.steps else 0.0, gfl, gen_tps,
