@@ -341,7 +341,8 @@ static int pair_cmp(const void *a, const void *b) {
 
 /* The index of the first largest of x[0..n), as the plain scan `if (x[v] > x[best]) best = v` gives it
  * (NaNs are never larger; 0 when x[0] is NaN): the largest value in one vectorised pass, then its
- * first position; the plain scan when that value is not found (every x -inf, a NaN first). */
+ * first position; the plain scan when that value is not found (every x -inf: the reduction may start
+ * from -FLT_MAX). */
 static int argmax_first(const float *x, int n) {
     if (isnan(x[0])) return 0;
     float m = x[0];
