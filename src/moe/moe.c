@@ -290,7 +290,6 @@ static void expert_choice_select(int *expert, const float *probs, int *heap, int
     for (int i = 0; i < n; i++) expert[(size_t)heap[i] * E + e] = e;
 }
 
-/* Fills xin (jittered), logits, probs, expert, gate, assigned, aux_loss, z_loss. */
 /* Token t's softmax over the router logits (probs), its chosen experts and gates; returns lse^2 for
  * the z-loss. */
 static double route_token(MoEActs *a, const MoEConfig *cfg, const float *bias, int t, int token_choice, int K,
@@ -340,6 +339,7 @@ static double route_token(MoEActs *a, const MoEConfig *cfg, const float *bias, i
     return lse * lse;
 }
 
+/* Fills xin (jittered), logits, probs, expert, gate, assigned, aux_loss, z_loss. */
 static void moe_route(MoEActs *a, const float *x, const int *tokens, const MoEParams *p, const MoEConfig *cfg,
                       int N, int training, Rng *rng) {
     int C = cfg->C, E = cfg->E, KS = a->KS;

@@ -440,36 +440,23 @@ static inline float gelu_grad(float x) {
 }
 static inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-void activation_forward(float *out, const float *inp, Activation act, int N, int H) {
-    if (act == ACT_SWIGLU) {
-#pragma omp parallel for schedule(static) if ((size_t)N * H >= PAR_MIN_WORK)
-        for (int n = 0; n < N; n++) {
-            const float *g = inp + (size_t)n * 2 * H, *u = g + H;
-            float *o = out + (size_t)n * H;
-            for (int i = 0; i < H; i++) o[i] = g[i] * sigmoid(g[i]) * u[i];
-        }
-        return;
-    }
-    size_t total = (size_t)N * H;
-    if (act == ACT_RELU) {   /* its own loop: a select, so it vectorises */
-#pragma omp parallel for simd schedule(static) if (total >= PAR_MIN_WORK)
-        for (size_t i = 0; i < total; i++) out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
-        return;
-    }
-#pragma omp parallel for simd schedule(static) if (total >= PAR_MIN_WORK)
-    for (size_t i = 0; i < total; i++) out[i] = gelu(inp[i]);
-}
-
+/* columns [lo, hi) of one row: the one loop behind activation_forward and a team's share of a row */
 void activation_forward_cols(float *out, const float *inp, Activation act, int H, int lo, int hi) {
     if (act == ACT_SWIGLU) {
         for (int i = lo; i < hi; i++) out[i] = inp[i] * sigmoid(inp[i]) * inp[H + i];
-    } else if (act == ACT_RELU) {
+    } else if (act == ACT_RELU) {   /* its own loop: a select, so it vectorises */
 #pragma omp simd
         for (int i = lo; i < hi; i++) out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
     } else {
 #pragma omp simd
         for (int i = lo; i < hi; i++) out[i] = gelu(inp[i]);
     }
+}
+
+void activation_forward(float *out, const float *inp, Activation act, int N, int H) {
+    size_t in_row = act == ACT_SWIGLU ? 2 * (size_t)H : (size_t)H;
+#pragma omp parallel for schedule(static) if ((size_t)N * H >= PAR_MIN_WORK)
+    for (int n = 0; n < N; n++) activation_forward_cols(out + (size_t)n * H, inp + (size_t)n * in_row, act, H, 0, H);
 }
 
 void activation_backward(float *dinp, const float *dout, const float *inp, Activation act, int N, int H) {
