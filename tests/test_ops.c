@@ -94,16 +94,20 @@ static double att_loss(void *p) {
     attention_forward(c->out, c->att, c->qkv, c->B, c->T, c->C, c->NH, c->causal);
     return fd_dot(c->out, c->r, (size_t)c->B * c->T * c->C);
 }
-static void att_case(int causal) {
-    int B = 2, T = 5, C = 12, NH = 3;
+static void att_case_shape(int causal, int B, int T, int C, int NH) {
     AttCtx c = {zeros(B * T * C), zeros(B * NH * T * T), vec(B * T * 3 * C, 1), vec(B * T * C, 1), B, T, C, NH, causal};
     float *dqkv = zeros(B * T * 3 * C), *datt = zeros(B * NH * T * T);
     att_loss(&c);
     attention_backward(dqkv, datt, c.r, c.att, c.qkv, B, T, C, NH, causal);
     EXPECT(fd_check("dqkv", c.qkv, dqkv, B * T * 3 * C, att_loss, &c, 1e-2f, ATOL, RTOL, 400));
 }
-TEST(attention_causal_grad) { att_case(1); }
-TEST(attention_full_grad) { att_case(0); }
+TEST(attention_causal_grad) { att_case_shape(1, 2, 5, 12, 3); }
+TEST(attention_full_grad) { att_case_shape(0, 2, 5, 12, 3); }
+/* head width 16 and 18 keys: the blocked kernels (two key blocks, the second masked) where AVX-512 is */
+TEST(attention_blocked_grad) {
+    att_case_shape(1, 1, 18, 32, 2);
+    att_case_shape(0, 1, 18, 32, 2);
+}
 
 TEST(attention_is_causal) {
     /* changing position t' changes no output at t < t' */
@@ -148,6 +152,15 @@ TEST(attention_fast_matches_reference) {
     att_fast_case(2, 30, 256, 8, 1);   /* the seed config's head shape */
     att_fast_case(1, 70, 130, 2, 1);   /* longer rows: T = 70, hs = 65 */
     att_fast_case(1, 70, 130, 2, 0);
+    /* the blocked kernels (hs a multiple of 16 up to 64, T up to 128): key blocks full, cut and
+     * single, every head width, the longest rows, and T = 129 back on the loops */
+    att_fast_case(3, 1, 32, 2, 1);
+    att_fast_case(2, 17, 32, 2, 1);
+    att_fast_case(1, 16, 96, 2, 0);
+    att_fast_case(1, 33, 128, 2, 1);
+    att_fast_case(1, 33, 128, 2, 0);
+    att_fast_case(1, 128, 64, 2, 1);
+    att_fast_case(1, 129, 64, 2, 0);
 }
 
 /* Cross-entropy (vectorised exp) against a double-precision softmax on an odd vocabulary with a
@@ -426,6 +439,7 @@ int main(void) {
     RUN(rmsnorm_grad);
     RUN(attention_causal_grad);
     RUN(attention_full_grad);
+    RUN(attention_blocked_grad);
     RUN(attention_is_causal);
     RUN(attention_fast_matches_reference);
     RUN(crossentropy_matches_double);
