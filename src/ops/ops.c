@@ -99,10 +99,15 @@ void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, c
 
 /* Column sums of a [N,C] product, reduced per column in row order so every thread count gives the
  * same bits: dw[c] += sum_n a[n,c] * (b ? b[n,c] : 1). */
+/* Columns per block in the column-sum reductions below: with d_model 256 a block of 256 left one thread
+ * of two idle; 64 (four vectors of sums, kept in registers) gives every thread work. The block
+ * size does not change the bits: per column the sum runs over n in order either way. */
+#define COL_BLOCK 64
+
 static void colsum_product_acc(float *dw, const float *a, const float *b, int N, int C) {
     /* Blocks of CB columns, each owned by one thread, walked row by row (contiguous reads); per column
      * the sum still runs over n in order, so the bits match a column-at-a-time loop. */
-    enum { CB = 256 };
+    enum { CB = COL_BLOCK };
     int nblk = (C + CB - 1) / CB;
 #pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN_WORK && nblk > 1)
     for (int blk = 0; blk < nblk; blk++) {
@@ -126,7 +131,7 @@ void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, co
         /* dw[c] = sum_n dy[n,c] * xhat[n,c], db[c] = sum_n dy[n,c]: blocks of columns, each owned by one
          * thread, walked row by row (contiguous, vectorised); per column the sum runs over n in order,
          * the same bits as a column-at-a-time loop. */
-        enum { CB = 256 };
+        enum { CB = COL_BLOCK };
         int nblk = (C + CB - 1) / CB;
 #pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN_WORK && nblk > 1)
         for (int blk = 0; blk < nblk; blk++) {
@@ -185,7 +190,7 @@ void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *in
                       const float *rstd, int N, int C) {
     /* y = x * s * w, s = (mean(x^2) + eps)^-1/2;  dx = s * (dy*w - x * s^2 * mean(dy*w*x)) */
     if (dw) {   /* column blocks walked row by row, as in layernorm_backward: the same bits */
-        enum { CB = 256 };
+        enum { CB = COL_BLOCK };
         int nblk = (C + CB - 1) / CB;
 #pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN_WORK && nblk > 1)
         for (int blk = 0; blk < nblk; blk++) {

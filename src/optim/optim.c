@@ -62,9 +62,11 @@ float grad_norm(const Model *m) {
         if (!t->trainable) continue;
         const float *g = m->grads + t->offset;
         double s = 0.0;
-        /* the reduction is per-thread partial sums combined by OpenMP: the order is fixed for a
-         * fixed thread count (static schedule), which is what bit-exact resume needs */
-#pragma omp parallel for schedule(static) reduction(+ : s) if (t->size >= 32768)
+        /* the reduction is per-thread partial sums, each over the vector lanes, combined by OpenMP:
+         * the order is fixed for a fixed thread count (static schedule), which is what bit-exact
+         * resume needs. One serial chain of double adds per thread was 4 cycles an element (~1% of
+         * a dense seed step); lanes make it a pass at memory speed. */
+#pragma omp parallel for simd schedule(static) reduction(+ : s) if (t->size >= 32768)
         for (size_t k = 0; k < t->size; k++) s += (double)g[k] * (double)g[k];
         if (tensor_sharded(t)) { shard_ss += s; sharded = 1; }
         else ss += s;
