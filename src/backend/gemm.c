@@ -73,15 +73,45 @@ static void side_by_side(const GemmCall *a, const GemmCall *b) {
     }
 }
 
+/* A product above GEMM_PAIR_MAX_MACS, with two threads outside a region: cut in two along its longer
+ * side of C and run side by side, one thread per half, instead of one gemm() that BLAS threads. Each
+ * half packs the operand the cut does not split (the smaller one, since the cut runs along the longer
+ * side) for itself, and the halves never wait on each other; BLAS's own two-thread split shares packed
+ * panels and waits for them (sched_yield on this VM). The seed head's products (1920 x 10000 x 512),
+ * bench/RESULTS.md: dlogits @ W 284-291 -> 333-336 GFLOP/s, dlogits^T @ x 317-322 -> 342-347, the
+ * logits product the same, a 2048^3 product the same. The cut changes no element's sum over K. */
+static void gemm_big(const GemmCall *g) {
+#ifdef _OPENMP
+    double macs = (double)g->M * g->N * g->K;
+    if (omp_get_max_threads() == 2 && !omp_in_parallel() && macs > GEMM_PAIR_MAX_MACS) {
+        GemmCall a = *g, b = *g;
+        if (g->N > g->M) {   /* columns of C: rows of B^T, or columns of B */
+            a.N = g->N / 2;
+            b.N = g->N - a.N;
+            b.B = g->transB ? g->B + (size_t)a.N * g->ldb : g->B + a.N;
+            b.C = g->C + a.N;
+        } else {             /* rows of C: columns of A^T, or rows of A */
+            a.M = g->M / 2;
+            b.M = g->M - a.M;
+            b.A = g->transA ? g->A + a.M : g->A + (size_t)a.M * g->lda;
+            b.C = g->C + (size_t)a.M * g->ldc;
+        }
+        side_by_side(&a, &b);
+        return;
+    }
+#endif
+    gemm_call(g);
+}
+
 void gemm_pair(const GemmCall *a, const GemmCall *b) {
-    if (!a->C || !b->C) {   /* one product asked for: BLAS threads it */
-        if (a->C) gemm_call(a);
-        if (b->C) gemm_call(b);
+    if (!a->C || !b->C) {   /* one product asked for */
+        if (a->C) gemm_big(a);
+        if (b->C) gemm_big(b);
     } else if (pair_side_by_side(a, b)) {
         side_by_side(a, b);
     } else {
-        gemm_call(a);
-        gemm_call(b);
+        gemm_big(a);
+        gemm_big(b);
     }
 }
 
@@ -90,8 +120,9 @@ void gemm_halves(int transB, int M, int N, int K, float alpha, const float *A, i
     int h = M / 2;
     GemmCall top = {0, transB, h, N, K, alpha, A, lda, B, ldb, beta, C, ldc};
     GemmCall bot = {0, transB, M - h, N, K, alpha, A + (size_t)h * lda, lda, B, ldb, beta, C + (size_t)h * ldc, ldc};
+    GemmCall whole = {0, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc};
     if (h > 0 && pair_side_by_side(&top, &bot)) side_by_side(&top, &bot);
-    else gemm(0, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    else gemm_big(&whole);
 }
 
 /* y[n] = alpha * W[n,:] . x + beta * y[n] for n < N (W row-major [N, K], stride ldw): the matrix-vector

@@ -33,13 +33,14 @@ typedef struct {
 /* Two independent products (neither writes what the other reads), e.g. a linear layer's input
  * gradient and weight gradient. With two threads, outside any parallel region, and both products
  * small (a GEMM of a few hundred MFLOP does not scale to two threads, PERF-NOTES), they run side by
- * side, one thread each, BLAS single-threaded inside the region; otherwise one after the other, each
- * threaded by BLAS. Either way each product is computed whole by one gemm() call. A product whose C
- * is NULL is not asked for: the other runs alone. */
+ * side, one thread each, BLAS single-threaded inside the region; otherwise one after the other: each
+ * product above that size (2^30 multiply-adds) cut in two halves along the longer side of C that run
+ * side by side (with two threads outside a region), a smaller one threaded by BLAS. A product whose
+ * C is NULL is not asked for: the other runs alone. No way of running changes an element's sum. */
 void gemm_pair(const GemmCall *a, const GemmCall *b);
 /* gemm() with A not transposed, its rows cut in two halves that gemm_pair runs side by side when it
  * would (each half computed whole by one thread; BLAS may round a half's shape otherwise than the
- * whole, so the bits can differ from one gemm() call); otherwise one gemm() call. */
+ * whole, so the bits can differ from one gemm() call); a larger product as gemm_pair runs one. */
 void gemm_halves(int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
                  float beta, float *C, int ldc);
 
