@@ -88,8 +88,9 @@ static double peak_rss_mb(void) {
     return ru.ru_maxrss / 1024.0;   /* KiB on Linux */
 }
 
-/* Median GFLOP/s of C[M,N] = A[M,K] B[N,K]^T (the layout of matmul_forward) through gemm(). */
-static moelm_status gemm_gflops(int M, int Nn, int K, int reps, double *out) {
+/* Seconds of reps products C[M,N] = A[M,K] B[N,K]^T (the layout of matmul_forward) through gemm(),
+ * after one untimed, into t[0..reps-1]. */
+static moelm_status gemm_times(int M, int Nn, int K, int reps, double *t) {
     float *A = moelm_malloc(sizeof(float) * (size_t)M * K), *Bm = moelm_malloc(sizeof(float) * (size_t)Nn * K);
     float *Cm = moelm_malloc(sizeof(float) * (size_t)M * Nn);
     if (!A || !Bm || !Cm) {
@@ -101,18 +102,20 @@ static moelm_status gemm_gflops(int M, int Nn, int K, int reps, double *out) {
     for (size_t i = 0; i < (size_t)M * K; i++) A[i] = rng_uniform(&r) - 0.5f;
     for (size_t i = 0; i < (size_t)Nn * K; i++) Bm[i] = rng_uniform(&r) - 0.5f;
     memset(Cm, 0, sizeof(float) * (size_t)M * Nn);
-    double t[32];
-    if (reps > 32) reps = 32;
     gemm(0, 1, M, Nn, K, 1.0f, A, K, Bm, K, 0.0f, Cm, Nn);   /* warm-up: pages, BLAS buffers, threads */
     for (int i = 0; i < reps; i++) {
         double t0 = time_now();
         gemm(0, 1, M, Nn, K, 1.0f, A, K, Bm, K, 0.0f, Cm, Nn);
         t[i] = time_now() - t0;
     }
-    qsort(t, (size_t)reps, sizeof(double), cmp_double);
-    *out = 2.0 * M * Nn * K / t[reps / 2] / 1e9;
     moelm_free(A); moelm_free(Bm); moelm_free(Cm);
     return MOELM_OK;
+}
+
+/* GFLOP/s of an M x N x K product at the median of n times (sorts t) */
+static double median_gflops(int M, int Nn, int K, double *t, int n) {
+    qsort(t, (size_t)n, sizeof(double), cmp_double);
+    return 2.0 * M * Nn * K / t[n / 2] / 1e9;
 }
 
 static moelm_status resolve_config(const BenchOptions *o, ModelConfig *cfg, TrainConfig *tc) {
@@ -153,6 +156,16 @@ moelm_status bench_run(const BenchOptions *o) {
     if (st) return st;
     backend_set_threads(o->threads);
     int B = tc.batch_size, T = tc.seq_len, N = B * T, V = cfg.vocab_size;
+
+    /* the machine's sgemm peak through the same gemm() and thread count: half the samples now, half
+     * after training and generation, so that the share compares the two over the same stretch of a
+     * machine whose speed moves (the buffers are freed before the model is made: no RSS added) */
+    enum { PEAK_REPS = 5 };
+    double peak_t[2 * PEAK_REPS];
+    if (o->peak) {
+        st = gemm_times(2048, 2048, 2048, PEAK_REPS, peak_t);
+        if (st) return st;
+    }
 
     Model m;
     Optimizer opt;
@@ -222,14 +235,17 @@ moelm_status bench_run(const BenchOptions *o) {
                gen16_tps / gen_tps);
     }
 
-    /* the machine's sgemm peak, now, through the same gemm() and thread count */
-    double peak = 0.0, head = 0.0;
+    /* the peak's second half; the head's shape alone, for comparison */
+    double peak = 0.0, head = 0.0, head_t[PEAK_REPS];
     int hM = N, hN = V, hK = cfg.model_type == MODEL_SEED ? cfg.head_hidden : cfg.d_model;
     if (o->peak) {
-        st = gemm_gflops(2048, 2048, 2048, 5, &peak);
-        if (!st) st = gemm_gflops(hM, hN, hK, 5, &head);
+        st = gemm_times(2048, 2048, 2048, PEAK_REPS, peak_t + PEAK_REPS);
+        if (!st) st = gemm_times(hM, hN, hK, PEAK_REPS, head_t);
         if (st) goto done;
-        printf("sgemm: 2048^3 %.1f GFLOP/s; head shape %dx%dx%d %.1f GFLOP/s\n", peak, hM, hN, hK, head);
+        peak = median_gflops(2048, 2048, 2048, peak_t, 2 * PEAK_REPS);
+        head = median_gflops(hM, hN, hK, head_t, PEAK_REPS);
+        printf("sgemm: 2048^3 %.1f GFLOP/s (median of %d, before and after the runs); head shape %dx%dx%d %.1f GFLOP/s\n",
+               peak, 2 * PEAK_REPS, hM, hN, hK, head);
         if (o->steps > 0) printf("train: %.1f%% of the sgemm 2048^3 peak\n", 100.0 * train_gflops / peak);
     }
     char kernel[64] = "none";   /* backend_name(): "openblas (KERNEL; config)" */
