@@ -71,10 +71,14 @@ void encoder_backward(float *dwte, float *dwpe, const float *dout, const int *in
 
 static inline void layernorm_row(float *o, float *mean, float *rstd, const float *x, const float *w, const float *b,
                                  int C, float eps) {
+    /* the row sums over the vector lanes (omp simd): one serial chain of float adds per sum was
+     * ~4 cycles an element, 2% of a dense seed step over its 13 norms forward and backward */
     float m = 0.0f;
+#pragma omp simd reduction(+ : m)
     for (int c = 0; c < C; c++) m += x[c];
     m /= C;
     float v = 0.0f;
+#pragma omp simd reduction(+ : v)
     for (int c = 0; c < C; c++) { float d = x[c] - m; v += d * d; }
     v /= C;
     float s = 1.0f / sqrtf(v + eps);
@@ -154,6 +158,7 @@ void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, co
         const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
         float m = mean[n], s = rstd[n];
         float a = 0.0f, bsum = 0.0f;
+#pragma omp simd reduction(+ : a, bsum)
         for (int c = 0; c < C; c++) {
             float dxh = dy[c] * w[c];
             a += dxh;
@@ -171,6 +176,7 @@ void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, co
 
 static inline void rmsnorm_row(float *o, float *rstd, const float *x, const float *w, int C, float eps) {
     float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
     for (int c = 0; c < C; c++) ss += x[c] * x[c];
     float s = 1.0f / sqrtf(ss / C + eps);
     for (int c = 0; c < C; c++) o[c] = x[c] * s * w[c];
@@ -209,6 +215,7 @@ void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *in
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
         float s = rstd[n], a = 0.0f;
+#pragma omp simd reduction(+ : a)
         for (int c = 0; c < C; c++) a += dy[c] * w[c] * x[c];
         a /= C;
         float *dx = dinp + (size_t)n * C;
