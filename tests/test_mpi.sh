@@ -17,8 +17,11 @@
 # the losses equal to ~1e-6. Checkpoint parameters: 1e-4 absolute, because Adam divides by sqrt(v):
 # a coordinate whose gradient is ~1e-8 (a rare token's embedding) moves by up to lr = 3e-3 per step
 # whatever the gradient's size, so last-bit differences there show as ~1e-5 (measured 1e-5 max).
-# Routing counts: exact (they are integers: a last-bit difference in a router logit could flip a
-# choice, but does not in these runs; a flip would show up as a loss difference as well).
+# Routing counts (load per expert and dropped fraction, printed to 5 decimals): 1e-4 absolute. A
+# last-bit difference in a router logit can flip a choice that sits on a tie to within rounding:
+# after a change of float summation order elsewhere (session 9, layernorm sums over vector lanes),
+# the top-2 DP x EP run's final evaluation sent one slot of its ~50,000 to another expert (load
+# 0.30076 vs 0.30075, losses still equal to 1e-6). A routing bug moves loads by 1e-2 and more.
 #
 # Skips (neither passes nor fails) when mpirun or mpicc is not installed.
 cd "$(dirname "$0")/.." || exit 1
@@ -58,7 +61,7 @@ losses() { grep -o '"loss": [-0-9.e]*' "$1/metrics.jsonl" | cut -d' ' -f2; grep 
 # the training losses alone (a run stopped at step S evaluates the whole validation split there,
 # where the uninterrupted run's periodic evaluation takes --eval-batches)
 train_losses() { grep -o '"loss": [-0-9.e]*' "$1/metrics.jsonl" | cut -d' ' -f2; }
-routing() { grep -o '"dropped": [0-9.]*\|"load": \[[^]]*\]' "$1/metrics.jsonl"; }
+routing() { grep -o '"dropped": [0-9.]*\|"load": \[[^]]*\]' "$1/metrics.jsonl" | grep -o '[0-9][0-9.]*'; }
 # parameters of a safetensors file as one float a line (data starts after the 8-byte header length and the header)
 st_floats() { h=$(od -An -t u8 -N 8 "$1" | tr -d ' '); od -An -v -f -j $((8 + h)) "$1" | tr -s ' ' '\n' | grep -v '^$'; }
 # $1 $2 files of numbers, $3 tolerance: prints the max |diff|, fails on a count mismatch or a larger diff
@@ -71,7 +74,8 @@ maxdiff() {
 compare() {
     losses "$2" >"$tmp/a"; losses "$3" >"$tmp/b"
     if d=$(maxdiff "$tmp/a" "$tmp/b" 1e-5); then ok "$1: loss curve (max diff $d)"; else bad "$1: loss curve (max diff $d)"; fi
-    if [ -n "$(routing "$2")" ] && [ "$(routing "$2")" = "$(routing "$3")" ]; then ok "$1: routing counts"; else bad "$1: routing counts"; fi
+    routing "$2" >"$tmp/a"; routing "$3" >"$tmp/b"
+    if d=$(maxdiff "$tmp/a" "$tmp/b" 1e-4); then ok "$1: routing counts (max diff $d)"; else bad "$1: routing counts (max diff $d)"; fi
     st_floats "$2/latest/model.safetensors" >"$tmp/a"; st_floats "$3/latest/model.safetensors" >"$tmp/b"
     if d=$(maxdiff "$tmp/a" "$tmp/b" 1e-4); then ok "$1: checkpoint (max diff $d)"; else bad "$1: checkpoint (max diff $d)"; fi
 }
