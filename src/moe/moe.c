@@ -692,6 +692,7 @@ static void router_backward_logits(MoEActs *a, const float *dout, const MoEConfi
             float d = 0.0f;      /* a dropped slot contributes 0, whatever its gate */
             if (r >= 0) {
                 const float *y = a->y + (size_t)r * C;
+#pragma omp simd reduction(+ : d)   /* lanes, not one serial chain: soft gating has E slots a token */
                 for (int c = 0; c < C; c++) d += dyt[c] * y[c];
                 d *= cfg->route_scale;   /* out = s * gate * y */
             }
