@@ -56,7 +56,7 @@ else
   BIN := $(BUILD)/moelm
 endif
 
-.PHONY: all test demo clean deps check-deps tests
+.PHONY: all test demo clean deps check-deps tests bench-ops
 all: $(BIN)
 
 $(BUILD)/%.o: %.c
@@ -75,6 +75,11 @@ $(BUILD)/tests/%: tests/%.c $(LIB) tests/test.h
 	$(CC) $(CFLAGS) -Itests $< $(LIB) -o $@ $(LDLIBS)
 
 tests: $(TEST_BIN) $(BIN)
+
+# bench/ops_bench.c: the dense step's kernels side by side (see the file)
+bench-ops: $(BUILD)/bench_ops
+$(BUILD)/bench_ops: bench/ops_bench.c $(LIB)
+	$(CC) $(CFLAGS) $< $(LIB) -o $@ $(LDLIBS)
 
 # Installs the Debian packages moelm needs when they are missing (root on Debian 12).
 deps:

@@ -1,0 +1,115 @@
+/* bench/ops_bench.c: the kernels of a dense seed step, each side by side with what it replaces or is
+ * checked against, at the seed config's shapes (batch 64 x 30 tokens, d_model 256, 8 heads, vocab
+ * 10,000, head hidden 512). Built by `make bench-ops` into build/bench_ops; run with
+ * `env OPENBLAS_CORETYPE=Cooperlake build/bench_ops [REPS]` (REPS, default 50: each figure is the
+ * minimum over REPS runs (at most 20 for attention, 10 for the head), the two sides of a line
+ * interleaved run by run).
+ *
+ *   attention   attention_forward + attention_backward (causal) against the plain reference loops
+ *   layernorm   layernorm_forward + layernorm_backward, 1920 x 256
+ *   head gemm   the head's three products through gemm() (OpenBLAS threads one product) against
+ *               gemm_pair with one product (cut in two halves that run side by side, gemm_big)
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include "backend/gemm.h"
+#include "ops/ops.h"
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static float *filled(size_t n, unsigned seed) {
+    float *x = malloc(sizeof(float) * n);
+    if (!x) { fprintf(stderr, "ops_bench: out of memory\n"); exit(1); }
+    for (size_t i = 0; i < n; i++) {
+        seed = seed * 1664525u + 1013904223u;
+        x[i] = (float)(seed >> 8) / 16777216.0f - 0.5f;
+    }
+    return x;
+}
+
+enum { B = 64, T = 30, C = 256, NH = 8, V = 10000, HH = 512, N = B * T };
+static float *qkv, *att, *out, *dout, *dqkv, *datt;
+
+static void attn_fast(void) {
+    attention_forward(out, att, qkv, B, T, C, NH, 1);
+    attention_backward(dqkv, datt, dout, att, qkv, B, T, C, NH, 1);
+}
+static void attn_ref(void) {
+    attention_forward_ref(out, att, qkv, B, T, C, NH, 1);
+    attention_backward_ref(dqkv, datt, dout, att, qkv, B, T, C, NH, 1);
+}
+
+static float *x, *y, *w, *bvec, *dw, *db, *mean, *rstd, *dx;
+static void layernorm(void) {
+    layernorm_forward(y, mean, rstd, x, w, bvec, N, C, 1e-5f);
+    layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, N, C);
+}
+
+static GemmCall head[3];
+static int which;
+static void gemm_threaded(void) {
+    const GemmCall *g = &head[which];
+    gemm(g->transA, g->transB, g->M, g->N, g->K, g->alpha, g->A, g->lda, g->B, g->ldb, g->beta, g->C, g->ldc);
+}
+static void gemm_split(void) {
+    GemmCall none = {0};
+    gemm_pair(&head[which], &none);
+}
+
+/* minimum seconds of a and of b over reps runs, interleaved */
+static void race(void (*a)(void), void (*b)(void), int reps, double *ta, double *tb) {
+    *ta = *tb = 1e30;
+    a(); b();   /* warm-up */
+    for (int r = 0; r < reps; r++) {
+        double t0 = now();
+        a();
+        double t1 = now();
+        b();
+        double t2 = now();
+        if (t1 - t0 < *ta) *ta = t1 - t0;
+        if (t2 - t1 < *tb) *tb = t2 - t1;
+    }
+}
+
+int main(int argc, char **argv) {
+    int reps = argc > 1 ? atoi(argv[1]) : 50;
+    if (reps < 1) { fprintf(stderr, "ops_bench: REPS must be a positive integer\n"); return 2; }
+    backend_init_runtime(argv);   /* as moelm: the BLAS kernel when unset, GOMP_SPINCOUNT */
+    backend_set_threads(2);
+    printf("ops_bench: 2 threads, backend %s, min of %d runs\n", backend_name(), reps);
+    double ta, tb;
+
+    qkv = filled((size_t)N * 3 * C, 1); dout = filled((size_t)N * C, 2);
+    out = filled((size_t)N * C, 3); dqkv = filled((size_t)N * 3 * C, 4);
+    att = filled((size_t)B * NH * T * T, 5); datt = filled((size_t)B * NH * T * T, 6);
+    race(attn_fast, attn_ref, reps > 20 ? 20 : reps, &ta, &tb);
+    printf("attention fwd+bwd B %d T %d C %d heads %d: %.3f ms, reference loops %.3f ms (%.1fx)\n", B, T, C, NH,
+           1e3 * ta, 1e3 * tb, tb / ta);
+
+    x = filled((size_t)N * C, 7); y = filled((size_t)N * C, 8); dx = filled((size_t)N * C, 9);
+    w = filled(C, 10); bvec = filled(C, 11); dw = filled(C, 12); db = filled(C, 13);
+    mean = filled(N, 14); rstd = filled(N, 15);
+    race(layernorm, layernorm, reps, &ta, &tb);
+    printf("layernorm fwd+bwd %d x %d: %.1f us\n", N, C, 1e6 * (ta < tb ? ta : tb));
+
+    float *h = filled((size_t)N * HH, 16), *W2 = filled((size_t)V * HH, 17), *L = filled((size_t)N * V, 18);
+    float *dh = filled((size_t)N * HH, 19), *dW2 = filled((size_t)V * HH, 20);
+    head[0] = (GemmCall){0, 1, N, V, HH, 1.0f, h, HH, W2, HH, 0.0f, L, V};     /* logits = h W2^T */
+    head[1] = (GemmCall){0, 0, N, HH, V, 1.0f, L, V, W2, HH, 0.0f, dh, HH};    /* dh = dlogits W2 */
+    head[2] = (GemmCall){1, 0, V, HH, N, 1.0f, L, V, h, HH, 1.0f, dW2, HH};    /* dW2 += dlogits^T h */
+    const char *name[3] = {"logits = h W^T   ", "dh = dlogits W   ", "dW += dlogits^T h"};
+    double flop = 2.0 * N * V * HH;
+    for (which = 0; which < 3; which++) {
+        race(gemm_threaded, gemm_split, reps > 10 ? 10 : reps, &ta, &tb);
+        printf("head %s %dx%dx%d: BLAS-threaded %.2f ms (%.0f GFLOP/s), halves side by side %.2f ms (%.0f GFLOP/s), %.2fx\n",
+               name[which], head[which].M, head[which].N, head[which].K, 1e3 * ta, flop / ta / 1e9, 1e3 * tb,
+               flop / tb / 1e9, ta / tb);
+    }
+    return 0;
+}
