@@ -101,13 +101,13 @@ void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, c
         layernorm_row(out + (size_t)n * C, mean + n, rstd + n, inp + (size_t)n * C, w, b, C, eps);
 }
 
-/* Column sums of a [N,C] product, reduced per column in row order so every thread count gives the
- * same bits: dw[c] += sum_n a[n,c] * (b ? b[n,c] : 1). */
 /* Columns per block in the column-sum reductions below: with d_model 256 a block of 256 left one thread
  * of two idle; 64 (four vectors of sums, kept in registers) gives every thread work. The block
  * size does not change the bits: per column the sum runs over n in order either way. */
 #define COL_BLOCK 64
 
+/* Column sums of a [N,C] product, reduced per column in row order so every thread count gives the
+ * same bits: dw[c] += sum_n a[n,c] * (b ? b[n,c] : 1). */
 static void colsum_product_acc(float *dw, const float *a, const float *b, int N, int C) {
     /* Blocks of CB columns, each owned by one thread, walked row by row (contiguous reads); per column
      * the sum still runs over n in order, so the bits match a column-at-a-time loop. */
