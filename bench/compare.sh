@@ -22,6 +22,8 @@
 # Each (config, program) pair runs REPS times, alternating moelm and torch; the table shows medians.
 # Generation (batch 1, 100 new tokens, KV cache) is measured in the same runs, with float weights and
 # again in bfloat16 (moelm: `generate --bf16`, weights only; torch: the model and cache in bf16).
+# "gen share of read bw": moelm's float generation in bytes of weights per second (kv_step_bytes per
+# token) over the machine's plain read bandwidth measured by the same process over as many bytes.
 set -u
 CORE=${1:-env}
 THREADS=${THREADS:-2}; STEPS=${STEPS:-5}; WARMUP=${WARMUP:-1}; GEN=${GEN:-100}; REPS=${REPS:-2}
@@ -68,21 +70,21 @@ for cfg in $CONFIGS; do
     done
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '\n| config | moelm tok/s | torch tok/s | ratio | moelm GFLOP/s | sgemm peak | share | torch GFLOP/s | gen moelm tok/s | gen torch tok/s | gen ratio | gen bf16 moelm | gen bf16 torch | bf16 moelm / best torch | RSS moelm MB | RSS torch MB | moelm ms/step |\n'
-printf '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n'
+printf '\n| config | moelm tok/s | torch tok/s | ratio | moelm GFLOP/s | sgemm peak | share | torch GFLOP/s | gen moelm tok/s | gen torch tok/s | gen ratio | gen share of read bw | gen bf16 moelm | gen bf16 torch | bf16 moelm / best torch | RSS moelm MB | RSS torch MB | moelm ms/step |\n'
+printf '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n'
 for cfg in $CONFIGS; do
     m="$OUT/$cfg.moelm.$CORE.log"; t="$OUT/$cfg.torch.$CORE.log"
     mt=$(field "$m" train_tok_s | median); tt=$(field "$t" train_tok_s | median)
     mg=$(field "$m" train_gflops | median); pk=$(field "$m" sgemm_peak_gflops | median); tg=$(field "$t" train_gflops | median)
     sh=$(field "$m" peak_share | median)
-    mgen=$(field "$m" gen_tok_s | median); tgen=$(field "$t" gen_tok_s | median)
+    mgen=$(field "$m" gen_tok_s | median); tgen=$(field "$t" gen_tok_s | median); gbw=$(field "$m" gen_read_share | median)
     mg16=$(field "$m" gen_bf16_tok_s | median); tg16=$(field "$t" gen_bf16_tok_s | median)
     mr=$(field "$m" rss_mb | median); tr=$(field "$t" rss_mb | median); ms=$(field "$m" train_ms_step | median)
-    awk -v c="$cfg" -v mt="$mt" -v tt="$tt" -v mg="$mg" -v pk="$pk" -v sh="$sh" -v tg="$tg" -v mgen="$mgen" -v tgen="$tgen" -v mg16="$mg16" -v tg16="$tg16" \
+    awk -v c="$cfg" -v mt="$mt" -v tt="$tt" -v mg="$mg" -v pk="$pk" -v sh="$sh" -v tg="$tg" -v mgen="$mgen" -v tgen="$tgen" -v gbw="$gbw" -v mg16="$mg16" -v tg16="$tg16" \
         -v mr="$mr" -v tr="$tr" -v ms="$ms" 'BEGIN {
         best = tgen > tg16 ? tgen : tg16   # torch at whichever precision generates faster
-        printf "| %s | %.0f | %.0f | %.2fx | %.1f | %.1f | %.0f%% | %.1f | %.1f | %.1f | %.2fx | %.1f | %.1f | %.2fx | %.0f | %.0f | %.1f |\n",
-               c, mt, tt, (tt > 0 ? mt / tt : 0), mg, pk, 100 * sh, tg, mgen, tgen, (tgen > 0 ? mgen / tgen : 0),
+        printf "| %s | %.0f | %.0f | %.2fx | %.1f | %.1f | %.0f%% | %.1f | %.1f | %.1f | %.2fx | %.0f%% | %.1f | %.1f | %.2fx | %.0f | %.0f | %.1f |\n",
+               c, mt, tt, (tt > 0 ? mt / tt : 0), mg, pk, 100 * sh, tg, mgen, tgen, (tgen > 0 ? mgen / tgen : 0), 100 * gbw,
                mg16, tg16, (best > 0 ? mg16 / best : 0), mr, tr, ms }'
 done
 k() { grep '^RESULT' "$1" | sed -E 's/.* kernel=([^ ]+).*/\1/' | sort -u | tr '\n' ' '; }

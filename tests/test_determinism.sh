@@ -2,7 +2,7 @@
 # test_determinism.sh: at a fixed thread count, two training runs give bit-identical losses (the
 # OpenMP loops own whole rows or columns, reductions run in a fixed order, dropout draws from one
 # sequential RNG, and BLAS is deterministic at a fixed thread count). Also `moelm bench` runs and
-# prints its figures. Ends with "determinism: N passed, N failed".
+# prints its figures (with the sgemm peak and the read bandwidth once). Ends with "determinism: N passed, N failed".
 BIN=${MOELM_BIN:-./moelm}
 TMP=build/tmp/determinism
 rm -rf "$TMP"; mkdir -p "$TMP"
@@ -26,5 +26,13 @@ done
 check "bench prints tok/s" grep -q "tok/s" "$TMP/bencha.log"
 check "bench: identical loss in two runs" test "$(grep '^train:' "$TMP/bencha.log" | sed 's/.*loss //')" = \
     "$(grep '^train:' "$TMP/benchb.log" | sed 's/.*loss //')"
+# with the measurements: the read bandwidth and generation's share of it are figures, and the share
+# is generation's GB/s over the read's (kv_step_bytes per token times tok/s)
+$BIN bench --config tiny --steps 1 --warmup 0 -n 20 -t 2 >"$TMP/peak.log" 2>&1
+res=$(grep '^RESULT' "$TMP/peak.log")
+val() { echo "$res" | sed -E "s/.* $1=([-0-9.e]+).*/\1/"; }
+check "bench: read bandwidth measured" awk -v r="$(val read_gbs)" 'BEGIN { exit !(r > 0.5) }'
+check "bench: generation's share of it" awk -v g="$(val gen_gbs)" -v r="$(val read_gbs)" -v s="$(val gen_read_share)" \
+    'BEGIN { exit !(g > 0 && s > 0 && s - g / r < 1e-3 && g / r - s < 1e-3) }'
 echo "determinism: $pass passed, $fail failed"
 [ "$fail" = 0 ]

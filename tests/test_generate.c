@@ -262,6 +262,58 @@ TEST(kv_memory) {
     model_free(&m);
 }
 
+/* kv_step_bytes against the model's tensor table: every tensor read whole by a step, except the
+ * embeddings (a row each, and all of wte again as a tied head) and the experts' tensors (the share of
+ * them one token reaches: 1, K, or all for soft gating); in bf16 the matrices (".weight" tensors of
+ * two or more dims, not the router) count 2 bytes a value. Checked: counting the router in bf16, or
+ * SwiGLU's fc1 at H rows, fails. */
+static double table_bytes(const Model *m, int bf16) {
+    const MoEConfig *mc = &m->moe_cfg;
+    int C = m->cfg.d_model, E = mc->E, slots = moe_slots_per_token(mc), reached = slots < E ? slots : E;
+    int tied_head = m->cfg.model_type == MODEL_LM && m->cfg.tie_word_embeddings;
+    double bytes = 0.0;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const TensorInfo *t = &m->tensors[i];
+        int matrix = t->ndim >= 2 && strstr(t->name, ".weight") && !strstr(t->name, "router");
+        double n = (double)t->size, w = bf16 && matrix ? 2.0 : 4.0;
+        if (!strcmp(t->name, "tok_emb.weight")) bytes += 4.0 * C + (tied_head ? w * n : 0.0);
+        else if (!strcmp(t->name, "pos_emb.weight")) bytes += 4.0 * C;
+        else bytes += w * (strstr(t->name, ".experts.") ? n / E * reached : n);
+    }
+    return bytes;
+}
+
+TEST(kv_step_bytes_match_the_tensors) {
+    ModelConfig c[6];
+    const char *label[6] = {"dense tied", "rms swiglu untied", "top-2 + shared", "seed soft", "seed switch swiglu",
+                            "seed hash"};
+    tiny(&c[0], 13);
+    c[0].num_experts = 0;
+    tiny(&c[1], 13);
+    c[1].num_experts = 0;
+    c[1].norm_type = NORM_RMS;
+    c[1].hidden_act = ACT_SWIGLU;
+    c[1].tie_word_embeddings = 0;
+    tiny(&c[2], 13);
+    c[2].num_experts = 4;
+    c[2].sparse_step = 1;
+    c[2].router_type = ROUTER_TOPK;
+    c[2].num_experts_per_tok = 2;
+    c[2].shared_expert = 1;
+    seed_cfg(&c[3], ROUTER_SOFT);
+    seed_cfg(&c[4], ROUTER_SWITCH);
+    c[4].hidden_act = ACT_SWIGLU;
+    seed_cfg(&c[5], ROUTER_HASH);
+    for (int i = 0; i < 6; i++) {
+        Model m;
+        EXPECT_MSG(model_create(&m, &c[i], 1, 4, 1) == MOELM_OK, "%s: %s", label[i], moelm_last_error());
+        for (int bf16 = 0; bf16 < 2; bf16++)
+            EXPECT_MSG(kv_step_bytes(&m, bf16) == table_bytes(&m, bf16), "%s, bf16 %d: %.0f bytes, the tensors say %.0f",
+                       label[i], bf16, kv_step_bytes(&m, bf16), table_bytes(&m, bf16));
+        model_free(&m);
+    }
+}
+
 /* ---- sampling ---------------------------------------------------------------------------------- */
 
 TEST(sample_greedy) {
@@ -354,6 +406,7 @@ int main(void) {
     RUN(kv_topk_lm);
     RUN(kv_seed_models);
     RUN(kv_memory);
+    RUN(kv_step_bytes_match_the_tensors);
     RUN(sample_greedy);
     RUN(sample_top_k);
     RUN(sample_top_p);

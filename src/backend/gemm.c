@@ -175,7 +175,26 @@ static inline float dot_row_bf16(const uint16_t *w, const float *x, int K) {
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
+
+uint32_t read_words(const uint32_t *a, size_t n) {
+    __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
+    for (size_t i = 0; i + 64 <= n; i += 64) {
+        s0 = _mm512_xor_si512(s0, _mm512_loadu_si512(a + i));
+        s1 = _mm512_xor_si512(s1, _mm512_loadu_si512(a + i + 16));
+        s2 = _mm512_xor_si512(s2, _mm512_loadu_si512(a + i + 32));
+        s3 = _mm512_xor_si512(s3, _mm512_loadu_si512(a + i + 48));
+    }
+    return (uint32_t)_mm512_reduce_or_epi32(_mm512_xor_si512(_mm512_xor_si512(s0, s1), _mm512_xor_si512(s2, s3)));
+}
 #else
+uint32_t read_words(const uint32_t *a, size_t n) {
+    uint32_t lane[64] = {0}, acc = 0;
+    for (size_t i = 0; i + 64 <= n; i += 64)
+        for (int j = 0; j < 64; j++) lane[j] ^= a[i + j];
+    for (int j = 0; j < 64; j++) acc ^= lane[j];
+    return acc;
+}
+
 static inline float bf16_widen(uint16_t h);
 static inline float dot_row(const float *w, const float *x, int K) {
     float s = 0.0f;

@@ -50,6 +50,10 @@ void gemm_halves(int transB, int M, int N, int K, float alpha, const float *A, i
  * team (each thread calling it on its rows) has the bits of the whole. */
 void gemv_one(float *y, const float *x, const float *W, const float *bias, int N, int K);
 
+/* The words of a[0..n) (whole blocks of 64) folded by XOR, read front to back with the widest loads:
+ * the plainest streaming read, against which `moelm bench` measures generation; on the calling thread. */
+uint32_t read_words(const uint32_t *a, size_t n);
+
 /* A barrier for the threads of one parallel region: each spins (then yields the core, so a machine with
  * more runnable threads than cores still progresses) until all nthreads have arrived. libgomp's barrier
  * makes a futex system call on every release (1.2-1.7 us in this VM against 0.4 us here); generation

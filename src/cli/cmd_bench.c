@@ -9,7 +9,8 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: moelm bench [flags]\n\n"
             "Training and generation speed on synthetic tokens: tok/s, GFLOP/s (forward + backward, counted\n"
-            "analytically), and the share of this machine's sgemm peak measured by the same run.\n\n"
+            "analytically), and the share of this machine's sgemm peak measured by the same run; generation's\n"
+            "bytes of weights per second and their share of the machine's read bandwidth, measured alike.\n\n"
             "  --config NAME|FILE     preset (tiny, demo, dense-ptb, switch-ptb, seed-moe, seed-gating, seed-switch)\n"
             "                         or a config.json (default: seed-switch)\n"
             "  --set KEY=VALUE        override a config or training key, repeatable (e.g. --set num_experts=128)\n"
@@ -20,7 +21,7 @@ static void usage(FILE *f) {
             "  --seq-len N            tokens per sequence (default: the preset's)\n"
             "  --vocab N              vocabulary size when the config leaves it open (default 10000)\n"
             "  -n, --gen N            generated tokens, batch 1, KV cache (default 100; 0 = no generation)\n"
-            "  --no-peak              skip the sgemm peak measurement\n"
+            "  --no-peak              skip the sgemm peak and read bandwidth measurements\n"
             "  --profile              print forward / backward / optimizer time per step\n"
             "  --seed N               seed of the weights and tokens (default 1)\n");
 }

@@ -329,6 +329,47 @@ void model_step_kv(Model *m, KVCache *kv, int token) {
     kv->pos = t + 1;
 }
 
+/* ---- bytes a step streams ---------------------------------------------------------------------- */
+
+/* Counts a step's reads as the step makes them: matrices through mv_rows (bf16 when kv has copies),
+ * vectors (biases, norms, embedding rows, the router) always float. */
+typedef struct {
+    double mat, vec;   /* floats */
+} StepFloats;
+
+static void count_moe(StepFloats *f, const MoEConfig *cfg) {
+    double C = cfg->C, H = cfg->H, H1 = cfg->act == ACT_SWIGLU ? 2.0 * cfg->H : cfg->H;
+    int reached = moe_slots_per_token(cfg) < cfg->E ? moe_slots_per_token(cfg) : cfg->E;
+    if (cfg->router != ROUTER_RANDOM && cfg->router != ROUTER_HASH) f->vec += cfg->E * C;   /* router_w */
+    if (cfg->use_expert_bias) f->vec += cfg->E;
+    f->mat += (reached + (cfg->shared_expert ? 1 : 0)) * (H1 * C + C * H);
+    f->vec += (reached + (cfg->shared_expert ? 1 : 0)) * (H1 + C);
+}
+
+double kv_step_bytes(const Model *m, int bf16) {
+    const ModelConfig *c = &m->cfg;
+    double C = c->d_model, V = c->vocab_size, H = c->d_ff, H1 = c->hidden_act == ACT_SWIGLU ? 2.0 * H : H;
+    double norm = c->norm_type == NORM_RMS ? C : 2 * C;   /* weight (and bias) of one norm */
+    int seed = c->model_type == MODEL_SEED;
+    StepFloats f = {0.0, 2 * C};                          /* a row of wte and one of wpe */
+    for (int l = 0; l < c->num_layers; l++) {
+        f.mat += 3 * C * C + C * C;                       /* qkv, out */
+        f.vec += 3 * C + C + 2 * norm;
+        if (!seed && config_block_is_sparse(c, l)) count_moe(&f, &m->moe_cfg);
+        else { f.mat += H1 * C + C * H; f.vec += H1 + C; }
+    }
+    if (seed) {
+        double HH = c->head_hidden;
+        count_moe(&f, &m->moe_cfg);
+        f.mat += HH * C + V * HH;
+        f.vec += HH + V;
+    } else {
+        f.vec += norm;                                    /* lnf */
+        f.mat += V * C;                                   /* lm_head, or wte when tied */
+    }
+    return f.mat * (bf16 ? sizeof(uint16_t) : sizeof(float)) + f.vec * sizeof(float);
+}
+
 /* ---- sampling ---------------------------------------------------------------------------------- */
 
 /* Sorts (value, index) pairs stored as two floats: value descending, then index ascending, so the

@@ -197,6 +197,12 @@ void kv_reset(KVCache *kv);
  * change. */
 moelm_status kv_use_bf16(KVCache *kv, const Model *m);
 void model_step_kv(Model *m, KVCache *kv, int token);
+/* Bytes of weights one model_step_kv reads, each once: the layers' matrices, biases and norms, a row
+ * of each embedding, the head, and per MoE layer its router and the experts a token reaches (its
+ * slots: one, K, or every expert for soft gating and expert choice; at N = 1 none is dropped). With
+ * bf16 (kv_use_bf16) the matrices count 2 bytes a weight; norms, biases, routers and embedding rows 4.
+ * `moelm bench` divides it by the time of a step to compare with the machine's read bandwidth. */
+double kv_step_bytes(const Model *m, int bf16);
 
 /* Samples the next token from logits [V]: temperature temp (<= 0: greedy argmax, the first maximum),
  * then top-k (top_k <= 0: off), then top-p / nucleus over the top-k renormalised (top_p >= 1: off),

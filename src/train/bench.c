@@ -2,6 +2,9 @@
  * the loops call exactly what a training step (train.c) and generation (inference.c) call. */
 #include "train/bench.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,10 +115,53 @@ static moelm_status gemm_times(int M, int Nn, int K, int reps, double *t) {
     return MOELM_OK;
 }
 
+/* Seconds per pass of the plainest read of n words (a multiple of 64), read `passes` times over, into
+ * t[0..reps-1], after one untimed pass: the threads take contiguous shares and read them front to back
+ * (read_words), as a token step streams its weights. */
+static uint32_t read_times(const uint32_t *a, size_t n, int passes, int reps, double *t) {
+    uint32_t acc = 0;
+    size_t blocks = n / 64;
+    for (int i = -1; i < reps; i++) {
+        double t0 = time_now();
+        for (int p = 0; p < (i < 0 ? 1 : passes); p++) {
+#pragma omp parallel reduction(^ : acc)
+            {
+#ifdef _OPENMP
+                size_t nt = (size_t)omp_get_num_threads(), r = (size_t)omp_get_thread_num();
+#else
+                size_t nt = 1, r = 0;
+#endif
+                size_t lo = blocks * r / nt, hi = blocks * (r + 1) / nt;
+                acc ^= read_words(a + 64 * lo, 64 * (hi - lo));
+            }
+        }
+        if (i >= 0) t[i] = (time_now() - t0) / passes;
+    }
+    return acc;
+}
+
+/* The machine's read bandwidth (bytes/s) over the first `bytes` of the model's weights (what a token
+ * step reads, in as many bytes and the same memory: no buffer of its own, so no RSS added), reps
+ * samples into t[0..reps-1]: as many passes per sample as make ~2 GB (3 to 100). */
+static void read_bandwidth_times(const Model *m, double bytes, int reps, double *t) {
+    size_t n = (size_t)(bytes / sizeof(float));
+    if (n > m->n_params) n = m->n_params;
+    n &= ~(size_t)63;
+    double want = 2e9 / (4.0 * n);
+    int passes = want < 3 ? 3 : want > 100 ? 100 : (int)want;
+    volatile uint32_t sink = read_times((const uint32_t *)(const void *)m->params, n, passes, reps, t);
+    (void)sink;
+    for (int i = 0; i < reps; i++) t[i] = 4.0 * n / t[i];
+}
+
+static double median_of(double *v, int n) {
+    qsort(v, (size_t)n, sizeof(double), cmp_double);
+    return v[n / 2];
+}
+
 /* GFLOP/s of an M x N x K product at the median of n times (sorts t) */
 static double median_gflops(int M, int Nn, int K, double *t, int n) {
-    qsort(t, (size_t)n, sizeof(double), cmp_double);
-    return 2.0 * M * Nn * K / t[n / 2] / 1e9;
+    return 2.0 * M * Nn * K / median_of(t, n) / 1e9;
 }
 
 static moelm_status resolve_config(const BenchOptions *o, ModelConfig *cfg, TrainConfig *tc) {
@@ -176,6 +222,10 @@ moelm_status bench_run(const BenchOptions *o) {
     st = optim_create(&opt, m.n_params);
     if (st) { model_free(&m); return st; }
     if (o->n_gen > 0) st = kv_create(&kv, &m);
+    /* the machine's read bandwidth over as many bytes as a float token step reads: half the samples
+     * now, half after the runs, as the peak */
+    double step_bytes = kv_step_bytes(&m, 0), read_bw[2 * PEAK_REPS];
+    if (o->peak && o->n_gen > 0) read_bandwidth_times(&m, step_bytes, PEAK_REPS, read_bw);
     enum { NBATCH = 4 };
     int *tok = moelm_malloc(sizeof(int) * (size_t)N * NBATCH * 2);
     float *scratch = moelm_malloc(sizeof(float) * 2 * (size_t)V);
@@ -235,6 +285,16 @@ moelm_status bench_run(const BenchOptions *o) {
                gen16_tps / gen_tps);
     }
 
+    double gen_gbs = gen_tps * step_bytes / 1e9, read_gbs = 0.0;
+    if (o->peak && o->n_gen > 0) {
+        read_bandwidth_times(&m, step_bytes, PEAK_REPS, read_bw + PEAK_REPS);
+        read_gbs = median_of(read_bw, 2 * PEAK_REPS) / 1e9;
+        printf("read: %.1f GB/s over %.1f MB (median of %d, before and after the runs); generate streams %.1f MB of "
+               "weights a token: %.1f GB/s, %.0f%% of it (bf16: %.1f MB, %.1f GB/s)\n",
+               read_gbs, step_bytes / 1e6, 2 * PEAK_REPS, step_bytes / 1e6, gen_gbs, 100.0 * gen_gbs / read_gbs,
+               kv_step_bytes(&m, 1) / 1e6, gen16_tps * kv_step_bytes(&m, 1) / 1e9);
+    }
+
     /* the peak's second half; the head's shape alone, for comparison */
     double peak = 0.0, head = 0.0, head_t[PEAK_REPS];
     int hM = N, hN = V, hK = cfg.model_type == MODEL_SEED ? cfg.head_hidden : cfg.d_model;
@@ -252,9 +312,10 @@ moelm_status bench_run(const BenchOptions *o) {
     const char *bn = strchr(backend_name(), '(');
     if (bn) snprintf(kernel, sizeof kernel, "%.*s", (int)strcspn(bn + 1, ";) "), bn + 1);
     printf("RESULT config=%s threads=%d train_tok_s=%.1f train_ms_step=%.3f train_gflops=%.2f gen_tok_s=%.2f "
-           "gen_bf16_tok_s=%.2f sgemm_peak_gflops=%.2f peak_share=%.4f rss_mb=%.1f kernel=%s\n",
+           "gen_bf16_tok_s=%.2f sgemm_peak_gflops=%.2f peak_share=%.4f rss_mb=%.1f gen_gbs=%.2f read_gbs=%.2f "
+           "gen_read_share=%.4f kernel=%s\n",
            o->config, o->threads, train_tps, o->steps > 0 ? 1e3 * t_total / o->steps : 0.0, train_gflops, gen_tps, gen16_tps, peak,
-           peak > 0 ? train_gflops / peak : 0.0, rss, kernel);
+           peak > 0 ? train_gflops / peak : 0.0, rss, gen_gbs, read_gbs, read_gbs > 0 ? gen_gbs / read_gbs : 0.0, kernel);
     fflush(stdout);
 done:
     moelm_free(tok);

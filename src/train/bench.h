@@ -7,6 +7,10 @@
  *   generate  batch 1, a one-token prompt then n_gen greedy tokens through the KV cache: tokens/s;
  *   peak      sgemm through gemm() at 2048^3 and at the model's largest GEMM shape: GFLOP/s, so the
  *             training figure can be given as a share of what this machine's GEMM reaches now;
+ *   read      the plainest streaming read (read_words) over as many bytes of the weights as a token
+ *             step reads (kv_step_bytes): GB/s, so generation's bytes per second can be given as a
+ *             share of what this machine's memory delivers now (both halves of peak and read are
+ *             sampled before and after the runs);
  *   memory    the process's peak RSS after training and generation (before the peak GEMM buffers).
  * What it is not: a convergence test (the tokens are uniform noise).
  */
