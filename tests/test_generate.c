@@ -187,6 +187,16 @@ TEST(kv_dense_rms_swiglu_untied) {
     run_case(&c, "dense rmsnorm swiglu untied");
 }
 
+TEST(kv_dense_wide_heads) {
+    /* head width 32: attention_step's vector path (the tiny models' width 4 takes its loops) */
+    ModelConfig c;
+    tiny(&c, 13);
+    c.num_experts = 0;
+    c.d_model = 64;
+    c.d_ff = 48;
+    run_case(&c, "dense, heads of 32");
+}
+
 TEST(kv_switch_lm) {
     ModelConfig c;
     tiny(&c, 13);
@@ -402,6 +412,7 @@ int main(void) {
     RUN(gemv_matches_reference);
     RUN(kv_dense_lm);
     RUN(kv_dense_rms_swiglu_untied);
+    RUN(kv_dense_wide_heads);
     RUN(kv_switch_lm);
     RUN(kv_topk_lm);
     RUN(kv_seed_models);

@@ -163,6 +163,43 @@ TEST(attention_fast_matches_reference) {
     att_fast_case(1, 129, 64, 2, 0);
 }
 
+/* attention_step (generation's cache layout: keys transposed with row stride ldk, values as rows)
+ * against the same row in double precision, at every head width the vector path takes (16-64), two
+ * it does not (4, 65), and key counts around its 16- and 64-key blocks. The keys' rows are padded to
+ * ldk with NaN, so a read past key n-1 would poison the result. Checked: scores over one key fewer,
+ * or one value row skipped in the weighted sum, fail. */
+static void att_step_case(int hs, int n) {
+    size_t ldk = ((size_t)n + 15) / 16 * 16 + 16;
+    float *q = vec(hs, 1.0f), *kT = vec((size_t)hs * ldk, 1.0f), *v = vec((size_t)n * hs, 1.0f);
+    float *o = zeros(hs), *a = zeros(n);
+    for (int d = 0; d < hs; d++)
+        for (size_t u = (size_t)n; u < ldk; u++) kT[(size_t)d * ldk + u] = NAN;
+    attention_step(o, a, q, kT, ldk, v, n, hs);
+    double *p = malloc(sizeof(double) * (size_t)n), mx = -1e300, sum = 0.0, err = 0.0;
+    for (int u = 0; u < n; u++) {
+        double sc = 0.0;
+        for (int d = 0; d < hs; d++) sc += (double)q[d] * kT[(size_t)d * ldk + u];
+        p[u] = sc / sqrt((double)hs);
+        mx = fmax(mx, p[u]);
+    }
+    for (int u = 0; u < n; u++) { p[u] = exp(p[u] - mx); sum += p[u]; }
+    for (int u = 0; u < n; u++) err = fmax(err, fabs(a[u] - p[u] / sum));
+    for (int i = 0; i < hs; i++) {
+        double r = 0.0;
+        for (int u = 0; u < n; u++) r += p[u] / sum * v[(size_t)u * hs + i];
+        err = fmax(err, fabs(o[i] - r));
+    }
+    EXPECT_MSG(err <= 2e-6, "hs %d, %d keys: max error %.3g", hs, n, err);
+    free(p);
+    drop(q); drop(kT); drop(v); drop(o); drop(a);
+}
+
+TEST(attention_step_matches_double) {
+    int hs[6] = {16, 32, 48, 64, 4, 65}, n[10] = {1, 3, 15, 16, 17, 63, 64, 65, 101, 130};
+    for (int i = 0; i < 6; i++)
+        for (int j = 0; j < 10; j++) att_step_case(hs[i], n[j]);
+}
+
 /* Cross-entropy (vectorised exp) against a double-precision softmax on an odd vocabulary with a
  * wide logit range; 1e-5 relative is 100x the float rounding of a sum of 1001 terms. */
 TEST(crossentropy_matches_double) {
@@ -442,6 +479,7 @@ int main(void) {
     RUN(attention_blocked_grad);
     RUN(attention_is_causal);
     RUN(attention_fast_matches_reference);
+    RUN(attention_step_matches_double);
     RUN(crossentropy_matches_double);
     RUN(relu_grad);
     RUN(gelu_grad);

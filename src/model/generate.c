@@ -36,6 +36,10 @@ static int model_has_moe(const ModelConfig *c) {
 /* floats between one thread's own vectors in kv->own: C rounded up to whole cache lines */
 static size_t own_stride(int C) { return ((size_t)C + 15) & ~(size_t)15; }
 
+/* floats between one dimension's row of keys and the next in kv->k: n_positions rounded up to whole
+ * cache lines */
+static size_t kv_key_stride(int P) { return ((size_t)P + 15) & ~(size_t)15; }
+
 /* Runs twice like model.c's layouts: base == NULL counts bytes, then hands out pointers. */
 static size_t kv_layout(KVCache *kv, char *base, const Model *m) {
     const ModelConfig *c = &m->cfg;
@@ -45,7 +49,7 @@ static size_t kv_layout(KVCache *kv, char *base, const Model *m) {
     size_t off = 0;
 #define TAKE(ptr, nfloats) do { size_t _b = sizeof(float) * (size_t)(nfloats); \
         (ptr) = base ? (void *)(base + off) : NULL; off += (_b + 63) & ~(size_t)63; } while (0)
-    TAKE(kv->k, (size_t)L * P * C);
+    TAKE(kv->k, (size_t)L * C * kv_key_stride(P));
     TAKE(kv->v, (size_t)L * P * C);
     TAKE(kv->own, (size_t)KV_TEAM_MAX * 3 * own_stride(C));
     TAKE(kv->xb2, C);
@@ -260,25 +264,27 @@ static void step_team(Model *m, KVCache *kv, int token, int t) {
     const ModelParams *p = &m->p;
     float *x = kv->own + (size_t)team_rank() * 3 * own_stride(C), *xb = x + own_stride(C), *o = xb + own_stride(C);
     float *xb2 = kv->xb2;
+    size_t ldk = kv_key_stride(P);
 
     /* x = wte[token] + wpe[t]: encoder_forward's sum */
     for (int i = 0; i < C; i++) x[i] = p->wte[(size_t)token * C + i] + p->wpe[(size_t)t * C + i];
     for (int l = 0; l < c->num_layers; l++) {
         const LayerParams *lp = &p->layers[l];
         int sparse = !seed && config_block_is_sparse(c, l);
-        float *kl = kv->k + (size_t)l * P * C, *vl = kv->v + (size_t)l * P * C;
+        float *kl = kv->k + (size_t)l * C * ldk, *vl = kv->v + (size_t)l * P * C;
         const float *att_in = seed ? x : xb;
         if (!seed) norm1(m, xb, x, lp->ln1_w, lp->ln1_b);
-        /* this thread's heads: their rows of q, k and v, the cache's position t, then attention_forward's row t */
+        /* this thread's heads: their rows of q, k and v, the cache's position t, then attention_forward's
+         * row t over the cache (head h's keys transposed, kh[d ldk + u], and its values as rows) */
         int h0, h1;
         share_of(NH, 1, &h0, &h1);
         for (int part = 0; part < 3; part++)
             mv_rows(m, kv, kv->qkv, att_in, lp->qkv_w, lp->qkv_b, part * C + h0 * hs, part * C + h1 * hs, C);
         for (int h = h0; h < h1; h++) {
-            memcpy(kl + (size_t)t * C + h * hs, kv->qkv + C + h * hs, sizeof(float) * hs);
-            memcpy(vl + (size_t)t * C + h * hs, kv->qkv + 2 * C + h * hs, sizeof(float) * hs);
-            attention_row(kv->atty + h * hs, kv->att + (size_t)h * P, kv->qkv + h * hs, kl + h * hs, vl + h * hs,
-                          (size_t)C, t + 1, hs);
+            float *kh = kl + (size_t)h * hs * ldk, *vh = vl + (size_t)h * P * hs;
+            for (int d = 0; d < hs; d++) kh[(size_t)d * ldk + t] = kv->qkv[C + h * hs + d];
+            memcpy(vh + (size_t)t * hs, kv->qkv + 2 * C + h * hs, sizeof(float) * hs);
+            attention_step(kv->atty + h * hs, kv->att + (size_t)h * P, kv->qkv + h * hs, kh, ldk, vh, t + 1, hs);
         }
         team_barrier(kv);
         mv_team(m, kv, xb2, kv->atty, lp->out_w, lp->out_b, C, C);

@@ -123,7 +123,8 @@ typedef struct {
 typedef struct {
     int pos;                  /* tokens already in the cache; the next token goes to position pos */
     int n_positions;          /* P: the cache is full at pos == P */
-    float *k, *v;             /* [L, P, C] each: keys and values of positions 0..pos-1 */
+    float *k, *v;             /* keys and values of positions 0..pos-1, per layer and head: k [L, NH, hs, Pk]
+                               * transposed (Pk = P rounded up to 16), v [L, NH, P, hs] */
     float *own;               /* [KV_TEAM_MAX, 3, Cp] each thread's own x (residual stream), xb (its norm) and
                                * o (a layer's output, a sum), Cp = C rounded up to 16 floats */
     float *xb2;               /* [C] the attention projection's or the dense FFN's output, shared by the team */

@@ -372,6 +372,83 @@ void attention_row(float *o, float *a, const float *q, const float *k, const flo
     for (int u = 0; u < n; u++) axpy_simd(o, a[u], v + u * stride, hs);
 }
 
+/* Generation's attention over its cache (see ops.h): keys transposed, so that the scores of 16 keys
+ * come from one vector (a broadcast multiply-add per dimension, no horizontal sum per key as
+ * attention_row has), and values as rows one after another. */
+#if defined(__AVX512F__)
+static inline __mmask16 lanes_below(int left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u); }
+
+static void step_scores(float *a, const float *q, const float *kT, size_t ldk, int n, int hs, float scale) {
+    for (int u0 = 0; u0 < n; u0 += 64) {
+        __mmask16 m0 = lanes_below(n - u0), m1 = lanes_below(n - u0 - 16 > 0 ? n - u0 - 16 : 0);
+        __mmask16 m2 = lanes_below(n - u0 - 32 > 0 ? n - u0 - 32 : 0), m3 = lanes_below(n - u0 - 48 > 0 ? n - u0 - 48 : 0);
+        __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+        for (int d = 0; d < hs; d++) {
+            __m512 qd = _mm512_set1_ps(q[d]);
+            const float *kd = kT + (size_t)d * ldk + u0;
+            s0 = _mm512_fmadd_ps(qd, _mm512_maskz_loadu_ps(m0, kd), s0);
+            s1 = _mm512_fmadd_ps(qd, _mm512_maskz_loadu_ps(m1, kd + 16), s1);
+            s2 = _mm512_fmadd_ps(qd, _mm512_maskz_loadu_ps(m2, kd + 32), s2);
+            s3 = _mm512_fmadd_ps(qd, _mm512_maskz_loadu_ps(m3, kd + 48), s3);
+        }
+        __m512 sc = _mm512_set1_ps(scale);
+        _mm512_mask_storeu_ps(a + u0, m0, _mm512_mul_ps(s0, sc));
+        _mm512_mask_storeu_ps(a + u0 + 16, m1, _mm512_mul_ps(s1, sc));
+        _mm512_mask_storeu_ps(a + u0 + 32, m2, _mm512_mul_ps(s2, sc));
+        _mm512_mask_storeu_ps(a + u0 + 48, m3, _mm512_mul_ps(s3, sc));
+    }
+}
+
+/* o[hs] = sum_u a[u] v[u], hs a multiple of 16 up to 64: four chains over u (u mod 4), summed at the end */
+static void step_values(float *o, const float *a, const float *v, int n, int hs) {
+    int nv = hs / 16;
+    __m512 acc[4][4];
+    for (int c = 0; c < 4; c++)
+        for (int j = 0; j < 4; j++) acc[c][j] = _mm512_setzero_ps();
+    int u = 0;
+    for (; u + 4 <= n; u += 4)
+        for (int c = 0; c < 4; c++) {
+            __m512 au = _mm512_set1_ps(a[u + c]);
+            const float *vu = v + (size_t)(u + c) * hs;
+            for (int j = 0; j < nv; j++) acc[c][j] = _mm512_fmadd_ps(au, _mm512_loadu_ps(vu + 16 * j), acc[c][j]);
+        }
+    for (int c = 0; u < n; u++, c++) {
+        __m512 au = _mm512_set1_ps(a[u]);
+        for (int j = 0; j < nv; j++) acc[c][j] = _mm512_fmadd_ps(au, _mm512_loadu_ps(v + (size_t)u * hs + 16 * j), acc[c][j]);
+    }
+    for (int j = 0; j < nv; j++)
+        _mm512_storeu_ps(o + 16 * j, _mm512_add_ps(_mm512_add_ps(acc[0][j], acc[1][j]), _mm512_add_ps(acc[2][j], acc[3][j])));
+}
+#endif
+
+void attention_step(float *o, float *a, const float *q, const float *kT, size_t ldk, const float *v, int n, int hs) {
+    float scale = 1.0f / sqrtf((float)hs);
+#if defined(__AVX512F__)
+    int fast = hs % 16 == 0 && hs <= 64;
+    if (fast) step_scores(a, q, kT, ldk, n, hs, scale);
+#else
+    int fast = 0;
+#endif
+    if (!fast) {
+        for (int u = 0; u < n; u++) {
+            float s = 0.0f;
+            for (int d = 0; d < hs; d++) s = __builtin_fmaf(q[d], kT[(size_t)d * ldk + u], s);
+            a[u] = s * scale;
+        }
+    }
+    float mx = row_max(a, n), sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int u = 0; u < n; u++) { a[u] = exp_poly(a[u] - mx); sum += a[u]; }
+    float inv = 1.0f / sum;
+#pragma omp simd
+    for (int u = 0; u < n; u++) a[u] *= inv;
+#if defined(__AVX512F__)
+    if (fast) { step_values(o, a, v, n, hs); return; }
+#endif
+    for (int i = 0; i < hs; i++) o[i] = 0.0f;
+    for (int u = 0; u < n; u++) axpy_simd(o, a[u], v + (size_t)u * hs, hs);
+}
+
 /* One (b, h) block of attention_forward with the loops above: q, k, v rows of one head, stride C3. */
 static void att_block_forward(float *out, float *att, const float *qb, size_t C3, size_t C, int T, int hs, int causal) {
     const float *kb = qb + C, *vb = qb + 2 * C;

@@ -52,6 +52,10 @@ void attention_forward(float *out, float *att, const float *qkv, int B, int T, i
  * cache): a[n] = softmax(q . k_u / sqrt(hs)) over keys u = 0..n-1, o[hs] = sum_u a[u] v_u, where key
  * and value u start at k + u stride and v + u stride. */
 void attention_row(float *o, float *a, const float *q, const float *k, const float *v, size_t stride, int n, int hs);
+/* attention_row over generation's cache layout: the keys transposed, kT[d ldk + u] (dimension d of key
+ * u, ldk >= n), and the values as rows v[u hs + i]. The scores of 16 keys come from one vector (for hs
+ * a multiple of 16 up to 64 with AVX-512); results differ from attention_row's by float reordering. */
+void attention_step(float *o, float *a, const float *q, const float *kT, size_t ldk, const float *v, int n, int hs);
 /* dqkv[B,T,3C] = ; datt[B,NH,T,T] is scratch */
 void attention_backward(float *dqkv, float *datt, const float *dout, const float *att, const float *qkv,
                         int B, int T, int C, int NH, int causal);
