@@ -6,6 +6,7 @@
 #                                       Haswell (AVX2), set for both programs inside this script only
 #   environment: THREADS (2), STEPS (5 timed training steps), WARMUP (1), GEN (100), REPS (2),
 #                MOELM (./moelm), PY (/usr/bin/python3), CONFIGS (names below, space-separated),
+#                SCALE_REPS (3: alternated switch8/switch128 pairs for the 128/8 step ratio),
 #                TORCH_SPIN (10000: GOMP_SPINCOUNT for torch, the value moelm sets for itself at start,
 #                src/backend/gemm.h; "default" leaves libgomp's own), TABLE_ONLY (1: no runs, the
 #                table of the logs already in OUT)
@@ -90,7 +91,22 @@ done
 k() { grep '^RESULT' "$1" | sed -E 's/.* kernel=([^ ]+).*/\1/' | sort -u | tr '\n' ' '; }
 first=${CONFIGS%% *}
 printf '\nOpenBLAS kernels: moelm %s, torch %s\n' "$(k "$OUT/$first.moelm.$CORE.log")" "$(k "$OUT/$first.torch.$CORE.log")"
-case " $CONFIGS " in *" switch8 "*" switch128 "*)
+case " $CONFIGS " in *" switch8 "*) case " $CONFIGS " in *" switch128 "*)   # one pattern would need two spaces between them
     a=$(field "$OUT/switch8.moelm.$CORE.log" train_ms_step | median); b=$(field "$OUT/switch128.moelm.$CORE.log" train_ms_step | median)
-    awk -v a="$a" -v b="$b" 'BEGIN { printf "\nmoelm step time, 128 experts / 8 experts (fixed active parameters): %.2fx\n", b / a }' ;;
-esac
+    awk -v a="$a" -v b="$b" 'BEGIN { printf "\nmoelm step time, 128 experts / 8 experts (fixed active parameters): %.2fx (the table'"'"'s runs, minutes apart)\n", b / a }'
+    # the same two configs again, alternated run by run (SCALE_REPS pairs, training only), so that the
+    # machine's drift between the table's config blocks does not enter the ratio
+    if [ "${TABLE_ONLY:-0}" != 1 ]; then
+        rm -f "$OUT/scale8.log" "$OUT/scale128.log"
+        r=0
+        while [ $r -lt "${SCALE_REPS:-3}" ]; do
+            for e in 8 128; do
+                set -- "$MOELM" bench $(args switch$e) -t "$THREADS" --steps "$STEPS" --warmup "$WARMUP" -n 0 --no-peak
+                if [ "$CORE" = env ]; then "$@" >>"$OUT/scale$e.log" 2>&1; else env OPENBLAS_CORETYPE="$CORE" "$@" >>"$OUT/scale$e.log" 2>&1; fi
+            done
+            r=$((r + 1))
+        done
+    fi
+    a=$(field "$OUT/scale8.log" train_ms_step | median); b=$(field "$OUT/scale128.log" train_ms_step | median)
+    awk -v a="$a" -v b="$b" 'BEGIN { printf "moelm step time, 128 / 8 experts, alternated run by run: %.2fx (%.1f / %.1f ms)\n", b / a, b, a }' ;;
+esac ;; esac
