@@ -359,15 +359,20 @@ static inline void axpy_simd(float *restrict y, float alpha, const float *restri
     for (int i = 0; i < n; i++) y[i] = __builtin_fmaf(alpha, x[i], y[i]);
 }
 
-void attention_row(float *o, float *a, const float *q, const float *k, const float *v, size_t stride, int n, int hs) {
-    float scale = 1.0f / sqrtf((float)hs);
-    for (int u = 0; u < n; u++) a[u] = scale * dot_simd(q, k + u * stride, hs);
+/* a[0..n) = softmax(a[0..n)) in place: exponentials by exp_poly, summed over the vector lanes */
+static inline void softmax_row(float *a, int n) {
     float mx = row_max(a, n), sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
     for (int u = 0; u < n; u++) { a[u] = exp_poly(a[u] - mx); sum += a[u]; }
     float inv = 1.0f / sum;
 #pragma omp simd
     for (int u = 0; u < n; u++) a[u] *= inv;
+}
+
+void attention_row(float *o, float *a, const float *q, const float *k, const float *v, size_t stride, int n, int hs) {
+    float scale = 1.0f / sqrtf((float)hs);
+    for (int u = 0; u < n; u++) a[u] = scale * dot_simd(q, k + u * stride, hs);
+    softmax_row(a, n);
     for (int i = 0; i < hs; i++) o[i] = 0.0f;
     for (int u = 0; u < n; u++) axpy_simd(o, a[u], v + u * stride, hs);
 }
@@ -436,12 +441,7 @@ void attention_step(float *o, float *a, const float *q, const float *kT, size_t 
             a[u] = s * scale;
         }
     }
-    float mx = row_max(a, n), sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int u = 0; u < n; u++) { a[u] = exp_poly(a[u] - mx); sum += a[u]; }
-    float inv = 1.0f / sum;
-#pragma omp simd
-    for (int u = 0; u < n; u++) a[u] *= inv;
+    softmax_row(a, n);
 #if defined(__AVX512F__)
     if (fast) { step_values(o, a, v, n, hs); return; }
 #endif
