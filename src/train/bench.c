@@ -147,6 +147,10 @@ static void read_bandwidth_times(const Model *m, double bytes, int reps, double 
     size_t n = (size_t)(bytes / sizeof(float));
     if (n > m->n_params) n = m->n_params;
     n &= ~(size_t)63;
+    if (n == 0) {   /* fewer than 64 floats: nothing worth timing; the share is then printed as 0 */
+        for (int i = 0; i < reps; i++) t[i] = 0.0;
+        return;
+    }
     double want = 2e9 / (4.0 * n);
     int passes = want < 3 ? 3 : want > 100 ? 100 : (int)want;
     volatile uint32_t sink = read_times((const uint32_t *)(const void *)m->params, n, passes, reps, t);
@@ -291,7 +295,7 @@ moelm_status bench_run(const BenchOptions *o) {
         read_gbs = median_of(read_bw, 2 * PEAK_REPS) / 1e9;
         printf("read: %.1f GB/s over %.1f MB (median of %d, before and after the runs); generate streams %.1f MB of "
                "weights a token: %.1f GB/s, %.0f%% of it (bf16: %.1f MB, %.1f GB/s)\n",
-               read_gbs, step_bytes / 1e6, 2 * PEAK_REPS, step_bytes / 1e6, gen_gbs, 100.0 * gen_gbs / read_gbs,
+               read_gbs, step_bytes / 1e6, 2 * PEAK_REPS, step_bytes / 1e6, gen_gbs, read_gbs > 0 ? 100.0 * gen_gbs / read_gbs : 0.0,
                kv_step_bytes(&m, 1) / 1e6, gen16_tps * kv_step_bytes(&m, 1) / 1e9);
     }
 
