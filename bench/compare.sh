@@ -45,9 +45,11 @@ args() {
     esac
 }
 
-run() {   # run PROGRAM CONFIG LOG: one benchmark process with the chosen kernel
+run() {   # run PROGRAM CONFIG LOG [train-only]: one benchmark process with the chosen kernel
     prog=$1; cfg=$2; log=$3
-    if [ "$prog" = moelm ]; then set -- "$MOELM" bench $(args "$cfg") -t "$THREADS" --steps "$STEPS" --warmup "$WARMUP" -n "$GEN"
+    if [ "$prog" = moelm ] && [ "${4:-}" = train-only ]; then
+        set -- "$MOELM" bench $(args "$cfg") -t "$THREADS" --steps "$STEPS" --warmup "$WARMUP" -n 0 --no-peak
+    elif [ "$prog" = moelm ]; then set -- "$MOELM" bench $(args "$cfg") -t "$THREADS" --steps "$STEPS" --warmup "$WARMUP" -n "$GEN"
     else
         set -- "$PY" bench/torch_ref.py $(args "$cfg") -t "$THREADS" --steps "$STEPS" --warmup "$WARMUP" --gen "$GEN"
         [ "$TORCH_SPIN" != default ] && set -- env GOMP_SPINCOUNT="$TORCH_SPIN" "$@"
@@ -100,13 +102,12 @@ case " $CONFIGS " in *" switch8 "*) case " $CONFIGS " in *" switch128 "*)   # on
         rm -f "$OUT/scale8.log" "$OUT/scale128.log"
         r=0
         while [ $r -lt "${SCALE_REPS:-3}" ]; do
-            for e in 8 128; do
-                set -- "$MOELM" bench $(args switch$e) -t "$THREADS" --steps "$STEPS" --warmup "$WARMUP" -n 0 --no-peak
-                if [ "$CORE" = env ]; then "$@" >>"$OUT/scale$e.log" 2>&1; else env OPENBLAS_CORETYPE="$CORE" "$@" >>"$OUT/scale$e.log" 2>&1; fi
-            done
+            for e in 8 128; do run moelm switch$e "$OUT/scale$e.log" train-only; done
             r=$((r + 1))
         done
     fi
-    a=$(field "$OUT/scale8.log" train_ms_step | median); b=$(field "$OUT/scale128.log" train_ms_step | median)
-    awk -v a="$a" -v b="$b" 'BEGIN { printf "moelm step time, 128 / 8 experts, alternated run by run: %.2fx (%.1f / %.1f ms)\n", b / a, b, a }' ;;
+    if [ -s "$OUT/scale8.log" ] && [ -s "$OUT/scale128.log" ]; then
+        a=$(field "$OUT/scale8.log" train_ms_step | median); b=$(field "$OUT/scale128.log" train_ms_step | median)
+        awk -v a="$a" -v b="$b" 'BEGIN { printf "moelm step time, 128 / 8 experts, alternated run by run: %.2fx (%.1f / %.1f ms)\n", b / a, b, a }'
+    fi ;;
 esac ;; esac
