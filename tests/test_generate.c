@@ -82,10 +82,51 @@ static void run_case(const ModelConfig *c, const char *label) {
         }
     }
     backend_set_threads(1);
+    /* kv_load_weights' float copies: the products after a ReLU read down-major, skipping the zero
+     * units (gemv_t_nz). The same tolerance against the forward; the same bits at 1, 2 and 3 threads
+     * (2: the experts whole to a thread or in phases, by the router; a vocabulary past one block of
+     * 256 split by blocks) and the same bytes skipped; models with a ReLU before a copied product
+     * (the seed head, ReLU experts) copy and skip, others copy nothing */
+    EXPECT(kv_load_weights(&kv, &m, 0) == MOELM_OK);
+    int relu_experts = nl && m.moe_cfg.act == ACT_RELU, want_copies = relu_experts || c->model_type == MODEL_SEED;
+    EXPECT_MSG((kv.n_down > 0) == want_copies, "%s: %d down-major copies", label, kv.n_down);
+    float *dm = malloc(sizeof(float) * T * V);
+    double dmdiff = 0.0, skipped1 = 0.0;
+    int differs = 0;
+    for (int pass = 0; pass < 3; pass++) {
+        backend_set_threads(pass + 1);
+        kv_reset(&kv);
+        for (int t = 0; t < T; t++) {
+            rng_seed(&m.rng, 42);
+            model_step_kv(&m, &kv, inp[t]);
+            if (pass > 0) {
+                EXPECT_MSG(memcmp(dm + (size_t)t * V, kv.logits, sizeof(float) * V) == 0, "%s: copies t=%d: %d threads differ",
+                           label, t, pass + 1);
+                continue;
+            }
+            memcpy(dm + (size_t)t * V, kv.logits, sizeof(float) * V);
+            differs |= memcmp(first + (size_t)t * V, kv.logits, sizeof(float) * V) != 0;
+            for (int v = 0; v < V; v++) {
+                double d = fabs((double)kv.logits[v] - m.a.logits[(size_t)t * V + v]);
+                if (d > dmdiff) dmdiff = d;
+            }
+        }
+        if (pass == 0) skipped1 = kv_skipped_bytes(&kv);
+        else EXPECT_MSG(kv_skipped_bytes(&kv) == skipped1, "%s: %d threads skipped %.0f bytes, 1 thread %.0f", label, pass + 1,
+                        kv_skipped_bytes(&kv), skipped1);
+    }
+    backend_set_threads(1);
+    EXPECT_MSG(dmdiff <= 1e-4, "%s: max |kv (copies) - forward| = %.3g", label, dmdiff);
+    double copied = 0.0;
+    for (int i = 0; i < kv.n_down; i++) copied += 4.0 * kv.down[i].n * kv.down[i].rows * kv.down[i].cols;
+    EXPECT_MSG(want_copies ? skipped1 > 0.0 && skipped1 < T * copied && differs : skipped1 == 0.0 && !differs,
+               "%s: %.0f bytes skipped of %.0f copied over %d steps; logits %s the plain path's", label, skipped1, copied, T,
+               differs ? "differ from" : "equal");
+    free(dm);
     /* bf16 weights: near the float logits (weights rounded to 8 significant bits: ~0.3% each, so
      * ~1% of the logits' scale at most), not equal (or the copy is not read), the same bits at 1 and
      * 2 threads */
-    EXPECT(kv_use_bf16(&kv, &m) == MOELM_OK);
+    EXPECT(kv_load_weights(&kv, &m, 1) == MOELM_OK);
     float *bf = malloc(sizeof(float) * T * V);
     double d16 = 0.0, scale = 0.0;
     for (int pass = 0; pass < 2; pass++) {
@@ -170,6 +211,53 @@ TEST(gemv_matches_reference) {
     }
 }
 
+/* gemv_t_nz against its documented sum, bit for bit (the bias, then one fmaf a nonzero x[k], k
+ * ascending), and against double precision; widths past each step of the kernel (a masked vector, the
+ * 16 registers of 256 floats, a second group of registers) within a wider row stride, K past one
+ * chunk of 256; the columns split in two have the bits of the whole; a zero x[k]'s row is skipped even
+ * where it holds Inf and NaN, a NaN x[k] reaches y; it returns the count of nonzero x[k]. */
+TEST(gemv_t_nz_matches_reference) {
+    enum { KMAX = 300, NMAX = 300, LD = 311 };
+    static const int Ks[] = {37, 300, 1}, Ns[] = {13, 256, 300, 1};
+    static float w[KMAX * LD], x[KMAX], b[LD], y[NMAX], y1[NMAX];
+    for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki++)
+        for (size_t ni = 0; ni < sizeof Ns / sizeof Ns[0]; ni++)
+            for (int withb = 0; withb < 2; withb++) {
+                int K = Ks[ki], n = Ns[ni], nz = 0;
+                const float *bias = withb ? b : NULL;
+                for (int i = 0; i < K * LD; i++) w[i] = sinf(0.37f * i) * 1.7f;
+                for (int i = 0; i < LD; i++) b[i] = 0.1f * (i % 13) - 0.5f;
+                for (int k = 0; k < K; k++) {
+                    x[k] = (k * 7) % 5 < 2 ? 0.0f : cosf(0.11f * k) + 1.3f;   /* 2 in 5 zero, as a ReLU leaves */
+                    nz += x[k] != 0.0f;
+                    if (x[k] == 0.0f) for (int i = 0; i < LD; i++) w[(size_t)k * LD + i] = i % 2 ? INFINITY : NAN;
+                }
+                int got = gemv_t_nz(y, x, w, LD, bias, K, n);
+                EXPECT_MSG(got == nz, "K=%d n=%d: %d nonzero, said %d", K, n, nz, got);
+                int cut = n / 3;   /* columns [0, cut) and [cut, n) */
+                gemv_t_nz(y1, x, w, LD, bias, K, cut);
+                gemv_t_nz(y1 + cut, x, w + cut, LD, bias ? bias + cut : NULL, K, n - cut);
+                EXPECT_MSG(memcmp(y, y1, sizeof(float) * n) == 0, "K=%d n=%d bias=%d: split columns differ", K, n, withb);
+                for (int i = 0; i < n; i++) {
+                    float chain = withb ? b[i] : 0.0f;
+                    double ref = withb ? b[i] : 0.0, mag = fabs(ref);
+                    for (int k = 0; k < K; k++)
+                        if (x[k] != 0.0f) {
+                            chain = fmaf(x[k], w[(size_t)k * LD + i], chain);
+                            ref += (double)x[k] * w[(size_t)k * LD + i];
+                            mag += fabs((double)x[k] * w[(size_t)k * LD + i]);
+                        }
+                    EXPECT_MSG(memcmp(&chain, &y[i], sizeof chain) == 0, "K=%d n=%d col %d: %.9g, the fmaf chain %.9g", K, n, i,
+                               y[i], chain);
+                    EXPECT_MSG(fabs(y[i] - ref) <= (K + 1) * 6e-8 * (1 + mag), "K=%d n=%d col %d: %g vs %g", K, n, i, y[i], ref);
+                }
+            }
+    /* a NaN activation is not skipped */
+    for (int k = 0; k < 4; k++) x[k] = k == 2 ? NAN : 0.0f;
+    for (int i = 0; i < 4 * 16; i++) w[i] = 1.0f;
+    EXPECT(gemv_t_nz(y, x, w, 16, NULL, 4, 16) == 1 && isnan(y[0]) && isnan(y[15]));
+}
+
 TEST(kv_dense_lm) {
     ModelConfig c;
     tiny(&c, 13);
@@ -216,7 +304,8 @@ TEST(kv_topk_lm) {
     c.num_experts_per_tok = 2;
     c.eval_capacity_factor = 0.0f;
     c.shared_expert = 1;
-    run_case(&c, "top-2 lm with shared expert");
+    c.hidden_act = ACT_RELU;   /* the experts' and the shared expert's second products copied down-major */
+    run_case(&c, "top-2 relu lm with shared expert");
 }
 
 TEST(kv_seed_models) {
@@ -227,6 +316,9 @@ TEST(kv_seed_models) {
         run_case(&c, router_name(r[i]));
     }
     ModelConfig c;
+    seed_cfg(&c, ROUTER_SOFT);
+    c.vocab_size = 300;   /* the head's copy in two blocks (256 + 44): split over a team by blocks */
+    run_case(&c, "seed soft, vocabulary 300");
     seed_cfg(&c, ROUTER_SWITCH);
     c.hidden_act = ACT_GELU;
     c.norm_type = NORM_RMS;
@@ -269,6 +361,40 @@ TEST(kv_memory) {
     EXPECT(kv_create(&kv, &m) == MOELM_ERR_NOMEM);
     moelm_alloc_fail_after(0);
     EXPECT(kv.mem == NULL);
+    model_free(&m);
+}
+
+/* kv_load_weights: its copies freed by kv_free and by a second call, nothing allocated by a step that
+ * reads them, and an allocation that fails (the table, then the copies, then bf16's) returns NOMEM
+ * holding nothing */
+TEST(kv_load_weights_memory) {
+    ModelConfig c;
+    seed_cfg(&c, ROUTER_SOFT);
+    Model m;
+    KVCache kv;
+    EXPECT(model_create(&m, &c, 1, 4, 1) == MOELM_OK);
+    size_t before = moelm_alloc_live_bytes();
+    EXPECT(kv_create(&kv, &m) == MOELM_OK);
+    size_t bare = moelm_alloc_live_bytes();
+    EXPECT(kv_load_weights(&kv, &m, 0) == MOELM_OK && kv.n_down == 2);   /* the head's experts and W2 */
+    size_t loaded = moelm_alloc_live_bytes();
+    EXPECT(loaded > bare);
+    EXPECT(kv_load_weights(&kv, &m, 0) == MOELM_OK && moelm_alloc_live_bytes() == loaded);
+    for (int t = 0; t < 4; t++) model_step_kv(&m, &kv, t);
+    EXPECT(moelm_alloc_live_bytes() == loaded);
+    for (int fail = 1; fail <= 2; fail++) {
+        moelm_alloc_fail_after(fail);
+        EXPECT_MSG(kv_load_weights(&kv, &m, 0) == MOELM_ERR_NOMEM, "allocation %d failed", fail);
+        moelm_alloc_fail_after(0);
+        EXPECT(moelm_alloc_live_bytes() == bare && kv.n_down == 0 && !kv.down && !kv.down_w && !kv.w16);
+    }
+    moelm_alloc_fail_after(1);
+    EXPECT(kv_load_weights(&kv, &m, 1) == MOELM_ERR_NOMEM);
+    moelm_alloc_fail_after(0);
+    EXPECT(moelm_alloc_live_bytes() == bare);
+    EXPECT(kv_load_weights(&kv, &m, 1) == MOELM_OK && kv.w16 && kv.n_down == 0);
+    kv_free(&kv);
+    EXPECT(moelm_alloc_live_bytes() == before);
     model_free(&m);
 }
 
@@ -410,6 +536,7 @@ TEST(sample_frequencies) {
 int main(void) {
     RUN(bf16_rounding);
     RUN(gemv_matches_reference);
+    RUN(gemv_t_nz_matches_reference);
     RUN(kv_dense_lm);
     RUN(kv_dense_rms_swiglu_untied);
     RUN(kv_dense_wide_heads);
@@ -417,6 +544,7 @@ int main(void) {
     RUN(kv_topk_lm);
     RUN(kv_seed_models);
     RUN(kv_memory);
+    RUN(kv_load_weights_memory);
     RUN(kv_step_bytes_match_the_tensors);
     RUN(sample_greedy);
     RUN(sample_top_k);

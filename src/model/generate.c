@@ -60,6 +60,7 @@ static size_t kv_layout(KVCache *kv, char *base, const Model *m) {
     TAKE(kv->fc_pre, W1);
     TAKE(kv->fc, W);
     TAKE(kv->logits, V);
+    TAKE(kv->skipped, (size_t)KV_TEAM_MAX * 8 * (sizeof(double) / sizeof(float)));
 #undef TAKE
     if (model_has_moe(c)) {
         size_t bytes = moe_acts_bytes(&m->moe_cfg, 1);
@@ -82,23 +83,100 @@ moelm_status kv_create(KVCache *kv, const Model *m) {
     return MOELM_OK;
 }
 
-moelm_status kv_use_bf16(KVCache *kv, const Model *m) {
+/* The matrices that multiply a ReLU's output, in step order; returns their count, filling out when
+ * it is not NULL (off left 0). */
+static int down_list(const Model *m, KVDownCopy *out) {
+    const ModelConfig *c = &m->cfg;
+    const MoEConfig *mc = &m->moe_cfg;
+    int seed = c->model_type == MODEL_SEED, n = 0;
+#define ADD(p, count, r, k) do { if (out) out[n] = (KVDownCopy){(p), (count), (r), (k), 0}; n++; } while (0)
+#define ADD_MOE(mp) do { if (mc->act == ACT_RELU) { \
+        ADD((mp)->w2, (size_t)mc->E, mc->C, mc->H); \
+        if (mc->shared_expert) ADD((mp)->sw2, 1, mc->C, mc->H); } } while (0)
+    for (int l = 0; l < c->num_layers; l++)
+        if (!seed && config_block_is_sparse(c, l)) ADD_MOE(&m->p.layers[l].moe);
+    if (seed) {
+        ADD_MOE(&m->p.head_moe);
+        ADD(m->p.head_w2, 1, c->vocab_size, c->head_hidden);   /* the head's hidden layer is a ReLU */
+    }
+#undef ADD_MOE
+#undef ADD
+    return n;
+}
+
+/* dst = src [rows, cols] down-major in blocks of KV_DOWN_BLOCK rows (the last one narrower): block b,
+ * w rows wide, is [cols, w] at dst + b KV_DOWN_BLOCK cols */
+static void down_major_into(float *dst, const float *src, size_t rows, size_t cols) {
+#pragma omp parallel for schedule(static) if (rows * cols >= ((size_t)1 << 20))
+    for (size_t r0 = 0; r0 < rows; r0 += KV_DOWN_BLOCK) {
+        size_t w = rows - r0 < KV_DOWN_BLOCK ? rows - r0 : KV_DOWN_BLOCK;
+        float *blk = dst + r0 * cols;
+        for (size_t k0 = 0; k0 < cols; k0 += 16)   /* 16 columns of the source at a time: its lines reused */
+            for (size_t r = r0; r < r0 + w; r++)
+                for (size_t k = k0; k < cols && k < k0 + 16; k++) blk[k * w + (r - r0)] = src[r * cols + k];
+    }
+}
+
+static void kv_drop_weights(KVCache *kv) {
     moelm_free(kv->w16);
-    kv->w16 = moelm_malloc(sizeof(uint16_t) * m->n_params);
-    if (!kv->w16)
-        return moelm_fail(MOELM_ERR_NOMEM, "cannot allocate the bf16 weights (%zu bytes)", sizeof(uint16_t) * m->n_params);
-    bf16_from_f32(kv->w16, m->params, m->n_params);
+    moelm_free(kv->down);
+    moelm_free(kv->down_w);
+    kv->w16 = NULL;
+    kv->down = NULL;
+    kv->down_w = NULL;
+    kv->n_down = 0;
+}
+
+moelm_status kv_load_weights(KVCache *kv, const Model *m, int bf16) {
+    kv_drop_weights(kv);
+    if (bf16) {   /* everything read whole: rows of 512 bytes are read no faster for the zeros skipped */
+        kv->w16 = moelm_malloc(sizeof(uint16_t) * m->n_params);
+        if (!kv->w16)
+            return moelm_fail(MOELM_ERR_NOMEM, "cannot allocate the bf16 weights (%zu bytes)", sizeof(uint16_t) * m->n_params);
+        bf16_from_f32(kv->w16, m->params, m->n_params);
+        return MOELM_OK;
+    }
+    int n = down_list(m, NULL);
+    size_t total = 0;
+    if (n == 0) return MOELM_OK;
+    kv->down = moelm_malloc(sizeof(KVDownCopy) * (size_t)n);
+    if (!kv->down) return MOELM_ERR_NOMEM;
+    down_list(m, kv->down);
+    for (int i = 0; i < n; i++) {
+        kv->down[i].off = total;
+        total += kv->down[i].n * kv->down[i].rows * kv->down[i].cols;
+    }
+    kv->down_w = moelm_malloc(sizeof(float) * total);
+    if (!kv->down_w) {
+        kv_drop_weights(kv);
+        return moelm_fail(MOELM_ERR_NOMEM, "cannot allocate the down-major weights (%zu bytes)", sizeof(float) * total);
+    }
+    kv->n_down = n;
+    for (int i = 0; i < n; i++) {
+        const KVDownCopy *d = &kv->down[i];
+        size_t each = d->rows * d->cols;
+        for (size_t j = 0; j < d->n; j++) down_major_into(kv->down_w + d->off + j * each, d->src + j * each, d->rows, d->cols);
+    }
     return MOELM_OK;
 }
 
 void kv_free(KVCache *kv) {
-    moelm_free(kv->w16);
+    kv_drop_weights(kv);
     moelm_free(kv->mem);
     memset(kv, 0, sizeof *kv);
 }
 
 /* Old keys and values need no clearing: attention reads only positions < pos. */
-void kv_reset(KVCache *kv) { kv->pos = 0; }
+void kv_reset(KVCache *kv) {
+    kv->pos = 0;
+    for (int i = 0; i < KV_TEAM_MAX; i++) kv->skipped[8 * i] = 0.0;
+}
+
+double kv_skipped_bytes(const KVCache *kv) {
+    double s = 0.0;
+    for (int i = 0; i < KV_TEAM_MAX; i++) s += kv->skipped[8 * i];
+    return s;
+}
 
 /* ---- one step ---------------------------------------------------------------------------------- */
 
@@ -188,8 +266,33 @@ static void ffn_up(const Model *m, const KVCache *kv, const FfnRow *f, Activatio
     activation_forward_cols(f->h, f->h_pre, act, H, lo, hi);
 }
 
-static void ffn_down(const Model *m, const KVCache *kv, const FfnRow *f, int H, int lo, int hi) {
-    mv_rows(m, kv, f->y, f->h, f->w2, f->b2, lo, hi, H);
+/* The down-major copy of the matrix at W (an expert's slice of one), or NULL */
+static const float *down_copy(const KVCache *kv, const float *W) {
+    for (int i = 0; i < kv->n_down; i++) {
+        const KVDownCopy *d = &kv->down[i];
+        if (W >= d->src && W < d->src + d->n * d->rows * d->cols) return kv->down_w + d->off + (size_t)(W - d->src);
+    }
+    return NULL;
+}
+
+/* y[N] = W2 h + b2, all of it (share 0) or the calling thread's share of the team's (share 1): from
+ * W2's down-major copy when there is one, skipping h's zeros, a thread taking whole blocks (so with
+ * N <= KV_DOWN_BLOCK one thread of the team does it all); else by rows. */
+static void ffn_down(const Model *m, KVCache *kv, const FfnRow *f, int N, int H, int share) {
+    const float *wt = down_copy(kv, f->w2);
+    int lo = 0, hi = N;
+    if (!wt) {
+        if (share) rows_of(N, &lo, &hi);
+        mv_rows(m, kv, f->y, f->h, f->w2, f->b2, lo, hi, H);
+        return;
+    }
+    int b0 = 0, b1 = (N + KV_DOWN_BLOCK - 1) / KV_DOWN_BLOCK;
+    if (share) share_of(b1, 1, &b0, &b1);
+    for (int b = b0; b < b1; b++) {
+        int r0 = b * KV_DOWN_BLOCK, w = N - r0 < KV_DOWN_BLOCK ? N - r0 : KV_DOWN_BLOCK;
+        int nz = gemv_t_nz(f->y + r0, f->h, wt + (size_t)r0 * H, w, f->b2 ? f->b2 + r0 : NULL, H, w);
+        kv->skipped[8 * team_rank()] += (double)(H - nz) * w * sizeof(float);
+    }
 }
 
 /* the dense FFN over the team */
@@ -198,8 +301,7 @@ static void ffn_team(const Model *m, KVCache *kv, const FfnRow *f, Activation ac
     rows_of(H, &lo, &hi);
     ffn_up(m, kv, f, act, C, H, lo, hi);
     team_barrier(kv);
-    rows_of(C, &lo, &hi);
-    ffn_down(m, kv, f, H, lo, hi);
+    ffn_down(m, kv, f, C, H, 1);
     team_barrier(kv);
 }
 
@@ -236,7 +338,7 @@ static void moe_team(Model *m, KVCache *kv, float *out, const float *x, const in
         for (int e = lo; e < hi; e++)
             if (expert_ffn(m, kv, p, e, &f)) {
                 ffn_up(m, kv, &f, cfg->act, C, H, 0, H);
-                ffn_down(m, kv, &f, H, 0, C);
+                ffn_down(m, kv, &f, C, H, 0);
             }
         team_barrier(kv);
         if (cfg->shared_expert) ffn_team(m, kv, &shared, cfg->act, C, H);
@@ -246,10 +348,9 @@ static void moe_team(Model *m, KVCache *kv, float *out, const float *x, const in
             if (expert_ffn(m, kv, p, e, &f)) ffn_up(m, kv, &f, cfg->act, C, H, lo, hi);
         if (cfg->shared_expert) ffn_up(m, kv, &shared, cfg->act, C, H, lo, hi);
         team_barrier(kv);
-        rows_of(C, &lo, &hi);
         for (int e = 0; e < E; e++)
-            if (expert_ffn(m, kv, p, e, &f)) ffn_down(m, kv, &f, H, lo, hi);
-        if (cfg->shared_expert) ffn_down(m, kv, &shared, H, lo, hi);
+            if (expert_ffn(m, kv, p, e, &f)) ffn_down(m, kv, &f, C, H, 1);
+        if (cfg->shared_expert) ffn_down(m, kv, &shared, C, H, 1);
         team_barrier(kv);
     }
     moe_forward_combine(out, a, cfg);
@@ -319,8 +420,7 @@ static void step_team(Model *m, KVCache *kv, int token, int t) {
         rows_of(HH, &lo, &hi);
         ffn_up(m, kv, &f, ACT_RELU, C, HH, lo, hi);                  /* relu(hm W1 + b1) */
         team_barrier(kv);
-        rows_of(V, &lo, &hi);
-        ffn_down(m, kv, &f, HH, lo, hi);                             /* logits = . W2 + b2 */
+        ffn_down(m, kv, &f, V, HH, 1);                               /* logits = . W2 + b2 */
     }
 }
 

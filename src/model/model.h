@@ -120,6 +120,14 @@ typedef struct {
  * config by kv_create. Dimensions as above, P = n_positions, W1 = max(H1, HH), W = max(H, HH). A
  * step runs on at most KV_TEAM_MAX threads. */
 #define KV_TEAM_MAX 64
+/* n matrices [rows, cols] (nn.Linear's layout) from src in the parameter arena, copied down-major
+ * to element off of KVCache.down_w, each (in order) in blocks of KV_DOWN_BLOCK rows: block b, w rows
+ * wide, as [cols, w] (its weights a hidden unit at a time) from element b KV_DOWN_BLOCK cols */
+#define KV_DOWN_BLOCK 256
+typedef struct {
+    const float *src;
+    size_t n, rows, cols, off;
+} KVDownCopy;
 typedef struct {
     int pos;                  /* tokens already in the cache; the next token goes to position pos */
     int n_positions;          /* P: the cache is full at pos == P */
@@ -135,8 +143,13 @@ typedef struct {
     float *fc_pre, *fc;       /* [W1], [W] dense FFN or seed head hidden */
     float *logits;            /* [V] next-token logits after model_step_kv */
     MoEActs moe;              /* one token's MoE activations, reused by every MoE layer (no backward) */
+    double *skipped;          /* [KV_TEAM_MAX, 8] bytes of weights each thread skipped since kv_reset (zero rows) */
     void *mem;
-    uint16_t *w16;            /* NULL, or bf16 copies of the whole parameter arena (kv_use_bf16) */
+    /* kv_load_weights' copies: */
+    uint16_t *w16;            /* NULL, or bf16 copies of the whole parameter arena */
+    KVDownCopy *down;         /* [n_down] the matrices that read a ReLU's output, and where their copies are */
+    int n_down;
+    float *down_w;            /* those copies, down-major */
 } KVCache;
 
 typedef struct {
@@ -192,17 +205,25 @@ void model_zero_grad(Model *m);
 moelm_status kv_create(KVCache *kv, const Model *m);
 void kv_free(KVCache *kv);
 void kv_reset(KVCache *kv);
-/* Makes model_step_kv read the products' weights (attention, FFN, the MoE layers' experts, head) in
- * bfloat16, rounded once from m's current weights: half the bytes per token, logits within ~2% of the
- * float ones' scale (norms, biases, routers and the KV cache stay float). Call again after the weights
- * change. */
-moelm_status kv_use_bf16(KVCache *kv, const Model *m);
+/* Copies m's current weights in the form generation streams them fastest; model_step_kv then reads
+ * the copies, so call it again after the weights change (without it a step reads m's float weights
+ * as they are). Float: the matrices that multiply a ReLU's output in runs of at least 1 KiB (the
+ * experts' and the shared expert's second products under a ReLU, the seed head's W2; not a dense
+ * FFN's, which a team splits by rows) are copied down-major, a hidden unit's weights together, so
+ * that a step skips the units that are zero: their bytes are never read (gemv_t_nz; half the units
+ * at initialisation, 70-95% after training). bf16: every matrix (attention, FFN, experts, head) read
+ * in bfloat16, rounded once, whole: half the bytes per token, logits within ~2% of the float ones'
+ * scale (norms, biases, routers and the KV cache stay float). */
+moelm_status kv_load_weights(KVCache *kv, const Model *m, int bf16);
 void model_step_kv(Model *m, KVCache *kv, int token);
+/* Bytes of weights the steps since kv_reset skipped (kv_load_weights' down-major rows of zero units). */
+double kv_skipped_bytes(const KVCache *kv);
 /* Bytes of weights one model_step_kv reads, each once: the layers' matrices, biases and norms, a row
  * of each embedding, the head, and per MoE layer its router and the experts a token reaches (its
  * slots: one, K, or every expert for soft gating and expert choice; at N = 1 none is dropped). With
- * bf16 (kv_use_bf16) the matrices count 2 bytes a weight; norms, biases, routers and embedding rows 4.
- * `moelm bench` divides it by the time of a step to compare with the machine's read bandwidth. */
+ * bf16 (kv_load_weights) the matrices count 2 bytes a weight; norms, biases, routers and embedding rows 4.
+ * Rows skipped after a ReLU are counted: kv_skipped_bytes tells them. `moelm bench` divides the bytes
+ * read (this less those) by the time of a step to compare with the machine's read bandwidth. */
 double kv_step_bytes(const Model *m, int bf16);
 
 /* Samples the next token from logits [V]: temperature temp (<= 0: greedy argmax, the first maximum),

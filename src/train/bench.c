@@ -37,7 +37,7 @@ static int cmp_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-static double bench_generate(Model *m, KVCache *kv, int n, int first, Rng *r, float *scratch) {
+static double bench_generate(Model *m, KVCache *kv, int n, int first, Rng *r, float *scratch, double *skipped) {
     double tps[GEN_PASSES + 1];
     for (int rep = 0; rep <= GEN_PASSES; rep++) {
         kv_reset(kv);
@@ -49,6 +49,7 @@ static double bench_generate(Model *m, KVCache *kv, int n, int first, Rng *r, fl
         }
         tps[rep] = n / (time_now() - t0);
     }
+    *skipped = kv_skipped_bytes(kv) / n;   /* a step's, over the last pass (n steps; greedy: as every pass) */
     qsort(tps + 1, GEN_PASSES, sizeof(double), cmp_double);
     return tps[1 + GEN_PASSES / 2];
 }
@@ -274,29 +275,33 @@ moelm_status bench_run(const BenchOptions *o) {
 
     /* generation: batch 1, one prompt token, then n_gen greedy tokens through the KV cache; with the
      * float weights, then (after the RSS is read: the copy is not part of training) with bf16 ones */
-    double gen_tps = 0.0, gen16_tps = 0.0;
+    double gen_tps = 0.0, gen16_tps = 0.0, skip = 0.0, skip16 = 0.0;
     if (o->n_gen > 0) {
-        gen_tps = bench_generate(&m, &kv, o->n_gen, tok[0], &r, scratch);
+        st = kv_load_weights(&kv, &m, 0);
+        if (st) goto done;
+        gen_tps = bench_generate(&m, &kv, o->n_gen, tok[0], &r, scratch, &skip);
         printf("generate: batch 1, %d new tokens, %.1f tok/s (%.3f ms/token)\n", o->n_gen, gen_tps, 1e3 / gen_tps);
     }
     double rss = peak_rss_mb();
     printf("memory: peak RSS %.1f MB (training and generation)\n", rss);
     if (o->n_gen > 0) {
-        st = kv_use_bf16(&kv, &m);
+        st = kv_load_weights(&kv, &m, 1);
         if (st) goto done;
-        gen16_tps = bench_generate(&m, &kv, o->n_gen, tok[0], &r, scratch);
+        gen16_tps = bench_generate(&m, &kv, o->n_gen, tok[0], &r, scratch, &skip16);
         printf("generate --bf16: %.1f tok/s (%.3f ms/token), %.2fx the float weights\n", gen16_tps, 1e3 / gen16_tps,
                gen16_tps / gen_tps);
     }
 
-    double gen_gbs = gen_tps * step_bytes / 1e9, read_gbs = 0.0;
+    /* the bytes a step read: its weights less the rows it skipped after a ReLU */
+    double gen_bytes = step_bytes - skip, gen16_bytes = kv_step_bytes(&m, 1) - skip16;
+    double gen_gbs = gen_tps * gen_bytes / 1e9, read_gbs = 0.0;
     if (o->peak && o->n_gen > 0) {
         read_bandwidth_times(&m, step_bytes, PEAK_REPS, read_bw + PEAK_REPS);
         read_gbs = median_of(read_bw, 2 * PEAK_REPS) / 1e9;
         printf("read: %.1f GB/s over %.1f MB (median of %d, before and after the runs); generate streams %.1f MB of "
-               "weights a token: %.1f GB/s, %.0f%% of it (bf16: %.1f MB, %.1f GB/s)\n",
-               read_gbs, step_bytes / 1e6, 2 * PEAK_REPS, step_bytes / 1e6, gen_gbs, read_gbs > 0 ? 100.0 * gen_gbs / read_gbs : 0.0,
-               kv_step_bytes(&m, 1) / 1e6, gen16_tps * kv_step_bytes(&m, 1) / 1e9);
+               "weights a token (%.1f MB of zero units' rows skipped): %.1f GB/s, %.0f%% of it (bf16: %.1f MB, %.1f GB/s)\n",
+               read_gbs, step_bytes / 1e6, 2 * PEAK_REPS, gen_bytes / 1e6, skip / 1e6, gen_gbs,
+               read_gbs > 0 ? 100.0 * gen_gbs / read_gbs : 0.0, gen16_bytes / 1e6, gen16_tps * gen16_bytes / 1e9);
     }
 
     /* the peak's second half; the head's shape alone, for comparison */

@@ -103,7 +103,7 @@ moelm_status generate_run(const GenerateOptions *o) {
     if (st) return st;
     KVCache kv;
     st = kv_create(&kv, &m);
-    if (!st && o->bf16) st = kv_use_bf16(&kv, &m);
+    if (!st) st = kv_load_weights(&kv, &m, o->bf16);
     int *ids = NULL;
     size_t n = 0;
     if (!st && o->prompt[0]) {

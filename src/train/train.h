@@ -73,7 +73,7 @@ typedef struct {
     int top_k;
     uint64_t seed;
     int threads;
-    int bf16;             /* weight matrices read as bfloat16 (kv_use_bf16) */
+    int bf16;             /* weight matrices read as bfloat16 (kv_load_weights) */
 } GenerateOptions;
 moelm_status generate_run(const GenerateOptions *o);
 
