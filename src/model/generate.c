@@ -275,24 +275,26 @@ static const float *down_copy(const KVCache *kv, const float *W) {
     return NULL;
 }
 
-/* y[N] = W2 h + b2, all of it (share 0) or the calling thread's share of the team's (share 1): from
- * W2's down-major copy when there is one, skipping h's zeros, a thread taking whole blocks (so with
- * N <= KV_DOWN_BLOCK one thread of the team does it all); else by rows. */
-static void ffn_down(const Model *m, KVCache *kv, const FfnRow *f, int N, int H, int share) {
+/* y[N] = W2 h + b2: all of it (turn NULL), or the calling thread's share of the team's. From W2's
+ * down-major copy when there is one, skipping h's zeros, a block of KV_DOWN_BLOCK outputs at a time:
+ * the blocks are numbered on from *turn (shared by the products of one phase, so that two experts'
+ * single blocks go to two threads) and dealt round the team; else by rows. */
+static void ffn_down(const Model *m, KVCache *kv, const FfnRow *f, int N, int H, int *turn) {
     const float *wt = down_copy(kv, f->w2);
-    int lo = 0, hi = N;
     if (!wt) {
-        if (share) rows_of(N, &lo, &hi);
+        int lo = 0, hi = N;
+        if (turn) rows_of(N, &lo, &hi);
         mv_rows(m, kv, f->y, f->h, f->w2, f->b2, lo, hi, H);
         return;
     }
-    int b0 = 0, b1 = (N + KV_DOWN_BLOCK - 1) / KV_DOWN_BLOCK;
-    if (share) share_of(b1, 1, &b0, &b1);
-    for (int b = b0; b < b1; b++) {
+    int nb = (N + KV_DOWN_BLOCK - 1) / KV_DOWN_BLOCK;
+    for (int b = 0; b < nb; b++) {
+        if (turn && (*turn + b) % team_size() != team_rank()) continue;
         int r0 = b * KV_DOWN_BLOCK, w = N - r0 < KV_DOWN_BLOCK ? N - r0 : KV_DOWN_BLOCK;
         int nz = gemv_t_nz(f->y + r0, f->h, wt + (size_t)r0 * H, w, f->b2 ? f->b2 + r0 : NULL, H, w);
         kv->skipped[8 * team_rank()] += (double)(H - nz) * w * sizeof(float);
     }
+    if (turn) *turn += nb;
 }
 
 /* the dense FFN over the team */
@@ -301,7 +303,8 @@ static void ffn_team(const Model *m, KVCache *kv, const FfnRow *f, Activation ac
     rows_of(H, &lo, &hi);
     ffn_up(m, kv, f, act, C, H, lo, hi);
     team_barrier(kv);
-    ffn_down(m, kv, f, C, H, 1);
+    int turn = 0;
+    ffn_down(m, kv, f, C, H, &turn);
     team_barrier(kv);
 }
 
@@ -338,7 +341,7 @@ static void moe_team(Model *m, KVCache *kv, float *out, const float *x, const in
         for (int e = lo; e < hi; e++)
             if (expert_ffn(m, kv, p, e, &f)) {
                 ffn_up(m, kv, &f, cfg->act, C, H, 0, H);
-                ffn_down(m, kv, &f, C, H, 0);
+                ffn_down(m, kv, &f, C, H, NULL);
             }
         team_barrier(kv);
         if (cfg->shared_expert) ffn_team(m, kv, &shared, cfg->act, C, H);
@@ -348,9 +351,10 @@ static void moe_team(Model *m, KVCache *kv, float *out, const float *x, const in
             if (expert_ffn(m, kv, p, e, &f)) ffn_up(m, kv, &f, cfg->act, C, H, lo, hi);
         if (cfg->shared_expert) ffn_up(m, kv, &shared, cfg->act, C, H, lo, hi);
         team_barrier(kv);
+        int turn = 0;
         for (int e = 0; e < E; e++)
-            if (expert_ffn(m, kv, p, e, &f)) ffn_down(m, kv, &f, C, H, 1);
-        if (cfg->shared_expert) ffn_down(m, kv, &shared, C, H, 1);
+            if (expert_ffn(m, kv, p, e, &f)) ffn_down(m, kv, &f, C, H, &turn);
+        if (cfg->shared_expert) ffn_down(m, kv, &shared, C, H, &turn);
         team_barrier(kv);
     }
     moe_forward_combine(out, a, cfg);
@@ -420,7 +424,8 @@ static void step_team(Model *m, KVCache *kv, int token, int t) {
         rows_of(HH, &lo, &hi);
         ffn_up(m, kv, &f, ACT_RELU, C, HH, lo, hi);                  /* relu(hm W1 + b1) */
         team_barrier(kv);
-        ffn_down(m, kv, &f, V, HH, 1);                               /* logits = . W2 + b2 */
+        int turn = 0;
+        ffn_down(m, kv, &f, V, HH, &turn);                           /* logits = . W2 + b2 */
     }
 }
 
