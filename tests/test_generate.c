@@ -498,6 +498,65 @@ TEST(sample_top_k) {
     for (int i = 0; i < 3; i++) EXPECT(seen[top[i]] > 100);   /* all three are reachable (~1/3 each) */
 }
 
+/* top-k by a heap against a sort of the whole vocabulary: the same draws from the same rng, over a
+ * vocabulary of 1000 with many tied logits (ties go to the lower index) and weights that underflow to
+ * 0, for k from 1 to past V, with and without top-p after it */
+static int ref_pair_cmp(const void *a, const void *b) {
+    const float *x = a, *y = b;
+    if (x[0] != y[0]) return x[0] > y[0] ? -1 : 1;
+    return x[1] < y[1] ? -1 : x[1] > y[1];
+}
+
+static int ref_sample(const float *logits, int V, float temp, int top_k, float top_p, Rng *rng, float *pairs) {
+    float mx = logits[0];
+    for (int v = 1; v < V; v++) if (logits[v] > mx) mx = logits[v];
+    for (int v = 0; v < V; v++) {
+        pairs[2 * v] = expf((logits[v] - mx) / temp);
+        pairs[2 * v + 1] = (float)v;
+    }
+    int n = top_k > 0 && top_k < V ? top_k : V;
+    if (n < V || top_p < 1.0f) qsort(pairs, (size_t)V, 2 * sizeof(float), ref_pair_cmp);   /* else drawn in index order */
+    if (top_p < 1.0f) {
+        double tot = 0.0, cum = 0.0;
+        for (int i = 0; i < n; i++) tot += pairs[2 * i];
+        for (int i = 0; i < n; i++) {
+            cum += pairs[2 * i];
+            if (cum >= (double)top_p * tot) { n = i + 1; break; }
+        }
+    }
+    double tot = 0.0, cum = 0.0;
+    for (int i = 0; i < n; i++) tot += pairs[2 * i];
+    double u = (double)rng_uniform(rng) * tot;
+    for (int i = 0; i < n; i++) {
+        cum += pairs[2 * i];
+        if (u < cum) return (int)pairs[2 * i + 1];
+    }
+    for (int i = n - 1; i > 0; i--) if (pairs[2 * i] > 0.0f) return (int)pairs[2 * i + 1];
+    return (int)pairs[1];
+}
+
+TEST(sample_top_k_matches_full_sort) {
+    enum { V = 1000 };
+    static float logits[V], scratch[2 * V], pairs[2 * V];
+    static const int ks[] = {1, 2, 3, 40, 999, 1000, 1200};
+    for (int v = 0; v < V; v++) logits[v] = (float)((v * 7919) % 23) * 0.5f - (v % 97 == 0 ? 300.0f : 0.0f);
+    int mismatches = 0, draws = 0;
+    for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++)
+        for (int pi = 0; pi < 2; pi++) {
+            float top_p = pi ? 0.9f : 1.0f;
+            Rng a, b;
+            rng_seed(&a, 11 + (uint64_t)ki);
+            b = a;
+            for (int i = 0; i < 200; i++, draws++) {
+                int got = sample_token(logits, V, 0.8f, ks[ki], top_p, &a, scratch);
+                int want = ks[ki] == 1 ? sample_token(logits, V, 0.0f, 0, 1.0f, NULL, NULL)
+                                       : ref_sample(logits, V, 0.8f, ks[ki], top_p, &b, pairs);
+                mismatches += got != want;
+            }
+        }
+    EXPECT_MSG(mismatches == 0, "%d of %d draws differ from the full sort's", mismatches, draws);
+}
+
 TEST(sample_top_p) {
     /* p = (0.6, 0.2, 0.1, 0.1): the top token alone has mass >= 0.5 */
     float logits[4] = {logf(0.1f), logf(0.6f), logf(0.2f), logf(0.1f)}, scratch[8];
@@ -548,6 +607,7 @@ int main(void) {
     RUN(kv_step_bytes_match_the_tensors);
     RUN(sample_greedy);
     RUN(sample_top_k);
+    RUN(sample_top_k_matches_full_sort);
     RUN(sample_top_p);
     RUN(sample_frequencies);
     return test_summary("generate");

