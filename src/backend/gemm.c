@@ -290,7 +290,7 @@ static void nz_rows(float *y, const float *x, const int *idx, int cnt, const flo
         mk[v] = rem >= 16 ? (__mmask16)0xffff : rem > 0 ? (__mmask16)((1u << rem) - 1u) : (__mmask16)0;
         acc[v] = _mm512_maskz_loadu_ps(mk[v], y + 16 * v);
     }
-    if (n == NZ_REGS) {   /* plain loads (16 masks do not fit the 8 mask registers: 1.3x slower) */
+    if (n == NZ_REGS) {   /* plain loads (16 masks do not fit the 8 mask registers: 1.1-1.25x slower) */
         for (int j = 0; j < cnt; j++) {
             __m512 xs = _mm512_set1_ps(x[idx[j]]);
             const float *row = Wt + (size_t)idx[j] * (size_t)ldw;
