@@ -125,30 +125,42 @@ static void run_case(const ModelConfig *c, const char *label) {
     free(dm);
     /* bf16 weights: near the float logits (weights rounded to 8 significant bits: ~0.3% each, so
      * ~1% of the logits' scale at most), not equal (or the copy is not read), the same bits at 1 and
-     * 2 threads */
+     * 2 threads; read whole (skip_min past 1) and, where there are copies, down-major skipping every
+     * zero unit (skip_min 0: bytes skipped, other bits) */
     EXPECT(kv_load_weights(&kv, &m, 1) == MOELM_OK);
-    float *bf = malloc(sizeof(float) * T * V);
-    double d16 = 0.0, scale = 0.0;
-    for (int pass = 0; pass < 2; pass++) {
-        backend_set_threads(pass + 1);
-        kv_reset(&kv);
-        for (int t = 0; t < T; t++) {
-            rng_seed(&m.rng, 42);
-            model_step_kv(&m, &kv, inp[t]);
-            if (pass == 1) {
-                EXPECT_MSG(memcmp(bf + (size_t)t * V, kv.logits, sizeof(float) * V) == 0, "%s: bf16 t=%d: 2 threads differ", label, t);
-                continue;
+    EXPECT(kv.skip_min == KV_SKIP_MIN_BF16 && (kv.n_down > 0) == want_copies);
+    float *bf = malloc(sizeof(float) * 2 * T * V);
+    for (int mode = 0; mode < 2; mode++) {
+        float *b16 = bf + (size_t)mode * T * V;
+        double d16 = 0.0, scale = 0.0;
+        kv.skip_min = mode == 0 ? 2.0f : 0.0f;
+        for (int pass = 0; pass < 2; pass++) {
+            backend_set_threads(pass + 1);
+            kv_reset(&kv);
+            for (int t = 0; t < T; t++) {
+                rng_seed(&m.rng, 42);
+                model_step_kv(&m, &kv, inp[t]);
+                if (pass == 1) {
+                    EXPECT_MSG(memcmp(b16 + (size_t)t * V, kv.logits, sizeof(float) * V) == 0, "%s: bf16 (%s) t=%d: 2 threads differ",
+                               label, mode ? "skipping" : "whole", t);
+                    continue;
+                }
+                memcpy(b16 + (size_t)t * V, kv.logits, sizeof(float) * V);
+                for (int v = 0; v < V; v++) {
+                    double d = fabs((double)kv.logits[v] - first[(size_t)t * V + v]);
+                    if (d > d16) d16 = d;
+                    if (fabs(first[(size_t)t * V + v]) > scale) scale = fabs(first[(size_t)t * V + v]);
+                }
             }
-            memcpy(bf + (size_t)t * V, kv.logits, sizeof(float) * V);
-            for (int v = 0; v < V; v++) {
-                double d = fabs((double)kv.logits[v] - first[(size_t)t * V + v]);
-                if (d > d16) d16 = d;
-                if (fabs(first[(size_t)t * V + v]) > scale) scale = fabs(first[(size_t)t * V + v]);
-            }
+            if (mode == 0) EXPECT(kv_skipped_bytes(&kv) == 0.0);
+            else EXPECT_MSG((kv_skipped_bytes(&kv) > 0.0) == want_copies, "%s: bf16 skipped %.0f bytes", label, kv_skipped_bytes(&kv));
         }
+        EXPECT_MSG(d16 > 0.0 && d16 <= 0.02 * scale, "%s: bf16 (%s) logits off the float ones by %.3g (scale %.3g)", label,
+                   mode ? "skipping" : "whole", d16, scale);
     }
+    int same16 = memcmp(bf, bf + (size_t)T * V, sizeof(float) * T * V) == 0;
+    EXPECT_MSG(same16 == !want_copies, "%s: bf16 skipping %s reading whole", label, same16 ? "equals" : "differs from");
     backend_set_threads(1);
-    EXPECT_MSG(d16 > 0.0 && d16 <= 0.02 * scale, "%s: bf16 logits off the float ones by %.3g (scale %.3g)", label, d16, scale);
     free(bf);
     EXPECT_MSG(maxdiff <= 1e-4, "%s: max |kv - forward| = %.3g", label, maxdiff);
     EXPECT_MSG(spread > 0.1, "%s: logits barely depend on position/context (%.3g): the test is too weak", label, spread);
@@ -212,7 +224,8 @@ TEST(gemv_matches_reference) {
 }
 
 /* gemv_t_nz against its documented sum, bit for bit (the bias, then one fmaf a nonzero x[k], k
- * ascending), and against double precision; widths past each step of the kernel (a masked vector, the
+ * ascending), and against double precision; gemv_t_nz_bf16 against the same sum over its widened
+ * weights; widths past each step of the kernel (a masked vector, the
  * 16 registers of 256 floats, a second group of registers) within a wider row stride, K past one
  * chunk of 256; the columns split in two have the bits of the whole; a zero x[k]'s row is skipped even
  * where it holds Inf and NaN, a NaN x[k] reaches y; it returns the count of nonzero x[k]. */
@@ -220,6 +233,7 @@ TEST(gemv_t_nz_matches_reference) {
     enum { KMAX = 300, NMAX = 300, LD = 311 };
     static const int Ks[] = {37, 300, 1}, Ns[] = {13, 256, 300, 1};
     static float w[KMAX * LD], x[KMAX], b[LD], y[NMAX], y1[NMAX];
+    static uint16_t w16[KMAX * LD];
     for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki++)
         for (size_t ni = 0; ni < sizeof Ns / sizeof Ns[0]; ni++)
             for (int withb = 0; withb < 2; withb++) {
@@ -250,6 +264,19 @@ TEST(gemv_t_nz_matches_reference) {
                     EXPECT_MSG(memcmp(&chain, &y[i], sizeof chain) == 0, "K=%d n=%d col %d: %.9g, the fmaf chain %.9g", K, n, i,
                                y[i], chain);
                     EXPECT_MSG(fabs(y[i] - ref) <= (K + 1) * 6e-8 * (1 + mag), "K=%d n=%d col %d: %g vs %g", K, n, i, y[i], ref);
+                }
+                /* bf16 weights: the same chain over the widened weights */
+                bf16_from_f32(w16, w, (size_t)K * LD);
+                EXPECT(gemv_t_nz_bf16(y, x, w16, LD, bias, K, n) == nz);
+                gemv_t_nz_bf16(y1, x, w16, LD, bias, K, cut);
+                gemv_t_nz_bf16(y1 + cut, x, w16 + cut, LD, bias ? bias + cut : NULL, K, n - cut);
+                EXPECT_MSG(memcmp(y, y1, sizeof(float) * n) == 0, "bf16 K=%d n=%d bias=%d: split columns differ", K, n, withb);
+                for (int i = 0; i < n; i++) {
+                    float chain = withb ? b[i] : 0.0f;
+                    for (int k = 0; k < K; k++)
+                        if (x[k] != 0.0f) chain = fmaf(x[k], bf16_to_f32(w16[(size_t)k * LD + i]), chain);
+                    EXPECT_MSG(memcmp(&chain, &y[i], sizeof chain) == 0, "bf16 K=%d n=%d col %d: %.9g, the fmaf chain %.9g", K, n,
+                               i, y[i], chain);
                 }
             }
     /* a NaN activation is not skipped */
@@ -365,8 +392,8 @@ TEST(kv_memory) {
 }
 
 /* kv_load_weights: its copies freed by kv_free and by a second call, nothing allocated by a step that
- * reads them, and an allocation that fails (the table, then the copies, then bf16's) returns NOMEM
- * holding nothing */
+ * reads them, and an allocation that fails (float: the table, the copies; bf16: the arena's copy
+ * first) returns NOMEM holding nothing */
 TEST(kv_load_weights_memory) {
     ModelConfig c;
     seed_cfg(&c, ROUTER_SOFT);
@@ -388,11 +415,13 @@ TEST(kv_load_weights_memory) {
         moelm_alloc_fail_after(0);
         EXPECT(moelm_alloc_live_bytes() == bare && kv.n_down == 0 && !kv.down && !kv.down_w && !kv.w16);
     }
-    moelm_alloc_fail_after(1);
-    EXPECT(kv_load_weights(&kv, &m, 1) == MOELM_ERR_NOMEM);
-    moelm_alloc_fail_after(0);
-    EXPECT(moelm_alloc_live_bytes() == bare);
-    EXPECT(kv_load_weights(&kv, &m, 1) == MOELM_OK && kv.w16 && kv.n_down == 0);
+    for (int fail = 1; fail <= 3; fail++) {   /* bf16: the arena's copy, the table, the copies */
+        moelm_alloc_fail_after(fail);
+        EXPECT_MSG(kv_load_weights(&kv, &m, 1) == MOELM_ERR_NOMEM, "bf16: allocation %d failed", fail);
+        moelm_alloc_fail_after(0);
+        EXPECT(moelm_alloc_live_bytes() == bare && kv.n_down == 0 && !kv.down && !kv.down_w && !kv.w16);
+    }
+    EXPECT(kv_load_weights(&kv, &m, 1) == MOELM_OK && kv.w16 && kv.n_down == 2);
     kv_free(&kv);
     EXPECT(moelm_alloc_live_bytes() == before);
     model_free(&m);

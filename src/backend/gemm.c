@@ -276,11 +276,27 @@ void gemv_one_bf16(float *y, const float *x, const uint16_t *W, const float *bia
 /* ---- y = Wt^T x over x's nonzeros (generation's products after a ReLU) ---------------------------- */
 
 /* Each y[i] is one FMA a row, rows in order. Up to NZ_REGS floats of y stay in registers while the
- * rows go by, each row's part read front to back before the next. */
+ * rows go by, each row's part read front to back before the next. Wt is float (bf16 == 0) or bf16,
+ * widened exactly; both forms are this code inlined with bf16 constant. */
 enum { NZ_CHUNK = 256, NZ_REGS = 256 };
+#define NZ_INLINE static inline __attribute__((always_inline))
 
-/* y[0..n) (n <= NZ_REGS) += the rows idx[0..cnt) of Wt (columns 0..n) scaled by their x */
-static void nz_rows(float *y, const float *x, const int *idx, int cnt, const float *Wt, int ldw, int n) {
+NZ_INLINE float nz_at(const void *Wt, size_t i, int bf16) {
+    return bf16 ? bf16_widen(((const uint16_t *)Wt)[i]) : ((const float *)Wt)[i];
+}
+
+#if defined(__AVX512F__)
+NZ_INLINE __m512 nz_load(const void *Wt, size_t i, int bf16) {
+    return bf16 ? widen16(_mm256_loadu_si256((const __m256i *)((const uint16_t *)Wt + i))) : _mm512_loadu_ps((const float *)Wt + i);
+}
+
+NZ_INLINE __m512 nz_load_mask(const void *Wt, size_t i, __mmask16 m, int bf16) {
+    return bf16 ? widen16(_mm256_maskz_loadu_epi16(m, (const uint16_t *)Wt + i)) : _mm512_maskz_loadu_ps(m, (const float *)Wt + i);
+}
+#endif
+
+/* y[0..n) (n <= NZ_REGS) += columns c0..c0+n of the rows idx[0..cnt) of Wt, scaled by their x */
+NZ_INLINE void nz_rows(float *y, const float *x, const int *idx, int cnt, const void *Wt, int bf16, int ldw, int c0, int n) {
 #if defined(__AVX512F__)
     __m512 acc[NZ_REGS / 16];
     __mmask16 mk[NZ_REGS / 16];
@@ -293,17 +309,16 @@ static void nz_rows(float *y, const float *x, const int *idx, int cnt, const flo
     if (n == NZ_REGS) {   /* plain loads (16 masks do not fit the 8 mask registers: 1.1-1.25x slower) */
         for (int j = 0; j < cnt; j++) {
             __m512 xs = _mm512_set1_ps(x[idx[j]]);
-            const float *row = Wt + (size_t)idx[j] * (size_t)ldw;
+            size_t row = (size_t)idx[j] * (size_t)ldw + (size_t)c0;
 #pragma GCC unroll 16
-            for (int v = 0; v < NZ_REGS / 16; v++) acc[v] = _mm512_fmadd_ps(xs, _mm512_loadu_ps(row + 16 * v), acc[v]);
+            for (int v = 0; v < NZ_REGS / 16; v++) acc[v] = _mm512_fmadd_ps(xs, nz_load(Wt, row + 16 * v, bf16), acc[v]);
         }
     } else {
         for (int j = 0; j < cnt; j++) {
             __m512 xs = _mm512_set1_ps(x[idx[j]]);
-            const float *row = Wt + (size_t)idx[j] * (size_t)ldw;
+            size_t row = (size_t)idx[j] * (size_t)ldw + (size_t)c0;
 #pragma GCC unroll 16
-            for (int v = 0; v < NZ_REGS / 16; v++)
-                acc[v] = _mm512_fmadd_ps(xs, _mm512_maskz_loadu_ps(mk[v], row + 16 * v), acc[v]);
+            for (int v = 0; v < NZ_REGS / 16; v++) acc[v] = _mm512_fmadd_ps(xs, nz_load_mask(Wt, row + 16 * v, mk[v], bf16), acc[v]);
         }
     }
 #pragma GCC unroll 16
@@ -311,13 +326,13 @@ static void nz_rows(float *y, const float *x, const int *idx, int cnt, const flo
 #else
     for (int j = 0; j < cnt; j++) {
         float xv = x[idx[j]];
-        const float *row = Wt + (size_t)idx[j] * (size_t)ldw;
-        for (int i = 0; i < n; i++) y[i] = __builtin_fmaf(xv, row[i], y[i]);
+        size_t row = (size_t)idx[j] * (size_t)ldw + (size_t)c0;
+        for (int i = 0; i < n; i++) y[i] = __builtin_fmaf(xv, nz_at(Wt, row + i, bf16), y[i]);
     }
 #endif
 }
 
-int gemv_t_nz(float *y, const float *x, const float *Wt, int ldw, const float *bias, int K, int n) {
+NZ_INLINE int gemv_t_nz_any(float *y, const float *x, const void *Wt, int bf16, int ldw, const float *bias, int K, int n) {
     for (int i = 0; i < n; i++) y[i] = bias_at(bias, i);
     int idx[NZ_CHUNK], nnz = 0;
     for (int k0 = 0; k0 < K; k0 += NZ_CHUNK) {
@@ -325,9 +340,17 @@ int gemv_t_nz(float *y, const float *x, const float *Wt, int ldw, const float *b
         for (int k = k0; k < k1; k++)
             if (x[k] != 0.0f) idx[cnt++] = k;   /* NaN is not zero: it reaches y */
         nnz += cnt;
-        for (int i = 0; i < n; i += NZ_REGS) nz_rows(y + i, x, idx, cnt, Wt + i, ldw, n - i < NZ_REGS ? n - i : NZ_REGS);
+        for (int i = 0; i < n; i += NZ_REGS) nz_rows(y + i, x, idx, cnt, Wt, bf16, ldw, i, n - i < NZ_REGS ? n - i : NZ_REGS);
     }
     return nnz;
+}
+
+int gemv_t_nz(float *y, const float *x, const float *Wt, int ldw, const float *bias, int K, int n) {
+    return gemv_t_nz_any(y, x, Wt, 0, ldw, bias, K, n);
+}
+
+int gemv_t_nz_bf16(float *y, const float *x, const uint16_t *Wt, int ldw, const float *bias, int K, int n) {
+    return gemv_t_nz_any(y, x, Wt, 1, ldw, bias, K, n);
 }
 
 void gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,

@@ -86,6 +86,7 @@ void gemv_one_bf16(float *y, const float *x, const uint16_t *W, const float *bia
  * as slowly as the whole matrix (the prefetcher fetches the skipped rows anyway), and two threads
  * each reading half of every row, or four rows read side by side, are slower than gemv_one. */
 int gemv_t_nz(float *y, const float *x, const float *Wt, int ldw, const float *bias, int K, int n);
+int gemv_t_nz_bf16(float *y, const float *x, const uint16_t *Wt, int ldw, const float *bias, int K, int n);
 
 /* Threads for both OpenMP loops and BLAS (one pool with the OpenMP build of OpenBLAS). */
 void backend_set_threads(int n);

@@ -105,15 +105,18 @@ static int down_list(const Model *m, KVDownCopy *out) {
 }
 
 /* dst = src [rows, cols] down-major in blocks of KV_DOWN_BLOCK rows (the last one narrower): block b,
- * w rows wide, is [cols, w] at dst + b KV_DOWN_BLOCK cols */
-static void down_major_into(float *dst, const float *src, size_t rows, size_t cols) {
+ * w rows wide, is [cols, w] at dst + b KV_DOWN_BLOCK cols; floats, or rounded to bf16 */
+static void down_major_into(void *dst, int bf16, const float *src, size_t rows, size_t cols) {
 #pragma omp parallel for schedule(static) if (rows * cols >= ((size_t)1 << 20))
     for (size_t r0 = 0; r0 < rows; r0 += KV_DOWN_BLOCK) {
-        size_t w = rows - r0 < KV_DOWN_BLOCK ? rows - r0 : KV_DOWN_BLOCK;
-        float *blk = dst + r0 * cols;
+        size_t w = rows - r0 < KV_DOWN_BLOCK ? rows - r0 : KV_DOWN_BLOCK, base = r0 * cols;
         for (size_t k0 = 0; k0 < cols; k0 += 16)   /* 16 columns of the source at a time: its lines reused */
             for (size_t r = r0; r < r0 + w; r++)
-                for (size_t k = k0; k < cols && k < k0 + 16; k++) blk[k * w + (r - r0)] = src[r * cols + k];
+                for (size_t k = k0; k < cols && k < k0 + 16; k++) {
+                    size_t at = base + k * w + (r - r0);
+                    if (bf16) ((uint16_t *)dst)[at] = bf16_round(src[r * cols + k]);
+                    else ((float *)dst)[at] = src[r * cols + k];
+                }
     }
 }
 
@@ -129,33 +132,34 @@ static void kv_drop_weights(KVCache *kv) {
 
 moelm_status kv_load_weights(KVCache *kv, const Model *m, int bf16) {
     kv_drop_weights(kv);
-    if (bf16) {   /* everything read whole: rows of 512 bytes are read no faster for the zeros skipped */
+    size_t es = bf16 ? sizeof(uint16_t) : sizeof(float), total = 0;
+    kv->skip_min = bf16 ? KV_SKIP_MIN_BF16 : KV_SKIP_MIN_FLOAT;
+    if (bf16) {
         kv->w16 = moelm_malloc(sizeof(uint16_t) * m->n_params);
         if (!kv->w16)
             return moelm_fail(MOELM_ERR_NOMEM, "cannot allocate the bf16 weights (%zu bytes)", sizeof(uint16_t) * m->n_params);
         bf16_from_f32(kv->w16, m->params, m->n_params);
-        return MOELM_OK;
     }
     int n = down_list(m, NULL);
-    size_t total = 0;
     if (n == 0) return MOELM_OK;
     kv->down = moelm_malloc(sizeof(KVDownCopy) * (size_t)n);
-    if (!kv->down) return MOELM_ERR_NOMEM;
+    if (!kv->down) { kv_drop_weights(kv); return MOELM_ERR_NOMEM; }
     down_list(m, kv->down);
     for (int i = 0; i < n; i++) {
         kv->down[i].off = total;
         total += kv->down[i].n * kv->down[i].rows * kv->down[i].cols;
     }
-    kv->down_w = moelm_malloc(sizeof(float) * total);
+    kv->down_w = moelm_malloc(es * total);
     if (!kv->down_w) {
         kv_drop_weights(kv);
-        return moelm_fail(MOELM_ERR_NOMEM, "cannot allocate the down-major weights (%zu bytes)", sizeof(float) * total);
+        return moelm_fail(MOELM_ERR_NOMEM, "cannot allocate the down-major weights (%zu bytes)", es * total);
     }
     kv->n_down = n;
     for (int i = 0; i < n; i++) {
         const KVDownCopy *d = &kv->down[i];
         size_t each = d->rows * d->cols;
-        for (size_t j = 0; j < d->n; j++) down_major_into(kv->down_w + d->off + j * each, d->src + j * each, d->rows, d->cols);
+        for (size_t j = 0; j < d->n; j++)
+            down_major_into((char *)kv->down_w + es * (d->off + j * each), bf16, d->src + j * each, d->rows, d->cols);
     }
     return MOELM_OK;
 }
@@ -267,32 +271,43 @@ static void ffn_up(const Model *m, const KVCache *kv, const FfnRow *f, Activatio
 }
 
 /* The down-major copy of the matrix at W (an expert's slice of one), or NULL */
-static const float *down_copy(const KVCache *kv, const float *W) {
+static const void *down_copy(const KVCache *kv, const float *W) {
     for (int i = 0; i < kv->n_down; i++) {
         const KVDownCopy *d = &kv->down[i];
-        if (W >= d->src && W < d->src + d->n * d->rows * d->cols) return kv->down_w + d->off + (size_t)(W - d->src);
+        if (W >= d->src && W < d->src + d->n * d->rows * d->cols)
+            return (const char *)kv->down_w + (kv->w16 ? sizeof(uint16_t) : sizeof(float)) * (d->off + (size_t)(W - d->src));
     }
     return NULL;
 }
 
 /* y[N] = W2 h + b2: all of it (turn NULL), or the calling thread's share of the team's. From W2's
- * down-major copy when there is one, skipping h's zeros, a block of KV_DOWN_BLOCK outputs at a time:
- * the blocks are numbered on from *turn (shared by the products of one phase, so that two experts'
- * single blocks go to two threads) and dealt round the team; else by rows. */
+ * down-major copy when there is one and at least kv->skip_min of h is zero, skipping those units, a
+ * block of KV_DOWN_BLOCK outputs at a time: the blocks are numbered on from *turn (shared by the
+ * products of one phase, so that two experts' single blocks go to two threads) and dealt round the
+ * team. Else whole, by rows. The choice depends on h alone, so not on the team. */
 static void ffn_down(const Model *m, KVCache *kv, const FfnRow *f, int N, int H, int *turn) {
-    const float *wt = down_copy(kv, f->w2);
+    const void *wt = down_copy(kv, f->w2);
+    if (wt) {
+        int zeros = 0;
+        for (int j = 0; j < H; j++) zeros += f->h[j] == 0.0f;
+        if (zeros < kv->skip_min * H) wt = NULL;
+    }
     if (!wt) {
         int lo = 0, hi = N;
         if (turn) rows_of(N, &lo, &hi);
         mv_rows(m, kv, f->y, f->h, f->w2, f->b2, lo, hi, H);
         return;
     }
+    size_t es = kv->w16 ? sizeof(uint16_t) : sizeof(float);
     int nb = (N + KV_DOWN_BLOCK - 1) / KV_DOWN_BLOCK;
     for (int b = 0; b < nb; b++) {
         if (turn && (*turn + b) % team_size() != team_rank()) continue;
-        int r0 = b * KV_DOWN_BLOCK, w = N - r0 < KV_DOWN_BLOCK ? N - r0 : KV_DOWN_BLOCK;
-        int nz = gemv_t_nz(f->y + r0, f->h, wt + (size_t)r0 * H, w, f->b2 ? f->b2 + r0 : NULL, H, w);
-        kv->skipped[8 * team_rank()] += (double)(H - nz) * w * sizeof(float);
+        int r0 = b * KV_DOWN_BLOCK, w = N - r0 < KV_DOWN_BLOCK ? N - r0 : KV_DOWN_BLOCK, nz;
+        const void *blk = (const char *)wt + es * (size_t)r0 * H;
+        const float *bias = f->b2 ? f->b2 + r0 : NULL;
+        if (kv->w16) nz = gemv_t_nz_bf16(f->y + r0, f->h, blk, w, bias, H, w);
+        else nz = gemv_t_nz(f->y + r0, f->h, blk, w, bias, H, w);
+        kv->skipped[8 * team_rank()] += (double)(H - nz) * w * es;
     }
     if (turn) *turn += nb;
 }

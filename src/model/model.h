@@ -124,6 +124,11 @@ typedef struct {
  * to element off of KVCache.down_w, each (in order) in blocks of KV_DOWN_BLOCK rows: block b, w rows
  * wide, as [cols, w] (its weights a hidden unit at a time) from element b KV_DOWN_BLOCK cols */
 #define KV_DOWN_BLOCK 256
+/* kv_load_weights' skip_min: skipping the zero units' runs (1 KiB in float, 512 bytes in bf16) pays
+ * from about these shares (bench/RESULTS.md: float 0.9x at none zero, 1.47x at half; bf16 0.76x at
+ * half, 1.4-1.7x at three quarters) */
+#define KV_SKIP_MIN_FLOAT 0.2f
+#define KV_SKIP_MIN_BF16 0.6f
 typedef struct {
     const float *src;
     size_t n, rows, cols, off;
@@ -149,7 +154,8 @@ typedef struct {
     uint16_t *w16;            /* NULL, or bf16 copies of the whole parameter arena */
     KVDownCopy *down;         /* [n_down] the matrices that read a ReLU's output, and where their copies are */
     int n_down;
-    float *down_w;            /* those copies, down-major */
+    void *down_w;             /* those copies, down-major (float; bf16 with w16) */
+    float skip_min;           /* the least share of a product's units at zero for which it reads the copy */
 } KVCache;
 
 typedef struct {
@@ -207,13 +213,14 @@ void kv_free(KVCache *kv);
 void kv_reset(KVCache *kv);
 /* Copies m's current weights in the form generation streams them fastest; model_step_kv then reads
  * the copies, so call it again after the weights change (without it a step reads m's float weights
- * as they are). Float: the matrices that multiply a ReLU's output in runs of at least 1 KiB (the
+ * as they are). The matrices that multiply a ReLU's output in blocks a thread reads whole (the
  * experts' and the shared expert's second products under a ReLU, the seed head's W2; not a dense
  * FFN's, which a team splits by rows) are copied down-major, a hidden unit's weights together, so
  * that a step skips the units that are zero: their bytes are never read (gemv_t_nz; half the units
- * at initialisation, 70-95% after training). bf16: every matrix (attention, FFN, experts, head) read
- * in bfloat16, rounded once, whole: half the bytes per token, logits within ~2% of the float ones'
- * scale (norms, biases, routers and the KV cache stay float). */
+ * at initialisation, 70-95% after training), when enough of them are (skip_min). With bf16 every
+ * matrix (attention, FFN, experts, head) is read in bfloat16, rounded once: half the bytes per
+ * token, logits within ~2% of the float ones' scale (norms, biases, routers and the KV cache stay
+ * float). */
 moelm_status kv_load_weights(KVCache *kv, const Model *m, int bf16);
 void model_step_kv(Model *m, KVCache *kv, int token);
 /* Bytes of weights the steps since kv_reset skipped (kv_load_weights' down-major rows of zero units). */
