@@ -527,9 +527,10 @@ TEST(sample_top_k) {
     for (int i = 0; i < 3; i++) EXPECT(seen[top[i]] > 100);   /* all three are reachable (~1/3 each) */
 }
 
-/* top-k by a heap against a sort of the whole vocabulary: the same draws from the same rng, over a
- * vocabulary of 1000 with many tied logits (ties go to the lower index) and weights that underflow to
- * 0, for k from 1 to past V, with and without top-p after it */
+/* top-k by a heap, and top-p sorting only as far as the nucleus reaches, against a sort of the whole
+ * vocabulary: the same draws from the same rng, over a vocabulary of 1000 with many tied logits (ties
+ * go to the lower index) and weights that underflow to 0, for k from 1 to past V and none, without
+ * top-p and with nuclei from 1-2 words to nearly all */
 static int ref_pair_cmp(const void *a, const void *b) {
     const float *x = a, *y = b;
     if (x[0] != y[0]) return x[0] > y[0] ? -1 : 1;
@@ -544,16 +545,18 @@ static int ref_sample(const float *logits, int V, float temp, int top_k, float t
         pairs[2 * v + 1] = (float)v;
     }
     int n = top_k > 0 && top_k < V ? top_k : V;
+    double tot = 0.0, cum = 0.0;
+    if (n == V) for (int i = 0; i < n; i++) tot += pairs[2 * i];   /* top-p's mass over all, in index order */
     if (n < V || top_p < 1.0f) qsort(pairs, (size_t)V, 2 * sizeof(float), ref_pair_cmp);   /* else drawn in index order */
+    if (n < V) for (int i = 0; i < n; i++) tot += pairs[2 * i];    /* over the top k, sorted */
     if (top_p < 1.0f) {
-        double tot = 0.0, cum = 0.0;
-        for (int i = 0; i < n; i++) tot += pairs[2 * i];
         for (int i = 0; i < n; i++) {
             cum += pairs[2 * i];
             if (cum >= (double)top_p * tot) { n = i + 1; break; }
         }
     }
-    double tot = 0.0, cum = 0.0;
+    tot = 0.0;
+    cum = 0.0;
     for (int i = 0; i < n; i++) tot += pairs[2 * i];
     double u = (double)rng_uniform(rng) * tot;
     for (int i = 0; i < n; i++) {
@@ -567,12 +570,13 @@ static int ref_sample(const float *logits, int V, float temp, int top_k, float t
 TEST(sample_top_k_matches_full_sort) {
     enum { V = 1000 };
     static float logits[V], scratch[2 * V], pairs[2 * V];
-    static const int ks[] = {1, 2, 3, 40, 999, 1000, 1200};
+    static const int ks[] = {1, 2, 3, 40, 999, 1000, 1200, 0};
     for (int v = 0; v < V; v++) logits[v] = (float)((v * 7919) % 23) * 0.5f - (v % 97 == 0 ? 300.0f : 0.0f);
     int mismatches = 0, draws = 0;
     for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++)
-        for (int pi = 0; pi < 2; pi++) {
-            float top_p = pi ? 0.9f : 1.0f;
+        for (int pi = 0; pi < 4; pi++) {
+            static const float ps[] = {1.0f, 0.9f, 0.999f, 0.05f};   /* nuclei of ~ a few hundred, ~all, 1-2 */
+            float top_p = ps[pi];
             Rng a, b;
             rng_seed(&a, 11 + (uint64_t)ki);
             b = a;
