@@ -274,7 +274,10 @@ moelm_status bench_run(const BenchOptions *o) {
     }
 
     /* generation: batch 1, one prompt token, then n_gen greedy tokens through the KV cache; with the
-     * float weights, then (after the RSS is read: the copy is not part of training) with bf16 ones */
+     * float weights, then (after the RSS is read: the copy is not part of training) with bf16 ones.
+     * The optimizer's moments (twice the weights) go first, as `moelm generate` never has them: the
+     * weights' copies for generation then fit in memory training used */
+    optim_free(&opt);
     double gen_tps = 0.0, gen16_tps = 0.0, skip = 0.0, skip16 = 0.0;
     if (o->n_gen > 0) {
         st = kv_load_weights(&kv, &m, 0);
