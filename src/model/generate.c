@@ -131,6 +131,7 @@ static void kv_drop_weights(KVCache *kv) {
 }
 
 moelm_status kv_load_weights(KVCache *kv, const Model *m, int bf16) {
+    CHECK(m->n_params == m->n_params_full);   /* every expert held (no expert-parallel shard), as a step needs */
     kv_drop_weights(kv);
     size_t es = bf16 ? sizeof(uint16_t) : sizeof(float), total = 0;
     kv->skip_min = bf16 ? KV_SKIP_MIN_BF16 : KV_SKIP_MIN_FLOAT;
