@@ -206,17 +206,18 @@ TEST(gemv_matches_reference) {
     }
 }
 
-/* gemv_t_nz against its documented sum, bit for bit (the bias, then one fmaf a nonzero x[k], k
- * ascending), and against double precision; gemv_t_nz_bf16 against the same sum over its widened
- * weights; widths past each step of the kernel (a masked vector, the
- * 16 registers of 256 floats, a second group of registers) within a wider row stride, K past one
- * chunk of 256; the columns split in two have the bits of the whole; a zero x[k]'s row is skipped even
- * where it holds Inf and NaN, a NaN x[k] reaches y; it returns the count of nonzero x[k]. */
+/* nz_index and gemv_t_nz against their documented sum, bit for bit (the bias, then one fmaf a nonzero
+ * x[k], k ascending), and against double precision; gemv_t_nz_bf16 against the same sum over its
+ * widened weights; widths past each step of the kernel (a masked vector, the 16 registers of 256
+ * floats, a second group of registers) within a wider row stride, K to 300; the columns split in two
+ * have the bits of the whole; a zero x[k]'s row is skipped even where it holds Inf and NaN, a NaN x[k]
+ * reaches y; nz_index lists the nonzero x[k] in order. */
 TEST(gemv_t_nz_matches_reference) {
     enum { KMAX = 300, NMAX = 300, LD = 311 };
     static const int Ks[] = {37, 300, 1}, Ns[] = {13, 256, 300, 1};
     static float w[KMAX * LD], x[KMAX], b[LD], y[NMAX], y1[NMAX];
     static uint16_t w16[KMAX * LD];
+    static int idx[KMAX];
     for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki++)
         for (size_t ni = 0; ni < sizeof Ns / sizeof Ns[0]; ni++)
             for (int withb = 0; withb < 2; withb++) {
@@ -229,11 +230,13 @@ TEST(gemv_t_nz_matches_reference) {
                     nz += x[k] != 0.0f;
                     if (x[k] == 0.0f) for (int i = 0; i < LD; i++) w[(size_t)k * LD + i] = i % 2 ? INFINITY : NAN;
                 }
-                int got = gemv_t_nz(y, x, w, LD, bias, K, n);
-                EXPECT_MSG(got == nz, "K=%d n=%d: %d nonzero, said %d", K, n, nz, got);
+                int cnt = nz_index(x, K, idx);
+                EXPECT_MSG(cnt == nz, "K=%d n=%d: %d nonzero, said %d", K, n, nz, cnt);
+                for (int j = 0; j < cnt; j++) EXPECT(x[idx[j]] != 0.0f && (j == 0 || idx[j] > idx[j - 1]));
+                gemv_t_nz(y, x, idx, cnt, w, LD, bias, n);
                 int cut = n / 3;   /* columns [0, cut) and [cut, n) */
-                gemv_t_nz(y1, x, w, LD, bias, K, cut);
-                gemv_t_nz(y1 + cut, x, w + cut, LD, bias ? bias + cut : NULL, K, n - cut);
+                gemv_t_nz(y1, x, idx, cnt, w, LD, bias, cut);
+                gemv_t_nz(y1 + cut, x, idx, cnt, w + cut, LD, bias ? bias + cut : NULL, n - cut);
                 EXPECT_MSG(memcmp(y, y1, sizeof(float) * n) == 0, "K=%d n=%d bias=%d: split columns differ", K, n, withb);
                 for (int i = 0; i < n; i++) {
                     float chain = withb ? b[i] : 0.0f;
@@ -250,9 +253,9 @@ TEST(gemv_t_nz_matches_reference) {
                 }
                 /* bf16 weights: the same chain over the widened weights */
                 bf16_from_f32(w16, w, (size_t)K * LD);
-                EXPECT(gemv_t_nz_bf16(y, x, w16, LD, bias, K, n) == nz);
-                gemv_t_nz_bf16(y1, x, w16, LD, bias, K, cut);
-                gemv_t_nz_bf16(y1 + cut, x, w16 + cut, LD, bias ? bias + cut : NULL, K, n - cut);
+                gemv_t_nz_bf16(y, x, idx, cnt, w16, LD, bias, n);
+                gemv_t_nz_bf16(y1, x, idx, cnt, w16, LD, bias, cut);
+                gemv_t_nz_bf16(y1 + cut, x, idx, cnt, w16 + cut, LD, bias ? bias + cut : NULL, n - cut);
                 EXPECT_MSG(memcmp(y, y1, sizeof(float) * n) == 0, "bf16 K=%d n=%d bias=%d: split columns differ", K, n, withb);
                 for (int i = 0; i < n; i++) {
                     float chain = withb ? b[i] : 0.0f;
@@ -265,7 +268,9 @@ TEST(gemv_t_nz_matches_reference) {
     /* a NaN activation is not skipped */
     for (int k = 0; k < 4; k++) x[k] = k == 2 ? NAN : 0.0f;
     for (int i = 0; i < 4 * 16; i++) w[i] = 1.0f;
-    EXPECT(gemv_t_nz(y, x, w, 16, NULL, 4, 16) == 1 && isnan(y[0]) && isnan(y[15]));
+    int cnt = nz_index(x, 4, idx);
+    gemv_t_nz(y, x, idx, cnt, w, 16, NULL, 16);
+    EXPECT(cnt == 1 && idx[0] == 2 && isnan(y[0]) && isnan(y[15]));
 }
 
 TEST(kv_dense_lm) {

@@ -278,8 +278,17 @@ void gemv_one_bf16(float *y, const float *x, const uint16_t *W, const float *bia
 /* Each y[i] is one FMA a row, rows in order. Up to NZ_REGS floats of y stay in registers while the
  * rows go by, each row's part read front to back before the next. Wt is float (bf16 == 0) or bf16,
  * widened exactly; both forms are this code inlined with bf16 constant. */
-enum { NZ_CHUNK = 256, NZ_REGS = 256 };
+enum { NZ_REGS = 256 };
 #define NZ_INLINE static inline __attribute__((always_inline))
+
+int nz_index(const float *x, int K, int *idx) {
+    int cnt = 0;
+    for (int k = 0; k < K; k++) {   /* without a branch: about half the units are zero, in no pattern */
+        idx[cnt] = k;
+        cnt += x[k] != 0.0f;   /* NaN is not zero: it reaches y */
+    }
+    return cnt;
+}
 
 NZ_INLINE float nz_at(const void *Wt, size_t i, int bf16) {
     return bf16 ? bf16_widen(((const uint16_t *)Wt)[i]) : ((const float *)Wt)[i];
@@ -332,25 +341,18 @@ NZ_INLINE void nz_rows(float *y, const float *x, const int *idx, int cnt, const 
 #endif
 }
 
-NZ_INLINE int gemv_t_nz_any(float *y, const float *x, const void *Wt, int bf16, int ldw, const float *bias, int K, int n) {
+NZ_INLINE void gemv_t_nz_any(float *y, const float *x, const int *idx, int cnt, const void *Wt, int bf16, int ldw,
+                             const float *bias, int n) {
     for (int i = 0; i < n; i++) y[i] = bias_at(bias, i);
-    int idx[NZ_CHUNK], nnz = 0;
-    for (int k0 = 0; k0 < K; k0 += NZ_CHUNK) {
-        int cnt = 0, k1 = K - k0 < NZ_CHUNK ? K : k0 + NZ_CHUNK;
-        for (int k = k0; k < k1; k++)
-            if (x[k] != 0.0f) idx[cnt++] = k;   /* NaN is not zero: it reaches y */
-        nnz += cnt;
-        for (int i = 0; i < n; i += NZ_REGS) nz_rows(y + i, x, idx, cnt, Wt, bf16, ldw, i, n - i < NZ_REGS ? n - i : NZ_REGS);
-    }
-    return nnz;
+    for (int i = 0; i < n; i += NZ_REGS) nz_rows(y + i, x, idx, cnt, Wt, bf16, ldw, i, n - i < NZ_REGS ? n - i : NZ_REGS);
 }
 
-int gemv_t_nz(float *y, const float *x, const float *Wt, int ldw, const float *bias, int K, int n) {
-    return gemv_t_nz_any(y, x, Wt, 0, ldw, bias, K, n);
+void gemv_t_nz(float *y, const float *x, const int *idx, int cnt, const float *Wt, int ldw, const float *bias, int n) {
+    gemv_t_nz_any(y, x, idx, cnt, Wt, 0, ldw, bias, n);
 }
 
-int gemv_t_nz_bf16(float *y, const float *x, const uint16_t *Wt, int ldw, const float *bias, int K, int n) {
-    return gemv_t_nz_any(y, x, Wt, 1, ldw, bias, K, n);
+void gemv_t_nz_bf16(float *y, const float *x, const int *idx, int cnt, const uint16_t *Wt, int ldw, const float *bias, int n) {
+    gemv_t_nz_any(y, x, idx, cnt, Wt, 1, ldw, bias, n);
 }
 
 void gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,

@@ -40,6 +40,15 @@ static size_t own_stride(int C) { return ((size_t)C + 15) & ~(size_t)15; }
  * cache lines */
 static size_t kv_key_stride(int P) { return ((size_t)P + 15) & ~(size_t)15; }
 
+/* ints between one thread's list of nonzero units in kv->nz_idx and the next: the widest hidden layer
+ * a down product reads (a dense FFN's, an expert's, the seed head's), rounded up to whole cache lines */
+static size_t units_stride(const Model *m) {
+    const ModelConfig *c = &m->cfg;
+    int u = c->d_ff > c->head_hidden ? c->d_ff : c->head_hidden;
+    if (model_has_moe(c) && m->moe_cfg.H > u) u = m->moe_cfg.H;
+    return ((size_t)u + 15) & ~(size_t)15;
+}
+
 /* Runs twice like model.c's layouts: base == NULL counts bytes, then hands out pointers. */
 static size_t kv_layout(KVCache *kv, char *base, const Model *m) {
     const ModelConfig *c = &m->cfg;
@@ -61,6 +70,7 @@ static size_t kv_layout(KVCache *kv, char *base, const Model *m) {
     TAKE(kv->fc, W);
     TAKE(kv->logits, V);
     TAKE(kv->skipped, (size_t)KV_TEAM_MAX * 8 * (sizeof(double) / sizeof(float)));
+    TAKE(kv->nz_idx, (size_t)KV_TEAM_MAX * units_stride(m));
 #undef TAKE
     if (model_has_moe(c)) {
         size_t bytes = moe_acts_bytes(&m->moe_cfg, 1);
@@ -282,16 +292,16 @@ static const void *down_copy(const KVCache *kv, const float *W) {
 }
 
 /* y[N] = W2 h + b2: all of it (turn NULL), or the calling thread's share of the team's. From W2's
- * down-major copy when there is one and at least kv->skip_min of h is zero, skipping those units, a
- * block of KV_DOWN_BLOCK outputs at a time: the blocks are numbered on from *turn (shared by the
+ * down-major copy when there is one and at least kv->skip_min of h is zero, skipping those units (h's
+ * nonzero units listed once, for every block), a block of KV_DOWN_BLOCK outputs at a time: the blocks are numbered on from *turn (shared by the
  * products of one phase, so that two experts' single blocks go to two threads) and dealt round the
  * team. Else whole, by rows. The choice depends on h alone, so not on the team. */
 static void ffn_down(const Model *m, KVCache *kv, const FfnRow *f, int N, int H, int *turn) {
     const void *wt = down_copy(kv, f->w2);
+    int *idx = kv->nz_idx + (size_t)team_rank() * units_stride(m), cnt = 0;
     if (wt) {
-        int zeros = 0;
-        for (int j = 0; j < H; j++) zeros += f->h[j] == 0.0f;
-        if (zeros < kv->skip_min * H) wt = NULL;
+        cnt = nz_index(f->h, H, idx);
+        if (H - cnt < kv->skip_min * H) wt = NULL;
     }
     if (!wt) {
         int lo = 0, hi = N;
@@ -303,12 +313,12 @@ static void ffn_down(const Model *m, KVCache *kv, const FfnRow *f, int N, int H,
     int nb = (N + KV_DOWN_BLOCK - 1) / KV_DOWN_BLOCK;
     for (int b = 0; b < nb; b++) {
         if (turn && (*turn + b) % team_size() != team_rank()) continue;
-        int r0 = b * KV_DOWN_BLOCK, w = N - r0 < KV_DOWN_BLOCK ? N - r0 : KV_DOWN_BLOCK, nz;
+        int r0 = b * KV_DOWN_BLOCK, w = N - r0 < KV_DOWN_BLOCK ? N - r0 : KV_DOWN_BLOCK;
         const void *blk = (const char *)wt + es * (size_t)r0 * H;
         const float *bias = f->b2 ? f->b2 + r0 : NULL;
-        if (kv->w16) nz = gemv_t_nz_bf16(f->y + r0, f->h, blk, w, bias, H, w);
-        else nz = gemv_t_nz(f->y + r0, f->h, blk, w, bias, H, w);
-        kv->skipped[8 * team_rank()] += (double)(H - nz) * w * es;
+        if (kv->w16) gemv_t_nz_bf16(f->y + r0, f->h, idx, cnt, blk, w, bias, w);
+        else gemv_t_nz(f->y + r0, f->h, idx, cnt, blk, w, bias, w);
+        kv->skipped[8 * team_rank()] += (double)(H - cnt) * w * es;
     }
     if (turn) *turn += nb;
 }
@@ -507,38 +517,36 @@ static int pair_cmp(const void *a, const void *b) {
     return x[1] < y[1] ? -1 : x[1] > y[1];
 }
 
-/* The index of the first largest of x[0..n), as the plain scan `if (x[v] > x[best]) best = v` gives it
- * (NaNs are never larger; 0 when x[0] is NaN): the largest value in one vectorised pass, then its
- * first position; the plain scan when that value is not found (every x -inf: the reduction may start
- * from -FLT_MAX). */
-/* Moves the k first pairs of p[0..n) in pair_cmp's order to p[0..k), sorted, the rest after them in
- * some order: a heap of the best k so far whose root is the worst of them, then a sort of those k
- * (the set and order of a sort of all n, which pair_cmp orders totally: 0.1 ms for n = 10000, k =
- * 40, against qsort's 1 ms, which had made sampling slower than the model's step). */
+/* Swaps pairs a and b of p */
+static void swap_pairs(float *p, int a, int b) {
+    float w = p[2 * a], v = p[2 * a + 1];
+    p[2 * a] = p[2 * b];
+    p[2 * a + 1] = p[2 * b + 1];
+    p[2 * b] = w;
+    p[2 * b + 1] = v;
+}
+
+/* Sifts pair i down the heap p[0..k) whose root is the last in pair_cmp's order */
 static void heap_sift(float *p, int k, int i) {
     for (;;) {
         int w = i, l = 2 * i + 1, r = l + 1;
         if (l < k && pair_cmp(p + 2 * l, p + 2 * w) > 0) w = l;
         if (r < k && pair_cmp(p + 2 * r, p + 2 * w) > 0) w = r;
         if (w == i) return;
-        float t0 = p[2 * i], t1 = p[2 * i + 1];
-        p[2 * i] = p[2 * w];
-        p[2 * i + 1] = p[2 * w + 1];
-        p[2 * w] = t0;
-        p[2 * w + 1] = t1;
+        swap_pairs(p, i, w);
         i = w;
     }
 }
 
+/* Moves the k first pairs of p[0..n) in pair_cmp's order to p[0..k), sorted, the rest after them in
+ * some order: a heap of the best k so far whose root is the worst of them, then a sort of those k
+ * (the set and order of a sort of all n, which pair_cmp orders totally: 0.1 ms for n = 10000, k =
+ * 40, against qsort's 1 ms, which had made sampling slower than the model's step). */
 static void top_pairs(float *p, int n, int k) {
     for (int i = k / 2 - 1; i >= 0; i--) heap_sift(p, k, i);
     for (int i = k; i < n; i++)
         if (pair_cmp(p + 2 * i, p) < 0) {   /* better than the worst kept: swapped (p stays a permutation) */
-            float w = p[0], v = p[1];
-            p[0] = p[2 * i];
-            p[1] = p[2 * i + 1];
-            p[2 * i] = w;
-            p[2 * i + 1] = v;
+            swap_pairs(p, 0, i);
             heap_sift(p, k, 0);
         }
     qsort(p, (size_t)k, 2 * sizeof(float), pair_cmp);
@@ -567,6 +575,10 @@ static int nucleus(float *p, int n, int sorted, float top_p) {
     return n;
 }
 
+/* The index of the first largest of x[0..n), as the plain scan `if (x[v] > x[best]) best = v` gives it
+ * (NaNs are never larger; 0 when x[0] is NaN): the largest value in one vectorised pass, then its
+ * first position; the plain scan when that value is not found (every x -inf: the reduction may start
+ * from -FLT_MAX). */
 static int argmax_first(const float *x, int n) {
     if (isnan(x[0])) return 0;
     float m = x[0];

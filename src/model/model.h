@@ -149,6 +149,8 @@ typedef struct {
     float *logits;            /* [V] next-token logits after model_step_kv */
     MoEActs moe;              /* one token's MoE activations, reused by every MoE layer (no backward) */
     double *skipped;          /* [KV_TEAM_MAX, 8] bytes of weights each thread skipped since kv_reset (zero rows) */
+    int *nz_idx;              /* [KV_TEAM_MAX, U] each thread's list of a hidden layer's nonzero units (U: the
+                               * widest hidden layer rounded up to 16) */
     void *mem;
     /* kv_load_weights' copies: */
     uint16_t *w16;            /* NULL, or bf16 copies of the whole parameter arena */
