@@ -332,8 +332,8 @@ TEST(kv_seed_models) {
     }
     ModelConfig c;
     seed_cfg(&c, ROUTER_SOFT);
-    c.vocab_size = 300;   /* the head's copy in two blocks (256 + 44): split over a team by blocks */
-    run_case(&c, "seed soft, vocabulary 300");
+    c.vocab_size = 1100;   /* the head's copy in two blocks (1024 + 76): split over a team by blocks */
+    run_case(&c, "seed soft, vocabulary 1100");
     seed_cfg(&c, ROUTER_SWITCH);
     c.hidden_act = ACT_GELU;
     c.norm_type = NORM_RMS;

@@ -293,9 +293,10 @@ static const void *down_copy(const KVCache *kv, const float *W) {
 
 /* y[N] = W2 h + b2: all of it (turn NULL), or the calling thread's share of the team's. From W2's
  * down-major copy when there is one and at least kv->skip_min of h is zero, skipping those units (h's
- * nonzero units listed once, for every block), a block of KV_DOWN_BLOCK outputs at a time: the blocks are numbered on from *turn (shared by the
- * products of one phase, so that two experts' single blocks go to two threads) and dealt round the
- * team. Else whole, by rows. The choice depends on h alone, so not on the team. */
+ * nonzero units listed once, for every block), a block of KV_DOWN_BLOCK outputs at a time: the blocks
+ * are numbered on from *turn (shared by the products of one phase, so that two experts' single blocks
+ * go to two threads) and dealt round the team. Else whole, by rows. The choice depends on h alone,
+ * so not on the team. */
 static void ffn_down(const Model *m, KVCache *kv, const FfnRow *f, int N, int H, int *turn) {
     const void *wt = down_copy(kv, f->w2);
     int *idx = kv->nz_idx + (size_t)team_rank() * units_stride(m), cnt = 0;

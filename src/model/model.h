@@ -122,8 +122,11 @@ typedef struct {
 #define KV_TEAM_MAX 64
 /* n matrices [rows, cols] (nn.Linear's layout) from src in the parameter arena, copied down-major
  * to element off of KVCache.down_w, each (in order) in blocks of KV_DOWN_BLOCK rows: block b, w rows
- * wide, as [cols, w] (its weights a hidden unit at a time) from element b KV_DOWN_BLOCK cols */
-#define KV_DOWN_BLOCK 256
+ * wide, as [cols, w] (its weights a hidden unit at a time) from element b KV_DOWN_BLOCK cols. 1024:
+ * a unit's run in the seed head's blocks is 4 KiB, read in four passes of 256 outputs, 1.26x faster
+ * than runs of 1 KiB with half the units skipped (bench/ops_bench.c "head down"); an expert's (d_model
+ * outputs) is one block. */
+#define KV_DOWN_BLOCK 1024
 /* kv_load_weights' skip_min: skipping the zero units' runs (1 KiB in float, 512 bytes in bf16) pays
  * from about these shares (bench/RESULTS.md: float 0.9x at none zero, 1.47x at half; bf16 0.76x at
  * half, 1.4-1.7x at three quarters) */
