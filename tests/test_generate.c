@@ -123,17 +123,24 @@ static void run_case(const ModelConfig *c, const char *label) {
 
     /* bf16 weights: near the float logits (weights rounded to 8 significant bits: ~0.3% each, so
      * ~1% of the logits' scale at most), not equal (or the copy is not read), the same bits at 1 and
-     * 2 threads; read whole (skip_min past 1) and, where there are copies, down-major skipping every
-     * zero unit (skip_min 0: bytes skipped, other bits) */
+     * 2 threads; read whole (both thresholds past 1) and, where there are copies, down-major skipping
+     * every zero unit (both 0: bytes skipped, other bits). First the run's length picks the threshold:
+     * with short runs never skipped and long ones at the default (20%; about half the units are zero),
+     * only a seed head of KV_DOWN_BLOCK outputs or more (runs of 2 KiB in bf16) skips. */
     EXPECT(kv_load_weights(&kv, &m, 1) == MOELM_OK);
-    EXPECT(kv.skip_min == KV_SKIP_MIN_BF16 && (kv.n_down > 0) == want_copies);
+    EXPECT(kv.skip_min == KV_SKIP_MIN_BF16 && kv.skip_min_long == KV_SKIP_MIN_LONG && (kv.n_down > 0) == want_copies);
+    int long_runs = c->model_type == MODEL_SEED && V >= KV_DOWN_BLOCK;
+    kv.skip_min = 2.0f;
+    kv_pass(&m, &kv, inp, T, 1, again);
+    EXPECT_MSG((kv_skipped_bytes(&kv) > 0.0) == long_runs, "%s: bf16, short runs whole: %.0f bytes skipped", label,
+               kv_skipped_bytes(&kv));
     float *bf = malloc(sizeof(float) * 2 * TV);
     double scale = 0.0;
     for (size_t i = 0; i < TV; i++) scale = fmax(scale, fabs(first[i]));
     for (int mode = 0; mode < 2; mode++) {
         const char *how = mode ? "skipping" : "whole";
         float *b16 = bf + (size_t)mode * TV;
-        kv.skip_min = mode == 0 ? 2.0f : 0.0f;
+        kv.skip_min = kv.skip_min_long = mode == 0 ? 2.0f : 0.0f;
         kv_pass(&m, &kv, inp, T, 1, b16);
         if (mode == 0) EXPECT(kv_skipped_bytes(&kv) == 0.0);
         else EXPECT_MSG((kv_skipped_bytes(&kv) > 0.0) == want_copies, "%s: bf16 skipped %.0f bytes", label, kv_skipped_bytes(&kv));

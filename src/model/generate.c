@@ -145,6 +145,7 @@ moelm_status kv_load_weights(KVCache *kv, const Model *m, int bf16) {
     kv_drop_weights(kv);
     size_t es = bf16 ? sizeof(uint16_t) : sizeof(float), total = 0;
     kv->skip_min = bf16 ? KV_SKIP_MIN_BF16 : KV_SKIP_MIN_FLOAT;
+    kv->skip_min_long = KV_SKIP_MIN_LONG;
     if (bf16) {
         kv->w16 = moelm_malloc(sizeof(uint16_t) * m->n_params);
         if (!kv->w16)
@@ -292,17 +293,18 @@ static const void *down_copy(const KVCache *kv, const float *W) {
 }
 
 /* y[N] = W2 h + b2: all of it (turn NULL), or the calling thread's share of the team's. From W2's
- * down-major copy when there is one and at least kv->skip_min of h is zero, skipping those units (h's
- * nonzero units listed once, for every block), a block of KV_DOWN_BLOCK outputs at a time: the blocks
- * are numbered on from *turn (shared by the products of one phase, so that two experts' single blocks
- * go to two threads) and dealt round the team. Else whole, by rows. The choice depends on h alone,
- * so not on the team. */
+ * down-major copy when there is one and enough of h is zero (kv->skip_min, or skip_min_long where a
+ * unit's run is KV_LONG_RUN bytes or more), skipping those units (h's nonzero units listed once, for
+ * every block), a block of KV_DOWN_BLOCK outputs at a time: the blocks are numbered on from *turn
+ * (shared by the products of one phase, so that two experts' single blocks go to two threads) and
+ * dealt round the team. Else whole, by rows. The choice depends on h alone, so not on the team. */
 static void ffn_down(const Model *m, KVCache *kv, const FfnRow *f, int N, int H, int *turn) {
     const void *wt = down_copy(kv, f->w2);
+    size_t es = kv->w16 ? sizeof(uint16_t) : sizeof(float), run = es * (size_t)(N < KV_DOWN_BLOCK ? N : KV_DOWN_BLOCK);
     int *idx = kv->nz_idx + (size_t)team_rank() * units_stride(m), cnt = 0;
     if (wt) {
         cnt = nz_index(f->h, H, idx);
-        if (H - cnt < kv->skip_min * H) wt = NULL;
+        if (H - cnt < (run >= KV_LONG_RUN ? kv->skip_min_long : kv->skip_min) * H) wt = NULL;
     }
     if (!wt) {
         int lo = 0, hi = N;
@@ -310,7 +312,6 @@ static void ffn_down(const Model *m, KVCache *kv, const FfnRow *f, int N, int H,
         mv_rows(m, kv, f->y, f->h, f->w2, f->b2, lo, hi, H);
         return;
     }
-    size_t es = kv->w16 ? sizeof(uint16_t) : sizeof(float);
     int nb = (N + KV_DOWN_BLOCK - 1) / KV_DOWN_BLOCK;
     for (int b = 0; b < nb; b++) {
         if (turn && (*turn + b) % team_size() != team_rank()) continue;

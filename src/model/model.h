@@ -127,11 +127,16 @@ typedef struct {
  * than runs of 1 KiB with half the units skipped (bench/ops_bench.c "head down"); an expert's (d_model
  * outputs) is one block. */
 #define KV_DOWN_BLOCK 1024
-/* kv_load_weights' skip_min: skipping the zero units' runs (1 KiB in float, 512 bytes in bf16) pays
- * from about these shares (bench/RESULTS.md: float 0.9x at none zero, 1.47x at half; bf16 0.76x at
- * half, 1.4-1.7x at three quarters) */
+/* kv_load_weights' skip_min and skip_min_long: skipping the zero units' runs pays from about these
+ * shares, by the run's length (a unit's weights in a block): runs shorter than KV_LONG_RUN bytes
+ * (an expert's 256 outputs: 1 KiB in float, 512 bytes in bf16) from 20% in float (0.9x at none zero,
+ * 1.47x at half), from 60% in bf16 (0.76x at half, 1.4-1.7x at three quarters); longer runs (the seed
+ * head's 1024 outputs: 4 KiB in float, 2 KiB in bf16) from 20% in both (bf16 head product 1.2-1.4x
+ * faster at half zero; bench/RESULTS.md) */
 #define KV_SKIP_MIN_FLOAT 0.2f
 #define KV_SKIP_MIN_BF16 0.6f
+#define KV_SKIP_MIN_LONG 0.2f
+#define KV_LONG_RUN 2048
 typedef struct {
     const float *src;
     size_t n, rows, cols, off;
@@ -160,7 +165,8 @@ typedef struct {
     KVDownCopy *down;         /* [n_down] the matrices that read a ReLU's output, and where their copies are */
     int n_down;
     void *down_w;             /* those copies, down-major (float; bf16 with w16) */
-    float skip_min;           /* the least share of a product's units at zero for which it reads the copy */
+    float skip_min;           /* the least share of a product's units at zero for which it reads the copy, */
+    float skip_min_long;      /* for runs shorter than KV_LONG_RUN bytes, and for longer ones */
 } KVCache;
 
 typedef struct {
@@ -222,7 +228,7 @@ void kv_reset(KVCache *kv);
  * experts' and the shared expert's second products under a ReLU, the seed head's W2; not a dense
  * FFN's, which a team splits by rows) are copied down-major, a hidden unit's weights together, so
  * that a step skips the units that are zero: their bytes are never read (gemv_t_nz; half the units
- * at initialisation, 70-95% after training), when enough of them are (skip_min). With bf16 every
+ * at initialisation, 70-95% after training), when enough of them are (skip_min, skip_min_long). With bf16 every
  * matrix (attention, FFN, experts, head) is read in bfloat16, rounded once: half the bytes per
  * token, logits within ~2% of the float ones' scale (norms, biases, routers and the KV cache stay
  * float). */
