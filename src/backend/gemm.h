@@ -86,8 +86,9 @@ void gemv_one_bf16(float *y, const float *x, const uint16_t *W, const float *bia
  * rows zero, 1.5x gemv_one's speed over the same matrix; with 95%, 8x); runs of 512 bytes read about
  * as slowly as the whole matrix (the prefetcher fetches the skipped rows anyway), and two threads
  * each reading half of every row, or four rows read side by side, are slower than gemv_one. The
- * _bf16 form reads bf16 weights, each widened exactly: its runs of 256 are 512 bytes, so it pays only
- * when most of x is zero (0.76x gemv_one_bf16 at half, 1.4-1.7x at three quarters). */
+ * _bf16 form reads bf16 weights, each widened exactly: rows of 256 are 512 bytes, and pay only when
+ * most of x is zero (0.76x gemv_one_bf16 at half, 1.4-1.7x at three quarters); rows of 1024 (2 KiB)
+ * pay at half. */
 int nz_index(const float *x, int K, int *idx);
 void gemv_t_nz(float *y, const float *x, const int *idx, int cnt, const float *Wt, int ldw, const float *bias, int n);
 void gemv_t_nz_bf16(float *y, const float *x, const int *idx, int cnt, const uint16_t *Wt, int ldw, const float *bias, int n);

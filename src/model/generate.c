@@ -300,7 +300,8 @@ static const void *down_copy(const KVCache *kv, const float *W) {
  * dealt round the team. Else whole, by rows. The choice depends on h alone, so not on the team. */
 static void ffn_down(const Model *m, KVCache *kv, const FfnRow *f, int N, int H, int *turn) {
     const void *wt = down_copy(kv, f->w2);
-    size_t es = kv->w16 ? sizeof(uint16_t) : sizeof(float), run = es * (size_t)(N < KV_DOWN_BLOCK ? N : KV_DOWN_BLOCK);
+    size_t es = kv->w16 ? sizeof(uint16_t) : sizeof(float);
+    size_t run = es * (size_t)(N < KV_DOWN_BLOCK ? N : KV_DOWN_BLOCK);   /* bytes: a unit's weights in a block */
     int *idx = kv->nz_idx + (size_t)team_rank() * units_stride(m), cnt = 0;
     if (wt) {
         cnt = nz_index(f->h, H, idx);

@@ -228,10 +228,10 @@ void kv_reset(KVCache *kv);
  * experts' and the shared expert's second products under a ReLU, the seed head's W2; not a dense
  * FFN's, which a team splits by rows) are copied down-major, a hidden unit's weights together, so
  * that a step skips the units that are zero: their bytes are never read (gemv_t_nz; half the units
- * at initialisation, 70-95% after training), when enough of them are (skip_min, skip_min_long). With bf16 every
- * matrix (attention, FFN, experts, head) is read in bfloat16, rounded once: half the bytes per
- * token, logits within ~2% of the float ones' scale (norms, biases, routers and the KV cache stay
- * float). */
+ * at initialisation, 70-95% after training), when enough of them are (skip_min, skip_min_long).
+ * With bf16 every matrix (attention, FFN, experts, head) is read in bfloat16, rounded once: half the
+ * bytes per token, logits within ~2% of the float ones' scale (norms, biases, routers and the KV
+ * cache stay float). */
 moelm_status kv_load_weights(KVCache *kv, const Model *m, int bf16);
 void model_step_kv(Model *m, KVCache *kv, int token);
 /* Bytes of weights the steps since kv_reset skipped (kv_load_weights' down-major rows of zero units). */
