@@ -351,6 +351,64 @@ TEST(kv_seed_models) {
  * aborts. kv_load_weights: its copies freed by a second call and by kv_free, nothing allocated by a
  * step that reads them, and an allocation that fails (float: the table, the copies; bf16: the arena's
  * copy first) returns NOMEM holding nothing. */
+/* The profile of a step (kv->profile, `moelm bench --profile`): with it on, the same logits bits at 2
+ * threads; each phase that reads weights (kv_phase_bytes > 0) timed, the others not, the times' sum
+ * within the pass's wall time (a second pass: kv_reset clears them); the phases' bytes add up to
+ * kv_step_bytes and their skipped bytes to kv_skipped_bytes, skipped only in the phases whose products
+ * kv_load_weights copied. Off: no time. On a seed model (every phase), a pre-norm lm with a dense and
+ * a sparse block, a dense one. */
+TEST(kv_profile) {
+    enum { T = 6 };
+    ModelConfig cs[3];
+    seed_cfg(&cs[0], ROUTER_SOFT);
+    tiny(&cs[1], 13);
+    cs[1].num_experts = 4;
+    cs[1].sparse_step = 2;
+    cs[1].eval_capacity_factor = 0.0f;
+    tiny(&cs[2], 13);
+    cs[2].num_experts = 0;
+    for (int k = 0; k < 3; k++) {
+        Model m;
+        KVCache kv;
+        int V = cs[k].vocab_size, inp[T];
+        for (int i = 0; i < T; i++) inp[i] = (i * 5 + 1) % V;
+        EXPECT(model_create(&m, &cs[k], 1, T, 7) == MOELM_OK);
+        scale_params(&m, 10.0f, 1);
+        EXPECT(kv_create(&kv, &m) == MOELM_OK && kv_load_weights(&kv, &m, 0) == MOELM_OK);
+        float *off = malloc(sizeof(float) * T * V), *on = malloc(sizeof(float) * T * V);
+        kv_pass(&m, &kv, inp, T, 2, off);
+        for (int p = 0; p < KV_PHASES; p++) EXPECT(kv.phase_s[p] == 0.0);
+        kv.profile = 1;
+        double wall = 0.0, sum = 0.0, bytes[KV_PHASES], skipped[KV_PHASES], skipped_sum = 0.0;
+        for (int pass = 0; pass < 2; pass++) {   /* the second from kv_reset: its times only */
+            double t0 = time_now();
+            kv_pass(&m, &kv, inp, T, 2, on);
+            wall = time_now() - t0;
+        }
+        EXPECT_MSG(memcmp(off, on, sizeof(float) * T * V) == 0, "config %d: profiling changed the logits", k);
+        EXPECT(kv_phase_bytes(&m, 0, bytes) == kv_step_bytes(&m, 0));
+        kv_phase_skipped(&kv, skipped);
+        int copied[KV_PHASES] = {0};
+        for (int i = 0; i < kv.n_down; i++) copied[kv.down[i].phase] = 1;
+        for (int p = 0; p < KV_PHASES; p++) {
+            EXPECT_MSG((kv.phase_s[p] > 0.0) == (bytes[p] > 0.0), "config %d: %s %.3g s for %.0f bytes", k,
+                       kv_phase_names[p], kv.phase_s[p], bytes[p]);
+            EXPECT_MSG((skipped[p] > 0.0) == copied[p], "config %d: %s skipped %.0f bytes", k, kv_phase_names[p],
+                       skipped[p]);
+            sum += kv.phase_s[p];
+            skipped_sum += skipped[p];
+        }
+        EXPECT(sum > 0.0 && sum <= wall);
+        EXPECT(skipped_sum == kv_skipped_bytes(&kv));
+        if (k == 0) EXPECT(copied[KV_PHASE_MOE] && copied[KV_PHASE_HEAD]);
+        if (k == 2) EXPECT(bytes[KV_PHASE_MOE] == 0.0);
+        free(off);
+        free(on);
+        kv_free(&kv);
+        model_free(&m);
+    }
+}
+
 TEST(kv_memory) {
     ModelConfig c;
     seed_cfg(&c, ROUTER_SOFT);
@@ -611,6 +669,7 @@ int main(void) {
     RUN(kv_switch_lm);
     RUN(kv_topk_lm);
     RUN(kv_seed_models);
+    RUN(kv_profile);
     RUN(kv_memory);
     RUN(kv_step_bytes_match_the_tensors);
     RUN(sample_greedy);

@@ -22,7 +22,8 @@ static void usage(FILE *f) {
             "  --vocab N              vocabulary size when the config leaves it open (default 10000)\n"
             "  -n, --gen N            generated tokens, batch 1, KV cache (default 100; 0 = no generation)\n"
             "  --no-peak              skip the sgemm peak and read bandwidth measurements\n"
-            "  --profile              print forward / backward / optimizer time per step\n"
+            "  --profile              print forward / backward / optimizer time per step, and a generated\n"
+            "                         token's phases (attention, projection, ffn, moe, head): time and GB/s\n"
             "  --seed N               seed of the weights and tokens (default 1)\n");
 }
 

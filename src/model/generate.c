@@ -99,15 +99,15 @@ static int down_list(const Model *m, KVDownCopy *out) {
     const ModelConfig *c = &m->cfg;
     const MoEConfig *mc = &m->moe_cfg;
     int seed = c->model_type == MODEL_SEED, n = 0;
-#define ADD(p, count, r, k) do { if (out) out[n] = (KVDownCopy){(p), (count), (r), (k), 0}; n++; } while (0)
+#define ADD(p, count, r, k, ph) do { if (out) out[n] = (KVDownCopy){(p), (count), (r), (k), 0, (ph)}; n++; } while (0)
 #define ADD_MOE(mp) do { if (mc->act == ACT_RELU) { \
-        ADD((mp)->w2, (size_t)mc->E, mc->C, mc->H); \
-        if (mc->shared_expert) ADD((mp)->sw2, 1, mc->C, mc->H); } } while (0)
+        ADD((mp)->w2, (size_t)mc->E, mc->C, mc->H, KV_PHASE_MOE); \
+        if (mc->shared_expert) ADD((mp)->sw2, 1, mc->C, mc->H, KV_PHASE_MOE); } } while (0)
     for (int l = 0; l < c->num_layers; l++)
         if (!seed && config_block_is_sparse(c, l)) ADD_MOE(&m->p.layers[l].moe);
     if (seed) {
         ADD_MOE(&m->p.head_moe);
-        ADD(m->p.head_w2, 1, c->vocab_size, c->head_hidden);   /* the head's hidden layer is a ReLU */
+        ADD(m->p.head_w2, 1, c->vocab_size, c->head_hidden, KV_PHASE_HEAD);   /* its hidden layer is a ReLU */
     }
 #undef ADD_MOE
 #undef ADD
@@ -185,14 +185,26 @@ void kv_free(KVCache *kv) {
 /* Old keys and values need no clearing: attention reads only positions < pos. */
 void kv_reset(KVCache *kv) {
     kv->pos = 0;
-    for (int i = 0; i < KV_TEAM_MAX; i++) kv->skipped[8 * i] = 0.0;
+    memset(kv->skipped, 0, sizeof(double) * KV_TEAM_MAX * 8);
+    memset(kv->phase_s, 0, sizeof kv->phase_s);
+}
+
+void kv_phase_skipped(const KVCache *kv, double out[KV_PHASES]) {
+    for (int p = 0; p < KV_PHASES; p++) {
+        out[p] = 0.0;
+        for (int i = 0; i < KV_TEAM_MAX; i++) out[p] += kv->skipped[8 * i + p];
+    }
 }
 
 double kv_skipped_bytes(const KVCache *kv) {
-    double s = 0.0;
-    for (int i = 0; i < KV_TEAM_MAX; i++) s += kv->skipped[8 * i];
+    double by[KV_PHASES], s = 0.0;
+    kv_phase_skipped(kv, by);
+    for (int p = 0; p < KV_PHASES; p++) s += by[p];
     return s;
 }
+
+const char *const kv_phase_names[KV_PHASES] = {"attention", "projection", "ffn", "moe", "head"};
+_Static_assert(KV_PHASES <= 8, "kv->skipped keeps a thread's bytes by phase in its 8 doubles");
 
 /* ---- one step ---------------------------------------------------------------------------------- */
 
@@ -282,12 +294,15 @@ static void ffn_up(const Model *m, const KVCache *kv, const FfnRow *f, Activatio
     activation_forward_cols(f->h, f->h_pre, act, H, lo, hi);
 }
 
-/* The down-major copy of the matrix at W (an expert's slice of one), or NULL */
-static const void *down_copy(const KVCache *kv, const float *W) {
+/* The down-major copy of the matrix at W (an expert's slice of one), or NULL; *phase the part of a
+ * step that reads it */
+static const void *down_copy(const KVCache *kv, const float *W, KVPhase *phase) {
     for (int i = 0; i < kv->n_down; i++) {
         const KVDownCopy *d = &kv->down[i];
-        if (W >= d->src && W < d->src + d->n * d->rows * d->cols)
+        if (W >= d->src && W < d->src + d->n * d->rows * d->cols) {
+            *phase = d->phase;
             return (const char *)kv->down_w + (kv->w16 ? sizeof(uint16_t) : sizeof(float)) * (d->off + (size_t)(W - d->src));
+        }
     }
     return NULL;
 }
@@ -299,7 +314,8 @@ static const void *down_copy(const KVCache *kv, const float *W) {
  * (shared by the products of one phase, so that two experts' single blocks go to two threads) and
  * dealt round the team. Else whole, by rows. The choice depends on h alone, so not on the team. */
 static void ffn_down(const Model *m, KVCache *kv, const FfnRow *f, int N, int H, int *turn) {
-    const void *wt = down_copy(kv, f->w2);
+    KVPhase phase = KV_PHASE_FFN;
+    const void *wt = down_copy(kv, f->w2, &phase);
     size_t es = kv->w16 ? sizeof(uint16_t) : sizeof(float);
     size_t run = es * (size_t)(N < KV_DOWN_BLOCK ? N : KV_DOWN_BLOCK);   /* bytes: a unit's weights in a block */
     int *idx = kv->nz_idx + (size_t)team_rank() * units_stride(m), cnt = 0;
@@ -321,7 +337,7 @@ static void ffn_down(const Model *m, KVCache *kv, const FfnRow *f, int N, int H,
         const float *bias = f->b2 ? f->b2 + r0 : NULL;
         if (kv->w16) gemv_t_nz_bf16(f->y + r0, f->h, idx, cnt, blk, w, bias, w);
         else gemv_t_nz(f->y + r0, f->h, idx, cnt, blk, w, bias, w);
-        kv->skipped[8 * team_rank()] += (double)(H - cnt) * w * es;
+        kv->skipped[8 * team_rank() + phase] += (double)(H - cnt) * w * es;
     }
     if (turn) *turn += nb;
 }
@@ -389,6 +405,14 @@ static void moe_team(Model *m, KVCache *kv, float *out, const float *x, const in
     moe_forward_combine(out, a, cfg);
 }
 
+/* Thread 0 of a profiled step: the time since *since goes to phase p */
+static void phase_end(KVCache *kv, KVPhase p, double *since) {
+    if (!kv->profile || team_rank() != 0) return;
+    double now = time_now();
+    kv->phase_s[p] += now - *since;
+    *since = now;
+}
+
 /* The body of model_step_kv, run by every thread of a team (or by one thread alone). */
 static void step_team(Model *m, KVCache *kv, int token, int t) {
     const ModelConfig *c = &m->cfg;
@@ -399,6 +423,7 @@ static void step_team(Model *m, KVCache *kv, int token, int t) {
     float *x = kv->own + (size_t)team_rank() * 3 * own_stride(C), *xb = x + own_stride(C), *o = xb + own_stride(C);
     float *xb2 = kv->xb2;
     size_t ldk = kv_key_stride(P);
+    double since = kv->profile ? time_now() : 0.0;
 
     /* x = wte[token] + wpe[t]: encoder_forward's sum */
     for (int i = 0; i < C; i++) x[i] = p->wte[(size_t)token * C + i] + p->wpe[(size_t)t * C + i];
@@ -421,9 +446,11 @@ static void step_team(Model *m, KVCache *kv, int token, int t) {
             attention_step(kv->atty + h * hs, kv->att + (size_t)h * P, kv->qkv + h * hs, kh, ldk, vh, t + 1, hs);
         }
         team_barrier(kv);
+        phase_end(kv, KV_PHASE_ATTENTION, &since);
         mv_team(m, kv, xb2, kv->atty, lp->out_w, lp->out_b, C, C);
         add_forward(x, x, xb2, C);                                   /* res1 = x_in + attproj */
         norm1(m, xb, x, seed ? lp->ln1_w : lp->ln2_w, seed ? lp->ln1_b : lp->ln2_b);
+        phase_end(kv, KV_PHASE_PROJECTION, &since);
         const float *ffn = xb2;
         if (sparse) {
             moe_team(m, kv, o, xb, &token, &lp->moe);
@@ -438,6 +465,7 @@ static void step_team(Model *m, KVCache *kv, int token, int t) {
             add_forward(o, xb, ffn, C);                              /* res2 = ln1 + ffn */
             norm1(m, x, o, lp->ln2_w, lp->ln2_b);                    /* out = norm2(res2) */
         }
+        phase_end(kv, sparse ? KV_PHASE_MOE : KV_PHASE_FFN, &since);
     }
     /* the last products end at the region's closing barrier */
     if (!seed) {
@@ -448,6 +476,7 @@ static void step_team(Model *m, KVCache *kv, int token, int t) {
     } else {
         int HH = c->head_hidden, lo, hi;
         moe_team(m, kv, o, x, &token, &p->head_moe);
+        phase_end(kv, KV_PHASE_MOE, &since);
         add_forward(xb, x, o, C);                                    /* hm = x + moe(x) */
         FfnRow f = {kv->logits, kv->fc, kv->fc_pre, xb, p->head_w1, p->head_b1, p->head_w2, p->head_b2};
         rows_of(HH, &lo, &hi);
@@ -456,6 +485,7 @@ static void step_team(Model *m, KVCache *kv, int token, int t) {
         int turn = 0;
         ffn_down(m, kv, &f, V, HH, &turn);                           /* logits = . W2 + b2 */
     }
+    phase_end(kv, KV_PHASE_HEAD, &since);
 }
 
 void model_step_kv(Model *m, KVCache *kv, int token) {
@@ -471,43 +501,57 @@ void model_step_kv(Model *m, KVCache *kv, int token) {
 
 /* ---- bytes a step streams ---------------------------------------------------------------------- */
 
-/* Counts a step's reads as the step makes them: matrices through mv_rows (bf16 when kv has copies),
- * vectors (biases, norms, embedding rows, the router) always float. */
+/* Counts a step's reads as the step makes them, by phase: matrices through mv_rows (bf16 when kv has
+ * copies), vectors (biases, norms, embedding rows, the router) always float. */
 typedef struct {
-    double mat, vec;   /* floats */
+    double mat[KV_PHASES], vec[KV_PHASES];   /* floats */
 } StepFloats;
 
 static void count_moe(StepFloats *f, const MoEConfig *cfg) {
     double C = cfg->C, H = cfg->H, H1 = cfg->act == ACT_SWIGLU ? 2.0 * cfg->H : cfg->H;
     int reached = moe_slots_per_token(cfg) < cfg->E ? moe_slots_per_token(cfg) : cfg->E;
-    if (cfg->router != ROUTER_RANDOM && cfg->router != ROUTER_HASH) f->vec += cfg->E * C;   /* router_w */
-    if (cfg->use_expert_bias) f->vec += cfg->E;
-    f->mat += (reached + (cfg->shared_expert ? 1 : 0)) * (H1 * C + C * H);
-    f->vec += (reached + (cfg->shared_expert ? 1 : 0)) * (H1 + C);
+    if (cfg->router != ROUTER_RANDOM && cfg->router != ROUTER_HASH) f->vec[KV_PHASE_MOE] += cfg->E * C;   /* router_w */
+    if (cfg->use_expert_bias) f->vec[KV_PHASE_MOE] += cfg->E;
+    f->mat[KV_PHASE_MOE] += (reached + (cfg->shared_expert ? 1 : 0)) * (H1 * C + C * H);
+    f->vec[KV_PHASE_MOE] += (reached + (cfg->shared_expert ? 1 : 0)) * (H1 + C);
 }
 
-double kv_step_bytes(const Model *m, int bf16) {
+double kv_phase_bytes(const Model *m, int bf16, double out[KV_PHASES]) {
     const ModelConfig *c = &m->cfg;
     double C = c->d_model, V = c->vocab_size, H = c->d_ff, H1 = c->hidden_act == ACT_SWIGLU ? 2.0 * H : H;
     double norm = c->norm_type == NORM_RMS ? C : 2 * C;   /* weight (and bias) of one norm */
     int seed = c->model_type == MODEL_SEED;
-    StepFloats f = {0.0, 2 * C};                          /* a row of wte and one of wpe */
+    StepFloats f = {{0.0}, {0.0}};
+    f.vec[KV_PHASE_ATTENTION] = 2 * C;                    /* a row of wte and one of wpe */
     for (int l = 0; l < c->num_layers; l++) {
-        f.mat += 3 * C * C + C * C;                       /* qkv, out */
-        f.vec += 3 * C + C + 2 * norm;
-        if (!seed && config_block_is_sparse(c, l)) count_moe(&f, &m->moe_cfg);
-        else { f.mat += H1 * C + C * H; f.vec += H1 + C; }
+        int sparse = !seed && config_block_is_sparse(c, l);
+        f.mat[KV_PHASE_ATTENTION] += 3 * C * C;           /* qkv */
+        f.vec[KV_PHASE_ATTENTION] += 3 * C + (seed ? 0 : norm);
+        f.mat[KV_PHASE_PROJECTION] += C * C;              /* out, and the norm after it */
+        f.vec[KV_PHASE_PROJECTION] += C + norm;
+        if (sparse) count_moe(&f, &m->moe_cfg);
+        else { f.mat[KV_PHASE_FFN] += H1 * C + C * H; f.vec[KV_PHASE_FFN] += H1 + C + (seed ? norm : 0); }
     }
     if (seed) {
         double HH = c->head_hidden;
         count_moe(&f, &m->moe_cfg);
-        f.mat += HH * C + V * HH;
-        f.vec += HH + V;
+        f.mat[KV_PHASE_HEAD] += HH * C + V * HH;
+        f.vec[KV_PHASE_HEAD] += HH + V;
     } else {
-        f.vec += norm;                                    /* lnf */
-        f.mat += V * C;                                   /* lm_head, or wte when tied */
+        f.vec[KV_PHASE_HEAD] += norm;                     /* lnf */
+        f.mat[KV_PHASE_HEAD] += V * C;                    /* lm_head, or wte when tied */
     }
-    return f.mat * (bf16 ? sizeof(uint16_t) : sizeof(float)) + f.vec * sizeof(float);
+    double total = 0.0;
+    for (int p = 0; p < KV_PHASES; p++) {
+        out[p] = f.mat[p] * (bf16 ? sizeof(uint16_t) : sizeof(float)) + f.vec[p] * sizeof(float);
+        total += out[p];
+    }
+    return total;
+}
+
+double kv_step_bytes(const Model *m, int bf16) {
+    double by[KV_PHASES];
+    return kv_phase_bytes(m, bf16, by);
 }
 
 /* ---- sampling ---------------------------------------------------------------------------------- */

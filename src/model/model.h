@@ -137,9 +137,16 @@ typedef struct {
 #define KV_SKIP_MIN_BF16 0.6f
 #define KV_SKIP_MIN_LONG 0.2f
 #define KV_LONG_RUN 2048
+/* The parts of a generation step, as `moelm bench --profile` times them: q, k, v and attention over
+ * the cache (and, in a pre-norm block, its norm; the embedding rows); the attention's output projection
+ * and the norm after it; the dense FFNs; the MoE layers (routing, experts, the gated sum); the head
+ * (the final norm and the logits, or the seed head's FFN) */
+typedef enum { KV_PHASE_ATTENTION, KV_PHASE_PROJECTION, KV_PHASE_FFN, KV_PHASE_MOE, KV_PHASE_HEAD, KV_PHASES } KVPhase;
+extern const char *const kv_phase_names[KV_PHASES];
 typedef struct {
     const float *src;
     size_t n, rows, cols, off;
+    KVPhase phase;            /* the part of a step that reads it */
 } KVDownCopy;
 typedef struct {
     int pos;                  /* tokens already in the cache; the next token goes to position pos */
@@ -156,7 +163,8 @@ typedef struct {
     float *fc_pre, *fc;       /* [W1], [W] dense FFN or seed head hidden */
     float *logits;            /* [V] next-token logits after model_step_kv */
     MoEActs moe;              /* one token's MoE activations, reused by every MoE layer (no backward) */
-    double *skipped;          /* [KV_TEAM_MAX, 8] bytes of weights each thread skipped since kv_reset (zero rows) */
+    double *skipped;          /* [KV_TEAM_MAX, 8] bytes of weights each thread skipped since kv_reset (zero rows),
+                               * by phase (KVPhase) */
     int *nz_idx;              /* [KV_TEAM_MAX, U] each thread's list of a hidden layer's nonzero units (U: the
                                * widest hidden layer rounded up to 16) */
     void *mem;
@@ -167,6 +175,8 @@ typedef struct {
     void *down_w;             /* those copies, down-major (float; bf16 with w16) */
     float skip_min;           /* the least share of a product's units at zero for which it reads the copy, */
     float skip_min_long;      /* for runs shorter than KV_LONG_RUN bytes, and for longer ones */
+    int profile;              /* nonzero: thread 0 times each phase of a step into phase_s */
+    double phase_s[KV_PHASES];    /* seconds since kv_reset, thread 0's (its waits at barriers included) */
 } KVCache;
 
 typedef struct {
@@ -234,15 +244,19 @@ void kv_reset(KVCache *kv);
  * cache stay float). */
 moelm_status kv_load_weights(KVCache *kv, const Model *m, int bf16);
 void model_step_kv(Model *m, KVCache *kv, int token);
-/* Bytes of weights the steps since kv_reset skipped (kv_load_weights' down-major rows of zero units). */
+/* Bytes of weights the steps since kv_reset skipped (kv_load_weights' down-major rows of zero units):
+ * in all, and by phase into out. */
 double kv_skipped_bytes(const KVCache *kv);
+void kv_phase_skipped(const KVCache *kv, double out[KV_PHASES]);
 /* Bytes of weights one model_step_kv reads, each once: the layers' matrices, biases and norms, a row
  * of each embedding, the head, and per MoE layer its router and the experts a token reaches (its
  * slots: one, K, or every expert for soft gating and expert choice; at N = 1 none is dropped). With
  * bf16 (kv_load_weights) the matrices count 2 bytes a weight; norms, biases, routers and embedding rows 4.
  * Rows skipped after a ReLU are counted: kv_skipped_bytes tells them. `moelm bench` divides the bytes
- * read (this less those) by the time of a step to compare with the machine's read bandwidth. */
+ * read (this less those) by the time of a step to compare with the machine's read bandwidth.
+ * kv_phase_bytes: the same by phase into out; returns their sum, kv_step_bytes. */
 double kv_step_bytes(const Model *m, int bf16);
+double kv_phase_bytes(const Model *m, int bf16, double out[KV_PHASES]);
 
 /* Samples the next token from logits [V]: temperature temp (<= 0: greedy argmax, the first maximum),
  * then top-k (top_k <= 0: off), then top-p / nucleus over the top-k renormalised (top_p >= 1: off),

@@ -54,6 +54,23 @@ static double bench_generate(Model *m, KVCache *kv, int n, int first, Rng *r, fl
     return tps[1 + GEN_PASSES / 2];
 }
 
+/* --profile: a step's phases over the last pass (thread 0's times, its waits at barriers included),
+ * each with the bytes of weights it read (less the rows it skipped) and their rate */
+static void print_gen_phases(const Model *m, const KVCache *kv, int n, int bf16) {
+    double bytes[KV_PHASES], skipped[KV_PHASES], total = 0.0;
+    kv_phase_bytes(m, bf16, bytes);
+    kv_phase_skipped(kv, skipped);
+    for (int p = 0; p < KV_PHASES; p++) total += kv->phase_s[p];
+    printf("generate%s phases, a token:", bf16 ? " --bf16" : "");
+    for (int p = 0; p < KV_PHASES; p++) {
+        double sec = kv->phase_s[p] / n, read = bytes[p] - skipped[p] / n;
+        if (bytes[p] == 0.0 || sec <= 0.0) continue;   /* a model without the phase */
+        printf("%s %s %.1f us (%.0f%%, %.2f MB, %.0f GB/s)", p ? "," : "", kv_phase_names[p], 1e6 * sec,
+               100.0 * kv->phase_s[p] / total, read / 1e6, read / sec / 1e9);
+    }
+    printf("\n");
+}
+
 /* ---- FLOPs ----------------------------------------------------------------------------------------- */
 
 /* Dimensions: N = B*T tokens, C d_model, H d_ff, H1 = H or 2H (SwiGLU), E experts, S kept slots,
@@ -282,8 +299,10 @@ moelm_status bench_run(const BenchOptions *o) {
     if (o->n_gen > 0) {
         st = kv_load_weights(&kv, &m, 0);
         if (st) goto done;
+        kv.profile = o->profile;
         gen_tps = bench_generate(&m, &kv, o->n_gen, tok[0], &r, scratch, &skip);
         printf("generate: batch 1, %d new tokens, %.1f tok/s (%.3f ms/token)\n", o->n_gen, gen_tps, 1e3 / gen_tps);
+        if (o->profile) print_gen_phases(&m, &kv, o->n_gen, 0);
     }
     double rss = peak_rss_mb();
     printf("memory: peak RSS %.1f MB (training and generation)\n", rss);
@@ -293,6 +312,7 @@ moelm_status bench_run(const BenchOptions *o) {
         gen16_tps = bench_generate(&m, &kv, o->n_gen, tok[0], &r, scratch, &skip16);
         printf("generate --bf16: %.1f tok/s (%.3f ms/token), %.2fx the float weights\n", gen16_tps, 1e3 / gen16_tps,
                gen16_tps / gen_tps);
+        if (o->profile) print_gen_phases(&m, &kv, o->n_gen, 1);
     }
 
     /* the bytes a step read: its weights less the rows it skipped after a ReLU */
