@@ -12,8 +12,8 @@
  * output fails every affected case). Also: kv_reset reproduces the bits, and so do teams of 2 and 3
  * threads (each splits the products, attention and the head over its threads), one allocation and none per
  * step, a step on a full cache aborts; the same with kv_load_weights' copies (the zero units after a
- * ReLU skipped: gemv_t_nz against its sum bit for bit) and bf16 weights; the sampler's greedy, top-k,
- * top-p and frequency behaviour, and its partial sorts against a full one.
+ * ReLU skipped: gemv_t_nz against its sum bit for bit) and bf16 weights; a step's profile by phase;
+ * the sampler's greedy, top-k, top-p and frequency behaviour, and its partial sorts against a full one.
  */
 #include <fcntl.h>
 #include <signal.h>
@@ -347,10 +347,6 @@ TEST(kv_seed_models) {
     run_case(&c, "seed switch, gelu, rmsnorm");
 }
 
-/* One allocation, nothing allocated by a step, all of it returned by kv_free; a step on a full cache
- * aborts. kv_load_weights: its copies freed by a second call and by kv_free, nothing allocated by a
- * step that reads them, and an allocation that fails (float: the table, the copies; bf16: the arena's
- * copy first) returns NOMEM holding nothing. */
 /* The profile of a step (kv->profile, `moelm bench --profile`): with it on, the same logits bits at 2
  * threads; each phase that reads weights (kv_phase_bytes > 0) timed, the others not, the times' sum
  * within the pass's wall time (a second pass: kv_reset clears them); the phases' bytes add up to
@@ -409,6 +405,10 @@ TEST(kv_profile) {
     }
 }
 
+/* One allocation, nothing allocated by a step, all of it returned by kv_free; a step on a full cache
+ * aborts. kv_load_weights: its copies freed by a second call and by kv_free, nothing allocated by a
+ * step that reads them, and an allocation that fails (float: the table, the copies; bf16: the arena's
+ * copy first) returns NOMEM holding nothing. */
 TEST(kv_memory) {
     ModelConfig c;
     seed_cfg(&c, ROUTER_SOFT);
