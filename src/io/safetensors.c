@@ -1,10 +1,13 @@
 /* safetensors.c: safetensors reader (full header validation) and streaming atomic writer.
  * See safetensors.h for the format and the rules enforced.
  *
- * The open file keeps the parsed header tree alive: tensor names and metadata strings point into
+ * F16 and BF16 use backend/q8.h's and backend/gemm.h's conversions (exact widening, rounding to
+ * nearest even). The open file keeps the parsed header tree alive: tensor names and metadata strings point into
  * it. Entries are kept twice: sorted by name (lookup) and in data order (validation, st_name).
  */
 #include "io/safetensors.h"
+#include "backend/gemm.h"
+#include "backend/q8.h"
 #include "io/fileio.h"
 #include "io/json.h"
 
@@ -51,7 +54,33 @@ struct SafeTensors {
 
 /* ---- writing ---------------------------------------------------------------------------------- */
 
+static const char *const g_write_names[] = { "F32", "F16", "BF16" };
+
+const char *st_dtype_name(StDtype t) {
+    CHECK(t >= ST_F32 && t <= ST_BF16);
+    return g_write_names[t];
+}
+
 moelm_status st_write(const char *path, const StTensor *tensors, int count, const char *const *meta_kv) {
+    return st_write_as(path, tensors, NULL, count, meta_kv);
+}
+
+/* Writes src[n] as dtype t: F32 as it is, F16/BF16 rounded through buf[cap] a chunk at a time. */
+static moelm_status write_converted(FileWriter *w, const float *src, size_t n, StDtype t, uint16_t *buf,
+                                    size_t cap) {
+    if (t == ST_F32) return fw_write(w, src, n * sizeof(float));
+    moelm_status st = MOELM_OK;
+    for (size_t i = 0; i < n && !st; i += cap) {
+        size_t k = n - i < cap ? n - i : cap;
+        if (t == ST_F16) fp16_from_f32(buf, src + i, k);
+        else for (size_t j = 0; j < k; j++) buf[j] = bf16_round(src[i + j]);
+        st = fw_write(w, buf, k * sizeof(uint16_t));
+    }
+    return st;
+}
+
+moelm_status st_write_as(const char *path, const StTensor *tensors, const StDtype *dtypes, int count,
+                         const char *const *meta_kv) {
     CHECK(count >= 0 && (count == 0 || tensors));
     StrBuf h = { 0 };
     sb_append(&h, "{", 1);
@@ -82,11 +111,12 @@ moelm_status st_write(const char *path, const StTensor *tensors, int count, cons
             elems *= (uint64_t)t->shape[d];
         }
         CHECK(elems == 0 || t->data);
-        uint64_t nb = elems * 4;
+        StDtype dt = dtypes ? dtypes[i] : ST_F32;
+        uint64_t nb = elems * (dt == ST_F32 ? 4 : 2);
         if (!first) sb_append(&h, ",", 1);
         first = 0;
         sb_json_string(&h, t->name);
-        sb_append(&h, ":{\"dtype\":\"F32\",\"shape\":[", 25);
+        sb_printf(&h, ":{\"dtype\":\"%s\",\"shape\":[", st_dtype_name(dt));
         for (int d = 0; d < t->ndim; d++) sb_printf(&h, d ? ",%lld" : "%lld", (long long)t->shape[d]);
         sb_printf(&h, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)off,
                   (unsigned long long)(off + nb));
@@ -98,6 +128,13 @@ moelm_status st_write(const char *path, const StTensor *tensors, int count, cons
         sb_free(&h);
         return moelm_fail(MOELM_ERR_NOMEM, "%s: out of memory building the safetensors header", path);
     }
+    enum { CHUNK = 16384 };   /* elements converted at a time (32 KiB) */
+    uint16_t *buf = NULL;
+    for (int i = 0; dtypes && i < count && !buf; i++)
+        if (dtypes[i] != ST_F32 && !(buf = moelm_malloc(CHUNK * sizeof(uint16_t)))) {
+            sb_free(&h);
+            return moelm_fail_context(MOELM_ERR_NOMEM, "%s: writing", path);
+        }
     unsigned char len8[8];
     for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)h.len >> (8 * i));
     FileWriter w;
@@ -108,9 +145,10 @@ moelm_status st_write(const char *path, const StTensor *tensors, int count, cons
         const StTensor *t = &tensors[i];
         size_t elems = 1;
         for (int d = 0; d < t->ndim; d++) elems *= (size_t)t->shape[d];
-        if (elems) st = fw_write(&w, t->data, elems * sizeof(float));
+        if (elems) st = write_converted(&w, t->data, elems, dtypes ? dtypes[i] : ST_F32, buf, CHUNK);
     }
     if (!st) st = fw_commit(&w);
+    moelm_free(buf);
     sb_free(&h);
     return st;
 }
@@ -392,9 +430,10 @@ moelm_status st_read_f32_part(const SafeTensors *st, const char *name, float *ds
     CHECK(ndim >= 0 && ndim <= ST_MAX_DIMS);
     const StEntry *e = find(st, name);
     if (!e) return moelm_fail(MOELM_ERR_FORMAT, "%s: no tensor named \"%s\"", st->path, name);
-    if (strcmp(e->dtype, "F32") != 0)
-        return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\" has dtype %s, expected F32", st->path, name,
-                          e->dtype);
+    int f32 = strcmp(e->dtype, "F32") == 0, f16 = strcmp(e->dtype, "F16") == 0, bf16 = strcmp(e->dtype, "BF16") == 0;
+    if (!f32 && !f16 && !bf16)
+        return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\" has dtype %s, which is not a float type "
+                          "(F32, F16 or BF16)", st->path, name, e->dtype);
     int same = e->ndim == ndim;
     for (int d = 0; same && d < ndim; d++) same = e->shape[d] == shape[d];
     if (!same) {
@@ -404,14 +443,26 @@ moelm_status st_read_f32_part(const SafeTensors *st, const char *name, float *ds
         return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\" has shape %s, expected %s", st->path, name, have,
                           want);
     }
-    uint64_t total = (e->end - e->begin) / sizeof(float);
+    size_t esize = f32 ? 4 : 2;
+    uint64_t total = (e->end - e->begin) / esize;
     if (count == SIZE_MAX) count = first <= total ? (size_t)(total - first) : 0;
     CHECK(first <= total && count <= total - first);   /* the caller's part lies inside the checked shape */
     if (count == 0) return MOELM_OK;
     CHECK(dst != NULL);
     char what[64 + 32];
     snprintf(what, sizeof what, "tensor \"%.64s\"", name);
-    return read_at(st->fd, st->path, dst, count * sizeof(float), st->data_start + e->begin + first * sizeof(float), what);
+    if (f32) return read_at(st->fd, st->path, dst, count * 4, st->data_start + e->begin + first * 4, what);
+    /* 16-bit values read into the upper half of dst, widened front to back: dst[i] covers bytes
+     * [4i, 4i + 4), value j lies at [2 count + 2j, ...), and every j > i lies at or beyond 4i + 4 */
+    unsigned char *raw = (unsigned char *)dst + 2 * count;
+    moelm_status s = read_at(st->fd, st->path, raw, count * 2, st->data_start + e->begin + first * 2, what);
+    if (s) return s;
+    for (size_t i = 0; i < count; i++) {
+        uint16_t h;
+        memcpy(&h, raw + 2 * i, 2);
+        dst[i] = f16 ? fp16_to_f32(h) : bf16_to_f32(h);
+    }
+    return MOELM_OK;
 }
 
 const char *st_meta(const SafeTensors *st, const char *key) {

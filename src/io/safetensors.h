@@ -5,8 +5,10 @@
  *      "name": {"dtype": "F32", "shape": [d0, d1, ...], "data_offsets": [begin, end]}, ...}
  * then the data region; offsets are relative to its start, data are little-endian, row-major.
  *
- * Writing produces F32 tensors only, in the order given, packed with no gaps; the header is padded
- * with spaces to a multiple of 8 bytes as the Python library does, so data stay 8-byte aligned.
+ * Writing produces F32 tensors (st_write), or F32, F16 and BF16 chosen per tensor (st_write_as:
+ * float data rounded to nearest, ties to even, on the way down; overflow gives +-Inf, NaN stays NaN),
+ * in the order given, packed with no gaps; the header is padded with spaces to a multiple of 8 bytes
+ * as the Python library does, so data stay 8-byte aligned.
  * Files are written atomically (temporary name, fsync, rename, directory fsync) and streamed, so
  * a checkpoint is never held twice in memory.
  *
@@ -16,7 +18,8 @@
  * >= 0; shape product * dtype size == end - begin without overflow; tensors tile the data region
  * exactly (sorted by offset they start at 0, each begins where the previous ends, the last ends at
  * the end of the file): no overlaps, no holes, no trailing bytes. __metadata__ maps strings to
- * strings. Only F32 tensors can be read into memory; other dtypes are validated and reported.
+ * strings. F32, F16 and BF16 tensors can be read into float memory (F16 and BF16 widened exactly);
+ * other dtypes are validated and reported, and reading them is refused.
  * Data are read with pread on demand, so opening a large file costs only its header.
  */
 #ifndef MOELM_SAFETENSORS_H
@@ -40,6 +43,14 @@ typedef struct {
  * non-empty and not "__metadata__" (checked with CHECK: a programming error). */
 moelm_status st_write(const char *path, const StTensor *tensors, int count, const char *const *meta_kv);
 
+/* The dtypes st_write_as can store. */
+typedef enum { ST_F32 = 0, ST_F16, ST_BF16 } StDtype;
+const char *st_dtype_name(StDtype t);   /* "F32", "F16", "BF16" */
+/* st_write with tensor i stored as dtypes[i] (dtypes NULL: all F32, the bytes st_write gives). The
+ * data are converted in chunks while streaming (no second copy of a tensor). */
+moelm_status st_write_as(const char *path, const StTensor *tensors, const StDtype *dtypes, int count,
+                         const char *const *meta_kv);
+
 typedef struct SafeTensors SafeTensors;
 
 moelm_status st_open(SafeTensors **out, const char *path);   /* reads and validates the header */
@@ -48,8 +59,9 @@ const char *st_name(const SafeTensors *st, int i);  /* i-th tensor in data order
 /* Looks a tensor up: returns 1 and fills dtype ("F32", ...), ndim and shape[ST_MAX_DIMS] (any may
  * be NULL), or 0 when absent. */
 int st_info(const SafeTensors *st, const char *name, const char **dtype, int *ndim, int64_t *shape);
-/* Finds the tensor, checks dtype F32 and that its shape equals shape[0..ndim) exactly, and copies
- * its data into dst. Errors name the file, the tensor and the mismatch. */
+/* Finds the tensor, checks that its dtype is F32, F16 or BF16 and that its shape equals
+ * shape[0..ndim) exactly, and copies its data into dst as float (F16/BF16 widened exactly, in place:
+ * no other buffer). Errors name the file, the tensor and the mismatch. */
 moelm_status st_read_f32(const SafeTensors *st, const char *name, float *dst, int ndim, const int64_t *shape);
 /* The same checks, then copies only elements [first, first + count) of the tensor (row-major) into
  * dst[count]: a part of a tensor, such as one rank's shard of the experts. The part must lie inside

@@ -11,7 +11,7 @@ mkdir -p "$out/corpus_json" "$out/corpus_st"
 CC=${CC_FUZZ:-clang}
 flags="-std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
        -Wno-unknown-pragmas -Iinclude -Isrc"
-src="src/io/json.c src/io/fileio.c src/io/safetensors.c src/common/util.c"
+src="src/io/json.c src/io/fileio.c src/io/safetensors.c src/common/util.c src/backend/gemm.c src/backend/q8.c"
 # shellcheck disable=SC2086
 $CC $flags tests/fuzz/fuzz_json.c $src -o "$out/fuzz_json" -lm
 # shellcheck disable=SC2086
@@ -38,6 +38,7 @@ st_seed 2 '{"__metadata__":{"format":"pt"},"w":{"dtype":"F32","shape":[3],"data_
 st_seed 3 '{"s":{"dtype":"F32","shape":[],"data_offsets":[0,4]},"z":{"dtype":"BF16","shape":[0,5],"data_offsets":[4,4]}}   ' 4
 st_seed 4 '{}' 0
 st_seed 5 '{"x":{"dtype":"U8","shape":[1,1,1,1,1,1,1,1],"data_offsets":[0,1]}}' 1
+st_seed 6 '{"h":{"dtype":"F16","shape":[3],"data_offsets":[0,6]},"b":{"dtype":"BF16","shape":[1,2],"data_offsets":[6,10]}}  ' 10
 
 rc=0
 for t in json st; do
