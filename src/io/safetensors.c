@@ -339,7 +339,7 @@ moelm_status st_open(SafeTensors **out, const char *path) {
     char *hbuf = NULL;
     st->path = moelm_strdup(path);
     if (!st->path) { s = moelm_fail_context(MOELM_ERR_NOMEM, "%s: opening", path); goto fail; }
-    st->fd = open(path, O_RDONLY | O_CLOEXEC);
+    st->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);   /* a FIFO must not block: it is refused below */
     if (st->fd < 0) { s = moelm_fail(MOELM_ERR_IO, "%s: cannot open: %s", path, strerror(errno)); goto fail; }
     struct stat sb;
     if (fstat(st->fd, &sb) != 0) { s = moelm_fail(MOELM_ERR_IO, "%s: cannot stat: %s", path, strerror(errno)); goto fail; }

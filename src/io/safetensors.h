@@ -13,7 +13,7 @@
  * a checkpoint is never held twice in memory.
  *
  * Reading validates the whole header before anything is used, with the rules of the reference
- * implementation: header length below 100 MB and within the file; strict JSON without duplicate
+ * implementation: a regular file (a FIFO or device is refused, without blocking); header length below 100 MB and within the file; strict JSON without duplicate
  * keys; every tensor entry has exactly dtype/shape/data_offsets; known dtype; at most 8 dims, each
  * >= 0; shape product * dtype size == end - begin without overflow; tensors tile the data region
  * exactly (sorted by offset they start at 0, each begins where the previous ends, the last ends at
