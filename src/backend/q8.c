@@ -2,6 +2,7 @@
  * the AVX-512 VNNI kernel). See q8.h for the exact arithmetic both follow.
  */
 #include "backend/q8.h"
+#include "backend/gemm.h"
 
 #include <math.h>
 #include <string.h>
@@ -57,6 +58,15 @@ void fp16_from_f32(uint16_t *dst, const float *src, size_t n) {
 
 void fp16_to_f32_n(float *dst, const uint16_t *src, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] = fp16_to_f32(src[i]);
+}
+
+void widen16_in_place(float *dst, size_t n, int bf16) {
+    const unsigned char *raw = (const unsigned char *)dst + 2 * n;
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, raw + 2 * i, 2);
+        dst[i] = bf16 ? bf16_to_f32(h) : fp16_to_f32(h);
+    }
 }
 
 /* ---- Q8_0 ------------------------------------------------------------------------------------- */

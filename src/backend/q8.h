@@ -51,6 +51,11 @@ uint16_t fp16_round(float f);
 float fp16_to_f32(uint16_t h);
 void fp16_from_f32(uint16_t *dst, const float *src, size_t n);   /* dst[n] = fp16_round(src[n]) */
 void fp16_to_f32_n(float *dst, const uint16_t *src, size_t n);
+/* dst[n] <- the n 16-bit values (fp16, or bf16 when bf16 != 0) that lie in dst's upper half (bytes
+ * [2n, 4n), little-endian), widened front to back in place: dst[i] covers bytes [4i, 4i + 4) and
+ * every value j > i lies at or beyond 4i + 4, so none is overwritten before it is read. Lets a
+ * reader pread 16-bit data straight into its float destination. */
+void widen16_in_place(float *dst, size_t n, int bf16);
 
 /* dst[n/32] <- src[n], n a multiple of 32 (CHECKed); returns the number of blocks whose scale is not
  * finite: those holding a NaN or an Inf (stored as NaN blocks, see above) and those whose amax / 127

@@ -141,6 +141,25 @@ moelm_status file_read_all(const char *path, char **data, size_t *n) {
     return file_read_all_limit(path, data, n, SIZE_MAX - 1);
 }
 
+/* Reads exactly n bytes at offset off; fails on short reads (a file that shrank). */
+moelm_status file_pread(int fd, const char *path, void *dst, uint64_t n, uint64_t off, const char *what) {
+    char *p = dst;
+    while (n > 0) {
+        size_t chunk = n > ((uint64_t)1 << 30) ? ((size_t)1 << 30) : (size_t)n;
+        ssize_t k = pread(fd, p, chunk, (off_t)off);
+        if (k < 0) {
+            if (errno == EINTR) continue;
+            return moelm_fail(MOELM_ERR_IO, "%s: read error in %s: %s", path, what, strerror(errno));
+        }
+        if (k == 0)
+            return moelm_fail(MOELM_ERR_FORMAT, "%s: unexpected end of file in %s", path, what);
+        p += k;
+        n -= (uint64_t)k;
+        off += (uint64_t)k;
+    }
+    return MOELM_OK;
+}
+
 /* ---- atomic writes ---------------------------------------------------------------------------- */
 
 char *path_dirname(const char *path, char *buf, size_t cap) {

@@ -25,6 +25,10 @@
 moelm_status file_read_all(const char *path, char **data, size_t *n);
 moelm_status file_read_all_limit(const char *path, char **data, size_t *n, size_t max_bytes);
 
+/* Reads exactly n bytes at offset off of the open fd (pread, EINTR retried); a short read (a file
+ * that shrank) is MOELM_ERR_FORMAT "path: unexpected end of file in what". */
+moelm_status file_pread(int fd, const char *path, void *dst, uint64_t n, uint64_t off, const char *what);
+
 /* Writes data[0..n) to path atomically (see above). */
 moelm_status file_write_atomic(const char *path, const void *data, size_t n);
 

@@ -172,25 +172,6 @@ static int entry_offset_cmp(const void *a, const void *b) {
     return strcmp(x->name, y->name);
 }
 
-/* Reads exactly n bytes at offset off; fails on short reads (a file that shrank). */
-static moelm_status read_at(int fd, const char *path, void *dst, uint64_t n, uint64_t off, const char *what) {
-    char *p = dst;
-    while (n > 0) {
-        size_t chunk = n > ((uint64_t)1 << 30) ? ((size_t)1 << 30) : (size_t)n;
-        ssize_t k = pread(fd, p, chunk, (off_t)off);
-        if (k < 0) {
-            if (errno == EINTR) continue;
-            return moelm_fail(MOELM_ERR_IO, "%s: read error in %s: %s", path, what, strerror(errno));
-        }
-        if (k == 0)
-            return moelm_fail(MOELM_ERR_FORMAT, "%s: unexpected end of file in %s", path, what);
-        p += k;
-        n -= (uint64_t)k;
-        off += (uint64_t)k;
-    }
-    return MOELM_OK;
-}
-
 /* Validates one tensor entry `name: {...}` into e. */
 static moelm_status parse_entry(const char *path, const char *raw_name, const Json *v, uint64_t data_size,
                                 StEntry *e) {
@@ -351,7 +332,7 @@ moelm_status st_open(SafeTensors **out, const char *path) {
         goto fail;
     }
     unsigned char len8[8];
-    if ((s = read_at(st->fd, path, len8, 8, 0, "the header length"))) goto fail;
+    if ((s = file_pread(st->fd, path, len8, 8, 0, "the header length"))) goto fail;
     uint64_t hlen = 0;
     for (int i = 0; i < 8; i++) hlen |= (uint64_t)len8[i] << (8 * i);
     if (hlen == 0) { s = moelm_fail(MOELM_ERR_FORMAT, "%s: header length is 0", path); goto fail; }
@@ -369,7 +350,7 @@ moelm_status st_open(SafeTensors **out, const char *path) {
     st->data_size = fsize - st->data_start;
     hbuf = moelm_malloc((size_t)hlen);
     if (!hbuf) { s = moelm_fail_context(MOELM_ERR_NOMEM, "%s: reading header", path); goto fail; }
-    if ((s = read_at(st->fd, path, hbuf, hlen, 8, "the header"))) goto fail;
+    if ((s = file_pread(st->fd, path, hbuf, hlen, 8, "the header"))) goto fail;
     {
         size_t wlen = strlen(path) + 16;
         char *what = moelm_malloc(wlen);
@@ -451,18 +432,12 @@ moelm_status st_read_f32_part(const SafeTensors *st, const char *name, float *ds
     CHECK(dst != NULL);
     char what[64 + 32];
     snprintf(what, sizeof what, "tensor \"%.64s\"", name);
-    if (f32) return read_at(st->fd, st->path, dst, count * 4, st->data_start + e->begin + first * 4, what);
-    /* 16-bit values read into the upper half of dst, widened front to back: dst[i] covers bytes
-     * [4i, 4i + 4), value j lies at [2 count + 2j, ...), and every j > i lies at or beyond 4i + 4 */
-    unsigned char *raw = (unsigned char *)dst + 2 * count;
-    moelm_status s = read_at(st->fd, st->path, raw, count * 2, st->data_start + e->begin + first * 2, what);
-    if (s) return s;
-    for (size_t i = 0; i < count; i++) {
-        uint16_t h;
-        memcpy(&h, raw + 2 * i, 2);
-        dst[i] = f16 ? fp16_to_f32(h) : bf16_to_f32(h);
-    }
-    return MOELM_OK;
+    if (f32) return file_pread(st->fd, st->path, dst, count * 4, st->data_start + e->begin + first * 4, what);
+    /* 16-bit values read into the upper half of dst, then widened in place */
+    moelm_status s = file_pread(st->fd, st->path, (char *)dst + 2 * count, count * 2,
+                             st->data_start + e->begin + first * 2, what);
+    if (!s) widen16_in_place(dst, count, bf16);
+    return s;
 }
 
 const char *st_meta(const SafeTensors *st, const char *key) {
