@@ -18,3 +18,9 @@ if [ -n "$need" ]; then
     apt-get update -qq
     apt-get install -y -qq $need >/dev/null
 fi
+# make test's GGUF oracle: @huggingface/gguf (npm) into tests/js/node_modules (git-ignored), when npm is
+# here and it is not installed yet; tests/test_gguf_js.sh skips only when node or npm is absent
+if [ "${1:-}" = test ] && command -v npm >/dev/null 2>&1 && [ ! -d tests/js/node_modules/@huggingface/gguf ]; then
+    echo "moelm: installing @huggingface/gguf into tests/js (npm)" >&2
+    (cd tests/js && npm install --no-audit --no-fund --silent) || echo "moelm: npm install failed; tests/test_gguf_js.sh will fail" >&2
+fi

@@ -524,15 +524,34 @@ TEST(gguf_write_failures_keep_previous) {
     EXPECT(wrote && opened);
 }
 
-/* For tests/test_gguf_js.sh: the rich file at alignment 32 and 64, and what it must hold. */
+static void json_floats(StrBuf *b, const char *name, const float *v, int n) {
+    sb_printf(b, "%s\"%s\": [", b->len > 1 ? ", " : "", name);
+    for (int i = 0; i < n; i++) {
+        if (i) sb_append(b, ", ", 2);
+        sb_json_float(b, v[i]);
+    }
+    sb_append(b, "]", 1);
+}
+
+/* For tests/test_gguf_js.sh: the rich file at alignment 32 and 64, and rich.json, the float values
+ * its tensors were written from. */
 static int write_fixtures(const char *dir) {
     char p[512];
     snprintf(p, sizeof p, "%s/rich.gguf", dir);
     if (write_rich(p, 0)) return 1;
     snprintf(p, sizeof p, "%s/rich64.gguf", dir);
     if (write_rich(p, 64)) return 1;
-    printf("%s/rich.gguf %s/rich64.gguf\n", dir, dir);
-    return 0;
+    StrBuf b = { 0 };
+    sb_append(&b, "{", 1);
+    json_floats(&b, "f32.weight", g_f32, 15);
+    json_floats(&b, "f16.weight", g_f16, 24);
+    json_floats(&b, "bf16.bias", g_bf16, 7);
+    json_floats(&b, "blk.0.ffn_up.weight", g_q8, QR * QK);
+    sb_append(&b, "}\n", 2);
+    snprintf(p, sizeof p, "%s/rich.json", dir);
+    moelm_status s = file_write_atomic(p, b.buf, b.len);
+    sb_free(&b);
+    return s != MOELM_OK;
 }
 
 int main(int argc, char **argv) {
