@@ -56,7 +56,7 @@ else
   BIN := $(BUILD)/moelm
 endif
 
-.PHONY: all test demo clean deps check-deps tests bench-ops
+.PHONY: all test demo clean deps check-deps tests bench-ops bench-q8
 all: $(BIN)
 
 $(BUILD)/%.o: %.c
@@ -74,11 +74,16 @@ $(BUILD)/tests/%: tests/%.c $(LIB) tests/test.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests $< $(LIB) -o $@ $(LDLIBS)
 
-tests: $(TEST_BIN) $(BIN) $(BUILD)/bench_ops   # bench_ops built (not run) so that it keeps compiling
+tests: $(TEST_BIN) $(BIN) $(BUILD)/bench_ops $(BUILD)/bench_q8   # benches built (not run) so that they keep compiling
 
 # bench/ops_bench.c: the dense step's kernels side by side (see the file)
 bench-ops: $(BUILD)/bench_ops
 $(BUILD)/bench_ops: bench/ops_bench.c $(LIB)
+	$(CC) $(CFLAGS) $< $(LIB) -o $@ $(LDLIBS)
+
+# bench/q8_bench.c: the Q8_0 matrix-vector product against the float and bf16 ones (see the file)
+bench-q8: $(BUILD)/bench_q8
+$(BUILD)/bench_q8: bench/q8_bench.c $(LIB)
 	$(CC) $(CFLAGS) $< $(LIB) -o $@ $(LDLIBS)
 
 # Installs the Debian packages moelm needs when they are missing (root on Debian 12).
