@@ -253,20 +253,27 @@ TEST(ws_hostile_catalogue) {
         CHECK(st_write(TMP "/bad/s2.safetensors", s2, 2, NULL) == MOELM_OK);
         expect_ws_rejected(d, "tensor in two shards", "\"a\"");
     }
-    /* shards that are not regular files: /dev/zero through a symlink, a FIFO (must not block), a
-     * directory, a symlink loop; and a shard whose header is hostile */
-    const char *d = bad_set(NULL);
-    CHECK(unlink(TMP "/bad/s2.safetensors") == 0 && symlink("/dev/zero", TMP "/bad/s2.safetensors") == 0);
-    expect_ws_rejected(d, "shard -> /dev/zero", "regular");
-    d = bad_set(NULL);
-    CHECK(unlink(TMP "/bad/s2.safetensors") == 0 && mkfifo(TMP "/bad/s2.safetensors", 0600) == 0);
-    expect_ws_rejected(d, "shard is a FIFO", "regular");
-    d = bad_set(NULL);
-    CHECK(unlink(TMP "/bad/s2.safetensors") == 0 && mkdir(TMP "/bad/s2.safetensors", 0700) == 0);
-    expect_ws_rejected(d, "shard is a directory", "s2.safetensors");
-    d = bad_set(NULL);
-    CHECK(unlink(TMP "/bad/s2.safetensors") == 0 && symlink("s2.safetensors", TMP "/bad/s2.safetensors") == 0);
-    expect_ws_rejected(d, "shard symlink loop", "s2.safetensors");
+    /* shards and indexes that are not regular files: /dev/zero through a symlink, a FIFO (must not
+     * block), a directory, a symlink loop; a shard whose header is hostile; an index over the limit */
+    static const struct { const char *file, *kind, *what, *needle; } specials[] = {
+        { "s2.safetensors", "zero", "shard -> /dev/zero", "regular" },
+        { "s2.safetensors", "fifo", "shard is a FIFO", "regular" },
+        { "s2.safetensors", "dir", "shard is a directory", "s2.safetensors" },
+        { "s2.safetensors", "loop", "shard symlink loop", "s2.safetensors" },
+        { "model.safetensors.index.json", "fifo", "index is a FIFO", "regular" },
+        { "model.safetensors.index.json", "zero", "index -> /dev/zero", "regular" },
+    };
+    const char *d;
+    for (size_t i = 0; i < sizeof specials / sizeof specials[0]; i++) {
+        d = bad_set(NULL);
+        char p[256];
+        snprintf(p, sizeof p, TMP "/bad/%s", specials[i].file);
+        CHECK(unlink(p) == 0);
+        const char *k = specials[i].kind;
+        CHECK(strcmp(k, "zero") == 0 ? symlink("/dev/zero", p) == 0 : strcmp(k, "fifo") == 0 ? mkfifo(p, 0600) == 0
+              : strcmp(k, "dir") == 0 ? mkdir(p, 0700) == 0 : symlink(specials[i].file, p) == 0);
+        expect_ws_rejected(d, specials[i].what, specials[i].needle);
+    }
     d = bad_set(NULL);
     {
         unsigned char raw[16] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, '{', '}' };
@@ -274,13 +281,6 @@ TEST(ws_hostile_catalogue) {
         CHECK(f && fwrite(raw, 1, sizeof raw, f) == sizeof raw && fclose(f) == 0);
         expect_ws_rejected(d, "shard header length 2^63", "header length");
     }
-    /* the index itself: a FIFO, /dev/zero, a directory, larger than the limit (sparse) */
-    d = bad_set(NULL);
-    CHECK(unlink(TMP "/bad/model.safetensors.index.json") == 0 && mkfifo(TMP "/bad/model.safetensors.index.json", 0600) == 0);
-    expect_ws_rejected(d, "index is a FIFO", "regular");
-    d = bad_set(NULL);
-    CHECK(unlink(TMP "/bad/model.safetensors.index.json") == 0 && symlink("/dev/zero", TMP "/bad/model.safetensors.index.json") == 0);
-    expect_ws_rejected(d, "index -> /dev/zero", "regular");
     d = bad_set(NULL);
     CHECK(truncate(TMP "/bad/model.safetensors.index.json", (off_t)WS_MAX_INDEX + 1) == 0);
     expect_ws_rejected(d, "index over the size limit", "bytes");

@@ -12,6 +12,7 @@
 #include "backend/q8.h"
 #include "io/fileio.h"
 #include "io/json.h"
+#include "io/safetensors.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -566,12 +567,6 @@ const GgufTensorInfo *gguf_find_tensor(const Gguf *g, const char *name) {
     return NULL;
 }
 
-static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
-    size_t k = (size_t)snprintf(buf, cap, "[");
-    for (int d = 0; d < ndim && k < cap; d++) k += (size_t)snprintf(buf + k, cap - k, d ? ", %lld" : "%lld", (long long)shape[d]);
-    if (k < cap) snprintf(buf + k, cap - k, "]");
-}
-
 moelm_status gguf_read_tensor_f32(const Gguf *g, const char *name, float *dst, int ndim, const int64_t *shape) {
     return gguf_read_tensor_f32_part(g, name, dst, ndim, shape, 0, SIZE_MAX);
 }
@@ -581,14 +576,8 @@ moelm_status gguf_read_tensor_f32_part(const Gguf *g, const char *name, float *d
     const GgufTensorInfo *t = gguf_find_tensor(g, name);
     char b[96];
     if (!t) return moelm_fail(MOELM_ERR_FORMAT, "%s: no tensor named \"%s\"", g->path, json_display(name, b, sizeof b));
-    int same = t->ndim == ndim;
-    for (int d = 0; same && d < ndim; d++) same = t->shape[d] == shape[d];
-    if (!same) {
-        char have[128], want[128];
-        shape_str(have, sizeof have, t->ndim, t->shape);
-        shape_str(want, sizeof want, ndim, shape);
-        return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\" has shape %s, expected %s", g->path, t->name, have, want);
-    }
+    moelm_status sc = st_check_shape(g->path, t->name, t->ndim, t->shape, ndim, shape);
+    if (sc) return sc;
     uint64_t total = 1;
     for (int d = 0; d < t->ndim; d++) total *= (uint64_t)t->shape[d];
     if (count == SIZE_MAX) count = first <= total ? (size_t)(total - first) : 0;

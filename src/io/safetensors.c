@@ -402,6 +402,17 @@ static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
     if (k < cap) snprintf(buf + k, cap - k, "]");
 }
 
+moelm_status st_check_shape(const char *path, const char *name, int have_ndim, const int64_t *have, int ndim,
+                            const int64_t *want) {
+    int same = have_ndim == ndim;
+    for (int d = 0; same && d < ndim; d++) same = have[d] == want[d];
+    if (same) return MOELM_OK;
+    char hs[160], ws[160];
+    shape_str(hs, sizeof hs, have_ndim, have);
+    shape_str(ws, sizeof ws, ndim, want);
+    return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\" has shape %s, expected %s", path, name, hs, ws);
+}
+
 moelm_status st_read_f32(const SafeTensors *st, const char *name, float *dst, int ndim, const int64_t *shape) {
     return st_read_f32_part(st, name, dst, ndim, shape, 0, SIZE_MAX);
 }
@@ -415,15 +426,8 @@ moelm_status st_read_f32_part(const SafeTensors *st, const char *name, float *ds
     if (!f32 && !f16 && !bf16)
         return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\" has dtype %s, which is not a float type "
                           "(F32, F16 or BF16)", st->path, name, e->dtype);
-    int same = e->ndim == ndim;
-    for (int d = 0; same && d < ndim; d++) same = e->shape[d] == shape[d];
-    if (!same) {
-        char have[160], want[160];
-        shape_str(have, sizeof have, e->ndim, e->shape);
-        shape_str(want, sizeof want, ndim, shape);
-        return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\" has shape %s, expected %s", st->path, name, have,
-                          want);
-    }
+    moelm_status sc = st_check_shape(st->path, name, e->ndim, e->shape, ndim, shape);
+    if (sc) return sc;
     size_t esize = f32 ? 4 : 2;
     uint64_t total = (e->end - e->begin) / esize;
     if (count == SIZE_MAX) count = first <= total ? (size_t)(total - first) : 0;

@@ -69,6 +69,10 @@ moelm_status st_read_f32(const SafeTensors *st, const char *name, float *dst, in
 moelm_status st_read_f32_part(const SafeTensors *st, const char *name, float *dst, int ndim, const int64_t *shape,
                               size_t first, size_t count);
 const char *st_meta(const SafeTensors *st, const char *key);   /* NULL if absent */
+/* MOELM_OK when have[0..have_ndim) equals want[0..ndim), else MOELM_ERR_FORMAT "path: tensor "name"
+ * has shape [..], expected [..]" (shared by the weight readers). */
+moelm_status st_check_shape(const char *path, const char *name, int have_ndim, const int64_t *have, int ndim,
+                            const int64_t *want);
 void st_close(SafeTensors *st);
 
 #endif
