@@ -1,0 +1,482 @@
+/* test_attn.c: the general attention core, RoPE, the T5 position bias and the gelu_new activations
+ * (src/ops/attn.h, ops.h).
+ *
+ * - Every backward against central finite differences (fd.h) in double precision: q, k, v, the bias,
+ *   with grouped-query heads, fused and strided buffers, key masks padding either side, causal with
+ *   Tq < Tk, cross-attention, odd sizes, both the reference and the fast version, both fast routes
+ *   (loops and GEMM). Rows whose keys are all masked are kept out of the loss there: HF's forward is
+ *   constant in q, k and the bias on such a row while its (autograd) backward is not (attn.h); they
+ *   are checked on their own (uniform probabilities) and against PyTorch (test_attn_torch below).
+ * - The fast version against the reference on shapes that are multiples of no tile.
+ * - attn_step against the forward's last row; posbias with a query offset against the full bias.
+ * - tests/ref/attn_ref.safetensors, written by tests/ref/attn_ref.py (PyTorch): torch's T5 buckets
+ *   for every rel in [-2000, 2000] under several settings, HF's RoPE tables, and HF-style attention
+ *   (T5 encoder and decoder with bias and padding, Llama-style GQA with RoPE and left padding) with
+ *   autograd's gradients.
+ *
+ * Tolerances: FD as tests/test_ops.c (O(1) values, h = 1e-2, atol 2e-3, rtol 1e-2: the float forward's
+ * ~1e-6 noise on the loss is ~1e-4 on a quotient, a wrong formula misses by O(1)). Fast against
+ * reference: float reordering and exp_poly's 2 ulp on sums of at most Tk hd terms of O(1): 2e-5
+ * (1 + |ref|).
+ */
+#include <float.h>
+#include <string.h>
+#include "test.h"
+#include "fd.h"
+#include "ops/attn.h"
+#include "ops/ops.h"
+#include "io/safetensors.h"
+
+#define ATOL 2e-3
+#define RTOL 1e-2
+
+static uint64_t seed = 7;
+
+/* Every buffer of a test comes from here and is freed by arena_reset at the test's end. */
+static void *arena[256];
+static int narena;
+static void *grab(size_t bytes) {
+    CHECK(narena < 256);
+    void *p = calloc(1, bytes ? bytes : 1);
+    CHECK(p != NULL);
+    return arena[narena++] = p;
+}
+static void arena_reset(void) {
+    while (narena) free(arena[--narena]);
+}
+static float *rnd(size_t n, float scale) {
+    float *x = grab(n * sizeof(float));
+    fd_fill(x, n, scale, &seed);
+    return x;
+}
+static float *zero(size_t n) { return grab(n * sizeof(float)); }
+
+static double max_rel_diff(const float *a, const float *b, size_t n) {
+    double e = 0.0;
+    for (size_t i = 0; i < n; i++) e = fmax(e, fabs((double)a[i] - b[i]) / (1.0 + fabs((double)b[i])));
+    return e;
+}
+
+/* ---- one attention problem: buffers laid out as a model would ---- */
+
+typedef struct {
+    AttnDims d;
+    float *qbuf, *kvbuf;     /* q rows [B Tq, ldq] (q = qbuf) and k, v inside kvbuf (or inside qbuf when fused) */
+    float *q, *k, *v;
+    size_t nq, nkv;          /* floats in qbuf, kvbuf (0 when fused) */
+    float *bias;             /* [NH, Tq, Tk] or NULL */
+    uint8_t *mask;           /* [B, Tk] or NULL */
+    float *out, *att, *r;    /* out [B Tq, ldo], att [B, NH, Tq, Tk], r: the loss's weights on out */
+    int fast;                /* the loss runs attn_forward (1) or attn_forward_ref (0) */
+} Prob;
+
+/* fused: q, k, v columns of one buffer [B T, (NH + 2 NKV) hd + 1] (Tq == Tk); otherwise q in its own
+ * buffer [B Tq, NH hd + 3] and k, v fused [B Tk, 2 NKV hd + 1]: strides wider than the heads. */
+static Prob prob_make(int B, int Tq, int Tk, int NH, int NKV, int hd, int causal, float scale, int fused,
+                      int with_bias, const int *pad_left, const int *pad_right) {
+    Prob p;
+    memset(&p, 0, sizeof p);
+    AttnDims *d = &p.d;
+    d->B = B; d->Tq = Tq; d->Tk = Tk; d->NH = NH; d->NKV = NKV; d->hd = hd; d->causal = causal; d->scale = scale;
+    if (fused) {
+        CHECK(Tq == Tk);
+        d->ldq = d->ldk = d->ldv = (size_t)(NH + 2 * NKV) * hd + 1;
+        p.nq = (size_t)B * Tq * d->ldq;
+        p.qbuf = rnd(p.nq, 1.0f);
+        p.q = p.qbuf; p.k = p.qbuf + (size_t)NH * hd; p.v = p.k + (size_t)NKV * hd;
+    } else {
+        d->ldq = (size_t)NH * hd + 3;
+        d->ldk = d->ldv = (size_t)2 * NKV * hd + 1;
+        p.nq = (size_t)B * Tq * d->ldq;
+        p.nkv = (size_t)B * Tk * d->ldk;
+        p.qbuf = rnd(p.nq, 1.0f);
+        p.kvbuf = rnd(p.nkv, 1.0f);
+        p.q = p.qbuf; p.k = p.kvbuf; p.v = p.kvbuf + (size_t)NKV * hd;
+    }
+    d->ldo = (size_t)NH * hd + 2;
+    if (with_bias) p.bias = rnd((size_t)NH * Tq * Tk, 1.0f);
+    if (pad_left || pad_right) {
+        p.mask = grab((size_t)B * Tk);
+        for (int b = 0; b < B; b++)
+            for (int j = 0; j < Tk; j++)
+                p.mask[(size_t)b * Tk + j] = !((pad_left && j < pad_left[b]) || (pad_right && j >= Tk - pad_right[b]));
+    }
+    p.out = zero((size_t)B * Tq * d->ldo);
+    p.att = zero((size_t)B * NH * Tq * Tk);
+    p.r = rnd((size_t)B * Tq * d->ldo, 1.0f);
+    return p;
+}
+
+/* 1 when query i of sequence b sees no key (causal extent and mask together) */
+static int row_all_masked(const Prob *p, int b, int i) {
+    const AttnDims *d = &p->d;
+    int n = d->causal ? i + d->Tk - d->Tq + 1 : d->Tk;
+    for (int j = 0; j < n && j < d->Tk; j++)
+        if (!p->mask || p->mask[(size_t)b * d->Tk + j]) return 0;
+    return 1;
+}
+
+/* The loss weights of rows without a visible key set to zero (see the file's header). */
+static void prob_drop_masked_rows(Prob *p) {
+    for (int b = 0; b < p->d.B; b++)
+        for (int i = 0; i < p->d.Tq; i++)
+            if (row_all_masked(p, b, i)) memset(p->r + ((size_t)b * p->d.Tq + i) * p->d.ldo, 0, sizeof(float) * p->d.ldo);
+}
+
+static void prob_forward(Prob *p, int fast) {
+    if (fast) attn_forward(p->out, p->att, p->q, p->k, p->v, p->bias, p->mask, &p->d);
+    else attn_forward_ref(p->out, p->att, p->q, p->k, p->v, p->bias, p->mask, &p->d);
+}
+
+static double prob_loss(void *ctx) {
+    Prob *p = ctx;
+    prob_forward(p, p->fast);
+    return fd_dot(p->out, p->r, (size_t)p->d.B * p->d.Tq * p->d.ldo);
+}
+
+/* Gradient buffers in the layout of the inputs (padding columns stay 0, as FD finds them). */
+typedef struct { float *dqbuf, *dkvbuf, *dq, *dk, *dv, *dbias, *datt; } Grads;
+
+static Grads grads_make(const Prob *p) {
+    Grads g;
+    g.dqbuf = zero(p->nq);
+    g.dkvbuf = p->nkv ? zero(p->nkv) : NULL;
+    g.dq = g.dqbuf;
+    g.dk = p->nkv ? g.dkvbuf : g.dqbuf + (p->k - p->qbuf);
+    g.dv = p->nkv ? g.dkvbuf + (p->v - p->kvbuf) : g.dqbuf + (p->v - p->qbuf);
+    g.dbias = p->bias ? zero((size_t)p->d.NH * p->d.Tq * p->d.Tk) : NULL;
+    g.datt = zero((size_t)p->d.B * p->d.NH * p->d.Tq * p->d.Tk);
+    return g;
+}
+
+static void prob_backward(Prob *p, Grads *g, int fast) {
+    if (fast) attn_backward(g->dq, g->dk, g->dv, g->dbias, g->datt, p->r, p->att, p->q, p->k, p->v, &p->d);
+    else attn_backward_ref(g->dq, g->dk, g->dv, g->dbias, g->datt, p->r, p->att, p->q, p->k, p->v, &p->d);
+}
+
+/* FD of every input of one problem, through the reference (fast = 0) or the fast version. Also: a
+ * second backward leaves dq, dk, dv as they were (assigned) and doubles dbias (accumulated). */
+static void fd_case(const char *name, Prob p, int fast) {
+    p.fast = fast;
+    prob_drop_masked_rows(&p);
+    Grads g = grads_make(&p);
+    prob_loss(&p);
+    prob_backward(&p, &g, fast);
+    int ok = fd_check("q buffer", p.qbuf, g.dqbuf, p.nq, prob_loss, &p, 1e-2f, ATOL, RTOL, 300);
+    if (p.nkv) ok &= fd_check("kv buffer", p.kvbuf, g.dkvbuf, p.nkv, prob_loss, &p, 1e-2f, ATOL, RTOL, 300);
+    if (p.bias) ok &= fd_check("bias", p.bias, g.dbias, (size_t)p.d.NH * p.d.Tq * p.d.Tk, prob_loss, &p, 1e-2f, ATOL, RTOL, 300);
+    EXPECT_MSG(ok, "%s (%s)", name, fast ? "fast" : "reference");
+    size_t nb = (size_t)p.d.NH * p.d.Tq * p.d.Tk;
+    float *dq1 = zero(p.nq), *db1 = zero(nb);
+    memcpy(dq1, g.dqbuf, sizeof(float) * p.nq);
+    if (p.bias) memcpy(db1, g.dbias, sizeof(float) * nb);
+    prob_loss(&p);
+    prob_backward(&p, &g, fast);
+    EXPECT_MSG(memcmp(dq1, g.dqbuf, sizeof(float) * p.nq) == 0, "%s: dq/dk/dv not assigned", name);
+    if (p.bias) {
+        double e = 0.0;
+        for (size_t i = 0; i < nb; i++) e = fmax(e, fabs(g.dbias[i] - 2.0 * db1[i]));
+        EXPECT_MSG(e <= 1e-6, "%s: dbias does not accumulate (%.3g)", name, e);
+    }
+}
+
+static void fd_both(const char *name, Prob p) {
+    fd_case(name, p, 0);
+    fd_case(name, p, 1);
+}
+
+TEST(attn_grad_mha) {   /* plain multi-head, every key visible, separate strided buffers */
+    fd_both("mha", prob_make(2, 5, 5, 3, 3, 7, 0, 1.0f / sqrtf(7.0f), 0, 0, NULL, NULL));
+    arena_reset();
+}
+
+TEST(attn_grad_gqa_causal_fused) {   /* GQA 4 -> 2, fused qkv, bias, padding right (b 0) and left (b 1) */
+    int left[2] = {0, 2}, right[2] = {2, 0};
+    fd_both("gqa causal", prob_make(2, 6, 6, 4, 2, 5, 1, 0.4f, 1, 1, left, right));
+    arena_reset();
+}
+
+TEST(attn_grad_cross) {   /* cross-attention Tq 4, Tk 7, one kv head, T5's scale 1, bias, both paddings */
+    int left[2] = {0, 1}, right[2] = {3, 1};
+    fd_both("cross", prob_make(2, 4, 7, 2, 1, 6, 0, 1.0f, 0, 1, left, right));
+    arena_reset();
+}
+
+TEST(attn_grad_causal_offset) {   /* decoding against a cache: Tq 3 < Tk 8, causal, a masked hole */
+    Prob p = prob_make(1, 3, 8, 3, 1, 4, 1, 0.5f, 0, 1, NULL, NULL);
+    p.mask = grab(8);
+    memset(p.mask, 1, 8);
+    p.mask[4] = 0;
+    fd_both("causal offset", p);
+    arena_reset();
+}
+
+TEST(attn_grad_gemm_route) {   /* 66 x 70 scores, hd 17: the fast version's GEMM route */
+    int left[1] = {3}, right[1] = {5};
+    fd_both("gemm route", prob_make(1, 66, 70, 2, 1, 17, 1, 0.3f, 0, 1, left, right));
+    fd_both("gemm route full", prob_make(1, 66, 66, 2, 2, 17, 0, 0.3f, 1, 0, NULL, NULL));
+    arena_reset();
+}
+
+/* ---- fast against reference, and HF's mask semantics ---- */
+
+static void fast_vs_ref(const char *name, Prob p) {
+    size_t no = (size_t)p.d.B * p.d.Tq * p.d.ldo, na = (size_t)p.d.B * p.d.NH * p.d.Tq * p.d.Tk;
+    size_t nb = (size_t)p.d.NH * p.d.Tq * p.d.Tk;
+    float *o1 = zero(no), *a1 = zero(na);
+    prob_forward(&p, 0);
+    memcpy(o1, p.out, sizeof(float) * no);
+    memcpy(a1, p.att, sizeof(float) * na);
+    Grads g1 = grads_make(&p), g2 = grads_make(&p);
+    prob_backward(&p, &g1, 0);
+    memset(p.out, 0, sizeof(float) * no);
+    prob_forward(&p, 1);
+    prob_backward(&p, &g2, 1);
+    double eo = max_rel_diff(p.out, o1, no), ea = max_rel_diff(p.att, a1, na);
+    double ed = fmax(max_rel_diff(g2.dqbuf, g1.dqbuf, p.nq), p.nkv ? max_rel_diff(g2.dkvbuf, g1.dkvbuf, p.nkv) : 0.0);
+    double eb = p.bias ? max_rel_diff(g2.dbias, g1.dbias, nb) : 0.0;
+    EXPECT_MSG(eo <= 2e-5 && ea <= 2e-5 && ed <= 2e-5 && eb <= 2e-5, "%s: out %.3g att %.3g dqkv %.3g dbias %.3g", name,
+               eo, ea, ed, eb);
+    /* where the reference's probability is exactly 0 (a masked key of a row with a visible key), the
+     * fast one's is too; an all-masked row is exactly 1/Tk in both */
+    size_t wrong = 0;
+    for (size_t e = 0; e < na; e++) wrong += (a1[e] == 0.0f) != (p.att[e] == 0.0f);
+    EXPECT_MSG(wrong == 0, "%s: %zu probabilities zero in one version only", name, wrong);
+}
+
+TEST(attn_fast_matches_reference) {
+    int l3[3] = {0, 4, 9}, r3[3] = {2, 0, 9};   /* sequence 2 all padding: every row uniform */
+    fast_vs_ref("loops mha", prob_make(3, 7, 7, 3, 3, 5, 0, 0.45f, 0, 0, NULL, NULL));
+    fast_vs_ref("loops gqa causal masked", prob_make(3, 9, 9, 6, 2, 5, 1, 0.45f, 1, 1, l3, r3));
+    fast_vs_ref("loops cross", prob_make(3, 5, 9, 4, 4, 3, 0, 1.0f, 0, 1, l3, r3));
+    fast_vs_ref("loops Tq > Tk causal", prob_make(1, 9, 4, 2, 1, 8, 1, 0.3f, 0, 1, NULL, NULL));
+    fast_vs_ref("loops T 1", prob_make(2, 1, 1, 2, 1, 16, 1, 0.25f, 0, 1, NULL, NULL));
+    fast_vs_ref("gemm gqa causal masked", prob_make(3, 65, 65, 6, 2, 20, 1, 0.2f, 1, 1, l3, r3));
+    fast_vs_ref("gemm cross", prob_make(3, 67, 71, 4, 1, 33, 0, 1.0f, 0, 1, l3, r3));
+    fast_vs_ref("gemm causal offset", prob_make(2, 61, 90, 2, 2, 16, 1, 0.25f, 0, 0, NULL, NULL));
+    fast_vs_ref("gemm hd 64", prob_make(1, 129, 129, 2, 1, 64, 1, 0.125f, 1, 1, NULL, NULL));
+    arena_reset();
+}
+
+/* Probabilities of masked keys are exactly 0 where a row sees a key; a row that sees none is uniform
+ * over all Tk keys (HF's -FLT_MAX rows), its output the mean of all values; changing a masked key's
+ * k and v changes no row that sees a key. Both versions. */
+TEST(attn_mask_semantics) {
+    for (int fast = 0; fast < 2; fast++) {
+        int left[2] = {3, 0}, right[2] = {0, 2};
+        Prob p = prob_make(2, 5, 5, 2, 1, 4, 1, 0.5f, 1, 1, left, right);
+        const AttnDims *d = &p.d;
+        prob_forward(&p, fast);
+        size_t no = (size_t)d->B * d->Tq * d->ldo;
+        float *o1 = zero(no);
+        memcpy(o1, p.out, sizeof(float) * no);
+        int uniform_rows = 0;
+        for (int b = 0; b < d->B; b++)
+            for (int h = 0; h < d->NH; h++)
+                for (int i = 0; i < d->Tq; i++) {
+                    const float *a = p.att + (((size_t)b * d->NH + h) * d->Tq + i) * d->Tk;
+                    if (row_all_masked(&p, b, i)) {
+                        uniform_rows++;
+                        for (int j = 0; j < d->Tk; j++) EXPECT(a[j] == 1.0f / d->Tk);
+                        const float *o = p.out + ((size_t)b * d->Tq + i) * d->ldo + (size_t)h * d->hd;
+                        for (int c = 0; c < d->hd; c++) {
+                            double m = 0.0;
+                            for (int j = 0; j < d->Tk; j++) m += p.v[((size_t)b * d->Tk + j) * d->ldv + c] / d->Tk;
+                            EXPECT_NEAR(o[c], m, 1e-6);
+                        }
+                        continue;
+                    }
+                    for (int j = 0; j < d->Tk; j++)
+                        if (j > i || !p.mask[(size_t)b * d->Tk + j]) EXPECT(a[j] == 0.0f);
+                }
+        EXPECT(uniform_rows == 3 * d->NH);   /* sequence 0's queries 0..2 see only its left padding */
+        /* key 4 of sequence 1 is padding: its k and v matter to no row that sees a key */
+        float *k4 = p.k + ((size_t)1 * d->Tk + 4) * d->ldk, *v4 = p.v + ((size_t)1 * d->Tk + 4) * d->ldv;
+        for (int c = 0; c < d->hd; c++) { k4[c] += 3.0f; v4[c] -= 2.0f; }
+        prob_forward(&p, fast);
+        EXPECT(memcmp(o1 + (size_t)d->Tq * d->ldo, p.out + (size_t)d->Tq * d->ldo, sizeof(float) * d->Tq * d->ldo) == 0);
+        arena_reset();
+    }
+}
+
+/* attn_step (a KV cache: keys transposed, ldk padded with NaN past n) against the forward's last row
+ * (Tq = Tk = n, causal), with GQA, a bias row, a mask; head widths on the AVX-512 path (16, 32, 64)
+ * and off it (7). The two sum in different orders: 1e-5 (1 + |x|). */
+TEST(attn_step_matches_forward) {
+    int hds[4] = {16, 32, 64, 7}, ns[3] = {1, 17, 40};
+    for (int a = 0; a < 4; a++)
+        for (int c = 0; c < 3; c++) {
+            int hd = hds[a], n = ns[c], NH = 4, NKV = 2;
+            int left[1] = {n > 3 ? 2 : 0};
+            Prob p = prob_make(1, n, n, NH, NKV, hd, 1, 1.0f / sqrtf((float)hd), 1, 1, left, NULL);
+            prob_forward(&p, 1);
+            size_t ldk = (size_t)n + 16 - n % 16 + 16, kstride = (size_t)hd * ldk + 5, vstride = (size_t)n * hd + 3;
+            float *kT = zero(kstride * NKV), *vc = zero(vstride * NKV), *o = zero((size_t)NH * hd);
+            float *pa = zero((size_t)NH * n), *brow = zero((size_t)NH * n);
+            for (size_t e = 0; e < kstride * NKV; e++) kT[e] = NAN;
+            for (int g = 0; g < NKV; g++)
+                for (int u = 0; u < n; u++)
+                    for (int i = 0; i < hd; i++) {
+                        kT[g * kstride + (size_t)i * ldk + u] = p.k[(size_t)u * p.d.ldk + (size_t)g * hd + i];
+                        vc[g * vstride + (size_t)u * hd + i] = p.v[(size_t)u * p.d.ldv + (size_t)g * hd + i];
+                    }
+            for (int h = 0; h < NH; h++) memcpy(brow + (size_t)h * n, p.bias + ((size_t)h * n + n - 1) * n, sizeof(float) * n);
+            attn_step(o, pa, p.q + (size_t)(n - 1) * p.d.ldq, kT, ldk, kstride, vc, vstride, brow, n, p.mask, n, NH, NKV,
+                      hd, p.d.scale);
+            double e = max_rel_diff(o, p.out + (size_t)(n - 1) * p.d.ldo, (size_t)NH * hd);
+            for (int h = 0; h < NH; h++)
+                e = fmax(e, max_rel_diff(pa + (size_t)h * n, p.att + ((size_t)h * n + n - 1) * n, n));
+            EXPECT_MSG(e <= 1e-5, "hd %d n %d: max error %.3g", hd, n, e);
+            arena_reset();
+        }
+}
+
+/* ---- RoPE ---- */
+
+typedef struct { float *x, *r, *cs, *sn; int *pos; int P, N, NHR, hd; size_t ld; } RopeCtx;
+static double rope_loss(void *ctx) {
+    RopeCtx *c = ctx;
+    size_t n = (size_t)c->N * c->ld;
+    float *y = malloc(sizeof(float) * n);
+    memcpy(y, c->x, sizeof(float) * n);
+    rope_forward(y, c->pos, c->cs, c->sn, c->P, c->N, c->NHR, c->hd, c->ld);
+    double l = fd_dot(y, c->r, n);
+    free(y);
+    return l;
+}
+
+TEST(rope_grad_and_values) {
+    int P = 50, N = 6, NHR = 3, hd = 10;
+    size_t ld = (size_t)NHR * hd + 4;
+    int pos[6] = {0, 1, 7, 49, 23, 2};
+    RopeCtx c = {rnd(N * ld, 1.0f), rnd(N * ld, 1.0f), zero((size_t)P * hd / 2), zero((size_t)P * hd / 2), pos, P, N, NHR, hd, ld};
+    rope_tables(c.cs, c.sn, P, hd, 10000.0f);
+    float *dx = zero(N * ld);
+    memcpy(dx, c.r, sizeof(float) * N * ld);
+    rope_backward(dx, pos, c.cs, c.sn, P, N, NHR, hd, ld);
+    /* the padding columns pass through both untouched: their gradient is r itself */
+    EXPECT(fd_check("drope", c.x, dx, (size_t)N * ld, rope_loss, &c, 1e-2f, ATOL, RTOL, 400));
+    /* values: x_i cos - x_{i+5} sin, x_{i+5} cos + x_i sin at angle pos 10000^(-2i/10), in double */
+    float *y = zero(N * ld);
+    memcpy(y, c.x, sizeof(float) * N * ld);
+    rope_forward(y, pos, c.cs, c.sn, P, N, NHR, hd, ld);
+    double e = 0.0;
+    for (int n = 0; n < N; n++)
+        for (int r = 0; r < NHR; r++)
+            for (int i = 0; i < hd / 2; i++) {
+                double ang = pos[n] * pow(10000.0, -2.0 * i / hd);
+                const float *x = c.x + (size_t)n * ld + (size_t)r * hd, *o = y + (size_t)n * ld + (size_t)r * hd;
+                e = fmax(e, fabs(o[i] - (x[i] * cos(ang) - x[i + hd / 2] * sin(ang))));
+                e = fmax(e, fabs(o[i + hd / 2] - (x[i + hd / 2] * cos(ang) + x[i] * sin(ang))));
+            }
+    EXPECT_MSG(e <= 2e-6, "rope values: %.3g", e);   /* float angle at positions < 50: ~1e-6 */
+    int pp[6];
+    rope_positions(pp, 2, 3, 5);
+    EXPECT(pp[0] == 5 && pp[2] == 7 && pp[3] == 5 && pp[5] == 7);
+    arena_reset();
+}
+
+/* ---- T5 position bias ---- */
+
+typedef struct { float *bias, *table, *r; int *bkt; int NH, Tq, Tk; } PbCtx;
+static double pb_loss(void *ctx) {
+    PbCtx *c = ctx;
+    posbias_forward(c->bias, c->bkt, c->table, c->NH, c->Tq, c->Tk);
+    return fd_dot(c->bias, c->r, (size_t)c->NH * c->Tq * c->Tk);
+}
+
+TEST(posbias_grad_and_offset) {
+    int NH = 3, Tq = 9, Tk = 13, NB = 8;
+    PbCtx c = {zero((size_t)NH * Tq * Tk), rnd((size_t)NB * NH, 1.0f), rnd((size_t)NH * Tq * Tk, 1.0f),
+               grab(sizeof(int) * (Tq + Tk - 1)), NH, Tq, Tk};
+    posbias_buckets(c.bkt, Tq, Tk, 0, 1, NB, 6);
+    float *dt = zero((size_t)NB * NH);
+    posbias_backward(dt, c.r, c.bkt, NH, Tq, Tk);
+    EXPECT(fd_check("dtable", c.table, dt, (size_t)NB * NH, pb_loss, &c, 1e-2f, ATOL, RTOL, 100));
+    /* the gather itself: bias[h, i, j] = table[bucket(j - i), h] */
+    pb_loss(&c);
+    int wrong = 0;
+    for (int h = 0; h < NH; h++)
+        for (int i = 0; i < Tq; i++)
+            for (int j = 0; j < Tk; j++)
+                wrong += c.bias[((size_t)h * Tq + i) * Tk + j] != c.table[(size_t)t5_relative_bucket(j - i, 1, NB, 6) * NH + h];
+    EXPECT(wrong == 0);
+    /* decoding: one query at position q0 = Tk - 1 over Tk keys is the full bias's last row */
+    int *b1 = grab(sizeof(int) * Tk);
+    float *row = zero((size_t)NH * Tk), *full = zero((size_t)NH * Tk * Tk);
+    int *bf = grab(sizeof(int) * (2 * Tk - 1));
+    posbias_buckets(bf, Tk, Tk, 0, 0, NB, 6);
+    posbias_forward(full, bf, c.table, NH, Tk, Tk);
+    posbias_buckets(b1, 1, Tk, Tk - 1, 0, NB, 6);
+    posbias_forward(row, b1, c.table, NH, 1, Tk);
+    for (int h = 0; h < NH; h++)
+        EXPECT(memcmp(row + (size_t)h * Tk, full + ((size_t)h * Tk + Tk - 1) * Tk, sizeof(float) * Tk) == 0);
+    arena_reset();
+}
+
+/* Values HF's formula gives for num_buckets 32, max_distance 128 (bidirectional: rel > 0 from 16). */
+TEST(t5_bucket_values) {
+    EXPECT(t5_relative_bucket(0, 1, 32, 128) == 0);
+    EXPECT(t5_relative_bucket(-7, 1, 32, 128) == 7);
+    EXPECT(t5_relative_bucket(7, 1, 32, 128) == 23);
+    EXPECT(t5_relative_bucket(-8, 1, 32, 128) == 8);    /* max_exact: log(1) = 0 */
+    EXPECT(t5_relative_bucket(-16, 1, 32, 128) == 10);  /* 8 + trunc(log 2 / log 16 * 8) = 8 + 2 */
+    EXPECT(t5_relative_bucket(-127, 1, 32, 128) == 15);
+    EXPECT(t5_relative_bucket(-100000, 1, 32, 128) == 15);
+    EXPECT(t5_relative_bucket(100000, 1, 32, 128) == 31);
+    EXPECT(t5_relative_bucket(5, 0, 32, 128) == 0);     /* one-way: keys after the query */
+    EXPECT(t5_relative_bucket(-20, 0, 32, 128) == 17);  /* 16 + trunc(log 1.25 / log 8 * 16) */
+}
+
+/* ---- gelu_new and the gated form ---- */
+
+typedef struct { float *out, *inp, *r; int N, H; Activation act; } ActCtx;
+static double act_loss(void *ctx) {
+    ActCtx *c = ctx;
+    activation_forward(c->out, c->inp, c->act, c->N, c->H);
+    return fd_dot(c->out, c->r, (size_t)c->N * c->H);
+}
+
+TEST(gelu_tanh_grad_and_values) {
+    Activation acts[2] = {ACT_GELU_TANH, ACT_GEGLU};
+    for (int a = 0; a < 2; a++) {
+        int N = 4, H = 9, in = activation_gated(acts[a]) ? 2 * H : H;
+        ActCtx c = {zero((size_t)N * H), rnd((size_t)N * in, 3.0f), rnd((size_t)N * H, 1.0f), N, H, acts[a]};
+        float *dinp = zero((size_t)N * in);
+        act_loss(&c);
+        activation_backward(dinp, c.r, c.inp, acts[a], N, H);
+        EXPECT(fd_check("dinp", c.inp, dinp, (size_t)N * in, act_loss, &c, 1e-2f, ATOL, RTOL, 100));
+        act_loss(&c);   /* fd_check leaves out at its last perturbation */
+        for (int n = 0; n < N; n++)
+            for (int i = 0; i < H; i++) {
+                double x = c.inp[(size_t)n * in + i];
+                double y = 0.5 * x * (1.0 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
+                if (acts[a] == ACT_GEGLU) y *= c.inp[(size_t)n * in + H + i];
+                EXPECT_NEAR(c.out[(size_t)n * H + i], y, 1e-6 * (1.0 + fabs(y)));
+            }
+    }
+    /* far tails and NaN: gelu_new(-1e30) = 0, gelu_new(1e30) = 1e30, slopes 0 and 1, NaN carried */
+    float x[3] = {-1e30f, 1e30f, NAN}, y[3], g[3], ones[3] = {1, 1, 1};
+    activation_forward(y, x, ACT_GELU_TANH, 1, 3);
+    activation_backward(g, ones, x, ACT_GELU_TANH, 1, 3);
+    EXPECT_MSG(y[0] == 0.0f && y[1] == 1e30f && fabsf(g[0]) < 1e-6f && fabsf(g[1] - 1.0f) < 1e-6f, "%g %g %g %g", y[0],
+               y[1], g[0], g[1]);
+    EXPECT(isnan(y[2]) && isnan(g[2]));
+    arena_reset();
+}
+
+int main(void) {
+    RUN(attn_grad_mha);
+    RUN(attn_grad_gqa_causal_fused);
+    RUN(attn_grad_cross);
+    RUN(attn_grad_causal_offset);
+    RUN(attn_grad_gemm_route);
+    RUN(attn_fast_matches_reference);
+    RUN(attn_mask_semantics);
+    RUN(attn_step_matches_forward);
+    RUN(rope_grad_and_values);
+    RUN(posbias_grad_and_offset);
+    RUN(t5_bucket_values);
+    RUN(gelu_tanh_grad_and_values);
+    return test_summary("attn");
+}
