@@ -428,6 +428,239 @@ TEST(t5_bucket_values) {
     EXPECT(t5_relative_bucket(-20, 0, 32, 128) == 17);  /* 16 + trunc(log 1.25 / log 8 * 16) */
 }
 
+/* ---- against PyTorch (tests/ref/attn_ref.py) ---- */
+
+static const char *REF_PATH = "tests/ref/attn_ref.safetensors";
+
+/* Reads the tensor name, which must hold n floats (any shape), into a new buffer; NULL (and a failed
+ * expectation) if it is missing or its size differs: a stale fixture fails instead of comparing
+ * something else. */
+static float *ref_read(const SafeTensors *st, const char *name, size_t n) {
+    int ndim;
+    int64_t shape[ST_MAX_DIMS];
+    const char *dtype;
+    if (!st_info(st, name, &dtype, &ndim, shape)) {
+        EXPECT_MSG(0, "%s: no tensor %s (regenerate: tests/ref/attn_ref.py)", REF_PATH, name);
+        return NULL;
+    }
+    size_t m = 1;
+    for (int i = 0; i < ndim; i++) m *= (size_t)shape[i];
+    float *x = zero(m);
+    if (m != n || st_read_f32(st, name, x, ndim, shape) != MOELM_OK) {
+        EXPECT_MSG(0, "%s: %s holds %zu floats, expected %zu (%s)", REF_PATH, name, m, n, moelm_last_error());
+        return NULL;
+    }
+    return x;
+}
+
+static SafeTensors *ref_open(void) {
+    SafeTensors *st = NULL;
+    if (st_open(&st, REF_PATH) != MOELM_OK) {
+        EXPECT_MSG(0, "%s", moelm_last_error());
+        return NULL;
+    }
+    return st;
+}
+
+/* torch's bucket of every rel in [-2000, 2000], for the settings attn_ref.py lists: all equal. */
+TEST(torch_buckets) {
+    static const int settings[][3] = {{1, 32, 128}, {0, 32, 128}, {1, 64, 256}, {0, 8, 20}, {1, 16, 32},
+                                      {1, 33, 100}, {0, 10, 12}, {1, 4, 8}, {0, 128, 1000}};
+    SafeTensors *st = ref_open();
+    if (!st) return;
+    for (size_t s = 0; s < sizeof settings / sizeof settings[0]; s++) {
+        char name[64];
+        snprintf(name, sizeof name, "bucket.%d_%d_%d", settings[s][0], settings[s][1], settings[s][2]);
+        float *t = ref_read(st, name, 4001);
+        if (!t) continue;
+        int wrong = 0, first = 0;
+        for (int rel = -2000; rel <= 2000; rel++) {
+            int b = t5_relative_bucket(rel, settings[s][0], settings[s][1], settings[s][2]);
+            if (b != (int)t[rel + 2000] && !wrong++) first = rel;
+        }
+        EXPECT_MSG(wrong == 0, "%s: %d buckets differ from torch's, first at rel %d", name, wrong, first);
+    }
+    st_close(st);
+    arena_reset();
+}
+
+static double ulp_of(float x) { return (double)nextafterf(fabsf(x), INFINITY) - fabsf(x); }
+
+/* HF's RoPE: inv_freq within an ulp of torch's (whose powf is not correctly rounded; almost all are
+ * equal); cos and sin at positions up to 4095 within 2 ulp of 1 (1.2e-7) plus, where inv_freq
+ * differs, what that makes of the angle; a row rotated within that bound times its size. An
+ * angle computed in double instead of float, as HF rounds it, misses by up to 3.8e-6 at 4095. */
+TEST(torch_rope) {
+    static const int hds[4] = {64, 128, 96, 16};
+    static const float thetas[4] = {10000.0f, 1000000.0f, 500000.0f, 10000.0f};
+    enum { NPOS = 24, P = 4096 };
+    SafeTensors *st = ref_open();
+    if (!st) return;
+    float *posf = ref_read(st, "rope.pos", NPOS);
+    int pos[NPOS];
+    for (int n = 0; posf && n < NPOS; n++) pos[n] = (int)posf[n];
+    int inv_equal = 0, inv_total = 0;
+    for (int c = 0; posf && c < 4; c++) {
+        int hd = hds[c], half = hd / 2;
+        char key[64], name[96];
+        snprintf(key, sizeof key, "rope.%d_%d", hd, (int)thetas[c]);
+        snprintf(name, sizeof name, "%s.inv", key);
+        float *tinv = ref_read(st, name, half);
+        snprintf(name, sizeof name, "%s.cos", key);
+        float *tcos = ref_read(st, name, (size_t)NPOS * half);
+        snprintf(name, sizeof name, "%s.sin", key);
+        float *tsin = ref_read(st, name, (size_t)NPOS * half);
+        snprintf(name, sizeof name, "%s.x", key);
+        float *x = ref_read(st, name, (size_t)NPOS * hd);
+        snprintf(name, sizeof name, "%s.y", key);
+        float *ty = ref_read(st, name, (size_t)NPOS * hd);
+        if (!tinv || !tcos || !tsin || !x || !ty) continue;
+        float *inv = zero(half), *cs = zero((size_t)P * half), *sn = zero((size_t)P * half);
+        rope_inv_freq(inv, hd, thetas[c]);
+        rope_tables(cs, sn, P, hd, thetas[c]);
+        double worst = 0.0, worst_y = 0.0;
+        for (int i = 0; i < half; i++) {
+            inv_total++;
+            inv_equal += inv[i] == tinv[i];
+            EXPECT_MSG(fabs((double)inv[i] - tinv[i]) <= ulp_of(tinv[i]), "%s inv[%d] %.9g torch %.9g", key, i, inv[i], tinv[i]);
+        }
+        float *x0 = zero((size_t)NPOS * hd);
+        memcpy(x0, x, sizeof(float) * NPOS * hd);
+        rope_forward(x, pos, cs, sn, P, NPOS, 1, hd, hd);
+        for (int n = 0; n < NPOS; n++)
+            for (int i = 0; i < half; i++) {
+                /* a different inv_freq moves the angle by pos |dinv|, and its rounding by up to an ulp */
+                double dinv = fabs((double)inv[i] - tinv[i]);
+                double bound = 1.2e-7 + (dinv > 0.0 ? pos[n] * dinv + ulp_of((float)pos[n] * inv[i]) : 0.0);
+                size_t e = (size_t)n * half + i;
+                double err = fmax(fabs(cs[(size_t)pos[n] * half + i] - tcos[e]), fabs(sn[(size_t)pos[n] * half + i] - tsin[e]));
+                worst = fmax(worst, err / bound);
+                /* each of x_i, x_{i+h} times a cos or sin off by at most bound, plus the rounding of two
+                 * products and a sum (2 ulp of their sizes) */
+                const float *ty_n = ty + (size_t)n * hd, *y_n = x + (size_t)n * hd, *x_n = x0 + (size_t)n * hd;
+                double yb = (bound + 2.4e-7) * (fabs(x_n[i]) + fabs(x_n[i + half])) + 1e-30;
+                double ey = fmax(fabs(y_n[i] - ty_n[i]), fabs(y_n[i + half] - ty_n[i + half]));
+                worst_y = fmax(worst_y, ey / yb);
+            }
+        EXPECT_MSG(worst <= 1.0, "%s: cos/sin error %.3g of the bound", key, worst);
+        EXPECT_MSG(worst_y <= 1.0, "%s: rotated rows' error %.3g of the bound", key, worst_y);
+    }
+    /* torch's powf differs from the correctly rounded one in a few places only (4 of 152 here) */
+    EXPECT_MSG(inv_equal >= inv_total - 8, "inv_freq: %d of %d equal to torch's", inv_equal, inv_total);
+    st_close(st);
+    arena_reset();
+}
+
+/* One of attn_ref.py's attention problems. t5_nb > 0: a T5 bias from a table (bidirectional t5_bi,
+ * t5_nb buckets, max distance t5_md); theta > 0: RoPE on q and k at the positions of "pos". */
+typedef struct {
+    const char *name;
+    int B, Tq, Tk, NH, NKV, hd, causal, t5_bi, t5_nb, t5_md;
+    float theta;
+} TorchCase;
+
+/* out, att: 1e-5 (1 + |torch|) (both float32: reordering of sums of hd products and Tk terms, ~1e-6);
+ * gradients: 1e-5 (1 + max |torch grad of the tensor|), the same noise through one more product. */
+static void torch_case(const SafeTensors *st, const TorchCase *tc, int fast) {
+    char name[96];
+    int B = tc->B, Tq = tc->Tq, Tk = tc->Tk, NH = tc->NH, NKV = tc->NKV, hd = tc->hd;
+    size_t nq = (size_t)B * Tq * NH * hd, nk = (size_t)B * Tk * NKV * hd, na = (size_t)B * NH * Tq * Tk;
+    size_t nb = (size_t)NH * Tq * Tk;
+#define READ(var, key, n) snprintf(name, sizeof name, "%s." key, tc->name); float *var = ref_read(st, name, n)
+    READ(q, "q", nq); READ(k, "k", nk); READ(v, "v", nk); READ(r, "r", nq);
+    READ(t_out, "out", nq); READ(t_att, "att", na); READ(t_dq, "dq", nq); READ(t_dk, "dk", nk); READ(t_dv, "dv", nk);
+#undef READ
+    if (!q || !k || !v || !r || !t_out || !t_att || !t_dq || !t_dk || !t_dv) return;
+    uint8_t *mask = NULL;
+    snprintf(name, sizeof name, "%s.mask", tc->name);
+    if (st_info(st, name, NULL, NULL, NULL)) {
+        float *m = ref_read(st, name, (size_t)B * Tk);
+        if (!m) return;
+        mask = grab((size_t)B * Tk);
+        for (size_t e = 0; e < (size_t)B * Tk; e++) mask[e] = m[e] != 0.0f;
+    }
+    AttnDims d = {B, Tq, Tk, NH, NKV, hd, (size_t)NH * hd, (size_t)NKV * hd, (size_t)NKV * hd, (size_t)NH * hd,
+                  tc->theta > 0.0f ? 1.0f / sqrtf((float)hd) : 1.0f, tc->causal};
+    float *bias = NULL, *table = NULL, *t_dtable = NULL;
+    int *bkt = NULL;
+    if (tc->t5_nb) {
+        snprintf(name, sizeof name, "%s.table", tc->name);
+        table = ref_read(st, name, (size_t)tc->t5_nb * NH);
+        snprintf(name, sizeof name, "%s.dtable", tc->name);
+        t_dtable = ref_read(st, name, (size_t)tc->t5_nb * NH);
+        if (!table || !t_dtable) return;
+        bkt = grab(sizeof(int) * (Tq + Tk - 1));
+        bias = zero(nb);
+        posbias_buckets(bkt, Tq, Tk, 0, tc->t5_bi, tc->t5_nb, tc->t5_md);
+        posbias_forward(bias, bkt, table, NH, Tq, Tk);
+    }
+    int *qpos = NULL, *kpos = NULL, P = 0;
+    float *cs = NULL, *sn = NULL;
+    if (tc->theta > 0.0f) {
+        snprintf(name, sizeof name, "%s.pos", tc->name);
+        float *pf = ref_read(st, name, (size_t)B * Tk);
+        if (!pf) return;
+        qpos = grab(sizeof(int) * B * Tq);
+        kpos = grab(sizeof(int) * B * Tk);
+        for (int b = 0; b < B; b++) {
+            for (int u = 0; u < Tk; u++) {
+                kpos[b * Tk + u] = (int)pf[b * Tk + u];
+                P = kpos[b * Tk + u] + 1 > P ? kpos[b * Tk + u] + 1 : P;
+            }
+            for (int t = 0; t < Tq; t++) qpos[b * Tq + t] = kpos[b * Tk + Tk - Tq + t];
+        }
+        cs = zero((size_t)P * hd / 2);
+        sn = zero((size_t)P * hd / 2);
+        rope_tables(cs, sn, P, hd, tc->theta);
+        rope_forward(q, qpos, cs, sn, P, B * Tq, NH, hd, d.ldq);
+        rope_forward(k, kpos, cs, sn, P, B * Tk, NKV, hd, d.ldk);
+    }
+    float *out = zero(nq), *att = zero(na), *dq = zero(nq), *dk = zero(nk), *dv = zero(nk), *datt = zero(na);
+    float *dbias = bias ? zero(nb) : NULL, *dtable = table ? zero((size_t)tc->t5_nb * NH) : NULL;
+    if (fast) {
+        attn_forward(out, att, q, k, v, bias, mask, &d);
+        attn_backward(dq, dk, dv, dbias, datt, r, att, q, k, v, &d);
+    } else {
+        attn_forward_ref(out, att, q, k, v, bias, mask, &d);
+        attn_backward_ref(dq, dk, dv, dbias, datt, r, att, q, k, v, &d);
+    }
+    if (qpos) {
+        rope_backward(dq, qpos, cs, sn, P, B * Tq, NH, hd, d.ldq);
+        rope_backward(dk, kpos, cs, sn, P, B * Tk, NKV, hd, d.ldk);
+    }
+    if (dtable) posbias_backward(dtable, dbias, bkt, NH, Tq, Tk);
+    double eo = max_rel_diff(out, t_out, nq), ea = max_rel_diff(att, t_att, na);
+    const float *got[4] = {dq, dk, dv, dtable}, *want[4] = {t_dq, t_dk, t_dv, t_dtable};
+    size_t len[4] = {nq, nk, nk, table ? (size_t)tc->t5_nb * NH : 0};
+    double eg = 0.0;
+    for (int t = 0; t < 4; t++) {
+        double G = 0.0, e = 0.0;
+        for (size_t i = 0; i < len[t]; i++) G = fmax(G, fabs(want[t][i]));
+        for (size_t i = 0; i < len[t]; i++) e = fmax(e, fabs((double)got[t][i] - want[t][i]));
+        eg = fmax(eg, e / (1.0 + G));
+    }
+    EXPECT_MSG(eo <= 1e-5 && ea <= 1e-5 && eg <= 1e-5, "%s (%s): out %.3g att %.3g grads %.3g", tc->name,
+               fast ? "fast" : "reference", eo, ea, eg);
+}
+
+TEST(torch_attention) {
+    static const TorchCase cases[] = {
+        {"t5enc", 2, 7, 7, 3, 3, 5, 0, 1, 8, 12, 0.0f},
+        {"t5dec", 2, 6, 6, 2, 2, 4, 1, 0, 8, 12, 0.0f},
+        {"t5cross", 2, 4, 7, 2, 2, 6, 0, 0, 0, 0, 0.0f},
+        {"llama", 2, 7, 7, 4, 2, 8, 1, 0, 0, 0, 10000.0f},
+        {"llama_cached", 1, 3, 9, 4, 1, 16, 1, 0, 0, 0, 1000000.0f},
+    };
+    SafeTensors *st = ref_open();
+    if (!st) return;
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+        for (int fast = 0; fast < 2; fast++) {
+            torch_case(st, &cases[c], fast);
+            arena_reset();
+        }
+    st_close(st);
+}
+
 /* ---- gelu_new and the gated form ---- */
 
 typedef struct { float *out, *inp, *r; int N, H; Activation act; } ActCtx;
@@ -477,6 +710,9 @@ int main(void) {
     RUN(rope_grad_and_values);
     RUN(posbias_grad_and_offset);
     RUN(t5_bucket_values);
+    RUN(torch_buckets);
+    RUN(torch_rope);
+    RUN(torch_attention);
     RUN(gelu_tanh_grad_and_values);
     return test_summary("attn");
 }

@@ -76,6 +76,8 @@ void attn_step(float *out, float *a, const float *q, const float *kT, size_t ldk
  * cos and sin of that float angle are correctly rounded (torch's are within an ulp). Then
  *     x'_i = x_i cos - x_{i+hd/2} sin,   x'_{i+hd/2} = x_{i+hd/2} cos + x_i sin   (no fused multiply-add). */
 
+/* inv[hd/2]: inv_freq_i as HF rounds it (hd even, theta > 0). */
+void rope_inv_freq(float *inv, int hd, float theta);
 /* cos[P, hd/2], sin[P, hd/2]: the tables of positions 0..P-1 (hd even), computed once. */
 void rope_tables(float *cos, float *sin, int P, int hd, float theta);
 /* Rotates NHR heads of hd in place in each of N rows: row n at x + n ld, head r at + r hd, at position

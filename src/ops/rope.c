@@ -18,12 +18,22 @@
 #include "common/util.h"
 #include "ops_simd.h"
 
+/* inv_freq_i = fl(1 / fl(theta^fl(2i / hd))) */
+static float rope_inv_one(int i, int hd, float theta) {
+    float e = (float)(2 * i) / (float)hd;
+    return 1.0f / (float)pow((double)theta, (double)e);
+}
+
+void rope_inv_freq(float *inv, int hd, float theta) {
+    CHECK(hd > 0 && hd % 2 == 0 && theta > 0.0f);
+    for (int i = 0; i < hd / 2; i++) inv[i] = rope_inv_one(i, hd, theta);
+}
+
 void rope_tables(float *cos_t, float *sin_t, int P, int hd, float theta) {
     CHECK(hd > 0 && hd % 2 == 0 && P >= 0 && theta > 0.0f);
     int half = hd / 2;
     for (int i = 0; i < half; i++) {
-        float e = (float)(2 * i) / (float)hd;
-        float inv = 1.0f / (float)pow((double)theta, (double)e);
+        float inv = rope_inv_one(i, hd, theta);
         for (int p = 0; p < P; p++) {
             float ang = (float)p * inv;
             cos_t[(size_t)p * half + i] = (float)cos((double)ang);
