@@ -26,6 +26,7 @@
 #include "ops/attn.h"
 #include "ops/ops.h"
 #include "io/safetensors.h"
+#include "backend/gemm.h"
 
 #define ATOL 2e-3
 #define RTOL 1e-2
@@ -260,6 +261,36 @@ TEST(attn_fast_matches_reference) {
     fast_vs_ref("gemm cross", prob_make(3, 67, 71, 4, 1, 33, 0, 1.0f, 0, 1, l3, r3));
     fast_vs_ref("gemm causal offset", prob_make(2, 61, 90, 2, 2, 16, 1, 0.25f, 0, 0, NULL, NULL));
     fast_vs_ref("gemm hd 64", prob_make(1, 129, 129, 2, 1, 64, 1, 0.125f, 1, 1, NULL, NULL));
+    arena_reset();
+}
+
+/* The fast version gives the same bits on one thread and on two (each (b, h) block is one thread's,
+ * BLAS single-threaded inside the region; dbias sums the batch in order), on both routes. */
+static void threads_case(Prob p) {
+    size_t no = (size_t)p.d.B * p.d.Tq * p.d.ldo, nb = (size_t)p.d.NH * p.d.Tq * p.d.Tk;
+    float *o1 = zero(no), *dq1 = zero(p.nq), *db1 = zero(nb);
+    Grads g = grads_make(&p);
+    for (int nt = 1; nt <= 2; nt++) {
+        backend_set_threads(nt);
+        memset(g.dbias, 0, sizeof(float) * nb);
+        prob_forward(&p, 1);
+        prob_backward(&p, &g, 1);
+        if (nt == 1) {
+            memcpy(o1, p.out, sizeof(float) * no);
+            memcpy(dq1, g.dqbuf, sizeof(float) * p.nq);
+            memcpy(db1, g.dbias, sizeof(float) * nb);
+        }
+    }
+    EXPECT(memcmp(o1, p.out, sizeof(float) * no) == 0);
+    EXPECT(memcmp(dq1, g.dqbuf, sizeof(float) * p.nq) == 0);
+    EXPECT(memcmp(db1, g.dbias, sizeof(float) * nb) == 0);
+}
+
+TEST(attn_threads_same_bits) {
+    int left[4] = {0, 3, 0, 1}, right[4] = {2, 0, 0, 1}, nt0 = backend_threads();
+    threads_case(prob_make(4, 40, 40, 4, 2, 16, 1, 0.25f, 1, 1, left, right));   /* GEMM route */
+    threads_case(prob_make(4, 12, 12, 4, 2, 6, 0, 0.25f, 1, 1, left, right));    /* loops */
+    backend_set_threads(nt0);
     arena_reset();
 }
 
@@ -712,6 +743,7 @@ int main(void) {
     RUN(attn_grad_causal_offset);
     RUN(attn_grad_gemm_route);
     RUN(attn_fast_matches_reference);
+    RUN(attn_threads_same_bits);
     RUN(attn_mask_semantics);
     RUN(attn_step_matches_forward);
     RUN(rope_grad_and_values);

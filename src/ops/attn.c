@@ -7,8 +7,9 @@
  *     score set to -FLT_MAX and the softmax over all Tk keys with expf, every loop over every key;
  *   - the fast versions: each row's visible keys only (the causal prefix), masked keys given exactly
  *     0 and an all-masked row exactly 1/Tk (what -FLT_MAX gives, without computing it), exponentials
- *     by exp_poly, and for rows long enough the three products of a (b, h) block as GEMMs (scores,
- *     probabilities times values; in the backward dP, dQ, dK, dV), for short rows vectorised loops;
+ *     by exp_poly, and for blocks of 16 x 16 scores and more the products of a (b, h) block as GEMMs
+ *     (scores and probabilities times values; in the backward dP, dQ, dK, dV), a causal block's query
+ *     rows 32 at a time against the keys they see; for smaller blocks vectorised loops;
  *   - attn_step, the last row of the forward for generation.
  * Not here: the projections, RoPE and the bias table (rope.c, posbias.c), dropout on the probabilities.
  * Parallel over (b, h) in the forward, (b, kv head) in the backward: one thread owns the dk, dv rows
@@ -25,10 +26,11 @@
 #include "ops_simd.h"
 
 /* A (b, h) block takes the GEMM route when its score matrix has at least this many entries and its
- * head at least ATTN_GEMM_MIN_HD dimensions: below, a BLAS call costs more than the loops
- * (bench_ops 'attn'). */
-#define ATTN_GEMM_MIN_SCORES 4096
-#define ATTN_GEMM_MIN_HD 16
+ * head at least ATTN_GEMM_MIN_HD dimensions. Measured one block forward and backward on one thread
+ * (bench/RESULTS.md, "general attention"): the GEMM route 0.2-0.5x the loops' time from 16 x 16 scores
+ * up at head widths 8-64, about even at 8 x 8, slower at 4 x 4 (a BLAS call's fixed cost). */
+#define ATTN_GEMM_MIN_SCORES 256
+#define ATTN_GEMM_MIN_HD 8
 
 static void attn_check(const AttnDims *d) {
     CHECK(d->B > 0 && d->Tq > 0 && d->Tk > 0 && d->hd > 0);
@@ -174,26 +176,41 @@ static int attn_use_gemm(const AttnDims *d) {
     return (size_t)d->Tq * d->Tk >= ATTN_GEMM_MIN_SCORES && d->hd >= ATTN_GEMM_MIN_HD;
 }
 
+/* The GEMM route takes a causal block's query rows ATTN_ROW_BLOCK at a time, each against the keys its
+ * last row sees, so the products skip most of the hidden corner (with Tq = Tk = 256, 0.56 of the full
+ * products); rows of a block past their own extent get exact zeros. */
+#define ATTN_ROW_BLOCK 32
+
+/* Query rows [i0, i1) of a block and the keys [0, n) the GEMMs cover for them. */
+static int attn_block_keys(const AttnDims *d, int i1) { return d->causal ? attn_extent(d, i1 - 1) : d->Tk; }
+
 /* One (b, h) block of the forward: qb, kb, vb, ob at the block's first row and head column; A the
  * block's probabilities [Tq, Tk]; biasb [Tq, Tk] or NULL; m the batch's key mask [Tk] or NULL. */
 static void attn_block_forward(float *ob, float *A, const float *qb, const float *kb, const float *vb,
                                const float *biasb, const uint8_t *m, const AttnDims *d, int gemm_route) {
     int Tq = d->Tq, Tk = d->Tk, hd = d->hd;
     if (gemm_route) {
-        /* S = scale Q K^T over every key (the causal corner too: one GEMM beats skipping it), then each
-         * row's softmax over its visible prefix, then O = P V */
-        gemm(0, 1, Tq, Tk, hd, d->scale, qb, (int)d->ldq, kb, (int)d->ldk, 0.0f, A, Tk);
-        for (int i = 0; i < Tq; i++) {
-            float *s = A + (size_t)i * Tk;
-            int n = attn_extent(d, i);
-            if (biasb) {
-                const float *br = biasb + (size_t)i * Tk;
+        /* per row block: S = scale Q K^T over the keys its rows may see, each row's softmax over its
+         * visible prefix, then O = P V over the keys any row kept (all Tk after an all-masked row) */
+        int rb = d->causal ? ATTN_ROW_BLOCK : Tq;
+        for (int i0 = 0; i0 < Tq; i0 += rb) {
+            int i1 = i0 + rb < Tq ? i0 + rb : Tq, n = attn_block_keys(d, i1), used = 0;
+            float *Ab = A + (size_t)i0 * Tk;
+            if (n > 0)
+                gemm(0, 1, i1 - i0, n, hd, d->scale, qb + (size_t)i0 * d->ldq, (int)d->ldq, kb, (int)d->ldk, 0.0f, Ab, Tk);
+            for (int i = i0; i < i1; i++) {
+                float *s = A + (size_t)i * Tk;
+                int ni = attn_extent(d, i);
+                if (biasb) {
+                    const float *br = biasb + (size_t)i * Tk;
 #pragma omp simd
-                for (int j = 0; j < n; j++) s[j] += br[j];
+                    for (int j = 0; j < ni; j++) s[j] += br[j];
+                }
+                ni = softmax_visible(s, ni, Tk, m);
+                used = ni > used ? ni : used;
             }
-            softmax_visible(s, n, Tk, m);
+            gemm(0, 0, i1 - i0, hd, used, 1.0f, Ab, Tk, vb, (int)d->ldv, 0.0f, ob + (size_t)i0 * d->ldo, (int)d->ldo);
         }
-        gemm(0, 0, Tq, hd, Tk, 1.0f, A, Tk, vb, (int)d->ldv, 0.0f, ob, (int)d->ldo);
         return;
     }
     for (int i = 0; i < Tq; i++) {
@@ -239,26 +256,33 @@ static inline int row_extent(const float *a, const AttnDims *d, int i) {
 }
 
 /* One query head's share of a (b, kv head) block of the backward: dq assigned, dk and dv accumulated
- * (the caller zeroes them before the group's first head, or passes first = 1 on the GEMM route). */
+ * (the caller zeroes them before the group's first head). */
 static void attn_block_backward(float *dqb, float *dkb, float *dvb, float *D, const float *dob, const float *A,
-                                const float *qb, const float *kb, const float *vb, const AttnDims *d, int gemm_route,
-                                int first) {
+                                const float *qb, const float *kb, const float *vb, const AttnDims *d, int gemm_route) {
     int Tq = d->Tq, Tk = d->Tk, hd = d->hd;
     if (gemm_route) {
-        gemm(0, 1, Tq, Tk, hd, 1.0f, dob, (int)d->ldo, vb, (int)d->ldv, 0.0f, D, Tk);   /* dP = dO V^T */
-        for (int i = 0; i < Tq; i++) {   /* dS = P * (dP - rowsum(P * dP)) */
-            const float *a = A + (size_t)i * Tk;
-            float *ds = D + (size_t)i * Tk;
-            int n = row_extent(a, d, i);
-            float dot = dot_simd(a, ds, n);
+        int rb = d->causal ? ATTN_ROW_BLOCK : Tq;
+        for (int i0 = 0; i0 < Tq; i0 += rb) {
+            int i1 = i0 + rb < Tq ? i0 + rb : Tq, n = 0, nb = i1 - i0;
+            for (int i = i0; i < i1; i++) {
+                int ni = row_extent(A + (size_t)i * Tk, d, i);
+                n = ni > n ? ni : n;
+            }
+            float *Db = D + (size_t)i0 * Tk;
+            const float *Ab = A + (size_t)i0 * Tk, *dOb = dob + (size_t)i0 * d->ldo, *Qb = qb + (size_t)i0 * d->ldq;
+            gemm(0, 1, nb, n, hd, 1.0f, dOb, (int)d->ldo, vb, (int)d->ldv, 0.0f, Db, Tk);   /* dP = dO V^T */
+            for (int i = i0; i < i1; i++) {   /* dS = P * (dP - rowsum(P * dP)) */
+                const float *a = A + (size_t)i * Tk;
+                float *ds = D + (size_t)i * Tk;
+                float dot = dot_simd(a, ds, n);
 #pragma omp simd
-            for (int j = 0; j < n; j++) ds[j] = a[j] * (ds[j] - dot);
-            for (int j = n; j < Tk; j++) ds[j] = 0.0f;
+                for (int j = 0; j < n; j++) ds[j] = a[j] * (ds[j] - dot);
+                for (int j = n; j < Tk; j++) ds[j] = 0.0f;
+            }
+            gemm(0, 0, nb, hd, n, d->scale, Db, Tk, kb, (int)d->ldk, 0.0f, dqb + (size_t)i0 * d->ldq, (int)d->ldq);  /* dQ = scale dS K */
+            gemm(1, 0, n, hd, nb, d->scale, Db, Tk, Qb, (int)d->ldq, 1.0f, dkb, (int)d->ldk);   /* dK += scale dS^T Q */
+            gemm(1, 0, n, hd, nb, 1.0f, Ab, Tk, dOb, (int)d->ldo, 1.0f, dvb, (int)d->ldv);      /* dV += P^T dO */
         }
-        float beta = first ? 0.0f : 1.0f;
-        gemm(0, 0, Tq, hd, Tk, d->scale, D, Tk, kb, (int)d->ldk, 0.0f, dqb, (int)d->ldq);    /* dQ = scale dS K */
-        gemm(1, 0, Tk, hd, Tq, d->scale, D, Tk, qb, (int)d->ldq, beta, dkb, (int)d->ldk);    /* dK += scale dS^T Q */
-        gemm(1, 0, Tk, hd, Tq, 1.0f, A, Tk, dob, (int)d->ldo, beta, dvb, (int)d->ldv);       /* dV += P^T dO */
         return;
     }
     for (int i = 0; i < Tq; i++) {
@@ -293,15 +317,13 @@ void attn_backward(float *dq, float *dk, float *dv, float *dbias, float *datt, c
             float *dvb = dv + (size_t)b * d->Tk * d->ldv + (size_t)g * d->hd;
             const float *kb = k + (size_t)b * d->Tk * d->ldk + (size_t)g * d->hd;
             const float *vb = v + (size_t)b * d->Tk * d->ldv + (size_t)g * d->hd;
-            if (!route) {
-                zero_cols(dkb, d->ldk, d->Tk, d->hd);
-                zero_cols(dvb, d->ldv, d->Tk, d->hd);
-            }
+            zero_cols(dkb, d->ldk, d->Tk, d->hd);
+            zero_cols(dvb, d->ldv, d->Tk, d->hd);
             for (int r = 0; r < rep; r++) {
                 int h = g * rep + r;
                 size_t oq = (size_t)b * d->Tq * d->ldq + (size_t)h * d->hd, oa = ((size_t)b * d->NH + h) * blk;
                 attn_block_backward(dq + oq, dkb, dvb, datt + oa, dout + (size_t)b * d->Tq * d->ldo + (size_t)h * d->hd,
-                                    att + oa, q + oq, kb, vb, d, route, r == 0);
+                                    att + oa, q + oq, kb, vb, d, route);
             }
         }
     if (dbias) attn_bias_grad(dbias, datt, d);
