@@ -527,7 +527,7 @@ static double ulp_of(float x) { return (double)nextafterf(fabsf(x), INFINITY) - 
 /* HF's RoPE: inv_freq within an ulp of torch's (whose powf is not correctly rounded; almost all are
  * equal); cos and sin at positions up to 4095 within 2 ulp of 1 (1.2e-7) plus, where inv_freq
  * differs, what that makes of the angle; a row rotated within that bound times its size. An
- * angle computed in double instead of float, as HF rounds it, misses by up to 3.8e-6 at 4095. */
+ * angle computed in double instead of in float as HF does misses by up to 1.2e-4 near 4095. */
 TEST(torch_rope) {
     static const int hds[4] = {64, 128, 96, 16};
     static const float thetas[4] = {10000.0f, 1000000.0f, 500000.0f, 10000.0f};
@@ -583,7 +583,7 @@ TEST(torch_rope) {
         EXPECT_MSG(worst <= 1.0, "%s: cos/sin error %.3g of the bound", key, worst);
         EXPECT_MSG(worst_y <= 1.0, "%s: rotated rows' error %.3g of the bound", key, worst_y);
     }
-    /* torch's powf differs from the correctly rounded one in a few places only (4 of 152 here) */
+    /* torch's powf differs from the correctly rounded one in a few places only (2 of 152 here) */
     EXPECT_MSG(inv_equal >= inv_total - 8, "inv_freq: %d of %d equal to torch's", inv_equal, inv_total);
     st_close(st);
     arena_reset();

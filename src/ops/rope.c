@@ -5,7 +5,8 @@
  * 2.4e-4 rad, so an angle computed in double would differ from HF's by up to 1.2e-4 in cos and sin.
  *     e_i   = fl(2i / hd)                    torch: arange(0, hd, 2).float() / hd
  *     inv_i = fl(1 / fl(theta^e_i))          torch: 1.0 / (theta ** e)  (torch's powf is within an ulp
- *                                            of the correctly rounded one used here: 4 of 972 differ)
+ *                                            of the correctly rounded one used here: 4 of 972 differ over
+ *                                            11 head widths and 4 thetas)
  *     ang   = fl(pos * inv_i)                torch: inv_freq @ position_ids, one product per entry
  *     cos, sin of ang, correctly rounded     torch's are within an ulp
  * Not here: the scaled variants (linear, dynamic NTK, YaRN, llama3); HF's attention_scaling is 1
