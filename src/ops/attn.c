@@ -336,35 +336,17 @@ void attn_step(float *out, float *a, const float *q, const float *kT, size_t ldk
                int NH, int NKV, int hd, float scale) {
     CHECK(n > 0 && hd > 0 && NKV > 0 && NH % NKV == 0 && ldk >= (size_t)n);
     int rep = NH / NKV;
-#if defined(__AVX512F__)
-    int fast = hd % 16 == 0 && hd <= 64;
-#else
-    int fast = 0;
-#endif
     for (int h = 0; h < NH; h++) {
         const float *qh = q + (size_t)h * hd, *kTg = kT + (size_t)(h / rep) * k_head_stride;
         const float *vg = v + (size_t)(h / rep) * v_head_stride;
-        float *ah = a + (size_t)h * n, *oh = out + (size_t)h * hd;
-#if defined(__AVX512F__)
-        if (fast) step_scores(ah, qh, kTg, ldk, n, hd, scale);
-#endif
-        if (!fast) {
-            for (int u = 0; u < n; u++) {
-                float s = 0.0f;
-                for (int c = 0; c < hd; c++) s = __builtin_fmaf(qh[c], kTg[(size_t)c * ldk + u], s);
-                ah[u] = s * scale;
-            }
-        }
+        float *ah = a + (size_t)h * n;
+        step_scores_any(ah, qh, kTg, ldk, n, hd, scale);
         if (bias) {
             const float *br = bias + (size_t)h * ldb;
 #pragma omp simd
             for (int u = 0; u < n; u++) ah[u] += br[u];
         }
         softmax_visible(ah, n, n, key_mask);
-#if defined(__AVX512F__)
-        if (fast) { step_values(oh, ah, vg, n, hd); continue; }
-#endif
-        for (int c = 0; c < hd; c++) oh[c] = 0.0f;
-        for (int u = 0; u < n; u++) axpy_simd(oh, ah[u], vg + (size_t)u * hd, hd);
+        step_values_any(out + (size_t)h * hd, ah, vg, n, hd);
     }
 }

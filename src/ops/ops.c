@@ -315,26 +315,9 @@ void attention_row(float *o, float *a, const float *q, const float *k, const flo
  * come from one vector (a broadcast multiply-add per dimension, no horizontal sum per key as
  * attention_row has), and values as rows one after another. */
 void attention_step(float *o, float *a, const float *q, const float *kT, size_t ldk, const float *v, int n, int hs) {
-    float scale = 1.0f / sqrtf((float)hs);
-#if defined(__AVX512F__)
-    int fast = hs % 16 == 0 && hs <= 64;
-    if (fast) step_scores(a, q, kT, ldk, n, hs, scale);
-#else
-    int fast = 0;
-#endif
-    if (!fast) {
-        for (int u = 0; u < n; u++) {
-            float s = 0.0f;
-            for (int d = 0; d < hs; d++) s = __builtin_fmaf(q[d], kT[(size_t)d * ldk + u], s);
-            a[u] = s * scale;
-        }
-    }
+    step_scores_any(a, q, kT, ldk, n, hs, 1.0f / sqrtf((float)hs));
     softmax_row(a, n);
-#if defined(__AVX512F__)
-    if (fast) { step_values(o, a, v, n, hs); return; }
-#endif
-    for (int i = 0; i < hs; i++) o[i] = 0.0f;
-    for (int u = 0; u < n; u++) axpy_simd(o, a[u], v + (size_t)u * hs, hs);
+    step_values_any(o, a, v, n, hs);
 }
 
 /* One (b, h) block of attention_forward with the loops above: q, k, v rows of one head, stride C3. */
@@ -639,32 +622,26 @@ void activation_forward(float *out, const float *inp, Activation act, int N, int
 }
 
 void activation_backward(float *dinp, const float *dout, const float *inp, Activation act, int N, int H) {
-    if (act == ACT_SWIGLU) {
+    if (activation_gated(act)) {
 #pragma omp parallel for schedule(static) if ((size_t)N * H >= PAR_MIN_WORK)
         for (int n = 0; n < N; n++) {
             const float *g = inp + (size_t)n * 2 * H, *u = g + H;
             const float *dy = dout + (size_t)n * H;
             float *dg = dinp + (size_t)n * 2 * H, *du = dg + H;
-            for (int i = 0; i < H; i++) {
-                /* y = silu(g) u;  silu'(g) = s (1 + g (1 - s)), s = sigmoid(g) */
-                float s = sigmoid(g[i]);
-                float silu = g[i] * s;
-                dg[i] = dy[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
-                du[i] = dy[i] * silu;
-            }
-        }
-        return;
-    }
-    if (act == ACT_GEGLU) {
-#pragma omp parallel for schedule(static) if ((size_t)N * H >= PAR_MIN_WORK)
-        for (int n = 0; n < N; n++) {
-            const float *g = inp + (size_t)n * 2 * H, *u = g + H;
-            const float *dy = dout + (size_t)n * H;
-            float *dg = dinp + (size_t)n * 2 * H, *du = dg + H;
+            if (act == ACT_SWIGLU) {
+                for (int i = 0; i < H; i++) {
+                    /* y = silu(g) u;  silu'(g) = s (1 + g (1 - s)), s = sigmoid(g) */
+                    float s = sigmoid(g[i]);
+                    float silu = g[i] * s;
+                    dg[i] = dy[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
+                    du[i] = dy[i] * silu;
+                }
+            } else {
 #pragma omp simd
-            for (int i = 0; i < H; i++) {   /* y = gelu_new(g) u */
-                dg[i] = dy[i] * u[i] * gelu_tanh_grad(g[i]);
-                du[i] = dy[i] * gelu_tanh(g[i]);
+                for (int i = 0; i < H; i++) {   /* y = gelu_new(g) u */
+                    dg[i] = dy[i] * u[i] * gelu_tanh_grad(g[i]);
+                    du[i] = dy[i] * gelu_tanh(g[i]);
+                }
             }
         }
         return;

@@ -128,4 +128,36 @@ static inline void step_values(float *o, const float *a, const float *v, int n, 
 }
 #endif
 
+/* The step over a KV cache for any head width: step_scores / step_values where they apply (hs a
+ * multiple of 16 up to 64, AVX-512), else the same sums one key (or value) at a time. */
+static inline int step_vector_width(int hs) {
+#if defined(__AVX512F__)
+    return hs % 16 == 0 && hs <= 64;
+#else
+    (void)hs;
+    return 0;
+#endif
+}
+
+/* a[u] = scale * sum_d q[d] kT[d ldk + u] for u < n */
+static inline void step_scores_any(float *a, const float *q, const float *kT, size_t ldk, int n, int hs, float scale) {
+#if defined(__AVX512F__)
+    if (step_vector_width(hs)) { step_scores(a, q, kT, ldk, n, hs, scale); return; }
+#endif
+    for (int u = 0; u < n; u++) {
+        float s = 0.0f;
+        for (int d = 0; d < hs; d++) s = __builtin_fmaf(q[d], kT[(size_t)d * ldk + u], s);
+        a[u] = s * scale;
+    }
+}
+
+/* o[hs] = sum_{u < n} a[u] v[u hs .. u hs + hs) */
+static inline void step_values_any(float *o, const float *a, const float *v, int n, int hs) {
+#if defined(__AVX512F__)
+    if (step_vector_width(hs)) { step_values(o, a, v, n, hs); return; }
+#endif
+    for (int i = 0; i < hs; i++) o[i] = 0.0f;
+    for (int u = 0; u < n; u++) axpy_simd(o, a[u], v + (size_t)u * hs, hs);
+}
+
 #endif
