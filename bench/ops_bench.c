@@ -6,6 +6,9 @@
  * interleaved run by run).
  *
  *   attention   attention_forward + attention_backward (causal) against the plain reference loops
+ *   general attention  attn_forward + attn_backward (src/ops/attn.h) at the seed shape against
+ *               attention_forward + attention_backward, and at a Switch encoder's shape (bias, padding)
+ *               and a Mixtral-like one (GQA 8 -> 2, causal) against attn_forward_ref + attn_backward_ref
  *   layernorm   layernorm_forward + layernorm_backward, 1920 x 256
  *   head gemm   the head's three products through gemm() (OpenBLAS threads one product) against
  *               gemm_pair with one product (cut in two halves that run side by side, gemm_big)
@@ -15,12 +18,14 @@
  *               two threads; before each run a 48 MB sweep of other memory (a token reads its other
  *               weights between two heads), not timed
  */
+#include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include "backend/gemm.h"
+#include "ops/attn.h"
 #include "ops/ops.h"
 
 static double now(void) {
@@ -49,6 +54,24 @@ static void attn_fast(void) {
 static void attn_ref(void) {
     attention_forward_ref(out, att, qkv, B, T, C, NH, 1);
     attention_backward_ref(dqkv, datt, dout, att, qkv, B, T, C, NH, 1);
+}
+
+/* the general attention's problem: buffers sized for the largest shape below */
+static AttnDims gd;
+static float *gq, *gk, *gv, *gbias, *gout, *gatt, *gdout, *gdq, *gdk, *gdv, *gdbias, *gdatt;
+static uint8_t *gmask;
+static void gattn_fast(void) {
+    attn_forward(gout, gatt, gq, gk, gv, gbias, gmask, &gd);
+    attn_backward(gdq, gdk, gdv, gdbias, gdatt, gdout, gatt, gq, gk, gv, &gd);
+}
+static void gattn_ref(void) {
+    attn_forward_ref(gout, gatt, gq, gk, gv, gbias, gmask, &gd);
+    attn_backward_ref(gdq, gdk, gdv, gdbias, gdatt, gdout, gatt, gq, gk, gv, &gd);
+}
+static void gattn_seed(void) {   /* the seed shape, q k v fused as attention_forward reads them */
+    gd = (AttnDims){B, T, T, NH, NH, C / NH, 3 * C, 3 * C, 3 * C, C, 1.0f / sqrtf((float)(C / NH)), 1};
+    attn_forward(out, att, qkv, qkv + C, qkv + 2 * C, NULL, NULL, &gd);
+    attn_backward(dqkv, dqkv + C, dqkv + 2 * C, NULL, datt, dout, att, qkv, qkv + C, qkv + 2 * C, &gd);
 }
 
 static float *x, *y, *w, *bvec, *dw, *db, *mean, *rstd, *dx;
@@ -120,6 +143,28 @@ int main(int argc, char **argv) {
     att = filled((size_t)B * NH * T * T, 5); datt = filled((size_t)B * NH * T * T, 6);
     race(attn_fast, attn_ref, reps > 20 ? 20 : reps, &ta, &tb);
     printf("attention fwd+bwd B %d T %d C %d heads %d: %.3f ms, reference loops %.3f ms (%.1fx)\n", B, T, C, NH,
+           1e3 * ta, 1e3 * tb, tb / ta);
+
+    race(gattn_seed, attn_fast, reps > 20 ? 20 : reps, &ta, &tb);
+    printf("general attention fwd+bwd at the seed shape: %.3f ms, attention_forward/backward %.3f ms (%.2fx)\n",
+           1e3 * ta, 1e3 * tb, tb / ta);
+    /* a Switch (T5) encoder's self-attention: d_kv 64, 8 heads, 128 tokens, position bias, padding;
+     * a Mixtral-like decoder's: 8 query heads on 2 kv heads of 32, 256 tokens, causal */
+    size_t gmax = (size_t)8 * 256 * 8 * 64;
+    gq = filled(gmax, 30); gk = filled(gmax, 31); gv = filled(gmax, 32); gout = filled(gmax, 33);
+    gdout = filled(gmax, 34); gdq = filled(gmax, 35); gdk = filled(gmax, 36); gdv = filled(gmax, 37);
+    gatt = filled((size_t)8 * 8 * 256 * 256, 38); gdatt = filled((size_t)8 * 8 * 256 * 256, 39);
+    gbias = filled((size_t)8 * 128 * 128, 40); gdbias = filled((size_t)8 * 128 * 128, 41);
+    gmask = malloc((size_t)8 * 128);
+    for (int e = 0; e < 8 * 128; e++) gmask[e] = e % 128 < 128 - 9 * (e / 128);   /* sequence b: 9 b padding */
+    gd = (AttnDims){8, 128, 128, 8, 8, 64, 512, 512, 512, 512, 1.0f, 0};
+    race(gattn_fast, gattn_ref, reps > 5 ? 5 : reps, &ta, &tb);
+    printf("general attention fwd+bwd switch encoder B 8 T 128 heads 8 d_kv 64 bias mask: %.2f ms, reference %.1f ms (%.0fx)\n",
+           1e3 * ta, 1e3 * tb, tb / ta);
+    gbias = NULL; gdbias = NULL; gmask = NULL;
+    gd = (AttnDims){4, 256, 256, 8, 2, 32, 256, 64, 64, 256, 1.0f / sqrtf(32.0f), 1};
+    race(gattn_fast, gattn_ref, reps > 5 ? 5 : reps, &ta, &tb);
+    printf("general attention fwd+bwd mixtral-like B 4 T 256 heads 8 kv 2 hd 32 causal: %.2f ms, reference %.1f ms (%.0fx)\n",
            1e3 * ta, 1e3 * tb, tb / ta);
 
     x = filled((size_t)N * C, 7); y = filled((size_t)N * C, 8); dx = filled((size_t)N * C, 9);

@@ -7,33 +7,10 @@
 #include <math.h>
 #include <string.h>
 #include "backend/gemm.h"
+#include "ops_simd.h"
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
-
-/* Below this much work a parallel region costs more than it saves, and on a loaded machine a
- * region whose second thread is descheduled stalls for a whole scheduler quantum. */
-#define PAR_MIN_WORK 32768
-
-/* exp(x) for x <= 88.7 in plain arithmetic that the compiler vectorises (libm's expf is a call, one
- * lane at a time). exp(x) = 2^n exp(r), n = rint(x / ln 2), r = x - n ln 2 in two parts (|r| <= ln2/2),
- * exp(r) by Cephes' degree-6 polynomial: max relative error about 2 ulp, against libm's 1. Inputs
- * below -87.3 (and -inf) give 0 within 1e-38. */
-static inline float exp_poly(float x) {
-    x = x < -87.3f ? -87.3f : x;
-    float n = __builtin_rintf(x * 1.44269504088896341f);
-    float r = __builtin_fmaf(n, -0.693359375f, x);
-    r = __builtin_fmaf(n, 2.12194440e-4f, r);
-    float p = 1.9875691500e-4f;
-    p = __builtin_fmaf(p, r, 1.3981999507e-3f);
-    p = __builtin_fmaf(p, r, 8.3334519073e-3f);
-    p = __builtin_fmaf(p, r, 4.1665795894e-2f);
-    p = __builtin_fmaf(p, r, 1.6666665459e-1f);
-    p = __builtin_fmaf(p, r, 5.0000001201e-1f);
-    p = __builtin_fmaf(p, r * r, r) + 1.0f;
-    union { int32_t i; float f; } sc = {.i = ((int32_t)n + 127) << 23};   /* 2^n, n in [-126, 128) */
-    return p * sc.f;
-}
 
 /* ---- embeddings -------------------------------------------------------------------------------- */
 
@@ -241,25 +218,6 @@ void matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, co
     if (dbias) colsum_product_acc(dbias, dout, NULL, N, OC);
 }
 
-/* ---- row reductions ----------------------------------------------------------------------- */
-
-/* The largest of x[0..V-1] (a vectorised reduction: max is exact in any order). */
-static inline float row_max(const float *x, int V) {
-    float mx = -INFINITY;
-#pragma omp simd reduction(max : mx)
-    for (int v = 0; v < V; v++) mx = x[v] > mx ? x[v] : mx;
-    return mx;
-}
-
-/* sum_v exp(x[v] - mx), in 16 interleaved partial sums (the vector lanes), so the order is fixed by
- * the code, not by the thread count. */
-static inline float row_sumexp(const float *x, int V, float mx) {
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int v = 0; v < V; v++) sum += exp_poly(x[v] - mx);
-    return sum;
-}
-
 /* ---- attention ------------------------------------------------------------------------------- */
 
 void attention_forward_ref(float *out, float *att, const float *qkv, int B, int T, int C, int NH, int causal) {
@@ -345,30 +303,6 @@ void attention_backward_ref(float *dqkv, float *datt, const float *dout, const f
  * in the seed config) make a per-(b,h) GEMM too small to pay for its call; these loops keep q, k, v
  * rows in L1. Results differ from the references by float reordering only (tests/test_ops.c). */
 
-/* sum_i a[i] b[i] over n floats */
-static inline float dot_simd(const float *a, const float *b, int n) {
-    float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-    for (int i = 0; i < n; i++) s = __builtin_fmaf(a[i], b[i], s);   /* -std=c11 contracts nothing by itself */
-    return s;
-}
-
-/* y[i] += alpha x[i] over n floats */
-static inline void axpy_simd(float *restrict y, float alpha, const float *restrict x, int n) {
-#pragma omp simd
-    for (int i = 0; i < n; i++) y[i] = __builtin_fmaf(alpha, x[i], y[i]);
-}
-
-/* a[0..n) = softmax(a[0..n)) in place: exponentials by exp_poly, summed over the vector lanes */
-static inline void softmax_row(float *a, int n) {
-    float mx = row_max(a, n), sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int u = 0; u < n; u++) { a[u] = exp_poly(a[u] - mx); sum += a[u]; }
-    float inv = 1.0f / sum;
-#pragma omp simd
-    for (int u = 0; u < n; u++) a[u] *= inv;
-}
-
 void attention_row(float *o, float *a, const float *q, const float *k, const float *v, size_t stride, int n, int hs) {
     float scale = 1.0f / sqrtf((float)hs);
     for (int u = 0; u < n; u++) a[u] = scale * dot_simd(q, k + u * stride, hs);
@@ -380,73 +314,10 @@ void attention_row(float *o, float *a, const float *q, const float *k, const flo
 /* Generation's attention over its cache (see ops.h): keys transposed, so that the scores of 16 keys
  * come from one vector (a broadcast multiply-add per dimension, no horizontal sum per key as
  * attention_row has), and values as rows one after another. */
-#if defined(__AVX512F__)
-static inline __mmask16 lanes_below(int left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u); }
-
-static void step_scores(float *a, const float *q, const float *kT, size_t ldk, int n, int hs, float scale) {
-    for (int u0 = 0; u0 < n; u0 += 64) {
-        __mmask16 m0 = lanes_below(n - u0), m1 = lanes_below(n - u0 - 16 > 0 ? n - u0 - 16 : 0);
-        __mmask16 m2 = lanes_below(n - u0 - 32 > 0 ? n - u0 - 32 : 0), m3 = lanes_below(n - u0 - 48 > 0 ? n - u0 - 48 : 0);
-        __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-        for (int d = 0; d < hs; d++) {
-            __m512 qd = _mm512_set1_ps(q[d]);
-            const float *kd = kT + (size_t)d * ldk + u0;
-            s0 = _mm512_fmadd_ps(qd, _mm512_maskz_loadu_ps(m0, kd), s0);
-            s1 = _mm512_fmadd_ps(qd, _mm512_maskz_loadu_ps(m1, kd + 16), s1);
-            s2 = _mm512_fmadd_ps(qd, _mm512_maskz_loadu_ps(m2, kd + 32), s2);
-            s3 = _mm512_fmadd_ps(qd, _mm512_maskz_loadu_ps(m3, kd + 48), s3);
-        }
-        __m512 sc = _mm512_set1_ps(scale);
-        _mm512_mask_storeu_ps(a + u0, m0, _mm512_mul_ps(s0, sc));
-        _mm512_mask_storeu_ps(a + u0 + 16, m1, _mm512_mul_ps(s1, sc));
-        _mm512_mask_storeu_ps(a + u0 + 32, m2, _mm512_mul_ps(s2, sc));
-        _mm512_mask_storeu_ps(a + u0 + 48, m3, _mm512_mul_ps(s3, sc));
-    }
-}
-
-/* o[hs] = sum_u a[u] v[u], hs a multiple of 16 up to 64: four chains over u (u mod 4), summed at the end */
-static void step_values(float *o, const float *a, const float *v, int n, int hs) {
-    int nv = hs / 16;
-    __m512 acc[4][4];
-    for (int c = 0; c < 4; c++)
-        for (int j = 0; j < 4; j++) acc[c][j] = _mm512_setzero_ps();
-    int u = 0;
-    for (; u + 4 <= n; u += 4)
-        for (int c = 0; c < 4; c++) {
-            __m512 au = _mm512_set1_ps(a[u + c]);
-            const float *vu = v + (size_t)(u + c) * hs;
-            for (int j = 0; j < nv; j++) acc[c][j] = _mm512_fmadd_ps(au, _mm512_loadu_ps(vu + 16 * j), acc[c][j]);
-        }
-    for (int c = 0; u < n; u++, c++) {
-        __m512 au = _mm512_set1_ps(a[u]);
-        for (int j = 0; j < nv; j++) acc[c][j] = _mm512_fmadd_ps(au, _mm512_loadu_ps(v + (size_t)u * hs + 16 * j), acc[c][j]);
-    }
-    for (int j = 0; j < nv; j++)
-        _mm512_storeu_ps(o + 16 * j, _mm512_add_ps(_mm512_add_ps(acc[0][j], acc[1][j]), _mm512_add_ps(acc[2][j], acc[3][j])));
-}
-#endif
-
 void attention_step(float *o, float *a, const float *q, const float *kT, size_t ldk, const float *v, int n, int hs) {
-    float scale = 1.0f / sqrtf((float)hs);
-#if defined(__AVX512F__)
-    int fast = hs % 16 == 0 && hs <= 64;
-    if (fast) step_scores(a, q, kT, ldk, n, hs, scale);
-#else
-    int fast = 0;
-#endif
-    if (!fast) {
-        for (int u = 0; u < n; u++) {
-            float s = 0.0f;
-            for (int d = 0; d < hs; d++) s = __builtin_fmaf(q[d], kT[(size_t)d * ldk + u], s);
-            a[u] = s * scale;
-        }
-    }
+    step_scores_any(a, q, kT, ldk, n, hs, 1.0f / sqrtf((float)hs));
     softmax_row(a, n);
-#if defined(__AVX512F__)
-    if (fast) { step_values(o, a, v, n, hs); return; }
-#endif
-    for (int i = 0; i < hs; i++) o[i] = 0.0f;
-    for (int u = 0; u < n; u++) axpy_simd(o, a[u], v + (size_t)u * hs, hs);
+    step_values_any(o, a, v, n, hs);
 }
 
 /* One (b, h) block of attention_forward with the loops above: q, k, v rows of one head, stride C3. */
@@ -708,10 +579,33 @@ static inline float gelu_grad(float x) {
 }
 static inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
+/* gelu_new's factor (1 + tanh u) / 2 = sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3), by exp_poly so
+ * that the loops vectorise; exactly 0 where exp(-2u) would pass 2^127 (x below about -10: HF's
+ * 1 + tanh is 0 there too), and 1/2 for a NaN x (kept out of exp_poly's integer cast; the callers
+ * carry NaN through their factor x). */
+static inline float gelu_tanh_factor(float x) {
+    float a = -2.0f * 0.79788456080286536f * (x + 0.044715f * x * x * x);
+    float e = exp_poly(a <= 88.0f ? a : 0.0f);
+    return a > 88.0f ? 0.0f : 1.0f / (1.0f + e);
+}
+static inline float gelu_tanh(float x) { return x * gelu_tanh_factor(x); }
+/* d/dx x s(x) = s + x s (1 - s) 2 u'(x), u' = sqrt(2/pi) (1 + 3 0.044715 x^2); beyond |x| = 10 the
+ * second term is below 1e-30 and x is clamped there (x^2 would overflow into 0 * inf); NaN stays NaN */
+static inline float gelu_tanh_grad(float x) {
+    float s = gelu_tanh_factor(x), xc = x > 10.0f ? 10.0f : x < -10.0f ? -10.0f : x;
+    return s + xc * s * (1.0f - s) * (2.0f * 0.79788456080286536f) * (1.0f + 3.0f * 0.044715f * xc * xc);
+}
+
 /* columns [lo, hi) of one row: the one loop behind activation_forward and a team's share of a row */
 void activation_forward_cols(float *out, const float *inp, Activation act, int H, int lo, int hi) {
     if (act == ACT_SWIGLU) {
         for (int i = lo; i < hi; i++) out[i] = inp[i] * sigmoid(inp[i]) * inp[H + i];
+    } else if (act == ACT_GEGLU) {
+#pragma omp simd
+        for (int i = lo; i < hi; i++) out[i] = gelu_tanh(inp[i]) * inp[H + i];
+    } else if (act == ACT_GELU_TANH) {
+#pragma omp simd
+        for (int i = lo; i < hi; i++) out[i] = gelu_tanh(inp[i]);
     } else if (act == ACT_RELU) {   /* its own loop: a select, so it vectorises */
 #pragma omp simd
         for (int i = lo; i < hi; i++) out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
@@ -722,29 +616,42 @@ void activation_forward_cols(float *out, const float *inp, Activation act, int H
 }
 
 void activation_forward(float *out, const float *inp, Activation act, int N, int H) {
-    size_t in_row = act == ACT_SWIGLU ? 2 * (size_t)H : (size_t)H;
+    size_t in_row = activation_gated(act) ? 2 * (size_t)H : (size_t)H;
 #pragma omp parallel for schedule(static) if ((size_t)N * H >= PAR_MIN_WORK)
     for (int n = 0; n < N; n++) activation_forward_cols(out + (size_t)n * H, inp + (size_t)n * in_row, act, H, 0, H);
 }
 
 void activation_backward(float *dinp, const float *dout, const float *inp, Activation act, int N, int H) {
-    if (act == ACT_SWIGLU) {
+    if (activation_gated(act)) {
 #pragma omp parallel for schedule(static) if ((size_t)N * H >= PAR_MIN_WORK)
         for (int n = 0; n < N; n++) {
             const float *g = inp + (size_t)n * 2 * H, *u = g + H;
             const float *dy = dout + (size_t)n * H;
             float *dg = dinp + (size_t)n * 2 * H, *du = dg + H;
-            for (int i = 0; i < H; i++) {
-                /* y = silu(g) u;  silu'(g) = s (1 + g (1 - s)), s = sigmoid(g) */
-                float s = sigmoid(g[i]);
-                float silu = g[i] * s;
-                dg[i] = dy[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
-                du[i] = dy[i] * silu;
+            if (act == ACT_SWIGLU) {
+                for (int i = 0; i < H; i++) {
+                    /* y = silu(g) u;  silu'(g) = s (1 + g (1 - s)), s = sigmoid(g) */
+                    float s = sigmoid(g[i]);
+                    float silu = g[i] * s;
+                    dg[i] = dy[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
+                    du[i] = dy[i] * silu;
+                }
+            } else {
+#pragma omp simd
+                for (int i = 0; i < H; i++) {   /* y = gelu_new(g) u */
+                    dg[i] = dy[i] * u[i] * gelu_tanh_grad(g[i]);
+                    du[i] = dy[i] * gelu_tanh(g[i]);
+                }
             }
         }
         return;
     }
     size_t total = (size_t)N * H;
+    if (act == ACT_GELU_TANH) {
+#pragma omp parallel for simd schedule(static) if (total >= PAR_MIN_WORK)
+        for (size_t i = 0; i < total; i++) dinp[i] = dout[i] * gelu_tanh_grad(inp[i]);
+        return;
+    }
     if (act == ACT_RELU) {   /* dout * 1[x > 0], written as a select: the same bits, vectorised */
 #pragma omp parallel for simd schedule(static) if (total >= PAR_MIN_WORK)
         for (size_t i = 0; i < total; i++) dinp[i] = inp[i] > 0.0f ? dout[i] * 1.0f : dout[i] * 0.0f;

@@ -17,7 +17,12 @@
 #include <stdint.h>
 #include "common/util.h"
 
-typedef enum { ACT_RELU = 0, ACT_GELU = 1, ACT_SWIGLU = 2 } Activation;
+/* ACT_GELU_TANH is HF's "gelu_new" (T5 v1.1, GPT-2): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+ * ACT_GEGLU is T5 v1.1's "gated-gelu": gelu_new(x W_0) * (x W_1), laid out as ACT_SWIGLU is. */
+typedef enum { ACT_RELU = 0, ACT_GELU = 1, ACT_SWIGLU = 2, ACT_GELU_TANH = 3, ACT_GEGLU = 4 } Activation;
+
+/* Gated activations read two columns per output (inp [N, 2H]): SwiGLU and GEGLU. */
+static inline int activation_gated(Activation act) { return act == ACT_SWIGLU || act == ACT_GEGLU; }
 
 /* out[B,T,C] = wte[inp[b,t]] + wpe[t]. wpe may be NULL (no learned positions). */
 void encoder_forward(float *out, const int *inp, const float *wte, const float *wpe, int B, int T, int C);
@@ -66,10 +71,10 @@ void attention_backward_ref(float *dqkv, float *datt, const float *dout, const f
                             int B, int T, int C, int NH, int causal);
 
 /* Elementwise activations. For ACT_SWIGLU the input is [N, 2H] (gate columns 0..H-1, then up
- * columns H..2H-1) and the output [N, H] = silu(gate) * up. For ReLU/GELU, inp and out are [N, H].
- * GELU is the exact erf form (PyTorch's default). */
+ * columns H..2H-1) and the output [N, H] = silu(gate) * up; ACT_GEGLU the same with gelu_new(gate).
+ * For ReLU/GELU/GELU_TANH, inp and out are [N, H]. GELU is the exact erf form (PyTorch's default). */
 void activation_forward(float *out, const float *inp, Activation act, int N, int H);
-/* Columns [lo, hi) of one row of activation_forward (N = 1; inp [2H] for SwiGLU, [H] otherwise), on the
+/* Columns [lo, hi) of one row of activation_forward (N = 1; inp [2H] if gated, [H] otherwise), on the
  * calling thread, with the values activation_forward gives them: a team shares a row out by columns. */
 void activation_forward_cols(float *out, const float *inp, Activation act, int H, int lo, int hi);
 /* dinp = (shape of inp) */

@@ -1,0 +1,163 @@
+/* ops_simd.h: the small vectorised helpers that ops.c and attn.c share (internal to src/ops/), and
+ * the work below which they open no parallel region.
+ *
+ * Each is plain C that the compiler vectorises (omp simd), or AVX-512 intrinsics under __AVX512F__
+ * with the scalar meaning in its comment. Static inline, so each file gets its own copy and the
+ * bits of every caller are those of the code it had before it was moved here.
+ */
+#ifndef MOELM_OPS_SIMD_H
+#define MOELM_OPS_SIMD_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+
+/* exp(x) for x <= 88.7 in plain arithmetic that the compiler vectorises (libm's expf is a call, one
+ * lane at a time). exp(x) = 2^n exp(r), n = rint(x / ln 2), r = x - n ln 2 in two parts (|r| <= ln2/2),
+ * exp(r) by Cephes' degree-6 polynomial: max relative error about 2 ulp, against libm's 1. Inputs
+ * below -87.3 (and -inf) give 0 within 1e-38. */
+static inline float exp_poly(float x) {
+    x = x < -87.3f ? -87.3f : x;
+    float n = __builtin_rintf(x * 1.44269504088896341f);
+    float r = __builtin_fmaf(n, -0.693359375f, x);
+    r = __builtin_fmaf(n, 2.12194440e-4f, r);
+    float p = 1.9875691500e-4f;
+    p = __builtin_fmaf(p, r, 1.3981999507e-3f);
+    p = __builtin_fmaf(p, r, 8.3334519073e-3f);
+    p = __builtin_fmaf(p, r, 4.1665795894e-2f);
+    p = __builtin_fmaf(p, r, 1.6666665459e-1f);
+    p = __builtin_fmaf(p, r, 5.0000001201e-1f);
+    p = __builtin_fmaf(p, r * r, r) + 1.0f;
+    union { int32_t i; float f; } sc = {.i = ((int32_t)n + 127) << 23};   /* 2^n, n in [-126, 128) */
+    return p * sc.f;
+}
+
+/* The largest of x[0..V-1] (a vectorised reduction: max is exact in any order). */
+static inline float row_max(const float *x, int V) {
+    float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+    for (int v = 0; v < V; v++) mx = x[v] > mx ? x[v] : mx;
+    return mx;
+}
+
+/* sum_v exp(x[v] - mx), in 16 interleaved partial sums (the vector lanes), so the order is fixed by
+ * the code, not by the thread count. */
+static inline float row_sumexp(const float *x, int V, float mx) {
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int v = 0; v < V; v++) sum += exp_poly(x[v] - mx);
+    return sum;
+}
+
+/* sum_i a[i] b[i] over n floats */
+static inline float dot_simd(const float *a, const float *b, int n) {
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int i = 0; i < n; i++) s = __builtin_fmaf(a[i], b[i], s);   /* -std=c11 contracts nothing by itself */
+    return s;
+}
+
+/* y[i] += alpha x[i] over n floats */
+static inline void axpy_simd(float *restrict y, float alpha, const float *restrict x, int n) {
+#pragma omp simd
+    for (int i = 0; i < n; i++) y[i] = __builtin_fmaf(alpha, x[i], y[i]);
+}
+
+/* a[0..n) = softmax(a[0..n)) in place: exponentials by exp_poly, summed over the vector lanes */
+static inline void softmax_row(float *a, int n) {
+    float mx = row_max(a, n), sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int u = 0; u < n; u++) { a[u] = exp_poly(a[u] - mx); sum += a[u]; }
+    float inv = 1.0f / sum;
+#pragma omp simd
+    for (int u = 0; u < n; u++) a[u] *= inv;
+}
+
+/* Below this much work a parallel region costs more than it saves, and on a loaded machine a
+ * region whose second thread is descheduled stalls for a whole scheduler quantum. */
+#define PAR_MIN_WORK 32768
+
+#if defined(__AVX512F__)
+static inline __mmask16 lanes_below(int left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u); }
+
+/* a[u] = scale * sum_d q[d] kT[d ldk + u] for u < n: 16 keys a vector, four vectors a pass over q */
+static inline void step_scores(float *a, const float *q, const float *kT, size_t ldk, int n, int hs, float scale) {
+    for (int u0 = 0; u0 < n; u0 += 64) {
+        __mmask16 m0 = lanes_below(n - u0), m1 = lanes_below(n - u0 - 16 > 0 ? n - u0 - 16 : 0);
+        __mmask16 m2 = lanes_below(n - u0 - 32 > 0 ? n - u0 - 32 : 0), m3 = lanes_below(n - u0 - 48 > 0 ? n - u0 - 48 : 0);
+        __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+        for (int d = 0; d < hs; d++) {
+            __m512 qd = _mm512_set1_ps(q[d]);
+            const float *kd = kT + (size_t)d * ldk + u0;
+            s0 = _mm512_fmadd_ps(qd, _mm512_maskz_loadu_ps(m0, kd), s0);
+            s1 = _mm512_fmadd_ps(qd, _mm512_maskz_loadu_ps(m1, kd + 16), s1);
+            s2 = _mm512_fmadd_ps(qd, _mm512_maskz_loadu_ps(m2, kd + 32), s2);
+            s3 = _mm512_fmadd_ps(qd, _mm512_maskz_loadu_ps(m3, kd + 48), s3);
+        }
+        __m512 sc = _mm512_set1_ps(scale);
+        _mm512_mask_storeu_ps(a + u0, m0, _mm512_mul_ps(s0, sc));
+        _mm512_mask_storeu_ps(a + u0 + 16, m1, _mm512_mul_ps(s1, sc));
+        _mm512_mask_storeu_ps(a + u0 + 32, m2, _mm512_mul_ps(s2, sc));
+        _mm512_mask_storeu_ps(a + u0 + 48, m3, _mm512_mul_ps(s3, sc));
+    }
+}
+
+/* o[hs] = sum_u a[u] v[u], hs a multiple of 16 up to 64: four chains over u (u mod 4), summed at the end */
+static inline void step_values(float *o, const float *a, const float *v, int n, int hs) {
+    int nv = hs / 16;
+    __m512 acc[4][4];
+    for (int c = 0; c < 4; c++)
+        for (int j = 0; j < 4; j++) acc[c][j] = _mm512_setzero_ps();
+    int u = 0;
+    for (; u + 4 <= n; u += 4)
+        for (int c = 0; c < 4; c++) {
+            __m512 au = _mm512_set1_ps(a[u + c]);
+            const float *vu = v + (size_t)(u + c) * hs;
+            for (int j = 0; j < nv; j++) acc[c][j] = _mm512_fmadd_ps(au, _mm512_loadu_ps(vu + 16 * j), acc[c][j]);
+        }
+    for (int c = 0; u < n; u++, c++) {
+        __m512 au = _mm512_set1_ps(a[u]);
+        for (int j = 0; j < nv; j++) acc[c][j] = _mm512_fmadd_ps(au, _mm512_loadu_ps(v + (size_t)u * hs + 16 * j), acc[c][j]);
+    }
+    for (int j = 0; j < nv; j++)
+        _mm512_storeu_ps(o + 16 * j, _mm512_add_ps(_mm512_add_ps(acc[0][j], acc[1][j]), _mm512_add_ps(acc[2][j], acc[3][j])));
+}
+#endif
+
+/* The step over a KV cache for any head width: step_scores / step_values where they apply (hs a
+ * multiple of 16 up to 64, AVX-512), else the same sums one key (or value) at a time. */
+static inline int step_vector_width(int hs) {
+#if defined(__AVX512F__)
+    return hs % 16 == 0 && hs <= 64;
+#else
+    (void)hs;
+    return 0;
+#endif
+}
+
+/* a[u] = scale * sum_d q[d] kT[d ldk + u] for u < n */
+static inline void step_scores_any(float *a, const float *q, const float *kT, size_t ldk, int n, int hs, float scale) {
+#if defined(__AVX512F__)
+    if (step_vector_width(hs)) { step_scores(a, q, kT, ldk, n, hs, scale); return; }
+#endif
+    for (int u = 0; u < n; u++) {
+        float s = 0.0f;
+        for (int d = 0; d < hs; d++) s = __builtin_fmaf(q[d], kT[(size_t)d * ldk + u], s);
+        a[u] = s * scale;
+    }
+}
+
+/* o[hs] = sum_{u < n} a[u] v[u hs .. u hs + hs) */
+static inline void step_values_any(float *o, const float *a, const float *v, int n, int hs) {
+#if defined(__AVX512F__)
+    if (step_vector_width(hs)) { step_values(o, a, v, n, hs); return; }
+#endif
+    for (int i = 0; i < hs; i++) o[i] = 0.0f;
+    for (int u = 0; u < n; u++) axpy_simd(o, a[u], v + (size_t)u * hs, hs);
+}
+
+#endif
