@@ -77,7 +77,7 @@ static void print_gen_phases(const Model *m, const KVCache *kv, int n, int bf16)
  * HH the seed head's hidden size, V vocab. 2 FLOPs per multiply-add. */
 static double moe_flops(const Model *m, const MoEActs *a) {
     const MoEConfig *mc = &m->moe_cfg;
-    double C = mc->C, H = mc->H, H1 = mc->act == ACT_SWIGLU ? 2.0 * mc->H : mc->H, N = a->N;
+    double C = mc->C, H = mc->H, H1 = activation_in_width(mc->act, mc->H), N = a->N;
     double f = (double)a->S * (2 * C * H1 + 2 * H * C);                        /* experts over kept slots */
     if (mc->router != ROUTER_RANDOM && mc->router != ROUTER_HASH) f += 2 * N * C * mc->E;   /* router */
     if (mc->shared_expert) f += N * (2 * C * H1 + 2 * H * C);
@@ -87,13 +87,13 @@ static double moe_flops(const Model *m, const MoEActs *a) {
 double bench_forward_flops(const Model *m) {
     const ModelConfig *c = &m->cfg;
     double B = m->B, T = m->T, N = B * T, C = c->d_model, V = c->vocab_size;
-    double H = c->d_ff, H1 = c->hidden_act == ACT_SWIGLU ? 2 * H : H, HH = c->head_hidden;
+    double H = c->d_ff, H1 = activation_in_width(c->hidden_act, c->d_ff), HH = c->head_hidden;
     int seed = c->model_type == MODEL_SEED;
     double f = 0.0;
     for (int l = 0; l < c->num_layers; l++) {
         f += 2 * N * C * 3 * C + 2 * N * C * C;            /* qkv and output projections */
         f += 2 * B * T * (T + 1) * C;                       /* causal q.k and p.v: 2 * 2 * hs per (b,h,t,u<=t) */
-        if (!seed && config_block_is_sparse(c, l)) f += moe_flops(m, &m->a.layers[l].moe);
+        if (config_block_is_sparse(c, l)) f += moe_flops(m, &m->a.layers[l].moe);
         else f += N * (2 * C * H1 + 2 * H * C);
     }
     if (seed) f += moe_flops(m, &m->a.head_moe) + 2 * N * C * HH + 2 * N * HH * V;

@@ -173,7 +173,7 @@ moelm_status dist_save_checkpoint(const char *run_dir, const Model *m, const Opt
 
 void dist_reduce_eval(EvalResult *r) {
     if (comm_size(COMM_WORLD) == 1) return;
-    double v[2 + 64 * 262];
+    double v[2 + CONFIG_MAX_MOE_LAYERS * 262];
     int n = 0;
     v[n++] = r->nll;
     v[n++] = r->tokens;

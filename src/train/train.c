@@ -53,8 +53,7 @@ void print_model_summary(const Model *m, FILE *f) {
             c->d_ff, c->norm_type == NORM_RMS ? "rmsnorm" : "layernorm",
             c->hidden_act == ACT_RELU ? "relu" : c->hidden_act == ACT_GELU ? "gelu" : "swiglu",
             c->model_type == MODEL_LM ? (c->tie_word_embeddings ? ", tied head" : ", untied head") : "");
-    const MoEActs *acts[64];
-    int n_moe = model_moe_layers(m, acts, 64);
+    int n_moe = config_num_moe_layers(c);
     if (n_moe) {
         const MoEConfig *mc = &m->moe_cfg;
         fprintf(f, "moe: %d sparse layer(s), %d experts (d_ff %d), router %s, k %d, capacity factor %g train / %g eval, "
@@ -112,9 +111,8 @@ moelm_status evaluate_routed(Model *m, const int *ids, size_t n, size_t max_batc
         moelm_free(tgt);
         return MOELM_ERR_NOMEM;
     }
-    const MoEActs *acts[64];
-    r->n_moe = model_moe_layers(m, acts, 64);
-    if (r->n_moe > 64) r->n_moe = 64;
+    MoELayer ml[CONFIG_MAX_MOE_LAYERS];
+    r->n_moe = model_moe_layers(m, ml, CONFIG_MAX_MOE_LAYERS);
     for (int l = 0; l < r->n_moe; l++) moe_stats_reset(&r->stats[l], m->moe_cfg.E);
     dist_eval_begin();
     for (size_t b = 0; b < nb; b++) {
@@ -124,7 +122,7 @@ moelm_status evaluate_routed(Model *m, const int *ids, size_t n, size_t max_batc
         for (int i = 0; i < B * T; i++)
             if (tgt[i] >= 0) r->nll += m->a.losses[i];
         r->tokens += m->n_valid;
-        for (int l = 0; l < r->n_moe; l++) moe_stats_add(&r->stats[l], acts[l], &m->moe_cfg);
+        for (int l = 0; l < r->n_moe; l++) moe_stats_add(&r->stats[l], ml[l].a, ml[l].cfg);
         if (rec) routing_take(rec, m, inp, tgt, b);
     }
     dist_eval_end();
@@ -556,8 +554,9 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
     /* periodic evaluations may take --eval-batches batches; the final one takes the whole split */
     size_t full_batches = eval_num_batches(r.n[1], tc.batch_size, tc.seq_len, tc.seq_len);
     size_t part_batches = o->eval_batches > 0 && (size_t)o->eval_batches < full_batches ? (size_t)o->eval_batches : full_batches;
-    const MoEActs *acts[64];
-    int n_moe = model_moe_layers(m, acts, 64);
+    int n_moe = config_num_moe_layers(&m->cfg);
+    MoELayer ml[CONFIG_MAX_MOE_LAYERS];
+    model_moe_layers(m, ml, CONFIG_MAX_MOE_LAYERS);
     int nan_grad_only;
     long nan_step = inject_nan_step(&nan_grad_only);
     while (state.step < tc.steps) {
@@ -606,9 +605,7 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
         } else {
             optim_step(&r.opt, m, &tc, lr, clip_scale(gnorm, tc.grad_clip));
             grads_zero = 1;
-            if (m->moe_cfg.use_expert_bias)
-                for (int l = 0; l < m->cfg.num_layers; l++)
-                    if (config_block_is_sparse(&m->cfg, l)) moe_update_bias(&m->p.layers[l].moe, &m->a.layers[l].moe, &m->moe_cfg);
+            for (int l = 0; l < n_moe; l++) moe_update_bias(ml[l].p, ml[l].a, ml[l].cfg);
         }
         state.step++;
         tokens_since += (long)tc.batch_size * tc.seq_len;

@@ -47,7 +47,7 @@ typedef struct {
     double nll;                 /* total negative log-likelihood (nats) */
     double tokens;              /* predicted tokens */
     int n_moe;
-    MoEStats stats[64];         /* per MoE layer */
+    MoEStats stats[CONFIG_MAX_MOE_LAYERS];   /* per MoE layer */
 } EvalResult;
 
 /* Evaluates ids[n] in windows of the model's T tokens, stride apart (0: stride T, non-overlapping;
