@@ -12,6 +12,7 @@
 #include "backend/gemm.h"
 #include "io/fileio.h"
 #include "optim/optim.h"
+#include "train/step.h"
 #include "train/train.h"
 
 void bench_options_default(BenchOptions *o) {
@@ -217,6 +218,23 @@ static moelm_status resolve_config(const BenchOptions *o, ModelConfig *cfg, Trai
 
 /* ---- the run --------------------------------------------------------------------------------------- */
 
+void bench_train(Model *m, Optimizer *opt, const TrainConfig *tc, const int *batches, int nbatch, int warmup, int steps,
+                 BenchTrain *out) {
+    int N = m->B * m->T;
+    Trainer t = {m, opt, tc, 0};
+    memset(out, 0, sizeof *out);
+    for (int s = 0; s < warmup + steps; s++) {
+        const int *inp = batches + (size_t)(s % nbatch) * 2 * N, *tgt = inp + N;
+        StepResult r = train_step(&t, inp, tgt, tc->lr, s + 1);
+        out->loss = r.loss;
+        if (s < warmup) continue;
+        out->fwd_s += r.fwd_s;
+        out->bwd_s += r.bwd_s;
+        out->opt_s += r.opt_s;
+        out->flops += 3.0 * bench_forward_flops(m);
+    }
+}
+
 moelm_status bench_run(const BenchOptions *o) {
     ModelConfig cfg;
     TrainConfig tc;
@@ -261,33 +279,18 @@ moelm_status bench_run(const BenchOptions *o) {
     printf("bench: %s, batch %d x %d, %d threads, backend %s\n", o->config, B, T, o->threads, backend_name());
     fflush(stdout);
 
-    /* training: the step of train.c, on synthetic batches */
-    double t_fwd = 0, t_bwd = 0, t_opt = 0, t_total = 0, flops = 0;
-    for (int s = 0; s < o->warmup + o->steps; s++) {
-        const int *inp = tok + (size_t)(s % NBATCH) * 2 * N, *tgt = inp + N;
-        double t0 = time_now();
-        if (s == 0) model_zero_grad(&m);   /* then optim_step leaves them zero, as in train.c */
-        model_forward(&m, inp, tgt, 1);
-        double t1 = time_now();
-        model_backward(&m);
-        double t2 = time_now();
-        optim_step(&opt, &m, &tc, tc.lr, clip_scale(grad_norm(&m), tc.grad_clip));
-        double t3 = time_now();
-        if (s < o->warmup) continue;
-        t_fwd += t1 - t0;
-        t_bwd += t2 - t1;
-        t_opt += t3 - t2;
-        t_total += t3 - t0;
-        flops += 3.0 * bench_forward_flops(&m);
-    }
+    /* training: train.c's step, on synthetic batches */
+    BenchTrain bt;
+    bench_train(&m, &opt, &tc, tok, NBATCH, o->warmup, o->steps, &bt);
+    double t_total = bt.fwd_s + bt.bwd_s + bt.opt_s, flops = bt.flops;
     double train_tps = o->steps > 0 ? (double)N * o->steps / t_total : 0.0;
     double train_gflops = o->steps > 0 ? flops / t_total / 1e9 : 0.0;
     if (o->steps > 0) {
         printf("train: %.2f ms/step, %.0f tok/s, %.1f GFLOP/s (%.2f GFLOP/step), loss %.4f\n",
-               1e3 * t_total / o->steps, train_tps, train_gflops, flops / o->steps / 1e9, m.loss);
+               1e3 * t_total / o->steps, train_tps, train_gflops, flops / o->steps / 1e9, bt.loss);
         if (o->profile)
             printf("train phases: forward %.2f ms, backward %.2f ms, clip+optimizer %.2f ms per step\n",
-                   1e3 * t_fwd / o->steps, 1e3 * t_bwd / o->steps, 1e3 * t_opt / o->steps);
+                   1e3 * bt.fwd_s / o->steps, 1e3 * bt.bwd_s / o->steps, 1e3 * bt.opt_s / o->steps);
     }
 
     /* generation: batch 1, one prompt token, then n_gen greedy tokens through the KV cache; with the

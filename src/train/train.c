@@ -18,6 +18,7 @@
 #include "report/routing.h"
 #include "train/checkpoint.h"
 #include "train/dist.h"
+#include "train/step.h"
 
 void train_options_default(TrainOptions *o) {
     memset(o, 0, sizeof *o);
@@ -348,31 +349,6 @@ static const char *json_num(char *buf, double x) {
     return buf;
 }
 
-/* Test hook (tests/test_faults.sh): MOELM_INJECT_NAN_STEP=N makes the loss of step N (1-based) NaN;
- * MOELM_INJECT_NAN_STEP=N:grad leaves the loss alone and makes one gradient Inf instead. Either
- * must be caught by the non-finite check of that same step. Unset (the normal case): never fires. */
-static long inject_nan_step(int *grad_only) {
-    const char *e = getenv("MOELM_INJECT_NAN_STEP");
-    *grad_only = 0;
-    if (!e || !*e) return 0;
-    char *end;
-    long n = strtol(e, &end, 10);
-    if (!strcmp(end, ":grad")) *grad_only = 1;
-    return n > 0 ? n : 0;
-}
-
-static void inject_nan(Model *m, float *loss, int grad_only) {
-    if (!grad_only) {
-        *loss = NAN;
-        return;
-    }
-    for (int i = 0; i < m->n_tensors; i++)
-        if (m->tensors[i].trainable) {
-            m->grads[m->tensors[i].offset] = INFINITY;
-            return;
-        }
-}
-
 static moelm_status train_run_ranks(const TrainOptions *o);
 
 /* Over MPI every rank runs this (see dist.h); without it, one rank. */
@@ -549,16 +525,12 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
     int eval_interval = o->eval_interval, log_interval = o->log_interval > 0 ? o->log_interval : 1;
     double t_run = now_s() - state.elapsed_s, t_log = now_s();
     long tokens_since = 0, skipped = 0;
-    int grads_zero = 0;   /* the gradients are known to be zero (optim_step consumed them) */
+    Trainer trainer = {m, &r.opt, &tc, 0};
     double budget_s = o->time_budget_min * 60.0, reserve_s = 0.0, t_end_start = 0.0, t_eval_s = 0.0;
     /* periodic evaluations may take --eval-batches batches; the final one takes the whole split */
     size_t full_batches = eval_num_batches(r.n[1], tc.batch_size, tc.seq_len, tc.seq_len);
     size_t part_batches = o->eval_batches > 0 && (size_t)o->eval_batches < full_batches ? (size_t)o->eval_batches : full_batches;
     int n_moe = config_num_moe_layers(&m->cfg);
-    MoELayer ml[CONFIG_MAX_MOE_LAYERS];
-    model_moe_layers(m, ml, CONFIG_MAX_MOE_LAYERS);
-    int nan_grad_only;
-    long nan_step = inject_nan_step(&nan_grad_only);
     while (state.step < tc.steps) {
         long step = state.step;
         double elapsed = budget_s > 0 ? dist_root_value(now_s() - t_run) : 0.0;
@@ -582,17 +554,9 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
         }
         dataloader_next(&r.dl, r.inp, r.tgt);
         dist_take_rows(r.inp, r.tgt, tc.batch_size, tc.seq_len);
-        if (!grads_zero) model_zero_grad(m);   /* optim_step leaves them zero */
-        grads_zero = 0;
-        model_forward(m, r.inp, r.tgt, 1);
-        float loss = dist_loss(m);
-        dist_fault_point(step + 1);
-        model_backward(m);
-        dist_reduce_grads(m);
-        if (step + 1 == nan_step) inject_nan(m, &loss, nan_grad_only);
-        float gnorm = grad_norm(m);   /* the clip is applied inside optim_step */
-        int bad = !isfinite(loss) || !isfinite(gnorm) || !isfinite(m->aux_loss);   /* the global norm is NaN/Inf exactly when a gradient is */
-        if (bad) {
+        StepResult sr = train_step(&trainer, r.inp, r.tgt, lr, step + 1);
+        float loss = sr.loss, gnorm = sr.grad_norm;
+        if (sr.nonfinite) {
             if (!o->skip_nonfinite) {
                 run_free(&r);
                 return moelm_fail(MOELM_ERR_NONFINITE,
@@ -602,10 +566,6 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
             }
             skipped++;
             fprintf(stderr, "moelm: step %ld: non-finite loss or gradients, update skipped (%ld so far)\n", step + 1, skipped);
-        } else {
-            optim_step(&r.opt, m, &tc, lr, clip_scale(gnorm, tc.grad_clip));
-            grads_zero = 1;
-            for (int l = 0; l < n_moe; l++) moe_update_bias(ml[l].p, ml[l].a, ml[l].cfg);
         }
         state.step++;
         tokens_since += (long)tc.batch_size * tc.seq_len;
