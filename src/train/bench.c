@@ -188,26 +188,8 @@ static double median_gflops(int M, int Nn, int K, double *t, int n) {
 }
 
 static moelm_status resolve_config(const BenchOptions *o, ModelConfig *cfg, TrainConfig *tc) {
-    moelm_status st;
-    if (path_exists(o->config) && !path_is_dir(o->config)) {
-        st = config_load(cfg, o->config);
-        if (!st) st = config_preset_train(tc, "demo");
-    } else {
-        st = config_preset(cfg, o->config);
-        if (!st) st = config_preset_train(tc, o->config);
-    }
+    moelm_status st = train_resolve_config(o->config, o->sets, o->n_sets, cfg, tc);
     if (st) return st;
-    for (int i = 0; i < o->n_sets; i++) {
-        char key[128];
-        const char *eq = strchr(o->sets[i], '=');
-        if (!eq || eq == o->sets[i] || (size_t)(eq - o->sets[i]) >= sizeof key)
-            return moelm_fail(MOELM_ERR_ARG, "--set '%s': expected key=value", o->sets[i]);
-        memcpy(key, o->sets[i], (size_t)(eq - o->sets[i]));
-        key[eq - o->sets[i]] = '\0';
-        st = config_set(cfg, key, eq + 1);
-        if (st == MOELM_ERR_CONFIG && strstr(moelm_last_error(), "unknown config key")) st = train_config_set(tc, key, eq + 1);
-        if (st) return st;
-    }
     if (o->batch_size > 0) tc->batch_size = o->batch_size;
     if (o->seq_len > 0) tc->seq_len = o->seq_len;
     if (cfg->vocab_size == 0) cfg->vocab_size = o->vocab_size;
