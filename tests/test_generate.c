@@ -662,6 +662,7 @@ TEST(sample_frequencies) {
 }
 
 int main(void) {
+    test_one_thread();
     RUN(bf16_rounding);
     RUN(gemv_matches_reference);
     RUN(gemv_t_nz_matches_reference);

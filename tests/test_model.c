@@ -316,6 +316,7 @@ TEST(config_json_round_trip) {
 }
 
 int main(void) {
+    test_one_thread();
     RUN(grad_dense_lm);
     RUN(grad_dense_rms_swiglu_untied);
     RUN(grad_switch_lm_with_drops);

@@ -879,6 +879,7 @@ TEST(threads_agree) {
 }
 
 int main(void) {
+    test_one_thread();
     RUN(grad_switch_relu_with_drops);
     RUN(grad_routed_scaling_factor);
     RUN(grad_topk_gshard_gelu_with_drops);

@@ -471,6 +471,7 @@ TEST(activation_cols_match) {
 }
 
 int main(void) {
+    test_one_thread();
     RUN(matmul_grad);
     RUN(layernorm_grad);
     RUN(rmsnorm_grad);

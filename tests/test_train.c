@@ -232,7 +232,7 @@ TEST(nonfinite_step_updates_nothing) {
 }
 
 int main(void) {
-    backend_set_threads(1);
+    test_one_thread();
     RUN(moe_layers_of_every_model_type);
     RUN(expert_bias_moves_on_a_seed_model);
     RUN(expert_bias_moves_on_an_lm);
