@@ -663,7 +663,7 @@ static StepEnds run_ends(const Run *r) {
              (r->budget_s > 0 && dist_root_value(now_s() - r->t_run) + r->reserve_s * (1 + periodic) >= r->budget_s);
     e.log = s % log_interval == 0 || s == 1 || e.last;
     e.eval = periodic || e.last;
-    e.ckpt = o->ckpt_interval > 0 ? s % o->ckpt_interval == 0 || e.last : e.eval;
+    e.ckpt = o->ckpt_interval > 0 ? (s % o->ckpt_interval == 0 || e.last) : e.eval;   /* 0: at each evaluation */
     return e;
 }
 
