@@ -737,6 +737,7 @@ TEST(gelu_tanh_grad_and_values) {
 }
 
 int main(void) {
+    test_one_thread();
     RUN(attn_grad_mha);
     RUN(attn_grad_gqa_causal_fused);
     RUN(attn_grad_cross);
