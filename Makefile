@@ -56,7 +56,7 @@ else
   BIN := $(BUILD)/moelm
 endif
 
-.PHONY: all test demo clean deps check-deps tests bench-ops bench-q8
+.PHONY: all test demo clean deps check-deps tests bench-ops bench-q8 test-cli
 all: $(BIN)
 
 $(BUILD)/%.o: %.c
@@ -74,7 +74,19 @@ $(BUILD)/tests/%: tests/%.c $(LIB) tests/test.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests $< $(LIB) -o $@ $(LDLIBS)
 
-tests: $(TEST_BIN) $(BIN) $(BUILD)/bench_ops $(BUILD)/bench_q8   # benches built (not run) so that they keep compiling
+# The binary the shell tests inject faults into: the CLI with src/train/hooks.c built with
+# -DMOELM_TEST_HOOKS, linked ahead of the library (whose empty hooks.o the linker then leaves out).
+# ./moelm itself carries no test hooks.
+HOOKS_OBJ := $(BUILD)/hooks/src/train/hooks.o
+TEST_CLI  := $(BUILD)/moelm-test
+$(HOOKS_OBJ): src/train/hooks.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -DMOELM_TEST_HOOKS -c $< -o $@
+$(TEST_CLI): $(CLI_OBJ) $(HOOKS_OBJ) $(LIB)
+	$(CC) $(CFLAGS) $(CLI_OBJ) $(HOOKS_OBJ) $(LIB) -o $@ $(LDLIBS)
+test-cli: $(TEST_CLI)
+
+tests: $(TEST_BIN) $(BIN) $(TEST_CLI) $(BUILD)/bench_ops $(BUILD)/bench_q8   # benches built (not run) so that they keep compiling
 
 # bench/ops_bench.c: the dense step's kernels side by side (see the file)
 bench-ops: $(BUILD)/bench_ops
@@ -93,7 +105,7 @@ deps:
 test:
 	@sh scripts/deps.sh test
 	@$(MAKE) --no-print-directory tests
-	@MOELM_BIN=$(abspath $(BIN)) sh tests/run.sh $(TEST_BIN) $(wildcard tests/test_*.sh)
+	@MOELM_BIN=$(abspath $(BIN)) MOELM_TEST_BIN=$(abspath $(TEST_CLI)) sh tests/run.sh $(TEST_BIN) $(wildcard tests/test_*.sh)
 
 demo: deps
 	@$(MAKE) --no-print-directory $(BIN)
@@ -102,4 +114,4 @@ demo: deps
 clean:
 	rm -rf build build-san build-noblas build-san-noblas build-mpi build-mpi-noblas build-san-mpi build-san-mpi-noblas moelm
 
--include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(HOOKS_OBJ:.o=.d)

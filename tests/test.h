@@ -13,6 +13,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include "backend/gemm.h"
 
 static int t_passed, t_failed, t_cur_failed;
 
@@ -31,6 +32,12 @@ static int t_passed, t_failed, t_cur_failed;
         if (!(fabs(_a - _b) <= (tol)) ) { t_cur_failed = 1; \
         printf("  %s:%d: %s = %.9g, %s = %.9g, |diff| %.3g > %.3g\n", __FILE__, __LINE__, #a, _a, #b, _b, \
                fabs(_a - _b), (double)(tol)); } } while (0)
+
+/* Every test binary starts at one thread (test_one_thread() first in main): tiny shapes gain nothing
+ * from a second thread, and its waits at every parallel region's barrier cost whole seconds when the
+ * cores are shared (test_model: ~70 s at two threads, 0.3 s at one). The tests of threaded paths set
+ * their own counts (backend_set_threads, omp_set_num_threads) around what they compare. */
+static void test_one_thread(void) { backend_set_threads(1); }
 
 static int test_summary(const char *module) {
     printf("%s: %d passed, %d failed\n", module, t_passed, t_failed);

@@ -711,7 +711,7 @@ static double act_loss(void *ctx) {
 TEST(gelu_tanh_grad_and_values) {
     Activation acts[2] = {ACT_GELU_TANH, ACT_GEGLU};
     for (int a = 0; a < 2; a++) {
-        int N = 4, H = 9, in = activation_gated(acts[a]) ? 2 * H : H;
+        int N = 4, H = 9, in = activation_in_width(acts[a], H);
         ActCtx c = {zero((size_t)N * H), rnd((size_t)N * in, 3.0f), rnd((size_t)N * H, 1.0f), N, H, acts[a]};
         float *dinp = zero((size_t)N * in);
         act_loss(&c);
@@ -737,6 +737,7 @@ TEST(gelu_tanh_grad_and_values) {
 }
 
 int main(void) {
+    test_one_thread();
     RUN(attn_grad_mha);
     RUN(attn_grad_gqa_causal_fused);
     RUN(attn_grad_cross);

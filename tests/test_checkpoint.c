@@ -288,6 +288,7 @@ TEST(edited_files_are_refused) {
 }
 
 int main(void) {
+    test_one_thread();
     dir_make(TDIR);
     RUN(save_load_roundtrip);
     RUN(failure_at_every_step_keeps_previous);

@@ -1007,6 +1007,7 @@ TEST(eval_batches_cover_once) {
 }
 
 int main(void) {
+    test_one_thread();
     snprintf(g_tmp, sizeof g_tmp, "build/tmp/test_data.%ld", (long)getpid());
     make_dir("build");
     make_dir("build/tmp");

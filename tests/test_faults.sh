@@ -3,14 +3,18 @@
 #   1. kill -9 at random moments (startup, steps, checkpoint writes), each followed by --resume until
 #      the run completes: the final weights and the loss curve equal an uninterrupted run bit for bit,
 #      and metrics.jsonl holds exactly one record per step.
-#   2. NaN/Inf in the loss or the gradients (test hook MOELM_INJECT_NAN_STEP, see train.c) is caught in
+#   2. NaN/Inf in the loss or the gradients (test hook MOELM_INJECT_NAN_STEP) is caught in
 #      the step where it appears: by default a one-line error, exit 1, the last checkpoint loadable;
 #      with --skip-nonfinite the update is skipped and counted and the run completes.
-#   3. Allocation failure (test hook MOELM_FAIL_ALLOC_AFTER, see main.c) at many points of a run: a
+#   3. Allocation failure (test hook MOELM_FAIL_ALLOC_AFTER) at many points of a run: a
 #      one-line "out of memory" error and exit 1, never a crash.
+# The hooks (src/train/hooks.h) exist only in the test build of the CLI, build/moelm-test (HBIN); the
+# shipped binary (BIN) must ignore them.
 # Ends with "faults: N passed, N failed" and exits non-zero on failure. Bounded: ~30 s on 2 cores.
 # FAULTS_SEED=N picks another sequence of kill moments (default: from the clock; printed).
 BIN=${MOELM_BIN:-./moelm}
+HBIN=${MOELM_TEST_BIN:-build/moelm-test}
+[ -x "$HBIN" ] || make -s test-cli >/dev/null 2>&1
 TMP=build/tmp/faults
 rm -rf "$TMP"; mkdir -p "$TMP"
 . "$(dirname "$0")/lib.sh"
@@ -66,28 +70,30 @@ check "killed run: info reports step $STEPS" sh -c "$BIN info '$RUN' | grep -q '
 
 # ---- 2. NaN / Inf ---------------------------------------------------------------------------------
 NARGS="--config tiny --steps 10 --ckpt-interval 2 --eval-interval 0 --log-interval 1 -t 1 --quiet"
+MOELM_INJECT_NAN_STEP=5 MOELM_FAIL_ALLOC_AFTER=1 $BIN train $NARGS --out "$TMP/nohooks" >/dev/null 2>&1; rc=$?
+check "the shipped binary has no test hooks (rc=$rc)" test "$rc" = 0
 MOELM_INJECT_NAN_STEP=5 expect_error "NaN loss stops the run at its step" "non-finite loss at step 5" \
-    $BIN train $NARGS --out "$TMP/nan"
+    $HBIN train $NARGS --out "$TMP/nan"
 check "NaN: latest checkpoint is the one before (step 4)" sh -c "$BIN info '$TMP/nan' | grep -q 'step 4'"
 check "NaN: last checkpoint loads and evaluates" sh -c "$BIN eval -m '$TMP/nan' -t 1 >/dev/null 2>&1"
 check "NaN: no metrics record for the bad step" test "$(grep -c '"step": 5,' "$TMP/nan/metrics.jsonl")" = 0
 MOELM_INJECT_NAN_STEP=7:grad expect_error "Inf gradient stops the run at its step" "non-finite gradient at step 7" \
-    $BIN train $NARGS --out "$TMP/inf"
+    $HBIN train $NARGS --out "$TMP/inf"
 check "Inf: latest checkpoint is step 6 and loads" sh -c "$BIN info '$TMP/inf' | grep -q 'step 6' && $BIN eval -m '$TMP/inf' -t 1 >/dev/null 2>&1"
 check "Inf: resume after the stop completes" sh -c "$BIN train --resume '$TMP/inf' $NARGS >/dev/null 2>&1 && $BIN info '$TMP/inf' | grep -q 'step 10'"
-MOELM_INJECT_NAN_STEP=5 $BIN train $NARGS --out "$TMP/skip" --skip-nonfinite >"$TMP/out" 2>"$TMP/err"; rc=$?
+MOELM_INJECT_NAN_STEP=5 $HBIN train $NARGS --out "$TMP/skip" --skip-nonfinite >"$TMP/out" 2>"$TMP/err"; rc=$?
 check "--skip-nonfinite: the run completes (rc=$rc)" test "$rc" = 0
 check "--skip-nonfinite: the skip is reported" grep -q "step 5: non-finite loss or gradients, update skipped (1 so far)" "$TMP/err"
 check "--skip-nonfinite: reaches the last step" sh -c "$BIN info '$TMP/skip' | grep -q 'step 10'"
 check "--skip-nonfinite: metrics.jsonl stays valid JSON (null for NaN)" sh -c "grep -q '\"step\": 5, \"loss\": null' '$TMP/skip/metrics.jsonl' && ! grep -qi 'nan' '$TMP/skip/metrics.jsonl'"
-MOELM_INJECT_NAN_STEP=3:grad $BIN train $NARGS --out "$TMP/skip2" --skip-nonfinite >/dev/null 2>&1; rc=$?
+MOELM_INJECT_NAN_STEP=3:grad $HBIN train $NARGS --out "$TMP/skip2" --skip-nonfinite >/dev/null 2>&1; rc=$?
 check "--skip-nonfinite: an Inf gradient is skipped too (rc=$rc)" test "$rc" = 0
 
 # ---- 3. allocation failure ------------------------------------------------------------------------
 # every allocation up to 40, then every 37th until a run needs no more (a tiny run makes ~1500)
 n=1; crashes=0; oom=0; msgs=0; done_at=0
 while [ "$n" -le 20000 ]; do
-    MOELM_FAIL_ALLOC_AFTER=$n $BIN train --config tiny --steps 2 --ckpt-interval 1 -t 1 --quiet --out "$TMP/oom" \
+    MOELM_FAIL_ALLOC_AFTER=$n $HBIN train --config tiny --steps 2 --ckpt-interval 1 -t 1 --quiet --out "$TMP/oom" \
         >/dev/null 2>"$TMP/err"; rc=$?
     if [ "$rc" = 0 ]; then done_at=$n; break; fi
     oom=$((oom + 1))
@@ -102,7 +108,7 @@ check "allocation failures: one-line 'out of memory' every time" test "$msgs" = 
 check "allocation failures: a run past the last allocation ($done_at) succeeds" test "$done_at" -gt 0
 n=1; crashes=0; msgs=0; runs=0
 while [ "$n" -le 3000 ]; do
-    MOELM_FAIL_ALLOC_AFTER=$n $BIN eval -m "$TMP/ref" -t 1 >/dev/null 2>"$TMP/err"; rc=$?
+    MOELM_FAIL_ALLOC_AFTER=$n $HBIN eval -m "$TMP/ref" -t 1 >/dev/null 2>"$TMP/err"; rc=$?
     [ "$rc" = 0 ] && break
     runs=$((runs + 1))
     if [ "$rc" != 1 ]; then crashes=$((crashes + 1)); echo "   eval alloc $n: rc=$rc: $(head -c 300 "$TMP/err")"

@@ -72,8 +72,10 @@ static void run_case(const ModelConfig *c, const char *label) {
     rng_seed(&m.rng, 42);
     model_forward(&m, inp, NULL, 0);
     /* routing must vary over the sequence, or a per-token routing bug could hide */
+    MoELayer ml[4];
+    int nl = model_moe_layers(&m, ml, 4), used = 0;
     const MoEActs *acts[4];
-    int nl = model_moe_layers(&m, acts, 4), used = 0;
+    for (int l = 0; l < nl && l < 4; l++) acts[l] = ml[l].a;
     for (int l = 0; l < nl && l < 4; l++) {
         int hit[256] = {0};
         for (int i = 0; i < T * acts[l]->KS; i++) if (acts[l]->expert[i] >= 0) hit[acts[l]->expert[i]] = 1;
@@ -660,6 +662,7 @@ TEST(sample_frequencies) {
 }
 
 int main(void) {
+    test_one_thread();
     RUN(bf16_rounding);
     RUN(gemv_matches_reference);
     RUN(gemv_t_nz_matches_reference);

@@ -555,6 +555,7 @@ static int write_fixtures(const char *dir) {
 }
 
 int main(int argc, char **argv) {
+    test_one_thread();
     CHECK(dir_make(TMP) == MOELM_OK);
     fill();
     if (argc == 3 && strcmp(argv[1], "--write-fixtures") == 0) return write_fixtures(argv[2]);

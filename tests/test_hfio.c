@@ -331,6 +331,7 @@ TEST(ws_out_of_memory_is_clean) {
 }
 
 int main(void) {
+    test_one_thread();
     CHECK(dir_make(TMP) == MOELM_OK);
     fill();
     RUN(ws_single_file);

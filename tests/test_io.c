@@ -949,6 +949,7 @@ TEST(checksums) {
 }
 
 int main(void) {
+    test_one_thread();
     CHECK(dir_make(TMP) == MOELM_OK);
     RUN(json_valid_values);
     RUN(json_depth_limit_exact);

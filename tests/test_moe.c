@@ -39,7 +39,7 @@ static const char *const pnames[P__COUNT] = { "router_w", "w1", "b1", "w2", "b2"
 
 /* Offsets and sizes of each tensor in the flat parameter array, in MoEParams' field order. */
 static void param_layout(const MoEConfig *c, size_t off[P__COUNT], size_t len[P__COUNT]) {
-    size_t E = c->E, C = c->C, H = c->H, H1 = c->act == ACT_SWIGLU ? 2 * H : H;
+    size_t E = c->E, C = c->C, H = c->H, H1 = (size_t)activation_in_width(c->act, (int)H);
     len[P_ROUTER] = c->router == ROUTER_RANDOM || c->router == ROUTER_HASH ? 0 : E * C;   /* no router weight */
     len[P_W1] = E * H1 * C; len[P_B1] = E * H1; len[P_W2] = E * C * H; len[P_B2] = E * C;
     len[P_SW1] = c->shared_expert ? H1 * C : 0; len[P_SB1] = c->shared_expert ? H1 : 0;
@@ -158,7 +158,7 @@ static double act_ref(double v, Activation act) {
 static void ffn_ref(double *y, const double *x, const double *w1, const double *b1, const double *w2,
                     const double *b2, Activation act, int C, int H) {
     double hp[2 * TH + 8], hh[TH + 8];
-    int H1 = act == ACT_SWIGLU ? 2 * H : H;
+    int H1 = activation_in_width(act, H);
     CHECK(H <= TH);
     for (int j = 0; j < H1; j++) {
         double s = b1[j];
@@ -185,7 +185,7 @@ static double ref_loss(void *vctx) {
     const Case *cs = rf->cs;
     const MoEConfig *cf = &cs->cfg;
     const MoEActs *a = &cs->a;
-    int N = cs->N, C = cf->C, E = cf->E, H = cf->H, KS = a->KS, H1 = cf->act == ACT_SWIGLU ? 2 * H : H;
+    int N = cs->N, C = cf->C, E = cf->E, H = cf->H, KS = a->KS, H1 = activation_in_width(cf->act, H);
     int learned = cf->router != ROUTER_RANDOM && cf->router != ROUTER_HASH;
     int mixtral = cf->router == ROUTER_TOPK && cf->topk_softmax_after;
     size_t off[P__COUNT], len[P__COUNT];
@@ -879,6 +879,7 @@ TEST(threads_agree) {
 }
 
 int main(void) {
+    test_one_thread();
     RUN(grad_switch_relu_with_drops);
     RUN(grad_routed_scaling_factor);
     RUN(grad_topk_gshard_gelu_with_drops);

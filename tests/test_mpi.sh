@@ -36,11 +36,12 @@ if ! command -v mpirun >/dev/null 2>&1 || ! command -v mpicc >/dev/null 2>&1; th
     exit 0
 fi
 tmp=$(mktemp -d)
-if ! make -s -j8 MPI=1 >"$tmp/build.log" 2>&1; then
+if ! make -s -j8 MPI=1 all test-cli >"$tmp/build.log" 2>&1; then
     cat "$tmp/build.log"; bad build_mpi; finish
 fi
 ok build_mpi
 MPI_BIN=build-mpi/moelm
+MPI_HBIN=build-mpi/moelm-test   # with the test hooks (src/train/hooks.h): the kill below
 REF_BIN=${MOELM_BIN:-./moelm}
 [ -x "$REF_BIN" ] || { make -s -j8 >/dev/null 2>&1; REF_BIN=./moelm; }
 
@@ -129,7 +130,7 @@ fi
 # on 2 ranks reproduces the uninterrupted 2-rank run.
 full="$tmp/switch-ep2"
 kill_dir="$tmp/killed"
-if MOELM_KILL_RANK_AT_STEP=1:13 $MPIRUN -np 2 $MPI_BIN $ARGS --expert-parallel 2 --ckpt-interval 5 --out "$kill_dir" >"$tmp/killed.log" 2>&1; then
+if MOELM_KILL_RANK_AT_STEP=1:13 $MPIRUN -np 2 $MPI_HBIN $ARGS --expert-parallel 2 --ckpt-interval 5 --out "$kill_dir" >"$tmp/killed.log" 2>&1; then
     bad "killed rank: the job reported success"
 else
     ok "killed rank: the job stops"

@@ -236,7 +236,7 @@ static double act_loss(void *p) {
     return fd_dot(c->out, c->r, (size_t)c->N * c->H);
 }
 static void act_case(Activation act) {
-    int N = 4, H = 9, in = act == ACT_SWIGLU ? 2 * H : H;
+    int N = 4, H = 9, in = activation_in_width(act, H);
     ActCtx c = {zeros(N * H), vec(N * in, 2), vec(N * H, 1), N, H, act};
     /* keep ReLU inputs away from the kink, where the derivative does not exist */
     if (act == ACT_RELU) for (int i = 0; i < N * in; i++) if (fabsf(c.inp[i]) < 0.05f) c.inp[i] = 0.3f;
@@ -471,6 +471,7 @@ TEST(activation_cols_match) {
 }
 
 int main(void) {
+    test_one_thread();
     RUN(matmul_grad);
     RUN(layernorm_grad);
     RUN(rmsnorm_grad);

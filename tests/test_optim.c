@@ -142,6 +142,7 @@ TEST(clipping) {
 }
 
 int main(void) {
+    test_one_thread();
     RUN(schedules);
     RUN(adamw_matches_reference);
     RUN(adam_l2_matches_reference);

@@ -224,6 +224,7 @@ TEST(q8_0_gemv_nonfinite_and_float_product) {
 }
 
 int main(void) {
+    test_one_thread();
     RUN(fp16_widen_exhaustive);
     RUN(fp16_round_at_every_boundary);
     RUN(q8_0_quantize_rule);

@@ -372,6 +372,7 @@ TEST(report_page) {
 }
 
 int main(void) {
+    test_one_thread();
     RUN(scale_linear_and_log);
     RUN(scale_fit);
     RUN(ticks);

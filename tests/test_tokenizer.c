@@ -625,6 +625,7 @@ TEST(cli_train_encode_decode) {
 }
 
 int main(void) {
+    test_one_thread();
     RUN(word_build_encode_decode);
     RUN(count_words);
     RUN(char_build_encode_decode);

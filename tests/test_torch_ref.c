@@ -470,6 +470,7 @@ CASE_TESTS(4, seed_switch)
 CASE_TESTS(5, seed_soft)
 
 int main(int argc, char **argv) {
+    test_one_thread();
     if (argc == 3 && strcmp(argv[1], "--export") == 0) {
         int bad = 0;
         for (int i = 0; i < N_CASES; i++) bad |= export_case(&cases[i], argv[2]);

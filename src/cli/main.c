@@ -6,6 +6,7 @@
 #include "common/util.h"
 #include "moelm.h"
 #include "backend/gemm.h"
+#include "train/hooks.h"
 
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
@@ -50,10 +51,7 @@ int main(int argc, char **argv) {
         printf("moelm %s\n", MOELM_VERSION);
         return 0;
     }
-    /* Test hook (tests/test_faults.sh): MOELM_FAIL_ALLOC_AFTER=N makes the N-th allocation of the
-     * library fail, to check that every out-of-memory path ends in a one-line error, not a crash. */
-    const char *fa = getenv("MOELM_FAIL_ALLOC_AFTER");
-    if (fa && atol(fa) > 0) moelm_alloc_fail_after(atol(fa));
+    hook_begin();   /* test builds only: fault injection (src/train/hooks.h) */
     const char *cmd = argv[1];
     if (!strcmp(cmd, "train")) return cmd_train(argc - 1, argv + 1);
     if (!strcmp(cmd, "eval")) return cmd_eval(argc - 1, argv + 1);

@@ -372,6 +372,13 @@ int config_block_is_sparse(const ModelConfig *c, int i) {
     return c->sparse_step == 1 || i % c->sparse_step == 1;
 }
 
+int config_num_moe_layers(const ModelConfig *c) {
+    if (c->model_type == MODEL_SEED) return 1;
+    int n = 0;
+    for (int l = 0; l < c->num_layers; l++) n += config_block_is_sparse(c, l);
+    return n;
+}
+
 MoEConfig config_moe(const ModelConfig *c) {
     MoEConfig m;
     memset(&m, 0, sizeof m);
@@ -421,8 +428,10 @@ moelm_status config_check(const ModelConfig *c) {
         "router_jitter_noise must be in [0, 1)");
     REQ(isfinite(c->routed_scaling_factor) && c->routed_scaling_factor > 0 && c->routed_scaling_factor <= 1024,
         "routed_scaling_factor must be in (0, 1024] (got %g)", c->routed_scaling_factor);
+    REQ(config_num_moe_layers(c) <= CONFIG_MAX_MOE_LAYERS, "at most %d MoE layers (got %d: raise sparse_step)",
+        CONFIG_MAX_MOE_LAYERS, config_num_moe_layers(c));
 #undef REQ
-    int has_moe = c->model_type == MODEL_SEED || (c->num_experts > 1 && c->sparse_step > 0);
+    int has_moe = config_num_moe_layers(c) > 0;
     if (has_moe) {
         MoEConfig m = config_moe(c);
         moelm_status st = moe_config_check(&m, 1);

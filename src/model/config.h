@@ -64,8 +64,15 @@ char *config_to_json(const ModelConfig *cfg);
 /* Validates; the message names the key and the problem (heads not dividing d_model, ...). */
 moelm_status config_check(const ModelConfig *cfg);
 
-/* Whether block i of the lm is an MoE block. */
+/* What kind of layer block i's FFN is: 1 an MoE layer (the lm's every sparse_step-th block when it
+ * has experts), 0 a dense FFN (every block of the seed model: its MoE layer is the head's). The one
+ * answer to the question; model_moe_layers lists a model's MoE layers from it. */
 int config_block_is_sparse(const ModelConfig *cfg, int i);
+
+/* The number of MoE layers: the lm's sparse blocks, or the seed model's one (its head's). At most
+ * CONFIG_MAX_MOE_LAYERS (config_check). */
+enum { CONFIG_MAX_MOE_LAYERS = 64 };
+int config_num_moe_layers(const ModelConfig *cfg);
 
 /* The MoE layer config derived from the model config. */
 MoEConfig config_moe(const ModelConfig *cfg);

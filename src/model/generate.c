@@ -27,12 +27,6 @@
 
 /* ---- cache ------------------------------------------------------------------------------------- */
 
-static int model_has_moe(const ModelConfig *c) {
-    if (c->model_type == MODEL_SEED) return 1;
-    for (int l = 0; l < c->num_layers; l++) if (config_block_is_sparse(c, l)) return 1;
-    return 0;
-}
-
 /* floats between one thread's own vectors in kv->own: C rounded up to whole cache lines */
 static size_t own_stride(int C) { return ((size_t)C + 15) & ~(size_t)15; }
 
@@ -45,7 +39,7 @@ static size_t kv_key_stride(int P) { return ((size_t)P + 15) & ~(size_t)15; }
 static size_t units_stride(const Model *m) {
     const ModelConfig *c = &m->cfg;
     int u = c->d_ff > c->head_hidden ? c->d_ff : c->head_hidden;
-    if (model_has_moe(c) && m->moe_cfg.H > u) u = m->moe_cfg.H;
+    if (config_num_moe_layers(c) > 0 && m->moe_cfg.H > u) u = m->moe_cfg.H;
     return ((size_t)u + 15) & ~(size_t)15;
 }
 
@@ -53,7 +47,7 @@ static size_t units_stride(const Model *m) {
 static size_t kv_layout(KVCache *kv, char *base, const Model *m) {
     const ModelConfig *c = &m->cfg;
     int C = c->d_model, L = c->num_layers, P = c->n_positions, V = c->vocab_size;
-    int H = c->d_ff, H1 = c->hidden_act == ACT_SWIGLU ? 2 * H : H, HH = c->model_type == MODEL_SEED ? c->head_hidden : 0;
+    int H = c->d_ff, H1 = activation_in_width(c->hidden_act, H), HH = c->model_type == MODEL_SEED ? c->head_hidden : 0;
     int W1 = H1 > HH ? H1 : HH, W = H > HH ? H : HH;
     size_t off = 0;
 #define TAKE(ptr, nfloats) do { size_t _b = sizeof(float) * (size_t)(nfloats); \
@@ -72,7 +66,7 @@ static size_t kv_layout(KVCache *kv, char *base, const Model *m) {
     TAKE(kv->skipped, (size_t)KV_TEAM_MAX * 8 * (sizeof(double) / sizeof(float)));
     TAKE(kv->nz_idx, (size_t)KV_TEAM_MAX * units_stride(m));
 #undef TAKE
-    if (model_has_moe(c)) {
+    if (config_num_moe_layers(c) > 0) {
         size_t bytes = moe_acts_bytes(&m->moe_cfg, 1);
         if (base) moe_acts_bind(&kv->moe, base + off, &m->moe_cfg, 1);
         off += (bytes + 63) & ~(size_t)63;
@@ -103,12 +97,10 @@ static int down_list(const Model *m, KVDownCopy *out) {
 #define ADD_MOE(mp) do { if (mc->act == ACT_RELU) { \
         ADD((mp)->w2, (size_t)mc->E, mc->C, mc->H, KV_PHASE_MOE); \
         if (mc->shared_expert) ADD((mp)->sw2, 1, mc->C, mc->H, KV_PHASE_MOE); } } while (0)
-    for (int l = 0; l < c->num_layers; l++)
-        if (!seed && config_block_is_sparse(c, l)) ADD_MOE(&m->p.layers[l].moe);
-    if (seed) {
-        ADD_MOE(&m->p.head_moe);
-        ADD(m->p.head_w2, 1, c->vocab_size, c->head_hidden, KV_PHASE_HEAD);   /* its hidden layer is a ReLU */
-    }
+    MoELayer ml[CONFIG_MAX_MOE_LAYERS];
+    int n_moe = model_moe_layers(m, ml, CONFIG_MAX_MOE_LAYERS);
+    for (int i = 0; i < n_moe; i++) ADD_MOE(ml[i].p);
+    if (seed) ADD(m->p.head_w2, 1, c->vocab_size, c->head_hidden, KV_PHASE_HEAD);   /* its hidden layer is a ReLU */
 #undef ADD_MOE
 #undef ADD
     return n;
@@ -358,7 +350,7 @@ static void ffn_team(const Model *m, KVCache *kv, const FfnRow *f, Activation ac
 static int expert_ffn(const Model *m, KVCache *kv, const MoEParams *p, int e, FfnRow *f) {
     const MoEConfig *cfg = &m->moe_cfg;
     MoEActs *a = &kv->moe;
-    int C = cfg->C, H = cfg->H, H1 = cfg->act == ACT_SWIGLU ? 2 * H : H, r = a->offsets[e];
+    int C = cfg->C, H = cfg->H, H1 = activation_in_width(cfg->act, H), r = a->offsets[e];
     if (a->offsets[e + 1] == r) return 0;
     *f = (FfnRow){a->y + (size_t)r * C, a->h + (size_t)r * H, a->h_pre + (size_t)r * H1, a->xd + (size_t)r * C,
                   p->w1 + (size_t)e * H1 * C, p->b1 + (size_t)e * H1, p->w2 + (size_t)e * C * H, p->b2 + (size_t)e * C};
@@ -429,7 +421,7 @@ static void step_team(Model *m, KVCache *kv, int token, int t) {
     for (int i = 0; i < C; i++) x[i] = p->wte[(size_t)token * C + i] + p->wpe[(size_t)t * C + i];
     for (int l = 0; l < c->num_layers; l++) {
         const LayerParams *lp = &p->layers[l];
-        int sparse = !seed && config_block_is_sparse(c, l);
+        int sparse = config_block_is_sparse(c, l);
         float *kl = kv->k + (size_t)l * C * ldk, *vl = kv->v + (size_t)l * P * C;
         const float *att_in = seed ? x : xb;
         if (!seed) norm1(m, xb, x, lp->ln1_w, lp->ln1_b);
@@ -508,7 +500,7 @@ typedef struct {
 } StepFloats;
 
 static void count_moe(StepFloats *f, const MoEConfig *cfg) {
-    double C = cfg->C, H = cfg->H, H1 = cfg->act == ACT_SWIGLU ? 2.0 * cfg->H : cfg->H;
+    double C = cfg->C, H = cfg->H, H1 = activation_in_width(cfg->act, cfg->H);
     int reached = moe_slots_per_token(cfg) < cfg->E ? moe_slots_per_token(cfg) : cfg->E;
     if (cfg->router != ROUTER_RANDOM && cfg->router != ROUTER_HASH) f->vec[KV_PHASE_MOE] += cfg->E * C;   /* router_w */
     if (cfg->use_expert_bias) f->vec[KV_PHASE_MOE] += cfg->E;
@@ -518,13 +510,13 @@ static void count_moe(StepFloats *f, const MoEConfig *cfg) {
 
 double kv_phase_bytes(const Model *m, int bf16, double out[KV_PHASES]) {
     const ModelConfig *c = &m->cfg;
-    double C = c->d_model, V = c->vocab_size, H = c->d_ff, H1 = c->hidden_act == ACT_SWIGLU ? 2.0 * H : H;
+    double C = c->d_model, V = c->vocab_size, H = c->d_ff, H1 = activation_in_width(c->hidden_act, c->d_ff);
     double norm = c->norm_type == NORM_RMS ? C : 2 * C;   /* weight (and bias) of one norm */
     int seed = c->model_type == MODEL_SEED;
     StepFloats f = {{0.0}, {0.0}};
     f.vec[KV_PHASE_ATTENTION] = 2 * C;                    /* a row of wte and one of wpe */
     for (int l = 0; l < c->num_layers; l++) {
-        int sparse = !seed && config_block_is_sparse(c, l);
+        int sparse = config_block_is_sparse(c, l);
         f.mat[KV_PHASE_ATTENTION] += 3 * C * C;           /* qkv */
         f.vec[KV_PHASE_ATTENTION] += 3 * C + (seed ? 0 : norm);
         f.mat[KV_PHASE_PROJECTION] += C * C;              /* out, and the norm after it */

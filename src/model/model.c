@@ -57,7 +57,7 @@ static float *tensor(Layout *L, float **grad, const char *name, int trainable, i
 
 static void layout_moe(Layout *L, MoEParams *p, MoEParams *g, const MoEConfig *mc, const char *prefix) {
     char nm[96];
-    int E = mc->E, C = mc->C, H = mc->H, H1 = mc->act == ACT_SWIGLU ? 2 * H : H;
+    int E = mc->E, C = mc->C, H = mc->H, H1 = activation_in_width(mc->act, H);
 #define NAME(s) (snprintf(nm, sizeof nm, "%s.%s", prefix, s), nm)
     if (mc->router != ROUTER_RANDOM && mc->router != ROUTER_HASH)
         p->router_w = tensor(L, &g->router_w, NAME("router.weight"), 1, 2, E, C, 0);
@@ -80,7 +80,7 @@ static void layout_moe(Layout *L, MoEParams *p, MoEParams *g, const MoEConfig *m
 static void layout_model(Layout *L) {
     Model *m = L->m;
     const ModelConfig *c = &m->cfg;
-    int C = c->d_model, V = c->vocab_size, H = c->d_ff, H1 = c->hidden_act == ACT_SWIGLU ? 2 * H : H;
+    int C = c->d_model, V = c->vocab_size, H = c->d_ff, H1 = activation_in_width(c->hidden_act, H);
     int rms = c->norm_type == NORM_RMS;
     ModelParams *p = &m->p, *g = &m->g;
     char nm[96];
@@ -97,7 +97,7 @@ static void layout_model(Layout *L) {
         lp->out_b = tensor(L, &lg->out_b, NAME("attn.out.bias"), 1, 1, C, 0, 0);
         lp->ln2_w = tensor(L, &lg->ln2_w, NAME("ln2.weight"), 1, 1, C, 0, 0);
         if (!rms) lp->ln2_b = tensor(L, &lg->ln2_b, NAME("ln2.bias"), 1, 1, C, 0, 0);
-        if (c->model_type == MODEL_LM && config_block_is_sparse(c, l)) {
+        if (config_block_is_sparse(c, l)) {
             char prefix[64];
             snprintf(prefix, sizeof prefix, "blocks.%d.moe", l);
             layout_moe(L, &lp->moe, &lg->moe, &m->moe_cfg, prefix);
@@ -139,12 +139,12 @@ static void *bump(Bump *b, size_t bytes) {
 static void layout_acts(Model *m, Bump *b) {
     const ModelConfig *c = &m->cfg;
     int B = m->B, T = m->T, N = B * T, C = c->d_model, NH = c->num_heads, V = c->vocab_size;
-    int H = c->d_ff, H1 = c->hidden_act == ACT_SWIGLU ? 2 * H : H, HH = c->head_hidden;
+    int H = c->d_ff, H1 = activation_in_width(c->hidden_act, H), HH = c->head_hidden;
     int seed = c->model_type == MODEL_SEED;
     ModelActs *a = &m->a;
     for (int l = 0; l < c->num_layers; l++) {
         LayerActs *la = &a->layers[l];
-        int sparse = !seed && config_block_is_sparse(c, l);
+        int sparse = config_block_is_sparse(c, l);
         la->x_in = BF(b, N * C);
         la->ln1 = BF(b, N * C);
         la->ln1_mean = BF(b, N);
@@ -302,16 +302,14 @@ void model_free(Model *m) {
 void model_zero_grad(Model *m) { memset(m->grads, 0, sizeof(float) * m->n_params); }
 
 static size_t moe_expert_params(const MoEConfig *mc) {
-    int H1 = mc->act == ACT_SWIGLU ? 2 * mc->H : mc->H;
+    int H1 = activation_in_width(mc->act, mc->H);
     return (size_t)H1 * mc->C + H1 + (size_t)mc->C * mc->H + mc->C;
 }
 
 void model_param_counts(const Model *m, size_t *total, size_t *active, size_t *per_expert) {
     size_t tot = 0;
     for (int i = 0; i < m->n_tensors; i++) if (m->tensors[i].trainable) tot += m->tensors[i].full_size;
-    int moe_layers = 0;
-    if (m->cfg.model_type == MODEL_SEED) moe_layers = 1;
-    else for (int l = 0; l < m->cfg.num_layers; l++) moe_layers += config_block_is_sparse(&m->cfg, l);
+    int moe_layers = config_num_moe_layers(&m->cfg);
     size_t pe = moe_layers ? moe_expert_params(&m->moe_cfg) : 0;
     int E = m->moe_cfg.E, K = m->moe_cfg.router == ROUTER_SOFT ? E : m->moe_cfg.K;
     if (total) *total = tot;
@@ -337,7 +335,7 @@ static void norm_bwd(const Model *m, float *dinp, float *dw, float *db, const fl
 
 /* Dense FFN: out[N,C] = fc2(act(fc1(inp))) saving fc_pre and fc. */
 static void ffn_fwd(const Model *m, float *out, float *fc_pre, float *fc, const float *inp, const LayerParams *lp, int N) {
-    int C = m->cfg.d_model, H = m->cfg.d_ff, H1 = m->cfg.hidden_act == ACT_SWIGLU ? 2 * H : H;
+    int C = m->cfg.d_model, H = m->cfg.d_ff, H1 = activation_in_width(m->cfg.hidden_act, H);
     matmul_forward(fc_pre, inp, lp->fc1_w, lp->fc1_b, N, C, H1);
     activation_forward(fc, fc_pre, m->cfg.hidden_act, N, H);
     matmul_forward(out, fc, lp->fc2_w, lp->fc2_b, N, H, C);
@@ -363,7 +361,7 @@ float model_forward(Model *m, const int *inputs, const int *targets, int trainin
         LayerActs *la = &a->layers[l];
         const LayerParams *lp = &p->layers[l];
         float *out = l + 1 < c->num_layers ? a->layers[l + 1].x_in : a->x_final;
-        int sparse = !seed && config_block_is_sparse(c, l);
+        int sparse = config_block_is_sparse(c, l);
         const float *att_in = la->x_in;
         if (!seed) {
             norm_fwd(m, la->ln1, la->ln1_mean, la->ln1_rstd, la->x_in, lp->ln1_w, lp->ln1_b, N);
@@ -423,7 +421,7 @@ float model_forward(Model *m, const int *inputs, const int *targets, int trainin
 void model_backward(Model *m) {
     const ModelConfig *c = &m->cfg;
     int B = m->B, T = m->T, N = B * T, C = c->d_model, NH = c->num_heads, V = c->vocab_size;
-    int H = c->d_ff, H1 = c->hidden_act == ACT_SWIGLU ? 2 * H : H;
+    int H = c->d_ff, H1 = activation_in_width(c->hidden_act, H);
     int seed = c->model_type == MODEL_SEED;
     float pdrop = m->pdrop;          /* the rate the forward used (0 in eval: masks all ones) */
     ModelActs *a = &m->a;
@@ -457,7 +455,7 @@ void model_backward(Model *m) {
         LayerActs *la = &a->layers[l];
         const LayerParams *lp = &p->layers[l];
         LayerParams *lg = &g->layers[l];
-        int sparse = !seed && config_block_is_sparse(c, l);
+        int sparse = config_block_is_sparse(c, l);
         /* s->dres holds d(block output) */
         const float *ffn_in;
         float *dffn_out;   /* gradient of the FFN/MoE output (after dropout) */
@@ -499,16 +497,17 @@ void model_backward(Model *m) {
     encoder_backward(g->wte, g->wpe, s->dres, a->inputs, B, T, C);
 }
 
-int model_moe_layers(const Model *m, const MoEActs **acts, int max) {
+int model_moe_layers(const Model *m, MoELayer *out, int max) {
+    Model *w = (Model *)m;   /* see model.h: the views handed out may be written through */
     int n = 0;
-    if (m->cfg.model_type == MODEL_SEED) {
-        if (n < max) acts[n] = &m->a.head_moe;
-        return 1;
-    }
     for (int l = 0; l < m->cfg.num_layers; l++)
         if (config_block_is_sparse(&m->cfg, l)) {
-            if (n < max) acts[n] = &m->a.layers[l].moe;
+            if (n < max) out[n] = (MoELayer){l, &w->p.layers[l].moe, &w->g.layers[l].moe, &w->a.layers[l].moe, &w->moe_cfg};
             n++;
         }
+    if (m->cfg.model_type == MODEL_SEED) {
+        if (n < max) out[n] = (MoELayer){-1, &w->p.head_moe, &w->g.head_moe, &w->a.head_moe, &w->moe_cfg};
+        n++;
+    }
     return n;
 }

@@ -263,7 +263,18 @@ double kv_phase_bytes(const Model *m, int bf16, double out[KV_PHASES]);
  * drawing from rng. scratch [2V] floats. */
 int sample_token(const float *logits, int V, float temp, int top_k, float top_p, Rng *rng, float *scratch);
 
-/* Routing statistics of the last forward, per MoE layer: layer index list and acts. */
-int model_moe_layers(const Model *m, const MoEActs **acts, int max);
+/* One MoE layer of a model, wherever the model type keeps it: an lm's sparse block, the seed head. */
+typedef struct {
+    int block;                /* the block whose FFN it is; -1: the seed model's head */
+    MoEParams *p, *g;         /* its parameters and their gradients (views into m's arenas) */
+    MoEActs *a;               /* its activations of the last forward */
+    const MoEConfig *cfg;     /* the model's moe_cfg (one config for every MoE layer) */
+} MoELayer;
+
+/* Every MoE layer of m in forward order into out[0 .. min(n, max) - 1]; returns n, their count
+ * (config_num_moe_layers, at most CONFIG_MAX_MOE_LAYERS). The one way to find a model's MoE layers:
+ * training's bias update, evaluation's statistics and the routing dumps all ask here. The pointers
+ * are into m (writable: a Model is never a const object, the const only says this call writes nothing). */
+int model_moe_layers(const Model *m, MoELayer *out, int max);
 
 #endif

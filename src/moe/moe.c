@@ -52,7 +52,7 @@ int router_from_name(const char *s) {
  * generation (N = 1) and of tiny models stay on one thread. */
 #define MOE_PAR_WORK ((size_t)1 << 15)
 
-static int moe_h1(const MoEConfig *cfg) { return cfg->act == ACT_SWIGLU ? 2 * cfg->H : cfg->H; }
+static int moe_h1(const MoEConfig *cfg) { return activation_in_width(cfg->act, cfg->H); }
 
 /* Routers with a learned weight (and so logits, probs, gradients and losses). */
 static int router_learned(RouterType r) { return r != ROUTER_RANDOM && r != ROUTER_HASH; }
@@ -510,7 +510,7 @@ static void colsum_add(float *db, const float *d, int n, int OC) {
 /* One FFN over n rows: h_pre = x @ w1^T + b1, h = act(h_pre), y = h @ w2^T + b2. */
 static void ffn_forward(float *y, float *h, float *h_pre, const float *x, const float *w1, const float *b1,
                         const float *w2, const float *b2, Activation act, int n, int C, int H) {
-    int H1 = act == ACT_SWIGLU ? 2 * H : H;
+    int H1 = activation_in_width(act, H);
     gemm_halves(1, n, H1, C, 1.0f, x, C, w1, C, 0.0f, h_pre, H1);
     add_bias_rows(h_pre, b1, n, H1);
     activation_forward(h, h_pre, act, n, H);
@@ -523,7 +523,7 @@ static void ffn_forward(float *y, float *h, float *h_pre, const float *x, const 
 static void ffn_backward(float *dx, float *dw1, float *db1, float *dw2, float *db2, float *dh, float *dh_pre,
                          const float *dy, const float *h, const float *h_pre, const float *x, const float *w1,
                          const float *w2, Activation act, int n, int C, int H) {
-    int H1 = act == ACT_SWIGLU ? 2 * H : H;
+    int H1 = activation_in_width(act, H);
     GemmCall gh = {0, 0, n, H, C, 1.0f, dy, C, w2, H, 0.0f, dh, H};         /* dh = dy @ w2 */
     GemmCall gw2 = {1, 0, C, H, n, 1.0f, dy, C, h, H, 1.0f, dw2, H};        /* dw2 += dy^T h */
     gemm_pair(&gh, &gw2);

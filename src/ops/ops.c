@@ -616,7 +616,7 @@ void activation_forward_cols(float *out, const float *inp, Activation act, int H
 }
 
 void activation_forward(float *out, const float *inp, Activation act, int N, int H) {
-    size_t in_row = activation_gated(act) ? 2 * (size_t)H : (size_t)H;
+    size_t in_row = (size_t)activation_in_width(act, H);
 #pragma omp parallel for schedule(static) if ((size_t)N * H >= PAR_MIN_WORK)
     for (int n = 0; n < N; n++) activation_forward_cols(out + (size_t)n * H, inp + (size_t)n * in_row, act, H, 0, H);
 }

@@ -23,6 +23,9 @@ typedef enum { ACT_RELU = 0, ACT_GELU = 1, ACT_SWIGLU = 2, ACT_GELU_TANH = 3, AC
 
 /* Gated activations read two columns per output (inp [N, 2H]): SwiGLU and GEGLU. */
 static inline int activation_gated(Activation act) { return act == ACT_SWIGLU || act == ACT_GEGLU; }
+/* The width of the input of an activation with H outputs, so of an FFN's first product [H1, C]:
+ * 2H when gated (the gate columns, then the up columns), H otherwise. */
+static inline int activation_in_width(Activation act, int H) { return activation_gated(act) ? 2 * H : H; }
 
 /* out[B,T,C] = wte[inp[b,t]] + wpe[t]. wpe may be NULL (no learned positions). */
 void encoder_forward(float *out, const int *inp, const float *wte, const float *wpe, int B, int T, int C);

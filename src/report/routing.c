@@ -110,10 +110,8 @@ static moelm_status top_tokens(StrBuf *sb, const Tokenizer *tok, const int *toke
 
 moelm_status routing_begin(RoutingRec *rec, const Model *m, size_t n, size_t max_batches) {
     memset(rec, 0, sizeof *rec);
-    const MoEActs *acts[64];
-    int L = model_moe_layers(m, acts, 64);
+    int L = config_num_moe_layers(&m->cfg);
     if (L <= 0 || n < 2) return MOELM_OK;   /* nothing to record: rec->L == 0 */
-    if (L > 64) L = 64;
     int B = m->B, T = m->T, Bg = B * dist_world();   /* this rank's windows, all ranks' windows */
     size_t BT = (size_t)B * T;
     size_t nb = eval_num_batches(n, Bg, T, T), want = (ROUTING_MAX_TOKENS + BT - 1) / BT;
@@ -137,15 +135,15 @@ moelm_status routing_begin(RoutingRec *rec, const Model *m, size_t n, size_t max
 
 void routing_take(RoutingRec *rec, const Model *m, const int *inp, const int *tgt, size_t b) {
     if (!rec || rec->L == 0 || b >= rec->nb) return;
-    const MoEActs *acts[64];
-    model_moe_layers(m, acts, 64);
+    MoELayer ml[CONFIG_MAX_MOE_LAYERS];
+    model_moe_layers(m, ml, CONFIG_MAX_MOE_LAYERS);
     size_t BT = (size_t)m->B * m->T, BgT = BT * (size_t)dist_world();
     for (size_t i = 0; i < BT; i++) {
         if (tgt[i] < 0) continue;
         size_t c = rec->cnt++;
         rec->tokens[c] = inp[i];
         rec->pos[c] = b * BgT + i;   /* rank 0's window w = b*Bg + row holds inputs ids[w*T ...]: stream index b*Bg*T + i */
-        for (int l = 0; l < rec->L; l++) rec->experts[(size_t)l * rec->cap + c] = (short)routing_token_expert(acts[l], (int)i);
+        for (int l = 0; l < rec->L; l++) rec->experts[(size_t)l * rec->cap + c] = (short)routing_token_expert(ml[l].a, (int)i);
     }
 }
 
@@ -200,13 +198,12 @@ moelm_status routing_finish(RoutingRec *rec, const char *run_dir, long step, con
                    "\"k\": %d, \"word_level\": %s, \"layers\": [",
               step, router_name(mc->router), E, mc->K,
               tokenizer_kind(tok) == TOK_WORD ? "true" : "false");
-    for (int l = 0, j = 0; l < L; l++) {
+    MoELayer ml[CONFIG_MAX_MOE_LAYERS];
+    model_moe_layers(m, ml, CONFIG_MAX_MOE_LAYERS);
+    for (int l = 0; l < L; l++) {
         char name[32];
-        if (m->cfg.model_type == MODEL_SEED) snprintf(name, sizeof name, "head");
-        else {
-            while (j < m->cfg.num_layers && !config_block_is_sparse(&m->cfg, j)) j++;
-            snprintf(name, sizeof name, "block %d", j++);
-        }
+        if (ml[l].block < 0) snprintf(name, sizeof name, "head");
+        else snprintf(name, sizeof name, "block %d", ml[l].block);
         sb_printf(&sb, "%s\"%s\"", l ? ", " : "", name);
     }
     sb_printf(&sb, "], \"tokens_counted\": %zu, \"sample\": {\"pieces\": [", cnt);

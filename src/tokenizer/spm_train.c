@@ -627,7 +627,6 @@ static moelm_status unigram_train(const Corpus *c, const SpmTrainOptions *o, int
     moelm_status st = unigram_seed(c, o, &pieces);
     if (st) { sp_free(&pieces); return st; }
     size_t desired = (size_t)(o->vocab_size * 1.1);
-    if (getenv("MOELM_TOK_DEBUG")) fprintf(stderr, "seeds=%zu words=%zu\n", pieces.n, c->words.n);
     size_t maxc = 16;
     for (size_t w = 0; w < c->words.n; w++) if (c->words.len[w] + 2 > maxc) maxc = c->words.len[w] + 2;
     double *fwd = moelm_malloc((3 * maxc + 8) * sizeof(double));
@@ -660,7 +659,6 @@ static moelm_status unigram_train(const Corpus *c, const SpmTrainOptions *o, int
             for (size_t i = 0; i < np.n; i++) np.v[i].score = (float)(digamma(np.v[i].score) - lsum);
             sp_free(&pieces);
             pieces = np;
-            if (getenv("MOELM_TOK_DEBUG")) fprintf(stderr, "EM iter %d size=%zu\n", iter, pieces.n);
         }
         if (pieces.n <= desired) break;
         /* prune */

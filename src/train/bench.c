@@ -12,6 +12,7 @@
 #include "backend/gemm.h"
 #include "io/fileio.h"
 #include "optim/optim.h"
+#include "train/step.h"
 #include "train/train.h"
 
 void bench_options_default(BenchOptions *o) {
@@ -77,7 +78,7 @@ static void print_gen_phases(const Model *m, const KVCache *kv, int n, int bf16)
  * HH the seed head's hidden size, V vocab. 2 FLOPs per multiply-add. */
 static double moe_flops(const Model *m, const MoEActs *a) {
     const MoEConfig *mc = &m->moe_cfg;
-    double C = mc->C, H = mc->H, H1 = mc->act == ACT_SWIGLU ? 2.0 * mc->H : mc->H, N = a->N;
+    double C = mc->C, H = mc->H, H1 = activation_in_width(mc->act, mc->H), N = a->N;
     double f = (double)a->S * (2 * C * H1 + 2 * H * C);                        /* experts over kept slots */
     if (mc->router != ROUTER_RANDOM && mc->router != ROUTER_HASH) f += 2 * N * C * mc->E;   /* router */
     if (mc->shared_expert) f += N * (2 * C * H1 + 2 * H * C);
@@ -87,13 +88,13 @@ static double moe_flops(const Model *m, const MoEActs *a) {
 double bench_forward_flops(const Model *m) {
     const ModelConfig *c = &m->cfg;
     double B = m->B, T = m->T, N = B * T, C = c->d_model, V = c->vocab_size;
-    double H = c->d_ff, H1 = c->hidden_act == ACT_SWIGLU ? 2 * H : H, HH = c->head_hidden;
+    double H = c->d_ff, H1 = activation_in_width(c->hidden_act, c->d_ff), HH = c->head_hidden;
     int seed = c->model_type == MODEL_SEED;
     double f = 0.0;
     for (int l = 0; l < c->num_layers; l++) {
         f += 2 * N * C * 3 * C + 2 * N * C * C;            /* qkv and output projections */
         f += 2 * B * T * (T + 1) * C;                       /* causal q.k and p.v: 2 * 2 * hs per (b,h,t,u<=t) */
-        if (!seed && config_block_is_sparse(c, l)) f += moe_flops(m, &m->a.layers[l].moe);
+        if (config_block_is_sparse(c, l)) f += moe_flops(m, &m->a.layers[l].moe);
         else f += N * (2 * C * H1 + 2 * H * C);
     }
     if (seed) f += moe_flops(m, &m->a.head_moe) + 2 * N * C * HH + 2 * N * HH * V;
@@ -187,26 +188,8 @@ static double median_gflops(int M, int Nn, int K, double *t, int n) {
 }
 
 static moelm_status resolve_config(const BenchOptions *o, ModelConfig *cfg, TrainConfig *tc) {
-    moelm_status st;
-    if (path_exists(o->config) && !path_is_dir(o->config)) {
-        st = config_load(cfg, o->config);
-        if (!st) st = config_preset_train(tc, "demo");
-    } else {
-        st = config_preset(cfg, o->config);
-        if (!st) st = config_preset_train(tc, o->config);
-    }
+    moelm_status st = train_resolve_config(o->config, o->sets, o->n_sets, cfg, tc);
     if (st) return st;
-    for (int i = 0; i < o->n_sets; i++) {
-        char key[128];
-        const char *eq = strchr(o->sets[i], '=');
-        if (!eq || eq == o->sets[i] || (size_t)(eq - o->sets[i]) >= sizeof key)
-            return moelm_fail(MOELM_ERR_ARG, "--set '%s': expected key=value", o->sets[i]);
-        memcpy(key, o->sets[i], (size_t)(eq - o->sets[i]));
-        key[eq - o->sets[i]] = '\0';
-        st = config_set(cfg, key, eq + 1);
-        if (st == MOELM_ERR_CONFIG && strstr(moelm_last_error(), "unknown config key")) st = train_config_set(tc, key, eq + 1);
-        if (st) return st;
-    }
     if (o->batch_size > 0) tc->batch_size = o->batch_size;
     if (o->seq_len > 0) tc->seq_len = o->seq_len;
     if (cfg->vocab_size == 0) cfg->vocab_size = o->vocab_size;
@@ -216,6 +199,23 @@ static moelm_status resolve_config(const BenchOptions *o, ModelConfig *cfg, Trai
 }
 
 /* ---- the run --------------------------------------------------------------------------------------- */
+
+void bench_train(Model *m, Optimizer *opt, const TrainConfig *tc, const int *batches, int nbatch, int warmup, int steps,
+                 BenchTrain *out) {
+    int N = m->B * m->T;
+    Trainer t = {m, opt, tc, 0};
+    memset(out, 0, sizeof *out);
+    for (int s = 0; s < warmup + steps; s++) {
+        const int *inp = batches + (size_t)(s % nbatch) * 2 * N, *tgt = inp + N;
+        StepResult r = train_step(&t, inp, tgt, tc->lr, s + 1);
+        out->loss = r.loss;
+        if (s < warmup) continue;
+        out->fwd_s += r.fwd_s;
+        out->bwd_s += r.bwd_s;
+        out->opt_s += r.opt_s;
+        out->flops += 3.0 * bench_forward_flops(m);
+    }
+}
 
 moelm_status bench_run(const BenchOptions *o) {
     ModelConfig cfg;
@@ -261,33 +261,18 @@ moelm_status bench_run(const BenchOptions *o) {
     printf("bench: %s, batch %d x %d, %d threads, backend %s\n", o->config, B, T, o->threads, backend_name());
     fflush(stdout);
 
-    /* training: the step of train.c, on synthetic batches */
-    double t_fwd = 0, t_bwd = 0, t_opt = 0, t_total = 0, flops = 0;
-    for (int s = 0; s < o->warmup + o->steps; s++) {
-        const int *inp = tok + (size_t)(s % NBATCH) * 2 * N, *tgt = inp + N;
-        double t0 = time_now();
-        if (s == 0) model_zero_grad(&m);   /* then optim_step leaves them zero, as in train.c */
-        model_forward(&m, inp, tgt, 1);
-        double t1 = time_now();
-        model_backward(&m);
-        double t2 = time_now();
-        optim_step(&opt, &m, &tc, tc.lr, clip_scale(grad_norm(&m), tc.grad_clip));
-        double t3 = time_now();
-        if (s < o->warmup) continue;
-        t_fwd += t1 - t0;
-        t_bwd += t2 - t1;
-        t_opt += t3 - t2;
-        t_total += t3 - t0;
-        flops += 3.0 * bench_forward_flops(&m);
-    }
+    /* training: train.c's step, on synthetic batches */
+    BenchTrain bt;
+    bench_train(&m, &opt, &tc, tok, NBATCH, o->warmup, o->steps, &bt);
+    double t_total = bt.fwd_s + bt.bwd_s + bt.opt_s, flops = bt.flops;
     double train_tps = o->steps > 0 ? (double)N * o->steps / t_total : 0.0;
     double train_gflops = o->steps > 0 ? flops / t_total / 1e9 : 0.0;
     if (o->steps > 0) {
         printf("train: %.2f ms/step, %.0f tok/s, %.1f GFLOP/s (%.2f GFLOP/step), loss %.4f\n",
-               1e3 * t_total / o->steps, train_tps, train_gflops, flops / o->steps / 1e9, m.loss);
+               1e3 * t_total / o->steps, train_tps, train_gflops, flops / o->steps / 1e9, bt.loss);
         if (o->profile)
             printf("train phases: forward %.2f ms, backward %.2f ms, clip+optimizer %.2f ms per step\n",
-                   1e3 * t_fwd / o->steps, 1e3 * t_bwd / o->steps, 1e3 * t_opt / o->steps);
+                   1e3 * bt.fwd_s / o->steps, 1e3 * bt.bwd_s / o->steps, 1e3 * bt.opt_s / o->steps);
     }
 
     /* generation: batch 1, one prompt token, then n_gen greedy tokens through the KV cache; with the

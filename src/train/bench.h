@@ -18,6 +18,7 @@
 #define MOELM_BENCH_H
 
 #include "model/model.h"
+#include "optim/optim.h"
 
 typedef struct {
     const char *config;         /* preset name or config.json (default "seed-switch") */
@@ -36,6 +37,17 @@ typedef struct {
 
 void bench_options_default(BenchOptions *o);
 moelm_status bench_run(const BenchOptions *o);
+
+/* bench's training: warmup untimed steps, then `steps` timed ones, step s (0-based) on batch s % nbatch
+ * of batches [nbatch, 2, B*T] (inputs, then targets), at tc's constant peak lr: train_step, as `moelm
+ * train` runs it. */
+typedef struct {
+    double fwd_s, bwd_s, opt_s;   /* the timed steps' phases (StepResult), summed */
+    double flops;                 /* their forward + backward FLOPs (3x bench_forward_flops each) */
+    float loss;                   /* the last step's */
+} BenchTrain;
+void bench_train(Model *m, Optimizer *opt, const TrainConfig *tc, const int *batches, int nbatch, int warmup, int steps,
+                 BenchTrain *out);
 
 /* Forward FLOPs of the last model_forward (2 per multiply-add; matmuls, attention scores and
  * weighted sums, MoE experts counted over the slots actually kept). A training step is counted as

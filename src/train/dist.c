@@ -2,7 +2,6 @@
  * collective over the groups of src/backend/comm.h; with one rank they do nothing. */
 #include "train/dist.h"
 
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -173,7 +172,7 @@ moelm_status dist_save_checkpoint(const char *run_dir, const Model *m, const Opt
 
 void dist_reduce_eval(EvalResult *r) {
     if (comm_size(COMM_WORLD) == 1) return;
-    double v[2 + 64 * 262];
+    double v[2 + CONFIG_MAX_MOE_LAYERS * 262];
     int n = 0;
     v[n++] = r->nll;
     v[n++] = r->tokens;
@@ -213,21 +212,4 @@ void dist_serial_begin(void) {
 
 void dist_serial_end(void) {
     if (comm_rank(COMM_WORLD) == 0) comm_barrier(COMM_WORLD);
-}
-
-/* Test hook (tests/test_mpi.sh): MOELM_KILL_RANK_AT_STEP=R:S kills rank R with SIGKILL in the middle
- * of step S (after the forward's collectives, before the backward's), as a crashed node would. The
- * last checkpoint must stay intact. Unset (the normal case): never fires. */
-void dist_fault_point(long step) {
-    static int parsed, rank = -1;
-    static long at;
-    if (!parsed) {
-        const char *e = getenv("MOELM_KILL_RANK_AT_STEP");
-        if (e && sscanf(e, "%d:%ld", &rank, &at) != 2) rank = -1;
-        parsed = 1;
-    }
-    if (rank == comm_rank(COMM_WORLD) && step == at) {
-        fflush(NULL);
-        raise(SIGKILL);
-    }
 }

@@ -78,7 +78,4 @@ double dist_root_value(double v);
 void dist_serial_begin(void);
 void dist_serial_end(void);
 
-/* Test hook: MOELM_KILL_RANK_AT_STEP=R:S kills rank R during step S (1-based). */
-void dist_fault_point(long step);
-
 #endif

@@ -18,6 +18,7 @@
 #include "report/routing.h"
 #include "train/checkpoint.h"
 #include "train/dist.h"
+#include "train/step.h"
 
 void train_options_default(TrainOptions *o) {
     memset(o, 0, sizeof *o);
@@ -53,8 +54,7 @@ void print_model_summary(const Model *m, FILE *f) {
             c->d_ff, c->norm_type == NORM_RMS ? "rmsnorm" : "layernorm",
             c->hidden_act == ACT_RELU ? "relu" : c->hidden_act == ACT_GELU ? "gelu" : "swiglu",
             c->model_type == MODEL_LM ? (c->tie_word_embeddings ? ", tied head" : ", untied head") : "");
-    const MoEActs *acts[64];
-    int n_moe = model_moe_layers(m, acts, 64);
+    int n_moe = config_num_moe_layers(c);
     if (n_moe) {
         const MoEConfig *mc = &m->moe_cfg;
         fprintf(f, "moe: %d sparse layer(s), %d experts (d_ff %d), router %s, k %d, capacity factor %g train / %g eval, "
@@ -112,9 +112,8 @@ moelm_status evaluate_routed(Model *m, const int *ids, size_t n, size_t max_batc
         moelm_free(tgt);
         return MOELM_ERR_NOMEM;
     }
-    const MoEActs *acts[64];
-    r->n_moe = model_moe_layers(m, acts, 64);
-    if (r->n_moe > 64) r->n_moe = 64;
+    MoELayer ml[CONFIG_MAX_MOE_LAYERS];
+    r->n_moe = model_moe_layers(m, ml, CONFIG_MAX_MOE_LAYERS);
     for (int l = 0; l < r->n_moe; l++) moe_stats_reset(&r->stats[l], m->moe_cfg.E);
     dist_eval_begin();
     for (size_t b = 0; b < nb; b++) {
@@ -124,7 +123,7 @@ moelm_status evaluate_routed(Model *m, const int *ids, size_t n, size_t max_batc
         for (int i = 0; i < B * T; i++)
             if (tgt[i] >= 0) r->nll += m->a.losses[i];
         r->tokens += m->n_valid;
-        for (int l = 0; l < r->n_moe; l++) moe_stats_add(&r->stats[l], acts[l], &m->moe_cfg);
+        for (int l = 0; l < r->n_moe; l++) moe_stats_add(&r->stats[l], ml[l].a, ml[l].cfg);
         if (rec) routing_take(rec, m, inp, tgt, b);
     }
     dist_eval_end();
@@ -185,18 +184,36 @@ static moelm_status split_ids(int **ids, size_t *n, const Corpus *c, int split, 
 
 /* ---- the run ------------------------------------------------------------------------------------- */
 
+/* Everything a run holds, from its set-up to its end. */
 typedef struct {
-    FILE *metrics;
+    const TrainOptions *o;
+    const char *dir;            /* the run directory: --out, or --resume's */
+    char ckdir[4096];           /* on resume: the checkpoint it continues from */
+    ModelConfig cfg;
+    TrainConfig tc;
+    TrainState state;           /* what the next checkpoint records; state.step: the steps done */
+    Progress prog;              /* the terminal progress line (stderr, tty only) */
     Corpus corpus;
     Tokenizer *tok;
-    int *ids[3];
-    size_t n[3];
-    size_t words[3];
+    int *ids[3];                /* token ids of the train and valid splits */
+    size_t n[3], words[3];      /* their token counts; the valid split's word count */
     Model model;
     Optimizer opt;
     DataLoader dl;
-    int *inp, *tgt;
+    Trainer trainer;            /* train_step's state over model, opt, tc */
+    EvalResult ev;              /* the last evaluation's */
+    int *inp, *tgt;             /* [B*T] the step's batch */
+    FILE *metrics;              /* metrics.jsonl (rank 0; /dev/null on the other ranks) */
     int model_ok, opt_ok, dl_ok;
+    /* the clock */
+    double t_run;               /* when the run started, less the time of its earlier parts (resume) */
+    double t_log;               /* when the last log line or evaluation ended */
+    long tokens_since;          /* tokens trained since then */
+    long skipped;               /* non-finite updates skipped (--skip-nonfinite) */
+    double budget_s;            /* --time-budget in seconds (0: none) */
+    double reserve_s;           /* what the end of the run will take: its evaluation and checkpoint */
+    double t_eval_start, t_eval_s;        /* the last evaluation: its start, its duration */
+    size_t full_batches, part_batches;    /* validation batches of the final and of a periodic evaluation */
 } Run;
 
 static void run_free(Run *r) {
@@ -287,15 +304,16 @@ static moelm_status config_base(const char *name, ModelConfig *cfg, TrainConfig 
 }
 
 /* Applies the --set overrides: model keys to cfg, the others to tc; *n_train counts the latter. */
-static moelm_status config_apply_sets(const TrainOptions *o, ModelConfig *cfg, TrainConfig *tc, int *n_train) {
+static moelm_status config_apply_sets(const char *const *sets, int n_sets, ModelConfig *cfg, TrainConfig *tc,
+                                      int *n_train) {
     *n_train = 0;
-    for (int i = 0; i < o->n_sets; i++) {
+    for (int i = 0; i < n_sets; i++) {
         char key[128];
-        const char *eq = strchr(o->sets[i], '=');
-        if (!eq || eq == o->sets[i] || (size_t)(eq - o->sets[i]) >= sizeof key)
-            return moelm_fail(MOELM_ERR_ARG, "--set '%s': expected key=value", o->sets[i]);
-        memcpy(key, o->sets[i], (size_t)(eq - o->sets[i]));
-        key[eq - o->sets[i]] = '\0';
+        const char *eq = strchr(sets[i], '=');
+        if (!eq || eq == sets[i] || (size_t)(eq - sets[i]) >= sizeof key)
+            return moelm_fail(MOELM_ERR_ARG, "--set '%s': expected key=value", sets[i]);
+        memcpy(key, sets[i], (size_t)(eq - sets[i]));
+        key[eq - sets[i]] = '\0';
         moelm_status st = config_set(cfg, key, eq + 1);
         if (st == MOELM_ERR_CONFIG && strstr(moelm_last_error(), "unknown config key")) {
             st = train_config_set(tc, key, eq + 1);
@@ -306,6 +324,13 @@ static moelm_status config_apply_sets(const TrainOptions *o, ModelConfig *cfg, T
     return MOELM_OK;
 }
 
+moelm_status train_resolve_config(const char *name, const char *const *sets, int n_sets, ModelConfig *cfg,
+                                  TrainConfig *tc) {
+    int n_train;
+    moelm_status st = config_base(name, cfg, tc);
+    return st ? st : config_apply_sets(sets, n_sets, cfg, tc, &n_train);
+}
+
 /* Resume without --force: the model config asked for on the command line (--config, --set) must be
  * the checkpoint's; otherwise the error names the first key that differs. */
 static moelm_status resume_check_config(const TrainOptions *o, const ModelConfig *have, int seq_len) {
@@ -314,7 +339,7 @@ static moelm_status resume_check_config(const TrainOptions *o, const ModelConfig
     int n_train = 0;
     config_preset_train(&tc, "demo");
     moelm_status st = o->config ? config_base(o->config, &want, &tc) : MOELM_OK;
-    if (!st) st = config_apply_sets(o, &want, &tc, &n_train);
+    if (!st) st = config_apply_sets(o->sets, o->n_sets, &want, &tc, &n_train);
     if (st) return moelm_fail_context(st, "resume");
     if (n_train)
         return moelm_fail(MOELM_ERR_CONFIG, "resume: the training settings come from the checkpoint; "
@@ -350,358 +375,456 @@ static const char *json_num(char *buf, double x) {
     return buf;
 }
 
-/* Test hook (tests/test_faults.sh): MOELM_INJECT_NAN_STEP=N makes the loss of step N (1-based) NaN;
- * MOELM_INJECT_NAN_STEP=N:grad leaves the loss alone and makes one gradient Inf instead. Either
- * must be caught by the non-finite check of that same step. Unset (the normal case): never fires. */
-static long inject_nan_step(int *grad_only) {
-    const char *e = getenv("MOELM_INJECT_NAN_STEP");
-    *grad_only = 0;
-    if (!e || !*e) return 0;
-    char *end;
-    long n = strtol(e, &end, 10);
-    if (!strcmp(end, ":grad")) *grad_only = 1;
-    return n > 0 ? n : 0;
-}
+/* ---- set-up -------------------------------------------------------------------------------------- */
 
-static void inject_nan(Model *m, float *loss, int grad_only) {
-    if (!grad_only) {
-        *loss = NAN;
-        return;
-    }
-    for (int i = 0; i < m->n_tensors; i++)
-        if (m->tensors[i].trainable) {
-            m->grads[m->tensors[i].offset] = INFINITY;
-            return;
+/* A resumed run's settings: the checkpoint's model, training settings and state; what the command
+ * line asks for must agree with them unless --force. */
+static moelm_status run_resume_settings(Run *r) {
+    const TrainOptions *o = r->o;
+    TrainState *s = &r->state;
+    TrainConfig *tc = &r->tc;
+    moelm_status st = ckpt_resolve(o->resume, r->ckdir, sizeof r->ckdir);
+    if (!st) st = ckpt_read_config(r->ckdir, &r->cfg);
+    if (!st) st = ckpt_read_state(r->ckdir, s);
+    if (st) return moelm_fail_context(st, "cannot resume from %s", o->resume);
+    config_preset_train(tc, "demo");
+    st = train_config_from_json(tc, s->train_json);
+    if (st) return moelm_fail_context(st, "%s/state.json: \"train\"", r->ckdir);
+    if (!(tc->lr > 0) || !isfinite(tc->lr) || tc->batch_size < 1 || tc->seq_len < 1 || tc->steps < 1)
+        return moelm_fail(MOELM_ERR_FORMAT, "%s/state.json: \"train\" holds an invalid lr, batch size, sequence length "
+                                            "or step count", r->ckdir);
+    if (!o->force) {
+        if (o->data && strcmp(o->data, s->data) != 0)
+            return moelm_fail(MOELM_ERR_CONFIG, "resume: the run trained on '%s', not '%s' (use --force to continue anyway)",
+                              s->data, o->data);
+        if (o->batch_size || o->seq_len)
+            return moelm_fail(MOELM_ERR_CONFIG, "resume: the batch shape comes from the checkpoint; "
+                                                "-b and --seq-len are refused (use --force to override)");
+        if (o->config || o->n_sets) {
+            st = resume_check_config(o, &r->cfg, s->seq_len);
+            if (st) return st;
         }
+        if (o->threads != s->threads)
+            fprintf(stderr, "moelm: warning: resuming with %d threads, the run used %d: losses will not be bit-identical\n",
+                    o->threads, s->threads);
+    }
+    if (o->steps > 0) tc->steps = o->steps;
+    return MOELM_OK;
 }
 
-static moelm_status train_run_ranks(const TrainOptions *o);
+/* A new run's settings: the preset or config.json, then --tokenizer, --set and the flags. */
+static moelm_status run_new_settings(Run *r) {
+    const TrainOptions *o = r->o;
+    TrainConfig *tc = &r->tc;
+    int n_train;
+    moelm_status st = config_base(o->config ? o->config : "demo", &r->cfg, tc);
+    if (st) return st;
+    if (o->tokenizer) snprintf(tc->tokenizer, sizeof tc->tokenizer, "%s", o->tokenizer);
+    st = config_apply_sets(o->sets, o->n_sets, &r->cfg, tc, &n_train);
+    if (st) return st;
+    if (o->steps > 0) tc->steps = o->steps;
+    if (o->batch_size > 0) tc->batch_size = o->batch_size;
+    if (o->seq_len > 0) tc->seq_len = o->seq_len;
+    if (o->stride > 0) tc->stride = o->stride;
+    if (o->lr > 0) tc->lr = o->lr;
+    snprintf(r->state.data, sizeof r->state.data, "%s", o->data ? o->data : "builtin");
+    r->state.seed = o->seed;
+    r->state.threads = o->threads;
+    r->state.batch_size = tc->batch_size;
+    r->state.seq_len = tc->seq_len;
+    return MOELM_OK;
+}
+
+/* The run's settings, resumed or new, checked. */
+static moelm_status run_settings(Run *r) {
+    moelm_status st = r->o->resume ? run_resume_settings(r) : run_new_settings(r);
+    if (st) return st;
+    const TrainConfig *tc = &r->tc;
+    if (tc->batch_size < 1 || tc->seq_len < 1) return moelm_fail(MOELM_ERR_CONFIG, "batch size and sequence length must be positive");
+    if (tc->steps < 1) return moelm_fail(MOELM_ERR_CONFIG, "steps must be positive (got %ld)", tc->steps);
+    if (!(tc->lr > 0) || !isfinite(tc->lr)) return moelm_fail(MOELM_ERR_CONFIG, "lr must be a positive number");
+    if (r->cfg.n_positions < tc->seq_len) r->cfg.n_positions = tc->seq_len;
+    return MOELM_OK;
+}
+
+/* The run directory, made; a new run over an old one would mix their checkpoints and metrics:
+ * refused, or with --force the old checkpoints (and routing dumps) are deleted first. */
+static moelm_status run_claim_dir(Run *r) {
+    moelm_status st = dir_make(r->dir);
+    if (st || r->o->resume || ckpt_newest_step(r->dir) < 0) return st;
+    if (!r->o->force)
+        return moelm_fail(MOELM_ERR_CONFIG, "%s already holds a run (its checkpoints): --resume %s continues it, "
+                                            "--force starts over and deletes them, or choose another --out",
+                          r->dir, r->dir);
+    if (!dist_is_root()) return MOELM_OK;
+    char rd[4096];
+    snprintf(rd, sizeof rd, "%s/routing", r->dir);
+    st = ckpt_remove_all(r->dir);
+    return st ? st : dir_remove_tree(rd);
+}
+
+/* The corpus, the tokenizer (the checkpoint's on resume) and the token ids of the train and valid
+ * splits (through the run directory's cache); the vocabulary fills in or must match the config. */
+static moelm_status run_load_data(Run *r) {
+    TrainState *s = &r->state;
+    moelm_status st = corpus_load(&r->corpus, strcmp(s->data, "builtin") ? s->data : NULL);
+    if (!st && r->o->resume) {
+        char tp[4096];
+        snprintf(tp, sizeof tp, "%s/tokenizer.model", r->ckdir);
+        st = tokenizer_load(&r->tok, tp);
+        if (!st && tokenizer_hash(r->tok) != s->tokenizer_hash)
+            st = moelm_fail(MOELM_ERR_FORMAT, "%s: tokenizer hash differs from state.json", tp);
+    } else if (!st) {
+        st = make_tokenizer(&r->tok, r->tc.tokenizer, &r->corpus);
+    }
+    dist_serial_begin();   /* rank 0 writes the token cache first, the others then read it */
+    for (int i = 0; !st && i < 2; i++) st = split_ids(&r->ids[i], &r->n[i], &r->corpus, i, r->tok, r->dir);
+    dist_serial_end();
+    if (st) return st;
+    r->words[CORPUS_VALID] = text_count_words(r->corpus.text[CORPUS_VALID], r->corpus.len[CORPUS_VALID]);
+    int V = tokenizer_vocab_size(r->tok);
+    if (r->cfg.vocab_size == 0) r->cfg.vocab_size = V;
+    if (r->cfg.vocab_size != V)
+        return moelm_fail(MOELM_ERR_CONFIG, "vocab_size %d in the config, but the tokenizer has %d", r->cfg.vocab_size, V);
+    s->tokenizer_hash = tokenizer_hash(r->tok);
+    if (r->n[CORPUS_TRAIN] < (size_t)r->tc.seq_len + 1)
+        return moelm_fail(MOELM_ERR_DATA, "%s: %zu tokens, too few for one window of %d", r->corpus.name[0], r->n[0],
+                          r->tc.seq_len + 1);
+    return MOELM_OK;
+}
+
+/* The model (this rank's shard of the experts), the optimizer, the data order and the batch; on
+ * resume the checkpoint's weights, moments, data position, RNG and fixed dropout. */
+static moelm_status run_build_model(Run *r) {
+    const TrainConfig *tc = &r->tc;
+    TrainState *s = &r->state;
+    int part, parts;
+    dist_expert_shard(&part, &parts);
+    moelm_status st = dist_check(&r->cfg, tc->batch_size);
+    if (!st) st = model_create_sharded(&r->model, &r->cfg, tc->batch_size / dist_world(), tc->seq_len, s->seed, part, parts);
+    r->model_ok = st == MOELM_OK;
+    if (!st) st = optim_create(&r->opt, r->model.n_params);
+    r->opt_ok = st == MOELM_OK;
+    if (!st) st = dataloader_init(&r->dl, r->ids[0], r->n[0], tc->batch_size, tc->seq_len,
+                                  tc->stride > 0 ? tc->stride : tc->seq_len, 1, s->seed);
+    r->dl_ok = st == MOELM_OK;
+    if (!st && r->o->resume) {
+        st = ckpt_load_model(r->ckdir, &r->model);
+        if (!st) st = ckpt_load_optimizer(r->ckdir, &r->opt, &r->model);
+        if (!st && (st = dataloader_seek(&r->dl, s->data_epoch, s->data_pos)) != MOELM_OK)
+            moelm_fail_context(st, "%s/state.json", r->ckdir);
+        r->model.rng.s = s->rng;
+        if (s->dropout >= 0) r->model.train_dropout = (float)s->dropout;
+    }
+    r->inp = moelm_malloc(sizeof(int) * (size_t)tc->batch_size * tc->seq_len);
+    r->tgt = moelm_malloc(sizeof(int) * (size_t)tc->batch_size * tc->seq_len);
+    if (!st && (!r->inp || !r->tgt)) st = MOELM_ERR_NOMEM;
+    r->trainer = (Trainer){&r->model, &r->opt, &r->tc, 0};
+    return st;
+}
+
+/* metrics.jsonl, cut back to the resumed step (rank 0; the other ranks log to /dev/null), and the
+ * training settings as the checkpoints record them. */
+static moelm_status run_open_metrics(Run *r) {
+    char path[4096];
+    moelm_status st = MOELM_OK;
+    snprintf(path, sizeof path, "%s/metrics.jsonl", r->dir);
+    if (!dist_is_root()) snprintf(path, sizeof path, "/dev/null");
+    else st = metrics_truncate(path, r->state.step);
+    if (!st && !(r->metrics = fopen(path, "a"))) st = moelm_fail(MOELM_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    char *tjs = train_config_json(&r->tc);
+    if (tjs) {
+        snprintf(r->state.train_json, sizeof r->state.train_json, "%s", tjs);
+        moelm_free(tjs);
+    }
+    return st;
+}
+
+static void run_print_header(const Run *r) {
+    const TrainOptions *o = r->o;
+    const TrainConfig *tc = &r->tc;
+    printf("data: %s (%zu train tokens, %zu valid tokens, %zu valid words), tokenizer %s, vocab %d\n",
+           r->state.data, r->n[0], r->n[1], r->words[1], tc->tokenizer, tokenizer_vocab_size(r->tok));
+    print_model_summary(&r->model, stdout);
+    printf("training: %ld steps, batch %d x %d, lr %g (%s, warm-up %d), %s, wd %g, clip %g, %d threads, backend %s\n",
+           tc->steps, tc->batch_size, tc->seq_len, tc->lr,
+           tc->schedule == SCHED_CONSTANT ? "constant" : tc->schedule == SCHED_COSINE ? "cosine" : "linear",
+           tc->warmup_steps, tc->adamw ? "AdamW" : "Adam", tc->weight_decay, tc->grad_clip, o->threads, backend_name());
+    if (tc->dropout_growth > 0 && r->state.dropout < 0)
+        printf("dropout: %g until step %ld, then set from the epochs the run projects (+%g per doubling past %g epochs, "
+               "at most %g)\n", r->cfg.dropout_rate, dropout_fix_step(tc, o->time_budget_min), tc->dropout_growth,
+               tc->dropout_epochs, tc->dropout_max);
+    if (o->resume) printf("resumed from %s at step %ld\n", r->ckdir, r->state.step);
+    fflush(stdout);
+}
+
+/* Everything before the first step. r is freed by run_free whatever happens. */
+static moelm_status run_setup(Run *r, const TrainOptions *o) {
+    memset(r, 0, sizeof *r);
+    r->o = o;
+    r->dir = o->resume ? o->resume : o->out;
+    r->state.dropout = -1;
+    if (strlen(r->dir) > 3000) return moelm_fail(MOELM_ERR_ARG, "run directory path too long");
+    backend_set_threads(o->threads);
+    moelm_status st = run_settings(r);
+    if (st) return st;
+    progress_begin(&r->prog, "train", r->state.step, r->tc.steps, !o->quiet);
+    progress_note(&r->prog, "preparing data and tokenizer (%s) ...", r->tc.tokenizer);
+    st = run_claim_dir(r);
+    if (!st) st = run_load_data(r);
+    if (!st) st = run_build_model(r);
+    if (!st) st = run_open_metrics(r);
+    if (st) return st;
+    progress_clear(&r->prog);
+    if (!o->quiet) run_print_header(r);
+    /* the clock; periodic evaluations may take --eval-batches batches, the final one the whole split */
+    r->t_run = now_s() - r->state.elapsed_s;
+    r->t_log = now_s();
+    r->budget_s = o->time_budget_min * 60.0;
+    r->full_batches = eval_num_batches(r->n[1], r->tc.batch_size, r->tc.seq_len, r->tc.seq_len);
+    r->part_batches = o->eval_batches > 0 && (size_t)o->eval_batches < r->full_batches ? (size_t)o->eval_batches
+                                                                                        : r->full_batches;
+    return MOELM_OK;
+}
+
+/* ---- the steps ----------------------------------------------------------------------------------- */
+
+/* Whether another step runs: steps remain and the time budget is not spent; *elapsed: the run's
+ * wall-clock so far (rank 0's, on every rank; 0 without a budget). */
+static int run_continues(Run *r, double *elapsed) {
+    *elapsed = 0.0;
+    if (r->state.step >= r->tc.steps) return 0;
+    if (r->budget_s <= 0) return 1;
+    *elapsed = dist_root_value(now_s() - r->t_run);
+    return *elapsed < r->budget_s;
+}
+
+/* The next step's learning rate: over its steps, or with a time budget over the budget (progress =
+ * elapsed / the budget less what the end of the run will take). */
+static float run_lr(const Run *r, double elapsed) {
+    if (r->budget_s <= 0) return lr_at(&r->tc, r->state.step, r->tc.steps);
+    double span = r->budget_s - r->reserve_s > 0 ? r->budget_s - r->reserve_s : r->budget_s;
+    return lr_at_progress(&r->tc, r->state.step, elapsed / span);
+}
+
+/* The dropout rule (TrainConfig.dropout_growth): at dropout_fix_step the rate is fixed from the
+ * epochs this run will make: its steps, or with a time budget the steps so far scaled to the whole
+ * budget (the same value on every rank). */
+static void run_dropout_rule(Run *r, double elapsed) {
+    const TrainConfig *tc = &r->tc;
+    long step = r->state.step;
+    if (!(tc->dropout_growth > 0) || r->state.dropout >= 0 || step < dropout_fix_step(tc, r->o->time_budget_min)) return;
+    double steps = (double)tc->steps;
+    if (r->budget_s > 0 && elapsed > 0) steps = fmin(steps, (double)step * r->budget_s / elapsed);
+    double epochs = steps * tc->batch_size * tc->seq_len / (double)r->n[0];
+    r->model.train_dropout = train_dropout_for_epochs(tc, r->cfg.dropout_rate, epochs);
+    r->state.dropout = r->model.train_dropout;
+    if (!r->o->quiet) printf("dropout %g from step %ld on: the run projects %.3g epochs\n", r->model.train_dropout, step + 1, epochs);
+}
+
+/* The step: the next batch, this rank's rows of it, train_step. A non-finite step ends the run
+ * (the last checkpoint stays as it is) unless --skip-nonfinite, which counts it. */
+static moelm_status run_step(Run *r, float lr, StepResult *sr) {
+    long step = r->state.step, tokens = (long)r->tc.batch_size * r->tc.seq_len;
+    dataloader_next(&r->dl, r->inp, r->tgt);
+    dist_take_rows(r->inp, r->tgt, r->tc.batch_size, r->tc.seq_len);
+    *sr = train_step(&r->trainer, r->inp, r->tgt, lr, step + 1);
+    if (sr->nonfinite) {
+        if (!r->o->skip_nonfinite)
+            return moelm_fail(MOELM_ERR_NONFINITE,
+                              "non-finite %s at step %ld (loss %g, grad norm %g); stopped, the last checkpoint in %s is intact "
+                              "(lower --lr, or --skip-nonfinite to skip such updates)",
+                              isfinite(sr->loss) ? "gradient" : "loss", step + 1, sr->loss, sr->grad_norm, r->dir);
+        r->skipped++;
+        fprintf(stderr, "moelm: step %ld: non-finite loss or gradients, update skipped (%ld so far)\n", step + 1, r->skipped);
+    }
+    r->state.step++;
+    r->tokens_since += tokens;
+    r->state.tokens_seen += (double)tokens;
+    return MOELM_OK;
+}
+
+/* What follows a step. */
+typedef struct {
+    int last;                   /* the run ends after it */
+    int log, eval, ckpt;
+} StepEnds;
+
+static StepEnds run_ends(const Run *r) {
+    const TrainOptions *o = r->o;
+    long s = r->state.step;
+    int log_interval = o->log_interval > 0 ? o->log_interval : 1;
+    StepEnds e;
+    /* with a time budget the run ends so that its final evaluation and checkpoint finish on time:
+     * it stops once the time left is less than what the last evaluation + checkpoint took (twice
+     * that at a step with a periodic evaluation, which then becomes the final one) */
+    int periodic = o->eval_interval > 0 && s % o->eval_interval == 0;
+    e.last = s == r->tc.steps || s == o->stop_at ||
+             (r->budget_s > 0 && dist_root_value(now_s() - r->t_run) + r->reserve_s * (1 + periodic) >= r->budget_s);
+    e.log = s % log_interval == 0 || s == 1 || e.last;
+    e.eval = periodic || e.last;
+    e.ckpt = o->ckpt_interval > 0 ? (s % o->ckpt_interval == 0 || e.last) : e.eval;   /* 0: at each evaluation */
+    return e;
+}
+
+/* One line of metrics.jsonl: a logged step's numbers, an evaluation's, or both. */
+typedef struct {
+    long step;
+    int has_train;
+    float loss, aux_loss, lr, grad_norm, dropout;
+    double tokens_per_s, time_s, tokens;
+    const EvalResult *ev;       /* NULL: no evaluation at this step */
+    double val_loss, val_word_ppl;
+} MetricsRecord;
+
+static void metrics_write(FILE *f, const MetricsRecord *m) {
+    fprintf(f, "{\"step\": %ld", m->step);
+    if (m->has_train) {
+        char jl[32], ja[32], jg[32];   /* a skipped non-finite step logs null: the line stays JSON */
+        fprintf(f, ", \"loss\": %s, \"aux_loss\": %s, \"lr\": %.6g, \"grad_norm\": %s, \"tokens_per_s\": %.1f, "
+                   "\"time_s\": %.3f, \"tokens\": %.0f, \"dropout\": %.6g",
+                json_num(jl, m->loss), json_num(ja, m->aux_loss), m->lr, json_num(jg, m->grad_norm), m->tokens_per_s,
+                m->time_s, m->tokens, m->dropout);
+    }
+    if (m->ev) {
+        const EvalResult *ev = m->ev;
+        fprintf(f, ", \"val_loss\": %.6f, \"val_ppl\": %.4f, \"val_word_ppl\": %.4f", m->val_loss, exp(m->val_loss),
+                m->val_word_ppl);
+        if (ev->n_moe) {
+            fprintf(f, ", \"moe\": [");
+            for (int l = 0; l < ev->n_moe; l++) {
+                const MoEStats *s = &ev->stats[l];
+                double kept = s->slots - s->dropped;
+                fprintf(f, "%s{\"layer\": %d, \"dropped\": %.6f, \"entropy\": %.6f, \"top1\": %.6f, \"dead\": %d, "
+                           "\"aux\": %.6f, \"z\": %.6f, \"load\": [",
+                        l ? ", " : "", l, s->slots > 0 ? s->dropped / s->slots : 0, s->tokens > 0 ? s->entropy_sum / s->tokens : 0,
+                        s->tokens > 0 ? s->top1_sum / s->tokens : 0, moe_stats_dead(s), s->batches ? s->aux_sum / s->batches : 0,
+                        s->batches ? s->z_sum / s->batches : 0);
+                for (int e = 0; e < s->E && e < 256; e++) fprintf(f, "%s%.5f", e ? ", " : "", kept > 0 ? s->load[e] / kept : 0);
+                fprintf(f, "]}");
+            }
+            fprintf(f, "]");
+        }
+    }
+    fprintf(f, "}\n");
+}
+
+/* A logged step: its line on stdout, its numbers into rec. */
+static void run_log(Run *r, const StepResult *sr, float lr, MetricsRecord *rec) {
+    long step = r->state.step;
+    int log_interval = r->o->log_interval > 0 ? r->o->log_interval : 1;
+    double t = now_s(), dt = t - r->t_log;
+    double tps = dt > 0 ? r->tokens_since / dt : 0;
+    double ms = 1000.0 * dt / (step == 1 ? 1 : (step % log_interval ? step % log_interval : log_interval));
+    if (!r->o->quiet) {
+        printf("step %6ld | loss %.4f", step, sr->loss);
+        if (config_num_moe_layers(&r->cfg)) printf(" | aux %.4f", sr->aux_loss);
+        printf(" | lr %.2e | grad norm %.3f | %.1f ms | %.0f tok/s\n", lr, sr->grad_norm, ms, tps);
+        fflush(stdout);
+    }
+    rec->has_train = 1;
+    rec->loss = sr->loss;
+    rec->aux_loss = sr->aux_loss;
+    rec->lr = lr;
+    rec->grad_norm = sr->grad_norm;
+    rec->tokens_per_s = tps;
+    rec->time_s = now_s() - r->t_run;
+    rec->tokens = r->state.tokens_seen;
+    rec->dropout = r->model.train_dropout;
+    r->t_log = now_s();
+    r->tokens_since = 0;
+}
+
+/* An evaluation of the valid split (a periodic one takes --eval-batches batches; the last the whole
+ * split), its line and expert statistics on stdout, its numbers into rec, and the routing dump of
+ * its own forward passes. */
+static moelm_status run_evaluate(Run *r, int last, MetricsRecord *rec) {
+    Model *m = &r->model;
+    RoutingRec routing;
+    double t0 = r->t_eval_start = now_s();
+    if (routing_begin(&routing, m, r->n[1], (size_t)r->o->eval_batches))   /* routing stays empty */
+        fprintf(stderr, "moelm: warning: routing dump not written: %s\n", moelm_last_error());
+    moelm_status st = evaluate_routed(m, r->ids[1], r->n[1], last ? 0 : r->part_batches, 0, &r->ev, &routing);
+    r->t_eval_s = now_s() - t0;
+    if (st) {
+        routing_free(&routing);
+        return st;
+    }
+    /* word-level perplexity: the NLL of the whole split over its words (<eos> included); a partial
+     * evaluation scales its mean to the split's token count */
+    double tok_nll = r->ev.tokens > 0 ? r->ev.nll / r->ev.tokens : 0;
+    double total_nll = tok_nll * (double)(r->n[1] - 1);
+    rec->ev = &r->ev;
+    rec->val_loss = tok_nll;
+    rec->val_word_ppl = r->words[1] ? exp(total_nll / (double)r->words[1]) : 0;
+    if (!r->o->quiet) {
+        printf("eval   %6ld | val loss %.4f | val ppl %.2f | word ppl %.2f | %.1f s\n", r->state.step, tok_nll, exp(tok_nll),
+               rec->val_word_ppl, now_s() - t0);
+        print_moe_stats(&r->ev, stdout);
+        fflush(stdout);
+    }
+    if (routing_finish(&routing, r->dir, r->state.step, m, r->tok, r->ids[1], r->n[1], r->state.data))
+        fprintf(stderr, "moelm: warning: routing dump not written: %s\n", moelm_last_error());
+    r->t_log = now_s();
+    return MOELM_OK;
+}
+
+/* A checkpoint of the whole run (a collective: rank 0 writes it). */
+static moelm_status run_checkpoint(Run *r) {
+    TrainState *s = &r->state;
+    s->elapsed_s = now_s() - r->t_run;
+    s->data_epoch = r->dl.epoch;
+    s->data_pos = r->dl.pos;
+    s->rng = r->model.rng.s;
+    moelm_status st = dist_save_checkpoint(r->dir, &r->model, &r->opt, s, r->tok, r->o->keep);
+    if (dist_any_failed(st)) return st ? st : moelm_fail(MOELM_ERR_IO, "rank 0 failed to write a checkpoint");
+    return MOELM_OK;
+}
+
+/* After a periodic evaluation and its checkpoint: what the end of the run will take, its whole-split
+ * evaluation, routing dump and checkpoint (the time budget keeps it in reserve). */
+static void run_measure_end(Run *r) {
+    double parts = (double)r->full_batches / (double)(r->part_batches ? r->part_batches : 1);
+    r->reserve_s = dist_root_value(now_s() - r->t_eval_start - r->t_eval_s + r->t_eval_s * parts);
+}
+
+/* ---- the run ------------------------------------------------------------------------------------- */
+
+static moelm_status train_run_ranks(const TrainOptions *o) {
+    Run r;
+    moelm_status st = run_setup(&r, o);
+    double elapsed;
+    while (!st && run_continues(&r, &elapsed)) {
+        float lr = run_lr(&r, elapsed);
+        run_dropout_rule(&r, elapsed);
+        StepResult sr;
+        st = run_step(&r, lr, &sr);
+        if (st) break;
+        StepEnds end = run_ends(&r);
+        MetricsRecord rec = {.step = r.state.step};
+        if (end.log || end.eval) progress_clear(&r.prog);
+        if (end.log) run_log(&r, &sr, lr, &rec);
+        if (end.eval) st = run_evaluate(&r, end.last, &rec);
+        if (st) break;
+        if (end.log || end.eval) metrics_write(r.metrics, &rec);   /* one record a step at most */
+        fflush(r.metrics);
+        if (end.ckpt) st = run_checkpoint(&r);
+        if (st) break;
+        if (end.eval && !end.last) run_measure_end(&r);
+        progress_update(&r.prog, r.state.step, "loss %.3f", sr.loss);
+        if (end.last) break;
+    }
+    if (!st) {
+        progress_end(&r.prog);
+        if (r.skipped && !o->quiet) printf("skipped %ld non-finite updates\n", r.skipped);
+    }
+    run_free(&r);
+    return st;
+}
 
 /* Over MPI every rank runs this (see dist.h); without it, one rank. */
 moelm_status train_run(const TrainOptions *o) {
     moelm_status st = dist_begin(o->expert_parallel);
     if (!st) st = train_run_ranks(o);
     return dist_end(st);
-}
-
-static moelm_status train_run_ranks(const TrainOptions *o) {
-    Run r;
-    memset(&r, 0, sizeof r);
-    ModelConfig cfg;
-    TrainConfig tc;
-    TrainState state;
-    memset(&state, 0, sizeof state);
-    state.dropout = -1;
-    moelm_status st = MOELM_OK;
-    char ckdir[4096] = "";
-    const char *run_dir = o->resume ? o->resume : o->out;
-    if (strlen(run_dir) > 3000) return moelm_fail(MOELM_ERR_ARG, "run directory path too long");
-    backend_set_threads(o->threads);
-
-    if (o->resume) {
-        st = ckpt_resolve(o->resume, ckdir, sizeof ckdir);
-        if (!st) st = ckpt_read_config(ckdir, &cfg);
-        if (!st) st = ckpt_read_state(ckdir, &state);
-        if (st) return moelm_fail_context(st, "cannot resume from %s", o->resume);
-        config_preset_train(&tc, "demo");
-        st = train_config_from_json(&tc, state.train_json);
-        if (st) return moelm_fail_context(st, "%s/state.json: \"train\"", ckdir);
-        if (!(tc.lr > 0) || !isfinite(tc.lr) || tc.batch_size < 1 || tc.seq_len < 1 || tc.steps < 1)
-            return moelm_fail(MOELM_ERR_FORMAT, "%s/state.json: \"train\" holds an invalid lr, batch size, sequence length "
-                                                "or step count", ckdir);
-        if (!o->force) {
-            if (o->data && strcmp(o->data, state.data) != 0)
-                return moelm_fail(MOELM_ERR_CONFIG, "resume: the run trained on '%s', not '%s' (use --force to continue anyway)",
-                                  state.data, o->data);
-            if (o->batch_size || o->seq_len)
-                return moelm_fail(MOELM_ERR_CONFIG, "resume: the batch shape comes from the checkpoint; "
-                                                    "-b and --seq-len are refused (use --force to override)");
-            if (o->config || o->n_sets) {
-                st = resume_check_config(o, &cfg, state.seq_len);
-                if (st) return st;
-            }
-            if (o->threads != state.threads)
-                fprintf(stderr, "moelm: warning: resuming with %d threads, the run used %d: losses will not be bit-identical\n",
-                        o->threads, state.threads);
-        }
-        if (o->steps > 0) tc.steps = o->steps;
-    } else {
-        int n_train;
-        st = config_base(o->config ? o->config : "demo", &cfg, &tc);
-        if (st) return st;
-        if (o->tokenizer) snprintf(tc.tokenizer, sizeof tc.tokenizer, "%s", o->tokenizer);
-        st = config_apply_sets(o, &cfg, &tc, &n_train);
-        if (st) return st;
-        if (o->steps > 0) tc.steps = o->steps;
-        if (o->batch_size > 0) tc.batch_size = o->batch_size;
-        if (o->seq_len > 0) tc.seq_len = o->seq_len;
-        if (o->stride > 0) tc.stride = o->stride;
-        if (o->lr > 0) tc.lr = o->lr;
-        snprintf(state.data, sizeof state.data, "%s", o->data ? o->data : "builtin");
-        state.seed = o->seed;
-        state.threads = o->threads;
-        state.batch_size = tc.batch_size;
-        state.seq_len = tc.seq_len;
-    }
-    if (tc.batch_size < 1 || tc.seq_len < 1) return moelm_fail(MOELM_ERR_CONFIG, "batch size and sequence length must be positive");
-    if (tc.steps < 1) return moelm_fail(MOELM_ERR_CONFIG, "steps must be positive (got %ld)", tc.steps);
-    if (!(tc.lr > 0) || !isfinite(tc.lr)) return moelm_fail(MOELM_ERR_CONFIG, "lr must be a positive number");
-    if (cfg.n_positions < tc.seq_len) cfg.n_positions = tc.seq_len;
-
-    Progress prog;   /* the terminal progress line (stderr, tty only) */
-    progress_begin(&prog, "train", state.step, tc.steps, !o->quiet);
-    progress_note(&prog, "preparing data and tokenizer (%s) ...", tc.tokenizer);
-    /* data and tokenizer */
-    st = dir_make(run_dir);
-    if (!st && !o->resume && ckpt_newest_step(run_dir) >= 0) {
-        /* a new run over an old one would mix their checkpoints and metrics: refused, or with
-         * --force the old checkpoints are deleted first */
-        if (!o->force)
-            st = moelm_fail(MOELM_ERR_CONFIG, "%s already holds a run (its checkpoints): --resume %s continues it, "
-                                              "--force starts over and deletes them, or choose another --out",
-                            run_dir, run_dir);
-        else if (dist_is_root()) {
-            char rd[4096];
-            snprintf(rd, sizeof rd, "%s/routing", run_dir);   /* the old run's routing dumps go too */
-            st = ckpt_remove_all(run_dir);
-            if (!st) st = dir_remove_tree(rd);
-        }
-    }
-    if (!st) st = corpus_load(&r.corpus, strcmp(state.data, "builtin") ? state.data : NULL);
-    if (!st) {
-        if (o->resume) {
-            char tp[4096];
-            snprintf(tp, sizeof tp, "%s/tokenizer.model", ckdir);
-            st = tokenizer_load(&r.tok, tp);
-            if (!st && tokenizer_hash(r.tok) != state.tokenizer_hash)
-                st = moelm_fail(MOELM_ERR_FORMAT, "%s: tokenizer hash differs from state.json", tp);
-        } else {
-            st = make_tokenizer(&r.tok, tc.tokenizer, &r.corpus);
-        }
-    }
-    dist_serial_begin();   /* rank 0 writes the token cache first, the others then read it */
-    for (int s = 0; !st && s < 2; s++) st = split_ids(&r.ids[s], &r.n[s], &r.corpus, s, r.tok, run_dir);
-    dist_serial_end();
-    if (st) { run_free(&r); return st; }
-    r.words[CORPUS_VALID] = text_count_words(r.corpus.text[CORPUS_VALID], r.corpus.len[CORPUS_VALID]);
-    int V = tokenizer_vocab_size(r.tok);
-    if (cfg.vocab_size == 0) cfg.vocab_size = V;
-    if (cfg.vocab_size != V) {
-        run_free(&r);
-        return moelm_fail(MOELM_ERR_CONFIG, "vocab_size %d in the config, but the tokenizer has %d", cfg.vocab_size, V);
-    }
-    state.tokenizer_hash = tokenizer_hash(r.tok);
-    if (r.n[CORPUS_TRAIN] < (size_t)tc.seq_len + 1) {
-        run_free(&r);
-        return moelm_fail(MOELM_ERR_DATA, "%s: %zu tokens, too few for one window of %d", r.corpus.name[0], r.n[0], tc.seq_len + 1);
-    }
-
-    /* model, optimizer, data order */
-    st = dist_check(&cfg, tc.batch_size);
-    int part, parts;
-    dist_expert_shard(&part, &parts);
-    if (!st) st = model_create_sharded(&r.model, &cfg, tc.batch_size / dist_world(), tc.seq_len, state.seed, part, parts);
-    r.model_ok = st == MOELM_OK;
-    if (!st) st = optim_create(&r.opt, r.model.n_params);
-    r.opt_ok = st == MOELM_OK;
-    if (!st) st = dataloader_init(&r.dl, r.ids[0], r.n[0], tc.batch_size, tc.seq_len, tc.stride > 0 ? tc.stride : tc.seq_len,
-                                  1, state.seed);
-    r.dl_ok = st == MOELM_OK;
-    if (!st && o->resume) {
-        st = ckpt_load_model(ckdir, &r.model);
-        if (!st) st = ckpt_load_optimizer(ckdir, &r.opt, &r.model);
-        if (!st && (st = dataloader_seek(&r.dl, state.data_epoch, state.data_pos)) != MOELM_OK)
-            moelm_fail_context(st, "%s/state.json", ckdir);
-        r.model.rng.s = state.rng;
-        if (state.dropout >= 0) r.model.train_dropout = (float)state.dropout;
-    }
-    r.inp = moelm_malloc(sizeof(int) * (size_t)tc.batch_size * tc.seq_len);
-    r.tgt = moelm_malloc(sizeof(int) * (size_t)tc.batch_size * tc.seq_len);
-    if (!st && (!r.inp || !r.tgt)) st = MOELM_ERR_NOMEM;
-    char mpath[4096];
-    snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", run_dir);
-    if (!dist_is_root()) snprintf(mpath, sizeof mpath, "/dev/null");   /* rank 0 logs */
-    else if (!st) st = metrics_truncate(mpath, state.step);
-    if (!st && !(r.metrics = fopen(mpath, "a"))) st = moelm_fail(MOELM_ERR_IO, "%s: cannot open: %s", mpath, strerror(errno));
-    char *tjs = train_config_json(&tc);
-    if (tjs) {
-        snprintf(state.train_json, sizeof state.train_json, "%s", tjs);
-        moelm_free(tjs);
-    }
-    if (st) { run_free(&r); return st; }
-
-    progress_clear(&prog);
-    if (!o->quiet) {
-        printf("data: %s (%zu train tokens, %zu valid tokens, %zu valid words), tokenizer %s, vocab %d\n",
-               state.data, r.n[0], r.n[1], r.words[1], tc.tokenizer, V);
-        print_model_summary(&r.model, stdout);
-        printf("training: %ld steps, batch %d x %d, lr %g (%s, warm-up %d), %s, wd %g, clip %g, %d threads, backend %s\n",
-               tc.steps, tc.batch_size, tc.seq_len, tc.lr,
-               tc.schedule == SCHED_CONSTANT ? "constant" : tc.schedule == SCHED_COSINE ? "cosine" : "linear",
-               tc.warmup_steps, tc.adamw ? "AdamW" : "Adam", tc.weight_decay, tc.grad_clip, o->threads, backend_name());
-        if (tc.dropout_growth > 0 && state.dropout < 0)
-            printf("dropout: %g until step %ld, then set from the epochs the run projects (+%g per doubling past %g epochs, "
-                   "at most %g)\n", cfg.dropout_rate, dropout_fix_step(&tc, o->time_budget_min), tc.dropout_growth, tc.dropout_epochs,
-                   tc.dropout_max);
-        if (o->resume) printf("resumed from %s at step %ld\n", ckdir, state.step);
-        fflush(stdout);
-    }
-
-    Model *m = &r.model;
-    int eval_interval = o->eval_interval, log_interval = o->log_interval > 0 ? o->log_interval : 1;
-    double t_run = now_s() - state.elapsed_s, t_log = now_s();
-    long tokens_since = 0, skipped = 0;
-    int grads_zero = 0;   /* the gradients are known to be zero (optim_step consumed them) */
-    double budget_s = o->time_budget_min * 60.0, reserve_s = 0.0, t_end_start = 0.0, t_eval_s = 0.0;
-    /* periodic evaluations may take --eval-batches batches; the final one takes the whole split */
-    size_t full_batches = eval_num_batches(r.n[1], tc.batch_size, tc.seq_len, tc.seq_len);
-    size_t part_batches = o->eval_batches > 0 && (size_t)o->eval_batches < full_batches ? (size_t)o->eval_batches : full_batches;
-    const MoEActs *acts[64];
-    int n_moe = model_moe_layers(m, acts, 64);
-    int nan_grad_only;
-    long nan_step = inject_nan_step(&nan_grad_only);
-    while (state.step < tc.steps) {
-        long step = state.step;
-        double elapsed = budget_s > 0 ? dist_root_value(now_s() - t_run) : 0.0;
-        float lr;
-        if (budget_s > 0) {
-            if (elapsed >= budget_s) break;
-            /* the schedule runs over the time budget: progress = elapsed / budget */
-            lr = lr_at_progress(&tc, step, elapsed / (budget_s - reserve_s > 0 ? budget_s - reserve_s : budget_s));
-        } else {
-            lr = lr_at(&tc, step, tc.steps);
-        }
-        if (tc.dropout_growth > 0 && state.dropout < 0 && step >= dropout_fix_step(&tc, o->time_budget_min)) {
-            /* the epochs this run will make: its steps, or with a time budget the steps so far
-             * scaled to the whole budget (the same value on every rank) */
-            double steps = (double)tc.steps;
-            if (budget_s > 0 && elapsed > 0) steps = fmin(steps, (double)step * budget_s / elapsed);
-            double epochs = steps * tc.batch_size * tc.seq_len / (double)r.n[0];
-            m->train_dropout = train_dropout_for_epochs(&tc, cfg.dropout_rate, epochs);
-            state.dropout = m->train_dropout;
-            if (!o->quiet) printf("dropout %g from step %ld on: the run projects %.3g epochs\n", m->train_dropout, step + 1, epochs);
-        }
-        dataloader_next(&r.dl, r.inp, r.tgt);
-        dist_take_rows(r.inp, r.tgt, tc.batch_size, tc.seq_len);
-        if (!grads_zero) model_zero_grad(m);   /* optim_step leaves them zero */
-        grads_zero = 0;
-        model_forward(m, r.inp, r.tgt, 1);
-        float loss = dist_loss(m);
-        dist_fault_point(step + 1);
-        model_backward(m);
-        dist_reduce_grads(m);
-        if (step + 1 == nan_step) inject_nan(m, &loss, nan_grad_only);
-        float gnorm = grad_norm(m);   /* the clip is applied inside optim_step */
-        int bad = !isfinite(loss) || !isfinite(gnorm) || !isfinite(m->aux_loss);   /* the global norm is NaN/Inf exactly when a gradient is */
-        if (bad) {
-            if (!o->skip_nonfinite) {
-                run_free(&r);
-                return moelm_fail(MOELM_ERR_NONFINITE,
-                                  "non-finite %s at step %ld (loss %g, grad norm %g); stopped, the last checkpoint in %s is intact "
-                                  "(lower --lr, or --skip-nonfinite to skip such updates)",
-                                  isfinite(loss) ? "gradient" : "loss", step + 1, loss, gnorm, run_dir);
-            }
-            skipped++;
-            fprintf(stderr, "moelm: step %ld: non-finite loss or gradients, update skipped (%ld so far)\n", step + 1, skipped);
-        } else {
-            optim_step(&r.opt, m, &tc, lr, clip_scale(gnorm, tc.grad_clip));
-            grads_zero = 1;
-            if (m->moe_cfg.use_expert_bias)
-                for (int l = 0; l < m->cfg.num_layers; l++)
-                    if (config_block_is_sparse(&m->cfg, l)) moe_update_bias(&m->p.layers[l].moe, &m->a.layers[l].moe, &m->moe_cfg);
-        }
-        state.step++;
-        tokens_since += (long)tc.batch_size * tc.seq_len;
-        state.tokens_seen += (double)tc.batch_size * tc.seq_len;
-        /* with a time budget the run ends so that its final evaluation and checkpoint finish on time:
-         * it stops once the time left is less than what the last evaluation + checkpoint took (twice
-         * that at a step with a periodic evaluation, which then becomes the final one) */
-        int periodic = eval_interval > 0 && state.step % eval_interval == 0;
-        int last = state.step == tc.steps || state.step == o->stop_at ||
-                   (budget_s > 0 && dist_root_value(now_s() - t_run) + reserve_s * (1 + periodic) >= budget_s);
-        int do_log = state.step % log_interval == 0 || state.step == 1 || last;
-        int do_eval = periodic || last;
-        if (do_log || do_eval) progress_clear(&prog);
-        if (do_log) {
-            double t = now_s(), dt = t - t_log;
-            double tps = dt > 0 ? tokens_since / dt : 0;
-            double ms = log_interval > 0 ? 1000.0 * dt / (state.step == 1 ? 1 : (state.step % log_interval ? state.step % log_interval : log_interval)) : 0;
-            if (!o->quiet) {
-                printf("step %6ld | loss %.4f", state.step, loss);
-                if (n_moe) printf(" | aux %.4f", m->aux_loss);
-                printf(" | lr %.2e | grad norm %.3f | %.1f ms | %.0f tok/s\n", lr, gnorm, ms, tps);
-                fflush(stdout);
-            }
-            char jl[32], ja[32], jg[32];   /* a skipped non-finite step logs null: the line stays JSON */
-            fprintf(r.metrics, "{\"step\": %ld, \"loss\": %s, \"aux_loss\": %s, \"lr\": %.6g, \"grad_norm\": %s, "
-                               "\"tokens_per_s\": %.1f, \"time_s\": %.3f, \"tokens\": %.0f, \"dropout\": %.6g",
-                    state.step, json_num(jl, loss), json_num(ja, m->aux_loss), lr, json_num(jg, gnorm), tps,
-                    now_s() - t_run, state.tokens_seen, m->train_dropout);
-            if (!do_eval) fprintf(r.metrics, "}\n");
-            t_log = now_s();
-            tokens_since = 0;
-        }
-        if (do_eval) {
-            EvalResult ev;
-            RoutingRec rec;   /* the routing dump records the evaluation's own forward passes */
-            double t0 = t_end_start = now_s();
-            if (routing_begin(&rec, m, r.n[1], (size_t)o->eval_batches))   /* rec stays empty */
-                fprintf(stderr, "moelm: warning: routing dump not written: %s\n", moelm_last_error());
-            st = evaluate_routed(m, r.ids[1], r.n[1], last ? 0 : part_batches, 0, &ev, &rec);
-            t_eval_s = now_s() - t0;
-            if (st) { routing_free(&rec); run_free(&r); return st; }
-            double tok_nll = ev.tokens > 0 ? ev.nll / ev.tokens : 0;
-            /* word-level perplexity: the NLL of the whole split over its words (<eos> included);
-             * a partial evaluation scales its mean to the split's token count */
-            double total_nll = tok_nll * (double)(r.n[1] - 1);
-            double word_ppl = r.words[1] ? exp(total_nll / (double)r.words[1]) : 0;
-            if (!do_log) fprintf(r.metrics, "{\"step\": %ld", state.step);
-            fprintf(r.metrics, ", \"val_loss\": %.6f, \"val_ppl\": %.4f, \"val_word_ppl\": %.4f", tok_nll, exp(tok_nll), word_ppl);
-            if (ev.n_moe) {
-                fprintf(r.metrics, ", \"moe\": [");
-                for (int l = 0; l < ev.n_moe; l++) {
-                    const MoEStats *s = &ev.stats[l];
-                    double kept = s->slots - s->dropped;
-                    fprintf(r.metrics, "%s{\"layer\": %d, \"dropped\": %.6f, \"entropy\": %.6f, \"top1\": %.6f, \"dead\": %d, "
-                                       "\"aux\": %.6f, \"z\": %.6f, \"load\": [",
-                            l ? ", " : "", l, s->slots > 0 ? s->dropped / s->slots : 0, s->tokens > 0 ? s->entropy_sum / s->tokens : 0,
-                            s->tokens > 0 ? s->top1_sum / s->tokens : 0, moe_stats_dead(s), s->batches ? s->aux_sum / s->batches : 0,
-                            s->batches ? s->z_sum / s->batches : 0);
-                    for (int e = 0; e < s->E && e < 256; e++) fprintf(r.metrics, "%s%.5f", e ? ", " : "", kept > 0 ? s->load[e] / kept : 0);
-                    fprintf(r.metrics, "]}");
-                }
-                fprintf(r.metrics, "]");
-            }
-            fprintf(r.metrics, "}\n");
-            if (!o->quiet) {
-                printf("eval   %6ld | val loss %.4f | val ppl %.2f | word ppl %.2f | %.1f s\n", state.step, tok_nll, exp(tok_nll),
-                       word_ppl, now_s() - t0);
-                print_moe_stats(&ev, stdout);
-                fflush(stdout);
-            }
-            if (routing_finish(&rec, run_dir, state.step, m, r.tok, r.ids[1], r.n[1], state.data))
-                fprintf(stderr, "moelm: warning: routing dump not written: %s\n", moelm_last_error());
-            t_log = now_s();
-        }
-        fflush(r.metrics);
-        int do_ckpt = o->ckpt_interval > 0 ? (state.step % o->ckpt_interval == 0 || last) : (do_eval || last);
-        if (do_ckpt) {
-            state.elapsed_s = now_s() - t_run;
-            state.data_epoch = r.dl.epoch;
-            state.data_pos = r.dl.pos;
-            state.rng = m->rng.s;
-            st = dist_save_checkpoint(run_dir, m, &r.opt, &state, r.tok, o->keep);
-            if (dist_any_failed(st)) { run_free(&r); return st ? st : moelm_fail(MOELM_ERR_IO, "rank 0 failed to write a checkpoint"); }
-        }
-        /* what the end of the run will take: the whole split's evaluation, routing dump, checkpoint */
-        if (do_eval && !last)
-            reserve_s = dist_root_value(now_s() - t_end_start - t_eval_s +
-                                        t_eval_s * (double)full_batches / (double)(part_batches ? part_batches : 1));
-        progress_update(&prog, state.step, "loss %.3f", loss);
-        if (last) break;
-    }
-    progress_end(&prog);
-    if (skipped && !o->quiet) printf("skipped %ld non-finite updates\n", skipped);
-    run_free(&r);
-    return MOELM_OK;
 }

@@ -41,13 +41,19 @@ typedef struct {
 void train_options_default(TrainOptions *o);
 moelm_status train_run(const TrainOptions *o);
 
+/* The model and training config of a preset name or a config.json path (its training settings:
+ * the demo preset's), then the "key=value" overrides sets[n_sets], model keys first, else training
+ * keys (what `moelm train` does for a new run; `moelm bench` does the same). */
+moelm_status train_resolve_config(const char *name, const char *const *sets, int n_sets, ModelConfig *cfg,
+                                  TrainConfig *tc);
+
 /* Evaluation over a token stream: every token after the first is predicted once (the stream
  * should start with <eos> so that the first word is predicted too). max_batches 0: all. */
 typedef struct {
     double nll;                 /* total negative log-likelihood (nats) */
     double tokens;              /* predicted tokens */
     int n_moe;
-    MoEStats stats[64];         /* per MoE layer */
+    MoEStats stats[CONFIG_MAX_MOE_LAYERS];   /* per MoE layer */
 } EvalResult;
 
 /* Evaluates ids[n] in windows of the model's T tokens, stride apart (0: stride T, non-overlapping;

@@ -1,0 +1,42 @@
+/* step.h: one training step, the only one: `moelm train` (every rank of an mpirun job) and
+ * `moelm bench` both call train_step, so what bench times is what training runs.
+ *
+ * A step on a batch: zero the gradients (when the last step left them), forward with dropout, the
+ * mean loss over the global batch (dist_loss), backward, the gradient all-reduce over the ranks
+ * (dist_reduce_grads), the non-finite check, the global norm (its clip is fused into the optimizer
+ * step), the Adam/AdamW update, and the expert-bias update of every MoE layer (model_moe_layers: the
+ * lm's sparse blocks and the seed head alike). A step whose loss, auxiliary loss or gradients are
+ * NaN or Inf updates nothing and says so; whether that ends the run is the caller's rule.
+ * What it is not: the learning-rate schedule, data, logging (the caller's). Nothing is allocated.
+ */
+#ifndef MOELM_TRAIN_STEP_H
+#define MOELM_TRAIN_STEP_H
+
+#include "model/config.h"
+#include "model/model.h"
+#include "optim/optim.h"
+
+/* What steps share: the model and optimizer they update, and whether the gradients are known to be
+ * zero (optim_step consumes them; the first step and the one after a skipped update zero them). */
+typedef struct {
+    Model *model;
+    Optimizer *opt;
+    const TrainConfig *tc;      /* beta1, beta2, eps, weight decay, grad_clip, adamw */
+    int grads_zero;             /* start at 0 */
+} Trainer;
+
+/* A step's numbers. */
+typedef struct {
+    float loss;                 /* mean cross-entropy over the global batch's valid targets */
+    float aux_loss;             /* the MoE layers' auxiliary losses (Model.aux_loss) */
+    float grad_norm;            /* global L2 norm of the gradients before clipping */
+    int nonfinite;              /* 1: the loss, aux loss or a gradient was NaN/Inf: no update was made */
+    double fwd_s, bwd_s, opt_s; /* wall seconds: zero grad + forward + loss, backward + all-reduce, the rest */
+} StepResult;
+
+/* One step on inputs, targets [B*T] (B the global batch: under mpirun each rank takes its rows,
+ * dist_take_rows, before calling) at learning rate lr; step is the step's 1-based number (the test
+ * hooks' clock, src/train/hooks.h). A collective under mpirun: every rank calls it. */
+StepResult train_step(Trainer *t, const int *inputs, const int *targets, float lr, long step);
+
+#endif
