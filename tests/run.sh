@@ -2,12 +2,26 @@
 # Runs every test binary given, adds up their "X: N passed, N failed" lines, and ends with the
 # suite's line "N passed, N failed". A binary that crashes or exits non-zero without a summary
 # counts as one failure.
-passed=0; failed=0; bad=""
+#
+# MOELM_TEST_JOBS tests run at once (default: the processors online). Every test binary runs at one
+# thread (tests/test.h) and every shell test in its own build/tmp folder, so two at a time use both
+# cores of a two-core machine; each one's output is kept and printed in the order given, as if they
+# had run one after the other.
+jobs=${MOELM_TEST_JOBS:-$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)}
+root=$(cd "$(dirname "$0")/.." && pwd)
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+for t in "$@"; do printf '%s\n' "$t"; done >"$out/list"
+# each job: the i-th path of the list, run from the root, its output and exit status kept by i
+seq 1 $# | xargs -P "$jobs" -I{} sh -c 't=$(sed -n "$2p" "$1/list"); cd "$0" && "$t" >"$1/$2.out" 2>&1; echo $? >"$1/$2.rc"' \
+    "$root" "$out" {}
+passed=0; failed=0; bad=""; i=0
 for t in "$@"; do
+    i=$((i + 1))
     name=$(basename "$t")
-    out=$(cd "$(dirname "$0")/.." && "$t" 2>&1); rc=$?
-    printf '%s\n' "$out" | grep -v '^ok ' 
-    line=$(printf '%s\n' "$out" | grep -E '^[a-z_0-9]+: [0-9]+ passed, [0-9]+ failed' | tail -n 1)
+    rc=$(cat "$out/$i.rc" 2>/dev/null || echo 127)
+    grep -v '^ok ' "$out/$i.out" 2>/dev/null
+    line=$(grep -E '^[a-z_0-9]+: [0-9]+ passed, [0-9]+ failed' "$out/$i.out" 2>/dev/null | tail -n 1)
     if [ -n "$line" ]; then
         p=$(echo "$line" | sed -E 's/.*: ([0-9]+) passed, ([0-9]+) failed.*/\1/')
         f=$(echo "$line" | sed -E 's/.*: ([0-9]+) passed, ([0-9]+) failed.*/\2/')
