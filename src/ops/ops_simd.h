@@ -32,7 +32,9 @@ static inline float exp_poly(float x) {
     p = __builtin_fmaf(p, r, 1.6666665459e-1f);
     p = __builtin_fmaf(p, r, 5.0000001201e-1f);
     p = __builtin_fmaf(p, r * r, r) + 1.0f;
-    union { int32_t i; float f; } sc = {.i = ((int32_t)n + 127) << 23};   /* 2^n, n in [-126, 128) */
+    /* 2^n, n in [-126, 128); the shift unsigned, so that a NaN x (n converts to INT_MIN on x86) is not
+     * a shift of a negative value (UB): the result is then NaN, as exp(NaN) is */
+    union { int32_t i; float f; } sc = {.i = (int32_t)((uint32_t)((int32_t)n + 127) << 23)};
     return p * sc.f;
 }
 
