@@ -10,7 +10,8 @@
 #include "io/json.h"
 
 const char *const config_preset_names[] = {"tiny", "demo", "dense-ptb", "switch-ptb", "seed-moe",
-                                           "seed-gating", "seed-switch", NULL};
+                                           "seed-gating", "seed-switch", "switch-t5-tiny", "switch-t5-ptb",
+                                           "seed-hf-switch", NULL};
 
 static void base_lm(ModelConfig *c) {
     memset(c, 0, sizeof *c);
@@ -107,6 +108,8 @@ moelm_status config_preset(ModelConfig *c, const char *name) {
         seed_model(c, ROUTER_SOFT);
     } else if (!strcmp(name, "seed-switch")) {
         seed_model(c, ROUTER_SWITCH);
+    } else if (config_switch_preset(c, name)) {
+        /* switch_transformers presets: config_switch.c */
     } else {
         char list[256] = "";
         for (int i = 0; config_preset_names[i]; i++) {
@@ -177,6 +180,7 @@ static moelm_status parse_bool(const char *key, const char *v, int *out) {
 static const char *act_name(Activation a) { return a == ACT_RELU ? "relu" : a == ACT_GELU ? "gelu" : "swiglu"; }
 
 moelm_status config_set(ModelConfig *c, const char *key, const char *v) {
+    if (c->model_type == MODEL_SWITCH && strcmp(key, "model_type")) return config_switch_set(c, key, v);
 #define INT(k, f) if (!strcmp(key, k)) return parse_int(key, v, &c->f)
 #define FLT(k, f) if (!strcmp(key, k)) return parse_float(key, v, &c->f)
 #define BOOL(k, f) if (!strcmp(key, k)) return parse_bool(key, v, &c->f)
@@ -212,7 +216,8 @@ moelm_status config_set(ModelConfig *c, const char *key, const char *v) {
     if (!strcmp(key, "model_type")) {
         if (!strcmp(v, "lm")) c->model_type = MODEL_LM;
         else if (!strcmp(v, "seed")) c->model_type = MODEL_SEED;
-        else return moelm_fail(MOELM_ERR_CONFIG, "model_type: '%s' is not lm or seed", v);
+        else if (!strcmp(v, "switch_transformers")) config_switch_defaults(c);
+        else return moelm_fail(MOELM_ERR_CONFIG, "model_type: '%s' is not lm, seed or switch_transformers", v);
         return MOELM_OK;
     }
     if (!strcmp(key, "norm_type")) {
@@ -306,6 +311,11 @@ moelm_status config_load(ModelConfig *c, const char *path) {
     }
     base_lm(c);
     const Json *mt = json_get(j, "model_type");
+    if (mt && json_type(mt) == JSON_STRING && !strcmp(json_string(mt), "switch_transformers")) {
+        st = config_switch_load(c, j, path);
+        json_free(j);
+        return st;
+    }
     if (mt && json_type(mt) == JSON_STRING && !strcmp(json_string(mt), "seed")) seed_model(c, ROUTER_SWITCH);
     for (size_t i = 0; i < json_len(j); i++) {
         const char *key = json_key_at(j, i);
@@ -336,6 +346,7 @@ moelm_status config_load(ModelConfig *c, const char *path) {
 }
 
 char *config_to_json(const ModelConfig *c) {
+    if (c->model_type == MODEL_SWITCH) return config_switch_to_json(c);
     StrBuf sb = {0};
     sb_printf(&sb, "{\n  \"moelm_version\": \"%s\",\n", MOELM_VERSION);
     sb_printf(&sb, "  \"model_type\": \"%s\",\n", c->model_type == MODEL_SEED ? "seed" : "lm");
@@ -404,6 +415,7 @@ MoEConfig config_moe(const ModelConfig *c) {
 }
 
 moelm_status config_check(const ModelConfig *c) {
+    if (c->model_type == MODEL_SWITCH) return config_switch_check(c);
 #define REQ(cond, ...) if (!(cond)) return moelm_fail(MOELM_ERR_CONFIG, __VA_ARGS__)
     REQ(c->vocab_size >= 1 && c->vocab_size <= 10000000, "vocab_size must be in [1, 10000000] (got %d)", c->vocab_size);
     REQ(c->d_model >= 1 && c->d_model <= 65536, "d_model must be in [1, 65536] (got %d)", c->d_model);
