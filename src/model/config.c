@@ -385,6 +385,12 @@ int config_block_is_sparse(const ModelConfig *c, int i) {
 
 int config_num_moe_layers(const ModelConfig *c) {
     if (c->model_type == MODEL_SEED) return 1;
+    if (c->model_type == MODEL_SWITCH) {   /* both stacks' sparse blocks */
+        int n = 0;
+        for (int dec = 0; dec < 2; dec++)
+            for (int i = 0; i < config_switch_layers(c, dec); i++) n += config_switch_block_is_sparse(c, dec, i);
+        return n;
+    }
     int n = 0;
     for (int l = 0; l < c->num_layers; l++) n += config_block_is_sparse(c, l);
     return n;

@@ -451,6 +451,8 @@ moelm_status config_switch_check(const ModelConfig *c) {
     for (int i = 0; i < 4; i++)
         REQ(*ids[i] >= -1 && *ids[i] < c->vocab_size, "%s must be null or in [0, vocab_size %d) (got %d)", names[i],
             c->vocab_size, *ids[i]);
+    REQ(config_num_moe_layers(c) <= CONFIG_MAX_MOE_LAYERS, "at most %d sparse blocks in all (got %d: fewer "
+        "num_sparse_encoder_layers or num_sparse_decoder_layers)", CONFIG_MAX_MOE_LAYERS, config_num_moe_layers(c));
     int sparse = config_switch_sparse_step(c, 0) > 0 || config_switch_sparse_step(c, 1) > 0;
     if (sparse) {
         REQ(c->num_experts >= 1 && c->num_experts <= 256, "num_experts must be in [1, 256] (got %d)", c->num_experts);
