@@ -8,6 +8,7 @@
 #include "model/config.h"
 #include "model/encdec.h"
 #include "model/forward_file.h"
+#include "ops/attn.h"
 
 static char tmpdir[256];
 
@@ -66,7 +67,7 @@ TEST(switch_config_fixture_and_notes) {
     EXPECT(c.vocab_size == 40 && c.d_model == 12 && c.sw.d_kv == 5 && c.num_heads == 3 && c.d_ff == 20);
     EXPECT(c.num_layers == 2 && c.sw.num_decoder_layers == 4 && c.num_experts == 3 && c.expert_capacity == 2);
     EXPECT(c.sw.relative_attention_num_buckets == 32 && c.sw.relative_attention_max_distance == 128);
-    EXPECT(c.hidden_act == ACT_GELU && !c.tie_word_embeddings && c.sw.decoder_start_token_id == 0);
+    EXPECT(c.hidden_act == ACT_GELU_TANH && !c.tie_word_embeddings && c.sw.decoder_start_token_id == 0);
     EXPECT(strstr(c.note, "router_type") && strstr(c.note, "is_gated_act") && !strstr(c.note, "hidden_size"));
     EXPECT(config_switch_block_is_sparse(&c, 0, 0) && config_switch_block_is_sparse(&c, 0, 1));
     EXPECT(!config_switch_block_is_sparse(&c, 1, 0) && config_switch_block_is_sparse(&c, 1, 1));
@@ -184,6 +185,28 @@ TEST(switch_forward_matches_reference) {
         EXPECT_MSG(st == MOELM_OK, "%s: %s", models[i], moelm_last_error());
         if (!st) EXPECT(compare_outputs(exp, out) >= 20);
     }
+}
+
+/* T5's bucket function (ops' t5_relative_bucket) against the reference's float32 torch computation on
+ * relative positions -300..300 for (buckets, max distance) = (32, 128), (8, 12), (6, 20), (33, 40). */
+TEST(switch_buckets_match_reference) {
+    SafeTensors *ex = NULL;
+    EXPECT(st_open(&ex, "tests/ref/switch/switch_tied.expected.safetensors") == MOELM_OK);
+    if (!ex) return;
+    static const int cfgs[4][2] = {{32, 128}, {8, 12}, {6, 20}, {33, 40}};
+    int checked = 0;
+    for (int i = 0; i < 4; i++)
+        for (int bi = 0; bi < 2; bi++) {
+            char name[64];
+            snprintf(name, sizeof name, "bucket.%d.%d.%d", cfgs[i][0], cfgs[i][1], bi);
+            int32_t want[601];
+            int64_t shape[1] = {601};
+            EXPECT(st_read_i32(ex, name, want, 1, shape) == MOELM_OK);
+            for (int r = -300; r <= 300; r++, checked++)
+                EXPECT_MSG(t5_relative_bucket(r, bi, cfgs[i][0], cfgs[i][1]) == want[r + 300], "%s rel %d", name, r);
+        }
+    EXPECT(checked == 8 * 601);
+    st_close(ex);
 }
 
 /* Reads an int32 [B, T] input of a fixture case (NULL when absent). */
@@ -413,6 +436,7 @@ int main(void) {
     RUN(switch_config_errors);
     RUN(switch_forward_matches_reference);
     RUN(switch_grads_match_reference);
+    RUN(switch_buckets_match_reference);
     RUN(switch_grad_fd_tied_gelu);
     RUN(switch_grad_fd_untied_relu_fixed_losses);
     RUN(switch_grad_fd_dropped_scaled_input_all_sparse);

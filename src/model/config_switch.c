@@ -176,7 +176,7 @@ static moelm_status get_bool(const char *key, const char *v, int *out) {
 
 /* HF's dense_act_fn names moelm runs. */
 static const struct { const char *name; Activation act; } switch_acts[] = {
-    {"relu", ACT_RELU}, {"gelu", ACT_GELU},
+    {"relu", ACT_RELU}, {"gelu", ACT_GELU}, {"gelu_new", ACT_GELU_TANH},
 };
 
 static const char *switch_act_name(Activation a) {
@@ -242,7 +242,7 @@ moelm_status config_switch_set(ModelConfig *c, const char *key, const char *v) {
                 return MOELM_OK;
             }
         return moelm_fail(MOELM_ERR_CONFIG, "dense_act_fn: '%s' is not yet supported for switch_transformers "
-                          "(relu or gelu)", v);
+                          "(relu, gelu or gelu_new)", v);
     }
     if (!strcmp(key, "router_dtype")) {
         if (strcmp(v, "float32") && strcmp(v, "float16") && strcmp(v, "bfloat16"))

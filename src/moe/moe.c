@@ -189,8 +189,9 @@ moelm_status moe_config_check(const MoEConfig *cfg, int causal) {
         return moelm_fail(MOELM_ERR_CONFIG, "num_experts: %d is out of range (1..256)", cfg->E);
     if (cfg->C < 1 || cfg->H < 1)
         return moelm_fail(MOELM_ERR_CONFIG, "d_model (%d) and the expert d_ff (%d) must be positive", cfg->C, cfg->H);
-    if (cfg->act != ACT_RELU && cfg->act != ACT_GELU && cfg->act != ACT_SWIGLU)
-        return moelm_fail(MOELM_ERR_CONFIG, "hidden_act: unknown activation %d (use relu, gelu or swiglu)", (int)cfg->act);
+    if (cfg->act != ACT_RELU && cfg->act != ACT_GELU && cfg->act != ACT_SWIGLU && cfg->act != ACT_GELU_TANH)
+        return moelm_fail(MOELM_ERR_CONFIG, "hidden_act: unknown activation %d (use relu, gelu, gelu_new or swiglu)",
+                          (int)cfg->act);
     switch (cfg->router) {
     case ROUTER_TOPK:
         if (cfg->K < 2 || cfg->K > cfg->E)
