@@ -424,6 +424,192 @@ TEST(switch_grad_fd_dropped_scaled_input_all_sparse) {
     fd_case(&c, "dropped tokens get gate * x, all sparse");
 }
 
+/* ---- generation ----------------------------------------------------------------------------------- */
+
+/* A model for the generation tests: no token dropped in the full forward (capacity 64), so that cached
+ * decoding (one token a sequence a step) and the full forward route alike. */
+static void gen_model(Model *m, int tied) {
+    ModelConfig c;
+    fd_config(&c);
+    c.vocab_size = 23;
+    c.expert_capacity = 64;
+    c.tie_word_embeddings = tied;
+    c.num_layers = 2;
+    c.sw.num_decoder_layers = 3;
+    EXPECT(model_create_encdec(m, &c, 3, 7, 9, 5, 0, 1) == MOELM_OK);
+}
+
+static double max_abs(const float *x, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) m = fabs(x[i]) > m ? fabs(x[i]) : m;
+    return m;
+}
+
+/* Cached decoding gives the full forward's logits: 3 rows teacher-forced through 8 steps against the
+ * decoder over the whole sequences (batch 3, the same encoder input with padding), every step within
+ * 1e-5 of the largest logit (both float; the sums differ in order only). Tied and untied heads. */
+TEST(switch_cached_decoding_equals_full_forward) {
+    for (int tied = 0; tied < 2; tied++) {
+        Model m;
+        gen_model(&m, tied);
+        int V = m.cfg.vocab_size, R = 3, T = 8;
+        int enc[7] = {5, 9, 2, 17, 3, 8, 0}, mask[7] = {1, 1, 1, 1, 1, 1, 0};
+        int dec[3 * 8], enc3[3 * 7], mask3[3 * 7];
+        for (int i = 0; i < R * T; i++) dec[i] = i % T == 0 ? 0 : (i * 7 + 3) % V;
+        for (int r = 0; r < R; r++) memcpy(enc3 + r * 7, enc, sizeof enc), memcpy(mask3 + r * 7, mask, sizeof mask);
+        Seq2SeqBatch b = {R, 7, T, enc3, mask3, dec, NULL};
+        encdec_forward(&m, &b, 0);
+        float *full = malloc(sizeof(float) * (size_t)R * T * V);
+        memcpy(full, m.ed->logits, sizeof(float) * (size_t)R * T * V);
+        EncDecCache kv;
+        EXPECT(encdec_cache_create(&kv, &m, R, 9, 7) == MOELM_OK);
+        encdec_cache_encode(&m, &kv, enc, mask, 7);
+        double worst = 0, scale = max_abs(full, (size_t)R * T * V);
+        for (int t = 0; t < T; t++) {
+            int tok[3] = {dec[t], dec[T + t], dec[2 * T + t]};
+            encdec_step(&m, &kv, tok);
+            for (int r = 0; r < R; r++)
+                for (int v = 0; v < V; v++) {
+                    double d = fabs(kv.logits[r * V + v] - full[((size_t)r * T + t) * V + v]);
+                    worst = d > worst ? d : worst;
+                }
+        }
+        EXPECT_MSG(worst <= 1e-5 * scale, "tied %d: worst %.3g of %.3g", tied, worst, scale);
+        encdec_cache_free(&kv);
+        free(full);
+        model_free(&m);
+    }
+}
+
+/* HF's beam search, written again here over full forwards (no cache): all beams' candidates sorted,
+ * finished hypotheses kept best-N, HF's stopping rule; the library's search must return the same ids. */
+typedef struct { double s; int beam, tok; } Cand;
+static int cand_cmp(const void *a, const void *b) {
+    const Cand *x = a, *y = b;
+    if (x->s != y->s) return x->s < y->s ? 1 : -1;
+    return x->beam * 1000 + x->tok - (y->beam * 1000 + y->tok);
+}
+
+static int ref_beam(Model *m, const int *enc, int Te, int N, int max_new, float lp, int eos, int *out) {
+    int V = m->cfg.vocab_size, seq[8][16], nseq[8][16], len = 0, done = 0, hn = 0, hlen[8], hids[8][16];
+    double bs[8], hs[8];
+    for (int b = 0; b < N; b++) bs[b] = b ? -1e9 : 0;
+    Cand *cand = malloc(sizeof(Cand) * (size_t)N * V);
+    while (!done && len < max_new) {
+        int nc = 0;
+        for (int b = 0; b < N; b++) {
+            int dec[16];
+            dec[0] = 0;
+            memcpy(dec + 1, seq[b], sizeof(int) * (size_t)len);
+            Seq2SeqBatch bt = {1, Te, len + 1, enc, NULL, dec, NULL};
+            encdec_forward(m, &bt, 0);
+            const float *lg = m->ed->logits + (size_t)len * V;
+            double mx = -1e30, sum = 0;
+            for (int v = 0; v < V; v++) mx = lg[v] > mx ? lg[v] : mx;
+            for (int v = 0; v < V; v++) sum += exp(lg[v] - mx);
+            for (int v = 0; v < V; v++) cand[nc++] = (Cand){bs[b] + (lg[v] - mx - log(sum)), b, v};
+        }
+        qsort(cand, (size_t)nc, sizeof(Cand), cand_cmp);
+        int nb = 0;
+        double nbs[8];
+        for (int k = 0; k < 2 * N && nb < N; k++) {
+            if (cand[k].tok == eos) {
+                if (k >= N) continue;
+                double sc = cand[k].s / pow(len, lp);
+                int worst = 0;
+                for (int i = 1; i < hn; i++) if (hs[i] < hs[worst]) worst = i;
+                if (hn < N) worst = hn++;
+                else if (!(sc > hs[worst])) continue;
+                hs[worst] = sc;
+                hlen[worst] = len;
+                memcpy(hids[worst], seq[cand[k].beam], sizeof(int) * (size_t)len);
+                continue;
+            }
+            memcpy(nseq[nb], seq[cand[k].beam], sizeof(int) * (size_t)len);
+            nseq[nb][len] = cand[k].tok;
+            nbs[nb++] = cand[k].s;
+        }
+        if (hn == N) {
+            double w = hs[0];
+            for (int i = 1; i < hn; i++) w = hs[i] < w ? hs[i] : w;
+            done = w >= cand[0].s / pow(len, lp);
+        }
+        len++;
+        memcpy(seq, nseq, sizeof seq);
+        memcpy(bs, nbs, sizeof(double) * (size_t)N);
+    }
+    if (!done)
+        for (int b = 0; b < N; b++) {
+            double sc = bs[b] / pow(len, lp);
+            int worst = 0;
+            for (int i = 1; i < hn; i++) if (hs[i] < hs[worst]) worst = i;
+            if (hn < N) worst = hn++;
+            else if (!(sc > hs[worst])) continue;
+            hs[worst] = sc;
+            hlen[worst] = len;
+            memcpy(hids[worst], seq[b], sizeof(int) * (size_t)len);
+        }
+    int best = 0;
+    for (int i = 1; i < hn; i++) if (hs[i] > hs[best]) best = i;
+    memcpy(out, hids[best], sizeof(int) * (size_t)hlen[best]);
+    free(cand);
+    return hlen[best];
+}
+
+/* Beam search against the reference above, over 4 encoder inputs, 1-4 beams, length penalties 0.5 and 2
+ * (which change the winner), an eos the model likes (hypotheses finish early and beams swap rows). */
+TEST(switch_beam_search_and_greedy) {
+    Model m;
+    gen_model(&m, 1);
+    for (size_t i = 0; i < m.n_params; i++) m.params[i] *= 1.2f;   /* peakier distributions: real choices */
+    int out[16], ref[16], finished_early = 0, differ_by_penalty = 0;
+    EncDecCache kv;
+    for (int in = 0; in < 4; in++) {
+        int enc[6];
+        for (int t = 0; t < 6; t++) enc[t] = (in * 5 + t * 7 + 1) % 23;
+        /* eos = the second most likely first token */
+        EXPECT(encdec_cache_create(&kv, &m, 1, 9, 7) == MOELM_OK);
+        encdec_cache_encode(&m, &kv, enc, NULL, 6);
+        int t0 = 0;
+        encdec_step(&m, &kv, &t0);
+        int first = 0, eos = -1;
+        for (int v = 1; v < 23; v++) if (kv.logits[v] > kv.logits[first]) first = v;
+        for (int v = 0; v < 23; v++) if (v != first && (eos < 0 || kv.logits[v] > kv.logits[eos])) eos = v;
+        encdec_cache_free(&kv);
+        for (int N = 1; N <= 4; N++) {
+            int got[2][16], gn[2];
+            for (int li = 0; li < 2; li++) {
+            float lp = li ? 2.0f : 0.5f;
+            EncDecGenOptions o = {8, N, lp, 0.0f, 0, 1.0f, 1, 0, eos};
+            EXPECT(encdec_cache_create(&kv, &m, N, 9, 7) == MOELM_OK);
+            encdec_cache_encode(&m, &kv, enc, NULL, 6);
+            int n = encdec_generate(&m, &kv, &o, out);
+            encdec_cache_free(&kv);
+            int nr = ref_beam(&m, enc, 6, N, 8, lp, eos, ref);
+            EXPECT_MSG(n == nr && !memcmp(out, ref, sizeof(int) * (size_t)n), "input %d beams %d lp %g: %d vs %d tokens",
+                       in, N, lp, n, nr);
+            finished_early += n < 8;
+            gn[li] = n;
+            memcpy(got[li], out, sizeof(int) * (size_t)n);
+            if (N == 1 && li == 0) {   /* one beam is greedy */
+                EncDecGenOptions g = {8, 1, 1.0f, 0.0f, 0, 1.0f, 1, 0, eos};
+                int gout[16];
+                EXPECT(encdec_cache_create(&kv, &m, 1, 9, 7) == MOELM_OK);
+                encdec_cache_encode(&m, &kv, enc, NULL, 6);
+                int g1 = encdec_generate(&m, &kv, &g, gout);
+                encdec_cache_free(&kv);
+                EXPECT(g1 == n && !memcmp(gout, out, sizeof(int) * (size_t)n));
+            }
+            }
+            differ_by_penalty += gn[0] != gn[1] || memcmp(got[0], got[1], sizeof(int) * (size_t)gn[0]);
+        }
+    }
+    printf("  %d of 32 searches finished before the limit, %d of 16 changed with the length penalty\n", finished_early,
+           differ_by_penalty);
+    EXPECT(finished_early > 0 && differ_by_penalty > 0);
+    model_free(&m);
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/moelm_test_switch_%d", (int)getpid());
     char cmd[300];
@@ -440,6 +626,8 @@ int main(void) {
     RUN(switch_grad_fd_tied_gelu);
     RUN(switch_grad_fd_untied_relu_fixed_losses);
     RUN(switch_grad_fd_dropped_scaled_input_all_sparse);
+    RUN(switch_cached_decoding_equals_full_forward);
+    RUN(switch_beam_search_and_greedy);
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
     if (system(cmd)) return 1;
     return test_summary("switch");

@@ -477,6 +477,18 @@ static void stack_forward(Model *m, int dec, const int *ids, float pdrop, int tr
     stack_router_losses(m, s, dec);
 }
 
+void encdec_encode(Model *m, const int *ids, const int *mask, int B, int Te) {
+    EncDec *ed = m->ed;
+    CHECK(ed && B >= 1 && B <= ed->Bmax && Te >= 1 && Te <= ed->Temax);
+    Seq2SeqBatch b = {B, Te, 1, ids, mask, ids, NULL};   /* no decoder: its ids are not read */
+    ed->B = B;
+    ed->Te = Te;
+    ed->Td = 1;
+    take_batch(ed, &m->cfg, &b);
+    m->pdrop = 0.0f;
+    stack_forward(m, 0, ed->enc_ids, 0.0f, 0);
+}
+
 float encdec_forward(Model *m, const Seq2SeqBatch *b, int training) {
     EncDec *ed = m->ed;
     const ModelConfig *c = &m->cfg;

@@ -138,6 +138,67 @@ float encdec_forward(Model *m, const Seq2SeqBatch *b, int training);
 /* grads += d loss / d params of the last forward (which had labels). */
 void encdec_backward(Model *m);
 
+/* The encoder alone, eval mode: ed->enc.out [B Te, C] (generation encodes the prompt once). */
+void encdec_encode(Model *m, const int *ids, const int *mask, int B, int Te);
+
+/* ---- generation (generate_encdec.c) ---------------------------------------------------------------
+ * The encoder runs once; the decoder takes one token per row (R rows: beams, or one) and step, with a
+ * self-attention cache of keys and values per block and row, and the cross-attention's keys and values
+ * of the encoder output computed once. A step equals the full decoder forward's last position (the
+ * router sees one token per sequence, as HF's cached decoding does: nothing is dropped, so with
+ * drops in the full forward's decoder the two differ exactly where HF's do). */
+typedef struct {
+    int R, P, Te;               /* rows, decoder positions held, encoder tokens */
+    int pos;                    /* decoder tokens in the cache (the next one goes to pos) */
+    int Te_used;                /* the encoded input's tokens */
+    float *ck, *cv;             /* [Ld, Te, I] cross-attention keys and values of the encoder output */
+    float *k, *v;               /* [Ld, R, P, I] self-attention keys and values */
+    float *tmp;                 /* [R, P, I] reordering scratch */
+    uint8_t *enc_mask;          /* [Te] */
+    float *x, *xn, *proj, *ffn; /* [R, C] residual stream, its norm, a sublayer's output, the FF output */
+    float *q, *kk, *vv, *y;     /* [R, I] */
+    float *att;                 /* [NH, max(P, R Te)] probabilities */
+    float *bias;                /* [NH, P] the position bias of this step's query */
+    int *bkt;                   /* [P] */
+    float *fc_pre, *fc;         /* [R, H] */
+    float *rstd;                /* [R] */
+    float *logits;              /* [R, V] after encdec_step */
+    float *sample;              /* [2V] the sampler's scratch */
+    MoEConfig moe_cfg;          /* the decoder's, one group a row */
+    MoEActs moe;
+    void *mem;
+} EncDecCache;
+
+/* One allocation for R rows of up to P decoder tokens after an encoder input of up to Te. */
+moelm_status encdec_cache_create(EncDecCache *kv, const Model *m, int R, int P, int Te);
+void encdec_cache_free(EncDecCache *kv);
+/* Encodes ids[Te] (mask[Te] or NULL: all kept) and keeps the cross-attention's keys and values; the
+ * decoder cache starts empty. m must hold a batch of 1 x Te. */
+void encdec_cache_encode(Model *m, EncDecCache *kv, const int *ids, const int *mask, int Te);
+/* Feeds tokens[R] at position kv->pos, writes kv->logits [R, V], advances pos (CHECK pos < P). */
+void encdec_step(Model *m, EncDecCache *kv, const int *tokens);
+/* Row r takes the cache of row from[r] (beam search's reordering). */
+void encdec_cache_reorder(EncDecCache *kv, const Model *m, const int *from);
+
+typedef struct {
+    int max_new;                /* tokens to generate at most (HF's max_new_tokens) */
+    int beams;                  /* 1: greedy or sampling; > 1: beam search */
+    float length_penalty;       /* beam search: a hypothesis scores sum log p / len^length_penalty (HF) */
+    float temp;                 /* beams 1: 0 greedy, else sampling with top_k, top_p */
+    int top_k;
+    float top_p;
+    uint64_t seed;
+    int start, eos;             /* decoder_start_token_id; eos (-1: none) */
+} EncDecGenOptions;
+
+/* Decodes from kv's encoded input; out[max_new] gets the generated ids without the final eos;
+ * returns their count. kv must have R >= beams rows and P > max_new positions; beam search takes at
+ * most ENCDEC_MAX_BEAMS beams and ENCDEC_MAX_NEW tokens. */
+#define ENCDEC_MAX_BEAMS 64
+#define ENCDEC_MAX_NEW 511
+int encdec_generate(Model *m, EncDecCache *kv, const EncDecGenOptions *o, int *out);
+
+
 /* The sparse blocks, encoder's then decoder's (model_moe_layers' answer for this model). */
 int encdec_moe_layers(const Model *m, MoELayer *out, int max);
 
