@@ -67,6 +67,7 @@ static moelm_status read_cases(const SafeTensors *st, Case *cs, int *ncase) {
         c->prefix[len - sl] = 0;
     }
     *ncase = n;   /* from here on the caller frees what was read */
+    if (!n) return moelm_fail(MOELM_ERR_DATA, "the inputs file has no case (no tensor named P.input_ids)");
     for (int i = 0; i < st_count(st); i++) {   /* every tensor belongs to a case */
         const char *name = st_name(st, i);
         int ok = 0;
@@ -79,7 +80,6 @@ static moelm_status read_cases(const SafeTensors *st, Case *cs, int *ncase) {
             return moelm_fail(MOELM_ERR_DATA, "input tensor '%s' is not P.input_ids, P.attention_mask, "
                               "P.decoder_input_ids or P.labels of a case P", name);
     }
-    if (!n) return moelm_fail(MOELM_ERR_DATA, "the inputs file has no case (no tensor named P.input_ids)");
     for (int k = 0; k < n && !err; k++) {
         Case *c = &cs[k];
         char name[160];
@@ -215,6 +215,7 @@ moelm_status forward_file_run(const char *model_dir, const char *in_path, const 
     int n = 0;
     st = read_cases(in, cs, &n);
     st_close(in);
+    if (st) st = moelm_fail_context(st, "%s", in_path);
     Outputs *o = moelm_calloc(1, sizeof(Outputs));
     if (!st && !o) st = MOELM_ERR_NOMEM;
     char path[4096];
@@ -232,10 +233,12 @@ moelm_status forward_file_run(const char *model_dir, const char *in_path, const 
         Model m;
         memset(&m, 0, sizeof m);
         st = model_load_dir(&m, model_dir, B, Te, Td);
-        for (int k = 0; k < n && !st; k++) st = run_switch(&m, &cs[k], o);
+        for (int k = 0; k < n && !st; k++)
+            if ((st = run_switch(&m, &cs[k], o)) == MOELM_ERR_DATA) st = moelm_fail_context(st, "%s", in_path);
         if (m.params) model_free(&m);
     } else {
-        for (int k = 0; k < n && !st; k++) st = run_lm(model_dir, &cs[k], o);
+        for (int k = 0; k < n && !st; k++)
+            if ((st = run_lm(model_dir, &cs[k], o)) == MOELM_ERR_DATA) st = moelm_fail_context(st, "%s", in_path);
     }
     if (!st) st = st_write(out_path, o->t, o->n, NULL);
     if (o)
