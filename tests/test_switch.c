@@ -610,6 +610,27 @@ TEST(switch_beam_search_and_greedy) {
     model_free(&m);
 }
 
+/* A training step's forward and backward allocate nothing (the allocator is armed to fail the next call). */
+TEST(switch_step_allocates_nothing) {
+    ModelConfig c;
+    fd_config(&c);
+    c.dropout_rate = 0.1f;
+    c.router_jitter_noise = 0.01f;
+    Model m;
+    EXPECT(model_create_encdec(&m, &c, 2, 6, 5, 3, 0, 1) == MOELM_OK);
+    int ids[12], labels[10];
+    for (int i = 0; i < 12; i++) ids[i] = (i * 5 + 1) % 11;
+    for (int i = 0; i < 10; i++) labels[i] = (i * 3 + 2) % 11;
+    Seq2SeqBatch b = {2, 6, 5, ids, NULL, NULL, labels};
+    size_t live = moelm_alloc_live_bytes();
+    moelm_alloc_fail_after(1);
+    float loss = encdec_forward(&m, &b, 1);
+    encdec_backward(&m);
+    moelm_alloc_fail_after(0);
+    EXPECT(isfinite(loss) && loss > 0 && moelm_alloc_live_bytes() == live);
+    model_free(&m);
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/moelm_test_switch_%d", (int)getpid());
     char cmd[300];
@@ -628,6 +649,7 @@ int main(void) {
     RUN(switch_grad_fd_dropped_scaled_input_all_sparse);
     RUN(switch_cached_decoding_equals_full_forward);
     RUN(switch_beam_search_and_greedy);
+    RUN(switch_step_allocates_nothing);
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
     if (system(cmd)) return 1;
     return test_summary("switch");
