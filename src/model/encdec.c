@@ -17,6 +17,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include "backend/comm.h"
 #include "model/layout.h"
 #include "ops/attn.h"
 #include "ops/ops.h"
@@ -425,7 +426,11 @@ static void stack_router_losses(Model *m, T5StackActs *s, int dec) {
     s->z_loss = s->aux_loss = 0.0f;
     memset(s->aux_dprobs, 0, sizeof(float) * (size_t)B * E);
     if (!s->losses_on) return;
-    double z = 0.0, aux = 0.0, cnt[256], P[256], per = (double)T * nL;
+    /* under data parallelism the rows are every rank's: aux is a mean over the global batch's rows
+     * (gradients are summed over the ranks); z is already global (moe.c all-reduces it) */
+    double z = 0.0, aux = 0.0, cnt[256], P[256], per = (double)T * nL, rows[2] = {0.0, (double)B};
+    comm_allreduce_f64(COMM_WORLD, rows + 1, 1);
+    double Bg = rows[1];
     for (int i = 0; i < config_switch_layers(c, dec); i++)
         if (config_switch_block_is_sparse(c, dec, i)) z += s->blocks[i].moe.z_loss;
     s->z_loss = (float)(z / nL);
@@ -443,10 +448,12 @@ static void stack_router_losses(Model *m, T5StackActs *s, int dec) {
         }
         for (int e = 0; e < E; e++) {
             aux += cnt[e] / per * (P[e] / per);
-            s->aux_dprobs[(size_t)b * E + e] = (float)(c->router_aux_loss_coef * E * (cnt[e] / per) / ((double)B * per));
+            s->aux_dprobs[(size_t)b * E + e] = (float)(c->router_aux_loss_coef * E * (cnt[e] / per) / (Bg * per));
         }
     }
-    s->aux_loss = (float)(aux * E / B);   /* E^2 * (1 / (B E)) sum_{b,e} */
+    rows[0] = aux;
+    comm_allreduce_f64(COMM_WORLD, rows, 1);
+    s->aux_loss = (float)(rows[0] * E / Bg);   /* E^2 * (1 / (B E)) sum_{b,e} over the global rows */
 }
 
 static void stack_forward(Model *m, int dec, const int *ids, float pdrop, int training) {
