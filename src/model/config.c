@@ -150,7 +150,7 @@ moelm_status config_preset_train(TrainConfig *t, const char *name) {
 
 /* ---- key=value ---------------------------------------------------------------------------------- */
 
-static moelm_status parse_int(const char *key, const char *v, int *out) {
+moelm_status config_parse_int(const char *key, const char *v, int *out) {
     char *end;
     errno = 0;
     long x = strtol(v, &end, 10);
@@ -160,7 +160,7 @@ static moelm_status parse_int(const char *key, const char *v, int *out) {
     return MOELM_OK;
 }
 
-static moelm_status parse_float(const char *key, const char *v, float *out) {
+moelm_status config_parse_float(const char *key, const char *v, float *out) {
     char *end;
     errno = 0;
     double x = strtod(v, &end);
@@ -170,7 +170,7 @@ static moelm_status parse_float(const char *key, const char *v, float *out) {
     return MOELM_OK;
 }
 
-static moelm_status parse_bool(const char *key, const char *v, int *out) {
+moelm_status config_parse_bool(const char *key, const char *v, int *out) {
     if (!strcmp(v, "true") || !strcmp(v, "1")) *out = 1;
     else if (!strcmp(v, "false") || !strcmp(v, "0")) *out = 0;
     else return moelm_fail(MOELM_ERR_CONFIG, "%s: '%s' is not true or false", key, v);
@@ -181,9 +181,9 @@ static const char *act_name(Activation a) { return a == ACT_RELU ? "relu" : a ==
 
 moelm_status config_set(ModelConfig *c, const char *key, const char *v) {
     if (c->model_type == MODEL_SWITCH && strcmp(key, "model_type")) return config_switch_set(c, key, v);
-#define INT(k, f) if (!strcmp(key, k)) return parse_int(key, v, &c->f)
-#define FLT(k, f) if (!strcmp(key, k)) return parse_float(key, v, &c->f)
-#define BOOL(k, f) if (!strcmp(key, k)) return parse_bool(key, v, &c->f)
+#define INT(k, f) if (!strcmp(key, k)) return config_parse_int(key, v, &c->f)
+#define FLT(k, f) if (!strcmp(key, k)) return config_parse_float(key, v, &c->f)
+#define BOOL(k, f) if (!strcmp(key, k)) return config_parse_bool(key, v, &c->f)
     INT("vocab_size", vocab_size);
     INT("d_model", d_model);
     INT("num_heads", num_heads);
@@ -244,7 +244,7 @@ moelm_status config_set(ModelConfig *c, const char *key, const char *v) {
 
 static moelm_status parse_float_in(const char *key, const char *v, float *out, float lo, float hi) {
     float f;
-    moelm_status st = parse_float(key, v, &f);
+    moelm_status st = config_parse_float(key, v, &f);
     if (st) return st;
     if (!(f >= lo && f <= hi)) return moelm_fail(MOELM_ERR_CONFIG, "%s must be in [%g, %g] (got %s)", key, lo, hi, v);
     *out = f;
@@ -259,17 +259,17 @@ float train_dropout_for_epochs(const TrainConfig *t, float base, double epochs) 
 }
 
 moelm_status train_config_set(TrainConfig *t, const char *key, const char *v) {
-    if (!strcmp(key, "batch_size")) return parse_int(key, v, &t->batch_size);
-    if (!strcmp(key, "seq_len")) return parse_int(key, v, &t->seq_len);
-    if (!strcmp(key, "stride")) return parse_int(key, v, &t->stride);
-    if (!strcmp(key, "lr")) return parse_float(key, v, &t->lr);
-    if (!strcmp(key, "min_lr_ratio")) return parse_float(key, v, &t->min_lr_ratio);
-    if (!strcmp(key, "warmup_steps")) return parse_int(key, v, &t->warmup_steps);
-    if (!strcmp(key, "weight_decay")) return parse_float(key, v, &t->weight_decay);
-    if (!strcmp(key, "beta1")) return parse_float(key, v, &t->beta1);
-    if (!strcmp(key, "beta2")) return parse_float(key, v, &t->beta2);
-    if (!strcmp(key, "eps")) return parse_float(key, v, &t->eps);
-    if (!strcmp(key, "grad_clip")) return parse_float(key, v, &t->grad_clip);
+    if (!strcmp(key, "batch_size")) return config_parse_int(key, v, &t->batch_size);
+    if (!strcmp(key, "seq_len")) return config_parse_int(key, v, &t->seq_len);
+    if (!strcmp(key, "stride")) return config_parse_int(key, v, &t->stride);
+    if (!strcmp(key, "lr")) return config_parse_float(key, v, &t->lr);
+    if (!strcmp(key, "min_lr_ratio")) return config_parse_float(key, v, &t->min_lr_ratio);
+    if (!strcmp(key, "warmup_steps")) return config_parse_int(key, v, &t->warmup_steps);
+    if (!strcmp(key, "weight_decay")) return config_parse_float(key, v, &t->weight_decay);
+    if (!strcmp(key, "beta1")) return config_parse_float(key, v, &t->beta1);
+    if (!strcmp(key, "beta2")) return config_parse_float(key, v, &t->beta2);
+    if (!strcmp(key, "eps")) return config_parse_float(key, v, &t->eps);
+    if (!strcmp(key, "grad_clip")) return config_parse_float(key, v, &t->grad_clip);
     if (!strcmp(key, "dropout_growth")) return parse_float_in(key, v, &t->dropout_growth, 0.0f, 1.0f);
     if (!strcmp(key, "dropout_epochs")) return parse_float_in(key, v, &t->dropout_epochs, 1e-6f, 1e9f);
     if (!strcmp(key, "dropout_max")) return parse_float_in(key, v, &t->dropout_max, 0.0f, 0.99f);
@@ -288,7 +288,7 @@ moelm_status train_config_set(TrainConfig *t, const char *key, const char *v) {
     }
     if (!strcmp(key, "steps")) {
         int s;
-        moelm_status st = parse_int(key, v, &s);
+        moelm_status st = config_parse_int(key, v, &s);
         t->steps = s;
         return st;
     }

@@ -100,6 +100,12 @@ int config_block_is_sparse(const ModelConfig *cfg, int i);
  * CONFIG_MAX_MOE_LAYERS (config_check). */
 enum { CONFIG_MAX_MOE_LAYERS = 64 };
 int config_num_moe_layers(const ModelConfig *cfg);
+
+/* A value of key (for the message): an int, a finite float, true/false/1/0. MOELM_ERR_CONFIG naming the key. */
+moelm_status config_parse_int(const char *key, const char *v, int *out);
+moelm_status config_parse_float(const char *key, const char *v, float *out);
+moelm_status config_parse_bool(const char *key, const char *v, int *out);
+
 /* ---- switch_transformers (config_switch.c) ------------------------------------------------------ */
 
 /* Blocks of a stack (decoder 0: the encoder) and whether block i of it is sparse, as HF decides. */

@@ -16,7 +16,6 @@
  */
 #include "model/config.h"
 
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -138,40 +137,13 @@ int config_switch_block_is_sparse(const ModelConfig *c, int decoder, int i) {
 
 /* ---- key=value --------------------------------------------------------------------------------- */
 
-static moelm_status get_int(const char *key, const char *v, int *out) {
-    char *end;
-    errno = 0;
-    long x = strtol(v, &end, 10);
-    if (errno || end == v || *end || x < -2147483647L || x > 2147483647L)
-        return moelm_fail(MOELM_ERR_CONFIG, "%s: '%s' is not an integer", key, v);
-    *out = (int)x;
-    return MOELM_OK;
-}
-
 /* A token id or a layer count that may be null ("null": -1). */
 static moelm_status get_int_or_null(const char *key, const char *v, int *out) {
     if (!strcmp(v, "null")) {
         *out = -1;
         return MOELM_OK;
     }
-    return get_int(key, v, out);
-}
-
-static moelm_status get_float(const char *key, const char *v, float *out) {
-    char *end;
-    errno = 0;
-    double x = strtod(v, &end);
-    if (errno || end == v || *end || !isfinite(x))
-        return moelm_fail(MOELM_ERR_CONFIG, "%s: '%s' is not a finite number", key, v);
-    *out = (float)x;
-    return MOELM_OK;
-}
-
-static moelm_status get_bool(const char *key, const char *v, int *out) {
-    if (!strcmp(v, "true") || !strcmp(v, "1")) *out = 1;
-    else if (!strcmp(v, "false") || !strcmp(v, "0")) *out = 0;
-    else return moelm_fail(MOELM_ERR_CONFIG, "%s: '%s' is not true or false", key, v);
-    return MOELM_OK;
+    return config_parse_int(key, v, out);
 }
 
 /* HF's dense_act_fn names moelm runs. */
@@ -187,10 +159,10 @@ static const char *switch_act_name(Activation a) {
 
 moelm_status config_switch_set(ModelConfig *c, const char *key, const char *v) {
     SwitchConfig *s = &c->sw;
-#define INT(k, f) if (!strcmp(key, k)) return get_int(key, v, &(f))
+#define INT(k, f) if (!strcmp(key, k)) return config_parse_int(key, v, &(f))
 #define NINT(k, f) if (!strcmp(key, k)) return get_int_or_null(key, v, &(f))
-#define FLT(k, f) if (!strcmp(key, k)) return get_float(key, v, &(f))
-#define BOOL(k, f) if (!strcmp(key, k)) return get_bool(key, v, &(f))
+#define FLT(k, f) if (!strcmp(key, k)) return config_parse_float(key, v, &(f))
+#define BOOL(k, f) if (!strcmp(key, k)) return config_parse_bool(key, v, &(f))
     INT("vocab_size", c->vocab_size);
     INT("d_model", c->d_model);
     INT("hidden_size", c->d_model);
@@ -252,7 +224,7 @@ moelm_status config_switch_set(ModelConfig *c, const char *key, const char *v) {
     }
     if (!strcmp(key, "router_bias")) {
         int b;
-        moelm_status st = get_bool(key, v, &b);
+        moelm_status st = config_parse_bool(key, v, &b);
         if (!st && b)
             return moelm_fail(MOELM_ERR_CONFIG, "router_bias: true is not yet supported for switch_transformers "
                               "(moelm's router has no bias; the published Switch checkpoints have none)");
@@ -260,7 +232,7 @@ moelm_status config_switch_set(ModelConfig *c, const char *key, const char *v) {
     }
     if (!strcmp(key, "is_encoder_decoder")) {
         int b;
-        moelm_status st = get_bool(key, v, &b);
+        moelm_status st = config_parse_bool(key, v, &b);
         if (!st && !b)
             return moelm_fail(MOELM_ERR_CONFIG, "is_encoder_decoder: false is not a switch_transformers model "
                               "moelm runs (SwitchTransformersForConditionalGeneration is an encoder-decoder)");
@@ -333,7 +305,7 @@ moelm_status config_switch_load(ModelConfig *c, const Json *j, const char *path)
         int slot = alias_slot(key);
         if (slot) {
             int x;
-            st = get_int(key, sv, &x);
+            st = config_parse_int(key, sv, &x);
             if (!st && alias_set[slot] && x != alias_val[slot])
                 st = moelm_fail(MOELM_ERR_CONFIG, "'%s' (%d) disagrees with its other spelling (%d)", key, x,
                                 alias_val[slot]);

@@ -139,7 +139,8 @@ static void layout_stack_acts(EncDec *ed, const ModelConfig *c, Bump *b, int dec
     s->aux_dprobs = BF(b, (size_t)B * (s->moe_cfg.E > 0 ? s->moe_cfg.E : 1));
 }
 
-static void layout_encdec_acts(Model *m, Bump *b) {
+static void layout_encdec_acts(void *ctx, Bump *b) {
+    Model *m = ctx;
     EncDec *ed = m->ed;
     const ModelConfig *c = &m->cfg;
     int B = ed->Bmax, Te = ed->Temax, Td = ed->Tdmax, T = Te > Td ? Te : Td, N = B * T, Nd = B * Td;
@@ -269,16 +270,11 @@ moelm_status model_create_encdec(Model *m, const ModelConfig *cfg, int B, int Te
     }
     lay = (Layout){m, 1, 0, 0, 0, part, parts};
     layout_encdec(&lay);
-    Bump b = {NULL, 0};
-    layout_encdec_acts(m, &b);
-    m->acts_bytes = b.off;
-    ed->mem = moelm_calloc(1, b.off);
+    ed->mem = layout_alloc(layout_encdec_acts, m, &m->acts_bytes);
     if (!ed->mem) {
         model_free(m);
         return MOELM_ERR_NOMEM;
     }
-    b = (Bump){ed->mem, 0};
-    layout_encdec_acts(m, &b);
     init_encdec(m, seed);
     rng_seed(&m->rng, seed ^ 0xD5A61266F0C9392Cull);
     return MOELM_OK;

@@ -20,7 +20,11 @@
 
 #define BF(b, n) ((float *)layout_bump(b, sizeof(float) * (size_t)(n)))
 
-static void cache_layout(EncDecCache *kv, const Model *m, Bump *b) {
+typedef struct { EncDecCache *kv; const Model *m; } CacheCtx;
+
+static void cache_layout(void *ctx, Bump *b) {
+    EncDecCache *kv = ((CacheCtx *)ctx)->kv;
+    const Model *m = ((CacheCtx *)ctx)->m;
     const ModelConfig *c = &m->cfg;
     int R = kv->R, P = kv->P, Te = kv->Te, C = c->d_model, NH = c->num_heads, I = m->ed->I, H = c->d_ff;
     int Ld = c->sw.num_decoder_layers, V = c->vocab_size, wide = P > R * Te ? P : R * Te;
@@ -62,13 +66,10 @@ moelm_status encdec_cache_create(EncDecCache *kv, const Model *m, int R, int P, 
     kv->moe_cfg = m->ed->dec.moe_cfg;
     kv->moe_cfg.group_size = 1;   /* the router sees one token of each sequence a step */
     kv->moe_cfg.z_coef = 0.0f;
-    Bump b = {NULL, 0};
-    cache_layout(kv, m, &b);
-    kv->mem = moelm_calloc(1, b.off);
-    if (!kv->mem) return MOELM_ERR_NOMEM;
-    b = (Bump){kv->mem, 0};
-    cache_layout(kv, m, &b);
-    return MOELM_OK;
+    CacheCtx ctx = {kv, m};
+    size_t bytes;
+    kv->mem = layout_alloc(cache_layout, &ctx, &bytes);
+    return kv->mem ? MOELM_OK : MOELM_ERR_NOMEM;
 }
 
 void encdec_cache_free(EncDecCache *kv) {

@@ -41,4 +41,8 @@ typedef struct {
 /* The next 64-byte aligned piece of `bytes` (NULL while counting). */
 void *layout_bump(Bump *b, size_t bytes);
 
+/* Runs fn(ctx, b) once to count, allocates one zeroed block of that size, runs it again to hand out
+ * pointers into it; returns the block (NULL when the allocation failed) and its size in *bytes. */
+void *layout_alloc(void (*fn)(void *ctx, Bump *b), void *ctx, size_t *bytes);
+
 #endif

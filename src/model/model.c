@@ -125,9 +125,22 @@ void *layout_bump(Bump *b, size_t bytes) {
     return p;
 }
 #define bump layout_bump
+
+void *layout_alloc(void (*fn)(void *ctx, Bump *b), void *ctx, size_t *bytes) {
+    Bump b = {NULL, 0};
+    fn(ctx, &b);
+    *bytes = b.off;
+    b.base = moelm_calloc(1, b.off ? b.off : 1);
+    if (!b.base) return NULL;
+    void *mem = b.base;
+    b.off = 0;
+    fn(ctx, &b);
+    return mem;
+}
 #define BF(b, n) ((float *)bump(b, sizeof(float) * (size_t)(n)))
 
-static void layout_acts(Model *m, Bump *b) {
+static void layout_acts(void *ctx, Bump *b) {
+    Model *m = ctx;
     const ModelConfig *c = &m->cfg;
     int B = m->B, T = m->T, N = B * T, C = c->d_model, NH = c->num_heads, V = c->vocab_size;
     int H = c->d_ff, H1 = activation_in_width(c->hidden_act, H), HH = c->head_hidden;
@@ -268,13 +281,8 @@ moelm_status model_create_sharded(Model *m, const ModelConfig *cfg, int B, int T
     if (!m->params || !m->grads) { model_free(m); return MOELM_ERR_NOMEM; }
     lay = (Layout){m, 1, 0, 0, 0, part, parts};
     layout_model(&lay);
-    Bump b = {NULL, 0};
-    layout_acts(m, &b);
-    m->acts_bytes = b.off;
-    m->acts_mem = moelm_calloc(1, b.off);
+    m->acts_mem = layout_alloc(layout_acts, m, &m->acts_bytes);
     if (!m->acts_mem) { model_free(m); return MOELM_ERR_NOMEM; }
-    b = (Bump){m->acts_mem, 0};
-    layout_acts(m, &b);
     init_params(m, seed);
     rng_seed(&m->rng, seed ^ 0xD5A61266F0C9392Cull);
     return MOELM_OK;
