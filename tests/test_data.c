@@ -1108,6 +1108,19 @@ TEST(span_loader_batches_and_resume) {
     span_loader_next(&b, in2, lb2);
     EXPECT(!memcmp(in1, in2, sizeof(int) * B * Te) && !memcmp(lb1, lb2, sizeof(int) * B * Td));
     for (int r = 0; r < B; r++) EXPECT(in1[r * Te + Te - 1] == 1 && lb1[r * Td] == 199);
+    /* evaluation: every window once, in order, the same noise each time */
+    SpanLengths L = a.len;
+    size_t nb = span_eval_batches(N, L, B), rows = 0;
+    int tok[64], scr[3 * 64];
+    uint8_t msk[64];
+    EXPECT(nb == ((size_t)N / L.raw + B - 1) / B);
+    for (size_t k = 0; k < nb; k++) {
+        int r1 = span_eval_batch(ids, N, L, 0.15f, 3.0f, B, k, 5, 199, 100, 1, in1, lb1, tok, msk, scr);
+        int r2 = span_eval_batch(ids, N, L, 0.15f, 3.0f, B, k, 5, 199, 100, 1, in2, lb2, tok, msk, scr);
+        EXPECT(r1 == r2 && !memcmp(in1, in2, sizeof(int) * (size_t)r1 * Te) && in1[0] == ids[k * B * L.raw]);
+        rows += (size_t)r1;
+    }
+    EXPECT(rows == (size_t)N / L.raw);
     /* too short a stream, too many spans for the sentinels */
     SpanLoader c;
     EXPECT(span_loader_init(&c, ids, 20, B, 40, 0.15f, 3.0f, 199, 100, 1, 11) == MOELM_ERR_DATA);

@@ -155,6 +155,39 @@ void span_loader_free(SpanLoader *sl) {
     memset(sl, 0, sizeof *sl);
 }
 
+/* The noise of window w in epoch `epoch` of a stream seeded with seed. */
+static void window_rng(Rng *r, uint64_t seed, uint64_t w, uint64_t epoch) {
+    rng_seed(r, seed ^ 0x5BA4C0AA11E5ull);
+    uint64_t a = rng_u64(r);
+    rng_seed(r, a ^ (w * 0x9E3779B97F4A7C15ull) ^ (epoch * 0xD1B54A32D192ED03ull));
+}
+
+size_t span_eval_batches(size_t n, SpanLengths len, int B) {
+    size_t nwin = n / (size_t)len.raw;
+    return (nwin + (size_t)B - 1) / (size_t)B;
+}
+
+int span_eval_batch(const int *ids, size_t n, SpanLengths len, float density, float mean_span, int B, size_t batch,
+                    uint64_t seed, int sent0, int n_sent, int eos, int *input_ids, int *labels, int *tokens,
+                    uint8_t *mask, int *scratch) {
+    size_t nwin = n / (size_t)len.raw;
+    CHECK(batch < span_eval_batches(n, len, B));
+    int rows = 0;
+    for (int b = 0; b < B; b++) {
+        size_t w = batch * (size_t)B + (size_t)b;
+        if (w >= nwin) break;
+        Rng r;
+        window_rng(&r, seed, w, 0);
+        memcpy(tokens, ids + w * (size_t)len.raw, sizeof(int) * (size_t)len.raw);
+        span_noise_mask(mask, len.raw, density, mean_span, &r, scratch);
+        int ni, nl;
+        span_corrupt(input_ids + (size_t)b * len.inputs, &ni, labels + (size_t)b * len.targets, &nl, tokens, mask,
+                     len.raw, sent0, n_sent, eos);
+        rows++;
+    }
+    return rows;
+}
+
 void span_loader_next(SpanLoader *sl, int *input_ids, int *labels) {
     int B = sl->dl.B, L = sl->len.raw;
     int *which = sl->tgt, *next = sl->tgt + B;   /* [B] window indices, [B] unused targets */
@@ -169,9 +202,7 @@ void span_loader_next(SpanLoader *sl, int *input_ids, int *labels) {
         pos++;
         /* the window's noise from (seed, window, epoch): the same after a resume */
         Rng r;
-        rng_seed(&r, sl->seed ^ 0x5BA4C0AA11E5ull);
-        uint64_t a = rng_u64(&r);
-        rng_seed(&r, a ^ ((uint64_t)which[b] * 0x9E3779B97F4A7C15ull) ^ (epoch * 0xD1B54A32D192ED03ull));
+        window_rng(&r, sl->seed, (uint64_t)which[b], epoch);
         memcpy(sl->win, sl->stream + (size_t)which[b] * L, sizeof(int) * (size_t)L);
         span_noise_mask(sl->mask, L, sl->density, sl->mean_span, &r, sl->scratch);
         int ni, nl;

@@ -64,6 +64,15 @@ void span_loader_free(SpanLoader *sl);
 /* input_ids[B, Te], labels[B, Td] of the next batch (every row full: no padding). */
 void span_loader_next(SpanLoader *sl, int *input_ids, int *labels);
 
+/* Evaluation: every window of the stream once, in order, windows w = batch B + b, each with the noise
+ * of (seed, w) (the same split scores the same every time). span_eval_batches: how many batches;
+ * span_eval_batch fills input_ids[rows, Te] and labels[rows, Td] of one and returns rows (B, fewer in
+ * the last). scratch [3L], tokens [L] ints, mask [L]. */
+size_t span_eval_batches(size_t n, SpanLengths len, int B);
+int span_eval_batch(const int *ids, size_t n, SpanLengths len, float density, float mean_span, int B, size_t batch,
+                    uint64_t seed, int sent0, int n_sent, int eos, int *input_ids, int *labels, int *tokens,
+                    uint8_t *mask, int *scratch);
+
 /* Sequence-to-sequence pairs. */
 typedef struct {
     int n;                      /* pairs */
