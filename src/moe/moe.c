@@ -380,15 +380,21 @@ static void moe_route(MoEActs *a, const float *x, const int *tokens, const MoEPa
     }
 
     /* Jitter (Switch Transformer): x_router = x * u, u ~ U(1 - eps, 1 + eps) elementwise, training only.
-     * Drawn sequentially from one RNG, so the factors do not depend on the thread count. */
+     * Drawn sequentially from one RNG, so the factors do not depend on the thread count; over several
+     * ranks each takes its rows' draws of the routing group's (the ranks before it hold the group's first
+     * rows), and every rank's RNG ends where one process's would: the same factors at any world size. */
     size_t NC = (size_t)N * C;
     if (training && cfg->jitter > 0.0f) {
         CHECK(rng != NULL);
         float eps = cfg->jitter;
+        int before = 0;
+        if (comm_size(COMM_WORLD) > 1) comm_exscan_i32(COMM_WORLD, &N, &before, 1);
+        rng_skip(rng, (uint64_t)before * C);
         for (size_t i = 0; i < NC; i++) {
             a->jit[i] = 1.0f - eps + 2.0f * eps * rng_uniform(rng);
             a->xin[i] = x[i] * a->jit[i];
         }
+        rng_skip(rng, (uint64_t)(a->Ng - before - N) * C);
         a->jittered = 1;
     } else {
         memcpy(a->xin, x, NC * sizeof(float));
