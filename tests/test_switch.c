@@ -290,13 +290,14 @@ static double fd_loss(FdCtx *c) { return (double)encdec_forward(c->m, &c->b, 0);
 
 /* The routing and the ReLU signs: a perturbation that changes one makes the quotient meaningless. */
 static uint64_t selection_hash(const Model *m) {
-    const MoEActs *acts[64];
-    int n = encdec_moe_layers(m, acts, NULL, NULL, 64);
+    MoELayer ml[CONFIG_MAX_MOE_LAYERS];
+    int n = model_moe_layers(m, ml, CONFIG_MAX_MOE_LAYERS);
     uint64_t h = 1469598103934665603ull;
     for (int l = 0; l < n; l++) {
-        for (int t = 0; t < acts[l]->N; t++) h = (h ^ (uint64_t)(acts[l]->expert[t] * 7 + (acts[l]->slot_row[t] >= 0))) * 1099511628211ull;
+        const MoEActs *a = ml[l].a;
+        for (int t = 0; t < a->N; t++) h = (h ^ (uint64_t)(a->expert[t] * 7 + (a->slot_row[t] >= 0))) * 1099511628211ull;
         if (m->cfg.hidden_act == ACT_RELU)
-            for (int i = 0; i < acts[l]->S * m->cfg.d_ff; i++) h = (h ^ (acts[l]->h_pre[i] > 0)) * 1099511628211ull;
+            for (int i = 0; i < a->S * m->cfg.d_ff; i++) h = (h ^ (a->h_pre[i] > 0)) * 1099511628211ull;
     }
     if (m->cfg.hidden_act == ACT_RELU)
         for (int dec = 0; dec < 2; dec++) {
@@ -392,9 +393,9 @@ static void fd_case(ModelConfig *c, const char *label) {
     Seq2SeqBatch b = {2, 6, 5, ids, mask, NULL, labels};
     EXPECT_MSG(fd_model(&m, &b, label), "%s", label);
     int dropped = 0;
-    const MoEActs *acts[8];
-    int n = encdec_moe_layers(&m, acts, NULL, NULL, 8);
-    for (int l = 0; l < n; l++) for (int t = 0; t < acts[l]->N; t++) dropped += acts[l]->slot_row[t] < 0;
+    MoELayer ml[CONFIG_MAX_MOE_LAYERS];
+    int n = model_moe_layers(&m, ml, CONFIG_MAX_MOE_LAYERS);
+    for (int l = 0; l < n; l++) for (int t = 0; t < ml[l].a->N; t++) dropped += ml[l].a->slot_row[t] < 0;
     EXPECT(n >= 2 && dropped > 0);
     model_free(&m);
 }
@@ -626,6 +627,7 @@ TEST(switch_step_allocates_nothing) {
 }
 
 int main(void) {
+    test_one_thread();
     snprintf(tmpdir, sizeof tmpdir, "/tmp/moelm_test_switch_%d", (int)getpid());
     char cmd[300];
     snprintf(cmd, sizeof cmd, "mkdir -p %s", tmpdir);
