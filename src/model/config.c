@@ -136,6 +136,12 @@ moelm_status config_preset_train(TrainConfig *t, const char *name) {
          * overfits from ~13 epochs on, 0.25 held at 29 (bench/RESULTS.md, validation only) */
         t->dropout_growth = 0.1f;
         snprintf(t->tokenizer, sizeof t->tokenizer, "word:10000");
+    } else if (!strcmp(name, "switch-t5-tiny")) {
+        /* switch_transformers: seq_len is the encoder's input (span-corrupted windows) */
+        t->batch_size = 4; t->seq_len = 32; t->steps = 20; t->warmup_steps = 0; t->lr = 3e-3f;
+    } else if (!strcmp(name, "switch-t5-ptb")) {
+        t->batch_size = 32; t->seq_len = 64; t->steps = 5000; t->warmup_steps = 200; t->lr = 1e-3f;
+        snprintf(t->tokenizer, sizeof t->tokenizer, "word:10000");
     } else if (!strncmp(name, "seed-", 5)) {
         /* the tutorial: sequence 30, batch 64, Adam lr 1e-3 */
         t->batch_size = 64; t->seq_len = 30; t->lr = 1e-3f; t->adamw = 0; t->weight_decay = 0.0f;

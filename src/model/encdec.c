@@ -174,7 +174,9 @@ static void layout_encdec_acts(void *ctx, Bump *b) {
 
 /* HF's _init_weights with initializer_factor f: shared and lm_head N(0, f); norms f; dense wi
  * N(0, f C^-1/2), wo N(0, f H^-1/2); q N(0, f (C dk)^-1/2), k and v N(0, f C^-1/2), o N(0, f I^-1/2);
- * the relative bias N(0, f C^-1/2); routers N(0, f); experts' wi and wo N(0, f C^-1/2). */
+ * the relative bias N(0, f C^-1/2); experts' wi and wo N(0, f C^-1/2). Routers: the Switch paper's
+ * N(0, f (0.1 / C)^1/2), not HF's N(0, f): HF's logits start ~C^1/2 wide, a router that has decided
+ * before it has learned (measured: z-loss 26, a dead expert, 45% dropped after 10 steps). */
 static void init_encdec(Model *m, uint64_t seed) {
     const ModelConfig *c = &m->cfg;
     Rng r;
@@ -189,7 +191,8 @@ static void init_encdec(Model *m, uint64_t seed) {
             for (size_t k = 0; k < t->size; k++) x[k] = f;
             continue;
         }
-        if (!strcmp(nm, "shared.weight") || !strcmp(nm, "lm_head.weight") || strstr(nm, "router.classifier")) std = f;
+        if (!strcmp(nm, "shared.weight") || !strcmp(nm, "lm_head.weight")) std = f;
+        else if (strstr(nm, "router.classifier")) std = f * sqrtf(0.1f / C);
         else if (strstr(nm, "experts.")) std = f / sqrtf(C);
         else if (strstr(nm, "mlp.wo.")) std = f / sqrtf((float)c->d_ff);
         else if (strstr(nm, "Attention.q.")) std = f / sqrtf(C * dk);
