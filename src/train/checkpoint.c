@@ -209,7 +209,9 @@ moelm_status ckpt_resolve(const char *path, char *out, size_t cap) {
     char buf[4096];
     if (!path_exists(path)) return moelm_fail(MOELM_ERR_IO, "%s: no such checkpoint or run directory", path);
     snprintf(buf, sizeof buf, "%s/model.safetensors", path);
-    if (path_exists(buf)) {
+    int here = path_exists(buf);
+    snprintf(buf, sizeof buf, "%s/model.safetensors.index.json", path);   /* a sharded Hugging Face directory */
+    if (here || path_exists(buf)) {
         snprintf(out, cap, "%s", path);
         return MOELM_OK;
     }

@@ -89,6 +89,8 @@ typedef struct {
     uint64_t seed;
     int threads;
     int bf16;             /* weight matrices read as bfloat16 (kv_load_weights) */
+    int beams;            /* switch_transformers: beam search with this many beams (1: greedy or sampling) */
+    float length_penalty; /* beam search: Hugging Face's (1: the mean log-probability per token) */
 } GenerateOptions;
 moelm_status generate_run(const GenerateOptions *o);
 
