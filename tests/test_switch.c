@@ -390,6 +390,11 @@ static void fd_case(ModelConfig *c, const char *label) {
     labels[4] = -100;
     Model m;
     EXPECT_MSG(model_create_encdec(&m, c, 2, 6, 5, 3, 0, 1) == MOELM_OK, "%s: %s", label, moelm_last_error());
+    /* routers 10x their init (the Switch paper's, small): decisions with margins, so that most perturbations
+     * leave the routing as it is and are checked */
+    for (int i = 0; i < m.n_tensors; i++)
+        if (strstr(m.tensors[i].name, "router"))
+            for (size_t k = 0; k < m.tensors[i].size; k++) m.params[m.tensors[i].offset + k] *= 10.0f;
     Seq2SeqBatch b = {2, 6, 5, ids, mask, NULL, labels};
     EXPECT_MSG(fd_model(&m, &b, label), "%s", label);
     int dropped = 0;
@@ -626,6 +631,40 @@ TEST(switch_step_allocates_nothing) {
     model_free(&m);
 }
 
+/* Hugging Face directory -> moelm -> directory -> moelm is bit-exact: the fp32 one written as fp32 (every
+ * tensor's values equal the original file's), the bf16 sharded one written as bf16 in shards (the
+ * parameters read back equal, bit for bit, those first read). */
+TEST(switch_weights_round_trip_bit_exact) {
+    const char *models[] = {"switch_tied", "switch_untied"};
+    for (int i = 0; i < 2; i++) {
+        char dir[256], out[512];
+        snprintf(dir, sizeof dir, "tests/ref/switch/%s", models[i]);
+        snprintf(out, sizeof out, "%s/rt_%s", tmpdir, models[i]);
+        Model a, b;
+        EXPECT(model_load_dir(&a, dir, 1, 4, 4) == MOELM_OK);
+        EXPECT(model_write_weights(&a, out, i ? 2 : 0, i ? 20000 : 0) == MOELM_OK);
+        char cp[600];
+        snprintf(cp, sizeof cp, "cp %s/config.json %s/", dir, out);
+        EXPECT(system(cp) == 0);
+        EXPECT(model_load_dir(&b, out, 1, 4, 4) == MOELM_OK);
+        EXPECT(a.n_params == b.n_params && !memcmp(a.params, b.params, sizeof(float) * a.n_params));
+        WeightSet *w0 = NULL, *w1 = NULL;
+        EXPECT(ws_open(&w0, dir) == MOELM_OK && ws_open(&w1, out) == MOELM_OK);
+        EXPECT(ws_count(w0) == ws_count(w1) && (i == 0 || ws_shard_count(w1) > 1));
+        for (int k = 0; k < ws_count(w0); k++) {   /* the same names, shapes and dtypes */
+            const char *name = ws_name(w0, k), *d0, *d1;
+            int n0, n1;
+            int64_t s0[ST_MAX_DIMS], s1[ST_MAX_DIMS];
+            EXPECT(ws_info(w0, name, &d0, &n0, s0) && ws_info(w1, name, &d1, &n1, s1));
+            EXPECT(!strcmp(d0, d1) && n0 == n1 && !memcmp(s0, s1, sizeof(int64_t) * (size_t)n0));
+        }
+        ws_close(w0);
+        ws_close(w1);
+        model_free(&a);
+        model_free(&b);
+    }
+}
+
 int main(void) {
     test_one_thread();
     snprintf(tmpdir, sizeof tmpdir, "/tmp/moelm_test_switch_%d", (int)getpid());
@@ -646,6 +685,7 @@ int main(void) {
     RUN(switch_cached_decoding_equals_full_forward);
     RUN(switch_beam_search_and_greedy);
     RUN(switch_step_allocates_nothing);
+    RUN(switch_weights_round_trip_bit_exact);
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
     if (system(cmd)) return 1;
     return test_summary("switch");

@@ -18,6 +18,41 @@ done
 check "forward notes the ignored keys of switch_untied" grep -q "ignored keys: is_gated_act, router_type" "$TMP/switch_untied.err"
 check "forward --help names the outputs" sh -c "$BIN forward --help | grep -q encoder_last_hidden_state"
 
+# ---- training, resume, eval, generate (the built-in corpus, span corruption) --------------------------------
+T1="-t 1 --quiet"
+$BIN train --config switch-t5-tiny --steps 200 -b 8 --lr 5e-3 --eval-interval 0 --eval-batches 30 --out "$TMP/learn" $T1 \
+    >"$TMP/learn.log" 2>&1
+val=$(grep val_loss "$TMP/learn/metrics.jsonl" | tail -n 1 | sed -E 's/.*"val_loss": ([0-9.]+).*/\1/')
+# the span-corruption loss starts at ln 1056 = 6.96 (uniform over the vocabulary); the unigram entropy of
+# the built-in corpus is 5.34 nats; 200 steps reach ~3.9
+check "switch-t5-tiny learns: span-corruption val loss ${val:-none} < 4.3" awk "BEGIN{exit !(${val:-99} < 4.3)}"
+check "metrics name the stacks' sparse blocks" grep -q '"stack": "decoder", "block": 1' "$TMP/learn/metrics.jsonl"
+# exact resume: 12 steps, or 6 (--stop-at) + resume + 6: the same losses and the same final weights
+$BIN train --config switch-t5-tiny --steps 12 --ckpt-interval 6 --eval-interval 0 --log-interval 1 --out "$TMP/full" $T1 >/dev/null 2>&1
+$BIN train --config switch-t5-tiny --steps 12 --ckpt-interval 6 --eval-interval 0 --log-interval 1 --stop-at 6 --out "$TMP/half" $T1 >/dev/null 2>&1
+$BIN train --resume "$TMP/half" --log-interval 1 $T1 >/dev/null 2>&1
+losses() { grep '"loss"' "$1/metrics.jsonl" | sed -E 's/.*"loss": ([0-9.]+).*/\1/' | tr '\n' ' '; }
+check "resume: the same 12 losses" test "$(losses "$TMP/full")" = "$(losses "$TMP/half")"
+check "resume: the same final weights" cmp -s "$TMP/full/latest/model.safetensors" "$TMP/half/latest/model.safetensors"
+# the checkpoint is a Hugging Face directory: HF's config keys, per-expert tensor names
+check "checkpoint config.json is HF's" grep -q '"architectures": \["SwitchTransformersForConditionalGeneration"\]' "$TMP/full/latest/config.json"
+check "checkpoint names experts as HF" grep -q 'decoder.block.1.layer.2.mlp.experts.expert_3.wo.weight' "$TMP/full/latest/model.safetensors"
+$BIN forward -m "$TMP/full/latest" --inputs $REF/switch_tied.inputs.safetensors -o "$TMP/ck.out" -t 1 2>/dev/null
+check "forward runs on a checkpoint" test -s "$TMP/ck.out"
+$BIN eval -m "$TMP/learn" -t 1 >"$TMP/eval.log" 2>&1
+check "eval reports the span-corruption loss and target perplexity" grep -q "span-corruption loss .*target perplexity" "$TMP/eval.log"
+check "eval prints each sparse block's statistics" grep -q "decoder block 1: dropped" "$TMP/eval.log"
+$BIN generate -m "$TMP/learn" -p "the <extra_id_0> of the" --temp 0 -n 8 -t 1 >"$TMP/g1" 2>/dev/null
+$BIN generate -m "$TMP/learn" -p "the <extra_id_0> of the" --temp 0 -n 8 -t 1 >"$TMP/g2" 2>/dev/null
+check "greedy generation is deterministic and non-empty" sh -c "test -s $TMP/g1 && cmp -s $TMP/g1 $TMP/g2"
+$BIN generate -m "$TMP/learn" -p "the <extra_id_0> of the" --beams 3 --length-penalty 0.6 -n 8 -t 1 >"$TMP/g3" 2>/dev/null
+check "beam search generates" test -s "$TMP/g3"
+expect_error "generate: a HF directory without a tokenizer" "no tokenizer" $BIN generate -m $REF/switch_tied -p "a" -n 2
+expect_error "generate: --beams on a decoder-only model" "encoder-decoder" sh -c "$BIN train --config tiny --steps 1 --eval-interval 0 --out $TMP/lm -t 1 --quiet >/dev/null 2>&1; $BIN generate -m $TMP/lm --beams 2 -n 2"
+# a time budget ends the run on time (3 s), with its final evaluation and checkpoint
+$BIN train --config switch-t5-tiny --steps 100000 --time-budget 0.05 --eval-interval 0 --out "$TMP/budget" $T1 >/dev/null 2>&1
+check "time budget: a checkpoint within the budget" sh -c "t=\$(tail -n 1 $TMP/budget/metrics.jsonl | sed -E 's/.*\"time_s\": ([0-9.]+).*/\\1/'); awk \"BEGIN{exit !(\$t < 4.5)}\" && test -d $TMP/budget/latest"
+
 # ---- hostile config.json (the tied fixture's weights, a broken config) ------------------------------------
 C=$TMP/config
 nc=0

@@ -248,7 +248,7 @@ static moelm_status generate_encdec_run(const GenerateOptions *o) {
     if (st) return st;
     st = need_tokenizer(tok, dir);
     if (!st) st = tokenizer_encode(tok, o->prompt, strlen(o->prompt), &ids, &n);
-    int eos = tokenizer_eos_id(tok ? tok : NULL);
+    int eos = tok ? tokenizer_eos_id(tok) : -1;
     if (!st && n == 0) {   /* an empty prompt: the encoder reads EOS alone */
         ids[0] = eos >= 0 ? eos : 0;
         n = 1;
