@@ -52,11 +52,11 @@ def preset(name):
         c.update(d_model=256, num_heads=8, d_kv=32, d_ff=1024, num_layers=4, num_decoder_layers=4,
                  num_sparse_encoder_layers=2, num_sparse_decoder_layers=2, num_experts=8, expert_capacity=0,
                  router_aux_loss_coef=0.01)
-        t.update(batch_size=16, seq_len=64)
+        t.update(batch_size=32, seq_len=64)
         if name == "switch-t5-tiny":
             c.update(d_model=32, num_heads=4, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
                      num_sparse_encoder_layers=1, num_sparse_decoder_layers=1, num_experts=4, dropout_rate=0.0)
-            t.update(batch_size=4, seq_len=16)
+            t.update(batch_size=4, seq_len=32)
     else:
         raise SystemExit("unknown config %s" % name)
     return c, t
