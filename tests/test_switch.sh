@@ -53,6 +53,21 @@ expect_error "generate: --beams on a decoder-only model" "encoder-decoder" sh -c
 $BIN train --config switch-t5-tiny --steps 100000 --time-budget 0.05 --eval-interval 0 --out "$TMP/budget" $T1 >/dev/null 2>&1
 check "time budget: a checkpoint within the budget" sh -c "t=\$(tail -n 1 $TMP/budget/metrics.jsonl | sed -E 's/.*\"time_s\": ([0-9.]+).*/\\1/'); awk \"BEGIN{exit !(\$t < 4.5)}\" && test -d $TMP/budget/latest"
 
+# input<TAB>target pairs (--data FILE.tsv): reverse a sequence of 3-7 words over a vocabulary of 20; the
+# target loss starts near ln 24 (3.2) and a uniform guess over the 20 words is 3.0
+awk 'BEGIN{srand(3); split("red green blue cat dog sun moon tree car book fish bird star rain wind fire stone gold milk bread",w," ");
+     for(i=0;i<3000;i++){n=3+int(rand()*5); s=""; for(j=0;j<n;j++){a[j]=w[1+int(rand()*20)]; s=s (j?" ":"") a[j]}
+     t=""; for(j=n-1;j>=0;j--) t=t (j<n-1?" ":"") a[j]; print s "\t" t}}' >"$TMP/rev.tsv"
+$BIN train --config switch-t5-tiny --data "$TMP/rev.tsv" --steps 300 -b 16 --seq-len 12 --lr 5e-3 --eval-interval 0 \
+    --out "$TMP/rev" -t 1 >"$TMP/rev.log" 2>&1
+tl=$(grep val_loss "$TMP/rev/metrics.jsonl" | tail -n 1 | sed -E 's/.*"val_loss": ([0-9.]+).*/\1/')
+check "seq2seq pairs: the objective is named" grep -q "objective: sequence to sequence, 2700 train and 150 valid" "$TMP/rev.log"
+check "seq2seq pairs learn: target loss ${tl:-none} < 2.0" awk "BEGIN{exit !(${tl:-99} < 2.0)}"
+$BIN eval -m "$TMP/rev" --data "$TMP/rev.tsv" -t 1 >"$TMP/rev.eval" 2>&1
+check "eval of pairs reports the target loss and perplexity" grep -q "target loss .*target perplexity" "$TMP/rev.eval"
+printf 'a b\tb a\nno tab on this line\n' >"$TMP/bad.tsv"
+expect_error "pairs: a line without a tab" "bad.tsv.*line 2 has no tab" $BIN train --config switch-t5-tiny --data "$TMP/bad.tsv" --steps 1 --out "$TMP/badrun" $T1
+
 # ---- hostile config.json (the tied fixture's weights, a broken config) ------------------------------------
 C=$TMP/config
 nc=0

@@ -253,11 +253,19 @@ static moelm_status append_side(const Tokenizer *tok, const char *text, size_t n
 
 moelm_status seq2seq_load_tsv(Seq2SeqData *d, const char *path, const Tokenizer *tok, int Te, int Td, int pad,
                               uint64_t seed) {
-    memset(d, 0, sizeof *d);
     char *text = NULL;
     size_t n = 0;
+    memset(d, 0, sizeof *d);
     moelm_status st = file_read_all(path, &text, &n);
-    if (st) return st;
+    if (!st) st = seq2seq_load_text(d, text, n, path, tok, Te, Td, pad, seed);
+    moelm_free(text);
+    return st;
+}
+
+moelm_status seq2seq_load_text(Seq2SeqData *d, const char *text, size_t n, const char *path, const Tokenizer *tok,
+                               int Te, int Td, int pad, uint64_t seed) {
+    memset(d, 0, sizeof *d);
+    moelm_status st = MOELM_OK;
     int lines = 0;
     for (size_t i = 0; i < n; i++) lines += text[i] == '\n';
     lines++;
@@ -290,7 +298,6 @@ moelm_status seq2seq_load_tsv(Seq2SeqData *d, const char *path, const Tokenizer 
         }
         i = e + 1;
     }
-    moelm_free(text);
     if (!st && d->n == 0) st = moelm_fail(MOELM_ERR_DATA, "%s: no input<TAB>target pairs", path);
     d->Te = Te;
     d->Td = Td;
@@ -303,15 +310,31 @@ moelm_status seq2seq_load_tsv(Seq2SeqData *d, const char *path, const Tokenizer 
     return st;
 }
 
+/* Row b of a batch: pair k, padded. */
+static void pair_row(const Seq2SeqData *d, int k, int b, int *input_ids, int *attention_mask, int *labels) {
+    int ni = d->in_off[k + 1] - d->in_off[k], nt = d->tg_off[k + 1] - d->tg_off[k];
+    for (int t = 0; t < d->Te; t++) {
+        input_ids[b * d->Te + t] = t < ni ? d->in_ids[d->in_off[k] + t] : d->pad;
+        attention_mask[b * d->Te + t] = t < ni;
+    }
+    for (int t = 0; t < d->Td; t++) labels[b * d->Td + t] = t < nt ? d->tg_ids[d->tg_off[k] + t] : -100;
+}
+
+size_t seq2seq_eval_batches(const Seq2SeqData *d, int B) { return ((size_t)d->n + (size_t)B - 1) / (size_t)B; }
+
+int seq2seq_eval_batch(const Seq2SeqData *d, int B, size_t batch, int *input_ids, int *attention_mask, int *labels) {
+    CHECK(batch < seq2seq_eval_batches(d, B));
+    int rows = 0;
+    for (int b = 0; b < B && (size_t)batch * B + b < (size_t)d->n; b++, rows++)
+        pair_row(d, (int)(batch * (size_t)B) + b, b, input_ids, attention_mask, labels);
+    return rows;
+}
+
 void seq2seq_next(Seq2SeqData *d, int B, int *input_ids, int *attention_mask, int *labels) {
     for (int b = 0; b < B; b++) {
         int k, unused;
         dataloader_next(&d->dl, &k, &unused);
-        int ni = d->in_off[k + 1] - d->in_off[k], nt = d->tg_off[k + 1] - d->tg_off[k];
-        for (int t = 0; t < d->Te; t++) {
-            input_ids[b * d->Te + t] = t < ni ? d->in_ids[d->in_off[k] + t] : d->pad;
-            attention_mask[b * d->Te + t] = t < ni;
-        }
-        for (int t = 0; t < d->Td; t++) labels[b * d->Td + t] = t < nt ? d->tg_ids[d->tg_off[k] + t] : -100;
+        pair_row(d, k, b, input_ids, attention_mask, labels);
     }
 }
+

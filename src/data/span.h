@@ -89,7 +89,14 @@ struct Tokenizer;
  * kept last). MOELM_ERR_DATA for no pairs. */
 moelm_status seq2seq_load_tsv(Seq2SeqData *d, const char *path, const struct Tokenizer *tok, int Te, int Td, int pad,
                               uint64_t seed);
+/* The same from a text already read (a corpus split); path names it in errors. */
+moelm_status seq2seq_load_text(Seq2SeqData *d, const char *text, size_t n, const char *path,
+                               const struct Tokenizer *tok, int Te, int Td, int pad, uint64_t seed);
 void seq2seq_free(Seq2SeqData *d);
+/* Evaluation: every pair once, in order, B a batch: how many batches, and batch `batch` into rows
+ * (returned: B, fewer in the last) of input_ids, attention_mask [rows, Te] and labels [rows, Td]. */
+size_t seq2seq_eval_batches(const Seq2SeqData *d, int B);
+int seq2seq_eval_batch(const Seq2SeqData *d, int B, size_t batch, int *input_ids, int *attention_mask, int *labels);
 /* The next B pairs (epochs reshuffled as DataLoader's), padded: input_ids and attention_mask [B, Te]
  * (pad ids, mask 0 past the input), labels [B, Td] (-100 past the target). */
 void seq2seq_next(Seq2SeqData *d, int B, int *input_ids, int *attention_mask, int *labels);

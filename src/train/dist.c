@@ -80,7 +80,7 @@ void dist_take_rows2(int *a, int Ta, int *b, int Tb, int B) {
     if (W == 1) return;
     size_t na = (size_t)(B / W) * Ta, nb = (size_t)(B / W) * Tb;
     memmove(a, a + (size_t)r * na, na * sizeof(int));
-    memmove(b, b + (size_t)r * nb, nb * sizeof(int));
+    if (b) memmove(b, b + (size_t)r * nb, nb * sizeof(int));
 }
 
 float dist_loss(Model *m) {

@@ -94,6 +94,9 @@ static moelm_status peek_model(const char *path, ModelType *type, int *seq_len) 
  * cross-entropy of the labels (the span-corruption loss) and its exp (the target perplexity). */
 static moelm_status eval_span_run(const char *ckpt, const char *data, int B, int T) {
     SpanLengths len = span_lengths(T, 0.15f, 3.0f);
+    size_t dn = data ? strlen(data) : 0;
+    int tsv = dn > 4 && !strcmp(data + dn - 4, ".tsv");
+    if (tsv) len = (SpanLengths){0, T, T, 0};   /* pairs: each side up to T tokens */
     Model m;
     Tokenizer *tok = NULL;
     TrainState state;
@@ -121,6 +124,25 @@ static moelm_status eval_span_run(const char *ckpt, const char *data, int B, int
     int *ids = NULL;
     size_t n = 0;
     if (!st) st = tokenizer_encode(tok, text, n_text, &ids, &n);
+    if (!st && tsv) {
+        /* input<TAB>target pairs: the labels' loss and perplexity, every pair once */
+        Seq2SeqData d;
+        memset(&d, 0, sizeof d);
+        st = seq2seq_load_text(&d, text, n_text, name, tok, len.inputs, len.inputs, m.cfg.sw.pad_token_id, 1);
+        EvalResult r;
+        if (!st && (st = evaluate_pairs(&m, &d, 0, &r)) == MOELM_OK) {
+            double loss = r.tokens > 0 ? r.nll / r.tokens : 0;
+            printf("%s: %d input<TAB>target pairs (each side up to %d tokens), %.0f target tokens\n", name, d.n,
+                   len.inputs, r.tokens);
+            printf("target loss %.4f, target perplexity %.3f\n", loss, exp(loss));
+            print_moe_stats(&r, stdout);
+        }
+        if (d.idx) seq2seq_free(&d);
+        n = 0;
+        moelm_free(ids);
+        ids = NULL;
+        goto done;
+    }
     if (!st && n < (size_t)len.raw)
         st = moelm_fail(MOELM_ERR_DATA, "%s: %zu tokens, fewer than one window of %d", name, n, len.raw);
     if (!st && tokenizer_eos_id(tok) < 0) st = moelm_fail(MOELM_ERR_CONFIG, "%s: the tokenizer has no end-of-sequence id", dir);
@@ -138,6 +160,7 @@ static moelm_status eval_span_run(const char *ckpt, const char *data, int B, int
             print_moe_stats(&r, stdout);
         }
     }
+done:
     moelm_free(ids);
     if (c.text[0]) corpus_free(&c);
     else moelm_free(text);

@@ -160,6 +160,40 @@ moelm_status evaluate_span(Model *m, const int *ids, size_t n, SpanLengths len, 
     return st;
 }
 
+moelm_status evaluate_pairs(Model *m, const Seq2SeqData *d, size_t max_batches, EvalResult *r) {
+    memset(r, 0, sizeof *r);
+    const EncDec *ed = m->ed;
+    int Bl = ed->Bmax, Bg = Bl * dist_world(), Te = d->Te, Td = d->Td;
+    size_t nb = seq2seq_eval_batches(d, Bg);
+    if (max_batches && nb > max_batches) nb = max_batches;
+    int *inp = moelm_malloc(sizeof(int) * (size_t)Bg * Te), *msk = moelm_malloc(sizeof(int) * (size_t)Bg * Te);
+    int *lab = moelm_malloc(sizeof(int) * (size_t)Bg * Td);
+    moelm_status st = inp && msk && lab ? MOELM_OK : MOELM_ERR_NOMEM;
+    MoELayer ml[CONFIG_MAX_MOE_LAYERS];
+    eval_layers_begin(m, r, ml);
+    dist_eval_begin();
+    for (size_t b = 0; b < nb && !st; b++) {
+        int rows = seq2seq_eval_batch(d, Bg, b, inp, msk, lab);
+        /* a short last batch: the missing rows are padding and score nothing */
+        for (int i = rows * Te; i < Bg * Te; i++) inp[i] = d->pad, msk[i] = 0;
+        for (int i = rows * Td; i < Bg * Td; i++) lab[i] = -100;
+        dist_take_rows(inp, msk, Bg, Te);
+        dist_take_rows2(lab, Td, NULL, 0, Bg);
+        Seq2SeqBatch bt = {Bl, Te, Td, inp, msk, NULL, lab};
+        encdec_forward(m, &bt, 0);
+        for (int i = 0; i < Bl * Td; i++)
+            if (ed->labels[i] >= 0) r->nll += ed->losses[i];
+        r->tokens += m->n_valid;
+        for (int l = 0; l < r->n_moe; l++) moe_stats_add(&r->stats[l], ml[l].a, ml[l].cfg);
+    }
+    dist_eval_end();
+    dist_reduce_eval(r);
+    moelm_free(inp);
+    moelm_free(msk);
+    moelm_free(lab);
+    return st;
+}
+
 moelm_status evaluate(Model *m, const int *ids, size_t n, size_t max_batches, int stride, EvalResult *r) {
     return evaluate_routed(m, ids, n, max_batches, stride, r, NULL);
 }
@@ -273,6 +307,10 @@ typedef struct {
     int span_ok;
     SpanLengths len;            /* a window's raw length, the encoder's Te and the decoder's Td */
     int *lab;                   /* [B*Td] the step's labels (inp holds [B*Te] encoder ids) */
+    int pairs;                  /* input<TAB>target pairs (--data FILE.tsv) instead of span corruption */
+    Seq2SeqData pd[2];          /* the train and valid splits' pairs */
+    int pd_ok[2];
+    int *msk;                   /* [B*Te] the step's encoder attention mask (pairs) */
     EvalResult ev;              /* the last evaluation's */
     int *inp, *tgt;             /* [B*T] the step's batch */
     FILE *metrics;              /* metrics.jsonl (rank 0; /dev/null on the other ranks) */
@@ -297,6 +335,8 @@ static void run_free(Run *r) {
     if (r->opt_ok) optim_free(&r->opt);
     if (r->dl_ok) dataloader_free(&r->dl);
     if (r->span_ok) span_loader_free(&r->span);
+    for (int i = 0; i < 2; i++) if (r->pd_ok[i]) seq2seq_free(&r->pd[i]);
+    moelm_free(r->msk);
     moelm_free(r->lab);
     moelm_free(r->inp);
     moelm_free(r->tgt);
@@ -543,6 +583,8 @@ static moelm_status run_load_data(Run *r) {
     TrainState *s = &r->state;
     moelm_status st = corpus_load(&r->corpus, strcmp(s->data, "builtin") ? s->data : NULL);
     r->s2s = r->cfg.model_type == MODEL_SWITCH;
+    size_t dl_ = strlen(s->data);
+    r->pairs = r->s2s && dl_ > 4 && !strcmp(s->data + dl_ - 4, ".tsv");
     char tp[4096] = "";
     if (!st && r->o->resume) {
         snprintf(tp, sizeof tp, "%s/tokenizer.model", r->ckdir);
@@ -558,7 +600,7 @@ static moelm_status run_load_data(Run *r) {
     if (!st && r->o->resume && tokenizer_hash(r->tok) != s->tokenizer_hash)
         st = moelm_fail(MOELM_ERR_FORMAT, "%s: tokenizer hash differs from state.json", tp);
     dist_serial_begin();   /* rank 0 writes the token cache first, the others then read it */
-    for (int i = 0; !st && i < 2; i++) st = split_ids(&r->ids[i], &r->n[i], &r->corpus, i, r->tok, r->dir);
+    for (int i = 0; !st && i < 2 && !r->pairs; i++) st = split_ids(&r->ids[i], &r->n[i], &r->corpus, i, r->tok, r->dir);
     dist_serial_end();
     if (st) return st;
     r->words[CORPUS_VALID] = text_count_words(r->corpus.text[CORPUS_VALID], r->corpus.len[CORPUS_VALID]);
@@ -571,6 +613,15 @@ static moelm_status run_load_data(Run *r) {
         /* T5's token ids: eos the tokenizer's; the pad (and the decoder's start) 0 unless the config says */
         r->cfg.sw.eos_token_id = tokenizer_eos_id(r->tok);
         if (r->cfg.sw.decoder_start_token_id < 0) r->cfg.sw.decoder_start_token_id = r->cfg.sw.pad_token_id;
+        if (r->pairs) {   /* input<TAB>target lines, each side up to seq_len tokens (EOS last) */
+            for (int i = 0; i < 2 && !st; i++) {
+                st = seq2seq_load_text(&r->pd[i], r->corpus.text[i], r->corpus.len[i], r->corpus.name[i], r->tok,
+                                       r->tc.seq_len, r->tc.seq_len, r->cfg.sw.pad_token_id, s->seed);
+                r->pd_ok[i] = st == MOELM_OK;
+            }
+            r->len = (SpanLengths){0, r->tc.seq_len, r->tc.seq_len, 0};
+            return st;
+        }
         r->len = span_lengths(r->tc.seq_len, 0.15f, 3.0f);
         if (r->n[CORPUS_TRAIN] < (size_t)r->len.raw)
             return moelm_fail(MOELM_ERR_DATA, "%s: %zu tokens, too few for one window of %d", r->corpus.name[0], r->n[0],
@@ -582,6 +633,10 @@ static moelm_status run_load_data(Run *r) {
                           r->tc.seq_len + 1);
     return MOELM_OK;
 }
+
+/* The loader whose (epoch, pos) is the run's data position: the lm's windows, the span windows, or the
+ * pairs. */
+static DataLoader *run_loader(Run *r) { return r->pairs ? &r->pd[0].dl : r->s2s ? &r->span.dl : &r->dl; }
 
 /* The model (this rank's shard of the experts), the optimizer, the data order and the batch; on
  * resume the checkpoint's weights, moments, data position, RNG and fixed dropout. */
@@ -597,7 +652,9 @@ static moelm_status run_build_model(Run *r) {
     r->model_ok = st == MOELM_OK;
     if (!st) st = optim_create(&r->opt, r->model.n_params);
     r->opt_ok = st == MOELM_OK;
-    if (!st && r->s2s) {
+    if (!st && r->pairs) {
+        /* the pairs' order: pd[0].dl */
+    } else if (!st && r->s2s) {
         st = span_loader_init(&r->span, r->ids[0], r->n[0], tc->batch_size, tc->seq_len, 0.15f, 3.0f,
                               r->cfg.vocab_size - 1, 100, r->cfg.sw.eos_token_id, s->seed);
         r->span_ok = st == MOELM_OK;
@@ -609,7 +666,7 @@ static moelm_status run_build_model(Run *r) {
     if (!st && r->o->resume) {
         st = ckpt_load_model(r->ckdir, &r->model);
         if (!st) st = ckpt_load_optimizer(r->ckdir, &r->opt, &r->model);
-        if (!st && (st = dataloader_seek(r->s2s ? &r->span.dl : &r->dl, s->data_epoch, s->data_pos)) != MOELM_OK)
+        if (!st && (st = dataloader_seek(run_loader(r), s->data_epoch, s->data_pos)) != MOELM_OK)
             moelm_fail_context(st, "%s/state.json", r->ckdir);
         r->model.rng.s = s->rng;
         if (s->dropout >= 0) r->model.train_dropout = (float)s->dropout;
@@ -617,7 +674,8 @@ static moelm_status run_build_model(Run *r) {
     r->inp = moelm_malloc(sizeof(int) * (size_t)tc->batch_size * tc->seq_len);
     r->tgt = moelm_malloc(sizeof(int) * (size_t)tc->batch_size * tc->seq_len);
     r->lab = moelm_malloc(sizeof(int) * (size_t)tc->batch_size * (r->s2s ? r->len.targets : 1));
-    if (!st && (!r->inp || !r->tgt || !r->lab)) st = MOELM_ERR_NOMEM;
+    r->msk = moelm_malloc(sizeof(int) * (size_t)tc->batch_size * tc->seq_len);
+    if (!st && (!r->inp || !r->tgt || !r->lab || !r->msk)) st = MOELM_ERR_NOMEM;
     r->trainer = (Trainer){&r->model, &r->opt, &r->tc, 0};
     return st;
 }
@@ -645,7 +703,10 @@ static void run_print_header(const Run *r) {
     printf("data: %s (%zu train tokens, %zu valid tokens, %zu valid words), tokenizer %s, vocab %d\n",
            r->state.data, r->n[0], r->n[1], r->words[1], tc->tokenizer, tokenizer_vocab_size(r->tok));
     print_model_summary(&r->model, stdout);
-    if (r->s2s)
+    if (r->pairs)
+        printf("objective: sequence to sequence, %d train and %d valid input<TAB>target pairs, each side up to %d tokens\n",
+               r->pd[0].n, r->pd[1].n, r->tc.seq_len);
+    else if (r->s2s)
         printf("objective: T5 span corruption (noise density 0.15, mean span 3, sentinels <extra_id_N>): windows of %d "
                "tokens -> encoder %d, decoder %d\n", r->len.raw, r->len.inputs, r->len.targets);
     printf("training: %ld steps, batch %d x %d, lr %g (%s, warm-up %d), %s, wd %g, clip %g, %d threads, backend %s\n",
@@ -683,7 +744,8 @@ static moelm_status run_setup(Run *r, const TrainOptions *o) {
     r->t_run = now_s() - r->state.elapsed_s;
     r->t_log = now_s();
     r->budget_s = o->time_budget_min * 60.0;
-    r->full_batches = r->s2s ? span_eval_batches(r->n[1], r->len, r->tc.batch_size)
+    r->full_batches = r->pairs ? seq2seq_eval_batches(&r->pd[1], r->tc.batch_size)
+                    : r->s2s ? span_eval_batches(r->n[1], r->len, r->tc.batch_size)
                              : eval_num_batches(r->n[1], r->tc.batch_size, r->tc.seq_len, r->tc.seq_len);
     r->part_batches = o->eval_batches > 0 && (size_t)o->eval_batches < r->full_batches ? (size_t)o->eval_batches
                                                                                         : r->full_batches;
@@ -716,7 +778,9 @@ static float run_lr(const Run *r, double elapsed) {
 static void run_dropout_rule(Run *r, double elapsed) {
     const TrainConfig *tc = &r->tc;
     long step = r->state.step;
-    if (!(tc->dropout_growth > 0) || r->state.dropout >= 0 || step < dropout_fix_step(tc, r->o->time_budget_min)) return;
+    if (!(tc->dropout_growth > 0) || r->state.dropout >= 0 || step < dropout_fix_step(tc, r->o->time_budget_min) ||
+        !r->n[0])   /* pairs: no token stream to count epochs in */
+        return;
     double steps = (double)tc->steps;
     if (r->budget_s > 0 && elapsed > 0) steps = fmin(steps, (double)step * r->budget_s / elapsed);
     double epochs = steps * tc->batch_size * (r->s2s ? r->len.raw : tc->seq_len) / (double)r->n[0];
@@ -732,9 +796,15 @@ static moelm_status run_step(Run *r, float lr, StepResult *sr) {
     if (r->s2s) {
         int Te = r->len.inputs, Td = r->len.targets, B = r->tc.batch_size;
         tokens = (long)B * (Te + Td);
-        span_loader_next(&r->span, r->inp, r->lab);
-        dist_take_rows2(r->inp, Te, r->lab, Td, B);
-        Seq2SeqBatch b = {B / dist_world(), Te, Td, r->inp, NULL, NULL, r->lab};
+        if (r->pairs) {
+            seq2seq_next(&r->pd[0], B, r->inp, r->msk, r->lab);
+            dist_take_rows(r->inp, r->msk, B, Te);
+            dist_take_rows2(r->lab, Td, NULL, 0, B);
+        } else {
+            span_loader_next(&r->span, r->inp, r->lab);
+            dist_take_rows2(r->inp, Te, r->lab, Td, B);
+        }
+        Seq2SeqBatch b = {B / dist_world(), Te, Td, r->inp, r->pairs ? r->msk : NULL, NULL, r->lab};
         *sr = train_step_seq2seq(&r->trainer, &b, lr, step + 1);
     } else {
         dataloader_next(&r->dl, r->inp, r->tgt);
@@ -857,7 +927,9 @@ static void run_log(Run *r, const StepResult *sr, float lr, MetricsRecord *rec) 
  * perplexity (no routing dump: the routing maps are the lm's). */
 static moelm_status run_evaluate_span(Run *r, int last, MetricsRecord *rec) {
     double t0 = r->t_eval_start = now_s();
-    moelm_status st = evaluate_span(&r->model, r->ids[1], r->n[1], r->len, last ? 0 : r->part_batches, &r->ev);
+    size_t nb = last ? 0 : r->part_batches;
+    moelm_status st = r->pairs ? evaluate_pairs(&r->model, &r->pd[1], nb, &r->ev)
+                               : evaluate_span(&r->model, r->ids[1], r->n[1], r->len, nb, &r->ev);
     r->t_eval_s = now_s() - t0;
     if (st) return st;
     double loss = r->ev.tokens > 0 ? r->ev.nll / r->ev.tokens : 0;
@@ -865,8 +937,8 @@ static moelm_status run_evaluate_span(Run *r, int last, MetricsRecord *rec) {
     rec->val_loss = loss;
     rec->val_word_ppl = 0;
     if (!r->o->quiet) {
-        printf("eval   %6ld | span-corruption loss %.4f | target ppl %.2f | %.1f s\n", r->state.step, loss, exp(loss),
-               now_s() - t0);
+        printf("eval   %6ld | %s loss %.4f | target ppl %.2f | %.1f s\n", r->state.step,
+               r->pairs ? "target" : "span-corruption", loss, exp(loss), now_s() - t0);
         print_moe_stats(&r->ev, stdout);
         fflush(stdout);
     }
@@ -910,7 +982,7 @@ static moelm_status run_evaluate(Run *r, int last, MetricsRecord *rec) {
 static moelm_status run_checkpoint(Run *r) {
     TrainState *s = &r->state;
     s->elapsed_s = now_s() - r->t_run;
-    const DataLoader *dl = r->s2s ? &r->span.dl : &r->dl;
+    const DataLoader *dl = run_loader(r);
     s->data_epoch = dl->epoch;
     s->data_pos = dl->pos;
     s->rng = r->model.rng.s;

@@ -73,6 +73,8 @@ moelm_status evaluate_routed(Model *m, const int *ids, size_t n, size_t max_batc
  * (a short last batch scores only its windows): the mean cross-entropy of the labels (nll / tokens) is
  * the span-corruption loss, its exp the target perplexity. max_batches 0: all. */
 moelm_status evaluate_span(Model *m, const int *ids, size_t n, SpanLengths len, size_t max_batches, EvalResult *r);
+/* The same over input<TAB>target pairs, every pair once in order: the labels' mean cross-entropy. */
+moelm_status evaluate_pairs(Model *m, const Seq2SeqData *d, size_t max_batches, EvalResult *r);
 
 /* Prints per-layer expert statistics (load, dropped, entropy, confidence, dead) on one line each. */
 void print_moe_stats(const EvalResult *r, FILE *f);
