@@ -9,7 +9,9 @@
 #include "data/builtin.h"
 #include "data/corpus.h"
 #include "data/dataloader.h"
+#include "data/span.h"
 #include "data/tokens.h"
+#include "tokenizer/tokenizer.h"
 
 #include <errno.h>
 #include <stdint.h>
@@ -1006,6 +1008,161 @@ TEST(eval_batches_cover_once) {
     EXPECT(moelm_alloc_live_bytes() == live);
 }
 
+/* ---- span corruption (T5) -------------------------------------------------------------------------- */
+
+/* HF's run_t5_mlm_flax: inputs of 512 come from windows of 568 raw tokens, with 114-token targets. */
+TEST(span_lengths_as_hf) {
+    SpanLengths s = span_lengths(512, 0.15f, 3.0f);
+    EXPECT(s.raw == 568 && s.inputs == 512 && s.targets == 114 && s.spans == 28);
+    s = span_lengths_of(100, 0.15f, 3.0f);   /* 15 noise tokens in 5 spans */
+    EXPECT(s.inputs == 100 - 15 + 5 + 1 && s.targets == 15 + 5 + 1 && s.spans == 5);
+    EXPECT(span_lengths_of(10, 0.25f, 3.0f).spans == 1);   /* round(2.5) = 2 noise (half to even), 1 span */
+    EXPECT(span_lengths_of(10, 0.25f, 3.0f).targets == 2 + 1 + 1);
+}
+
+/* Over 10,000 windows of 64..512 tokens: the noise density and the mean span length within 2% of 0.15 and
+ * 3 (the issue's bound); every window starts kept, ends in noise, has exactly the spans span_lengths_of
+ * says, each span non-empty; and the noise is spread over the window (every inner tenth of the windows
+ * within 15% of the density: the spans' places are uniform, not clustered). */
+TEST(span_noise_statistics) {
+    enum { NSEQ = 10000, LMAX = 512 };
+    static uint8_t mask[LMAX];
+    static int scratch[3 * LMAX];
+    Rng r, lr;
+    rng_seed(&r, 7);
+    rng_seed(&lr, 8);
+    double noise = 0, total = 0, spans = 0, dec_noise[10] = {0}, dec_total[10] = {0};
+    int bad = 0;
+    for (int s = 0; s < NSEQ; s++) {
+        int L = 64 + (int)rng_below(&lr, LMAX - 64 + 1);
+        span_noise_mask(mask, L, 0.15f, 3.0f, &r, scratch);
+        SpanLengths sl = span_lengths_of(L, 0.15f, 3.0f);
+        int ns = 0, nn = 0;
+        for (int t = 0; t < L; t++) {
+            nn += mask[t];
+            ns += mask[t] && (t == 0 || !mask[t - 1]);
+            dec_noise[t * 10 / L] += mask[t];
+            dec_total[t * 10 / L] += 1;
+        }
+        bad += mask[0] != 0 || mask[L - 1] != 1 || ns != sl.spans || nn != sl.targets - sl.spans - 1;
+        noise += nn;
+        spans += ns;
+        total += L;
+    }
+    double density = noise / total, mean_span = noise / spans;
+    printf("  noise density %.4f, mean span length %.4f over %d windows\n", density, mean_span, NSEQ);
+    EXPECT(bad == 0);
+    EXPECT(fabs(density - 0.15) <= 0.02 * 0.15);
+    EXPECT(fabs(mean_span - 3.0) <= 0.02 * 3.0);
+    for (int d = 1; d < 9; d++) EXPECT_MSG(fabs(dec_noise[d] / dec_total[d] - 0.15) <= 0.15 * 0.15, "tenth %d: %.4f", d,
+                                           dec_noise[d] / dec_total[d]);
+}
+
+/* The corrupted pair holds the window: putting each noise span back at its sentinel rebuilds it. */
+TEST(span_corrupt_round_trip) {
+    int L = 57, tokens[57], in[80], lab[80], scratch[3 * 57], back[80];
+    uint8_t mask[57];
+    for (int t = 0; t < L; t++) tokens[t] = 3 + (t * 13) % 50;
+    Rng r;
+    rng_seed(&r, 3);
+    for (int rep = 0; rep < 50; rep++) {
+        span_noise_mask(mask, L, 0.15f, 3.0f, &r, scratch);
+        int ni, nl;
+        span_corrupt(in, &ni, lab, &nl, tokens, mask, L, 199, 100, 1);
+        SpanLengths sl = span_lengths_of(L, 0.15f, 3.0f);
+        EXPECT(ni == sl.inputs && nl == sl.targets && in[ni - 1] == 1 && lab[nl - 1] == 1);
+        int nb = 0, k = 0, sent = 0;
+        for (int i = 0; i < ni - 1; i++) {
+            if (in[i] > 100) {   /* sentinel 199 - s: its span follows it in the labels */
+                EXPECT(in[i] == 199 - sent && lab[k] == in[i]);
+                k++;
+                sent++;
+                while (k < nl - 1 && lab[k] < 100) back[nb++] = lab[k++];
+            } else {
+                back[nb++] = in[i];
+            }
+        }
+        EXPECT(nb == L && !memcmp(back, tokens, sizeof tokens) && k == nl - 1);
+    }
+}
+
+/* The loader: fixed shapes, a batch determined by (seed, epoch, window) and so reproduced after a seek. */
+TEST(span_loader_batches_and_resume) {
+    enum { N = 3000, B = 4 };
+    static int ids[N];
+    for (int i = 0; i < N; i++) ids[i] = 2 + (i * 7919) % 90;
+    SpanLoader a, b;
+    EXPECT(span_loader_init(&a, ids, N, B, 40, 0.15f, 3.0f, 199, 100, 1, 11) == MOELM_OK);
+    EXPECT(span_loader_init(&b, ids, N, B, 40, 0.15f, 3.0f, 199, 100, 1, 11) == MOELM_OK);
+    int Te = a.len.inputs, Td = a.len.targets;
+    EXPECT(Te <= 40 && Te >= 38);
+    int *in1 = malloc(sizeof(int) * B * Te), *lb1 = malloc(sizeof(int) * B * Td);
+    int *in2 = malloc(sizeof(int) * B * Te), *lb2 = malloc(sizeof(int) * B * Td);
+    /* run a past an epoch's end, remember its state, take a batch; b seeks there and must give it */
+    for (int s = 0; s < 30; s++) span_loader_next(&a, in1, lb1);
+    uint64_t ep = a.dl.epoch;
+    size_t pos = a.dl.pos;
+    span_loader_next(&a, in1, lb1);
+    EXPECT(ep >= 1);
+    EXPECT(dataloader_seek(&b.dl, ep, pos) == MOELM_OK);
+    span_loader_next(&b, in2, lb2);
+    EXPECT(!memcmp(in1, in2, sizeof(int) * B * Te) && !memcmp(lb1, lb2, sizeof(int) * B * Td));
+    for (int r = 0; r < B; r++) EXPECT(in1[r * Te + Te - 1] == 1 && lb1[r * Td] == 199);
+    /* evaluation: every window once, in order, the same noise each time */
+    SpanLengths L = a.len;
+    size_t nb = span_eval_batches(N, L, B), rows = 0;
+    int tok[64], scr[3 * 64];
+    uint8_t msk[64];
+    EXPECT(nb == ((size_t)N / L.raw + B - 1) / B);
+    for (size_t k = 0; k < nb; k++) {
+        int r1 = span_eval_batch(ids, N, L, 0.15f, 3.0f, B, k, 5, 199, 100, 1, in1, lb1, tok, msk, scr);
+        int r2 = span_eval_batch(ids, N, L, 0.15f, 3.0f, B, k, 5, 199, 100, 1, in2, lb2, tok, msk, scr);
+        EXPECT(r1 == r2 && !memcmp(in1, in2, sizeof(int) * (size_t)r1 * Te) && in1[0] == ids[k * B * L.raw]);
+        rows += (size_t)r1;
+    }
+    EXPECT(rows == (size_t)N / L.raw);
+    /* too short a stream, too many spans for the sentinels */
+    SpanLoader c;
+    EXPECT(span_loader_init(&c, ids, 20, B, 40, 0.15f, 3.0f, 199, 100, 1, 11) == MOELM_ERR_DATA);
+    EXPECT(span_loader_init(&c, ids, N, B, 400, 0.15f, 3.0f, 199, 5, 1, 11) == MOELM_ERR_CONFIG);
+    span_loader_free(&a);
+    span_loader_free(&b);
+    free(in1); free(lb1); free(in2); free(lb2);
+}
+
+/* input<TAB>target pairs: tokenized with EOS, truncated, padded (mask 0, labels -100); a line without a
+ * tab is an error naming it. */
+TEST(seq2seq_tsv_pairs) {
+    char path[512];
+    tmp_path(path, sizeof path, "pairs.tsv");
+    write_str(path, "the cat sat\tcat sat the\n\nthe the the the the the the\tthe\n");
+    Tokenizer *tok;
+    const char *vocab = "the cat sat\n";
+    EXPECT(tokenizer_build_word(&tok, vocab, strlen(vocab), 10) == MOELM_OK);
+    Seq2SeqData d;
+    EXPECT(seq2seq_load_tsv(&d, path, tok, 5, 4, 0, 3) == MOELM_OK);
+    EXPECT(d.n == 2);
+    int ids[2 * 5], mask[2 * 5], lab[2 * 4];
+    seq2seq_next(&d, 2, ids, mask, lab);
+    int the = tokenizer_piece_id(tok, "the"), cat = tokenizer_piece_id(tok, "cat"), eos = tokenizer_eos_id(tok);
+    for (int r = 0; r < 2; r++) {
+        int first = ids[r * 5] == the && ids[r * 5 + 1] == cat;   /* pair 0, else pair 1 */
+        int want_in[2][5] = {{the, cat, tokenizer_piece_id(tok, "sat"), eos, 0}, {the, the, the, the, eos}};
+        int want_m[2][5] = {{1, 1, 1, 1, 0}, {1, 1, 1, 1, 1}};
+        int want_l[2][4] = {{cat, tokenizer_piece_id(tok, "sat"), the, eos}, {the, eos, -100, -100}};
+        int w = first ? 0 : 1;
+        EXPECT(!memcmp(ids + r * 5, want_in[w], sizeof want_in[w]) && !memcmp(mask + r * 5, want_m[w], sizeof want_m[w]));
+        EXPECT(!memcmp(lab + r * 4, want_l[w], sizeof want_l[w]));
+    }
+    EXPECT(ids[0] != ids[5] || ids[1] != ids[6]);   /* one epoch: both pairs once */
+    seq2seq_free(&d);
+    write_str(path, "a\tb\nno tab here\n");
+    EXPECT(seq2seq_load_tsv(&d, path, tok, 5, 4, 0, 3) == MOELM_ERR_DATA && strstr(moelm_last_error(), "line 2"));
+    write_str(path, "\n\n");
+    EXPECT(seq2seq_load_tsv(&d, path, tok, 5, 4, 0, 3) == MOELM_ERR_DATA);
+    tokenizer_free(tok);
+}
+
 int main(void) {
     test_one_thread();
     snprintf(g_tmp, sizeof g_tmp, "build/tmp/test_data.%ld", (long)getpid());
@@ -1032,6 +1189,11 @@ int main(void) {
     RUN(dataloader_stride_and_errors);
     RUN(dataloader_seek_restores);
     RUN(eval_batches_cover_once);
+    RUN(span_lengths_as_hf);
+    RUN(span_noise_statistics);
+    RUN(span_corrupt_round_trip);
+    RUN(span_loader_batches_and_resume);
+    RUN(seq2seq_tsv_pairs);
 
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmp);

@@ -41,7 +41,7 @@ static const char *const pnames[P__COUNT] = { "router_w", "w1", "b1", "w2", "b2"
 static void param_layout(const MoEConfig *c, size_t off[P__COUNT], size_t len[P__COUNT]) {
     size_t E = c->E, C = c->C, H = c->H, H1 = (size_t)activation_in_width(c->act, (int)H);
     len[P_ROUTER] = c->router == ROUTER_RANDOM || c->router == ROUTER_HASH ? 0 : E * C;   /* no router weight */
-    len[P_W1] = E * H1 * C; len[P_B1] = E * H1; len[P_W2] = E * C * H; len[P_B2] = E * C;
+    len[P_W1] = E * H1 * C; len[P_B1] = c->no_bias ? 0 : E * H1; len[P_W2] = E * C * H; len[P_B2] = c->no_bias ? 0 : E * C;
     len[P_SW1] = c->shared_expert ? H1 * C : 0; len[P_SB1] = c->shared_expert ? H1 : 0;
     len[P_SW2] = c->shared_expert ? C * H : 0; len[P_SB2] = c->shared_expert ? C : 0;
     len[P_BIAS] = c->use_expert_bias ? E : 0;
@@ -154,14 +154,14 @@ static double act_ref(double v, Activation act) {
     return 0.5 * v * (1.0 + erf(v / sqrt(2.0)));   /* exact GELU */
 }
 
-/* y[C] = W2 act(W1 x + b1) + b2 in double. */
+/* y[C] = W2 act(W1 x + b1) + b2 in double (b1, b2 NULL: no biases). */
 static void ffn_ref(double *y, const double *x, const double *w1, const double *b1, const double *w2,
                     const double *b2, Activation act, int C, int H) {
     double hp[2 * TH + 8], hh[TH + 8];
     int H1 = activation_in_width(act, H);
     CHECK(H <= TH);
     for (int j = 0; j < H1; j++) {
-        double s = b1[j];
+        double s = b1 ? b1[j] : 0.0;
         for (int c = 0; c < C; c++) s += w1[(size_t)j * C + c] * x[c];
         hp[j] = s;
     }
@@ -174,7 +174,7 @@ static void ffn_ref(double *y, const double *x, const double *w1, const double *
         }
     }
     for (int c = 0; c < C; c++) {
-        double s = b2[c];
+        double s = b2 ? b2[c] : 0.0;
         for (int j = 0; j < H; j++) s += w2[(size_t)c * H + j] * hh[j];
         y[c] = s;
     }
@@ -208,6 +208,11 @@ static double ref_loss(void *vctx) {
             for (int e = 0; e < E; e++) { pr[e] = exp(l[e] - mx) / s; P[e] += pr[e]; }
             double lse = mx + log(s);
             zs += lse * lse;
+            /* a loss the caller computes from the probabilities (aux_dprobs, held constant): linear */
+            if (a->aux_dprobs) {
+                int G = cf->group_size > 0 ? cf->group_size : N;
+                for (int e = 0; e < E; e++) L += (double)a->aux_dprobs[(size_t)(t / G) * E + e] * pr[e];
+            }
         }
         if (cf->shared_expert)
             ffn_ref(o, xt, W + off[P_SW1], W + off[P_SB1], W + off[P_SW2], W + off[P_SB2], cf->act, C, H);
@@ -219,10 +224,15 @@ static double ref_loss(void *vctx) {
             for (int k = 0; k < KS; k++) msum += exp(l[a->expert[t * KS + k]]);
         for (int k = 0; k < KS; k++) {
             int e = a->expert[t * KS + k];
-            if (e < 0 || a->slot_row[t * KS + k] < 0) continue;
+            if (e < 0) continue;
             double g = !learned ? 1.0 : mixtral ? exp(l[e]) / msum : pr[e];
-            ffn_ref(y, xt, W + off[P_W1] + (size_t)e * H1 * C, W + off[P_B1] + (size_t)e * H1,
-                    W + off[P_W2] + (size_t)e * C * H, W + off[P_B2] + (size_t)e * C, cf->act, C, H);
+            if (a->slot_row[t * KS + k] < 0) {   /* dropped: 0, or (dropped_gets_input) gate * x */
+                if (cf->dropped_gets_input)
+                    for (int c = 0; c < C; c++) o[c] += (double)cf->route_scale * g * xt[c];
+                continue;
+            }
+            ffn_ref(y, xt, W + off[P_W1] + (size_t)e * H1 * C, len[P_B1] ? W + off[P_B1] + (size_t)e * H1 : NULL,
+                    W + off[P_W2] + (size_t)e * C * H, len[P_B2] ? W + off[P_B2] + (size_t)e * C : NULL, cf->act, C, H);
             for (int c = 0; c < C; c++) o[c] += (double)cf->route_scale * g * y[c];
         }
         for (int c = 0; c < C; c++) {
@@ -317,6 +327,58 @@ TEST(grad_switch_relu_with_drops) {
     check_against_reference(&cs);
     EXPECT(cs.a.Cap == 7);                 /* round(1.0 * 37 / 5) */
     EXPECT(case_dropped(&cs) > 0);         /* the case exercises dropping */
+    case_free(&cs);
+}
+
+/* Routing groups (Hugging Face Switch's capacity per sequence), experts without biases, dropped tokens
+ * that get gate * x (HF 4.25-4.51), and a caller's loss on the probabilities (aux_dprobs): N = 36 in 4
+ * groups of 9, fixed capacity 2 per group (drops), against the dense reference. */
+TEST(grad_switch_groups_no_bias_dropped_input_aux_dprobs) {
+    MoEConfig c = cfg_make(ROUTER_SWITCH, 1, ACT_RELU, 1.0f);
+    c.group_size = 9;
+    c.expert_capacity = 2;
+    c.no_bias = 1;
+    c.dropped_gets_input = 1;
+    Case cs;
+    case_init(&cs, c, 36, 21);
+    EXPECT(cs.p.b1 == NULL && cs.p.b2 == NULL && moe_param_count(&c) == (size_t)TE * (TC + 2 * TH * TC));
+    float dprobs[4 * TE];
+    uint64_t s = 5;
+    for (int i = 0; i < 4 * TE; i++) dprobs[i] = frand(&s);
+    cs.a.aux_dprobs = dprobs;
+    check_against_reference(&cs);
+    EXPECT(cs.a.Cap == 2 && case_dropped(&cs) > 0);
+    /* a dropped token's output is exactly gate * x */
+    int seen = 0;
+    for (int t = 0; t < 36; t++) {
+        if (cs.a.slot_row[t] >= 0) continue;
+        seen++;
+        for (int k = 0; k < TC; k++) EXPECT(cs.out[t * TC + k] == cs.a.gate[t] * cs.x[t * TC + k]);
+    }
+    EXPECT(seen > 0);
+    case_free(&cs);
+}
+
+/* The capacity counts each group on its own, in token order: recounted independently. */
+TEST(groups_capacity_per_group_in_token_order) {
+    MoEConfig c = cfg_make(ROUTER_TOPK, 2, ACT_GELU, 1.0f);
+    c.group_size = 12;
+    c.expert_capacity = 3;
+    Case cs;
+    case_init(&cs, c, 36, 8);
+    case_forward(&cs);
+    int kept = 0;
+    for (int g = 0; g < 3; g++) {
+        int fill[TE] = {0};
+        for (int k = 0; k < 2; k++)          /* first choices of the group in token order, then second */
+            for (int t = g * 12; t < g * 12 + 12; t++) {
+                int e = cs.a.expert[t * 2 + k], keep = fill[e] < 3;
+                fill[e] += keep;
+                kept += keep;
+                EXPECT((cs.a.slot_row[t * 2 + k] >= 0) == keep);
+            }
+    }
+    EXPECT(cs.a.S == kept && kept < 72 && kept >= 3 * 3);
     case_free(&cs);
 }
 
@@ -882,6 +944,8 @@ int main(void) {
     test_one_thread();
     RUN(grad_switch_relu_with_drops);
     RUN(grad_routed_scaling_factor);
+    RUN(grad_switch_groups_no_bias_dropped_input_aux_dprobs);
+    RUN(groups_capacity_per_group_in_token_order);
     RUN(grad_topk_gshard_gelu_with_drops);
     RUN(grad_topk_mixtral_swiglu_with_drops);
     RUN(grad_topk3_mixtral_dropless_aux_scale);

@@ -147,6 +147,23 @@ if $MPIRUN -np 2 $MPI_BIN train --resume "$kill_dir" --expert-parallel 2 -t 1 --
 else
     cat "$tmp/resume.log"; bad "killed rank: resume on 2 ranks"
 fi
+# The Switch encoder-decoder (switch-t5-tiny: sparse blocks 1 of each stack, 4 experts, capacity per
+# sequence, HF's router losses over the global batch's rows): data and expert parallel runs equal one
+# process (losses, routing counts, the gathered checkpoint under Hugging Face's per-expert names).
+S_ARGS="train --config switch-t5-tiny -t 1 --steps 12 --log-interval 1 --eval-interval 6 --eval-batches 4 --quiet"
+if $REF_BIN $S_ARGS --out "$tmp/ref-t5" >"$tmp/ref-t5.log" 2>&1; then
+    for spec in "t5-dp2 2 1" "t5-ep2 2 2" "t5-dp2xep2 4 2" "t5-ep4 4 4"; do
+        set -- $spec
+        if $MPIRUN -np "$2" $MPI_BIN $S_ARGS --expert-parallel "$3" --out "$tmp/$1" >"$tmp/$1.log" 2>&1; then
+            compare "$1" "$tmp/ref-t5" "$tmp/$1"
+        else
+            cat "$tmp/$1.log"; bad "$1: run"
+        fi
+    done
+else
+    cat "$tmp/ref-t5.log"; bad "t5: one process"
+fi
+
 # --time-budget on several ranks: every rank takes rank 0's clock, so all use the same learning rate
 # and stop at the same step (a rank stopping alone would leave the others waiting in a collective)
 if timeout 120 $MPIRUN -np 2 $MPI_BIN train --config tiny -t 1 --steps 100000000 --time-budget 0.05 --eval-interval 20 \

@@ -604,6 +604,50 @@ TEST(spm_alloc_failures) {
     EXPECT(moelm_alloc_live_bytes() == live0);
 }
 
+/* T5's sentinels (HF's T5Tokenizer order: <extra_id_0> the last id), encoding split at them, decoding,
+ * the file without them, and a vocabulary that already holds one refused. */
+TEST(sentinels_t5_order_encode_decode) {
+    Tokenizer *t;
+    EXPECT(tokenizer_build_word(&t, k_text, strlen(k_text), 100) == MOELM_OK);
+    int V = tokenizer_vocab_size(t);
+    EXPECT(tokenizer_add_sentinels(t, 100) == MOELM_OK);
+    EXPECT(tokenizer_vocab_size(t) == V + 100 && tokenizer_sentinel_count(t) == 100);
+    EXPECT(tokenizer_sentinel_id(t, 0) == V + 99 && tokenizer_sentinel_id(t, 99) == V);
+    EXPECT(tokenizer_sentinel_id(t, 100) == -1 && tokenizer_sentinel_id(t, -1) == -1);
+    EXPECT(!strcmp(tokenizer_piece(t, V + 99), "<extra_id_0>") && !strcmp(tokenizer_piece(t, V), "<extra_id_99>"));
+    EXPECT(tokenizer_piece_id(t, "<extra_id_7>") == V + 92 && tokenizer_piece_id(t, "<extra_id_07>") == -1);
+    EXPECT(tokenizer_piece_id(t, "<extra_id_100>") == -1 && tokenizer_piece_id(t, "cat") >= 0);
+    const char *txt = "the cat <extra_id_0> sat\nthe<extra_id_1>mat <extra_id_100>";
+    int *ids;
+    size_t n;
+    EXPECT(tokenizer_encode(t, txt, strlen(txt), &ids, &n) == MOELM_OK);
+    int the = tokenizer_piece_id(t, "the"), cat = tokenizer_piece_id(t, "cat"), sat = tokenizer_piece_id(t, "sat");
+    int mat = tokenizer_piece_id(t, "mat"), eos = tokenizer_eos_id(t), unk = tokenizer_unk_id(t);
+    int want[] = {the, cat, V + 99, sat, eos, the, V + 98, mat, unk, eos};   /* <extra_id_100> is no sentinel */
+    EXPECT(n == sizeof want / sizeof want[0] && !memcmp(ids, want, sizeof want));
+    char *back;
+    EXPECT(tokenizer_decode(t, want, 9, &back) == MOELM_OK);
+    EXPECT_MSG(!strcmp(back, "the cat <extra_id_0> sat\nthe <extra_id_1> mat <unk>"), "%s", back);
+    moelm_free(back);
+    moelm_free(ids);
+    /* a text that ends with a sentinel still ends its line */
+    EXPECT(tokenizer_encode(t, "cat <extra_id_2>", 16, &ids, &n) == MOELM_OK);
+    EXPECT(n == 3 && ids[0] == cat && ids[1] == V + 97 && ids[2] == eos);
+    moelm_free(ids);
+    EXPECT(tokenizer_add_sentinels(t, 5) == MOELM_ERR_CONFIG);
+    mkdirs();
+    EXPECT(tokenizer_save(t, TMPDIR "/sent.vocab") == MOELM_OK);
+    Tokenizer *l;
+    EXPECT(tokenizer_load(&l, TMPDIR "/sent.vocab") == MOELM_OK);
+    EXPECT(tokenizer_vocab_size(l) == V && tokenizer_sentinel_count(l) == 0);
+    tokenizer_free(l);
+    tokenizer_free(t);
+    const char *clash = "a <extra_id_3> b\n";
+    EXPECT(tokenizer_build_word(&t, clash, strlen(clash), 100) == MOELM_OK);
+    EXPECT(tokenizer_add_sentinels(t, 100) == MOELM_ERR_FORMAT && strstr(moelm_last_error(), "<extra_id_3>"));
+    tokenizer_free(t);
+}
+
 /* The CLI (tests link only the library, so this runs the binary tests/run.sh names in MOELM_BIN). */
 TEST(cli_train_encode_decode) {
     const char *bin = getenv("MOELM_BIN");
@@ -633,6 +677,7 @@ int main(void) {
     RUN(vocab_bad_files);
     RUN(spm_malformed_models);
     RUN(spm_alloc_failures);
+    RUN(sentinels_t5_order_encode_decode);
     /* oracle tests: skipped (a SKIP line, neither passed nor failed) without sentencepiece's tools */
     if (have_spm()) {
         RUN(spm_encode_matches_spm_encode);

@@ -15,6 +15,7 @@ int cmd_info(int argc, char **argv);
 int cmd_tokenizer(int argc, char **argv);
 int cmd_report(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_forward(int argc, char **argv);
 
 /* A subcommand whose file is not built in says so instead of failing to link. */
 #define MISSING_COMMAND(fn, name) \
@@ -35,6 +36,7 @@ static void usage(FILE *f) {
             "  eval       token- and word-level perplexity and expert statistics of a checkpoint\n"
             "  generate   sample text from a checkpoint\n"
             "  info       a checkpoint's config, parameter counts and step\n"
+            "  forward    a model's outputs (logits, hidden states, router logits, losses) for given ids\n"
             "  tokenizer  train, encode and decode SentencePiece-compatible tokenizers\n"
             "  report     one self-contained HTML page of a run or several: curves, expert load, routing\n"
             "  bench      training and inference speed: tok/s, GFLOP/s, share of the machine's GEMM peak\n",
@@ -60,6 +62,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "tokenizer")) return cmd_tokenizer(argc - 1, argv + 1);
     if (!strcmp(cmd, "report")) return cmd_report(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench")) return cmd_bench(argc - 1, argv + 1);
+    if (!strcmp(cmd, "forward")) return cmd_forward(argc - 1, argv + 1);
     fprintf(stderr, "moelm: unknown command '%s' (try moelm --help)\n", cmd);
     return 2;
 }

@@ -52,6 +52,7 @@ uint32_t rng_u32(Rng *r);
 float rng_uniform(Rng *r);                 /* [0, 1) with 24 random bits */
 float rng_normal(Rng *r);                  /* standard normal, Box-Muller */
 uint32_t rng_below(Rng *r, uint32_t n);    /* uniform in [0, n), n > 0, no modulo bias */
+void rng_skip(Rng *r, uint64_t n);         /* the state after n more rng_u64 (rng_uniform) draws, in O(1) */
 
 /* ---- small helpers ----------------------------------------------------------------------------- */
 

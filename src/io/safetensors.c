@@ -444,6 +444,20 @@ moelm_status st_read_f32_part(const SafeTensors *st, const char *name, float *ds
     return s;
 }
 
+moelm_status st_read_i32(const SafeTensors *st, const char *name, int32_t *dst, int ndim, const int64_t *shape) {
+    CHECK(ndim >= 0 && ndim <= ST_MAX_DIMS);
+    const StEntry *e = find(st, name);
+    if (!e) return moelm_fail(MOELM_ERR_FORMAT, "%s: no tensor named \"%s\"", st->path, name);
+    if (strcmp(e->dtype, "I32"))
+        return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor \"%s\" has dtype %s, expected I32", st->path, name, e->dtype);
+    moelm_status sc = st_check_shape(st->path, name, e->ndim, e->shape, ndim, shape);
+    if (sc) return sc;
+    char what[64 + 32];
+    snprintf(what, sizeof what, "tensor \"%.64s\"", name);
+    uint64_t bytes = e->end - e->begin;
+    return bytes ? file_pread(st->fd, st->path, dst, bytes, st->data_start + e->begin, what) : MOELM_OK;
+}
+
 const char *st_meta(const SafeTensors *st, const char *key) {
     return st->meta ? json_string(json_get(st->meta, key)) : NULL;
 }

@@ -68,6 +68,8 @@ moelm_status st_read_f32(const SafeTensors *st, const char *name, float *dst, in
  * the shape (CHECKed: the caller computes it from the shape it asked for). */
 moelm_status st_read_f32_part(const SafeTensors *st, const char *name, float *dst, int ndim, const int64_t *shape,
                               size_t first, size_t count);
+/* The same checks for an I32 tensor (ids, masks: `moelm forward`'s inputs), copied into dst. */
+moelm_status st_read_i32(const SafeTensors *st, const char *name, int32_t *dst, int ndim, const int64_t *shape);
 const char *st_meta(const SafeTensors *st, const char *key);   /* NULL if absent */
 /* MOELM_OK when have[0..have_ndim) equals want[0..ndim), else MOELM_ERR_FORMAT "path: tensor "name"
  * has shape [..], expected [..]" (shared by the weight readers). */

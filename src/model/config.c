@@ -10,7 +10,8 @@
 #include "io/json.h"
 
 const char *const config_preset_names[] = {"tiny", "demo", "dense-ptb", "switch-ptb", "seed-moe",
-                                           "seed-gating", "seed-switch", NULL};
+                                           "seed-gating", "seed-switch", "switch-t5-tiny", "switch-t5-ptb",
+                                           "seed-hf-switch", NULL};
 
 static void base_lm(ModelConfig *c) {
     memset(c, 0, sizeof *c);
@@ -107,6 +108,8 @@ moelm_status config_preset(ModelConfig *c, const char *name) {
         seed_model(c, ROUTER_SOFT);
     } else if (!strcmp(name, "seed-switch")) {
         seed_model(c, ROUTER_SWITCH);
+    } else if (config_switch_preset(c, name)) {
+        /* switch_transformers presets: config_switch.c */
     } else {
         char list[256] = "";
         for (int i = 0; config_preset_names[i]; i++) {
@@ -133,6 +136,12 @@ moelm_status config_preset_train(TrainConfig *t, const char *name) {
          * overfits from ~13 epochs on, 0.25 held at 29 (bench/RESULTS.md, validation only) */
         t->dropout_growth = 0.1f;
         snprintf(t->tokenizer, sizeof t->tokenizer, "word:10000");
+    } else if (!strcmp(name, "switch-t5-tiny")) {
+        /* switch_transformers: seq_len is the encoder's input (span-corrupted windows) */
+        t->batch_size = 4; t->seq_len = 32; t->steps = 20; t->warmup_steps = 0; t->lr = 3e-3f;
+    } else if (!strcmp(name, "switch-t5-ptb")) {
+        t->batch_size = 32; t->seq_len = 64; t->steps = 5000; t->warmup_steps = 200; t->lr = 1e-3f;
+        snprintf(t->tokenizer, sizeof t->tokenizer, "word:10000");
     } else if (!strncmp(name, "seed-", 5)) {
         /* the tutorial: sequence 30, batch 64, Adam lr 1e-3 */
         t->batch_size = 64; t->seq_len = 30; t->lr = 1e-3f; t->adamw = 0; t->weight_decay = 0.0f;
@@ -147,7 +156,7 @@ moelm_status config_preset_train(TrainConfig *t, const char *name) {
 
 /* ---- key=value ---------------------------------------------------------------------------------- */
 
-static moelm_status parse_int(const char *key, const char *v, int *out) {
+moelm_status config_parse_int(const char *key, const char *v, int *out) {
     char *end;
     errno = 0;
     long x = strtol(v, &end, 10);
@@ -157,7 +166,7 @@ static moelm_status parse_int(const char *key, const char *v, int *out) {
     return MOELM_OK;
 }
 
-static moelm_status parse_float(const char *key, const char *v, float *out) {
+moelm_status config_parse_float(const char *key, const char *v, float *out) {
     char *end;
     errno = 0;
     double x = strtod(v, &end);
@@ -167,7 +176,7 @@ static moelm_status parse_float(const char *key, const char *v, float *out) {
     return MOELM_OK;
 }
 
-static moelm_status parse_bool(const char *key, const char *v, int *out) {
+moelm_status config_parse_bool(const char *key, const char *v, int *out) {
     if (!strcmp(v, "true") || !strcmp(v, "1")) *out = 1;
     else if (!strcmp(v, "false") || !strcmp(v, "0")) *out = 0;
     else return moelm_fail(MOELM_ERR_CONFIG, "%s: '%s' is not true or false", key, v);
@@ -177,9 +186,10 @@ static moelm_status parse_bool(const char *key, const char *v, int *out) {
 static const char *act_name(Activation a) { return a == ACT_RELU ? "relu" : a == ACT_GELU ? "gelu" : "swiglu"; }
 
 moelm_status config_set(ModelConfig *c, const char *key, const char *v) {
-#define INT(k, f) if (!strcmp(key, k)) return parse_int(key, v, &c->f)
-#define FLT(k, f) if (!strcmp(key, k)) return parse_float(key, v, &c->f)
-#define BOOL(k, f) if (!strcmp(key, k)) return parse_bool(key, v, &c->f)
+    if (c->model_type == MODEL_SWITCH && strcmp(key, "model_type")) return config_switch_set(c, key, v);
+#define INT(k, f) if (!strcmp(key, k)) return config_parse_int(key, v, &c->f)
+#define FLT(k, f) if (!strcmp(key, k)) return config_parse_float(key, v, &c->f)
+#define BOOL(k, f) if (!strcmp(key, k)) return config_parse_bool(key, v, &c->f)
     INT("vocab_size", vocab_size);
     INT("d_model", d_model);
     INT("num_heads", num_heads);
@@ -212,7 +222,8 @@ moelm_status config_set(ModelConfig *c, const char *key, const char *v) {
     if (!strcmp(key, "model_type")) {
         if (!strcmp(v, "lm")) c->model_type = MODEL_LM;
         else if (!strcmp(v, "seed")) c->model_type = MODEL_SEED;
-        else return moelm_fail(MOELM_ERR_CONFIG, "model_type: '%s' is not lm or seed", v);
+        else if (!strcmp(v, "switch_transformers")) config_switch_defaults(c);
+        else return moelm_fail(MOELM_ERR_CONFIG, "model_type: '%s' is not lm, seed or switch_transformers", v);
         return MOELM_OK;
     }
     if (!strcmp(key, "norm_type")) {
@@ -239,7 +250,7 @@ moelm_status config_set(ModelConfig *c, const char *key, const char *v) {
 
 static moelm_status parse_float_in(const char *key, const char *v, float *out, float lo, float hi) {
     float f;
-    moelm_status st = parse_float(key, v, &f);
+    moelm_status st = config_parse_float(key, v, &f);
     if (st) return st;
     if (!(f >= lo && f <= hi)) return moelm_fail(MOELM_ERR_CONFIG, "%s must be in [%g, %g] (got %s)", key, lo, hi, v);
     *out = f;
@@ -254,17 +265,17 @@ float train_dropout_for_epochs(const TrainConfig *t, float base, double epochs) 
 }
 
 moelm_status train_config_set(TrainConfig *t, const char *key, const char *v) {
-    if (!strcmp(key, "batch_size")) return parse_int(key, v, &t->batch_size);
-    if (!strcmp(key, "seq_len")) return parse_int(key, v, &t->seq_len);
-    if (!strcmp(key, "stride")) return parse_int(key, v, &t->stride);
-    if (!strcmp(key, "lr")) return parse_float(key, v, &t->lr);
-    if (!strcmp(key, "min_lr_ratio")) return parse_float(key, v, &t->min_lr_ratio);
-    if (!strcmp(key, "warmup_steps")) return parse_int(key, v, &t->warmup_steps);
-    if (!strcmp(key, "weight_decay")) return parse_float(key, v, &t->weight_decay);
-    if (!strcmp(key, "beta1")) return parse_float(key, v, &t->beta1);
-    if (!strcmp(key, "beta2")) return parse_float(key, v, &t->beta2);
-    if (!strcmp(key, "eps")) return parse_float(key, v, &t->eps);
-    if (!strcmp(key, "grad_clip")) return parse_float(key, v, &t->grad_clip);
+    if (!strcmp(key, "batch_size")) return config_parse_int(key, v, &t->batch_size);
+    if (!strcmp(key, "seq_len")) return config_parse_int(key, v, &t->seq_len);
+    if (!strcmp(key, "stride")) return config_parse_int(key, v, &t->stride);
+    if (!strcmp(key, "lr")) return config_parse_float(key, v, &t->lr);
+    if (!strcmp(key, "min_lr_ratio")) return config_parse_float(key, v, &t->min_lr_ratio);
+    if (!strcmp(key, "warmup_steps")) return config_parse_int(key, v, &t->warmup_steps);
+    if (!strcmp(key, "weight_decay")) return config_parse_float(key, v, &t->weight_decay);
+    if (!strcmp(key, "beta1")) return config_parse_float(key, v, &t->beta1);
+    if (!strcmp(key, "beta2")) return config_parse_float(key, v, &t->beta2);
+    if (!strcmp(key, "eps")) return config_parse_float(key, v, &t->eps);
+    if (!strcmp(key, "grad_clip")) return config_parse_float(key, v, &t->grad_clip);
     if (!strcmp(key, "dropout_growth")) return parse_float_in(key, v, &t->dropout_growth, 0.0f, 1.0f);
     if (!strcmp(key, "dropout_epochs")) return parse_float_in(key, v, &t->dropout_epochs, 1e-6f, 1e9f);
     if (!strcmp(key, "dropout_max")) return parse_float_in(key, v, &t->dropout_max, 0.0f, 0.99f);
@@ -283,7 +294,7 @@ moelm_status train_config_set(TrainConfig *t, const char *key, const char *v) {
     }
     if (!strcmp(key, "steps")) {
         int s;
-        moelm_status st = parse_int(key, v, &s);
+        moelm_status st = config_parse_int(key, v, &s);
         t->steps = s;
         return st;
     }
@@ -306,6 +317,11 @@ moelm_status config_load(ModelConfig *c, const char *path) {
     }
     base_lm(c);
     const Json *mt = json_get(j, "model_type");
+    if (mt && json_type(mt) == JSON_STRING && !strcmp(json_string(mt), "switch_transformers")) {
+        st = config_switch_load(c, j, path);
+        json_free(j);
+        return st;
+    }
     if (mt && json_type(mt) == JSON_STRING && !strcmp(json_string(mt), "seed")) seed_model(c, ROUTER_SWITCH);
     for (size_t i = 0; i < json_len(j); i++) {
         const char *key = json_key_at(j, i);
@@ -336,6 +352,7 @@ moelm_status config_load(ModelConfig *c, const char *path) {
 }
 
 char *config_to_json(const ModelConfig *c) {
+    if (c->model_type == MODEL_SWITCH) return config_switch_to_json(c);
     StrBuf sb = {0};
     sb_printf(&sb, "{\n  \"moelm_version\": \"%s\",\n", MOELM_VERSION);
     sb_printf(&sb, "  \"model_type\": \"%s\",\n", c->model_type == MODEL_SEED ? "seed" : "lm");
@@ -374,6 +391,12 @@ int config_block_is_sparse(const ModelConfig *c, int i) {
 
 int config_num_moe_layers(const ModelConfig *c) {
     if (c->model_type == MODEL_SEED) return 1;
+    if (c->model_type == MODEL_SWITCH) {   /* both stacks' sparse blocks */
+        int n = 0;
+        for (int dec = 0; dec < 2; dec++)
+            for (int i = 0; i < config_switch_layers(c, dec); i++) n += config_switch_block_is_sparse(c, dec, i);
+        return n;
+    }
     int n = 0;
     for (int l = 0; l < c->num_layers; l++) n += config_block_is_sparse(c, l);
     return n;
@@ -404,6 +427,7 @@ MoEConfig config_moe(const ModelConfig *c) {
 }
 
 moelm_status config_check(const ModelConfig *c) {
+    if (c->model_type == MODEL_SWITCH) return config_switch_check(c);
 #define REQ(cond, ...) if (!(cond)) return moelm_fail(MOELM_ERR_CONFIG, __VA_ARGS__)
     REQ(c->vocab_size >= 1 && c->vocab_size <= 10000000, "vocab_size must be in [1, 10000000] (got %d)", c->vocab_size);
     REQ(c->d_model >= 1 && c->d_model <= 65536, "d_model must be in [1, 65536] (got %d)", c->d_model);

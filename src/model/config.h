@@ -12,11 +12,36 @@
 #include "moe/moe.h"
 #include "ops/ops.h"
 
-typedef enum { MODEL_LM = 0, MODEL_SEED = 1 } ModelType;
+struct Json;   /* io/json.h */
+
+typedef enum { MODEL_LM = 0, MODEL_SEED = 1, MODEL_SWITCH = 2 } ModelType;
 typedef enum { NORM_LAYER = 0, NORM_RMS = 1 } NormType;
 
+/* switch_transformers (Hugging Face's SwitchTransformersConfig): the fields the lm's do not hold.
+ * The encoder uses ModelConfig's num_layers, both stacks its d_model, num_heads, d_ff, hidden_act
+ * (HF's dense_act_fn), num_experts, expert_capacity, dropout_rate, layer_norm_epsilon, the router's
+ * coefficients and tie_word_embeddings. config_switch.c reads and writes them under HF's keys. */
 typedef struct {
-    ModelType model_type;       /* "lm" (pre-norm decoder) or "seed" (the tutorial's post-norm stack + MoE head) */
+    int d_kv;                   /* per-head width of q, k, v; inner width I = d_kv * num_heads (may differ from C) */
+    int num_decoder_layers;     /* Ld (HF: num_layers when null) */
+    int num_sparse_encoder_layers, num_sparse_decoder_layers;
+    int encoder_sparse_step, decoder_sparse_step;   /* -1: derived, num_layers // num_sparse (0 when none);
+                                                      * block i is sparse when step == 1 or i % step == 1 */
+    int relative_attention_num_buckets, relative_attention_max_distance;
+    int pad_token_id, eos_token_id, bos_token_id, decoder_start_token_id;   /* -1: none (JSON null) */
+    float initializer_factor;
+    int router_ignore_padding_tokens, use_cache, add_router_probs;   /* read and written back; no effect (nor in HF v4) */
+    char router_dtype[12];      /* "float32" | "float16" | "bfloat16": moelm routes in float32 whatever it says */
+    int hf_router_losses;       /* 1 (HF v4, default): a stack's router losses only when its sparse_step > 1, a
+                                 * dropped token counted as expert 0 in the load; 0: every stack with sparse
+                                 * layers, the load from each token's choice before capacity (docs/MOE.md) */
+    int dropped_scaled_input;   /* 0 (HF >= 4.52, default): a token over capacity gets 0 from the layer (the
+                                 * residual carries it); 1: p_max * its input, as HF 4.25-4.51 did */
+} SwitchConfig;
+
+typedef struct {
+    ModelType model_type;       /* "lm" (pre-norm decoder), "seed" (the tutorial's post-norm stack + MoE head)
+                                 * or "switch_transformers" (HF's encoder-decoder; sw holds its own fields) */
     int vocab_size;             /* V */
     int d_model;                /* C */
     int num_heads;              /* NH */
@@ -44,6 +69,8 @@ typedef struct {
     int use_expert_bias;        /* DeepSeek-V3 selection bias */
     float expert_bias_rate;
     int shared_expert;
+    SwitchConfig sw;            /* switch_transformers only */
+    char note[256];             /* config_load: keys it ignored ("" when none), for the caller to print */
 } ModelConfig;
 
 /* The names of the presets, NULL-terminated. */
@@ -73,6 +100,25 @@ int config_block_is_sparse(const ModelConfig *cfg, int i);
  * CONFIG_MAX_MOE_LAYERS (config_check). */
 enum { CONFIG_MAX_MOE_LAYERS = 64 };
 int config_num_moe_layers(const ModelConfig *cfg);
+
+/* A value of key (for the message): an int, a finite float, true/false/1/0. MOELM_ERR_CONFIG naming the key. */
+moelm_status config_parse_int(const char *key, const char *v, int *out);
+moelm_status config_parse_float(const char *key, const char *v, float *out);
+moelm_status config_parse_bool(const char *key, const char *v, int *out);
+
+/* ---- switch_transformers (config_switch.c) ------------------------------------------------------ */
+
+/* Blocks of a stack (decoder 0: the encoder) and whether block i of it is sparse, as HF decides. */
+int config_switch_layers(const ModelConfig *cfg, int decoder);
+int config_switch_sparse_step(const ModelConfig *cfg, int decoder);
+int config_switch_block_is_sparse(const ModelConfig *cfg, int decoder, int i);
+/* The parts config.c hands to it for model_type switch_transformers. */
+void config_switch_defaults(ModelConfig *cfg);           /* SwitchTransformersConfig's defaults */
+int config_switch_preset(ModelConfig *cfg, const char *name);   /* 1 when name is a switch preset */
+moelm_status config_switch_set(ModelConfig *cfg, const char *key, const char *value);
+moelm_status config_switch_load(ModelConfig *cfg, const struct Json *j, const char *path);
+char *config_switch_to_json(const ModelConfig *cfg);
+moelm_status config_switch_check(const ModelConfig *cfg);
 
 /* The MoE layer config derived from the model config. */
 MoEConfig config_moe(const ModelConfig *cfg);

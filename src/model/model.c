@@ -6,22 +6,16 @@
 #include <stdio.h>
 #include <string.h>
 #include "backend/gemm.h"
+#include "model/encdec.h"
+#include "model/layout.h"
 #include "ops/ops.h"
 
 /* ---- layout ------------------------------------------------------------------------------------ */
 
 /* The layout runs twice: pass 0 records the tensor table and counts floats; pass 1 (after the arenas
- * exist) hands out pointers. Both passes walk the same sequence, so offsets agree by construction. */
-typedef struct {
-    Model *m;
-    int pass;
-    size_t off, full_off;     /* floats laid out so far: held, whole model */
-    int n;
-    int part, parts;          /* the experts' shard held (expert parallelism), 0 of 1 otherwise */
-} Layout;
-
-/* A tensor of shape [d0, d1, d2][:ndim] of which rows [first, first + rows) of dim 0 are held. */
-static float *tensor_rows(Layout *L, float **grad, const char *name, int trainable, int ndim, int64_t d0,
+ * exist) hands out pointers. Both passes walk the same sequence, so offsets agree by construction
+ * (model/layout.h). */
+float *layout_tensor_rows(Layout *L, float **grad, const char *name, int trainable, int ndim, int64_t d0,
                           int64_t d1, int64_t d2, int64_t first, int64_t rows) {
     int64_t shape[3] = {rows, d1, d2};
     size_t size = 1;
@@ -41,6 +35,7 @@ static float *tensor_rows(Layout *L, float **grad, const char *name, int trainab
         /* matrices decay; norms, biases (the experts' [E, H] ones too) and positions do not */
         t->decay = ndim >= 2 && !strstr(name, ".bias") && !strstr(name, "pos_emb");
         t->trainable = trainable;
+        t->per_expert = strstr(name, "%d") != NULL;
     }
     L->n++;
     float *p = L->pass ? L->m->params + L->off : NULL;
@@ -50,9 +45,9 @@ static float *tensor_rows(Layout *L, float **grad, const char *name, int trainab
     return p;
 }
 
-static float *tensor(Layout *L, float **grad, const char *name, int trainable, int ndim, int64_t d0,
+float *layout_tensor(Layout *L, float **grad, const char *name, int trainable, int ndim, int64_t d0,
                      int64_t d1, int64_t d2) {
-    return tensor_rows(L, grad, name, trainable, ndim, d0, d1, d2, 0, ndim ? d0 : 1);
+    return layout_tensor_rows(L, grad, name, trainable, ndim, d0, d1, d2, 0, ndim ? d0 : 1);
 }
 
 static void layout_moe(Layout *L, MoEParams *p, MoEParams *g, const MoEConfig *mc, const char *prefix) {
@@ -60,20 +55,20 @@ static void layout_moe(Layout *L, MoEParams *p, MoEParams *g, const MoEConfig *m
     int E = mc->E, C = mc->C, H = mc->H, H1 = activation_in_width(mc->act, H);
 #define NAME(s) (snprintf(nm, sizeof nm, "%s.%s", prefix, s), nm)
     if (mc->router != ROUTER_RANDOM && mc->router != ROUTER_HASH)
-        p->router_w = tensor(L, &g->router_w, NAME("router.weight"), 1, 2, E, C, 0);
+        p->router_w = layout_tensor(L, &g->router_w, NAME("router.weight"), 1, 2, E, C, 0);
     /* the experts: this layout's shard of them (all E unless expert parallel) */
     int64_t first = (int64_t)E / L->parts * L->part, rows = E / L->parts;
-    p->w1 = tensor_rows(L, &g->w1, NAME("experts.fc1.weight"), 1, 3, E, H1, C, first, rows);
-    p->b1 = tensor_rows(L, &g->b1, NAME("experts.fc1.bias"), 1, 2, E, H1, 0, first, rows);
-    p->w2 = tensor_rows(L, &g->w2, NAME("experts.fc2.weight"), 1, 3, E, C, H, first, rows);
-    p->b2 = tensor_rows(L, &g->b2, NAME("experts.fc2.bias"), 1, 2, E, C, 0, first, rows);
+    p->w1 = layout_tensor_rows(L, &g->w1, NAME("experts.fc1.weight"), 1, 3, E, H1, C, first, rows);
+    p->b1 = layout_tensor_rows(L, &g->b1, NAME("experts.fc1.bias"), 1, 2, E, H1, 0, first, rows);
+    p->w2 = layout_tensor_rows(L, &g->w2, NAME("experts.fc2.weight"), 1, 3, E, C, H, first, rows);
+    p->b2 = layout_tensor_rows(L, &g->b2, NAME("experts.fc2.bias"), 1, 2, E, C, 0, first, rows);
     if (mc->shared_expert) {
-        p->sw1 = tensor(L, &g->sw1, NAME("shared.fc1.weight"), 1, 2, H1, C, 0);
-        p->sb1 = tensor(L, &g->sb1, NAME("shared.fc1.bias"), 1, 1, H1, 0, 0);
-        p->sw2 = tensor(L, &g->sw2, NAME("shared.fc2.weight"), 1, 2, C, H, 0);
-        p->sb2 = tensor(L, &g->sb2, NAME("shared.fc2.bias"), 1, 1, C, 0, 0);
+        p->sw1 = layout_tensor(L, &g->sw1, NAME("shared.fc1.weight"), 1, 2, H1, C, 0);
+        p->sb1 = layout_tensor(L, &g->sb1, NAME("shared.fc1.bias"), 1, 1, H1, 0, 0);
+        p->sw2 = layout_tensor(L, &g->sw2, NAME("shared.fc2.weight"), 1, 2, C, H, 0);
+        p->sb2 = layout_tensor(L, &g->sb2, NAME("shared.fc2.bias"), 1, 1, C, 0, 0);
     }
-    if (mc->use_expert_bias) p->expert_bias = tensor(L, &g->expert_bias, NAME("expert_bias"), 0, 1, E, 0, 0);
+    if (mc->use_expert_bias) p->expert_bias = layout_tensor(L, &g->expert_bias, NAME("expert_bias"), 0, 1, E, 0, 0);
 #undef NAME
 }
 
@@ -84,59 +79,68 @@ static void layout_model(Layout *L) {
     int rms = c->norm_type == NORM_RMS;
     ModelParams *p = &m->p, *g = &m->g;
     char nm[96];
-    p->wte = tensor(L, &g->wte, "tok_emb.weight", 1, 2, V, C, 0);
-    p->wpe = tensor(L, &g->wpe, "pos_emb.weight", 1, 2, c->n_positions, C, 0);
+    p->wte = layout_tensor(L, &g->wte, "tok_emb.weight", 1, 2, V, C, 0);
+    p->wpe = layout_tensor(L, &g->wpe, "pos_emb.weight", 1, 2, c->n_positions, C, 0);
     for (int l = 0; l < c->num_layers; l++) {
         LayerParams *lp = &p->layers[l], *lg = &g->layers[l];
 #define NAME(s) (snprintf(nm, sizeof nm, "blocks.%d.%s", l, s), nm)
-        lp->ln1_w = tensor(L, &lg->ln1_w, NAME("ln1.weight"), 1, 1, C, 0, 0);
-        if (!rms) lp->ln1_b = tensor(L, &lg->ln1_b, NAME("ln1.bias"), 1, 1, C, 0, 0);
-        lp->qkv_w = tensor(L, &lg->qkv_w, NAME("attn.qkv.weight"), 1, 2, 3 * C, C, 0);
-        lp->qkv_b = tensor(L, &lg->qkv_b, NAME("attn.qkv.bias"), 1, 1, 3 * C, 0, 0);
-        lp->out_w = tensor(L, &lg->out_w, NAME("attn.out.weight"), 1, 2, C, C, 0);
-        lp->out_b = tensor(L, &lg->out_b, NAME("attn.out.bias"), 1, 1, C, 0, 0);
-        lp->ln2_w = tensor(L, &lg->ln2_w, NAME("ln2.weight"), 1, 1, C, 0, 0);
-        if (!rms) lp->ln2_b = tensor(L, &lg->ln2_b, NAME("ln2.bias"), 1, 1, C, 0, 0);
+        lp->ln1_w = layout_tensor(L, &lg->ln1_w, NAME("ln1.weight"), 1, 1, C, 0, 0);
+        if (!rms) lp->ln1_b = layout_tensor(L, &lg->ln1_b, NAME("ln1.bias"), 1, 1, C, 0, 0);
+        lp->qkv_w = layout_tensor(L, &lg->qkv_w, NAME("attn.qkv.weight"), 1, 2, 3 * C, C, 0);
+        lp->qkv_b = layout_tensor(L, &lg->qkv_b, NAME("attn.qkv.bias"), 1, 1, 3 * C, 0, 0);
+        lp->out_w = layout_tensor(L, &lg->out_w, NAME("attn.out.weight"), 1, 2, C, C, 0);
+        lp->out_b = layout_tensor(L, &lg->out_b, NAME("attn.out.bias"), 1, 1, C, 0, 0);
+        lp->ln2_w = layout_tensor(L, &lg->ln2_w, NAME("ln2.weight"), 1, 1, C, 0, 0);
+        if (!rms) lp->ln2_b = layout_tensor(L, &lg->ln2_b, NAME("ln2.bias"), 1, 1, C, 0, 0);
         if (config_block_is_sparse(c, l)) {
             char prefix[64];
             snprintf(prefix, sizeof prefix, "blocks.%d.moe", l);
             layout_moe(L, &lp->moe, &lg->moe, &m->moe_cfg, prefix);
         } else {
-            lp->fc1_w = tensor(L, &lg->fc1_w, NAME("ffn.fc1.weight"), 1, 2, H1, C, 0);
-            lp->fc1_b = tensor(L, &lg->fc1_b, NAME("ffn.fc1.bias"), 1, 1, H1, 0, 0);
-            lp->fc2_w = tensor(L, &lg->fc2_w, NAME("ffn.fc2.weight"), 1, 2, C, H, 0);
-            lp->fc2_b = tensor(L, &lg->fc2_b, NAME("ffn.fc2.bias"), 1, 1, C, 0, 0);
+            lp->fc1_w = layout_tensor(L, &lg->fc1_w, NAME("ffn.fc1.weight"), 1, 2, H1, C, 0);
+            lp->fc1_b = layout_tensor(L, &lg->fc1_b, NAME("ffn.fc1.bias"), 1, 1, H1, 0, 0);
+            lp->fc2_w = layout_tensor(L, &lg->fc2_w, NAME("ffn.fc2.weight"), 1, 2, C, H, 0);
+            lp->fc2_b = layout_tensor(L, &lg->fc2_b, NAME("ffn.fc2.bias"), 1, 1, C, 0, 0);
         }
 #undef NAME
     }
     if (c->model_type == MODEL_LM) {
-        p->lnf_w = tensor(L, &g->lnf_w, "ln_f.weight", 1, 1, C, 0, 0);
-        if (!rms) p->lnf_b = tensor(L, &g->lnf_b, "ln_f.bias", 1, 1, C, 0, 0);
-        if (!c->tie_word_embeddings) p->lm_head = tensor(L, &g->lm_head, "lm_head.weight", 1, 2, V, C, 0);
+        p->lnf_w = layout_tensor(L, &g->lnf_w, "ln_f.weight", 1, 1, C, 0, 0);
+        if (!rms) p->lnf_b = layout_tensor(L, &g->lnf_b, "ln_f.bias", 1, 1, C, 0, 0);
+        if (!c->tie_word_embeddings) p->lm_head = layout_tensor(L, &g->lm_head, "lm_head.weight", 1, 2, V, C, 0);
     } else {
         layout_moe(L, &p->head_moe, &g->head_moe, &m->moe_cfg, "moe");
         int HH = c->head_hidden;
-        p->head_w1 = tensor(L, &g->head_w1, "head.fc1.weight", 1, 2, HH, C, 0);
-        p->head_b1 = tensor(L, &g->head_b1, "head.fc1.bias", 1, 1, HH, 0, 0);
-        p->head_w2 = tensor(L, &g->head_w2, "head.fc2.weight", 1, 2, V, HH, 0);
-        p->head_b2 = tensor(L, &g->head_b2, "head.fc2.bias", 1, 1, V, 0, 0);
+        p->head_w1 = layout_tensor(L, &g->head_w1, "head.fc1.weight", 1, 2, HH, C, 0);
+        p->head_b1 = layout_tensor(L, &g->head_b1, "head.fc1.bias", 1, 1, HH, 0, 0);
+        p->head_w2 = layout_tensor(L, &g->head_w2, "head.fc2.weight", 1, 2, V, HH, 0);
+        p->head_b2 = layout_tensor(L, &g->head_b2, "head.fc2.bias", 1, 1, V, 0, 0);
     }
 }
 
-/* Activations: a bump allocator over one block, run twice like the parameter layout. */
-typedef struct {
-    char *base;
-    size_t off;
-} Bump;
-
-static void *bump(Bump *b, size_t bytes) {
+/* Activations: a bump allocator over one block, run twice like the parameter layout (model/layout.h). */
+void *layout_bump(Bump *b, size_t bytes) {
     void *p = b->base ? b->base + b->off : NULL;
     b->off += (bytes + 63) & ~(size_t)63;
     return p;
 }
+#define bump layout_bump
+
+void *layout_alloc(void (*fn)(void *ctx, Bump *b), void *ctx, size_t *bytes) {
+    Bump b = {NULL, 0};
+    fn(ctx, &b);
+    *bytes = b.off;
+    b.base = moelm_calloc(1, b.off ? b.off : 1);
+    if (!b.base) return NULL;
+    void *mem = b.base;
+    b.off = 0;
+    fn(ctx, &b);
+    return mem;
+}
 #define BF(b, n) ((float *)bump(b, sizeof(float) * (size_t)(n)))
 
-static void layout_acts(Model *m, Bump *b) {
+static void layout_acts(void *ctx, Bump *b) {
+    Model *m = ctx;
     const ModelConfig *c = &m->cfg;
     int B = m->B, T = m->T, N = B * T, C = c->d_model, NH = c->num_heads, V = c->vocab_size;
     int H = c->d_ff, H1 = activation_in_width(c->hidden_act, H), HH = c->head_hidden;
@@ -206,7 +210,7 @@ static void layout_acts(Model *m, Bump *b) {
 
 /* x = the held part of a tensor of N(0, std) values: the whole tensor's draws are made (the stream
  * after it is the same whatever part is held), the held ones kept. */
-static void init_normal(float *x, const TensorInfo *t, float std, Rng *r) {
+void layout_init_normal(float *x, const TensorInfo *t, float std, Rng *r) {
     size_t skip = tensor_held_first(t);
     for (size_t i = 0; i < t->full_size; i++) {
         float v = std * rng_normal(r);
@@ -230,11 +234,11 @@ static void init_params(Model *m, uint64_t seed) {
         } else if (t->ndim == 1 || strstr(nm, ".bias") || strstr(nm, "expert_bias")) {
             memset(x, 0, sizeof(float) * t->size);
         } else if (strstr(nm, "router.weight")) {
-            init_normal(x, t, sqrtf(0.1f / (float)c->d_model), &r);
+            layout_init_normal(x, t, sqrtf(0.1f / (float)c->d_model), &r);
         } else if (strstr(nm, "attn.out.weight") || strstr(nm, "fc2.weight")) {
-            init_normal(x, t, c->model_type == MODEL_LM ? resid_std : 0.02f, &r);
+            layout_init_normal(x, t, c->model_type == MODEL_LM ? resid_std : 0.02f, &r);
         } else {
-            init_normal(x, t, 0.02f, &r);
+            layout_init_normal(x, t, 0.02f, &r);
         }
     }
 }
@@ -244,6 +248,7 @@ moelm_status model_create(Model *m, const ModelConfig *cfg, int B, int T, uint64
 }
 
 moelm_status model_create_sharded(Model *m, const ModelConfig *cfg, int B, int T, uint64_t seed, int part, int parts) {
+    if (cfg->model_type == MODEL_SWITCH) return model_create_encdec(m, cfg, B, T, T, seed, part, parts);
     memset(m, 0, sizeof *m);
     moelm_status st = config_check(cfg);
     if (st) return st;
@@ -276,19 +281,15 @@ moelm_status model_create_sharded(Model *m, const ModelConfig *cfg, int B, int T
     if (!m->params || !m->grads) { model_free(m); return MOELM_ERR_NOMEM; }
     lay = (Layout){m, 1, 0, 0, 0, part, parts};
     layout_model(&lay);
-    Bump b = {NULL, 0};
-    layout_acts(m, &b);
-    m->acts_bytes = b.off;
-    m->acts_mem = moelm_calloc(1, b.off);
+    m->acts_mem = layout_alloc(layout_acts, m, &m->acts_bytes);
     if (!m->acts_mem) { model_free(m); return MOELM_ERR_NOMEM; }
-    b = (Bump){m->acts_mem, 0};
-    layout_acts(m, &b);
     init_params(m, seed);
     rng_seed(&m->rng, seed ^ 0xD5A61266F0C9392Cull);
     return MOELM_OK;
 }
 
 void model_free(Model *m) {
+    encdec_free(m);
     moelm_free(m->p.layers);
     moelm_free(m->g.layers);
     moelm_free(m->a.layers);
@@ -303,7 +304,7 @@ void model_zero_grad(Model *m) { memset(m->grads, 0, sizeof(float) * m->n_params
 
 static size_t moe_expert_params(const MoEConfig *mc) {
     int H1 = activation_in_width(mc->act, mc->H);
-    return (size_t)H1 * mc->C + H1 + (size_t)mc->C * mc->H + mc->C;
+    return (size_t)H1 * mc->C + (size_t)mc->C * mc->H + (mc->no_bias ? 0 : (size_t)H1 + mc->C);
 }
 
 void model_param_counts(const Model *m, size_t *total, size_t *active, size_t *per_expert) {
@@ -342,6 +343,7 @@ static void ffn_fwd(const Model *m, float *out, float *fc_pre, float *fc, const 
 }
 
 float model_forward(Model *m, const int *inputs, const int *targets, int training) {
+    CHECK(!m->ed);   /* switch_transformers: encdec_forward */
     const ModelConfig *c = &m->cfg;
     int B = m->B, T = m->T, N = B * T, C = c->d_model, NH = c->num_heads, V = c->vocab_size;
     int seed = c->model_type == MODEL_SEED;
@@ -419,6 +421,7 @@ float model_forward(Model *m, const int *inputs, const int *targets, int trainin
 /* ---- backward ---------------------------------------------------------------------------------- */
 
 void model_backward(Model *m) {
+    CHECK(!m->ed);   /* switch_transformers: encdec_backward */
     const ModelConfig *c = &m->cfg;
     int B = m->B, T = m->T, N = B * T, C = c->d_model, NH = c->num_heads, V = c->vocab_size;
     int H = c->d_ff, H1 = activation_in_width(c->hidden_act, H);
@@ -498,15 +501,16 @@ void model_backward(Model *m) {
 }
 
 int model_moe_layers(const Model *m, MoELayer *out, int max) {
+    if (m->ed) return encdec_moe_layers(m, out, max);
     Model *w = (Model *)m;   /* see model.h: the views handed out may be written through */
     int n = 0;
     for (int l = 0; l < m->cfg.num_layers; l++)
         if (config_block_is_sparse(&m->cfg, l)) {
-            if (n < max) out[n] = (MoELayer){l, &w->p.layers[l].moe, &w->g.layers[l].moe, &w->a.layers[l].moe, &w->moe_cfg};
+            if (n < max) out[n] = (MoELayer){l, 0, &w->p.layers[l].moe, &w->g.layers[l].moe, &w->a.layers[l].moe, &w->moe_cfg};
             n++;
         }
     if (m->cfg.model_type == MODEL_SEED) {
-        if (n < max) out[n] = (MoELayer){-1, &w->p.head_moe, &w->g.head_moe, &w->a.head_moe, &w->moe_cfg};
+        if (n < max) out[n] = (MoELayer){-1, 0, &w->p.head_moe, &w->g.head_moe, &w->a.head_moe, &w->moe_cfg};
         n++;
     }
     return n;

@@ -61,6 +61,8 @@ typedef struct {
     size_t full_offset, full_size;
     int decay;                /* AdamW weight decay applies (matrices; not norms, biases, positions) */
     int trainable;            /* 0: a buffer such as the expert selection bias */
+    int per_expert;           /* 1: a slab [E, ...] that files hold as one tensor per expert, the name a pattern
+                               * whose %d is the expert (HF: "...experts.expert_%d.wi.weight"): model_file_tensor */
 } TensorInfo;
 
 /* 1 when this rank holds only a shard of the tensor (expert parallelism). */
@@ -179,6 +181,8 @@ typedef struct {
     double phase_s[KV_PHASES];    /* seconds since kv_reset, thread 0's (its waits at barriers included) */
 } KVCache;
 
+struct EncDec;   /* model/encdec.h: switch_transformers' views, activations and scratch */
+
 typedef struct {
     ModelConfig cfg;
     MoEConfig moe_cfg;
@@ -199,6 +203,7 @@ typedef struct {
     float aux_loss;           /* sum over MoE layers of moe_loss */
     int n_valid;              /* targets >= 0 in the last forward */
     size_t acts_bytes;
+    struct EncDec *ed;        /* switch_transformers only (p, g, a and s unused then); NULL otherwise */
 } Model;
 
 /* Builds the layout and allocates params, grads and activations for batches of B x T. Parameters
@@ -263,12 +268,45 @@ double kv_phase_bytes(const Model *m, int bf16, double out[KV_PHASES]);
  * drawing from rng. scratch [2V] floats. */
 int sample_token(const float *logits, int V, float temp, int top_k, float top_p, Rng *rng, float *scratch);
 
+/* ---- tensors as files hold them (model_files.c) ----------------------------------------------------
+ * The model's tensors in order, each per-expert slab (TensorInfo.per_expert) split into one tensor per
+ * held expert, named by the expert's index in the whole model: Hugging Face's per-expert names
+ * ("...experts.expert_3.wi.weight", Mixtral's "...experts.3.w1.weight") map onto slices of moelm's slabs,
+ * so an expert-parallel rank reads and writes only its experts, under their global names. */
+typedef struct {
+    char name[96];
+    float *data;              /* into Model.params: count floats */
+    int ndim;
+    int64_t shape[4];         /* the whole tensor's shape in a file */
+    size_t first, count;      /* the part held: elements [first, first + count) of it (a rank's shard of a
+                               * slab files hold whole; else 0 and all of it) */
+    int tensor;               /* index in Model.tensors */
+} FileTensor;
+
+/* Fills out[0 .. min(count, max)) and returns the count (max 0, out NULL: only counts). */
+int model_file_tensors(const Model *m, FileTensor *out, int max);
+
+struct WeightSet;   /* io/weights.h */
+/* Reads every file tensor of m by name from ws (F32, F16 or BF16; shapes must match). Tensors of ws
+ * that m has no place for are an error, except the names HF writes for tied copies (switch_transformers:
+ * encoder/decoder.embed_tokens.weight, and lm_head.weight when tied), which may also stand in for
+ * shared.weight. Errors name the tensor and the directory. */
+moelm_status model_read_weights(Model *m, const struct WeightSet *ws, const char *dir);
+/* Builds the model a directory holds (config.json and its weight set: a moelm checkpoint or a Hugging Face
+ * directory) for batches up to B x Te (and B x Td for an encoder-decoder; Te for others). The config's
+ * ignored keys are in m->cfg.note. */
+moelm_status model_load_dir(Model *m, const char *dir, int B, int Te, int Td);
+/* Writes m's file tensors into dir as a Hugging Face weight set (model.safetensors, or shards of at
+ * most max_shard_bytes with model.safetensors.index.json; 0: one file), as dtype (0 F32, 1 F16, 2 BF16). */
+moelm_status model_write_weights(const Model *m, const char *dir, int dtype, uint64_t max_shard_bytes);
+
 /* One MoE layer of a model, wherever the model type keeps it: an lm's sparse block, the seed head. */
 typedef struct {
     int block;                /* the block whose FFN it is; -1: the seed model's head */
+    int stack;                /* switch_transformers: 0 the encoder's block, 1 the decoder's; 0 otherwise */
     MoEParams *p, *g;         /* its parameters and their gradients (views into m's arenas) */
     MoEActs *a;               /* its activations of the last forward */
-    const MoEConfig *cfg;     /* the model's moe_cfg (one config for every MoE layer) */
+    const MoEConfig *cfg;     /* the layer's config: the model's moe_cfg, or (switch_transformers) its stack's */
 } MoELayer;
 
 /* Every MoE layer of m in forward order into out[0 .. min(n, max) - 1]; returns n, their count

@@ -84,8 +84,8 @@ int moe_hash_expert(int token, int E) {
 size_t moe_param_count(const MoEConfig *cfg) {
     size_t E = (size_t)cfg->E, C = (size_t)cfg->C, H = (size_t)cfg->H, H1 = (size_t)moe_h1(cfg);
     size_t n = (router_learned(cfg->router) ? E * C : 0)   /* router_w: none for random and hash */
-             + E * H1 * C + E * H1          /* w1, b1 */
-             + E * C * H + E * C;           /* w2, b2 */
+             + E * H1 * C + E * C * H       /* w1, w2 */
+             + (cfg->no_bias ? 0 : E * H1 + E * C);   /* b1, b2 */
     if (cfg->shared_expert) n += H1 * C + H1 + C * H + C;
     if (cfg->use_expert_bias) n += E;
     return n;
@@ -123,6 +123,7 @@ static size_t moe_acts_layout(MoEActs *a, void *mem, const MoEConfig *cfg, int N
     a->offsets = carve(&cv, (E + 1) * i);
     a->assigned = carve(&cv, E * i);
     a->fill = carve(&cv, E * i);
+    a->gfill = carve(&cv, E * i);
     a->row_token = carve(&cv, Smax * i);
     a->row_slot = carve(&cv, Smax * i);
     a->xd = carve(&cv, Smax * C * f);
@@ -188,8 +189,9 @@ moelm_status moe_config_check(const MoEConfig *cfg, int causal) {
         return moelm_fail(MOELM_ERR_CONFIG, "num_experts: %d is out of range (1..256)", cfg->E);
     if (cfg->C < 1 || cfg->H < 1)
         return moelm_fail(MOELM_ERR_CONFIG, "d_model (%d) and the expert d_ff (%d) must be positive", cfg->C, cfg->H);
-    if (cfg->act != ACT_RELU && cfg->act != ACT_GELU && cfg->act != ACT_SWIGLU)
-        return moelm_fail(MOELM_ERR_CONFIG, "hidden_act: unknown activation %d (use relu, gelu or swiglu)", (int)cfg->act);
+    if (cfg->act != ACT_RELU && cfg->act != ACT_GELU && cfg->act != ACT_SWIGLU && cfg->act != ACT_GELU_TANH)
+        return moelm_fail(MOELM_ERR_CONFIG, "hidden_act: unknown activation %d (use relu, gelu, gelu_new or swiglu)",
+                          (int)cfg->act);
     switch (cfg->router) {
     case ROUTER_TOPK:
         if (cfg->K < 2 || cfg->K > cfg->E)
@@ -214,6 +216,10 @@ moelm_status moe_config_check(const MoEConfig *cfg, int causal) {
     }
     if (cfg->min_capacity < 0)
         return moelm_fail(MOELM_ERR_CONFIG, "min_capacity: must be >= 0, got %d", cfg->min_capacity);
+    if (cfg->group_size < 0)
+        return moelm_fail(MOELM_ERR_CONFIG, "group_size: must be >= 0 (0 = one group), got %d", cfg->group_size);
+    if (cfg->dropped_gets_input && cfg->router != ROUTER_SWITCH)
+        return moelm_fail(MOELM_ERR_CONFIG, "dropped tokens that get their input need router switch (router is %s)", rn);
     if (cfg->expert_capacity < 0)
         return moelm_fail(MOELM_ERR_CONFIG, "expert_capacity: must be >= 0 (0 = from the factors), got %d",
                           cfg->expert_capacity);
@@ -374,15 +380,21 @@ static void moe_route(MoEActs *a, const float *x, const int *tokens, const MoEPa
     }
 
     /* Jitter (Switch Transformer): x_router = x * u, u ~ U(1 - eps, 1 + eps) elementwise, training only.
-     * Drawn sequentially from one RNG, so the factors do not depend on the thread count. */
+     * Drawn sequentially from one RNG, so the factors do not depend on the thread count; over several
+     * ranks each takes its rows' draws of the routing group's (the ranks before it hold the group's first
+     * rows), and every rank's RNG ends where one process's would: the same factors at any world size. */
     size_t NC = (size_t)N * C;
     if (training && cfg->jitter > 0.0f) {
         CHECK(rng != NULL);
         float eps = cfg->jitter;
+        int before = 0;
+        if (comm_size(COMM_WORLD) > 1) comm_exscan_i32(COMM_WORLD, &N, &before, 1);
+        rng_skip(rng, (uint64_t)before * C);
         for (size_t i = 0; i < NC; i++) {
             a->jit[i] = 1.0f - eps + 2.0f * eps * rng_uniform(rng);
             a->xin[i] = x[i] * a->jit[i];
         }
+        rng_skip(rng, (uint64_t)(a->Ng - before - N) * C);
         a->jittered = 1;
     } else {
         memcpy(a->xin, x, NC * sizeof(float));
@@ -441,11 +453,25 @@ static void moe_route(MoEActs *a, const float *x, const int *tokens, const MoEPa
 /* Keeps at most Cap slots per expert and lays the kept ones out by expert (a counting sort).
  * Drop priority (Switch/GShard): all k = 0 slots in token order, then all k = 1 slots, ...: a token's
  * first choice is never dropped to make room for another token's second choice. */
-static void moe_dispatch_plan(MoEActs *a, int N, int E) {
+static void moe_dispatch_plan(MoEActs *a, int N, int E, int G) {
     int KS = a->KS, Cap = a->Cap;
-    int *fill = a->fill;
+    int *fill = a->fill, *gfill = a->gfill;
     for (int e = 0; e < E; e++) fill[e] = 0;
-    if (a->kpos) {
+    if (G > 0) {
+        /* routing groups (a sequence each): the capacity counts each group's slots on its own, the same
+         * drop priority inside a group */
+        for (int g0 = 0; g0 < N; g0 += G) {
+            for (int e = 0; e < E; e++) gfill[e] = 0;
+            for (int k = 0; k < KS; k++) {
+                for (int t = g0; t < g0 + G; t++) {
+                    size_t i = (size_t)t * KS + k;
+                    int e = a->expert[i];
+                    if (e >= 0 && gfill[e] < Cap) { gfill[e]++; fill[e]++; a->slot_row[i] = -2; }
+                    else a->slot_row[i] = -1;
+                }
+            }
+        }
+    } else if (a->kpos) {
         /* across ranks: a slot is kept when its position in the whole group's drop order is < Cap */
         moe_dist_positions(a, N, E);
         for (int k = 0; k < KS; k++) {
@@ -498,11 +524,13 @@ static void moe_gather(MoEActs *a, const float *x, int C) {
 /* ---- experts ---------------------------------------------------------------------------------- */
 
 static void add_bias_rows(float *out, const float *b, int n, int OC) {
+    if (!b) return;   /* no_bias */
     for (int r = 0; r < n; r++)
         for (int o = 0; o < OC; o++) out[(size_t)r * OC + o] += b[o];
 }
 
 static void colsum_add(float *db, const float *d, int n, int OC) {
+    if (!db) return;   /* no_bias */
     for (int r = 0; r < n; r++)
         for (int o = 0; o < OC; o++) db[o] += d[(size_t)r * OC + o];
 }
@@ -575,8 +603,8 @@ static void moe_experts_forward(MoEActs *a, const MoEParams *p, const MoEConfig 
         if (n == 0) continue;
         size_t w = held_expert(cfg, e);
         ffn_forward(a->y + (size_t)r0 * C, a->h + (size_t)r0 * H, a->h_pre + (size_t)r0 * H1,
-                    a->xd + (size_t)r0 * C, p->w1 + w * H1 * C, p->b1 + w * H1,
-                    p->w2 + w * C * H, p->b2 + w * C, cfg->act, n, C, H);
+                    a->xd + (size_t)r0 * C, p->w1 + w * H1 * C, p->b1 ? p->b1 + w * H1 : NULL,
+                    p->w2 + w * C * H, p->b2 ? p->b2 + w * C : NULL, cfg->act, n, C, H);
     }
 }
 
@@ -631,10 +659,11 @@ void moe_forward_route(MoEActs *a, const float *x, const int *tokens, const MoEP
     a->Ng = N;
     comm_allreduce_i32(COMM_WORLD, &a->Ng, 1);
     CHECK(comm_size(COMM_WORLD) == 1 || a->kpos != NULL);   /* bound after comm_init */
-    a->Cap = moe_capacity(cfg, a->Ng, training);
+    if (cfg->group_size > 0) CHECK(N % cfg->group_size == 0);
+    a->Cap = moe_capacity(cfg, cfg->group_size > 0 ? cfg->group_size : a->Ng, training);
 
     moe_route(a, x, tokens, p, cfg, N, training, rng);
-    moe_dispatch_plan(a, N, cfg->E);
+    moe_dispatch_plan(a, N, cfg->E, cfg->group_size);
     moe_gather(a, x, C);
 }
 
@@ -659,6 +688,14 @@ void moe_forward(float *out, MoEActs *a, const float *x, const int *tokens, cons
     if (cfg->shared_expert)
         ffn_forward(a->sy, a->sh, a->sh_pre, x, p->sw1, p->sb1, p->sw2, p->sb2, cfg->act, N, C, cfg->H);
     moe_forward_combine(out, a, cfg);
+    if (cfg->dropped_gets_input) {
+        /* a dropped token's output is s * gate * x instead of 0 (switch: one slot a token) */
+        for (int t = 0; t < N; t++) {
+            if (a->slot_row[t] >= 0) continue;
+            float g = cfg->route_scale * a->gate[t];
+            for (int c = 0; c < C; c++) out[(size_t)t * C + c] += g * x[(size_t)t * C + c];
+        }
+    }
 }
 
 float moe_loss(const MoEActs *a, const MoEConfig *cfg) {
@@ -669,7 +706,8 @@ float moe_loss(const MoEActs *a, const MoEConfig *cfg) {
 
 /* dlogits[N,E] = d(loss)/d(logits) through the gates (selection held fixed), the load-balancing loss
  * (f_e held constant: it counts argmaxes and has no gradient) and the z-loss. */
-static void router_backward_logits(MoEActs *a, const float *dout, const MoEConfig *cfg, int N, float aux_scale) {
+static void router_backward_logits(MoEActs *a, const float *dout, const float *x, const MoEConfig *cfg, int N,
+                                   float aux_scale) {
     int E = cfg->E, C = cfg->C, KS = a->KS;
     int balance = cfg->router == ROUTER_SWITCH || cfg->router == ROUTER_TOPK;
     int mixtral = cfg->router == ROUTER_TOPK && cfg->topk_softmax_after;
@@ -679,6 +717,7 @@ static void router_backward_logits(MoEActs *a, const float *dout, const MoEConfi
     float aux_w = balance ? aux_scale * cfg->aux_coef * (float)E / (Ng * Ng * (float)K) : 0.0f;
     /* z = (1/N) sum_t lse_t^2  =>  d z / d logits[t,e] = 2 lse_t p[t,e] / N */
     float z_w = aux_scale * cfg->z_coef * 2.0f / Ng;
+    int G = cfg->group_size > 0 ? cfg->group_size : N;   /* the caller's aux_dprobs rows */
     /* Tokens are independent: each thread writes only its tokens' rows of dlogits. */
 #pragma omp parallel for schedule(static) if ((size_t)N * (KS * C + 4 * E) >= MOE_PAR_WORK)
     for (int t = 0; t < N; t++) {
@@ -687,17 +726,20 @@ static void router_backward_logits(MoEActs *a, const float *dout, const MoEConfi
         float *dl = a->dlogits + (size_t)t * E;
         float dg[256];   /* d loss / d gate per slot (Mixtral); KS <= E <= 256 */
         for (int e = 0; e < E; e++) dl[e] = aux_w * (float)a->assigned[e];   /* d loss / d probs */
+        if (a->aux_dprobs)
+            for (int e = 0; e < E; e++) dl[e] += a->aux_dprobs[(size_t)(t / G) * E + e];
         for (int k = 0; k < KS; k++) {
             int r = a->slot_row[(size_t)t * KS + k];
             float d = 0.0f;      /* a dropped slot contributes 0, whatever its gate */
-            if (r >= 0) {
-                const float *y = a->y + (size_t)r * C;
+            /* out = s * gate * y (a dropped slot: s * gate * x with dropped_gets_input, else 0) */
+            const float *y = r >= 0 ? a->y + (size_t)r * C : cfg->dropped_gets_input ? x + (size_t)t * C : NULL;
+            if (y) {
 #pragma omp simd reduction(+ : d)   /* lanes, not one serial chain: soft gating has E slots a token */
                 for (int c = 0; c < C; c++) d += dyt[c] * y[c];
-                d *= cfg->route_scale;   /* out = s * gate * y */
+                d *= cfg->route_scale;
             }
             dg[k] = d;
-            if (!mixtral && r >= 0) dl[a->expert[(size_t)t * KS + k]] += d;   /* gate = probs[t, e] */
+            if (!mixtral && y) dl[a->expert[(size_t)t * KS + k]] += d;   /* gate = probs[t, e] */
         }
         /* softmax Jacobian: dlogit_e = p_e (dp_e - sum_j p_j dp_j) */
         float s = 0.0f;
@@ -733,7 +775,8 @@ static void moe_experts_backward(MoEActs *a, MoEParams *grads, const MoEParams *
         if (n == 0) continue;
         float *dy = a->dy + (size_t)r0 * C;
         size_t w = held_expert(cfg, e);
-        ffn_backward(dy, grads->w1 + w * H1 * C, grads->b1 + w * H1, grads->w2 + w * C * H, grads->b2 + w * C,
+        ffn_backward(dy, grads->w1 + w * H1 * C, grads->b1 ? grads->b1 + w * H1 : NULL, grads->w2 + w * C * H,
+                     grads->b2 ? grads->b2 + w * C : NULL,
                      a->dh + (size_t)r0 * H, a->dh_pre + (size_t)r0 * H1, dy, a->h + (size_t)r0 * H,
                      a->h_pre + (size_t)r0 * H1, a->xd + (size_t)r0 * C, p->w1 + w * H1 * C,
                      p->w2 + w * C * H, cfg->act, n, C, H);
@@ -784,11 +827,16 @@ void moe_backward(float *dx, MoEParams *grads, const float *dout, MoEActs *a, co
             const float *d = a->dy + (size_t)r * C;
             for (int c = 0; c < C; c++) o[c] += d[c];
         }
+        if (cfg->dropped_gets_input && a->slot_row[t] < 0) {   /* out = s * gate * x */
+            float g = cfg->route_scale * a->gate[t];
+            const float *d = dout + (size_t)t * C;
+            for (int c = 0; c < C; c++) o[c] += g * d[c];
+        }
     }
 
     if (!router_learned(cfg->router)) return;   /* random, hash: no router weight, gates are constants */
 
-    router_backward_logits(a, dout, cfg, N, aux_scale);
+    router_backward_logits(a, dout, x, cfg, N, aux_scale);
     /* drouter_w[E,C] += dlogits^T xin;  dxin[N,C] = dlogits @ router_w, into dy (free now) */
     gemm(1, 0, E, C, N, 1.0f, a->dlogits, E, a->xin, C, 1.0f, grads->router_w, C);
     gemm(0, 0, N, C, E, 1.0f, a->dlogits, E, p->router_w, C, 0.0f, a->dy, C);

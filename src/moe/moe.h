@@ -52,6 +52,12 @@ typedef struct {
     int use_expert_bias;       /* DeepSeek-V3 selection bias, nudged toward balance each step */
     float bias_rate;           /* the bias update speed u */
     int shared_expert;         /* 1: a dense FFN (hidden H) that every token uses, added to the output */
+    int group_size;            /* > 0: capacity is counted per routing group of this many consecutive tokens (N a
+                                * multiple of it), in token order: Hugging Face Switch's per-sequence capacity,
+                                * padding included; 0: the pass (all ranks' tokens) is one group */
+    int no_bias;               /* 1: the experts have no biases (T5, Mixtral): b1 and b2 are NULL */
+    int dropped_gets_input;    /* switch only: a token whose slot is dropped gets gate * x instead of 0 (Hugging
+                                * Face Switch 4.25-4.51, kept available; 0 everywhere else) */
     int e_first;               /* the first expert whose weights MoEParams holds: under expert parallelism a
                                 * rank holds experts [e_first, e_first + E/P) only (w1 etc. are [E/P, ...]
                                 * there) and runs only those; 0 otherwise (all E held) */
@@ -62,9 +68,9 @@ typedef struct {
     float *router_w;    /* [E, C] router weight (no bias, as Switch and HF); NULL for random and hash */
     float *w1;          /* [E, H1, C], H1 = H (relu/gelu) or 2H (swiglu: gate rows, then up rows);
                          * w1..b2 hold E/P experts from cfg->e_first under expert parallelism */
-    float *b1;          /* [E, H1] */
+    float *b1;          /* [E, H1] (NULL with no_bias) */
     float *w2;          /* [E, C, H] */
-    float *b2;          /* [E, C] */
+    float *b2;          /* [E, C] (NULL with no_bias) */
     float *sw1, *sb1;   /* shared expert [H1, C], [H1]; NULL without a shared expert */
     float *sw2, *sb2;   /* shared expert [C, H], [C] */
     float *expert_bias; /* [E] selection bias (not trained by gradient; NULL unless use_expert_bias) */
@@ -86,6 +92,10 @@ typedef struct {
     int *offsets;           /* [E + 1] start of each expert's rows in the slabs */
     int *assigned;          /* [E] token-slots that chose each expert, before capacity */
     int *fill;              /* [E] scratch of the dispatch */
+    int *gfill;             /* [E] scratch of the dispatch: a routing group's kept slots per expert */
+    const float *aux_dprobs;/* NULL, or [N / G, E] (G the group size, N without groups): d loss / d probs[t, e]
+                             * for every token t of group g, which moe_backward adds: a loss the caller computes
+                             * over several layers (Hugging Face Switch's router loss); set before the backward */
     int *row_token;         /* [Smax] token of each dispatched row */
     int *row_slot;          /* [Smax] k index of each dispatched row (gate = gate[token*K + k]) */
     float *xd;              /* [Smax, C] dispatched inputs, grouped by expert */

@@ -65,6 +65,11 @@ struct Tokenizer {
     float min_score, max_score;  /* over NORMAL pieces (unigram unknown penalty, user-defined bonus) */
     PieceTrie trie;              /* NORMAL, USER_DEFINED, UNUSED pieces (sentencepiece's pieces_) */
     PieceTrie user_trie;         /* USER_DEFINED pieces only (prefix matcher), nodes==0 if none */
+
+    /* T5's sentinels (sentinels.c): ids V .. V + n_sent - 1 after the pieces, "<extra_id_k>" at id
+     * V + n_sent - 1 - k (Hugging Face's order); not part of the saved model file */
+    int n_sent;
+    char **sent;                 /* [n_sent] the text of id V + i */
 };
 
 /* ---- shared helpers (tokenizer.c) ---- */
@@ -81,6 +86,13 @@ moelm_status tok_read_file(const char *path, uint8_t **data, size_t *n);
 uint32_t tok_utf8_decode(const char *s, size_t n, size_t *mblen);
 int tok_utf8_valid_prefix(const char *s, size_t n, size_t *mblen);   /* sentencepiece's IsValidDecodeUTF8 */
 static inline int tok_onechar_len(uint8_t c) { static const uint8_t L[16] = {1,1,1,1,1,1,1,1,1,1,1,1,2,2,3,4}; return L[c >> 4]; }
+
+/* ---- sentinels (sentinels.c) ---- */
+moelm_status tok_encode_plain(const Tokenizer *t, const char *text, size_t n, int **ids, size_t *count);
+moelm_status tok_decode_plain(const Tokenizer *t, const int *ids, size_t count, char **text);
+moelm_status tok_encode_sentinels(const Tokenizer *t, const char *text, size_t n, int **ids, size_t *count);
+moelm_status tok_decode_sentinels(const Tokenizer *t, const int *ids, size_t count, char **text);
+int tok_sentinel_lookup(const Tokenizer *t, const char *s, size_t len);   /* id of "<extra_id_k>", -1 if none */
 
 /* ---- SentencePiece (spm_*.c) ---- */
 typedef struct SpmTrainOptions SpmTrainOptions;

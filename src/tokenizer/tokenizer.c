@@ -41,6 +41,8 @@ Tokenizer *tok_alloc(TokenizerKind kind, int V) {
 void tokenizer_free(Tokenizer *t) {
     if (!t) return;
     if (t->piece) for (int i = 0; i < t->V; i++) moelm_free(t->piece[i]);
+    if (t->sent) for (int i = 0; i < t->n_sent; i++) moelm_free(t->sent[i]);
+    moelm_free(t->sent);
     moelm_free(t->piece);
     moelm_free(t->plen);
     moelm_free(t->score);
@@ -123,12 +125,18 @@ moelm_status tok_finish(Tokenizer *t, const char *what) {
 }
 
 TokenizerKind tokenizer_kind(const Tokenizer *t) { return t->kind; }
-int tokenizer_vocab_size(const Tokenizer *t) { return t->V; }
+int tokenizer_vocab_size(const Tokenizer *t) { return t->V + t->n_sent; }
 uint64_t tokenizer_hash(const Tokenizer *t) { return t->hash; }
 int tokenizer_eos_id(const Tokenizer *t) { return t->eos_id; }
 int tokenizer_unk_id(const Tokenizer *t) { return t->unk_id; }
-const char *tokenizer_piece(const Tokenizer *t, int id) { return (id >= 0 && id < t->V) ? t->piece[id] : NULL; }
-int tokenizer_piece_id(const Tokenizer *t, const char *piece) { return tok_lookup(t, piece, strlen(piece)); }
+const char *tokenizer_piece(const Tokenizer *t, int id) {
+    if (id >= t->V && id < t->V + t->n_sent) return t->sent[id - t->V];
+    return (id >= 0 && id < t->V) ? t->piece[id] : NULL;
+}
+int tokenizer_piece_id(const Tokenizer *t, const char *piece) {
+    int id = tok_sentinel_lookup(t, piece, strlen(piece));
+    return id >= 0 ? id : tok_lookup(t, piece, strlen(piece));
+}
 
 /* ---- UTF-8 ------------------------------------------------------------------------------------ */
 
@@ -338,6 +346,10 @@ static int idvec_push(IdVec *a, int id) {
 }
 
 moelm_status tokenizer_encode(const Tokenizer *t, const char *text, size_t n, int **ids, size_t *count) {
+    return t->n_sent ? tok_encode_sentinels(t, text, n, ids, count) : tok_encode_plain(t, text, n, ids, count);
+}
+
+moelm_status tok_encode_plain(const Tokenizer *t, const char *text, size_t n, int **ids, size_t *count) {
     *ids = NULL;
     *count = 0;
     IdVec a = {0};
@@ -385,6 +397,10 @@ nomem:
 }
 
 moelm_status tokenizer_decode(const Tokenizer *t, const int *ids, size_t count, char **text) {
+    return t->n_sent ? tok_decode_sentinels(t, ids, count, text) : tok_decode_plain(t, ids, count, text);
+}
+
+moelm_status tok_decode_plain(const Tokenizer *t, const int *ids, size_t count, char **text) {
     *text = NULL;
     if (t->kind == TOK_UNIGRAM || t->kind == TOK_BPE) {
         /* split at eos ids: each run decodes as one line */
@@ -525,6 +541,12 @@ moelm_status tokenizer_load(Tokenizer **out, const char *path) {
 
 moelm_status tokenizer_decode_piece(const Tokenizer *t, int id, char **text) {
     *text = NULL;
+    if (id >= t->V && id < t->V + t->n_sent) {   /* a sentinel, set off by a space */
+        *text = moelm_malloc(strlen(t->sent[id - t->V]) + 2);
+        if (!*text) return MOELM_ERR_NOMEM;
+        sprintf(*text, " %s", t->sent[id - t->V]);
+        return MOELM_OK;
+    }
     if (id < 0 || id >= t->V) return moelm_fail(MOELM_ERR_DATA, "tokenizer: id %d out of range [0, %d)", id, t->V);
     const char *p = t->piece[id];
     size_t n = t->plen[id];

@@ -65,6 +65,18 @@ int tokenizer_piece_id(const Tokenizer *t, const char *piece);
 int tokenizer_eos_id(const Tokenizer *t);   /* -1 if none */
 int tokenizer_unk_id(const Tokenizer *t);   /* -1 if none */
 
+/* T5's sentinels, as Hugging Face's T5Tokenizer adds them (extra_ids): n pieces after the vocabulary,
+ * "<extra_id_k>" at id V + n - 1 - k (so <extra_id_0> is the last id). tokenizer_vocab_size counts
+ * them; encoding splits the text at them (the text between encodes as a line fragment: no eos before
+ * a sentinel); decoding writes them back; they are not saved with the model file (spiece.model stays
+ * the one T5Tokenizer reads, which adds them again). MOELM_ERR_FORMAT when the vocabulary already has
+ * such a piece (the ids would be ambiguous), MOELM_ERR_CONFIG when it already has sentinels or n is
+ * outside [1, 10000]. */
+moelm_status tokenizer_add_sentinels(Tokenizer *t, int n);
+int tokenizer_sentinel_count(const Tokenizer *t);
+/* The id of <extra_id_k>, or -1 when k is not in [0, count). */
+int tokenizer_sentinel_id(const Tokenizer *t, int k);
+
 /* Number of "words" in text as PTB word-level perplexity counts them: whitespace-separated words
  * plus one per line end (a last line without '\n' counts one too). */
 size_t text_count_words(const char *text, size_t n);

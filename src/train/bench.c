@@ -11,6 +11,8 @@
 #include <sys/resource.h>
 #include "backend/gemm.h"
 #include "io/fileio.h"
+#include "data/span.h"
+#include "model/encdec.h"
 #include "optim/optim.h"
 #include "train/step.h"
 #include "train/train.h"
@@ -217,12 +219,94 @@ void bench_train(Model *m, Optimizer *opt, const TrainConfig *tc, const int *bat
     }
 }
 
+/* switch_transformers: train_step_seq2seq on span-corruption shapes of random ids (B x Te encoder,
+ * B x Td decoder tokens: tokens a step B (Te + Td)), then generation: the encoder over Te tokens once and
+ * n_gen greedy decoder tokens through the cache (the median of GEN_PASSES passes after a warm one). */
+static moelm_status bench_run_switch(const BenchOptions *o, const ModelConfig *cfg, const TrainConfig *tc) {
+    SpanLengths len = span_lengths(tc->seq_len, 0.15f, 3.0f);
+    int B = tc->batch_size, Te = len.inputs, Td = len.targets, V = cfg->vocab_size;
+    Model m;
+    Optimizer opt;
+    moelm_status st = model_create_encdec(&m, cfg, B, Te, Td, o->seed, 0, 1);
+    if (st) return st;
+    st = optim_create(&opt, m.n_params);
+    if (st) {
+        model_free(&m);
+        return st;
+    }
+    int *ids = moelm_malloc(sizeof(int) * (size_t)B * Te), *lab = moelm_malloc(sizeof(int) * (size_t)B * Td);
+    int *out = moelm_malloc(sizeof(int) * (size_t)(o->n_gen + 1));
+    EncDecCache kv;
+    memset(&kv, 0, sizeof kv);
+    if (!ids || !lab || !out) st = MOELM_ERR_NOMEM;
+    if (!st && o->n_gen > 0) st = encdec_cache_create(&kv, &m, 1, o->n_gen + 1, Te);
+    if (!st) {
+        Rng r;
+        rng_seed(&r, o->seed ^ 0x9E3779B97F4A7C15ull);
+        for (int i = 0; i < B * Te; i++) ids[i] = (int)rng_below(&r, (uint32_t)V);
+        for (int i = 0; i < B * Td; i++) lab[i] = (int)rng_below(&r, (uint32_t)V);
+        print_model_summary(&m, stdout);
+        printf("bench: %s, batch %d x (%d + %d) (span corruption of %d-token windows), %d threads, backend %s\n",
+               o->config, B, Te, Td, len.raw, o->threads, backend_name());
+        fflush(stdout);
+        Trainer t = {&m, &opt, tc, 0};
+        Seq2SeqBatch b = {B, Te, Td, ids, NULL, NULL, lab};
+        double fwd = 0, bwd = 0, opt_s = 0;
+        float loss = 0;
+        for (int s = 0; s < o->warmup + o->steps; s++) {
+            StepResult sr = train_step_seq2seq(&t, &b, tc->lr, s + 1);
+            loss = sr.loss;
+            if (s < o->warmup) continue;
+            fwd += sr.fwd_s;
+            bwd += sr.bwd_s;
+            opt_s += sr.opt_s;
+        }
+        double total = fwd + bwd + opt_s, tps = o->steps > 0 ? (double)B * (Te + Td) * o->steps / total : 0;
+        if (o->steps > 0) {
+            printf("train: %.2f ms/step, %.0f tok/s (encoder and decoder tokens), loss %.4f\n", 1e3 * total / o->steps,
+                   tps, loss);
+            if (o->profile)
+                printf("train phases: forward %.2f ms, backward %.2f ms, clip+optimizer %.2f ms per step\n",
+                       1e3 * fwd / o->steps, 1e3 * bwd / o->steps, 1e3 * opt_s / o->steps);
+        }
+        optim_free(&opt);
+        double gen = 0;
+        if (o->n_gen > 0) {
+            double pass[GEN_PASSES + 1];
+            EncDecGenOptions g = {o->n_gen, 1, 1.0f, 0.0f, 0, 1.0f, 1, 0, -1};   /* no eos: all n_gen tokens */
+            for (int rep = 0; rep <= GEN_PASSES; rep++) {
+                double t0 = time_now();
+                encdec_cache_encode(&m, &kv, ids, NULL, Te);
+                int made = encdec_generate(&m, &kv, &g, out);
+                pass[rep] = made / (time_now() - t0);
+            }
+            qsort(pass + 1, GEN_PASSES, sizeof(double), cmp_double);
+            gen = pass[1 + GEN_PASSES / 2];
+            printf("generate: batch 1, encoder %d tokens, %d new tokens, %.1f tok/s\n", Te, o->n_gen, gen);
+        }
+        double rss = peak_rss_mb();
+        printf("memory: peak RSS %.1f MB (training and generation)\n", rss);
+        printf("RESULT config=%s threads=%d train_tok_s=%.1f train_ms_step=%.3f gen_tok_s=%.2f rss_mb=%.1f params=%zu\n",
+               o->config, o->threads, tps, o->steps > 0 ? 1e3 * total / o->steps : 0.0, gen, rss, m.n_params);
+        fflush(stdout);
+    } else {
+        optim_free(&opt);
+    }
+    encdec_cache_free(&kv);
+    moelm_free(ids);
+    moelm_free(lab);
+    moelm_free(out);
+    model_free(&m);
+    return st;
+}
+
 moelm_status bench_run(const BenchOptions *o) {
     ModelConfig cfg;
     TrainConfig tc;
     moelm_status st = resolve_config(o, &cfg, &tc);
     if (st) return st;
     backend_set_threads(o->threads);
+    if (cfg.model_type == MODEL_SWITCH) return bench_run_switch(o, &cfg, &tc);
     int B = tc.batch_size, T = tc.seq_len, N = B * T, V = cfg.vocab_size;
 
     /* the machine's sgemm peak through the same gemm() and thread count: half the samples now, half

@@ -13,6 +13,7 @@
 #include "io/fileio.h"
 #include "io/json.h"
 #include "io/safetensors.h"
+#include "io/weights.h"
 
 static const char *const ckpt_files[] = {"model.safetensors", "optimizer.safetensors", "config.json",
                                          "state.json", "tokenizer.model"};
@@ -44,18 +45,29 @@ static moelm_status write_text(const char *dir, const char *name, const char *te
     return file_write_atomic(path, text, strlen(text));
 }
 
+/* The model's tensors as files hold them (model_file_tensors: per-expert slabs split into Hugging
+ * Face's per-expert tensors; the other names unchanged). */
 static moelm_status write_model(const char *path, const Model *m) {
-    StTensor *ts = moelm_calloc((size_t)m->n_tensors, sizeof(StTensor));
-    if (!ts) return MOELM_ERR_NOMEM;
-    for (int i = 0; i < m->n_tensors; i++) {
-        const TensorInfo *t = &m->tensors[i];
-        ts[i].name = t->name;
-        ts[i].data = m->params + t->offset;
-        ts[i].ndim = t->ndim;
-        for (int d = 0; d < t->ndim; d++) ts[i].shape[d] = t->shape[d];
+    int n = model_file_tensors(m, NULL, 0);
+    FileTensor *ft = moelm_calloc((size_t)(n ? n : 1), sizeof(FileTensor));
+    StTensor *ts = moelm_calloc((size_t)(n ? n : 1), sizeof(StTensor));
+    if (!ft || !ts) {
+        moelm_free(ft);
+        moelm_free(ts);
+        return MOELM_ERR_NOMEM;
     }
-    const char *meta[] = {"format", "moelm", "moelm_version", MOELM_VERSION, NULL};
-    moelm_status st = st_write(path, ts, m->n_tensors, meta);
+    model_file_tensors(m, ft, n);
+    for (int i = 0; i < n; i++) {
+        CHECK(ft[i].first == 0);   /* the whole model (dist_save_checkpoint gathers a sharded one) */
+        ts[i].name = ft[i].name;
+        ts[i].data = ft[i].data;
+        ts[i].ndim = ft[i].ndim;
+        for (int d = 0; d < ft[i].ndim; d++) ts[i].shape[d] = ft[i].shape[d];
+    }
+    /* HF's loader wants format "pt"; moelm's version beside it */
+    const char *meta[] = {"format", "pt", "moelm_version", MOELM_VERSION, NULL};
+    moelm_status st = st_write(path, ts, n, meta);
+    moelm_free(ft);
     moelm_free(ts);
     return st;
 }
@@ -197,7 +209,9 @@ moelm_status ckpt_resolve(const char *path, char *out, size_t cap) {
     char buf[4096];
     if (!path_exists(path)) return moelm_fail(MOELM_ERR_IO, "%s: no such checkpoint or run directory", path);
     snprintf(buf, sizeof buf, "%s/model.safetensors", path);
-    if (path_exists(buf)) {
+    int here = path_exists(buf);
+    snprintf(buf, sizeof buf, "%s/model.safetensors.index.json", path);   /* a sharded Hugging Face directory */
+    if (here || path_exists(buf)) {
         snprintf(out, cap, "%s", path);
         return MOELM_OK;
     }
@@ -283,22 +297,11 @@ moelm_status ckpt_read_state(const char *dir, TrainState *s) {
 }
 
 moelm_status ckpt_load_model(const char *dir, Model *m) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    SafeTensors *sf = NULL;
-    moelm_status st = st_open(&sf, path);
-    if (st) return st;
-    if (st_count(sf) != m->n_tensors)
-        st = moelm_fail(MOELM_ERR_FORMAT, "%s: %d tensors, the config needs %d", path, st_count(sf), m->n_tensors);
-    for (int i = 0; !st && i < m->n_tensors; i++) {
-        /* the file holds the whole tensor; a sharded model reads its rows of it */
-        const TensorInfo *t = &m->tensors[i];
-        int64_t shape[4];
-        memcpy(shape, t->shape, sizeof shape);
-        if (t->ndim) shape[0] = t->full_dim0;
-        st = st_read_f32_part(sf, t->name, m->params + t->offset, t->ndim, shape, tensor_held_first(t), t->size);
-    }
-    st_close(sf);
+    /* every file tensor by name; a sharded model reads its rows of the whole tensors */
+    WeightSet *ws = NULL;
+    moelm_status st = ws_open(&ws, dir);
+    if (!st) st = model_read_weights(m, ws, dir);
+    ws_close(ws);
     return st;
 }
 

@@ -1,6 +1,7 @@
 /* dist.c: data- and expert-parallel training (see dist.h). Every function that communicates is a
  * collective over the groups of src/backend/comm.h; with one rank they do nothing. */
 #include "train/dist.h"
+#include "model/encdec.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,20 +73,25 @@ moelm_status dist_check(const ModelConfig *cfg, int batch_size) {
     return MOELM_OK;
 }
 
-void dist_take_rows(int *inputs, int *targets, int B, int T) {
+void dist_take_rows(int *inputs, int *targets, int B, int T) { dist_take_rows2(inputs, T, targets, T, B); }
+
+void dist_take_rows2(int *a, int Ta, int *b, int Tb, int B) {
     int W = comm_size(COMM_WORLD), r = comm_rank(COMM_WORLD);
     if (W == 1) return;
-    size_t n = (size_t)(B / W) * T, off = (size_t)r * n;
-    memmove(inputs, inputs + off, n * sizeof(int));
-    memmove(targets, targets + off, n * sizeof(int));
+    size_t na = (size_t)(B / W) * Ta, nb = (size_t)(B / W) * Tb;
+    memmove(a, a + (size_t)r * na, na * sizeof(int));
+    if (b) memmove(b, b + (size_t)r * nb, nb * sizeof(int));
 }
 
 float dist_loss(Model *m) {
     if (comm_size(COMM_WORLD) == 1) return m->loss;
-    int N = m->B * m->T;
+    /* the lm's targets and losses, or the encoder-decoder's labels and losses */
+    int N = m->ed ? m->ed->B * m->ed->Td : m->B * m->T;
+    const int *tg = m->ed ? m->ed->labels : m->a.targets;
+    const float *ls = m->ed ? m->ed->losses : m->a.losses;
     double s[2] = {0.0, 0.0};   /* sum of losses, valid targets */
     for (int i = 0; i < N; i++)
-        if (m->a.targets[i] >= 0) { s[0] += m->a.losses[i]; s[1] += 1.0; }
+        if (tg[i] >= 0) { s[0] += ls[i]; s[1] += 1.0; }
     comm_allreduce_f64(COMM_WORLD, s, 2);
     m->n_valid = (int)s[1];
     m->loss = s[1] > 0 ? (float)(s[0] / s[1]) : 0.0f;

@@ -39,8 +39,11 @@ moelm_status dist_check(const ModelConfig *cfg, int batch_size);
 
 /* Moves this rank's windows (B/W of the B windows of T tokens) to the front of inputs and targets. */
 void dist_take_rows(int *inputs, int *targets, int B, int T);
+/* The same for two arrays of B rows of different lengths (an encoder-decoder's inputs and labels; b may
+ * be NULL: one array). */
+void dist_take_rows2(int *a, int Ta, int *b, int Tb, int B);
 
-/* After model_forward: the mean cross-entropy over the global batch's valid targets. Sets m->loss
+/* After model_forward (or encdec_forward): the mean cross-entropy over the global batch's valid targets. Sets m->loss
  * and m->n_valid to the global values, so that model_backward scales by the global count. */
 float dist_loss(Model *m);
 

@@ -5,35 +5,186 @@
 #include "backend/gemm.h"
 #include "data/corpus.h"
 #include "io/fileio.h"
+#include "data/span.h"
+#include "model/encdec.h"
 #include "train/checkpoint.h"
 #include "train/train.h"
 
-/* Opens a checkpoint: its config, a model for B x T with its weights, its tokenizer. */
-static moelm_status open_ckpt(const char *path, int B, int T, Model *m, Tokenizer **tok, TrainState *state, char *dir, size_t cap) {
+/* Opens a model directory: a moelm checkpoint (CHECKSUMS verified, state.json read; *has_state 1) or a
+ * Hugging Face directory (config.json and its weights; *has_state 0, state zeroed); a model for B x T
+ * (an encoder-decoder: B x T encoder and B x Td decoder tokens) with its weights; its tokenizer,
+ * tokenizer.model or HF's spiece.model, with T5's 100 sentinels for an encoder-decoder (*tok NULL when
+ * the directory has none: the caller says whether it needs one). */
+static moelm_status open_model(const char *path, int B, int T, int Td, Model *m, Tokenizer **tok, TrainState *state,
+                               int *has_state, char *dir, size_t cap) {
     ModelConfig cfg;
+    char p[4096];
+    *tok = NULL;
+    memset(state, 0, sizeof *state);
     moelm_status st = ckpt_resolve(path, dir, cap);
-    if (!st) st = ckpt_read_config(dir, &cfg);
-    if (!st) st = ckpt_read_state(dir, state);
     if (st) return st;
-    if (T <= 0) T = state->seq_len;
-    if (T > cfg.n_positions) T = cfg.n_positions;
-    st = model_create(m, &cfg, B, T, 0);
+    snprintf(p, sizeof p, "%s/CHECKSUMS", dir);
+    *has_state = path_exists(p);
+    if (*has_state) {
+        st = ckpt_read_config(dir, &cfg);
+        if (!st) st = ckpt_read_state(dir, state);
+    } else {
+        snprintf(p, sizeof p, "%s/config.json", dir);
+        st = config_load(&cfg, p);
+        if (!st && cfg.note[0]) fprintf(stderr, "note: %s: %s\n", p, cfg.note);
+    }
+    if (st) return st;
+    if (T <= 0) T = state->seq_len > 0 ? state->seq_len : cfg.n_positions;
+    if (T > cfg.n_positions && cfg.model_type != MODEL_SWITCH) T = cfg.n_positions;
+    st = cfg.model_type == MODEL_SWITCH ? model_create_encdec(m, &cfg, B, T, Td > 0 ? Td : 1, 0, 0, 1)
+                                        : model_create(m, &cfg, B, T, 0);
     if (st) return st;
     st = ckpt_load_model(dir, m);
-    char tp[4096];
-    snprintf(tp, sizeof tp, "%s/tokenizer.model", dir);
-    if (!st) st = tokenizer_load(tok, tp);
-    if (st) model_free(m);
+    snprintf(p, sizeof p, "%s/tokenizer.model", dir);
+    if (!path_exists(p)) snprintf(p, sizeof p, "%s/spiece.model", dir);
+    if (!st && path_exists(p)) {
+        st = tokenizer_load(tok, p);
+        if (!st && cfg.model_type == MODEL_SWITCH) st = tokenizer_add_sentinels(*tok, 100);
+        if (!st && cfg.model_type == MODEL_SWITCH && tokenizer_vocab_size(*tok) > cfg.vocab_size)
+            st = moelm_fail(MOELM_ERR_FORMAT, "%s: %d pieces with T5's 100 sentinels, more than the model's vocab_size %d",
+                            p, tokenizer_vocab_size(*tok), cfg.vocab_size);
+        if (st) moelm_fail_context(st, "%s", p);
+    }
+    if (st) {
+        tokenizer_free(*tok);
+        *tok = NULL;
+        model_free(m);
+    }
+    return st;
+}
+
+/* The tokenizer eval and generate need: an error naming the directory when it has none. */
+static moelm_status need_tokenizer(const Tokenizer *tok, const char *dir) {
+    return tok ? MOELM_OK : moelm_fail(MOELM_ERR_IO, "%s has no tokenizer (tokenizer.model or spiece.model): eval and "
+                                                     "generate need one (moelm forward takes ids and needs none)", dir);
+}
+
+/* Opens a checkpoint as eval, generate and info always have: a tokenizer required. */
+static moelm_status open_ckpt(const char *path, int B, int T, Model *m, Tokenizer **tok, TrainState *state, char *dir, size_t cap) {
+    int has_state;
+    moelm_status st = open_model(path, B, T, 0, m, tok, state, &has_state, dir, cap);
+    if (!st && (st = need_tokenizer(*tok, dir)) != MOELM_OK) model_free(m);
+    return st;
+}
+
+/* The model type and the training sequence length a directory holds (its config and state), without
+ * loading the weights: an encoder-decoder's shapes depend on them. */
+static moelm_status peek_model(const char *path, ModelType *type, int *seq_len) {
+    char dir[4096], p[4096];
+    ModelConfig cfg;
+    TrainState state;
+    memset(&state, 0, sizeof state);
+    moelm_status st = ckpt_resolve(path, dir, sizeof dir);
+    snprintf(p, sizeof p, "%s/state.json", dir);
+    if (!st && path_exists(p)) st = ckpt_read_state(dir, &state);
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    if (!st) st = config_load(&cfg, p);
+    if (st) return st;
+    *type = cfg.model_type;
+    *seq_len = state.seq_len;
+    return MOELM_OK;
+}
+
+/* moelm eval of an encoder-decoder: the text's windows span-corrupted with fixed noise (T5's), the mean
+ * cross-entropy of the labels (the span-corruption loss) and its exp (the target perplexity). */
+static moelm_status eval_span_run(const char *ckpt, const char *data, int B, int T) {
+    SpanLengths len = span_lengths(T, 0.15f, 3.0f);
+    size_t dn = data ? strlen(data) : 0;
+    int tsv = dn > 4 && !strcmp(data + dn - 4, ".tsv");
+    if (tsv) len = (SpanLengths){0, T, T, 0};   /* pairs: each side up to T tokens */
+    Model m;
+    Tokenizer *tok = NULL;
+    TrainState state;
+    char dir[4096], name[4096];
+    int has_state;
+    moelm_status st = open_model(ckpt, B, len.inputs, len.targets, &m, &tok, &state, &has_state, dir, sizeof dir);
+    if (st) return st;
+    st = need_tokenizer(tok, dir);
+    Corpus c;
+    memset(&c, 0, sizeof c);
+    char *text = NULL;
+    size_t n_text = 0;
+    if (!st && (!data || path_is_dir(data) || !strcmp(data, "builtin"))) {
+        const char *spec = data ? data : has_state ? state.data : "builtin";
+        st = corpus_load(&c, strcmp(spec, "builtin") ? spec : NULL);
+        if (!st) {
+            text = c.text[CORPUS_TEST];
+            n_text = c.len[CORPUS_TEST];
+            snprintf(name, sizeof name, "%s", c.name[CORPUS_TEST]);
+        }
+    } else if (!st) {
+        st = corpus_read_file(data, &text, &n_text);
+        snprintf(name, sizeof name, "%s", data);
+    }
+    int *ids = NULL;
+    size_t n = 0;
+    if (!st) st = tokenizer_encode(tok, text, n_text, &ids, &n);
+    if (!st && tsv) {
+        /* input<TAB>target pairs: the labels' loss and perplexity, every pair once */
+        Seq2SeqData d;
+        memset(&d, 0, sizeof d);
+        st = seq2seq_load_text(&d, text, n_text, name, tok, len.inputs, len.inputs, m.cfg.sw.pad_token_id, 1);
+        EvalResult r;
+        if (!st && (st = evaluate_pairs(&m, &d, 0, &r)) == MOELM_OK) {
+            double loss = r.tokens > 0 ? r.nll / r.tokens : 0;
+            printf("%s: %d input<TAB>target pairs (each side up to %d tokens), %.0f target tokens\n", name, d.n,
+                   len.inputs, r.tokens);
+            printf("target loss %.4f, target perplexity %.3f\n", loss, exp(loss));
+            print_moe_stats(&r, stdout);
+        }
+        if (d.idx) seq2seq_free(&d);
+        n = 0;
+        moelm_free(ids);
+        ids = NULL;
+        goto done;
+    }
+    if (!st && n < (size_t)len.raw)
+        st = moelm_fail(MOELM_ERR_DATA, "%s: %zu tokens, fewer than one window of %d", name, n, len.raw);
+    if (!st && tokenizer_eos_id(tok) < 0) st = moelm_fail(MOELM_ERR_CONFIG, "%s: the tokenizer has no end-of-sequence id", dir);
+    if (!st) {
+        m.cfg.sw.eos_token_id = tokenizer_eos_id(tok);
+        EvalResult r;
+        double t0 = time_now();
+        st = evaluate_span(&m, ids, n, len, 0, &r);
+        if (!st) {
+            double loss = r.tokens > 0 ? r.nll / r.tokens : 0;
+            printf("%s: %zu windows of %d tokens, span-corrupted (density 0.15, mean span 3): encoder %d, decoder %d "
+                   "tokens; %.0f target tokens\n", name, n / (size_t)len.raw, len.raw, len.inputs, len.targets, r.tokens);
+            printf("span-corruption loss %.4f, target perplexity %.3f\n", loss, exp(loss));
+            printf("eval time %.1f s\n", time_now() - t0);
+            print_moe_stats(&r, stdout);
+        }
+    }
+done:
+    moelm_free(ids);
+    if (c.text[0]) corpus_free(&c);
+    else moelm_free(text);
+    tokenizer_free(tok);
+    model_free(&m);
     return st;
 }
 
 moelm_status eval_run(const char *ckpt, const char *data, int B, int T, int stride, int threads) {
     backend_set_threads(threads);
+    ModelType type;
+    int seq_len;
+    moelm_status st = peek_model(ckpt, &type, &seq_len);
+    if (st) return st;
+    if (type == MODEL_SWITCH) {
+        if (stride > 0) return moelm_fail(MOELM_ERR_ARG, "--stride is for decoder-only models (an encoder-decoder is "
+                                                         "evaluated on span-corrupted windows)");
+        return eval_span_run(ckpt, data, B, T > 0 ? T : seq_len > 0 ? seq_len : 64);
+    }
     Model m;
     Tokenizer *tok = NULL;
     TrainState state;
     char dir[4096];
-    moelm_status st = open_ckpt(ckpt, B, T, &m, &tok, &state, dir, sizeof dir);
+    st = open_ckpt(ckpt, B, T, &m, &tok, &state, dir, sizeof dir);
     if (st) return st;
     char *text = NULL;
     size_t len = 0;
@@ -93,8 +244,84 @@ moelm_status eval_run(const char *ckpt, const char *data, int B, int T, int stri
     return st;
 }
 
+/* moelm generate with an encoder-decoder: the prompt (the tokenizer's line: EOS last, as T5Tokenizer
+ * ends it) through the encoder once, then the decoder from decoder_start_token_id, greedy, sampling
+ * or beam search, until EOS or n tokens; the decoded target on stdout. */
+static moelm_status generate_encdec_run(const GenerateOptions *o) {
+    Model m;
+    Tokenizer *tok = NULL;
+    TrainState state;
+    char dir[4096];
+    int has_state, *ids = NULL, *out = NULL;
+    size_t n = 0;
+    if (o->beams > ENCDEC_MAX_BEAMS || (o->beams > 1 && o->n > ENCDEC_MAX_NEW))
+        return moelm_fail(MOELM_ERR_ARG, "beam search takes at most %d beams and -n %d", ENCDEC_MAX_BEAMS, ENCDEC_MAX_NEW);
+    /* a first pass for the tokenizer only would load the weights twice: the prompt's length decides
+     * the encoder's, so the model is opened at its largest input (n_positions), used in part */
+    ModelType type;
+    int seq_len;
+    moelm_status st = peek_model(o->ckpt, &type, &seq_len);
+    ModelConfig pc;
+    char cp[4096], d0[4096];
+    if (!st) st = ckpt_resolve(o->ckpt, d0, sizeof d0);
+    snprintf(cp, sizeof cp, "%s/config.json", d0);
+    if (!st) st = config_load(&pc, cp);
+    if (st) return st;
+    st = open_model(o->ckpt, 1, pc.n_positions, 1, &m, &tok, &state, &has_state, dir, sizeof dir);
+    if (st) return st;
+    st = need_tokenizer(tok, dir);
+    if (!st) st = tokenizer_encode(tok, o->prompt, strlen(o->prompt), &ids, &n);
+    int eos = tok ? tokenizer_eos_id(tok) : -1;
+    if (!st && n == 0) {   /* an empty prompt: the encoder reads EOS alone */
+        ids[0] = eos >= 0 ? eos : 0;
+        n = 1;
+    }
+    if (!st && (int)n > pc.n_positions)
+        st = moelm_fail(MOELM_ERR_ARG, "prompt of %zu tokens is longer than n_positions %d", n, pc.n_positions);
+    int beams = o->beams > 1 ? o->beams : 1;
+    EncDecCache kv;
+    memset(&kv, 0, sizeof kv);
+    if (!st) st = encdec_cache_create(&kv, &m, beams, o->n + 1, (int)n);
+    out = st ? NULL : moelm_malloc(sizeof(int) * (size_t)(o->n + 1));
+    if (!st && !out) st = MOELM_ERR_NOMEM;
+    if (!st) {
+        int start = m.cfg.sw.decoder_start_token_id >= 0 ? m.cfg.sw.decoder_start_token_id : m.cfg.sw.pad_token_id;
+        EncDecGenOptions g = {o->n, beams, o->length_penalty, o->temp, o->top_k, o->top_p, o->seed, start,
+                              eos >= 0 ? eos : m.cfg.sw.eos_token_id};
+        rng_seed(&m.rng, o->seed ^ 0x5bd1e995u);
+        double t0 = time_now();
+        encdec_cache_encode(&m, &kv, ids, NULL, (int)n);
+        int made = encdec_generate(&m, &kv, &g, out);
+        double dt = time_now() - t0;
+        char *text = NULL;
+        st = tokenizer_decode(tok, out, (size_t)made, &text);
+        if (!st) {
+            printf("%s\n", text);
+            fflush(stdout);
+            moelm_free(text);
+            fprintf(stderr, "generated %d tokens in %.2f s (%.1f tok/s, %s)\n", made, dt, dt > 0 ? made / dt : 0.0,
+                    beams > 1 ? "beam search" : o->temp > 0 ? "sampling" : "greedy");
+        }
+    }
+    encdec_cache_free(&kv);
+    moelm_free(out);
+    moelm_free(ids);
+    tokenizer_free(tok);
+    model_free(&m);
+    return st;
+}
+
 moelm_status generate_run(const GenerateOptions *o) {
     backend_set_threads(o->threads);
+    ModelType type;
+    int seq_len;
+    moelm_status pst = peek_model(o->ckpt, &type, &seq_len);
+    if (pst) return pst;
+    if (type == MODEL_SWITCH) {
+        if (o->bf16) return moelm_fail(MOELM_ERR_ARG, "--bf16 is not yet supported for switch_transformers");
+        return generate_encdec_run(o);
+    }
+    if (o->beams > 1) return moelm_fail(MOELM_ERR_ARG, "--beams is for encoder-decoder models (switch_transformers)");
     Model m;
     Tokenizer *tok = NULL;
     TrainState state;

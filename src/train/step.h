@@ -13,6 +13,7 @@
 #define MOELM_TRAIN_STEP_H
 
 #include "model/config.h"
+#include "model/encdec.h"
 #include "model/model.h"
 #include "optim/optim.h"
 
@@ -38,5 +39,8 @@ typedef struct {
  * dist_take_rows, before calling) at learning rate lr; step is the step's 1-based number (the test
  * hooks' clock, src/train/hooks.h). A collective under mpirun: every rank calls it. */
 StepResult train_step(Trainer *t, const int *inputs, const int *targets, float lr, long step);
+
+/* The same step for an encoder-decoder (switch_transformers) on a batch of this rank's rows. */
+StepResult train_step_seq2seq(Trainer *t, const Seq2SeqBatch *b, float lr, long step);
 
 #endif

@@ -10,9 +10,11 @@
 #include "backend/gemm.h"
 #include "data/corpus.h"
 #include "data/dataloader.h"
+#include "data/span.h"
 #include "data/tokens.h"
 #include "io/fileio.h"
 #include "io/json.h"
+#include "model/encdec.h"
 #include "optim/optim.h"
 #include "report/progress.h"
 #include "report/routing.h"
@@ -49,6 +51,13 @@ void print_model_summary(const Model *m, FILE *f) {
     fmt_count(t, sizeof t, total);
     fmt_count(a, sizeof a, active);
     fmt_count(pe, sizeof pe, per_expert);
+    if (c->model_type == MODEL_SWITCH)
+        fprintf(f, "model: switch_transformers (encoder-decoder), vocab %d, d_model %d, %d encoder + %d decoder blocks, "
+                   "%d heads of %d, d_ff %d, %s, sparse blocks every %d / %d, %s head\n",
+                c->vocab_size, c->d_model, c->num_layers, c->sw.num_decoder_layers, c->num_heads, c->sw.d_kv, c->d_ff,
+                c->hidden_act == ACT_RELU ? "relu" : c->hidden_act == ACT_GELU ? "gelu" : "gelu_new",
+                config_switch_sparse_step(c, 0), config_switch_sparse_step(c, 1), c->tie_word_embeddings ? "tied" : "untied");
+    else
     fprintf(f, "model: %s, vocab %d, d_model %d, %d layers, %d heads, d_ff %d, %s, %s%s\n",
             c->model_type == MODEL_SEED ? "seed" : "lm", c->vocab_size, c->d_model, c->num_layers, c->num_heads,
             c->d_ff, c->norm_type == NORM_RMS ? "rmsnorm" : "layernorm",
@@ -57,6 +66,14 @@ void print_model_summary(const Model *m, FILE *f) {
     int n_moe = config_num_moe_layers(c);
     if (n_moe) {
         const MoEConfig *mc = &m->moe_cfg;
+        if (c->model_type == MODEL_SWITCH) {
+            char cap[64];
+            if (c->expert_capacity > 0) snprintf(cap, sizeof cap, "expert_capacity %d", c->expert_capacity);
+            else snprintf(cap, sizeof cap, "capacity factor %g train / %g eval", c->capacity_factor, c->eval_capacity_factor);
+            fprintf(f, "moe: %d sparse block(s), %d experts (d_ff %d), top-1, %s a sequence, aux %g, z %g (%s), jitter %g\n",
+                    n_moe, mc->E, mc->H, cap, c->router_aux_loss_coef, c->router_z_loss_coef,
+                    c->sw.hf_router_losses ? "HF v4's losses" : "losses on every sparse stack", mc->jitter);
+        } else
         fprintf(f, "moe: %d sparse layer(s), %d experts (d_ff %d), router %s, k %d, capacity factor %g train / %g eval, "
                    "aux %g, z %g, jitter %g%s%s\n",
                 n_moe, mc->E, mc->H, router_name(mc->router), mc->K, mc->capacity_factor_train, mc->capacity_factor_eval,
@@ -82,8 +99,10 @@ void print_moe_stats(const EvalResult *r, FILE *f) {
     for (int l = 0; l < r->n_moe; l++) {
         const MoEStats *s = &r->stats[l];
         double kept = s->slots - s->dropped;
-        fprintf(f, "  moe layer %d: dropped %.2f%%, entropy %.3f, top-1 prob %.3f, dead %d/%d, aux %.4f, z %.4f, load",
-                l, s->slots > 0 ? 100.0 * s->dropped / s->slots : 0.0, s->tokens > 0 ? s->entropy_sum / s->tokens : 0.0,
+        if (r->stack[l] >= 0) fprintf(f, "  %s block %d: dropped", r->stack[l] ? "decoder" : "encoder", r->block[l]);
+        else fprintf(f, "  moe layer %d: dropped", l);
+        fprintf(f, " %.2f%%, entropy %.3f, top-1 prob %.3f, dead %d/%d, aux %.4f, z %.4f, load",
+                s->slots > 0 ? 100.0 * s->dropped / s->slots : 0.0, s->tokens > 0 ? s->entropy_sum / s->tokens : 0.0,
                 s->tokens > 0 ? s->top1_sum / s->tokens : 0.0, moe_stats_dead(s), s->E,
                 s->batches ? s->aux_sum / s->batches : 0.0, s->batches ? s->z_sum / s->batches : 0.0);
         for (int e = 0; e < s->E && e < 256; e++) fprintf(f, " %.3f", kept > 0 ? s->load[e] / kept : 0.0);
@@ -92,6 +111,88 @@ void print_moe_stats(const EvalResult *r, FILE *f) {
 }
 
 /* ---- evaluation -------------------------------------------------------------------------------- */
+
+/* The statistics of every MoE layer, reset, and which block (and stack) each is. */
+static void eval_layers_begin(const Model *m, EvalResult *r, MoELayer *ml) {
+    r->n_moe = model_moe_layers(m, ml, CONFIG_MAX_MOE_LAYERS);
+    for (int l = 0; l < r->n_moe; l++) {
+        moe_stats_reset(&r->stats[l], ml[l].cfg->E);
+        r->block[l] = ml[l].block;
+        r->stack[l] = m->ed ? ml[l].stack : -1;
+    }
+}
+
+moelm_status evaluate_span(Model *m, const int *ids, size_t n, SpanLengths len, size_t max_batches, EvalResult *r) {
+    memset(r, 0, sizeof *r);
+    const EncDec *ed = m->ed;
+    int Bl = ed->Bmax, Bg = Bl * dist_world(), Te = len.inputs, Td = len.targets, L = len.raw;
+    size_t nb = span_eval_batches(n, len, Bg);
+    if (max_batches && nb > max_batches) nb = max_batches;
+    const ModelConfig *c = &m->cfg;
+    int *inp = moelm_malloc(sizeof(int) * (size_t)Bg * Te), *lab = moelm_malloc(sizeof(int) * (size_t)Bg * Td);
+    int *tok = moelm_malloc(sizeof(int) * (size_t)L * 4);
+    uint8_t *mask = moelm_malloc((size_t)L);
+    moelm_status st = inp && lab && tok && mask ? MOELM_OK : MOELM_ERR_NOMEM;
+    MoELayer ml[CONFIG_MAX_MOE_LAYERS];
+    eval_layers_begin(m, r, ml);
+    int sent0 = c->vocab_size - 1, eos = c->sw.eos_token_id;
+    dist_eval_begin();
+    for (size_t b = 0; b < nb && !st; b++) {
+        /* the same noise every time: the split's fixed corruption (seed 0) */
+        int rows = span_eval_batch(ids, n, len, 0.15f, 3.0f, Bg, b, 0, sent0, 100, eos, inp, lab, tok, mask, tok + L);
+        /* a short last batch: the missing rows score nothing (labels -100), each rank still takes its rows */
+        for (int i = rows * Te; i < Bg * Te; i++) inp[i] = 0;
+        for (int i = rows * Td; i < Bg * Td; i++) lab[i] = -100;
+        dist_take_rows2(inp, Te, lab, Td, Bg);
+        Seq2SeqBatch bt = {Bl, Te, Td, inp, NULL, NULL, lab};
+        encdec_forward(m, &bt, 0);
+        for (int i = 0; i < Bl * Td; i++)
+            if (ed->labels[i] >= 0) r->nll += ed->losses[i];
+        r->tokens += m->n_valid;
+        for (int l = 0; l < r->n_moe; l++) moe_stats_add(&r->stats[l], ml[l].a, ml[l].cfg);
+    }
+    dist_eval_end();
+    dist_reduce_eval(r);
+    moelm_free(inp);
+    moelm_free(lab);
+    moelm_free(tok);
+    moelm_free(mask);
+    return st;
+}
+
+moelm_status evaluate_pairs(Model *m, const Seq2SeqData *d, size_t max_batches, EvalResult *r) {
+    memset(r, 0, sizeof *r);
+    const EncDec *ed = m->ed;
+    int Bl = ed->Bmax, Bg = Bl * dist_world(), Te = d->Te, Td = d->Td;
+    size_t nb = seq2seq_eval_batches(d, Bg);
+    if (max_batches && nb > max_batches) nb = max_batches;
+    int *inp = moelm_malloc(sizeof(int) * (size_t)Bg * Te), *msk = moelm_malloc(sizeof(int) * (size_t)Bg * Te);
+    int *lab = moelm_malloc(sizeof(int) * (size_t)Bg * Td);
+    moelm_status st = inp && msk && lab ? MOELM_OK : MOELM_ERR_NOMEM;
+    MoELayer ml[CONFIG_MAX_MOE_LAYERS];
+    eval_layers_begin(m, r, ml);
+    dist_eval_begin();
+    for (size_t b = 0; b < nb && !st; b++) {
+        int rows = seq2seq_eval_batch(d, Bg, b, inp, msk, lab);
+        /* a short last batch: the missing rows are padding and score nothing */
+        for (int i = rows * Te; i < Bg * Te; i++) inp[i] = d->pad, msk[i] = 0;
+        for (int i = rows * Td; i < Bg * Td; i++) lab[i] = -100;
+        dist_take_rows(inp, msk, Bg, Te);
+        dist_take_rows2(lab, Td, NULL, 0, Bg);
+        Seq2SeqBatch bt = {Bl, Te, Td, inp, msk, NULL, lab};
+        encdec_forward(m, &bt, 0);
+        for (int i = 0; i < Bl * Td; i++)
+            if (ed->labels[i] >= 0) r->nll += ed->losses[i];
+        r->tokens += m->n_valid;
+        for (int l = 0; l < r->n_moe; l++) moe_stats_add(&r->stats[l], ml[l].a, ml[l].cfg);
+    }
+    dist_eval_end();
+    dist_reduce_eval(r);
+    moelm_free(inp);
+    moelm_free(msk);
+    moelm_free(lab);
+    return st;
+}
 
 moelm_status evaluate(Model *m, const int *ids, size_t n, size_t max_batches, int stride, EvalResult *r) {
     return evaluate_routed(m, ids, n, max_batches, stride, r, NULL);
@@ -113,8 +214,7 @@ moelm_status evaluate_routed(Model *m, const int *ids, size_t n, size_t max_batc
         return MOELM_ERR_NOMEM;
     }
     MoELayer ml[CONFIG_MAX_MOE_LAYERS];
-    r->n_moe = model_moe_layers(m, ml, CONFIG_MAX_MOE_LAYERS);
-    for (int l = 0; l < r->n_moe; l++) moe_stats_reset(&r->stats[l], m->moe_cfg.E);
+    eval_layers_begin(m, r, ml);
     dist_eval_begin();
     for (size_t b = 0; b < nb; b++) {
         eval_batch(ids, n, Bg, T, S, b, inp, tgt);
@@ -201,6 +301,16 @@ typedef struct {
     Optimizer opt;
     DataLoader dl;
     Trainer trainer;            /* train_step's state over model, opt, tc */
+    /* switch_transformers: span-corrupted windows of the stream instead of the lm's windows */
+    int s2s;                    /* the model is an encoder-decoder */
+    SpanLoader span;
+    int span_ok;
+    SpanLengths len;            /* a window's raw length, the encoder's Te and the decoder's Td */
+    int *lab;                   /* [B*Td] the step's labels (inp holds [B*Te] encoder ids) */
+    int pairs;                  /* input<TAB>target pairs (--data FILE.tsv) instead of span corruption */
+    Seq2SeqData pd[2];          /* the train and valid splits' pairs */
+    int pd_ok[2];
+    int *msk;                   /* [B*Te] the step's encoder attention mask (pairs) */
     EvalResult ev;              /* the last evaluation's */
     int *inp, *tgt;             /* [B*T] the step's batch */
     FILE *metrics;              /* metrics.jsonl (rank 0; /dev/null on the other ranks) */
@@ -224,6 +334,10 @@ static void run_free(Run *r) {
     if (r->model_ok) model_free(&r->model);
     if (r->opt_ok) optim_free(&r->opt);
     if (r->dl_ok) dataloader_free(&r->dl);
+    if (r->span_ok) span_loader_free(&r->span);
+    for (int i = 0; i < 2; i++) if (r->pd_ok[i]) seq2seq_free(&r->pd[i]);
+    moelm_free(r->msk);
+    moelm_free(r->lab);
     moelm_free(r->inp);
     moelm_free(r->tgt);
 }
@@ -468,17 +582,25 @@ static moelm_status run_claim_dir(Run *r) {
 static moelm_status run_load_data(Run *r) {
     TrainState *s = &r->state;
     moelm_status st = corpus_load(&r->corpus, strcmp(s->data, "builtin") ? s->data : NULL);
+    r->s2s = r->cfg.model_type == MODEL_SWITCH;
+    size_t dl_ = strlen(s->data);
+    r->pairs = r->s2s && dl_ > 4 && !strcmp(s->data + dl_ - 4, ".tsv");
+    char tp[4096] = "";
     if (!st && r->o->resume) {
-        char tp[4096];
         snprintf(tp, sizeof tp, "%s/tokenizer.model", r->ckdir);
         st = tokenizer_load(&r->tok, tp);
-        if (!st && tokenizer_hash(r->tok) != s->tokenizer_hash)
-            st = moelm_fail(MOELM_ERR_FORMAT, "%s: tokenizer hash differs from state.json", tp);
     } else if (!st) {
         st = make_tokenizer(&r->tok, r->tc.tokenizer, &r->corpus);
     }
+    /* an encoder-decoder's vocabulary ends with T5's 100 sentinels (Hugging Face's T5Tokenizer's) */
+    if (!st && r->s2s) st = tokenizer_add_sentinels(r->tok, 100);
+    if (!st && r->s2s && tokenizer_eos_id(r->tok) < 0)
+        st = moelm_fail(MOELM_ERR_CONFIG, "switch_transformers needs a tokenizer with an end-of-sequence id (word, "
+                        "unigram or bpe; not char)");
+    if (!st && r->o->resume && tokenizer_hash(r->tok) != s->tokenizer_hash)
+        st = moelm_fail(MOELM_ERR_FORMAT, "%s: tokenizer hash differs from state.json", tp);
     dist_serial_begin();   /* rank 0 writes the token cache first, the others then read it */
-    for (int i = 0; !st && i < 2; i++) st = split_ids(&r->ids[i], &r->n[i], &r->corpus, i, r->tok, r->dir);
+    for (int i = 0; !st && i < 2 && !r->pairs; i++) st = split_ids(&r->ids[i], &r->n[i], &r->corpus, i, r->tok, r->dir);
     dist_serial_end();
     if (st) return st;
     r->words[CORPUS_VALID] = text_count_words(r->corpus.text[CORPUS_VALID], r->corpus.len[CORPUS_VALID]);
@@ -487,11 +609,34 @@ static moelm_status run_load_data(Run *r) {
     if (r->cfg.vocab_size != V)
         return moelm_fail(MOELM_ERR_CONFIG, "vocab_size %d in the config, but the tokenizer has %d", r->cfg.vocab_size, V);
     s->tokenizer_hash = tokenizer_hash(r->tok);
+    if (r->s2s) {
+        /* T5's token ids: eos the tokenizer's; the pad (and the decoder's start) 0 unless the config says */
+        r->cfg.sw.eos_token_id = tokenizer_eos_id(r->tok);
+        if (r->cfg.sw.decoder_start_token_id < 0) r->cfg.sw.decoder_start_token_id = r->cfg.sw.pad_token_id;
+        if (r->pairs) {   /* input<TAB>target lines, each side up to seq_len tokens (EOS last) */
+            for (int i = 0; i < 2 && !st; i++) {
+                st = seq2seq_load_text(&r->pd[i], r->corpus.text[i], r->corpus.len[i], r->corpus.name[i], r->tok,
+                                       r->tc.seq_len, r->tc.seq_len, r->cfg.sw.pad_token_id, s->seed);
+                r->pd_ok[i] = st == MOELM_OK;
+            }
+            r->len = (SpanLengths){0, r->tc.seq_len, r->tc.seq_len, 0};
+            return st;
+        }
+        r->len = span_lengths(r->tc.seq_len, 0.15f, 3.0f);
+        if (r->n[CORPUS_TRAIN] < (size_t)r->len.raw)
+            return moelm_fail(MOELM_ERR_DATA, "%s: %zu tokens, too few for one window of %d", r->corpus.name[0], r->n[0],
+                              r->len.raw);
+        return MOELM_OK;
+    }
     if (r->n[CORPUS_TRAIN] < (size_t)r->tc.seq_len + 1)
         return moelm_fail(MOELM_ERR_DATA, "%s: %zu tokens, too few for one window of %d", r->corpus.name[0], r->n[0],
                           r->tc.seq_len + 1);
     return MOELM_OK;
 }
+
+/* The loader whose (epoch, pos) is the run's data position: the lm's windows, the span windows, or the
+ * pairs. */
+static DataLoader *run_loader(Run *r) { return r->pairs ? &r->pd[0].dl : r->s2s ? &r->span.dl : &r->dl; }
 
 /* The model (this rank's shard of the experts), the optimizer, the data order and the batch; on
  * resume the checkpoint's weights, moments, data position, RNG and fixed dropout. */
@@ -501,24 +646,36 @@ static moelm_status run_build_model(Run *r) {
     int part, parts;
     dist_expert_shard(&part, &parts);
     moelm_status st = dist_check(&r->cfg, tc->batch_size);
-    if (!st) st = model_create_sharded(&r->model, &r->cfg, tc->batch_size / dist_world(), tc->seq_len, s->seed, part, parts);
+    int Bl = tc->batch_size / dist_world();
+    if (!st && r->s2s) st = model_create_encdec(&r->model, &r->cfg, Bl, r->len.inputs, r->len.targets, s->seed, part, parts);
+    else if (!st) st = model_create_sharded(&r->model, &r->cfg, Bl, tc->seq_len, s->seed, part, parts);
     r->model_ok = st == MOELM_OK;
     if (!st) st = optim_create(&r->opt, r->model.n_params);
     r->opt_ok = st == MOELM_OK;
-    if (!st) st = dataloader_init(&r->dl, r->ids[0], r->n[0], tc->batch_size, tc->seq_len,
-                                  tc->stride > 0 ? tc->stride : tc->seq_len, 1, s->seed);
-    r->dl_ok = st == MOELM_OK;
+    if (!st && r->pairs) {
+        /* the pairs' order: pd[0].dl */
+    } else if (!st && r->s2s) {
+        st = span_loader_init(&r->span, r->ids[0], r->n[0], tc->batch_size, tc->seq_len, 0.15f, 3.0f,
+                              r->cfg.vocab_size - 1, 100, r->cfg.sw.eos_token_id, s->seed);
+        r->span_ok = st == MOELM_OK;
+    } else if (!st) {
+        st = dataloader_init(&r->dl, r->ids[0], r->n[0], tc->batch_size, tc->seq_len,
+                             tc->stride > 0 ? tc->stride : tc->seq_len, 1, s->seed);
+        r->dl_ok = st == MOELM_OK;
+    }
     if (!st && r->o->resume) {
         st = ckpt_load_model(r->ckdir, &r->model);
         if (!st) st = ckpt_load_optimizer(r->ckdir, &r->opt, &r->model);
-        if (!st && (st = dataloader_seek(&r->dl, s->data_epoch, s->data_pos)) != MOELM_OK)
+        if (!st && (st = dataloader_seek(run_loader(r), s->data_epoch, s->data_pos)) != MOELM_OK)
             moelm_fail_context(st, "%s/state.json", r->ckdir);
         r->model.rng.s = s->rng;
         if (s->dropout >= 0) r->model.train_dropout = (float)s->dropout;
     }
     r->inp = moelm_malloc(sizeof(int) * (size_t)tc->batch_size * tc->seq_len);
     r->tgt = moelm_malloc(sizeof(int) * (size_t)tc->batch_size * tc->seq_len);
-    if (!st && (!r->inp || !r->tgt)) st = MOELM_ERR_NOMEM;
+    r->lab = moelm_malloc(sizeof(int) * (size_t)tc->batch_size * (r->s2s ? r->len.targets : 1));
+    r->msk = moelm_malloc(sizeof(int) * (size_t)tc->batch_size * tc->seq_len);
+    if (!st && (!r->inp || !r->tgt || !r->lab || !r->msk)) st = MOELM_ERR_NOMEM;
     r->trainer = (Trainer){&r->model, &r->opt, &r->tc, 0};
     return st;
 }
@@ -546,6 +703,12 @@ static void run_print_header(const Run *r) {
     printf("data: %s (%zu train tokens, %zu valid tokens, %zu valid words), tokenizer %s, vocab %d\n",
            r->state.data, r->n[0], r->n[1], r->words[1], tc->tokenizer, tokenizer_vocab_size(r->tok));
     print_model_summary(&r->model, stdout);
+    if (r->pairs)
+        printf("objective: sequence to sequence, %d train and %d valid input<TAB>target pairs, each side up to %d tokens\n",
+               r->pd[0].n, r->pd[1].n, r->tc.seq_len);
+    else if (r->s2s)
+        printf("objective: T5 span corruption (noise density 0.15, mean span 3, sentinels <extra_id_N>): windows of %d "
+               "tokens -> encoder %d, decoder %d\n", r->len.raw, r->len.inputs, r->len.targets);
     printf("training: %ld steps, batch %d x %d, lr %g (%s, warm-up %d), %s, wd %g, clip %g, %d threads, backend %s\n",
            tc->steps, tc->batch_size, tc->seq_len, tc->lr,
            tc->schedule == SCHED_CONSTANT ? "constant" : tc->schedule == SCHED_COSINE ? "cosine" : "linear",
@@ -581,7 +744,9 @@ static moelm_status run_setup(Run *r, const TrainOptions *o) {
     r->t_run = now_s() - r->state.elapsed_s;
     r->t_log = now_s();
     r->budget_s = o->time_budget_min * 60.0;
-    r->full_batches = eval_num_batches(r->n[1], r->tc.batch_size, r->tc.seq_len, r->tc.seq_len);
+    r->full_batches = r->pairs ? seq2seq_eval_batches(&r->pd[1], r->tc.batch_size)
+                    : r->s2s ? span_eval_batches(r->n[1], r->len, r->tc.batch_size)
+                             : eval_num_batches(r->n[1], r->tc.batch_size, r->tc.seq_len, r->tc.seq_len);
     r->part_batches = o->eval_batches > 0 && (size_t)o->eval_batches < r->full_batches ? (size_t)o->eval_batches
                                                                                         : r->full_batches;
     return MOELM_OK;
@@ -613,10 +778,12 @@ static float run_lr(const Run *r, double elapsed) {
 static void run_dropout_rule(Run *r, double elapsed) {
     const TrainConfig *tc = &r->tc;
     long step = r->state.step;
-    if (!(tc->dropout_growth > 0) || r->state.dropout >= 0 || step < dropout_fix_step(tc, r->o->time_budget_min)) return;
+    if (!(tc->dropout_growth > 0) || r->state.dropout >= 0 || step < dropout_fix_step(tc, r->o->time_budget_min) ||
+        !r->n[0])   /* pairs: no token stream to count epochs in */
+        return;
     double steps = (double)tc->steps;
     if (r->budget_s > 0 && elapsed > 0) steps = fmin(steps, (double)step * r->budget_s / elapsed);
-    double epochs = steps * tc->batch_size * tc->seq_len / (double)r->n[0];
+    double epochs = steps * tc->batch_size * (r->s2s ? r->len.raw : tc->seq_len) / (double)r->n[0];
     r->model.train_dropout = train_dropout_for_epochs(tc, r->cfg.dropout_rate, epochs);
     r->state.dropout = r->model.train_dropout;
     if (!r->o->quiet) printf("dropout %g from step %ld on: the run projects %.3g epochs\n", r->model.train_dropout, step + 1, epochs);
@@ -626,9 +793,24 @@ static void run_dropout_rule(Run *r, double elapsed) {
  * (the last checkpoint stays as it is) unless --skip-nonfinite, which counts it. */
 static moelm_status run_step(Run *r, float lr, StepResult *sr) {
     long step = r->state.step, tokens = (long)r->tc.batch_size * r->tc.seq_len;
-    dataloader_next(&r->dl, r->inp, r->tgt);
-    dist_take_rows(r->inp, r->tgt, r->tc.batch_size, r->tc.seq_len);
-    *sr = train_step(&r->trainer, r->inp, r->tgt, lr, step + 1);
+    if (r->s2s) {
+        int Te = r->len.inputs, Td = r->len.targets, B = r->tc.batch_size;
+        tokens = (long)B * (Te + Td);
+        if (r->pairs) {
+            seq2seq_next(&r->pd[0], B, r->inp, r->msk, r->lab);
+            dist_take_rows(r->inp, r->msk, B, Te);
+            dist_take_rows2(r->lab, Td, NULL, 0, B);
+        } else {
+            span_loader_next(&r->span, r->inp, r->lab);
+            dist_take_rows2(r->inp, Te, r->lab, Td, B);
+        }
+        Seq2SeqBatch b = {B / dist_world(), Te, Td, r->inp, r->pairs ? r->msk : NULL, NULL, r->lab};
+        *sr = train_step_seq2seq(&r->trainer, &b, lr, step + 1);
+    } else {
+        dataloader_next(&r->dl, r->inp, r->tgt);
+        dist_take_rows(r->inp, r->tgt, r->tc.batch_size, r->tc.seq_len);
+        *sr = train_step(&r->trainer, r->inp, r->tgt, lr, step + 1);
+    }
     if (sr->nonfinite) {
         if (!r->o->skip_nonfinite)
             return moelm_fail(MOELM_ERR_NONFINITE,
@@ -695,9 +877,12 @@ static void metrics_write(FILE *f, const MetricsRecord *m) {
             for (int l = 0; l < ev->n_moe; l++) {
                 const MoEStats *s = &ev->stats[l];
                 double kept = s->slots - s->dropped;
-                fprintf(f, "%s{\"layer\": %d, \"dropped\": %.6f, \"entropy\": %.6f, \"top1\": %.6f, \"dead\": %d, "
+                fprintf(f, "%s{\"layer\": %d, ", l ? ", " : "", l);
+                if (ev->stack[l] >= 0) fprintf(f, "\"stack\": \"%s\", \"block\": %d, ", ev->stack[l] ? "decoder" : "encoder",
+                                              ev->block[l]);
+                fprintf(f, "\"dropped\": %.6f, \"entropy\": %.6f, \"top1\": %.6f, \"dead\": %d, "
                            "\"aux\": %.6f, \"z\": %.6f, \"load\": [",
-                        l ? ", " : "", l, s->slots > 0 ? s->dropped / s->slots : 0, s->tokens > 0 ? s->entropy_sum / s->tokens : 0,
+                        s->slots > 0 ? s->dropped / s->slots : 0, s->tokens > 0 ? s->entropy_sum / s->tokens : 0,
                         s->tokens > 0 ? s->top1_sum / s->tokens : 0, moe_stats_dead(s), s->batches ? s->aux_sum / s->batches : 0,
                         s->batches ? s->z_sum / s->batches : 0);
                 for (int e = 0; e < s->E && e < 256; e++) fprintf(f, "%s%.5f", e ? ", " : "", kept > 0 ? s->load[e] / kept : 0);
@@ -738,7 +923,31 @@ static void run_log(Run *r, const StepResult *sr, float lr, MetricsRecord *rec) 
 /* An evaluation of the valid split (a periodic one takes --eval-batches batches; the last the whole
  * split), its line and expert statistics on stdout, its numbers into rec, and the routing dump of
  * its own forward passes. */
+/* An encoder-decoder's evaluation: the span-corruption loss of the valid split's windows and the target
+ * perplexity (no routing dump: the routing maps are the lm's). */
+static moelm_status run_evaluate_span(Run *r, int last, MetricsRecord *rec) {
+    double t0 = r->t_eval_start = now_s();
+    size_t nb = last ? 0 : r->part_batches;
+    moelm_status st = r->pairs ? evaluate_pairs(&r->model, &r->pd[1], nb, &r->ev)
+                               : evaluate_span(&r->model, r->ids[1], r->n[1], r->len, nb, &r->ev);
+    r->t_eval_s = now_s() - t0;
+    if (st) return st;
+    double loss = r->ev.tokens > 0 ? r->ev.nll / r->ev.tokens : 0;
+    rec->ev = &r->ev;
+    rec->val_loss = loss;
+    rec->val_word_ppl = 0;
+    if (!r->o->quiet) {
+        printf("eval   %6ld | %s loss %.4f | target ppl %.2f | %.1f s\n", r->state.step,
+               r->pairs ? "target" : "span-corruption", loss, exp(loss), now_s() - t0);
+        print_moe_stats(&r->ev, stdout);
+        fflush(stdout);
+    }
+    r->t_log = now_s();
+    return MOELM_OK;
+}
+
 static moelm_status run_evaluate(Run *r, int last, MetricsRecord *rec) {
+    if (r->s2s) return run_evaluate_span(r, last, rec);
     Model *m = &r->model;
     RoutingRec routing;
     double t0 = r->t_eval_start = now_s();
@@ -773,8 +982,9 @@ static moelm_status run_evaluate(Run *r, int last, MetricsRecord *rec) {
 static moelm_status run_checkpoint(Run *r) {
     TrainState *s = &r->state;
     s->elapsed_s = now_s() - r->t_run;
-    s->data_epoch = r->dl.epoch;
-    s->data_pos = r->dl.pos;
+    const DataLoader *dl = run_loader(r);
+    s->data_epoch = dl->epoch;
+    s->data_pos = dl->pos;
     s->rng = r->model.rng.s;
     moelm_status st = dist_save_checkpoint(r->dir, &r->model, &r->opt, s, r->tok, r->o->keep);
     if (dist_any_failed(st)) return st ? st : moelm_fail(MOELM_ERR_IO, "rank 0 failed to write a checkpoint");

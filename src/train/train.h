@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include "model/model.h"
+#include "data/span.h"
 #include "moe/moe.h"
 #include "tokenizer/tokenizer.h"
 
@@ -54,6 +55,8 @@ typedef struct {
     double tokens;              /* predicted tokens */
     int n_moe;
     MoEStats stats[CONFIG_MAX_MOE_LAYERS];   /* per MoE layer */
+    int block[CONFIG_MAX_MOE_LAYERS];        /* its block */
+    int stack[CONFIG_MAX_MOE_LAYERS];        /* switch_transformers: 0 encoder, 1 decoder; -1 for other models */
 } EvalResult;
 
 /* Evaluates ids[n] in windows of the model's T tokens, stride apart (0: stride T, non-overlapping;
@@ -64,6 +67,14 @@ moelm_status evaluate(Model *m, const int *ids, size_t n, size_t max_batches, in
 struct RoutingRec;
 moelm_status evaluate_routed(Model *m, const int *ids, size_t n, size_t max_batches, int stride, EvalResult *r,
                              struct RoutingRec *rec);
+
+/* Evaluation of an encoder-decoder on a token stream: every window of span_lengths' raw length once,
+ * span-corrupted with fixed noise (T5's density 0.15, mean span 3), in batches of the model's B rows
+ * (a short last batch scores only its windows): the mean cross-entropy of the labels (nll / tokens) is
+ * the span-corruption loss, its exp the target perplexity. max_batches 0: all. */
+moelm_status evaluate_span(Model *m, const int *ids, size_t n, SpanLengths len, size_t max_batches, EvalResult *r);
+/* The same over input<TAB>target pairs, every pair once in order: the labels' mean cross-entropy. */
+moelm_status evaluate_pairs(Model *m, const Seq2SeqData *d, size_t max_batches, EvalResult *r);
 
 /* Prints per-layer expert statistics (load, dropped, entropy, confidence, dead) on one line each. */
 void print_moe_stats(const EvalResult *r, FILE *f);
@@ -80,6 +91,8 @@ typedef struct {
     uint64_t seed;
     int threads;
     int bf16;             /* weight matrices read as bfloat16 (kv_load_weights) */
+    int beams;            /* switch_transformers: beam search with this many beams (1: greedy or sampling) */
+    float length_penalty; /* beam search: Hugging Face's (1: the mean log-probability per token) */
 } GenerateOptions;
 moelm_status generate_run(const GenerateOptions *o);
 

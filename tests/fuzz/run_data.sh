@@ -43,6 +43,10 @@ fi
 [ -d build/fuzz/corpus_spm ] && cp build/fuzz/corpus_spm/* "$out/corpus_vocab/" 2>/dev/null || true
 printf '{"d_model": 64, "num_heads": 4, "num_experts": 8, "router_type": "topk", "num_experts_per_tok": 2}' > "$out/corpus_config/1"
 printf '{"model_type": "seed", "num_experts": 4, "vocab_size": 50}' > "$out/corpus_config/2"
+# switch_transformers (Hugging Face's config.json): the reference's two, and HF's defaults with nulls
+cp tests/ref/switch/switch_tied/config.json "$out/corpus_config/switch-tied"
+cp tests/ref/switch/switch_untied/config.json "$out/corpus_config/switch-untied"
+printf '{"model_type": "switch_transformers", "num_decoder_layers": null, "bos_token_id": null, "hidden_size": 768, "architectures": ["SwitchTransformersForConditionalGeneration"], "encoder_sparse_step": 2}' > "$out/corpus_config/switch-nulls"
 printf '{"step": 3, "data_epoch": "0", "data_pos": "12", "rng": "5", "seed": "1", "threads": 1, "batch_size": 4, "seq_len": 16, "elapsed_s": 1.5, "tokens_seen": 192, "data": "builtin", "tokenizer_hash": "9", "train": {"lr": 0.003}}' > "$out/corpus_state/1"
 # a token file: header (magic, version 1, V 100, hash 0, count 2, CRC of the ids) and ids 1, 2
 printf 'MOELMTOK\001\000\000\000\144\000\000\000\000\000\000\000\000\000\000\000\002\000\000\000\000\000\000\000\000\000\000\000\001\000\000\000\002\000\000\000' > "$out/corpus_tokens/1"
