@@ -14,6 +14,9 @@
 #include "fd.h"
 #include "backend/gemm.h"
 #include "backend/gemm_bf16.h"
+#include "model/model.h"
+#include "ops/ops.h"
+#include "tiny_models.h"
 #include <omp.h>
 
 static uint64_t seed = 7;
@@ -266,6 +269,142 @@ TEST(gemm_bf16_bound_catches_faults) {
     case_free(&pos);
 }
 
+/* ---- the model in bf16 mode against float --------------------------------------------------------- */
+
+typedef struct {
+    float loss;
+    float *grads;     /* [n_params] */
+    int sig[64];      /* the experts chosen by the first tokens of every MoE layer */
+} Pass;
+
+/* One forward (no dropout) and backward of m on a fixed batch */
+static Pass model_pass(Model *m) {
+    int N = m->B * m->T, V = m->cfg.vocab_size, inp[64], tgt[64];
+    for (int i = 0; i < N; i++) { inp[i] = (i * 7 + i / 3) % V; tgt[i] = (i * 5 + 1) % V; }
+    Pass r = {0, malloc(sizeof(float) * m->n_params), {0}};
+    model_zero_grad(m);
+    rng_seed(&m->rng, 5);
+    r.loss = model_forward(m, inp, tgt, 0) + m->aux_loss;
+    model_backward(m);
+    memcpy(r.grads, m->grads, sizeof(float) * m->n_params);
+    const MoEActs *acts[4];
+    int L = model_moe_layers(m, acts, 4), k = 0;
+    for (int l = 0; l < L && l < 4; l++)
+        for (int t = 0; t < acts[l]->N && k < 64; t++) r.sig[k++] = acts[l]->expert[t];
+    return r;
+}
+
+/* Worst relative L2 difference over the trainable tensors of two gradients */
+static double grad_rel(const Model *m, const float *g, const float *ref, const char **worst_name) {
+    double worst = 0;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const TensorInfo *t = &m->tensors[i];
+        if (!t->trainable) continue;
+        double d = 0, n = 0;
+        for (size_t k = 0; k < t->size; k++) {
+            double a = g[t->offset + k], b = ref[t->offset + k];
+            d += (a - b) * (a - b);
+            n += b * b;
+        }
+        double r = sqrt(d) / (sqrt(n) + 1e-12);
+        if (r > worst) { worst = r; *worst_name = t->name; }
+    }
+    return worst;
+}
+
+/* Tolerances of the bf16 model against float (same weights, batch, routing): each product's result
+ * moves by at most 2^-7 of its sum of |terms| (the bound above); the cross-entropy averages many
+ * such errors of both signs, so the loss is held to 2^-7 relative, one product's worst case (seen:
+ * <= 3e-4). A gradient reaches the first layer through up to ~13 products (the backward's and the
+ * forward's it reads), each adding at most 2^-7 at first order: relative L2 <= 0.1 per tensor (seen:
+ * <= 2.4e-2). A planted fault (a matrix read negated, two experts' weights swapped) breaks one; the
+ * bf16 model is first run on other weights (stale packed copies would show as the negated matrix). */
+#define LOSS_TOL 0x1p-7
+#define GRAD_TOL 0.1
+
+typedef void (*Fault)(Model *m);
+
+static void negate_qkv0(Model *m) {
+    size_t n = (size_t)3 * m->cfg.d_model * m->cfg.d_model;
+    for (size_t i = 0; i < n; i++) m->p.layers[0].qkv_w[i] = -m->p.layers[0].qkv_w[i];
+}
+
+/* the float model with fault applied (NULL: none) against the bf16 one; 1 when within tolerance */
+static int model_case(ModelConfig *c, const char *label, Fault fault) {
+    Model m;
+    EXPECT_MSG(model_create(&m, c, 3, 8, 1) == MOELM_OK, "%s: %s", label, moelm_last_error());
+    scale_params(&m, 10.0f, 1);
+    float *saved = malloc(sizeof(float) * m.n_params);
+    memcpy(saved, m.params, sizeof(float) * m.n_params);
+    if (fault) fault(&m);
+    Pass f = model_pass(&m);
+    memcpy(m.params, saved, sizeof(float) * m.n_params);
+    EXPECT(model_set_bf16(&m, 1) == MOELM_OK);
+    if (!fault) {   /* packed from other weights first: the passes below must read the current ones */
+        negate_qkv0(&m);
+        free(model_pass(&m).grads);
+        memcpy(m.params, saved, sizeof(float) * m.n_params);
+    }
+    Pass h = model_pass(&m), h2 = model_pass(&m);
+    const char *wn = "";
+    double lr = fabs(h.loss - f.loss) / fabs(f.loss), gr = grad_rel(&m, h.grads, f.grads, &wn);
+    int within = lr <= LOSS_TOL && gr <= GRAD_TOL;
+    if (!fault) {
+        EXPECT_MSG(within, "%s: loss %.6f vs %.6f (rel %.2e), worst gradient rel L2 %.2e (%s)", label, h.loss, f.loss, lr, gr, wn);
+        EXPECT_MSG(memcmp(h.sig, f.sig, sizeof h.sig) == 0, "%s: routing changed", label);
+        EXPECT_MSG(h.loss != f.loss, "%s: the bf16 loss has the float bits (bf16 not on)", label);
+        EXPECT_MSG(h.loss == h2.loss && memcmp(h.grads, h2.grads, sizeof(float) * m.n_params) == 0, "%s: bf16 not repeatable", label);
+        /* off again: the float bits */
+        EXPECT(model_set_bf16(&m, 0) == MOELM_OK);
+        Pass f2 = model_pass(&m);
+        EXPECT_MSG(f2.loss == f.loss && memcmp(f2.grads, f.grads, sizeof(float) * m.n_params) == 0, "%s: float after bf16 differs", label);
+        free(f2.grads);
+    }
+    free(f.grads); free(h.grads); free(h2.grads); free(saved);
+    model_free(&m);
+    return within;
+}
+
+static void cfg_switch_lm(ModelConfig *c) {
+    tiny_lm(c, 13, 0.0f);
+    c->sparse_step = 1;
+    c->num_experts = 4;
+    c->router_type = ROUTER_SWITCH;
+    c->shared_expert = 1;
+}
+
+TEST(model_bf16_near_float) {
+    ModelConfig c;
+    tiny_lm(&c, 13, 0.0f);
+    model_case(&c, "dense lm", NULL);
+    tiny_lm(&c, 13, 0.0f);
+    c.norm_type = NORM_RMS;
+    c.hidden_act = ACT_SWIGLU;
+    c.tie_word_embeddings = 0;
+    model_case(&c, "rms swiglu untied lm", NULL);
+    cfg_switch_lm(&c);
+    model_case(&c, "switch lm, shared expert", NULL);
+    tiny_seed(&c, ROUTER_SWITCH, 0.0f);
+    model_case(&c, "seed switch", NULL);
+    tiny_seed(&c, ROUTER_SOFT, 0.0f);
+    model_case(&c, "seed soft", NULL);
+}
+
+static void swap_head_experts(Model *m) {   /* experts 0 and 1 of the seed's MoE head, both matrices */
+    const MoEConfig *mc = &m->moe_cfg;
+    size_t n1 = (size_t)mc->H * mc->C, n2 = (size_t)mc->C * mc->H;
+    for (size_t i = 0; i < n1; i++) { float t = m->p.head_moe.w1[i]; m->p.head_moe.w1[i] = m->p.head_moe.w1[n1 + i]; m->p.head_moe.w1[n1 + i] = t; }
+    for (size_t i = 0; i < n2; i++) { float t = m->p.head_moe.w2[i]; m->p.head_moe.w2[i] = m->p.head_moe.w2[n2 + i]; m->p.head_moe.w2[n2 + i] = t; }
+}
+
+TEST(model_bf16_tolerance_catches_faults) {
+    ModelConfig c;
+    tiny_lm(&c, 13, 0.0f);
+    EXPECT(!model_case(&c, "dense lm, qkv negated", negate_qkv0));
+    tiny_seed(&c, ROUTER_SOFT, 0.0f);
+    EXPECT(!model_case(&c, "seed soft, experts swapped", swap_head_experts));
+}
+
 int main(void) {
     RUN(gemm_bf16_within_bound);
     RUN(gemm_bf16_portable_within_bound);
@@ -274,5 +413,7 @@ int main(void) {
     if (gemm_bf16_fast()) RUN(gemm_bf16_fast_is_portable);
     else printf("skip gemm_bf16_fast_is_portable: this CPU has no AVX-512 BF16 (the portable kernel ran above)\n");
     RUN(gemm_bf16_bound_catches_faults);
+    RUN(model_bf16_near_float);
+    RUN(model_bf16_tolerance_catches_faults);
     return test_summary("bf16");
 }

@@ -101,10 +101,33 @@ void gemm_bf16_pack(uint16_t *Bp, int transB, int K, int N, const float *B, int 
     size_t stride = (size_t)((K + 1) / 2) * NR;   /* words a panel */
     uint32_t *d = (uint32_t *)(void *)Bp;
     /* each panel is written by one thread */
-#pragma omp parallel for schedule(static) if ((size_t)K * N >= ((size_t)1 << 18))
+#pragma omp parallel for schedule(static) if ((size_t)K * N >= ((size_t)1 << 16))
     for (int p = 0; p < panels; p++) {
         int j0 = p * NR, nc = N - j0 < NR ? N - j0 : NR;
         pack_b_panel(d + (size_t)p * stride, transB, B, ldb, j0, nc, 0, K);
+    }
+}
+
+size_t bf16_weight_size(int OC, int C) { return gemm_bf16_packed_size(C, OC) + gemm_bf16_packed_size(OC, C); }
+
+void bf16_weight_bind(Bf16Weight *w, uint16_t *mem, int E, int OC, int C) {
+    w->fwd = mem;
+    w->bwd = mem + (size_t)E * gemm_bf16_packed_size(C, OC);
+}
+
+Bf16Weight bf16_weight_expert(const Bf16Weight *slab, int e, int OC, int C) {
+    Bf16Weight w = {slab->fwd + (size_t)e * gemm_bf16_packed_size(C, OC), slab->bwd + (size_t)e * gemm_bf16_packed_size(OC, C)};
+    return w;
+}
+
+void bf16_weight_pack(const Bf16Weight *w, const float *W, int E, int OC, int C) {
+    /* experts side by side (each written by one thread); one matrix's panels inside gemm_bf16_pack */
+#pragma omp parallel for schedule(dynamic, 1) if (E > 1)
+    for (int e = 0; e < E; e++) {
+        Bf16Weight we = bf16_weight_expert(w, e, OC, C);
+        const float *We = W + (size_t)e * OC * C;
+        gemm_bf16_pack(we.fwd, 1, C, OC, We, C);   /* B = W^T [C, OC], stored as W */
+        gemm_bf16_pack(we.bwd, 0, OC, C, We, C);   /* B = W [OC, C] */
     }
 }
 

@@ -74,6 +74,21 @@ void gemm_bf16_packed(int transA, int M, int N, int K, float alpha, const float 
 void gemm_bf16_ref(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                    const float *B, int ldb, float beta, float *C, int ldc);
 
+/* A linear layer's weight W [OC, C] (nn.Linear's layout) rounded to bf16 and packed for both of the
+ * layer's products that read it: fwd as the B of x W^T (K = C, N = OC), bwd as the B of dy W (K = OC,
+ * N = C). Both NULL: not packed (the layer computes in float). bf16_weight_bind points w at mem
+ * (E bf16_weight_size elements: the E weights of a slab W [E, OC, C], the fwd forms, then the bwd
+ * forms; E = 1 for one matrix); bf16_weight_pack fills them from W; bf16_weight_expert gives expert
+ * e's of a slab. */
+typedef struct {
+    uint16_t *fwd;   /* gemm_bf16_packed_size(C, OC) */
+    uint16_t *bwd;   /* gemm_bf16_packed_size(OC, C) */
+} Bf16Weight;
+size_t bf16_weight_size(int OC, int C);
+void bf16_weight_bind(Bf16Weight *w, uint16_t *mem, int E, int OC, int C);
+Bf16Weight bf16_weight_expert(const Bf16Weight *slab, int e, int OC, int C);
+void bf16_weight_pack(const Bf16Weight *w, const float *W, int E, int OC, int C);
+
 /* Allocates the packing buffers of every thread of an OpenMP team of the current size, so that no
  * product allocates later. 0, or -1 when memory ran out. */
 int gemm_bf16_reserve(void);
