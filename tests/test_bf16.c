@@ -339,9 +339,9 @@ static int model_case(ModelConfig *c, const char *label, Fault fault) {
     if (fault) fault(&m);
     Pass f = model_pass(&m);
     memcpy(m.params, saved, sizeof(float) * m.n_params);
+    if (!fault) negate_qkv0(&m);   /* packed from other weights first: the passes below must read the current ones */
     EXPECT(model_set_bf16(&m, 1) == MOELM_OK);
-    if (!fault) {   /* packed from other weights first: the passes below must read the current ones */
-        negate_qkv0(&m);
+    if (!fault) {
         free(model_pass(&m).grads);
         memcpy(m.params, saved, sizeof(float) * m.n_params);
     }
