@@ -220,28 +220,93 @@ BF16_TARGET static void tile_fast(int kp_n, const uint32_t *a, const uint32_t *b
 }
 #endif
 
+#ifdef BF16_HAVE_FAST
+
+/* The portable kernel's arithmetic on AVX2 (a CPU without AVX-512 BF16): the same sums in the same
+ * order (an FMA of an exact product rounds as the add does), 16 columns at a time in two vectors; B's
+ * words widened per pair of k (the high half masked, the low half shifted up), A's once per call into
+ * aw [kp][MR][odd, even]. Three rows at a time (6 sums, 4 widened B vectors and 2 of A: 12 of the 16
+ * registers; all six rows at once spill). */
+#define AVX2_TARGET __attribute__((target("avx2,fma")))
+#define AVX2_INLINE AVX2_TARGET static inline __attribute__((always_inline))
+
+AVX2_INLINE void avx2_rows3(int kp_n, const float *aw, const uint32_t *b, __m256 out[6]) {
+    const __m256i himask = _mm256_set1_epi32((int)0xffff0000u);
+    __m256 s00 = _mm256_setzero_ps(), s01 = s00, s10 = s00, s11 = s00, s20 = s00, s21 = s00;
+    for (int kp = 0; kp < kp_n; kp++) {
+        __m256i w0 = _mm256_loadu_si256((const __m256i *)(b + (size_t)kp * NR));
+        __m256i w1 = _mm256_loadu_si256((const __m256i *)(b + (size_t)kp * NR + 8));
+        __m256 h0 = _mm256_castsi256_ps(_mm256_and_si256(w0, himask)), l0 = _mm256_castsi256_ps(_mm256_slli_epi32(w0, 16));
+        __m256 h1 = _mm256_castsi256_ps(_mm256_and_si256(w1, himask)), l1 = _mm256_castsi256_ps(_mm256_slli_epi32(w1, 16));
+        const float *ak = aw + (size_t)kp * MR * 2;
+        __m256 ah = _mm256_broadcast_ss(ak), al = _mm256_broadcast_ss(ak + 1);
+        s00 = _mm256_fmadd_ps(al, l0, _mm256_fmadd_ps(ah, h0, s00));
+        s01 = _mm256_fmadd_ps(al, l1, _mm256_fmadd_ps(ah, h1, s01));
+        ah = _mm256_broadcast_ss(ak + 2), al = _mm256_broadcast_ss(ak + 3);
+        s10 = _mm256_fmadd_ps(al, l0, _mm256_fmadd_ps(ah, h0, s10));
+        s11 = _mm256_fmadd_ps(al, l1, _mm256_fmadd_ps(ah, h1, s11));
+        ah = _mm256_broadcast_ss(ak + 4), al = _mm256_broadcast_ss(ak + 5);
+        s20 = _mm256_fmadd_ps(al, l0, _mm256_fmadd_ps(ah, h0, s20));
+        s21 = _mm256_fmadd_ps(al, l1, _mm256_fmadd_ps(ah, h1, s21));
+    }
+    out[0] = s00; out[1] = s01; out[2] = s10; out[3] = s11; out[4] = s20; out[5] = s21;
+}
+
+AVX2_TARGET static void tile_avx2(int kp_n, const uint32_t *a, const uint32_t *b, float *C, int ldc, int mr, int ncols,
+                                  float alpha, float beta, int first) {
+    float aw[KC / 2 * MR * 2];
+    for (int t = 0; t < kp_n * MR; t++) {
+        aw[2 * t] = word_hi(a[t]);
+        aw[2 * t + 1] = word_lo(a[t]);
+    }
+    for (int c0 = 0; c0 < ncols; c0 += 16) {
+        __m256 acc[12];
+        avx2_rows3(kp_n, aw, b + c0, acc);
+        if (mr > 3) avx2_rows3(kp_n, aw + 6, b + c0, acc + 6);
+        int w = ncols - c0 < 16 ? ncols - c0 : 16;
+        for (int i = 0; i < mr; i++) {
+            float r[16], *c = C + (size_t)i * ldc + c0;
+            _mm256_storeu_ps(r, acc[2 * i]);
+            _mm256_storeu_ps(r + 8, acc[2 * i + 1]);
+            for (int j = 0; j < w; j++) {
+                float v = alpha * r[j];
+                c[j] = !first ? c[j] + v : beta == 0.0f ? v : v + beta * c[j];
+            }
+        }
+    }
+}
+#endif
+
 static int g_force_portable;
 
-int gemm_bf16_fast(void) {
+/* 2: AVX-512 BF16, 1: AVX2 and FMA, 0: neither (or not x86-64) */
+static int cpu_level(void) {
 #ifdef BF16_HAVE_FAST
-    static int has = -1;
-    if (has < 0) {
+    static int level = -1;
+    if (level < 0) {
         __builtin_cpu_init();
-        has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+        level = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16") ? 2
+              : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
     }
-    return has && !g_force_portable;
+    return level;
 #else
     return 0;
 #endif
 }
 
-const char *gemm_bf16_kernel(void) { return gemm_bf16_fast() ? "avx512bf16" : "portable"; }
+int gemm_bf16_fast(void) { return cpu_level() == 2 && !g_force_portable; }
+
+const char *gemm_bf16_kernel(void) {
+    if (g_force_portable) return "portable";
+    return cpu_level() == 2 ? "avx512bf16" : cpu_level() == 1 ? "avx2" : "portable";
+}
 
 void gemm_bf16_force_portable(int on) { g_force_portable = on; }
 
 static TileFn tile_fn(void) {
 #ifdef BF16_HAVE_FAST
-    if (gemm_bf16_fast()) return tile_fast;
+    if (!g_force_portable && cpu_level() == 2) return tile_fast;
+    if (!g_force_portable && cpu_level() == 1) return tile_avx2;
 #endif
     return tile_portable;
 }

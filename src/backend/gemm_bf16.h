@@ -9,10 +9,12 @@
  * float, so each step rounds once. The order does not depend on how M and N are cut (threads, halves):
  * an element's bits depend only on its row of A, its column of B, K, alpha, beta and its C.
  *
- * Two kernels compute that, over the same packed operands:
+ * Three kernels compute that, over the same packed operands, with the same bits (normal values):
  *   - vdpbf16ps (AVX-512 BF16: 32 products a vector, twice the float FMA rate), compiled on every
  *     x86-64 build (a function target attribute) and used when the CPU has it (gemm_bf16_fast);
- *   - a portable one in plain C, the fallback elsewhere and the fast kernel's reference.
+ *   - AVX2 + FMA, widening each bf16 to float (a CPU without AVX-512 BF16, e.g. Zen 3: no faster than
+ *     float products, bf16 mode is then for its numbers, not its speed);
+ *   - a portable one in plain C, the fallback elsewhere and the others' reference.
  * gemm_bf16_ref is the plain reference of the whole product: the same rounded operands, the sum in
  * double. Inputs are finite normal floats in practice; the portable kernel and bf16_rne keep
  * subnormals, vdpbf16ps flushes them to zero (products below ~1e-38 are lost), within the bound below.
@@ -52,9 +54,9 @@ static inline uint16_t bf16_rne(float f) {
 
 /* 1 when products run on vdpbf16ps (compiled in and the CPU has AVX-512 BF16); 0: the portable kernel */
 int gemm_bf16_fast(void);
-/* "avx512bf16" or "portable" */
+/* the kernel products run on: "avx512bf16", "avx2" or "portable" */
 const char *gemm_bf16_kernel(void);
-/* Test hook: force the portable kernel (1) or the best one (0). Not for use inside a product. */
+/* Test hook: force the portable kernel (1) or the best one the CPU runs (0). Not inside a product. */
 void gemm_bf16_force_portable(int on);
 
 /* bf16 elements of B [K,N] packed (panels of GEMM_BF16_NR columns, K rounded up to even) */
