@@ -354,6 +354,11 @@ static int model_case(ModelConfig *c, const char *label, Fault fault) {
         EXPECT_MSG(memcmp(h.sig, f.sig, sizeof h.sig) == 0, "%s: routing changed", label);
         EXPECT_MSG(h.loss != f.loss, "%s: the bf16 loss has the float bits (bf16 not on)", label);
         EXPECT_MSG(h.loss == h2.loss && memcmp(h.grads, h2.grads, sizeof(float) * m.n_params) == 0, "%s: bf16 not repeatable", label);
+        /* no allocation inside a step: the buffers were reserved by model_set_bf16 */
+        long bufs = gemm_bf16_buffers();
+        size_t live = moelm_alloc_live_bytes();
+        free(model_pass(&m).grads);
+        EXPECT_MSG(gemm_bf16_buffers() == bufs && moelm_alloc_live_bytes() == live, "%s: a bf16 step allocated (%ld -> %ld buffers, %zu -> %zu bytes)", label, bufs, gemm_bf16_buffers(), live, moelm_alloc_live_bytes());
         /* off again: the float bits */
         EXPECT(model_set_bf16(&m, 0) == MOELM_OK);
         Pass f2 = model_pass(&m);

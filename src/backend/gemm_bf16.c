@@ -12,6 +12,7 @@
  */
 #include "gemm_bf16.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include "common/util.h"
 #ifdef _OPENMP
@@ -314,17 +315,29 @@ static TileFn tile_fn(void) {
 /* ---- the blocked driver ------------------------------------------------------------------------- */
 
 /* Per-thread packing buffers: [BF16_MC/MR panels of A][KC/2][MR] then [BF16_NC/NR panels of B][KC/2][NR]
- * words, allocated once per thread and kept for the process. */
+ * words, allocated on a thread's first product and freed when the thread ends (libgomp ends the pool's
+ * surplus threads when a team shrinks, and starts new ones when it grows again). */
 enum { ABUF_WORDS = BF16_MC * KC / 2, BBUF_WORDS = BF16_NC * KC / 2 };
 static _Thread_local uint32_t *t_buf;
+static pthread_key_t g_buf_key;           /* its destructor frees a thread's buffer at the thread's end */
+static pthread_once_t g_buf_once = PTHREAD_ONCE_INIT;
+static long g_buf_allocs;                 /* buffers allocated so far (gemm_bf16_buffers) */
+
+static void buf_key_init(void) { CHECK(pthread_key_create(&g_buf_key, free) == 0); }
 
 static uint32_t *thread_buf(void) {
     if (!t_buf) {
         void *p = NULL;
-        if (posix_memalign(&p, 64, sizeof(uint32_t) * (ABUF_WORDS + BBUF_WORDS)) == 0) t_buf = p;
+        pthread_once(&g_buf_once, buf_key_init);
+        if (posix_memalign(&p, 64, sizeof(uint32_t) * (ABUF_WORDS + BBUF_WORDS)) != 0) return NULL;
+        pthread_setspecific(g_buf_key, p);
+        t_buf = p;
+        __atomic_add_fetch(&g_buf_allocs, 1, __ATOMIC_RELAXED);
     }
     return t_buf;
 }
+
+long gemm_bf16_buffers(void) { return __atomic_load_n(&g_buf_allocs, __ATOMIC_RELAXED); }
 
 int gemm_bf16_reserve(void) {
     int fail = 0;

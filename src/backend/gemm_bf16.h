@@ -94,5 +94,7 @@ void bf16_weight_pack(const Bf16Weight *w, const float *W, int E, int OC, int C)
 /* Allocates the packing buffers of every thread of an OpenMP team of the current size, so that no
  * product allocates later. 0, or -1 when memory ran out. */
 int gemm_bf16_reserve(void);
+/* Test hook: packing buffers allocated so far (a step that allocates none adds none) */
+long gemm_bf16_buffers(void);
 
 #endif

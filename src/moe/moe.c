@@ -584,20 +584,28 @@ static int experts_side_by_side(const int *offsets, int E, int C, int H1) {
 
 /* The expert computation over the dispatched slabs. This is the whole of what runs on an expert's
  * owner under expert parallelism: it reads only xd and offsets, writes only h_pre, h, y. */
+/* Expert e's FFN over its slab: it writes only its rows offsets[e]..offsets[e+1]-1. */
+static void expert_forward(MoEActs *a, const MoEParams *p, const MoEConfig *cfg, int e) {
+    int C = cfg->C, H = cfg->H, H1 = moe_h1(cfg);
+    int r0 = a->offsets[e], n = a->offsets[e + 1] - r0;
+    if (n == 0) return;
+    size_t w = held_expert(cfg, e);
+    Bf16Weight pair[2];
+    ffn_forward(a->y + (size_t)r0 * C, a->h + (size_t)r0 * H, a->h_pre + (size_t)r0 * H1,
+                a->xd + (size_t)r0 * C, p->w1 + w * H1 * C, p->b1 + w * H1,
+                p->w2 + w * C * H, p->b2 + w * C, expert16(pair, p, cfg, w), cfg->act, n, C, H);
+}
+
 static void moe_experts_forward(MoEActs *a, const MoEParams *p, const MoEConfig *cfg) {
-    int E = cfg->E, C = cfg->C, H = cfg->H, H1 = moe_h1(cfg);
+    int E = cfg->E;
     /* One GEMM pair per expert, experts side by side when that pays (see experts_side_by_side).
-     * Expert e writes only its rows offsets[e]..offsets[e+1]-1. */
-    int par = experts_side_by_side(a->offsets, E, C, H1);
-#pragma omp parallel for schedule(dynamic, 1) if (par)
-    for (int e = 0; e < E; e++) {
-        int r0 = a->offsets[e], n = a->offsets[e + 1] - r0;
-        if (n == 0) continue;
-        size_t w = held_expert(cfg, e);
-        Bf16Weight pair[2];
-        ffn_forward(a->y + (size_t)r0 * C, a->h + (size_t)r0 * H, a->h_pre + (size_t)r0 * H1,
-                    a->xd + (size_t)r0 * C, p->w1 + w * H1 * C, p->b1 + w * H1,
-                    p->w2 + w * C * H, p->b2 + w * C, expert16(pair, p, cfg, w), cfg->act, n, C, H);
+     * Otherwise no region at all: inside an inactive one (if false) omp_in_parallel() is 0, and each
+     * product's halves would run as a nested team of two, on threads started and ended every call. */
+    if (experts_side_by_side(a->offsets, E, cfg->C, moe_h1(cfg))) {
+#pragma omp parallel for schedule(dynamic, 1)
+        for (int e = 0; e < E; e++) expert_forward(a, p, cfg, e);
+    } else {
+        for (int e = 0; e < E; e++) expert_forward(a, p, cfg, e);
     }
 }
 
@@ -747,20 +755,26 @@ static void router_backward_logits(MoEActs *a, const float *dout, const MoEConfi
 /* Experts backward, side by side when the forward did so: expert e writes only its own rows of
  * dh, dh_pre, dy and its own slices of the weight gradients. dxd overwrites dy in place
  * (ffn_backward allows it). */
+static void expert_backward(MoEActs *a, MoEParams *grads, const MoEParams *p, const MoEConfig *cfg, int e) {
+    int C = cfg->C, H = cfg->H, H1 = moe_h1(cfg);
+    int r0 = a->offsets[e], n = a->offsets[e + 1] - r0;
+    if (n == 0) return;
+    float *dy = a->dy + (size_t)r0 * C;
+    size_t w = held_expert(cfg, e);
+    Bf16Weight pair[2];
+    ffn_backward(dy, grads->w1 + w * H1 * C, grads->b1 + w * H1, grads->w2 + w * C * H, grads->b2 + w * C,
+                 a->dh + (size_t)r0 * H, a->dh_pre + (size_t)r0 * H1, dy, a->h + (size_t)r0 * H,
+                 a->h_pre + (size_t)r0 * H1, a->xd + (size_t)r0 * C, p->w1 + w * H1 * C,
+                 p->w2 + w * C * H, expert16(pair, p, cfg, w), cfg->act, n, C, H);
+}
+
 static void moe_experts_backward(MoEActs *a, MoEParams *grads, const MoEParams *p, const MoEConfig *cfg) {
-    int E = cfg->E, C = cfg->C, H = cfg->H, H1 = moe_h1(cfg);
-    int par = experts_side_by_side(a->offsets, E, C, H1);
-#pragma omp parallel for schedule(dynamic, 1) if (par)
-    for (int e = 0; e < E; e++) {
-        int r0 = a->offsets[e], n = a->offsets[e + 1] - r0;
-        if (n == 0) continue;
-        float *dy = a->dy + (size_t)r0 * C;
-        size_t w = held_expert(cfg, e);
-        Bf16Weight pair[2];
-        ffn_backward(dy, grads->w1 + w * H1 * C, grads->b1 + w * H1, grads->w2 + w * C * H, grads->b2 + w * C,
-                     a->dh + (size_t)r0 * H, a->dh_pre + (size_t)r0 * H1, dy, a->h + (size_t)r0 * H,
-                     a->h_pre + (size_t)r0 * H1, a->xd + (size_t)r0 * C, p->w1 + w * H1 * C,
-                     p->w2 + w * C * H, expert16(pair, p, cfg, w), cfg->act, n, C, H);
+    int E = cfg->E;
+    if (experts_side_by_side(a->offsets, E, cfg->C, moe_h1(cfg))) {   /* as the forward, and no region otherwise */
+#pragma omp parallel for schedule(dynamic, 1)
+        for (int e = 0; e < E; e++) expert_backward(a, grads, p, cfg, e);
+    } else {
+        for (int e = 0; e < E; e++) expert_backward(a, grads, p, cfg, e);
     }
 }
 
