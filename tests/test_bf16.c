@@ -223,6 +223,19 @@ static float trunc_bits(float f, int bits) {   /* f with only its top `bits` sig
     return f;
 }
 
+/* the float product of c's operands cut to `bits` significant bits (nA, nB: the operands' floats) */
+static float *truncated_ref(const Case *c, size_t nA, size_t nB, int bits) {
+    Case t = *c;
+    t.A = copy(c->A, nA);
+    t.B = copy(c->B, nB);
+    for (size_t i = 0; i < nA; i++) t.A[i] = trunc_bits(c->A[i], bits);
+    for (size_t i = 0; i < nB; i++) t.B[i] = trunc_bits(c->B[i], bits);
+    float *R = run_ref(&t, 0);
+    free(t.A);
+    free(t.B);
+    return R;
+}
+
 TEST(gemm_bf16_bound_catches_faults) {
     Case c = case_new(0, 1, 37, 70, 300, 0);
     size_t nA = (size_t)c.M * c.lda, nB = (size_t)c.N * c.ldb, nC = (size_t)c.M * c.ldc;
@@ -240,12 +253,7 @@ TEST(gemm_bf16_bound_catches_faults) {
     gemm_bf16(sq.ta, 0, sq.M, sq.N, sq.K, sq.alpha, sq.A, sq.lda, sq.B, sq.ldb, sq.beta, Ws, sq.ldc);
     EXPECT(worst_ratio(&sq, Ws, Rs, 0) > 1);
     /* 4: rounding by truncation instead of to nearest (operands cut to 8 bits) */
-    Case tr = c;
-    tr.A = copy(c.A, nA);
-    tr.B = copy(c.B, nB);
-    for (size_t i = 0; i < nA; i++) tr.A[i] = trunc_bits(c.A[i], 8);
-    for (size_t i = 0; i < nB; i++) tr.B[i] = trunc_bits(c.B[i], 8);
-    float *T = run_ref(&tr, 0);
+    float *T = truncated_ref(&c, nA, nB, 8);
     EXPECT(worst_ratio(&c, T, R, 0) > 1);
     /* 5: the exact bound: with positive operands (errors of one sign add up) operands cut to 6 bits
      * break it; the bf16 product of the same operands keeps it */
@@ -253,15 +261,9 @@ TEST(gemm_bf16_bound_catches_faults) {
     size_t pA = (size_t)pos.M * pos.lda, pB = (size_t)pos.N * pos.ldb;
     float *Xp = run_ref(&pos, 0), *Cp = run_bf16(&pos, 0);
     EXPECT(worst_ratio(&pos, Cp, Xp, 0x1p-7 + 0x1p-16) <= 1);
-    Case six = pos;
-    six.A = copy(pos.A, pA);
-    six.B = copy(pos.B, pB);
-    for (size_t i = 0; i < pA; i++) six.A[i] = trunc_bits(pos.A[i], 6);
-    for (size_t i = 0; i < pB; i++) six.B[i] = trunc_bits(pos.B[i], 6);
-    float *Sx = run_ref(&six, 0);
+    float *Sx = truncated_ref(&pos, pA, pB, 6);
     EXPECT(worst_ratio(&pos, Sx, Xp, 0x1p-7 + 0x1p-16) > 1);
-    free(six.A); free(six.B); free(Sx); free(Xp); free(Cp);
-    free(tr.A); free(tr.B); free(T);
+    free(Sx); free(Xp); free(Cp); free(T);
     free(Rs); free(Ws);
     free(D); free(R); free(X); free(C);
     case_free(&sq);

@@ -29,62 +29,48 @@ enum { MR = GEMM_BF16_MR, NR = GEMM_BF16_NR, KC = GEMM_BF16_KC };
 /* Two values as one word of a packed operand: lo (k even) in the low half, hi (k odd) in the high. */
 static inline uint32_t pair16(float lo, float hi) { return (uint32_t)bf16_rne(lo) | (uint32_t)bf16_rne(hi) << 16; }
 
-/* One panel of A: rows i0..i0+mr-1 (mr <= MR), k0..k0+kc-1 of op(A), as d[kp MR + i] = pair(A[i][k0+2kp],
- * A[i][k0+2kp+1]); rows past mr and the k past kc are zero. */
-static void pack_a_panel(uint32_t *d, int transA, const float *A, int lda, int i0, int mr, int k0, int kc) {
+/* One panel of an operand, w words wide (MR rows of A, or NR columns of B): lines r0..r0+n-1 (n <= w)
+ * over k0..k0+kc-1, as d[kp w + r] = pair(X(r, k0+2kp), X(r, k0+2kp+1)); lines past n and the k past
+ * kc are zero. kmajor 0: line r's k lie side by side, X(r, k) = X[(r0+r) ldx + k] (A, or B stored
+ * [N,K]); kmajor 1: a pair is two rows of the store, X(r, k) = X[k ldx + r0+r] (A stored [K,M], or B). */
+static inline __attribute__((always_inline)) void pack_panel(uint32_t *d, int w, int kmajor, const float *X, int ldx,
+                                                               int r0, int n, int k0, int kc) {
     int kh = kc / 2, kp_n = (kc + 1) / 2;
-    if (!transA) {   /* A [M, K]: row i's pairs lie side by side */
-        for (int i = 0; i < MR; i++) {
-            if (i >= mr) {
-                for (int kp = 0; kp < kp_n; kp++) d[(size_t)kp * MR + i] = 0;
+    if (!kmajor) {
+        for (int r = 0; r < w; r++) {
+            if (r >= n) {
+                for (int kp = 0; kp < kp_n; kp++) d[(size_t)kp * w + r] = 0;
                 continue;
             }
-            const float *row = A + (size_t)(i0 + i) * lda + k0;
-            for (int kp = 0; kp < kh; kp++) d[(size_t)kp * MR + i] = pair16(row[2 * kp], row[2 * kp + 1]);
-            if (kc & 1) d[(size_t)kh * MR + i] = pair16(row[kc - 1], 0.0f);
+            const float *row = X + (size_t)(r0 + r) * ldx + k0;
+            for (int kp = 0; kp < kh; kp++) d[(size_t)kp * w + r] = pair16(row[2 * kp], row[2 * kp + 1]);
+            if (kc & 1) d[(size_t)kh * w + r] = pair16(row[kc - 1], 0.0f);
         }
-    } else {         /* A stored [K, M]: a pair is two rows of the store */
+    } else {
         for (int kp = 0; kp < kp_n; kp++) {
-            const float *r0 = A + (size_t)(k0 + 2 * kp) * lda + i0;
-            uint32_t *dk = d + (size_t)kp * MR;
+            const float *x0 = X + (size_t)(k0 + 2 * kp) * ldx + r0;
+            uint32_t *dk = d + (size_t)kp * w;
             if (2 * kp + 1 < kc) {
-                const float *r1 = r0 + lda;
-                for (int i = 0; i < mr; i++) dk[i] = pair16(r0[i], r1[i]);
+                const float *x1 = x0 + ldx;
+                for (int r = 0; r < n; r++) dk[r] = pair16(x0[r], x1[r]);
             } else {
-                for (int i = 0; i < mr; i++) dk[i] = pair16(r0[i], 0.0f);
+                for (int r = 0; r < n; r++) dk[r] = pair16(x0[r], 0.0f);
             }
-            for (int i = mr; i < MR; i++) dk[i] = 0;
+            for (int r = n; r < w; r++) dk[r] = 0;
         }
     }
 }
 
-/* One panel of B: columns j0..j0+nc-1 (nc <= NR), k0..k0+kc-1 of op(B), as d[kp NR + j] = pair(B[k0+2kp][j],
- * B[k0+2kp+1][j]); columns past nc and the k past kc are zero. */
+/* rows i0..i0+mr-1 of op(A) as an A panel */
+static void pack_a_panel(uint32_t *d, int transA, const float *A, int lda, int i0, int mr, int k0, int kc) {
+    if (transA) pack_panel(d, MR, 1, A, lda, i0, mr, k0, kc);
+    else pack_panel(d, MR, 0, A, lda, i0, mr, k0, kc);
+}
+
+/* columns j0..j0+nc-1 of op(B) as a B panel */
 static void pack_b_panel(uint32_t *d, int transB, const float *B, int ldb, int j0, int nc, int k0, int kc) {
-    int kh = kc / 2, kp_n = (kc + 1) / 2;
-    if (!transB) {   /* B [K, N]: a pair is two rows */
-        for (int kp = 0; kp < kp_n; kp++) {
-            const float *r0 = B + (size_t)(k0 + 2 * kp) * ldb + j0;
-            uint32_t *dk = d + (size_t)kp * NR;
-            if (2 * kp + 1 < kc) {
-                const float *r1 = r0 + ldb;
-                for (int j = 0; j < nc; j++) dk[j] = pair16(r0[j], r1[j]);
-            } else {
-                for (int j = 0; j < nc; j++) dk[j] = pair16(r0[j], 0.0f);
-            }
-            for (int j = nc; j < NR; j++) dk[j] = 0;
-        }
-    } else {         /* B stored [N, K] (nn.Linear's weight): column j's pairs lie side by side */
-        for (int j = 0; j < NR; j++) {
-            if (j >= nc) {
-                for (int kp = 0; kp < kp_n; kp++) d[(size_t)kp * NR + j] = 0;
-                continue;
-            }
-            const float *row = B + (size_t)(j0 + j) * ldb + k0;
-            for (int kp = 0; kp < kh; kp++) d[(size_t)kp * NR + j] = pair16(row[2 * kp], row[2 * kp + 1]);
-            if (kc & 1) d[(size_t)kh * NR + j] = pair16(row[kc - 1], 0.0f);
-        }
-    }
+    if (transB) pack_panel(d, NR, 0, B, ldb, j0, nc, k0, kc);
+    else pack_panel(d, NR, 1, B, ldb, j0, nc, k0, kc);
 }
 
 size_t gemm_bf16_packed_size(int K, int N) {
