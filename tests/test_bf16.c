@@ -289,10 +289,10 @@ static Pass model_pass(Model *m) {
     r.loss = model_forward(m, inp, tgt, 0) + m->aux_loss;
     model_backward(m);
     memcpy(r.grads, m->grads, sizeof(float) * m->n_params);
-    const MoEActs *acts[4];
-    int L = model_moe_layers(m, acts, 4), k = 0;
+    MoELayer layers[4];
+    int L = model_moe_layers(m, layers, 4), k = 0;
     for (int l = 0; l < L && l < 4; l++)
-        for (int t = 0; t < acts[l]->N && k < 64; t++) r.sig[k++] = acts[l]->expert[t];
+        for (int t = 0; t < layers[l].a->N && k < 64; t++) r.sig[k++] = layers[l].a->expert[t];
     return r;
 }
 
@@ -413,6 +413,7 @@ TEST(model_bf16_tolerance_catches_faults) {
 }
 
 int main(void) {
+    test_one_thread();
     RUN(gemm_bf16_within_bound);
     RUN(gemm_bf16_portable_within_bound);
     RUN(gemm_bf16_beta_and_empty_k);
