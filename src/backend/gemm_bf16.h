@@ -9,7 +9,8 @@
  * float, so each step rounds once. The order does not depend on how M and N are cut (threads, halves):
  * an element's bits depend only on its row of A, its column of B, K, alpha, beta and its C.
  *
- * Three kernels compute that, over the same packed operands, with the same bits (normal values):
+ * Three kernels compute that, over the same packed operands (the AVX2 and portable ones with the same
+ * bits; vdpbf16ps as Intel specifies it, the same order, subnormals flushed):
  *   - vdpbf16ps (AVX-512 BF16: 32 products a vector, twice the float FMA rate), compiled on every
  *     x86-64 build (a function target attribute) and used when the CPU has it (gemm_bf16_fast);
  *   - AVX2 + FMA, widening each bf16 to float (a CPU without AVX-512 BF16, e.g. Zen 3: no faster than
