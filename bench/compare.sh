@@ -7,9 +7,17 @@
 #   environment: THREADS (2), STEPS (5 timed training steps), WARMUP (1), GEN (100), REPS (2),
 #                MOELM (./moelm), PY (/usr/bin/python3), CONFIGS (names below, space-separated),
 #                SCALE_REPS (3: alternated switch8/switch128 pairs for the 128/8 step ratio),
-#                TORCH_SPIN (10000: GOMP_SPINCOUNT for torch, the value moelm sets for itself at start,
-#                src/backend/gemm.h; "default" leaves libgomp's own), TABLE_ONLY (1: no runs, the
+#                TORCH_SPIN (auto: torch's own best GOMP_SPINCOUNT, measured first, see below; or a
+#                number, or "default" for libgomp's own), JEMALLOC (the libjemalloc.so.2 torch runs
+#                with through LD_PRELOAD; "none" for glibc's malloc), TABLE_ONLY (1: no runs, the
 #                table of the logs already in OUT)
+# PyTorch runs at its best: jemalloc through LD_PRELOAD (this VM pays ~11 us a first-touched page, and
+# torch's allocator hands big buffers back to the kernel every step without it: 3,215 -> 4,842 tok/s on
+# seed-switch, bench/RESULTS.md), OMP_NUM_THREADS = THREADS, and with TORCH_SPIN=auto the faster of
+# libgomp's default spin and moelm's 10000 on switch32 (2 steps each, alternated twice), printed.
+# Both precisions on both sides, in the same processes: float training, and bf16 mixed precision
+# (moelm `bench --bf16`: bf16 operands, float sums; torch `--bf16`: torch.autocast(bfloat16)). The
+# table puts float against float and bf16 against bf16.
 # Since 6bf369a moelm names an AVX-512/AVX2 kernel itself when OPENBLAS_CORETYPE is unset; torch does
 # not, so "env" with the variable unset compares the two programs' defaults (kernels differ: the
 # table's last lines name both). Pass a kernel name to compare like with like.
@@ -31,7 +39,9 @@ THREADS=${THREADS:-2}; STEPS=${STEPS:-5}; WARMUP=${WARMUP:-1}; GEN=${GEN:-100}; 
 MOELM=${MOELM:-./moelm}; PY=${PY:-/usr/bin/python3}
 CONFIGS=${CONFIGS:-"dense switch32 soft32 switch8 switch128"}
 OUT=${OUT:-build/compare}
-TORCH_SPIN=${TORCH_SPIN:-10000}
+TORCH_SPIN=${TORCH_SPIN:-auto}
+JEMALLOC=${JEMALLOC:-/usr/lib/x86_64-linux-gnu/libjemalloc.so.2}
+[ "$JEMALLOC" != none ] && [ ! -e "$JEMALLOC" ] && { echo "compare: $JEMALLOC missing (sh scripts/deps.sh bench, or JEMALLOC=none)" >&2; exit 2; }
 mkdir -p "$OUT"
 
 args() {
@@ -45,14 +55,21 @@ args() {
     esac
 }
 
+torch_env() {   # torch_env SPIN: the environment torch runs in (jemalloc, its spin, its threads)
+    e="OMP_NUM_THREADS=$THREADS"
+    [ "$JEMALLOC" != none ] && e="$e LD_PRELOAD=$JEMALLOC"
+    [ "$1" != default ] && e="$e GOMP_SPINCOUNT=$1"
+    echo "$e"
+}
+
 run() {   # run PROGRAM CONFIG LOG [train-only]: one benchmark process with the chosen kernel
     prog=$1; cfg=$2; log=$3
     if [ "$prog" = moelm ] && [ "${4:-}" = train-only ]; then
         set -- "$MOELM" bench $(args "$cfg") -t "$THREADS" --steps "$STEPS" --warmup "$WARMUP" -n 0 --no-peak
-    elif [ "$prog" = moelm ]; then set -- "$MOELM" bench $(args "$cfg") -t "$THREADS" --steps "$STEPS" --warmup "$WARMUP" -n "$GEN"
+    elif [ "$prog" = moelm ]; then set -- "$MOELM" bench $(args "$cfg") -t "$THREADS" --steps "$STEPS" --warmup "$WARMUP" -n "$GEN" --bf16
     else
-        set -- "$PY" bench/torch_ref.py $(args "$cfg") -t "$THREADS" --steps "$STEPS" --warmup "$WARMUP" --gen "$GEN"
-        [ "$TORCH_SPIN" != default ] && set -- env GOMP_SPINCOUNT="$TORCH_SPIN" "$@"
+        # shellcheck disable=SC2046
+        set -- env $(torch_env "$TORCH_SPIN") "$PY" bench/torch_ref.py $(args "$cfg") -t "$THREADS" --steps "$STEPS" --warmup "$WARMUP" --gen "$GEN" --bf16
     fi
     if [ "$CORE" = env ]; then "$@" >>"$log" 2>&1
     else env OPENBLAS_CORETYPE="$CORE" "$@" >>"$log" 2>&1; fi
@@ -61,7 +78,20 @@ run() {   # run PROGRAM CONFIG LOG [train-only]: one benchmark process with the 
 field() { grep '^RESULT' "$1" | sed -E "s/.* $2=([-0-9.e]+).*/\1/"; }
 median() { sort -g | awk '{a[NR]=$1} END {if (NR == 0) print "nan"; else if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
-echo "compare: $(date -u +%FT%TZ), kernel ${CORE} (OPENBLAS_CORETYPE=$([ "$CORE" = env ] && echo "${OPENBLAS_CORETYPE:-unset}" || echo "$CORE")), $THREADS threads, $STEPS steps (+$WARMUP warm-up), $REPS reps, torch GOMP_SPINCOUNT=$TORCH_SPIN, load: $(cut -d' ' -f1-3 /proc/loadavg)"
+if [ "$TORCH_SPIN" = auto ] && [ "${TABLE_ONLY:-0}" != 1 ]; then   # torch's own best spin, on switch32's training
+    best=""; bt=0
+    for r in 1 2; do
+        for sp in default 10000; do
+            # shellcheck disable=SC2046
+            v=$(env $(torch_env "$sp") "$PY" bench/torch_ref.py $(args switch32) -t "$THREADS" --steps 2 --warmup 1 --gen 0 2>&1 |
+                grep '^RESULT' | sed -E 's/.* train_tok_s=([0-9.]+).*/\1/')
+            echo "torch spin $sp: ${v:-failed} tok/s"
+            if [ -n "$v" ] && awk -v a="$v" -v b="$bt" 'BEGIN { exit !(a > b) }'; then best=$sp; bt=$v; fi
+        done
+    done
+    TORCH_SPIN=${best:-default}
+fi
+echo "compare: $(date -u +%FT%TZ), kernel ${CORE} (OPENBLAS_CORETYPE=$([ "$CORE" = env ] && echo "${OPENBLAS_CORETYPE:-unset}" || echo "$CORE")), $THREADS threads, $STEPS steps (+$WARMUP warm-up), $REPS reps, torch: $(torch_env "$TORCH_SPIN"), load: $(cut -d' ' -f1-3 /proc/loadavg)"
 for cfg in $CONFIGS; do
     [ "${TABLE_ONLY:-0}" = 1 ] && break   # TABLE_ONLY=1: print the table of the logs already in OUT
     rm -f "$OUT/$cfg.moelm.$CORE.log" "$OUT/$cfg.torch.$CORE.log"
@@ -73,22 +103,23 @@ for cfg in $CONFIGS; do
     done
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '\n| config | moelm tok/s | torch tok/s | ratio | moelm GFLOP/s | sgemm peak | share | torch GFLOP/s | gen moelm tok/s | gen torch tok/s | gen ratio | gen share of read bw | gen bf16 moelm | gen bf16 torch | bf16 moelm / best torch | RSS moelm MB | RSS torch MB | moelm ms/step |\n'
-printf '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n'
+printf '\n| config | float: moelm tok/s | torch tok/s | ratio | bf16: moelm tok/s | torch autocast tok/s | ratio | moelm bf16 / float | moelm bf16 / best torch | share of sgemm peak | share of bf16 peak | gen moelm tok/s | gen torch tok/s | gen ratio | gen share of read bw | gen bf16 moelm | gen bf16 torch | gen bf16 moelm / best torch | RSS moelm MB | RSS torch MB |\n'
+printf '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n'
 for cfg in $CONFIGS; do
     m="$OUT/$cfg.moelm.$CORE.log"; t="$OUT/$cfg.torch.$CORE.log"
     mt=$(field "$m" train_tok_s | median); tt=$(field "$t" train_tok_s | median)
-    mg=$(field "$m" train_gflops | median); pk=$(field "$m" sgemm_peak_gflops | median); tg=$(field "$t" train_gflops | median)
-    sh=$(field "$m" peak_share | median)
+    mb=$(field "$m" train_bf16_tok_s | median); tb=$(field "$t" train_bf16_tok_s | median)
+    sh=$(field "$m" peak_share | median); sb=$(field "$m" bf16_peak_share | median)
     mgen=$(field "$m" gen_tok_s | median); tgen=$(field "$t" gen_tok_s | median); gbw=$(field "$m" gen_read_share | median)
     mg16=$(field "$m" gen_bf16_tok_s | median); tg16=$(field "$t" gen_bf16_tok_s | median)
-    mr=$(field "$m" rss_mb | median); tr=$(field "$t" rss_mb | median); ms=$(field "$m" train_ms_step | median)
-    awk -v c="$cfg" -v mt="$mt" -v tt="$tt" -v mg="$mg" -v pk="$pk" -v sh="$sh" -v tg="$tg" -v mgen="$mgen" -v tgen="$tgen" -v gbw="$gbw" -v mg16="$mg16" -v tg16="$tg16" \
-        -v mr="$mr" -v tr="$tr" -v ms="$ms" 'BEGIN {
-        best = tgen > tg16 ? tgen : tg16   # torch at whichever precision generates faster
-        printf "| %s | %.0f | %.0f | %.2fx | %.1f | %.1f | %.0f%% | %.1f | %.1f | %.1f | %.2fx | %.0f%% | %.1f | %.1f | %.2fx | %.0f | %.0f | %.1f |\n",
-               c, mt, tt, (tt > 0 ? mt / tt : 0), mg, pk, 100 * sh, tg, mgen, tgen, (tgen > 0 ? mgen / tgen : 0), 100 * gbw,
-               mg16, tg16, (best > 0 ? mg16 / best : 0), mr, tr, ms }'
+    mr=$(field "$m" rss_mb | median); tr=$(field "$t" rss_mb | median)
+    awk -v c="$cfg" -v mt="$mt" -v tt="$tt" -v mb="$mb" -v tb="$tb" -v sh="$sh" -v sb="$sb" -v mgen="$mgen" -v tgen="$tgen" \
+        -v gbw="$gbw" -v mg16="$mg16" -v tg16="$tg16" -v mr="$mr" -v tr="$tr" 'BEGIN {
+        bt = tt > tb ? tt : tb           # torch training at whichever precision is faster
+        bg = tgen > tg16 ? tgen : tg16   # torch generation likewise
+        printf "| %s | %.0f | %.0f | %.2fx | %.0f | %.0f | %.2fx | %.2fx | %.2fx | %.0f%% | %.0f%% | %.1f | %.1f | %.2fx | %.0f%% | %.1f | %.1f | %.2fx | %.0f | %.0f |\n",
+               c, mt, tt, (tt > 0 ? mt / tt : 0), mb, tb, (tb > 0 ? mb / tb : 0), (mt > 0 ? mb / mt : 0), (bt > 0 ? mb / bt : 0),
+               100 * sh, 100 * sb, mgen, tgen, (tgen > 0 ? mgen / tgen : 0), 100 * gbw, mg16, tg16, (bg > 0 ? mg16 / bg : 0), mr, tr }'
 done
 k() { grep '^RESULT' "$1" | sed -E 's/.* kernel=([^ ]+).*/\1/' | sort -u | tr '\n' ' '; }
 first=${CONFIGS%% *}

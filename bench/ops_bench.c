@@ -17,6 +17,9 @@
  *               blocks of 1024 (4 KiB a unit, read in four passes of 256), the blocks dealt round the
  *               two threads; before each run a 48 MB sweep of other memory (a token reads its other
  *               weights between two heads), not timed
+ *   bf16        the step's products (a layer's forward, input and weight gradients; an expert's slab of
+ *               60 rows; the head's; a 2048^3 peak) in float and with bf16 operands (gemm_bf16), at 1
+ *               and 2 threads
  */
 #include <math.h>
 #include <omp.h>
@@ -25,6 +28,7 @@
 #include <string.h>
 #include <time.h>
 #include "backend/gemm.h"
+#include "backend/gemm_bf16.h"
 #include "ops/attn.h"
 #include "ops/ops.h"
 
@@ -130,6 +134,62 @@ static void race(void (*a)(void), void (*b)(void), int reps, double *ta, double 
     }
 }
 
+/* bf16 products (gemm_bf16.h) against the same products in float, as the model calls them: a layer's
+ * forward through gemm_halves_call (B = the weight packed once, as bf16 mode does), its input gradient
+ * (packed weight) and weight gradient (both operands packed per call) through gemm_pair alone */
+static GemmCall prod;
+static void prod_float(void) {
+    GemmCall g = prod, none = {0};
+    g.bf16 = 0;
+    g.Bp = NULL;
+    if (g.transA) gemm_pair(&g, &none);
+    else gemm_halves_call(&g);
+}
+static void prod_bf16(void) {
+    GemmCall g = prod, none = {0};
+    g.bf16 = 1;
+    if (g.transA) gemm_pair(&g, &none);
+    else gemm_halves_call(&g);
+}
+
+/* one line: float and bf16 for C[M,N] = op(A) op(B), kind "NT" (x W^T), "NN" (dy W) or "TN" (dy^T x);
+ * the weight of NT and NN packed beforehand */
+static void bf16_line(const char *what, const char *kind, int M, int N, int K, int reps) {
+    int ta = kind[0] == 'T', tb = kind[1] == 'T';
+    float *A = filled((size_t)M * K, 31), *Bm = filled((size_t)K * N, 32), *Cm = filled((size_t)M * N, 33);
+    uint16_t *Bp = NULL;
+    if (!ta) {
+        Bp = malloc(sizeof(uint16_t) * gemm_bf16_packed_size(K, N));
+        if (!Bp) { fprintf(stderr, "ops_bench: out of memory\n"); exit(1); }
+        gemm_bf16_pack(Bp, tb, K, N, Bm, tb ? K : N);
+    }
+    prod = (GemmCall){ta, tb, M, N, K, 1.0f, A, ta ? M : K, Bm, tb ? K : N, 0.0f, Cm, N, 0, Bp};
+    double tf, th;
+    race(prod_float, prod_bf16, reps, &tf, &th);
+    double gf = 2.0 * M * N * K / 1e9;
+    printf("  %-12s %s %5d x %5d x %5d: float %7.1f GFLOP/s, bf16 %7.1f GFLOP/s (%.2fx)\n", what, kind, M, N, K,
+           gf / tf, gf / th, tf / th);
+    free(A); free(Bm); free(Cm); free(Bp);
+}
+
+static void bf16_lines(int threads, int reps) {
+    backend_set_threads(threads);
+    printf("bf16 products (%s kernel), %d thread%s, min of %d runs:\n", gemm_bf16_kernel(), threads, threads > 1 ? "s" : "", reps);
+    bf16_line("qkv", "NT", N, 3 * C, C, reps);
+    bf16_line("ffn fc1", "NT", N, 512, C, reps);
+    bf16_line("ffn fc2", "NT", N, C, 512, reps);
+    bf16_line("qkv dinp", "NN", N, C, 3 * C, reps);
+    bf16_line("qkv dw", "TN", 3 * C, C, N, reps);
+    bf16_line("expert fc1", "NT", 60, 512, C, reps);
+    bf16_line("expert dinp", "NN", 60, C, 512, reps);
+    bf16_line("expert dw", "TN", 512, C, 60, reps);
+    bf16_line("head logits", "NT", N, V, HH, reps > 5 ? 5 : reps);
+    bf16_line("head dinp", "NN", N, HH, V, reps > 5 ? 5 : reps);
+    bf16_line("head dw", "TN", V, HH, N, reps > 5 ? 5 : reps);
+    bf16_line("peak", "NN", 2048, 2048, 2048, reps > 3 ? 3 : reps);
+    backend_set_threads(2);
+}
+
 int main(int argc, char **argv) {
     int reps = argc > 1 ? atoi(argv[1]) : 50;
     if (reps < 1) { fprintf(stderr, "ops_bench: REPS must be a positive integer\n"); return 2; }
@@ -175,9 +235,9 @@ int main(int argc, char **argv) {
 
     float *h = filled((size_t)N * HH, 16), *W2 = filled((size_t)V * HH, 17), *L = filled((size_t)N * V, 18);
     float *dh = filled((size_t)N * HH, 19), *dW2 = filled((size_t)V * HH, 20);
-    head[0] = (GemmCall){0, 1, N, V, HH, 1.0f, h, HH, W2, HH, 0.0f, L, V};     /* logits = h W2^T */
-    head[1] = (GemmCall){0, 0, N, HH, V, 1.0f, L, V, W2, HH, 0.0f, dh, HH};    /* dh = dlogits W2 */
-    head[2] = (GemmCall){1, 0, V, HH, N, 1.0f, L, V, h, HH, 1.0f, dW2, HH};    /* dW2 += dlogits^T h */
+    head[0] = (GemmCall){0, 1, N, V, HH, 1.0f, h, HH, W2, HH, 0.0f, L, V, 0, NULL};     /* logits = h W2^T */
+    head[1] = (GemmCall){0, 0, N, HH, V, 1.0f, L, V, W2, HH, 0.0f, dh, HH, 0, NULL};    /* dh = dlogits W2 */
+    head[2] = (GemmCall){1, 0, V, HH, N, 1.0f, L, V, h, HH, 1.0f, dW2, HH, 0, NULL};    /* dW2 += dlogits^T h */
     const char *name[3] = {"logits = h W^T   ", "dh = dlogits W   ", "dW += dlogits^T h"};
     double flop = 2.0 * N * V * HH;
     for (which = 0; which < 3; which++) {
@@ -204,5 +264,7 @@ int main(int argc, char **argv) {
     qsort(t1024, RUNS, sizeof(double), cmp_double);
     printf("head down (generation) %d x %d, half zero: blocks of 256 %.1f us, of 1024 %.1f us (medians of %d), %.2fx\n",
            V, HH, 1e6 * t256[RUNS / 2], 1e6 * t1024[RUNS / 2], RUNS, t256[RUNS / 2] / t1024[RUNS / 2]);
+    bf16_lines(1, reps > 10 ? 10 : reps);
+    bf16_lines(2, reps > 10 ? 10 : reps);
     return 0;
 }

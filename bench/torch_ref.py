@@ -2,7 +2,11 @@
 """bench/torch_ref.py: PyTorch versions of the models moelm trains, timed like `moelm bench`.
 
     /usr/bin/python3 bench/torch_ref.py --config PRESET [-t THREADS] [--steps N] [--warmup N]
-                                        [--gen N] [--set key=value ...]
+                                        [--gen N] [--set key=value ...] [--bf16]
+
+--bf16 also times the training steps under torch.autocast("cpu", dtype=torch.bfloat16) (train_bf16_tok_s).
+Run it at its best (bench/compare.sh does): jemalloc through LD_PRELOAD (this VM pays ~11 us a first-touched
+page; torch's allocator frees and re-faults big buffers every step without it), OMP_NUM_THREADS = -t.
 
 Same sizes and structure as moelm (src/model/model.h; tests/ref/torch_ref.py is the independent
 correctness reference this borrows from): the seed stack (post-norm, causal, ReLU FFN, then
@@ -125,7 +129,8 @@ class MoE(nn.Module):
             e = int(torch.randint(self.E, ()))
             self.kept = N
             return self.experts.one(e, x), x.new_zeros(())
-        logits = x @ self.wr.t()
+        with torch.autocast("cpu", enabled=False):   # the router in float under autocast (Switch's selective precision)
+            logits = x.float() @ self.wr.t()
         probs = torch.softmax(logits, dim=-1)
         z = torch.logsumexp(logits, dim=-1).pow(2).mean()
         if self.router == "soft":
@@ -150,7 +155,7 @@ class MoE(nn.Module):
                 continue
             kept += tok.numel()
             y = self.experts.one(e, x[tok])
-            out.index_add_(0, tok, gates[tok, slot].unsqueeze(1) * y)
+            out.index_add_(0, tok, (gates[tok, slot].unsqueeze(1) * y).to(out.dtype))
         self.kept = kept
         balance = self.E * (f * probs.mean(0)).sum()
         return out, self.c["router_aux_loss_coef"] * balance + self.c["router_z_loss_coef"] * z
@@ -324,6 +329,29 @@ def openblas_core():
     return "unknown (not OpenBLAS)"
 
 
+def timed_training(model, opt, batches, c, t, B, T, warmup, steps, bf16):
+    """warmup + steps training steps (float, or forward and loss under bf16 autocast); returns tok/s,
+    GFLOP/s, ms a step over the timed steps, and the last loss"""
+    t_total, flops, loss = 0.0, 0.0, torch.zeros(())
+    for s in range(warmup + steps):
+        inp, tgt = batches[s % 4]
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits, aux = model(inp)
+            loss = F.cross_entropy(logits, tgt)
+        (loss + aux).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
+        opt.step()
+        dt = time.perf_counter() - t0
+        if s >= warmup:
+            t_total += dt
+            flops += 3 * forward_flops(c, B, T, model)
+    if not steps:
+        return 0.0, 0.0, 0.0, 0.0
+    return B * T * steps / t_total, flops / t_total / 1e9, 1e3 * t_total / steps, float(loss)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="seed-switch")
@@ -333,6 +361,7 @@ def main():
     ap.add_argument("--gen", type=int, default=100)
     ap.add_argument("--vocab", type=int, default=10000)
     ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--bf16", action="store_true", help="also time training under torch.autocast(bfloat16)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(1)
@@ -357,25 +386,15 @@ def main():
     batches = [(torch.randint(V, (B, T), generator=g), torch.randint(V, (B * T,), generator=g)) for _ in range(4)]
 
     model.train()
-    t_total, flops = 0.0, 0.0
-    for s in range(a.warmup + a.steps):
-        inp, tgt = batches[s % 4]
-        t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        logits, aux = model(inp)
-        loss = F.cross_entropy(logits, tgt)
-        (loss + aux).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
-        opt.step()
-        dt = time.perf_counter() - t0
-        if s >= a.warmup:
-            t_total += dt
-            flops += 3 * forward_flops(c, B, T, model)
-    tps = B * T * a.steps / t_total if a.steps else 0.0
-    gfl = flops / t_total / 1e9 if a.steps else 0.0
+    tps, gfl, ms, loss = timed_training(model, opt, batches, c, t, B, T, a.warmup, a.steps, False)
     if a.steps:
-        print("train: %.2f ms/step, %.0f tok/s, %.1f GFLOP/s, loss %.4f" %
-              (1e3 * t_total / a.steps, tps, gfl, float(loss)))
+        print("train: %.2f ms/step, %.0f tok/s, %.1f GFLOP/s, loss %.4f" % (ms, tps, gfl, loss))
+    tps16, gfl16, ms16 = 0.0, 0.0, 0.0
+    if a.bf16 and a.steps:
+        # the same steps under torch.autocast (bf16 matmuls through oneDNN, float master weights,
+        # loss and softmax in float): PyTorch's mixed precision on CPU, the peer of `moelm train --bf16`
+        tps16, gfl16, ms16, loss16 = timed_training(model, opt, batches, c, t, B, T, a.warmup, a.steps, True)
+        print("train bf16 autocast: %.2f ms/step, %.0f tok/s, %.1f GFLOP/s, loss %.4f" % (ms16, tps16, gfl16, loss16))
 
     gen_tps = 0.0
     if a.gen > 0:
@@ -394,10 +413,9 @@ def main():
         cache = [(torch.zeros(P, C, dtype=torch.bfloat16), torch.zeros(P, C, dtype=torch.bfloat16)) for _ in model.blocks]
         gen16_tps = timed_generation(model, int(batches[0][0][0, 0]), a.gen, cache)
         print("generate bf16: %.1f tok/s" % gen16_tps)
-    print("RESULT config=%s threads=%d train_tok_s=%.1f train_ms_step=%.3f train_gflops=%.2f gen_tok_s=%.2f gen_bf16_tok_s=%.2f "
-          "rss_mb=%.1f kernel=%s" % (a.config, a.threads, tps, 1e3 * t_total / a.steps if a.steps else 0.0, gfl, gen_tps,
-                                     gen16_tps, rss,
-                         openblas_core()))
+    print("RESULT config=%s threads=%d train_tok_s=%.1f train_ms_step=%.3f train_gflops=%.2f train_bf16_tok_s=%.1f "
+          "train_bf16_ms_step=%.3f gen_tok_s=%.2f gen_bf16_tok_s=%.2f rss_mb=%.1f kernel=%s" %
+          (a.config, a.threads, tps, ms, gfl, tps16, ms16, gen_tps, gen16_tps, rss, openblas_core()))
 
 
 if __name__ == "__main__":

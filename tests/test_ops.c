@@ -395,8 +395,8 @@ static void pair_case(int threads) {
     memcpy(dw2, dw1, sizeof(float) * OC * C);
     int was = omp_get_max_threads();
     omp_set_num_threads(threads);
-    GemmCall gi = {0, 0, N, C, OC, 1.0f, dout, OC, w, C, 0.0f, dx1, C};
-    GemmCall gw = {1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw1, C};
+    GemmCall gi = {0, 0, N, C, OC, 1.0f, dout, OC, w, C, 0.0f, dx1, C, 0, NULL};
+    GemmCall gw = {1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw1, C, 0, NULL};
     gemm_pair(&gi, &gw);
     omp_set_num_threads(1);
     gemm(0, 0, N, C, OC, 1.0f, dout, OC, w, C, 0.0f, dx2, C);
@@ -405,7 +405,7 @@ static void pair_case(int threads) {
     EXPECT_MSG(memcmp(dw1, dw2, sizeof(float) * OC * C) == 0, "dw differs at %d threads", threads);
     /* one product not asked for (C NULL, as matmul_backward's dinp may be): the other alone */
     float *dx3 = zeros((size_t)N * C), *dx4 = zeros((size_t)N * C);
-    GemmCall gx = {0, 0, N, C, OC, 1.0f, dout, OC, w, C, 0.0f, dx3, C}, none = gw;
+    GemmCall gx = {0, 0, N, C, OC, 1.0f, dout, OC, w, C, 0.0f, dx3, C, 0, NULL}, none = gw;
     none.C = NULL;
     omp_set_num_threads(threads);
     gemm_pair(&none, &gx);

@@ -1,5 +1,7 @@
 /* gemm.c: reference GEMM and the BLAS behind the same signature. See gemm.h. */
 #include "gemm.h"
+#include "gemm_bf16.h"
+#include "common/util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,7 +45,9 @@ void gemm_ref(int transA, int transB, int M, int N, int K, float alpha, const fl
 }
 
 static void gemm_call(const GemmCall *g) {
-    gemm(g->transA, g->transB, g->M, g->N, g->K, g->alpha, g->A, g->lda, g->B, g->ldb, g->beta, g->C, g->ldc);
+    if (g->Bp) gemm_bf16_packed(g->transA, g->M, g->N, g->K, g->alpha, g->A, g->lda, g->Bp, g->beta, g->C, g->ldc);
+    else if (g->bf16) gemm_bf16(g->transA, g->transB, g->M, g->N, g->K, g->alpha, g->A, g->lda, g->B, g->ldb, g->beta, g->C, g->ldc);
+    else gemm(g->transA, g->transB, g->M, g->N, g->K, g->alpha, g->A, g->lda, g->B, g->ldb, g->beta, g->C, g->ldc);
 }
 
 /* Multiply-adds up to which a product counts as small for gemm_pair. */
@@ -85,10 +89,13 @@ static void gemm_big(const GemmCall *g) {
     double macs = (double)g->M * g->N * g->K;
     if (omp_get_max_threads() == 2 && !omp_in_parallel() && macs > GEMM_PAIR_MAX_MACS) {
         GemmCall a = *g, b = *g;
-        if (g->N > g->M) {   /* columns of C: rows of B^T, or columns of B */
-            a.N = g->N / 2;
+        /* a packed B is cut between its panels of GEMM_BF16_NR columns */
+        int ncut = g->Bp ? g->N / 2 / GEMM_BF16_NR * GEMM_BF16_NR : g->N / 2;
+        if (g->N > g->M && ncut > 0) {   /* columns of C: rows of B^T, or columns of B */
+            a.N = ncut;
             b.N = g->N - a.N;
             b.B = g->transB ? g->B + (size_t)a.N * g->ldb : g->B + a.N;
+            if (g->Bp) b.Bp = g->Bp + gemm_bf16_packed_offset(g->K, a.N);
             b.C = g->C + a.N;
         } else {             /* rows of C: columns of A^T, or rows of A */
             a.M = g->M / 2;
@@ -115,14 +122,22 @@ void gemm_pair(const GemmCall *a, const GemmCall *b) {
     }
 }
 
+void gemm_halves_call(const GemmCall *g) {
+    CHECK(!g->transA);
+    int h = g->M / 2;
+    GemmCall top = *g, bot = *g;
+    top.M = h;
+    bot.M = g->M - h;
+    bot.A = g->A + (size_t)h * g->lda;
+    bot.C = g->C + (size_t)h * g->ldc;
+    if (h > 0 && pair_side_by_side(&top, &bot)) side_by_side(&top, &bot);
+    else gemm_big(g);
+}
+
 void gemm_halves(int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
                  float beta, float *C, int ldc) {
-    int h = M / 2;
-    GemmCall top = {0, transB, h, N, K, alpha, A, lda, B, ldb, beta, C, ldc};
-    GemmCall bot = {0, transB, M - h, N, K, alpha, A + (size_t)h * lda, lda, B, ldb, beta, C + (size_t)h * ldc, ldc};
-    GemmCall whole = {0, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc};
-    if (h > 0 && pair_side_by_side(&top, &bot)) side_by_side(&top, &bot);
-    else gemm_big(&whole);
+    GemmCall whole = {0, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, 0, NULL};
+    gemm_halves_call(&whole);
 }
 
 /* y[n] = alpha * W[n,:] . x + beta * y[n] for n < N (W row-major [N, K], stride ldw): the matrix-vector

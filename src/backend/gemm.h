@@ -17,7 +17,9 @@ void gemm(int transA, int transB, int M, int N, int K, float alpha, const float 
 void gemm_ref(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
               const float *B, int ldb, float beta, float *C, int ldc);
 
-/* One gemm() call's arguments, for gemm_pair. */
+/* One gemm() call's arguments, for gemm_pair. With bf16 set it is a gemm_bf16() call instead (bf16
+ * operands, float sums: gemm_bf16.h), with Bp set a gemm_bf16_packed() call on that packed B (B,
+ * ldb and transB unused). */
 typedef struct {
     int transA, transB, M, N, K;
     float alpha;
@@ -28,6 +30,8 @@ typedef struct {
     float beta;
     float *C;
     int ldc;
+    int bf16;
+    const uint16_t *Bp;
 } GemmCall;
 
 /* Two independent products (neither writes what the other reads), e.g. a linear layer's input
@@ -43,6 +47,8 @@ void gemm_pair(const GemmCall *a, const GemmCall *b);
  * whole, so the bits can differ from one gemm() call); a larger product as gemm_pair runs one. */
 void gemm_halves(int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
                  float beta, float *C, int ldc);
+/* gemm_halves of any call with A not transposed (a bf16 one included) */
+void gemm_halves_call(const GemmCall *g);
 
 /* y[N] = W[N,K] x[K] (+ bias[N]; bias may be NULL), W row-major as nn.Linear stores it: matmul_forward
  * for one row, with the same bits as gemm() gives it under BLAS, on the calling thread (inside a

@@ -21,6 +21,8 @@ static void usage(FILE *f) {
             "  --seq-len N            tokens per sequence (default: the preset's)\n"
             "  --vocab N              vocabulary size when the config leaves it open (default 10000)\n"
             "  -n, --gen N            generated tokens, batch 1, KV cache (default 100; 0 = no generation)\n"
+            "  --bf16                 also time training in bf16 mixed precision (train --bf16), after the float\n"
+            "                         steps, and the bf16 product's 2048^3 peak beside sgemm's\n"
             "  --no-peak              skip the sgemm peak and read bandwidth measurements\n"
             "  --profile              print forward / backward / optimizer time per step, and a generated\n"
             "                         token's phases (attention, projection, ffn, moe, head): time and GB/s\n"
@@ -37,6 +39,7 @@ int cmd_bench(int argc, char **argv) {
         if (arg_flag(argv, i, "-h|--help")) { usage(stdout); return 0; }
         else if (arg_flag(argv, i, "--no-peak")) o.peak = 0;
         else if (arg_flag(argv, i, "--profile")) o.profile = 1;
+        else if (arg_flag(argv, i, "--bf16")) o.bf16 = 1;
         else if (arg_match(argc, argv, &i, "--config", &val)) { if (!val) return cli_error(2); o.config = val; }
         else if (arg_match(argc, argv, &i, "--set", &val)) { if (arg_add_set(val, sets, &o.n_sets, 256)) return cli_error(2); }
         else if (arg_match(argc, argv, &i, "-t|--threads", &val)) { if (arg_int("--threads", val, 1, 1024, &v)) return cli_error(2); o.threads = (int)v; }

@@ -35,6 +35,9 @@ static void usage(FILE *f) {
             "  --ckpt-interval N      checkpoint every N steps (default 0 = at each evaluation and at the end)\n"
             "  --keep N               checkpoints to keep (default 3; 0 = all)\n"
             "  --skip-nonfinite       skip updates whose loss or gradients are NaN/Inf instead of stopping\n"
+            "  --bf16                 mixed precision: the matrix products in bf16 operands with float sums (weights,\n"
+            "                         gradients, optimizer, norms, softmax, router, loss stay float; checkpoints are\n"
+            "                         float and resume either way); fast on CPUs with AVX-512 BF16\n"
             "  --quiet                no per-step lines\n"
             "  --expert-parallel N    under mpirun (make MPI=1): spread each MoE layer's experts over N ranks;\n"
             "                         the ranks split -b evenly (default 1: data parallel only; docs/SCALING.md)\n");
@@ -52,6 +55,7 @@ int cmd_train(int argc, char **argv) {
         else if (arg_flag(argv, i, "--force")) o.force = 1;
         else if (arg_flag(argv, i, "--quiet")) o.quiet = 1;
         else if (arg_flag(argv, i, "--skip-nonfinite")) o.skip_nonfinite = 1;
+        else if (arg_flag(argv, i, "--bf16")) o.bf16 = 1;
         else if (arg_match(argc, argv, &i, "--data", &val)) { if (!val) return cli_error(2); o.data = val; }
         else if (arg_match(argc, argv, &i, "--config", &val)) { if (!val) return cli_error(2); o.config = val; }
         else if (arg_match(argc, argv, &i, "--tokenizer", &val)) { if (!val) return cli_error(2); o.tokenizer = val; }

@@ -290,6 +290,7 @@ moelm_status model_create_sharded(Model *m, const ModelConfig *cfg, int B, int T
 
 void model_free(Model *m) {
     encdec_free(m);
+    moelm_free(m->w16);
     moelm_free(m->p.layers);
     moelm_free(m->g.layers);
     moelm_free(m->a.layers);
@@ -301,6 +302,106 @@ void model_free(Model *m) {
 }
 
 void model_zero_grad(Model *m) { memset(m->grads, 0, sizeof(float) * m->n_params); }
+
+/* ---- bf16 mode ---------------------------------------------------------------------------------- */
+
+/* Rows held of the tensor whose values start at p (the experts' slabs hold a shard under expert
+ * parallelism). */
+static int held_rows(const Model *m, const float *p) {
+    for (int i = 0; i < m->n_tensors; i++)
+        if (m->params + m->tensors[i].offset == p) return (int)m->tensors[i].shape[0];
+    CHECK(0 && "a matrix outside the parameter arena");
+    return 0;
+}
+
+/* One matrix (E = 1) or slab of the walk below: bound at mem + *off (mem NULL: counted only), then
+ * packed from W when pack. */
+static void bf16_one(Bf16Weight *w, const float *W, int E, int OC, int C, uint16_t *mem, size_t *off, int pack) {
+    if (mem) {
+        bf16_weight_bind(w, mem + *off, E, OC, C);
+        if (pack) bf16_weight_pack(w, W, E, OC, C);
+    }
+    *off += (size_t)E * bf16_weight_size(OC, C);
+}
+
+static void bf16_moe(const Model *m, MoEParams *p, uint16_t *mem, size_t *off, int pack) {
+    const MoEConfig *mc = &m->moe_cfg;
+    int C = mc->C, H = mc->H, H1 = activation_in_width(mc->act, H), E = held_rows(m, p->w1);
+    bf16_one(&p->w1_16, p->w1, E, H1, C, mem, off, pack);
+    bf16_one(&p->w2_16, p->w2, E, C, H, mem, off, pack);
+    if (p->sw1) {
+        bf16_one(&p->sw1_16, p->sw1, 1, H1, C, mem, off, pack);
+        bf16_one(&p->sw2_16, p->sw2, 1, C, H, mem, off, pack);
+    }
+}
+
+/* Every matrix a product reads, in layout order: returns the elements of their packed copies; with
+ * mem, binds the views into it, and with pack, fills them from the float parameters. */
+static size_t bf16_walk(Model *m, uint16_t *mem, int pack) {
+    const ModelConfig *c = &m->cfg;
+    int C = c->d_model, V = c->vocab_size, H = c->d_ff, H1 = activation_in_width(c->hidden_act, H);
+    ModelParams *p = &m->p;
+    size_t off = 0;
+    for (int l = 0; l < c->num_layers; l++) {
+        LayerParams *lp = &p->layers[l];
+        bf16_one(&lp->qkv16, lp->qkv_w, 1, 3 * C, C, mem, &off, pack);
+        bf16_one(&lp->out16, lp->out_w, 1, C, C, mem, &off, pack);
+        if (lp->fc1_w) {
+            bf16_one(&lp->fc1_16, lp->fc1_w, 1, H1, C, mem, &off, pack);
+            bf16_one(&lp->fc2_16, lp->fc2_w, 1, C, H, mem, &off, pack);
+        } else {
+            bf16_moe(m, &lp->moe, mem, &off, pack);
+        }
+    }
+    if (c->model_type == MODEL_LM) {
+        bf16_one(&p->lm16, c->tie_word_embeddings ? p->wte : p->lm_head, 1, V, C, mem, &off, pack);
+    } else {
+        bf16_moe(m, &p->head_moe, mem, &off, pack);
+        bf16_one(&p->head1_16, p->head_w1, 1, c->head_hidden, C, mem, &off, pack);
+        bf16_one(&p->head2_16, p->head_w2, 1, V, c->head_hidden, mem, &off, pack);
+    }
+    return off;
+}
+
+/* Clears every packed view (the float products again) */
+static void bf16_unbind(Model *m) {
+    ModelParams *p = &m->p;
+    Bf16Weight none = {NULL, NULL};
+    for (int l = 0; l < m->cfg.num_layers; l++) {
+        LayerParams *lp = &p->layers[l];
+        lp->qkv16 = lp->out16 = lp->fc1_16 = lp->fc2_16 = none;
+        lp->moe.w1_16 = lp->moe.w2_16 = lp->moe.sw1_16 = lp->moe.sw2_16 = none;
+    }
+    p->head_moe.w1_16 = p->head_moe.w2_16 = p->head_moe.sw1_16 = p->head_moe.sw2_16 = none;
+    p->lm16 = p->head1_16 = p->head2_16 = none;
+}
+
+moelm_status model_set_bf16(Model *m, int on) {
+    if (m->ed)   /* the encoder-decoder's products have no bf16 path yet */
+        return on ? moelm_fail(MOELM_ERR_CONFIG, "bf16 mode is not yet supported for switch_transformers models")
+                  : MOELM_OK;
+    if (!on) {
+        bf16_unbind(m);
+        moelm_free(m->w16);
+        m->w16 = NULL;
+        m->w16_n = 0;
+        m->bf16 = 0;
+        return MOELM_OK;
+    }
+    if (m->bf16) return MOELM_OK;
+    size_t n = bf16_walk(m, NULL, 0);
+    uint16_t *mem = moelm_malloc(sizeof(uint16_t) * (n ? n : 1));
+    if (!mem || gemm_bf16_reserve() != 0) {
+        moelm_free(mem);
+        return moelm_fail(MOELM_ERR_NOMEM, "bf16 mode: out of memory for %.0f MB of packed weights",
+                          2.0 * (double)n / 1e6);
+    }
+    m->w16 = mem;
+    m->w16_n = n;
+    m->bf16 = 1;
+    bf16_walk(m, m->w16, 1);
+    return MOELM_OK;
+}
 
 static size_t moe_expert_params(const MoEConfig *mc) {
     int H1 = activation_in_width(mc->act, mc->H);
@@ -334,12 +435,25 @@ static void norm_bwd(const Model *m, float *dinp, float *dw, float *db, const fl
     else layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, C);
 }
 
+/* A linear layer's products, in bf16 when the model packed its weight (bf16 mode: w16->fwd set) */
+static void linear_fwd(float *out, const float *inp, const float *w, const Bf16Weight *w16, const float *b, int N,
+                       int C, int OC) {
+    if (w16->fwd) matmul_forward_bf16(out, inp, w16, b, N, C, OC);
+    else matmul_forward(out, inp, w, b, N, C, OC);
+}
+
+static void linear_bwd(float *dinp, float *dw, float *db, const float *dout, const float *inp, const float *w,
+                       const Bf16Weight *w16, int N, int C, int OC) {
+    if (w16->fwd) matmul_backward_bf16(dinp, dw, db, dout, inp, w16, N, C, OC);
+    else matmul_backward(dinp, dw, db, dout, inp, w, N, C, OC);
+}
+
 /* Dense FFN: out[N,C] = fc2(act(fc1(inp))) saving fc_pre and fc. */
 static void ffn_fwd(const Model *m, float *out, float *fc_pre, float *fc, const float *inp, const LayerParams *lp, int N) {
     int C = m->cfg.d_model, H = m->cfg.d_ff, H1 = activation_in_width(m->cfg.hidden_act, H);
-    matmul_forward(fc_pre, inp, lp->fc1_w, lp->fc1_b, N, C, H1);
+    linear_fwd(fc_pre, inp, lp->fc1_w, &lp->fc1_16, lp->fc1_b, N, C, H1);
     activation_forward(fc, fc_pre, m->cfg.hidden_act, N, H);
-    matmul_forward(out, fc, lp->fc2_w, lp->fc2_b, N, H, C);
+    linear_fwd(out, fc, lp->fc2_w, &lp->fc2_16, lp->fc2_b, N, H, C);
 }
 
 float model_forward(Model *m, const int *inputs, const int *targets, int training) {
@@ -352,6 +466,7 @@ float model_forward(Model *m, const int *inputs, const int *targets, int trainin
     const ModelParams *p = &m->p;
     m->pdrop = pdrop;
     for (int i = 0; i < N; i++) CHECK(inputs[i] >= 0 && inputs[i] < V);
+    if (m->bf16) bf16_walk(m, m->w16, 1);   /* the packed copies from the current weights */
     memcpy(a->inputs, inputs, sizeof(int) * N);
     for (int i = 0; i < N; i++) a->targets[i] = targets ? targets[i] : -1;
 
@@ -369,9 +484,9 @@ float model_forward(Model *m, const int *inputs, const int *targets, int trainin
             norm_fwd(m, la->ln1, la->ln1_mean, la->ln1_rstd, la->x_in, lp->ln1_w, lp->ln1_b, N);
             att_in = la->ln1;
         }
-        matmul_forward(la->qkv, att_in, lp->qkv_w, lp->qkv_b, N, C, 3 * C);
+        linear_fwd(la->qkv, att_in, lp->qkv_w, &lp->qkv16, lp->qkv_b, N, C, 3 * C);
         attention_forward(la->atty, la->att, la->qkv, B, T, C, NH, 1);
-        matmul_forward(la->attproj, la->atty, lp->out_w, lp->out_b, N, C, C);
+        linear_fwd(la->attproj, la->atty, lp->out_w, &lp->out16, lp->out_b, N, C, C);
         dropout_forward(la->attproj, la->drop1, la->attproj, pdrop, (size_t)N * C, &m->rng);
         add_forward(la->res1, la->x_in, la->attproj, (size_t)N * C);
         const float *ffn_in;
@@ -398,16 +513,16 @@ float model_forward(Model *m, const int *inputs, const int *targets, int trainin
     }
     if (!seed) {
         norm_fwd(m, a->lnf, a->lnf_mean, a->lnf_rstd, a->x_final, p->lnf_w, p->lnf_b, N);
-        matmul_forward(a->logits, a->lnf, c->tie_word_embeddings ? p->wte : p->lm_head, NULL, N, C, V);
+        linear_fwd(a->logits, a->lnf, c->tie_word_embeddings ? p->wte : p->lm_head, &p->lm16, NULL, N, C, V);
     } else {
         int HH = c->head_hidden;
         moe_forward(a->hm_out, &a->head_moe, a->x_final, inputs, &p->head_moe, &m->moe_cfg, N, training, &m->rng);
         m->aux_loss += moe_loss(&a->head_moe, &m->moe_cfg);
         add_forward(a->hm, a->x_final, a->hm_out, (size_t)N * C);
         dropout_forward(a->hm_drop, a->head_mask, a->hm, pdrop, (size_t)N * C, &m->rng);
-        matmul_forward(a->head_pre, a->hm_drop, p->head_w1, p->head_b1, N, C, HH);
+        linear_fwd(a->head_pre, a->hm_drop, p->head_w1, &p->head1_16, p->head_b1, N, C, HH);
         activation_forward(a->head_h, a->head_pre, ACT_RELU, N, HH);
-        matmul_forward(a->logits, a->head_h, p->head_w2, p->head_b2, N, HH, V);
+        linear_fwd(a->logits, a->head_h, p->head_w2, &p->head2_16, p->head_b2, N, HH, V);
     }
     crossentropy_forward(a->losses, a->lse, a->logits, a->targets, N, V);
     double sum = 0.0;
@@ -441,14 +556,14 @@ void model_backward(Model *m) {
     if (!seed) {
         const float *W = c->tie_word_embeddings ? p->wte : p->lm_head;
         float *dW = c->tie_word_embeddings ? g->wte : g->lm_head;
-        matmul_backward(s->dbuf, dW, NULL, dlogits, a->lnf, W, N, C, V);
+        linear_bwd(s->dbuf, dW, NULL, dlogits, a->lnf, W, &p->lm16, N, C, V);
         memset(s->dres, 0, sizeof(float) * NC);
         norm_bwd(m, s->dres, g->lnf_w, g->lnf_b, s->dbuf, a->x_final, p->lnf_w, a->lnf_mean, a->lnf_rstd, N);
     } else {
         int HH = c->head_hidden;
-        matmul_backward(s->dfc2, g->head_w2, g->head_b2, dlogits, a->head_h, p->head_w2, N, HH, V);
+        linear_bwd(s->dfc2, g->head_w2, g->head_b2, dlogits, a->head_h, p->head_w2, &p->head2_16, N, HH, V);
         activation_backward(s->dfc, s->dfc2, a->head_pre, ACT_RELU, N, HH);
-        matmul_backward(s->dbuf, g->head_w1, g->head_b1, s->dfc, a->hm_drop, p->head_w1, N, C, HH);
+        linear_bwd(s->dbuf, g->head_w1, g->head_b1, s->dfc, a->hm_drop, p->head_w1, &p->head1_16, N, C, HH);
         dropout_backward(s->dbuf, s->dbuf, a->head_mask, pdrop, NC);          /* d hm */
         moe_backward(s->dbuf2, &g->head_moe, s->dbuf, &a->head_moe, a->x_final, &p->head_moe, &m->moe_cfg, N, 1.0f);
         add_forward(s->dres, s->dbuf, s->dbuf2, NC);                        /* hm = x + moe(x) */
@@ -476,9 +591,9 @@ void model_backward(Model *m) {
         if (sparse) {
             moe_backward(dffn_in, &lg->moe, s->dbuf2, &la->moe, ffn_in, &lp->moe, &m->moe_cfg, N, 1.0f);
         } else {
-            matmul_backward(s->dfc2, lg->fc2_w, lg->fc2_b, s->dbuf2, la->fc, lp->fc2_w, N, H, C);
+            linear_bwd(s->dfc2, lg->fc2_w, lg->fc2_b, s->dbuf2, la->fc, lp->fc2_w, &lp->fc2_16, N, H, C);
             activation_backward(s->dfc, s->dfc2, la->fc_pre, c->hidden_act, N, H);
-            matmul_backward(dffn_in, lg->fc1_w, lg->fc1_b, s->dfc, ffn_in, lp->fc1_w, N, C, H1);
+            linear_bwd(dffn_in, lg->fc1_w, lg->fc1_b, s->dfc, ffn_in, lp->fc1_w, &lp->fc1_16, N, C, H1);
         }
         if (!seed) {
             norm_bwd(m, s->dres, lg->ln2_w, lg->ln2_b, dffn_in, la->res1, lp->ln2_w, la->ln2_mean, la->ln2_rstd, N);
@@ -489,10 +604,10 @@ void model_backward(Model *m) {
         }
         /* s->dres = d res1; res1 = x_in + attproj */
         dropout_backward(s->dbuf, s->dres, la->drop1, pdrop, NC);
-        matmul_backward(s->dbuf2, lg->out_w, lg->out_b, s->dbuf, la->atty, lp->out_w, N, C, C);
+        linear_bwd(s->dbuf2, lg->out_w, lg->out_b, s->dbuf, la->atty, lp->out_w, &lp->out16, N, C, C);
         attention_backward(s->dqkv, s->datt, s->dbuf2, la->att, la->qkv, B, T, C, NH, 1);
         const float *att_in = seed ? la->x_in : la->ln1;
-        matmul_backward(s->dbuf, lg->qkv_w, lg->qkv_b, s->dqkv, att_in, lp->qkv_w, N, C, 3 * C);
+        linear_bwd(s->dbuf, lg->qkv_w, lg->qkv_b, s->dqkv, att_in, lp->qkv_w, &lp->qkv16, N, C, 3 * C);
         if (!seed) norm_bwd(m, s->dres, lg->ln1_w, lg->ln1_b, s->dbuf, la->x_in, lp->ln1_w, la->ln1_mean, la->ln1_rstd, N);
         else add_forward(s->dres, s->dres, s->dbuf, NC);
     }

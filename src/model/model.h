@@ -35,6 +35,7 @@ typedef struct {
     float *fc1_w, *fc1_b;     /* dense FFN [H1, C], [H1] (NULL in sparse blocks) */
     float *fc2_w, *fc2_b;     /* [C, H], [C] */
     MoEParams moe;            /* sparse blocks only */
+    Bf16Weight qkv16, out16, fc1_16, fc2_16;   /* bf16 mode: the matrices packed (model_set_bf16); else NULL */
 } LayerParams;
 
 typedef struct {
@@ -46,6 +47,7 @@ typedef struct {
     MoEParams head_moe;       /* seed */
     float *head_w1, *head_b1; /* seed: [HH, C], [HH] */
     float *head_w2, *head_b2; /* seed: [V, HH], [V] */
+    Bf16Weight lm16, head1_16, head2_16;   /* bf16 mode: lm's head (lm_head or the tied wte), the seed head's */
 } ModelParams;
 
 typedef struct {
@@ -204,6 +206,9 @@ typedef struct {
     int n_valid;              /* targets >= 0 in the last forward */
     size_t acts_bytes;
     struct EncDec *ed;        /* switch_transformers only (p, g, a and s unused then); NULL otherwise */
+    int bf16;                 /* mixed precision (model_set_bf16) */
+    uint16_t *w16;            /* bf16 mode: the packed copies of every matrix the products read */
+    size_t w16_n;             /* elements of w16 */
 } Model;
 
 /* Builds the layout and allocates params, grads and activations for batches of B x T. Parameters
@@ -228,6 +233,16 @@ float model_forward(Model *m, const int *inputs, const int *targets, int trainin
 void model_backward(Model *m);
 
 void model_zero_grad(Model *m);
+
+/* Mixed precision (bf16 mode): every linear layer's products (forward, input and weight gradients;
+ * attention's projections, dense FFNs, experts, the head) take bf16 operands with float sums
+ * (gemm_bf16.h); parameters, gradients, optimizer moments, the residual stream, norms, attention's
+ * scores and softmax, the router, the loss stay float. on: allocates the packed bf16 copies of the
+ * matrices (w16; ~ half the float parameters' bytes, twice: each matrix in both products' forms),
+ * which model_forward refreshes from the float parameters at its start (so a forward always reads
+ * the current weights); off: frees them. On a CPU without AVX-512 BF16 the products run the portable
+ * kernel (the same results, slower than float: gemm_bf16_fast says which). */
+moelm_status model_set_bf16(Model *m, int on);
 
 /* Generation with a KV cache (batch 1). kv_create sizes one allocation from m->cfg (n_positions).
  * model_step_kv feeds token at position kv->pos and writes next-token logits [V] into kv->logits,

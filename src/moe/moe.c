@@ -535,14 +535,17 @@ static void colsum_add(float *db, const float *d, int n, int OC) {
         for (int o = 0; o < OC; o++) db[o] += d[(size_t)r * OC + o];
 }
 
-/* One FFN over n rows: h_pre = x @ w1^T + b1, h = act(h_pre), y = h @ w2^T + b2. */
+/* One FFN over n rows: h_pre = x @ w1^T + b1, h = act(h_pre), y = h @ w2^T + b2. w16: NULL (float), or
+ * w1's and w2's packed bf16 forms (the four products in bf16 operands, float sums). */
 static void ffn_forward(float *y, float *h, float *h_pre, const float *x, const float *w1, const float *b1,
-                        const float *w2, const float *b2, Activation act, int n, int C, int H) {
-    int H1 = activation_in_width(act, H);
-    gemm_halves(1, n, H1, C, 1.0f, x, C, w1, C, 0.0f, h_pre, H1);
+                        const float *w2, const float *b2, const Bf16Weight *w16, Activation act, int n, int C, int H) {
+    int H1 = activation_in_width(act, H), bf = w16 != NULL;
+    GemmCall g1 = {0, 1, n, H1, C, 1.0f, x, C, w1, C, 0.0f, h_pre, H1, bf, bf ? w16[0].fwd : NULL};
+    gemm_halves_call(&g1);
     add_bias_rows(h_pre, b1, n, H1);
     activation_forward(h, h_pre, act, n, H);
-    gemm_halves(1, n, C, H, 1.0f, h, H, w2, H, 0.0f, y, C);
+    GemmCall g2 = {0, 1, n, C, H, 1.0f, h, H, w2, H, 0.0f, y, C, bf, bf ? w16[1].fwd : NULL};
+    gemm_halves_call(&g2);
     add_bias_rows(y, b2, n, C);
 }
 
@@ -550,18 +553,35 @@ static void ffn_forward(float *y, float *h, float *h_pre, const float *x, const 
  * dx may alias dy (dy is last read before dx is written). */
 static void ffn_backward(float *dx, float *dw1, float *db1, float *dw2, float *db2, float *dh, float *dh_pre,
                          const float *dy, const float *h, const float *h_pre, const float *x, const float *w1,
-                         const float *w2, Activation act, int n, int C, int H) {
-    int H1 = activation_in_width(act, H);
-    GemmCall gh = {0, 0, n, H, C, 1.0f, dy, C, w2, H, 0.0f, dh, H};         /* dh = dy @ w2 */
-    GemmCall gw2 = {1, 0, C, H, n, 1.0f, dy, C, h, H, 1.0f, dw2, H};        /* dw2 += dy^T h */
+                         const float *w2, const Bf16Weight *w16, Activation act, int n, int C, int H) {
+    int H1 = activation_in_width(act, H), bf = w16 != NULL;
+    GemmCall gh = {0, 0, n, H, C, 1.0f, dy, C, w2, H, 0.0f, dh, H, bf, bf ? w16[1].bwd : NULL};   /* dh = dy @ w2 */
+    GemmCall gw2 = {1, 0, C, H, n, 1.0f, dy, C, h, H, 1.0f, dw2, H, bf, NULL};                    /* dw2 += dy^T h */
     gemm_pair(&gh, &gw2);
     colsum_add(db2, dy, n, C);
     activation_backward(dh_pre, dh, h_pre, act, n, H);
     /* dy is read for the last time above, so dx (which may alias it) can be written alongside dw1 */
-    GemmCall gw1 = {1, 0, H1, C, n, 1.0f, dh_pre, H1, x, C, 1.0f, dw1, C};  /* dw1 += dh_pre^T x */
-    GemmCall gx = {0, 0, n, C, H1, 1.0f, dh_pre, H1, w1, C, 0.0f, dx, C};   /* dx = dh_pre @ w1 */
+    GemmCall gw1 = {1, 0, H1, C, n, 1.0f, dh_pre, H1, x, C, 1.0f, dw1, C, bf, NULL};              /* dw1 += dh_pre^T x */
+    GemmCall gx = {0, 0, n, C, H1, 1.0f, dh_pre, H1, w1, C, 0.0f, dx, C, bf, bf ? w16[0].bwd : NULL};   /* dx = dh_pre @ w1 */
     gemm_pair(&gw1, &gx);
     colsum_add(db1, dh_pre, n, H1);
+}
+
+/* The packed bf16 weights of held expert w into pair (w1's, w2's), or NULL when the layer is in float */
+static const Bf16Weight *expert16(Bf16Weight pair[2], const MoEParams *p, const MoEConfig *cfg, size_t w) {
+    if (!p->w1_16.fwd) return NULL;
+    int H1 = moe_h1(cfg);
+    pair[0] = bf16_weight_expert(&p->w1_16, (int)w, H1, cfg->C);
+    pair[1] = bf16_weight_expert(&p->w2_16, (int)w, cfg->C, cfg->H);
+    return pair;
+}
+
+/* the shared expert's packed weights, or NULL */
+static const Bf16Weight *shared16(Bf16Weight pair[2], const MoEParams *p) {
+    if (!p->sw1_16.fwd) return NULL;
+    pair[0] = p->sw1_16;
+    pair[1] = p->sw2_16;
+    return pair;
 }
 
 /* Expert e's index in the held weights (expert parallelism holds [e_first, e_first + E/P)); only
@@ -592,19 +612,28 @@ static int experts_side_by_side(const int *offsets, int E, int C, int H1) {
 
 /* The expert computation over the dispatched slabs. This is the whole of what runs on an expert's
  * owner under expert parallelism: it reads only xd and offsets, writes only h_pre, h, y. */
+/* Expert e's FFN over its slab: it writes only its rows offsets[e]..offsets[e+1]-1. */
+static void expert_forward(MoEActs *a, const MoEParams *p, const MoEConfig *cfg, int e) {
+    int C = cfg->C, H = cfg->H, H1 = moe_h1(cfg);
+    int r0 = a->offsets[e], n = a->offsets[e + 1] - r0;
+    if (n == 0) return;
+    size_t w = held_expert(cfg, e);
+    Bf16Weight pair[2];
+    ffn_forward(a->y + (size_t)r0 * C, a->h + (size_t)r0 * H, a->h_pre + (size_t)r0 * H1,
+                a->xd + (size_t)r0 * C, p->w1 + w * H1 * C, p->b1 ? p->b1 + w * H1 : NULL,
+                p->w2 + w * C * H, p->b2 ? p->b2 + w * C : NULL, expert16(pair, p, cfg, w), cfg->act, n, C, H);
+}
+
 static void moe_experts_forward(MoEActs *a, const MoEParams *p, const MoEConfig *cfg) {
-    int E = cfg->E, C = cfg->C, H = cfg->H, H1 = moe_h1(cfg);
+    int E = cfg->E;
     /* One GEMM pair per expert, experts side by side when that pays (see experts_side_by_side).
-     * Expert e writes only its rows offsets[e]..offsets[e+1]-1. */
-    int par = experts_side_by_side(a->offsets, E, C, H1);
-#pragma omp parallel for schedule(dynamic, 1) if (par)
-    for (int e = 0; e < E; e++) {
-        int r0 = a->offsets[e], n = a->offsets[e + 1] - r0;
-        if (n == 0) continue;
-        size_t w = held_expert(cfg, e);
-        ffn_forward(a->y + (size_t)r0 * C, a->h + (size_t)r0 * H, a->h_pre + (size_t)r0 * H1,
-                    a->xd + (size_t)r0 * C, p->w1 + w * H1 * C, p->b1 ? p->b1 + w * H1 : NULL,
-                    p->w2 + w * C * H, p->b2 ? p->b2 + w * C : NULL, cfg->act, n, C, H);
+     * Otherwise no region at all: inside an inactive one (if false) omp_in_parallel() is 0, and each
+     * product's halves would run as a nested team of two, on threads started and ended every call. */
+    if (experts_side_by_side(a->offsets, E, cfg->C, moe_h1(cfg))) {
+#pragma omp parallel for schedule(dynamic, 1)
+        for (int e = 0; e < E; e++) expert_forward(a, p, cfg, e);
+    } else {
+        for (int e = 0; e < E; e++) expert_forward(a, p, cfg, e);
     }
 }
 
@@ -685,8 +714,10 @@ void moe_forward(float *out, MoEActs *a, const float *x, const int *tokens, cons
     } else {
         moe_experts_forward(a, p, cfg);
     }
-    if (cfg->shared_expert)
-        ffn_forward(a->sy, a->sh, a->sh_pre, x, p->sw1, p->sb1, p->sw2, p->sb2, cfg->act, N, C, cfg->H);
+    if (cfg->shared_expert) {
+        Bf16Weight pair[2];
+        ffn_forward(a->sy, a->sh, a->sh_pre, x, p->sw1, p->sb1, p->sw2, p->sb2, shared16(pair, p), cfg->act, N, C, cfg->H);
+    }
     moe_forward_combine(out, a, cfg);
     if (cfg->dropped_gets_input) {
         /* a dropped token's output is s * gate * x instead of 0 (switch: one slot a token) */
@@ -766,20 +797,27 @@ static void router_backward_logits(MoEActs *a, const float *dout, const float *x
 /* Experts backward, side by side when the forward did so: expert e writes only its own rows of
  * dh, dh_pre, dy and its own slices of the weight gradients. dxd overwrites dy in place
  * (ffn_backward allows it). */
+static void expert_backward(MoEActs *a, MoEParams *grads, const MoEParams *p, const MoEConfig *cfg, int e) {
+    int C = cfg->C, H = cfg->H, H1 = moe_h1(cfg);
+    int r0 = a->offsets[e], n = a->offsets[e + 1] - r0;
+    if (n == 0) return;
+    float *dy = a->dy + (size_t)r0 * C;
+    size_t w = held_expert(cfg, e);
+    Bf16Weight pair[2];
+    ffn_backward(dy, grads->w1 + w * H1 * C, grads->b1 ? grads->b1 + w * H1 : NULL, grads->w2 + w * C * H,
+                 grads->b2 ? grads->b2 + w * C : NULL,
+                 a->dh + (size_t)r0 * H, a->dh_pre + (size_t)r0 * H1, dy, a->h + (size_t)r0 * H,
+                 a->h_pre + (size_t)r0 * H1, a->xd + (size_t)r0 * C, p->w1 + w * H1 * C,
+                 p->w2 + w * C * H, expert16(pair, p, cfg, w), cfg->act, n, C, H);
+}
+
 static void moe_experts_backward(MoEActs *a, MoEParams *grads, const MoEParams *p, const MoEConfig *cfg) {
-    int E = cfg->E, C = cfg->C, H = cfg->H, H1 = moe_h1(cfg);
-    int par = experts_side_by_side(a->offsets, E, C, H1);
-#pragma omp parallel for schedule(dynamic, 1) if (par)
-    for (int e = 0; e < E; e++) {
-        int r0 = a->offsets[e], n = a->offsets[e + 1] - r0;
-        if (n == 0) continue;
-        float *dy = a->dy + (size_t)r0 * C;
-        size_t w = held_expert(cfg, e);
-        ffn_backward(dy, grads->w1 + w * H1 * C, grads->b1 ? grads->b1 + w * H1 : NULL, grads->w2 + w * C * H,
-                     grads->b2 ? grads->b2 + w * C : NULL,
-                     a->dh + (size_t)r0 * H, a->dh_pre + (size_t)r0 * H1, dy, a->h + (size_t)r0 * H,
-                     a->h_pre + (size_t)r0 * H1, a->xd + (size_t)r0 * C, p->w1 + w * H1 * C,
-                     p->w2 + w * C * H, cfg->act, n, C, H);
+    int E = cfg->E;
+    if (experts_side_by_side(a->offsets, E, cfg->C, moe_h1(cfg))) {   /* as the forward, and no region otherwise */
+#pragma omp parallel for schedule(dynamic, 1)
+        for (int e = 0; e < E; e++) expert_backward(a, grads, p, cfg, e);
+    } else {
+        for (int e = 0; e < E; e++) expert_backward(a, grads, p, cfg, e);
     }
 }
 
@@ -790,9 +828,10 @@ void moe_backward(float *dx, MoEParams *grads, const float *dout, MoEActs *a, co
     size_t NC = (size_t)N * C;
 
     /* Shared expert first: its [N, .] gradients use the scratch before the experts need it. dx = */
+    Bf16Weight pair[2];
     if (cfg->shared_expert)
         ffn_backward(dx, grads->sw1, grads->sb1, grads->sw2, grads->sb2, a->dh, a->dh_pre, dout, a->sh,
-                     a->sh_pre, x, p->sw1, p->sw2, cfg->act, N, C, H);
+                     a->sh_pre, x, p->sw1, p->sw2, shared16(pair, p), cfg->act, N, C, H);
     else
         memset(dx, 0, NC * sizeof(float));
 

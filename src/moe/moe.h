@@ -74,6 +74,10 @@ typedef struct {
     float *sw1, *sb1;   /* shared expert [H1, C], [H1]; NULL without a shared expert */
     float *sw2, *sb2;   /* shared expert [C, H], [C] */
     float *expert_bias; /* [E] selection bias (not trained by gradient; NULL unless use_expert_bias) */
+    /* Mixed precision (the model's bf16 mode; all NULL otherwise, and in the gradients' struct): w1,
+     * w2 (per held expert, bf16_weight_expert) and the shared expert's sw1, sw2 packed in bf16; the
+     * experts' products then run in bf16 operands with float sums. The router stays float. */
+    Bf16Weight w1_16, w2_16, sw1_16, sw2_16;
 } MoEParams;
 
 /* Saved activations and routing decisions of one MoE layer for N tokens. Routing decisions are

@@ -202,18 +202,36 @@ void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *in
 
 /* ---- linear ---------------------------------------------------------------------------------- */
 
-void matmul_forward(float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC) {
-    if (bias) {
+/* bias rows into out[N, OC] (the product then adds itself to them) */
+static void bias_rows(float *out, const float *bias, int N, int OC) {
 #pragma omp parallel for schedule(static) if ((size_t)N * OC >= PAR_MIN_WORK)
-        for (int n = 0; n < N; n++) memcpy(out + (size_t)n * OC, bias, sizeof(float) * OC);
-    }
+    for (int n = 0; n < N; n++) memcpy(out + (size_t)n * OC, bias, sizeof(float) * OC);
+}
+
+void matmul_forward(float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC) {
+    if (bias) bias_rows(out, bias, N, OC);
     gemm_halves(1, N, OC, C, 1.0f, inp, C, w, C, bias ? 1.0f : 0.0f, out, OC);
+}
+
+/* bf16: gemm_halves_call is gemm_halves with B packed (the same cuts) */
+void matmul_forward_bf16(float *out, const float *inp, const Bf16Weight *w16, const float *bias, int N, int C, int OC) {
+    if (bias) bias_rows(out, bias, N, OC);
+    GemmCall g = {0, 1, N, OC, C, 1.0f, inp, C, NULL, C, bias ? 1.0f : 0.0f, out, OC, 1, w16->fwd};
+    gemm_halves_call(&g);
 }
 
 void matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
                      const float *w, int N, int C, int OC) {
-    GemmCall gi = {0, 0, N, C, OC, 1.0f, dout, OC, w, C, 0.0f, dinp, C};      /* dinp = dout @ w (if dinp) */
-    GemmCall gw = {1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C};       /* dw += dout^T @ inp (if dw) */
+    GemmCall gi = {0, 0, N, C, OC, 1.0f, dout, OC, w, C, 0.0f, dinp, C, 0, NULL};      /* dinp = dout @ w (if dinp) */
+    GemmCall gw = {1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C, 0, NULL};       /* dw += dout^T @ inp (if dw) */
+    gemm_pair(&gi, &gw);
+    if (dbias) colsum_product_acc(dbias, dout, NULL, N, OC);
+}
+
+void matmul_backward_bf16(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                          const Bf16Weight *w16, int N, int C, int OC) {
+    GemmCall gi = {0, 0, N, C, OC, 1.0f, dout, OC, NULL, C, 0.0f, dinp, C, 1, w16->bwd};   /* dinp = dout @ w */
+    GemmCall gw = {1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C, 1, NULL};         /* dw += dout^T @ inp */
     gemm_pair(&gi, &gw);
     if (dbias) colsum_product_acc(dbias, dout, NULL, N, OC);
 }

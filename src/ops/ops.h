@@ -16,6 +16,7 @@
 
 #include <stdint.h>
 #include "common/util.h"
+#include "backend/gemm_bf16.h"
 
 /* ACT_GELU_TANH is HF's "gelu_new" (T5 v1.1, GPT-2): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
  * ACT_GEGLU is T5 v1.1's "gated-gelu": gelu_new(x W_0) * (x W_1), laid out as ACT_SWIGLU is. */
@@ -50,6 +51,13 @@ void matmul_forward(float *out, const float *inp, const float *w, const float *b
 /* dinp[N,C] = (may be NULL: not needed), dw[OC,C] +=, dbias[OC] += (may be NULL) */
 void matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
                      const float *w, int N, int C, int OC);
+
+/* The same in mixed precision: the products in bf16 operands with float sums (gemm_bf16.h), the
+ * weight w [OC, C] read from its packed bf16 forms w16 (bf16_weight_pack'ed from it; dw still float:
+ * +=), inp and dout rounded as they are read; bias and dbias in float. */
+void matmul_forward_bf16(float *out, const float *inp, const Bf16Weight *w16, const float *bias, int N, int C, int OC);
+void matmul_backward_bf16(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                          const Bf16Weight *w16, int N, int C, int OC);
 
 /* Multi-head self-attention core (after the QKV projection, before the output projection).
  * qkv[B,T,3C] holds q, k, v for each position (C each, heads of size C/NH side by side).

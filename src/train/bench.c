@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include "backend/gemm.h"
+#include "backend/gemm_bf16.h"
 #include "io/fileio.h"
 #include "data/span.h"
 #include "model/encdec.h"
@@ -113,8 +114,9 @@ static double peak_rss_mb(void) {
 }
 
 /* Seconds of reps products C[M,N] = A[M,K] B[N,K]^T (the layout of matmul_forward) through gemm(),
- * after one untimed, into t[0..reps-1]. */
-static moelm_status gemm_times(int M, int Nn, int K, int reps, double *t) {
+ * or with bf16 through gemm_bf16() (bf16 operands packed per call, float sums), after one untimed,
+ * into t[0..reps-1]. */
+static moelm_status gemm_times(int M, int Nn, int K, int reps, double *t, int bf16) {
     float *A = moelm_malloc(sizeof(float) * (size_t)M * K), *Bm = moelm_malloc(sizeof(float) * (size_t)Nn * K);
     float *Cm = moelm_malloc(sizeof(float) * (size_t)M * Nn);
     if (!A || !Bm || !Cm) {
@@ -126,11 +128,11 @@ static moelm_status gemm_times(int M, int Nn, int K, int reps, double *t) {
     for (size_t i = 0; i < (size_t)M * K; i++) A[i] = rng_uniform(&r) - 0.5f;
     for (size_t i = 0; i < (size_t)Nn * K; i++) Bm[i] = rng_uniform(&r) - 0.5f;
     memset(Cm, 0, sizeof(float) * (size_t)M * Nn);
-    gemm(0, 1, M, Nn, K, 1.0f, A, K, Bm, K, 0.0f, Cm, Nn);   /* warm-up: pages, BLAS buffers, threads */
-    for (int i = 0; i < reps; i++) {
+    for (int i = -1; i < reps; i++) {   /* i = -1: the warm-up (pages, BLAS buffers, threads) */
         double t0 = time_now();
-        gemm(0, 1, M, Nn, K, 1.0f, A, K, Bm, K, 0.0f, Cm, Nn);
-        t[i] = time_now() - t0;
+        if (bf16) gemm_bf16(0, 1, M, Nn, K, 1.0f, A, K, Bm, K, 0.0f, Cm, Nn);
+        else gemm(0, 1, M, Nn, K, 1.0f, A, K, Bm, K, 0.0f, Cm, Nn);
+        if (i >= 0) t[i] = time_now() - t0;
     }
     moelm_free(A); moelm_free(Bm); moelm_free(Cm);
     return MOELM_OK;
@@ -313,9 +315,10 @@ moelm_status bench_run(const BenchOptions *o) {
      * after training and generation, so that the share compares the two over the same stretch of a
      * machine whose speed moves (the buffers are freed before the model is made: no RSS added) */
     enum { PEAK_REPS = 5 };
-    double peak_t[2 * PEAK_REPS];
+    double peak_t[2 * PEAK_REPS], peak16_t[2 * PEAK_REPS];
     if (o->peak) {
-        st = gemm_times(2048, 2048, 2048, PEAK_REPS, peak_t);
+        st = gemm_times(2048, 2048, 2048, PEAK_REPS, peak_t, 0);
+        if (!st && o->bf16) st = gemm_times(2048, 2048, 2048, PEAK_REPS, peak16_t, 1);
         if (st) return st;
     }
 
@@ -358,6 +361,25 @@ moelm_status bench_run(const BenchOptions *o) {
             printf("train phases: forward %.2f ms, backward %.2f ms, clip+optimizer %.2f ms per step\n",
                    1e3 * bt.fwd_s / o->steps, 1e3 * bt.bwd_s / o->steps, 1e3 * bt.opt_s / o->steps);
     }
+    /* the same steps again in bf16 mixed precision (from where the float ones left the weights); the
+     * packed copies are freed before generation */
+    double t16_total = 0.0, train16_tps = 0.0, train16_gflops = 0.0;
+    if (o->bf16 && o->steps > 0) {
+        st = model_set_bf16(&m, 1);
+        if (st) goto done;
+        BenchTrain b16;
+        bench_train(&m, &opt, &tc, tok, NBATCH, o->warmup, o->steps, &b16);
+        model_set_bf16(&m, 0);
+        t16_total = b16.fwd_s + b16.bwd_s + b16.opt_s;
+        train16_tps = (double)N * o->steps / t16_total;
+        train16_gflops = b16.flops / t16_total / 1e9;
+        printf("train --bf16: %.2f ms/step, %.0f tok/s, %.1f GFLOP/s, loss %.4f; %.2fx float (%s kernel)\n",
+               1e3 * t16_total / o->steps, train16_tps, train16_gflops, b16.loss, train16_tps / train_tps,
+               gemm_bf16_kernel());
+        if (o->profile)
+            printf("train --bf16 phases: forward %.2f ms, backward %.2f ms, clip+optimizer %.2f ms per step\n",
+                   1e3 * b16.fwd_s / o->steps, 1e3 * b16.bwd_s / o->steps, 1e3 * b16.opt_s / o->steps);
+    }
 
     /* generation: batch 1, one prompt token, then n_gen greedy tokens through the KV cache; with the
      * float weights, then (after the RSS is read: the copy is not part of training) with bf16 ones.
@@ -397,26 +419,36 @@ moelm_status bench_run(const BenchOptions *o) {
     }
 
     /* the peak's second half; the head's shape alone, for comparison */
-    double peak = 0.0, head = 0.0, head_t[PEAK_REPS];
+    double peak = 0.0, peak16 = 0.0, head = 0.0, head_t[PEAK_REPS];
     int hM = N, hN = V, hK = cfg.model_type == MODEL_SEED ? cfg.head_hidden : cfg.d_model;
     if (o->peak) {
-        st = gemm_times(2048, 2048, 2048, PEAK_REPS, peak_t + PEAK_REPS);
-        if (!st) st = gemm_times(hM, hN, hK, PEAK_REPS, head_t);
+        st = gemm_times(2048, 2048, 2048, PEAK_REPS, peak_t + PEAK_REPS, 0);
+        if (!st && o->bf16) st = gemm_times(2048, 2048, 2048, PEAK_REPS, peak16_t + PEAK_REPS, 1);
+        if (!st) st = gemm_times(hM, hN, hK, PEAK_REPS, head_t, 0);
         if (st) goto done;
         peak = median_gflops(2048, 2048, 2048, peak_t, 2 * PEAK_REPS);
         head = median_gflops(hM, hN, hK, head_t, PEAK_REPS);
         printf("sgemm: 2048^3 %.1f GFLOP/s (median of %d, before and after the runs); head shape %dx%dx%d %.1f GFLOP/s\n",
                peak, 2 * PEAK_REPS, hM, hN, hK, head);
         if (o->steps > 0) printf("train: %.1f%% of the sgemm 2048^3 peak\n", 100.0 * train_gflops / peak);
+        if (o->bf16) {
+            peak16 = median_gflops(2048, 2048, 2048, peak16_t, 2 * PEAK_REPS);
+            printf("bf16 product (%s kernel): 2048^3 %.1f GFLOP/s (%.2fx sgemm)", gemm_bf16_kernel(), peak16, peak16 / peak);
+            if (o->steps > 0) printf("; train --bf16: %.1f%% of it", 100.0 * train16_gflops / peak16);
+            printf("\n");
+        }
     }
     char kernel[64] = "none";   /* backend_name(): "openblas (KERNEL; config)" */
     const char *bn = strchr(backend_name(), '(');
     if (bn) snprintf(kernel, sizeof kernel, "%.*s", (int)strcspn(bn + 1, ";) "), bn + 1);
-    printf("RESULT config=%s threads=%d train_tok_s=%.1f train_ms_step=%.3f train_gflops=%.2f gen_tok_s=%.2f "
-           "gen_bf16_tok_s=%.2f sgemm_peak_gflops=%.2f peak_share=%.4f rss_mb=%.1f gen_gbs=%.2f read_gbs=%.2f "
-           "gen_read_share=%.4f kernel=%s\n",
-           o->config, o->threads, train_tps, o->steps > 0 ? 1e3 * t_total / o->steps : 0.0, train_gflops, gen_tps, gen16_tps, peak,
-           peak > 0 ? train_gflops / peak : 0.0, rss, gen_gbs, read_gbs, read_gbs > 0 ? gen_gbs / read_gbs : 0.0, kernel);
+    printf("RESULT config=%s threads=%d train_tok_s=%.1f train_ms_step=%.3f train_gflops=%.2f train_bf16_tok_s=%.1f "
+           "train_bf16_ms_step=%.3f train_bf16_gflops=%.2f gen_tok_s=%.2f gen_bf16_tok_s=%.2f sgemm_peak_gflops=%.2f "
+           "peak_share=%.4f bf16_peak_gflops=%.2f bf16_peak_share=%.4f rss_mb=%.1f gen_gbs=%.2f read_gbs=%.2f "
+           "gen_read_share=%.4f kernel=%s bf16_kernel=%s\n",
+           o->config, o->threads, train_tps, o->steps > 0 ? 1e3 * t_total / o->steps : 0.0, train_gflops, train16_tps,
+           o->bf16 && o->steps > 0 ? 1e3 * t16_total / o->steps : 0.0, train16_gflops, gen_tps, gen16_tps, peak,
+           peak > 0 ? train_gflops / peak : 0.0, peak16, peak16 > 0 ? train16_gflops / peak16 : 0.0, rss, gen_gbs,
+           read_gbs, read_gbs > 0 ? gen_gbs / read_gbs : 0.0, kernel, gemm_bf16_kernel());
     fflush(stdout);
 done:
     moelm_free(tok);

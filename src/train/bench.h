@@ -32,6 +32,7 @@ typedef struct {
     int n_gen;                  /* generated tokens (default 100; 0: skip) */
     int peak;                   /* measure the sgemm peak (default 1) */
     int profile;                /* print forward / backward / optimizer times per step */
+    int bf16;                   /* also time training in bf16 mode (model_set_bf16) and the bf16 product's peak */
     uint64_t seed;
 } BenchOptions;
 

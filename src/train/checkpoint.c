@@ -28,6 +28,7 @@ static char *state_to_json(const TrainState *s) {
     sb_printf(&sb, "  \"batch_size\": %d,\n  \"seq_len\": %d,\n  \"elapsed_s\": %.17g,\n  \"tokens_seen\": %.17g,\n",
               s->batch_size, s->seq_len, s->elapsed_s, s->tokens_seen);
     if (s->dropout >= 0) sb_printf(&sb, "  \"dropout\": %.9g,\n", s->dropout);
+    sb_printf(&sb, "  \"bf16\": %s,\n", s->bf16 ? "true" : "false");
     sb_printf(&sb, "  \"data\": ");
     sb_json_string(&sb, s->data);
     sb_printf(&sb, ",\n  \"tokenizer_hash\": \"%" PRIu64 "\",\n  \"train\": %s\n}\n", s->tokenizer_hash,
@@ -272,6 +273,11 @@ moelm_status ckpt_read_state(const char *dir, TrainState *s) {
     if (!st) st = get_u64(j, "tokenizer_hash", &s->tokenizer_hash, path);
     s->dropout = -1;   /* optional: only a run whose dropout rule has fixed its rate has one */
     if (!st && json_get(j, "dropout")) st = get_num(j, "dropout", &s->dropout, 0, 0.99, path);
+    if (!st && json_get(j, "bf16")) {   /* optional: checkpoints before bf16 mode have none (float) */
+        const Json *b = json_get(j, "bf16");
+        if (json_type(b) != JSON_BOOL) st = moelm_fail(MOELM_ERR_FORMAT, "%s: \"bf16\" is not true or false", path);
+        else s->bf16 = json_bool(b);
+    }
     if (!st) {
         const Json *d = json_get(j, "data");
         if (!d || json_type(d) != JSON_STRING) st = moelm_fail(MOELM_ERR_FORMAT, "%s: missing \"data\"", path);

@@ -28,6 +28,8 @@ typedef struct {
     double elapsed_s;           /* training wall-clock so far */
     double tokens_seen;
     double dropout;             /* the dropout rate the run's rule fixed; -1: not fixed (yet) */
+    int bf16;                   /* the steps up to this checkpoint ran in bf16 mixed precision (--bf16); a
+                                 * record: the weights are float either way, and a resume takes either mode */
     char data[512];             /* the --data spec the run trains on */
     uint64_t tokenizer_hash;
     char train_json[2048];      /* the TrainConfig as JSON (lr, schedule, ...) */

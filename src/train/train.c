@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "backend/gemm.h"
+#include "backend/gemm_bf16.h"
 #include "data/corpus.h"
 #include "data/dataloader.h"
 #include "data/span.h"
@@ -670,7 +671,12 @@ static moelm_status run_build_model(Run *r) {
             moelm_fail_context(st, "%s/state.json", r->ckdir);
         r->model.rng.s = s->rng;
         if (s->dropout >= 0) r->model.train_dropout = (float)s->dropout;
+        if (s->bf16 != r->o->bf16 && dist_is_root())
+            printf("resume: the run trained in %s until step %ld; it goes on in %s\n", s->bf16 ? "bf16" : "float",
+                   s->step, r->o->bf16 ? "bf16 (--bf16)" : "float");
     }
+    if (!st && r->o->bf16) st = model_set_bf16(&r->model, 1);
+    s->bf16 = r->o->bf16;
     r->inp = moelm_malloc(sizeof(int) * (size_t)tc->batch_size * tc->seq_len);
     r->tgt = moelm_malloc(sizeof(int) * (size_t)tc->batch_size * tc->seq_len);
     r->lab = moelm_malloc(sizeof(int) * (size_t)tc->batch_size * (r->s2s ? r->len.targets : 1));
@@ -713,6 +719,9 @@ static void run_print_header(const Run *r) {
            tc->steps, tc->batch_size, tc->seq_len, tc->lr,
            tc->schedule == SCHED_CONSTANT ? "constant" : tc->schedule == SCHED_COSINE ? "cosine" : "linear",
            tc->warmup_steps, tc->adamw ? "AdamW" : "Adam", tc->weight_decay, tc->grad_clip, o->threads, backend_name());
+    if (o->bf16)
+        printf("precision: bf16 mixed (bf16 operands, float sums and weights), %s kernel%s\n", gemm_bf16_kernel(),
+               gemm_bf16_fast() ? "" : " (this CPU has no AVX-512 BF16: the same numbers, slower than float)");
     if (tc->dropout_growth > 0 && r->state.dropout < 0)
         printf("dropout: %g until step %ld, then set from the epochs the run projects (+%g per doubling past %g epochs, "
                "at most %g)\n", r->cfg.dropout_rate, dropout_fix_step(tc, o->time_budget_min), tc->dropout_growth,

@@ -37,6 +37,7 @@ typedef struct {
     int force;                  /* resume even if the config or data changed */
     int quiet;
     int expert_parallel;        /* under mpirun: ranks that share one copy of the experts (0 or 1: data parallel only) */
+    int bf16;                   /* bf16 mixed precision (model_set_bf16); a resume may take either mode */
 } TrainOptions;
 
 void train_options_default(TrainOptions *o);
