@@ -648,6 +648,78 @@ TEST(sentinels_t5_order_encode_decode) {
     tokenizer_free(t);
 }
 
+/* Viterbi ties against spm_encode. A run of one character has many segmentations made of the same
+ * pieces in other orders, whose sums are equal in exact arithmetic; sentencepiece sums a candidate in
+ * double and keeps the best as float, so which of them wins depends on that (and on the earliest
+ * start only where the double sums are equal too). Three hand-made models: the scores of a model
+ * `moelm tokenizer train` made from PTB valid plus Debian's licence texts (on a line of 25 dashes
+ * moelm gave its 12- and 13-dash pieces in the other order), random scores (near-ties everywhere),
+ * and scores on a grid of 1/8 (exact ties everywhere); each encodes runs of 1..80 characters and
+ * random strings. Summing in float instead makes the first two differ on 19 and 24 lines. */
+static int write_tie_model(const char *path, int kind, Rng *r) {
+    PB p = { .n = 0 };
+    pb_piece(&p, "<unk>", 0, SPM_UNKNOWN);
+    pb_piece(&p, "<s>", 0, SPM_CONTROL);
+    pb_piece(&p, "</s>", 0, SPM_CONTROL);
+    if (kind == 0) {
+        static const struct { int n; float s; } dash[] = {
+            { 1, -5.359928607940674f }, { 2, -9.618545532226562f }, { 12, -10.472765922546387f },
+            { 13, -10.168052673339844f }, { 16, -10.076353073120117f } };
+        pb_piece(&p, "\xE2\x96\x81", -3.131927490234375f, 0);
+        for (size_t i = 0; i < sizeof dash / sizeof dash[0]; i++) {
+            char b[32];
+            memset(b, '-', (size_t)dash[i].n); b[dash[i].n] = 0;
+            pb_piece(&p, b, dash[i].s, 0);
+        }
+    } else {
+        pb_piece(&p, "\xE2\x96\x81", kind == 1 ? -2.3f : -2.0f, 0);
+        static const char *pieces[] = { "ab", "ba", "aab", "abb", "bab", "\xE2\x96\x81" "a", "\xE2\x96\x81" "ab" };
+        for (int c = 0; c < 2; c++)
+            for (int n = 1; n <= 13; n++) {
+                char b[32];
+                memset(b, c ? 'b' : 'a', (size_t)n); b[n] = 0;
+                float sc = kind == 1 ? -(float)(2.0 + 10.0 * rng_uniform(r)) : -(float)(1 + rng_below(r, 80)) / 8.0f;
+                pb_piece(&p, b, sc, 0);
+            }
+        for (size_t i = 0; i < sizeof pieces / sizeof pieces[0]; i++)
+            pb_piece(&p, pieces[i], kind == 1 ? -(float)(2.0 + 10.0 * rng_uniform(r)) : -(float)(1 + rng_below(r, 80)) / 8.0f, 0);
+    }
+    return write_file(path, p.b, p.n);
+}
+
+TEST(spm_viterbi_ties) {
+    if (!have_spm()) return;
+    mkdirs();
+    const char *data = TMPDIR "/ties.txt";
+    Rng r;
+    rng_seed(&r, 11);
+    FILE *f = fopen(data, "wb");
+    EXPECT(f != NULL);
+    if (!f) return;
+    for (int c = 0; c < 3; c++)
+        for (int n = 1; n <= 80; n++) {
+            for (int i = 0; i < n; i++) fputc("-ab"[c], f);
+            fputc('\n', f);
+        }
+    for (int l = 0; l < 400; l++) {
+        int n = 1 + (int)rng_below(&r, 40);
+        for (int i = 0; i < n; i++) fputc("aab "[rng_below(&r, 4)], f);
+        fputc('\n', f);
+    }
+    fclose(f);
+    for (int kind = 0; kind < 3; kind++) {
+        char model[256], tag[64];
+        snprintf(model, sizeof model, TMPDIR "/ties%d.model", kind);
+        snprintf(tag, sizeof tag, "ties%d", kind);
+        EXPECT(write_tie_model(model, kind, &r));
+        Tokenizer *t;
+        if (tokenizer_load(&t, model)) { printf("  %s\n", moelm_last_error()); EXPECT(0); continue; }
+        long bad = diff_with_spm(t, model, data, tag);
+        EXPECT_MSG(bad == 0, "%s: %ld lines differ from spm_encode", tag, bad);
+        tokenizer_free(t);
+    }
+}
+
 /* The CLI (tests link only the library, so this runs the binary tests/run.sh names in MOELM_BIN). */
 TEST(cli_train_encode_decode) {
     const char *bin = getenv("MOELM_BIN");
@@ -684,6 +756,7 @@ int main(void) {
         RUN(spm_decode_matches_spm_decode);
         RUN(spm_saved_model_loads_in_spm);
         RUN(spm_train_piece_counts);
+        RUN(spm_viterbi_ties);
         const char *bin = getenv("MOELM_BIN");
         if (bin && access(bin, X_OK) == 0) RUN(cli_train_encode_decode);
         else printf("SKIP cli_train_encode_decode: MOELM_BIN not set (make test sets it)\n");
