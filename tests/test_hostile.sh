@@ -176,6 +176,19 @@ expect_error "tokenizer: a directory" "$K" $BIN tokenizer encode --model "$K" "$
 ntk=$((ntk + 2))
 echo "   tokenizer catalogue: $ntk files"
 
+# ---- tokenizer training: more distinct characters than the vocabulary ------------------------------
+# 3000 CJK characters in 3-character words: the unigram trainer never finished, BPE made thousands of
+# pieces for --vocab_size 50; now a one-line refusal, as spm_train's (timeout turns a hang into a failure)
+LC_ALL=C awk 'BEGIN { srand(1); for (l = 0; l < 2000; l++) { s = ""; for (w = 0; w < 10; w++) { if (w) s = s " "
+    for (k = 0; k < 3; k++) { c = 19968 + int(rand() * 3000); s = s sprintf("%c%c%c", 224 + int(c / 4096), 128 + int(c / 64) % 64, 128 + c % 64) } }
+    print s } }' >"$K/cjk.txt"
+expect_error "tokenizer train: unigram, 3000 characters, vocab 2000" "required characters" \
+    timeout 120 $BIN tokenizer train --input "$K/cjk.txt" --model_prefix "$K/cjk" --vocab_size 2000 --model_type unigram
+expect_error "tokenizer train: bpe, 3000 characters, vocab 50" "required characters" \
+    timeout 120 $BIN tokenizer train --input "$K/cjk.txt" --model_prefix "$K/cjk" --vocab_size 50 --model_type bpe
+expect_error "train --tokenizer unigram:500 on 3000 characters" "required characters" \
+    timeout 120 $BIN train --config tiny --data "$K/cjk.txt" --tokenizer unigram:500 --steps 1 --out "$TMP/cjk-run" -t 1 --quiet
+
 # ---- token cache ------------------------------------------------------------------------------------
 # a corrupt or foreign token cache in a run directory (bad id, bad CRC) is rebuilt, never trusted
 r="$TMP/cache"; cp -r "$TMP/base" "$r"

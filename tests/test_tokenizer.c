@@ -449,6 +449,52 @@ TEST(spm_train_piece_counts) {
     moelm_free(d);
 }
 
+/* More distinct characters than the vocabulary (3000 CJK characters, 3-character words): the
+ * required characters alone exceed vocab_size. The unigram pruning never reached its target (single
+ * characters are never pruned) and looped forever; BPE returned thousands of pieces for vocab 50.
+ * Now both refuse, as spm_train does ("Vocabulary size is smaller than required_chars"); a vocabulary
+ * that holds them trains to exactly vocab_size. alarm() turns a hang into a failure. */
+TEST(spm_train_more_chars_than_vocab) {
+    size_t cap = 2000 * 10 * 10, n = 0;
+    char *text = moelm_malloc(cap);
+    Rng r;
+    rng_seed(&r, 5);
+    for (int l = 0; l < 2000; l++) {
+        for (int w = 0; w < 10; w++) {
+            if (w) text[n++] = ' ';
+            for (int k = 0; k < 3; k++) {
+                uint32_t cp = 0x4E00 + rng_below(&r, 3000);
+                text[n++] = (char)(0xE0 | (cp >> 12)); text[n++] = (char)(0x80 | ((cp >> 6) & 0x3F)); text[n++] = (char)(0x80 | (cp & 0x3F));
+            }
+        }
+        text[n++] = '\n';
+    }
+    alarm(120);
+    const struct { TokenizerKind kind; int vocab; } refused[] = { { TOK_UNIGRAM, 2000 }, { TOK_BPE, 50 }, { TOK_UNIGRAM, 2998 } };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        Tokenizer *t = NULL;
+        moelm_status st = tokenizer_train_spm(&t, text, n, refused[i].kind, refused[i].vocab);
+        EXPECT_MSG(st == MOELM_ERR_CONFIG && strstr(moelm_last_error(), "required characters"),
+                   "vocab %d: status %d, %s", refused[i].vocab, (int)st, moelm_last_error());
+        tokenizer_free(t);
+    }
+    for (int kind = 0; kind < 2; kind++) {
+        Tokenizer *t = NULL;
+        EXPECT(tokenizer_train_spm(&t, text, n, kind ? TOK_BPE : TOK_UNIGRAM, 3100) == MOELM_OK);
+        EXPECT(t && tokenizer_vocab_size(t) == 3100);
+        tokenizer_free(t);
+    }
+    alarm(0);
+    if (have_spm()) {   /* the oracle refuses the same vocabulary */
+        mkdirs();
+        EXPECT(write_file(TMPDIR "/cjk.txt", text, n));
+        EXPECT(system("spm_train --input=" TMPDIR "/cjk.txt --model_prefix=" TMPDIR "/cjk --vocab_size=2000 "
+                      "--minloglevel=2 > " TMPDIR "/cjk.log 2>&1") != 0);
+        EXPECT(system("grep -q 'smaller than required_chars' " TMPDIR "/cjk.log") == 0);
+    }
+    moelm_free(text);
+}
+
 /* ---- malformed .model files ---------------------------------------------------------------- */
 
 typedef struct { uint8_t b[8192]; size_t n; } PB;
@@ -750,6 +796,7 @@ int main(void) {
     RUN(spm_malformed_models);
     RUN(spm_alloc_failures);
     RUN(sentinels_t5_order_encode_decode);
+    RUN(spm_train_more_chars_than_vocab);
     /* oracle tests: skipped (a SKIP line, neither passed nor failed) without sentencepiece's tools */
     if (have_spm()) {
         RUN(spm_encode_matches_spm_encode);
