@@ -128,6 +128,49 @@ newck dtype;  sed -i '0,/"F32"/s//"F64"/' "$f"; weights "wrong dtype" "dtype|F64
 newck shape;  sed -i '0,/"shape":\[/s//"shape":[7,/' "$f"; weights "wrong shape" "shape|size|bytes|offset|expected"
 echo "   checkpoint safetensors: $nt files (the C-level catalogue is in tests/test_io.c)"
 
+# ---- checkpoint integrity: what CHECKSUMS alone cannot catch, and what it must -------------------------
+# resum D FILE: rewrite FILE's CHECKSUMS line in checkpoint D (a consistent edit)
+resum() {
+    grep -v " $2\$" "$1/CHECKSUMS" >"$1/CHECKSUMS.new"
+    echo "$(crc32 "$1/$2") $(wc -c <"$1/$2" | tr -d ' ') $2" >>"$1/CHECKSUMS.new"
+    mv "$1/CHECKSUMS.new" "$1/CHECKSUMS"
+}
+# f32at FILE INDEX BYTES: overwrite float INDEX of FILE's data region (after the safetensors header)
+f32at() {
+    hl=$(od -An -tu4 -N4 "$1" | tr -d ' ')
+    printf "$3" | dd of="$1" bs=1 seek=$((8 + hl + 4 * $2)) conv=notrunc 2>/dev/null
+}
+newck nan;  f32at "$f" 5 '\000\000\300\177'; resum "$d" model.safetensors
+expect_error "checkpoint: NaN weight" "model.safetensors.*tensor .* holds nan.*not a finite" $BIN eval -m "$r" -t 1 -b 2
+newck inf;  f32at "$f" 0 '\000\000\200\177'; resum "$d" model.safetensors
+expect_error "checkpoint: Inf weight" "model.safetensors.*tensor .* holds inf" $BIN generate -m "$r" -n 2 -t 1
+newck adam-nan; f32at "$d/optimizer.safetensors" 3 '\000\000\300\177'; resum "$d" optimizer.safetensors
+expect_error "checkpoint: NaN Adam moment on resume" "optimizer.safetensors.*adam.m.*not a finite" $BIN train --resume "$r" --steps 4 -t 1 --quiet
+newck adam-neg
+# adam.v follows adam.m: its first float is n_params floats after the data start
+np=$(head -c 120 "$d/optimizer.safetensors" | LC_ALL=C tr -c '[:print:]' ' ' | LC_ALL=C sed -n 's/.*"adam.m":{[^}]*"shape":\[\([0-9]*\)\].*/\1/p')
+f32at "$d/optimizer.safetensors" $((np + 2)) '\000\000\200\277'; resum "$d" optimizer.safetensors
+expect_error "checkpoint: negative second moment on resume" "adam.v.*>= 0" $BIN train --resume "$r" --steps 4 -t 1 --quiet
+newck sums-header; echo '# moelm CHECKSUMS v1: crc32 size name' >"$d/CHECKSUMS"; printf 'X' | dd of="$f" bs=1 seek=200 conv=notrunc 2>/dev/null
+expect_error "checkpoint: CHECKSUMS with only its header" "CHECKSUMS.*does not list" $BIN eval -m "$r" -t 1 -b 2
+newck sums-gap; grep -v ' model.safetensors$' "$d/CHECKSUMS" >"$d/C.new"; mv "$d/C.new" "$d/CHECKSUMS"
+expect_error "checkpoint: CHECKSUMS without the model's line" "does not list model.safetensors" $BIN eval -m "$r" -t 1 -b 2
+newck fifo; rm "$d/tokenizer.model"; mkfifo "$d/tokenizer.model"
+expect_error "checkpoint: tokenizer.model is a FIFO" "tokenizer.model.*not a regular file" timeout 20 $BIN eval -m "$r" -t 1 -b 2
+newck zero; rm "$d/tokenizer.model"; ln -s /dev/zero "$d/tokenizer.model"
+expect_error "checkpoint: tokenizer.model -> /dev/zero" "tokenizer.model.*symbolic link" timeout 20 $BIN eval -m "$r" -t 1 -b 2
+newck urandom; rm "$d/tokenizer.model"; ln -s /dev/urandom "$d/tokenizer.model"
+expect_error "checkpoint: tokenizer.model -> /dev/urandom" "tokenizer.model.*symbolic link" timeout 20 $BIN train --resume "$r" --steps 4 -t 1 --quiet
+newck outside; rm "$r/latest"; ln -s "$(cd "$TMP/base/latest" && pwd -P)" "$r/latest"
+expect_error "checkpoint: latest pointing outside its run" "latest.*refusing" $BIN eval -m "$r" -t 1 -b 2
+newck huge; sed -i 's/"d_model": 32/"d_model": 8192/; s/"d_ff": [0-9]*/"d_ff": 32768/' "$d/config.json"; resum "$d" config.json
+expect_error "checkpoint: config.json asking for gigabytes" "model.safetensors.*config.json needs" timeout 10 $BIN eval -m "$r" -t 1 -b 2
+newck bigtok; awk 'BEGIN { for (i = 0; i < 2000; i++) print "w" i }' >"$TMP/words.txt"
+$BIN tokenizer train --input "$TMP/words.txt" --model_prefix "$TMP/bigtok" --vocab_size 3000 --model_type word >/dev/null 2>&1
+cp "$TMP/bigtok.model" "$d/tokenizer.model"; resum "$d" tokenizer.model
+expect_error "checkpoint: a tokenizer larger than the model's vocabulary" "tokenizer.model.*vocab_size" $BIN generate -m "$r" -n 2 -t 1
+echo "   checkpoint integrity: 12 cases"
+
 # ---- tokenizer files --------------------------------------------------------------------------------
 K=$TMP/tok; mkdir -p "$K"
 echo "the cat sat on the mat" >"$K/in.txt"

@@ -464,7 +464,7 @@ moelm_status json_parse_file(Json **out, const char *path) {
     *out = NULL;
     char *data = NULL;
     size_t n = 0;
-    moelm_status st = file_read_all(path, &data, &n);
+    moelm_status st = file_read_all_limit(path, &data, &n, JSON_MAX_FILE);
     if (st) return st;
     st = json_parse(out, data, n, path);
     moelm_free(data);

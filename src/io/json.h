@@ -22,6 +22,7 @@
 #include "common/util.h"
 
 #define JSON_MAX_DEPTH 64
+#define JSON_MAX_FILE (256u << 20)   /* json_parse_file refuses larger files (and endless devices) */
 
 typedef enum { JSON_NULL, JSON_BOOL, JSON_NUMBER, JSON_STRING, JSON_ARRAY, JSON_OBJECT } JsonType;
 
