@@ -607,8 +607,10 @@ static void section_specialisation(StrBuf *sb, Run *runs, int R) {
             char ln[64];
             sb_printf(sb, "<h3>");
             html_escape(sb, runs[i].label);
-            sb_printf(sb, " &#8212; %s</h3><table><tr><th>expert</th><th>tokens</th><th>most frequent %s</th></tr>\n",
-                      layer_name(&runs[i], (int)l, ln, sizeof ln), word ? "words" : "tokens");
+            sb_printf(sb, " &#8212; ");
+            html_escape(sb, layer_name(&runs[i], (int)l, ln, sizeof ln));
+            sb_printf(sb, "</h3><table><tr><th>expert</th><th>tokens</th><th>most frequent %s</th></tr>\n",
+                      word ? "words" : "tokens");
             const Json *tl = json_at(top, l), *cnt = json_at(et, l);
             double total = 0;
             for (size_t e = 0; e < json_len(cnt); e++) total += json_number(json_at(cnt, e));
