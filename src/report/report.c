@@ -18,6 +18,7 @@
 #define MAXL 64
 #define MAXE 256
 #define REPORT_MAX_POINTS 2000   /* per curve; longer series are thinned evenly */
+#define REPORT_MAX_METRICS (1u << 30)   /* bytes of metrics.jsonl read at most (a device never ends) */
 
 typedef struct {
     char path[1024];
@@ -75,7 +76,7 @@ static moelm_status read_metrics(Run *r) {
         return moelm_fail(MOELM_ERR_IO, "%s: no metrics.jsonl (is it a run directory written by moelm train?)", r->path);
     char *data = NULL;
     size_t n = 0;
-    moelm_status st = file_read_all(path, &data, &n);
+    moelm_status st = file_read_all_limit(path, &data, &n, REPORT_MAX_METRICS);
     if (st) return st;
     size_t lines = 1;
     for (size_t i = 0; i < n; i++) lines += data[i] == '\n';
