@@ -241,6 +241,17 @@ printf '\377\377\377\177' | dd of="$r/tokens.train.bin" bs=1 seek=40 conv=notrun
 if $BIN train --resume "$r" --steps 3 -t 1 --quiet >"$TMP/out" 2>"$TMP/err"; then ok "token cache with a bad id is rebuilt"
 else bad "token cache with a bad id is rebuilt: $(head -c 300 "$TMP/err")"; fi
 
+# ---- run directories -------------------------------------------------------------------------------
+# latest -> ckpt-8 beside a complete ckpt-12 (a kill between the rename of ckpt-12 and the switch of
+# latest): a resume with --keep 1 deleted the checkpoint it had just made latest
+r="$TMP/prune"; rm -rf "$r"
+$BIN train --config tiny --steps 12 --ckpt-interval 4 --keep 0 --eval-interval 0 --out "$r" -t 1 --quiet >/dev/null 2>&1
+rm "$r/latest"; ln -s ckpt-00000008 "$r/latest"
+if $BIN train --resume "$r" --ckpt-interval 1 --keep 1 --stop-at 9 -t 1 --quiet >"$TMP/out" 2>"$TMP/err" &&
+   [ "$(readlink "$r/latest")" = ckpt-00000009 ] && [ -d "$r/ckpt-00000009" ] && [ ! -d "$r/ckpt-00000008" ] &&
+   $BIN eval -m "$r" -t 1 -b 2 >/dev/null 2>&1; then ok "prune keeps the checkpoint latest names"
+else bad "prune keeps the checkpoint latest names: latest -> $(readlink "$r/latest"), $(ls "$r" | tr '\n' ' ') $(head -c 300 "$TMP/err")"; fi
+
 # ---- command-line values ----------------------------------------------------------------------------
 R="--out $TMP/cli -t 1 --quiet --steps 1"
 expect_error "cli: negative batch size"      "batch-size"        $BIN train -b -1 $R
