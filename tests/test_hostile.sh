@@ -170,7 +170,7 @@ expect_error "checkpoint: config.json asking for gigabytes" "model.safetensors.*
 newck bigtok; awk 'BEGIN { for (i = 0; i < 2000; i++) print "w" i }' >"$TMP/words.txt"
 $BIN tokenizer train --input "$TMP/words.txt" --model_prefix "$TMP/bigtok" --vocab_size 3000 --model_type word >/dev/null 2>&1
 cp "$TMP/bigtok.model" "$d/tokenizer.model"; resum "$d" tokenizer.model
-expect_error "checkpoint: a tokenizer larger than the model's vocabulary" "tokenizer.model.*vocab_size" $BIN generate -m "$r" -n 2 -t 1
+expect_error "checkpoint: a tokenizer larger than the model's vocabulary" "tokenizer.model.*vocab_size" $BIN generate -m "$r" -p "w1500 w1999" -n 2 -t 1
 echo "   checkpoint integrity: 12 cases"
 
 # ---- tokenizer files --------------------------------------------------------------------------------
