@@ -252,6 +252,55 @@ if $BIN train --resume "$r" --ckpt-interval 1 --keep 1 --stop-at 9 -t 1 --quiet 
    $BIN eval -m "$r" -t 1 -b 2 >/dev/null 2>&1; then ok "prune keeps the checkpoint latest names"
 else bad "prune keeps the checkpoint latest names: latest -> $(readlink "$r/latest"), $(ls "$r" | tr '\n' ' ') $(head -c 300 "$TMP/err")"; fi
 
+# a token cache left by a run on data A (killed before its first checkpoint) was trained on by a
+# run on data B in the same --out, which printed B's name: the cache is keyed on the data too
+awk 'BEGIN { for (i = 0; i < 300; i++) print "a b c d" }' >"$TMP/A.txt"
+awk 'BEGIN { for (i = 0; i < 900; i++) print "x y z w v" }' >"$TMP/B.txt"
+$BIN tokenizer train --input "$TMP/A.txt,$TMP/B.txt" --model_prefix "$TMP/ab" --vocab_size 50 --model_type word >/dev/null 2>&1
+T="--config tiny --tokenizer $TMP/ab.model --steps 1 -t 1"
+rm -rf "$TMP/cacheA" "$TMP/cacheB"
+$BIN train $T --data "$TMP/A.txt" --out "$TMP/cacheA" --quiet >/dev/null 2>&1
+rm -rf "$TMP/cacheA/latest" "$TMP/cacheA"/ckpt-*   # as if killed before its first checkpoint
+$BIN train $T --data "$TMP/B.txt" --out "$TMP/cacheA" --force 2>/dev/null | grep '^data:' | sed 's/^data: [^ ]* //' >"$TMP/cached"
+$BIN train $T --data "$TMP/B.txt" --out "$TMP/cacheB" 2>/dev/null | grep '^data:' | sed 's/^data: [^ ]* //' >"$TMP/fresh"
+if [ -s "$TMP/fresh" ] && cmp -s "$TMP/cached" "$TMP/fresh"; then ok "a token cache of other data is rebuilt"
+else bad "a token cache of other data is rebuilt: $(cat "$TMP/cached") vs $(cat "$TMP/fresh")"; fi
+
+# one writer per run directory: a second train into it (resumed or --force) is refused while the
+# first runs (before, two resumes both exited 0 and metrics.jsonl lost hundreds of steps)
+r="$TMP/lock"; rm -rf "$r"
+$BIN train --config tiny --steps 100000 --ckpt-interval 1 --eval-interval 0 --out "$r" -t 1 --quiet >/dev/null 2>&1 &
+lpid=$!
+i=0; while [ ! -e "$r/latest" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
+expect_error "run lock: a second resume is refused" "$r: another moelm process is training" $BIN train --resume "$r" --steps 5 -t 1 --quiet
+expect_error "run lock: a --force run over it is refused" "another moelm process" $BIN train --config tiny --steps 5 --out "$r" --force -t 1 --quiet
+kill "$lpid" 2>/dev/null; wait "$lpid" 2>/dev/null
+check "run lock: released when its process ends" $BIN train --resume "$r" --steps 1 -t 1 --quiet
+
+# --resume RUN/ckpt-N continues RUN from that checkpoint (it nested a new run inside ckpt-N)
+r="$TMP/from-ckpt"; rm -rf "$r"
+$BIN train --config tiny --steps 4 --ckpt-interval 2 --keep 0 --eval-interval 0 --log-interval 1 --out "$r" -t 1 --quiet >/dev/null 2>&1
+if $BIN train --resume "$r/ckpt-00000002" --log-interval 1 --eval-interval 0 -t 1 --quiet >/dev/null 2>"$TMP/err" &&
+   [ ! -e "$r/ckpt-00000002/latest" ] && [ ! -e "$r/ckpt-00000002/metrics.jsonl" ] && [ "$(readlink "$r/latest")" = ckpt-00000004 ] &&
+   [ "$(grep -o '^{"step": [0-9]*' "$r/metrics.jsonl" | sed 's/.* //' | tr '\n' ' ')" = "1 2 3 4 " ]; then
+    ok "resume from RUN/ckpt-N goes on in RUN"
+else bad "resume from RUN/ckpt-N goes on in RUN: $(ls "$r/ckpt-00000002") $(head -c 300 "$TMP/err")"; fi
+
+# small data: the too-few-tokens error names the file (it printed "moelm: : 7 tokens"); an empty
+# valid split gives no evaluation (it reported "val ppl 1.00")
+printf 'a b c\nd e\n' >"$TMP/small.txt"
+expect_error "too few tokens: the message names the file" "small.txt:train: 7 tokens, too few" $BIN train --config tiny --data "$TMP/small.txt" --steps 1 --out "$TMP/small" -t 1 --quiet
+awk 'BEGIN { for (l = 0; l < 2; l++) { for (i = 0; i < 60; i++) printf "w%d ", i; print "" } }' >"$TMP/two.txt"
+rm -rf "$TMP/two"
+$BIN train --config tiny --data "$TMP/two.txt" --steps 2 --out "$TMP/two" -t 1 >"$TMP/out" 2>&1
+if grep -q "no evaluation: the valid split has 1 token" "$TMP/out" && ! grep -q "val ppl" "$TMP/out" && ! grep -q val_loss "$TMP/two/metrics.jsonl"
+then ok "an empty valid split: no evaluation, said once"; else bad "an empty valid split: $(grep -a 'val\|evaluation' "$TMP/out" | head -3)"; fi
+
+# a whole number past 1e9 in state.json's training settings was "not an integer" (1e+09)
+r="$TMP/big-steps"; rm -rf "$r"; cp -r "$TMP/base" "$r"; d=$(cd "$r/latest" && pwd -P)
+sed -i 's/"steps": [0-9]*/"steps": 2000000000/' "$d/state.json"; resum "$d" state.json
+check "state.json: steps 2000000000 resumes" $BIN train --resume "$r" --steps 3 -t 1 --quiet
+
 # ---- command-line values ----------------------------------------------------------------------------
 R="--out $TMP/cli -t 1 --quiet --steps 1"
 expect_error "cli: negative batch size"      "batch-size"        $BIN train -b -1 $R

@@ -515,6 +515,12 @@ double json_number(const Json *j) {
     if (!j || j->type != JSON_NUMBER) return 0.0;
     return j->is_int ? (double)j->u.ival : j->u.num;
 }
+
+const char *json_number_text(double x, char *buf) {
+    if (x == floor(x) && fabs(x) < 1e60) snprintf(buf, 64, "%.0f", x);
+    else snprintf(buf, 64, "%.9g", x);
+    return buf;
+}
 int json_bool(const Json *j) { return (j && j->type == JSON_BOOL) ? j->b : 0; }
 const char *json_string(const Json *j) { return (j && j->type == JSON_STRING) ? j->u.str : NULL; }
 

@@ -332,13 +332,7 @@ moelm_status config_load(ModelConfig *c, const char *path) {
         switch (json_type(v)) {
         case JSON_STRING: sv = json_string(v); break;
         case JSON_BOOL: sv = json_bool(v) ? "true" : "false"; break;
-        case JSON_NUMBER: {
-            /* a whole number in full ("%.9g" wrote 1000000000 as 1e+09, which no integer key took) */
-            double x = json_number(v);
-            if (x == floor(x) && fabs(x) < 1e60) snprintf(buf, sizeof buf, "%.0f", x);
-            else snprintf(buf, sizeof buf, "%.9g", x);
-            break;
-        }
+        case JSON_NUMBER: json_number_text(json_number(v), buf); break;
         default:   /* the message first: key points into j */
             st = moelm_fail(MOELM_ERR_CONFIG, "%s: key '%s' must be a number, string or boolean", path, key);
             json_free(j);

@@ -262,6 +262,14 @@ moelm_status ckpt_save(const char *run_dir, const Model *m, const Optimizer *o, 
     return MOELM_OK;
 }
 
+void ckpt_run_dir(const char *ckdir, char *out, size_t cap) {
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", ckdir);
+    size_t n = strlen(buf);
+    while (n > 1 && buf[n - 1] == '/') buf[--n] = 0;
+    path_dirname(buf, out, cap);
+}
+
 /* A `latest` given or found must be a symbolic link to a checkpoint of its own run directory. */
 static moelm_status check_latest(const char *run_dir, const char *link) {
     if (latest_target(run_dir, NULL, 0) >= 0) return MOELM_OK;

@@ -56,6 +56,10 @@ moelm_status ckpt_remove_all(const char *run_dir);
  * directory of its own run directory (a path elsewhere, a directory) is refused. */
 moelm_status ckpt_resolve(const char *path, char *out, size_t cap);
 
+/* The run directory a checkpoint directory (as ckpt_resolve gives it: RUN/latest, RUN/ckpt-<step>)
+ * belongs to: its parent. A run resumed from any of its checkpoints goes on in it. */
+void ckpt_run_dir(const char *ckdir, char *out, size_t cap);
+
 /* Reads config.json and verifies CHECKSUMS. */
 moelm_status ckpt_read_config(const char *dir, ModelConfig *cfg);
 moelm_status ckpt_read_state(const char *dir, TrainState *st);

@@ -2,11 +2,14 @@
 #include "train/train.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include "backend/gemm.h"
 #include "data/corpus.h"
 #include "data/dataloader.h"
@@ -20,6 +23,7 @@
 #include "report/routing.h"
 #include "train/checkpoint.h"
 #include "train/dist.h"
+#include "train/hooks.h"
 #include "train/step.h"
 
 void train_options_default(TrainOptions *o) {
@@ -254,14 +258,15 @@ static moelm_status make_tokenizer(Tokenizer **tok, const char *spec, const Corp
     return tokenizer_load(tok, spec);
 }
 
-/* Encodes a split, through the run directory's token cache when one is valid for this tokenizer.
+/* Encodes a split, through the run directory's token cache when one is valid for this tokenizer and
+ * this text (tokens_cache_key: a cache of other data in the same --out is rebuilt, not trained on).
  * Evaluation streams start with <eos> so that their first word is predicted too. */
 static moelm_status split_ids(int **ids, size_t *n, const Corpus *c, int split, const Tokenizer *tok,
                               const char *run_dir) {
     char path[4096];
     snprintf(path, sizeof path, "%s/tokens.%s.bin", run_dir, corpus_split_name(split));
     int V = tokenizer_vocab_size(tok);
-    uint64_t h = tokenizer_hash(tok);
+    uint64_t h = tokens_cache_key(tokenizer_hash(tok), c->text[split], c->len[split]);
     if (path_exists(path) && tokens_read(path, ids, n, V, h) == MOELM_OK) return MOELM_OK;
     int *raw = NULL;
     size_t cnt = 0;
@@ -287,7 +292,9 @@ static moelm_status split_ids(int **ids, size_t *n, const Corpus *c, int split, 
 /* Everything a run holds, from its set-up to its end. */
 typedef struct {
     const TrainOptions *o;
-    const char *dir;            /* the run directory: --out, or --resume's */
+    const char *dir;            /* the run directory: --out, or the one of --resume's checkpoint */
+    char dirbuf[4096];          /* dir on resume */
+    int lock_fd;                /* the run directory's lock (rank 0), -1: none */
     char ckdir[4096];           /* on resume: the checkpoint it continues from */
     ModelConfig cfg;
     TrainConfig tc;
@@ -313,7 +320,7 @@ typedef struct {
     int *msk;                   /* [B*Te] the step's encoder attention mask (pairs) */
     EvalResult ev;              /* the last evaluation's */
     int *inp, *tgt;             /* [B*T] the step's batch */
-    FILE *metrics;              /* metrics.jsonl (rank 0; /dev/null on the other ranks) */
+    int metrics_fd;             /* metrics.jsonl, appended to (rank 0; -1 on the other ranks) */
     int model_ok, opt_ok, dl_ok;
     /* the clock */
     double t_run;               /* when the run started, less the time of its earlier parts (resume) */
@@ -327,7 +334,8 @@ typedef struct {
 } Run;
 
 static void run_free(Run *r) {
-    if (r->metrics) fclose(r->metrics);
+    if (r->metrics_fd >= 0) close(r->metrics_fd);
+    ckpt_unlock_run(r->lock_fd);
     corpus_free(&r->corpus);
     if (r->tok) tokenizer_free(r->tok);
     for (int i = 0; i < 3; i++) moelm_free(r->ids[i]);
@@ -368,7 +376,7 @@ static moelm_status train_config_from_json(TrainConfig *tc, const char *js) {
         char buf[64];
         const char *sv = buf;
         if (json_type(v) == JSON_STRING) sv = json_string(v);
-        else snprintf(buf, sizeof buf, "%.9g", json_number(v));
+        else json_number_text(json_number(v), buf);
         st = train_config_set(tc, json_key_at(j, i), sv);
     }
     json_free(j);
@@ -377,7 +385,9 @@ static moelm_status train_config_from_json(TrainConfig *tc, const char *js) {
 
 /* Keeps the records of metrics.jsonl up to step (a resumed run rewrites what came after). */
 static moelm_status metrics_truncate(const char *path, long step) {
-    if (!path_exists(path)) return MOELM_OK;
+    struct stat sb;
+    if (stat(path, &sb) != 0) return MOELM_OK;
+    if (!S_ISREG(sb.st_mode)) return moelm_fail(MOELM_ERR_IO, "%s: not a regular file", path);
     char *data = NULL;
     size_t n = 0;
     moelm_status st = file_read_all(path, &data, &n);
@@ -498,6 +508,10 @@ static moelm_status run_resume_settings(Run *r) {
     TrainState *s = &r->state;
     TrainConfig *tc = &r->tc;
     moelm_status st = ckpt_resolve(o->resume, r->ckdir, sizeof r->ckdir);
+    if (!st) {   /* RUN, RUN/latest or RUN/ckpt-N: the run goes on in RUN, never inside a checkpoint */
+        ckpt_run_dir(r->ckdir, r->dirbuf, sizeof r->dirbuf);
+        r->dir = r->dirbuf;
+    }
     if (!st) st = ckpt_read_config(r->ckdir, &r->cfg);
     if (!st) st = ckpt_read_state(r->ckdir, s);
     if (st) return moelm_fail_context(st, "cannot resume from %s", o->resume);
@@ -561,10 +575,13 @@ static moelm_status run_settings(Run *r) {
     return MOELM_OK;
 }
 
-/* The run directory, made; a new run over an old one would mix their checkpoints and metrics:
+/* The run directory, made and locked (rank 0 takes an exclusive flock for the whole run: a second
+ * `train` into it, new or resumed, is refused with one line instead of both interleaving their
+ * checkpoints and metrics); a new run over an old one would mix their checkpoints and metrics:
  * refused, or with --force the old checkpoints (and routing dumps) are deleted first. */
 static moelm_status run_claim_dir(Run *r) {
     moelm_status st = dir_make(r->dir);
+    if (!st && dist_is_root()) st = ckpt_lock_run(r->dir, &r->lock_fd);
     if (st || r->o->resume || ckpt_newest_step(r->dir) < 0) return st;
     if (!r->o->force)
         return moelm_fail(MOELM_ERR_CONFIG, "%s already holds a run (its checkpoints): --resume %s continues it, "
@@ -680,15 +697,17 @@ static moelm_status run_build_model(Run *r) {
     return st;
 }
 
-/* metrics.jsonl, cut back to the resumed step (rank 0; the other ranks log to /dev/null), and the
+/* metrics.jsonl, cut back to the resumed step (rank 0; the other ranks log nothing), and the
  * training settings as the checkpoints record them. */
 static moelm_status run_open_metrics(Run *r) {
     char path[4096];
     moelm_status st = MOELM_OK;
     snprintf(path, sizeof path, "%s/metrics.jsonl", r->dir);
-    if (!dist_is_root()) snprintf(path, sizeof path, "/dev/null");
-    else st = metrics_truncate(path, r->state.step);
-    if (!st && !(r->metrics = fopen(path, "a"))) st = moelm_fail(MOELM_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    if (dist_is_root()) {
+        st = metrics_truncate(path, r->state.step);
+        if (!st && (r->metrics_fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644)) < 0)
+            st = moelm_fail(MOELM_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    }
     char *tjs = train_config_json(&r->tc);
     if (tjs) {
         snprintf(r->state.train_json, sizeof r->state.train_json, "%s", tjs);
@@ -717,6 +736,8 @@ static void run_print_header(const Run *r) {
         printf("dropout: %g until step %ld, then set from the epochs the run projects (+%g per doubling past %g epochs, "
                "at most %g)\n", r->cfg.dropout_rate, dropout_fix_step(tc, o->time_budget_min), tc->dropout_growth,
                tc->dropout_epochs, tc->dropout_max);
+    if (r->n[1] < 2)
+        printf("no evaluation: the valid split has %zu token%s, nothing to predict\n", r->n[1], r->n[1] == 1 ? "" : "s");
     if (o->resume) printf("resumed from %s at step %ld\n", r->ckdir, r->state.step);
     fflush(stdout);
 }
@@ -724,6 +745,7 @@ static void run_print_header(const Run *r) {
 /* Everything before the first step. r is freed by run_free whatever happens. */
 static moelm_status run_setup(Run *r, const TrainOptions *o) {
     memset(r, 0, sizeof *r);
+    r->lock_fd = r->metrics_fd = -1;
     r->o = o;
     r->dir = o->resume ? o->resume : o->out;
     r->state.dropout = -1;
@@ -859,39 +881,72 @@ typedef struct {
     double val_loss, val_word_ppl;
 } MetricsRecord;
 
-static void metrics_write(FILE *f, const MetricsRecord *m) {
-    fprintf(f, "{\"step\": %ld", m->step);
+static void metrics_format(StrBuf *f, const MetricsRecord *m) {
+    sb_printf(f, "{\"step\": %ld", m->step);
     if (m->has_train) {
         char jl[32], ja[32], jg[32];   /* a skipped non-finite step logs null: the line stays JSON */
-        fprintf(f, ", \"loss\": %s, \"aux_loss\": %s, \"lr\": %.6g, \"grad_norm\": %s, \"tokens_per_s\": %.1f, "
+        sb_printf(f, ", \"loss\": %s, \"aux_loss\": %s, \"lr\": %.6g, \"grad_norm\": %s, \"tokens_per_s\": %.1f, "
                    "\"time_s\": %.3f, \"tokens\": %.0f, \"dropout\": %.6g",
                 json_num(jl, m->loss), json_num(ja, m->aux_loss), m->lr, json_num(jg, m->grad_norm), m->tokens_per_s,
                 m->time_s, m->tokens, m->dropout);
     }
     if (m->ev) {
         const EvalResult *ev = m->ev;
-        fprintf(f, ", \"val_loss\": %.6f, \"val_ppl\": %.4f, \"val_word_ppl\": %.4f", m->val_loss, exp(m->val_loss),
+        sb_printf(f, ", \"val_loss\": %.6f, \"val_ppl\": %.4f, \"val_word_ppl\": %.4f", m->val_loss, exp(m->val_loss),
                 m->val_word_ppl);
         if (ev->n_moe) {
-            fprintf(f, ", \"moe\": [");
+            sb_printf(f, ", \"moe\": [");
             for (int l = 0; l < ev->n_moe; l++) {
                 const MoEStats *s = &ev->stats[l];
                 double kept = s->slots - s->dropped;
-                fprintf(f, "%s{\"layer\": %d, ", l ? ", " : "", l);
-                if (ev->stack[l] >= 0) fprintf(f, "\"stack\": \"%s\", \"block\": %d, ", ev->stack[l] ? "decoder" : "encoder",
-                                              ev->block[l]);
-                fprintf(f, "\"dropped\": %.6f, \"entropy\": %.6f, \"top1\": %.6f, \"dead\": %d, "
+                sb_printf(f, "%s{\"layer\": %d, ", l ? ", " : "", l);
+                if (ev->stack[l] >= 0) sb_printf(f, "\"stack\": \"%s\", \"block\": %d, ", ev->stack[l] ? "decoder" : "encoder",
+                                                 ev->block[l]);
+                sb_printf(f, "\"dropped\": %.6f, \"entropy\": %.6f, \"top1\": %.6f, \"dead\": %d, "
                            "\"aux\": %.6f, \"z\": %.6f, \"load\": [",
                         s->slots > 0 ? s->dropped / s->slots : 0, s->tokens > 0 ? s->entropy_sum / s->tokens : 0,
                         s->tokens > 0 ? s->top1_sum / s->tokens : 0, moe_stats_dead(s), s->batches ? s->aux_sum / s->batches : 0,
                         s->batches ? s->z_sum / s->batches : 0);
-                for (int e = 0; e < s->E && e < 256; e++) fprintf(f, "%s%.5f", e ? ", " : "", kept > 0 ? s->load[e] / kept : 0);
-                fprintf(f, "]}");
+                for (int e = 0; e < s->E && e < 256; e++) sb_printf(f, "%s%.5f", e ? ", " : "", kept > 0 ? s->load[e] / kept : 0);
+                sb_printf(f, "]}");
             }
-            fprintf(f, "]");
+            sb_printf(f, "]");
         }
     }
-    fprintf(f, "}\n");
+    sb_printf(f, "}\n");
+}
+
+/* Appends the record to metrics.jsonl whole or not at all: when a write fails or stores only part of
+ * it (a full disk), the file is cut back to where the record began and the run stops with the cause
+ * (the last checkpoint stays intact; a resume rewrites the records after it). */
+static moelm_status metrics_append(Run *r, const MetricsRecord *m) {
+    if (r->metrics_fd < 0) return MOELM_OK;
+    StrBuf sb = {0};
+    metrics_format(&sb, m);
+    if (sb.failed) {
+        sb_free(&sb);
+        return moelm_fail(MOELM_ERR_NOMEM, "out of memory formatting the metrics of step %ld", m->step);
+    }
+    off_t start = lseek(r->metrics_fd, 0, SEEK_END);
+    size_t done = 0;
+    int err = 0;
+    while (done < sb.len) {
+        size_t want = sb.len - done;
+        if (hook_disk_full(m->step)) {   /* test hook: half the record is stored, then the disk is full */
+            if (done) { err = ENOSPC; break; }
+            want /= 2;
+        }
+        ssize_t k = write(r->metrics_fd, sb.buf + done, want);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) { err = k < 0 ? errno : ENOSPC; break; }
+        done += (size_t)k;
+    }
+    sb_free(&sb);
+    if (!err) return MOELM_OK;
+    int cut = start >= 0 && ftruncate(r->metrics_fd, start) == 0;
+    return moelm_fail(MOELM_ERR_IO, "%s/metrics.jsonl: cannot append the record of step %ld: %s; %s, the run stops "
+                      "(the last checkpoint is intact: --resume %s goes on from it)", r->dir, m->step, strerror(err),
+                      cut ? "cut back to its last whole record" : "and it could not be cut back (a torn last line)", r->dir);
 }
 
 /* A logged step: its line on stdout, its numbers into rec. */
@@ -951,6 +1006,8 @@ static moelm_status run_evaluate(Run *r, int last, MetricsRecord *rec) {
     Model *m = &r->model;
     RoutingRec routing;
     double t0 = r->t_eval_start = now_s();
+    r->t_eval_s = 0;
+    if (r->full_batches == 0) return MOELM_OK;   /* an empty valid split: no val loss (it is not 0, ppl 1) */
     if (routing_begin(&routing, m, r->n[1], (size_t)r->o->eval_batches))   /* routing stays empty */
         fprintf(stderr, "moelm: warning: routing dump not written: %s\n", moelm_last_error());
     moelm_status st = evaluate_routed(m, r->ids[1], r->n[1], last ? 0 : r->part_batches, 0, &r->ev, &routing);
@@ -1016,9 +1073,8 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
         if (end.log) run_log(&r, &sr, lr, &rec);
         if (end.eval) st = run_evaluate(&r, end.last, &rec);
         if (st) break;
-        if (end.log || end.eval) metrics_write(r.metrics, &rec);   /* one record a step at most */
-        fflush(r.metrics);
-        if (end.ckpt) st = run_checkpoint(&r);
+        if (end.log || end.eval) st = metrics_append(&r, &rec);   /* one record a step at most */
+        if (!st && end.ckpt) st = run_checkpoint(&r);
         if (st) break;
         if (end.eval && !end.last) run_measure_end(&r);
         progress_update(&r.prog, r.state.step, "loss %.3f", sr.loss);
