@@ -294,6 +294,14 @@ TEST(edited_files_are_refused) {
     fix_free(&f);
 }
 
+/* A fresh run directory holding one checkpoint of f; the checkpoint's directory into dir. */
+static void save_fresh(Fix *f, const char *run, char *dir, size_t cap) {
+    rm_rf(run);
+    dir_make(run);
+    EXPECT(ckpt_save(run, &f->m, &f->o, &f->s, f->tok, 0) == MOELM_OK);
+    EXPECT(ckpt_resolve(run, dir, cap) == MOELM_OK);
+}
+
 /* NaN or Inf weights (or NaN moments, a negative second moment) written into a consistent checkpoint
  * (CHECKSUMS matches): loading refuses with one line naming the tensor. Before, they loaded and an
  * eval printed "perplexity nan" with exit 0. */
@@ -309,12 +317,10 @@ TEST(nonfinite_tensors_are_refused) {
         size_t at = t->offset + t->size / 2;
         float *where = cases[k].which == 0 ? f.m.params : cases[k].which == 1 ? f.o.m : f.o.v;
         where[at] = cases[k].value;
-        rm_rf(TDIR "/nf");
-        dir_make(TDIR "/nf");
-        EXPECT(ckpt_save(TDIR "/nf", &f.m, &f.o, &f.s, f.tok, 0) == MOELM_OK);
         char dir[4096];
         ModelConfig c;
-        EXPECT(ckpt_resolve(TDIR "/nf", dir, sizeof dir) == MOELM_OK && ckpt_read_config(dir, &c) == MOELM_OK);
+        save_fresh(&f, TDIR "/nf", dir, sizeof dir);
+        EXPECT(ckpt_read_config(dir, &c) == MOELM_OK);
         Model m;
         Optimizer o;
         EXPECT(model_create(&m, &c, 2, 8, 1) == MOELM_OK && optim_create(&o, m.n_params) == MOELM_OK);
@@ -338,11 +344,8 @@ static void resum(const char *dir) { EXPECT(checksums_write(dir, ckpt_files, CKP
 TEST(config_checked_against_weights_before_allocating) {
     Fix f;
     EXPECT(fix_make(&f) == 0);
-    rm_rf(TDIR "/big");
-    dir_make(TDIR "/big");
-    EXPECT(ckpt_save(TDIR "/big", &f.m, &f.o, &f.s, f.tok, 0) == MOELM_OK);
     char dir[4096], path[4200];
-    EXPECT(ckpt_resolve(TDIR "/big", dir, sizeof dir) == MOELM_OK);
+    save_fresh(&f, TDIR "/big", dir, sizeof dir);
     ModelConfig c = f.m.cfg;
     c.d_model = 8192;
     c.d_ff = 32768;
@@ -444,11 +447,8 @@ TEST(run_lock_is_exclusive) {
 TEST(unlisted_files_are_refused) {
     Fix f;
     EXPECT(fix_make(&f) == 0);
-    rm_rf(TDIR "/ul");
-    dir_make(TDIR "/ul");
-    EXPECT(ckpt_save(TDIR "/ul", &f.m, &f.o, &f.s, f.tok, 0) == MOELM_OK);
     char dir[4096], path[4200];
-    EXPECT(ckpt_resolve(TDIR "/ul", dir, sizeof dir) == MOELM_OK);
+    save_fresh(&f, TDIR "/ul", dir, sizeof dir);
     const char *only[] = { "optimizer.safetensors", "config.json", "state.json", "tokenizer.model" };
     EXPECT(checksums_write(dir, only, 4) == MOELM_OK);
     ModelConfig c;
