@@ -4,8 +4,10 @@
 # the problem, a non-zero exit below 128 (no crash, no sanitizer report), and nothing else.
 # Catalogues: config.json (--config), state.json (in a checkpoint, CHECKSUMS rewritten so that the
 # state parser itself is reached), tokenizer .model files (moelm tokenizer encode --model), checkpoint
-# safetensors, and command-line values. Token files: tests/test_data.c (tokens_corrupt_files);
-# safetensors at the C level: tests/test_io.c.
+# safetensors, checkpoint integrity (what a consistent CHECKSUMS cannot catch, and what it must),
+# tokenizer training, run directories (pruning, the token cache, the lock, resume from a checkpoint
+# directory, small data) and command-line values. Token files: tests/test_data.c
+# (tokens_corrupt_files); safetensors at the C level: tests/test_io.c.
 # Ends with "hostile: N passed, N failed" and exits non-zero on failure.
 BIN=${MOELM_BIN:-./moelm}
 TMP=build/tmp/hostile

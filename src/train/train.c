@@ -321,6 +321,7 @@ typedef struct {
     EvalResult ev;              /* the last evaluation's */
     int *inp, *tgt;             /* [B*T] the step's batch */
     int metrics_fd;             /* metrics.jsonl, appended to (rank 0; -1 on the other ranks) */
+    StrBuf mrec;                /* the record being appended */
     int model_ok, opt_ok, dl_ok;
     /* the clock */
     double t_run;               /* when the run started, less the time of its earlier parts (resume) */
@@ -335,6 +336,7 @@ typedef struct {
 
 static void run_free(Run *r) {
     if (r->metrics_fd >= 0) close(r->metrics_fd);
+    sb_free(&r->mrec);
     ckpt_unlock_run(r->lock_fd);
     corpus_free(&r->corpus);
     if (r->tok) tokenizer_free(r->tok);
@@ -881,39 +883,40 @@ typedef struct {
     double val_loss, val_word_ppl;
 } MetricsRecord;
 
-static void metrics_format(StrBuf *f, const MetricsRecord *m) {
-    sb_printf(f, "{\"step\": %ld", m->step);
+/* One record as a line of JSON, appended to sb. */
+static void metrics_format(StrBuf *sb, const MetricsRecord *m) {
+    sb_printf(sb, "{\"step\": %ld", m->step);
     if (m->has_train) {
         char jl[32], ja[32], jg[32];   /* a skipped non-finite step logs null: the line stays JSON */
-        sb_printf(f, ", \"loss\": %s, \"aux_loss\": %s, \"lr\": %.6g, \"grad_norm\": %s, \"tokens_per_s\": %.1f, "
-                   "\"time_s\": %.3f, \"tokens\": %.0f, \"dropout\": %.6g",
-                json_num(jl, m->loss), json_num(ja, m->aux_loss), m->lr, json_num(jg, m->grad_norm), m->tokens_per_s,
-                m->time_s, m->tokens, m->dropout);
+        sb_printf(sb, ", \"loss\": %s, \"aux_loss\": %s, \"lr\": %.6g, \"grad_norm\": %s, \"tokens_per_s\": %.1f, "
+                      "\"time_s\": %.3f, \"tokens\": %.0f, \"dropout\": %.6g",
+                  json_num(jl, m->loss), json_num(ja, m->aux_loss), m->lr, json_num(jg, m->grad_norm), m->tokens_per_s,
+                  m->time_s, m->tokens, m->dropout);
     }
     if (m->ev) {
         const EvalResult *ev = m->ev;
-        sb_printf(f, ", \"val_loss\": %.6f, \"val_ppl\": %.4f, \"val_word_ppl\": %.4f", m->val_loss, exp(m->val_loss),
-                m->val_word_ppl);
+        sb_printf(sb, ", \"val_loss\": %.6f, \"val_ppl\": %.4f, \"val_word_ppl\": %.4f", m->val_loss, exp(m->val_loss),
+                  m->val_word_ppl);
         if (ev->n_moe) {
-            sb_printf(f, ", \"moe\": [");
+            sb_printf(sb, ", \"moe\": [");
             for (int l = 0; l < ev->n_moe; l++) {
                 const MoEStats *s = &ev->stats[l];
                 double kept = s->slots - s->dropped;
-                sb_printf(f, "%s{\"layer\": %d, ", l ? ", " : "", l);
-                if (ev->stack[l] >= 0) sb_printf(f, "\"stack\": \"%s\", \"block\": %d, ", ev->stack[l] ? "decoder" : "encoder",
-                                                 ev->block[l]);
-                sb_printf(f, "\"dropped\": %.6f, \"entropy\": %.6f, \"top1\": %.6f, \"dead\": %d, "
-                           "\"aux\": %.6f, \"z\": %.6f, \"load\": [",
-                        s->slots > 0 ? s->dropped / s->slots : 0, s->tokens > 0 ? s->entropy_sum / s->tokens : 0,
-                        s->tokens > 0 ? s->top1_sum / s->tokens : 0, moe_stats_dead(s), s->batches ? s->aux_sum / s->batches : 0,
-                        s->batches ? s->z_sum / s->batches : 0);
-                for (int e = 0; e < s->E && e < 256; e++) sb_printf(f, "%s%.5f", e ? ", " : "", kept > 0 ? s->load[e] / kept : 0);
-                sb_printf(f, "]}");
+                sb_printf(sb, "%s{\"layer\": %d, ", l ? ", " : "", l);
+                if (ev->stack[l] >= 0)
+                    sb_printf(sb, "\"stack\": \"%s\", \"block\": %d, ", ev->stack[l] ? "decoder" : "encoder", ev->block[l]);
+                sb_printf(sb, "\"dropped\": %.6f, \"entropy\": %.6f, \"top1\": %.6f, \"dead\": %d, \"aux\": %.6f, \"z\": %.6f, "
+                              "\"load\": [",
+                          s->slots > 0 ? s->dropped / s->slots : 0, s->tokens > 0 ? s->entropy_sum / s->tokens : 0,
+                          s->tokens > 0 ? s->top1_sum / s->tokens : 0, moe_stats_dead(s), s->batches ? s->aux_sum / s->batches : 0,
+                          s->batches ? s->z_sum / s->batches : 0);
+                for (int e = 0; e < s->E && e < 256; e++) sb_printf(sb, "%s%.5f", e ? ", " : "", kept > 0 ? s->load[e] / kept : 0);
+                sb_printf(sb, "]}");
             }
-            sb_printf(f, "]");
+            sb_printf(sb, "]");
         }
     }
-    sb_printf(f, "}\n");
+    sb_printf(sb, "}\n");
 }
 
 /* Appends the record to metrics.jsonl whole or not at all: when a write fails or stores only part of
@@ -921,27 +924,25 @@ static void metrics_format(StrBuf *f, const MetricsRecord *m) {
  * (the last checkpoint stays intact; a resume rewrites the records after it). */
 static moelm_status metrics_append(Run *r, const MetricsRecord *m) {
     if (r->metrics_fd < 0) return MOELM_OK;
-    StrBuf sb = {0};
-    metrics_format(&sb, m);
-    if (sb.failed) {
-        sb_free(&sb);
-        return moelm_fail(MOELM_ERR_NOMEM, "out of memory formatting the metrics of step %ld", m->step);
-    }
+    StrBuf *sb = &r->mrec;   /* reused: it stops growing after the first records */
+    sb->len = 0;
+    sb->failed = 0;
+    metrics_format(sb, m);
+    if (sb->failed) return moelm_fail(MOELM_ERR_NOMEM, "out of memory formatting the metrics of step %ld", m->step);
     off_t start = lseek(r->metrics_fd, 0, SEEK_END);
     size_t done = 0;
     int err = 0;
-    while (done < sb.len) {
-        size_t want = sb.len - done;
+    while (done < sb->len) {
+        size_t want = sb->len - done;
         if (hook_disk_full(m->step)) {   /* test hook: half the record is stored, then the disk is full */
             if (done) { err = ENOSPC; break; }
             want /= 2;
         }
-        ssize_t k = write(r->metrics_fd, sb.buf + done, want);
+        ssize_t k = write(r->metrics_fd, sb->buf + done, want);
         if (k < 0 && errno == EINTR) continue;
         if (k <= 0) { err = k < 0 ? errno : ENOSPC; break; }
         done += (size_t)k;
     }
-    sb_free(&sb);
     if (!err) return MOELM_OK;
     int cut = start >= 0 && ftruncate(r->metrics_fd, start) == 0;
     return moelm_fail(MOELM_ERR_IO, "%s/metrics.jsonl: cannot append the record of step %ld: %s; %s, the run stops "
