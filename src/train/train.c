@@ -738,8 +738,8 @@ static void run_print_header(const Run *r) {
         printf("dropout: %g until step %ld, then set from the epochs the run projects (+%g per doubling past %g epochs, "
                "at most %g)\n", r->cfg.dropout_rate, dropout_fix_step(tc, o->time_budget_min), tc->dropout_growth,
                tc->dropout_epochs, tc->dropout_max);
-    if (r->n[1] < 2)
-        printf("no evaluation: the valid split has %zu token%s, nothing to predict\n", r->n[1], r->n[1] == 1 ? "" : "s");
+    if (r->full_batches == 0)
+        printf("no evaluation: the valid split has %s to predict\n", r->pairs ? "no pair" : "nothing");
     if (o->resume) printf("resumed from %s at step %ld\n", r->ckdir, r->state.step);
     fflush(stdout);
 }
@@ -762,17 +762,18 @@ static moelm_status run_setup(Run *r, const TrainOptions *o) {
     if (!st) st = run_build_model(r);
     if (!st) st = run_open_metrics(r);
     if (st) return st;
-    progress_clear(&r->prog);
-    if (!o->quiet) run_print_header(r);
-    /* the clock; periodic evaluations may take --eval-batches batches, the final one the whole split */
-    r->t_run = now_s() - r->state.elapsed_s;
-    r->t_log = now_s();
-    r->budget_s = o->time_budget_min * 60.0;
+    /* periodic evaluations may take --eval-batches batches, the final one the whole split */
     r->full_batches = r->pairs ? seq2seq_eval_batches(&r->pd[1], r->tc.batch_size)
                     : r->s2s ? span_eval_batches(r->n[1], r->len, r->tc.batch_size)
                              : eval_num_batches(r->n[1], r->tc.batch_size, r->tc.seq_len, r->tc.seq_len);
     r->part_batches = o->eval_batches > 0 && (size_t)o->eval_batches < r->full_batches ? (size_t)o->eval_batches
                                                                                         : r->full_batches;
+    progress_clear(&r->prog);
+    if (!o->quiet) run_print_header(r);
+    /* the clock */
+    r->t_run = now_s() - r->state.elapsed_s;
+    r->t_log = now_s();
+    r->budget_s = o->time_budget_min * 60.0;
     return MOELM_OK;
 }
 
@@ -976,9 +977,6 @@ static void run_log(Run *r, const StepResult *sr, float lr, MetricsRecord *rec) 
     r->tokens_since = 0;
 }
 
-/* An evaluation of the valid split (a periodic one takes --eval-batches batches; the last the whole
- * split), its line and expert statistics on stdout, its numbers into rec, and the routing dump of
- * its own forward passes. */
 /* An encoder-decoder's evaluation: the span-corruption loss of the valid split's windows and the target
  * perplexity (no routing dump: the routing maps are the lm's). */
 static moelm_status run_evaluate_span(Run *r, int last, MetricsRecord *rec) {
@@ -1002,13 +1000,19 @@ static moelm_status run_evaluate_span(Run *r, int last, MetricsRecord *rec) {
     return MOELM_OK;
 }
 
+/* An evaluation of the valid split (a periodic one takes --eval-batches batches; the last the whole
+ * split), its line and expert statistics on stdout, its numbers into rec, and the routing dump of
+ * its own forward passes. A valid split with nothing to predict gives none (its loss is not 0). */
 static moelm_status run_evaluate(Run *r, int last, MetricsRecord *rec) {
+    if (r->full_batches == 0) {
+        r->t_eval_start = now_s();
+        r->t_eval_s = 0;
+        return MOELM_OK;
+    }
     if (r->s2s) return run_evaluate_span(r, last, rec);
     Model *m = &r->model;
     RoutingRec routing;
     double t0 = r->t_eval_start = now_s();
-    r->t_eval_s = 0;
-    if (r->full_batches == 0) return MOELM_OK;   /* an empty valid split: no val loss (it is not 0, ppl 1) */
     if (routing_begin(&routing, m, r->n[1], (size_t)r->o->eval_batches))   /* routing stays empty */
         fprintf(stderr, "moelm: warning: routing dump not written: %s\n", moelm_last_error());
     moelm_status st = evaluate_routed(m, r->ids[1], r->n[1], last ? 0 : r->part_batches, 0, &r->ev, &routing);
