@@ -448,13 +448,17 @@ moelm_status ckpt_load_model(const char *dir, Model *m) {
     WeightSet *ws = NULL;
     moelm_status st = ws_open(&ws, dir);
     if (!st) st = model_read_weights(m, ws, dir);
-    ws_close(ws);
+    /* every value finite; a message names the file that holds the tensor */
     int n = st ? 0 : model_file_tensors(m, NULL, 0);
     FileTensor *ft = n ? moelm_calloc((size_t)n, sizeof *ft) : NULL;
     if (n && !ft) st = moelm_fail_context(MOELM_ERR_NOMEM, "%s: checking the weights", dir);
     if (ft) model_file_tensors(m, ft, n);
-    for (int i = 0; ft && !st && i < n; i++) st = check_finite(ft[i].data, ft[i].count, ft[i].first, 0, dir, ft[i].name);
+    for (int i = 0; ft && !st && i < n; i++) {
+        const char *file = ws_file(ws, ft[i].name);
+        st = check_finite(ft[i].data, ft[i].count, ft[i].first, 0, file ? file : dir, ft[i].name);
+    }
     moelm_free(ft);
+    ws_close(ws);
     return st;
 }
 
