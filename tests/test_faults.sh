@@ -107,6 +107,8 @@ check "full disk: the resume completes, one metrics record per step" \
 # every allocation up to 40, then every 37th until a run needs no more (a tiny run makes ~1500)
 n=1; crashes=0; oom=0; msgs=0; done_at=0
 while [ "$n" -le 20000 ]; do
+    # a run that failed after its first checkpoint leaves a run there: each start is a new run
+    rm -rf "$TMP/oom/latest" "$TMP/oom"/ckpt-*
     MOELM_FAIL_ALLOC_AFTER=$n $HBIN train --config tiny --steps 2 --ckpt-interval 1 -t 1 --quiet --out "$TMP/oom" \
         >/dev/null 2>"$TMP/err"; rc=$?
     if [ "$rc" = 0 ]; then done_at=$n; break; fi

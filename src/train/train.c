@@ -709,6 +709,11 @@ static moelm_status run_open_metrics(Run *r) {
         st = metrics_truncate(path, r->state.step);
         if (!st && (r->metrics_fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644)) < 0)
             st = moelm_fail(MOELM_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+        /* the record buffer, sized once for the longest record (an evaluation's: every MoE layer's
+         * statistics and the load of each of its experts, at most 16 bytes each), so no step allocates */
+        size_t cap = 4096 + (size_t)config_num_moe_layers(&r->cfg) * (512 + 16 * (size_t)(r->cfg.num_experts > 0 ? r->cfg.num_experts : 1));
+        if (!st && !(r->mrec.buf = moelm_malloc(cap))) st = moelm_fail_context(MOELM_ERR_NOMEM, "%s", path);
+        r->mrec.cap = r->mrec.buf ? cap : 0;
     }
     char *tjs = train_config_json(&r->tc);
     if (tjs) {
@@ -925,7 +930,7 @@ static void metrics_format(StrBuf *sb, const MetricsRecord *m) {
  * (the last checkpoint stays intact; a resume rewrites the records after it). */
 static moelm_status metrics_append(Run *r, const MetricsRecord *m) {
     if (r->metrics_fd < 0) return MOELM_OK;
-    StrBuf *sb = &r->mrec;   /* reused: it stops growing after the first records */
+    StrBuf *sb = &r->mrec;   /* reserved by run_open_metrics */
     sb->len = 0;
     sb->failed = 0;
     metrics_format(sb, m);
