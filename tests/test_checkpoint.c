@@ -8,9 +8,16 @@
  *     (ckpt_resolve + ckpt_load_model give the old weights), or, when only the durability of a
  *     complete new checkpoint is unknown, the new one; no temporary directory is left behind;
  *   - short writes are retried: every one gives a checkpoint identical to an undisturbed one;
- *   - a config.json or state.json edited in a checkpoint is refused by CHECKSUMS.
+ *   - a config.json or state.json edited in a checkpoint is refused by CHECKSUMS;
+ *   - what a consistent CHECKSUMS cannot catch: NaN/Inf weights or moments and negative second
+ *     moments (refused naming the tensor), a config.json asking for more than the weights hold
+ *     (refused from the header, nothing allocated), a CHECKSUMS without some file's line;
+ *   - pruning never removes the checkpoint `latest` names and orders by step; a `latest` pointing
+ *     outside its run is refused; the run directory lock admits one writer.
  */
 #include <dirent.h>
+#include <limits.h>
+#include <math.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -196,7 +203,7 @@ TEST(failure_at_every_step_keeps_previous) {
             /* the previous checkpoint directory is intact whatever happened */
             char prev[256];
             snprintf(prev, sizeof prev, TDIR "/f/ckpt-%08d", 1);
-            EXPECT_MSG(checksums_verify(prev) == MOELM_OK, "%s #%d: %s", k_ops[k].op, n, moelm_last_error());
+            EXPECT_MSG(checksums_verify(prev, ckpt_files, CKPT_N_FILES) == MOELM_OK, "%s #%d: %s", k_ops[k].op, n, moelm_last_error());
             EXPECT_MSG(no_tmp_left(TDIR "/f"), "%s #%d: a temporary was left behind", k_ops[k].op, n);
         }
         EXPECT_MSG(n > 1 && n < 500, "%s: %d", k_ops[k].op, n);
@@ -254,7 +261,7 @@ TEST(short_writes_are_retried) {
         fileio_fail_reset();
         EXPECT(file_read_all(TDIR "/s/latest/model.safetensors", &got, &ngot) == MOELM_OK);
         EXPECT_MSG(ngot == nref && got && !memcmp(got, ref, nref), "short write #%d: different bytes", n);
-        EXPECT(checksums_verify(TDIR "/s/latest") == MOELM_OK);
+        EXPECT(checksums_verify(TDIR "/s/latest", ckpt_files, CKPT_N_FILES) == MOELM_OK);
         moelm_free(got);
         got = NULL;
     }
@@ -287,6 +294,172 @@ TEST(edited_files_are_refused) {
     fix_free(&f);
 }
 
+/* A fresh run directory holding one checkpoint of f; the checkpoint's directory into dir. */
+static void save_fresh(Fix *f, const char *run, char *dir, size_t cap) {
+    rm_rf(run);
+    dir_make(run);
+    EXPECT(ckpt_save(run, &f->m, &f->o, &f->s, f->tok, 0) == MOELM_OK);
+    EXPECT(ckpt_resolve(run, dir, cap) == MOELM_OK);
+}
+
+/* NaN or Inf weights (or NaN moments, a negative second moment) written into a consistent checkpoint
+ * (CHECKSUMS matches): loading refuses with one line naming the tensor. Before, they loaded and an
+ * eval printed "perplexity nan" with exit 0. */
+TEST(nonfinite_tensors_are_refused) {
+    static const struct { int which; float value; const char *says; } cases[] = {
+        { 0, NAN, "not a finite number" }, { 0, INFINITY, "not a finite number" }, { 0, -INFINITY, "not a finite number" },
+        { 1, NAN, "adam.m" }, { 2, NAN, "adam.v" }, { 2, -1e-3f, "second moment must be >= 0" },
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        Fix f;
+        EXPECT(fix_make(&f) == 0);
+        const TensorInfo *t = &f.m.tensors[f.m.n_tensors / 2];
+        size_t at = t->offset + t->size / 2;
+        float *where = cases[k].which == 0 ? f.m.params : cases[k].which == 1 ? f.o.m : f.o.v;
+        where[at] = cases[k].value;
+        char dir[4096];
+        ModelConfig c;
+        save_fresh(&f, TDIR "/nf", dir, sizeof dir);
+        EXPECT(ckpt_read_config(dir, &c) == MOELM_OK);
+        Model m;
+        Optimizer o;
+        EXPECT(model_create(&m, &c, 2, 8, 1) == MOELM_OK && optim_create(&o, m.n_params) == MOELM_OK);
+        moelm_status st = ckpt_load_model(dir, &m);
+        if (!st) st = ckpt_load_optimizer(dir, &o, &m);
+        const char *msg = moelm_last_error();
+        EXPECT_MSG(st == MOELM_ERR_FORMAT && strstr(msg, cases[k].says) && !strchr(msg, '\n') &&
+                       (cases[k].which || strstr(msg, t->name)),
+                   "case %zu: %d '%s'", k, (int)st, msg);
+        optim_free(&o);
+        model_free(&m);
+        fix_free(&f);
+    }
+}
+
+/* CHECKSUMS rewritten after an edit, so that only the checks behind it can catch what was done. */
+static void resum(const char *dir) { EXPECT(checksums_write(dir, ckpt_files, CKPT_N_FILES) == MOELM_OK); }
+
+/* A config.json that asks for far more than model.safetensors holds (d_model 8192: about 3.7 GB with
+ * its gradients) is refused from the safetensors header, before anything is allocated for it. */
+TEST(config_checked_against_weights_before_allocating) {
+    Fix f;
+    EXPECT(fix_make(&f) == 0);
+    char dir[4096], path[4200];
+    save_fresh(&f, TDIR "/big", dir, sizeof dir);
+    ModelConfig c = f.m.cfg;
+    c.d_model = 8192;
+    c.d_ff = 32768;
+    c.num_heads = 8;
+    char *js = config_to_json(&c);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    EXPECT(js && file_write_atomic(path, js, strlen(js)) == MOELM_OK);
+    moelm_free(js);
+    resum(dir);
+    size_t live = moelm_alloc_live_bytes();
+    moelm_status st = ckpt_read_config(dir, &c);
+    EXPECT_MSG(st == MOELM_ERR_FORMAT && strstr(moelm_last_error(), "model.safetensors") &&
+                   strstr(moelm_last_error(), "config.json needs"), "%d '%s'", (int)st, moelm_last_error());
+    EXPECT(moelm_alloc_live_bytes() == live);
+    fix_free(&f);
+}
+
+/* Saves f at step `step` into run (keep 0: nothing pruned). */
+static void save_at(Fix *f, const char *run, long step, int keep) {
+    f->s.step = step;
+    EXPECT(ckpt_save(run, &f->m, &f->o, &f->s, f->tok, keep) == MOELM_OK);
+}
+
+static int exists_ckpt(const char *run, long step) {
+    snprintf(g_cmd, sizeof g_cmd, "%s/ckpt-%08ld", run, step);
+    return path_exists(g_cmd);
+}
+
+/* latest -> ckpt-8 with a complete ckpt-12 beside it (a kill between the rename of ckpt-12 and the
+ * switch of latest): saving step 9 with keep 1 kept ckpt-12 as "the newest" and deleted ckpt-9, so
+ * latest pointed at nothing. Now latest's checkpoint is never pruned, older ones are, by step, and
+ * ckpt-12 (after latest) is left for the run to replace. */
+TEST(prune_keeps_what_latest_names) {
+    Fix f;
+    EXPECT(fix_make(&f) == 0);
+    const char *run = TDIR "/pr";
+    rm_rf(run);
+    dir_make(run);
+    save_at(&f, run, 5, 0);
+    save_at(&f, run, 8, 0);
+    save_at(&f, run, 12, 0);
+    EXPECT(unlink(TDIR "/pr/latest") == 0 && file_symlink("ckpt-00000008", TDIR "/pr/latest") == MOELM_OK);
+    save_at(&f, run, 9, 1);
+    float *got = malloc(sizeof(float) * f.m.n_params);
+    long step = -1;
+    EXPECT_MSG(load_latest(run, &f.m, got, &step) == 0 && step == 9, "latest: %s (step %ld)", moelm_last_error(), step);
+    EXPECT(exists_ckpt(run, 9) && exists_ckpt(run, 12) && !exists_ckpt(run, 8) && !exists_ckpt(run, 5));
+    /* keep 2: latest and the newest before it */
+    save_at(&f, run, 10, 0);
+    save_at(&f, run, 11, 2);
+    EXPECT(exists_ckpt(run, 11) && exists_ckpt(run, 10) && !exists_ckpt(run, 9) && exists_ckpt(run, 12));
+    /* a checkpoint named with fewer digits is ordered by its step, and removed by its own name */
+    EXPECT(dir_make(TDIR "/pr/ckpt-3") == MOELM_OK);
+    save_at(&f, run, 13, 1);
+    EXPECT(!path_exists(TDIR "/pr/ckpt-3") && exists_ckpt(run, 13) && !exists_ckpt(run, 12));
+    free(got);
+    fix_free(&f);
+}
+
+/* A latest that points outside its run directory (or is no link) is refused, not followed. */
+TEST(latest_outside_the_run_is_refused) {
+    Fix f;
+    EXPECT(fix_make(&f) == 0);
+    const char *run = TDIR "/lo", *other = TDIR "/lo-other";
+    rm_rf(run); rm_rf(other);
+    dir_make(run); dir_make(other);
+    save_at(&f, run, 1, 0);
+    save_at(&f, other, 2, 0);
+    char dir[4096], abs_other[4096];
+    EXPECT(realpath(TDIR "/lo-other/ckpt-00000002", abs_other) != NULL);
+    const char *targets[] = { "../lo-other/ckpt-00000002", abs_other };
+    for (int i = 0; i < 2; i++) {
+        unlink(TDIR "/lo/latest");
+        EXPECT(file_symlink(targets[i], TDIR "/lo/latest") == MOELM_OK);
+        EXPECT_MSG(ckpt_resolve(run, dir, sizeof dir) == MOELM_ERR_FORMAT && strstr(moelm_last_error(), "refusing"),
+                   "%s: %s", targets[i], moelm_last_error());
+        EXPECT(ckpt_resolve(TDIR "/lo/latest", dir, sizeof dir) == MOELM_ERR_FORMAT);
+    }
+    unlink(TDIR "/lo/latest");
+    EXPECT(file_symlink("ckpt-00000001", TDIR "/lo/latest") == MOELM_OK);
+    EXPECT(ckpt_resolve(run, dir, sizeof dir) == MOELM_OK);
+    fix_free(&f);
+}
+
+/* One writer per run directory: a second lock is refused with one line until the first is released. */
+TEST(run_lock_is_exclusive) {
+    dir_make(TDIR "/lk");
+    int a = -1, b = -1;
+    EXPECT(ckpt_lock_run(TDIR "/lk", &a) == MOELM_OK && a >= 0);
+    EXPECT(ckpt_lock_run(TDIR "/lk", &b) == MOELM_ERR_ARG && b == -1);
+    EXPECT(strstr(moelm_last_error(), "another moelm process") && !strchr(moelm_last_error(), '\n'));
+    ckpt_unlock_run(a);
+    EXPECT(ckpt_lock_run(TDIR "/lk", &b) == MOELM_OK);
+    ckpt_unlock_run(b);
+    EXPECT(ckpt_lock_run(TDIR "/no-such-run", &a) == MOELM_ERR_IO);
+}
+
+/* Every file of a checkpoint must be listed in CHECKSUMS: a line removed let an edited model load. */
+TEST(unlisted_files_are_refused) {
+    Fix f;
+    EXPECT(fix_make(&f) == 0);
+    char dir[4096], path[4200];
+    save_fresh(&f, TDIR "/ul", dir, sizeof dir);
+    const char *only[] = { "optimizer.safetensors", "config.json", "state.json", "tokenizer.model" };
+    EXPECT(checksums_write(dir, only, 4) == MOELM_OK);
+    ModelConfig c;
+    EXPECT(ckpt_read_config(dir, &c) == MOELM_ERR_FORMAT && strstr(moelm_last_error(), "does not list model.safetensors"));
+    snprintf(path, sizeof path, "%s/CHECKSUMS", dir);
+    const char *hdr = "# moelm CHECKSUMS v1: crc32 size name\n";
+    EXPECT(file_write_atomic(path, hdr, strlen(hdr)) == MOELM_OK);
+    EXPECT(ckpt_read_config(dir, &c) == MOELM_ERR_FORMAT && strstr(moelm_last_error(), "does not list"));
+    fix_free(&f);
+}
+
 int main(void) {
     test_one_thread();
     dir_make(TDIR);
@@ -295,6 +468,12 @@ int main(void) {
     RUN(allocation_failure_keeps_previous);
     RUN(short_writes_are_retried);
     RUN(edited_files_are_refused);
+    RUN(nonfinite_tensors_are_refused);
+    RUN(config_checked_against_weights_before_allocating);
+    RUN(prune_keeps_what_latest_names);
+    RUN(latest_outside_the_run_is_refused);
+    RUN(run_lock_is_exclusive);
+    RUN(unlisted_files_are_refused);
     int rc = test_summary("checkpoint");
     if (moelm_alloc_live_bytes() != 0) printf("leak: %zu bytes live at exit\n", moelm_alloc_live_bytes());
     return rc;

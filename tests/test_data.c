@@ -723,6 +723,19 @@ TEST(tokens_write_errors) {
     EXPECT_MSG(contains(moelm_last_error(), "no/such/dir/x.tok.tmp"), "%s", moelm_last_error());
 }
 
+/* The token cache key follows the data, not only the tokenizer: a run killed before its first
+ * checkpoint left tokens.train.bin of data A, and a run on data B in the same --out trained on A. */
+TEST(tokens_cache_key_follows_data) {
+    const char *a = "the cat sat on the mat\n", *b = "the cat sat on the hat\n";
+    size_t n = strlen(a);
+    uint64_t k = tokens_cache_key(7, a, n);
+    EXPECT(k == tokens_cache_key(7, a, n));
+    EXPECT(k != tokens_cache_key(7, b, n));        /* other data, same size */
+    EXPECT(k != tokens_cache_key(8, a, n));        /* other tokenizer */
+    EXPECT(k != tokens_cache_key(7, a, n - 1));    /* a prefix */
+    EXPECT(k != 7);                                /* never just the tokenizer's hash (what old caches hold) */
+}
+
 TEST(tokens_check_range_message) {
     int ids[60];
     for (int i = 0; i < 60; i++) ids[i] = i;
@@ -1183,6 +1196,7 @@ int main(void) {
     RUN(corpus_utf8);
     RUN(tokens_round_trip);
     RUN(tokens_write_errors);
+    RUN(tokens_cache_key_follows_data);
     RUN(tokens_check_range_message);
     RUN(tokens_corrupt_files);
     RUN(dataloader_epochs);

@@ -6,7 +6,9 @@
 #   2. NaN/Inf in the loss or the gradients (test hook MOELM_INJECT_NAN_STEP) is caught in
 #      the step where it appears: by default a one-line error, exit 1, the last checkpoint loadable;
 #      with --skip-nonfinite the update is skipped and counted and the run completes.
-#   3. Allocation failure (test hook MOELM_FAIL_ALLOC_AFTER) at many points of a run: a
+#   3. A full disk while appending metrics.jsonl (test hook MOELM_FULL_DISK_AT_STEP): a one-line
+#      error, the file cut back to its last whole record, and a resume completes.
+#   4. Allocation failure (test hook MOELM_FAIL_ALLOC_AFTER) at many points of a run: a
 #      one-line "out of memory" error and exit 1, never a crash.
 # The hooks (src/train/hooks.h) exist only in the test build of the CLI, build/moelm-test (HBIN); the
 # shipped binary (BIN) must ignore them.
@@ -89,10 +91,24 @@ check "--skip-nonfinite: metrics.jsonl stays valid JSON (null for NaN)" sh -c "g
 MOELM_INJECT_NAN_STEP=3:grad $HBIN train $NARGS --out "$TMP/skip2" --skip-nonfinite >/dev/null 2>&1; rc=$?
 check "--skip-nonfinite: an Inf gradient is skipped too (rc=$rc)" test "$rc" = 0
 
-# ---- 3. allocation failure ------------------------------------------------------------------------
+# ---- 3. a full disk ------------------------------------------------------------------------------
+# the record of step 5 is stored in part, then the write fails with ENOSPC (test hook): before, the
+# run went on with a torn line in metrics.jsonl; now the file is cut back to its last whole record
+# and the run stops with the cause, and a resume goes on from the last checkpoint
+MOELM_FULL_DISK_AT_STEP=5 expect_error "a full disk while appending metrics.jsonl stops the run" \
+    "metrics.jsonl: cannot append the record of step 5: No space left on device; cut back" $HBIN train $NARGS --out "$TMP/full"
+check "full disk: metrics.jsonl ends with the whole record of step 4" \
+    sh -c "tail -n 1 '$TMP/full/metrics.jsonl' | grep -q '^{\"step\": 4, .*}\$' && test \"\$(tail -c 1 '$TMP/full/metrics.jsonl' | od -An -c | tr -d ' ')\" = '\\n'"
+$BIN train --resume "$TMP/full" $NARGS >/dev/null 2>&1
+check "full disk: the resume completes, one metrics record per step" \
+    test "$(grep -o '^{"step": [0-9]*' "$TMP/full/metrics.jsonl" | sed 's/.* //' | tr '\n' ' ')" = "$(seq 1 10 | tr '\n' ' ')"
+
+# ---- 4. allocation failure ------------------------------------------------------------------------
 # every allocation up to 40, then every 37th until a run needs no more (a tiny run makes ~1500)
 n=1; crashes=0; oom=0; msgs=0; done_at=0
 while [ "$n" -le 20000 ]; do
+    # a run that failed after its first checkpoint leaves a run there: each start is a new run
+    rm -rf "$TMP/oom/latest" "$TMP/oom"/ckpt-*
     MOELM_FAIL_ALLOC_AFTER=$n $HBIN train --config tiny --steps 2 --ckpt-interval 1 -t 1 --quiet --out "$TMP/oom" \
         >/dev/null 2>"$TMP/err"; rc=$?
     if [ "$rc" = 0 ]; then done_at=$n; break; fi

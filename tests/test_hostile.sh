@@ -4,8 +4,10 @@
 # the problem, a non-zero exit below 128 (no crash, no sanitizer report), and nothing else.
 # Catalogues: config.json (--config), state.json (in a checkpoint, CHECKSUMS rewritten so that the
 # state parser itself is reached), tokenizer .model files (moelm tokenizer encode --model), checkpoint
-# safetensors, and command-line values. Token files: tests/test_data.c (tokens_corrupt_files);
-# safetensors at the C level: tests/test_io.c.
+# safetensors, checkpoint integrity (what a consistent CHECKSUMS cannot catch, and what it must),
+# tokenizer training, run directories (pruning, the token cache, the lock, resume from a checkpoint
+# directory, small data) and command-line values. Token files: tests/test_data.c
+# (tokens_corrupt_files); safetensors at the C level: tests/test_io.c.
 # Ends with "hostile: N passed, N failed" and exits non-zero on failure.
 BIN=${MOELM_BIN:-./moelm}
 TMP=build/tmp/hostile
@@ -31,7 +33,9 @@ cfg string-for-int   "d_model"                    '{"d_model": "abc"}'
 cfg negative-size    "d_model"                    '{"d_model": -4}'
 cfg huge-size        "d_model"                    '{"d_model": 1e30}'
 cfg fraction         "d_model"                    '{"d_model": 64.5}'
-cfg int-overflow     "n_positions"                '{"n_positions": 2147483648}'
+cfg int-overflow     "n_positions.*out of range"  '{"n_positions": 2147483648}'
+cfg int-1e9          "n_positions must be in"     '{"n_positions": 1000000000}'   # was "not an integer" (1e+09)
+cfg int-3e9          "d_model: 3000000000 is out of range" '{"d_model": 3000000000}'
 cfg heads-not-divide "num_heads"                  '{"d_model": 64, "num_heads": 3}'
 cfg unknown-key      "unknown"                    '{"no_such_key": 1}'
 cfg nan-string       "capacity_factor"            '{"capacity_factor": "NaN"}'
@@ -129,6 +133,49 @@ newck dtype;  sed -i '0,/"F32"/s//"F64"/' "$f"; weights "wrong dtype" "dtype|F64
 newck shape;  sed -i '0,/"shape":\[/s//"shape":[7,/' "$f"; weights "wrong shape" "shape|size|bytes|offset|expected"
 echo "   checkpoint safetensors: $nt files (the C-level catalogue is in tests/test_io.c)"
 
+# ---- checkpoint integrity: what CHECKSUMS alone cannot catch, and what it must -------------------------
+# resum D FILE: rewrite FILE's CHECKSUMS line in checkpoint D (a consistent edit)
+resum() {
+    grep -v " $2\$" "$1/CHECKSUMS" >"$1/CHECKSUMS.new"
+    echo "$(crc32 "$1/$2") $(wc -c <"$1/$2" | tr -d ' ') $2" >>"$1/CHECKSUMS.new"
+    mv "$1/CHECKSUMS.new" "$1/CHECKSUMS"
+}
+# f32at FILE INDEX BYTES: overwrite float INDEX of FILE's data region (after the safetensors header)
+f32at() {
+    hl=$(od -An -tu4 -N4 "$1" | tr -d ' ')
+    printf "$3" | dd of="$1" bs=1 seek=$((8 + hl + 4 * $2)) conv=notrunc 2>/dev/null
+}
+newck nan;  f32at "$f" 5 '\000\000\300\177'; resum "$d" model.safetensors
+expect_error "checkpoint: NaN weight" "model.safetensors.*tensor .* holds nan.*not a finite" $BIN eval -m "$r" -t 1 -b 2
+newck inf;  f32at "$f" 0 '\000\000\200\177'; resum "$d" model.safetensors
+expect_error "checkpoint: Inf weight" "model.safetensors.*tensor .* holds inf" $BIN generate -m "$r" -n 2 -t 1
+newck adam-nan; f32at "$d/optimizer.safetensors" 3 '\000\000\300\177'; resum "$d" optimizer.safetensors
+expect_error "checkpoint: NaN Adam moment on resume" "optimizer.safetensors.*adam.m.*not a finite" $BIN train --resume "$r" --steps 4 -t 1 --quiet
+newck adam-neg
+# adam.v follows adam.m: its first float is n_params floats after the data start
+np=$(head -c 120 "$d/optimizer.safetensors" | LC_ALL=C tr -c '[:print:]' ' ' | LC_ALL=C sed -n 's/.*"adam.m":{[^}]*"shape":\[\([0-9]*\)\].*/\1/p')
+f32at "$d/optimizer.safetensors" $((np + 2)) '\000\000\200\277'; resum "$d" optimizer.safetensors
+expect_error "checkpoint: negative second moment on resume" "adam.v.*>= 0" $BIN train --resume "$r" --steps 4 -t 1 --quiet
+newck sums-header; echo '# moelm CHECKSUMS v1: crc32 size name' >"$d/CHECKSUMS"; printf 'X' | dd of="$f" bs=1 seek=200 conv=notrunc 2>/dev/null
+expect_error "checkpoint: CHECKSUMS with only its header" "CHECKSUMS.*does not list" $BIN eval -m "$r" -t 1 -b 2
+newck sums-gap; grep -v ' model.safetensors$' "$d/CHECKSUMS" >"$d/C.new"; mv "$d/C.new" "$d/CHECKSUMS"
+expect_error "checkpoint: CHECKSUMS without the model's line" "does not list model.safetensors" $BIN eval -m "$r" -t 1 -b 2
+newck fifo; rm "$d/tokenizer.model"; mkfifo "$d/tokenizer.model"
+expect_error "checkpoint: tokenizer.model is a FIFO" "tokenizer.model.*not a regular file" timeout 20 $BIN eval -m "$r" -t 1 -b 2
+newck zero; rm "$d/tokenizer.model"; ln -s /dev/zero "$d/tokenizer.model"
+expect_error "checkpoint: tokenizer.model -> /dev/zero" "tokenizer.model.*symbolic link" timeout 20 $BIN eval -m "$r" -t 1 -b 2
+newck urandom; rm "$d/tokenizer.model"; ln -s /dev/urandom "$d/tokenizer.model"
+expect_error "checkpoint: tokenizer.model -> /dev/urandom" "tokenizer.model.*symbolic link" timeout 20 $BIN train --resume "$r" --steps 4 -t 1 --quiet
+newck outside; rm "$r/latest"; ln -s "$(cd "$TMP/base/latest" && pwd -P)" "$r/latest"
+expect_error "checkpoint: latest pointing outside its run" "latest.*refusing" $BIN eval -m "$r" -t 1 -b 2
+newck huge; sed -i 's/"d_model": 32/"d_model": 8192/; s/"d_ff": [0-9]*/"d_ff": 32768/' "$d/config.json"; resum "$d" config.json
+expect_error "checkpoint: config.json asking for gigabytes" "model.safetensors.*config.json needs" timeout 10 $BIN eval -m "$r" -t 1 -b 2
+newck bigtok; awk 'BEGIN { for (i = 0; i < 2000; i++) print "w" i }' >"$TMP/words.txt"
+$BIN tokenizer train --input "$TMP/words.txt" --model_prefix "$TMP/bigtok" --vocab_size 3000 --model_type word >/dev/null 2>&1
+cp "$TMP/bigtok.model" "$d/tokenizer.model"; resum "$d" tokenizer.model
+expect_error "checkpoint: a tokenizer larger than the model's vocabulary" "tokenizer.model.*vocab_size" $BIN generate -m "$r" -p "w1500 w1999" -n 2 -t 1
+echo "   checkpoint integrity: 12 cases"
+
 # ---- tokenizer files --------------------------------------------------------------------------------
 K=$TMP/tok; mkdir -p "$K"
 echo "the cat sat on the mat" >"$K/in.txt"
@@ -177,12 +224,85 @@ expect_error "tokenizer: a directory" "$K" $BIN tokenizer encode --model "$K" "$
 ntk=$((ntk + 2))
 echo "   tokenizer catalogue: $ntk files"
 
+# ---- tokenizer training: more distinct characters than the vocabulary ------------------------------
+# 3000 CJK characters in 3-character words: the unigram trainer never finished, BPE made thousands of
+# pieces for --vocab_size 50; now a one-line refusal, as spm_train's (timeout turns a hang into a failure)
+LC_ALL=C awk 'BEGIN { srand(1); for (l = 0; l < 2000; l++) { s = ""; for (w = 0; w < 10; w++) { if (w) s = s " "
+    for (k = 0; k < 3; k++) { c = 19968 + int(rand() * 3000); s = s sprintf("%c%c%c", 224 + int(c / 4096), 128 + int(c / 64) % 64, 128 + c % 64) } }
+    print s } }' >"$K/cjk.txt"
+expect_error "tokenizer train: unigram, 3000 characters, vocab 2000" "required characters" \
+    timeout 120 $BIN tokenizer train --input "$K/cjk.txt" --model_prefix "$K/cjk" --vocab_size 2000 --model_type unigram
+expect_error "tokenizer train: bpe, 3000 characters, vocab 50" "required characters" \
+    timeout 120 $BIN tokenizer train --input "$K/cjk.txt" --model_prefix "$K/cjk" --vocab_size 50 --model_type bpe
+expect_error "train --tokenizer unigram:500 on 3000 characters" "required characters" \
+    timeout 120 $BIN train --config tiny --data "$K/cjk.txt" --tokenizer unigram:500 --steps 1 --out "$TMP/cjk-run" -t 1 --quiet
+
 # ---- token cache ------------------------------------------------------------------------------------
 # a corrupt or foreign token cache in a run directory (bad id, bad CRC) is rebuilt, never trusted
 r="$TMP/cache"; cp -r "$TMP/base" "$r"
 printf '\377\377\377\177' | dd of="$r/tokens.train.bin" bs=1 seek=40 conv=notrunc 2>/dev/null
 if $BIN train --resume "$r" --steps 3 -t 1 --quiet >"$TMP/out" 2>"$TMP/err"; then ok "token cache with a bad id is rebuilt"
 else bad "token cache with a bad id is rebuilt: $(head -c 300 "$TMP/err")"; fi
+
+# ---- run directories -------------------------------------------------------------------------------
+# latest -> ckpt-8 beside a complete ckpt-12 (a kill between the rename of ckpt-12 and the switch of
+# latest): a resume with --keep 1 deleted the checkpoint it had just made latest
+r="$TMP/prune"; rm -rf "$r"
+$BIN train --config tiny --steps 12 --ckpt-interval 4 --keep 0 --eval-interval 0 --out "$r" -t 1 --quiet >/dev/null 2>&1
+rm "$r/latest"; ln -s ckpt-00000008 "$r/latest"
+if $BIN train --resume "$r" --ckpt-interval 1 --keep 1 --stop-at 9 -t 1 --quiet >"$TMP/out" 2>"$TMP/err" &&
+   [ "$(readlink "$r/latest")" = ckpt-00000009 ] && [ -d "$r/ckpt-00000009" ] && [ ! -d "$r/ckpt-00000008" ] &&
+   $BIN eval -m "$r" -t 1 -b 2 >/dev/null 2>&1; then ok "prune keeps the checkpoint latest names"
+else bad "prune keeps the checkpoint latest names: latest -> $(readlink "$r/latest"), $(ls "$r" | tr '\n' ' ') $(head -c 300 "$TMP/err")"; fi
+
+# a token cache left by a run on data A (killed before its first checkpoint) was trained on by a
+# run on data B in the same --out, which printed B's name: the cache is keyed on the data too
+awk 'BEGIN { for (i = 0; i < 300; i++) print "a b c d" }' >"$TMP/A.txt"
+awk 'BEGIN { for (i = 0; i < 900; i++) print "x y z w v" }' >"$TMP/B.txt"
+$BIN tokenizer train --input "$TMP/A.txt,$TMP/B.txt" --model_prefix "$TMP/ab" --vocab_size 50 --model_type word >/dev/null 2>&1
+T="--config tiny --tokenizer $TMP/ab.model --steps 1 -t 1"
+rm -rf "$TMP/cacheA" "$TMP/cacheB"
+$BIN train $T --data "$TMP/A.txt" --out "$TMP/cacheA" --quiet >/dev/null 2>&1
+rm -rf "$TMP/cacheA/latest" "$TMP/cacheA"/ckpt-*   # as if killed before its first checkpoint
+$BIN train $T --data "$TMP/B.txt" --out "$TMP/cacheA" --force 2>/dev/null | grep '^data:' | sed 's/^data: [^ ]* //' >"$TMP/cached"
+$BIN train $T --data "$TMP/B.txt" --out "$TMP/cacheB" 2>/dev/null | grep '^data:' | sed 's/^data: [^ ]* //' >"$TMP/fresh"
+if [ -s "$TMP/fresh" ] && cmp -s "$TMP/cached" "$TMP/fresh"; then ok "a token cache of other data is rebuilt"
+else bad "a token cache of other data is rebuilt: $(cat "$TMP/cached") vs $(cat "$TMP/fresh")"; fi
+
+# one writer per run directory: a second train into it (resumed or --force) is refused while the
+# first runs (before, two resumes both exited 0 and metrics.jsonl lost hundreds of steps)
+r="$TMP/lock"; rm -rf "$r"
+$BIN train --config tiny --steps 100000 --ckpt-interval 1 --eval-interval 0 --out "$r" -t 1 --quiet >/dev/null 2>&1 &
+lpid=$!
+i=0; while [ ! -e "$r/latest" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
+expect_error "run lock: a second resume is refused" "$r: another moelm process is training" $BIN train --resume "$r" --steps 5 -t 1 --quiet
+expect_error "run lock: a --force run over it is refused" "another moelm process" $BIN train --config tiny --steps 5 --out "$r" --force -t 1 --quiet
+kill "$lpid" 2>/dev/null; wait "$lpid" 2>/dev/null
+check "run lock: released when its process ends" $BIN train --resume "$r" --steps 1 -t 1 --quiet
+
+# --resume RUN/ckpt-N continues RUN from that checkpoint (it nested a new run inside ckpt-N)
+r="$TMP/from-ckpt"; rm -rf "$r"
+$BIN train --config tiny --steps 4 --ckpt-interval 2 --keep 0 --eval-interval 0 --log-interval 1 --out "$r" -t 1 --quiet >/dev/null 2>&1
+if $BIN train --resume "$r/ckpt-00000002" --log-interval 1 --eval-interval 0 -t 1 --quiet >/dev/null 2>"$TMP/err" &&
+   [ ! -e "$r/ckpt-00000002/latest" ] && [ ! -e "$r/ckpt-00000002/metrics.jsonl" ] && [ "$(readlink "$r/latest")" = ckpt-00000004 ] &&
+   [ "$(grep -o '^{"step": [0-9]*' "$r/metrics.jsonl" | sed 's/.* //' | tr '\n' ' ')" = "1 2 3 4 " ]; then
+    ok "resume from RUN/ckpt-N goes on in RUN"
+else bad "resume from RUN/ckpt-N goes on in RUN: $(ls "$r/ckpt-00000002") $(head -c 300 "$TMP/err")"; fi
+
+# small data: the too-few-tokens error names the file (it printed "moelm: : 7 tokens"); an empty
+# valid split gives no evaluation (it reported "val ppl 1.00")
+printf 'a b c\nd e\n' >"$TMP/small.txt"
+expect_error "too few tokens: the message names the file" "small.txt:train: 7 tokens, too few" $BIN train --config tiny --data "$TMP/small.txt" --steps 1 --out "$TMP/small" -t 1 --quiet
+awk 'BEGIN { for (l = 0; l < 2; l++) { for (i = 0; i < 60; i++) printf "w%d ", i; print "" } }' >"$TMP/two.txt"
+rm -rf "$TMP/two"
+$BIN train --config tiny --data "$TMP/two.txt" --steps 2 --out "$TMP/two" -t 1 >"$TMP/out" 2>&1
+if grep -q "no evaluation: the valid split has nothing to predict" "$TMP/out" && ! grep -q "val ppl" "$TMP/out" && ! grep -q val_loss "$TMP/two/metrics.jsonl"
+then ok "an empty valid split: no evaluation, said once"; else bad "an empty valid split: $(grep -a 'val\|evaluation' "$TMP/out" | head -3)"; fi
+
+# a whole number past 1e9 in state.json's training settings was "not an integer" (1e+09)
+r="$TMP/big-steps"; rm -rf "$r"; cp -r "$TMP/base" "$r"; d=$(cd "$r/latest" && pwd -P)
+sed -i 's/"steps": [0-9]*/"steps": 2000000000/' "$d/state.json"; resum "$d" state.json
+check "state.json: steps 2000000000 resumes" $BIN train --resume "$r" --steps 3 -t 1 --quiet
 
 # ---- command-line values ----------------------------------------------------------------------------
 R="--out $TMP/cli -t 1 --quiet --steps 1"

@@ -887,7 +887,7 @@ TEST(io_out_of_memory_is_clean) {
     ok = 0;
     for (long k = 1; k < 100 && !ok; k++) {
         moelm_alloc_fail_after(k);
-        moelm_status s = checksums_verify(TMP "/ckoom");
+        moelm_status s = checksums_verify(TMP "/ckoom", files, 1);
         moelm_alloc_fail_after(0);
         EXPECT(s == MOELM_OK || s == MOELM_ERR_NOMEM);
         EXPECT(moelm_alloc_live_bytes() == 0);
@@ -897,6 +897,11 @@ TEST(io_out_of_memory_is_clean) {
 }
 
 /* ---- checksums -------------------------------------------------------------------------------- */
+
+static int make_fifo(void) { return mkfifo(TMP "/ck/b.json", 0644); }
+static int make_zero_link(void) { return symlink("/dev/zero", TMP "/ck/b.json"); }
+static int make_file_link(void) { write_raw(TMP "/ck/b2.json", "{}", 2); return symlink("b2.json", TMP "/ck/b.json"); }
+static int make_dir_entry(void) { return mkdir(TMP "/ck/b.json", 0755); }
 
 TEST(checksums) {
     const char *d = TMP "/ck";
@@ -909,20 +914,20 @@ TEST(checksums) {
     /* crc32("hello") = 0x3610a686 */
     const char *want = "# moelm CHECKSUMS v1: crc32 size name\n3610a686 5 a.bin\na3a6bf43 2 b.json\n";
     EXPECT(file_equals(TMP "/ck/CHECKSUMS", want, strlen(want)));
-    EXPECT(checksums_verify(d) == MOELM_OK);
+    EXPECT(checksums_verify(d, files, 2) == MOELM_OK);
     /* one flipped byte */
     write_raw(TMP "/ck/a.bin", "hellp", 5);
-    EXPECT(checksums_verify(d) == MOELM_ERR_FORMAT);
+    EXPECT(checksums_verify(d, files, 2) == MOELM_ERR_FORMAT);
     EXPECT_MSG(strstr(moelm_last_error(), TMP "/ck/a.bin") && strstr(moelm_last_error(), "checksum"), "%s",
                moelm_last_error());
     /* truncated */
     write_raw(TMP "/ck/a.bin", "hell", 4);
-    EXPECT(checksums_verify(d) == MOELM_ERR_FORMAT && strstr(moelm_last_error(), "size"));
+    EXPECT(checksums_verify(d, files, 2) == MOELM_ERR_FORMAT && strstr(moelm_last_error(), "size"));
     write_raw(TMP "/ck/a.bin", "hello", 5);
-    EXPECT(checksums_verify(d) == MOELM_OK);
+    EXPECT(checksums_verify(d, files, 2) == MOELM_OK);
     /* missing */
     EXPECT(unlink(TMP "/ck/b.json") == 0);
-    EXPECT(checksums_verify(d) == MOELM_ERR_IO);
+    EXPECT(checksums_verify(d, files, 2) == MOELM_ERR_IO);
     EXPECT(strstr(moelm_last_error(), TMP "/ck/b.json") && strstr(moelm_last_error(), "missing"));
     /* listing a missing file fails and keeps the old CHECKSUMS */
     EXPECT(checksums_write(d, files, 2) == MOELM_ERR_IO && strstr(moelm_last_error(), "b.json"));
@@ -942,9 +947,48 @@ TEST(checksums) {
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         write_raw(TMP "/ck/CHECKSUMS", bad[i], strlen(bad[i]));
-        EXPECT_MSG(checksums_verify(d) == MOELM_ERR_FORMAT, "bad CHECKSUMS #%zu accepted", i);
+        EXPECT_MSG(checksums_verify(d, files, 2) == MOELM_ERR_FORMAT, "bad CHECKSUMS #%zu accepted", i);
         EXPECT(strstr(moelm_last_error(), TMP "/ck/CHECKSUMS") != NULL);
     }
+    /* gaps (each verified before the fix): a CHECKSUMS with only its header, or without the line of
+     * one required file, let that file's bytes through unchecked */
+    write_raw(TMP "/ck/b.json", "{}", 2);
+    EXPECT(checksums_write(d, files, 2) == MOELM_OK);
+    const char *hdr = "# moelm CHECKSUMS v1: crc32 size name\n";
+    write_raw(TMP "/ck/CHECKSUMS", hdr, strlen(hdr));
+    EXPECT(checksums_verify(d, files, 2) == MOELM_ERR_FORMAT && strstr(moelm_last_error(), "does not list a.bin"));
+    const char *one = "# moelm CHECKSUMS v1: crc32 size name\n3610a686 5 a.bin\n";
+    write_raw(TMP "/ck/CHECKSUMS", one, strlen(one));
+    EXPECT(checksums_verify(d, files, 2) == MOELM_ERR_FORMAT && strstr(moelm_last_error(), "does not list b.json"));
+    EXPECT(checksums_verify(d, files, 1) == MOELM_OK);
+    /* listed entries that are not regular files: a FIFO and a symbolic link to /dev/zero hung (read
+     * forever), a link to /dev/urandom as well; each is refused without being opened */
+    EXPECT(checksums_write(d, files, 2) == MOELM_OK);
+    struct { const char *what; int (*make)(void); const char *says; } odd[] = {
+        { "fifo", make_fifo, "not a regular file" },
+        { "link to /dev/zero", make_zero_link, "symbolic link" },
+        { "link to a regular file", make_file_link, "symbolic link" },
+        { "directory", make_dir_entry, "not a regular file" },
+    };
+    for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++) {
+        EXPECT(unlink(TMP "/ck/b.json") == 0 || rmdir(TMP "/ck/b.json") == 0);
+        EXPECT(odd[i].make() == 0);
+        alarm(20);
+        moelm_status v = checksums_verify(d, files, 2);
+        alarm(0);
+        EXPECT_MSG(v == MOELM_ERR_FORMAT && strstr(moelm_last_error(), odd[i].says) && strstr(moelm_last_error(), "b.json"),
+                   "%s: %d %s", odd[i].what, (int)v, moelm_last_error());
+    }
+    rmdir(TMP "/ck/b.json");
+    unlink(TMP "/ck/b.json");
+    write_raw(TMP "/ck/b.json", "{}", 2);
+    EXPECT(checksums_verify(d, files, 2) == MOELM_OK);
+    /* CHECKSUMS itself as a FIFO: refused, not waited on */
+    EXPECT(unlink(TMP "/ck/CHECKSUMS") == 0 && mkfifo(TMP "/ck/CHECKSUMS", 0644) == 0);
+    alarm(20);
+    EXPECT(checksums_verify(d, files, 2) == MOELM_ERR_FORMAT && strstr(moelm_last_error(), "CHECKSUMS"));
+    alarm(0);
+    unlink(TMP "/ck/CHECKSUMS");
     EXPECT(moelm_alloc_live_bytes() == 0);
 }
 

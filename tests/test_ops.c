@@ -228,6 +228,41 @@ TEST(crossentropy_matches_double) {
     drop(x); drop(loss); drop(lse); drop(d); drop(dl);
 }
 
+/* Non-finite and out-of-range inputs reach exp_poly (a checkpoint with NaN weights, an lse that does
+ * not belong to the logits): the result must be defined. Before the fix a NaN or an argument above
+ * 88 made its exponent an out-of-range integer shifted into the sign bit (undefined behaviour that
+ * `make test SAN=1` stops at; in a plain build exp(1e30) came out wrong, which the last check sees). */
+TEST(exp_nonfinite_inputs_are_defined) {
+    int N = 5, V = 37;
+    float *x = vec((size_t)N * V, 3), *loss = zeros(N), *lse = zeros(N), *d = zeros((size_t)N * V), *dl = vec(N, 4);
+    int tgt[5] = {1, 2, 3, 4, 5};
+    x[0 * V + 7] = NAN;          /* row 0: a NaN logit */
+    x[1 * V + 8] = INFINITY;     /* row 1: +inf: inf - inf inside the softmax */
+    x[2 * V + 9] = -INFINITY;    /* row 2: -inf, not the target: a zero probability */
+    x[3 * V + 4] = -INFINITY;    /* row 3: -inf at the target: infinite loss */
+    crossentropy_forward(loss, lse, x, tgt, N, V);
+    EXPECT(isnan(loss[0]) && isnan(loss[1]));
+    EXPECT(isinf(loss[3]) && loss[3] > 0);
+    const float *r = x + 2 * (size_t)V;
+    double mx = -1e300, sum = 0;
+    for (int v = 0; v < V; v++) if (v != 9) mx = fmax(mx, r[v]);
+    for (int v = 0; v < V; v++) if (v != 9) sum += exp(r[v] - mx);
+    EXPECT_NEAR(loss[2], log(sum) + mx - r[3], 1e-5 * (1 + fabs(log(sum) + mx)));
+    EXPECT(isfinite(loss[4]));
+    crossentropy_backward(d, x, lse, tgt, dl, N, V);
+    EXPECT(isnan(d[0 * V + 7]) && fabsf(d[2 * V + 9]) < 1e-30f);   /* exp(-87.3) at most */
+    /* an lse far below the logits: exp(x - lse) with x - lse = 100 and 1e30 is capped at exp(88) */
+    lse[4] = -100.0f;
+    lse[2] = -1e30f;
+    dl[2] = 0.5f;
+    crossentropy_backward(d, x, lse, tgt, dl, N, V);
+    for (int v = 0; v < V; v++) EXPECT(isfinite(d[4 * V + v]));
+    EXPECT(isfinite(d[2 * V]) && d[2 * V] > 8e37f);   /* 0.5 exp(88) = 8.3e37 */
+    softmax_forward(d, x, N, V);
+    EXPECT(isnan(d[0]) && isfinite(d[4 * V]));
+    drop(x); drop(loss); drop(lse); drop(d); drop(dl);
+}
+
 /* ---- activations ---- */
 typedef struct { float *out, *inp, *r; int N, H; Activation act; } ActCtx;
 static double act_loss(void *p) {
@@ -482,6 +517,7 @@ int main(void) {
     RUN(attention_fast_matches_reference);
     RUN(attention_step_matches_double);
     RUN(crossentropy_matches_double);
+    RUN(exp_nonfinite_inputs_are_defined);
     RUN(relu_grad);
     RUN(gelu_grad);
     RUN(swiglu_grad);

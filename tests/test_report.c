@@ -371,6 +371,50 @@ TEST(report_page) {
     EXPECT(path_exists("build/tmp/test_report/r.html"));
 }
 
+/* Every string a report shows comes from a file (metrics, routing dump, config.json, the run's own
+ * directory name) and is escaped: a payload planted in each field stays text. Before the fix the
+ * layer names of a routing dump went into the "What each expert receives" headings unescaped, so
+ * `"layers": ["<script>alert(1)</script>"]` put a live script into report.html. */
+TEST(report_escapes_every_file_string) {
+#define PJ "<script>alert(1)<\\/script>"
+    const char *run = "build/tmp/test_report/x<img src=x onerror=alert(2)>";
+    dir_remove_tree(run);
+    char path[512];
+    snprintf(path, sizeof path, "%s/routing", run);
+    dir_make(path);
+    snprintf(path, sizeof path, "%s/latest", run);
+    dir_make(path);
+    snprintf(path, sizeof path, "%s/metrics.jsonl", run);
+    write_file(path,
+               "{\"step\": 1, \"loss\": 6.9, \"aux_loss\": 0.02, \"lr\": 0.001, \"grad_norm\": 2.0, \"tokens_per_s\": 900, \"time_s\": 0.1, \"tokens\": 64, "
+               "\"val_loss\": 6.0, \"val_ppl\": 403.4, \"val_word_ppl\": 403.4, \"moe\": [{\"layer\": 0, \"dropped\": 0.1, \"entropy\": 1.3, "
+               "\"top1\": 0.3, \"dead\": 0, \"aux\": 1.01, \"z\": 0.8, \"load\": [0.25, 0.25, 0.3, 0.2]}]}\n"
+               "{\"step\": 2, \"loss\": 6.0, \"aux_loss\": 0.02, \"lr\": 0.001, \"grad_norm\": 2.0, \"tokens_per_s\": 900, \"time_s\": 0.2, \"tokens\": 128, "
+               "\"val_loss\": 5.0, \"val_ppl\": 148.4, \"val_word_ppl\": 148.4, \"moe\": [{\"layer\": 0, \"dropped\": 0.1, \"entropy\": 1.3, "
+               "\"top1\": 0.3, \"dead\": 0, \"aux\": 1.01, \"z\": 0.8, \"load\": [0.25, 0.25, 0.3, 0.2]}]}\n");
+    snprintf(path, sizeof path, "%s/routing/step-2.json", run);
+    write_file(path,
+               "{\"format\": \"" PJ "\", \"version\": 1, \"step\": 2, \"router\": \"" PJ "\", \"num_experts\": 4, \"k\": 1, "
+               "\"word_level\": true, \"layers\": [\"" PJ "\"], \"tokens_counted\": 5, "
+               "\"sample\": {\"pieces\": [\"" PJ "\", \"if\", \"" PJ "\", \"x\", \"&\"], \"experts\": [[0, 1, -1, 3, 2]]}, "
+               "\"expert_tokens\": [[1, 1, 1, 1]], \"domains\": [\"" PJ "\", \"dates\", \"grammar\", \"" PJ "\"], "
+               "\"domain_counts\": [[[1, 0, 0, 0], [0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 1]]], "
+               "\"top_tokens\": [[[[\"" PJ "\", 1]], [[\"if\", 1]], [[\"&\", 1]], [[\"" PJ "\", 1]]]]}\n");
+    snprintf(path, sizeof path, "%s/latest/config.json", run);
+    write_file(path, "{\"model_type\": \"" PJ "\", \"router_type\": \"" PJ "\", \"num_experts\": 4, \"num_layers\": 2, "
+                     "\"d_model\": 8, \"sparse_step\": 2, \"num_experts_per_tok\": 1}\n");
+    const char *one[1] = {run};
+    StrBuf sb = {0};
+    EXPECT(report_build(&sb, one, 1) == MOELM_OK);
+    if (sb.buf) {
+        EXPECT_MSG(count(sb.buf, "<script") == 2, "%d <script", count(sb.buf, "<script"));   /* the page's own two */
+        EXPECT(strstr(sb.buf, "<script>alert") == NULL && strstr(sb.buf, "<img") == NULL);
+        EXPECT(count(sb.buf, "&lt;script&gt;alert(1)&lt;/script&gt;") >= 6);   /* the payloads are shown, as text */
+    }
+    sb_free(&sb);
+#undef PJ
+}
+
 int main(void) {
     test_one_thread();
     RUN(scale_linear_and_log);
@@ -384,6 +428,7 @@ int main(void) {
     RUN(token_expert);
     RUN(eta_format);
     RUN(report_page);
+    RUN(report_escapes_every_file_string);
     RUN(routing_from_evaluation_equals_dump);
     return test_summary("report");
 }

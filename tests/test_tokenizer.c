@@ -449,6 +449,52 @@ TEST(spm_train_piece_counts) {
     moelm_free(d);
 }
 
+/* More distinct characters than the vocabulary (3000 CJK characters, 3-character words): the
+ * required characters alone exceed vocab_size. The unigram pruning never reached its target (single
+ * characters are never pruned) and looped forever; BPE returned thousands of pieces for vocab 50.
+ * Now both refuse, as spm_train does ("Vocabulary size is smaller than required_chars"); a vocabulary
+ * that holds them trains to exactly vocab_size. alarm() turns a hang into a failure. */
+TEST(spm_train_more_chars_than_vocab) {
+    size_t cap = 2000 * 10 * 10, n = 0;
+    char *text = moelm_malloc(cap);
+    Rng r;
+    rng_seed(&r, 5);
+    for (int l = 0; l < 2000; l++) {
+        for (int w = 0; w < 10; w++) {
+            if (w) text[n++] = ' ';
+            for (int k = 0; k < 3; k++) {
+                uint32_t cp = 0x4E00 + rng_below(&r, 3000);
+                text[n++] = (char)(0xE0 | (cp >> 12)); text[n++] = (char)(0x80 | ((cp >> 6) & 0x3F)); text[n++] = (char)(0x80 | (cp & 0x3F));
+            }
+        }
+        text[n++] = '\n';
+    }
+    alarm(120);
+    const struct { TokenizerKind kind; int vocab; } refused[] = { { TOK_UNIGRAM, 2000 }, { TOK_BPE, 50 }, { TOK_UNIGRAM, 2998 } };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        Tokenizer *t = NULL;
+        moelm_status st = tokenizer_train_spm(&t, text, n, refused[i].kind, refused[i].vocab);
+        EXPECT_MSG(st == MOELM_ERR_CONFIG && strstr(moelm_last_error(), "required characters"),
+                   "vocab %d: status %d, %s", refused[i].vocab, (int)st, moelm_last_error());
+        tokenizer_free(t);
+    }
+    for (int kind = 0; kind < 2; kind++) {
+        Tokenizer *t = NULL;
+        EXPECT(tokenizer_train_spm(&t, text, n, kind ? TOK_BPE : TOK_UNIGRAM, 3100) == MOELM_OK);
+        EXPECT(t && tokenizer_vocab_size(t) == 3100);
+        tokenizer_free(t);
+    }
+    alarm(0);
+    if (have_spm()) {   /* the oracle refuses the same vocabulary */
+        mkdirs();
+        EXPECT(write_file(TMPDIR "/cjk.txt", text, n));
+        EXPECT(system("spm_train --input=" TMPDIR "/cjk.txt --model_prefix=" TMPDIR "/cjk --vocab_size=2000 "
+                      "--minloglevel=2 > " TMPDIR "/cjk.log 2>&1") != 0);
+        EXPECT(system("grep -q 'smaller than required_chars' " TMPDIR "/cjk.log") == 0);
+    }
+    moelm_free(text);
+}
+
 /* ---- malformed .model files ---------------------------------------------------------------- */
 
 typedef struct { uint8_t b[8192]; size_t n; } PB;
@@ -648,6 +694,78 @@ TEST(sentinels_t5_order_encode_decode) {
     tokenizer_free(t);
 }
 
+/* Viterbi ties against spm_encode. A run of one character has many segmentations made of the same
+ * pieces in other orders, whose sums are equal in exact arithmetic; sentencepiece sums a candidate in
+ * double and keeps the best as float, so which of them wins depends on that (and on the earliest
+ * start only where the double sums are equal too). Three hand-made models: the scores of a model
+ * `moelm tokenizer train` made from PTB valid plus Debian's licence texts (on a line of 25 dashes
+ * moelm gave its 12- and 13-dash pieces in the other order), random scores (near-ties everywhere),
+ * and scores on a grid of 1/8 (exact ties everywhere); each encodes runs of 1..80 characters and
+ * random strings. Summing in float instead makes the first two differ on 19 and 24 lines. */
+static int write_tie_model(const char *path, int kind, Rng *r) {
+    PB p = { .n = 0 };
+    pb_piece(&p, "<unk>", 0, SPM_UNKNOWN);
+    pb_piece(&p, "<s>", 0, SPM_CONTROL);
+    pb_piece(&p, "</s>", 0, SPM_CONTROL);
+    if (kind == 0) {
+        static const struct { int n; float s; } dash[] = {
+            { 1, -5.359928607940674f }, { 2, -9.618545532226562f }, { 12, -10.472765922546387f },
+            { 13, -10.168052673339844f }, { 16, -10.076353073120117f } };
+        pb_piece(&p, "\xE2\x96\x81", -3.131927490234375f, 0);
+        for (size_t i = 0; i < sizeof dash / sizeof dash[0]; i++) {
+            char b[32];
+            memset(b, '-', (size_t)dash[i].n); b[dash[i].n] = 0;
+            pb_piece(&p, b, dash[i].s, 0);
+        }
+    } else {
+        pb_piece(&p, "\xE2\x96\x81", kind == 1 ? -2.3f : -2.0f, 0);
+        static const char *pieces[] = { "ab", "ba", "aab", "abb", "bab", "\xE2\x96\x81" "a", "\xE2\x96\x81" "ab" };
+        for (int c = 0; c < 2; c++)
+            for (int n = 1; n <= 13; n++) {
+                char b[32];
+                memset(b, c ? 'b' : 'a', (size_t)n); b[n] = 0;
+                float sc = kind == 1 ? -(float)(2.0 + 10.0 * rng_uniform(r)) : -(float)(1 + rng_below(r, 80)) / 8.0f;
+                pb_piece(&p, b, sc, 0);
+            }
+        for (size_t i = 0; i < sizeof pieces / sizeof pieces[0]; i++)
+            pb_piece(&p, pieces[i], kind == 1 ? -(float)(2.0 + 10.0 * rng_uniform(r)) : -(float)(1 + rng_below(r, 80)) / 8.0f, 0);
+    }
+    return write_file(path, p.b, p.n);
+}
+
+TEST(spm_viterbi_ties) {
+    if (!have_spm()) return;
+    mkdirs();
+    const char *data = TMPDIR "/ties.txt";
+    Rng r;
+    rng_seed(&r, 11);
+    FILE *f = fopen(data, "wb");
+    EXPECT(f != NULL);
+    if (!f) return;
+    for (int c = 0; c < 3; c++)
+        for (int n = 1; n <= 80; n++) {
+            for (int i = 0; i < n; i++) fputc("-ab"[c], f);
+            fputc('\n', f);
+        }
+    for (int l = 0; l < 400; l++) {
+        int n = 1 + (int)rng_below(&r, 40);
+        for (int i = 0; i < n; i++) fputc("aab "[rng_below(&r, 4)], f);
+        fputc('\n', f);
+    }
+    fclose(f);
+    for (int kind = 0; kind < 3; kind++) {
+        char model[256], tag[64];
+        snprintf(model, sizeof model, TMPDIR "/ties%d.model", kind);
+        snprintf(tag, sizeof tag, "ties%d", kind);
+        EXPECT(write_tie_model(model, kind, &r));
+        Tokenizer *t;
+        if (tokenizer_load(&t, model)) { printf("  %s\n", moelm_last_error()); EXPECT(0); continue; }
+        long bad = diff_with_spm(t, model, data, tag);
+        EXPECT_MSG(bad == 0, "%s: %ld lines differ from spm_encode", tag, bad);
+        tokenizer_free(t);
+    }
+}
+
 /* The CLI (tests link only the library, so this runs the binary tests/run.sh names in MOELM_BIN). */
 TEST(cli_train_encode_decode) {
     const char *bin = getenv("MOELM_BIN");
@@ -678,12 +796,14 @@ int main(void) {
     RUN(spm_malformed_models);
     RUN(spm_alloc_failures);
     RUN(sentinels_t5_order_encode_decode);
+    RUN(spm_train_more_chars_than_vocab);
     /* oracle tests: skipped (a SKIP line, neither passed nor failed) without sentencepiece's tools */
     if (have_spm()) {
         RUN(spm_encode_matches_spm_encode);
         RUN(spm_decode_matches_spm_decode);
         RUN(spm_saved_model_loads_in_spm);
         RUN(spm_train_piece_counts);
+        RUN(spm_viterbi_ties);
         const char *bin = getenv("MOELM_BIN");
         if (bin && access(bin, X_OK) == 0) RUN(cli_train_encode_decode);
         else printf("SKIP cli_train_encode_decode: MOELM_BIN not set (make test sets it)\n");

@@ -15,6 +15,7 @@
 #include "tiny_models.h"
 #include "backend/gemm.h"
 #include "data/dataloader.h"
+#include "data/corpus.h"
 #include "data/tokens.h"
 #include "io/fileio.h"
 #include "optim/optim.h"
@@ -158,7 +159,11 @@ TEST(bench_steps_as_train) {
     int *ids = NULL;
     size_t n = 0;
     snprintf(path, sizeof path, "%s/tokens.train.bin", dir);
-    EXPECT(tok && tokens_read(path, &ids, &n, tokenizer_vocab_size(tok), tokenizer_hash(tok)) == MOELM_OK);
+    Corpus corpus;   /* the cache is keyed on the text it encodes */
+    EXPECT(corpus_load(&corpus, NULL) == MOELM_OK);
+    uint64_t key = tok ? tokens_cache_key(tokenizer_hash(tok), corpus.text[CORPUS_TRAIN], corpus.len[CORPUS_TRAIN]) : 0;
+    corpus_free(&corpus);
+    EXPECT(tok && tokens_read(path, &ids, &n, tokenizer_vocab_size(tok), key) == MOELM_OK);
     DataLoader dl;
     EXPECT(ids && dataloader_init(&dl, ids, n, B, T, T, 1, o.seed) == MOELM_OK);
     int *batches = malloc(sizeof(int) * (size_t)STEPS * 2 * N);

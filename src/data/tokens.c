@@ -49,6 +49,17 @@ static void ids_to_from_le(int *ids, size_t n) {
 #endif
 }
 
+/* ---- cache key -------------------------------------------------------------------------------- */
+
+uint64_t tokens_cache_key(uint64_t tok_hash, const char *text, size_t n) {
+    unsigned char b[32];
+    put_u64(b, tok_hash);
+    put_u64(b + 8, hash_fnv1a64(text, n));
+    put_u64(b + 16, (uint64_t)n);
+    put_u64(b + 24, TOKENS_ENCODER_REV);
+    return hash_fnv1a64(b, sizeof b);
+}
+
 /* ---- range check ------------------------------------------------------------------------------ */
 
 moelm_status tokens_check_range(const int *ids, size_t count, int vocab_size, const char *what) {

@@ -34,6 +34,13 @@ moelm_status tokens_write(const char *path, const int *ids, size_t count, int vo
  * On success *ids is moelm_malloc'ed (never NULL, even for count 0) and the caller frees it. */
 moelm_status tokens_read(const char *path, int **ids, size_t *count, int vocab_size, uint64_t tok_hash);
 
+/* The key a token cache is stored under (in the header's hash field): the tokenizer that made it
+ * (tok_hash), the bytes of the text it was made from, and the revision of the encoders
+ * (TOKENS_ENCODER_REV, raised when an encoder's output changes). A cache of other data, even with
+ * the same path or name, or from an older encoder, no longer matches and is rebuilt. */
+#define TOKENS_ENCODER_REV 2u
+uint64_t tokens_cache_key(uint64_t tok_hash, const char *text, size_t n);
+
 /* MOELM_ERR_DATA with "<what>: token id 10007 at position 55 out of range [0, 10000)" on the first bad id. */
 moelm_status tokens_check_range(const int *ids, size_t count, int vocab_size, const char *what);
 

@@ -8,16 +8,22 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define CHECKSUMS_MAGIC "# moelm CHECKSUMS v1: crc32 size name"
 #define CHUNK (1u << 20)
 
-moelm_status file_crc32(const char *path, uint32_t *crc, uint64_t *size) {
+moelm_status file_crc32(const char *path, uint32_t *crc, uint64_t *size, uint64_t max_bytes) {
     *crc = 0;
     *size = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);   /* a FIFO must not block the open */
     if (fd < 0) return moelm_fail(MOELM_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return moelm_fail(MOELM_ERR_FORMAT, "%s: not a regular file", path);
+    }
     unsigned char *buf = moelm_malloc(CHUNK);
     if (!buf) { close(fd); return moelm_fail_context(MOELM_ERR_NOMEM, "%s: checksumming", path); }
     uint32_t c = 0;
@@ -33,6 +39,11 @@ moelm_status file_crc32(const char *path, uint32_t *crc, uint64_t *size) {
         if (k == 0) break;
         c = crc32_update(c, buf, (size_t)k);
         total += (uint64_t)k;
+        if (total > max_bytes) {
+            st = moelm_fail(MOELM_ERR_FORMAT, "%s: more than the %llu bytes expected (the file is growing?)", path,
+                            (unsigned long long)max_bytes);
+            break;
+        }
     }
     moelm_free(buf);
     close(fd);
@@ -75,7 +86,7 @@ moelm_status checksums_write(const char *dir, const char *const *files, int n) {
         if (!path) { st = moelm_fail_context(MOELM_ERR_NOMEM, "%s: checksums", dir); break; }
         uint32_t crc;
         uint64_t size;
-        st = file_crc32(path, &crc, &size);
+        st = file_crc32(path, &crc, &size, UINT64_MAX);
         moelm_free(path);
         if (!st) sb_printf(&sb, "%08x %llu %s\n", crc, (unsigned long long)size, files[i]);
     }
@@ -89,12 +100,29 @@ moelm_status checksums_write(const char *dir, const char *const *files, int n) {
     return st;
 }
 
-moelm_status checksums_verify(const char *dir) {
+/* MOELM_OK and *size when path is a regular file (a symbolic link is not followed), else a message. */
+static moelm_status lstat_regular(const char *path, int listed, uint64_t *size) {
+    struct stat sb;
+    if (lstat(path, &sb) != 0) {
+        if (errno == ENOENT) return moelm_fail(MOELM_ERR_IO, "%s: %s", path, listed ? "listed in " CHECKSUMS_NAME " but missing" : "missing");
+        return moelm_fail(MOELM_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
+    }
+    if (S_ISLNK(sb.st_mode))
+        return moelm_fail(MOELM_ERR_FORMAT, "%s: is a symbolic link (a checkpoint holds regular files only)", path);
+    if (!S_ISREG(sb.st_mode))
+        return moelm_fail(MOELM_ERR_FORMAT, "%s: not a regular file (a FIFO, device or directory)", path);
+    *size = (uint64_t)sb.st_size;
+    return MOELM_OK;
+}
+
+moelm_status checksums_verify(const char *dir, const char *const *required, int nreq) {
     char *cpath = join(dir, CHECKSUMS_NAME);
     if (!cpath) return moelm_fail_context(MOELM_ERR_NOMEM, "%s: checksums", dir);
     char *text = NULL;
     size_t n = 0;
-    moelm_status st = file_read_all_limit(cpath, &text, &n, 16u << 20);
+    uint64_t csize;
+    moelm_status st = lstat_regular(cpath, 0, &csize);
+    if (!st) st = file_read_all_limit(cpath, &text, &n, 16u << 20);
     if (st) { moelm_free(cpath); return st; }
     size_t mlen = strlen(CHECKSUMS_MAGIC);
     if (n < mlen + 1 || memcmp(text, CHECKSUMS_MAGIC, mlen) != 0 || text[mlen] != '\n') {
@@ -109,6 +137,19 @@ moelm_status checksums_verify(const char *dir) {
     if (memchr(text, 0, n)) {
         st = moelm_fail(MOELM_ERR_FORMAT, "%s: contains a NUL byte", cpath);
         goto done;
+    }
+    /* every required file is listed: a line left out would let that file's bytes through unchecked */
+    for (int r = 0; r < nreq && !st; r++) {
+        size_t rl = strlen(required[r]);
+        int found = 0;
+        for (const char *p = text + mlen + 1; !found && p < text + n;) {
+            const char *nl = memchr(p, '\n', (size_t)(text + n - p));
+            const char *sp = memrchr(p, ' ', (size_t)(nl - p));
+            found = sp && (size_t)(nl - sp - 1) == rl && !memcmp(sp + 1, required[r], rl);
+            p = nl + 1;
+        }
+        if (!found) st = moelm_fail(MOELM_ERR_FORMAT, "%s: does not list %s (every file of a checkpoint must be)", cpath,
+                                    required[r]);
     }
     size_t pos = mlen + 1;
     int line = 1;
@@ -149,13 +190,13 @@ moelm_status checksums_verify(const char *dir) {
         if (!fpath) { st = moelm_fail_context(MOELM_ERR_NOMEM, "%s: checksums", dir); break; }
         uint32_t crc;
         uint64_t size;
-        if (!path_exists(fpath)) {
-            st = moelm_fail(MOELM_ERR_IO, "%s: listed in %s but missing", fpath, CHECKSUMS_NAME);
-        } else if ((st = file_crc32(fpath, &crc, &size)) == MOELM_OK) {
-            if (size != want_size)
+        if ((st = lstat_regular(fpath, 1, &size)) == MOELM_OK) {
+            /* the size first, from lstat: a replaced file is refused without reading it */
+            if (size == want_size) st = file_crc32(fpath, &crc, &size, want_size);
+            if (!st && size != want_size)
                 st = moelm_fail(MOELM_ERR_FORMAT, "%s: size is %llu bytes, %s says %llu (truncated or replaced)",
                                 fpath, (unsigned long long)size, CHECKSUMS_NAME, (unsigned long long)want_size);
-            else if (crc != want_crc)
+            else if (!st && crc != want_crc)
                 st = moelm_fail(MOELM_ERR_FORMAT, "%s: checksum mismatch (crc32 %08x, %s says %08x): the file is "
                                 "corrupt", fpath, crc, CHECKSUMS_NAME, want_crc);
         }

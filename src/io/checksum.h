@@ -19,10 +19,14 @@
 
 /* Computes crc32 and size of dir/files[i] for each i and writes dir/CHECKSUMS atomically. */
 moelm_status checksums_write(const char *dir, const char *const *files, int n);
-/* Recomputes every listed file; the first missing or mismatched one is reported by name
- * (MOELM_ERR_FORMAT for a mismatch or a malformed CHECKSUMS, MOELM_ERR_IO for a missing file). */
-moelm_status checksums_verify(const char *dir);
-/* crc32 and size of one file. */
-moelm_status file_crc32(const char *path, uint32_t *crc, uint64_t *size);
+/* Checks that every name in required[0..n) is listed, then recomputes every listed file; the first
+ * unlisted, missing, mismatched or irregular one is reported by name (MOELM_ERR_FORMAT for a
+ * mismatch, an unlisted required file or a malformed CHECKSUMS, MOELM_ERR_IO for a missing file).
+ * CHECKSUMS and the files it lists must be regular files, not symbolic links, FIFOs or devices:
+ * nothing is opened before lstat says so, and no file is read past its listed size. */
+moelm_status checksums_verify(const char *dir, const char *const *required, int n);
+/* crc32 and size of one regular file (anything else is refused without blocking); reading stops
+ * with MOELM_ERR_FORMAT past max_bytes. */
+moelm_status file_crc32(const char *path, uint32_t *crc, uint64_t *size, uint64_t max_bytes);
 
 #endif

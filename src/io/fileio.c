@@ -68,8 +68,12 @@ static int h_rename(const char *from, const char *to) {
 moelm_status file_read_all_limit(const char *path, char **data, size_t *n, size_t max_bytes) {
     *data = NULL;
     *n = 0;
-    int fd = h_open(path, O_RDONLY, 0);
+    /* O_NONBLOCK: opening a FIFO nobody writes to would block forever; it is cleared again at
+     * once, so a pipe with a writer is read normally (and one without gives end of file) */
+    int fd = h_open(path, O_RDONLY | O_NONBLOCK, 0);
     if (fd < 0) return moelm_fail(MOELM_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    int fl = fcntl(fd, F_GETFL);
+    if (fl != -1) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
     struct stat sb;
     if (fstat(fd, &sb) != 0) {
         int e = errno;

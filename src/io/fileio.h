@@ -21,7 +21,8 @@
 #include "common/util.h"
 
 /* Reads a whole file into *data (moelm_malloc'ed, with one extra NUL byte after the n bytes).
- * file_read_all_limit fails with MOELM_ERR_FORMAT when the file is larger than max_bytes. */
+ * file_read_all_limit fails with MOELM_ERR_FORMAT when the file is larger than max_bytes (a pipe or
+ * device is read up to that many bytes, never further). Opening never blocks on a FIFO. */
 moelm_status file_read_all(const char *path, char **data, size_t *n);
 moelm_status file_read_all_limit(const char *path, char **data, size_t *n, size_t max_bytes);
 

@@ -464,7 +464,7 @@ moelm_status json_parse_file(Json **out, const char *path) {
     *out = NULL;
     char *data = NULL;
     size_t n = 0;
-    moelm_status st = file_read_all(path, &data, &n);
+    moelm_status st = file_read_all_limit(path, &data, &n, JSON_MAX_FILE);
     if (st) return st;
     st = json_parse(out, data, n, path);
     moelm_free(data);
@@ -514,6 +514,12 @@ const char *json_key_at(const Json *obj, size_t i) {
 double json_number(const Json *j) {
     if (!j || j->type != JSON_NUMBER) return 0.0;
     return j->is_int ? (double)j->u.ival : j->u.num;
+}
+
+const char *json_number_text(double x, char *buf) {
+    if (x == floor(x) && fabs(x) < 1e60) snprintf(buf, 64, "%.0f", x);
+    else snprintf(buf, 64, "%.9g", x);
+    return buf;
 }
 int json_bool(const Json *j) { return (j && j->type == JSON_BOOL) ? j->b : 0; }
 const char *json_string(const Json *j) { return (j && j->type == JSON_STRING) ? j->u.str : NULL; }

@@ -22,6 +22,7 @@
 #include "common/util.h"
 
 #define JSON_MAX_DEPTH 64
+#define JSON_MAX_FILE (256u << 20)   /* json_parse_file refuses larger files (and endless devices) */
 
 typedef enum { JSON_NULL, JSON_BOOL, JSON_NUMBER, JSON_STRING, JSON_ARRAY, JSON_OBJECT } JsonType;
 
@@ -41,6 +42,9 @@ size_t json_len(const Json *arr_or_obj);               /* element / member count
 const Json *json_at(const Json *arr_or_obj, size_t i); /* i-th element (array) or value (object) */
 const char *json_key_at(const Json *obj, size_t i);    /* i-th key in file order; NULL otherwise */
 double json_number(const Json *j);                     /* 0 if not a number */
+/* A number as text for a key=value setter, into buf[64]: whole numbers in full ("%.0f": "%.9g" wrote
+ * 1000000000 as 1e+09, which no integer parser takes), others "%.9g". Returns buf. */
+const char *json_number_text(double x, char *buf);
 int json_bool(const Json *j);                          /* 0 if not a bool */
 const char *json_string(const Json *j);                /* NULL if not a string */
 /* 1 and *v set when j is a number written as an integer literal (no fraction or exponent) that

@@ -160,8 +160,9 @@ moelm_status config_parse_int(const char *key, const char *v, int *out) {
     char *end;
     errno = 0;
     long x = strtol(v, &end, 10);
-    if (errno || end == v || *end || x < -2147483647L || x > 2147483647L)
-        return moelm_fail(MOELM_ERR_CONFIG, "%s: '%s' is not an integer", key, v);
+    if (end == v || *end) return moelm_fail(MOELM_ERR_CONFIG, "%s: '%s' is not an integer", key, v);
+    if (errno == ERANGE || x < -2147483647L || x > 2147483647L)
+        return moelm_fail(MOELM_ERR_CONFIG, "%s: %s is out of range (an integer of at most 2147483647)", key, v);
     *out = (int)x;
     return MOELM_OK;
 }
@@ -331,7 +332,7 @@ moelm_status config_load(ModelConfig *c, const char *path) {
         switch (json_type(v)) {
         case JSON_STRING: sv = json_string(v); break;
         case JSON_BOOL: sv = json_bool(v) ? "true" : "false"; break;
-        case JSON_NUMBER: snprintf(buf, sizeof buf, "%.9g", json_number(v)); break;
+        case JSON_NUMBER: json_number_text(json_number(v), buf); break;
         default:   /* the message first: key points into j */
             st = moelm_fail(MOELM_ERR_CONFIG, "%s: key '%s' must be a number, string or boolean", path, key);
             json_free(j);

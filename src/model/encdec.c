@@ -213,25 +213,17 @@ static MoEConfig stack_moe_config(const ModelConfig *c) {
     return mc;
 }
 
-moelm_status model_create_encdec(Model *m, const ModelConfig *cfg, int B, int Te, int Td, uint64_t seed, int part,
-                                 int parts) {
+moelm_status encdec_plan(Model *m, const ModelConfig *cfg, int part, int parts) {
     memset(m, 0, sizeof *m);
     moelm_status st = config_check(cfg);
     if (st) return st;
     if (cfg->model_type != MODEL_SWITCH) return moelm_fail(MOELM_ERR_CONFIG, "model_create_encdec: not a switch_transformers config");
-    if (B < 1 || Te < 1 || Td < 1)
-        return moelm_fail(MOELM_ERR_CONFIG, "batch size and sequence lengths must be positive (got %d x %d, %d)", B, Te, Td);
     m->cfg = *cfg;
     m->train_dropout = cfg->dropout_rate;
-    m->B = B;
-    m->T = Te;
     int L = cfg->num_layers, Ld = cfg->sw.num_decoder_layers;
     m->ed = moelm_calloc(1, sizeof(EncDec));
     if (!m->ed) return MOELM_ERR_NOMEM;
     EncDec *ed = m->ed;
-    ed->Bmax = B;
-    ed->Temax = Te;
-    ed->Tdmax = Td;
     ed->I = cfg->num_heads * cfg->sw.d_kv;
     ed->NB = cfg->sw.relative_attention_num_buckets;
     ed->enc.moe_cfg = stack_moe_config(cfg);
@@ -265,13 +257,31 @@ moelm_status model_create_encdec(Model *m, const ModelConfig *cfg, int B, int Te
     m->n_tensors = lay.n;
     m->n_params = lay.off;
     m->n_params_full = lay.full_off;
+    return MOELM_OK;
+}
+
+moelm_status model_create_encdec(Model *m, const ModelConfig *cfg, int B, int Te, int Td, uint64_t seed, int part,
+                                 int parts) {
+    memset(m, 0, sizeof *m);
+    moelm_status st = config_check(cfg);
+    if (st) return st;
+    if (cfg->model_type != MODEL_SWITCH) return moelm_fail(MOELM_ERR_CONFIG, "model_create_encdec: not a switch_transformers config");
+    if (B < 1 || Te < 1 || Td < 1)
+        return moelm_fail(MOELM_ERR_CONFIG, "batch size and sequence lengths must be positive (got %d x %d, %d)", B, Te, Td);
+    if ((st = encdec_plan(m, cfg, part, parts))) return st;
+    m->B = B;
+    m->T = Te;
+    EncDec *ed = m->ed;
+    ed->Bmax = B;
+    ed->Temax = Te;
+    ed->Tdmax = Td;
     m->params = moelm_calloc(m->n_params, sizeof(float));
     m->grads = moelm_calloc(m->n_params, sizeof(float));
     if (!m->params || !m->grads) {
         model_free(m);
         return MOELM_ERR_NOMEM;
     }
-    lay = (Layout){m, 1, 0, 0, 0, part, parts};
+    Layout lay = {m, 1, 0, 0, 0, part, parts};
     layout_encdec(&lay);
     ed->mem = layout_alloc(layout_encdec_acts, m, &m->acts_bytes);
     if (!ed->mem) {

@@ -123,6 +123,8 @@ typedef struct EncDec {
     float *dlosses;             /* [Nd] */
 } EncDec;
 
+/* The layout alone, as model_plan (model.h) gives it for a switch_transformers config. */
+moelm_status encdec_plan(Model *m, const ModelConfig *cfg, int part, int parts);
 /* Builds a switch_transformers Model for batches up to B x Te (encoder) and B x Td (decoder); the
  * parameters drawn as HF's _init_weights does (initializer_factor), from seed. part / parts: the
  * experts held (expert parallelism), as model_create_sharded. */

@@ -247,14 +247,11 @@ moelm_status model_create(Model *m, const ModelConfig *cfg, int B, int T, uint64
     return model_create_sharded(m, cfg, B, T, seed, 0, 1);
 }
 
-moelm_status model_create_sharded(Model *m, const ModelConfig *cfg, int B, int T, uint64_t seed, int part, int parts) {
-    if (cfg->model_type == MODEL_SWITCH) return model_create_encdec(m, cfg, B, T, T, seed, part, parts);
+static moelm_status model_plan_sharded(Model *m, const ModelConfig *cfg, int part, int parts) {
+    if (cfg->model_type == MODEL_SWITCH) return encdec_plan(m, cfg, part, parts);
     memset(m, 0, sizeof *m);
     moelm_status st = config_check(cfg);
     if (st) return st;
-    if (B < 1 || T < 1) return moelm_fail(MOELM_ERR_CONFIG, "batch size and sequence length must be positive (got %d x %d)", B, T);
-    if (T > cfg->n_positions)
-        return moelm_fail(MOELM_ERR_CONFIG, "sequence length %d exceeds n_positions %d", T, cfg->n_positions);
     m->cfg = *cfg;
     m->train_dropout = cfg->dropout_rate;
     m->moe_cfg = config_moe(cfg);
@@ -263,8 +260,6 @@ moelm_status model_create_sharded(Model *m, const ModelConfig *cfg, int B, int T
         return moelm_fail(MOELM_ERR_CONFIG, "cannot hold part %d of %d of %d experts (the parts must divide the experts)",
                           part, parts, E);
     m->moe_cfg.e_first = E / parts * part;
-    m->B = B;
-    m->T = T;
     int L = cfg->num_layers;
     m->p.layers = moelm_calloc(L ? L : 1, sizeof(LayerParams));
     m->g.layers = moelm_calloc(L ? L : 1, sizeof(LayerParams));
@@ -276,10 +271,26 @@ moelm_status model_create_sharded(Model *m, const ModelConfig *cfg, int B, int T
     m->n_tensors = lay.n;
     m->n_params = lay.off;
     m->n_params_full = lay.full_off;
+    return MOELM_OK;
+}
+
+moelm_status model_plan(Model *m, const ModelConfig *cfg) { return model_plan_sharded(m, cfg, 0, 1); }
+
+moelm_status model_create_sharded(Model *m, const ModelConfig *cfg, int B, int T, uint64_t seed, int part, int parts) {
+    if (cfg->model_type == MODEL_SWITCH) return model_create_encdec(m, cfg, B, T, T, seed, part, parts);
+    memset(m, 0, sizeof *m);
+    moelm_status st = config_check(cfg);
+    if (st) return st;
+    if (B < 1 || T < 1) return moelm_fail(MOELM_ERR_CONFIG, "batch size and sequence length must be positive (got %d x %d)", B, T);
+    if (T > cfg->n_positions)
+        return moelm_fail(MOELM_ERR_CONFIG, "sequence length %d exceeds n_positions %d", T, cfg->n_positions);
+    if ((st = model_plan_sharded(m, cfg, part, parts))) return st;
+    m->B = B;
+    m->T = T;
     m->params = moelm_calloc(m->n_params, sizeof(float));
     m->grads = moelm_calloc(m->n_params, sizeof(float));
     if (!m->params || !m->grads) { model_free(m); return MOELM_ERR_NOMEM; }
-    lay = (Layout){m, 1, 0, 0, 0, part, parts};
+    Layout lay = {m, 1, 0, 0, 0, part, parts};
     layout_model(&lay);
     m->acts_mem = layout_alloc(layout_acts, m, &m->acts_bytes);
     if (!m->acts_mem) { model_free(m); return MOELM_ERR_NOMEM; }

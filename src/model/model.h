@@ -218,6 +218,9 @@ moelm_status model_create(Model *m, const ModelConfig *cfg, int B, int T, uint64
  * experts [part E/parts, (part+1) E/parts), parts must divide E). Every held value equals the full
  * model's (the initialisation draws the whole stream and keeps the slice); parts = 1 is model_create. */
 moelm_status model_create_sharded(Model *m, const ModelConfig *cfg, int B, int T, uint64_t seed, int part, int parts);
+/* The layout alone: cfg checked, tensors (names, shapes, offsets) and n_params, but no parameters,
+ * gradients or activations (to check a file against a config before allocating for it). */
+moelm_status model_plan(Model *m, const ModelConfig *cfg);
 void model_free(Model *m);
 
 /* Parameter counts of the whole model (sharded or not): total, active per token (one routed path:

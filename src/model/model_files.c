@@ -20,7 +20,7 @@ int model_file_tensors(const Model *m, FileTensor *out, int max) {
             if (n >= max) continue;
             FileTensor *f = &out[n];
             f->tensor = i;
-            f->data = m->params + t->offset + (size_t)j * each;
+            f->data = m->params ? m->params + t->offset + (size_t)j * each : NULL;   /* NULL: a model_plan */
             f->first = 0;
             f->count = each;
             if (t->per_expert) {

@@ -16,12 +16,14 @@
 #endif
 
 
-/* exp(x) for x <= 88.7 in plain arithmetic that the compiler vectorises (libm's expf is a call, one
+/* exp(x) for x <= 88 in plain arithmetic that the compiler vectorises (libm's expf is a call, one
  * lane at a time). exp(x) = 2^n exp(r), n = rint(x / ln 2), r = x - n ln 2 in two parts (|r| <= ln2/2),
  * exp(r) by Cephes' degree-6 polynomial: max relative error about 2 ulp, against libm's 1. Inputs
- * below -87.3 (and -inf) give 0 within 1e-38. */
+ * below -87.3 (and -inf) give 0 within 1e-38; inputs above 88 give exp(88) (callers pass x - max
+ * <= 0); NaN gives NaN. Defined for every input: the exponent n is in [-126, 127] before it becomes
+ * an integer (a NaN's is replaced by 0), and 2^n is built in unsigned arithmetic. */
 static inline float exp_poly(float x) {
-    x = x < -87.3f ? -87.3f : x;
+    x = x < -87.3f ? -87.3f : x > 88.0f ? 88.0f : x;   /* NaN passes both tests and stays NaN */
     float n = __builtin_rintf(x * 1.44269504088896341f);
     float r = __builtin_fmaf(n, -0.693359375f, x);
     r = __builtin_fmaf(n, 2.12194440e-4f, r);
@@ -32,9 +34,8 @@ static inline float exp_poly(float x) {
     p = __builtin_fmaf(p, r, 1.6666665459e-1f);
     p = __builtin_fmaf(p, r, 5.0000001201e-1f);
     p = __builtin_fmaf(p, r * r, r) + 1.0f;
-    /* 2^n, n in [-126, 128); the shift unsigned, so that a NaN x (n converts to INT_MIN on x86) is not
-     * a shift of a negative value (UB): the result is then NaN, as exp(NaN) is */
-    union { int32_t i; float f; } sc = {.i = (int32_t)((uint32_t)((int32_t)n + 127) << 23)};
+    float nn = n == n ? n : 0.0f;   /* p is NaN already */
+    union { uint32_t u; float f; } sc = {.u = (uint32_t)((int32_t)nn + 127) << 23};   /* 2^n, n in [-126, 127] */
     return p * sc.f;
 }
 

@@ -18,6 +18,7 @@
 #define MAXL 64
 #define MAXE 256
 #define REPORT_MAX_POINTS 2000   /* per curve; longer series are thinned evenly */
+#define REPORT_MAX_METRICS (1u << 30)   /* bytes of metrics.jsonl read at most (a device never ends) */
 
 typedef struct {
     char path[1024];
@@ -75,7 +76,7 @@ static moelm_status read_metrics(Run *r) {
         return moelm_fail(MOELM_ERR_IO, "%s: no metrics.jsonl (is it a run directory written by moelm train?)", r->path);
     char *data = NULL;
     size_t n = 0;
-    moelm_status st = file_read_all(path, &data, &n);
+    moelm_status st = file_read_all_limit(path, &data, &n, REPORT_MAX_METRICS);
     if (st) return st;
     size_t lines = 1;
     for (size_t i = 0; i < n; i++) lines += data[i] == '\n';
@@ -607,8 +608,10 @@ static void section_specialisation(StrBuf *sb, Run *runs, int R) {
             char ln[64];
             sb_printf(sb, "<h3>");
             html_escape(sb, runs[i].label);
-            sb_printf(sb, " &#8212; %s</h3><table><tr><th>expert</th><th>tokens</th><th>most frequent %s</th></tr>\n",
-                      layer_name(&runs[i], (int)l, ln, sizeof ln), word ? "words" : "tokens");
+            sb_printf(sb, " &#8212; ");
+            html_escape(sb, layer_name(&runs[i], (int)l, ln, sizeof ln));
+            sb_printf(sb, "</h3><table><tr><th>expert</th><th>tokens</th><th>most frequent %s</th></tr>\n",
+                      word ? "words" : "tokens");
             const Json *tl = json_at(top, l), *cnt = json_at(et, l);
             double total = 0;
             for (size_t e = 0; e < json_len(cnt); e++) total += json_number(json_at(cnt, e));

@@ -6,8 +6,10 @@
  *     leading, trailing and repeated spaces are dropped (remove_extra_whitespaces), a dummy U+2581
  *     is prepended (add_dummy_prefix), spaces become U+2581 (escape_whitespaces).
  *   unigram (unigram::Model::EncodeOptimized): Viterbi over byte positions, best path ending at
- *     each position; ties keep the earliest start (strict >); unknown characters get
- *     min_score - 10; user-defined pieces score len_bytes * max_score - 0.1.
+ *     each position; a candidate is summed and compared in double against the stored float best
+ *     (sentencepiece's score has type double), stored as float; exact ties keep the earliest
+ *     start (strict >); unknown characters get min_score - 10 (in float); user-defined pieces
+ *     score len_bytes * max_score - 0.1.
  *   bpe (bpe::Model::Encode): start from characters (user-defined symbols frozen), repeatedly merge
  *     the adjacent pair whose concatenation is a piece with the highest score, leftmost first;
  *     unused pieces are re-split into the pair they were merged from.
@@ -296,19 +298,18 @@ static void unigram_encode(const Tokenizer *t, const char *s, size_t size, SegVe
             if (id < 0 || t->type[id] == SPM_UNUSED) continue;
             Best *tg = &best[key];
             size_t length = key - starts_at;
-            int better;
-            float cand;
-            if (t->type[id] == SPM_USER_DEFINED) {
-                /* sentencepiece computes this one in double: (length * max_score - 0.1) + till_here */
-                double sc = (double)((float)length * t->max_score) - 0.1;
-                double c = sc + (double)till_here;
-                better = tg->starts_at == -1 || c > (double)tg->score;
-                cand = (float)c;
-            } else {
-                cand = t->score[id] + till_here;
-                better = tg->starts_at == -1 || cand > tg->score;
+            /* sentencepiece's score is a double for every piece: the conditional that gives
+             * user-defined pieces (length * max_score - 0.1) has type double, so a normal piece's
+             * float score is promoted too. The candidate is summed and compared in double against
+             * the stored float, then stored as float; equal float sums that differ in double (a
+             * path's pieces in another order) are decided by that, and only exact ties keep the
+             * earliest start. */
+            double sc = t->type[id] == SPM_USER_DEFINED ? (double)((float)length * t->max_score) - 0.1
+                                                        : (double)t->score[id];
+            double cand = sc + (double)till_here;
+            if (tg->starts_at == -1 || cand > (double)tg->score) {
+                tg->score = (float)cand; tg->starts_at = (int)starts_at; tg->id = id;
             }
-            if (better) { tg->score = cand; tg->starts_at = (int)starts_at; tg->id = id; }
             if (length == mblen) has_single = 1;
         }
         if (!has_single) {

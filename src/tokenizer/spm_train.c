@@ -723,6 +723,9 @@ static moelm_status unigram_train(const Corpus *c, const SpmTrainOptions *o, int
         if (st) { sp_free(&np); goto out; }
         sp_free(&pieces);
         pieces = np;
+        /* pieces without a second segmentation are always kept; when they alone exceed the target
+         * a round removes nothing, and the final selection below cuts to vocab_size instead */
+        if (pieces.n >= P) break;
     }
     /* finalise: required characters, then the best pieces */
     {
@@ -1095,6 +1098,15 @@ moelm_status spm_train(Tokenizer **out, const char *const *texts, const size_t *
         char *mp[4096 + 256 + 8];
         for (int i = 0; i < nm; i++) mp[i] = meta[i].s;
         if ((st = load_corpus(&corp, texts, lens, ntexts, &ns, o, mp, nm))) goto out;
+    }
+    /* as sentencepiece (TrainerInterface): every required character is a piece, so they and the
+     * meta pieces must fit; otherwise the unigram pruning could never reach its target and BPE
+     * would end far above vocab_size */
+    if ((long)corp.nreq + nm > o->vocab_size) {
+        st = moelm_fail(MOELM_ERR_CONFIG, "tokenizer train: vocab_size %d is smaller than the %zu required characters "
+                        "(character_coverage %g) plus %d meta pieces; raise the vocabulary size or lower character_coverage",
+                        o->vocab_size, corp.nreq, o->character_coverage, nm);
+        goto out;
     }
     int vocab_left = o->vocab_size - nm;
     if (o->model_type == TOK_UNIGRAM) st = unigram_train(&corp, o, vocab_left, &final);

@@ -531,8 +531,10 @@ moelm_status tokenizer_load(Tokenizer **out, const char *path) {
     *out = NULL;
     uint8_t *b;
     size_t n;
-    moelm_status st = tok_read_file(path, &b, &n);
+    char *raw;
+    moelm_status st = file_read_all_limit(path, &raw, &n, TOK_MAX_MODEL_BYTES);
     if (st) return st;
+    b = (uint8_t *)raw;
     if (n >= 8 && !memcmp(b, VOC_MAGIC, 8)) st = load_vocab(out, b, n, path);
     else st = spm_parse_model(out, b, n, path);
     moelm_free(b);

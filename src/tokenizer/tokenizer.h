@@ -34,7 +34,9 @@ moelm_status tokenizer_build_char(Tokenizer **out, const char *text, size_t n);
 /* Trains a SentencePiece unigram or bpe model in memory on text with default options (the same
  * as `moelm tokenizer train --model_type unigram|bpe --vocab_size N`). */
 moelm_status tokenizer_train_spm(Tokenizer **out, const char *text, size_t n, TokenizerKind kind, int vocab_size);
-/* Loads a SentencePiece .model file or a moelm word/char vocabulary file (detected by content). */
+/* Loads a SentencePiece .model file or a moelm word/char vocabulary file (detected by content);
+ * files over TOK_MAX_MODEL_BYTES (and endless devices) are refused. */
+#define TOK_MAX_MODEL_BYTES (256u << 20)
 moelm_status tokenizer_load(Tokenizer **out, const char *path);
 /* Saves atomically (path.tmp, fflush, fsync, rename, fsync of the directory). */
 moelm_status tokenizer_save(const Tokenizer *t, const char *path);

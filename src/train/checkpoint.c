@@ -3,10 +3,13 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include "io/checksum.h"
@@ -15,9 +18,8 @@
 #include "io/safetensors.h"
 #include "io/weights.h"
 
-static const char *const ckpt_files[] = {"model.safetensors", "optimizer.safetensors", "config.json",
-                                         "state.json", "tokenizer.model"};
-#define N_CKPT_FILES 5
+const char *const ckpt_files[CKPT_N_FILES] = {"model.safetensors", "optimizer.safetensors", "config.json",
+                                              "state.json", "tokenizer.model"};
 
 static char *state_to_json(const TrainState *s) {
     StrBuf sb = {0};
@@ -124,26 +126,81 @@ moelm_status ckpt_remove_all(const char *run_dir) {
     return st;
 }
 
+/* The step of the checkpoint RUN/latest names, and its name; -1 when there is no latest or it is
+ * not a symbolic link to "ckpt-<step>" in RUN itself (never a path elsewhere). */
+static int latest_target(const char *run_dir, char *name, size_t cap) {
+    char link[4096], target[256];
+    snprintf(link, sizeof link, "%s/latest", run_dir);
+    ssize_t k = readlink(link, target, sizeof target - 1);
+    if (k <= 0) return -1;
+    target[k] = 0;
+    int step = strchr(target, '/') ? -1 : ckpt_step_of(target);
+    if (step >= 0 && name) snprintf(name, cap, "%s", target);
+    return step;
+}
+
+typedef struct { int step; char name[64]; } CkptEntry;
+
+static int entry_newer(const void *a, const void *b) {
+    const CkptEntry *x = a, *y = b;
+    return x->step != y->step ? (x->step > y->step ? -1 : 1) : strcmp(x->name, y->name);
+}
+
+/* Keeps the checkpoint `latest` names and the keep - 1 newest by step before it; removes older ones.
+ * Checkpoints with a later step than latest's (left by a crash between the rename and the switch of
+ * latest, or a run resumed from an earlier checkpoint) are not counted and not removed: the run
+ * replaces each when it saves that step again. Without a valid latest nothing is removed. */
 static void prune(const char *run_dir, int keep) {
     if (keep <= 0) return;
+    char lname[256];
+    int ls = latest_target(run_dir, lname, sizeof lname);
+    if (ls < 0) return;
     DIR *d = opendir(run_dir);
     if (!d) return;
-    int steps[4096], n = 0;
+    CkptEntry *v = NULL;
+    size_t n = 0, cap = 0;
     struct dirent *e;
-    while ((e = readdir(d)) && n < 4096) {
+    while ((e = readdir(d))) {
         int s = ckpt_step_of(e->d_name);
-        if (s >= 0) steps[n++] = s;
+        if (s < 0 || s >= ls || strlen(e->d_name) >= sizeof v->name || !strcmp(e->d_name, lname)) continue;
+        if (n == cap) {
+            size_t nc = cap ? 2 * cap : 64;
+            CkptEntry *nv = moelm_realloc(v, nc * sizeof *nv);
+            if (!nv) break;   /* out of memory: prune what was listed */
+            v = nv;
+            cap = nc;
+        }
+        v[n].step = s;
+        snprintf(v[n].name, sizeof v[n].name, "%s", e->d_name);
+        n++;
     }
     closedir(d);
-    /* newest first */
-    for (int i = 0; i < n; i++)
-        for (int j = i + 1; j < n; j++)
-            if (steps[j] > steps[i]) { int t = steps[i]; steps[i] = steps[j]; steps[j] = t; }
-    for (int i = keep; i < n; i++) {
+    if (n) qsort(v, n, sizeof *v, entry_newer);
+    for (size_t i = (size_t)keep - 1; i < n; i++) {
         char path[4096];
-        snprintf(path, sizeof path, "%s/ckpt-%08d", run_dir, steps[i]);
+        snprintf(path, sizeof path, "%s/%s", run_dir, v[i].name);
         dir_remove_tree(path);
     }
+    moelm_free(v);
+}
+
+moelm_status ckpt_lock_run(const char *run_dir, int *fd) {
+    *fd = open(run_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (*fd < 0) return moelm_fail(MOELM_ERR_IO, "%s: cannot open the run directory: %s", run_dir, strerror(errno));
+    if (flock(*fd, LOCK_EX | LOCK_NB) != 0) {
+        int err = errno;
+        close(*fd);
+        *fd = -1;
+        if (err == EWOULDBLOCK)
+            return moelm_fail(MOELM_ERR_ARG, "%s: another moelm process is training in this run directory; "
+                              "wait for it to finish or choose another --out", run_dir);
+        return moelm_fail(MOELM_ERR_IO, "%s: cannot lock the run directory: %s", run_dir, strerror(err));
+    }
+    return MOELM_OK;
+}
+
+void ckpt_unlock_run(int fd) {
+    if (fd >= 0) close(fd);   /* closing the descriptor releases the lock */
 }
 
 moelm_status ckpt_save(const char *run_dir, const Model *m, const Optimizer *o, const TrainState *s,
@@ -174,7 +231,7 @@ moelm_status ckpt_save(const char *run_dir, const Model *m, const Optimizer *o, 
         snprintf(path, sizeof path, "%s/tokenizer.model", tmp);
         st = tokenizer_save(tok, path);
     }
-    if (!st) st = checksums_write(tmp, ckpt_files, N_CKPT_FILES);
+    if (!st) st = checksums_write(tmp, ckpt_files, CKPT_N_FILES);
     if (!st) st = dir_sync(tmp);
     moelm_free(cfg);
     moelm_free(state);
@@ -206,30 +263,110 @@ moelm_status ckpt_save(const char *run_dir, const Model *m, const Optimizer *o, 
     return MOELM_OK;
 }
 
-moelm_status ckpt_resolve(const char *path, char *out, size_t cap) {
+void ckpt_run_dir(const char *ckdir, char *out, size_t cap) {
     char buf[4096];
+    snprintf(buf, sizeof buf, "%s", ckdir);
+    size_t n = strlen(buf);
+    while (n > 1 && buf[n - 1] == '/') buf[--n] = 0;
+    path_dirname(buf, out, cap);
+}
+
+/* A `latest` given or found must be a symbolic link to a checkpoint of its own run directory. */
+static moelm_status check_latest(const char *run_dir, const char *link) {
+    if (latest_target(run_dir, NULL, 0) >= 0) return MOELM_OK;
+    char target[512];
+    ssize_t k = readlink(link, target, sizeof target - 1);
+    if (k < 0) return moelm_fail(MOELM_ERR_FORMAT, "%s: not a symbolic link to a checkpoint (moelm writes one)", link);
+    target[k] = 0;
+    return moelm_fail(MOELM_ERR_FORMAT, "%s: points to \"%s\", not to a ckpt-<step> directory of %s; refusing to follow it",
+                      link, target, run_dir);
+}
+
+moelm_status ckpt_resolve(const char *path, char *out, size_t cap) {
+    char buf[4096], dirbuf[4096];
     if (!path_exists(path)) return moelm_fail(MOELM_ERR_IO, "%s: no such checkpoint or run directory", path);
     snprintf(buf, sizeof buf, "%s/model.safetensors", path);
     int here = path_exists(buf);
     snprintf(buf, sizeof buf, "%s/model.safetensors.index.json", path);   /* a sharded Hugging Face directory */
     if (here || path_exists(buf)) {
+        const char *base = strrchr(path, '/');
+        struct stat sb;
+        if (!strcmp(base ? base + 1 : path, "latest") && lstat(path, &sb) == 0 && S_ISLNK(sb.st_mode)) {
+            moelm_status st = check_latest(path_dirname(path, dirbuf, sizeof dirbuf), path);
+            if (st) return st;
+        }
         snprintf(out, cap, "%s", path);
         return MOELM_OK;
     }
-    snprintf(buf, sizeof buf, "%s/latest/model.safetensors", path);
-    if (path_exists(buf)) {
-        snprintf(out, cap, "%s/latest", path);
-        return MOELM_OK;
+    snprintf(buf, sizeof buf, "%s/latest", path);
+    struct stat sb;
+    if (lstat(buf, &sb) == 0) {
+        moelm_status st = check_latest(path, buf);
+        if (st) return st;
+        snprintf(buf, sizeof buf, "%s/latest/model.safetensors", path);
+        if (path_exists(buf)) {
+            snprintf(out, cap, "%s/latest", path);
+            return MOELM_OK;
+        }
     }
     return moelm_fail(MOELM_ERR_IO, "%s: not a checkpoint (no model.safetensors) and no latest checkpoint in it", path);
 }
 
+static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
+    size_t k = (size_t)snprintf(buf, cap, "[");
+    for (int d = 0; d < ndim && k < cap; d++) k += (size_t)snprintf(buf + k, cap - k, d ? ", %lld" : "%lld", (long long)shape[d]);
+    if (k < cap) snprintf(buf + k, cap - k, "]");
+}
+
+/* Every tensor the config needs is in model.safetensors with its shape, and nothing else: checked
+ * from the header alone, before anything is allocated for the config (a config.json edited to ask
+ * for gigabytes is refused at once, not after the allocation). */
+static moelm_status check_shapes(const char *dir, const ModelConfig *cfg) {
+    Model plan;
+    moelm_status st = model_plan(&plan, cfg);
+    if (st) return st;
+    int n = model_file_tensors(&plan, NULL, 0);
+    FileTensor *ft = moelm_calloc((size_t)(n ? n : 1), sizeof *ft);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    SafeTensors *sf = NULL;
+    if (!ft) st = moelm_fail_context(MOELM_ERR_NOMEM, "%s: checking shapes", path);
+    else {
+        model_file_tensors(&plan, ft, n);
+        st = st_open(&sf, path);
+    }
+    if (!st && st_count(sf) != n) st = moelm_fail(MOELM_ERR_FORMAT, "%s: %d tensors, config.json needs %d", path, st_count(sf), n);
+    for (int i = 0; !st && i < n; i++) {
+        const char *dtype;
+        int ndim;
+        int64_t shape[ST_MAX_DIMS];
+        if (!st_info(sf, ft[i].name, &dtype, &ndim, shape)) {
+            st = moelm_fail(MOELM_ERR_FORMAT, "%s: no tensor %s, which config.json needs", path, ft[i].name);
+            break;
+        }
+        int same = ndim == ft[i].ndim && !strcmp(dtype, "F32");
+        for (int d = 0; same && d < ndim; d++) same = shape[d] == ft[i].shape[d];
+        if (!same) {
+            char have[128], want[128];
+            shape_str(have, sizeof have, ndim, shape);
+            shape_str(want, sizeof want, ft[i].ndim, ft[i].shape);
+            st = moelm_fail(MOELM_ERR_FORMAT, "%s: tensor %s is %s %s, config.json needs F32 %s", path, ft[i].name, dtype,
+                            have, want);
+        }
+    }
+    st_close(sf);
+    moelm_free(ft);
+    model_free(&plan);
+    return st;
+}
+
 moelm_status ckpt_read_config(const char *dir, ModelConfig *cfg) {
-    moelm_status st = checksums_verify(dir);
+    moelm_status st = checksums_verify(dir, ckpt_files, CKPT_N_FILES);
     if (st) return st;
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
-    return config_load(cfg, path);
+    if ((st = config_load(cfg, path))) return st;
+    return check_shapes(dir, cfg);
 }
 
 static moelm_status get_u64(const Json *j, const char *key, uint64_t *v, const char *path) {
@@ -302,11 +439,31 @@ moelm_status ckpt_read_state(const char *dir, TrainState *s) {
     return st;
 }
 
+/* The first value of x[0..n) that is NaN or infinite (or negative, with nonneg), as a message naming
+ * the tensor: a checkpoint holding one evaluates to NaN or trains from garbage. */
+static moelm_status check_finite(const float *x, size_t n, size_t first, int nonneg, const char *path, const char *name) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i]) || (nonneg && x[i] < 0))
+            return moelm_fail(MOELM_ERR_FORMAT, "%s: tensor %s holds %g at index %zu (%s)", path, name, (double)x[i], first + i,
+                              isfinite(x[i]) ? "a second moment must be >= 0" : "not a finite number");
+    return MOELM_OK;
+}
+
 moelm_status ckpt_load_model(const char *dir, Model *m) {
     /* every file tensor by name; a sharded model reads its rows of the whole tensors */
     WeightSet *ws = NULL;
     moelm_status st = ws_open(&ws, dir);
     if (!st) st = model_read_weights(m, ws, dir);
+    /* every value finite; a message names the file that holds the tensor */
+    int n = st ? 0 : model_file_tensors(m, NULL, 0);
+    FileTensor *ft = n ? moelm_calloc((size_t)n, sizeof *ft) : NULL;
+    if (n && !ft) st = moelm_fail_context(MOELM_ERR_NOMEM, "%s: checking the weights", dir);
+    if (ft) model_file_tensors(m, ft, n);
+    for (int i = 0; ft && !st && i < n; i++) {
+        const char *file = ws_file(ws, ft[i].name);
+        st = check_finite(ft[i].data, ft[i].count, ft[i].first, 0, file ? file : dir, ft[i].name);
+    }
+    moelm_free(ft);
     ws_close(ws);
     return st;
 }
@@ -325,6 +482,8 @@ moelm_status ckpt_load_optimizer(const char *dir, Optimizer *o, const Model *m) 
         size_t first = ti->full_offset + tensor_held_first(ti);
         st = st_read_f32_part(sf, "adam.m", o->m + ti->offset, 1, &n, first, ti->size);
         if (!st) st = st_read_f32_part(sf, "adam.v", o->v + ti->offset, 1, &n, first, ti->size);
+        if (!st) st = check_finite(o->m + ti->offset, ti->size, first, 0, path, "adam.m");
+        if (!st) st = check_finite(o->v + ti->offset, ti->size, first, 1, path, "adam.v");
     }
     if (!st) st = st_read_f32(sf, "adam.t", &t, 0, NULL);
     if (!st && !(t >= 0 && t < 16777216.0f)) st = moelm_fail(MOELM_ERR_FORMAT, "%s: adam.t = %g is not a step count", path, t);

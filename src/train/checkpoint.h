@@ -17,6 +17,10 @@
 #include "optim/optim.h"
 #include "tokenizer/tokenizer.h"
 
+/* The files of a checkpoint directory besides CHECKSUMS, which must list every one of them. */
+#define CKPT_N_FILES 5
+extern const char *const ckpt_files[CKPT_N_FILES];
+
 typedef struct {
     long step;                  /* optimizer steps done */
     uint64_t data_epoch;        /* dataloader position */
@@ -35,19 +39,28 @@ typedef struct {
     char train_json[2048];      /* the TrainConfig as JSON (lr, schedule, ...) */
 } TrainState;
 
-/* Writes RUN/ckpt-<step> and points RUN/latest at it; then keeps only the newest `keep`
- * checkpoints (keep <= 0: all). */
+/* Writes RUN/ckpt-<step> and points RUN/latest at it; then keeps the one latest names and the
+ * keep - 1 newest (by step) before it (keep <= 0: all); checkpoints after latest's step are kept. */
 moelm_status ckpt_save(const char *run_dir, const Model *m, const Optimizer *o, const TrainState *st,
                        const Tokenizer *tok, int keep);
 
 /* The step of the newest RUN/ckpt-<step> (0 when only RUN/latest exists), -1 when RUN holds none. */
 int ckpt_newest_step(const char *run_dir);
+/* An exclusive lock (flock) on the run directory, held until ckpt_unlock_run (or the process ends):
+ * a second writer gets MOELM_ERR_ARG with one line saying another process trains there. */
+moelm_status ckpt_lock_run(const char *run_dir, int *fd);
+void ckpt_unlock_run(int fd);
 /* Deletes RUN/latest and every RUN/ckpt-<step> (a new run started over an old one with --force). */
 moelm_status ckpt_remove_all(const char *run_dir);
 
 /* Resolves a path given by the user (a checkpoint dir, RUN/latest, or a RUN dir with `latest`)
- * to a checkpoint directory in out. */
+ * to a checkpoint directory in out. A `latest` that is not a symbolic link to a ckpt-<step>
+ * directory of its own run directory (a path elsewhere, a directory) is refused. */
 moelm_status ckpt_resolve(const char *path, char *out, size_t cap);
+
+/* The run directory a checkpoint directory (as ckpt_resolve gives it: RUN/latest, RUN/ckpt-<step>)
+ * belongs to: its parent. A run resumed from any of its checkpoints goes on in it. */
+void ckpt_run_dir(const char *ckdir, char *out, size_t cap);
 
 /* Reads config.json and verifies CHECKSUMS. */
 moelm_status ckpt_read_config(const char *dir, ModelConfig *cfg);

@@ -52,10 +52,22 @@ void hook_nonfinite(Model *m, float *loss, long step) {
         }
 }
 
+int hook_disk_full(long step) {
+    static int parsed;
+    static long at;
+    if (!parsed) {
+        const char *e = getenv("MOELM_FULL_DISK_AT_STEP");
+        at = e ? atol(e) : 0;
+        parsed = 1;
+    }
+    return at > 0 && step == at;
+}
+
 #else
 
 void hook_begin(void) {}
 void hook_kill_rank(long step) { (void)step; }
 void hook_nonfinite(Model *m, float *loss, long step) { (void)m; (void)loss; (void)step; }
+int hook_disk_full(long step) { (void)step; return 0; }
 
 #endif

@@ -9,6 +9,8 @@
  *   MOELM_KILL_RANK_AT_STEP=R:S     rank R kills itself with SIGKILL in the middle of step S (after
  *                                   the forward's collectives, before the backward's), as a crashed
  *                                   node would (tests/test_mpi.sh); the last checkpoint must survive
+ *   MOELM_FULL_DISK_AT_STEP=N       the metrics.jsonl record of step N is written in part and then
+ *                                   fails with ENOSPC, as on a disk that fills up (tests/test_faults.sh)
  * Unset (the normal case), nothing fires.
  */
 #ifndef MOELM_TRAIN_HOOKS_H
@@ -22,5 +24,8 @@ void hook_begin(void);
 void hook_kill_rank(long step);
 /* In train_step after the gradients are reduced: MOELM_INJECT_NAN_STEP (sets *loss or a gradient). */
 void hook_nonfinite(Model *m, float *loss, long step);
+/* Before each write(2) of step's metrics record: 1 when MOELM_FULL_DISK_AT_STEP names step (the
+ * writer then stores part of the record, and the next write fails). */
+int hook_disk_full(long step);
 
 #endif

@@ -34,26 +34,33 @@ static moelm_status open_model(const char *path, int B, int T, int Td, Model *m,
         if (!st && cfg.note[0]) fprintf(stderr, "note: %s: %s\n", p, cfg.note);
     }
     if (st) return st;
-    if (T <= 0) T = state->seq_len > 0 ? state->seq_len : cfg.n_positions;
-    if (T > cfg.n_positions && cfg.model_type != MODEL_SWITCH) T = cfg.n_positions;
-    st = cfg.model_type == MODEL_SWITCH ? model_create_encdec(m, &cfg, B, T, Td > 0 ? Td : 1, 0, 0, 1)
-                                        : model_create(m, &cfg, B, T, 0);
-    if (st) return st;
-    st = ckpt_load_model(dir, m);
+    /* the tokenizer first: it must fit the model (a larger one makes ids the model has no row for, which
+     * aborted in model.c), and a checkpoint's must be the one it was trained with */
     snprintf(p, sizeof p, "%s/tokenizer.model", dir);
     if (!path_exists(p)) snprintf(p, sizeof p, "%s/spiece.model", dir);
-    if (!st && path_exists(p)) {
+    if (path_exists(p)) {
         st = tokenizer_load(tok, p);
-        if (!st && cfg.model_type == MODEL_SWITCH) st = tokenizer_add_sentinels(*tok, 100);
+        if (!st && cfg.model_type == MODEL_SWITCH && (st = tokenizer_add_sentinels(*tok, 100)) != MOELM_OK)
+            moelm_fail_context(st, "%s", p);
         if (!st && cfg.model_type == MODEL_SWITCH && tokenizer_vocab_size(*tok) > cfg.vocab_size)
             st = moelm_fail(MOELM_ERR_FORMAT, "%s: %d pieces with T5's 100 sentinels, more than the model's vocab_size %d",
                             p, tokenizer_vocab_size(*tok), cfg.vocab_size);
-        if (st) moelm_fail_context(st, "%s", p);
+        int V = st ? 0 : tokenizer_vocab_size(*tok);
+        if (!st && cfg.model_type != MODEL_SWITCH && (*has_state ? V != cfg.vocab_size : V > cfg.vocab_size))
+            st = moelm_fail(MOELM_ERR_FORMAT, "%s: %d pieces, but config.json has vocab_size %d (not this model's tokenizer)",
+                            p, V, cfg.vocab_size);
+        if (!st && *has_state && tokenizer_hash(*tok) != state->tokenizer_hash)
+            st = moelm_fail(MOELM_ERR_FORMAT, "%s: not the tokenizer this model was trained with (its hash differs from "
+                            "state.json's tokenizer_hash)", p);
     }
+    if (T <= 0) T = state->seq_len > 0 ? state->seq_len : cfg.n_positions;
+    if (T > cfg.n_positions && cfg.model_type != MODEL_SWITCH) T = cfg.n_positions;
+    if (!st) st = cfg.model_type == MODEL_SWITCH ? model_create_encdec(m, &cfg, B, T, Td > 0 ? Td : 1, 0, 0, 1)
+                                                 : model_create(m, &cfg, B, T, 0);
+    if (!st && (st = ckpt_load_model(dir, m)) != MOELM_OK) model_free(m);
     if (st) {
         tokenizer_free(*tok);
         *tok = NULL;
-        model_free(m);
     }
     return st;
 }

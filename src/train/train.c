@@ -2,11 +2,14 @@
 #include "train/train.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include "backend/gemm.h"
 #include "backend/gemm_bf16.h"
 #include "data/corpus.h"
@@ -21,6 +24,7 @@
 #include "report/routing.h"
 #include "train/checkpoint.h"
 #include "train/dist.h"
+#include "train/hooks.h"
 #include "train/step.h"
 
 void train_options_default(TrainOptions *o) {
@@ -255,14 +259,15 @@ static moelm_status make_tokenizer(Tokenizer **tok, const char *spec, const Corp
     return tokenizer_load(tok, spec);
 }
 
-/* Encodes a split, through the run directory's token cache when one is valid for this tokenizer.
+/* Encodes a split, through the run directory's token cache when one is valid for this tokenizer and
+ * this text (tokens_cache_key: a cache of other data in the same --out is rebuilt, not trained on).
  * Evaluation streams start with <eos> so that their first word is predicted too. */
 static moelm_status split_ids(int **ids, size_t *n, const Corpus *c, int split, const Tokenizer *tok,
                               const char *run_dir) {
     char path[4096];
     snprintf(path, sizeof path, "%s/tokens.%s.bin", run_dir, corpus_split_name(split));
     int V = tokenizer_vocab_size(tok);
-    uint64_t h = tokenizer_hash(tok);
+    uint64_t h = tokens_cache_key(tokenizer_hash(tok), c->text[split], c->len[split]);
     if (path_exists(path) && tokens_read(path, ids, n, V, h) == MOELM_OK) return MOELM_OK;
     int *raw = NULL;
     size_t cnt = 0;
@@ -288,7 +293,9 @@ static moelm_status split_ids(int **ids, size_t *n, const Corpus *c, int split, 
 /* Everything a run holds, from its set-up to its end. */
 typedef struct {
     const TrainOptions *o;
-    const char *dir;            /* the run directory: --out, or --resume's */
+    const char *dir;            /* the run directory: --out, or the one of --resume's checkpoint */
+    char dirbuf[4096];          /* dir on resume */
+    int lock_fd;                /* the run directory's lock (rank 0), -1: none */
     char ckdir[4096];           /* on resume: the checkpoint it continues from */
     ModelConfig cfg;
     TrainConfig tc;
@@ -314,7 +321,8 @@ typedef struct {
     int *msk;                   /* [B*Te] the step's encoder attention mask (pairs) */
     EvalResult ev;              /* the last evaluation's */
     int *inp, *tgt;             /* [B*T] the step's batch */
-    FILE *metrics;              /* metrics.jsonl (rank 0; /dev/null on the other ranks) */
+    int metrics_fd;             /* metrics.jsonl, appended to (rank 0; -1 on the other ranks) */
+    StrBuf mrec;                /* the record being appended */
     int model_ok, opt_ok, dl_ok;
     /* the clock */
     double t_run;               /* when the run started, less the time of its earlier parts (resume) */
@@ -328,7 +336,9 @@ typedef struct {
 } Run;
 
 static void run_free(Run *r) {
-    if (r->metrics) fclose(r->metrics);
+    if (r->metrics_fd >= 0) close(r->metrics_fd);
+    sb_free(&r->mrec);
+    ckpt_unlock_run(r->lock_fd);
     corpus_free(&r->corpus);
     if (r->tok) tokenizer_free(r->tok);
     for (int i = 0; i < 3; i++) moelm_free(r->ids[i]);
@@ -369,7 +379,7 @@ static moelm_status train_config_from_json(TrainConfig *tc, const char *js) {
         char buf[64];
         const char *sv = buf;
         if (json_type(v) == JSON_STRING) sv = json_string(v);
-        else snprintf(buf, sizeof buf, "%.9g", json_number(v));
+        else json_number_text(json_number(v), buf);
         st = train_config_set(tc, json_key_at(j, i), sv);
     }
     json_free(j);
@@ -378,7 +388,9 @@ static moelm_status train_config_from_json(TrainConfig *tc, const char *js) {
 
 /* Keeps the records of metrics.jsonl up to step (a resumed run rewrites what came after). */
 static moelm_status metrics_truncate(const char *path, long step) {
-    if (!path_exists(path)) return MOELM_OK;
+    struct stat sb;
+    if (stat(path, &sb) != 0) return MOELM_OK;
+    if (!S_ISREG(sb.st_mode)) return moelm_fail(MOELM_ERR_IO, "%s: not a regular file", path);
     char *data = NULL;
     size_t n = 0;
     moelm_status st = file_read_all(path, &data, &n);
@@ -499,6 +511,10 @@ static moelm_status run_resume_settings(Run *r) {
     TrainState *s = &r->state;
     TrainConfig *tc = &r->tc;
     moelm_status st = ckpt_resolve(o->resume, r->ckdir, sizeof r->ckdir);
+    if (!st) {   /* RUN, RUN/latest or RUN/ckpt-N: the run goes on in RUN, never inside a checkpoint */
+        ckpt_run_dir(r->ckdir, r->dirbuf, sizeof r->dirbuf);
+        r->dir = r->dirbuf;
+    }
     if (!st) st = ckpt_read_config(r->ckdir, &r->cfg);
     if (!st) st = ckpt_read_state(r->ckdir, s);
     if (st) return moelm_fail_context(st, "cannot resume from %s", o->resume);
@@ -562,10 +578,13 @@ static moelm_status run_settings(Run *r) {
     return MOELM_OK;
 }
 
-/* The run directory, made; a new run over an old one would mix their checkpoints and metrics:
+/* The run directory, made and locked (rank 0 takes an exclusive flock for the whole run: a second
+ * `train` into it, new or resumed, is refused with one line instead of both interleaving their
+ * checkpoints and metrics); a new run over an old one would mix their checkpoints and metrics:
  * refused, or with --force the old checkpoints (and routing dumps) are deleted first. */
 static moelm_status run_claim_dir(Run *r) {
     moelm_status st = dir_make(r->dir);
+    if (!st && dist_is_root()) st = ckpt_lock_run(r->dir, &r->lock_fd);
     if (st || r->o->resume || ckpt_newest_step(r->dir) < 0) return st;
     if (!r->o->force)
         return moelm_fail(MOELM_ERR_CONFIG, "%s already holds a run (its checkpoints): --resume %s continues it, "
@@ -686,15 +705,22 @@ static moelm_status run_build_model(Run *r) {
     return st;
 }
 
-/* metrics.jsonl, cut back to the resumed step (rank 0; the other ranks log to /dev/null), and the
+/* metrics.jsonl, cut back to the resumed step (rank 0; the other ranks log nothing), and the
  * training settings as the checkpoints record them. */
 static moelm_status run_open_metrics(Run *r) {
     char path[4096];
     moelm_status st = MOELM_OK;
     snprintf(path, sizeof path, "%s/metrics.jsonl", r->dir);
-    if (!dist_is_root()) snprintf(path, sizeof path, "/dev/null");
-    else st = metrics_truncate(path, r->state.step);
-    if (!st && !(r->metrics = fopen(path, "a"))) st = moelm_fail(MOELM_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    if (dist_is_root()) {
+        st = metrics_truncate(path, r->state.step);
+        if (!st && (r->metrics_fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644)) < 0)
+            st = moelm_fail(MOELM_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+        /* the record buffer, sized once for the longest record (an evaluation's: every MoE layer's
+         * statistics and the load of each of its experts, at most 16 bytes each), so no step allocates */
+        size_t cap = 4096 + (size_t)config_num_moe_layers(&r->cfg) * (512 + 16 * (size_t)(r->cfg.num_experts > 0 ? r->cfg.num_experts : 1));
+        if (!st && !(r->mrec.buf = moelm_malloc(cap))) st = moelm_fail_context(MOELM_ERR_NOMEM, "%s", path);
+        r->mrec.cap = r->mrec.buf ? cap : 0;
+    }
     char *tjs = train_config_json(&r->tc);
     if (tjs) {
         snprintf(r->state.train_json, sizeof r->state.train_json, "%s", tjs);
@@ -726,6 +752,8 @@ static void run_print_header(const Run *r) {
         printf("dropout: %g until step %ld, then set from the epochs the run projects (+%g per doubling past %g epochs, "
                "at most %g)\n", r->cfg.dropout_rate, dropout_fix_step(tc, o->time_budget_min), tc->dropout_growth,
                tc->dropout_epochs, tc->dropout_max);
+    if (r->full_batches == 0)
+        printf("no evaluation: the valid split has %s to predict\n", r->pairs ? "no pair" : "nothing");
     if (o->resume) printf("resumed from %s at step %ld\n", r->ckdir, r->state.step);
     fflush(stdout);
 }
@@ -733,6 +761,7 @@ static void run_print_header(const Run *r) {
 /* Everything before the first step. r is freed by run_free whatever happens. */
 static moelm_status run_setup(Run *r, const TrainOptions *o) {
     memset(r, 0, sizeof *r);
+    r->lock_fd = r->metrics_fd = -1;
     r->o = o;
     r->dir = o->resume ? o->resume : o->out;
     r->state.dropout = -1;
@@ -747,17 +776,18 @@ static moelm_status run_setup(Run *r, const TrainOptions *o) {
     if (!st) st = run_build_model(r);
     if (!st) st = run_open_metrics(r);
     if (st) return st;
-    progress_clear(&r->prog);
-    if (!o->quiet) run_print_header(r);
-    /* the clock; periodic evaluations may take --eval-batches batches, the final one the whole split */
-    r->t_run = now_s() - r->state.elapsed_s;
-    r->t_log = now_s();
-    r->budget_s = o->time_budget_min * 60.0;
+    /* periodic evaluations may take --eval-batches batches, the final one the whole split */
     r->full_batches = r->pairs ? seq2seq_eval_batches(&r->pd[1], r->tc.batch_size)
                     : r->s2s ? span_eval_batches(r->n[1], r->len, r->tc.batch_size)
                              : eval_num_batches(r->n[1], r->tc.batch_size, r->tc.seq_len, r->tc.seq_len);
     r->part_batches = o->eval_batches > 0 && (size_t)o->eval_batches < r->full_batches ? (size_t)o->eval_batches
                                                                                         : r->full_batches;
+    progress_clear(&r->prog);
+    if (!o->quiet) run_print_header(r);
+    /* the clock */
+    r->t_run = now_s() - r->state.elapsed_s;
+    r->t_log = now_s();
+    r->budget_s = o->time_budget_min * 60.0;
     return MOELM_OK;
 }
 
@@ -868,39 +898,71 @@ typedef struct {
     double val_loss, val_word_ppl;
 } MetricsRecord;
 
-static void metrics_write(FILE *f, const MetricsRecord *m) {
-    fprintf(f, "{\"step\": %ld", m->step);
+/* One record as a line of JSON, appended to sb. */
+static void metrics_format(StrBuf *sb, const MetricsRecord *m) {
+    sb_printf(sb, "{\"step\": %ld", m->step);
     if (m->has_train) {
         char jl[32], ja[32], jg[32];   /* a skipped non-finite step logs null: the line stays JSON */
-        fprintf(f, ", \"loss\": %s, \"aux_loss\": %s, \"lr\": %.6g, \"grad_norm\": %s, \"tokens_per_s\": %.1f, "
-                   "\"time_s\": %.3f, \"tokens\": %.0f, \"dropout\": %.6g",
-                json_num(jl, m->loss), json_num(ja, m->aux_loss), m->lr, json_num(jg, m->grad_norm), m->tokens_per_s,
-                m->time_s, m->tokens, m->dropout);
+        sb_printf(sb, ", \"loss\": %s, \"aux_loss\": %s, \"lr\": %.6g, \"grad_norm\": %s, \"tokens_per_s\": %.1f, "
+                      "\"time_s\": %.3f, \"tokens\": %.0f, \"dropout\": %.6g",
+                  json_num(jl, m->loss), json_num(ja, m->aux_loss), m->lr, json_num(jg, m->grad_norm), m->tokens_per_s,
+                  m->time_s, m->tokens, m->dropout);
     }
     if (m->ev) {
         const EvalResult *ev = m->ev;
-        fprintf(f, ", \"val_loss\": %.6f, \"val_ppl\": %.4f, \"val_word_ppl\": %.4f", m->val_loss, exp(m->val_loss),
-                m->val_word_ppl);
+        sb_printf(sb, ", \"val_loss\": %.6f, \"val_ppl\": %.4f, \"val_word_ppl\": %.4f", m->val_loss, exp(m->val_loss),
+                  m->val_word_ppl);
         if (ev->n_moe) {
-            fprintf(f, ", \"moe\": [");
+            sb_printf(sb, ", \"moe\": [");
             for (int l = 0; l < ev->n_moe; l++) {
                 const MoEStats *s = &ev->stats[l];
                 double kept = s->slots - s->dropped;
-                fprintf(f, "%s{\"layer\": %d, ", l ? ", " : "", l);
-                if (ev->stack[l] >= 0) fprintf(f, "\"stack\": \"%s\", \"block\": %d, ", ev->stack[l] ? "decoder" : "encoder",
-                                              ev->block[l]);
-                fprintf(f, "\"dropped\": %.6f, \"entropy\": %.6f, \"top1\": %.6f, \"dead\": %d, "
-                           "\"aux\": %.6f, \"z\": %.6f, \"load\": [",
-                        s->slots > 0 ? s->dropped / s->slots : 0, s->tokens > 0 ? s->entropy_sum / s->tokens : 0,
-                        s->tokens > 0 ? s->top1_sum / s->tokens : 0, moe_stats_dead(s), s->batches ? s->aux_sum / s->batches : 0,
-                        s->batches ? s->z_sum / s->batches : 0);
-                for (int e = 0; e < s->E && e < 256; e++) fprintf(f, "%s%.5f", e ? ", " : "", kept > 0 ? s->load[e] / kept : 0);
-                fprintf(f, "]}");
+                sb_printf(sb, "%s{\"layer\": %d, ", l ? ", " : "", l);
+                if (ev->stack[l] >= 0)
+                    sb_printf(sb, "\"stack\": \"%s\", \"block\": %d, ", ev->stack[l] ? "decoder" : "encoder", ev->block[l]);
+                sb_printf(sb, "\"dropped\": %.6f, \"entropy\": %.6f, \"top1\": %.6f, \"dead\": %d, \"aux\": %.6f, \"z\": %.6f, "
+                              "\"load\": [",
+                          s->slots > 0 ? s->dropped / s->slots : 0, s->tokens > 0 ? s->entropy_sum / s->tokens : 0,
+                          s->tokens > 0 ? s->top1_sum / s->tokens : 0, moe_stats_dead(s), s->batches ? s->aux_sum / s->batches : 0,
+                          s->batches ? s->z_sum / s->batches : 0);
+                for (int e = 0; e < s->E && e < 256; e++) sb_printf(sb, "%s%.5f", e ? ", " : "", kept > 0 ? s->load[e] / kept : 0);
+                sb_printf(sb, "]}");
             }
-            fprintf(f, "]");
+            sb_printf(sb, "]");
         }
     }
-    fprintf(f, "}\n");
+    sb_printf(sb, "}\n");
+}
+
+/* Appends the record to metrics.jsonl whole or not at all: when a write fails or stores only part of
+ * it (a full disk), the file is cut back to where the record began and the run stops with the cause
+ * (the last checkpoint stays intact; a resume rewrites the records after it). */
+static moelm_status metrics_append(Run *r, const MetricsRecord *m) {
+    if (r->metrics_fd < 0) return MOELM_OK;
+    StrBuf *sb = &r->mrec;   /* reserved by run_open_metrics */
+    sb->len = 0;
+    sb->failed = 0;
+    metrics_format(sb, m);
+    if (sb->failed) return moelm_fail(MOELM_ERR_NOMEM, "out of memory formatting the metrics of step %ld", m->step);
+    off_t start = lseek(r->metrics_fd, 0, SEEK_END);
+    size_t done = 0;
+    int err = 0;
+    while (done < sb->len) {
+        size_t want = sb->len - done;
+        if (hook_disk_full(m->step)) {   /* test hook: half the record is stored, then the disk is full */
+            if (done) { err = ENOSPC; break; }
+            want /= 2;
+        }
+        ssize_t k = write(r->metrics_fd, sb->buf + done, want);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) { err = k < 0 ? errno : ENOSPC; break; }
+        done += (size_t)k;
+    }
+    if (!err) return MOELM_OK;
+    int cut = start >= 0 && ftruncate(r->metrics_fd, start) == 0;
+    return moelm_fail(MOELM_ERR_IO, "%s/metrics.jsonl: cannot append the record of step %ld: %s; %s, the run stops "
+                      "(the last checkpoint is intact: --resume %s goes on from it)", r->dir, m->step, strerror(err),
+                      cut ? "cut back to its last whole record" : "and it could not be cut back (a torn last line)", r->dir);
 }
 
 /* A logged step: its line on stdout, its numbers into rec. */
@@ -929,9 +991,6 @@ static void run_log(Run *r, const StepResult *sr, float lr, MetricsRecord *rec) 
     r->tokens_since = 0;
 }
 
-/* An evaluation of the valid split (a periodic one takes --eval-batches batches; the last the whole
- * split), its line and expert statistics on stdout, its numbers into rec, and the routing dump of
- * its own forward passes. */
 /* An encoder-decoder's evaluation: the span-corruption loss of the valid split's windows and the target
  * perplexity (no routing dump: the routing maps are the lm's). */
 static moelm_status run_evaluate_span(Run *r, int last, MetricsRecord *rec) {
@@ -955,7 +1014,15 @@ static moelm_status run_evaluate_span(Run *r, int last, MetricsRecord *rec) {
     return MOELM_OK;
 }
 
+/* An evaluation of the valid split (a periodic one takes --eval-batches batches; the last the whole
+ * split), its line and expert statistics on stdout, its numbers into rec, and the routing dump of
+ * its own forward passes. A valid split with nothing to predict gives none (its loss is not 0). */
 static moelm_status run_evaluate(Run *r, int last, MetricsRecord *rec) {
+    if (r->full_batches == 0) {
+        r->t_eval_start = now_s();
+        r->t_eval_s = 0;
+        return MOELM_OK;
+    }
     if (r->s2s) return run_evaluate_span(r, last, rec);
     Model *m = &r->model;
     RoutingRec routing;
@@ -1025,9 +1092,8 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
         if (end.log) run_log(&r, &sr, lr, &rec);
         if (end.eval) st = run_evaluate(&r, end.last, &rec);
         if (st) break;
-        if (end.log || end.eval) metrics_write(r.metrics, &rec);   /* one record a step at most */
-        fflush(r.metrics);
-        if (end.ckpt) st = run_checkpoint(&r);
+        if (end.log || end.eval) st = metrics_append(&r, &rec);   /* one record a step at most */
+        if (!st && end.ckpt) st = run_checkpoint(&r);
         if (st) break;
         if (end.eval && !end.last) run_measure_end(&r);
         progress_update(&r.prog, r.state.step, "loss %.3f", sr.loss);

@@ -2,9 +2,9 @@
 # run_data.sh SECONDS: builds the fuzz targets of the files moelm reads besides safetensors and JSON
 # text (run_io.sh) and SentencePiece protobufs (run_spm.sh): token files (fuzz_tokens), config.json
 # (fuzz_config), a checkpoint's state.json (fuzz_state), tokenizer files as the CLI opens them
-# (fuzz_vocab); clang, libFuzzer + ASan + UBSan. Runs each for SECONDS seconds (default 60) on seeds
-# this script makes. Exits non-zero when a target finds a crash, a leak or a broken property (the
-# reproducer is left in build/fuzz/).
+# (fuzz_vocab), a checkpoint's CHECKSUMS (fuzz_checksums); clang, libFuzzer + ASan + UBSan. Runs
+# each for SECONDS seconds (default 60) on seeds this script makes. Exits non-zero when a target
+# finds a crash, a leak or a broken property (the reproducer is left in build/fuzz/).
 set -eu
 secs=${1:-60}
 cd "$(dirname "$0")/../.."
@@ -22,7 +22,7 @@ for f in $(find src -name '*.c' -not -path 'src/cli/*' | sort); do
     lib="$lib $o"
 done
 flags_link=$(echo "$flags")
-for t in tokens config state vocab; do
+for t in tokens config state vocab checksums; do
     # shellcheck disable=SC2086
     $CC $flags_link tests/fuzz/fuzz_$t.c $lib -o "$out/fuzz_$t" -lm
     mkdir -p "$out/corpus_$t"
@@ -50,10 +50,12 @@ printf '{"model_type": "switch_transformers", "num_decoder_layers": null, "bos_t
 printf '{"step": 3, "data_epoch": "0", "data_pos": "12", "rng": "5", "seed": "1", "threads": 1, "batch_size": 4, "seq_len": 16, "elapsed_s": 1.5, "tokens_seen": 192, "data": "builtin", "tokenizer_hash": "9", "train": {"lr": 0.003}}' > "$out/corpus_state/1"
 # a token file: header (magic, version 1, V 100, hash 0, count 2, CRC of the ids) and ids 1, 2
 printf 'MOELMTOK\001\000\000\000\144\000\000\000\000\000\000\000\000\000\000\000\002\000\000\000\000\000\000\000\000\000\000\000\001\000\000\000\002\000\000\000' > "$out/corpus_tokens/1"
+printf '# moelm CHECKSUMS v1: crc32 size name\n3610a686 5 a.bin\na3a6bf43 2 b.json\n' > "$out/corpus_checksums/1"
+printf '# moelm CHECKSUMS v1: crc32 size name\n3610a686 5 a.bin\n' > "$out/corpus_checksums/2"
 printf 'MOELMVOC\001\000\000\000\000\000\000\000\002\000\000\000\005\000\000\000<unk>\005\000\000\000<eos>\000\000\000\000' > "$out/corpus_vocab/1"
 
 rc=0
-for t in tokens config state vocab; do
+for t in tokens config state vocab checksums; do
     echo "== fuzz_$t: ${secs}s"
     if ! "$out/fuzz_$t" -max_total_time="$secs" -max_len=65536 -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 \
          -artifact_prefix="$out/$t-" "$out/corpus_$t" > "$out/$t.log" 2>&1; then
