@@ -13,12 +13,15 @@ int cmd_generate(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *val = NULL;
         if (arg_flag(argv, i, "-h|--help")) {
-            printf("usage: moelm generate -m CKPT [-p PROMPT] [-n N] [--temp X] [--top-k K] [--top-p P] [--seed N] [-t N] [--bf16]\n"
+            printf("usage: moelm generate -m CKPT [-p PROMPT] [-n N] [--temp X] [--top-k K] [--top-p P] [--seed N] [-t N] [--bf16] [-i]\n"
                    "                      [--beams N] [--length-penalty X]\n\n"
                    "  -m, --model CKPT   checkpoint directory, or a run directory (its latest), or a Hugging Face\n"
                    "                     directory (switch_transformers: config.json, weights, spiece.model)\n"
                    "  -p, --prompt TEXT  prompt (default: empty, i.e. start of a line)\n"
-                   "  -n N               tokens to generate (default 40)\n"
+                   "  -n N               tokens to generate (default 40); past the model's positions the\n"
+                   "                     context slides (the cache restarts from its newest half)\n"
+                   "  -i, --interactive  read prompts from stdin, one a line, keeping the KV cache between them;\n"
+                   "                     the model finishes each line (up to -n tokens); Ctrl-D ends\n"
                    "  --temp X           temperature; 0 = greedy (default 0.8)\n"
                    "  --top-k K          sample from the K most likely tokens; 0 = off (default 40)\n"
                    "  --top-p P          nucleus sampling; 1 = off (default 1)\n"
@@ -39,6 +42,7 @@ int cmd_generate(int argc, char **argv) {
         else if (arg_match(argc, argv, &i, "--top-p", &val)) { if (arg_float("--top-p", val, 0, 1, &d)) return cli_error(2); o.top_p = (float)d; }
         else if (arg_match(argc, argv, &i, "--seed", &val)) { if (arg_int("--seed", val, 0, 0x7fffffffffffffffL, &v)) return cli_error(2); o.seed = (uint64_t)v; }
         else if (arg_flag(argv, i, "--bf16")) o.bf16 = 1;
+        else if (arg_flag(argv, i, "-i|--interactive")) o.interactive = 1;
         else if (arg_match(argc, argv, &i, "--beams", &val)) { if (arg_int("--beams", val, 1, 64, &v)) return cli_error(2); o.beams = (int)v; }
         else if (arg_match(argc, argv, &i, "--length-penalty", &val)) { if (arg_float("--length-penalty", val, -10, 10, &d)) return cli_error(2); o.length_penalty = (float)d; }
         else if (arg_match(argc, argv, &i, "-t|--threads", &val)) { if (arg_int("--threads", val, 1, 1024, &v)) return cli_error(2); o.threads = (int)v; }

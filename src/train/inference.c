@@ -176,6 +176,10 @@ done:
     return st;
 }
 
+/* The unknown-token rate above which eval warns: PTB's own test split has ~6% (4794 literal <unk>s
+ * in ~82k tokens), tinyshakespeare under a PTB word:10000 tokenizer ~46%. */
+#define EVAL_UNK_WARN 0.10
+
 moelm_status eval_run(const char *ckpt, const char *data, int B, int T, int stride, int threads) {
     backend_set_threads(threads);
     ModelType type;
@@ -228,7 +232,9 @@ moelm_status eval_run(const char *ckpt, const char *data, int B, int T, int stri
     }
     if (!st && n < 2) st = moelm_fail(MOELM_ERR_DATA, "%s: no tokens to evaluate", name);
     if (!st) {
-        size_t words = text_count_words(text, len);
+        size_t words = text_count_words(text, len), unk = 0, first = eos >= 0;   /* the text's tokens: after <eos> */
+        int unk_id = tokenizer_unk_id(tok);
+        for (size_t i = first; i < n; i++) unk += unk_id >= 0 && ids[i] == unk_id;
         EvalResult r;
         double t0 = time_now();
         st = evaluate(&m, ids, n, 0, stride, &r);
@@ -239,6 +245,12 @@ moelm_status eval_run(const char *ckpt, const char *data, int B, int T, int stri
             else printf(", not overlapping\n");
             printf("token-level: loss %.4f, perplexity %.3f\n", per_tok, exp(per_tok));
             printf("word-level perplexity: %.3f\n", words ? exp(r.nll / (double)words) : 0.0);
+            double unk_rate = (double)unk / (double)(n - first);
+            printf("unknown tokens: %zu of %zu (%.2f%%)\n", unk, n - first, 100.0 * unk_rate);
+            /* <unk> is one cheap guess for many words: above a few percent the perplexity flatters */
+            if (unk_rate > EVAL_UNK_WARN)
+                fprintf(stderr, "warning: %.1f%% of the tokens are <unk> (words this model's tokenizer does not "
+                        "know): the perplexity is not comparable with that of text it covers\n", 100.0 * unk_rate);
             printf("eval time %.1f s (%.0f tok/s)\n", time_now() - t0, r.tokens / (time_now() - t0));
             print_moe_stats(&r, stdout);
         }
@@ -318,6 +330,71 @@ static moelm_status generate_encdec_run(const GenerateOptions *o) {
     return st;
 }
 
+/* Generation state: the model, its cache and the tokens the cache holds (hist[0..kv.pos)). */
+typedef struct {
+    Model *m;
+    KVCache *kv;
+    Tokenizer *tok;
+    int *hist;            /* [n_positions] */
+    int slid;             /* times the context was slid */
+    int at_line_start;    /* the printed text ends a line (word models put no space before a word) */
+} Gen;
+
+/* Feeds one token. A full context slides: the cache restarts from the newest half of its tokens, so
+ * generation can run past n_positions (each token then sees between P/2 and P-1 tokens before it). */
+static void gen_feed(Gen *g, int token) {
+    int P = g->m->cfg.n_positions;
+    if (g->kv->pos == P) {
+        int keep = P / 2;
+        memmove(g->hist, g->hist + P - keep, sizeof(int) * (size_t)keep);
+        kv_reset(g->kv);
+        for (int i = 0; i < keep; i++) model_step_kv(g->m, g->kv, g->hist[i]);
+        g->slid++;
+    }
+    g->hist[g->kv->pos] = token;
+    model_step_kv(g->m, g->kv, token);
+}
+
+/* Encodes a prompt (the start of a line, without the line end's <eos>) and feeds it; warns on stderr
+ * about words the vocabulary lacks (they read as <unk>). */
+static moelm_status gen_prompt(Gen *g, const char *prompt) {
+    int *ids = NULL;
+    size_t n = 0, unk = 0;
+    if (!prompt[0]) return MOELM_OK;
+    moelm_status st = tokenizer_encode(g->tok, prompt, strlen(prompt), &ids, &n);
+    if (st) return st;
+    if (n > 0 && ids[n - 1] == tokenizer_eos_id(g->tok)) n--;
+    int unk_id = tokenizer_unk_id(g->tok);
+    for (size_t i = 0; i < n; i++) unk += unk_id >= 0 && ids[i] == unk_id;
+    if (unk && !strstr(prompt, "<unk>"))
+        fprintf(stderr, "warning: %zu prompt token(s) are not in the model's vocabulary and read as <unk>\n", unk);
+    for (size_t i = 0; i < n; i++) gen_feed(g, ids[i]);
+    moelm_free(ids);
+    return MOELM_OK;
+}
+
+/* Samples and prints up to n tokens; stop_at_eos ends at the model's <eos> (a line end). Returns the
+ * number made. */
+static int gen_sample(Gen *g, const GenerateOptions *o, int n, int stop_at_eos, Rng *rng, float *scratch) {
+    int V = g->m->cfg.vocab_size, eos = tokenizer_eos_id(g->tok), made = 0;
+    for (int i = 0; i < n; i++) {
+        int next = sample_token(g->kv->logits, V, o->temp, o->top_k, o->top_p, rng, scratch);
+        char *piece = NULL;
+        if (tokenizer_decode_piece(g->tok, next, &piece) == MOELM_OK) {
+            int word = tokenizer_kind(g->tok) == TOK_WORD;
+            if (word && piece[0] != '\n' && !g->at_line_start) fputc(' ', stdout);
+            fputs(piece, stdout);
+            if (piece[0]) g->at_line_start = piece[strlen(piece) - 1] == '\n';
+            moelm_free(piece);
+        }
+        made++;
+        gen_feed(g, next);
+        if (stop_at_eos && next == eos) break;
+    }
+    fflush(stdout);
+    return made;
+}
+
 moelm_status generate_run(const GenerateOptions *o) {
     backend_set_threads(o->threads);
     ModelType type;
@@ -338,50 +415,57 @@ moelm_status generate_run(const GenerateOptions *o) {
     KVCache kv;
     st = kv_create(&kv, &m);
     if (!st) st = kv_load_weights(&kv, &m, o->bf16);
-    int *ids = NULL;
-    size_t n = 0;
-    if (!st && o->prompt[0]) {
-        /* the prompt is the start of a line: encoded as text, without the line end's <eos> */
-        st = tokenizer_encode(tok, o->prompt, strlen(o->prompt), &ids, &n);
-        if (!st && n > 0 && ids[n - 1] == tokenizer_eos_id(tok)) n--;
-    }
-    int V = m.cfg.vocab_size, maxT = m.cfg.n_positions;
+    int V = m.cfg.vocab_size;
     float *scratch = st ? NULL : moelm_malloc(sizeof(float) * 2 * (size_t)V);
-    if (!st && !scratch) st = MOELM_ERR_NOMEM;
-    if (!st && (int)n + 1 > maxT) st = moelm_fail(MOELM_ERR_ARG, "prompt of %zu tokens does not fit the context of %d", n, maxT);
+    int *hist = st ? NULL : moelm_malloc(sizeof(int) * (size_t)m.cfg.n_positions);
+    if (!st && (!scratch || !hist)) st = MOELM_ERR_NOMEM;
     if (!st) {
+        Gen g = {.m = &m, .kv = &kv, .tok = tok, .hist = hist, .at_line_start = 1};
         Rng rng;
         rng_seed(&rng, o->seed);
         rng_seed(&m.rng, o->seed ^ 0x5bd1e995u);
         /* a generation starts as a new line: <eos> first when the tokenizer has one */
         int eos = tokenizer_eos_id(tok);
-        if (eos >= 0) model_step_kv(&m, &kv, eos);
-        for (size_t i = 0; i < n; i++) model_step_kv(&m, &kv, ids[i]);
-        if (eos < 0 && n == 0) model_step_kv(&m, &kv, 0);
-        fputs(o->prompt, stdout);
+        if (eos >= 0) gen_feed(&g, eos);
+        else if (!o->prompt[0]) gen_feed(&g, 0);   /* no line start to give: token 0 */
         double t0 = time_now();
-        int made = 0, at_line_start = o->prompt[0] == '\0';
-        for (int i = 0; i < o->n && kv.pos < maxT; i++) {
-            int next = sample_token(kv.logits, V, o->temp, o->top_k, o->top_p, &rng, scratch);
-            char *piece = NULL;
-            if (tokenizer_decode_piece(tok, next, &piece) == MOELM_OK) {
-                int word = tokenizer_kind(tok) == TOK_WORD;
-                if (word && piece[0] != '\n' && !at_line_start) fputc(' ', stdout);
-                fputs(piece, stdout);
-                at_line_start = piece[0] && piece[strlen(piece) - 1] == '\n';
-                moelm_free(piece);
+        int made = 0;
+        if (!o->interactive) {
+            st = gen_prompt(&g, o->prompt);
+            fputs(o->prompt, stdout);
+            g.at_line_start = o->prompt[0] == '\0';
+            if (!st) made = gen_sample(&g, o, o->n, 0, &rng, scratch);
+            if (!g.at_line_start) fputc('\n', stdout);
+        } else {
+            /* llama.cpp's interactive mode: each stdin line continues the same context (the cache is
+             * kept); the model completes it up to its line end or -n tokens; end of input stops */
+            char line[4096];
+            if (o->prompt[0]) st = gen_prompt(&g, o->prompt);
+            fprintf(stderr, "interactive: type the start of a line, Enter to let the model finish it; "
+                            "an empty line lets it write one; Ctrl-D ends\n");
+            while (!st && (fputs("> ", stderr), fgets(line, sizeof line, stdin))) {
+                line[strcspn(line, "\r\n")] = '\0';
+                st = gen_prompt(&g, line);
+                fputs(line, stdout);
+                g.at_line_start = line[0] == '\0';
+                if (!st) made += gen_sample(&g, o, o->n, 1, &rng, scratch);
+                if (!g.at_line_start) fputc('\n', stdout);
+                fflush(stdout);
+                /* the next line starts a new one in the model's context too */
+                if (eos >= 0 && kv.pos > 0 && hist[kv.pos - 1] != eos) gen_feed(&g, eos);
             }
-            made++;
-            if (kv.pos < maxT) model_step_kv(&m, &kv, next);
         }
-        if (!at_line_start) fputc('\n', stdout);
         fflush(stdout);
         double dt = time_now() - t0;
-        fflush(stdout);
-        fprintf(stderr, "generated %d tokens in %.2f s (%.1f tok/s)\n", made, dt, dt > 0 ? made / dt : 0.0);
+        if (g.slid)
+            fprintf(stderr, "note: the context of %d positions was full %d time(s): it slid to its newest half\n",
+                    m.cfg.n_positions, g.slid);
+        fprintf(stderr, "generated %d tokens in %.2f s (%.1f tok/s)", made, dt, dt > 0 ? made / dt : 0.0);
+        if (o->interactive) fprintf(stderr, "; the context holds %d of %d positions", kv.pos, m.cfg.n_positions);
+        fprintf(stderr, "\n");
     }
+    moelm_free(hist);
     moelm_free(scratch);
-    moelm_free(ids);
     kv_free(&kv);
     tokenizer_free(tok);
     model_free(&m);

@@ -92,6 +92,7 @@ typedef struct {
     uint64_t seed;
     int threads;
     int bf16;             /* weight matrices read as bfloat16 (kv_load_weights) */
+    int interactive;      /* 1: prompts read from stdin, one a line, the KV cache kept between them */
     int beams;            /* switch_transformers: beam search with this many beams (1: greedy or sampling) */
     float length_penalty; /* beam search: Hugging Face's (1: the mean log-probability per token) */
 } GenerateOptions;

@@ -1,0 +1,48 @@
+#!/bin/sh
+# test_use.sh: what a user meets after training: generation past the model's positions (the context
+# slides), warnings for prompt words and eval text the vocabulary lacks, interactive generation with
+# the KV cache kept between prompts. Ends with "use: N passed, N failed"; non-zero exit on failure.
+BIN=${MOELM_BIN:-./moelm}
+TMP=build/tmp/use
+rm -rf "$TMP"; mkdir -p "$TMP"
+. "$(dirname "$0")/lib.sh"
+
+T="-t 1 --quiet"
+# a small word model of the built-in corpus (64 positions)
+$BIN train --config tiny --steps 200 -b 16 --seq-len 32 --eval-interval 0 --eval-batches 2 --out "$TMP/w" $T >/dev/null 2>&1
+check "trained a tiny word model" test -f "$TMP/w/latest/model.safetensors"
+
+# 1. -n past n_positions: the context slides and all the tokens come
+$BIN generate -m "$TMP/w" -n 200 --seed 3 -t 1 >"$TMP/long.txt" 2>"$TMP/long.err"
+check "generate -n 200 on 64 positions makes 200 tokens" grep -q "generated 200 tokens" "$TMP/long.err"
+check "generate says the context slid" grep -q "context of 64 positions was full" "$TMP/long.err"
+words=$(wc -w <"$TMP/long.txt")
+check "generate -n 200 prints ~200 words ($words)" test "$words" -ge 150
+
+# 2. prompt words outside the vocabulary: a warning naming how many
+$BIN generate -m "$TMP/w" -n 3 -p "the zzqqxx king" -t 1 >/dev/null 2>"$TMP/oov.err"
+check "generate warns about 1 unknown prompt word" grep -q "warning: 1 prompt token(s) are not in the model's vocabulary" "$TMP/oov.err"
+$BIN generate -m "$TMP/w" -n 3 -p "the king" -t 1 >/dev/null 2>"$TMP/iv.err"
+check "generate does not warn for known words" sh -c "! grep -q warning $TMP/iv.err"
+
+# 3. eval prints the unknown-token rate and warns when it is high
+printf 'the king of qqa qqb qqc qqd qqe qqf qqg\nthe queen of qqh qqi\n' >"$TMP/oov.txt"
+$BIN eval -m "$TMP/w" --data "$TMP/oov.txt" -t 1 >"$TMP/eval.out" 2>"$TMP/eval.err"
+check "eval prints the unknown-token rate (9 of 17)" grep -q "unknown tokens: 9 of 17 (52.94%)" "$TMP/eval.out"
+check "eval warns when most tokens are <unk>" grep -q "warning: 52.9% of the tokens are <unk>" "$TMP/eval.err"
+$BIN eval -m "$TMP/w" -t 1 >"$TMP/eval2.out" 2>"$TMP/eval2.err"
+check "eval on the model's own test split does not warn" sh -c "grep -q 'unknown tokens:' $TMP/eval2.out && ! grep -q warning $TMP/eval2.err"
+
+# 4. interactive: each stdin line continues one context (the KV cache kept): after two lines the
+#    context holds <eos>, then each line's words and its <eos> (two greedy lines cut at -n 8)
+printf 'the\na man\n' | $BIN generate -m "$TMP/w" -i -n 8 --temp 0 -t 1 >"$TMP/int.out" 2>"$TMP/int.err"
+check "interactive: two lines out for two prompts" test "$(wc -l <"$TMP/int.out")" = 2
+check "interactive: each line starts with its prompt" sh -c "head -n 1 $TMP/int.out | grep -q '^the' && tail -n 1 $TMP/int.out | grep -q '^a man'"
+pos=$((1 + $(head -n 1 "$TMP/int.out" | wc -w) + 1 + $(tail -n 1 "$TMP/int.out" | wc -w) + 1))
+check "interactive keeps the cache: the context holds $pos positions" grep -q "the context holds $pos of 64 positions" "$TMP/int.err"
+first=$(head -n 1 "$TMP/int.out")
+oneshot=$($BIN generate -m "$TMP/w" -p "$first
+a man" -n 8 --temp 0 -t 1 2>/dev/null | tail -n 1)
+check "interactive: the second line as a one-shot generation after the first" test "$(tail -n 1 "$TMP/int.out")" = "$oneshot"
+
+finish use
