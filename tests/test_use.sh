@@ -45,4 +45,19 @@ oneshot=$($BIN generate -m "$TMP/w" -p "$first
 a man" -n 8 --temp 0 -t 1 2>/dev/null | tail -n 1)
 check "interactive: the second line as a one-shot generation after the first" test "$(tail -n 1 "$TMP/int.out")" = "$oneshot"
 
+# 5. a collapsed router warns at evaluation: the tiny word model (4 experts, switch) evaluated with
+#    an eval capacity of 1 token per expert drops most tokens; at its own capacity it does not warn
+$BIN eval -m "$TMP/w" -t 1 >"$TMP/ev_ok.out" 2>&1
+check "eval: no collapse warning for a working router" sh -c "! grep -q collapsed $TMP/ev_ok.out"
+$BIN train --config tiny --steps 20 -b 8 --seq-len 32 --set eval_capacity_factor=0.01 --set min_capacity=1 \
+    --eval-interval 10 --eval-batches 2 --out "$TMP/drop" -t 1 >"$TMP/drop.log" 2>&1
+check "train: a router dropping most tokens gets a warning at each evaluation" \
+    test "$(grep -c "warning: moe layer 0's router has collapsed" "$TMP/drop.log")" -ge 2
+# the random router gives each batch one expert: experts not drawn are "unused", not "dead"
+$BIN train --config tiny --set router_type=random --steps 5 -b 8 --seq-len 32 --eval-interval 0 --eval-batches 3 \
+    --out "$TMP/rnd" -t 1 >"$TMP/rnd.log" 2>&1
+check "random router: 'unused i/E (random router: one expert per batch, N batches)'" \
+    grep -Eq "unused [0-9]/4 \(random router: one expert per batch, [0-9]+ batches\)" "$TMP/rnd.log"
+check "random router: no collapse warning" sh -c "! grep -q collapsed $TMP/rnd.log"
+
 finish use

@@ -100,18 +100,35 @@ void print_model_summary(const Model *m, FILE *f) {
     }
 }
 
+int moe_stats_collapsed(const MoEStats *s, RouterType router) {
+    if (router == ROUTER_RANDOM || router == ROUTER_HASH || router == ROUTER_SOFT || s->E < 2 || s->slots <= 0)
+        return 0;
+    return s->dropped > 0.5 * s->slots || moe_stats_dead(s) > s->E / 2;
+}
+
 void print_moe_stats(const EvalResult *r, FILE *f) {
     for (int l = 0; l < r->n_moe; l++) {
         const MoEStats *s = &r->stats[l];
         double kept = s->slots - s->dropped;
+        char dead[96];
+        /* the random router gives each batch one expert: unused ones are not dead, just not drawn */
+        if (r->router == ROUTER_RANDOM)
+            snprintf(dead, sizeof dead, "unused %d/%d (random router: one expert per batch, %d batches)",
+                     moe_stats_dead(s), s->E, s->batches);
+        else
+            snprintf(dead, sizeof dead, "dead %d/%d", moe_stats_dead(s), s->E);
         if (r->stack[l] >= 0) fprintf(f, "  %s block %d: dropped", r->stack[l] ? "decoder" : "encoder", r->block[l]);
         else fprintf(f, "  moe layer %d: dropped", l);
-        fprintf(f, " %.2f%%, entropy %.3f, top-1 prob %.3f, dead %d/%d, aux %.4f, z %.4f, load",
+        fprintf(f, " %.2f%%, entropy %.3f, top-1 prob %.3f, %s, aux %.4f, z %.4f, load",
                 s->slots > 0 ? 100.0 * s->dropped / s->slots : 0.0, s->tokens > 0 ? s->entropy_sum / s->tokens : 0.0,
-                s->tokens > 0 ? s->top1_sum / s->tokens : 0.0, moe_stats_dead(s), s->E,
+                s->tokens > 0 ? s->top1_sum / s->tokens : 0.0, dead,
                 s->batches ? s->aux_sum / s->batches : 0.0, s->batches ? s->z_sum / s->batches : 0.0);
         for (int e = 0; e < s->E && e < 256; e++) fprintf(f, " %.3f", kept > 0 ? s->load[e] / kept : 0.0);
         fprintf(f, "\n");
+        if (moe_stats_collapsed(s, r->router))
+            fprintf(f, "  warning: moe layer %d's router has collapsed (%.0f%% of the tokens dropped, %d of %d experts "
+                       "dead): try a larger router_aux_loss_coef or capacity_factor, or a smaller lr\n",
+                    l, 100.0 * s->dropped / s->slots, moe_stats_dead(s), s->E);
     }
 }
 
@@ -120,6 +137,7 @@ void print_moe_stats(const EvalResult *r, FILE *f) {
 /* The statistics of every MoE layer, reset, and which block (and stack) each is. */
 static void eval_layers_begin(const Model *m, EvalResult *r, MoELayer *ml) {
     r->n_moe = model_moe_layers(m, ml, CONFIG_MAX_MOE_LAYERS);
+    r->router = r->n_moe ? ml[0].cfg->router : ROUTER_SWITCH;
     for (int l = 0; l < r->n_moe; l++) {
         moe_stats_reset(&r->stats[l], ml[l].cfg->E);
         r->block[l] = ml[l].block;

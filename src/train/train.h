@@ -55,10 +55,15 @@ typedef struct {
     double nll;                 /* total negative log-likelihood (nats) */
     double tokens;              /* predicted tokens */
     int n_moe;
+    RouterType router;          /* the MoE layers' router (print_moe_stats reads "dead" by it) */
     MoEStats stats[CONFIG_MAX_MOE_LAYERS];   /* per MoE layer */
     int block[CONFIG_MAX_MOE_LAYERS];        /* its block */
     int stack[CONFIG_MAX_MOE_LAYERS];        /* switch_transformers: 0 encoder, 1 decoder; -1 for other models */
 } EvalResult;
+
+/* Whether a learned router has collapsed: most of the tokens dropped, or most experts dead (given
+ * no tokens) while the router is not balanced by design. Training and eval print a warning then. */
+int moe_stats_collapsed(const MoEStats *s, RouterType router);
 
 /* Evaluates ids[n] in windows of the model's T tokens, stride apart (0: stride T, non-overlapping;
  * less than T: sliding-window evaluation, every target scored once with at least T - stride tokens
