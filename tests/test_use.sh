@@ -60,4 +60,14 @@ check "random router: 'unused i/E (random router: one expert per batch, N batche
     grep -Eq "unused [0-9]/4 \(random router: one expert per batch, [0-9]+ batches\)" "$TMP/rnd.log"
 check "random router: no collapse warning" sh -c "! grep -q collapsed $TMP/rnd.log"
 
+# 6. a SentencePiece model of a corpus that spells out <unk> (PTB) reads it as the unknown token,
+#    not as "<", "unk", ">" (two unknown characters around a piece)
+awk 'BEGIN { for (i = 0; i < 400; i++) print "the cat sat on the <unk> mat and the dog ran to the " (i % 7) " <unk> park" }' \
+    >"$TMP/unkc.txt"
+$BIN train --config tiny --data "$TMP/unkc.txt" --tokenizer unigram:24 --steps 2 -b 2 --seq-len 16 --eval-interval 0 \
+    --eval-batches 1 --out "$TMP/spm" $T >"$TMP/spm.log" 2>&1
+printf 'the <unk> cat\n' >"$TMP/unk1.txt"
+$BIN eval -m "$TMP/spm" --data "$TMP/unk1.txt" -t 1 >"$TMP/spm_eval.out" 2>/dev/null
+check "spm: the literal <unk> is one unknown token" grep -q "unknown tokens: 1 of" "$TMP/spm_eval.out"
+
 finish use

@@ -375,14 +375,25 @@ moelm_status tok_encode_plain(const Tokenizer *t, const char *text, size_t n, in
             i += ml;
         }
     } else {
+        /* The unknown piece's own text ("<unk>", which PTB spells out) is the unknown token, as the
+         * word tokenizer reads it, not "<", "unk", ">" (that decode as " \u2047 unk \u2047 "); training left it
+         * out of the pieces (replace_meta). tokenizer_encode_line stays sentencepiece's. */
+        const char *unk = t->unk_id >= 0 ? tokenizer_piece(t, t->unk_id) : NULL;
+        size_t ul = unk ? strlen(unk) : 0;
         for (size_t i = 0; i < n;) {
             const char *nl = memchr(text + i, '\n', n - i);
             size_t e = nl ? (size_t)(nl - text) : n;
-            int *lid; size_t lc;
-            moelm_status st = tokenizer_encode_line(t, text + i, e - i, &lid, &lc);
-            if (st) { moelm_free(a.v); return st; }
-            for (size_t k = 0; k < lc; k++) if (!idvec_push(&a, lid[k])) { moelm_free(lid); goto nomem; }
-            moelm_free(lid);
+            while (i < e) {
+                const char *u = ul ? memmem(text + i, e - i, unk, ul) : NULL;
+                size_t se = u ? (size_t)(u - text) : e;
+                int *lid; size_t lc;
+                moelm_status st = tokenizer_encode_line(t, text + i, se - i, &lid, &lc);
+                if (st) { moelm_free(a.v); return st; }
+                for (size_t k = 0; k < lc; k++) if (!idvec_push(&a, lid[k])) { moelm_free(lid); goto nomem; }
+                moelm_free(lid);
+                if (u && !idvec_push(&a, t->unk_id)) goto nomem;
+                i = u ? se + ul : e;
+            }
             if (t->eos_id >= 0 && !idvec_push(&a, t->eos_id)) goto nomem;
             i = e + 1;
         }
