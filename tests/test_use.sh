@@ -64,7 +64,7 @@ check "random router: no collapse warning" sh -c "! grep -q collapsed $TMP/rnd.l
 #    not as "<", "unk", ">" (two unknown characters around a piece)
 awk 'BEGIN { for (i = 0; i < 400; i++) print "the cat sat on the <unk> mat and the dog ran to the " (i % 7) " <unk> park" }' \
     >"$TMP/unkc.txt"
-$BIN train --config tiny --data "$TMP/unkc.txt" --tokenizer unigram:24 --steps 2 -b 2 --seq-len 16 --eval-interval 0 \
+$BIN train --config tiny --data "$TMP/unkc.txt" --tokenizer unigram:26 --steps 2 -b 2 --seq-len 16 --eval-interval 0 \
     --eval-batches 1 --out "$TMP/spm" $T >"$TMP/spm.log" 2>&1
 printf 'the <unk> cat\n' >"$TMP/unk1.txt"
 $BIN eval -m "$TMP/spm" --data "$TMP/unk1.txt" -t 1 >"$TMP/spm_eval.out" 2>/dev/null
