@@ -45,6 +45,19 @@ for sig in TERM INT; do
     check "SIG$sig: identical final weights" cmp -s "$TMP/full/latest/model.safetensors" "$TMP/$sig/latest/model.safetensors"
 done
 
+# a second SIGINT ends the process at once: the demo model's steps of 32 x 64 tokens take tens of
+# milliseconds (more on a busy machine), the second signal comes 20 ms after the first, in the same
+# step: killed by it (130), no checkpoint, no line
+S2="$TMP/second"
+env --default-signal=INT $BIN train --config demo --steps 1000 --eval-interval 0 --log-interval 1 -b 32 --out "$S2" $T \
+    >"$S2.log" 2>"$S2.err" &
+pid=$!
+while [ "$(records "$S2")" -lt 2 ] && kill -0 $pid 2>/dev/null; do sleep 0.02; done
+kill -INT $pid; sleep 0.02; kill -INT $pid
+wait $pid; rc=$?
+check "a second SIGINT ends the run at once (exit $rc, no checkpoint, no line)" \
+    sh -c "[ $rc = 130 ] && [ ! -e $S2/latest ] && [ ! -s $S2.err ]"
+
 # ---- 2. the time budget ---------------------------------------------------------------------------
 # tiny's preset is 20 steps with warmup_steps 4 here: a 20% warm-up share. A 6 s budget, a SIGTERM
 # after 40 steps, a resume: the run trains past 20 steps, warms up over its first fifth (1.2 s, over
