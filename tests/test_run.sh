@@ -82,8 +82,8 @@ check "budget: the resumed run continues the schedule (lr $lr_before -> $lr_afte
     awk -v a="$lr_before" -v b="$lr_after" 'BEGIN { d = b - a; exit !(b > 0 && d < 0.00015 && d > -0.00015) }'
 check "budget: the lr has decayed by the end" \
     sh -c "tail -n 1 $B/metrics.jsonl | grep -o '\"lr\": [0-9.e-]*' | cut -d' ' -f2 | awk '{ exit !(\$1 < 0.001) }'"
-check "budget: the resumed run ends within the budget (elapsed $el s of 6, 1 s slack)" \
-    awk -v e="$el" 'BEGIN { exit !(e > 4 && e <= 7) }'
+check "budget: the resumed run ends within the budget (elapsed $el s of 6; 2 s slack for a loaded machine)" \
+    awk -v e="$el" 'BEGIN { exit !(e > 4 && e <= 8) }'
 
 # ---- 3. resuming a complete run -------------------------------------------------------------------
 before=$(ls -l --time-style=full-iso "$B" "$B/latest/" | md5sum)
@@ -109,13 +109,15 @@ expect_error "grad-accum: a differing one is refused on resume" "accumulates 3 m
     $BIN train --resume "$TMP/ga2" --grad-accum 2 $T
 
 # ---- 4. the summary -------------------------------------------------------------------------------
-$BIN train --config tiny --steps 30 --eval-interval 10 --eval-batches 5 --out "$TMP/sum" $T >"$TMP/sum.log" 2>&1
+$BIN train --config tiny --steps 30 --eval-interval 10 --eval-batches 5 --out "$TMP/sum" -t 1 --log-interval 100 >"$TMP/sum.log" 2>&1
 best=$(grep -o '"val_ppl": [0-9.]*' "$TMP/sum/metrics.jsonl" | cut -d' ' -f2 | sort -g | head -n 1)
 check "summary: steps, tokens, time" grep -qE "^done: 30 steps, 1\.9K tokens, [0-9]+s" "$TMP/sum.log"
 check "summary: best and final validation perplexity" \
     grep -qE "val ppl best $(printf %.2f "$best") \(step [0-9]+\), final [0-9.]+$" "$TMP/sum.log"
 check "summary: the checkpoint" grep -qx "checkpoint: $TMP/sum/ckpt-00000030" "$TMP/sum.log"
 check "summary: the report command" grep -qx "report: moelm report $TMP/sum" "$TMP/sum.log"
+$BIN train --config tiny --steps 3 --out "$TMP/sumq" $T >"$TMP/sumq.log" 2>&1
+check "--quiet: no summary either" test ! -s "$TMP/sumq.log"
 
 # ---- 5. experiment files and keys -----------------------------------------------------------------
 printf '{"preset": "tiny", "num_experts": 2, "lr": 0.002, "steps": 3, "grad_accum": 2}' >"$TMP/exp.json"

@@ -1356,7 +1356,7 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
             fprintf(stderr, "moelm: %s: stopped after step %ld with a checkpoint; moelm train --resume %s continues "
                             "the run\n", r.signal == SIGINT ? "interrupted (SIGINT)" : "terminated (SIGTERM)",
                     r.state.step, r.dir);
-        } else {
+        } else if (!o->quiet) {
             run_print_summary(&r);
         }
     }
