@@ -9,6 +9,8 @@
  *    out the bias update (as bench's own copy of the step did) changes the routing and the weights.
  *    Bit equality, not a tolerance: both sides run the same arithmetic in the same order.
  * 3. A non-finite step updates nothing and the next step starts from zero gradients.
+ * 4. Gradient accumulation (TrainConfig.grad_accum): N micro-batches of B make the update of one
+ *    batch of N x B: the same loss, gradient norm and parameters, within float reordering.
  */
 #include <string.h>
 #include "test.h"
@@ -236,6 +238,48 @@ TEST(nonfinite_step_updates_nothing) {
     model_free(&b);
 }
 
+/* Three steps on batches of 4 x 8 rows, and on the same rows as 2 micro-batches of 2 x 8: a dense
+ * model (MoE capacity and balancing are per micro-batch by design), no dropout. Adam's eps is 1e-3
+ * here so that a gradient entry that is only rounding noise (~1e-9) moves its parameter by ~lr * 1e-6
+ * in both runs instead of +-lr by its sign; the update of a real gradient (~1e-2) then differs by
+ * the relative rounding of the sums (~1e-6) times lr (3e-3): tolerance 1e-6 on the parameters and
+ * 1e-5 relative on loss and norm. A step that left out the 1/N doubles the norm and, past the clip,
+ * changes every update. */
+TEST(grad_accum_is_a_larger_batch) {
+    ModelConfig c;
+    tiny_lm(&c, 13, 0.0f);
+    c.num_experts = 0;
+    Model a, b;
+    Optimizer oa, ob;
+    TrainConfig ta_cfg, tb_cfg;
+    config_preset_train(&ta_cfg, "tiny");
+    ta_cfg.eps = 1e-3f;
+    tb_cfg = ta_cfg;
+    tb_cfg.grad_accum = 2;
+    int T = 8, N = 4 * T;
+    EXPECT(model_create(&a, &c, 4, T, 3) == MOELM_OK && model_create(&b, &c, 2, T, 3) == MOELM_OK);
+    EXPECT(memcmp(a.params, b.params, sizeof(float) * a.n_params) == 0);
+    EXPECT(optim_create(&oa, a.n_params) == MOELM_OK && optim_create(&ob, b.n_params) == MOELM_OK);
+    int *batches = pattern_batches(3, N, 13);
+    Trainer ta = {&a, &oa, &ta_cfg, 0}, tb = {&b, &ob, &tb_cfg, 0};
+    for (int s = 0; s < 3; s++) {
+        const int *inp = batches + (size_t)s * 2 * N;   /* rows 0-1 are micro-batch 0, rows 2-3 micro-batch 1 */
+        StepResult ra = train_step(&ta, inp, inp + N, ta_cfg.lr, s + 1);
+        StepResult rb = train_step(&tb, inp, inp + N, tb_cfg.lr, s + 1);
+        EXPECT_NEAR(ra.loss, rb.loss, 1e-5 * ra.loss);
+        EXPECT_NEAR(ra.grad_norm, rb.grad_norm, 1e-5 * ra.grad_norm);
+    }
+    float worst = 0;
+    for (size_t i = 0; i < a.n_params; i++) worst = fmaxf(worst, fabsf(a.params[i] - b.params[i]));
+    EXPECT(worst < 1e-6f);
+    EXPECT(memcmp(a.params, b.params, sizeof(float) * a.n_params) != 0 || worst == 0);
+    free(batches);
+    optim_free(&oa);
+    optim_free(&ob);
+    model_free(&a);
+    model_free(&b);
+}
+
 int main(void) {
     test_one_thread();
     RUN(moe_layers_of_every_model_type);
@@ -243,5 +287,6 @@ int main(void) {
     RUN(expert_bias_moves_on_an_lm);
     RUN(bench_steps_as_train);
     RUN(nonfinite_step_updates_nothing);
+    RUN(grad_accum_is_a_larger_batch);
     return test_summary("train");
 }

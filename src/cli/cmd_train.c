@@ -12,16 +12,25 @@ static void usage(FILE *f) {
             "  --data PATH            corpus: a folder with ptb.{train,valid,test}.txt or {train,valid,test}.txt,\n"
             "                         a text file (split 90/5/5 by lines), or builtin (default: builtin)\n"
             "  --config NAME|FILE     preset (tiny, demo, dense-ptb, switch-ptb, seed-moe, seed-gating, seed-switch)\n"
-            "                         or a config.json (default: demo)\n"
-            "  --set KEY=VALUE        override a config or training key, repeatable (e.g. --set num_experts=16)\n"
+            "                         or an experiment file: a JSON object of model and training keys, on an\n"
+            "                         optional \"preset\" (e.g. {\"preset\": \"switch-ptb\", \"num_experts\": 16,\n"
+            "                         \"lr\": 5e-4}); a run's config.json works too (default: demo)\n"
+            "  --set KEY=VALUE        override a model or training key, repeatable (e.g. --set num_experts=16)\n"
+            "  --print-config         list every key with its value (after --config, --set and the flags) and\n"
+            "                         its meaning, and exit\n"
             "  --tokenizer SPEC       word, word:N, char, unigram:N, bpe:N, or a tokenizer file (default: the preset's)\n"
             "  --out DIR              run directory (default: runs/demo)\n"
-            "  --resume DIR           continue the run in DIR from its latest checkpoint, bit-identically\n"
+            "  --resume DIR           continue the run in DIR from its latest checkpoint, bit-identically, on the\n"
+            "                         same schedule and time budget (a longer --steps or --time-budget extends it)\n"
             "  --force                resume even if the data or shape differ; or start a new run in an --out\n"
             "                         that holds one (its checkpoints are deleted)\n"
             "  --steps N              optimizer steps (default: the preset's)\n"
             "  --stop-at N            stop after step N with a checkpoint, keeping the schedule of --steps\n"
-            "  --time-budget MIN      lay the LR schedule over MIN minutes of wall-clock and stop then\n"
+            "  --time-budget MIN      train for MIN minutes of wall-clock, the final evaluation and checkpoint\n"
+            "                         included: the LR schedule and its warm-up (the preset's share of its steps)\n"
+            "                         are laid over the time; --steps N also stops it at step N\n"
+            "  --grad-accum N         accumulate N micro-batches of -b per update: the update of a batch N times\n"
+            "                         larger (MoE capacity and balancing loss are per micro-batch)\n"
             "  -b, --batch-size N     sequences per batch (default: the preset's)\n"
             "  --seq-len N            tokens per sequence (default: the preset's)\n"
             "  --stride N             window stride (default: seq-len, non-overlapping; 1 = the tutorial's windows)\n"
@@ -40,7 +49,9 @@ static void usage(FILE *f) {
             "                         float and resume either way); fast on CPUs with AVX-512 BF16\n"
             "  --quiet                no per-step lines\n"
             "  --expert-parallel N    under mpirun (make MPI=1): spread each MoE layer's experts over N ranks;\n"
-            "                         the ranks split -b evenly (default 1: data parallel only; docs/SCALING.md)\n");
+            "                         the ranks split -b evenly (default 1: data parallel only; docs/SCALING.md)\n"
+            "\nCtrl-C (SIGINT) or SIGTERM saves a checkpoint after the current step and exits with 130 or 143\n"
+            "(--resume continues from it); a second one exits at once.\n");
 }
 
 int cmd_train(int argc, char **argv) {
@@ -54,6 +65,7 @@ int cmd_train(int argc, char **argv) {
         if (arg_flag(argv, i, "-h|--help")) { usage(stdout); return 0; }
         else if (arg_flag(argv, i, "--force")) o.force = 1;
         else if (arg_flag(argv, i, "--quiet")) o.quiet = 1;
+        else if (arg_flag(argv, i, "--print-config")) o.print_config = 1;
         else if (arg_flag(argv, i, "--skip-nonfinite")) o.skip_nonfinite = 1;
         else if (arg_flag(argv, i, "--bf16")) o.bf16 = 1;
         else if (arg_match(argc, argv, &i, "--data", &val)) { if (!val) return cli_error(2); o.data = val; }
@@ -76,6 +88,7 @@ int cmd_train(int argc, char **argv) {
         else if (arg_match(argc, argv, &i, "--log-interval", &val)) { if (arg_int("--log-interval", val, 1, 1000000000L, &v)) return cli_error(2); o.log_interval = (int)v; }
         else if (arg_match(argc, argv, &i, "--ckpt-interval", &val)) { if (arg_int("--ckpt-interval", val, 0, 1000000000L, &v)) return cli_error(2); o.ckpt_interval = (int)v; }
         else if (arg_match(argc, argv, &i, "--expert-parallel", &val)) { if (arg_int("--expert-parallel", val, 1, 1 << 20, &v)) return cli_error(2); o.expert_parallel = (int)v; }
+        else if (arg_match(argc, argv, &i, "--grad-accum", &val)) { if (arg_int("--grad-accum", val, 1, 65536, &v)) return cli_error(2); o.grad_accum = (int)v; }
         else if (arg_match(argc, argv, &i, "--keep", &val)) { if (arg_int("--keep", val, 0, 1000000, &v)) return cli_error(2); o.keep = (int)v; }
         else {
             moelm_fail(MOELM_ERR_ARG, "train: unknown flag '%s' (see moelm train --help)", argv[i]);
@@ -85,5 +98,6 @@ int cmd_train(int argc, char **argv) {
     sets[o.n_sets] = NULL;
     o.sets = sets;
     moelm_status st = train_run(&o);
+    if (!st && train_last_signal()) return 128 + train_last_signal();   /* 130 SIGINT, 143 SIGTERM, as a shell says */
     return st ? cli_error(st == MOELM_ERR_ARG ? 2 : 1) : 0;
 }

@@ -613,8 +613,16 @@ void sb_json_string(StrBuf *sb, const char *s) {
 }
 
 void sb_json_double(StrBuf *sb, double v) {
-    if (!isfinite(v)) sb_append(sb, "null", 4);
-    else sb_printf(sb, "%.17g", v);
+    if (!isfinite(v)) {
+        sb_append(sb, "null", 4);
+        return;
+    }
+    char buf[32];   /* the shortest that reads back as v: 0.001, not 0.0010000000000000000208 */
+    for (int p = 15; p <= 17; p++) {
+        snprintf(buf, sizeof buf, "%.*g", p, v);
+        if (strtod(buf, NULL) == v) break;
+    }
+    sb_printf(sb, "%s", buf);
 }
 
 void sb_json_float(StrBuf *sb, float v) {

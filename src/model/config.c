@@ -280,6 +280,14 @@ moelm_status train_config_set(TrainConfig *t, const char *key, const char *v) {
     if (!strcmp(key, "dropout_growth")) return parse_float_in(key, v, &t->dropout_growth, 0.0f, 1.0f);
     if (!strcmp(key, "dropout_epochs")) return parse_float_in(key, v, &t->dropout_epochs, 1e-6f, 1e9f);
     if (!strcmp(key, "dropout_max")) return parse_float_in(key, v, &t->dropout_max, 0.0f, 0.99f);
+    if (!strcmp(key, "grad_accum")) {
+        moelm_status st = config_parse_int(key, v, &t->grad_accum);
+        if (!st && (t->grad_accum < 1 || t->grad_accum > 65536))
+            return moelm_fail(MOELM_ERR_CONFIG, "grad_accum must be in [1, 65536] (got %s)", v);
+        return st;
+    }
+    if (!strcmp(key, "time_budget_s")) return parse_float_in(key, v, &t->time_budget_s, 0.0f, 1e9f);
+    if (!strcmp(key, "warmup_share")) return parse_float_in(key, v, &t->warmup_share, 0.0f, 0.5f);
     if (!strcmp(key, "optimizer")) {
         if (!strcmp(v, "adamw")) t->adamw = 1;
         else if (!strcmp(v, "adam")) t->adamw = 0;
@@ -308,7 +316,9 @@ moelm_status train_config_set(TrainConfig *t, const char *key, const char *v) {
 
 /* ---- JSON ------------------------------------------------------------------------------------- */
 
-moelm_status config_load(ModelConfig *c, const char *path) {
+moelm_status config_load(ModelConfig *c, const char *path) { return config_load_skipping(c, path, NULL); }
+
+moelm_status config_load_skipping(ModelConfig *c, const char *path, int (*skip)(const char *key)) {
     Json *j = NULL;
     moelm_status st = json_parse_file(&j, path);
     if (st) return st;
@@ -338,7 +348,7 @@ moelm_status config_load(ModelConfig *c, const char *path) {
             json_free(j);
             return st;
         }
-        if (!strcmp(key, "moelm_version")) continue;
+        if (!strcmp(key, "moelm_version") || (skip && skip(key))) continue;
         st = config_set(c, key, sv);
         if (st) {
             json_free(j);

@@ -84,6 +84,8 @@ moelm_status config_set(ModelConfig *cfg, const char *key, const char *value);
 
 /* Reads config.json: starts from "model_type"'s defaults, then every key present. */
 moelm_status config_load(ModelConfig *cfg, const char *path);
+/* config_load, leaving out the keys skip(key) accepts (an experiment file's training keys). */
+moelm_status config_load_skipping(ModelConfig *cfg, const char *path, int (*skip)(const char *key));
 
 /* The config as a JSON object (moelm_malloc'ed string). */
 char *config_to_json(const ModelConfig *cfg);
@@ -141,6 +143,9 @@ typedef struct {
      * measured speed) and the rate is then fixed for the rest of the run (state.json keeps it).
      * dropout_growth 0: off, dropout_rate throughout */
     float dropout_growth, dropout_epochs, dropout_max;
+    int grad_accum;                       /* micro-batches of batch_size per update (0 or 1: none) */
+    float time_budget_s;                  /* > 0: the run's length in wall-clock seconds (--time-budget) */
+    float warmup_share;                   /* with a time budget: the share of it the warm-up takes */
     char tokenizer[256];                  /* "word", "word:N", "char", or a tokenizer file */
 } TrainConfig;
 

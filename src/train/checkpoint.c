@@ -31,6 +31,11 @@ static char *state_to_json(const TrainState *s) {
               s->batch_size, s->seq_len, s->elapsed_s, s->tokens_seen);
     if (s->dropout >= 0) sb_printf(&sb, "  \"dropout\": %.9g,\n", s->dropout);
     sb_printf(&sb, "  \"bf16\": %s,\n", s->bf16 ? "true" : "false");
+    if (s->complete) sb_printf(&sb, "  \"complete\": 1,\n");
+    if (s->val_ppl > 0)
+        sb_printf(&sb, "  \"val_step\": %ld,\n  \"val_ppl\": %.6g,\n  \"val_word_ppl\": %.6g,\n", s->val_step, s->val_ppl,
+                  s->val_word_ppl);
+    if (s->reserve_s > 0) sb_printf(&sb, "  \"reserve_s\": %.17g,\n  \"reserve_measured\": %d,\n", s->reserve_s, s->reserve_measured);
     sb_printf(&sb, "  \"data\": ");
     sb_json_string(&sb, s->data);
     sb_printf(&sb, ",\n  \"tokenizer_hash\": \"%" PRIu64 "\",\n  \"train\": %s\n}\n", s->tokenizer_hash,
@@ -415,6 +420,18 @@ moelm_status ckpt_read_state(const char *dir, TrainState *s) {
         if (json_type(b) != JSON_BOOL) st = moelm_fail(MOELM_ERR_FORMAT, "%s: \"bf16\" is not true or false", path);
         else s->bf16 = json_bool(b);
     }
+    double complete = 0;   /* optional: the run's final checkpoint */
+    if (!st && json_get(j, "complete")) st = get_num(j, "complete", &complete, 0, 1, path);
+    s->complete = complete > 0;
+    double measured = 0;   /* optional: a budgeted run's reserve for its end (train.c) */
+    if (!st && json_get(j, "reserve_s")) st = get_num(j, "reserve_s", &s->reserve_s, 0, 1e12, path);
+    if (!st && json_get(j, "reserve_measured")) st = get_num(j, "reserve_measured", &measured, 0, 1, path);
+    s->reserve_measured = measured > 0;
+    double vstep = 0;   /* optional: the last evaluation's perplexities */
+    if (!st && json_get(j, "val_ppl")) st = get_num(j, "val_ppl", &s->val_ppl, 0, 1e300, path);
+    if (!st && json_get(j, "val_word_ppl")) st = get_num(j, "val_word_ppl", &s->val_word_ppl, 0, 1e300, path);
+    if (!st && json_get(j, "val_step")) st = get_num(j, "val_step", &vstep, 0, 1e15, path);
+    s->val_step = (long)vstep;
     if (!st) {
         const Json *d = json_get(j, "data");
         if (!d || json_type(d) != JSON_STRING) st = moelm_fail(MOELM_ERR_FORMAT, "%s: missing \"data\"", path);

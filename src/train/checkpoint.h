@@ -34,6 +34,11 @@ typedef struct {
     double dropout;             /* the dropout rate the run's rule fixed; -1: not fixed (yet) */
     int bf16;                   /* the steps up to this checkpoint ran in bf16 mixed precision (--bf16); a
                                  * record: the weights are float either way, and a resume takes either mode */
+    int complete;               /* the run's final checkpoint: its steps or its time budget are done */
+    double reserve_s;           /* a time-budgeted run: what its end will take (0: none) */
+    int reserve_measured;       /* 1: reserve_s was measured by a periodic evaluation, 0: estimated */
+    long val_step;              /* the last evaluation: its step, perplexities (0: none yet) */
+    double val_ppl, val_word_ppl;
     char data[512];             /* the --data spec the run trains on */
     uint64_t tokenizer_hash;
     char train_json[2048];      /* the TrainConfig as JSON (lr, schedule, ...) */

@@ -486,6 +486,8 @@ moelm_status info_run(const char *ckpt) {
            tokenizer_kind(tok) == TOK_WORD ? "word" : tokenizer_kind(tok) == TOK_CHAR ? "char"
            : tokenizer_kind(tok) == TOK_UNIGRAM ? "unigram" : "bpe", tokenizer_vocab_size(tok));
     print_model_summary(&m, stdout);
+    if (state.val_ppl > 0)
+        printf("validation (step %ld): ppl %.2f, word ppl %.2f\n", state.val_step, state.val_ppl, state.val_word_ppl);
     printf("training settings: %s\n", state.train_json);
     tokenizer_free(tok);
     model_free(&m);

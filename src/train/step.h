@@ -35,8 +35,11 @@ typedef struct {
     double fwd_s, bwd_s, opt_s; /* wall seconds: zero grad + forward + loss, backward + all-reduce, the rest */
 } StepResult;
 
-/* One step on inputs, targets [B*T] (B the global batch: under mpirun each rank takes its rows,
- * dist_take_rows, before calling) at learning rate lr; step is the step's 1-based number (the test
+/* One step on inputs, targets [N*B*T]: N = tc->grad_accum micro-batches of B rows one after the
+ * other (1 when grad_accum <= 1), whose gradients add up and whose update is their mean, the update
+ * of one batch of N*B (the loss and aux loss are the micro-batches' mean; MoE capacity, balancing
+ * and the expert-bias update follow each micro-batch). B is the global batch: under mpirun each rank
+ * takes its rows of each micro-batch, dist_take_rows, before calling. At learning rate lr; step is the step's 1-based number (the test
  * hooks' clock, src/train/hooks.h). A collective under mpirun: every rank calls it. */
 StepResult train_step(Trainer *t, const int *inputs, const int *targets, float lr, long step);
 

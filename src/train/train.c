@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,7 @@
 #include "train/checkpoint.h"
 #include "train/dist.h"
 #include "train/hooks.h"
+#include "train/keys.h"
 #include "train/step.h"
 
 void train_options_default(TrainOptions *o) {
@@ -351,6 +353,17 @@ typedef struct {
     double reserve_s;           /* what the end of the run will take: its evaluation and checkpoint */
     double t_eval_start, t_eval_s;        /* the last evaluation: its start, its duration */
     size_t full_batches, part_batches;    /* validation batches of the final and of a periodic evaluation */
+    int reserve_measured;       /* reserve_s is a periodic evaluation's measure, not the estimate */
+    double fwd_s, ckpt_s;       /* a micro-batch's mean forward time; the last checkpoint's write time */
+    long fwd_n;
+    /* the end-of-run summary */
+    int complete;               /* nothing to train: 1 resumed a complete run, -1 --print-config */
+    long step0;                 /* the step this invocation started at */
+    double best_ppl;            /* the best validation perplexity so far (0: none yet) */
+    long best_step;
+    int signal;                 /* the SIGINT or SIGTERM that stopped the run (0: none) */
+    int made_dir;               /* this run made its directory: a failure in the set-up removes it */
+    int started;                /* the set-up is done */
 } Run;
 
 static void run_free(Run *r) {
@@ -371,17 +384,37 @@ static void run_free(Run *r) {
     moelm_free(r->tgt);
 }
 
-static char *train_config_json(const TrainConfig *tc) {
+/* Micro-batches per update. */
+static int run_accum(const TrainConfig *tc) { return tc->grad_accum > 1 ? tc->grad_accum : 1; }
+
+/* The shortest decimal that reads back as the float v (0.001, not 0.00100000005); buf: 32 bytes. */
+static const char *float_str(char *buf, float v) {
+    for (int p = 6; p <= 9; p++) {
+        snprintf(buf, 32, "%.*g", p, v);
+        if ((float)strtod(buf, NULL) == v) break;
+    }
+    return buf;
+}
+
+/* all: also the keys a run leaves out of state.json at their defaults (grad_accum, the budget's). */
+static char *train_config_json(const TrainConfig *tc, int all) {
     StrBuf sb = {0};
-    sb_printf(&sb, "{\"batch_size\": %d, \"seq_len\": %d, \"stride\": %d, \"lr\": %.9g, \"min_lr_ratio\": %.9g, "
-                   "\"warmup_steps\": %d, \"lr_schedule\": \"%s\", \"optimizer\": \"%s\", \"weight_decay\": %.9g, "
-                   "\"beta1\": %.9g, \"beta2\": %.9g, \"eps\": %.9g, \"grad_clip\": %.9g, \"steps\": %ld, "
-                   "\"dropout_growth\": %.9g, \"dropout_epochs\": %.9g, \"dropout_max\": %.9g, \"tokenizer\": ",
-              tc->batch_size, tc->seq_len, tc->stride, tc->lr, tc->min_lr_ratio, tc->warmup_steps,
-              tc->schedule == SCHED_CONSTANT ? "constant" : tc->schedule == SCHED_COSINE ? "cosine" : "linear",
-              tc->adamw ? "adamw" : "adam", tc->weight_decay, tc->beta1, tc->beta2, tc->eps, tc->grad_clip, tc->steps,
-              tc->dropout_growth, tc->dropout_epochs, tc->dropout_max);
+    char f[8][32];
+    sb_printf(&sb, "{\"batch_size\": %d, \"seq_len\": %d, \"stride\": %d, \"lr\": %s, \"min_lr_ratio\": %s, "
+                   "\"warmup_steps\": %d, \"lr_schedule\": \"%s\", \"optimizer\": \"%s\", \"weight_decay\": %s, "
+                   "\"beta1\": %s, \"beta2\": %s, \"eps\": %s, \"grad_clip\": %s, \"steps\": %ld, ",
+              tc->batch_size, tc->seq_len, tc->stride, float_str(f[0], tc->lr), float_str(f[1], tc->min_lr_ratio),
+              tc->warmup_steps, tc->schedule == SCHED_CONSTANT ? "constant" : tc->schedule == SCHED_COSINE ? "cosine" : "linear",
+              tc->adamw ? "adamw" : "adam", float_str(f[2], tc->weight_decay), float_str(f[3], tc->beta1),
+              float_str(f[4], tc->beta2), float_str(f[5], tc->eps), float_str(f[6], tc->grad_clip), tc->steps);
+    sb_printf(&sb, "\"dropout_growth\": %s, ", float_str(f[0], tc->dropout_growth));
+    sb_printf(&sb, "\"dropout_epochs\": %s, ", float_str(f[0], tc->dropout_epochs));
+    sb_printf(&sb, "\"dropout_max\": %s, \"tokenizer\": ", float_str(f[0], tc->dropout_max));
     sb_json_string(&sb, tc->tokenizer);
+    if (tc->grad_accum > 1 || all) sb_printf(&sb, ", \"grad_accum\": %d", run_accum(tc));
+    if (tc->time_budget_s > 0 || all)
+        sb_printf(&sb, ", \"time_budget_s\": %s, \"warmup_share\": %s", float_str(f[0], tc->time_budget_s),
+                  float_str(f[1], tc->warmup_share));
     sb_printf(&sb, "}");
     if (sb.failed) { sb_free(&sb); return NULL; }
     return sb.buf;
@@ -404,8 +437,9 @@ static moelm_status train_config_from_json(TrainConfig *tc, const char *js) {
     return st;
 }
 
-/* Keeps the records of metrics.jsonl up to step (a resumed run rewrites what came after). */
-static moelm_status metrics_truncate(const char *path, long step) {
+/* Keeps the records of metrics.jsonl up to step (a resumed run rewrites what came after); *best,
+ * *best_step: the best validation perplexity among them (left as they are when none has one). */
+static moelm_status metrics_truncate(const char *path, long step, double *best, long *best_step) {
     struct stat sb;
     if (stat(path, &sb) != 0) return MOELM_OK;
     if (!S_ISREG(sb.st_mode)) return moelm_fail(MOELM_ERR_IO, "%s: not a regular file", path);
@@ -420,6 +454,12 @@ static moelm_status metrics_truncate(const char *path, long step) {
         const char *s = strstr(data + i, "\"step\": ");
         long v = s && s < data + end ? strtol(s + 8, NULL, 10) : -1;
         if (!nl || v > step || v < 0) break;   /* a torn last line, or a step after the checkpoint */
+        const char *p = strstr(data + i, "\"val_ppl\": ");
+        double ppl = p && p < data + end ? strtod(p + 11, NULL) : 0;
+        if (ppl > 0 && (*best <= 0 || ppl < *best)) {
+            *best = ppl;
+            *best_step = v;
+        }
         keep = end;
         i = end;
     }
@@ -432,18 +472,62 @@ static double now_s(void) { return time_now(); }
 
 /* The step at whose start a dropout rule fixes the rate: the end of the warm-up, and with a time
  * budget not before 20 steps have measured the speed. */
-static long dropout_fix_step(const TrainConfig *tc, double budget_min) {
+static long dropout_fix_step(const TrainConfig *tc, double budget_s) {
     long s = tc->warmup_steps;
-    return budget_min > 0 && s < 20 ? 20 : s;
+    return budget_s > 0 && s < 20 ? 20 : s;
 }
 
 /* The model and training config of a preset name or a config.json path. */
-static moelm_status config_base(const char *name, ModelConfig *cfg, TrainConfig *tc) {
-    if (path_exists(name) && !path_is_dir(name)) {
-        moelm_status st = config_load(cfg, name);
-        if (!st) config_preset_train(tc, "demo");
-        return st;
+/* An experiment file: a JSON object of model and training keys, optionally on a "preset" (its
+ * model and training settings; without one the model keys start from config_load's defaults and
+ * the training settings from the demo preset's). */
+static moelm_status experiment_load(const char *path, ModelConfig *cfg, TrainConfig *tc) {
+    Json *j = NULL;
+    moelm_status st = json_parse_file(&j, path);
+    if (st) return st;
+    char where[4200];
+    snprintf(where, sizeof where, "%s: ", path);
+    const Json *p = json_type(j) == JSON_OBJECT ? json_get(j, "preset") : NULL;
+    if (p && json_type(p) != JSON_STRING) st = moelm_fail(MOELM_ERR_CONFIG, "%s\"preset\" must be a preset name", where);
+    if (!st && p) {
+        st = config_preset(cfg, json_string(p));
+        if (!st) st = config_preset_train(tc, json_string(p));
+    } else if (!st) {
+        st = config_load_skipping(cfg, path, key_is_training);
+        const char *u = st ? strstr(moelm_last_error(), "unknown config key '") : NULL;
+        if (u) {   /* config_load's message, with a suggestion */
+            char k[128];
+            snprintf(k, sizeof k, "%.*s", (int)strcspn(u + 20, "'"), u + 20);
+            st = key_unknown(where, k);
+        }
+        if (!st) st = config_preset_train(tc, "demo");
     }
+    for (size_t i = 0; !st && i < json_len(j); i++) {   /* the keys over the preset's (config_load did the model's) */
+        const char *k = json_key_at(j, i);
+        const Json *v = json_at(j, i);
+        if (!strcmp(k, "preset") || !strcmp(k, "moelm_version") || (!p && !key_is_training(k))) continue;
+        char buf[64];
+        const char *sv = buf;
+        if (json_type(v) == JSON_STRING) sv = json_string(v);
+        else if (json_type(v) == JSON_BOOL) sv = json_bool(v) ? "true" : "false";
+        else if (json_type(v) == JSON_NUMBER) snprintf(buf, sizeof buf, "%.9g", json_number(v));
+        else st = moelm_fail(MOELM_ERR_CONFIG, "key '%s' must be a number, string or boolean", k);
+        if (!st) st = key_is_training(k) ? train_config_set(tc, k, sv) : config_set(cfg, k, sv);
+        if (st && strstr(moelm_last_error(), "unknown config key")) st = key_unknown(where, k);
+        else if (st) st = moelm_fail_context(st, "%s", path);
+    }
+    if (!st && p) {
+        ModelConfig chk = *cfg;
+        if (chk.vocab_size == 0) chk.vocab_size = 1;
+        st = config_check(&chk);
+        if (st) st = moelm_fail_context(st, "%s", path);
+    }
+    json_free(j);
+    return st;
+}
+
+static moelm_status config_base(const char *name, ModelConfig *cfg, TrainConfig *tc) {
+    if (path_exists(name) && !path_is_dir(name)) return experiment_load(name, cfg, tc);
     moelm_status st = config_preset(cfg, name);
     return st ? st : config_preset_train(tc, name);
 }
@@ -459,11 +543,9 @@ static moelm_status config_apply_sets(const char *const *sets, int n_sets, Model
             return moelm_fail(MOELM_ERR_ARG, "--set '%s': expected key=value", sets[i]);
         memcpy(key, sets[i], (size_t)(eq - sets[i]));
         key[eq - sets[i]] = '\0';
-        moelm_status st = config_set(cfg, key, eq + 1);
-        if (st == MOELM_ERR_CONFIG && strstr(moelm_last_error(), "unknown config key")) {
-            st = train_config_set(tc, key, eq + 1);
-            (*n_train)++;
-        }
+        moelm_status st = key_is_training(key) ? train_config_set(tc, key, eq + 1) : config_set(cfg, key, eq + 1);
+        *n_train += key_is_training(key);
+        if (st && strstr(moelm_last_error(), "unknown config key")) return key_unknown("--set: ", key);
         if (st) return st;
     }
     return MOELM_OK;
@@ -522,6 +604,10 @@ static const char *json_num(char *buf, double x) {
 
 /* ---- set-up -------------------------------------------------------------------------------------- */
 
+/* The steps of a run whose length is its time budget: no bound ("%.9g" in state.json keeps it an
+ * integer). */
+#define BUDGET_STEPS 999999999L
+
 /* A resumed run's settings: the checkpoint's model, training settings and state; what the command
  * line asks for must agree with them unless --force. */
 static moelm_status run_resume_settings(Run *r) {
@@ -546,9 +632,14 @@ static moelm_status run_resume_settings(Run *r) {
         if (o->data && strcmp(o->data, s->data) != 0)
             return moelm_fail(MOELM_ERR_CONFIG, "resume: the run trained on '%s', not '%s' (use --force to continue anyway)",
                               s->data, o->data);
-        if (o->batch_size || o->seq_len)
-            return moelm_fail(MOELM_ERR_CONFIG, "resume: the batch shape comes from the checkpoint; "
-                                                "-b and --seq-len are refused (use --force to override)");
+        if ((o->batch_size && o->batch_size != tc->batch_size) || (o->seq_len && o->seq_len != tc->seq_len))
+            return moelm_fail(MOELM_ERR_CONFIG, "resume: the run trains batches of %d x %d, not %d x %d (the batch shape "
+                                                "comes from the checkpoint; use --force to continue anyway)",
+                              tc->batch_size, tc->seq_len, o->batch_size ? o->batch_size : tc->batch_size,
+                              o->seq_len ? o->seq_len : tc->seq_len);
+        if (o->grad_accum > 0 && o->grad_accum != run_accum(tc))
+            return moelm_fail(MOELM_ERR_CONFIG, "resume: the run accumulates %d micro-batches, not %d (use --force to "
+                                                "continue anyway)", run_accum(tc), o->grad_accum);
         if (o->config || o->n_sets) {
             st = resume_check_config(o, &r->cfg, s->seq_len);
             if (st) return st;
@@ -557,7 +648,13 @@ static moelm_status run_resume_settings(Run *r) {
             fprintf(stderr, "moelm: warning: resuming with %d threads, the run used %d: losses will not be bit-identical\n",
                     o->threads, s->threads);
     }
+    /* the run's length: its steps and its time budget (state.json's), or longer ones given now; a run
+     * whose final checkpoint this is and that is given nothing longer is complete */
+    float budget = tc->time_budget_s;
     if (o->steps > 0) tc->steps = o->steps;
+    if (o->time_budget_min > 0) tc->time_budget_s = (float)(o->time_budget_min * 60.0);
+    r->complete = s->step >= tc->steps || (s->complete && o->steps <= 0 && !(tc->time_budget_s > budget + 0.5f));
+    s->complete = 0;
     return MOELM_OK;
 }
 
@@ -571,10 +668,20 @@ static moelm_status run_new_settings(Run *r) {
     if (o->tokenizer) snprintf(tc->tokenizer, sizeof tc->tokenizer, "%s", o->tokenizer);
     st = config_apply_sets(o->sets, o->n_sets, &r->cfg, tc, &n_train);
     if (st) return st;
+    long preset_steps = tc->steps;
     if (o->steps > 0) tc->steps = o->steps;
+    /* with a time budget the budget is the run's length (unless --steps) and the warm-up takes the
+     * share of it that it takes of the preset's steps */
+    if (o->time_budget_min > 0) tc->time_budget_s = (float)(o->time_budget_min * 60.0);
+    if (tc->time_budget_s > 0) {
+        if (!(tc->warmup_share > 0) && preset_steps > 0)
+            tc->warmup_share = fminf(0.5f, (float)tc->warmup_steps / (float)preset_steps);
+        if (o->steps <= 0) tc->steps = BUDGET_STEPS;
+    }
     if (o->batch_size > 0) tc->batch_size = o->batch_size;
     if (o->seq_len > 0) tc->seq_len = o->seq_len;
     if (o->stride > 0) tc->stride = o->stride;
+    if (o->grad_accum > 0) tc->grad_accum = o->grad_accum;
     if (o->lr > 0) tc->lr = o->lr;
     snprintf(r->state.data, sizeof r->state.data, "%s", o->data ? o->data : "builtin");
     r->state.seed = o->seed;
@@ -601,6 +708,7 @@ static moelm_status run_settings(Run *r) {
  * checkpoints and metrics); a new run over an old one would mix their checkpoints and metrics:
  * refused, or with --force the old checkpoints (and routing dumps) are deleted first. */
 static moelm_status run_claim_dir(Run *r) {
+    r->made_dir = !r->o->resume && !path_exists(r->dir) && dist_is_root();
     moelm_status st = dir_make(r->dir);
     if (!st && dist_is_root()) st = ckpt_lock_run(r->dir, &r->lock_fd);
     if (st || r->o->resume || ckpt_newest_step(r->dir) < 0) return st;
@@ -714,8 +822,10 @@ static moelm_status run_build_model(Run *r) {
     }
     if (!st && r->o->bf16) st = model_set_bf16(&r->model, 1);
     s->bf16 = r->o->bf16;
-    r->inp = moelm_malloc(sizeof(int) * (size_t)tc->batch_size * tc->seq_len);
-    r->tgt = moelm_malloc(sizeof(int) * (size_t)tc->batch_size * tc->seq_len);
+    if (!st && r->s2s && run_accum(tc) > 1)
+        st = moelm_fail(MOELM_ERR_CONFIG, "--grad-accum: for language models only (not yet for sequence to sequence)");
+    r->inp = moelm_malloc(sizeof(int) * (size_t)run_accum(tc) * tc->batch_size * tc->seq_len);
+    r->tgt = moelm_malloc(sizeof(int) * (size_t)run_accum(tc) * tc->batch_size * tc->seq_len);
     r->lab = moelm_malloc(sizeof(int) * (size_t)tc->batch_size * (r->s2s ? r->len.targets : 1));
     r->msk = moelm_malloc(sizeof(int) * (size_t)tc->batch_size * tc->seq_len);
     if (!st && (!r->inp || !r->tgt || !r->lab || !r->msk)) st = MOELM_ERR_NOMEM;
@@ -730,7 +840,7 @@ static moelm_status run_open_metrics(Run *r) {
     moelm_status st = MOELM_OK;
     snprintf(path, sizeof path, "%s/metrics.jsonl", r->dir);
     if (dist_is_root()) {
-        st = metrics_truncate(path, r->state.step);
+        st = metrics_truncate(path, r->state.step, &r->best_ppl, &r->best_step);
         if (!st && (r->metrics_fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644)) < 0)
             st = moelm_fail(MOELM_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
         /* the record buffer, sized once for the longest record (an evaluation's: every MoE layer's
@@ -739,7 +849,7 @@ static moelm_status run_open_metrics(Run *r) {
         if (!st && !(r->mrec.buf = moelm_malloc(cap))) st = moelm_fail_context(MOELM_ERR_NOMEM, "%s", path);
         r->mrec.cap = r->mrec.buf ? cap : 0;
     }
-    char *tjs = train_config_json(&r->tc);
+    char *tjs = train_config_json(&r->tc, 0);
     if (tjs) {
         snprintf(r->state.train_json, sizeof r->state.train_json, "%s", tjs);
         moelm_free(tjs);
@@ -759,16 +869,28 @@ static void run_print_header(const Run *r) {
     else if (r->s2s)
         printf("objective: T5 span corruption (noise density 0.15, mean span 3, sentinels <extra_id_N>): windows of %d "
                "tokens -> encoder %d, decoder %d\n", r->len.raw, r->len.inputs, r->len.targets);
-    printf("training: %ld steps, batch %d x %d, lr %g (%s, warm-up %d), %s, wd %g, clip %g, %d threads, backend %s\n",
-           tc->steps, tc->batch_size, tc->seq_len, tc->lr,
-           tc->schedule == SCHED_CONSTANT ? "constant" : tc->schedule == SCHED_COSINE ? "cosine" : "linear",
-           tc->warmup_steps, tc->adamw ? "AdamW" : "Adam", tc->weight_decay, tc->grad_clip, o->threads, backend_name());
+    const char *sched = tc->schedule == SCHED_CONSTANT ? "constant" : tc->schedule == SCHED_COSINE ? "cosine" : "linear";
+    char batch[64] = "";
+    if (tc->grad_accum > 1) snprintf(batch, sizeof batch, " (%d micro-batches of %d)", tc->grad_accum, tc->batch_size);
+    if (tc->time_budget_s > 0) {
+        char len[32], most[48] = "";
+        progress_fmt_eta(len, sizeof len, tc->time_budget_s);
+        if (tc->steps < BUDGET_STEPS) snprintf(most, sizeof most, " (at most %ld steps)", tc->steps);
+        printf("training: %s time budget%s, batch %d x %d%s, lr %g (%s over the time, warm-up %.3g%% of it), %s, wd %g, "
+               "clip %g, %d threads, backend %s\n", len, most, tc->batch_size * run_accum(tc), tc->seq_len, batch, tc->lr,
+               sched, 100.0 * tc->warmup_share, tc->adamw ? "AdamW" : "Adam", tc->weight_decay, tc->grad_clip, o->threads,
+               backend_name());
+    } else {
+        printf("training: %ld steps, batch %d x %d%s, lr %g (%s, warm-up %d), %s, wd %g, clip %g, %d threads, backend %s\n",
+               tc->steps, tc->batch_size * run_accum(tc), tc->seq_len, batch, tc->lr, sched, tc->warmup_steps,
+               tc->adamw ? "AdamW" : "Adam", tc->weight_decay, tc->grad_clip, o->threads, backend_name());
+    }
     if (o->bf16)
         printf("precision: bf16 mixed (bf16 operands, float sums and weights), %s kernel%s\n", gemm_bf16_kernel(),
                gemm_bf16_fast() ? "" : " (this CPU has no AVX-512 BF16: the same numbers, slower than float)");
     if (tc->dropout_growth > 0 && r->state.dropout < 0)
         printf("dropout: %g until step %ld, then set from the epochs the run projects (+%g per doubling past %g epochs, "
-               "at most %g)\n", r->cfg.dropout_rate, dropout_fix_step(tc, o->time_budget_min), tc->dropout_growth,
+               "at most %g)\n", r->cfg.dropout_rate, dropout_fix_step(tc, tc->time_budget_s), tc->dropout_growth,
                tc->dropout_epochs, tc->dropout_max);
     if (r->full_batches == 0)
         printf("no evaluation: the valid split has %s to predict\n", r->pairs ? "no pair" : "nothing");
@@ -786,8 +908,20 @@ static moelm_status run_setup(Run *r, const TrainOptions *o) {
     if (strlen(r->dir) > 3000) return moelm_fail(MOELM_ERR_ARG, "run directory path too long");
     backend_set_threads(o->threads);
     moelm_status st = run_settings(r);
-    if (st) return st;
-    progress_begin(&r->prog, "train", r->state.step, r->tc.steps, !o->quiet);
+    if (!st && o->print_config) {   /* the settings only: nothing is trained or written */
+        char *mj = config_to_json(&r->cfg), *tj = train_config_json(&r->tc, 1);
+        st = mj && tj ? keys_print(mj, tj, stdout) : MOELM_ERR_NOMEM;
+        moelm_free(mj);
+        moelm_free(tj);
+        r->complete = -1;
+        return st;
+    }
+    if (st || r->complete) return st;
+    r->budget_s = r->tc.time_budget_s;
+    if (r->budget_s > 0)   /* the line counts seconds of the budget */
+        progress_begin(&r->prog, "train (s)", (long)r->state.elapsed_s, (long)r->budget_s, !o->quiet);
+    else
+        progress_begin(&r->prog, "train", r->state.step, r->tc.steps, !o->quiet);
     progress_note(&r->prog, "preparing data and tokenizer (%s) ...", r->tc.tokenizer);
     st = run_claim_dir(r);
     if (!st) st = run_load_data(r);
@@ -805,7 +939,10 @@ static moelm_status run_setup(Run *r, const TrainOptions *o) {
     /* the clock */
     r->t_run = now_s() - r->state.elapsed_s;
     r->t_log = now_s();
-    r->budget_s = o->time_budget_min * 60.0;
+    r->step0 = r->state.step;
+    r->reserve_s = r->state.reserve_s;   /* the schedule's span, as the run left it */
+    r->reserve_measured = r->state.reserve_measured;
+    r->started = 1;
     return MOELM_OK;
 }
 
@@ -826,7 +963,13 @@ static int run_continues(Run *r, double *elapsed) {
 static float run_lr(const Run *r, double elapsed) {
     if (r->budget_s <= 0) return lr_at(&r->tc, r->state.step, r->tc.steps);
     double span = r->budget_s - r->reserve_s > 0 ? r->budget_s - r->reserve_s : r->budget_s;
-    return lr_at_progress(&r->tc, r->state.step, elapsed / span);
+    double p = elapsed / span, w = r->tc.warmup_share;
+    if (!(w > 0)) return lr_at_progress(&r->tc, r->state.step, p);
+    /* the warm-up over its share of the time (from the first step's lr of a step warm-up on) */
+    if (p < w) return r->tc.lr * (float)fmax(p / w, 1.0 / (r->tc.warmup_steps > 1 ? r->tc.warmup_steps : 2));
+    TrainConfig decay = r->tc;
+    decay.warmup_steps = 0;
+    return lr_at_progress(&decay, r->state.step, (p - w) / (1 - w));
 }
 
 /* The dropout rule (TrainConfig.dropout_growth): at dropout_fix_step the rate is fixed from the
@@ -835,7 +978,7 @@ static float run_lr(const Run *r, double elapsed) {
 static void run_dropout_rule(Run *r, double elapsed) {
     const TrainConfig *tc = &r->tc;
     long step = r->state.step;
-    if (!(tc->dropout_growth > 0) || r->state.dropout >= 0 || step < dropout_fix_step(tc, r->o->time_budget_min) ||
+    if (!(tc->dropout_growth > 0) || r->state.dropout >= 0 || step < dropout_fix_step(tc, tc->time_budget_s) ||
         !r->n[0])   /* pairs: no token stream to count epochs in */
         return;
     double steps = (double)tc->steps;
@@ -849,9 +992,10 @@ static void run_dropout_rule(Run *r, double elapsed) {
 /* The step: the next batch, this rank's rows of it, train_step. A non-finite step ends the run
  * (the last checkpoint stays as it is) unless --skip-nonfinite, which counts it. */
 static moelm_status run_step(Run *r, float lr, StepResult *sr) {
-    long step = r->state.step, tokens = (long)r->tc.batch_size * r->tc.seq_len;
+    int N = run_accum(&r->tc), B = r->tc.batch_size, T = r->tc.seq_len;
+    long step = r->state.step, tokens = (long)N * B * T;
     if (r->s2s) {
-        int Te = r->len.inputs, Td = r->len.targets, B = r->tc.batch_size;
+        int Te = r->len.inputs, Td = r->len.targets;
         tokens = (long)B * (Te + Td);
         if (r->pairs) {
             seq2seq_next(&r->pd[0], B, r->inp, r->msk, r->lab);
@@ -864,9 +1008,24 @@ static moelm_status run_step(Run *r, float lr, StepResult *sr) {
         Seq2SeqBatch b = {B / dist_world(), Te, Td, r->inp, r->pairs ? r->msk : NULL, NULL, r->lab};
         *sr = train_step_seq2seq(&r->trainer, &b, lr, step + 1);
     } else {
-        dataloader_next(&r->dl, r->inp, r->tgt);
-        dist_take_rows(r->inp, r->tgt, r->tc.batch_size, r->tc.seq_len);
+        size_t rows = (size_t)(B / dist_world()) * T;   /* this rank's share of a micro-batch */
+        for (int k = 0; k < N; k++) {   /* micro-batch k: drawn whole, this rank's rows kept at k * rows */
+            dataloader_next(&r->dl, r->inp + k * rows, r->tgt + k * rows);
+            dist_take_rows(r->inp + k * rows, r->tgt + k * rows, B, T);
+        }
         *sr = train_step(&r->trainer, r->inp, r->tgt, lr, step + 1);
+    }
+    if (r->budget_s > 0) {   /* until a periodic evaluation measures it: the end's cost estimated */
+        /* the mean forward time from the second step on (the first is cold); the reserve moves a
+         * tenth of the way to the new estimate each step (the schedule's span moves smoothly, and a
+         * resume starts from the reserve it saved), and is at most half the budget */
+        if (r->state.step > r->step0 + 1) r->fwd_s += (sr->fwd_s / N - r->fwd_s) / (double)++r->fwd_n;
+        if (!r->reserve_measured && r->fwd_n > 0) {
+            double ckpt = r->ckpt_s > 0 ? r->ckpt_s : (double)r->model.n_params * 12 / 1e8;   /* 100 MB/s */
+            double est = (double)r->full_batches * r->fwd_s + ckpt;
+            est = r->reserve_s > 0 ? 0.9 * r->reserve_s + 0.1 * est : est;
+            r->reserve_s = dist_root_value(fmin(est, 0.5 * r->budget_s));
+        }
     }
     if (sr->nonfinite) {
         if (!r->o->skip_nonfinite)
@@ -896,10 +1055,12 @@ static StepEnds run_ends(const Run *r) {
     StepEnds e;
     /* with a time budget the run ends so that its final evaluation and checkpoint finish on time:
      * it stops once the time left is less than what the last evaluation + checkpoint took (twice
-     * that at a step with a periodic evaluation, which then becomes the final one) */
+     * that at a step with a periodic evaluation, which then becomes the final one; before a periodic
+     * evaluation has measured it, an estimate from the steps' forward time, run_step) */
     int periodic = o->eval_interval > 0 && s % o->eval_interval == 0;
     e.last = s == r->tc.steps || s == o->stop_at ||
-             (r->budget_s > 0 && dist_root_value(now_s() - r->t_run) + r->reserve_s * (1 + periodic) >= r->budget_s);
+             (r->budget_s > 0 && dist_root_value(now_s() - r->t_run) + r->reserve_s * (1 + (periodic && r->reserve_measured)) >=
+                                r->budget_s);
     e.log = s % log_interval == 0 || s == 1 || e.last;
     e.eval = periodic || e.last;
     e.ckpt = o->ckpt_interval > 0 ? (s % o->ckpt_interval == 0 || e.last) : e.eval;   /* 0: at each evaluation */
@@ -1060,6 +1221,15 @@ static moelm_status run_evaluate(Run *r, int last, MetricsRecord *rec) {
     rec->ev = &r->ev;
     rec->val_loss = tok_nll;
     rec->val_word_ppl = r->words[1] ? exp(total_nll / (double)r->words[1]) : 0;
+    if (r->ev.tokens > 0) {
+        r->state.val_step = r->state.step;
+        r->state.val_ppl = exp(tok_nll);
+        r->state.val_word_ppl = rec->val_word_ppl;
+    }
+    if (r->ev.tokens > 0 && (r->best_ppl <= 0 || exp(tok_nll) < r->best_ppl)) {
+        r->best_ppl = exp(tok_nll);
+        r->best_step = r->state.step;
+    }
     if (!r->o->quiet) {
         printf("eval   %6ld | val loss %.4f | val ppl %.2f | word ppl %.2f | %.1f s\n", r->state.step, tok_nll, exp(tok_nll),
                rec->val_word_ppl, now_s() - t0);
@@ -1080,7 +1250,11 @@ static moelm_status run_checkpoint(Run *r) {
     s->data_epoch = dl->epoch;
     s->data_pos = dl->pos;
     s->rng = r->model.rng.s;
+    s->reserve_s = r->budget_s > 0 ? r->reserve_s : 0;
+    s->reserve_measured = r->reserve_measured;
+    double t0 = now_s();
     moelm_status st = dist_save_checkpoint(r->dir, &r->model, &r->opt, s, r->tok, r->o->keep);
+    r->ckpt_s = now_s() - t0;
     if (dist_any_failed(st)) return st ? st : moelm_fail(MOELM_ERR_IO, "rank 0 failed to write a checkpoint");
     return MOELM_OK;
 }
@@ -1090,6 +1264,67 @@ static moelm_status run_checkpoint(Run *r) {
 static void run_measure_end(Run *r) {
     double parts = (double)r->full_batches / (double)(r->part_batches ? r->part_batches : 1);
     r->reserve_s = dist_root_value(now_s() - r->t_eval_start - r->t_eval_s + r->t_eval_s * parts);
+    r->reserve_measured = 1;
+}
+
+/* ---- the run ------------------------------------------------------------------------------------- */
+
+/* ---- signals ------------------------------------------------------------------------------------ */
+
+/* The first SIGINT or SIGTERM during the steps ends the run after the current step, with a
+ * checkpoint; the handler resets itself (SA_RESETHAND), so a second one ends the process at once. */
+static volatile sig_atomic_t run_signal_seen;
+static int last_signal;
+
+static void run_on_signal(int sig) { run_signal_seen = sig; }
+
+int train_last_signal(void) { return last_signal; }
+
+static void run_catch_signals(struct sigaction *old_int, struct sigaction *old_term) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = run_on_signal;
+    sa.sa_flags = SA_RESETHAND;
+    sigemptyset(&sa.sa_mask);
+    run_signal_seen = 0;
+    sigaction(SIGINT, &sa, old_int);
+    sigaction(SIGTERM, &sa, old_term);
+    /* one ignored by the parent (a background job of a script, nohup) stays ignored */
+    if (old_int->sa_handler == SIG_IGN) sigaction(SIGINT, old_int, NULL);
+    if (old_term->sa_handler == SIG_IGN) sigaction(SIGTERM, old_term, NULL);
+}
+
+/* ---- the end ------------------------------------------------------------------------------------- */
+
+/* What the run did, where its checkpoint is, and what comes next (stdout). */
+static void run_print_summary(const Run *r) {
+    char ck[4096], tok[32], took[32];
+    snprintf(ck, sizeof ck, "%s/ckpt-%08ld", r->dir, r->state.step);
+    fmt_count(tok, sizeof tok, (size_t)r->state.tokens_seen);
+    progress_fmt_eta(took, sizeof took, now_s() - r->t_run);
+    printf("done: %ld steps", r->state.step);
+    if (r->step0) printf(" (%ld in this session)", r->state.step - r->step0);
+    printf(", %s tokens, %s", tok, took);
+    if (r->best_ppl > 0) {
+        double tok_nll = r->ev.tokens > 0 ? r->ev.nll / r->ev.tokens : 0;
+        printf("; val ppl best %.2f (step %ld), final %.2f", r->best_ppl, r->best_step, exp(tok_nll));
+    }
+    printf("\ncheckpoint: %s\nreport: moelm report %s\n", ck, r->dir);
+    fflush(stdout);
+}
+
+/* A resumed run that is already complete: says so, and how to train on. */
+static void run_print_complete(const Run *r) {
+    const TrainConfig *tc = &r->tc;
+    if (tc->time_budget_s > 0) {
+        char len[32];
+        progress_fmt_eta(len, sizeof len, tc->time_budget_s);
+        printf("%s: the run is complete (%ld steps in its %s time budget); to train on, give it a longer one: "
+               "moelm train --resume %s --time-budget MINUTES\n", r->dir, r->state.step, len, r->dir);
+    } else {
+        printf("%s: the run is complete (%ld of %ld steps); to train on, give it more: moelm train --resume %s --steps N "
+               "(N > %ld; the lr schedule then spans N steps)\n", r->dir, r->state.step, tc->steps, r->dir, r->state.step);
+    }
 }
 
 /* ---- the run ------------------------------------------------------------------------------------- */
@@ -1097,6 +1332,14 @@ static void run_measure_end(Run *r) {
 static moelm_status train_run_ranks(const TrainOptions *o) {
     Run r;
     moelm_status st = run_setup(&r, o);
+    if (!st && r.complete) {
+        if (r.complete > 0) run_print_complete(&r);
+        run_free(&r);
+        return MOELM_OK;
+    }
+    struct sigaction old_int, old_term;
+    run_catch_signals(&old_int, &old_term);
+    last_signal = 0;
     double elapsed;
     while (!st && run_continues(&r, &elapsed)) {
         float lr = run_lr(&r, elapsed);
@@ -1105,21 +1348,41 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
         st = run_step(&r, lr, &sr);
         if (st) break;
         StepEnds end = run_ends(&r);
+        r.signal = (int)dist_root_value(run_signal_seen);
+        if (r.signal) end = (StepEnds){.last = 1, .log = 1, .ckpt = 1};   /* no evaluation: the user is waiting */
         MetricsRecord rec = {.step = r.state.step};
         if (end.log || end.eval) progress_clear(&r.prog);
         if (end.log) run_log(&r, &sr, lr, &rec);
         if (end.eval) st = run_evaluate(&r, end.last, &rec);
         if (st) break;
         if (end.log || end.eval) st = metrics_append(&r, &rec);   /* one record a step at most */
+        r.state.complete = end.last && !r.signal && r.state.step != o->stop_at;
         if (!st && end.ckpt) st = run_checkpoint(&r);
         if (st) break;
         if (end.eval && !end.last) run_measure_end(&r);
-        progress_update(&r.prog, r.state.step, "loss %.3f", sr.loss);
+        if (r.budget_s > 0) progress_update(&r.prog, (long)(now_s() - r.t_run), "step %ld | loss %.3f", r.state.step, sr.loss);
+        else progress_update(&r.prog, r.state.step, "loss %.3f", sr.loss);
         if (end.last) break;
     }
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
     if (!st) {
         progress_end(&r.prog);
         if (r.skipped && !o->quiet) printf("skipped %ld non-finite updates\n", r.skipped);
+        if (r.signal) {
+            last_signal = r.signal;
+            fprintf(stderr, "moelm: %s: stopped after step %ld with a checkpoint; moelm train --resume %s continues "
+                            "the run\n", r.signal == SIGINT ? "interrupted (SIGINT)" : "terminated (SIGTERM)",
+                    r.state.step, r.dir);
+        } else if (!o->quiet) {
+            run_print_summary(&r);
+        }
+    }
+    if (st && r.made_dir && !r.started) {   /* a set-up that failed leaves no --out behind (its token cache at most) */
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", moelm_last_error());
+        dir_remove_tree(r.dir);
+        moelm_fail(st, "%s", msg);
     }
     run_free(&r);
     return st;

@@ -27,6 +27,7 @@ typedef struct {
     long steps;                 /* > 0: overrides the preset (and sets the length of the LR schedule) */
     long stop_at;               /* > 0: stop after this step with a checkpoint; the schedule is unchanged */
     int batch_size, seq_len, stride;   /* > 0: override */
+    int grad_accum;             /* > 0: micro-batches per update (overrides; on resume must match) */
     float lr;                   /* > 0: overrides */
     uint64_t seed;
     int threads;
@@ -36,12 +37,16 @@ typedef struct {
     int skip_nonfinite;         /* skip (and count) updates whose loss or gradients are not finite */
     int force;                  /* resume even if the config or data changed */
     int quiet;
+    int print_config;           /* print every model and training key with its value and meaning, train nothing */
     int expert_parallel;        /* under mpirun: ranks that share one copy of the experts (0 or 1: data parallel only) */
     int bf16;                   /* bf16 mixed precision (model_set_bf16); a resume may take either mode */
 } TrainOptions;
 
 void train_options_default(TrainOptions *o);
 moelm_status train_run(const TrainOptions *o);
+/* The SIGINT or SIGTERM that stopped the last train_run after a checkpoint (0: none); the first one
+ * during the steps stops the run after the current step, a second one ends the process at once. */
+int train_last_signal(void);
 
 /* The model and training config of a preset name or a config.json path (its training settings:
  * the demo preset's), then the "key=value" overrides sets[n_sets], model keys first, else training
