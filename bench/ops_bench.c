@@ -29,6 +29,8 @@
 #include <time.h>
 #include <unistd.h>
 #include "backend/gemm.h"
+#include "backend/gemv.h"
+#include "backend/runtime.h"
 #include "backend/gemm_bf16.h"
 #include "ops/attn.h"
 #include "ops/ops.h"

@@ -1,5 +1,9 @@
 /* gemm.c: reference GEMM and the BLAS behind the same signature. See gemm.h. */
 #include "gemm.h"
+#include "gemv.h"
+#include "readprobe.h"
+#include "barrier.h"
+#include "runtime.h"
 #include "gemm_bf16.h"
 #include "common/util.h"
 

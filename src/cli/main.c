@@ -6,7 +6,7 @@
 #include <unistd.h>
 #include "common/util.h"
 #include "moelm.h"
-#include "backend/gemm.h"
+#include "backend/runtime.h"
 #include "train/hooks.h"
 
 int cmd_train(int argc, char **argv);

@@ -22,7 +22,9 @@
 #endif
 #include <stdlib.h>
 #include <string.h>
-#include "backend/gemm.h"
+#include "backend/gemv.h"
+#include "backend/barrier.h"
+#include "backend/runtime.h"
 #include "ops/ops.h"
 
 /* ---- cache ------------------------------------------------------------------------------------- */

@@ -5,7 +5,6 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
-#include "backend/gemm.h"
 #include "model/encdec.h"
 #include "model/layout.h"
 #include "ops/ops.h"

@@ -10,6 +10,8 @@
 #include <string.h>
 #include <sys/resource.h>
 #include "backend/gemm.h"
+#include "backend/readprobe.h"
+#include "backend/runtime.h"
 #include "backend/gemm_bf16.h"
 #include "io/fileio.h"
 #include "data/span.h"

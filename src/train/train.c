@@ -10,7 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include "backend/gemm.h"
+#include "backend/runtime.h"
 #include "backend/gemm_bf16.h"
 #include "data/corpus.h"
 #include "data/dataloader.h"
