@@ -8,7 +8,7 @@
 /* Threads for both OpenMP loops and BLAS (one pool with the OpenMP build of OpenBLAS). */
 void backend_set_threads(int n);
 int backend_threads(void);
-const char *backend_name(void);
+const char *backend_name(void);   /* e.g. "openblas (Haswell; ...)" or "reference (no BLAS)" */
 
 /* The environment the BLAS and OpenMP runtimes read once, when they load (before main() runs).
  * libgomp by default lets a thread that reaches a barrier spin for up to ~300k iterations: on a
