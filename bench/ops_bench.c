@@ -27,7 +27,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include "backend/gemm.h"
+#include "backend/gemv.h"
+#include "backend/runtime.h"
 #include "backend/gemm_bf16.h"
 #include "ops/attn.h"
 #include "ops/ops.h"
@@ -193,7 +196,7 @@ static void bf16_lines(int threads, int reps) {
 int main(int argc, char **argv) {
     int reps = argc > 1 ? atoi(argv[1]) : 50;
     if (reps < 1) { fprintf(stderr, "ops_bench: REPS must be a positive integer\n"); return 2; }
-    backend_init_runtime(argv);   /* as moelm: the BLAS kernel when unset, GOMP_SPINCOUNT */
+    if (backend_runtime_env()) execv(argv[0], argv);   /* as moelm: the BLAS kernel when unset, GOMP_SPINCOUNT */
     backend_set_threads(2);
     printf("ops_bench: 2 threads, backend %s, min of %d runs\n", backend_name(), reps);
     double ta, tb;

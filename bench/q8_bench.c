@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include "backend/gemm.h"
+#include "backend/gemv.h"
 #include "backend/q8.h"
 
 enum { M = 14336, K = 4096 };

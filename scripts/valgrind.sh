@@ -5,6 +5,8 @@
 # "possibly lost"/"still reachable" and allowed). Build without AVX-512 trouble: valgrind does not
 # know every instruction -march=native may pick, so the default binary is a BLAS=0 DEBUG=1 build
 # (make BLAS=0 DEBUG=1 BUILD=build-valgrind, its own folder so no -march=native object is reused). Logs in build/valgrind/.
+# moelm starts itself again once at start-up (src/cli/main.c: libgomp reads its wait policy when it
+# loads): --trace-children=yes keeps the restarted process under valgrind, and its log is the run's.
 set -u
 cd "$(dirname "$0")/.."
 BIN=${1:-build-valgrind/moelm}
@@ -12,7 +14,7 @@ if [ $# = 0 ]; then make --no-print-directory BLAS=0 DEBUG=1 BUILD=build-valgrin
 command -v valgrind >/dev/null || { echo "valgrind: not installed (apt-get install valgrind)"; exit 1; }
 out=build/valgrind
 rm -rf "$out"; mkdir -p "$out"
-VG="valgrind --tool=memcheck --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect"
+VG="valgrind --tool=memcheck --trace-children=yes --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect"
 fail=0
 run() {  # run NAME ARGS...
     name=$1; shift

@@ -13,7 +13,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include "backend/gemm.h"
+#include "backend/runtime.h"
 
 static int t_passed, t_failed, t_cur_failed;
 

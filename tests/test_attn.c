@@ -26,7 +26,7 @@
 #include "ops/attn.h"
 #include "ops/ops.h"
 #include "io/safetensors.h"
-#include "backend/gemm.h"
+#include "backend/runtime.h"
 
 #define ATOL 2e-3
 #define RTOL 1e-2

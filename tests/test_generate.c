@@ -21,7 +21,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include "test.h"
-#include "backend/gemm.h"
+#include "backend/gemv.h"
+#include "backend/runtime.h"
 #include "model/model.h"
 #include "tiny_models.h"
 

@@ -5,7 +5,7 @@
  * when run with an argument: `test_gguf --write-fixtures DIR`.
  */
 #include "test.h"
-#include "backend/gemm.h"
+#include "backend/gemv.h"
 #include "backend/q8.h"
 #include "common/util.h"
 #include "io/fileio.h"

@@ -7,7 +7,7 @@
  * Files live under build/tmp/hfio/.
  */
 #include "test.h"
-#include "backend/gemm.h"
+#include "backend/gemv.h"
 #include "backend/q8.h"
 #include "common/util.h"
 #include "io/fileio.h"

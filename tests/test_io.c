@@ -9,7 +9,7 @@
 #include "io/fileio.h"
 #include "io/json.h"
 #include "io/safetensors.h"
-#include "backend/gemm.h"
+#include "backend/gemv.h"
 #include "backend/q8.h"
 
 #include <stdint.h>

@@ -9,6 +9,7 @@
 #include "fd.h"
 #include "ops/ops.h"
 #include "backend/gemm.h"
+#include "backend/barrier.h"
 #include <omp.h>
 
 #define ATOL 2e-3

@@ -15,10 +15,10 @@
 #include <sys/stat.h>
 #include "test.h"
 #include "io/fileio.h"
-#include "report/progress.h"
+#include "train/progress.h"
 #include "report/report.h"
 #include "io/fileio.h"
-#include "report/routing.h"
+#include "train/routing.h"
 #include "report/svg.h"
 #include "tiny_models.h"
 #include "train/train.h"

@@ -15,7 +15,7 @@
 #include <string.h>
 #include "test.h"
 #include "tiny_models.h"
-#include "backend/gemm.h"
+#include "backend/runtime.h"
 #include "data/dataloader.h"
 #include "data/corpus.h"
 #include "data/tokens.h"

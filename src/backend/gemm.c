@@ -1,12 +1,15 @@
 /* gemm.c: reference GEMM and the BLAS behind the same signature. See gemm.h. */
 #include "gemm.h"
+#include "gemv.h"
+#include "readprobe.h"
+#include "barrier.h"
+#include "runtime.h"
 #include "gemm_bf16.h"
 #include "common/util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -411,20 +414,15 @@ static int choose_blas_kernel(void) {
 #endif
 }
 
-void backend_init_runtime(char **argv) {
-    int changed = 0;
-    if (!getenv("MOELM_REEXECED")) {
-        changed |= choose_blas_kernel();
+int backend_runtime_env(void) {
+    int changed = choose_blas_kernel();
 #ifdef _OPENMP
-        if (!getenv("OMP_WAIT_POLICY") && !getenv("GOMP_SPINCOUNT")) {   /* never override the user's choice */
-            setenv("GOMP_SPINCOUNT", MOELM_GOMP_SPINCOUNT, 1);
-            changed = 1;
-        }
-#endif
+    if (!getenv("OMP_WAIT_POLICY") && !getenv("GOMP_SPINCOUNT")) {   /* never override the user's choice */
+        setenv("GOMP_SPINCOUNT", MOELM_GOMP_SPINCOUNT, 1);
+        changed = 1;
     }
-    if (!changed) return;
-    setenv("MOELM_REEXECED", "1", 1);
-    execv("/proc/self/exe", argv);   /* returns only on failure: then run on with the defaults */
+#endif
+    return changed;
 }
 
 static int g_threads = 1;

@@ -2,7 +2,7 @@
  * the AVX-512 VNNI kernel). See q8.h for the exact arithmetic both follow.
  */
 #include "backend/q8.h"
-#include "backend/gemm.h"
+#include "backend/gemv.h"
 
 #include <math.h>
 #include <string.h>

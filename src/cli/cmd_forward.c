@@ -2,7 +2,7 @@
  * (src/model/forward_file.h), to compare moelm with another implementation tensor by tensor. */
 #include <stdio.h>
 #include "args.h"
-#include "backend/gemm.h"
+#include "backend/runtime.h"
 #include "common/util.h"
 #include "model/forward_file.h"
 

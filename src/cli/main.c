@@ -3,9 +3,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "common/util.h"
 #include "moelm.h"
-#include "backend/gemm.h"
+#include "backend/runtime.h"
 #include "train/hooks.h"
 
 int cmd_train(int argc, char **argv);
@@ -43,8 +44,23 @@ static void usage(FILE *f) {
             MOELM_VERSION);
 }
 
+/* The BLAS and OpenMP runtimes read their settings when they load, before main(): when
+ * backend_runtime_env sets one, the program starts itself again, once, with the same arguments.
+ * It executes the file /proc/self/exe resolves to, not the link itself, so that the process keeps
+ * its name ("moelm" in ps and top, not "exe"); argv[0] is passed on unchanged. If the file cannot
+ * be found or executed, the run goes on with the runtimes' defaults. */
+static void restart_with_runtime_env(char **argv) {
+    if (getenv("MOELM_REEXECED") || !backend_runtime_env()) return;
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0 || n >= (ssize_t)sizeof self - 1) return;
+    self[n] = '\0';
+    setenv("MOELM_REEXECED", "1", 1);
+    execv(self, argv);   /* returns only on failure */
+}
+
 int main(int argc, char **argv) {
-    backend_init_runtime(argv);   /* may re-execute once with the OpenMP wait policy set (gemm.h) */
+    restart_with_runtime_env(argv);
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
         usage(stdout);
         return argc < 2 ? 2 : 0;

@@ -8,7 +8,7 @@
  * which also find duplicates.
  */
 #include "io/gguf.h"
-#include "backend/gemm.h"
+#include "backend/gemv.h"
 #include "backend/q8.h"
 #include "io/fileio.h"
 #include "io/json.h"

@@ -6,7 +6,7 @@
  * it. Entries are kept twice: sorted by name (lookup) and in data order (validation, st_name).
  */
 #include "io/safetensors.h"
-#include "backend/gemm.h"
+#include "backend/gemv.h"
 #include "backend/q8.h"
 #include "io/fileio.h"
 #include "io/json.h"

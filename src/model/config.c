@@ -418,7 +418,7 @@ MoEConfig config_moe(const ModelConfig *c) {
     memset(&m, 0, sizeof m);
     m.router = c->router_type;
     m.E = c->num_experts > 1 ? c->num_experts : 1;
-    m.K = (c->router_type == ROUTER_TOPK) ? c->num_experts_per_tok : 1;
+    m.K = router_info(c->router_type)->slots == EXPERTS_K ? c->num_experts_per_tok : 1;
     m.C = c->d_model;
     m.H = c->expert_d_ff > 0 ? c->expert_d_ff : c->d_ff;
     m.act = c->hidden_act;

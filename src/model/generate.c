@@ -22,7 +22,9 @@
 #endif
 #include <stdlib.h>
 #include <string.h>
-#include "backend/gemm.h"
+#include "backend/gemv.h"
+#include "backend/barrier.h"
+#include "backend/runtime.h"
 #include "ops/ops.h"
 
 /* ---- cache ------------------------------------------------------------------------------------- */
@@ -502,7 +504,7 @@ typedef struct {
 static void count_moe(StepFloats *f, const MoEConfig *cfg) {
     double C = cfg->C, H = cfg->H, H1 = activation_in_width(cfg->act, cfg->H);
     int reached = moe_slots_per_token(cfg) < cfg->E ? moe_slots_per_token(cfg) : cfg->E;
-    if (cfg->router != ROUTER_RANDOM && cfg->router != ROUTER_HASH) f->vec[KV_PHASE_MOE] += cfg->E * C;   /* router_w */
+    if (router_info(cfg->router)->learned) f->vec[KV_PHASE_MOE] += cfg->E * C;   /* router_w */
     if (cfg->use_expert_bias) f->vec[KV_PHASE_MOE] += cfg->E;
     f->mat[KV_PHASE_MOE] += (reached + (cfg->shared_expert ? 1 : 0)) * (H1 * C + C * H);
     f->vec[KV_PHASE_MOE] += (reached + (cfg->shared_expert ? 1 : 0)) * (H1 + C);

@@ -5,7 +5,6 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
-#include "backend/gemm.h"
 #include "model/encdec.h"
 #include "model/layout.h"
 #include "ops/ops.h"
@@ -54,7 +53,7 @@ static void layout_moe(Layout *L, MoEParams *p, MoEParams *g, const MoEConfig *m
     char nm[96];
     int E = mc->E, C = mc->C, H = mc->H, H1 = activation_in_width(mc->act, H);
 #define NAME(s) (snprintf(nm, sizeof nm, "%s.%s", prefix, s), nm)
-    if (mc->router != ROUTER_RANDOM && mc->router != ROUTER_HASH)
+    if (router_info(mc->router)->learned)
         p->router_w = layout_tensor(L, &g->router_w, NAME("router.weight"), 1, 2, E, C, 0);
     /* the experts: this layout's shard of them (all E unless expert parallel) */
     int64_t first = (int64_t)E / L->parts * L->part, rows = E / L->parts;
@@ -424,7 +423,7 @@ void model_param_counts(const Model *m, size_t *total, size_t *active, size_t *p
     for (int i = 0; i < m->n_tensors; i++) if (m->tensors[i].trainable) tot += m->tensors[i].full_size;
     int moe_layers = config_num_moe_layers(&m->cfg);
     size_t pe = moe_layers ? moe_expert_params(&m->moe_cfg) : 0;
-    int E = m->moe_cfg.E, K = m->moe_cfg.router == ROUTER_SOFT ? E : m->moe_cfg.K;
+    int E = m->moe_cfg.E, K = moe_active_experts(&m->moe_cfg);
     if (total) *total = tot;
     if (active) *active = tot - (size_t)moe_layers * pe * (size_t)(E - K);
     if (per_expert) *per_expert = pe;

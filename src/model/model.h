@@ -23,7 +23,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include "backend/gemm.h"
+#include "backend/barrier.h"
 #include "model/config.h"
 #include "moe/moe.h"
 

@@ -30,18 +30,27 @@
 
 /* ---- names and sizes -------------------------------------------------------------------------- */
 
-static const char *const router_names[ROUTER__COUNT] = {
-    "random", "hash", "soft", "switch", "topk", "expert-choice",
+static const RouterInfo router_table[ROUTER__COUNT] = {
+    /*                      name             route              learned slots        per_token  capped balance causal multi_rank */
+    [ROUTER_RANDOM]        = {"random",        ROUTE_RANDOM_PASS, 0, EXPERTS_ONE, EXPERTS_ONE, 0, 0, 1, 1},
+    [ROUTER_HASH]          = {"hash",          ROUTE_HASH,        0, EXPERTS_ONE, EXPERTS_ONE, 1, 0, 1, 1},
+    [ROUTER_SOFT]          = {"soft",          ROUTE_ALL,         1, EXPERTS_ALL, EXPERTS_ALL, 0, 0, 1, 1},
+    [ROUTER_SWITCH]        = {"switch",        ROUTE_TOKEN_TOPK,  1, EXPERTS_ONE, EXPERTS_ONE, 1, 1, 1, 1},
+    [ROUTER_TOPK]          = {"topk",          ROUTE_TOKEN_TOPK,  1, EXPERTS_K,   EXPERTS_K,   1, 1, 1, 1},
+    [ROUTER_EXPERT_CHOICE] = {"expert-choice", ROUTE_EXPERT_TOPK, 1, EXPERTS_ALL, EXPERTS_K,   1, 0, 0, 0},
 };
 
-const char *router_name(RouterType r) {
-    return (r >= 0 && r < ROUTER__COUNT) ? router_names[r] : "?";
+const RouterInfo *router_info(RouterType r) {
+    static const RouterInfo unknown = {"?", ROUTE_RANDOM_PASS, 0, EXPERTS_ONE, EXPERTS_ONE, 0, 0, 0, 0};
+    return (r >= 0 && r < ROUTER__COUNT) ? &router_table[r] : &unknown;
 }
+
+const char *router_name(RouterType r) { return router_info(r)->name; }
 
 int router_from_name(const char *s) {
     if (!s) return -1;
     for (int i = 0; i < ROUTER__COUNT; i++)
-        if (strcmp(s, router_names[i]) == 0) return i;
+        if (strcmp(s, router_table[i].name) == 0) return i;
     if (strcmp(s, "expert_choice") == 0) return ROUTER_EXPERT_CHOICE;
     if (strcmp(s, "top1") == 0) return ROUTER_SWITCH;
     return -1;
@@ -55,21 +64,18 @@ int router_from_name(const char *s) {
 static int moe_h1(const MoEConfig *cfg) { return activation_in_width(cfg->act, cfg->H); }
 
 /* Routers with a learned weight (and so logits, probs, gradients and losses). */
-static int router_learned(RouterType r) { return r != ROUTER_RANDOM && r != ROUTER_HASH; }
+static int router_learned(RouterType r) { return router_info(r)->learned; }
 
-/* Experts per token that the capacity formula counts. */
-static int moe_k(const MoEConfig *cfg) {
-    return (cfg->router == ROUTER_TOPK || cfg->router == ROUTER_EXPERT_CHOICE) ? cfg->K : 1;
+static int router_count(RouterCount n, const MoEConfig *cfg) {
+    return n == EXPERTS_ALL ? cfg->E : n == EXPERTS_K ? cfg->K : 1;
 }
 
-int moe_slots_per_token(const MoEConfig *cfg) {
-    switch (cfg->router) {
-    case ROUTER_SOFT:
-    case ROUTER_EXPERT_CHOICE: return cfg->E;
-    case ROUTER_TOPK: return cfg->K;
-    default: return 1;
-    }
-}
+/* The K of a router whose slots per token are its config's K (topk), 1 for the others. */
+static int moe_slot_k(const MoEConfig *cfg) { return router_info(cfg->router)->slots == EXPERTS_K ? cfg->K : 1; }
+
+int moe_slots_per_token(const MoEConfig *cfg) { return router_count(router_info(cfg->router)->slots, cfg); }
+
+int moe_active_experts(const MoEConfig *cfg) { return router_count(router_info(cfg->router)->per_token, cfg); }
 
 int moe_hash_expert(int token, int E) {
     /* splitmix64's finaliser of the id: a fixed, well-mixed function, independent of the vocabulary
@@ -192,28 +198,20 @@ moelm_status moe_config_check(const MoEConfig *cfg, int causal) {
     if (cfg->act != ACT_RELU && cfg->act != ACT_GELU && cfg->act != ACT_SWIGLU && cfg->act != ACT_GELU_TANH)
         return moelm_fail(MOELM_ERR_CONFIG, "hidden_act: unknown activation %d (use relu, gelu, gelu_new or swiglu)",
                           (int)cfg->act);
-    switch (cfg->router) {
-    case ROUTER_TOPK:
-        if (cfg->K < 2 || cfg->K > cfg->E)
-            return moelm_fail(MOELM_ERR_CONFIG, "num_experts_per_tok: router topk needs 2 <= K <= num_experts "
-                              "(%d), got %d (use router switch for K = 1)", cfg->E, cfg->K);
-        break;
-    case ROUTER_SWITCH: case ROUTER_RANDOM: case ROUTER_HASH:
-        if (cfg->K > 1)
-            return moelm_fail(MOELM_ERR_CONFIG, "num_experts_per_tok: router %s sends each token to one expert, "
-                              "so K must be 1, got %d (use router topk for K >= 2)", rn, cfg->K);
-        break;
-    case ROUTER_EXPERT_CHOICE:
-        if (causal)
-            return moelm_fail(MOELM_ERR_CONFIG, "router_type: expert-choice routing is non-causal (an expert "
-                              "picks its tokens from the whole batch, so a token's output depends on later "
-                              "tokens); it cannot be used in a causal language model: use switch or topk");
-        if (cfg->K < 1 || cfg->K > cfg->E)
-            return moelm_fail(MOELM_ERR_CONFIG, "num_experts_per_tok: expert-choice uses K (the mean experts "
-                              "per token in its capacity, 1..%d), got %d", cfg->E, cfg->K);
-        break;
-    default: break;
-    }
+    const RouterInfo *ri = router_info(cfg->router);
+    if (causal && !ri->causal)
+        return moelm_fail(MOELM_ERR_CONFIG, "router_type: %s routing is non-causal (an expert "
+                          "picks its tokens from the whole batch, so a token's output depends on later "
+                          "tokens); it cannot be used in a causal language model: use switch or topk", rn);
+    if (ri->slots == EXPERTS_K && (cfg->K < 2 || cfg->K > cfg->E))
+        return moelm_fail(MOELM_ERR_CONFIG, "num_experts_per_tok: router %s needs 2 <= K <= num_experts "
+                          "(%d), got %d (use router switch for K = 1)", rn, cfg->E, cfg->K);
+    if (ri->slots == EXPERTS_ONE && cfg->K > 1)
+        return moelm_fail(MOELM_ERR_CONFIG, "num_experts_per_tok: router %s sends each token to one expert, "
+                          "so K must be 1, got %d (use router topk for K >= 2)", rn, cfg->K);
+    if (ri->slots == EXPERTS_ALL && ri->per_token == EXPERTS_K && (cfg->K < 1 || cfg->K > cfg->E))
+        return moelm_fail(MOELM_ERR_CONFIG, "num_experts_per_tok: %s uses K (the mean experts "
+                          "per token in its capacity, 1..%d), got %d", rn, cfg->E, cfg->K);
     if (cfg->min_capacity < 0)
         return moelm_fail(MOELM_ERR_CONFIG, "min_capacity: must be >= 0, got %d", cfg->min_capacity);
     if (cfg->group_size < 0)
@@ -230,7 +228,7 @@ moelm_status moe_config_check(const MoEConfig *cfg, int causal) {
         return moelm_fail(MOELM_ERR_CONFIG, "routed_scaling_factor: must be in (0, 1024], got %g", (double)cfg->route_scale);
     if (!(cfg->jitter >= 0.0f && cfg->jitter < 1.0f))
         return moelm_fail(MOELM_ERR_CONFIG, "router_jitter_noise: must be in [0, 1), got %g", (double)cfg->jitter);
-    if (cfg->use_expert_bias && cfg->router != ROUTER_SWITCH && cfg->router != ROUTER_TOPK)
+    if (cfg->use_expert_bias && !ri->balance_loss)
         return moelm_fail(MOELM_ERR_CONFIG, "use_expert_bias: the selection bias steers which experts a token "
                           "chooses, so it needs router switch or topk (router is %s)", rn);
     if (cfg->use_expert_bias && !(cfg->bias_rate >= 0.0f))
@@ -241,14 +239,14 @@ moelm_status moe_config_check(const MoEConfig *cfg, int causal) {
 int moe_capacity(const MoEConfig *cfg, int N, int training) {
     /* soft: every expert sees every token; random: one expert takes the whole pass (the tutorial),
      * capacity would drop (E-1)/E of the tokens */
-    if (cfg->router == ROUTER_SOFT || cfg->router == ROUTER_RANDOM) return N;
+    if (!router_info(cfg->router)->capped) return N;
     int cap;
     if (cfg->expert_capacity > 0) {
         cap = cfg->expert_capacity;
     } else {
         float cf = training ? cfg->capacity_factor_train : cfg->capacity_factor_eval;
         if (cf <= 0.0f) return N;   /* dropless: an expert sees a token at most once */
-        cap = (int)floor((double)cf * N * moe_k(cfg) / cfg->E + 0.5);
+        cap = (int)floor((double)cf * N * moe_active_experts(cfg) / cfg->E + 0.5);
         if (cap < cfg->min_capacity) cap = cfg->min_capacity;
     }
     if (cap < 1) cap = 1;
@@ -313,7 +311,7 @@ static double route_token(MoEActs *a, const MoEConfig *cfg, const float *bias, i
 
     int *ex = a->expert + (size_t)t * KS;
     float *g = a->gate + (size_t)t * KS;
-    if (cfg->router == ROUTER_SOFT) {
+    if (router_info(cfg->router)->route == ROUTE_ALL) {
         for (int e = 0; e < E; e++) { ex[e] = e; g[e] = pr[e]; }
     } else if (token_choice) {
         /* top-K by score = prob + selection bias (DeepSeek-V3: the bias chooses, never weighs);
@@ -357,7 +355,7 @@ static void moe_route(MoEActs *a, const float *x, const int *tokens, const MoEPa
     if (!router_learned(cfg->router)) {
         /* No router weight: gate 1, logits 0, probs the one-hot of the routing decision. */
         int re = -1;
-        if (cfg->router == ROUTER_RANDOM) {
+        if (router_info(cfg->router)->route == ROUTE_RANDOM_PASS) {
             CHECK(rng != NULL);
             re = (int)rng_below(rng, (uint32_t)E);
             a->random_expert = re;
@@ -406,9 +404,9 @@ static void moe_route(MoEActs *a, const float *x, const int *tokens, const MoEPa
     /* probs = softmax(logits) per token; lse for the z-loss. Rows are independent: each thread writes
      * only its tokens' rows; the z sum is a reduction. */
     double zsum = 0.0;
-    int token_choice = cfg->router == ROUTER_TOPK || cfg->router == ROUTER_SWITCH;
-    int K = cfg->router == ROUTER_TOPK ? cfg->K : 1;
-    int mixtral = cfg->router == ROUTER_TOPK && cfg->topk_softmax_after;
+    int token_choice = router_info(cfg->router)->route == ROUTE_TOKEN_TOPK;
+    int K = moe_slot_k(cfg);
+    int mixtral = router_info(cfg->router)->slots == EXPERTS_K && cfg->topk_softmax_after;
     const float *bias = (cfg->use_expert_bias && p->expert_bias) ? p->expert_bias : NULL;
     if ((size_t)N * E * (K + 4) >= MOE_PAR_WORK) {
 #pragma omp parallel for schedule(static) reduction(+ : zsum)
@@ -419,7 +417,7 @@ static void moe_route(MoEActs *a, const float *x, const int *tokens, const MoEPa
     comm_allreduce_f64(COMM_WORLD, &zsum, 1);   /* the routing group is every rank's tokens */
     a->z_loss = (float)(zsum / a->Ng);
 
-    if (cfg->router == ROUTER_EXPERT_CHOICE) {
+    if (router_info(cfg->router)->route == ROUTE_EXPERT_TOPK) {
         int Cap = a->Cap;
         /* Each expert writes only column e of expert[] and uses its own scratch row_token[e*Cap ..],
          * disjoint because E * Cap <= E * N = Smax. */
@@ -740,9 +738,9 @@ float moe_loss(const MoEActs *a, const MoEConfig *cfg) {
 static void router_backward_logits(MoEActs *a, const float *dout, const float *x, const MoEConfig *cfg, int N,
                                    float aux_scale) {
     int E = cfg->E, C = cfg->C, KS = a->KS;
-    int balance = cfg->router == ROUTER_SWITCH || cfg->router == ROUTER_TOPK;
-    int mixtral = cfg->router == ROUTER_TOPK && cfg->topk_softmax_after;
-    int K = cfg->router == ROUTER_TOPK ? cfg->K : 1;
+    int balance = router_info(cfg->router)->balance_loss;
+    int mixtral = router_info(cfg->router)->slots == EXPERTS_K && cfg->topk_softmax_after;
+    int K = moe_slot_k(cfg);
     /* aux = E sum_e f_e P_e, P_e = (1/N) sum_t p[t,e]  =>  d aux / d p[t,e] = E f_e / N */
     float Ng = (float)a->Ng;   /* the routing group's tokens (N on one rank) */
     float aux_w = balance ? aux_scale * cfg->aux_coef * (float)E / (Ng * Ng * (float)K) : 0.0f;

@@ -34,6 +34,35 @@ typedef enum {
     ROUTER__COUNT
 } RouterType;
 
+/* How tokens reach experts (the routing function that serves a router). */
+typedef enum {
+    ROUTE_RANDOM_PASS,        /* one expert drawn for the whole pass, gate 1 */
+    ROUTE_HASH,               /* the token id's fixed expert, gate 1 */
+    ROUTE_ALL,                /* every expert, gated by the softmax */
+    ROUTE_TOKEN_TOPK,         /* each token takes its K best-scoring experts (score = prob + selection bias) */
+    ROUTE_EXPERT_TOPK,        /* each expert takes its Cap most probable tokens */
+} RouteKind;
+
+/* A count of experts: one, the config's K, or all E. */
+typedef enum { EXPERTS_ONE, EXPERTS_K, EXPERTS_ALL } RouterCount;
+
+/* The facts about a router, one entry per RouterType (router_table in moe.c): a new router is one
+ * entry there plus its routing function. */
+typedef struct {
+    const char *name;        /* as configs and reports spell it */
+    RouteKind route;
+    int learned;             /* has a router weight [E, C]: logits, probs, their gradients, the z-loss */
+    RouterCount slots;       /* slots per token (moe_slots_per_token) */
+    RouterCount per_token;   /* experts a token uses on average: the capacity formula's and the active
+                              * parameters' count (expert-choice: K, though a token's slots are E) */
+    int capped;              /* a capacity limits each expert's tokens (0: every token kept) */
+    int balance_loss;        /* the load-balancing loss, and the selection bias (use_expert_bias) */
+    int causal;              /* a token's routing depends on no later token (usable in a language model) */
+    int multi_rank;          /* runs over several ranks (the routing group spans the ranks) */
+} RouterInfo;
+
+/* The entry of router r; an out-of-range r gets an entry named "?" with every fact 0. */
+const RouterInfo *router_info(RouterType r);
 const char *router_name(RouterType r);            /* "random", "hash", "soft", "switch", "topk", "expert-choice" */
 int router_from_name(const char *s);              /* -1 when unknown */
 
@@ -135,6 +164,9 @@ void moe_acts_bind(MoEActs *a, void *mem, const MoEConfig *cfg, int N);
 
 /* KS: token-slots per token (K for topk, E for soft and expert-choice, 1 otherwise). */
 int moe_slots_per_token(const MoEConfig *cfg);
+/* Experts a token uses on average (E for soft, K for topk and expert-choice, 1 otherwise): what the
+ * capacity formula and the active parameter count assume. */
+int moe_active_experts(const MoEConfig *cfg);
 
 /* The hash router's fixed expert for a token id, in [0, E). */
 int moe_hash_expert(int token, int E);

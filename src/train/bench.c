@@ -10,6 +10,8 @@
 #include <string.h>
 #include <sys/resource.h>
 #include "backend/gemm.h"
+#include "backend/readprobe.h"
+#include "backend/runtime.h"
 #include "backend/gemm_bf16.h"
 #include "io/fileio.h"
 #include "data/span.h"
@@ -83,7 +85,7 @@ static double moe_flops(const Model *m, const MoEActs *a) {
     const MoEConfig *mc = &m->moe_cfg;
     double C = mc->C, H = mc->H, H1 = activation_in_width(mc->act, mc->H), N = a->N;
     double f = (double)a->S * (2 * C * H1 + 2 * H * C);                        /* experts over kept slots */
-    if (mc->router != ROUTER_RANDOM && mc->router != ROUTER_HASH) f += 2 * N * C * mc->E;   /* router */
+    if (router_info(mc->router)->learned) f += 2 * N * C * mc->E;   /* router */
     if (mc->shared_expert) f += N * (2 * C * H1 + 2 * H * C);
     return f;
 }

@@ -65,8 +65,9 @@ moelm_status dist_check(const ModelConfig *cfg, int batch_size) {
     if (batch_size % W)
         return moelm_fail(MOELM_ERR_CONFIG, "batch size %d does not split over %d ranks (use a multiple of %d)",
                           batch_size, W, W);
-    if (cfg->num_experts > 0 && cfg->router_type == ROUTER_EXPERT_CHOICE)
-        return moelm_fail(MOELM_ERR_CONFIG, "expert-choice routing is not supported over several ranks");
+    if (cfg->num_experts > 0 && !router_info(cfg->router_type)->multi_rank)
+        return moelm_fail(MOELM_ERR_CONFIG, "%s routing is not supported over several ranks",
+                          router_name(cfg->router_type));
     if (P > 1 && (cfg->num_experts < P || cfg->num_experts % P))
         return moelm_fail(MOELM_ERR_CONFIG, "--expert-parallel %d: the %d experts of a layer must split evenly "
                           "over the %d ranks", P, cfg->num_experts, P);

@@ -2,7 +2,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
-#include "backend/gemm.h"
+#include "backend/runtime.h"
 #include "data/corpus.h"
 #include "io/fileio.h"
 #include "data/span.h"

@@ -11,7 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include "backend/gemm.h"
+#include "backend/runtime.h"
 #include "backend/gemm_bf16.h"
 #include "data/corpus.h"
 #include "data/dataloader.h"
@@ -21,8 +21,8 @@
 #include "io/json.h"
 #include "model/encdec.h"
 #include "optim/optim.h"
-#include "report/progress.h"
-#include "report/routing.h"
+#include "train/progress.h"
+#include "train/routing.h"
 #include "train/checkpoint.h"
 #include "train/dist.h"
 #include "train/hooks.h"

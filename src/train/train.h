@@ -74,7 +74,7 @@ int moe_stats_collapsed(const MoEStats *s, RouterType router);
  * less than T: sliding-window evaluation, every target scored once with at least T - stride tokens
  * of context after the first window); at most max_batches batches (0: all). */
 moelm_status evaluate(Model *m, const int *ids, size_t n, size_t max_batches, int stride, EvalResult *r);
-/* evaluate, also recording each batch's routing into rec (report/routing.h; NULL: none) */
+/* evaluate, also recording each batch's routing into rec (train/routing.h; NULL: none) */
 struct RoutingRec;
 moelm_status evaluate_routed(Model *m, const int *ids, size_t n, size_t max_batches, int stride, EvalResult *r,
                              struct RoutingRec *rec);

@@ -1,5 +1,5 @@
 /* progress.c: the terminal progress line (see progress.h). Writes only to stderr. */
-#include "report/progress.h"
+#include "train/progress.h"
 
 #include <stdarg.h>
 #include <stdio.h>

@@ -23,8 +23,8 @@
  * windows of each global batch and writes the file.
  * The model's RNG is restored afterwards, so a dump never changes the training run.
  */
-#ifndef MOELM_REPORT_ROUTING_H
-#define MOELM_REPORT_ROUTING_H
+#ifndef MOELM_TRAIN_ROUTING_H
+#define MOELM_TRAIN_ROUTING_H
 
 #include <stddef.h>
 #include "model/model.h"

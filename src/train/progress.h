@@ -12,8 +12,8 @@
  * message) overwrites the line instead of being appended to it.
  * progress_note shows a one-off status ("training tokenizer ...") until the next clear or update.
  */
-#ifndef MOELM_REPORT_PROGRESS_H
-#define MOELM_REPORT_PROGRESS_H
+#ifndef MOELM_TRAIN_PROGRESS_H
+#define MOELM_TRAIN_PROGRESS_H
 
 typedef struct {
     int on;            /* drawing at all (enabled and stderr a terminal) */

@@ -4,7 +4,7 @@
  * Over MPI (src/train/dist.h) every rank runs the same forward passes in step, as evaluate() does
  * (expert parallelism exchanges tokens inside model_forward), each on its share of the windows of a
  * global batch; rank 0 records its own windows (the stream's start is among them) and writes. */
-#include "report/routing.h"
+#include "train/routing.h"
 
 #include <stdio.h>
 #include <stdlib.h>
