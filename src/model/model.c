@@ -458,6 +458,9 @@ moelm_status model_set_bf16(Model *m, int on) {
     if (m->ed)   /* the encoder-decoder's products have no bf16 path yet */
         return on ? moelm_fail(MOELM_ERR_CONFIG, "bf16 mode is not yet supported for switch_transformers models")
                   : MOELM_OK;
+    if (config_is_llama(&m->cfg))   /* its q/k/v and MLP tensors lie in several arena tensors: not packed yet */
+        return on ? moelm_fail(MOELM_ERR_CONFIG, "bf16 mode is not yet supported for mixtral / llama models")
+                  : MOELM_OK;
     if (!on) {
         bf16_unbind(m);
         moelm_free(m->w16);
