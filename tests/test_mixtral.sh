@@ -61,7 +61,7 @@ expect_error "HF dir: a shape differs from the config" "shape" $BIN generate -m 
 hfbad kv; sed -i 's/"num_key_value_heads": 2/"num_key_value_heads": 4/' "$TMP/bad_kv/config.json"
 expect_error "HF dir: k_proj's shape against num_key_value_heads" "k_proj" $BIN generate -m "$TMP/bad_kv" -n 2
 hfbad v; sed -i 's/"vocab_size": 300/"vocab_size": 200/' "$TMP/bad_v/config.json"
-expect_error "HF dir: vocab_size against the weights" "embed_tokens" $BIN generate -m "$TMP/bad_v" -n 2
+expect_error "HF dir: vocab_size against the tokenizer and weights" "vocab_size" $BIN generate -m "$TMP/bad_v" -n 2
 expect_error "export: --format onnx refused" "format" $BIN export -m "$TMP/full" --format onnx -o "$TMP/x"
 expect_error "export: --dtype q4 refused" "dtype" $BIN export -m "$TMP/full" --format hf --dtype q4 -o "$TMP/x"
 check "nothing written by the refused exports" test ! -e "$TMP/x"
