@@ -333,6 +333,23 @@ TEST(kv_topk_lm) {
     run_case(&c, "top-2 relu lm with shared expert");
 }
 
+TEST(kv_llama_family) {
+    /* RoPE at each step's position, grouped-query attention over the cache (4 query heads on 2), no
+     * biases; mixtral's top-2 experts; llama dense, multi-query */
+    ModelConfig c;
+    tiny_llama(&c, 1, 13);
+    c.dropout_rate = 0.1f;
+    run_case(&c, "mixtral top-2 gqa");
+    tiny_llama(&c, 0, 13);
+    c.num_key_value_heads = 1;
+    c.tie_word_embeddings = 1;
+    run_case(&c, "llama mqa tied");
+    tiny_llama(&c, 0, 13);
+    c.d_model = 64;   /* head width 16: attn_step's vector path */
+    c.num_key_value_heads = 4;
+    run_case(&c, "llama heads of 16");
+}
+
 TEST(kv_seed_models) {
     RouterType r[4] = {ROUTER_HASH, ROUTER_RANDOM, ROUTER_SOFT, ROUTER_SWITCH};
     for (int i = 0; i < 4; i++) {
@@ -472,13 +489,15 @@ TEST(kv_memory) {
 static double table_bytes(const Model *m, int bf16) {
     const MoEConfig *mc = &m->moe_cfg;
     int C = m->cfg.d_model, E = mc->E, slots = moe_slots_per_token(mc), reached = slots < E ? slots : E;
-    int tied_head = m->cfg.model_type == MODEL_LM && m->cfg.tie_word_embeddings;
+    int tied_head = (m->cfg.model_type == MODEL_LM || config_is_llama(&m->cfg)) && m->cfg.tie_word_embeddings;
     double bytes = 0.0;
     for (int i = 0; i < m->n_tensors; i++) {
         const TensorInfo *t = &m->tensors[i];
-        int matrix = t->ndim >= 2 && strstr(t->name, ".weight") && !strstr(t->name, "router");
+        int router = strstr(t->name, "router") || strstr(t->name, "block_sparse_moe.gate.");
+        int matrix = t->ndim >= 2 && strstr(t->name, ".weight") && !router;
         double n = (double)t->size, w = bf16 && matrix ? 2.0 : 4.0;
-        if (!strcmp(t->name, "tok_emb.weight")) bytes += 4.0 * C + (tied_head ? w * n : 0.0);
+        if (!strcmp(t->name, "tok_emb.weight") || !strcmp(t->name, "model.embed_tokens.weight"))
+            bytes += 4.0 * C + (tied_head ? w * n : 0.0);
         else if (!strcmp(t->name, "pos_emb.weight")) bytes += 4.0 * C;
         else bytes += w * (strstr(t->name, ".experts.") ? n / E * reached : n);
     }
@@ -486,9 +505,14 @@ static double table_bytes(const Model *m, int bf16) {
 }
 
 TEST(kv_step_bytes_match_the_tensors) {
-    ModelConfig c[6];
-    const char *label[6] = {"dense tied", "rms swiglu untied", "top-2 + shared", "seed soft", "seed switch swiglu",
-                            "seed hash"};
+    ModelConfig c[9];
+    const char *label[9] = {"dense tied", "rms swiglu untied", "top-2 + shared", "seed soft", "seed switch swiglu",
+                            "seed hash", "mixtral", "llama tied", "mixtral tied"};
+    tiny_llama(&c[6], 1, 13);
+    tiny_llama(&c[7], 0, 13);
+    c[7].tie_word_embeddings = 1;
+    tiny_llama(&c[8], 1, 13);
+    c[8].tie_word_embeddings = 1;
     tiny(&c[0], 13);
     c[0].num_experts = 0;
     tiny(&c[1], 13);
@@ -506,7 +530,7 @@ TEST(kv_step_bytes_match_the_tensors) {
     seed_cfg(&c[4], ROUTER_SWITCH);
     c[4].hidden_act = ACT_SWIGLU;
     seed_cfg(&c[5], ROUTER_HASH);
-    for (int i = 0; i < 6; i++) {
+    for (int i = 0; i < 9; i++) {
         Model m;
         EXPECT_MSG(model_create(&m, &c[i], 1, 4, 1) == MOELM_OK, "%s: %s", label[i], moelm_last_error());
         for (int bf16 = 0; bf16 < 2; bf16++)
@@ -672,6 +696,7 @@ int main(void) {
     RUN(kv_dense_wide_heads);
     RUN(kv_switch_lm);
     RUN(kv_topk_lm);
+    RUN(kv_llama_family);
     RUN(kv_seed_models);
     RUN(kv_profile);
     RUN(kv_memory);

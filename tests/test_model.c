@@ -155,6 +155,96 @@ TEST(grad_topk_lm) {
     run_case(&c, "top-2 lm");
 }
 
+/* The Llama / Mixtral family: RoPE, grouped-query attention (4 query heads over 2), RMSNorm, SwiGLU,
+ * no biases; mixtral's top-2 router (softmax over the chosen 2) with HF's balance loss over both layers
+ * (coefficient 0.1, so that its gradient is visible), untied; llama dense and tied. */
+TEST(grad_mixtral) {
+    ModelConfig c;
+    tiny_llama(&c, 1, 11);
+    run_case(&c, "mixtral top-2 gqa untied");
+    EXPECT(config_check(&c) == MOELM_OK);
+}
+
+TEST(grad_mixtral_switch_capacity) {
+    ModelConfig c;   /* the other routers through --set: switch with dropping, its own losses */
+    tiny_llama(&c, 1, 11);
+    EXPECT(config_set(&c, "router_type", "switch") == MOELM_OK);
+    EXPECT(config_set(&c, "capacity_factor", "0.5") == MOELM_OK);
+    EXPECT(config_set(&c, "eval_capacity_factor", "0.5") == MOELM_OK);
+    c.min_capacity = 1;
+    run_case(&c, "mixtral layout, switch router with drops");
+}
+
+TEST(grad_llama) {
+    ModelConfig c;
+    tiny_llama(&c, 0, 11);
+    c.tie_word_embeddings = 1;
+    c.num_key_value_heads = 4;   /* plain multi-head */
+    run_case(&c, "llama dense tied");
+    tiny_llama(&c, 0, 11);
+    c.num_key_value_heads = 1;   /* multi-query */
+    run_case(&c, "llama dense mqa untied");
+}
+
+/* HF's balance loss by hand: one layer's logits over a top-2 of 3 experts, against the loss the model
+ * adds (the sum over k of the top-k shares times the mean probability, times E, times the coefficient). */
+TEST(mixtral_balance_loss_value) {
+    ModelConfig c;
+    tiny_llama(&c, 1, 11);
+    Model m;
+    int B = 2, T = 5, inp[10], tgt[10];
+    EXPECT(model_create(&m, &c, B, T, 3) == MOELM_OK);
+    scale_params(&m, 20.0f, 0);
+    batch(inp, tgt, B * T, 11, 2);
+    model_forward(&m, inp, tgt, 0);
+    double f[3] = {0}, P[3] = {0};
+    int N = B * T, E = 3, L = 2;
+    for (int l = 0; l < L; l++) {
+        const MoEActs *a = &m.a.layers[l].moe;
+        for (int t = 0; t < N; t++) {
+            /* the two largest logits, by hand */
+            const float *lg = a->logits + t * E;
+            double mx = lg[0], z = 0;
+            for (int e = 1; e < E; e++) if (lg[e] > mx) mx = lg[e];
+            for (int e = 0; e < E; e++) z += exp(lg[e] - mx);
+            int lo = 0;
+            for (int e = 1; e < E; e++) if (lg[e] < lg[lo]) lo = e;
+            for (int e = 0; e < E; e++) {
+                P[e] += exp(lg[e] - mx) / z / (L * N);
+                if (e != lo) f[e] += 1.0 / (L * N);
+            }
+        }
+    }
+    double want = 0;
+    for (int e = 0; e < E; e++) want += f[e] * P[e];
+    want *= E * 0.1;
+    EXPECT_MSG(fabs(m.aux_loss - want) < 1e-6 * want + 1e-7, "aux %.9g, by hand %.9g", m.aux_loss, want);
+    /* off: no loss */
+    m.cfg.output_router_logits = 0;
+    model_forward(&m, inp, tgt, 0);
+    EXPECT(m.aux_loss == 0.0f);
+    model_free(&m);
+}
+
+TEST(llama_causality) {
+    /* dense: bit-equal earlier logits (an MoE's expert products run over however many rows reached the
+     * expert, which may round a row's sums differently) */
+    ModelConfig c;
+    tiny_llama(&c, 0, 13);
+    Model m;
+    int B = 1, T = 8, inp[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    EXPECT(model_create(&m, &c, B, T, 3) == MOELM_OK);
+    scale_params(&m, 10.0f, 0);
+    model_forward(&m, inp, NULL, 0);
+    float l1[8 * 13];
+    memcpy(l1, m.a.logits, sizeof l1);
+    inp[5] = 12;
+    model_forward(&m, inp, NULL, 0);
+    EXPECT(memcmp(l1, m.a.logits, sizeof(float) * 5 * 13) == 0);
+    EXPECT(memcmp(l1 + 5 * 13, m.a.logits + 5 * 13, sizeof(float) * 13) != 0);
+    model_free(&m);
+}
+
 TEST(grad_seed_models) {
     RouterType r[4] = {ROUTER_HASH, ROUTER_RANDOM, ROUTER_SOFT, ROUTER_SWITCH};
     for (int i = 0; i < 4; i++) {
@@ -313,6 +403,67 @@ TEST(config_json_round_trip) {
     moelm_free(js);
     EXPECT_MSG(config_load(&d, "build/tmp/cfg.json") == MOELM_OK, "%s", moelm_last_error());
     EXPECT(memcmp(&c, &d, sizeof c) == 0);
+    /* the llama family's HF config.json (arrays, nulls, HF's names) back to the same config */
+    const char *presets[2] = {"mixtral-tiny", "llama-tiny"};
+    for (int i = 0; i < 2; i++) {
+        config_preset(&c, presets[i]);
+        c.vocab_size = 300;
+        c.bos_token_id = 1;
+        if (i == 0) c.router_z_loss_coef = 0.25f;   /* a moelm key after HF's */
+        js = config_to_json(&c);
+        EXPECT(js && strstr(js, i ? "\"LlamaForCausalLM\"" : "\"MixtralForCausalLM\""));
+        f = fopen("build/tmp/cfg.json", "w");
+        fputs(js, f);
+        fclose(f);
+        moelm_free(js);
+        EXPECT_MSG(config_load(&d, "build/tmp/cfg.json") == MOELM_OK, "%s: %s", presets[i], moelm_last_error());
+        EXPECT_MSG(memcmp(&c, &d, sizeof c) == 0, "%s", presets[i]);
+    }
+}
+
+/* HF's configs: MixtralConfig's and LlamaConfig's defaults for the keys a file leaves out; keys moelm
+ * does not build are refused naming the key. */
+TEST(llama_config_keys) {
+    ModelConfig c;
+    system("mkdir -p build/tmp");
+    const char *path = "build/tmp/hfcfg.json";
+    FILE *f = fopen(path, "w");
+    fputs("{\"architectures\": [\"MixtralForCausalLM\"], \"model_type\": \"mixtral\", \"vocab_size\": 100, "
+          "\"hidden_size\": 64, \"num_attention_heads\": 8, \"num_hidden_layers\": 2, \"sliding_window\": null, "
+          "\"pad_token_id\": null, \"torch_dtype\": \"bfloat16\"}", f);
+    fclose(f);
+    EXPECT_MSG(config_load(&c, path) == MOELM_OK, "%s", moelm_last_error());
+    EXPECT(c.model_type == MODEL_MIXTRAL && c.d_model == 64 && c.num_key_value_heads == 8 && c.d_ff == 14336);
+    EXPECT(c.num_experts == 8 && c.num_experts_per_tok == 2 && c.rope_theta == 1e6f && c.layer_norm_epsilon == 1e-5f);
+    EXPECT(c.router_type == ROUTER_TOPK && c.topk_softmax_after && c.capacity_factor <= 0 && !c.tie_word_embeddings);
+    EXPECT(c.bos_token_id == 1 && c.eos_token_id == 2 && c.pad_token_id == -1 && !c.output_router_logits);
+    f = fopen(path, "w");
+    fputs("{\"model_type\": \"llama\", \"vocab_size\": 100, \"hidden_size\": 64, \"num_attention_heads\": 4}", f);
+    fclose(f);
+    EXPECT(config_load(&c, path) == MOELM_OK);
+    EXPECT(c.model_type == MODEL_LLAMA && c.num_key_value_heads == 0 && c.d_ff == 11008 && c.rope_theta == 1e4f);
+    EXPECT(c.layer_norm_epsilon == 1e-6f && c.num_experts == 0);
+    const char *bad[][3] = {
+        {"mixtral", "\"hidden_act\": \"gelu\"", "hidden_act"},
+        {"llama", "\"attention_bias\": true", "attention_bias"},
+        {"mixtral", "\"sliding_window\": 4096", "sliding_window"},
+        {"llama", "\"rope_scaling\": {\"type\": \"linear\"}", "rope_scaling"},
+        {"mixtral", "\"head_dim\": 32", "head_dim"},
+        {"mixtral", "\"num_key_value_heads\": 3", "num_key_value_heads"},
+        {"mixtral", "\"num_local_experts\": 1", "num_local_experts"},
+        {"llama", "\"num_local_experts\": 4", "num_local_experts"},
+        {"mixtral", "\"router_jitter_noise\": 0.1", "router_jitter_noise"},
+        {"mixtral", "\"bos_token_id\": 100", "bos"},
+        {"mixtral", "\"rope_theta\": -3", "rope_theta"},
+        {"llama", "\"attention_dropout\": 0.1", "attention_dropout"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        f = fopen(path, "w");
+        fprintf(f, "{\"model_type\": \"%s\", \"vocab_size\": 100, \"hidden_size\": 64, \"num_attention_heads\": 8, %s}", bad[i][0], bad[i][1]);
+        fclose(f);
+        EXPECT_MSG(config_load(&c, path) == MOELM_ERR_CONFIG && strstr(moelm_last_error(), bad[i][2]),
+                   "%s: %s", bad[i][1], moelm_last_error());
+    }
 }
 
 int main(void) {
@@ -321,11 +472,17 @@ int main(void) {
     RUN(grad_dense_rms_swiglu_untied);
     RUN(grad_switch_lm_with_drops);
     RUN(grad_topk_lm);
+    RUN(grad_mixtral);
+    RUN(grad_mixtral_switch_capacity);
+    RUN(grad_llama);
+    RUN(mixtral_balance_loss_value);
+    RUN(llama_causality);
     RUN(grad_seed_models);
     RUN(causality);
     RUN(training_reduces_loss);
     RUN(bad_configs_rejected);
     RUN(sharded_experts_layout);
     RUN(config_json_round_trip);
+    RUN(llama_config_keys);
     return test_summary("model");
 }

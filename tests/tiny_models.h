@@ -34,6 +34,22 @@ static inline void tiny_seed(ModelConfig *c, RouterType r, float dropout) {
     c->router_type = r;
 }
 
+/* The mixtral-tiny preset (mixtral: 1) or llama-tiny, shrunk: d_model 8, 4 query heads over 2 key/value
+ * heads (head width 2), 3 experts top-2 with HF's balance loss at a visible coefficient. */
+static inline void tiny_llama(ModelConfig *c, int mixtral, int V) {
+    config_preset(c, mixtral ? "mixtral-tiny" : "llama-tiny");
+    c->vocab_size = V;
+    c->d_model = 8;
+    c->num_heads = 4;
+    c->num_key_value_heads = 2;
+    c->d_ff = 6;
+    c->n_positions = 8;
+    if (mixtral) {
+        c->num_experts = 3;
+        c->router_aux_loss_coef = 0.1f;
+    }
+}
+
 /* Scales every weight by s (larger than the 0.02 init, so that attention, the FFN and routing all
  * move the output visibly) and sets the norm weights to 1 + 0.1 * (k % 3). biases = 1 also gives
  * the vectors that are zero at init (biases) small distinct values. */
@@ -41,7 +57,8 @@ static inline void scale_params(Model *m, float s, int biases) {
     for (size_t i = 0; i < m->n_params; i++) m->params[i] *= s;
     for (int i = 0; i < m->n_tensors; i++) {
         const TensorInfo *t = &m->tensors[i];
-        if (strstr(t->name, "ln") && t->ndim == 1 && strstr(t->name, "weight"))
+        if (!t->trainable) continue;   /* buffers (mixtral's zero expert biases) keep their values */
+        if ((strstr(t->name, "ln") || strstr(t->name, "norm")) && t->ndim == 1 && strstr(t->name, "weight"))
             for (size_t k = 0; k < t->size; k++) m->params[t->offset + k] = 1.0f + 0.1f * (float)(k % 3);
         else if (biases && (t->ndim == 1 || strstr(t->name, "bias")))
             for (size_t k = 0; k < t->size; k++) m->params[t->offset + k] = 0.1f * (float)((k * 7 + i) % 5) - 0.2f;

@@ -14,9 +14,10 @@ int cmd_generate(int argc, char **argv) {
         const char *val = NULL;
         if (arg_flag(argv, i, "-h|--help")) {
             printf("usage: moelm generate -m CKPT [-p PROMPT] [-n N] [--temp X] [--top-k K] [--top-p P] [--seed N] [-t N] [--bf16] [-i]\n"
-                   "                      [--beams N] [--length-penalty X]\n\n"
+                   "                      [--beams N] [--length-penalty X] [--stop-eos]\n\n"
                    "  -m, --model CKPT   checkpoint directory, or a run directory (its latest), or a Hugging Face\n"
-                   "                     directory (switch_transformers: config.json, weights, spiece.model)\n"
+                   "                     directory (switch_transformers: config.json, weights, spiece.model;\n"
+                   "                     mixtral / llama: config.json, weights, tokenizer.model)\n"
                    "  -p, --prompt TEXT  prompt (default: empty, i.e. start of a line)\n"
                    "  -n N               tokens to generate (default 40); past the model's positions the\n"
                    "                     context slides (the cache restarts from its newest half)\n"
@@ -33,7 +34,8 @@ int cmd_generate(int argc, char **argv) {
                    "                     here; logits within ~2%% of the float ones (a sample can differ)\n"
                    "  --beams N          encoder-decoder: beam search with N beams (default 1: greedy, or sampling\n"
                    "                     with --temp > 0); the prompt is the encoder's input, the output the target\n"
-                   "  --length-penalty X beam search: a hypothesis scores sum log p / length^X (Hugging Face's; default 1)\n");
+                   "  --length-penalty X beam search: a hypothesis scores sum log p / length^X (Hugging Face's; default 1)\n"
+                   "  --stop-eos         stop after the end-of-text token (a line end), as llama.cpp stops at EOS\n");
             return 0;
         }
         else if (arg_match(argc, argv, &i, "-m|--model", &val)) { if (!val) return cli_error(2); o.ckpt = val; }
@@ -47,6 +49,7 @@ int cmd_generate(int argc, char **argv) {
         else if (arg_flag(argv, i, "-i|--interactive")) o.interactive = 1;
         else if (arg_match(argc, argv, &i, "--beams", &val)) { if (arg_int("--beams", val, 1, 64, &v)) return cli_error(2); o.beams = (int)v; }
         else if (arg_match(argc, argv, &i, "--length-penalty", &val)) { if (arg_float("--length-penalty", val, -10, 10, &d)) return cli_error(2); o.length_penalty = (float)d; }
+        else if (arg_flag(argv, i, "--stop-eos")) o.stop_eos = 1;
         else if (arg_match(argc, argv, &i, "-t|--threads", &val)) { if (arg_int("--threads", val, 1, 1024, &v)) return cli_error(2); o.threads = (int)v; }
         else { moelm_fail(MOELM_ERR_ARG, "generate: unknown flag '%s' (see moelm generate --help)", argv[i]); return cli_error(2); }
     }

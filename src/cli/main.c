@@ -17,6 +17,7 @@ int cmd_tokenizer(int argc, char **argv);
 int cmd_report(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_forward(int argc, char **argv);
+int cmd_export(int argc, char **argv);
 
 /* A subcommand whose file is not built in says so instead of failing to link. */
 #define MISSING_COMMAND(fn, name) \
@@ -40,7 +41,8 @@ static void usage(FILE *f) {
             "  forward    a model's outputs (logits, hidden states, router logits, losses) for given ids\n"
             "  tokenizer  train, encode and decode SentencePiece-compatible tokenizers\n"
             "  report     one self-contained HTML page of a run or several: curves, expert load, routing\n"
-            "  bench      training and inference speed: tok/s, GFLOP/s, share of the machine's GEMM peak\n",
+            "  bench      training and inference speed: tok/s, GFLOP/s, share of the machine's GEMM peak\n"
+            "  export     a mixtral / llama model as a Hugging Face directory or a GGUF file\n",
             MOELM_VERSION);
 }
 
@@ -79,6 +81,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "report")) return cmd_report(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench")) return cmd_bench(argc - 1, argv + 1);
     if (!strcmp(cmd, "forward")) return cmd_forward(argc - 1, argv + 1);
+    if (!strcmp(cmd, "export")) return cmd_export(argc - 1, argv + 1);
     fprintf(stderr, "moelm: unknown command '%s' (try moelm --help)\n", cmd);
     return 2;
 }

@@ -11,7 +11,20 @@
 
 const char *const config_preset_names[] = {"tiny", "demo", "dense-ptb", "switch-ptb", "seed-moe",
                                            "seed-gating", "seed-switch", "switch-t5-tiny", "switch-t5-ptb",
-                                           "seed-hf-switch", NULL};
+                                           "seed-hf-switch", "mixtral-tiny", "mixtral-ptb", "llama-tiny", NULL};
+
+/* The small Mixtral / Llama presets: HF's architecture at moelm's sizes. The vocabulary comes from the
+ * run's tokenizer; no bos/eos/pad ids (a run's tokenizer decides them); the balance loss on (HF's
+ * output_router_logits) with HF's coefficient. */
+static void llama_small(ModelConfig *c, int mixtral, int C, int NH, int NKV, int L, int H, int E, int P) {
+    config_llama_defaults(c, mixtral);
+    c->vocab_size = 0;
+    c->d_model = C; c->num_heads = NH; c->num_key_value_heads = NKV; c->num_layers = L; c->d_ff = H;
+    c->num_experts = E; c->n_positions = P; c->rope_theta = 10000.0f;
+    c->bos_token_id = c->eos_token_id = c->pad_token_id = -1;
+    c->output_router_logits = mixtral;
+    c->dropout_rate = 0.0f;
+}
 
 static void base_lm(ModelConfig *c) {
     memset(c, 0, sizeof *c);
@@ -39,6 +52,8 @@ static void base_lm(ModelConfig *c) {
     c->router_z_loss_coef = 0.001f;
     c->routed_scaling_factor = 1.0f;
     c->expert_bias_rate = 0.001f;
+    c->rope_theta = 10000.0f;
+    c->bos_token_id = c->eos_token_id = c->pad_token_id = -1;
 }
 
 static void base_train(TrainConfig *t) {
@@ -102,6 +117,12 @@ moelm_status config_preset(ModelConfig *c, const char *name) {
         c->dropout_rate = 0.1f;
         c->num_experts = 8;
         c->sparse_step = 4;
+    } else if (!strcmp(name, "mixtral-tiny")) {
+        llama_small(c, 1, 64, 4, 2, 2, 128, 4, 128);     /* 4 experts, top-2, GQA 4:2 */
+    } else if (!strcmp(name, "llama-tiny")) {
+        llama_small(c, 0, 64, 4, 2, 2, 128, 0, 128);
+    } else if (!strcmp(name, "mixtral-ptb")) {
+        llama_small(c, 1, 256, 8, 4, 4, 512, 8, 256);    /* 8 experts, top-2, GQA 8:4 */
     } else if (!strcmp(name, "seed-moe")) {
         seed_model(c, ROUTER_RANDOM);
     } else if (!strcmp(name, "seed-gating")) {
@@ -142,6 +163,13 @@ moelm_status config_preset_train(TrainConfig *t, const char *name) {
     } else if (!strcmp(name, "switch-t5-ptb")) {
         t->batch_size = 32; t->seq_len = 64; t->steps = 5000; t->warmup_steps = 200; t->lr = 1e-3f;
         snprintf(t->tokenizer, sizeof t->tokenizer, "word:10000");
+    } else if (!strcmp(name, "mixtral-tiny") || !strcmp(name, "llama-tiny")) {
+        t->batch_size = 8; t->seq_len = 32; t->steps = 200; t->warmup_steps = 10; t->lr = 3e-3f;
+        t->weight_decay = 0.0f;
+        snprintf(t->tokenizer, sizeof t->tokenizer, "bpe:512:bytes");
+    } else if (!strcmp(name, "mixtral-ptb")) {
+        t->batch_size = 16; t->seq_len = 64; t->steps = 5000; t->warmup_steps = 200; t->lr = 1e-3f;
+        snprintf(t->tokenizer, sizeof t->tokenizer, "bpe:8000:bytes");
     } else if (!strncmp(name, "seed-", 5)) {
         /* the tutorial: sequence 30, batch 64, Adam lr 1e-3 */
         t->batch_size = 64; t->seq_len = 30; t->lr = 1e-3f; t->adamw = 0; t->weight_decay = 0.0f;
@@ -188,6 +216,8 @@ static const char *act_name(Activation a) { return a == ACT_RELU ? "relu" : a ==
 
 moelm_status config_set(ModelConfig *c, const char *key, const char *v) {
     if (c->model_type == MODEL_SWITCH && strcmp(key, "model_type")) return config_switch_set(c, key, v);
+    moelm_status lst;
+    if (config_llama_set(c, key, v, &lst)) return lst;   /* HF's llama / mixtral keys */
 #define INT(k, f) if (!strcmp(key, k)) return config_parse_int(key, v, &c->f)
 #define FLT(k, f) if (!strcmp(key, k)) return config_parse_float(key, v, &c->f)
 #define BOOL(k, f) if (!strcmp(key, k)) return config_parse_bool(key, v, &c->f)
@@ -224,7 +254,9 @@ moelm_status config_set(ModelConfig *c, const char *key, const char *v) {
         if (!strcmp(v, "lm")) c->model_type = MODEL_LM;
         else if (!strcmp(v, "seed")) c->model_type = MODEL_SEED;
         else if (!strcmp(v, "switch_transformers")) config_switch_defaults(c);
-        else return moelm_fail(MOELM_ERR_CONFIG, "model_type: '%s' is not lm, seed or switch_transformers", v);
+        else if (!strcmp(v, "mixtral")) c->model_type = MODEL_MIXTRAL;
+        else if (!strcmp(v, "llama")) c->model_type = MODEL_LLAMA;
+        else return moelm_fail(MOELM_ERR_CONFIG, "model_type: '%s' is not lm, seed, switch_transformers, mixtral or llama", v);
         return MOELM_OK;
     }
     if (!strcmp(key, "norm_type")) {
@@ -334,16 +366,29 @@ moelm_status config_load_skipping(ModelConfig *c, const char *path, int (*skip)(
         return st;
     }
     if (mt && json_type(mt) == JSON_STRING && !strcmp(json_string(mt), "seed")) seed_model(c, ROUTER_SWITCH);
+    if (mt && json_type(mt) == JSON_STRING && config_set(&(ModelConfig){0}, "model_type", json_string(mt))) {
+        st = moelm_fail_context(MOELM_ERR_CONFIG, "%s", path);   /* an unknown model_type, before its other keys */
+        json_free(j);
+        return st;
+    }
+    if (mt && json_type(mt) == JSON_STRING && !strcmp(json_string(mt), "mixtral")) config_llama_defaults(c, 1);
+    if (mt && json_type(mt) == JSON_STRING && !strcmp(json_string(mt), "llama")) config_llama_defaults(c, 0);
     for (size_t i = 0; i < json_len(j); i++) {
         const char *key = json_key_at(j, i);
         const Json *v = json_at(j, i);
         char buf[64];
         const char *sv = buf;
+        if (config_is_llama(c) && config_llama_ignored_key(key)) continue;   /* HF's bookkeeping */
         switch (json_type(v)) {
+        case JSON_NULL:
+            if (!config_is_llama(c)) goto bad;
+            sv = "null";
+            break;
         case JSON_STRING: sv = json_string(v); break;
         case JSON_BOOL: sv = json_bool(v) ? "true" : "false"; break;
         case JSON_NUMBER: json_number_text(json_number(v), buf); break;
-        default:   /* the message first: key points into j */
+        default:
+        bad:   /* the message first: key points into j */
             st = moelm_fail(MOELM_ERR_CONFIG, "%s: key '%s' must be a number, string or boolean", path, key);
             json_free(j);
             return st;
@@ -364,6 +409,7 @@ moelm_status config_load_skipping(ModelConfig *c, const char *path, int (*skip)(
 
 char *config_to_json(const ModelConfig *c) {
     if (c->model_type == MODEL_SWITCH) return config_switch_to_json(c);
+    if (config_is_llama(c)) return config_llama_to_json(c);
     StrBuf sb = {0};
     sb_printf(&sb, "{\n  \"moelm_version\": \"%s\",\n", MOELM_VERSION);
     sb_printf(&sb, "  \"model_type\": \"%s\",\n", c->model_type == MODEL_SEED ? "seed" : "lm");
@@ -396,7 +442,8 @@ char *config_to_json(const ModelConfig *c) {
 /* ---- validation --------------------------------------------------------------------------------- */
 
 int config_block_is_sparse(const ModelConfig *c, int i) {
-    if (c->model_type != MODEL_LM || c->num_experts <= 1 || c->sparse_step <= 0) return 0;
+    if ((c->model_type != MODEL_LM && c->model_type != MODEL_MIXTRAL) || c->num_experts <= 1 || c->sparse_step <= 0)
+        return 0;
     return c->sparse_step == 1 || i % c->sparse_step == 1;
 }
 
@@ -427,13 +474,15 @@ MoEConfig config_moe(const ModelConfig *c) {
     m.capacity_factor_eval = c->eval_capacity_factor;
     m.min_capacity = c->min_capacity;
     m.expert_capacity = c->expert_capacity;
-    m.aux_coef = c->router_aux_loss_coef;
+    /* mixtral: HF's balance loss is over all layers together, computed by the model (model.c) */
+    m.aux_coef = c->model_type == MODEL_MIXTRAL ? 0.0f : c->router_aux_loss_coef;
     m.z_coef = c->router_z_loss_coef;
     m.route_scale = c->routed_scaling_factor;
     m.jitter = c->router_jitter_noise;
     m.use_expert_bias = c->use_expert_bias;
     m.bias_rate = c->expert_bias_rate;
     m.shared_expert = c->shared_expert;
+    if (config_is_llama(c)) m.no_bias = 1;   /* HF's Mixtral experts have no biases */
     return m;
 }
 
@@ -446,7 +495,8 @@ moelm_status config_check(const ModelConfig *c) {
     REQ(c->d_model % c->num_heads == 0, "num_heads (%d) must divide d_model (%d)", c->num_heads, c->d_model);
     REQ(c->num_layers >= 0 && c->num_layers <= 1000, "num_layers must be in [0, 1000] (got %d)", c->num_layers);
     REQ(c->d_ff >= 1 && c->d_ff <= 1 << 20, "d_ff must be in [1, 1048576] (got %d)", c->d_ff);
-    REQ(c->n_positions >= 1 && c->n_positions <= 1 << 16, "n_positions must be in [1, 65536] (got %d)", c->n_positions);
+    int max_pos = config_is_llama(c) ? 1 << 20 : 1 << 16;   /* HF's mixtral default is 131072 */
+    REQ(c->n_positions >= 1 && c->n_positions <= max_pos, "n_positions must be in [1, %d] (got %d)", max_pos, c->n_positions);
     REQ(c->dropout_rate >= 0.0f && c->dropout_rate < 1.0f, "dropout_rate must be in [0, 1) (got %g)", c->dropout_rate);
     REQ(c->layer_norm_epsilon > 0.0f && c->layer_norm_epsilon < 1.0f, "layer_norm_epsilon must be in (0, 1) (got %g)", c->layer_norm_epsilon);
     REQ(c->num_experts >= 0 && c->num_experts <= 256, "num_experts must be in [0, 256] (got %d)", c->num_experts);
@@ -466,6 +516,10 @@ moelm_status config_check(const ModelConfig *c) {
     REQ(config_num_moe_layers(c) <= CONFIG_MAX_MOE_LAYERS, "at most %d MoE layers (got %d: raise sparse_step)",
         CONFIG_MAX_MOE_LAYERS, config_num_moe_layers(c));
 #undef REQ
+    if (config_is_llama(c)) {
+        moelm_status st = config_llama_check(c);
+        if (st) return st;
+    }
     int has_moe = config_num_moe_layers(c) > 0;
     if (has_moe) {
         MoEConfig m = config_moe(c);

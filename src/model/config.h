@@ -14,7 +14,9 @@
 
 struct Json;   /* io/json.h */
 
-typedef enum { MODEL_LM = 0, MODEL_SEED = 1, MODEL_SWITCH = 2 } ModelType;
+/* MODEL_MIXTRAL and MODEL_LLAMA: Hugging Face's decoder family (pre-RMSNorm, rotary positions, grouped-query
+ * attention, SwiGLU, no biases; Mixtral's every block an MoE), configured by HF's keys (config_llama.c) */
+typedef enum { MODEL_LM = 0, MODEL_SEED = 1, MODEL_SWITCH = 2, MODEL_MIXTRAL = 3, MODEL_LLAMA = 4 } ModelType;
 typedef enum { NORM_LAYER = 0, NORM_RMS = 1 } NormType;
 
 /* switch_transformers (Hugging Face's SwitchTransformersConfig): the fields the lm's do not hold.
@@ -71,7 +73,17 @@ typedef struct {
     int shared_expert;
     SwitchConfig sw;            /* switch_transformers only */
     char note[256];             /* config_load: keys it ignored ("" when none), for the caller to print */
+    /* llama / mixtral (HF's keys in config_llama.c) */
+    int num_key_value_heads;    /* NKV: grouped-query attention, NH % NKV == 0 */
+    float rope_theta;           /* the rotary base */
+    int output_router_logits;   /* mixtral: HF's load-balancing loss over all layers joins the loss (x coef) */
+    int bos_token_id, eos_token_id, pad_token_id;   /* -1: none */
 } ModelConfig;
+
+/* 1 for the Llama / Mixtral family (model_type llama or mixtral). */
+static inline int config_is_llama(const ModelConfig *c) {
+    return c->model_type == MODEL_MIXTRAL || c->model_type == MODEL_LLAMA;
+}
 
 /* The names of the presets, NULL-terminated. */
 extern const char *const config_preset_names[];
@@ -124,6 +136,18 @@ moelm_status config_switch_check(const ModelConfig *cfg);
 
 /* The MoE layer config derived from the model config. */
 MoEConfig config_moe(const ModelConfig *cfg);
+
+/* config_llama.c: HF's MixtralConfig / LlamaConfig defaults (mixtral: 1, llama: 0), and the keys only that
+ * family has (config_set passes them on). config_llama_set returns 1 when it took the key (st set), 0 when
+ * the key is not one of its own. */
+void config_llama_defaults(ModelConfig *cfg, int mixtral);
+int config_llama_set(ModelConfig *cfg, const char *key, const char *value, moelm_status *st);
+/* Keys of an HF config.json that moelm reads past (architectures, torch_dtype, ...): 1 if key is one. */
+int config_llama_ignored_key(const char *key);
+/* config_to_json and config_check of the family: HF's config.json (MixtralForCausalLM / LlamaForCausalLM,
+ * HF's keys, moelm's own extra keys after them) and its validation. */
+char *config_llama_to_json(const ModelConfig *cfg);
+moelm_status config_llama_check(const ModelConfig *cfg);
 
 /* ---- training settings (presets carry them too) ------------------------------------------------ */
 

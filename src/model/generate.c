@@ -25,6 +25,8 @@
 #include "backend/gemv.h"
 #include "backend/barrier.h"
 #include "backend/runtime.h"
+#include "backend/gemm.h"
+#include "ops/attn.h"
 #include "ops/ops.h"
 
 /* ---- cache ------------------------------------------------------------------------------------- */
@@ -59,7 +61,7 @@ static size_t kv_layout(KVCache *kv, char *base, const Model *m) {
     TAKE(kv->own, (size_t)KV_TEAM_MAX * 3 * own_stride(C));
     TAKE(kv->xb2, C);
     TAKE(kv->bar, sizeof(TeamBarrier) / sizeof(float));
-    TAKE(kv->qkv, 3 * C);
+    TAKE(kv->qkv, model_qkv_width(c));
     TAKE(kv->atty, C);
     TAKE(kv->att, (size_t)c->num_heads * P);   /* a row of scores per head */
     TAKE(kv->fc_pre, W1);
@@ -355,7 +357,8 @@ static int expert_ffn(const Model *m, KVCache *kv, const MoEParams *p, int e, Ff
     int C = cfg->C, H = cfg->H, H1 = activation_in_width(cfg->act, H), r = a->offsets[e];
     if (a->offsets[e + 1] == r) return 0;
     *f = (FfnRow){a->y + (size_t)r * C, a->h + (size_t)r * H, a->h_pre + (size_t)r * H1, a->xd + (size_t)r * C,
-                  p->w1 + (size_t)e * H1 * C, p->b1 + (size_t)e * H1, p->w2 + (size_t)e * C * H, p->b2 + (size_t)e * C};
+                  p->w1 + (size_t)e * H1 * C, p->b1 ? p->b1 + (size_t)e * H1 : NULL, p->w2 + (size_t)e * C * H,
+                  p->b2 ? p->b2 + (size_t)e * C : NULL};   /* no_bias: NULL */
     return 1;
 }
 
@@ -407,20 +410,51 @@ static void phase_end(KVCache *kv, KVPhase p, double *since) {
     *since = now;
 }
 
+/* The llama family's attention of position t in layer l (model.c's attn_block_fwd for one row): the
+ * calling thread's key/value heads g, with their query heads g G .. g G + G - 1 (G = NH / NKV): their
+ * rows of q, k and v from inp, the rotation of q and k at position t, k and v into the cache (kv head g
+ * where the lm keeps head g), and attn_step over the cache into atty. */
+static void llama_attention(Model *m, KVCache *kv, const float *inp, const LayerParams *lp, int l, int t) {
+    const ModelConfig *c = &m->cfg;
+    int C = c->d_model, NH = c->num_heads, P = c->n_positions, hd = C / NH;
+    int NKV = c->num_key_value_heads ? c->num_key_value_heads : NH, G = NH / NKV;
+    size_t ldk = kv_key_stride(P);
+    float *kl = kv->k + (size_t)l * C * ldk, *vl = kv->v + (size_t)l * P * C;
+    float *q = kv->qkv, *k = q + (size_t)NH * hd, *v = k + (size_t)NKV * hd;
+    int g0, g1;
+    share_of(NKV, 1, &g0, &g1);
+    if (g0 >= g1) return;
+    int qr = NH * hd, kr = NKV * hd;   /* the first rows of k and of v in qkv_w */
+    mv_rows(m, kv, kv->qkv, inp, lp->qkv_w, NULL, g0 * G * hd, g1 * G * hd, C);
+    mv_rows(m, kv, kv->qkv, inp, lp->qkv_w, NULL, qr + g0 * hd, qr + g1 * hd, C);
+    mv_rows(m, kv, kv->qkv, inp, lp->qkv_w, NULL, qr + kr + g0 * hd, qr + kr + g1 * hd, C);
+    const ModelActs *a = &m->a;
+    int nq = (g1 - g0) * G, nk = g1 - g0;   /* one row each: its stride is its width */
+    rope_forward(q + (size_t)g0 * G * hd, &t, a->rope_cos, a->rope_sin, P, 1, nq, hd, (size_t)nq * hd);
+    rope_forward(k + (size_t)g0 * hd, &t, a->rope_cos, a->rope_sin, P, 1, nk, hd, (size_t)nk * hd);
+    for (int g = g0; g < g1; g++) {
+        float *kh = kl + (size_t)g * hd * ldk, *vh = vl + (size_t)g * P * hd;
+        for (int d = 0; d < hd; d++) kh[(size_t)d * ldk + t] = k[g * hd + d];
+        memcpy(vh + (size_t)t * hd, v + (size_t)g * hd, sizeof(float) * hd);
+        attn_step(kv->atty + (size_t)g * G * hd, kv->att + (size_t)g * G * P, q + (size_t)g * G * hd, kh, ldk,
+                  0, vh, 0, NULL, 0, NULL, t + 1, G, 1, hd, 1.0f / sqrtf((float)hd));
+    }
+}
+
 /* The body of model_step_kv, run by every thread of a team (or by one thread alone). */
 static void step_team(Model *m, KVCache *kv, int token, int t) {
     const ModelConfig *c = &m->cfg;
     int C = c->d_model, NH = c->num_heads, V = c->vocab_size, P = c->n_positions, hs = C / NH;
     int H = c->d_ff;
-    int seed = c->model_type == MODEL_SEED;
+    int seed = c->model_type == MODEL_SEED, llama = config_is_llama(c);
     const ModelParams *p = &m->p;
     float *x = kv->own + (size_t)team_rank() * 3 * own_stride(C), *xb = x + own_stride(C), *o = xb + own_stride(C);
     float *xb2 = kv->xb2;
     size_t ldk = kv_key_stride(P);
     double since = kv->profile ? time_now() : 0.0;
 
-    /* x = wte[token] + wpe[t]: encoder_forward's sum */
-    for (int i = 0; i < C; i++) x[i] = p->wte[(size_t)token * C + i] + p->wpe[(size_t)t * C + i];
+    /* x = wte[token] + wpe[t]: encoder_forward's sum (no wpe in the llama family) */
+    for (int i = 0; i < C; i++) x[i] = p->wte[(size_t)token * C + i] + (p->wpe ? p->wpe[(size_t)t * C + i] : 0.0f);
     for (int l = 0; l < c->num_layers; l++) {
         const LayerParams *lp = &p->layers[l];
         int sparse = config_block_is_sparse(c, l);
@@ -431,9 +465,11 @@ static void step_team(Model *m, KVCache *kv, int token, int t) {
          * row t over the cache (head h's keys transposed, kh[d ldk + u], and its values as rows) */
         int h0, h1;
         share_of(NH, 1, &h0, &h1);
-        for (int part = 0; part < 3; part++)
-            mv_rows(m, kv, kv->qkv, att_in, lp->qkv_w, lp->qkv_b, part * C + h0 * hs, part * C + h1 * hs, C);
-        for (int h = h0; h < h1; h++) {
+        if (llama) llama_attention(m, kv, att_in, lp, l, t);
+        else
+            for (int part = 0; part < 3; part++)
+                mv_rows(m, kv, kv->qkv, att_in, lp->qkv_w, lp->qkv_b, part * C + h0 * hs, part * C + h1 * hs, C);
+        for (int h = h0; h < h1 && !llama; h++) {
             float *kh = kl + (size_t)h * hs * ldk, *vh = vl + (size_t)h * P * hs;
             for (int d = 0; d < hs; d++) kh[(size_t)d * ldk + t] = kv->qkv[C + h * hs + d];
             memcpy(vh + (size_t)t * hs, kv->qkv + 2 * C + h * hs, sizeof(float) * hs);
@@ -507,7 +543,7 @@ static void count_moe(StepFloats *f, const MoEConfig *cfg) {
     if (router_info(cfg->router)->learned) f->vec[KV_PHASE_MOE] += cfg->E * C;   /* router_w */
     if (cfg->use_expert_bias) f->vec[KV_PHASE_MOE] += cfg->E;
     f->mat[KV_PHASE_MOE] += (reached + (cfg->shared_expert ? 1 : 0)) * (H1 * C + C * H);
-    f->vec[KV_PHASE_MOE] += (reached + (cfg->shared_expert ? 1 : 0)) * (H1 + C);
+    if (!cfg->no_bias) f->vec[KV_PHASE_MOE] += (reached + (cfg->shared_expert ? 1 : 0)) * (H1 + C);
 }
 
 double kv_phase_bytes(const Model *m, int bf16, double out[KV_PHASES]) {
@@ -516,15 +552,17 @@ double kv_phase_bytes(const Model *m, int bf16, double out[KV_PHASES]) {
     double norm = c->norm_type == NORM_RMS ? C : 2 * C;   /* weight (and bias) of one norm */
     int seed = c->model_type == MODEL_SEED;
     StepFloats f = {{0.0}, {0.0}};
-    f.vec[KV_PHASE_ATTENTION] = 2 * C;                    /* a row of wte and one of wpe */
+    int llama = config_is_llama(c), bias = !llama;   /* the llama family: no wpe, no biases but the experts' */
+    double QKV = model_qkv_width(c);
+    f.vec[KV_PHASE_ATTENTION] = llama ? C : 2 * C;        /* a row of wte and one of wpe */
     for (int l = 0; l < c->num_layers; l++) {
         int sparse = config_block_is_sparse(c, l);
-        f.mat[KV_PHASE_ATTENTION] += 3 * C * C;           /* qkv */
-        f.vec[KV_PHASE_ATTENTION] += 3 * C + (seed ? 0 : norm);
+        f.mat[KV_PHASE_ATTENTION] += QKV * C;             /* qkv */
+        f.vec[KV_PHASE_ATTENTION] += bias * QKV + (seed ? 0 : norm);
         f.mat[KV_PHASE_PROJECTION] += C * C;              /* out, and the norm after it */
-        f.vec[KV_PHASE_PROJECTION] += C + norm;
+        f.vec[KV_PHASE_PROJECTION] += bias * C + norm;
         if (sparse) count_moe(&f, &m->moe_cfg);
-        else { f.mat[KV_PHASE_FFN] += H1 * C + C * H; f.vec[KV_PHASE_FFN] += H1 + C + (seed ? norm : 0); }
+        else { f.mat[KV_PHASE_FFN] += H1 * C + C * H; f.vec[KV_PHASE_FFN] += bias * (H1 + C) + (seed ? norm : 0); }
     }
     if (seed) {
         double HH = c->head_hidden;

@@ -5,8 +5,11 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include "backend/comm.h"
+#include "backend/gemm.h"
 #include "model/encdec.h"
 #include "model/layout.h"
+#include "ops/attn.h"
 #include "ops/ops.h"
 
 /* ---- layout ------------------------------------------------------------------------------------ */
@@ -71,9 +74,53 @@ static void layout_moe(Layout *L, MoEParams *p, MoEParams *g, const MoEConfig *m
 #undef NAME
 }
 
+/* The Llama / Mixtral family under HF's tensor names. q_proj, k_proj and v_proj lie back to back, so
+ * qkv_w is the fused [(NH + 2 NKV) hd, C] matrix; so do an MLP's gate_proj and up_proj (fc1_w: gate rows,
+ * then up rows, ACT_SWIGLU's order). The experts are slabs without biases (no_bias): w1 [E, 2H, C] holds
+ * expert e's HF w1 (gate) then w3 (up) rows, w2 [E, C, H] (llama_hf.c splits them into HF's tensors). */
+static void layout_llama(Layout *L) {
+    Model *m = L->m;
+    const ModelConfig *c = &m->cfg;
+    int C = c->d_model, V = c->vocab_size, H = c->d_ff, NH = c->num_heads, hd = C / NH;
+    int NKV = c->num_key_value_heads ? c->num_key_value_heads : NH;
+    ModelParams *p = &m->p, *g = &m->g;
+    char nm[96];
+    p->wte = layout_tensor(L, &g->wte, "model.embed_tokens.weight", 1, 2, V, C, 0);
+    for (int l = 0; l < c->num_layers; l++) {
+        LayerParams *lp = &p->layers[l], *lg = &g->layers[l];
+#define NAME(s) (snprintf(nm, sizeof nm, "model.layers.%d.%s", l, s), nm)
+        lp->ln1_w = layout_tensor(L, &lg->ln1_w, NAME("input_layernorm.weight"), 1, 1, C, 0, 0);
+        lp->qkv_w = layout_tensor(L, &lg->qkv_w, NAME("self_attn.q_proj.weight"), 1, 2, NH * hd, C, 0);
+        layout_tensor(L, NULL, NAME("self_attn.k_proj.weight"), 1, 2, NKV * hd, C, 0);
+        layout_tensor(L, NULL, NAME("self_attn.v_proj.weight"), 1, 2, NKV * hd, C, 0);
+        lp->out_w = layout_tensor(L, &lg->out_w, NAME("self_attn.o_proj.weight"), 1, 2, C, NH * hd, 0);
+        lp->ln2_w = layout_tensor(L, &lg->ln2_w, NAME("post_attention_layernorm.weight"), 1, 1, C, 0, 0);
+        if (config_block_is_sparse(c, l)) {
+            const MoEConfig *mc = &m->moe_cfg;
+            int E = mc->E;
+            int64_t first = (int64_t)E / L->parts * L->part, rows = E / L->parts;
+            MoEParams *mp = &lp->moe, *mg = &lg->moe;
+            mp->router_w = layout_tensor(L, &mg->router_w, NAME("block_sparse_moe.gate.weight"), 1, 2, E, C, 0);
+            mp->w1 = layout_tensor_rows(L, &mg->w1, NAME("block_sparse_moe.experts.w1_w3.weight"), 1, 3, E, 2 * H, C, first, rows);
+            mp->w2 = layout_tensor_rows(L, &mg->w2, NAME("block_sparse_moe.experts.w2.weight"), 1, 3, E, C, H, first, rows);
+        } else {
+            lp->fc1_w = layout_tensor(L, &lg->fc1_w, NAME("mlp.gate_proj.weight"), 1, 2, H, C, 0);
+            layout_tensor(L, NULL, NAME("mlp.up_proj.weight"), 1, 2, H, C, 0);
+            lp->fc2_w = layout_tensor(L, &lg->fc2_w, NAME("mlp.down_proj.weight"), 1, 2, C, H, 0);
+        }
+#undef NAME
+    }
+    p->lnf_w = layout_tensor(L, &g->lnf_w, "model.norm.weight", 1, 1, C, 0, 0);
+    if (!c->tie_word_embeddings) p->lm_head = layout_tensor(L, &g->lm_head, "lm_head.weight", 1, 2, V, C, 0);
+}
+
 static void layout_model(Layout *L) {
     Model *m = L->m;
     const ModelConfig *c = &m->cfg;
+    if (config_is_llama(c)) {
+        layout_llama(L);
+        return;
+    }
     int C = c->d_model, V = c->vocab_size, H = c->d_ff, H1 = activation_in_width(c->hidden_act, H);
     int rms = c->norm_type == NORM_RMS;
     ModelParams *p = &m->p, *g = &m->g;
@@ -144,6 +191,7 @@ static void layout_acts(void *ctx, Bump *b) {
     int B = m->B, T = m->T, N = B * T, C = c->d_model, NH = c->num_heads, V = c->vocab_size;
     int H = c->d_ff, H1 = activation_in_width(c->hidden_act, H), HH = c->head_hidden;
     int seed = c->model_type == MODEL_SEED;
+    int QKV = model_qkv_width(c);
     ModelActs *a = &m->a;
     for (int l = 0; l < c->num_layers; l++) {
         LayerActs *la = &a->layers[l];
@@ -152,7 +200,7 @@ static void layout_acts(void *ctx, Bump *b) {
         la->ln1 = BF(b, N * C);
         la->ln1_mean = BF(b, N);
         la->ln1_rstd = BF(b, N);
-        la->qkv = BF(b, N * 3 * C);
+        la->qkv = BF(b, (size_t)N * QKV);
         la->att = BF(b, (size_t)B * NH * T * T);
         la->atty = BF(b, N * C);
         la->attproj = BF(b, N * C);
@@ -192,13 +240,19 @@ static void layout_acts(void *ctx, Bump *b) {
     a->lse = BF(b, N);
     a->inputs = bump(b, sizeof(int) * N);
     a->targets = bump(b, sizeof(int) * N);
+    if (config_is_llama(c)) {
+        int hd = C / NH, P = c->n_positions;
+        a->rope_cos = BF(b, (size_t)P * hd / 2);
+        a->rope_sin = BF(b, (size_t)P * hd / 2);
+        a->rope_pos = bump(b, sizeof(int) * N);
+    }
     /* scratch for the backward pass, shared by all layers */
     ModelScratch *s = &m->s;
     int wide = H1 > HH ? H1 : HH;
     s->dres = BF(b, N * C);
     s->dbuf = BF(b, N * C);
     s->dbuf2 = BF(b, N * C);
-    s->dqkv = BF(b, N * 3 * C);
+    s->dqkv = BF(b, (size_t)N * (QKV > C ? QKV : C));
     s->datt = BF(b, (size_t)B * NH * T * T);
     s->dfc = BF(b, (size_t)N * wide);
     s->dfc2 = BF(b, (size_t)N * wide);
@@ -224,6 +278,16 @@ static void init_params(Model *m, uint64_t seed) {
     /* GPT-2's scheme: N(0, 0.02) for matrices, the residual projections scaled by 1/sqrt(2L),
      * zero biases, unit norm weights; the router at N(0, sqrt(0.1 / C)) (Switch's small router init). */
     float resid_std = 0.02f / sqrtf(2.0f * (float)c->num_layers);
+    if (config_is_llama(c)) {
+        /* HF's _init_weights: N(0, initializer_range 0.02) for every matrix, ones for the norms */
+        for (int i = 0; i < m->n_tensors; i++) {
+            TensorInfo *t = &m->tensors[i];
+            float *x = m->params + t->offset;
+            if (t->ndim == 1) for (size_t k = 0; k < t->size; k++) x[k] = 1.0f;
+            else layout_init_normal(x, t, 0.02f, &r);
+        }
+        return;
+    }
     for (int i = 0; i < m->n_tensors; i++) {
         TensorInfo *t = &m->tensors[i];
         float *x = m->params + t->offset;
@@ -293,6 +357,10 @@ moelm_status model_create_sharded(Model *m, const ModelConfig *cfg, int B, int T
     layout_model(&lay);
     m->acts_mem = layout_alloc(layout_acts, m, &m->acts_bytes);
     if (!m->acts_mem) { model_free(m); return MOELM_ERR_NOMEM; }
+    if (config_is_llama(cfg)) {
+        rope_tables(m->a.rope_cos, m->a.rope_sin, cfg->n_positions, cfg->d_model / cfg->num_heads, cfg->rope_theta);
+        rope_positions(m->a.rope_pos, B, T, 0);
+    }
     init_params(m, seed);
     rng_seed(&m->rng, seed ^ 0xD5A61266F0C9392Cull);
     return MOELM_OK;
@@ -354,7 +422,7 @@ static size_t bf16_walk(Model *m, uint16_t *mem, int pack) {
     size_t off = 0;
     for (int l = 0; l < c->num_layers; l++) {
         LayerParams *lp = &p->layers[l];
-        bf16_one(&lp->qkv16, lp->qkv_w, 1, 3 * C, C, mem, &off, pack);
+        bf16_one(&lp->qkv16, lp->qkv_w, 1, model_qkv_width(&m->cfg), C, mem, &off, pack);
         bf16_one(&lp->out16, lp->out_w, 1, C, C, mem, &off, pack);
         if (lp->fc1_w) {
             bf16_one(&lp->fc1_16, lp->fc1_w, 1, H1, C, mem, &off, pack);
@@ -389,6 +457,9 @@ static void bf16_unbind(Model *m) {
 moelm_status model_set_bf16(Model *m, int on) {
     if (m->ed)   /* the encoder-decoder's products have no bf16 path yet */
         return on ? moelm_fail(MOELM_ERR_CONFIG, "bf16 mode is not yet supported for switch_transformers models")
+                  : MOELM_OK;
+    if (config_is_llama(&m->cfg))   /* its q/k/v and MLP tensors lie in several arena tensors: not packed yet */
+        return on ? moelm_fail(MOELM_ERR_CONFIG, "bf16 mode is not yet supported for mixtral / llama models")
                   : MOELM_OK;
     if (!on) {
         bf16_unbind(m);
@@ -466,6 +537,82 @@ static void ffn_fwd(const Model *m, float *out, float *fc_pre, float *fc, const 
     linear_fwd(out, fc, lp->fc2_w, &lp->fc2_16, lp->fc2_b, N, H, C);
 }
 
+/* The attention dimensions of a block: the lm's and seed's fused [N, 3C] q, k, v of NH heads, or the llama
+ * family's [N, (NH + 2 NKV) hd] with grouped-query attention (scale 1/sqrt(hd), causal in both). */
+static AttnDims attn_dims(const Model *m) {
+    const ModelConfig *c = &m->cfg;
+    int NH = c->num_heads, hd = c->d_model / NH;
+    int NKV = config_is_llama(c) && c->num_key_value_heads ? c->num_key_value_heads : NH;
+    size_t ld = (size_t)model_qkv_width(c);
+    AttnDims d = {m->B, m->T, m->T, NH, NKV, hd, ld, ld, ld, (size_t)NH * hd, 1.0f / sqrtf((float)hd), 1};
+    return d;
+}
+
+/* atty[N, NH hd] = attention of the block's input inp[N, C], saving qkv (after the rotation) and att. */
+static void attn_block_fwd(const Model *m, LayerActs *la, const LayerParams *lp, const float *inp) {
+    const ModelConfig *c = &m->cfg;
+    int N = m->B * m->T, C = c->d_model, NH = c->num_heads, QKV = model_qkv_width(c);
+    linear_fwd(la->qkv, inp, lp->qkv_w, &lp->qkv16, lp->qkv_b, N, C, QKV);
+    if (!config_is_llama(c)) {
+        attention_forward(la->atty, la->att, la->qkv, m->B, m->T, C, NH, 1);
+        return;
+    }
+    AttnDims d = attn_dims(m);
+    const ModelActs *a = &m->a;
+    /* q and k heads are one run of NH + NKV heads at the start of each row */
+    rope_forward(la->qkv, a->rope_pos, a->rope_cos, a->rope_sin, c->n_positions, N, d.NH + d.NKV, d.hd, d.ldq);
+    const float *q = la->qkv, *k = q + (size_t)d.NH * d.hd, *v = k + (size_t)d.NKV * d.hd;
+    attn_forward(la->atty, la->att, q, k, v, NULL, NULL, &d);
+}
+
+/* dinp[N, C] (assigned) and the q, k, v weights' gradient from datty[N, NH hd]; dqkv and datt scratch. */
+static void attn_block_bwd(Model *m, float *dinp, LayerParams *lg, const float *datty, LayerActs *la,
+                           const LayerParams *lp, const float *inp) {
+    const ModelConfig *c = &m->cfg;
+    ModelScratch *s = &m->s;
+    int N = m->B * m->T, C = c->d_model, NH = c->num_heads, QKV = model_qkv_width(c);
+    if (!config_is_llama(c)) {
+        attention_backward(s->dqkv, s->datt, datty, la->att, la->qkv, m->B, m->T, C, NH, 1);
+    } else {
+        AttnDims d = attn_dims(m);
+        const ModelActs *a = &m->a;
+        const float *q = la->qkv, *k = q + (size_t)d.NH * d.hd, *v = k + (size_t)d.NKV * d.hd;
+        float *dq = s->dqkv, *dk = dq + (size_t)d.NH * d.hd, *dv = dk + (size_t)d.NKV * d.hd;
+        attn_backward(dq, dk, dv, NULL, s->datt, datty, la->att, q, k, v, &d);
+        rope_backward(s->dqkv, a->rope_pos, a->rope_cos, a->rope_sin, c->n_positions, N, d.NH + d.NKV, d.hd, d.ldq);
+    }
+    linear_bwd(dinp, lg->qkv_w, lg->qkv_b, s->dqkv, inp, lp->qkv_w, &lp->qkv16, N, C, QKV);
+}
+
+/* Mixtral's load-balancing loss as HF computes it (load_balancing_loss_func): the router logits of every
+ * layer as one [L N, E] batch, p = softmax, f_e = the share of its L N rows whose top-k holds e (summed
+ * over the k ranks), P_e = the mean of p[., e]; loss = E sum_e f_e P_e. Counts are over the routing group
+ * (every rank's tokens, as the MoE layer counts assigned[]). Returns 1 when the model has it (mixtral, the
+ * topk router, output_router_logits); fills cnt[E] = f_e and P[E]. */
+static int hf_balance(const Model *m, double *f, double *P) {
+    const ModelConfig *c = &m->cfg;
+    const MoEConfig *mc = &m->moe_cfg;
+    if (c->model_type != MODEL_MIXTRAL || !c->output_router_logits || mc->router != ROUTER_TOPK) return 0;
+    int E = mc->E, N = m->B * m->T, L = 0;
+    for (int e = 0; e < E; e++) f[e] = P[e] = 0.0;
+    double Ng = 0.0;
+    for (int l = 0; l < c->num_layers; l++) {
+        if (!config_block_is_sparse(c, l)) continue;
+        const MoEActs *ma = &m->a.layers[l].moe;
+        for (int e = 0; e < E; e++) f[e] += ma->assigned[e];
+        for (int t = 0; t < N; t++)
+            for (int e = 0; e < E; e++) P[e] += ma->probs[(size_t)t * E + e];
+        Ng = ma->Ng;
+        L++;
+    }
+    comm_allreduce_f64(COMM_WORLD, P, (size_t)E);
+    for (int e = 0; e < E; e++) {
+        f[e] /= (double)L * Ng;
+        P[e] /= (double)L * Ng;
+    }
+    return 1;
+}
+
 float model_forward(Model *m, const int *inputs, const int *targets, int training) {
     CHECK(!m->ed);   /* switch_transformers: encdec_forward */
     const ModelConfig *c = &m->cfg;
@@ -481,7 +628,7 @@ float model_forward(Model *m, const int *inputs, const int *targets, int trainin
     for (int i = 0; i < N; i++) a->targets[i] = targets ? targets[i] : -1;
 
     float *x0 = c->num_layers ? a->layers[0].x_in : a->x_final;
-    encoder_forward(x0, inputs, p->wte, p->wpe, B, T, C);
+    encoder_forward(x0, inputs, p->wte, p->wpe, B, T, C);   /* wpe NULL: llama / mixtral */
     dropout_forward(x0, a->emb_mask, x0, pdrop, (size_t)N * C, &m->rng);
     m->aux_loss = 0.0f;
     for (int l = 0; l < c->num_layers; l++) {
@@ -494,9 +641,8 @@ float model_forward(Model *m, const int *inputs, const int *targets, int trainin
             norm_fwd(m, la->ln1, la->ln1_mean, la->ln1_rstd, la->x_in, lp->ln1_w, lp->ln1_b, N);
             att_in = la->ln1;
         }
-        linear_fwd(la->qkv, att_in, lp->qkv_w, &lp->qkv16, lp->qkv_b, N, C, 3 * C);
-        attention_forward(la->atty, la->att, la->qkv, B, T, C, NH, 1);
-        linear_fwd(la->attproj, la->atty, lp->out_w, &lp->out16, lp->out_b, N, C, C);
+        attn_block_fwd(m, la, lp, att_in);
+        linear_fwd(la->attproj, la->atty, lp->out_w, &lp->out16, lp->out_b, N, NH * (C / NH), C);
         dropout_forward(la->attproj, la->drop1, la->attproj, pdrop, (size_t)N * C, &m->rng);
         add_forward(la->res1, la->x_in, la->attproj, (size_t)N * C);
         const float *ffn_in;
@@ -520,6 +666,12 @@ float model_forward(Model *m, const int *inputs, const int *targets, int trainin
             add_forward(la->res2, la->ln1, la->ffn, (size_t)N * C);
             norm_fwd(m, out, la->ln2_mean, la->ln2_rstd, la->res2, lp->ln2_w, lp->ln2_b, N);
         }
+    }
+    double f[256], P[256];
+    if (hf_balance(m, f, P)) {
+        double aux = 0.0;
+        for (int e = 0; e < m->moe_cfg.E; e++) aux += f[e] * P[e];
+        m->aux_loss += c->router_aux_loss_coef * (float)(m->moe_cfg.E * aux);
     }
     if (!seed) {
         norm_fwd(m, a->lnf, a->lnf_mean, a->lnf_rstd, a->x_final, p->lnf_w, p->lnf_b, N);
@@ -545,6 +697,28 @@ float model_forward(Model *m, const int *inputs, const int *targets, int trainin
 
 /* ---- backward ---------------------------------------------------------------------------------- */
 
+/* dx[N, C] += and the router's gradient of hf_balance's loss (times the coefficient) through one layer's
+ * logits: d/dlogit_j = coef E / (L Ng) * p_j (f_j - sum_e f_e p_e), the top-k shares held fixed as HF's
+ * one-hot is. a->dlogits and a->dy are the layer's scratch, free after moe_backward. */
+static void hf_balance_bwd(Model *m, float *dx, MoEParams *g, MoEActs *a, const float *x, const MoEParams *p,
+                           const double *f, const double *P) {
+    (void)P;
+    const ModelConfig *c = &m->cfg;
+    int E = m->moe_cfg.E, C = c->d_model, N = m->B * m->T, L = 0;
+    for (int l = 0; l < c->num_layers; l++) L += config_block_is_sparse(c, l);
+    double scale = (double)c->router_aux_loss_coef * E / ((double)L * a->Ng);
+    for (int t = 0; t < N; t++) {
+        const float *pr = a->probs + (size_t)t * E;
+        float *dl = a->dlogits + (size_t)t * E;
+        double fp = 0.0;
+        for (int e = 0; e < E; e++) fp += f[e] * pr[e];
+        for (int e = 0; e < E; e++) dl[e] = (float)(scale * pr[e] * (f[e] - fp));
+    }
+    /* the router's input is x (mixtral has no jitter: config_llama_check) */
+    gemm(1, 0, E, C, N, 1.0f, a->dlogits, E, x, C, 1.0f, g->router_w, C);
+    gemm(0, 0, N, C, E, 1.0f, a->dlogits, E, p->router_w, C, 1.0f, dx, C);
+}
+
 void model_backward(Model *m) {
     CHECK(!m->ed);   /* switch_transformers: encdec_backward */
     const ModelConfig *c = &m->cfg;
@@ -558,6 +732,8 @@ void model_backward(Model *m) {
     ModelParams *g = &m->g;
     size_t NC = (size_t)N * C;
 
+    double f[256], P[256];
+    int bal = hf_balance(m, f, P);
     float inv = m->n_valid ? 1.0f / (float)m->n_valid : 0.0f;
     for (int i = 0; i < N; i++) s->dlosses[i] = a->targets[i] >= 0 ? inv : 0.0f;
     float *dlogits = a->logits;   /* in place: the logits are not needed after this */
@@ -600,6 +776,7 @@ void model_backward(Model *m) {
         float *dffn_in = s->dqkv;         /* [N, C] slice of the [N, 3C] scratch, free until attention */
         if (sparse) {
             moe_backward(dffn_in, &lg->moe, s->dbuf2, &la->moe, ffn_in, &lp->moe, &m->moe_cfg, N, 1.0f);
+            if (bal) hf_balance_bwd(m, dffn_in, &lg->moe, &la->moe, ffn_in, &lp->moe, f, P);
         } else {
             linear_bwd(s->dfc2, lg->fc2_w, lg->fc2_b, s->dbuf2, la->fc, lp->fc2_w, &lp->fc2_16, N, H, C);
             activation_backward(s->dfc, s->dfc2, la->fc_pre, c->hidden_act, N, H);
@@ -614,10 +791,9 @@ void model_backward(Model *m) {
         }
         /* s->dres = d res1; res1 = x_in + attproj */
         dropout_backward(s->dbuf, s->dres, la->drop1, pdrop, NC);
-        linear_bwd(s->dbuf2, lg->out_w, lg->out_b, s->dbuf, la->atty, lp->out_w, &lp->out16, N, C, C);
-        attention_backward(s->dqkv, s->datt, s->dbuf2, la->att, la->qkv, B, T, C, NH, 1);
+        linear_bwd(s->dbuf2, lg->out_w, lg->out_b, s->dbuf, la->atty, lp->out_w, &lp->out16, N, NH * (C / NH), C);
         const float *att_in = seed ? la->x_in : la->ln1;
-        linear_bwd(s->dbuf, lg->qkv_w, lg->qkv_b, s->dqkv, att_in, lp->qkv_w, &lp->qkv16, N, C, 3 * C);
+        attn_block_bwd(m, s->dbuf, lg, s->dbuf2, la, lp, att_in);
         if (!seed) norm_bwd(m, s->dres, lg->ln1_w, lg->ln1_b, s->dbuf, la->x_in, lp->ln1_w, la->ln1_mean, la->ln1_rstd, N);
         else add_forward(s->dres, s->dres, s->dbuf, NC);
     }

@@ -107,7 +107,15 @@ typedef struct {
     float *losses;            /* [N] */
     float *lse;               /* [N] log-sum-exp of each row of logits, for the backward */
     int *inputs, *targets;    /* [N], [N] copies of the batch */
+    float *rope_cos, *rope_sin; /* llama / mixtral: [P, hd/2] each, the rotary tables (rope_tables) */
+    int *rope_pos;            /* llama / mixtral: [N] each row's position (t of its sequence) */
 } ModelActs;
+
+/* Columns of the fused q, k, v rows: 3C, or (NH + 2 NKV) hd for grouped-query attention. */
+static inline int model_qkv_width(const ModelConfig *c) {
+    int nkv = config_is_llama(c) && c->num_key_value_heads ? c->num_key_value_heads : c->num_heads;
+    return (c->num_heads + 2 * nkv) * (c->d_model / c->num_heads);
+}
 
 typedef struct {
     float *dres;              /* [N, C] gradient of the residual stream */

@@ -9,6 +9,7 @@
 #include "io/fileio.h"
 #include "io/weights.h"
 #include "model/encdec.h"
+#include "model/llama_hf.h"
 
 int model_file_tensors(const Model *m, FileTensor *out, int max) {
     int n = 0;
@@ -120,7 +121,7 @@ moelm_status model_load_dir(Model *m, const char *dir, int B, int Te, int Td) {
     st = ws_open(&ws, dir);
     if (st) return st;
     st = cfg.model_type == MODEL_SWITCH ? model_create_encdec(m, &cfg, B, Te, Td, 1, 0, 1) : model_create(m, &cfg, B, Te, 1);
-    if (!st) st = model_read_weights(m, ws, dir);
+    if (!st) st = config_is_llama(&cfg) ? llama_read_hf(m, ws, dir) : model_read_weights(m, ws, dir);
     ws_close(ws);
     if (st && m->params) model_free(m);
     return st;

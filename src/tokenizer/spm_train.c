@@ -1156,10 +1156,19 @@ out:
     return MOELM_OK;
 }
 
-moelm_status tokenizer_train_spm(Tokenizer **out, const char *text, size_t n, TokenizerKind kind, int vocab_size) {
+static moelm_status train_spm(Tokenizer **out, const char *text, size_t n, TokenizerKind kind, int vocab_size, int bytes) {
     SpmTrainOptions o;
     spm_train_options_default(&o);
     o.model_type = kind;
     o.vocab_size = vocab_size;
+    o.byte_fallback = bytes;
     return spm_train(out, &text, &n, 1, &o);
+}
+
+moelm_status tokenizer_train_spm(Tokenizer **out, const char *text, size_t n, TokenizerKind kind, int vocab_size) {
+    return train_spm(out, text, n, kind, vocab_size, 0);
+}
+
+moelm_status tokenizer_train_spm_bytes(Tokenizer **out, const char *text, size_t n, TokenizerKind kind, int vocab_size) {
+    return train_spm(out, text, n, kind, vocab_size, 1);
 }

@@ -129,6 +129,13 @@ int tokenizer_vocab_size(const Tokenizer *t) { return t->V + t->n_sent; }
 uint64_t tokenizer_hash(const Tokenizer *t) { return t->hash; }
 int tokenizer_eos_id(const Tokenizer *t) { return t->eos_id; }
 int tokenizer_unk_id(const Tokenizer *t) { return t->unk_id; }
+int tokenizer_bos_id(const Tokenizer *t) { return t->bos_id; }
+float tokenizer_piece_score(const Tokenizer *t, int id) { CHECK(id >= 0 && id < t->V); return t->score[id]; }
+int tokenizer_piece_type(const Tokenizer *t, int id) { CHECK(id >= 0 && id < t->V); return t->type[id]; }
+int tokenizer_adds_space_prefix(const Tokenizer *t) {
+    return (t->kind == TOK_UNIGRAM || t->kind == TOK_BPE) && t->norm.add_dummy_prefix;
+}
+int tokenizer_byte_fallback(const Tokenizer *t) { return t->byte_fallback; }
 const char *tokenizer_piece(const Tokenizer *t, int id) {
     if (id >= t->V && id < t->V + t->n_sent) return t->sent[id - t->V];
     return (id >= 0 && id < t->V) ? t->piece[id] : NULL;

@@ -65,6 +65,18 @@ const char *tokenizer_piece(const Tokenizer *t, int id);
 /* The id of piece, or -1 when it is not in the vocabulary. */
 int tokenizer_piece_id(const Tokenizer *t, const char *piece);
 int tokenizer_eos_id(const Tokenizer *t);   /* -1 if none */
+int tokenizer_bos_id(const Tokenizer *t);   /* -1 if none */
+/* A piece's score and SentencePiece type (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused,
+ * 6 byte: the numbers of sentencepiece's model and of GGUF's tokenizer.ggml.token_type); id in range. */
+float tokenizer_piece_score(const Tokenizer *t, int id);
+int tokenizer_piece_type(const Tokenizer *t, int id);
+/* SentencePiece's normalizer flags: a space is added in front of the text (add_dummy_prefix); byte
+ * fallback (unknown characters become <0xNN> pieces). 0 for word and char tokenizers. */
+int tokenizer_adds_space_prefix(const Tokenizer *t);
+int tokenizer_byte_fallback(const Tokenizer *t);
+/* tokenizer_train_spm with sentencepiece's --byte_fallback: the 256 byte pieces <0x00>..<0xFF> join the
+ * vocabulary and encode any character outside the pieces (llama.cpp's tokenizer needs them). */
+moelm_status tokenizer_train_spm_bytes(Tokenizer **out, const char *text, size_t n, TokenizerKind kind, int vocab_size);
 int tokenizer_unk_id(const Tokenizer *t);   /* -1 if none */
 
 /* T5's sentinels, as Hugging Face's T5Tokenizer adds them (extra_ids): n pieces after the vocabulary,

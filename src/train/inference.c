@@ -6,7 +6,11 @@
 #include "data/corpus.h"
 #include "io/fileio.h"
 #include "data/span.h"
+#include "io/json.h"
+#include "io/weights.h"
 #include "model/encdec.h"
+#include "model/llama_gguf.h"
+#include "model/llama_hf.h"
 #include "train/checkpoint.h"
 #include "train/train.h"
 
@@ -53,11 +57,20 @@ static moelm_status open_model(const char *path, int B, int T, int Td, Model *m,
             st = moelm_fail(MOELM_ERR_FORMAT, "%s: not the tokenizer this model was trained with (its hash differs from "
                             "state.json's tokenizer_hash)", p);
     }
+    if (T <= 0 && !*has_state && config_is_llama(&cfg)) T = 256;   /* HF's context may be 131072 */
     if (T <= 0) T = state->seq_len > 0 ? state->seq_len : cfg.n_positions;
     if (T > cfg.n_positions && cfg.model_type != MODEL_SWITCH) T = cfg.n_positions;
     if (!st) st = cfg.model_type == MODEL_SWITCH ? model_create_encdec(m, &cfg, B, T, Td > 0 ? Td : 1, 0, 0, 1)
                                                  : model_create(m, &cfg, B, T, 0);
-    if (!st && (st = ckpt_load_model(dir, m)) != MOELM_OK) model_free(m);
+    if (!st && !*has_state && config_is_llama(&cfg)) {   /* HF's per-expert tensors (llama_hf.c) */
+        WeightSet *ws = NULL;
+        st = ws_open(&ws, dir);
+        if (!st) st = llama_read_hf(m, ws, dir);
+        ws_close(ws);
+        if (st) model_free(m);
+    } else if (!st && (st = ckpt_load_model(dir, m)) != MOELM_OK) {
+        model_free(m);
+    }
     if (st) {
         tokenizer_free(*tok);
         *tok = NULL;
@@ -434,7 +447,7 @@ moelm_status generate_run(const GenerateOptions *o) {
             st = gen_prompt(&g, o->prompt);
             fputs(o->prompt, stdout);
             g.at_line_start = o->prompt[0] == '\0';
-            if (!st) made = gen_sample(&g, o, o->n, 0, &rng, scratch);
+            if (!st) made = gen_sample(&g, o, o->n, o->stop_eos, &rng, scratch);
             if (!g.at_line_start) fputc('\n', stdout);
         } else {
             /* llama.cpp's interactive mode: each stdin line continues the same context (the cache is
@@ -492,4 +505,61 @@ moelm_status info_run(const char *ckpt) {
     tokenizer_free(tok);
     model_free(&m);
     return MOELM_OK;
+}
+
+/* ---- export ------------------------------------------------------------------------------------- */
+
+/* The special ids a Hugging Face config of the model carries, from its tokenizer where the config has
+ * none: <s> as bos when there is such a piece, the tokenizer's end of text (moelm's line separator) as eos. */
+static void special_ids(ModelConfig *c, const Tokenizer *tok) {
+    if (c->bos_token_id < 0) c->bos_token_id = tokenizer_piece_id(tok, "<s>");
+    if (c->eos_token_id < 0) c->eos_token_id = tokenizer_eos_id(tok);
+    if (c->bos_token_id >= c->vocab_size) c->bos_token_id = -1;
+    if (c->eos_token_id >= c->vocab_size) c->eos_token_id = -1;
+}
+
+static moelm_status write_generation_config(const char *dir, const ModelConfig *c) {
+    StrBuf sb = {0};
+    sb_printf(&sb, "{\n  \"_from_model_config\": true,\n");
+    if (c->bos_token_id >= 0) sb_printf(&sb, "  \"bos_token_id\": %d,\n", c->bos_token_id);
+    if (c->eos_token_id >= 0) sb_printf(&sb, "  \"eos_token_id\": %d,\n", c->eos_token_id);
+    sb_printf(&sb, "  \"transformers_version\": \"4.46.0\"\n}\n");
+    if (sb.failed) { sb_free(&sb); return MOELM_ERR_NOMEM; }
+    char path[4096];
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    moelm_status st = file_write_atomic(path, sb.buf, sb.len);
+    sb_free(&sb);
+    return st;
+}
+
+moelm_status export_run(const ExportOptions *o) {
+    Model m;
+    Tokenizer *tok = NULL;
+    TrainState state;
+    char dir[4096];
+    int has_state;
+    moelm_status st = open_model(o->ckpt, 1, 1, 0, &m, &tok, &state, &has_state, dir, sizeof dir);
+    if (st) return st;
+    if (!tok) {
+        st = moelm_fail(MOELM_ERR_IO, "%s: no tokenizer.model (a SentencePiece model) beside the weights", dir);
+    } else if (!config_is_llama(&m.cfg)) {
+        st = moelm_fail(MOELM_ERR_ARG, "%s: export writes the llama family only (model_type mixtral or llama; this is %s)",
+                        dir, m.cfg.model_type == MODEL_SEED ? "seed" : m.cfg.model_type == MODEL_SWITCH ? "switch_transformers" : "lm");
+    } else if (o->gguf) {
+        static const GgufTensorType types[4] = {GGUF_TENSOR_F32, GGUF_TENSOR_F16, GGUF_TENSOR_BF16, GGUF_TENSOR_Q8_0};
+        st = llama_write_gguf(&m, tok, o->out, types[o->dtype]);
+    } else if (o->dtype > 2) {
+        st = moelm_fail(MOELM_ERR_ARG, "export --format hf: --dtype is f32, f16 or bf16");
+    } else {
+        special_ids(&m.cfg, tok);
+        st = dir_make(o->out);
+        if (!st) st = llama_write_hf(&m, o->out, o->dtype, o->max_shard_bytes);
+        char path[4096];
+        snprintf(path, sizeof path, "%s/tokenizer.model", o->out);
+        if (!st) st = tokenizer_save(tok, path);
+        if (!st) st = write_generation_config(o->out, &m.cfg);
+    }
+    tokenizer_free(tok);
+    model_free(&m);
+    return st;
 }

@@ -66,10 +66,11 @@ void print_model_summary(const Model *m, FILE *f) {
                 config_switch_sparse_step(c, 0), config_switch_sparse_step(c, 1), c->tie_word_embeddings ? "tied" : "untied");
     else
     fprintf(f, "model: %s, vocab %d, d_model %d, %d layers, %d heads, d_ff %d, %s, %s%s\n",
-            c->model_type == MODEL_SEED ? "seed" : "lm", c->vocab_size, c->d_model, c->num_layers, c->num_heads,
+            c->model_type == MODEL_SEED ? "seed" : c->model_type == MODEL_MIXTRAL ? "mixtral (GQA, RoPE)"
+            : c->model_type == MODEL_LLAMA ? "llama (GQA, RoPE)" : "lm", c->vocab_size, c->d_model, c->num_layers, c->num_heads,
             c->d_ff, c->norm_type == NORM_RMS ? "rmsnorm" : "layernorm",
             c->hidden_act == ACT_RELU ? "relu" : c->hidden_act == ACT_GELU ? "gelu" : "swiglu",
-            c->model_type == MODEL_LM ? (c->tie_word_embeddings ? ", tied head" : ", untied head") : "");
+            c->model_type != MODEL_SEED ? (c->tie_word_embeddings ? ", tied head" : ", untied head") : "");
     int n_moe = config_num_moe_layers(c);
     if (n_moe) {
         const MoEConfig *mc = &m->moe_cfg;
@@ -271,10 +272,16 @@ static moelm_status make_tokenizer(Tokenizer **tok, const char *spec, const Corp
     }
     if (!strcmp(spec, "char")) return tokenizer_build_char(tok, text, n);
     if (!strncmp(spec, "unigram:", 8) || !strncmp(spec, "bpe:", 4)) {
+        /* "bpe:N" or "bpe:N:bytes" (sentencepiece's byte fallback: the 256 byte pieces, as llama.cpp needs) */
         int unigram = spec[0] == 'u';
-        int v = atoi(spec + (unigram ? 8 : 4));
-        if (v < 4) return moelm_fail(MOELM_ERR_CONFIG, "tokenizer '%s': the vocabulary size must be >= 4", spec);
-        return tokenizer_train_spm(tok, text, n, unigram ? TOK_UNIGRAM : TOK_BPE, v);
+        char *end;
+        long v = strtol(spec + (unigram ? 8 : 4), &end, 10);
+        int bytes = !strcmp(end, ":bytes");
+        if (v < 4 || v > 1000000 || (*end && !bytes))
+            return moelm_fail(MOELM_ERR_CONFIG, "tokenizer '%s': expected %s:N or %s:N:bytes with N >= 4", spec,
+                              unigram ? "unigram" : "bpe", unigram ? "unigram" : "bpe");
+        if (bytes) return tokenizer_train_spm_bytes(tok, text, n, unigram ? TOK_UNIGRAM : TOK_BPE, (int)v);
+        return tokenizer_train_spm(tok, text, n, unigram ? TOK_UNIGRAM : TOK_BPE, (int)v);
     }
     return tokenizer_load(tok, spec);
 }

@@ -105,8 +105,20 @@ typedef struct {
     int interactive;      /* 1: prompts read from stdin, one a line, the KV cache kept between them */
     int beams;            /* switch_transformers: beam search with this many beams (1: greedy or sampling) */
     float length_penalty; /* beam search: Hugging Face's (1: the mean log-probability per token) */
+    int stop_eos;         /* stop after generating the end-of-text token (as llama.cpp does) */
 } GenerateOptions;
 moelm_status generate_run(const GenerateOptions *o);
+
+/* moelm export: a llama / mixtral checkpoint (or HF directory) as a Hugging Face directory (config.json,
+ * model.safetensors or shards, tokenizer.model, generation_config.json) or a GGUF file. */
+typedef struct {
+    const char *ckpt;
+    const char *out;
+    int gguf;                 /* 0: Hugging Face directory, 1: GGUF file */
+    int dtype;                /* hf: 0 f32, 1 f16, 2 bf16; gguf: 0 f32, 1 f16, 2 bf16, 3 q8_0 */
+    uint64_t max_shard_bytes; /* hf: shards of at most this much tensor data (0: one model.safetensors) */
+} ExportOptions;
+moelm_status export_run(const ExportOptions *o);
 
 /* moelm info */
 moelm_status info_run(const char *ckpt);

@@ -1,0 +1,54 @@
+/* cmd_export.c: `moelm export`: a llama / mixtral model as a Hugging Face directory or a GGUF file. */
+#include <stdio.h>
+#include <string.h>
+#include "args.h"
+#include "common/util.h"
+#include "train/train.h"
+
+int cmd_export(int argc, char **argv) {
+    ExportOptions o = {0};
+    const char *format = NULL, *type = NULL;
+    long shard = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *val = NULL;
+        if (arg_flag(argv, i, "-h|--help")) {
+            printf("usage: moelm export -m CKPT --format hf|gguf -o OUT [--dtype f32|f16|bf16] [--max-shard-size N[K|M|G]]\n\n"
+                   "  -m, --model CKPT     a checkpoint, a run directory (its latest) or a Hugging Face directory\n"
+                   "                       of model_type mixtral or llama\n"
+                   "  --format hf          a Hugging Face directory OUT: config.json (MixtralForCausalLM or\n"
+                   "                       LlamaForCausalLM), model.safetensors (or shards and an index),\n"
+                   "                       tokenizer.model, generation_config.json\n"
+                   "  --format gguf        a GGUF file OUT (llama.cpp)\n"
+                   "  --dtype, --type T    tensor type: f32 (default), f16, bf16; q8_0 for gguf\n"
+                   "  --max-shard-size N   hf: shards of at most N bytes of tensors (suffix K, M, G: KiB, MiB, GiB;\n"
+                   "                       default 0: one model.safetensors)\n");
+            return 0;
+        }
+        else if (arg_match(argc, argv, &i, "-m|--model", &val)) { if (!val) return cli_error(2); o.ckpt = val; }
+        else if (arg_match(argc, argv, &i, "-o|--out", &val)) { if (!val) return cli_error(2); o.out = val; }
+        else if (arg_match(argc, argv, &i, "--format", &val)) { if (!val) return cli_error(2); format = val; }
+        else if (arg_match(argc, argv, &i, "--dtype|--type", &val)) { if (!val) return cli_error(2); type = val; }
+        else if (arg_match(argc, argv, &i, "--max-shard-size", &val)) {
+            if (!val) return cli_error(2);
+            char num[32];
+            size_t n = strlen(val);
+            int shift = n && strchr("KMG", val[n - 1]) ? (val[n - 1] == 'K' ? 10 : val[n - 1] == 'M' ? 20 : 30) : 0;
+            snprintf(num, sizeof num, "%.*s", (int)(shift ? n - 1 : n), val);
+            if (arg_int("--max-shard-size", num, 0, 1L << 40, &shard)) return cli_error(2);
+            o.max_shard_bytes = (uint64_t)shard << shift;
+        }
+        else { moelm_fail(MOELM_ERR_ARG, "export: unknown flag '%s' (see moelm export --help)", argv[i]); return cli_error(2); }
+    }
+    if (!o.ckpt || !o.out || !format) {
+        moelm_fail(MOELM_ERR_ARG, "export: -m CKPT, --format hf|gguf and -o OUT are required");
+        return cli_error(2);
+    }
+    if (!strcmp(format, "gguf")) o.gguf = 1;
+    else if (strcmp(format, "hf")) { moelm_fail(MOELM_ERR_ARG, "export: --format '%s' is not hf or gguf", format); return cli_error(2); }
+    static const char *const types[] = {"f32", "f16", "bf16", "q8_0"};
+    o.dtype = -1;
+    for (int t = 0; t < 4; t++) if (!strcmp(type ? type : "f32", types[t])) o.dtype = t;
+    if (o.dtype < 0) { moelm_fail(MOELM_ERR_ARG, "export: --dtype '%s' is not f32, f16, bf16 or q8_0", type); return cli_error(2); }
+    moelm_status st = export_run(&o);
+    return st ? cli_error(st == MOELM_ERR_ARG ? 2 : 1) : 0;
+}

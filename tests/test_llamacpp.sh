@@ -1,0 +1,58 @@
+#!/bin/sh
+# test_llamacpp.sh: llama.cpp as the oracle of moelm's GGUF export (tools in ../shared/tools/llama.cpp:
+# llama-simple, llama-tokenize; skips, passing, only when they are absent). A mixtral-tiny model
+# (4 experts top-2, 4 query heads over 2 kv heads, a BPE tokenizer with byte fallback) is trained 200
+# steps on the built-in corpus and exported to GGUF (f32 and q8_0); llama.cpp loads both, tokenizes
+# texts (characters outside the pieces included: byte fallback) into moelm's ids (texts without runs of
+# spaces or line breaks: sentencepiece's normalizer collapses spaces and moelm encodes a line at a time,
+# llama.cpp does neither), and its greedy
+# continuations of several prompts from the f32 file are moelm's tokens (moelm generate --stop-eos: both
+# stop at the end-of-text token); the q8_0 file generates too; @huggingface/gguf reads the f32 file's
+# keys and tensor shapes against the model's config. Ends with "llamacpp: N passed, N failed".
+BIN=${MOELM_BIN:-./moelm}
+TMP=build/tmp/llamacpp
+rm -rf "$TMP"; mkdir -p "$TMP"
+. tests/lib.sh
+LC=${LLAMACPP_DIR:-../shared/tools/llama.cpp}
+if [ ! -x "$LC/llama-simple" ] || [ ! -x "$LC/llama-tokenize" ]; then
+    echo "SKIP llamacpp: llama.cpp's llama-simple and llama-tokenize are not in $LC"
+    finish llamacpp
+    exit $?
+fi
+$BIN train --config mixtral-tiny --data builtin --steps 200 -t 2 --quiet --eval-interval 0 --out "$TMP/run" \
+    >"$TMP/train.log" 2>&1
+check "mixtral-tiny trained 200 steps" test -f "$TMP/run/latest/model.safetensors"
+$BIN export -m "$TMP/run" --format gguf -o "$TMP/f32.gguf" >"$TMP/export.log" 2>&1
+$BIN export -m "$TMP/run" --format gguf --type q8_0 -o "$TMP/q8.gguf" >>"$TMP/export.log" 2>&1
+$BIN export -m "$TMP/run" --format hf -o "$TMP/hf" >>"$TMP/export.log" 2>&1
+check "exported f32 and q8_0 GGUF" test -s "$TMP/f32.gguf" -a -s "$TMP/q8.gguf"
+check "q8_0 is about a quarter of f32" awk -v a="$(wc -c <"$TMP/q8.gguf")" -v b="$(wc -c <"$TMP/f32.gguf")" 'BEGIN { exit !(a < 0.35 * b) }'
+
+# tokenization: llama-tokenize (BOS first: the separator moelm starts a sequence with) against moelm's ids
+tok="$TMP/run/latest/tokenizer.model"
+i=0
+for text in "the company said it would" "mr. smith 's shares rose 15 %" "naïve café — 3½ × 2 ≠ 7"; do
+    i=$((i + 1))
+    ours=$(printf '%s' "$text" | $BIN tokenizer encode --model "$tok" --output_format id | tr '\n' ' ' | sed 's/ *$//')
+    theirs=$("$LC/llama-tokenize" -m "$TMP/f32.gguf" -p "$text" --ids --no-bos --log-disable 2>/dev/null | tail -1 |
+             tr -d '[],' | sed 's/ *$//')
+    check "tokenize text $i: llama.cpp's ids are moelm's ($ours)" test -n "$ours" -a "$ours" = "$theirs"
+done
+
+# greedy continuations: llama-simple prints "</s>" (its BOS, moelm's separator), the prompt and the text
+for p in "the company" "in the first" "new york"; do
+    "$LC/llama-simple" -m "$TMP/f32.gguf" -n 16 "$p" 2>/dev/null | sed 's/^<\/s> //' | tr -d '\n' >"$TMP/lc.txt"
+    $BIN generate -m "$TMP/run" --prompt "$p" -n 16 --temp 0 --stop-eos -t 1 2>/dev/null | tr -d '\n' >"$TMP/ours.txt"
+    check "greedy f32 '$p': llama.cpp's continuation is moelm's ($(cat "$TMP/ours.txt"))" cmp -s "$TMP/lc.txt" "$TMP/ours.txt"
+done
+"$LC/llama-simple" -m "$TMP/q8.gguf" -n 8 "the company" >"$TMP/q8.txt" 2>"$TMP/q8.err"
+check "llama.cpp runs the q8_0 file" sh -c "grep -q 'the company' '$TMP/q8.txt' && grep -q 'decoded' '$TMP/q8.err'"
+
+if command -v node >/dev/null 2>&1 && [ -d tests/js/node_modules/@huggingface/gguf ]; then
+    check "@huggingface/gguf reads the keys and shapes" node tests/js/llama_meta.mjs "$TMP/f32.gguf" "$TMP/hf/config.json"
+else
+    echo "SKIP @huggingface/gguf check: node or tests/js/node_modules missing (scripts/deps.sh installs it)"
+fi
+expect_error "gguf of a tokenizer without byte pieces refused" "byte pieces" sh -c \
+    "$BIN train --config mixtral-tiny --data builtin --steps 1 -t 1 --quiet --tokenizer bpe:300 --out '$TMP/nobytes' >/dev/null 2>&1 && $BIN export -m '$TMP/nobytes' --format gguf -o '$TMP/x.gguf'"
+finish llamacpp

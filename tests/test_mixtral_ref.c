@@ -1,0 +1,158 @@
+/* test_mixtral_ref.c: the Llama / Mixtral family against tests/ref/mixtral_ref.py, an independent
+ * PyTorch implementation of HF's MixtralForCausalLM / LlamaForCausalLM: each fixture's HF directory
+ * (F32; BF16 in two shards; F16) loaded by llama_load_hf_dir, its batch run forward and backward, and
+ * compared with PyTorch's logits, loss, every layer's router logits, HF's load-balancing loss and the
+ * gradient of every HF tensor (loss + coef * aux where output_router_logits). Then the directory is
+ * written back (llama_write_hf) and must hold the same bits in F32.
+ *
+ * Tolerances: logits within 1e-4 of the largest logit (the issue's bar; float32 sums in another order
+ * differ by ~1e-6 of it); loss and aux 1e-5 relative; router logits 1e-4 of the largest; gradients within
+ * 1e-4 of each tensor's largest (observed ~1e-6). The fixtures' smallest top-k probability margin is
+ * printed by the script (>= 5e-4), far above float error, so routing cannot flip. */
+#include <math.h>
+#include <string.h>
+#include "test.h"
+#include "io/safetensors.h"
+#include "io/weights.h"
+#include "model/llama_hf.h"
+#include "model/model.h"
+
+static const char *ref_dir(void) {
+    const char *d = getenv("MOELM_MIXTRAL_REF_DIR");
+    return d ? d : "tests/ref/mixtral";
+}
+
+/* max |a - b| over n, and max |b| */
+static void diff(const float *a, const float *b, size_t n, double *d, double *scale) {
+    *d = 0.0;
+    *scale = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        *d = fmax(*d, fabs((double)a[i] - b[i]));
+        *scale = fmax(*scale, fabs((double)b[i]));
+    }
+}
+
+/* reads a whole tensor of the expected file into a new buffer (ndim/shape out) */
+static float *read_all(SafeTensors *st, const char *name, int *ndim, int64_t *shape) {
+    int nd;
+    int64_t sh[ST_MAX_DIMS];
+    if (!st_info(st, name, NULL, &nd, sh)) return NULL;
+    size_t n = 1;
+    for (int i = 0; i < nd; i++) n *= (size_t)sh[i];
+    float *x = malloc(sizeof(float) * (n ? n : 1));
+    if (st_read_f32(st, name, x, nd, sh)) { free(x); return NULL; }
+    if (ndim) *ndim = nd;
+    if (shape) memcpy(shape, sh, sizeof(int64_t) * (size_t)nd);
+    return x;
+}
+
+static void run_case(const char *name) {
+    char dir[512], path[600];
+    snprintf(dir, sizeof dir, "%s/%s", ref_dir(), name);
+    snprintf(path, sizeof path, "%s/%s.expected.safetensors", ref_dir(), name);
+    SafeTensors *exp = NULL;
+    EXPECT_MSG(st_open(&exp, path) == MOELM_OK, "%s", moelm_last_error());
+    if (!exp) return;
+    int nd;
+    int64_t sh[ST_MAX_DIMS];
+    float *ids_f = read_all(exp, "input_ids", &nd, sh);
+    EXPECT(ids_f && nd == 2);
+    int B = (int)sh[0], T = (int)sh[1], N = B * T;
+    Model m;
+    EXPECT_MSG(llama_load_hf_dir(&m, dir, B, T) == MOELM_OK, "%s: %s", name, moelm_last_error());
+    if (!m.params) { st_close(exp); free(ids_f); return; }
+    int V = m.cfg.vocab_size, *inp = malloc(sizeof(int) * N), *tgt = malloc(sizeof(int) * N);
+    for (int i = 0; i < N; i++) inp[i] = (int)ids_f[i];
+    for (int i = 0; i < N; i++) tgt[i] = i % T + 1 < T ? inp[i + 1] : -1;   /* HF's shifted labels */
+
+    model_zero_grad(&m);
+    float loss = model_forward(&m, inp, tgt, 0);
+    double d, scale;
+    float *want = read_all(exp, "logits", NULL, NULL);
+    diff(m.a.logits, want, (size_t)N * V, &d, &scale);
+    EXPECT_MSG(d <= 1e-4 * scale, "%s: logits differ by %.3g (largest %.3g)", name, d, scale);
+    printf("  %s: logits within %.2g of the largest (%.3g)\n", name, d / scale, scale);
+    free(want);
+    want = read_all(exp, "loss", NULL, NULL);
+    EXPECT_MSG(fabs(loss - want[0]) <= 1e-5 * fabs(want[0]), "%s: loss %.7g, torch %.7g", name, loss, want[0]);
+    free(want);
+    MoELayer lays[16];
+    int nl = model_moe_layers(&m, lays, 16);
+    EXPECT(nl == (m.cfg.model_type == MODEL_MIXTRAL ? m.cfg.num_layers : 0));
+    for (int l = 0; l < nl; l++) {
+        char nm[64];
+        snprintf(nm, sizeof nm, "router_logits.%d", l);
+        want = read_all(exp, nm, NULL, NULL);
+        EXPECT(want != NULL);
+        if (!want) continue;
+        diff(lays[l].a->logits, want, (size_t)N * m.moe_cfg.E, &d, &scale);
+        EXPECT_MSG(d <= 1e-4 * scale, "%s: %s differ by %.3g (largest %.3g)", name, nm, d, scale);
+        free(want);
+    }
+
+    /* the gradient of every HF tensor */
+    model_backward(&m);
+    int nt;
+    LlamaHfTensor *v = llama_hf_tensors_alloc(&m, &nt);
+    int checked = 0;
+    for (int i = 0; i < nt; i++) {
+        char nm[160];
+        snprintf(nm, sizeof nm, "grad.%s", v[i].name);
+        want = read_all(exp, nm, NULL, NULL);
+        EXPECT_MSG(want != NULL, "%s: no %s", name, nm);
+        if (!want) continue;
+        diff(m.grads + v[i].off, want, v[i].count, &d, &scale);
+        EXPECT_MSG(d <= 1e-4 * scale + 1e-7, "%s: %s differs by %.3g (largest %.3g)", name, nm, d, scale);
+        checked++;
+        free(want);
+    }
+    EXPECT_MSG(checked == st_count(exp) - (int)(3 + nl + (nl > 0)), "%s: %d gradients checked of %d in the file", name,
+               checked, st_count(exp));
+
+    /* HF's balance loss, unweighted: with output_router_logits on and coefficient 1 */
+    if (nl) {
+        want = read_all(exp, "aux_loss", NULL, NULL);
+        m.cfg.output_router_logits = 1;
+        m.cfg.router_aux_loss_coef = 1.0f;
+        model_forward(&m, inp, tgt, 0);
+        EXPECT_MSG(fabs(m.aux_loss - want[0]) <= 1e-5 * want[0], "%s: aux %.7g, torch %.7g", name, m.aux_loss, want[0]);
+        free(want);
+    }
+
+    /* written back: the same tensors, bit for bit in F32 */
+    snprintf(path, sizeof path, "build/tmp/mixtral_ref_%s", name);
+    EXPECT_MSG(llama_write_hf(&m, path, 0, 0) == MOELM_OK, "%s", moelm_last_error());
+    WeightSet *ws = NULL;
+    EXPECT(ws_open(&ws, path) == MOELM_OK);
+    WeightSet *orig = NULL;
+    EXPECT(ws_open(&orig, dir) == MOELM_OK);
+    EXPECT(ws && orig && ws_count(ws) == nt && ws_count(orig) == nt);
+    for (int i = 0; i < nt && ws && orig; i++) {
+        float *a = malloc(sizeof(float) * v[i].count), *b = malloc(sizeof(float) * v[i].count);
+        EXPECT(ws_read_f32(ws, v[i].name, a, v[i].ndim, v[i].shape) == MOELM_OK);
+        EXPECT(ws_read_f32(orig, v[i].name, b, v[i].ndim, v[i].shape) == MOELM_OK);
+        EXPECT_MSG(memcmp(a, b, sizeof(float) * v[i].count) == 0, "%s: %s not bit-equal after writing", name, v[i].name);
+        free(a);
+        free(b);
+    }
+    ws_close(ws);
+    ws_close(orig);
+    moelm_free(v);
+    free(inp);
+    free(tgt);
+    free(ids_f);
+    model_free(&m);
+    st_close(exp);
+}
+
+TEST(mixtral_gqa_untied) { run_case("mixtral_gqa_untied"); }
+TEST(mixtral_tied_bf16) { run_case("mixtral_tied_bf16"); }
+TEST(llama_mqa_f16) { run_case("llama_mqa_f16"); }
+
+int main(void) {
+    test_one_thread();
+    RUN(mixtral_gqa_untied);
+    RUN(mixtral_tied_bf16);
+    RUN(llama_mqa_f16);
+    return test_summary("mixtral_ref");
+}
