@@ -27,6 +27,8 @@ val=$(grep val_loss "$TMP/learn/metrics.jsonl" | tail -n 1 | sed -E 's/.*"val_lo
 # the built-in corpus is 5.34 nats; 200 steps reach ~3.9
 check "switch-t5-tiny learns: span-corruption val loss ${val:-none} < 4.3" awk "BEGIN{exit !(${val:-99} < 4.3)}"
 check "metrics name the stacks' sparse blocks" grep -q '"stack": "decoder", "block": 1' "$TMP/learn/metrics.jsonl"
+$BIN report "$TMP/learn" -o "$TMP/report.html" >/dev/null 2>&1
+check "the report names the stacks' sparse blocks" grep -q "decoder block 1" "$TMP/report.html"
 # exact resume: 12 steps, or 6 (--stop-at) + resume + 6: the same losses and the same final weights
 $BIN train --config switch-t5-tiny --steps 12 --ckpt-interval 6 --eval-interval 0 --log-interval 1 --out "$TMP/full" $T1 >/dev/null 2>&1
 $BIN train --config switch-t5-tiny --steps 12 --ckpt-interval 6 --eval-interval 0 --log-interval 1 --stop-at 6 --out "$TMP/half" $T1 >/dev/null 2>&1
