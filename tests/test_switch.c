@@ -635,14 +635,37 @@ TEST(switch_step_allocates_nothing) {
 }
 
 /* Hugging Face directory -> moelm -> directory -> moelm is bit-exact: the fp32 one written as fp32 (every
- * tensor's values equal the original file's), the bf16 sharded one written as bf16 in shards (the
- * parameters read back equal, bit for bit, those first read). */
+ * tensor's values equal the original file's), the bf16 sharded one written as bf16 in shards, an fp16
+ * one written as fp16 (the parameters read back equal, bit for bit, those first read). */
 TEST(switch_weights_round_trip_bit_exact) {
     const char *models[] = {"switch_tied", "switch_untied"};
     for (int i = 0; i < 2; i++) {
         char dir[256], out[512];
         snprintf(dir, sizeof dir, "tests/ref/switch/%s", models[i]);
         snprintf(out, sizeof out, "%s/rt_%s", tmpdir, models[i]);
+        if (i == 0) {   /* fp16: written from the fp32 directory, then read, written and read again: the same */
+            char h1[600], h2[600], cp[1300];
+            Model a, b, c;
+            snprintf(h1, sizeof h1, "%s/f16a", tmpdir);
+            snprintf(h2, sizeof h2, "%s/f16b", tmpdir);
+            EXPECT(model_load_dir(&a, dir, 1, 4, 4) == MOELM_OK);
+            EXPECT(model_write_weights(&a, h1, 1, 0) == MOELM_OK);
+            snprintf(cp, sizeof cp, "cp %s/config.json %s/ && mkdir -p %s && cp %s/config.json %s/", dir, h1, h2, dir, h2);
+            EXPECT(system(cp) == 0);
+            EXPECT(model_load_dir(&b, h1, 1, 4, 4) == MOELM_OK);
+            EXPECT(model_write_weights(&b, h2, 1, 0) == MOELM_OK);
+            EXPECT(model_load_dir(&c, h2, 1, 4, 4) == MOELM_OK);
+            EXPECT(!memcmp(b.params, c.params, sizeof(float) * b.n_params));
+            double worst = 0;   /* fp16 keeps 11 bits: the values within 2^-11 relative of the fp32 ones */
+            for (size_t k = 0; k < a.n_params; k++) {
+                double d = fabs(a.params[k] - b.params[k]) / (fabs(a.params[k]) + 1e-4);
+                worst = d > worst ? d : worst;
+            }
+            EXPECT_MSG(worst <= 1.0 / 2048, "fp16 worst relative error %.3g", worst);
+            model_free(&a);
+            model_free(&b);
+            model_free(&c);
+        }
         Model a, b;
         EXPECT(model_load_dir(&a, dir, 1, 4, 4) == MOELM_OK);
         EXPECT(model_write_weights(&a, out, i ? 2 : 0, i ? 20000 : 0) == MOELM_OK);
