@@ -139,6 +139,18 @@ wset() {  # wset NAME PATTERN: the tied model's config with the untied model's w
 wset none "model.safetensors|no such|cannot open"
 mkdir -p "$W/other"; cp $REF/switch_untied/model-0000* $REF/switch_untied/model.safetensors.index.json "$W/other/"
 wset other "shape|no tensor|no place"
+# tokenizers a directory may bring: one that already has a sentinel's name, one too large for the model
+H=$TMP/hfdir; mkdir -p "$H"; cp $REF/switch_tied/config.json $REF/switch_tied/model.safetensors "$H/"
+printf 'a b c <extra_id_3> d\n' >"$TMP/tk.txt"
+$BIN tokenizer train --input "$TMP/tk.txt" --model_prefix "$TMP/tkw" --model_type word --vocab_size 10 >/dev/null 2>&1
+cp "$TMP/tkw.model" "$H/tokenizer.model"
+expect_error "tokenizer: a piece named like a sentinel" "tokenizer.model.*already has the piece \"<extra_id_3>\"" \
+    $BIN generate -m "$H" -p "a" -n 2
+awk 'BEGIN{for(i=0;i<60;i++) printf "w%d ", i; print ""}' >"$TMP/big.txt"
+$BIN tokenizer train --input "$TMP/big.txt" --model_prefix "$TMP/big" --model_type word --vocab_size 100 >/dev/null 2>&1
+cp "$TMP/big.model" "$H/tokenizer.model"
+expect_error "tokenizer: more pieces than the model's vocabulary" "more than the model's vocab_size 40" \
+    $BIN generate -m "$H" -p "w1" -n 2
 expect_error "forward: missing --inputs" "required" $BIN forward -m $REF/switch_tied -o "$TMP/no.out"
 expect_error "forward: unknown flag" "unknown flag" $BIN forward --bogus
 
