@@ -51,6 +51,13 @@ $BIN generate -m "$TMP/learn" -p "the <extra_id_0> of the" --beams 3 --length-pe
 check "beam search generates" test -s "$TMP/g3"
 expect_error "generate: a HF directory without a tokenizer" "no tokenizer" $BIN generate -m $REF/switch_tied -p "a" -n 2
 expect_error "generate: --beams on a decoder-only model" "encoder-decoder" sh -c "$BIN train --config tiny --steps 1 --eval-interval 0 --out $TMP/lm -t 1 --quiet >/dev/null 2>&1; $BIN generate -m $TMP/lm --beams 2 -n 2"
+# moelm's other routers in the encoder-decoder: top-2 trains, checkpoints and decodes
+$BIN train --config switch-t5-tiny --set moelm_router=topk --set moelm_experts_per_tok=2 --steps 6 --eval-interval 0 \
+    --out "$TMP/top2" -t 1 >"$TMP/top2.log" 2>&1
+check "top-2 routing trains (the summary says so)" grep -q "top-2" "$TMP/top2.log"
+check "top-2: the checkpoint's config names the router" grep -q '"moelm_router": "topk"' "$TMP/top2/latest/config.json"
+$BIN generate -m "$TMP/top2" -p "the" --beams 2 -n 4 -t 1 >"$TMP/top2.gen" 2>/dev/null
+check "top-2: beam search decodes" test -s "$TMP/top2.gen"
 # a time budget ends the run on time (3 s), with its final evaluation and checkpoint
 $BIN train --config switch-t5-tiny --steps 100000 --time-budget 0.05 --eval-interval 0 --out "$TMP/budget" $T1 >/dev/null 2>&1
 check "time budget: a checkpoint within the budget" sh -c "t=\$(tail -n 1 $TMP/budget/metrics.jsonl | sed -E 's/.*\"time_s\": ([0-9.]+).*/\\1/'); awk \"BEGIN{exit !(\$t < 4.5)}\" && test -d $TMP/budget/latest"
