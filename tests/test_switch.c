@@ -113,7 +113,7 @@ TEST(switch_config_errors) {
         {"\"is_encoder_decoder\": false", "is_encoder_decoder"},
         {"\"dropout_rate\": 1.5", "dropout_rate"},
         {"\"expert_capacity\": -1", "expert_capacity"},
-        {"\"moelm_router\": \"soft\"", "not yet supported"},
+        {"\"moelm_router\": \"expert-choice\"", "moelm_router"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char text[512];
@@ -401,7 +401,7 @@ static void fd_case(ModelConfig *c, const char *label) {
     MoELayer ml[CONFIG_MAX_MOE_LAYERS];
     int n = model_moe_layers(&m, ml, CONFIG_MAX_MOE_LAYERS);
     for (int l = 0; l < n; l++) for (int t = 0; t < ml[l].a->N; t++) dropped += ml[l].a->slot_row[t] < 0;
-    EXPECT(n >= 2 && dropped > 0);
+    EXPECT(n >= 2 && (dropped > 0 || c->router_type == ROUTER_SOFT));   /* soft gating has no capacity */
     model_free(&m);
 }
 
@@ -434,9 +434,11 @@ TEST(switch_grad_fd_dropped_scaled_input_all_sparse) {
 
 /* A model for the generation tests: no token dropped in the full forward (capacity 64), so that cached
  * decoding (one token a sequence a step) and the full forward route alike. */
-static void gen_model(Model *m, int tied) {
+static void gen_model_router(Model *m, int tied, const char *router) {
     ModelConfig c;
     fd_config(&c);
+    EXPECT(config_set(&c, "moelm_router", router) == MOELM_OK);
+    EXPECT(config_set(&c, "moelm_experts_per_tok", "2") == MOELM_OK);
     c.vocab_size = 23;
     c.expert_capacity = 64;
     c.tie_word_embeddings = tied;
@@ -448,6 +450,8 @@ static void gen_model(Model *m, int tied) {
             for (size_t k = 0; k < m->tensors[i].size; k++) m->params[m->tensors[i].offset + k] *= 30.0f;
 }
 
+static void gen_model(Model *m, int tied) { gen_model_router(m, tied, "switch"); }
+
 static double max_abs(const float *x, size_t n) {
     double m = 0;
     for (size_t i = 0; i < n; i++) m = fabs(x[i]) > m ? fabs(x[i]) : m;
@@ -456,11 +460,14 @@ static double max_abs(const float *x, size_t n) {
 
 /* Cached decoding gives the full forward's logits: 3 rows teacher-forced through 8 steps against the
  * decoder over the whole sequences (batch 3, the same encoder input with padding), every step within
- * 1e-5 of the largest logit (both float; the sums differ in order only). Tied and untied heads. */
+ * 1e-5 of the largest logit (both float; the sums differ in order only). Tied and untied heads with
+ * HF's router; top-2 and hash routing (the step's tokens) tied. */
 TEST(switch_cached_decoding_equals_full_forward) {
-    for (int tied = 0; tied < 2; tied++) {
+    static const char *const routers[] = {"switch", "switch", "topk", "hash"};
+    for (int ri = 0; ri < 4; ri++) {
+        int tied = ri != 1;
         Model m;
-        gen_model(&m, tied);
+        gen_model_router(&m, tied, routers[ri]);
         int V = m.cfg.vocab_size, R = 3, T = 8;
         int enc[7] = {5, 9, 2, 17, 3, 8, 0}, mask[7] = {1, 1, 1, 1, 1, 1, 0};
         int dec[3 * 8], enc3[3 * 7], mask3[3 * 7];
@@ -483,7 +490,7 @@ TEST(switch_cached_decoding_equals_full_forward) {
                     worst = d > worst ? d : worst;
                 }
         }
-        EXPECT_MSG(worst <= 1e-5 * scale, "tied %d: worst %.3g of %.3g", tied, worst, scale);
+        EXPECT_MSG(worst <= 1e-5 * scale, "%s tied %d: worst %.3g of %.3g", routers[ri], tied, worst, scale);
         encdec_cache_free(&kv);
         free(full);
         model_free(&m);
@@ -635,14 +642,37 @@ TEST(switch_step_allocates_nothing) {
 }
 
 /* Hugging Face directory -> moelm -> directory -> moelm is bit-exact: the fp32 one written as fp32 (every
- * tensor's values equal the original file's), the bf16 sharded one written as bf16 in shards (the
- * parameters read back equal, bit for bit, those first read). */
+ * tensor's values equal the original file's), the bf16 sharded one written as bf16 in shards, an fp16
+ * one written as fp16 (the parameters read back equal, bit for bit, those first read). */
 TEST(switch_weights_round_trip_bit_exact) {
     const char *models[] = {"switch_tied", "switch_untied"};
     for (int i = 0; i < 2; i++) {
         char dir[256], out[512];
         snprintf(dir, sizeof dir, "tests/ref/switch/%s", models[i]);
         snprintf(out, sizeof out, "%s/rt_%s", tmpdir, models[i]);
+        if (i == 0) {   /* fp16: written from the fp32 directory, then read, written and read again: the same */
+            char h1[600], h2[600], cp[1300];
+            Model a, b, c;
+            snprintf(h1, sizeof h1, "%s/f16a", tmpdir);
+            snprintf(h2, sizeof h2, "%s/f16b", tmpdir);
+            EXPECT(model_load_dir(&a, dir, 1, 4, 4) == MOELM_OK);
+            EXPECT(model_write_weights(&a, h1, 1, 0) == MOELM_OK);
+            snprintf(cp, sizeof cp, "cp %s/config.json %s/ && mkdir -p %s && cp %s/config.json %s/", dir, h1, h2, dir, h2);
+            EXPECT(system(cp) == 0);
+            EXPECT(model_load_dir(&b, h1, 1, 4, 4) == MOELM_OK);
+            EXPECT(model_write_weights(&b, h2, 1, 0) == MOELM_OK);
+            EXPECT(model_load_dir(&c, h2, 1, 4, 4) == MOELM_OK);
+            EXPECT(!memcmp(b.params, c.params, sizeof(float) * b.n_params));
+            double worst = 0;   /* fp16 keeps 11 bits: the values within 2^-11 relative of the fp32 ones */
+            for (size_t k = 0; k < a.n_params; k++) {
+                double d = fabs(a.params[k] - b.params[k]) / (fabs(a.params[k]) + 1e-4);
+                worst = d > worst ? d : worst;
+            }
+            EXPECT_MSG(worst <= 1.0 / 2048, "fp16 worst relative error %.3g", worst);
+            model_free(&a);
+            model_free(&b);
+            model_free(&c);
+        }
         Model a, b;
         EXPECT(model_load_dir(&a, dir, 1, 4, 4) == MOELM_OK);
         EXPECT(model_write_weights(&a, out, i ? 2 : 0, i ? 20000 : 0) == MOELM_OK);
@@ -668,6 +698,21 @@ TEST(switch_weights_round_trip_bit_exact) {
     }
 }
 
+/* moelm's routers in the encoder-decoder (each layer's own losses): top-2 GShard, soft gating, hash. */
+TEST(switch_grad_fd_other_routers) {
+    static const char *const routers[] = {"topk", "soft", "hash"};
+    for (int i = 0; i < 3; i++) {
+        ModelConfig c;
+        fd_config(&c);
+        c.sw.hf_router_losses = 0;
+        EXPECT(config_set(&c, "moelm_router", routers[i]) == MOELM_OK);
+        EXPECT(config_set(&c, "moelm_experts_per_tok", "2") == MOELM_OK);
+        if (i == 0) c.expert_capacity = 3;   /* two slots a token: drops at 3 a sequence */
+        EXPECT(config_check(&c) == MOELM_OK);
+        fd_case(&c, routers[i]);
+    }
+}
+
 int main(void) {
     test_one_thread();
     snprintf(tmpdir, sizeof tmpdir, "/tmp/moelm_test_switch_%d", (int)getpid());
@@ -685,6 +730,7 @@ int main(void) {
     RUN(switch_grad_fd_tied_gelu);
     RUN(switch_grad_fd_untied_relu_fixed_losses);
     RUN(switch_grad_fd_dropped_scaled_input_all_sparse);
+    RUN(switch_grad_fd_other_routers);
     RUN(switch_cached_decoding_equals_full_forward);
     RUN(switch_beam_search_and_greedy);
     RUN(switch_step_allocates_nothing);

@@ -27,6 +27,8 @@ val=$(grep val_loss "$TMP/learn/metrics.jsonl" | tail -n 1 | sed -E 's/.*"val_lo
 # the built-in corpus is 5.34 nats; 200 steps reach ~3.9
 check "switch-t5-tiny learns: span-corruption val loss ${val:-none} < 4.3" awk "BEGIN{exit !(${val:-99} < 4.3)}"
 check "metrics name the stacks' sparse blocks" grep -q '"stack": "decoder", "block": 1' "$TMP/learn/metrics.jsonl"
+$BIN report "$TMP/learn" -o "$TMP/report.html" >/dev/null 2>&1
+check "the report names the stacks' sparse blocks" grep -q "decoder block 1" "$TMP/report.html"
 # exact resume: 12 steps, or 6 (--stop-at) + resume + 6: the same losses and the same final weights
 $BIN train --config switch-t5-tiny --steps 12 --ckpt-interval 6 --eval-interval 0 --log-interval 1 --out "$TMP/full" $T1 >/dev/null 2>&1
 $BIN train --config switch-t5-tiny --steps 12 --ckpt-interval 6 --eval-interval 0 --log-interval 1 --stop-at 6 --out "$TMP/half" $T1 >/dev/null 2>&1
@@ -49,6 +51,13 @@ $BIN generate -m "$TMP/learn" -p "the <extra_id_0> of the" --beams 3 --length-pe
 check "beam search generates" test -s "$TMP/g3"
 expect_error "generate: a HF directory without a tokenizer" "no tokenizer" $BIN generate -m $REF/switch_tied -p "a" -n 2
 expect_error "generate: --beams on a decoder-only model" "encoder-decoder" sh -c "$BIN train --config tiny --steps 1 --eval-interval 0 --out $TMP/lm -t 1 --quiet >/dev/null 2>&1; $BIN generate -m $TMP/lm --beams 2 -n 2"
+# moelm's other routers in the encoder-decoder: top-2 trains, checkpoints and decodes
+$BIN train --config switch-t5-tiny --set moelm_router=topk --set moelm_experts_per_tok=2 --steps 6 --eval-interval 0 \
+    --out "$TMP/top2" -t 1 >"$TMP/top2.log" 2>&1
+check "top-2 routing trains (the summary says so)" grep -q "top-2" "$TMP/top2.log"
+check "top-2: the checkpoint's config names the router" grep -q '"moelm_router": "topk"' "$TMP/top2/latest/config.json"
+$BIN generate -m "$TMP/top2" -p "the" --beams 2 -n 4 -t 1 >"$TMP/top2.gen" 2>/dev/null
+check "top-2: beam search decodes" test -s "$TMP/top2.gen"
 # a time budget ends the run on time (3 s), with its final evaluation and checkpoint
 $BIN train --config switch-t5-tiny --steps 100000 --time-budget 0.05 --eval-interval 0 --out "$TMP/budget" $T1 >/dev/null 2>&1
 check "time budget: a checkpoint within the budget" sh -c "t=\$(tail -n 1 $TMP/budget/metrics.jsonl | sed -E 's/.*\"time_s\": ([0-9.]+).*/\\1/'); awk \"BEGIN{exit !(\$t < 4.5)}\" && test -d $TMP/budget/latest"
@@ -137,6 +146,18 @@ wset() {  # wset NAME PATTERN: the tied model's config with the untied model's w
 wset none "model.safetensors|no such|cannot open"
 mkdir -p "$W/other"; cp $REF/switch_untied/model-0000* $REF/switch_untied/model.safetensors.index.json "$W/other/"
 wset other "shape|no tensor|no place"
+# tokenizers a directory may bring: one that already has a sentinel's name, one too large for the model
+H=$TMP/hfdir; mkdir -p "$H"; cp $REF/switch_tied/config.json $REF/switch_tied/model.safetensors "$H/"
+printf 'a b c <extra_id_3> d\n' >"$TMP/tk.txt"
+$BIN tokenizer train --input "$TMP/tk.txt" --model_prefix "$TMP/tkw" --model_type word --vocab_size 10 >/dev/null 2>&1
+cp "$TMP/tkw.model" "$H/tokenizer.model"
+expect_error "tokenizer: a piece named like a sentinel" "tokenizer.model.*already has the piece \"<extra_id_3>\"" \
+    $BIN generate -m "$H" -p "a" -n 2
+awk 'BEGIN{for(i=0;i<60;i++) printf "w%d ", i; print ""}' >"$TMP/big.txt"
+$BIN tokenizer train --input "$TMP/big.txt" --model_prefix "$TMP/big" --model_type word --vocab_size 100 >/dev/null 2>&1
+cp "$TMP/big.model" "$H/tokenizer.model"
+expect_error "tokenizer: more pieces than the model's vocabulary" "more than the model's vocab_size 40" \
+    $BIN generate -m "$H" -p "w1" -n 2
 expect_error "forward: missing --inputs" "required" $BIN forward -m $REF/switch_tied -o "$TMP/no.out"
 expect_error "forward: unknown flag" "unknown flag" $BIN forward --bogus
 

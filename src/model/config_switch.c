@@ -245,10 +245,16 @@ moelm_status config_switch_set(ModelConfig *c, const char *key, const char *v) {
         return MOELM_OK;
     }
     if (!strcmp(key, "moelm_router")) {
-        if (!strcmp(v, "switch")) return MOELM_OK;
-        return moelm_fail(MOELM_ERR_CONFIG, "moelm_router: '%s' is not yet supported for switch_transformers "
-                          "(switch)", v);
+        /* HF's top-1 (switch), or moelm's routers that suit an encoder-decoder: top-k, soft gating, hash
+         * (expert-choice and random are refused: non-causal, and one expert for the whole pass) */
+        int r = router_from_name(v);
+        if (r != ROUTER_SWITCH && r != ROUTER_TOPK && r != ROUTER_SOFT && r != ROUTER_HASH)
+            return moelm_fail(MOELM_ERR_CONFIG, "moelm_router: '%s' is not one of switch, topk, soft, hash for "
+                              "switch_transformers", v);
+        c->router_type = (RouterType)r;
+        return MOELM_OK;
     }
+    if (!strcmp(key, "moelm_experts_per_tok")) return config_parse_int(key, v, &c->num_experts_per_tok);
     return moelm_fail(MOELM_ERR_CONFIG, "unknown config key '%s' for switch_transformers", key);
 }
 
@@ -369,6 +375,8 @@ char *config_switch_to_json(const ModelConfig *c) {
               c->n_positions);
     sb_printf(&sb, "  \"moelm_capacity_factor\": %.9g,\n  \"moelm_eval_capacity_factor\": %.9g,\n",
               c->capacity_factor, c->eval_capacity_factor);
+    sb_printf(&sb, "  \"moelm_router\": \"%s\",\n  \"moelm_experts_per_tok\": %d,\n", router_name(c->router_type),
+              c->num_experts_per_tok);
     sb_printf(&sb, "  \"moelm_hf_router_losses\": %s,\n  \"moelm_dropped_tokens\": \"%s\"\n}\n",
               s->hf_router_losses ? "true" : "false", s->dropped_scaled_input ? "scaled_input" : "zero");
     if (sb.failed) {

@@ -47,7 +47,8 @@ static void layout_block(Layout *L, T5BlockParams *p, T5BlockParams *g, const Mo
     if (config_switch_block_is_sparse(c, dec, i)) {
         int64_t first = (int64_t)E / L->parts * L->part, rows = E / L->parts;
         MoEParams *pm = &p->moe, *gm = &g->moe;
-        pm->router_w = layout_tensor(L, &gm->router_w, NAME("layer.%d.mlp.router.classifier.weight", f), 1, 2, E, C, 0);
+        if (c->router_type != ROUTER_HASH)   /* the hash router has no weight */
+            pm->router_w = layout_tensor(L, &gm->router_w, NAME("layer.%d.mlp.router.classifier.weight", f), 1, 2, E, C, 0);
         pm->w1 = layout_tensor_rows(L, &gm->w1, NAME("layer.%d.mlp.experts.expert_%%d.wi.weight", f), 1, 3, E, H, C,
                                     first, rows);
         pm->w2 = layout_tensor_rows(L, &gm->w2, NAME("layer.%d.mlp.experts.expert_%%d.wo.weight", f), 1, 3, E, C, H,
@@ -207,7 +208,8 @@ static void init_encdec(Model *m, uint64_t seed) {
 static MoEConfig stack_moe_config(const ModelConfig *c) {
     MoEConfig mc = config_moe(c);
     mc.no_bias = 1;
-    mc.aux_coef = 0.0f;
+    /* switch: HF's stack losses (aux through aux_dprobs); moelm's other routers: each layer's own */
+    mc.aux_coef = c->router_type == ROUTER_SWITCH ? 0.0f : c->router_aux_loss_coef;
     mc.dropped_gets_input = c->sw.dropped_scaled_input;
     mc.min_capacity = 0;
     return mc;
@@ -379,8 +381,8 @@ static AttnDims cross_dims(const EncDec *ed, const ModelConfig *c) {
 }
 
 /* One block: out[N, C] from a->x_in. */
-static void block_forward(Model *m, T5StackActs *s, T5BlockActs *a, const T5BlockParams *p, float *out, int dec,
-                          int sparse, float pdrop, int training) {
+static void block_forward(Model *m, T5StackActs *s, T5BlockActs *a, const T5BlockParams *p, float *out, const int *ids,
+                          int dec, int sparse, float pdrop, int training) {
     EncDec *ed = m->ed;
     const ModelConfig *c = &m->cfg;
     int B = ed->B, T = dec ? ed->Td : ed->Te, N = B * T, C = c->d_model, I = ed->I, H = c->d_ff;
@@ -413,7 +415,7 @@ static void block_forward(Model *m, T5StackActs *s, T5BlockActs *a, const T5Bloc
     }
     rmsnorm_forward(a->ln3, a->rstd3, res, p->ff_ln, N, C, eps);
     if (sparse) {
-        moe_forward(a->ffn, &a->moe, a->ln3, NULL, &p->moe, &s->moe_cfg, N, training, &m->rng);
+        moe_forward(a->ffn, &a->moe, a->ln3, ids, &p->moe, &s->moe_cfg, N, training, &m->rng);
     } else {
         matmul_forward(a->fc_pre, a->ln3, p->wi, NULL, N, C, H);
         activation_forward(a->fc, a->fc_pre, c->hidden_act, N, H);
@@ -435,6 +437,14 @@ static void stack_router_losses(Model *m, T5StackActs *s, int dec) {
     s->z_loss = s->aux_loss = 0.0f;
     memset(s->aux_dprobs, 0, sizeof(float) * (size_t)B * E);
     if (!s->losses_on) return;
+    if (c->router_type != ROUTER_SWITCH) {   /* moelm's routers: the sum of the layers' own losses */
+        for (int i = 0; i < config_switch_layers(c, dec); i++)
+            if (config_switch_block_is_sparse(c, dec, i)) {
+                s->z_loss += s->blocks[i].moe.z_loss;
+                s->aux_loss += s->blocks[i].moe.aux_loss;
+            }
+        return;
+    }
     /* under data parallelism the rows are every rank's: aux is a mean over the global batch's rows
      * (gradients are summed over the ranks); z is already global (moe.c all-reduces it) */
     double z = 0.0, aux = 0.0, cnt[256], P[256], per = (double)T * nL, rows[2] = {0.0, (double)B};
@@ -472,10 +482,12 @@ static void stack_forward(Model *m, int dec, const int *ids, float pdrop, int tr
     const T5StackParams *sp = dec ? &ed->p.dec : &ed->p.enc;
     int B = ed->B, T = dec ? ed->Td : ed->Te, N = B * T, C = c->d_model, L = config_switch_layers(c, dec);
     size_t NC = (size_t)N * C;
-    /* the stack's routing: one group a sequence; its z loss shared out over its sparse blocks */
-    s->losses_on = s->n_sparse > 0 && (!c->sw.hf_router_losses || config_switch_sparse_step(c, dec) > 1);
+    /* the stack's routing: one group a sequence; HF's z loss shared out over its sparse blocks (moelm's
+     * other routers: each layer's own losses, summed) */
+    int hf = c->router_type == ROUTER_SWITCH;
+    s->losses_on = s->n_sparse > 0 && (!hf || !c->sw.hf_router_losses || config_switch_sparse_step(c, dec) > 1);
     s->moe_cfg.group_size = T;
-    s->moe_cfg.z_coef = s->losses_on ? c->router_z_loss_coef / (float)s->n_sparse : 0.0f;
+    s->moe_cfg.z_coef = !s->losses_on ? 0.0f : hf ? c->router_z_loss_coef / (float)s->n_sparse : c->router_z_loss_coef;
     float *x0 = s->blocks[0].x_in;
     encoder_forward(x0, ids, ed->p.shared, NULL, B, T, C);
     dropout_forward(x0, s->emb_drop, x0, pdrop, NC, &m->rng);
@@ -484,8 +496,8 @@ static void stack_forward(Model *m, int dec, const int *ids, float pdrop, int tr
     for (int i = 0; i < L; i++) {
         T5BlockActs *a = &s->blocks[i];
         int sparse = config_switch_block_is_sparse(c, dec, i);
-        if (sparse) a->moe.aux_dprobs = s->aux_dprobs;
-        block_forward(m, s, a, &sp->blocks[i], i + 1 < L ? s->blocks[i + 1].x_in : s->x_final, dec, sparse, pdrop,
+        if (sparse) a->moe.aux_dprobs = hf ? s->aux_dprobs : NULL;
+        block_forward(m, s, a, &sp->blocks[i], i + 1 < L ? s->blocks[i + 1].x_in : s->x_final, ids, dec, sparse, pdrop,
                       training);
     }
     rmsnorm_forward(s->out, s->rstd_f, s->x_final, sp->final_ln, N, C, c->layer_norm_epsilon);

@@ -129,7 +129,7 @@ void encdec_step(Model *m, EncDecCache *kv, const int *tokens) {
         add_forward(kv->x, kv->x, kv->proj, (size_t)R * C);
         rmsnorm_forward(kv->xn, kv->rstd, kv->x, p->ff_ln, R, C, eps);
         if (config_switch_block_is_sparse(c, 1, i)) {
-            moe_forward(kv->ffn, &kv->moe, kv->xn, NULL, &p->moe, &kv->moe_cfg, R, 0, &m->rng);
+            moe_forward(kv->ffn, &kv->moe, kv->xn, tokens, &p->moe, &kv->moe_cfg, R, 0, &m->rng);
         } else {
             matmul_forward(kv->fc_pre, kv->xn, p->wi, NULL, R, C, H);
             activation_forward(kv->fc, kv->fc_pre, c->hidden_act, R, H);

@@ -32,6 +32,7 @@ typedef struct {
     double *dropped, *entropy, *top1, *dead, *laux, *lz;             /* [L, V] */
     double *load;                                                    /* [L, E, V] */
     int bad_lines;
+    char lname[MAXL][32];     /* an encoder-decoder's sparse blocks ("encoder block 1"), from metrics.jsonl; "" otherwise */
     Json *routing;            /* newest routing dump, or NULL */
     Json *config;             /* latest/config.json, or NULL */
 } Run;
@@ -135,6 +136,9 @@ static moelm_status read_metrics(Run *r) {
             const Json *moe = json_get(o, "moe");
             for (int l = 0; l < L && l < (int)json_len(moe); l++) {
                 const Json *x = json_at(moe, (size_t)l);
+                const char *stack = json_string(json_get(x, "stack"));
+                if (stack && json_type(json_get(x, "block")) == JSON_NUMBER)
+                    snprintf(r->lname[l], sizeof r->lname[l], "%.8s block %d", stack, (int)num(x, "block"));
                 static const char *keys[6] = {"dropped", "entropy", "top1", "dead", "aux", "z"};
                 for (int k = 0; k < 6; k++) (*la[k])[(size_t)l * V + v] = num(x, keys[k]);
                 const Json *load = json_get(x, "load");
@@ -269,6 +273,7 @@ static const char *layer_name(const Run *r, int l, char *buf, size_t cap) {
     const Json *names = json_get(r->routing, "layers");
     const char *s = json_string(json_at(names, (size_t)l));
     if (s && (int)json_len(names) == r->L) snprintf(buf, cap, "%s", s);
+    else if (l < MAXL && r->lname[l][0]) snprintf(buf, cap, "%s", r->lname[l]);
     else snprintf(buf, cap, "moe layer %d", l);
     return buf;
 }

@@ -78,9 +78,13 @@ void print_model_summary(const Model *m, FILE *f) {
             char cap[64];
             if (c->expert_capacity > 0) snprintf(cap, sizeof cap, "expert_capacity %d", c->expert_capacity);
             else snprintf(cap, sizeof cap, "capacity factor %g train / %g eval", c->capacity_factor, c->eval_capacity_factor);
-            fprintf(f, "moe: %d sparse block(s), %d experts (d_ff %d), top-1, %s a sequence, aux %g, z %g (%s), jitter %g\n",
-                    n_moe, mc->E, mc->H, cap, c->router_aux_loss_coef, c->router_z_loss_coef,
-                    c->sw.hf_router_losses ? "HF v4's losses" : "losses on every sparse stack", mc->jitter);
+            char rt[32];
+            if (c->router_type == ROUTER_TOPK) snprintf(rt, sizeof rt, "top-%d", mc->K);
+            else snprintf(rt, sizeof rt, "%s", c->router_type == ROUTER_SWITCH ? "top-1" : router_name(c->router_type));
+            fprintf(f, "moe: %d sparse block(s), %d experts (d_ff %d), %s, %s a sequence, aux %g, z %g (%s), jitter %g\n",
+                    n_moe, mc->E, mc->H, rt, cap, c->router_aux_loss_coef, c->router_z_loss_coef,
+                    c->router_type != ROUTER_SWITCH ? "each layer's own" : c->sw.hf_router_losses ? "HF v4's losses"
+                                                                         : "losses on every sparse stack", mc->jitter);
         } else
         fprintf(f, "moe: %d sparse layer(s), %d experts (d_ff %d), router %s, k %d, capacity factor %g train / %g eval, "
                    "aux %g, z %g, jitter %g%s%s\n",
