@@ -198,6 +198,51 @@ TEST(gemm_bf16_same_bits) {
     omp_set_num_threads(was);
 }
 
+/* The model's cuts of a product through GemmCall at two threads, against the whole product on one
+ * thread, bit for bit: a forward's halves (gemm_halves_call, B packed), a backward's pair (the input
+ * gradient on the packed weight beside the weight gradient, both bf16), and a product above 2^30
+ * multiply-adds that gemm_big cuts along N between the packed panels (an offset into them). */
+TEST(gemm_bf16_cuts_same_bits) {
+    int N = 97, C = 130, OC = 200;
+    float *x = vec((size_t)N * C, 1), *w = vec((size_t)OC * C, 1), *dy = vec((size_t)N * OC, 1);
+    uint16_t *fwd = malloc(sizeof(uint16_t) * gemm_bf16_packed_size(C, OC)), *bwd = malloc(sizeof(uint16_t) * gemm_bf16_packed_size(OC, C));
+    gemm_bf16_pack(fwd, 1, C, OC, w, C);
+    gemm_bf16_pack(bwd, 0, OC, C, w, C);
+    float *y1 = calloc((size_t)N * OC, sizeof(float)), *y2 = calloc((size_t)N * OC, sizeof(float));
+    float *dx1 = calloc((size_t)N * C, sizeof(float)), *dx2 = calloc((size_t)N * C, sizeof(float));
+    float *dw1 = vec((size_t)OC * C, 1), *dw2 = copy(dw1, (size_t)OC * C);
+    int was = omp_get_max_threads();
+    omp_set_num_threads(2);
+    GemmCall gf = {0, 1, N, OC, C, 1.0f, x, C, NULL, C, 0.0f, y1, OC, 1, fwd};
+    gemm_halves_call(&gf);
+    GemmCall gi = {0, 0, N, C, OC, 1.0f, dy, OC, NULL, C, 0.0f, dx1, C, 1, bwd};
+    GemmCall gw = {1, 0, OC, C, N, 1.0f, dy, OC, x, C, 1.0f, dw1, C, 1, NULL};
+    gemm_pair(&gi, &gw);
+    omp_set_num_threads(1);
+    gemm_bf16_packed(0, N, OC, C, 1.0f, x, C, fwd, 0.0f, y2, OC);
+    gemm_bf16_packed(0, N, C, OC, 1.0f, dy, OC, bwd, 0.0f, dx2, C);
+    gemm_bf16(1, 0, OC, C, N, 1.0f, dy, OC, x, C, 1.0f, dw2, C);
+    EXPECT(memcmp(y1, y2, sizeof(float) * N * OC) == 0);
+    EXPECT(memcmp(dx1, dx2, sizeof(float) * N * C) == 0);
+    EXPECT(memcmp(dw1, dw2, sizeof(float) * OC * C) == 0);
+    /* 1000 x 1100 x 1024 = 1.13e9 multiply-adds: cut along N at 512 (a multiple of the panels' 64) */
+    int M = 1000, NB = 1100, K = 1024;
+    float *A = vec((size_t)M * K, 1), *B = vec((size_t)NB * K, 1);
+    uint16_t *Bp = malloc(sizeof(uint16_t) * gemm_bf16_packed_size(K, NB));
+    gemm_bf16_pack(Bp, 1, K, NB, B, K);
+    float *c1 = calloc((size_t)M * NB, sizeof(float)), *c2 = calloc((size_t)M * NB, sizeof(float));
+    GemmCall big = {0, 1, M, NB, K, 1.0f, A, K, NULL, K, 0.0f, c1, NB, 1, Bp}, none = big;
+    none.C = NULL;
+    omp_set_num_threads(2);
+    gemm_pair(&big, &none);
+    omp_set_num_threads(1);
+    gemm_bf16_packed(0, M, NB, K, 1.0f, A, K, Bp, 0.0f, c2, NB);
+    EXPECT(memcmp(c1, c2, sizeof(float) * M * NB) == 0);
+    omp_set_num_threads(was);
+    free(x); free(w); free(dy); free(fwd); free(bwd); free(y1); free(y2); free(dx1); free(dx2); free(dw1); free(dw2);
+    free(A); free(B); free(Bp); free(c1); free(c2);
+}
+
 /* The CPU's kernel (vdpbf16ps, or AVX2) against the portable one. AVX2 adds the odd product, then the
  * even one, each exact, as the portable kernel does: the same bits. vdpbf16ps is specified to do the
  * same (Intel's pseudo-code; subnormals flushed), but a CPU may round its pair otherwise: it is held
@@ -432,6 +477,7 @@ int main(void) {
     RUN(gemm_bf16_portable_within_bound);
     RUN(gemm_bf16_beta_and_empty_k);
     RUN(gemm_bf16_same_bits);
+    RUN(gemm_bf16_cuts_same_bits);
     if (strcmp(gemm_bf16_kernel(), "portable") != 0) RUN(gemm_bf16_fast_is_portable);
     else printf("skip gemm_bf16_fast_is_portable: this CPU has neither AVX-512 BF16 nor AVX2 (the portable kernel ran above)\n");
     if (!gemm_bf16_fast()) printf("note: no AVX-512 BF16 on this CPU: the vdpbf16ps kernel was compiled, not run\n");

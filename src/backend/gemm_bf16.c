@@ -1,4 +1,4 @@
-/* gemm_bf16.c: bf16-operand, float-accumulating GEMM: packing, the two kernels, the blocked driver.
+/* gemm_bf16.c: bf16-operand, float-accumulating GEMM: packing, the three kernels, the blocked driver.
  * See gemm_bf16.h for the order of the sums and the error bound.
  *
  * Blocking (BLIS's): for each block of GEMM_BF16_KC k, B's columns are packed in panels of NR
