@@ -629,6 +629,10 @@ static moelm_status run_resume_settings(Run *r) {
     if (!st) {   /* RUN, RUN/latest or RUN/ckpt-N: the run goes on in RUN, never inside a checkpoint */
         ckpt_run_dir(r->ckdir, r->dirbuf, sizeof r->dirbuf);
         r->dir = r->dirbuf;
+        /* the lock first: another process may be replacing the checkpoint this reads (and a run it has
+         * taken past --steps must be refused as busy, not reported complete) */
+        if (dist_is_root()) st = ckpt_lock_run(r->dir, &r->lock_fd);
+        if (st) return st;
     }
     if (!st) st = ckpt_read_config(r->ckdir, &r->cfg);
     if (!st) st = ckpt_read_state(r->ckdir, s);
@@ -721,7 +725,7 @@ static moelm_status run_settings(Run *r) {
 static moelm_status run_claim_dir(Run *r) {
     r->made_dir = !r->o->resume && !path_exists(r->dir) && dist_is_root();
     moelm_status st = dir_make(r->dir);
-    if (!st && dist_is_root()) st = ckpt_lock_run(r->dir, &r->lock_fd);
+    if (!st && dist_is_root() && r->lock_fd < 0) st = ckpt_lock_run(r->dir, &r->lock_fd);   /* resume: taken already */
     if (st || r->o->resume || ckpt_newest_step(r->dir) < 0) return st;
     if (!r->o->force)
         return moelm_fail(MOELM_ERR_CONFIG, "%s already holds a run (its checkpoints): --resume %s continues it, "
