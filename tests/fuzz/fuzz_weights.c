@@ -3,7 +3,8 @@
  * The input is model.safetensors.index.json in a directory that also holds two valid shards,
  * s1.safetensors ("a" [4], "b" [2]) and s2.safetensors ("c" [3]), written once. Properties: no
  * crash or leak; a rejected set gives a one-line message naming a file of the directory; an
- * accepted set holds exactly the shards' three tensors, each readable with the shape ws_info gives.
+ * accepted set holds some of the shards' three tensors (an index may name only part of them, and
+ * only the shards it names are opened), each readable with the shape ws_info gives.
  */
 #include "common/util.h"
 #include "io/safetensors.h"
@@ -28,7 +29,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (ws != NULL) abort();
         fuzz_check_message(g_fuzz_dir);
     } else {
-        if (ws_count(ws) != 3) abort();
+        if (ws_count(ws) < 0 || ws_count(ws) > 3) abort();
         for (int i = 0; i < ws_count(ws); i++) {
             int nd;
             int64_t shape[ST_MAX_DIMS];

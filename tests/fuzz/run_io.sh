@@ -13,7 +13,7 @@ CC=${CC_FUZZ:-clang}
 flags="-std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
        -Wno-unknown-pragmas -Iinclude -Isrc"
 src="src/io/json.c src/io/fileio.c src/io/safetensors.c src/io/gguf.c src/io/weights.c src/common/util.c
-     src/backend/gemm.c src/backend/q8.c"
+     src/backend/gemm.c src/backend/gemm_bf16.c src/backend/q8.c"
 # shellcheck disable=SC2086
 $CC $flags tests/fuzz/fuzz_json.c $src -o "$out/fuzz_json" -lm
 # shellcheck disable=SC2086

@@ -14,7 +14,7 @@ flags="-std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sa
        -Wno-unknown-pragmas -Iinclude -Isrc"
 # shellcheck disable=SC2086
 $CC $flags tests/fuzz/fuzz_spm_model.c src/tokenizer/spm_model.c src/tokenizer/spm_core.c \
-    src/tokenizer/tokenizer.c src/tokenizer/spm_train.c src/io/fileio.c src/common/util.c -o "$out/fuzz_spm_model" -lm
+    src/tokenizer/tokenizer.c src/tokenizer/sentinels.c src/tokenizer/spm_train.c src/io/fileio.c src/common/util.c -o "$out/fuzz_spm_model" -lm
 
 # ---- seeds: small real models (unigram/bpe, identity/nmt_nfkc, byte fallback, user symbols) ----
 if command -v spm_train >/dev/null 2>&1; then
