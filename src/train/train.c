@@ -152,6 +152,16 @@ static void eval_layers_begin(const Model *m, EvalResult *r, MoELayer *ml) {
     }
 }
 
+/* One evaluation batch of an encoder-decoder: the forward, the labels' loss and the layers' statistics. */
+static void eval_seq2seq_batch(Model *m, const Seq2SeqBatch *bt, const MoELayer *ml, EvalResult *r) {
+    const EncDec *ed = m->ed;
+    encdec_forward(m, bt, 0);
+    for (int i = 0; i < bt->B * bt->Td; i++)
+        if (ed->labels[i] >= 0) r->nll += ed->losses[i];
+    r->tokens += m->n_valid;
+    for (int l = 0; l < r->n_moe; l++) moe_stats_add(&r->stats[l], ml[l].a, ml[l].cfg);
+}
+
 moelm_status evaluate_span(Model *m, const int *ids, size_t n, SpanLengths len, size_t max_batches, EvalResult *r) {
     memset(r, 0, sizeof *r);
     const EncDec *ed = m->ed;
@@ -175,11 +185,7 @@ moelm_status evaluate_span(Model *m, const int *ids, size_t n, SpanLengths len, 
         for (int i = rows * Td; i < Bg * Td; i++) lab[i] = -100;
         dist_take_rows2(inp, Te, lab, Td, Bg);
         Seq2SeqBatch bt = {Bl, Te, Td, inp, NULL, NULL, lab};
-        encdec_forward(m, &bt, 0);
-        for (int i = 0; i < Bl * Td; i++)
-            if (ed->labels[i] >= 0) r->nll += ed->losses[i];
-        r->tokens += m->n_valid;
-        for (int l = 0; l < r->n_moe; l++) moe_stats_add(&r->stats[l], ml[l].a, ml[l].cfg);
+        eval_seq2seq_batch(m, &bt, ml, r);
     }
     dist_eval_end();
     dist_reduce_eval(r);
@@ -210,11 +216,7 @@ moelm_status evaluate_pairs(Model *m, const Seq2SeqData *d, size_t max_batches, 
         dist_take_rows(inp, msk, Bg, Te);
         dist_take_rows2(lab, Td, NULL, 0, Bg);
         Seq2SeqBatch bt = {Bl, Te, Td, inp, msk, NULL, lab};
-        encdec_forward(m, &bt, 0);
-        for (int i = 0; i < Bl * Td; i++)
-            if (ed->labels[i] >= 0) r->nll += ed->losses[i];
-        r->tokens += m->n_valid;
-        for (int l = 0; l < r->n_moe; l++) moe_stats_add(&r->stats[l], ml[l].a, ml[l].cfg);
+        eval_seq2seq_batch(m, &bt, ml, r);
     }
     dist_eval_end();
     dist_reduce_eval(r);
