@@ -121,6 +121,54 @@ TEST(fused_clip_matches_clip_then_step) {
     model_free(&a); model_free(&b);
 }
 
+/* The weight average against the recurrence in double precision: ema += (1 - d) (p - ema) after each
+ * update, d = min(ema_decay, (1 + t) / (10 + t)); a buffer (trainable 0) is never averaged; a swap
+ * puts the average in and a second swap restores both arenas bit for bit. */
+TEST(ema_matches_reference) {
+    Model m;
+    small_model(&m);
+    m.tensors[0].trainable = 0;   /* stands for a buffer (the expert bias) */
+    Optimizer o;
+    EXPECT(optim_create(&o, m.n_params) == MOELM_OK);
+    TrainConfig tc;
+    config_preset_train(&tc, "demo");
+    tc.ema_decay = 0.8f;
+    EXPECT(optim_enable_ema(&o, &m) == MOELM_OK);
+    EXPECT(memcmp(o.ema, m.params, sizeof(float) * m.n_params) == 0);
+    double *ref = malloc(sizeof(double) * m.n_params);
+    for (size_t i = 0; i < m.n_params; i++) ref[i] = m.params[i];
+    for (int step = 1; step <= 40; step++) {   /* (1 + t) / (10 + t) is below 0.8 until t = 35: both branches */
+        for (size_t i = 0; i < m.n_params; i++) m.grads[i] = 0.01f * (float)((i * 3 + step) % 7) - 0.03f;
+        optim_step(&o, &m, &tc, 0.05f, 1.0f);
+        double d = fmin(0.8, (1.0 + step) / (10.0 + step));
+        for (size_t i = 0; i < m.n_params; i++) ref[i] += (1 - d) * (m.params[i] - ref[i]);
+    }
+    const TensorInfo *t0 = &m.tensors[0];
+    double worst = 0;
+    for (size_t i = t0->offset + t0->size; i < m.n_params; i++) worst = fmax(worst, fabs(ref[i] - o.ema[i]));
+    EXPECT_MSG(worst < 1e-6, "worst %g", worst);
+    int moved = 0;   /* the average lags the weights: it is not a copy of them */
+    for (size_t i = t0->offset + t0->size; i < m.n_params; i++) moved += o.ema[i] != m.params[i];
+    EXPECT(moved > (int)(m.n_params - t0->size) / 2);
+    float *p1 = malloc(sizeof(float) * m.n_params), *e1 = malloc(sizeof(float) * m.n_params);
+    memcpy(p1, m.params, sizeof(float) * m.n_params);
+    memcpy(e1, o.ema, sizeof(float) * m.n_params);
+    optim_swap_ema(&o, &m);
+    EXPECT(memcmp(m.params + t0->offset + t0->size, e1 + t0->offset + t0->size,
+                  sizeof(float) * (m.n_params - t0->offset - t0->size)) == 0);
+    EXPECT(memcmp(m.params + t0->offset, p1 + t0->offset, sizeof(float) * t0->size) == 0);   /* the buffer stays */
+    optim_swap_ema(&o, &m);
+    EXPECT(memcmp(m.params, p1, sizeof(float) * m.n_params) == 0 && memcmp(o.ema, e1, sizeof(float) * m.n_params) == 0);
+    /* ema_decay 0: the average is not updated */
+    tc.ema_decay = 0.0f;
+    for (size_t i = 0; i < m.n_params; i++) m.grads[i] = 0.01f;
+    optim_step(&o, &m, &tc, 0.05f, 1.0f);
+    EXPECT(memcmp(o.ema, e1, sizeof(float) * m.n_params) == 0);
+    free(ref); free(p1); free(e1);
+    optim_free(&o);
+    model_free(&m);
+}
+
 TEST(clipping) {
     Model m;
     small_model(&m);
@@ -148,5 +196,6 @@ int main(void) {
     RUN(adam_l2_matches_reference);
     RUN(clipping);
     RUN(fused_clip_matches_clip_then_step);
+    RUN(ema_matches_reference);
     return test_summary("optim");
 }

@@ -8,10 +8,11 @@
 int cmd_eval(int argc, char **argv) {
     const char *ckpt = NULL, *data = NULL;
     long b = 16, T = 0, t = 2, S = 0;
+    int ema = 0;
     for (int i = 1; i < argc; i++) {
         const char *val = NULL;
         if (arg_flag(argv, i, "-h|--help")) {
-            printf("usage: moelm eval -m CKPT [--data FILE|DIR] [-b N] [--seq-len N] [--stride N] [-t N]\n\n"
+            printf("usage: moelm eval -m CKPT [--data FILE|DIR] [-b N] [--seq-len N] [--stride N] [-t N] [--ema]\n\n"
                    "  -m, --model CKPT    checkpoint directory, or a run directory (its latest)\n"
                    "  --data FILE|DIR     text to evaluate; a folder means its test split (default: the run's test split)\n"
                    "  -b, --batch-size N  sequences per batch (default 16)\n"
@@ -19,6 +20,7 @@ int cmd_eval(int argc, char **argv) {
                    "  --stride N          windows N tokens apart, scoring only their last N tokens: every token\n"
                    "                      sees at least seq-len - N of context (default: seq-len, no overlap)\n"
                    "  -t, --threads N     threads (default 2)\n"
+                   "  --ema               evaluate the run's weight average (trained with --set ema_decay=...)\n"
                    "Prints token-level and word-level perplexity (exp of the total NLL over the words, <eos> included)\n"
                    "and per-layer expert load, dropped fraction, router entropy and confidence, dead experts.\n");
             return 0;
@@ -29,10 +31,11 @@ int cmd_eval(int argc, char **argv) {
         else if (arg_match(argc, argv, &i, "--seq-len", &val)) { if (arg_int("--seq-len", val, 1, 1 << 16, &T)) return cli_error(2); }
         else if (arg_match(argc, argv, &i, "--stride", &val)) { if (arg_int("--stride", val, 1, 1 << 16, &S)) return cli_error(2); }
         else if (arg_match(argc, argv, &i, "-t|--threads", &val)) { if (arg_int("--threads", val, 1, 1024, &t)) return cli_error(2); }
+        else if (arg_flag(argv, i, "--ema")) ema = 1;
         else { moelm_fail(MOELM_ERR_ARG, "eval: unknown flag '%s' (see moelm eval --help)", argv[i]); return cli_error(2); }
     }
     if (!ckpt) { moelm_fail(MOELM_ERR_ARG, "eval: -m CKPT is required"); return cli_error(2); }
-    moelm_status st = eval_run(ckpt, data, (int)b, (int)T, (int)S, (int)t);
+    moelm_status st = eval_run(ckpt, data, (int)b, (int)T, (int)S, (int)t, ema);
     return st ? cli_error(st == MOELM_ERR_ARG ? 2 : 1) : 0;
 }
 

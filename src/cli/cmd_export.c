@@ -12,7 +12,7 @@ int cmd_export(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *val = NULL;
         if (arg_flag(argv, i, "-h|--help")) {
-            printf("usage: moelm export -m CKPT --format hf|gguf -o OUT [--dtype f32|f16|bf16] [--max-shard-size N[K|M|G]]\n\n"
+            printf("usage: moelm export -m CKPT --format hf|gguf -o OUT [--dtype f32|f16|bf16] [--max-shard-size N[K|M|G]] [--ema]\n\n"
                    "  -m, --model CKPT     a checkpoint, a run directory (its latest) or a Hugging Face directory\n"
                    "                       of model_type mixtral or llama\n"
                    "  --format hf          a Hugging Face directory OUT: config.json (MixtralForCausalLM or\n"
@@ -21,7 +21,8 @@ int cmd_export(int argc, char **argv) {
                    "  --format gguf        a GGUF file OUT (llama.cpp)\n"
                    "  --dtype, --type T    tensor type: f32 (default), f16, bf16; q8_0 for gguf\n"
                    "  --max-shard-size N   hf: shards of at most N bytes of tensors (suffix K, M, G: KiB, MiB, GiB;\n"
-                   "                       default 0: one model.safetensors)\n");
+                   "                       default 0: one model.safetensors)\n"
+                   "  --ema                the run's weight average (trained with --set ema_decay=...)\n");
             return 0;
         }
         else if (arg_match(argc, argv, &i, "-m|--model", &val)) { if (!val) return cli_error(2); o.ckpt = val; }
@@ -37,6 +38,7 @@ int cmd_export(int argc, char **argv) {
             if (arg_int("--max-shard-size", num, 0, 1L << 40, &shard)) return cli_error(2);
             o.max_shard_bytes = (uint64_t)shard << shift;
         }
+        else if (arg_flag(argv, i, "--ema")) o.ema = 1;
         else { moelm_fail(MOELM_ERR_ARG, "export: unknown flag '%s' (see moelm export --help)", argv[i]); return cli_error(2); }
     }
     if (!o.ckpt || !o.out || !format) {

@@ -14,7 +14,7 @@ int cmd_generate(int argc, char **argv) {
         const char *val = NULL;
         if (arg_flag(argv, i, "-h|--help")) {
             printf("usage: moelm generate -m CKPT [-p PROMPT] [-n N] [--temp X] [--top-k K] [--top-p P] [--seed N] [-t N] [--bf16] [-i]\n"
-                   "                      [--beams N] [--length-penalty X] [--stop-eos]\n\n"
+                   "                      [--beams N] [--length-penalty X] [--stop-eos] [--ema]\n\n"
                    "  -m, --model CKPT   checkpoint directory, or a run directory (its latest), or a Hugging Face\n"
                    "                     directory (switch_transformers: config.json, weights, spiece.model;\n"
                    "                     mixtral / llama: config.json, weights, tokenizer.model)\n"
@@ -35,7 +35,8 @@ int cmd_generate(int argc, char **argv) {
                    "  --beams N          encoder-decoder: beam search with N beams (default 1: greedy, or sampling\n"
                    "                     with --temp > 0); the prompt is the encoder's input, the output the target\n"
                    "  --length-penalty X beam search: a hypothesis scores sum log p / length^X (Hugging Face's; default 1)\n"
-                   "  --stop-eos         stop after the end-of-text token (a line end), as llama.cpp stops at EOS\n");
+                   "  --stop-eos         stop after the end-of-text token (a line end), as llama.cpp stops at EOS\n"
+                   "  --ema              the run's weight average (trained with --set ema_decay=...) as the model\n");
             return 0;
         }
         else if (arg_match(argc, argv, &i, "-m|--model", &val)) { if (!val) return cli_error(2); o.ckpt = val; }
@@ -50,6 +51,7 @@ int cmd_generate(int argc, char **argv) {
         else if (arg_match(argc, argv, &i, "--beams", &val)) { if (arg_int("--beams", val, 1, 64, &v)) return cli_error(2); o.beams = (int)v; }
         else if (arg_match(argc, argv, &i, "--length-penalty", &val)) { if (arg_float("--length-penalty", val, -10, 10, &d)) return cli_error(2); o.length_penalty = (float)d; }
         else if (arg_flag(argv, i, "--stop-eos")) o.stop_eos = 1;
+        else if (arg_flag(argv, i, "--ema")) o.ema = 1;
         else if (arg_match(argc, argv, &i, "-t|--threads", &val)) { if (arg_int("--threads", val, 1, 1024, &v)) return cli_error(2); o.threads = (int)v; }
         else { moelm_fail(MOELM_ERR_ARG, "generate: unknown flag '%s' (see moelm generate --help)", argv[i]); return cli_error(2); }
     }

@@ -320,6 +320,7 @@ moelm_status train_config_set(TrainConfig *t, const char *key, const char *v) {
     }
     if (!strcmp(key, "time_budget_s")) return parse_float_in(key, v, &t->time_budget_s, 0.0f, 1e9f);
     if (!strcmp(key, "warmup_share")) return parse_float_in(key, v, &t->warmup_share, 0.0f, 0.5f);
+    if (!strcmp(key, "ema_decay")) return parse_float_in(key, v, &t->ema_decay, 0.0f, 0.999999f);
     if (!strcmp(key, "optimizer")) {
         if (!strcmp(v, "adamw")) t->adamw = 1;
         else if (!strcmp(v, "adam")) t->adamw = 0;

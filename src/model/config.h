@@ -171,6 +171,8 @@ typedef struct {
     float time_budget_s;                  /* > 0: the run's length in wall-clock seconds (--time-budget) */
     float warmup_share;                   /* with a time budget: the share of it the warm-up takes */
     char tokenizer[256];                  /* "word", "word:N", "char", or a tokenizer file */
+    float ema_decay;                      /* > 0: an exponential moving average of the weights with this
+                                           * decay is kept, evaluated and checkpointed beside them (0: off) */
 } TrainConfig;
 
 /* Fills tc with the preset's training defaults. */

@@ -20,13 +20,38 @@ moelm_status optim_create(Optimizer *o, size_t n) {
 void optim_free(Optimizer *o) {
     moelm_free(o->m);
     moelm_free(o->v);
+    moelm_free(o->ema);
     memset(o, 0, sizeof *o);
+}
+
+moelm_status optim_enable_ema(Optimizer *o, const Model *m) {
+    CHECK(o->n == m->n_params);
+    if (!o->ema && !(o->ema = moelm_malloc(sizeof(float) * (o->n ? o->n : 1)))) return MOELM_ERR_NOMEM;
+    memcpy(o->ema, m->params, sizeof(float) * o->n);
+    return MOELM_OK;
+}
+
+void optim_swap_ema(Optimizer *o, Model *m) {
+    CHECK(o->ema);
+    for (int i = 0; i < m->n_tensors; i++) {
+        const TensorInfo *t = &m->tensors[i];
+        if (!t->trainable) continue;
+        float *p = m->params + t->offset, *a = o->ema + t->offset;
+        for (size_t k = 0; k < t->size; k++) {
+            float x = p[k];
+            p[k] = a[k];
+            a[k] = x;
+        }
+    }
 }
 
 void optim_step(Optimizer *o, Model *m, const TrainConfig *tc, float lr, float gscale) {
     o->t++;
     float b1 = tc->beta1, b2 = tc->beta2, eps = tc->eps;
     float bc1 = 1.0f - powf(b1, (float)o->t), bc2 = 1.0f - powf(b2, (float)o->t);
+    float ema_d = (1.0f + (float)o->t) / (10.0f + (float)o->t);
+    if (tc->ema_decay < ema_d) ema_d = tc->ema_decay;
+    float ema_w = 1.0f - ema_d;   /* the new weights' share of the average */
     for (int i = 0; i < m->n_tensors; i++) {
         const TensorInfo *t = &m->tensors[i];
         float *p = m->params + t->offset, *g = m->grads + t->offset;
@@ -37,6 +62,7 @@ void optim_step(Optimizer *o, Model *m, const TrainConfig *tc, float lr, float g
         }
         float wd = t->decay ? tc->weight_decay : 0.0f;
         float *mm = o->m + t->offset, *vv = o->v + t->offset;
+        float *ema = o->ema && tc->ema_decay > 0 ? o->ema + t->offset : NULL;
         int adamw = tc->adamw;
         /* each element is independent: no two threads touch the same index. The gradient is read
          * once, scaled (the clip; g * 1 is g exactly) and zeroed in the same pass. */
@@ -50,6 +76,7 @@ void optim_step(Optimizer *o, Model *m, const TrainConfig *tc, float lr, float g
             float upd = (mm[k] / bc1) / (sqrtf(vv[k] / bc2) + eps);
             if (adamw) upd += wd * p[k];
             p[k] -= lr * upd;
+            if (ema) ema[k] += ema_w * (p[k] - ema[k]);
         }
     }
 }

@@ -13,12 +13,23 @@
 
 typedef struct {
     float *m, *v;   /* [n_params] first and second moments */
+    float *ema;     /* [n_params] the weights' moving average (TrainConfig.ema_decay > 0), else NULL */
     size_t n;
     long t;         /* updates taken (bias correction) */
 } Optimizer;
 
 moelm_status optim_create(Optimizer *o, size_t n_params);
 void optim_free(Optimizer *o);
+
+/* The weights' exponential moving average, started as a copy of the model's weights: after each
+ * update, ema += (1 - d) * (p - ema) over the trainable tensors, with d = min(ema_decay,
+ * (1 + t) / (10 + t)) at update t (a short average early on, while the weights move fast). The
+ * buffers (trainable == 0: the expert bias) are not averaged: evaluation uses their current value. */
+moelm_status optim_enable_ema(Optimizer *o, const Model *m);
+
+/* Exchanges the trainable tensors' weights with their average (twice: back as they were, exactly):
+ * an evaluation of the averaged weights is a swap, the evaluation, a swap. */
+void optim_swap_ema(Optimizer *o, Model *m);
 
 /* One update of every trainable tensor from its gradient times gscale (the clip factor of
  * clip_scale, applied on the fly: g * 1 is g exactly). AdamW: p -= lr * (mhat / (sqrt(vhat) + eps) +

@@ -82,12 +82,13 @@ static moelm_status write_model(const char *path, const Model *m) {
 
 static moelm_status write_optimizer(const char *path, const Optimizer *o) {
     float t = (float)o->t;   /* exact below 2^24 steps */
-    StTensor ts[3] = {
+    StTensor ts[4] = {
         {"adam.m", o->m, 1, {(int64_t)o->n}},
         {"adam.v", o->v, 1, {(int64_t)o->n}},
         {"adam.t", &t, 0, {0}},
+        {"ema", o->ema, 1, {(int64_t)o->n}},
     };
-    return st_write(path, ts, 3, NULL);
+    return st_write(path, ts, o->ema ? 4 : 3, NULL);
 }
 
 static int ckpt_step_of(const char *name) {
@@ -485,6 +486,29 @@ moelm_status ckpt_load_model(const char *dir, Model *m) {
     return st;
 }
 
+moelm_status ckpt_load_ema(const char *dir, Model *m) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
+    SafeTensors *sf = NULL;
+    moelm_status st = st_open(&sf, path);
+    if (st) return st;
+    if (!st_info(sf, "ema", NULL, NULL, NULL)) {
+        st_close(sf);
+        return moelm_fail(MOELM_ERR_ARG, "%s holds no weight average: the run trained without one (--set ema_decay=0.999 "
+                                         "keeps one)", dir);
+    }
+    int64_t n = (int64_t)m->n_params_full;
+    for (int i = 0; !st && i < m->n_tensors; i++) {
+        const TensorInfo *ti = &m->tensors[i];
+        if (!ti->trainable) continue;
+        size_t first = ti->full_offset + tensor_held_first(ti);
+        st = st_read_f32_part(sf, "ema", m->params + ti->offset, 1, &n, first, ti->size);
+        if (!st) st = check_finite(m->params + ti->offset, ti->size, first, 0, path, "ema");
+    }
+    st_close(sf);
+    return st;
+}
+
 moelm_status ckpt_load_optimizer(const char *dir, Optimizer *o, const Model *m) {
     char path[4096];
     snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
@@ -493,6 +517,8 @@ moelm_status ckpt_load_optimizer(const char *dir, Optimizer *o, const Model *m) 
     if (st) return st;
     int64_t n = (int64_t)m->n_params_full;
     float t = 0;
+    /* a run with a weight average that resumes a checkpoint without one starts it from the weights */
+    int ema = o->ema && st_info(sf, "ema", NULL, NULL, NULL);
     /* the moments of the whole model's arena; a sharded model reads its tensors' parts of it */
     for (int i = 0; !st && i < m->n_tensors; i++) {
         const TensorInfo *ti = &m->tensors[i];
@@ -501,6 +527,8 @@ moelm_status ckpt_load_optimizer(const char *dir, Optimizer *o, const Model *m) 
         if (!st) st = st_read_f32_part(sf, "adam.v", o->v + ti->offset, 1, &n, first, ti->size);
         if (!st) st = check_finite(o->m + ti->offset, ti->size, first, 0, path, "adam.m");
         if (!st) st = check_finite(o->v + ti->offset, ti->size, first, 1, path, "adam.v");
+        if (!st && ema) st = st_read_f32_part(sf, "ema", o->ema + ti->offset, 1, &n, first, ti->size);
+        if (!st && ema) st = check_finite(o->ema + ti->offset, ti->size, first, 0, path, "ema");
     }
     if (!st) st = st_read_f32(sf, "adam.t", &t, 0, NULL);
     if (!st && !(t >= 0 && t < 16777216.0f)) st = moelm_fail(MOELM_ERR_FORMAT, "%s: adam.t = %g is not a step count", path, t);

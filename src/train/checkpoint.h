@@ -74,5 +74,9 @@ moelm_status ckpt_read_state(const char *dir, TrainState *st);
 /* Loads the weights into a model created from the checkpoint's config (any B, T). */
 moelm_status ckpt_load_model(const char *dir, Model *m);
 moelm_status ckpt_load_optimizer(const char *dir, Optimizer *o, const Model *m);
+/* Replaces the trainable tensors' weights of a model loaded by ckpt_load_model with the checkpoint's
+ * weight average (optimizer.safetensors "ema", kept by a run with ema_decay > 0); a checkpoint
+ * without one is an error that says so. */
+moelm_status ckpt_load_ema(const char *dir, Model *m);
 
 #endif

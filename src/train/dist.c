@@ -138,19 +138,20 @@ moelm_status dist_save_checkpoint(const char *run_dir, const Model *m, const Opt
     /* sharded experts: replica 0's expert-parallel group (world ranks 0 .. P-1) gathers the weights
      * and both Adam moments onto rank 0, which writes the whole model's checkpoint */
     if (comm_rank(COMM_DP) != 0) return MOELM_OK;
-    size_t nf = m->n_params_full;
-    float *full = root ? moelm_malloc(3 * nf * sizeof(float)) : NULL;
+    size_t nf = m->n_params_full, arenas = o->ema ? 4 : 3;
+    float *full = root ? moelm_malloc(arenas * nf * sizeof(float)) : NULL;
     TensorInfo *ft = root ? moelm_malloc(sizeof(TensorInfo) * (size_t)m->n_tensors) : NULL;
     int failed = root && (!full || !ft);
     comm_allreduce_i32(COMM_EP, &failed, 1);   /* the group gathers only if rank 0 can hold the result */
     moelm_status st = MOELM_OK;
     if (failed) {
-        st = root ? moelm_fail(MOELM_ERR_NOMEM, "cannot gather the experts for a checkpoint (%zu floats)", 3 * nf)
+        st = root ? moelm_fail(MOELM_ERR_NOMEM, "cannot gather the experts for a checkpoint (%zu floats)", arenas * nf)
                   : MOELM_OK;
     } else {
         gather_arena(m, m->params, full, root);
         gather_arena(m, o->m, full + nf, root);
         gather_arena(m, o->v, full + 2 * nf, root);
+        if (o->ema) gather_arena(m, o->ema, full + 3 * nf, root);
     }
     if (!failed && root) {
         /* the whole model as ckpt_save sees it: full shapes and offsets over the gathered arenas */
@@ -169,6 +170,7 @@ moelm_status dist_save_checkpoint(const char *run_dir, const Model *m, const Opt
         Optimizer fo = *o;
         fo.m = full + nf;
         fo.v = full + 2 * nf;
+        fo.ema = o->ema ? full + 3 * nf : NULL;
         fo.n = nf;
         st = ckpt_save(run_dir, &fm, &fo, s, tok, keep);
     }

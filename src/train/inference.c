@@ -78,6 +78,19 @@ static moelm_status open_model(const char *path, int B, int T, int Td, Model *m,
     return st;
 }
 
+/* --ema: the weight average a training run kept (ema_decay > 0) in place of the weights of the model
+ * open_model loaded from dir (freed on error). */
+static moelm_status use_ema(int ema, const char *dir, Model *m) {
+    if (!ema) return MOELM_OK;
+    char p[4096];
+    snprintf(p, sizeof p, "%s/optimizer.safetensors", dir);
+    moelm_status st = path_exists(p) ? ckpt_load_ema(dir, m)
+                                     : moelm_fail(MOELM_ERR_ARG, "--ema: %s is not a moelm training checkpoint (the weight "
+                                                                 "average is kept by `moelm train --set ema_decay=...`)", dir);
+    if (st) model_free(m);
+    return st;
+}
+
 /* The tokenizer eval and generate need: an error naming the directory when it has none. */
 static moelm_status need_tokenizer(const Tokenizer *tok, const char *dir) {
     return tok ? MOELM_OK : moelm_fail(MOELM_ERR_IO, "%s has no tokenizer (tokenizer.model or spiece.model): eval and "
@@ -112,7 +125,7 @@ static moelm_status peek_model(const char *path, ModelType *type, int *seq_len) 
 
 /* moelm eval of an encoder-decoder: the text's windows span-corrupted with fixed noise (T5's), the mean
  * cross-entropy of the labels (the span-corruption loss) and its exp (the target perplexity). */
-static moelm_status eval_span_run(const char *ckpt, const char *data, int B, int T) {
+static moelm_status eval_span_run(const char *ckpt, const char *data, int B, int T, int ema) {
     SpanLengths len = span_lengths(T, 0.15f, 3.0f);
     size_t dn = data ? strlen(data) : 0;
     int tsv = dn > 4 && !strcmp(data + dn - 4, ".tsv");
@@ -123,7 +136,11 @@ static moelm_status eval_span_run(const char *ckpt, const char *data, int B, int
     char dir[4096], name[4096];
     int has_state;
     moelm_status st = open_model(ckpt, B, len.inputs, len.targets, &m, &tok, &state, &has_state, dir, sizeof dir);
-    if (st) return st;
+    if (!st) st = use_ema(ema, dir, &m);
+    if (st) {
+        tokenizer_free(tok);
+        return st;
+    }
     st = need_tokenizer(tok, dir);
     Corpus c;
     memset(&c, 0, sizeof c);
@@ -193,7 +210,7 @@ done:
  * in ~82k tokens), tinyshakespeare under a PTB word:10000 tokenizer ~46%. */
 #define EVAL_UNK_WARN 0.10
 
-moelm_status eval_run(const char *ckpt, const char *data, int B, int T, int stride, int threads) {
+moelm_status eval_run(const char *ckpt, const char *data, int B, int T, int stride, int threads, int ema) {
     backend_set_threads(threads);
     ModelType type;
     int seq_len;
@@ -202,14 +219,18 @@ moelm_status eval_run(const char *ckpt, const char *data, int B, int T, int stri
     if (type == MODEL_SWITCH) {
         if (stride > 0) return moelm_fail(MOELM_ERR_ARG, "--stride is for decoder-only models (an encoder-decoder is "
                                                          "evaluated on span-corrupted windows)");
-        return eval_span_run(ckpt, data, B, T > 0 ? T : seq_len > 0 ? seq_len : 64);
+        return eval_span_run(ckpt, data, B, T > 0 ? T : seq_len > 0 ? seq_len : 64, ema);
     }
     Model m;
     Tokenizer *tok = NULL;
     TrainState state;
     char dir[4096];
     st = open_ckpt(ckpt, B, T, &m, &tok, &state, dir, sizeof dir);
-    if (st) return st;
+    if (!st) st = use_ema(ema, dir, &m);
+    if (st) {
+        tokenizer_free(tok);
+        return st;
+    }
     char *text = NULL;
     size_t len = 0;
     char name[4096];
@@ -300,7 +321,11 @@ static moelm_status generate_encdec_run(const GenerateOptions *o) {
     if (!st) st = config_load(&pc, cp);
     if (st) return st;
     st = open_model(o->ckpt, 1, pc.n_positions, 1, &m, &tok, &state, &has_state, dir, sizeof dir);
-    if (st) return st;
+    if (!st) st = use_ema(o->ema, dir, &m);
+    if (st) {
+        tokenizer_free(tok);
+        return st;
+    }
     st = need_tokenizer(tok, dir);
     if (!st) st = tokenizer_encode(tok, o->prompt, strlen(o->prompt), &ids, &n);
     int eos = tok ? tokenizer_eos_id(tok) : -1;
@@ -424,7 +449,11 @@ moelm_status generate_run(const GenerateOptions *o) {
     TrainState state;
     char dir[4096];
     moelm_status st = open_ckpt(o->ckpt, 1, 1, &m, &tok, &state, dir, sizeof dir);
-    if (st) return st;
+    if (!st) st = use_ema(o->ema, dir, &m);
+    if (st) {
+        tokenizer_free(tok);
+        return st;
+    }
     KVCache kv;
     st = kv_create(&kv, &m);
     if (!st) st = kv_load_weights(&kv, &m, o->bf16);
@@ -539,7 +568,11 @@ moelm_status export_run(const ExportOptions *o) {
     char dir[4096];
     int has_state;
     moelm_status st = open_model(o->ckpt, 1, 1, 0, &m, &tok, &state, &has_state, dir, sizeof dir);
-    if (st) return st;
+    if (!st) st = use_ema(o->ema, dir, &m);
+    if (st) {
+        tokenizer_free(tok);
+        return st;
+    }
     if (!tok) {
         st = moelm_fail(MOELM_ERR_IO, "%s: no tokenizer.model (a SentencePiece model) beside the weights", dir);
     } else if (!config_is_llama(&m.cfg)) {

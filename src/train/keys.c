@@ -67,6 +67,7 @@ static const KeyInfo train_keys[] = {
     {"grad_accum", "micro-batches accumulated per update (--grad-accum)"},
     {"time_budget_s", "> 0: the run's length in seconds of wall-clock (--time-budget, in minutes)"},
     {"warmup_share", "with a time budget: the share of it the warm-up takes"},
+    {"ema_decay", "> 0: also evaluate and checkpoint a moving average of the weights (e.g. 0.999; 0: off)"},
 };
 
 #define N_MODEL_KEYS (sizeof model_keys / sizeof model_keys[0])

@@ -353,6 +353,7 @@ typedef struct {
     int pd_ok[2];
     int *msk;                   /* [B*Te] the step's encoder attention mask (pairs) */
     EvalResult ev;              /* the last evaluation's */
+    EvalResult ev_ema;          /* the last evaluation's of the averaged weights (tc.ema_decay > 0) */
     int *inp, *tgt;             /* [B*T] the step's batch */
     int metrics_fd;             /* metrics.jsonl, appended to (rank 0; -1 on the other ranks) */
     StrBuf mrec;                /* the record being appended */
@@ -425,6 +426,7 @@ static char *train_config_json(const TrainConfig *tc, int all) {
     sb_printf(&sb, "\"dropout_max\": %s, \"tokenizer\": ", float_str(f[0], tc->dropout_max));
     sb_json_string(&sb, tc->tokenizer);
     if (tc->grad_accum > 1 || all) sb_printf(&sb, ", \"grad_accum\": %d", run_accum(tc));
+    if (tc->ema_decay > 0 || all) sb_printf(&sb, ", \"ema_decay\": %s", float_str(f[0], tc->ema_decay));
     if (tc->time_budget_s > 0 || all)
         sb_printf(&sb, ", \"time_budget_s\": %s, \"warmup_share\": %s", float_str(f[0], tc->time_budget_s),
                   float_str(f[1], tc->warmup_share));
@@ -826,9 +828,11 @@ static moelm_status run_build_model(Run *r) {
                              tc->stride > 0 ? tc->stride : tc->seq_len, 1, s->seed);
         r->dl_ok = st == MOELM_OK;
     }
+    if (!st && r->o->resume) st = ckpt_load_model(r->ckdir, &r->model);
+    /* the weight average starts as the weights; a resume reads it from the checkpoint when it has one */
+    if (!st && tc->ema_decay > 0) st = optim_enable_ema(&r->opt, &r->model);
     if (!st && r->o->resume) {
-        st = ckpt_load_model(r->ckdir, &r->model);
-        if (!st) st = ckpt_load_optimizer(r->ckdir, &r->opt, &r->model);
+        st = ckpt_load_optimizer(r->ckdir, &r->opt, &r->model);
         if (!st && (st = dataloader_seek(run_loader(r), s->data_epoch, s->data_pos)) != MOELM_OK)
             moelm_fail_context(st, "%s/state.json", r->ckdir);
         r->model.rng.s = s->rng;
@@ -1092,6 +1096,8 @@ typedef struct {
     double tokens_per_s, time_s, tokens;
     const EvalResult *ev;       /* NULL: no evaluation at this step */
     double val_loss, val_word_ppl;
+    int has_ema;                /* the averaged weights' evaluation (tc.ema_decay > 0) */
+    double val_loss_ema, val_word_ppl_ema;
 } MetricsRecord;
 
 /* One record as a line of JSON, appended to sb. */
@@ -1108,6 +1114,9 @@ static void metrics_format(StrBuf *sb, const MetricsRecord *m) {
         const EvalResult *ev = m->ev;
         sb_printf(sb, ", \"val_loss\": %.6f, \"val_ppl\": %.4f, \"val_word_ppl\": %.4f", m->val_loss, exp(m->val_loss),
                   m->val_word_ppl);
+        if (m->has_ema)
+            sb_printf(sb, ", \"val_loss_ema\": %.6f, \"val_ppl_ema\": %.4f, \"val_word_ppl_ema\": %.4f", m->val_loss_ema,
+                      exp(m->val_loss_ema), m->val_word_ppl_ema);
         if (ev->n_moe) {
             sb_printf(sb, ", \"moe\": [");
             for (int l = 0; l < ev->n_moe; l++) {
@@ -1210,16 +1219,63 @@ static moelm_status run_evaluate_span(Run *r, int last, MetricsRecord *rec) {
     return MOELM_OK;
 }
 
+/* word-level perplexity: the NLL of the whole split over its words (<eos> included); a partial
+ * evaluation scales its mean to the split's token count (0: no words, or an encoder-decoder) */
+static double run_word_ppl(const Run *r, double tok_nll) {
+    if (r->s2s || !r->words[1]) return 0;
+    return exp(tok_nll * (double)(r->n[1] - 1) / (double)r->words[1]);
+}
+
+/* With a weight average (ema_decay > 0): the evaluation just made, repeated on the averaged weights
+ * (swapped in and back out; no routing dump), its line on stdout and its numbers into rec. The
+ * model's random stream is left as it was: the run's draws do not depend on the average. */
+static moelm_status run_evaluate_ema(Run *r, int last, MetricsRecord *rec) {
+    if (!r->opt.ema) return MOELM_OK;
+    double t0 = now_s();
+    size_t nb = last ? 0 : r->part_batches;
+    uint64_t rng = r->model.rng.s;
+    optim_swap_ema(&r->opt, &r->model);
+    moelm_status st = r->pairs ? evaluate_pairs(&r->model, &r->pd[1], nb, &r->ev_ema)
+                      : r->s2s ? evaluate_span(&r->model, r->ids[1], r->n[1], r->len, nb, &r->ev_ema)
+                               : evaluate(&r->model, r->ids[1], r->n[1], nb, 0, &r->ev_ema);
+    optim_swap_ema(&r->opt, &r->model);
+    r->model.rng.s = rng;
+    r->t_eval_s += now_s() - t0;
+    if (st || !(r->ev_ema.tokens > 0)) return st;
+    rec->has_ema = 1;
+    rec->val_loss_ema = r->ev_ema.nll / r->ev_ema.tokens;
+    rec->val_word_ppl_ema = run_word_ppl(r, rec->val_loss_ema);
+    if (!r->o->quiet) {
+        printf("eval   %6ld | averaged weights: val loss %.4f | %s ppl %.2f", r->state.step, rec->val_loss_ema,
+               r->s2s ? "target" : "val", exp(rec->val_loss_ema));
+        if (rec->val_word_ppl_ema > 0) printf(" | word ppl %.2f", rec->val_word_ppl_ema);
+        printf(" | %.1f s\n", now_s() - t0);
+        fflush(stdout);
+    }
+    r->t_log = now_s();
+    return MOELM_OK;
+}
+
+static moelm_status run_evaluate_lm(Run *r, int last, MetricsRecord *rec);
+
 /* An evaluation of the valid split (a periodic one takes --eval-batches batches; the last the whole
  * split), its line and expert statistics on stdout, its numbers into rec, and the routing dump of
- * its own forward passes. A valid split with nothing to predict gives none (its loss is not 0). */
+ * its own forward passes; then the averaged weights' (ema_decay > 0). A valid split with nothing to
+ * predict gives none (its loss is not 0). */
+
 static moelm_status run_evaluate(Run *r, int last, MetricsRecord *rec) {
     if (r->full_batches == 0) {
         r->t_eval_start = now_s();
         r->t_eval_s = 0;
         return MOELM_OK;
     }
-    if (r->s2s) return run_evaluate_span(r, last, rec);
+    moelm_status st = r->s2s ? run_evaluate_span(r, last, rec) : run_evaluate_lm(r, last, rec);
+    if (!st) st = run_evaluate_ema(r, last, rec);
+    return st;
+}
+
+/* A language model's evaluation (run_evaluate). */
+static moelm_status run_evaluate_lm(Run *r, int last, MetricsRecord *rec) {
     Model *m = &r->model;
     RoutingRec routing;
     double t0 = r->t_eval_start = now_s();
@@ -1231,13 +1287,10 @@ static moelm_status run_evaluate(Run *r, int last, MetricsRecord *rec) {
         routing_free(&routing);
         return st;
     }
-    /* word-level perplexity: the NLL of the whole split over its words (<eos> included); a partial
-     * evaluation scales its mean to the split's token count */
     double tok_nll = r->ev.tokens > 0 ? r->ev.nll / r->ev.tokens : 0;
-    double total_nll = tok_nll * (double)(r->n[1] - 1);
     rec->ev = &r->ev;
     rec->val_loss = tok_nll;
-    rec->val_word_ppl = r->words[1] ? exp(total_nll / (double)r->words[1]) : 0;
+    rec->val_word_ppl = run_word_ppl(r, tok_nll);
     if (r->ev.tokens > 0) {
         r->state.val_step = r->state.step;
         r->state.val_ppl = exp(tok_nll);
@@ -1325,6 +1378,7 @@ static void run_print_summary(const Run *r) {
     if (r->best_ppl > 0) {
         double tok_nll = r->ev.tokens > 0 ? r->ev.nll / r->ev.tokens : 0;
         printf("; val ppl best %.2f (step %ld), final %.2f", r->best_ppl, r->best_step, exp(tok_nll));
+        if (r->opt.ema && r->ev_ema.tokens > 0) printf(", averaged weights %.2f", exp(r->ev_ema.nll / r->ev_ema.tokens));
     }
     printf("\ncheckpoint: %s\nreport: moelm report %s\n", ck, r->dir);
     fflush(stdout);

@@ -91,7 +91,7 @@ moelm_status evaluate_pairs(Model *m, const Seq2SeqData *d, size_t max_batches, 
 void print_moe_stats(const EvalResult *r, FILE *f);
 
 /* moelm eval: loads a checkpoint, evaluates a text file (or the test split of a folder). */
-moelm_status eval_run(const char *ckpt, const char *data, int batch_size, int seq_len, int stride, int threads);
+moelm_status eval_run(const char *ckpt, const char *data, int batch_size, int seq_len, int stride, int threads, int ema);
 
 /* moelm generate */
 typedef struct {
@@ -106,6 +106,7 @@ typedef struct {
     int beams;            /* switch_transformers: beam search with this many beams (1: greedy or sampling) */
     float length_penalty; /* beam search: Hugging Face's (1: the mean log-probability per token) */
     int stop_eos;         /* stop after generating the end-of-text token (as llama.cpp does) */
+    int ema;              /* the run's weight average (ema_decay) instead of its weights */
 } GenerateOptions;
 moelm_status generate_run(const GenerateOptions *o);
 
@@ -117,6 +118,7 @@ typedef struct {
     int gguf;                 /* 0: Hugging Face directory, 1: GGUF file */
     int dtype;                /* hf: 0 f32, 1 f16, 2 bf16; gguf: 0 f32, 1 f16, 2 bf16, 3 q8_0 */
     uint64_t max_shard_bytes; /* hf: shards of at most this much tensor data (0: one model.safetensors) */
+    int ema;                  /* the run's weight average (ema_decay) instead of its weights */
 } ExportOptions;
 moelm_status export_run(const ExportOptions *o);
 
