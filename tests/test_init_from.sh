@@ -28,6 +28,10 @@ check "init-from: a new run (step 20 of its own schedule, its own warm-up)" \
 # a run directory (its latest checkpoint; training settings from its state.json without --config)
 $BIN train --init-from "$TMP/src" $T --steps 2 --out "$TMP/ft_run" >/dev/null 2>&1
 check "init-from a run directory: step 0's val loss is the source's" test "$src_loss" = "$(val_at "$TMP/ft_run" 0)"
+# a weight average starts as SRC's weights: step 0 evaluates both to the same loss
+$BIN train --init-from "$TMP/hf" $T --steps 1 --set ema_decay=0.9 --out "$TMP/ft_ema" >/dev/null 2>&1
+check "init-from with ema_decay: the averaged weights start as SRC's" \
+    grep -q "^{\"step\": 0, \"val_loss\": $src_loss, .*\"val_loss_ema\": $src_loss," "$TMP/ft_ema/metrics.jsonl"
 # bf16 in shards: the weights rounded to bf16 (relative error <= 2^-9) move the loss by well under 0.02
 $BIN export -m "$TMP/src" --format hf --dtype bf16 --max-shard-size 100K -o "$TMP/hf16" >/dev/null 2>&1
 $BIN train --init-from "$TMP/hf16" $T --steps 1 --out "$TMP/ft16" >/dev/null 2>&1

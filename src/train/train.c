@@ -897,6 +897,7 @@ static moelm_status run_build_model(Run *r) {
         r->dl_ok = st == MOELM_OK;
     }
     if (!st && r->o->resume) st = ckpt_load_model(r->ckdir, &r->model);
+    if (!st && r->src) st = init_from_load(r->src, &r->model);
     /* the weight average starts as the weights; a resume reads it from the checkpoint when it has one */
     if (!st && tc->ema_decay > 0) st = optim_enable_ema(&r->opt, &r->model);
     if (!st && r->o->resume) {
@@ -909,7 +910,6 @@ static moelm_status run_build_model(Run *r) {
             printf("resume: the run trained in %s until step %ld; it goes on in %s\n", s->bf16 ? "bf16" : "float",
                    s->step, r->o->bf16 ? "bf16 (--bf16)" : "float");
     }
-    if (!st && r->src) st = init_from_load(r->src, &r->model);
     if (!st && r->o->bf16) st = model_set_bf16(&r->model, 1);
     s->bf16 = r->o->bf16;
     if (!st && r->s2s && run_accum(tc) > 1)
