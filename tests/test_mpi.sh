@@ -89,6 +89,20 @@ mpi_train() {
     cat "$tmp/$1.log"; return 1
 }
 
+# $1 the train arguments, $2 the one-process run's directory, then specs "NAME RANKS EP": each run on
+# RANKS ranks (EP of them expert parallel) into $tmp/NAME, compared with the one-process run
+mpi_vs_one() {
+    margs=$1; mref=$2; shift 2
+    for spec in "$@"; do
+        set -- $spec
+        if $MPIRUN -np "$2" $MPI_BIN $margs --expert-parallel "$3" --out "$tmp/$1" >"$tmp/$1.log" 2>&1; then
+            compare "$1" "$mref" "$tmp/$1"
+        else
+            cat "$tmp/$1.log"; bad "$1: run"
+        fi
+    done
+}
+
 for router in switch topk; do
     set --   # extra model flags
     [ "$router" = topk ] && set -- --set router_type=topk --set num_experts_per_tok=2
@@ -154,14 +168,7 @@ fi
 # process (losses, routing counts, the gathered checkpoint under Hugging Face's per-expert names).
 S_ARGS="train --config switch-t5-tiny -t 1 --steps 12 --log-interval 1 --eval-interval 6 --eval-batches 4 --quiet"
 if $REF_BIN $S_ARGS --out "$tmp/ref-t5" >"$tmp/ref-t5.log" 2>&1; then
-    for spec in "t5-dp2 2 1" "t5-ep2 2 2" "t5-dp2xep2 4 2" "t5-ep4 4 4"; do
-        set -- $spec
-        if $MPIRUN -np "$2" $MPI_BIN $S_ARGS --expert-parallel "$3" --out "$tmp/$1" >"$tmp/$1.log" 2>&1; then
-            compare "$1" "$tmp/ref-t5" "$tmp/$1"
-        else
-            cat "$tmp/$1.log"; bad "$1: run"
-        fi
-    done
+    mpi_vs_one "$S_ARGS" "$tmp/ref-t5" "t5-dp2 2 1" "t5-ep2 2 2" "t5-dp2xep2 4 2" "t5-ep4 4 4"
 else
     cat "$tmp/ref-t5.log"; bad "t5: one process"
 fi
@@ -172,14 +179,7 @@ fi
 # reads): its step-0 evaluation equals the one-process run's from the same export.
 M_ARGS="train --config mixtral-tiny --tokenizer bpe:300 -t 1 --steps 12 --log-interval 1 --eval-interval 6 --eval-batches 4 --quiet"
 if $REF_BIN $M_ARGS --out "$tmp/ref-mx" >"$tmp/ref-mx.log" 2>&1; then
-    for spec in "mx-dp2 2 1" "mx-ep4 4 4" "mx-dp2xep2 4 2"; do
-        set -- $spec
-        if $MPIRUN -np "$2" $MPI_BIN $M_ARGS --expert-parallel "$3" --out "$tmp/$1" >"$tmp/$1.log" 2>&1; then
-            compare "$1" "$tmp/ref-mx" "$tmp/$1"
-        else
-            cat "$tmp/$1.log"; bad "$1: run"
-        fi
-    done
+    mpi_vs_one "$M_ARGS" "$tmp/ref-mx" "mx-dp2 2 1" "mx-ep4 4 4" "mx-dp2xep2 4 2"
     I_ARGS="train --config mixtral-tiny -t 1 --steps 2 --eval-interval 0 --quiet"
     if $REF_BIN export -m "$tmp/ref-mx" --format hf -o "$tmp/mx-hf" >/dev/null 2>&1 &&
        $REF_BIN $I_ARGS --init-from "$tmp/mx-hf" --out "$tmp/mx-init1" >"$tmp/mx-init1.log" 2>&1 &&
