@@ -4,7 +4,9 @@
 # depend on the weights' values) are exported to f32 GGUF:
 #   llama-7M      llama, d_model 256, 6 layers, 8 heads, d_ff 768, vocab 4000 (dense)
 #   mixtral-16M   mixtral, d_model 256, 4 layers, 8 heads over 4 kv heads, 8 experts top-2, d_ff 512, vocab 4000
-#   mixtral-82M   mixtral, d_model 256, 4 layers, 8 heads over 4 kv heads, 32 experts top-1, d_ff 768, vocab 4000
+#   mixtral-78M   mixtral, d_model 256, 4 layers, 8 heads over 4 kv heads, 32 experts top-1, d_ff 768, vocab 4000
+#                 (moelm's top-1 is router_type switch, which scales the expert by its probability where
+#                 llama.cpp's renormalised top-1 scales it by 1: other outputs, the same work)
 # Wall-clock: moelm: `moelm generate -m RUN -p the -n 128 --temp 0 -t T`, its own tok/s (the whole generation loop,
 # the two prompt tokens included). llama.cpp: `llama-perplexity -m FILE.gguf -c 192 -b 1 -ub 1 -t T
 # --chunks 1` on a text: llama.cpp raises the batch to 64 tokens, so it decodes the first 64 positions
@@ -42,13 +44,13 @@ make_model llama-7M llama-tiny --set d_model=256 --set num_layers=6 --set num_he
     --set d_ff=768
 make_model mixtral-16M mixtral-tiny --set d_model=256 --set num_layers=4 --set num_heads=8 --set num_key_value_heads=4 \
     --set d_ff=512 --set num_experts=8 --set num_experts_per_tok=2
-make_model mixtral-82M mixtral-tiny --set d_model=256 --set num_layers=4 --set num_heads=8 --set num_key_value_heads=4 \
+make_model mixtral-78M mixtral-tiny --set d_model=256 --set num_layers=4 --set num_heads=8 --set num_key_value_heads=4 \
     --set d_ff=768 --set num_experts=32 --set router_type=switch --set capacity_factor=0 --set eval_capacity_factor=0
 
 # the task-clock (CPU ms) of a command's whole process
 cpu_ms() { perf stat -x, -e task-clock -o "$D/perf.txt" "$@" >/dev/null 2>&1; awk -F, '/task-clock/ { print $1 }' "$D/perf.txt"; }
 
-for name in llama-7M mixtral-16M mixtral-82M; do
+for name in llama-7M mixtral-16M mixtral-78M; do
     for t in $THREADS; do
         r=0
         while [ "$r" -lt "$REPS" ]; do
