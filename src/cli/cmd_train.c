@@ -23,6 +23,10 @@ static void usage(FILE *f) {
             "  --out DIR              run directory (default: runs/demo)\n"
             "  --resume DIR           continue the run in DIR from its latest checkpoint, bit-identically, on the\n"
             "                         same schedule and time budget (a longer --steps or --time-budget extends it)\n"
+            "  --init-from SRC        a new run (fresh optimizer, step 0, its own schedule) from the weights, model\n"
+            "                         config and tokenizer of SRC: a run, a checkpoint or a Hugging Face model\n"
+            "                         directory (mixtral / llama, switch_transformers); --config gives the\n"
+            "                         training settings (its model keys must be SRC's), --set what keeps the shapes\n"
             "  --force                resume even if the data or shape differ; or start a new run in an --out\n"
             "                         that holds one (its checkpoints are deleted)\n"
             "  --steps N              optimizer steps (default: the preset's)\n"
@@ -74,6 +78,7 @@ int cmd_train(int argc, char **argv) {
         else if (arg_match(argc, argv, &i, "--tokenizer", &val)) { if (!val) return cli_error(2); o.tokenizer = val; }
         else if (arg_match(argc, argv, &i, "--out", &val)) { if (!val) return cli_error(2); o.out = val; }
         else if (arg_match(argc, argv, &i, "--resume", &val)) { if (!val) return cli_error(2); o.resume = val; }
+        else if (arg_match(argc, argv, &i, "--init-from", &val)) { if (!val) return cli_error(2); o.init_from = val; }
         else if (arg_match(argc, argv, &i, "--set", &val)) { if (arg_add_set(val, sets, &o.n_sets, 256)) return cli_error(2); }
         else if (arg_match(argc, argv, &i, "--steps", &val)) { if (arg_int("--steps", val, 1, 1000000000L, &v)) return cli_error(2); o.steps = v; }
         else if (arg_match(argc, argv, &i, "--stop-at", &val)) { if (arg_int("--stop-at", val, 1, 1000000000L, &v)) return cli_error(2); o.stop_at = v; }

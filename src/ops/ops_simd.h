@@ -147,7 +147,22 @@ static inline void step_scores_any(float *a, const float *q, const float *kT, si
 #if defined(__AVX512F__)
     if (step_vector_width(hs)) { step_scores(a, q, kT, ldk, n, hs, scale); return; }
 #endif
-    for (int u = 0; u < n; u++) {
+    /* blocks of 32 keys, their sums held in vector registers (four AVX2 vectors) over the pass down d:
+     * each key's sum is the same chain, d ascending from 0, as the one-key loop below */
+    enum { KB = 32 };
+    int u0 = 0;
+    for (; u0 + KB <= n; u0 += KB) {
+        float s[KB] = {0.0f};
+        for (int d = 0; d < hs; d++) {
+            const float *kd = kT + (size_t)d * ldk + u0;
+            float qd = q[d];
+#pragma omp simd
+            for (int j = 0; j < KB; j++) s[j] = __builtin_fmaf(qd, kd[j], s[j]);
+        }
+#pragma omp simd
+        for (int j = 0; j < KB; j++) a[u0 + j] = s[j] * scale;
+    }
+    for (int u = u0; u < n; u++) {
         float s = 0.0f;
         for (int d = 0; d < hs; d++) s = __builtin_fmaf(q[d], kT[(size_t)d * ldk + u], s);
         a[u] = s * scale;

@@ -24,6 +24,7 @@
 #include "train/progress.h"
 #include "train/routing.h"
 #include "train/checkpoint.h"
+#include "train/init_from.h"
 #include "train/dist.h"
 #include "train/hooks.h"
 #include "train/keys.h"
@@ -330,6 +331,7 @@ typedef struct {
     char dirbuf[4096];          /* dir on resume */
     int lock_fd;                /* the run directory's lock (rank 0), -1: none */
     char ckdir[4096];           /* on resume: the checkpoint it continues from */
+    InitSource *src;            /* --init-from: the model the run starts from (NULL: none) */
     ModelConfig cfg;
     TrainConfig tc;
     TrainState state;           /* what the next checkpoint records; state.step: the steps done */
@@ -381,6 +383,7 @@ typedef struct {
 } Run;
 
 static void run_free(Run *r) {
+    moelm_free(r->src);
     if (r->metrics_fd >= 0) close(r->metrics_fd);
     sb_free(&r->mrec);
     ckpt_unlock_run(r->lock_fd);
@@ -573,6 +576,29 @@ moelm_status train_resolve_config(const char *name, const char *const *sets, int
     return st ? st : config_apply_sets(sets, n_sets, cfg, tc, &n_train);
 }
 
+/* MOELM_OK when the configs are the same; else an error "<what> "key": a, the requested config "key": b <why>"
+ * naming the first key that differs. */
+static moelm_status config_compare(const ModelConfig *have, const ModelConfig *want, const char *what, const char *why) {
+    moelm_status st = MOELM_OK;
+    char *a = config_to_json(have), *b = config_to_json(want);
+    if (!a || !b) st = moelm_fail(MOELM_ERR_NOMEM, "out of memory comparing configs");
+    for (const char *x = a, *y = b; !st && *x && *y;) {
+        size_t nx = strcspn(x, "\n"), ny = strcspn(y, "\n");
+        if (nx != ny || memcmp(x, y, nx) != 0) {
+            while (*x == ' ') x++, nx--;
+            while (*y == ' ') y++, ny--;
+            if (nx && x[nx - 1] == ',') nx--;
+            if (ny && y[ny - 1] == ',') ny--;
+            st = moelm_fail(MOELM_ERR_CONFIG, "%s %.*s, the requested config %.*s %s", what, (int)nx, x, (int)ny, y, why);
+        }
+        x += nx + (x[nx] == '\n');
+        y += ny + (y[ny] == '\n');
+    }
+    moelm_free(a);
+    moelm_free(b);
+    return st;
+}
+
 /* Resume without --force: the model config asked for on the command line (--config, --set) must be
  * the checkpoint's; otherwise the error names the first key that differs. */
 static moelm_status resume_check_config(const TrainOptions *o, const ModelConfig *have, int seq_len) {
@@ -589,25 +615,8 @@ static moelm_status resume_check_config(const TrainOptions *o, const ModelConfig
     /* what a fresh run would have filled in */
     if (want.vocab_size == 0) want.vocab_size = have->vocab_size;
     if (want.n_positions < seq_len) want.n_positions = seq_len;
-    char *a = config_to_json(have), *b = config_to_json(&want);
-    if (!a || !b) st = moelm_fail(MOELM_ERR_NOMEM, "out of memory comparing configs");
-    for (const char *x = a, *y = b; !st && *x && *y;) {
-        size_t nx = strcspn(x, "\n"), ny = strcspn(y, "\n");
-        if (nx != ny || memcmp(x, y, nx) != 0) {
-            while (*x == ' ') x++, nx--;
-            while (*y == ' ') y++, ny--;
-            if (nx && x[nx - 1] == ',') nx--;
-            if (ny && y[ny - 1] == ',') ny--;
-            st = moelm_fail(MOELM_ERR_CONFIG, "resume: the checkpoint's model has %.*s, the requested config %.*s "
-                                              "(the model comes from the checkpoint; use --force to continue with it)",
-                            (int)nx, x, (int)ny, y);
-        }
-        x += nx + (x[nx] == '\n');
-        y += ny + (y[ny] == '\n');
-    }
-    moelm_free(a);
-    moelm_free(b);
-    return st;
+    return config_compare(have, &want, "resume: the checkpoint's model has",
+                          "(the model comes from the checkpoint; use --force to continue with it)");
 }
 
 /* "%.6f" of x, or "null" when x is NaN or Inf (JSON has no spelling for them); buf holds 32 bytes. */
@@ -677,12 +686,64 @@ static moelm_status run_resume_settings(Run *r) {
     return MOELM_OK;
 }
 
-/* A new run's settings: the preset or config.json, then --tokenizer, --set and the flags. */
+/* --init-from: SRC's model config and tokenizer; the training settings those of --config, else of
+ * SRC's run (a moelm checkpoint's state.json), else the demo preset's. */
+static moelm_status run_init_settings(Run *r) {
+    const TrainOptions *o = r->o;
+    InitSource *s = r->src = moelm_calloc(1, sizeof *r->src);
+    if (!s) return MOELM_ERR_NOMEM;
+    moelm_status st = init_from_open(s, o->init_from);
+    if (st) return st;
+    ModelConfig scratch;
+    TrainState ts;
+    config_preset_train(&r->tc, "demo");
+    if (o->config) {
+        st = config_base(o->config, &scratch, &r->tc);   /* its model keys: init_check_config */
+    } else if (s->is_ckpt && (st = ckpt_read_state(s->dir, &ts)) == MOELM_OK) {
+        st = train_config_from_json(&r->tc, ts.train_json);
+        if (st) st = moelm_fail_context(st, "%s/state.json: \"train\"", s->dir);
+    }
+    if (st) return st;
+    r->cfg = s->cfg;
+    if (s->tokenizer[0] && o->tokenizer)
+        return moelm_fail(MOELM_ERR_ARG, "--init-from %s has its own tokenizer (%s): --tokenizer is for a SRC without one",
+                          o->init_from, s->tokenizer);
+    if (s->tokenizer[0] && strlen(s->tokenizer) >= sizeof r->tc.tokenizer)
+        return moelm_fail(MOELM_ERR_ARG, "--init-from: path too long");
+    if (s->tokenizer[0]) snprintf(r->tc.tokenizer, sizeof r->tc.tokenizer, "%s", s->tokenizer);
+    return MOELM_OK;
+}
+
+/* --init-from with --config: the model keys of --config (after --set) must be SRC's (after --set); the
+ * error names the first key that differs. */
+static moelm_status init_check_config(const Run *r) {
+    const TrainOptions *o = r->o;
+    ModelConfig want;
+    TrainConfig tc;
+    int n_train;
+    moelm_status st = config_base(o->config, &want, &tc);
+    if (!st) st = config_apply_sets(o->sets, o->n_sets, &want, &tc, &n_train);
+    if (st) return st;
+    /* what a new run would have filled in: the vocabulary, positions for the sequence length */
+    if (want.vocab_size == 0) want.vocab_size = r->cfg.vocab_size;
+    if (want.n_positions < r->cfg.n_positions) want.n_positions = r->cfg.n_positions;
+    /* and the special ids an export writes from the tokenizer where a preset leaves them null */
+    if (want.bos_token_id < 0) want.bos_token_id = r->cfg.bos_token_id;
+    if (want.eos_token_id < 0) want.eos_token_id = r->cfg.eos_token_id;
+    if (want.pad_token_id < 0) want.pad_token_id = r->cfg.pad_token_id;
+    char what[4200];
+    snprintf(what, sizeof what, "--init-from: %s's model has", o->init_from);
+    return config_compare(&r->cfg, &want, what, "(the model comes from SRC: leave the model keys out of --config, or "
+                                                "--set the ones that keep its shapes)");
+}
+
+/* A new run's settings: the preset or config.json (or --init-from's SRC), then --tokenizer, --set and
+ * the flags. */
 static moelm_status run_new_settings(Run *r) {
     const TrainOptions *o = r->o;
     TrainConfig *tc = &r->tc;
     int n_train;
-    moelm_status st = config_base(o->config ? o->config : "demo", &r->cfg, tc);
+    moelm_status st = o->init_from ? run_init_settings(r) : config_base(o->config ? o->config : "demo", &r->cfg, tc);
     if (st) return st;
     if (o->tokenizer) snprintf(tc->tokenizer, sizeof tc->tokenizer, "%s", o->tokenizer);
     st = config_apply_sets(o->sets, o->n_sets, &r->cfg, tc, &n_train);
@@ -707,11 +768,18 @@ static moelm_status run_new_settings(Run *r) {
     r->state.threads = o->threads;
     r->state.batch_size = tc->batch_size;
     r->state.seq_len = tc->seq_len;
+    if (o->init_from && o->config && (st = init_check_config(r)) != MOELM_OK) return st;
+    int learned_pos = !config_is_llama(&r->cfg) && r->cfg.model_type != MODEL_SWITCH;
+    if (o->init_from && learned_pos && r->cfg.n_positions < tc->seq_len)
+        return moelm_fail(MOELM_ERR_CONFIG, "--init-from: sequences of %d tokens, but %s's model has learned positions "
+                          "for %d", tc->seq_len, o->init_from, r->cfg.n_positions);
     return MOELM_OK;
 }
 
 /* The run's settings, resumed or new, checked. */
 static moelm_status run_settings(Run *r) {
+    if (r->o->resume && r->o->init_from)
+        return moelm_fail(MOELM_ERR_ARG, "--init-from starts a new run and --resume continues one: give one of them");
     moelm_status st = r->o->resume ? run_resume_settings(r) : run_new_settings(r);
     if (st) return st;
     const TrainConfig *tc = &r->tc;
@@ -829,6 +897,7 @@ static moelm_status run_build_model(Run *r) {
         r->dl_ok = st == MOELM_OK;
     }
     if (!st && r->o->resume) st = ckpt_load_model(r->ckdir, &r->model);
+    if (!st && r->src) st = init_from_load(r->src, &r->model);
     /* the weight average starts as the weights; a resume reads it from the checkpoint when it has one */
     if (!st && tc->ema_decay > 0) st = optim_enable_ema(&r->opt, &r->model);
     if (!st && r->o->resume) {
@@ -916,6 +985,8 @@ static void run_print_header(const Run *r) {
     if (r->full_batches == 0)
         printf("no evaluation: the valid split has %s to predict\n", r->pairs ? "no pair" : "nothing");
     if (o->resume) printf("resumed from %s at step %ld\n", r->ckdir, r->state.step);
+    if (r->src) printf("initialised from %s (its weights%s; a new optimizer and schedule)\n", r->src->dir,
+                       r->src->tokenizer[0] ? " and tokenizer" : "");
     fflush(stdout);
 }
 
@@ -1412,6 +1483,11 @@ static moelm_status train_run_ranks(const TrainOptions *o) {
     run_catch_signals(&old_int, &old_term);
     last_signal = 0;
     double elapsed;
+    if (!st && r.src) {   /* where the run starts: SRC's loss on this data */
+        MetricsRecord rec = {.step = 0};
+        st = run_evaluate(&r, 0, &rec);
+        if (!st && r.ev.tokens > 0) st = metrics_append(&r, &rec);
+    }
     while (!st && run_continues(&r, &elapsed)) {
         float lr = run_lr(&r, elapsed);
         run_dropout_rule(&r, elapsed);

@@ -21,6 +21,7 @@ typedef struct {
                                  * checkpoint's, and a config given must match it unless force) */
     const char *out;            /* run directory (created) */
     const char *resume;         /* run directory to continue from its latest checkpoint, or NULL */
+    const char *init_from;      /* a new run from this model's weights, config and tokenizer (init_from.h), or NULL */
     const char *const *sets;    /* "key=value" overrides of model or training keys; NULL-terminated */
     int n_sets;
     const char *tokenizer;      /* overrides the preset's tokenizer: word[:N], char, unigram:N, bpe:N, or a file */
