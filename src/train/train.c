@@ -427,6 +427,7 @@ static char *train_config_json(const TrainConfig *tc, int all) {
     sb_json_string(&sb, tc->tokenizer);
     if (tc->grad_accum > 1 || all) sb_printf(&sb, ", \"grad_accum\": %d", run_accum(tc));
     if (tc->ema_decay > 0 || all) sb_printf(&sb, ", \"ema_decay\": %s", float_str(f[0], tc->ema_decay));
+    if (tc->unigram_output_bias || all) sb_printf(&sb, ", \"unigram_output_bias\": %d", tc->unigram_output_bias);
     if (tc->time_budget_s > 0 || all)
         sb_printf(&sb, ", \"time_budget_s\": %s, \"warmup_share\": %s", float_str(f[0], tc->time_budget_s),
                   float_str(f[1], tc->warmup_share));
@@ -815,6 +816,9 @@ static moelm_status run_build_model(Run *r) {
     if (!st && r->s2s) st = model_create_encdec(&r->model, &r->cfg, Bl, r->len.inputs, r->len.targets, s->seed, part, parts);
     else if (!st) st = model_create_sharded(&r->model, &r->cfg, Bl, tc->seq_len, s->seed, part, parts);
     r->model_ok = st == MOELM_OK;
+    /* a new run's output bias from the training tokens (a resumed one loads its own below) */
+    if (!st && tc->unigram_output_bias && !r->o->resume && !r->s2s && !r->pairs)
+        model_init_output_bias(&r->model, r->ids[0], r->n[0]);
     if (!st) st = optim_create(&r->opt, r->model.n_params);
     r->opt_ok = st == MOELM_OK;
     if (!st && r->pairs) {
