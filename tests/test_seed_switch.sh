@@ -43,4 +43,10 @@ check "the new start learns past the unigram model: its validation loss is lower
     awk -v a="$(sed -n 's/.*val loss \([0-9.]*\).*/\1/p' "$TMP/new.log" | tail -n 1)" \
         -v b="$(sed -n 's/.*val loss \([0-9.]*\).*/\1/p' "$TMP/old.log" | tail -n 1)" 'BEGIN { exit !(a + 0 > 0 && a < b) }'
 
+# the report flags the collapsed run's router, and not the working one's
+$BIN report "$TMP/old" -o "$TMP/old.html" >/dev/null 2>&1
+check "report: the collapsed router is flagged" grep -q "warning: old head's router has collapsed</b> at step 100" "$TMP/old.html"
+$BIN report "$TMP/new" -o "$TMP/new.html" >/dev/null 2>&1
+check "report: the working router is not flagged" sh -c "grep -q 'Router health' $TMP/new.html && ! grep -q 'router has collapsed' $TMP/new.html"
+
 finish seed_switch

@@ -134,8 +134,12 @@ void print_moe_stats(const EvalResult *r, FILE *f) {
         fprintf(f, "\n");
         if (moe_stats_collapsed(s, r->router))
             fprintf(f, "  warning: moe layer %d's router has collapsed (%.0f%% of the tokens dropped, %d of %d experts "
-                       "dead): try a larger router_aux_loss_coef or capacity_factor, or a smaller lr\n",
-                    l, 100.0 * s->dropped / s->slots, moe_stats_dead(s), s->E);
+                       "dead)%s\n",
+                    l, 100.0 * s->dropped / s->slots, moe_stats_dead(s), s->E,
+                    s->entropy_sum > 0.95 * log((double)s->E) * s->tokens
+                        ? ": its probabilities are near uniform, so every token reaches it with nearly the same hidden "
+                          "state (docs/MOE.md, the seed Switch's collapse)"
+                        : ": try a larger router_aux_loss_coef or capacity_factor, or a smaller lr");
     }
 }
 
