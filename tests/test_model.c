@@ -257,6 +257,43 @@ TEST(grad_seed_models) {
     }
 }
 
+/* model_init_output_bias: the seed head's bias becomes log((count + 1) / (n + V)) per id (an unseen
+ * id finite), only that tensor changes; a model without an output bias is left as it was. The
+ * seed presets ask for it and the others do not (issue 24: with a zero bias the seed Switch's
+ * router collapses on PTB). */
+TEST(output_bias_from_unigrams) {
+    ModelConfig c;
+    tiny_seed(&c, ROUTER_SWITCH, 0.0f);
+    Model m;
+    EXPECT(model_create(&m, &c, 1, 4, 3) == MOELM_OK);
+    int ids[10] = {2, 2, 2, 5, 5, 0, 2, 7, 5, 2};   /* 0: 1, 2: 5, 5: 3, 7: 1 of n = 10, V = 11 */
+    float *before = malloc(sizeof(float) * m.n_params);
+    memcpy(before, m.params, sizeof(float) * m.n_params);
+    EXPECT(model_init_output_bias(&m, ids, 10) == 1);
+    double count[11] = {1, 0, 5, 0, 0, 3, 0, 1, 0, 0, 0};
+    for (int v = 0; v < 11; v++)   /* float of a double: within one float ulp */
+        EXPECT_NEAR(m.p.head_b2[v], log((count[v] + 1.0) / 21.0), 1e-6);
+    size_t off = (size_t)(m.p.head_b2 - m.params), changed = 0;
+    for (size_t i = 0; i < m.n_params; i++) changed += (i < off || i >= off + 11) && m.params[i] != before[i];
+    EXPECT(changed == 0);
+    model_free(&m);
+    tiny_lm(&c, 11, 0.0f);
+    EXPECT(model_create(&m, &c, 1, 4, 3) == MOELM_OK);
+    free(before);
+    before = malloc(sizeof(float) * m.n_params);
+    memcpy(before, m.params, sizeof(float) * m.n_params);
+    EXPECT(model_init_output_bias(&m, ids, 10) == 0);
+    EXPECT(memcmp(before, m.params, sizeof(float) * m.n_params) == 0);
+    model_free(&m);
+    free(before);
+    const char *presets[4] = {"seed-moe", "seed-gating", "seed-switch", "switch-ptb"};
+    for (int i = 0; i < 4; i++) {
+        TrainConfig tc;
+        EXPECT(config_preset_train(&tc, presets[i]) == MOELM_OK);
+        EXPECT(tc.unigram_output_bias == (i < 3));
+    }
+}
+
 TEST(causality) {
     /* changing a future token changes no earlier logit */
     ModelConfig c;
@@ -478,6 +515,7 @@ int main(void) {
     RUN(mixtral_balance_loss_value);
     RUN(llama_causality);
     RUN(grad_seed_models);
+    RUN(output_bias_from_unigrams);
     RUN(causality);
     RUN(training_reduces_loss);
     RUN(bad_configs_rejected);

@@ -175,6 +175,10 @@ moelm_status config_preset_train(TrainConfig *t, const char *name) {
         t->batch_size = 64; t->seq_len = 30; t->lr = 1e-3f; t->adamw = 0; t->weight_decay = 0.0f;
         t->schedule = SCHED_CONSTANT; t->warmup_steps = 0; t->beta2 = 0.999f; t->grad_clip = 1.0f;
         t->steps = 1000;
+        /* with a zero output bias the post-norm stack learns PTB's unigram distribution by making every
+         * hidden state the same, and stays there for hundreds of steps (seed-switch: one expert takes
+         * every token); started at the log unigram frequencies it does not (bench/RESULTS.md, issue 24) */
+        t->unigram_output_bias = 1;
         snprintf(t->tokenizer, sizeof t->tokenizer, "word:10000");
     } else {
         return config_preset(&(ModelConfig){0}, name);
@@ -309,6 +313,7 @@ moelm_status train_config_set(TrainConfig *t, const char *key, const char *v) {
     if (!strcmp(key, "beta2")) return config_parse_float(key, v, &t->beta2);
     if (!strcmp(key, "eps")) return config_parse_float(key, v, &t->eps);
     if (!strcmp(key, "grad_clip")) return config_parse_float(key, v, &t->grad_clip);
+    if (!strcmp(key, "unigram_output_bias")) return config_parse_bool(key, v, &t->unigram_output_bias);
     if (!strcmp(key, "dropout_growth")) return parse_float_in(key, v, &t->dropout_growth, 0.0f, 1.0f);
     if (!strcmp(key, "dropout_epochs")) return parse_float_in(key, v, &t->dropout_epochs, 1e-6f, 1e9f);
     if (!strcmp(key, "dropout_max")) return parse_float_in(key, v, &t->dropout_max, 0.0f, 0.99f);

@@ -173,6 +173,11 @@ typedef struct {
     char tokenizer[256];                  /* "word", "word:N", "char", or a tokenizer file */
     float ema_decay;                      /* > 0: an exponential moving average of the weights with this
                                            * decay is kept, evaluated and checkpointed beside them (0: off) */
+    /* 1: a new run starts the output layer's bias (models that have one: seed) at the log unigram
+     * frequencies of the training tokens; 0: at zero. With zero, a post-norm stack fits the unigram
+     * distribution by making every token's hidden state the same (docs/MOE.md, "the seed Switch's
+     * collapse"), which leaves a router nothing to route on. */
+    int unigram_output_bias;
 } TrainConfig;
 
 /* Fills tc with the preset's training defaults. */

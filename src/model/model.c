@@ -801,6 +801,20 @@ void model_backward(Model *m) {
     encoder_backward(g->wte, g->wpe, s->dres, a->inputs, B, T, C);
 }
 
+int model_init_output_bias(Model *m, const int *ids, size_t n) {
+    float *b = m->p.head_b2;
+    if (!b) return 0;
+    int V = m->cfg.vocab_size;
+    double *count = moelm_calloc((size_t)V, sizeof(double));
+    for (size_t i = 0; i < n; i++) {
+        CHECK(ids[i] >= 0 && ids[i] < V);
+        count[ids[i]] += 1.0;
+    }
+    for (int v = 0; v < V; v++) b[v] = (float)log((count[v] + 1.0) / ((double)n + V));
+    moelm_free(count);
+    return 1;
+}
+
 int model_moe_layers(const Model *m, MoELayer *out, int max) {
     if (m->ed) return encdec_moe_layers(m, out, max);
     Model *w = (Model *)m;   /* see model.h: the views handed out may be written through */

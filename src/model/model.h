@@ -243,6 +243,11 @@ float model_forward(Model *m, const int *inputs, const int *targets, int trainin
 /* Backward of the last forward: grads += d(loss + aux_loss)/d(params). Needs targets. */
 void model_backward(Model *m);
 
+/* Sets the output layer's bias (seed: head.fc2.bias [V]) to the log unigram frequencies of ids[n]
+ * (each id in 0..V-1), add-one smoothed so an unseen token's bias is finite. Returns 0 (and changes
+ * nothing) when the model has no output bias. */
+int model_init_output_bias(Model *m, const int *ids, size_t n);
+
 void model_zero_grad(Model *m);
 
 /* Mixed precision (bf16 mode): every linear layer's products (forward, input and weight gradients;

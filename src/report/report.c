@@ -441,6 +441,27 @@ static void layer_chart(StrBuf *sb, Run *runs, int R, int which, double scale, c
     chart(sb, &S, title, "step", ylabel, 0);
 }
 
+/* A warning for each sparse layer whose router had collapsed at the run's last evaluation, by the
+ * trainer's rule (moe_stats_collapsed): a learned router with most token-slots dropped or most
+ * experts dead. Random, hash and soft routers are left out, as are runs without their config. */
+static void router_collapse_flags(StrBuf *sb, const Run *r) {
+    const char *rt = r->config ? json_string(json_get(r->config, "router_type")) : NULL;
+    if (!rt || !strcmp(rt, "random") || !strcmp(rt, "hash") || !strcmp(rt, "soft") || r->E < 2) return;
+    char ln[64];
+    for (int l = 0; l < r->L; l++) {
+        const double *d = r->dropped + (size_t)l * r->V, *dead = r->dead + (size_t)l * r->V;
+        int v = r->V - 1;
+        while (v >= 0 && isnan(d[v])) v--;
+        if (v < 0 || !(d[v] > 0.5 || dead[v] > r->E / 2)) continue;
+        layer_name(r, l, ln, sizeof ln);
+        sb_printf(sb, "<p class=\"note\"><b>warning: ");
+        html_escape(sb, r->label);
+        sb_printf(sb, " %s's router has collapsed</b> at step %.0f (%.0f%% of the token-slots dropped, %.0f of %d experts "
+                      "dead); an aux near 1 with a router entropy near ln E means the router's probabilities are uniform, "
+                      "not that the load is balanced (docs/MOE.md).</p>\n", ln, r->estep[v], 100.0 * d[v], dead[v], r->E);
+    }
+}
+
 static void section_router(StrBuf *sb, Run *runs, int R) {
     int any = 0;
     for (int i = 0; i < R; i++) any |= runs[i].L > 0;
@@ -451,10 +472,13 @@ static void section_router(StrBuf *sb, Run *runs, int R) {
     Series S;
     memset(&S, 0, sizeof S);
     sb_printf(sb, "<h2>Router health</h2><p class=\"note\">Measured on the validation split at each evaluation, per sparse "
-                  "layer. aux: the load-balancing loss E&#183;&#931;<sub>e</sub>f<sub>e</sub>P<sub>e</sub> (1 = balanced), "
+                  "layer. aux: the load-balancing loss E&#183;&#931;<sub>e</sub>f<sub>e</sub>P<sub>e</sub> (1 when balanced, "
+                  "and also whenever the router's probabilities are uniform: read it with dropped and dead), "
                   "z: the router z-loss (both unweighted); dropped: token-slots over capacity; entropy: of the router's "
                   "softmax (nats; ln E is uniform); confidence: the mean top-1 probability; dead: experts that received "
-                  "no token.</p><div class=\"grid\">\n");
+                  "no token.</p>\n");
+    for (int i = 0; i < R; i++) router_collapse_flags(sb, &runs[i]);
+    sb_printf(sb, "<div class=\"grid\">\n");
     for (int i = 0; i < R; i++)
         if (runs[i].L) ser_add(&S, runs[i].step, runs[i].aux, runs[i].S, svg_palette(i), 0, 0, "%s", runs[i].label);
     chart(sb, &S, "auxiliary terms in the training loss", "step", "weighted aux + z (all layers)", 0);

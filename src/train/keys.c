@@ -59,6 +59,7 @@ static const KeyInfo train_keys[] = {
     {"beta2", "Adam's second-moment decay"},
     {"eps", "Adam's epsilon"},
     {"grad_clip", "clip the global gradient norm to this (0: off)"},
+    {"unigram_output_bias", "1: a new run starts the output bias (seed models) at the training tokens' log unigram frequencies"},
     {"steps", "optimizer steps: the run's length (--steps)"},
     {"dropout_growth", "dropout added per doubling of epochs past dropout_epochs (0: off)"},
     {"dropout_epochs", "epochs from which dropout grows"},

@@ -135,8 +135,12 @@ void print_moe_stats(const EvalResult *r, FILE *f) {
         fprintf(f, "\n");
         if (moe_stats_collapsed(s, r->router))
             fprintf(f, "  warning: moe layer %d's router has collapsed (%.0f%% of the tokens dropped, %d of %d experts "
-                       "dead): try a larger router_aux_loss_coef or capacity_factor, or a smaller lr\n",
-                    l, 100.0 * s->dropped / s->slots, moe_stats_dead(s), s->E);
+                       "dead)%s\n",
+                    l, 100.0 * s->dropped / s->slots, moe_stats_dead(s), s->E,
+                    s->entropy_sum > 0.95 * log((double)s->E) * s->tokens
+                        ? ": its probabilities are near uniform, so every token reaches it with nearly the same hidden "
+                          "state (docs/MOE.md, the seed Switch's collapse)"
+                        : ": try a larger router_aux_loss_coef or capacity_factor, or a smaller lr");
     }
 }
 
@@ -430,6 +434,7 @@ static char *train_config_json(const TrainConfig *tc, int all) {
     sb_json_string(&sb, tc->tokenizer);
     if (tc->grad_accum > 1 || all) sb_printf(&sb, ", \"grad_accum\": %d", run_accum(tc));
     if (tc->ema_decay > 0 || all) sb_printf(&sb, ", \"ema_decay\": %s", float_str(f[0], tc->ema_decay));
+    if (tc->unigram_output_bias || all) sb_printf(&sb, ", \"unigram_output_bias\": %d", tc->unigram_output_bias);
     if (tc->time_budget_s > 0 || all)
         sb_printf(&sb, ", \"time_budget_s\": %s, \"warmup_share\": %s", float_str(f[0], tc->time_budget_s),
                   float_str(f[1], tc->warmup_share));
@@ -883,6 +888,9 @@ static moelm_status run_build_model(Run *r) {
     if (!st && r->s2s) st = model_create_encdec(&r->model, &r->cfg, Bl, r->len.inputs, r->len.targets, s->seed, part, parts);
     else if (!st) st = model_create_sharded(&r->model, &r->cfg, Bl, tc->seq_len, s->seed, part, parts);
     r->model_ok = st == MOELM_OK;
+    /* a new run's output bias from the training tokens (a resumed one loads its own below) */
+    if (!st && tc->unigram_output_bias && !r->o->resume && !r->s2s && !r->pairs)
+        model_init_output_bias(&r->model, r->ids[0], r->n[0]);
     if (!st) st = optim_create(&r->opt, r->model.n_params);
     r->opt_ok = st == MOELM_OK;
     if (!st && r->pairs) {
