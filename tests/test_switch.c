@@ -241,7 +241,7 @@ TEST(switch_grads_match_reference) {
         Model m;
         snprintf(dir, sizeof dir, "tests/ref/switch/%s", models[mi]);
         EXPECT(model_load_dir(&m, dir, (int)s1[0], (int)s1[1], (int)s3[1]) == MOELM_OK);
-        Seq2SeqBatch b = {(int)s1[0], (int)s1[1], (int)s3[1], ids, mask, NULL, labels};
+        Seq2SeqBatch b = {(int)s1[0], (int)s1[1], (int)s3[1], ids, mask, NULL, labels, NULL};
         EXPECT(encdec_check_batch(&m, &b) == MOELM_OK);
         model_zero_grad(&m);
         encdec_forward(&m, &b, 0);
@@ -402,7 +402,7 @@ static void fd_case_mode(ModelConfig *c, const char *label, int training) {
     for (int i = 0; i < m.n_tensors; i++)
         if (strstr(m.tensors[i].name, "router"))
             for (size_t k = 0; k < m.tensors[i].size; k++) m.params[m.tensors[i].offset + k] *= 10.0f;
-    Seq2SeqBatch b = {2, 6, 5, ids, mask, NULL, labels};
+    Seq2SeqBatch b = {2, 6, 5, ids, mask, NULL, labels, NULL};
     EXPECT_MSG(fd_model(&m, &b, label, training), "%s", label);
     int dropped = 0;
     MoELayer ml[CONFIG_MAX_MOE_LAYERS];
@@ -443,10 +443,13 @@ TEST(switch_dropout_eval_unaffected) {
     int ids[12], labels[10];
     for (int i = 0; i < 12; i++) ids[i] = (i * 5 + 1) % 11;
     for (int i = 0; i < 10; i++) labels[i] = (i * 3 + 2) % 11;
-    Seq2SeqBatch bt = {2, 6, 5, ids, NULL, NULL, labels};
+    Seq2SeqBatch bt = {2, 6, 5, ids, NULL, NULL, labels, NULL};
     float la = encdec_forward(&a, &bt, 0), lb = encdec_forward(&b, &bt, 0);
     EXPECT_MSG(la == lb, "eval loss %.9g with dropout 0, %.9g with 0.3", la, lb);
     EXPECT(!memcmp(a.ed->logits, b.ed->logits, sizeof(float) * 10 * 11));
+    int bad_mask[10] = {1, 1, 1, 2, 1, 1, 1, 1, 1, 0};   /* a 2: rejected with its place */
+    Seq2SeqBatch bm = {2, 6, 5, ids, NULL, NULL, labels, bad_mask};
+    EXPECT(encdec_check_batch(&b, &bm) == MOELM_ERR_DATA && strstr(moelm_last_error(), "decoder_attention_mask: 2 at 3"));
     float lt = encdec_forward(&b, &bt, 1);
     EXPECT_MSG(fabsf(lt - lb) > 1e-4f, "training loss %.9g equals the eval loss", lt);
     size_t n = 0, kept = 0, hn = 0, hkept = 0;
@@ -529,7 +532,7 @@ TEST(switch_cached_decoding_equals_full_forward) {
         int dec[3 * 8], enc3[3 * 7], mask3[3 * 7];
         for (int i = 0; i < R * T; i++) dec[i] = i % T == 0 ? 0 : (i * 7 + 3) % V;
         for (int r = 0; r < R; r++) memcpy(enc3 + r * 7, enc, sizeof enc), memcpy(mask3 + r * 7, mask, sizeof mask);
-        Seq2SeqBatch b = {R, 7, T, enc3, mask3, dec, NULL};
+        Seq2SeqBatch b = {R, 7, T, enc3, mask3, dec, NULL, NULL};
         encdec_forward(&m, &b, 0);
         float *full = malloc(sizeof(float) * (size_t)R * T * V);
         memcpy(full, m.ed->logits, sizeof(float) * (size_t)R * T * V);
@@ -584,7 +587,7 @@ static int ref_beam(Model *m, const int *enc, int Te, int N, int max_new, float 
             int dec[16];
             dec[0] = 0;
             memcpy(dec + 1, seq[b], sizeof(int) * (size_t)len);
-            Seq2SeqBatch bt = {1, Te, len + 1, enc, NULL, dec, NULL};
+            Seq2SeqBatch bt = {1, Te, len + 1, enc, NULL, dec, NULL, NULL};
             encdec_forward(m, &bt, 0);
             const float *lg = m->ed->logits + (size_t)len * V;
             double mx = -1e30, sum = 0;
@@ -687,7 +690,7 @@ TEST(switch_step_allocates_nothing) {
     int ids[12], labels[10];
     for (int i = 0; i < 12; i++) ids[i] = (i * 5 + 1) % 11;
     for (int i = 0; i < 10; i++) labels[i] = (i * 3 + 2) % 11;
-    Seq2SeqBatch b = {2, 6, 5, ids, NULL, NULL, labels};
+    Seq2SeqBatch b = {2, 6, 5, ids, NULL, NULL, labels, NULL};
     size_t live = moelm_alloc_live_bytes();
     moelm_alloc_fail_after(1);
     float loss = encdec_forward(&m, &b, 1);

@@ -132,6 +132,8 @@ inp mask-shape     "attention_mask.*shape"   '{"a.input_ids":{"dtype":"I32","sha
 inp stray-tensor   "a.logits.*not"           '{"a.input_ids":{"dtype":"I32","shape":[1,2],"data_offsets":[0,8]},"a.logits":{"dtype":"I32","shape":[1,2],"data_offsets":[8,16]}}' 16
 inp no-decoder     "decoder_input_ids or"    '{"a.input_ids":{"dtype":"I32","shape":[1,1],"data_offsets":[0,4]}}' 4
 inp labels-batch   "labels.*match"           '{"a.input_ids":{"dtype":"I32","shape":[1,2],"data_offsets":[0,8]},"a.labels":{"dtype":"I32","shape":[2,1],"data_offsets":[8,16]}}' 16
+inp dmask-alone     "decoder_attention_mask without" '{"a.input_ids":{"dtype":"I32","shape":[1,2],"data_offsets":[0,8]},"a.decoder_attention_mask":{"dtype":"I32","shape":[1,2],"data_offsets":[8,16]}}' 16
+inp dmask-shape     "decoder_attention_mask.*match" '{"a.input_ids":{"dtype":"I32","shape":[1,2],"data_offsets":[0,8]},"a.labels":{"dtype":"I32","shape":[1,2],"data_offsets":[8,16]},"a.decoder_attention_mask":{"dtype":"I32","shape":[1,3],"data_offsets":[16,28]}}' 28
 inp truncated      "size|end|offsets|bytes|file"            '{"a.input_ids":{"dtype":"I32","shape":[1,2],"data_offsets":[0,8]}}' 5
 printf 'not a safetensors file at all' >"$I/text.safetensors"; ni=$((ni + 1))
 expect_error "inputs: not safetensors" "$I/text" $BIN forward -m $REF/switch_tied --inputs "$I/text.safetensors" -o "$TMP/no.out" -t 1

@@ -151,6 +151,7 @@ static void layout_encdec_acts(void *ctx, Bump *b) {
     layout_stack_acts(ed, c, b, 0);
     layout_stack_acts(ed, c, b, 1);
     ed->enc_mask = BU8(b, B * Te);
+    ed->dec_mask = BU8(b, Nd);
     ed->enc_ids = layout_bump(b, sizeof(int) * (size_t)B * Te);
     ed->dec_ids = layout_bump(b, sizeof(int) * (size_t)Nd);
     ed->labels = layout_bump(b, sizeof(int) * (size_t)Nd);
@@ -342,6 +343,9 @@ moelm_status encdec_check_batch(const Model *m, const Seq2SeqBatch *b) {
         if (b->labels && b->labels[i] != -100 && (b->labels[i] < 0 || b->labels[i] >= V))
             return moelm_fail(MOELM_ERR_DATA, "labels: %d at %zu is neither -100 nor in the vocabulary [0, %d)",
                               b->labels[i], i, V);
+        if (b->decoder_attention_mask && b->decoder_attention_mask[i] != 0 && b->decoder_attention_mask[i] != 1)
+            return moelm_fail(MOELM_ERR_DATA, "decoder_attention_mask: %d at %zu is not 0 or 1",
+                              b->decoder_attention_mask[i], i);
     }
     return MOELM_OK;
 }
@@ -368,8 +372,10 @@ static void take_batch(EncDec *ed, const ModelConfig *c, const Seq2SeqBatch *b) 
             CHECK(d >= 0 && d < c->vocab_size);
             ed->dec_ids[i] = d;
             ed->labels[i] = b->labels && b->labels[i] != -100 ? b->labels[i] : -1;
+            ed->dec_mask[i] = b->decoder_attention_mask ? (uint8_t)(b->decoder_attention_mask[i] != 0) : 1;
         }
     ed->has_labels = b->labels != NULL;
+    ed->has_dec_mask = b->decoder_attention_mask != NULL;
 }
 
 /* ---- forward ----------------------------------------------------------------------------------- */
@@ -401,7 +407,8 @@ static void block_forward(Model *m, T5StackActs *s, T5BlockActs *a, const T5Bloc
     matmul_forward(a->k, a->ln1, p->k, NULL, N, C, I);
     matmul_forward(a->v, a->ln1, p->v, NULL, N, C, I);
     AttnDims d = self_dims(ed, B, T, dec, c);
-    attn_forward(a->atty, a->att, a->q, a->k, a->v, s->bias, dec ? NULL : ed->enc_mask, &d);
+    attn_forward(a->atty, a->att, a->q, a->k, a->v, s->bias, !dec ? ed->enc_mask : ed->has_dec_mask ? ed->dec_mask : NULL,
+                 &d);
     if (pdrop > 0.0f) attn_dropout_forward(a->atty, ed->att_d, a->att_drop, a->att, a->v, pdrop, &d, &m->rng);
     matmul_forward(proj, a->atty, p->o, NULL, N, I, C);
     dropout_forward(proj, a->drop1, proj, pdrop, NC, &m->rng);
@@ -517,7 +524,7 @@ static void stack_forward(Model *m, int dec, const int *ids, float pdrop, int tr
 void encdec_encode(Model *m, const int *ids, const int *mask, int B, int Te) {
     EncDec *ed = m->ed;
     CHECK(ed && B >= 1 && B <= ed->Bmax && Te >= 1 && Te <= ed->Temax);
-    Seq2SeqBatch b = {B, Te, 1, ids, mask, ids, NULL};   /* no decoder: its ids are not read */
+    Seq2SeqBatch b = {B, Te, 1, ids, mask, ids, NULL, NULL};   /* no decoder: its ids are not read */
     ed->B = B;
     ed->Te = Te;
     ed->Td = 1;

@@ -100,6 +100,8 @@ typedef struct {
     const int *attention_mask;     /* [B, Te] 1 keep, 0 padding; NULL: all 1 */
     const int *decoder_input_ids;  /* [B, Td]; NULL: labels shifted right from decoder_start_token_id */
     const int *labels;             /* [B, Td] targets, -100 ignored; NULL: no loss */
+    const int *decoder_attention_mask;   /* [B, Td] 1 keep, 0 padding (keys of the decoder's self-attention,
+                                          * with the causal mask); NULL: all 1 */
 } Seq2SeqBatch;
 
 typedef struct EncDec {
@@ -110,6 +112,9 @@ typedef struct EncDec {
     int I, NB;
     void *mem;                  /* activations and scratch */
     uint8_t *enc_mask;          /* [B, Te] key mask of the encoder and of cross-attention */
+    uint8_t *dec_mask;          /* [B, Td] key mask of the decoder's self-attention (the batch's
+                                 * decoder_attention_mask), used when has_dec_mask */
+    int has_dec_mask;
     int *enc_ids, *dec_ids, *labels;   /* [B, Te], [B, Td], [B, Td] copies of the batch (labels -1 = ignored) */
     float *dec_scaled;          /* [Nd, C] tied: dec.out * C^-0.5, the head's input */
     float *logits;              /* [Nd, V]; overwritten by dlogits in the backward */
@@ -137,7 +142,7 @@ moelm_status model_create_encdec(Model *m, const ModelConfig *cfg, int B, int Te
                                  int parts);
 void encdec_free(Model *m);
 
-/* Checks a batch against the model: shapes within the bound, ids in [0, V), mask values 0/1, labels
+/* Checks a batch against the model: shapes within the bound, ids in [0, V), masks' values 0/1, labels
  * in [0, V) or -100, a decoder_start_token_id when decoder inputs come from the labels. MOELM_ERR_DATA. */
 moelm_status encdec_check_batch(const Model *m, const Seq2SeqBatch *b);
 /* Forward; returns the loss (lm + router losses; 0 without labels). training: dropout and jitter. */

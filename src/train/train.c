@@ -184,7 +184,7 @@ moelm_status evaluate_span(Model *m, const int *ids, size_t n, SpanLengths len, 
         for (int i = rows * Te; i < Bg * Te; i++) inp[i] = 0;
         for (int i = rows * Td; i < Bg * Td; i++) lab[i] = -100;
         dist_take_rows2(inp, Te, lab, Td, Bg);
-        Seq2SeqBatch bt = {Bl, Te, Td, inp, NULL, NULL, lab};
+        Seq2SeqBatch bt = {Bl, Te, Td, inp, NULL, NULL, lab, NULL};
         eval_seq2seq_batch(m, &bt, ml, r);
     }
     dist_eval_end();
@@ -215,7 +215,7 @@ moelm_status evaluate_pairs(Model *m, const Seq2SeqData *d, size_t max_batches, 
         for (int i = rows * Td; i < Bg * Td; i++) lab[i] = -100;
         dist_take_rows(inp, msk, Bg, Te);
         dist_take_rows2(lab, Td, NULL, 0, Bg);
-        Seq2SeqBatch bt = {Bl, Te, Td, inp, msk, NULL, lab};
+        Seq2SeqBatch bt = {Bl, Te, Td, inp, msk, NULL, lab, NULL};
         eval_seq2seq_batch(m, &bt, ml, r);
     }
     dist_eval_end();
@@ -1026,7 +1026,7 @@ static moelm_status run_step(Run *r, float lr, StepResult *sr) {
             span_loader_next(&r->span, r->inp, r->lab);
             dist_take_rows2(r->inp, Te, r->lab, Td, B);
         }
-        Seq2SeqBatch b = {B / dist_world(), Te, Td, r->inp, r->pairs ? r->msk : NULL, NULL, r->lab};
+        Seq2SeqBatch b = {B / dist_world(), Te, Td, r->inp, r->pairs ? r->msk : NULL, NULL, r->lab, NULL};
         *sr = train_step_seq2seq(&r->trainer, &b, lr, step + 1);
     } else {
         size_t rows = (size_t)(B / dist_world()) * T;   /* this rank's share of a micro-batch */
