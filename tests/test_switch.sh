@@ -29,9 +29,11 @@ check "switch-t5-tiny learns: span-corruption val loss ${val:-none} < 4.3" awk "
 check "metrics name the stacks' sparse blocks" grep -q '"stack": "decoder", "block": 1' "$TMP/learn/metrics.jsonl"
 $BIN report "$TMP/learn" -o "$TMP/report.html" >/dev/null 2>&1
 check "the report names the stacks' sparse blocks" grep -q "decoder block 1" "$TMP/report.html"
-# exact resume: 12 steps, or 6 (--stop-at) + resume + 6: the same losses and the same final weights
-$BIN train --config switch-t5-tiny --steps 12 --ckpt-interval 6 --eval-interval 0 --log-interval 1 --out "$TMP/full" $T1 >/dev/null 2>&1
-$BIN train --config switch-t5-tiny --steps 12 --ckpt-interval 6 --eval-interval 0 --log-interval 1 --stop-at 6 --out "$TMP/half" $T1 >/dev/null 2>&1
+# exact resume: 12 steps, or 6 (--stop-at) + resume + 6: the same losses and the same final weights (with
+# dropout, so that its masks, on the probabilities and the experts' activations too, continue exactly)
+D="--set dropout_rate=0.1"
+$BIN train --config switch-t5-tiny $D --steps 12 --ckpt-interval 6 --eval-interval 0 --log-interval 1 --out "$TMP/full" $T1 >/dev/null 2>&1
+$BIN train --config switch-t5-tiny $D --steps 12 --ckpt-interval 6 --eval-interval 0 --log-interval 1 --stop-at 6 --out "$TMP/half" $T1 >/dev/null 2>&1
 $BIN train --resume "$TMP/half" --log-interval 1 $T1 >/dev/null 2>&1
 losses() { grep '"loss"' "$1/metrics.jsonl" | sed -E 's/.*"loss": ([0-9.]+).*/\1/' | tr '\n' ' '; }
 check "resume: the same 12 losses" test "$(losses "$TMP/full")" = "$(losses "$TMP/half")"
