@@ -162,6 +162,14 @@ $BIN tokenizer train --input "$TMP/big.txt" --model_prefix "$TMP/big" --model_ty
 cp "$TMP/big.model" "$H/tokenizer.model"
 expect_error "tokenizer: more pieces than the model's vocabulary" "more than the model's vocab_size 40" \
     $BIN generate -m "$H" -p "w1" -n 2
+# the same read from HF's name for T5's tokenizer, spiece.model; and a spiece.model that is not one
+rm -f "$H/tokenizer.model"; cp "$TMP/tkw.model" "$H/spiece.model"
+expect_error "spiece.model: a piece named like a sentinel" "spiece.model.*already has the piece \"<extra_id_3>\"" \
+    $BIN generate -m "$H" -p "a" -n 2
+head -c 300 /dev/urandom >"$H/spiece.model"
+expect_error "spiece.model: random bytes" "spiece.model" $BIN generate -m "$H" -p "a" -n 2
+printf '\012\005\012\001a\025' >"$H/spiece.model"   # a piece field cut off inside its score
+expect_error "spiece.model: truncated" "spiece.model" $BIN generate -m "$H" -p "a" -n 2
 expect_error "forward: missing --inputs" "required" $BIN forward -m $REF/switch_tied -o "$TMP/no.out"
 expect_error "forward: unknown flag" "unknown flag" $BIN forward --bogus
 
