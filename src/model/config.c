@@ -324,7 +324,8 @@ moelm_status train_config_set(TrainConfig *t, const char *key, const char *v) {
     if (!strcmp(key, "optimizer")) {
         if (!strcmp(v, "adamw")) t->adamw = 1;
         else if (!strcmp(v, "adam")) t->adamw = 0;
-        else return moelm_fail(MOELM_ERR_CONFIG, "optimizer: '%s' is not adam or adamw", v);
+        else if (!strcmp(v, "adamw-scale")) t->adamw = 2;
+        else return moelm_fail(MOELM_ERR_CONFIG, "optimizer: '%s' is not adam, adamw or adamw-scale", v);
         return MOELM_OK;
     }
     if (!strcmp(key, "lr_schedule")) {

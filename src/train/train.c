@@ -419,7 +419,7 @@ static char *train_config_json(const TrainConfig *tc, int all) {
                    "\"beta1\": %s, \"beta2\": %s, \"eps\": %s, \"grad_clip\": %s, \"steps\": %ld, ",
               tc->batch_size, tc->seq_len, tc->stride, float_str(f[0], tc->lr), float_str(f[1], tc->min_lr_ratio),
               tc->warmup_steps, tc->schedule == SCHED_CONSTANT ? "constant" : tc->schedule == SCHED_COSINE ? "cosine" : "linear",
-              tc->adamw ? "adamw" : "adam", float_str(f[2], tc->weight_decay), float_str(f[3], tc->beta1),
+              optim_name(tc), float_str(f[2], tc->weight_decay), float_str(f[3], tc->beta1),
               float_str(f[4], tc->beta2), float_str(f[5], tc->eps), float_str(f[6], tc->grad_clip), tc->steps);
     sb_printf(&sb, "\"dropout_growth\": %s, ", float_str(f[0], tc->dropout_growth));
     sb_printf(&sb, "\"dropout_epochs\": %s, ", float_str(f[0], tc->dropout_epochs));
@@ -899,12 +899,12 @@ static void run_print_header(const Run *r) {
         if (tc->steps < BUDGET_STEPS) snprintf(most, sizeof most, " (at most %ld steps)", tc->steps);
         printf("training: %s time budget%s, batch %d x %d%s, lr %g (%s over the time, warm-up %.3g%% of it), %s, wd %g, "
                "clip %g, %d threads, backend %s\n", len, most, tc->batch_size * run_accum(tc), tc->seq_len, batch, tc->lr,
-               sched, 100.0 * tc->warmup_share, tc->adamw ? "AdamW" : "Adam", tc->weight_decay, tc->grad_clip, o->threads,
+               sched, 100.0 * tc->warmup_share, optim_name(tc), tc->weight_decay, tc->grad_clip, o->threads,
                backend_name());
     } else {
         printf("training: %ld steps, batch %d x %d%s, lr %g (%s, warm-up %d), %s, wd %g, clip %g, %d threads, backend %s\n",
                tc->steps, tc->batch_size * run_accum(tc), tc->seq_len, batch, tc->lr, sched, tc->warmup_steps,
-               tc->adamw ? "AdamW" : "Adam", tc->weight_decay, tc->grad_clip, o->threads, backend_name());
+               optim_name(tc), tc->weight_decay, tc->grad_clip, o->threads, backend_name());
     }
     if (o->bf16)
         printf("precision: bf16 mixed (bf16 operands, float sums and weights), %s kernel%s\n", gemm_bf16_kernel(),
