@@ -74,6 +74,10 @@ typedef struct {
     uint8_t *mask;           /* [B, Tk] or NULL */
     float *out, *att, *r;    /* out [B Tq, ldo], att [B, NH, Tq, Tk], r: the loss's weights on out */
     int fast;                /* the loss runs attn_forward (1) or attn_forward_ref (0) */
+    float pdrop;             /* > 0: dropout on the probabilities (attn_dropout_*), mask redrawn from dseed */
+    uint64_t dseed;
+    uint8_t *dmask;          /* [B, NH, Tq, Tk] */
+    float *att_d;            /* [B, NH, Tq, Tk] */
 } Prob;
 
 /* fused: q, k, v columns of one buffer [B T, (NH + 2 NKV) hd + 1] (Tq == Tk); otherwise q in its own
@@ -132,6 +136,11 @@ static void prob_drop_masked_rows(Prob *p) {
 static void prob_forward(Prob *p, int fast) {
     if (fast) attn_forward(p->out, p->att, p->q, p->k, p->v, p->bias, p->mask, &p->d);
     else attn_forward_ref(p->out, p->att, p->q, p->k, p->v, p->bias, p->mask, &p->d);
+    if (p->pdrop > 0.0f) {   /* the same mask every call: a fixed function of q, k, v, bias */
+        Rng r;
+        rng_seed(&r, p->dseed);
+        attn_dropout_forward(p->out, p->att_d, p->dmask, p->att, p->v, p->pdrop, &p->d, &r);
+    }
 }
 
 static double prob_loss(void *ctx) {
@@ -156,7 +165,10 @@ static Grads grads_make(const Prob *p) {
 }
 
 static void prob_backward(Prob *p, Grads *g, int fast) {
-    if (fast) attn_backward(g->dq, g->dk, g->dv, g->dbias, g->datt, p->r, p->att, p->q, p->k, p->v, &p->d);
+    if (p->pdrop > 0.0f)
+        attn_dropout_backward(g->dq, g->dk, g->dv, g->dbias, g->datt, p->att_d, p->r, p->att, p->dmask, p->pdrop, p->q,
+                              p->k, p->v, &p->d);
+    else if (fast) attn_backward(g->dq, g->dk, g->dv, g->dbias, g->datt, p->r, p->att, p->q, p->k, p->v, &p->d);
     else attn_backward_ref(g->dq, g->dk, g->dv, g->dbias, g->datt, p->r, p->att, p->q, p->k, p->v, &p->d);
 }
 
@@ -221,6 +233,60 @@ TEST(attn_grad_gemm_route) {   /* 66 x 70 scores, hd 17: the fast version's GEMM
     int left[1] = {3}, right[1] = {5};
     fd_both("gemm route", prob_make(1, 66, 70, 2, 1, 17, 1, 0.3f, 0, 1, left, right));
     fd_both("gemm route full", prob_make(1, 66, 66, 2, 2, 17, 0, 0.3f, 1, 0, NULL, NULL));
+    arena_reset();
+}
+
+/* ---- dropout on the probabilities (T5 / Switch training) ---- */
+
+static Prob prob_dropout(Prob p, float pdrop) {
+    size_t na = (size_t)p.d.B * p.d.NH * p.d.Tq * p.d.Tk;
+    p.pdrop = pdrop;
+    p.dseed = 99;
+    p.dmask = grab(na);
+    p.att_d = zero(na);
+    return p;
+}
+
+/* Finite differences through the dropped probabilities (the mask fixed by its seed): causal GQA with
+ * padding and a bias, cross-attention, and a block past the GEMM threshold; 30% dropped. Tolerances
+ * as the other gradient tests (ATOL, RTOL: the float forward's rounding over h = 1e-2). */
+TEST(attn_grad_dropout) {
+    int left[2] = {0, 2}, right[2] = {2, 0};
+    fd_case("dropout gqa causal", prob_dropout(prob_make(2, 6, 6, 4, 2, 5, 1, 0.4f, 1, 1, left, right), 0.3f), 1);
+    int cl[2] = {0, 1}, cr[2] = {3, 1};
+    fd_case("dropout cross", prob_dropout(prob_make(2, 4, 7, 2, 2, 6, 0, 1.0f, 0, 1, cl, cr), 0.3f), 1);
+    fd_case("dropout gemm size", prob_dropout(prob_make(1, 20, 18, 2, 2, 9, 1, 1.0f, 0, 1, NULL, NULL), 0.3f), 1);
+    arena_reset();
+}
+
+/* The dropout pair with p = 0 is attn_forward / attn_backward (every key kept, the same products up to
+ * the order of float sums: 1e-5 relative), and with p = 0.3 drops about 30% of the entries and changes
+ * the output. */
+TEST(attn_dropout_p0_is_plain_attention) {
+    int left[2] = {1, 0}, right[2] = {0, 2};
+    Prob a = prob_make(2, 7, 7, 2, 2, 5, 1, 1.0f, 0, 1, left, right);
+    Prob b = a;
+    size_t no = (size_t)a.d.B * a.d.Tq * a.d.ldo, na = (size_t)a.d.B * a.d.NH * a.d.Tq * a.d.Tk;
+    b.out = zero(no);
+    b.att = zero(na);
+    b = prob_dropout(b, 0.0f);
+    prob_forward(&a, 1);
+    prob_forward(&b, 1);
+    Rng r;
+    rng_seed(&r, 5);
+    attn_dropout_forward(b.out, b.att_d, b.dmask, b.att, b.v, 0.0f, &b.d, &r);
+    EXPECT(max_rel_diff(a.out, b.out, no) <= 1e-5);
+    Grads ga = grads_make(&a), gb = grads_make(&b);
+    prob_backward(&a, &ga, 1);
+    attn_dropout_backward(gb.dq, gb.dk, gb.dv, gb.dbias, gb.datt, b.att_d, b.r, b.att, b.dmask, 0.0f, b.q, b.k, b.v, &b.d);
+    EXPECT(max_rel_diff(ga.dqbuf, gb.dqbuf, a.nq) <= 1e-5 && max_rel_diff(ga.dkvbuf, gb.dkvbuf, a.nkv) <= 1e-5);
+    EXPECT(max_rel_diff(ga.dbias, gb.dbias, (size_t)a.d.NH * a.d.Tq * a.d.Tk) <= 1e-5);
+    rng_seed(&r, 5);
+    attn_dropout_forward(b.out, b.att_d, b.dmask, b.att, b.v, 0.3f, &b.d, &r);
+    size_t dropped = 0;
+    for (size_t i = 0; i < na; i++) dropped += !b.dmask[i];
+    EXPECT_MSG(dropped > na / 5 && dropped < na * 2 / 5, "%zu of %zu dropped", dropped, na);
+    EXPECT(max_rel_diff(a.out, b.out, no) > 1e-2);
     arena_reset();
 }
 
@@ -743,6 +809,8 @@ int main(void) {
     RUN(attn_grad_cross);
     RUN(attn_grad_causal_offset);
     RUN(attn_grad_gemm_route);
+    RUN(attn_grad_dropout);
+    RUN(attn_dropout_p0_is_plain_attention);
     RUN(attn_fast_matches_reference);
     RUN(attn_threads_same_bits);
     RUN(attn_mask_semantics);

@@ -56,6 +56,9 @@ static void adam_case(int adamw) {
     double *mm = calloc(m.n_params, sizeof(double)), *vv = calloc(m.n_params, sizeof(double));
     double *ref = malloc(sizeof(double) * m.n_params);
     for (size_t i = 0; i < m.n_params; i++) ref[i] = m.params[i];
+    /* adamw-scale: one tensor with an RMS below the 1e-3 floor, the others at their init */
+    if (adamw == 2) for (size_t k = 0; k < m.tensors[1].size; k++) m.params[m.tensors[1].offset + k] *= 1e-4f;
+    for (size_t i = 0; i < m.n_params; i++) ref[i] = m.params[i];
     for (int step = 1; step <= 3; step++) {
         for (size_t i = 0; i < m.n_params; i++) m.grads[i] = 0.01f * (float)((i * 7 + step) % 13) - 0.05f;
         memcpy(p0, m.params, sizeof(float) * m.n_params);
@@ -65,14 +68,19 @@ static void adam_case(int adamw) {
         EXPECT(zeroed);
         for (int t = 0; t < m.n_tensors; t++) {
             const TensorInfo *ti = &m.tensors[t];
-            double wd = ti->decay ? 0.1 : 0.0;
+            double wd = ti->decay ? 0.1 : 0.0, rel = 1.0;
+            if (adamw == 2) {   /* the step times the tensor's RMS before it, at least 1e-3 */
+                double ss = 0.0;
+                for (size_t k = ti->offset; k < ti->offset + ti->size; k++) ss += ref[k] * ref[k];
+                rel = fmax(1e-3, sqrt(ss / (double)ti->size));
+            }
             for (size_t k = ti->offset; k < ti->offset + ti->size; k++) {
                 double g = 0.01f * (float)((k * 7 + step) % 13) - 0.05f;   /* the gradient set above */
                 if (!adamw) g += wd * ref[k];
                 mm[k] = 0.9 * mm[k] + 0.1 * g;
                 vv[k] = 0.95 * vv[k] + 0.05 * g * g;
                 double mh = mm[k] / (1 - pow(0.9, step)), vh = vv[k] / (1 - pow(0.95, step));
-                double upd = mh / (sqrt(vh) + 1e-8) + (adamw ? wd * ref[k] : 0.0);
+                double upd = rel * (mh / (sqrt(vh) + 1e-8)) + (adamw ? wd * ref[k] : 0.0);
                 ref[k] -= 0.01 * upd;
             }
         }
@@ -93,6 +101,7 @@ static void adam_case(int adamw) {
 }
 TEST(adamw_matches_reference) { adam_case(1); }
 TEST(adam_l2_matches_reference) { adam_case(0); }
+TEST(adamw_scale_matches_reference) { adam_case(2); }
 
 /* The clip fused into the update: a step with gscale s on gradients g is bit-identical to grad_clip
  * scaling g in place and a step with gscale 1 (what training did before the fusion). */
@@ -194,6 +203,7 @@ int main(void) {
     RUN(schedules);
     RUN(adamw_matches_reference);
     RUN(adam_l2_matches_reference);
+    RUN(adamw_scale_matches_reference);
     RUN(clipping);
     RUN(fused_clip_matches_clip_then_step);
     RUN(ema_matches_reference);

@@ -241,7 +241,7 @@ TEST(switch_grads_match_reference) {
         Model m;
         snprintf(dir, sizeof dir, "tests/ref/switch/%s", models[mi]);
         EXPECT(model_load_dir(&m, dir, (int)s1[0], (int)s1[1], (int)s3[1]) == MOELM_OK);
-        Seq2SeqBatch b = {(int)s1[0], (int)s1[1], (int)s3[1], ids, mask, NULL, labels};
+        Seq2SeqBatch b = {(int)s1[0], (int)s1[1], (int)s3[1], ids, mask, NULL, labels, NULL};
         EXPECT(encdec_check_batch(&m, &b) == MOELM_OK);
         model_zero_grad(&m);
         encdec_forward(&m, &b, 0);
@@ -284,9 +284,13 @@ TEST(switch_grads_match_reference) {
 typedef struct {
     Model *m;
     Seq2SeqBatch b;
+    int training;   /* 1: a training forward, its dropout masks drawn from the same seed every time */
 } FdCtx;
 
-static double fd_loss(FdCtx *c) { return (double)encdec_forward(c->m, &c->b, 0); }
+static double fd_loss(FdCtx *c) {
+    if (c->training) rng_seed(&c->m->rng, 1234);
+    return (double)encdec_forward(c->m, &c->b, c->training);
+}
 
 /* The routing and the ReLU signs: a perturbation that changes one makes the quotient meaningless. */
 static uint64_t selection_hash(const Model *m) {
@@ -314,8 +318,8 @@ static uint64_t selection_hash(const Model *m) {
  * h = 3e-3: the loss (~3) rounds at 2.4e-7, ~4e-5 in the quotient; curvature O(h^2) stays below 1%:
  * |analytic - numeric| <= 2e-4 + 3e-2 |numeric| passes that and fails a missing or wrong term (checked
  * by scaling single backward terms). Coordinates that change a selection are skipped. */
-static int fd_model(Model *m, const Seq2SeqBatch *b, const char *label) {
-    FdCtx c = {m, *b};
+static int fd_model(Model *m, const Seq2SeqBatch *b, const char *label, int training) {
+    FdCtx c = {m, *b, training};
     model_zero_grad(m);
     fd_loss(&c);
     encdec_backward(m);
@@ -323,6 +327,9 @@ static int fd_model(Model *m, const Seq2SeqBatch *b, const char *label) {
     float *grads = malloc(sizeof(float) * m->n_params);
     memcpy(grads, m->grads, sizeof(float) * m->n_params);
     const float h = 3e-3f;
+    /* training: kept activations scaled by 1 / (1 - p) round coarser; a few ulps of the loss (2.4e-7
+     * each) over 2h are 1e-4 and more in the quotient */
+    const double atol = training ? 5e-4 : 2e-4;
     int ok = 1, total = 0;
     for (int i = 0; i < m->n_tensors; i++) {
         const TensorInfo *t = &m->tensors[i];
@@ -340,7 +347,7 @@ static int fd_model(Model *m, const Seq2SeqBatch *b, const char *label) {
             if (flip) continue;
             checked++;
             double num = (lp - lm) / (2.0 * h), an = grads[t->offset + k];
-            if (fabs(num - an) > 2e-4 + 3e-2 * fabs(num)) {
+            if (fabs(num - an) > atol + 3e-2 * fabs(num)) {
                 if (bad < 3) printf("  %s %s[%zu]: analytic %.6g numeric %.6g\n", label, t->name, k, an, num);
                 bad++;
             }
@@ -380,7 +387,7 @@ static void fd_config(ModelConfig *c) {
     c->sw.decoder_start_token_id = 0;
 }
 
-static void fd_case(ModelConfig *c, const char *label) {
+static void fd_case_mode(ModelConfig *c, const char *label, int training) {
     int ids[12], mask[12], labels[10];
     for (int i = 0; i < 12; i++) {
         ids[i] = (i * 7 + 3 + i / 4) % 11;
@@ -395,14 +402,66 @@ static void fd_case(ModelConfig *c, const char *label) {
     for (int i = 0; i < m.n_tensors; i++)
         if (strstr(m.tensors[i].name, "router"))
             for (size_t k = 0; k < m.tensors[i].size; k++) m.params[m.tensors[i].offset + k] *= 10.0f;
-    Seq2SeqBatch b = {2, 6, 5, ids, mask, NULL, labels};
-    EXPECT_MSG(fd_model(&m, &b, label), "%s", label);
+    Seq2SeqBatch b = {2, 6, 5, ids, mask, NULL, labels, NULL};
+    EXPECT_MSG(fd_model(&m, &b, label, training), "%s", label);
     int dropped = 0;
     MoELayer ml[CONFIG_MAX_MOE_LAYERS];
     int n = model_moe_layers(&m, ml, CONFIG_MAX_MOE_LAYERS);
     for (int l = 0; l < n; l++) for (int t = 0; t < ml[l].a->N; t++) dropped += ml[l].a->slot_row[t] < 0;
     EXPECT(n >= 2 && (dropped > 0 || c->router_type == ROUTER_SOFT));   /* soft gating has no capacity */
     model_free(&m);
+}
+
+static void fd_case(ModelConfig *c, const char *label) { fd_case_mode(c, label, 0); }
+
+/* Training mode with HF's dropout everywhere it applies it (embeddings, attention probabilities, sublayer
+ * outputs, the dense FF's and the experts' hidden activations, the final norm), 30%: the masks drawn
+ * from one seed each evaluation, so the loss is a fixed smooth function of the parameters. Same
+ * tolerances as the eval-mode cases. */
+TEST(switch_grad_fd_dropout_training) {
+    ModelConfig c;
+    fd_config(&c);
+    c.dropout_rate = 0.3f;
+    fd_case_mode(&c, "dropout 0.3 training", 1);
+    c.tie_word_embeddings = 0;
+    c.hidden_act = ACT_RELU;
+    fd_case_mode(&c, "dropout 0.3 training untied relu", 1);
+}
+
+/* Dropout is training only: an eval forward of a model with dropout_rate 0.3 gives the bits of the same
+ * weights with dropout 0; a training forward differs, and its masks drop about 30% of the attention
+ * probabilities and of the experts' hidden activations. */
+TEST(switch_dropout_eval_unaffected) {
+    ModelConfig c;
+    fd_config(&c);
+    c.expert_capacity = 64;
+    Model a, b;
+    EXPECT(model_create_encdec(&a, &c, 2, 6, 5, 3, 0, 1) == MOELM_OK);
+    c.dropout_rate = 0.3f;
+    EXPECT(model_create_encdec(&b, &c, 2, 6, 5, 3, 0, 1) == MOELM_OK);
+    EXPECT(a.n_params == b.n_params && !memcmp(a.params, b.params, sizeof(float) * a.n_params));
+    int ids[12], labels[10];
+    for (int i = 0; i < 12; i++) ids[i] = (i * 5 + 1) % 11;
+    for (int i = 0; i < 10; i++) labels[i] = (i * 3 + 2) % 11;
+    Seq2SeqBatch bt = {2, 6, 5, ids, NULL, NULL, labels, NULL};
+    float la = encdec_forward(&a, &bt, 0), lb = encdec_forward(&b, &bt, 0);
+    EXPECT_MSG(la == lb, "eval loss %.9g with dropout 0, %.9g with 0.3", la, lb);
+    EXPECT(!memcmp(a.ed->logits, b.ed->logits, sizeof(float) * 10 * 11));
+    int bad_mask[10] = {1, 1, 1, 2, 1, 1, 1, 1, 1, 0};   /* a 2: rejected with its place */
+    Seq2SeqBatch bm = {2, 6, 5, ids, NULL, NULL, labels, bad_mask};
+    EXPECT(encdec_check_batch(&b, &bm) == MOELM_ERR_DATA && strstr(moelm_last_error(), "decoder_attention_mask: 2 at 3"));
+    float lt = encdec_forward(&b, &bt, 1);
+    EXPECT_MSG(fabsf(lt - lb) > 1e-4f, "training loss %.9g equals the eval loss", lt);
+    size_t n = 0, kept = 0, hn = 0, hkept = 0;
+    const T5BlockActs *blk = &b.ed->dec.blocks[1];   /* the decoder's sparse block */
+    for (size_t i = 0; i < (size_t)2 * 2 * 5 * 5; i++) { n++; kept += blk->att_drop[i]; }
+    for (size_t i = 0; i < (size_t)2 * 2 * 5 * 6; i++) { n++; kept += blk->catt_drop[i]; }
+    EXPECT(blk->moe.hdrop != NULL && blk->moe.hdrop_p == 0.3f);
+    for (size_t i = 0; i < (size_t)blk->moe.S * c.d_ff; i++) { hn++; hkept += blk->moe.hdrop[i]; }
+    EXPECT_MSG(kept > n / 2 && kept < n * 9 / 10 && hkept > hn / 2 && hkept < hn * 9 / 10,
+               "kept %zu of %zu probabilities, %zu of %zu expert activations", kept, n, hkept, hn);
+    model_free(&a);
+    model_free(&b);
 }
 
 TEST(switch_grad_fd_tied_gelu) {
@@ -473,7 +532,7 @@ TEST(switch_cached_decoding_equals_full_forward) {
         int dec[3 * 8], enc3[3 * 7], mask3[3 * 7];
         for (int i = 0; i < R * T; i++) dec[i] = i % T == 0 ? 0 : (i * 7 + 3) % V;
         for (int r = 0; r < R; r++) memcpy(enc3 + r * 7, enc, sizeof enc), memcpy(mask3 + r * 7, mask, sizeof mask);
-        Seq2SeqBatch b = {R, 7, T, enc3, mask3, dec, NULL};
+        Seq2SeqBatch b = {R, 7, T, enc3, mask3, dec, NULL, NULL};
         encdec_forward(&m, &b, 0);
         float *full = malloc(sizeof(float) * (size_t)R * T * V);
         memcpy(full, m.ed->logits, sizeof(float) * (size_t)R * T * V);
@@ -528,7 +587,7 @@ static int ref_beam(Model *m, const int *enc, int Te, int N, int max_new, float 
             int dec[16];
             dec[0] = 0;
             memcpy(dec + 1, seq[b], sizeof(int) * (size_t)len);
-            Seq2SeqBatch bt = {1, Te, len + 1, enc, NULL, dec, NULL};
+            Seq2SeqBatch bt = {1, Te, len + 1, enc, NULL, dec, NULL, NULL};
             encdec_forward(m, &bt, 0);
             const float *lg = m->ed->logits + (size_t)len * V;
             double mx = -1e30, sum = 0;
@@ -631,7 +690,7 @@ TEST(switch_step_allocates_nothing) {
     int ids[12], labels[10];
     for (int i = 0; i < 12; i++) ids[i] = (i * 5 + 1) % 11;
     for (int i = 0; i < 10; i++) labels[i] = (i * 3 + 2) % 11;
-    Seq2SeqBatch b = {2, 6, 5, ids, NULL, NULL, labels};
+    Seq2SeqBatch b = {2, 6, 5, ids, NULL, NULL, labels, NULL};
     size_t live = moelm_alloc_live_bytes();
     moelm_alloc_fail_after(1);
     float loss = encdec_forward(&m, &b, 1);
@@ -731,6 +790,8 @@ int main(void) {
     RUN(switch_grad_fd_untied_relu_fixed_losses);
     RUN(switch_grad_fd_dropped_scaled_input_all_sparse);
     RUN(switch_grad_fd_other_routers);
+    RUN(switch_grad_fd_dropout_training);
+    RUN(switch_dropout_eval_unaffected);
     RUN(switch_cached_decoding_equals_full_forward);
     RUN(switch_beam_search_and_greedy);
     RUN(switch_step_allocates_nothing);

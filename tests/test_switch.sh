@@ -29,9 +29,11 @@ check "switch-t5-tiny learns: span-corruption val loss ${val:-none} < 4.3" awk "
 check "metrics name the stacks' sparse blocks" grep -q '"stack": "decoder", "block": 1' "$TMP/learn/metrics.jsonl"
 $BIN report "$TMP/learn" -o "$TMP/report.html" >/dev/null 2>&1
 check "the report names the stacks' sparse blocks" grep -q "decoder block 1" "$TMP/report.html"
-# exact resume: 12 steps, or 6 (--stop-at) + resume + 6: the same losses and the same final weights
-$BIN train --config switch-t5-tiny --steps 12 --ckpt-interval 6 --eval-interval 0 --log-interval 1 --out "$TMP/full" $T1 >/dev/null 2>&1
-$BIN train --config switch-t5-tiny --steps 12 --ckpt-interval 6 --eval-interval 0 --log-interval 1 --stop-at 6 --out "$TMP/half" $T1 >/dev/null 2>&1
+# exact resume: 12 steps, or 6 (--stop-at) + resume + 6: the same losses and the same final weights (with
+# dropout, so that its masks, on the probabilities and the experts' activations too, continue exactly)
+D="--set dropout_rate=0.1"
+$BIN train --config switch-t5-tiny $D --steps 12 --ckpt-interval 6 --eval-interval 0 --log-interval 1 --out "$TMP/full" $T1 >/dev/null 2>&1
+$BIN train --config switch-t5-tiny $D --steps 12 --ckpt-interval 6 --eval-interval 0 --log-interval 1 --stop-at 6 --out "$TMP/half" $T1 >/dev/null 2>&1
 $BIN train --resume "$TMP/half" --log-interval 1 $T1 >/dev/null 2>&1
 losses() { grep '"loss"' "$1/metrics.jsonl" | sed -E 's/.*"loss": ([0-9.]+).*/\1/' | tr '\n' ' '; }
 check "resume: the same 12 losses" test "$(losses "$TMP/full")" = "$(losses "$TMP/half")"
@@ -132,6 +134,8 @@ inp mask-shape     "attention_mask.*shape"   '{"a.input_ids":{"dtype":"I32","sha
 inp stray-tensor   "a.logits.*not"           '{"a.input_ids":{"dtype":"I32","shape":[1,2],"data_offsets":[0,8]},"a.logits":{"dtype":"I32","shape":[1,2],"data_offsets":[8,16]}}' 16
 inp no-decoder     "decoder_input_ids or"    '{"a.input_ids":{"dtype":"I32","shape":[1,1],"data_offsets":[0,4]}}' 4
 inp labels-batch   "labels.*match"           '{"a.input_ids":{"dtype":"I32","shape":[1,2],"data_offsets":[0,8]},"a.labels":{"dtype":"I32","shape":[2,1],"data_offsets":[8,16]}}' 16
+inp dmask-alone     "decoder_attention_mask without" '{"a.input_ids":{"dtype":"I32","shape":[1,2],"data_offsets":[0,8]},"a.decoder_attention_mask":{"dtype":"I32","shape":[1,2],"data_offsets":[8,16]}}' 16
+inp dmask-shape     "decoder_attention_mask.*match" '{"a.input_ids":{"dtype":"I32","shape":[1,2],"data_offsets":[0,8]},"a.labels":{"dtype":"I32","shape":[1,2],"data_offsets":[8,16]},"a.decoder_attention_mask":{"dtype":"I32","shape":[1,3],"data_offsets":[16,28]}}' 28
 inp truncated      "size|end|offsets|bytes|file"            '{"a.input_ids":{"dtype":"I32","shape":[1,2],"data_offsets":[0,8]}}' 5
 printf 'not a safetensors file at all' >"$I/text.safetensors"; ni=$((ni + 1))
 expect_error "inputs: not safetensors" "$I/text" $BIN forward -m $REF/switch_tied --inputs "$I/text.safetensors" -o "$TMP/no.out" -t 1
@@ -158,6 +162,14 @@ $BIN tokenizer train --input "$TMP/big.txt" --model_prefix "$TMP/big" --model_ty
 cp "$TMP/big.model" "$H/tokenizer.model"
 expect_error "tokenizer: more pieces than the model's vocabulary" "more than the model's vocab_size 40" \
     $BIN generate -m "$H" -p "w1" -n 2
+# the same read from HF's name for T5's tokenizer, spiece.model; and a spiece.model that is not one
+rm -f "$H/tokenizer.model"; cp "$TMP/tkw.model" "$H/spiece.model"
+expect_error "spiece.model: a piece named like a sentinel" "spiece.model.*already has the piece \"<extra_id_3>\"" \
+    $BIN generate -m "$H" -p "a" -n 2
+head -c 300 /dev/urandom >"$H/spiece.model"
+expect_error "spiece.model: random bytes" "spiece.model" $BIN generate -m "$H" -p "a" -n 2
+printf '\012\005\012\001a\025' >"$H/spiece.model"   # a piece field cut off inside its score
+expect_error "spiece.model: truncated" "spiece.model" $BIN generate -m "$H" -p "a" -n 2
 expect_error "forward: missing --inputs" "required" $BIN forward -m $REF/switch_tied -o "$TMP/no.out"
 expect_error "forward: unknown flag" "unknown flag" $BIN forward --bogus
 

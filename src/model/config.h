@@ -158,7 +158,8 @@ typedef struct {
     float lr, min_lr_ratio;               /* decay ends at lr * min_lr_ratio */
     int warmup_steps;
     LrSchedule schedule;
-    int adamw;                            /* 1: AdamW (decoupled decay), 0: Adam (L2 folded into the gradient) */
+    int adamw;                            /* 1: AdamW (decoupled decay), 0: Adam (L2 folded into the gradient),
+                                           * 2: AdamW with each tensor's step times its RMS (optim.h) */
     float weight_decay, beta1, beta2, eps, grad_clip;   /* grad_clip <= 0: off */
     long steps;
     /* dropout that grows with the epochs a run is given: past dropout_epochs epochs the rate is

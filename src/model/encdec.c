@@ -103,6 +103,7 @@ static void layout_stack_acts(EncDec *ed, const ModelConfig *c, Bump *b, int dec
         a->k = BF(b, N * I);
         a->v = BF(b, N * I);
         a->att = BF(b, (size_t)B * NH * T * T);
+        a->att_drop = BU8(b, (size_t)B * NH * T * T);
         a->atty = BF(b, N * I);
         a->drop1 = BU8(b, N * C);
         a->res1 = BF(b, N * C);
@@ -113,6 +114,7 @@ static void layout_stack_acts(EncDec *ed, const ModelConfig *c, Bump *b, int dec
             a->ck = BF(b, Ne * I);
             a->cv = BF(b, Ne * I);
             a->catt = BF(b, (size_t)B * NH * T * Te);
+            a->catt_drop = BU8(b, (size_t)B * NH * T * Te);
             a->catty = BF(b, N * I);
             a->drop2 = BU8(b, N * C);
             a->res2 = BF(b, N * C);
@@ -149,6 +151,7 @@ static void layout_encdec_acts(void *ctx, Bump *b) {
     layout_stack_acts(ed, c, b, 0);
     layout_stack_acts(ed, c, b, 1);
     ed->enc_mask = BU8(b, B * Te);
+    ed->dec_mask = BU8(b, Nd);
     ed->enc_ids = layout_bump(b, sizeof(int) * (size_t)B * Te);
     ed->dec_ids = layout_bump(b, sizeof(int) * (size_t)Nd);
     ed->labels = layout_bump(b, sizeof(int) * (size_t)Nd);
@@ -165,6 +168,7 @@ static void layout_encdec_acts(void *ctx, Bump *b) {
     ed->dv = BF(b, N * I);
     ed->dattn = BF(b, N * I);
     ed->datt = BF(b, (size_t)B * NH * T * T);
+    ed->att_d = BF(b, (size_t)B * NH * T * T);
     ed->dbias = BF(b, (size_t)NH * T * T);
     ed->dfc = BF(b, N * H);
     ed->dfc2 = BF(b, N * H);
@@ -212,6 +216,9 @@ static MoEConfig stack_moe_config(const ModelConfig *c) {
     mc.aux_coef = c->router_type == ROUTER_SWITCH ? 0.0f : c->router_aux_loss_coef;
     mc.dropped_gets_input = c->sw.dropped_scaled_input;
     mc.min_capacity = 0;
+    /* HF's experts are DenseActDense, with its dropout: the mask is held when the config has a dropout
+     * rate; each forward then sets the rate to the run's (stack_forward) */
+    mc.expert_dropout = c->dropout_rate;
     return mc;
 }
 
@@ -336,6 +343,9 @@ moelm_status encdec_check_batch(const Model *m, const Seq2SeqBatch *b) {
         if (b->labels && b->labels[i] != -100 && (b->labels[i] < 0 || b->labels[i] >= V))
             return moelm_fail(MOELM_ERR_DATA, "labels: %d at %zu is neither -100 nor in the vocabulary [0, %d)",
                               b->labels[i], i, V);
+        if (b->decoder_attention_mask && b->decoder_attention_mask[i] != 0 && b->decoder_attention_mask[i] != 1)
+            return moelm_fail(MOELM_ERR_DATA, "decoder_attention_mask: %d at %zu is not 0 or 1",
+                              b->decoder_attention_mask[i], i);
     }
     return MOELM_OK;
 }
@@ -362,8 +372,10 @@ static void take_batch(EncDec *ed, const ModelConfig *c, const Seq2SeqBatch *b) 
             CHECK(d >= 0 && d < c->vocab_size);
             ed->dec_ids[i] = d;
             ed->labels[i] = b->labels && b->labels[i] != -100 ? b->labels[i] : -1;
+            ed->dec_mask[i] = b->decoder_attention_mask ? (uint8_t)(b->decoder_attention_mask[i] != 0) : 1;
         }
     ed->has_labels = b->labels != NULL;
+    ed->has_dec_mask = b->decoder_attention_mask != NULL;
 }
 
 /* ---- forward ----------------------------------------------------------------------------------- */
@@ -395,7 +407,9 @@ static void block_forward(Model *m, T5StackActs *s, T5BlockActs *a, const T5Bloc
     matmul_forward(a->k, a->ln1, p->k, NULL, N, C, I);
     matmul_forward(a->v, a->ln1, p->v, NULL, N, C, I);
     AttnDims d = self_dims(ed, B, T, dec, c);
-    attn_forward(a->atty, a->att, a->q, a->k, a->v, s->bias, dec ? NULL : ed->enc_mask, &d);
+    attn_forward(a->atty, a->att, a->q, a->k, a->v, s->bias, !dec ? ed->enc_mask : ed->has_dec_mask ? ed->dec_mask : NULL,
+                 &d);
+    if (pdrop > 0.0f) attn_dropout_forward(a->atty, ed->att_d, a->att_drop, a->att, a->v, pdrop, &d, &m->rng);
     matmul_forward(proj, a->atty, p->o, NULL, N, I, C);
     dropout_forward(proj, a->drop1, proj, pdrop, NC, &m->rng);
     add_forward(a->res1, a->x_in, proj, NC);
@@ -408,6 +422,7 @@ static void block_forward(Model *m, T5StackActs *s, T5BlockActs *a, const T5Bloc
         matmul_forward(a->cv, ed->enc.out, p->cv, NULL, Ne, C, I);
         AttnDims cd = cross_dims(ed, c);
         attn_forward(a->catty, a->catt, a->cq, a->ck, a->cv, NULL, ed->enc_mask, &cd);
+        if (pdrop > 0.0f) attn_dropout_forward(a->catty, ed->att_d, a->catt_drop, a->catt, a->cv, pdrop, &cd, &m->rng);
         matmul_forward(proj, a->catty, p->co, NULL, N, I, C);
         dropout_forward(proj, a->drop2, proj, pdrop, NC, &m->rng);
         add_forward(a->res2, a->res1, proj, NC);
@@ -487,6 +502,7 @@ static void stack_forward(Model *m, int dec, const int *ids, float pdrop, int tr
     int hf = c->router_type == ROUTER_SWITCH;
     s->losses_on = s->n_sparse > 0 && (!hf || !c->sw.hf_router_losses || config_switch_sparse_step(c, dec) > 1);
     s->moe_cfg.group_size = T;
+    s->moe_cfg.expert_dropout = pdrop;
     s->moe_cfg.z_coef = !s->losses_on ? 0.0f : hf ? c->router_z_loss_coef / (float)s->n_sparse : c->router_z_loss_coef;
     float *x0 = s->blocks[0].x_in;
     encoder_forward(x0, ids, ed->p.shared, NULL, B, T, C);
@@ -508,7 +524,7 @@ static void stack_forward(Model *m, int dec, const int *ids, float pdrop, int tr
 void encdec_encode(Model *m, const int *ids, const int *mask, int B, int Te) {
     EncDec *ed = m->ed;
     CHECK(ed && B >= 1 && B <= ed->Bmax && Te >= 1 && Te <= ed->Temax);
-    Seq2SeqBatch b = {B, Te, 1, ids, mask, ids, NULL};   /* no decoder: its ids are not read */
+    Seq2SeqBatch b = {B, Te, 1, ids, mask, ids, NULL, NULL};   /* no decoder: its ids are not read */
     ed->B = B;
     ed->Te = Te;
     ed->Td = 1;
@@ -590,7 +606,11 @@ static void block_backward(Model *m, T5StackActs *s, T5BlockActs *a, const T5Blo
         dropout_backward(dbuf2, dres, a->drop2, pdrop, NC);
         matmul_backward(ed->dattn, g->co, NULL, dbuf2, a->catty, p->co, N, I, C);
         AttnDims cd = cross_dims(ed, c);
-        attn_backward(ed->dq, ed->dk, ed->dv, NULL, ed->datt, ed->dattn, a->catt, a->cq, a->ck, a->cv, &cd);
+        if (pdrop > 0.0f)
+            attn_dropout_backward(ed->dq, ed->dk, ed->dv, NULL, ed->datt, ed->att_d, ed->dattn, a->catt, a->catt_drop,
+                                  pdrop, a->cq, a->ck, a->cv, &cd);
+        else
+            attn_backward(ed->dq, ed->dk, ed->dv, NULL, ed->datt, ed->dattn, a->catt, a->cq, a->ck, a->cv, &cd);
         matmul_backward(dbuf, g->cq, NULL, ed->dq, a->ln2, p->cq, N, C, I);
         rmsnorm_backward(dres, g->ca_ln, dbuf, a->res1, p->ca_ln, a->rstd2, N, C);
         matmul_backward(dbuf2, g->ck, NULL, ed->dk, ed->enc.out, p->ck, Ne, C, I);
@@ -603,7 +623,11 @@ static void block_backward(Model *m, T5StackActs *s, T5BlockActs *a, const T5Blo
     dropout_backward(dbuf2, dres, a->drop1, pdrop, NC);
     matmul_backward(ed->dattn, g->o, NULL, dbuf2, a->atty, p->o, N, I, C);
     AttnDims d = self_dims(ed, B, T, dec, c);
-    attn_backward(ed->dq, ed->dk, ed->dv, ed->dbias, ed->datt, ed->dattn, a->att, a->q, a->k, a->v, &d);
+    if (pdrop > 0.0f)
+        attn_dropout_backward(ed->dq, ed->dk, ed->dv, ed->dbias, ed->datt, ed->att_d, ed->dattn, a->att, a->att_drop, pdrop,
+                              a->q, a->k, a->v, &d);
+    else
+        attn_backward(ed->dq, ed->dk, ed->dv, ed->dbias, ed->datt, ed->dattn, a->att, a->q, a->k, a->v, &d);
     matmul_backward(dbuf, g->q, NULL, ed->dq, a->ln1, p->q, N, C, I);
     matmul_backward(dbuf2, g->k, NULL, ed->dk, a->ln1, p->k, N, C, I);
     add_forward(dbuf, dbuf, dbuf2, NC);

@@ -12,7 +12,9 @@
  *              x += drop(ffn(norm(x)))  ffn: wo(drop(act(wi h))), or the Switch layer (capacity per sequence)
  *   out = drop(final_norm(x))
  *   logits = (dec_out * C^-0.5) @ shared^T (tied) or dec_out @ lm_head^T
- *   attention: softmax(q k^T + bias + mask) v, no 1/sqrt(dk); the masks as HF adds them (attn.h).
+ *   attention: drop(softmax(q k^T + bias + mask)) v, no 1/sqrt(dk); the masks as HF adds them (attn.h);
+ *   drop: dropout_rate in training, as HF's (the probabilities, each sublayer's output, the dense FF's and
+ *   every expert's hidden activations, the embeddings and the final norm's output).
  * Losses as HF: lm = mean CE over labels != -100; per stack over its sparse blocks z = mean lse^2 and
  * aux = E^2 mean_{b,e} f[b,e] P[b,e] (each sequence's tokens of all its sparse layers together);
  * loss = lm + z_coef (z_enc + z_dec) + aux_coef (aux_enc + aux_dec). docs/MOE.md says where HF's
@@ -56,6 +58,7 @@ typedef struct {
     float *ln1, *rstd1;         /* [N, C], [N] */
     float *q, *k, *v;           /* [N, I] */
     float *att;                 /* [B, NH, T, T] probabilities */
+    uint8_t *att_drop;          /* [B, NH, T, T] their dropout (training) */
     float *atty;                /* [N, I] attention output before o */
     uint8_t *drop1;             /* [N, C] */
     float *res1;                /* [N, C] x_in + drop(o(atty)) */
@@ -63,6 +66,7 @@ typedef struct {
     float *cq;                  /* decoder: [Nd, I] */
     float *ck, *cv;             /* decoder: [Ne, I] keys and values of the encoder output */
     float *catt;                /* decoder: [B, NH, Td, Te] */
+    uint8_t *catt_drop;         /* decoder: [B, NH, Td, Te] their dropout (training) */
     float *catty;               /* decoder: [Nd, I] */
     uint8_t *drop2;             /* decoder: [Nd, C] */
     float *res2;                /* decoder: [Nd, C] res1 + drop(co(catty)) */
@@ -96,6 +100,8 @@ typedef struct {
     const int *attention_mask;     /* [B, Te] 1 keep, 0 padding; NULL: all 1 */
     const int *decoder_input_ids;  /* [B, Td]; NULL: labels shifted right from decoder_start_token_id */
     const int *labels;             /* [B, Td] targets, -100 ignored; NULL: no loss */
+    const int *decoder_attention_mask;   /* [B, Td] 1 keep, 0 padding (keys of the decoder's self-attention,
+                                          * with the causal mask); NULL: all 1 */
 } Seq2SeqBatch;
 
 typedef struct EncDec {
@@ -106,6 +112,9 @@ typedef struct EncDec {
     int I, NB;
     void *mem;                  /* activations and scratch */
     uint8_t *enc_mask;          /* [B, Te] key mask of the encoder and of cross-attention */
+    uint8_t *dec_mask;          /* [B, Td] key mask of the decoder's self-attention (the batch's
+                                 * decoder_attention_mask), used when has_dec_mask */
+    int has_dec_mask;
     int *enc_ids, *dec_ids, *labels;   /* [B, Te], [B, Td], [B, Td] copies of the batch (labels -1 = ignored) */
     float *dec_scaled;          /* [Nd, C] tied: dec.out * C^-0.5, the head's input */
     float *logits;              /* [Nd, V]; overwritten by dlogits in the backward */
@@ -118,6 +127,7 @@ typedef struct EncDec {
     float *dq, *dk, *dv;        /* [N, I] each */
     float *dattn;               /* [N, I] the gradient of an attention's output before o */
     float *datt;                /* [B, NH, Tmax, Tmax] */
+    float *att_d;               /* [B, NH, Tmax, Tmax] probabilities after dropout (forward and backward scratch) */
     float *dbias;               /* [NH, Tmax, Tmax] summed over a stack's blocks */
     float *dfc, *dfc2;          /* [N, H] */
     float *dlosses;             /* [Nd] */
@@ -132,7 +142,7 @@ moelm_status model_create_encdec(Model *m, const ModelConfig *cfg, int B, int Te
                                  int parts);
 void encdec_free(Model *m);
 
-/* Checks a batch against the model: shapes within the bound, ids in [0, V), mask values 0/1, labels
+/* Checks a batch against the model: shapes within the bound, ids in [0, V), masks' values 0/1, labels
  * in [0, V) or -100, a decoder_start_token_id when decoder inputs come from the labels. MOELM_ERR_DATA. */
 moelm_status encdec_check_batch(const Model *m, const Seq2SeqBatch *b);
 /* Forward; returns the loss (lm + router losses; 0 without labels). training: dropout and jitter. */

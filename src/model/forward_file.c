@@ -14,6 +14,7 @@ typedef struct {
     char prefix[96];
     int B, Te, Td;                  /* Td 0: no decoder tensors */
     int *ids, *mask, *dec, *labels; /* [B, Te], [B, Te] or NULL, [B, Td] or NULL, [B, Td] or NULL */
+    int *dmask;                     /* [B, Td] or NULL: decoder_attention_mask */
 } Case;
 
 typedef struct {
@@ -52,7 +53,8 @@ static moelm_status read_ints(const SafeTensors *st, const char *prefix, const c
 /* The cases of the inputs file: every prefix P of a tensor P.input_ids, with its optional tensors; any
  * other tensor is an error (a misspelt name would otherwise be silently skipped). */
 static moelm_status read_cases(const SafeTensors *st, Case *cs, int *ncase) {
-    static const char *const parts[] = {"input_ids", "attention_mask", "decoder_input_ids", "labels"};
+    static const char *const parts[] = {"input_ids", "attention_mask", "decoder_input_ids", "labels",
+                                        "decoder_attention_mask"};
     moelm_status err = MOELM_OK;
     int n = 0;
     for (int i = 0; i < st_count(st) && !err; i++) {
@@ -72,13 +74,13 @@ static moelm_status read_cases(const SafeTensors *st, Case *cs, int *ncase) {
         const char *name = st_name(st, i);
         int ok = 0;
         for (int k = 0; k < n && !ok; k++)
-            for (int p = 0; p < 4 && !ok; p++) {
+            for (int p = 0; p < 5 && !ok; p++) {
                 size_t pl = strlen(cs[k].prefix);
                 ok = !strncmp(name, cs[k].prefix, pl) && name[pl] == '.' && !strcmp(name + pl + 1, parts[p]);
             }
         if (!ok)
             return moelm_fail(MOELM_ERR_DATA, "input tensor '%s' is not P.input_ids, P.attention_mask, "
-                              "P.decoder_input_ids or P.labels of a case P", name);
+                              "P.decoder_input_ids, P.decoder_attention_mask or P.labels of a case P", name);
     }
     for (int k = 0; k < n && !err; k++) {
         Case *c = &cs[k];
@@ -97,16 +99,19 @@ static moelm_status read_cases(const SafeTensors *st, Case *cs, int *ncase) {
                                  (long long)sm[1], c->B, c->Te);
             if (!err) err = read_ints(st, c->prefix, "attention_mask", s, &c->mask);
         }
-        for (int p = 2; p < 4 && !err; p++) {
+        for (int p = 2; p < 5 && !err; p++) {
             snprintf(name, sizeof name, "%s.%s", c->prefix, parts[p]);
             int64_t sh[2];
             if (!input_shape(st, name, sh, &err)) continue;
-            if (sh[0] != s[0] || (sd[1] && sh[1] != sd[1]))
+            if (p == 4 && !sd[1])
+                err = moelm_fail(MOELM_ERR_DATA, "%s without %s.decoder_input_ids or %s.labels", name, c->prefix,
+                                 c->prefix);
+            else if (sh[0] != s[0] || (sd[1] && sh[1] != sd[1]))
                 err = moelm_fail(MOELM_ERR_DATA, "%s: shape [%lld, %lld] does not match the case's batch %d and "
                                  "decoder length", name, (long long)sh[0], (long long)sh[1], c->B);
             sd[0] = sh[0];
             sd[1] = sh[1];
-            if (!err) err = read_ints(st, c->prefix, parts[p], sh, p == 2 ? &c->dec : &c->labels);
+            if (!err) err = read_ints(st, c->prefix, parts[p], sh, p == 2 ? &c->dec : p == 3 ? &c->labels : &c->dmask);
         }
         c->Td = (int)sd[1];
     }
@@ -119,6 +124,7 @@ static void cases_free(Case *cs, int n) {
         moelm_free(cs[k].mask);
         moelm_free(cs[k].dec);
         moelm_free(cs[k].labels);
+        moelm_free(cs[k].dmask);
     }
 }
 
@@ -150,7 +156,7 @@ static moelm_status out_scalar(Outputs *o, const char *prefix, const char *what,
 static moelm_status run_switch(Model *m, const Case *c, Outputs *o) {
     if (!c->Td) return moelm_fail(MOELM_ERR_DATA, "case %s: an encoder-decoder needs %s.decoder_input_ids or %s.labels",
                                   c->prefix, c->prefix, c->prefix);
-    Seq2SeqBatch b = {c->B, c->Te, c->Td, c->ids, c->mask, c->dec, c->labels};
+    Seq2SeqBatch b = {c->B, c->Te, c->Td, c->ids, c->mask, c->dec, c->labels, c->dmask};
     moelm_status st = encdec_check_batch(m, &b);
     if (st) return moelm_fail_context(st, "case %s", c->prefix);
     encdec_forward(m, &b, 0);

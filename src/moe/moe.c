@@ -135,6 +135,7 @@ static size_t moe_acts_layout(MoEActs *a, void *mem, const MoEConfig *cfg, int N
     a->xd = carve(&cv, Smax * C * f);
     a->h_pre = carve(&cv, Smax * H1 * f);
     a->h = carve(&cv, Smax * H * f);
+    a->hdrop = carve(&cv, cfg->expert_dropout > 0.0f ? Smax * H : 0);
     a->y = carve(&cv, Smax * C * f);
     if (cfg->shared_expert) {
         a->sh_pre = carve(&cv, n * H1 * f);
@@ -168,6 +169,7 @@ static size_t moe_acts_layout(MoEActs *a, void *mem, const MoEConfig *cfg, int N
         a->ep_y = carve(&cv, R * C * f);
         a->ep_dh_pre = carve(&cv, R * H1 * f);
         a->ep_dh = carve(&cv, R * H * f);
+        a->ep_hdrop = carve(&cv, cfg->expert_dropout > 0.0f ? R * H : 0);
     }
     return cv.off + 64;   /* slack: the caller's block need not be 64-byte aligned at its start */
 }
@@ -533,30 +535,38 @@ static void colsum_add(float *db, const float *d, int n, int OC) {
         for (int o = 0; o < OC; o++) db[o] += d[(size_t)r * OC + o];
 }
 
-/* One FFN over n rows: h_pre = x @ w1^T + b1, h = act(h_pre), y = h @ w2^T + b2. w16: NULL (float), or
- * w1's and w2's packed bf16 forms (the four products in bf16 operands, float sums). */
+/* One FFN over n rows: h_pre = x @ w1^T + b1, h = drop(act(h_pre)), y = h @ w2^T + b2. w16: NULL (float),
+ * or w1's and w2's packed bf16 forms (the four products in bf16 operands, float sums). drop [n, H]: NULL,
+ * or the dropout mask of h at rate p (inverted: kept values scaled by 1 / (1 - p)). */
 static void ffn_forward(float *y, float *h, float *h_pre, const float *x, const float *w1, const float *b1,
-                        const float *w2, const float *b2, const Bf16Weight *w16, Activation act, int n, int C, int H) {
+                        const float *w2, const float *b2, const Bf16Weight *w16, const uint8_t *drop, float p,
+                        Activation act, int n, int C, int H) {
     int H1 = activation_in_width(act, H), bf = w16 != NULL;
     GemmCall g1 = {0, 1, n, H1, C, 1.0f, x, C, w1, C, 0.0f, h_pre, H1, bf, bf ? w16[0].fwd : NULL};
     gemm_halves_call(&g1);
     add_bias_rows(h_pre, b1, n, H1);
     activation_forward(h, h_pre, act, n, H);
+    if (drop) {
+        float keep = 1.0f / (1.0f - p);
+        for (size_t i = 0; i < (size_t)n * H; i++) h[i] = drop[i] ? h[i] * keep : 0.0f;
+    }
     GemmCall g2 = {0, 1, n, C, H, 1.0f, h, H, w2, H, 0.0f, y, C, bf, bf ? w16[1].fwd : NULL};
     gemm_halves_call(&g2);
     add_bias_rows(y, b2, n, C);
 }
 
 /* Backward of ffn_forward. dx[n,C] = ; dw1, db1, dw2, db2 +=. dy is read; dh, dh_pre are scratch.
- * dx may alias dy (dy is last read before dx is written). */
+ * dx may alias dy (dy is last read before dx is written). drop, p: the forward's. */
 static void ffn_backward(float *dx, float *dw1, float *db1, float *dw2, float *db2, float *dh, float *dh_pre,
                          const float *dy, const float *h, const float *h_pre, const float *x, const float *w1,
-                         const float *w2, const Bf16Weight *w16, Activation act, int n, int C, int H) {
+                         const float *w2, const Bf16Weight *w16, const uint8_t *drop, float p, Activation act, int n,
+                         int C, int H) {
     int H1 = activation_in_width(act, H), bf = w16 != NULL;
     GemmCall gh = {0, 0, n, H, C, 1.0f, dy, C, w2, H, 0.0f, dh, H, bf, bf ? w16[1].bwd : NULL};   /* dh = dy @ w2 */
     GemmCall gw2 = {1, 0, C, H, n, 1.0f, dy, C, h, H, 1.0f, dw2, H, bf, NULL};                    /* dw2 += dy^T h */
     gemm_pair(&gh, &gw2);
     colsum_add(db2, dy, n, C);
+    if (drop) dropout_backward(dh, dh, drop, p, (size_t)n * H);
     activation_backward(dh_pre, dh, h_pre, act, n, H);
     /* dy is read for the last time above, so dx (which may alias it) can be written alongside dw1 */
     GemmCall gw1 = {1, 0, H1, C, n, 1.0f, dh_pre, H1, x, C, 1.0f, dw1, C, bf, NULL};              /* dw1 += dh_pre^T x */
@@ -619,7 +629,8 @@ static void expert_forward(MoEActs *a, const MoEParams *p, const MoEConfig *cfg,
     Bf16Weight pair[2];
     ffn_forward(a->y + (size_t)r0 * C, a->h + (size_t)r0 * H, a->h_pre + (size_t)r0 * H1,
                 a->xd + (size_t)r0 * C, p->w1 + w * H1 * C, p->b1 ? p->b1 + w * H1 : NULL,
-                p->w2 + w * C * H, p->b2 ? p->b2 + w * C : NULL, expert16(pair, p, cfg, w), cfg->act, n, C, H);
+                p->w2 + w * C * H, p->b2 ? p->b2 + w * C : NULL, expert16(pair, p, cfg, w),
+                a->hdrop_p > 0.0f ? a->hdrop + (size_t)r0 * H : NULL, a->hdrop_p, cfg->act, n, C, H);
 }
 
 static void moe_experts_forward(MoEActs *a, const MoEParams *p, const MoEConfig *cfg) {
@@ -671,6 +682,7 @@ static MoEActs moe_ep_view(const MoEActs *a) {
     v.y = a->ep_y;
     v.dh_pre = a->ep_dh_pre;
     v.dh = a->ep_dh;
+    v.hdrop = a->ep_hdrop;
     v.dy = a->ep_y;   /* the backward's dy: y is not read by the experts' backward */
     return v;
 }
@@ -702,19 +714,23 @@ void moe_forward(float *out, MoEActs *a, const float *x, const int *tokens, cons
                  const MoEConfig *cfg, int N, int training, Rng *rng) {
     int C = cfg->C;
     moe_forward_route(a, x, tokens, p, cfg, N, training, rng);
+    a->hdrop_p = training && a->hdrop ? cfg->expert_dropout : 0.0f;
     if (a->Rmax) {
         /* expert parallel: each expert's slab xd[offsets[e]..] goes to the rank owning e, which runs
          * its experts over the rows of every peer (a view of the acts on its own slabs) */
         MoEActs v = moe_ep_view(a);
         moe_ep_to_owners(a, cfg, a->xd, a->ep_x, 1);
+        if (v.hdrop_p > 0.0f) dropout_draw(v.hdrop, v.hdrop_p, (size_t)v.offsets[cfg->E] * cfg->H, rng);
         moe_experts_forward(&v, p, cfg);
         moe_ep_from_owners(a, cfg, a->ep_y, a->y);   /* and the slabs y[offsets[e]..] come back */
     } else {
+        if (a->hdrop_p > 0.0f) dropout_draw(a->hdrop, a->hdrop_p, (size_t)a->offsets[cfg->E] * cfg->H, rng);
         moe_experts_forward(a, p, cfg);
     }
     if (cfg->shared_expert) {
         Bf16Weight pair[2];
-        ffn_forward(a->sy, a->sh, a->sh_pre, x, p->sw1, p->sb1, p->sw2, p->sb2, shared16(pair, p), cfg->act, N, C, cfg->H);
+        ffn_forward(a->sy, a->sh, a->sh_pre, x, p->sw1, p->sb1, p->sw2, p->sb2, shared16(pair, p), NULL, 0.0f, cfg->act,
+                    N, C, cfg->H);
     }
     moe_forward_combine(out, a, cfg);
     if (cfg->dropped_gets_input) {
@@ -806,7 +822,8 @@ static void expert_backward(MoEActs *a, MoEParams *grads, const MoEParams *p, co
                  grads->b2 ? grads->b2 + w * C : NULL,
                  a->dh + (size_t)r0 * H, a->dh_pre + (size_t)r0 * H1, dy, a->h + (size_t)r0 * H,
                  a->h_pre + (size_t)r0 * H1, a->xd + (size_t)r0 * C, p->w1 + w * H1 * C,
-                 p->w2 + w * C * H, expert16(pair, p, cfg, w), cfg->act, n, C, H);
+                 p->w2 + w * C * H, expert16(pair, p, cfg, w), a->hdrop_p > 0.0f ? a->hdrop + (size_t)r0 * H : NULL,
+                 a->hdrop_p, cfg->act, n, C, H);
 }
 
 static void moe_experts_backward(MoEActs *a, MoEParams *grads, const MoEParams *p, const MoEConfig *cfg) {
@@ -829,7 +846,7 @@ void moe_backward(float *dx, MoEParams *grads, const float *dout, MoEActs *a, co
     Bf16Weight pair[2];
     if (cfg->shared_expert)
         ffn_backward(dx, grads->sw1, grads->sb1, grads->sw2, grads->sb2, a->dh, a->dh_pre, dout, a->sh,
-                     a->sh_pre, x, p->sw1, p->sw2, shared16(pair, p), cfg->act, N, C, H);
+                     a->sh_pre, x, p->sw1, p->sw2, shared16(pair, p), NULL, 0.0f, cfg->act, N, C, H);
     else
         memset(dx, 0, NC * sizeof(float));
 

@@ -87,6 +87,9 @@ typedef struct {
     int no_bias;               /* 1: the experts have no biases (T5, Mixtral): b1 and b2 are NULL */
     int dropped_gets_input;    /* switch only: a token whose slot is dropped gets gate * x instead of 0 (Hugging
                                 * Face Switch 4.25-4.51, kept available; 0 everywhere else) */
+    float expert_dropout;      /* > 0: in training, dropout at this rate on each expert's hidden activations
+                                * (Hugging Face Switch's experts, DenseActDense: after the activation, before
+                                * wo); the acts then hold its mask. 0: none */
     int e_first;               /* the first expert whose weights MoEParams holds: under expert parallelism a
                                 * rank holds experts [e_first, e_first + E/P) only (w1 etc. are [E/P, ...]
                                 * there) and runs only those; 0 otherwise (all E held) */
@@ -133,7 +136,9 @@ typedef struct {
     int *row_slot;          /* [Smax] k index of each dispatched row (gate = gate[token*K + k]) */
     float *xd;              /* [Smax, C] dispatched inputs, grouped by expert */
     float *h_pre;           /* [Smax, H1] first linear output */
-    float *h;               /* [Smax, H] after activation */
+    float *h;               /* [Smax, H] after activation (and the expert dropout) */
+    uint8_t *hdrop;         /* [Smax, H] the expert dropout's mask (NULL unless cfg->expert_dropout > 0) */
+    float hdrop_p;          /* the expert dropout's rate in the last forward (0: none, as in eval) */
     float *y;               /* [Smax, C] expert outputs (before gate) */
     float *sh_pre, *sh, *sy;/* shared expert [N,H1], [N,H], [N,C] (NULL without one) */
     float aux_loss;         /* E * sum_e f_e P_e (unweighted) */
@@ -155,6 +160,7 @@ typedef struct {
     float *ep_stage;        /* [Rmax, max(C, ...)] rows as received, peer-major */
     float *ep_x, *ep_h_pre, *ep_h, *ep_y;     /* [Rmax, C], [Rmax, H1], [Rmax, H], [Rmax, C] owner's slabs */
     float *ep_dh_pre, *ep_dh;                 /* [Rmax, H1], [Rmax, H] owner's backward scratch */
+    uint8_t *ep_hdrop;                        /* [Rmax, H] the owner's expert dropout mask (as hdrop) */
 } MoEActs;
 
 /* Number of floats (and ints, counted as 4 bytes each) the activations of N tokens need: the caller

@@ -11,7 +11,9 @@
  *     (scores and probabilities times values; in the backward dP, dQ, dK, dV), a causal block's query
  *     rows 32 at a time against the keys they see; for smaller blocks vectorised loops;
  *   - attn_step, the last row of the forward for generation.
- * Not here: the projections, RoPE and the bias table (rope.c, posbias.c), dropout on the probabilities.
+ * Dropout on the probabilities (training, T5 / Switch): attn_dropout_forward redoes the values' product
+ * with the dropped probabilities, attn_dropout_backward is the backward of the pair.
+ * Not here: the projections, RoPE and the bias table (rope.c, posbias.c).
  * Parallel over (b, h) in the forward, (b, kv head) in the backward: one thread owns the dk, dv rows
  * of a kv head and the dq columns of its query heads; dbias is a separate pass over its rows, each
  * summing the batch in order, so no result depends on the thread count.
@@ -23,6 +25,7 @@
 #include <string.h>
 #include "backend/gemm.h"
 #include "common/util.h"
+#include "ops.h"
 #include "ops_simd.h"
 
 /* A (b, h) block takes the GEMM route when its score matrix has at least this many entries and its
@@ -324,6 +327,67 @@ void attn_backward(float *dq, float *dk, float *dv, float *dbias, float *datt, c
                 size_t oq = (size_t)b * d->Tq * d->ldq + (size_t)h * d->hd, oa = ((size_t)b * d->NH + h) * blk;
                 attn_block_backward(dq + oq, dkb, dvb, datt + oa, dout + (size_t)b * d->Tq * d->ldo + (size_t)h * d->hd,
                                     att + oa, q + oq, kb, vb, d, route);
+            }
+        }
+    if (dbias) attn_bias_grad(dbias, datt, d);
+}
+
+/* ---- dropout on the probabilities ------------------------------------------------------------------ */
+
+void attn_dropout_forward(float *out, float *att_d, uint8_t *mask, const float *att, const float *v, float p,
+                          const AttnDims *d, Rng *rng) {
+    attn_check(d);
+    CHECK(p >= 0.0f && p < 1.0f);
+    int rep = d->NH / d->NKV;
+    size_t blk = (size_t)d->Tq * d->Tk, work = (size_t)d->B * d->NH * blk * d->hd;
+    dropout_forward(att_d, mask, att, p, (size_t)d->B * d->NH * blk, rng);
+#pragma omp parallel for collapse(2) schedule(static) if (work >= PAR_MIN_WORK)
+    for (int b = 0; b < d->B; b++)
+        for (int h = 0; h < d->NH; h++)   /* each thread owns head h's columns of out in batch b */
+            gemm(0, 0, d->Tq, d->hd, d->Tk, 1.0f, att_d + ((size_t)b * d->NH + h) * blk, d->Tk,
+                 v + (size_t)b * d->Tk * d->ldv + (size_t)(h / rep) * d->hd, (int)d->ldv, 0.0f,
+                 out + (size_t)b * d->Tq * d->ldo + (size_t)h * d->hd, (int)d->ldo);
+}
+
+void attn_dropout_backward(float *dq, float *dk, float *dv, float *dbias, float *datt, float *att_d, const float *dout,
+                           const float *att, const uint8_t *mask, float p, const float *q, const float *k,
+                           const float *v, const AttnDims *d) {
+    attn_check(d);
+    CHECK(p >= 0.0f && p < 1.0f);
+    int rep = d->NH / d->NKV, Tq = d->Tq, Tk = d->Tk, hd = d->hd;
+    size_t blk = (size_t)Tq * Tk, work = (size_t)d->B * d->NH * blk * hd;
+    float keep = 1.0f / (1.0f - p);
+#pragma omp parallel for collapse(2) schedule(static) if (work >= PAR_MIN_WORK)
+    for (int b = 0; b < d->B; b++)
+        for (int g = 0; g < d->NKV; g++) {   /* each thread owns kv head g of batch b, as attn_backward */
+            float *dkb = dk + (size_t)b * Tk * d->ldk + (size_t)g * hd;
+            float *dvb = dv + (size_t)b * Tk * d->ldv + (size_t)g * hd;
+            const float *kb = k + (size_t)b * Tk * d->ldk + (size_t)g * hd;
+            const float *vb = v + (size_t)b * Tk * d->ldv + (size_t)g * hd;
+            zero_cols(dkb, d->ldk, Tk, hd);
+            zero_cols(dvb, d->ldv, Tk, hd);
+            for (int r = 0; r < rep; r++) {
+                int h = g * rep + r;
+                size_t oa = ((size_t)b * d->NH + h) * blk;
+                const float *A = att + oa, *dOb = dout + (size_t)b * Tq * d->ldo + (size_t)h * hd;
+                const float *qb = q + (size_t)b * Tq * d->ldq + (size_t)h * hd;
+                const uint8_t *M = mask + oa;
+                float *D = datt + oa, *Ad = att_d + oa;
+                for (size_t e = 0; e < blk; e++) Ad[e] = M[e] ? A[e] * keep : 0.0f;
+                gemm(0, 1, Tq, Tk, hd, 1.0f, dOb, (int)d->ldo, vb, (int)d->ldv, 0.0f, D, Tk);   /* d att_d = dO V^T */
+                for (int i = 0; i < Tq; i++) {   /* d att = d att_d mask / (1 - p); dS = att (d att - rowsum(att d att)) */
+                    const float *a = A + (size_t)i * Tk;
+                    float *ds = D + (size_t)i * Tk, dot = 0.0f;
+                    for (int j = 0; j < Tk; j++) {
+                        ds[j] = M[(size_t)i * Tk + j] ? ds[j] * keep : 0.0f;
+                        dot += a[j] * ds[j];
+                    }
+                    for (int j = 0; j < Tk; j++) ds[j] = a[j] * (ds[j] - dot);
+                }
+                gemm(0, 0, Tq, hd, Tk, d->scale, D, Tk, kb, (int)d->ldk, 0.0f,
+                     dq + (size_t)b * Tq * d->ldq + (size_t)h * hd, (int)d->ldq);                 /* dQ = scale dS K */
+                gemm(1, 0, Tk, hd, Tq, d->scale, D, Tk, qb, (int)d->ldq, 1.0f, dkb, (int)d->ldk);  /* dK += scale dS^T Q */
+                gemm(1, 0, Tk, hd, Tq, 1.0f, Ad, Tk, dOb, (int)d->ldo, 1.0f, dvb, (int)d->ldv);    /* dV += att_d^T dO */
             }
         }
     if (dbias) attn_bias_grad(dbias, datt, d);

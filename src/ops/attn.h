@@ -28,6 +28,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include "common/util.h"
 
 /* The shape and options of one attention call. q row (b, t) starts at q + (b Tq + t) ldq and its head
  * h at + h hd; k and v rows (b, u) at k + (b Tk + u) ldk, v + (b Tk + u) ldv, kv head g at + g hd; out
@@ -58,6 +59,20 @@ void attn_forward_ref(float *out, float *att, const float *q, const float *k, co
                       const uint8_t *key_mask, const AttnDims *d);
 void attn_backward_ref(float *dq, float *dk, float *dv, float *dbias, float *datt, const float *dout,
                        const float *att, const float *q, const float *k, const float *v, const AttnDims *d);
+
+/* Dropout on the probabilities, as Hugging Face's T5 / Switch attention applies it in training (after
+ * the softmax, before the values): after attn_forward (which saved att), out = att_d v with att_d =
+ * att * mask / (1 - p), mask[B, NH, Tq, Tk] drawn from rng (dropout_forward's stream) and att_d
+ * [B, NH, Tq, Tk] written (scratch the caller may reuse). The backward replaces attn_backward for such a
+ * forward: dv = att_d^T dout, d att = (dout v^T) mask / (1 - p), then the softmax's backward through
+ * att; att_d is scratch again (recomputed from att and mask), the rest as attn_backward. Both are one
+ * GEMM route over whole (b, h) blocks; tests/test_attn.c holds them to finite differences and, with
+ * every key kept and p = 0, to attn_forward / attn_backward. */
+void attn_dropout_forward(float *out, float *att_d, uint8_t *mask, const float *att, const float *v, float p,
+                          const AttnDims *d, Rng *rng);
+void attn_dropout_backward(float *dq, float *dk, float *dv, float *dbias, float *datt, float *att_d, const float *dout,
+                           const float *att, const uint8_t *mask, float p, const float *q, const float *k,
+                           const float *v, const AttnDims *d);
 
 /* One new query of one sequence against n cached keys (generation): the last row of attn_forward
  * with Tq = 1, Tk = n (so causal or not alike). q and out [NH hd]; a [NH, n] gets the probabilities.

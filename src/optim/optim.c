@@ -45,6 +45,21 @@ void optim_swap_ema(Optimizer *o, Model *m) {
     }
 }
 
+const char *optim_name(const TrainConfig *tc) {
+    return tc->adamw == 2 ? "adamw-scale" : tc->adamw ? "adamw" : "adam";
+}
+
+/* max(1e-3, RMS) of a trainable tensor, every expert-parallel shard of it included (a collective then) */
+static float tensor_rms(const TensorInfo *t, const float *p) {
+    double ss = 0.0;
+#pragma omp parallel for simd schedule(static) reduction(+ : ss) if (t->size >= 32768)
+    for (size_t k = 0; k < t->size; k++) ss += (double)p[k] * (double)p[k];
+    double s[2] = {ss, (double)t->size};
+    if (tensor_sharded(t)) comm_allreduce_f64(COMM_EP, s, 2);
+    double r = sqrt(s[0] / (s[1] > 0 ? s[1] : 1.0));
+    return (float)(r > 1e-3 ? r : 1e-3);
+}
+
 void optim_step(Optimizer *o, Model *m, const TrainConfig *tc, float lr, float gscale) {
     o->t++;
     float b1 = tc->beta1, b2 = tc->beta2, eps = tc->eps;
@@ -63,7 +78,8 @@ void optim_step(Optimizer *o, Model *m, const TrainConfig *tc, float lr, float g
         float wd = t->decay ? tc->weight_decay : 0.0f;
         float *mm = o->m + t->offset, *vv = o->v + t->offset;
         float *ema = o->ema && tc->ema_decay > 0 ? o->ema + t->offset : NULL;
-        int adamw = tc->adamw;
+        int adamw = tc->adamw != 0;
+        float rel = tc->adamw == 2 ? tensor_rms(t, p) : 1.0f;   /* adamw-scale: the step relative to the tensor */
         /* each element is independent: no two threads touch the same index. The gradient is read
          * once, scaled (the clip; g * 1 is g exactly) and zeroed in the same pass. */
 #pragma omp parallel for schedule(static) if (n >= 32768)
@@ -73,7 +89,7 @@ void optim_step(Optimizer *o, Model *m, const TrainConfig *tc, float lr, float g
             if (!adamw) gk += wd * p[k];
             mm[k] = b1 * mm[k] + (1.0f - b1) * gk;
             vv[k] = b2 * vv[k] + (1.0f - b2) * gk * gk;
-            float upd = (mm[k] / bc1) / (sqrtf(vv[k] / bc2) + eps);
+            float upd = rel * ((mm[k] / bc1) / (sqrtf(vv[k] / bc2) + eps));
             if (adamw) upd += wd * p[k];
             p[k] -= lr * upd;
             if (ema) ema[k] += ema_w * (p[k] - ema[k]);

@@ -34,6 +34,10 @@ void optim_swap_ema(Optimizer *o, Model *m);
 /* One update of every trainable tensor from its gradient times gscale (the clip factor of
  * clip_scale, applied on the fly: g * 1 is g exactly). AdamW: p -= lr * (mhat / (sqrt(vhat) + eps) +
  * wd * p); Adam: g += wd * p first (L2), then the same update without the decoupled term.
+ * adamw-scale (tc->adamw 2): AdamW whose Adam term is times max(1e-3, RMS(p)) of the tensor before the
+ * step (over all its shards under expert parallelism): Adafactor's relative step size, which T5's
+ * initialisation assumes (its embeddings start at std 1, its query weights at (d_model d_kv)^-1/2,
+ * so one absolute step is 100x apart in relative size; nanoT5 found AdamW needs this to train T5).
  * Consumes the gradients: every gradient is 0 afterwards (zeroed in the same pass that reads it),
  * so the next backward needs no model_zero_grad. */
 void optim_step(Optimizer *o, Model *m, const TrainConfig *tc, float lr, float gscale);
@@ -56,5 +60,8 @@ float lr_at(const TrainConfig *tc, long step, long total);
 
 /* The same schedule with the decay's progress given directly (0..1), e.g. elapsed / time budget. */
 float lr_at_progress(const TrainConfig *tc, long step, double progress);
+
+/* "adam", "adamw" or "adamw-scale": the optimizer's name as configs spell it */
+const char *optim_name(const TrainConfig *tc);
 
 #endif

@@ -254,7 +254,7 @@ static moelm_status bench_run_switch(const BenchOptions *o, const ModelConfig *c
                o->config, B, Te, Td, len.raw, o->threads, backend_name());
         fflush(stdout);
         Trainer t = {&m, &opt, tc, 0};
-        Seq2SeqBatch b = {B, Te, Td, ids, NULL, NULL, lab};
+        Seq2SeqBatch b = {B, Te, Td, ids, NULL, NULL, lab, NULL};
         double fwd = 0, bwd = 0, opt_s = 0;
         float loss = 0;
         for (int s = 0; s < o->warmup + o->steps; s++) {

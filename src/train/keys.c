@@ -53,7 +53,7 @@ static const KeyInfo train_keys[] = {
     {"min_lr_ratio", "the schedule decays to lr times this"},
     {"warmup_steps", "linear warm-up steps (with a time budget: their share of steps is the warm-up's of the time)"},
     {"lr_schedule", "constant, cosine or linear"},
-    {"optimizer", "adam or adamw"},
+    {"optimizer", "adam, adamw, or adamw-scale (each tensor's step times its RMS: T5's init)"},
     {"weight_decay", "weight decay (decoupled with adamw)"},
     {"beta1", "Adam's first-moment decay"},
     {"beta2", "Adam's second-moment decay"},

@@ -189,7 +189,7 @@ moelm_status evaluate_span(Model *m, const int *ids, size_t n, SpanLengths len, 
         for (int i = rows * Te; i < Bg * Te; i++) inp[i] = 0;
         for (int i = rows * Td; i < Bg * Td; i++) lab[i] = -100;
         dist_take_rows2(inp, Te, lab, Td, Bg);
-        Seq2SeqBatch bt = {Bl, Te, Td, inp, NULL, NULL, lab};
+        Seq2SeqBatch bt = {Bl, Te, Td, inp, NULL, NULL, lab, NULL};
         eval_seq2seq_batch(m, &bt, ml, r);
     }
     dist_eval_end();
@@ -220,7 +220,7 @@ moelm_status evaluate_pairs(Model *m, const Seq2SeqData *d, size_t max_batches, 
         for (int i = rows * Td; i < Bg * Td; i++) lab[i] = -100;
         dist_take_rows(inp, msk, Bg, Te);
         dist_take_rows2(lab, Td, NULL, 0, Bg);
-        Seq2SeqBatch bt = {Bl, Te, Td, inp, msk, NULL, lab};
+        Seq2SeqBatch bt = {Bl, Te, Td, inp, msk, NULL, lab, NULL};
         eval_seq2seq_batch(m, &bt, ml, r);
     }
     dist_eval_end();
@@ -426,7 +426,7 @@ static char *train_config_json(const TrainConfig *tc, int all) {
                    "\"beta1\": %s, \"beta2\": %s, \"eps\": %s, \"grad_clip\": %s, \"steps\": %ld, ",
               tc->batch_size, tc->seq_len, tc->stride, float_str(f[0], tc->lr), float_str(f[1], tc->min_lr_ratio),
               tc->warmup_steps, tc->schedule == SCHED_CONSTANT ? "constant" : tc->schedule == SCHED_COSINE ? "cosine" : "linear",
-              tc->adamw ? "adamw" : "adam", float_str(f[2], tc->weight_decay), float_str(f[3], tc->beta1),
+              optim_name(tc), float_str(f[2], tc->weight_decay), float_str(f[3], tc->beta1),
               float_str(f[4], tc->beta2), float_str(f[5], tc->eps), float_str(f[6], tc->grad_clip), tc->steps);
     sb_printf(&sb, "\"dropout_growth\": %s, ", float_str(f[0], tc->dropout_growth));
     sb_printf(&sb, "\"dropout_epochs\": %s, ", float_str(f[0], tc->dropout_epochs));
@@ -976,12 +976,12 @@ static void run_print_header(const Run *r) {
         if (tc->steps < BUDGET_STEPS) snprintf(most, sizeof most, " (at most %ld steps)", tc->steps);
         printf("training: %s time budget%s, batch %d x %d%s, lr %g (%s over the time, warm-up %.3g%% of it), %s, wd %g, "
                "clip %g, %d threads, backend %s\n", len, most, tc->batch_size * run_accum(tc), tc->seq_len, batch, tc->lr,
-               sched, 100.0 * tc->warmup_share, tc->adamw ? "AdamW" : "Adam", tc->weight_decay, tc->grad_clip, o->threads,
+               sched, 100.0 * tc->warmup_share, optim_name(tc), tc->weight_decay, tc->grad_clip, o->threads,
                backend_name());
     } else {
         printf("training: %ld steps, batch %d x %d%s, lr %g (%s, warm-up %d), %s, wd %g, clip %g, %d threads, backend %s\n",
                tc->steps, tc->batch_size * run_accum(tc), tc->seq_len, batch, tc->lr, sched, tc->warmup_steps,
-               tc->adamw ? "AdamW" : "Adam", tc->weight_decay, tc->grad_clip, o->threads, backend_name());
+               optim_name(tc), tc->weight_decay, tc->grad_clip, o->threads, backend_name());
     }
     if (o->bf16)
         printf("precision: bf16 mixed (bf16 operands, float sums and weights), %s kernel%s\n", gemm_bf16_kernel(),
@@ -1105,7 +1105,7 @@ static moelm_status run_step(Run *r, float lr, StepResult *sr) {
             span_loader_next(&r->span, r->inp, r->lab);
             dist_take_rows2(r->inp, Te, r->lab, Td, B);
         }
-        Seq2SeqBatch b = {B / dist_world(), Te, Td, r->inp, r->pairs ? r->msk : NULL, NULL, r->lab};
+        Seq2SeqBatch b = {B / dist_world(), Te, Td, r->inp, r->pairs ? r->msk : NULL, NULL, r->lab, NULL};
         *sr = train_step_seq2seq(&r->trainer, &b, lr, step + 1);
     } else {
         size_t rows = (size_t)(B / dist_world()) * T;   /* this rank's share of a micro-batch */

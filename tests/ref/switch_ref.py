@@ -8,7 +8,7 @@ reference for moelm's switch_transformers model (tests/test_switch_ref.sh, tests
 writes, for each small model below, a Hugging Face directory OUT_DIR/<model>/ (config.json with
 every SwitchTransformersConfig field, weights under HF's tensor names: model.safetensors, or shards
 with model.safetensors.index.json), the inputs of `moelm forward` (OUT_DIR/<model>.inputs.safetensors:
-int32 [B, T] tensors <case>.input_ids, .attention_mask, .decoder_input_ids, .labels) and the outputs
+int32 [B, T] tensors <case>.input_ids, .attention_mask, .decoder_input_ids, .decoder_attention_mask, .labels) and the outputs
 it must give (OUT_DIR/<model>.expected.safetensors: fp32 <case>.logits, .encoder_last_hidden_state,
 .decoder_last_hidden_state, .encoder.block.N.router_logits / .decoder.block.N.router_logits per
 sparse block N, .encoder_z_loss, .encoder_aux_loss, .decoder_z_loss, .decoder_aux_loss, .lm_loss,
@@ -25,7 +25,9 @@ no jitter). What HF does that is not obvious, and what this file does the same w
     bias [NH, Tq, Tk] computed there and reused by every block of the stack; bidirectional buckets in
     the encoder, causal in the decoder; none in cross-attention.
   - masks added to the bias as (1 - mask) * finfo(float32).min: key padding in the encoder and in
-    cross-attention, causal (min above the diagonal) in the decoder's self-attention.
+    cross-attention, causal (min above the diagonal) in the decoder's self-attention, and there also
+    decoder_attention_mask's key padding when given (one mask, the product of the two: a key hidden
+    by both gets min once, as HF's causal mask times the padding mask, never -inf).
   - sparse block i of a stack: sparse_step = num_layers // num_sparse (0 when none), sparse when
     sparse_step == 1 or i % sparse_step == 1; an explicit encoder_sparse_step / decoder_sparse_step
     in config.json overrides the derived one.
@@ -293,7 +295,10 @@ class Stack(nn.Module):
         B, T, _ = emb.shape
         sa = self.block[0].layer[0].SelfAttention
         if self.is_decoder:
-            add = torch.full((T, T), NEG).triu(1)[None, None]                # causal
+            keep = torch.ones(T, T).tril()[None, None]                         # causal
+            if mask is not None:
+                keep = keep * mask[:, None, None, :].float()                   # and key padding
+            add = (1.0 - keep) * NEG
         else:
             add = (1.0 - mask[:, None, None, :].float()) * NEG               # key padding
         self_bias = sa.position_bias(T, T) + add
@@ -348,14 +353,16 @@ class SwitchForConditionalGeneration(nn.Module):
         d[:, 1:] = labels[:, :-1]
         return d.masked_fill(d == -100, self.cfg.pad_token_id)
 
-    def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, labels=None, stats=None):
+    def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, labels=None, stats=None,
+                decoder_attention_mask=None):
         cfg = self.cfg
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if decoder_input_ids is None:
             decoder_input_ids = self.shift_right(labels)
         enc, enc_routers = self.encoder(self.shared(input_ids), attention_mask, stats=stats)
-        dec, dec_routers = self.decoder(self.shared(decoder_input_ids), None, enc, attention_mask, stats)
+        dec, dec_routers = self.decoder(self.shared(decoder_input_ids), decoder_attention_mask, enc, attention_mask,
+                                        stats)
         if cfg.tie_word_embeddings:
             logits = (dec * cfg.d_model ** -0.5) @ self.shared.weight.t()
         else:
@@ -428,7 +435,7 @@ def write_hf_dir(path, model, config_json, dtype, shards):
         f.write("\n")
 
 
-def case_tensors(V, B, Te, Td, pad, seed, left, with_mask, with_labels, with_dec):
+def case_tensors(V, B, Te, Td, pad, seed, left, with_mask, with_labels, with_dec, with_dec_mask=False):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(2, V, (B, Te), generator=g)
     mask = torch.ones(B, Te, dtype=torch.long)
@@ -452,6 +459,13 @@ def case_tensors(V, B, Te, Td, pad, seed, left, with_mask, with_labels, with_dec
         t["labels"] = labels
     if with_dec:
         t["decoder_input_ids"] = torch.randint(0, V, (B, Td), generator=g)
+    if with_dec_mask:
+        # row 0: its last 2 positions (the ignored labels) padded; the last row padded on the left by 1,
+        # so its first query sees no key at all (HF's eager attention: uniform over every key)
+        dm = torch.ones(B, Td, dtype=torch.long)
+        dm[0, Td - 2:] = 0
+        dm[B - 1, :1] = 0
+        t["decoder_attention_mask"] = dm
     return t
 
 
@@ -473,7 +487,9 @@ MODELS = {
         dtype=torch.float32, shards=1, seed=11,
         cases=[("right", dict(B=2, Te=9, Td=7, left=False, with_mask=True, with_labels=True, with_dec=False)),
                ("left", dict(B=2, Te=8, Td=6, left=True, with_mask=True, with_labels=True, with_dec=True)),
-               ("nomask", dict(B=1, Te=7, Td=5, left=False, with_mask=False, with_labels=False, with_dec=True))]),
+               ("nomask", dict(B=1, Te=7, Td=5, left=False, with_mask=False, with_labels=False, with_dec=True)),
+               ("decmask", dict(B=2, Te=8, Td=7, left=False, with_mask=True, with_labels=True, with_dec=False,
+                                with_dec_mask=True))]),
     # untied head, d_kv * heads (15) != d_model (12), encoder all sparse (sparse_step 1: HF computes no
     # encoder router loss), decoder blocks 1 and 3 of 4, capacity 2, gelu_new; HF's defaults for the
     # buckets (32 / 128) and for the absent keys; bf16 weights in two shards; keys HF's config
@@ -487,7 +503,9 @@ MODELS = {
                 "decoder_start_token_id": 0, "router_type": "tokens_masked", "is_gated_act": False},
         dtype=torch.bfloat16, shards=2, seed=23,
         cases=[("right", dict(B=2, Te=8, Td=6, left=False, with_mask=True, with_labels=True, with_dec=False)),
-               ("left", dict(B=3, Te=7, Td=5, left=True, with_mask=True, with_labels=True, with_dec=False))]),
+               ("left", dict(B=3, Te=7, Td=5, left=True, with_mask=True, with_labels=True, with_dec=False)),
+               ("decmask", dict(B=3, Te=7, Td=6, left=True, with_mask=True, with_labels=True, with_dec=True,
+                                with_dec_mask=True))]),
 }
 
 
@@ -516,11 +534,13 @@ def main():
         inputs, expected = [], []
         for ci, (case, kw) in enumerate(spec["cases"]):
             t = case_tensors(cfg.vocab_size, kw["B"], kw["Te"], kw["Td"], cfg.pad_token_id,
-                             spec["seed"] * 100 + ci, kw["left"], kw["with_mask"], kw["with_labels"], kw["with_dec"])
+                             spec["seed"] * 100 + ci, kw["left"], kw["with_mask"], kw["with_labels"], kw["with_dec"],
+                             kw.get("with_dec_mask", False))
             inputs += [("%s.%s" % (case, k), v.to(torch.int32)) for k, v in t.items()]
             stats = {"margin": float("inf"), "dropped": []}
             model.zero_grad()
-            out = model(t["input_ids"], t.get("attention_mask"), t.get("decoder_input_ids"), t.get("labels"), stats)
+            out = model(t["input_ids"], t.get("attention_mask"), t.get("decoder_input_ids"), t.get("labels"), stats,
+                        t.get("decoder_attention_mask"))
             expected += [("%s.%s" % (case, k), v.detach().reshape(v.shape)) for k, v in out.items()]
             assert stats["margin"] > 1e-3, "routing margin %g too small: change the seed" % stats["margin"]
             assert sum(stats["dropped"]) > 0, "no token over capacity in %s.%s" % (name, case)
