@@ -70,11 +70,14 @@ static double time_at_step(const Run *r, double step) {
     return t0;
 }
 
-static moelm_status read_metrics(Run *r) {
+moelm_status report_read_records(const char *run, Json ***recs_out, size_t *nr_out, int *bad_lines) {
     char path[1100];
-    snprintf(path, sizeof path, "%s/metrics.jsonl", r->path);
+    snprintf(path, sizeof path, "%s/metrics.jsonl", run);
+    *recs_out = NULL;
+    *nr_out = 0;
+    *bad_lines = 0;
     if (!path_exists(path))
-        return moelm_fail(MOELM_ERR_IO, "%s: no metrics.jsonl (is it a run directory written by moelm train?)", r->path);
+        return moelm_fail(MOELM_ERR_IO, "%s: no metrics.jsonl (is it a run directory written by moelm train?)", run);
     char *data = NULL;
     size_t n = 0;
     moelm_status st = file_read_all_limit(path, &data, &n, REPORT_MAX_METRICS);
@@ -82,7 +85,7 @@ static moelm_status read_metrics(Run *r) {
     size_t lines = 1;
     for (size_t i = 0; i < n; i++) lines += data[i] == '\n';
     Json **recs = moelm_calloc(lines, sizeof(Json *));
-    if (!recs) { moelm_free(data); return MOELM_ERR_NOMEM; }
+    if (!recs) { moelm_free(data); return moelm_fail(MOELM_ERR_NOMEM, "%s: out of memory", path); }
     size_t nr = 0;
     for (size_t i = 0; i < n;) {
         char *nl = memchr(data + i, '\n', n - i);
@@ -92,11 +95,28 @@ static moelm_status read_metrics(Run *r) {
         if (a < end) {
             Json *j = NULL;
             if (json_parse(&j, data + a, end - a, path) == MOELM_OK && json_type(j) == JSON_OBJECT) recs[nr++] = j;
-            else { json_free(j); r->bad_lines++; }
+            else { json_free(j); (*bad_lines)++; }
         }
         i = end + 1;
     }
     moelm_free(data);
+    *recs_out = recs;
+    *nr_out = nr;
+    return MOELM_OK;
+}
+
+void report_free_records(Json **recs, size_t nr) {
+    for (size_t i = 0; i < nr; i++) json_free(recs[i]);
+    moelm_free(recs);
+}
+
+static moelm_status read_metrics(Run *r) {
+    char path[1100];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", r->path);
+    Json **recs = NULL;
+    size_t nr = 0;
+    moelm_status st = report_read_records(r->path, &recs, &nr, &r->bad_lines);
+    if (st) return st;
     int S = 0, V = 0, L = 0, E = 0;
     for (size_t i = 0; i < nr; i++) {
         if (json_get(recs[i], "loss")) S++;
@@ -150,8 +170,7 @@ static moelm_status read_metrics(Run *r) {
             v++;
         }
     }
-    for (size_t i = 0; i < nr; i++) json_free(recs[i]);
-    moelm_free(recs);
+    report_free_records(recs, nr);
     if (st) return moelm_fail(st, "%s: out of memory", path);
     for (int i = 0; i < V; i++)
         if (!isfinite(r->etime[i])) r->etime[i] = time_at_step(r, r->estep[i]);
