@@ -1,11 +1,12 @@
 #!/bin/sh
-# test_report_csv.sh: `moelm report --csv RUN`, metrics.jsonl as CSV, read back by an independent reader
+# test_report_cli.sh: the report of a trained run says the wall-clock `moelm info` says; and
+# `moelm report --csv RUN`, metrics.jsonl as CSV, read back by an independent reader
 # (Python's csv and json modules, no moelm code): the header is every flattened key in first-seen order,
 # each record is one row whose fields equal the JSON values (numbers equal as floats, null and missing keys
 # empty, strings with commas and quotes intact), malformed lines are skipped with a warning; and a real
-# run's CSV has a row per metrics line. Ends with "report_csv: N passed, N failed"; non-zero exit on failure.
+# run's CSV has a row per metrics line. Ends with "report_cli: N passed, N failed"; non-zero exit on failure.
 BIN=${MOELM_BIN:-./moelm}
-TMP=build/tmp/report_csv
+TMP=build/tmp/report_cli
 PY=/usr/bin/python3
 rm -rf "$TMP"; mkdir -p "$TMP/hand"
 . "$(dirname "$0")/lib.sh"
@@ -87,7 +88,12 @@ check "a trained run: a row per metrics line ($(wc -l <"$TMP/run/metrics.jsonl")
 check "a trained run: every record equals its row" cmp_csv "$TMP/run" "$TMP/run.csv"
 check "a trained run: evaluation columns (val_loss, moe.0.load.3)" sh -c "head -n 1 $TMP/run.csv | grep -q 'val_loss.*moe.0.load.3'"
 
+# the report's wall-clock is moelm info's (the checkpoint's: the final evaluation and checkpoint included)
+$BIN report "$TMP/run" -o "$TMP/run.html" >/dev/null 2>&1
+info_s=$($BIN info "$TMP/run" 2>/dev/null | sed -n 's/.* tokens seen, \([0-9.]*\) s of training.*/\1/p')
+check "report's wall-clock equals moelm info's ($info_s s)" grep -q "<td class=\"n\">$info_s s</td>" "$TMP/run.html"
+
 # errors: one line, non-zero
 expect_error "report --csv of a directory without metrics.jsonl" "no metrics.jsonl" $BIN report --csv "$TMP"
 expect_error "report --csv of two runs" "give one run directory" $BIN report --csv "$TMP/run" "$TMP/hand"
-finish report_csv
+finish report_cli
