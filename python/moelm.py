@@ -11,11 +11,12 @@ routing) in Python or a notebook. Needs only PyTorch (Debian's python3-torch: /u
         print(r.layer, r.expert[0, :, 0].tolist(), r.kept[0, :, 0].tolist())
 
 Model types: "lm" (pre-norm decoder: tiny, demo, dense-ptb, switch-ptb) and "seed" (the tutorial's
-post-norm stack with an MoE before its ReLU head: seed-moe, seed-gating, seed-switch); routers
-switch, topk (GShard, or Mixtral's softmax over the chosen K), soft, hash and random, the
-DeepSeek selection bias, the shared expert and routed_scaling_factor. Refused with a message: other
-model types (mixtral, llama, switch_transformers: their directories are Hugging Face's, which
-transformers loads) and expert-choice routing.
+post-norm stack with an MoE before its ReLU head: seed-moe, seed-gating, seed-switch), with the
+routers switch, topk (GShard, or Mixtral's softmax over the chosen K), soft, hash and random, the
+DeepSeek selection bias, the shared expert and routed_scaling_factor; "mixtral" and "llama"
+(mixtral-tiny, mixtral-ptb, llama-tiny: Hugging Face's names and keys, dropless routing as HF's).
+Refused with a message: switch_transformers (an encoder-decoder in HF's layout: use transformers)
+and expert-choice routing.
 
 What a call computes: moelm's eval-mode forward (`moelm forward`, `moelm eval`): no dropout, no
 router jitter; the B*T tokens of the call are one routing group, and the capacity per expert is
@@ -99,8 +100,8 @@ class Cfg:
     def __init__(self, d):
         self.type = d.get("model_type", "lm")
         if self.type not in ("lm", "seed"):
-            raise ValueError("model_type %r: this module runs moelm's own lm and seed models (mixtral, llama and "
-                             "switch_transformers directories are Hugging Face's: use transformers)" % self.type)
+            raise ValueError("model_type %r: this module runs moelm's lm, seed, mixtral and llama models (a "
+                             "switch_transformers directory is Hugging Face's: use transformers)" % self.type)
         self.V, self.C, self.NH, self.L = d["vocab_size"], d["d_model"], d["num_heads"], d["num_layers"]
         self.H = d["d_ff"]
         self.eps = d["layer_norm_epsilon"]
@@ -343,6 +344,148 @@ def forward(cfg, P, inputs, stats, training=True, random_expert=None):
     return logits, aux
 
 
+# ---- Llama / Mixtral: Hugging Face's names and config keys (also tests/ref/mixtral_ref.py's model) ----
+
+def rms_norm(x, w, eps):
+    """LlamaRMSNorm / MixtralRMSNorm: x * rsqrt(mean(x^2) + eps) * w, in float32."""
+    var = x.pow(2).mean(-1, keepdim=True)
+    return w * (x * torch.rsqrt(var + eps))
+
+
+def rope_cos_sin(T, hd, theta):
+    """The rotary tables of positions 0..T-1 as HF's rotary embedding builds them (float32)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
+    pos = torch.arange(T, dtype=torch.float32)
+    freqs = pos[:, None] * inv_freq[None, :]          # [T, hd/2]
+    emb = torch.cat([freqs, freqs], dim=-1)            # [T, hd]
+    return emb.cos(), emb.sin()
+
+
+def rotate_half(x):
+    h = x.shape[-1] // 2
+    return torch.cat([-x[..., h:], x[..., :h]], dim=-1)
+
+
+def llama_attention(W, pre, h, c, cos, sin):
+    B, T, C = h.shape
+    NH, NKV = c["num_attention_heads"], c["num_key_value_heads"]
+    hd = C // NH
+    q = (h @ W[pre + "self_attn.q_proj.weight"].T).view(B, T, NH, hd).transpose(1, 2)
+    k = (h @ W[pre + "self_attn.k_proj.weight"].T).view(B, T, NKV, hd).transpose(1, 2)
+    v = (h @ W[pre + "self_attn.v_proj.weight"].T).view(B, T, NKV, hd).transpose(1, 2)
+    q = q * cos + rotate_half(q) * sin
+    k = k * cos + rotate_half(k) * sin
+    rep = NH // NKV   # repeat_kv: query head j reads kv head j // rep
+    k = k[:, :, None].expand(B, NKV, rep, T, hd).reshape(B, NH, T, hd)
+    v = v[:, :, None].expand(B, NKV, rep, T, hd).reshape(B, NH, T, hd)
+    s = q @ k.transpose(2, 3) / math.sqrt(hd)
+    mask = torch.triu(torch.full((T, T), torch.finfo(torch.float32).min), diagonal=1)
+    a = torch.softmax(s + mask, dim=-1, dtype=torch.float32)
+    o = (a @ v).transpose(1, 2).reshape(B, T, NH * hd)
+    return o @ W[pre + "self_attn.o_proj.weight"].T
+
+
+def swiglu(x, gate, up, down):
+    return (torch.nn.functional.silu(x @ gate.T) * (x @ up.T)) @ down.T
+
+
+def sparse_moe(W, pre, h, c, record=None, layer=None):
+    """MixtralSparseMoeBlock: softmax over all experts, top-k, the k weights renormalised, experts summed."""
+    B, T, C = h.shape
+    x = h.reshape(B * T, C)
+    logits = x @ W[pre + "block_sparse_moe.gate.weight"].T            # [BT, E]
+    probs = torch.softmax(logits, dim=1, dtype=torch.float32)
+    w, sel = torch.topk(probs, c["num_experts_per_tok"], dim=-1)
+    w = w / w.sum(dim=-1, keepdim=True)
+    if record is not None:   # dropless: every slot kept
+        record.append(Routing(layer, logits.detach(), probs.detach(), sel.clone(), w.detach().clone(),
+                              torch.ones_like(sel, dtype=torch.bool), x.shape[0]))
+    out = torch.zeros_like(x)
+    for e in range(c["num_local_experts"]):
+        e_pre = pre + "block_sparse_moe.experts.%d." % e
+        rows, slot = torch.where(sel == e)
+        if rows.numel() == 0:
+            continue
+        y = swiglu(x[rows], W[e_pre + "w1.weight"], W[e_pre + "w3.weight"], W[e_pre + "w2.weight"])
+        out = out.index_add(0, rows, y * w[rows, slot, None])
+    return out.view(B, T, C), logits
+
+
+def balance_loss(router_logits, E, K):
+    """HF's load_balancing_loss_func without an attention mask: every layer's logits as one batch."""
+    lg = torch.cat(router_logits, dim=0)
+    p = torch.softmax(lg, dim=-1)
+    _, sel = torch.topk(p, K, dim=-1)
+    mask = torch.nn.functional.one_hot(sel, E).float()          # [LN, K, E]
+    tokens_per_expert = mask.mean(dim=0)                          # [K, E]
+    prob_per_expert = p.mean(dim=0)                               # [E]
+    return (tokens_per_expert * prob_per_expert[None, :]).sum() * E
+
+
+def llama_forward(W, c, ids, record=None):
+    """ids [B, T] -> (logits [B, T, V], HF's loss with labels = ids, router logits [B*T, E] per MoE layer).
+    record: None, or a list that gets a Routing per MoE layer."""
+    B, T = ids.shape
+    C, NH = c["hidden_size"], c["num_attention_heads"]
+    cos, sin = rope_cos_sin(T, C // NH, c["rope_theta"])
+    h = W["model.embed_tokens.weight"][ids]
+    router_logits = []
+    for l in range(c["num_hidden_layers"]):
+        pre = "model.layers.%d." % l
+        h = h + llama_attention(W, pre, rms_norm(h, W[pre + "input_layernorm.weight"], c["rms_norm_eps"]), c, cos, sin)
+        x = rms_norm(h, W[pre + "post_attention_layernorm.weight"], c["rms_norm_eps"])
+        if c["model_type"] == "mixtral":
+            y, lg = sparse_moe(W, pre, x, c, record, l)
+            router_logits.append(lg)
+        else:
+            y = swiglu(x, W[pre + "mlp.gate_proj.weight"], W[pre + "mlp.up_proj.weight"], W[pre + "mlp.down_proj.weight"])
+        h = h + y
+    h = rms_norm(h, W["model.norm.weight"], c["rms_norm_eps"])
+    head = W["model.embed_tokens.weight"] if c["tie_word_embeddings"] else W["lm_head.weight"]
+    logits = h @ head.T
+    # labels = input_ids: position t predicts token t + 1 (HF shifts inside the loss)
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    return logits, loss, router_logits
+
+
+def llama_split_experts(tensors):
+    """A moelm mixtral checkpoint keeps each layer's experts as slabs, "...experts.w1_w3.weight" [E, 2H, C]
+    (expert e's w1 (gate) rows, then its w3 (up) rows) and "...experts.w2.weight" [E, C, H]: split into
+    Hugging Face's per-expert tensors "...experts.<e>.w1.weight" [H, C], w3 [H, C], w2 [C, H]. A tensor
+    dict in HF's names already is returned as it is."""
+    out = {}
+    for name, t in tensors.items():
+        if name.endswith("experts.w1_w3.weight"):
+            stem, H = name[:-len("w1_w3.weight")], t.shape[1] // 2
+            for e in range(t.shape[0]):
+                out["%s%d.w1.weight" % (stem, e)] = t[e, :H].clone()
+                out["%s%d.w3.weight" % (stem, e)] = t[e, H:].clone()
+        elif name.endswith("experts.w2.weight") and t.dim() == 3:
+            stem = name[:-len("w2.weight")]
+            for e in range(t.shape[0]):
+                out["%s%d.w2.weight" % (stem, e)] = t[e].clone()
+        else:
+            out[name] = t
+    return out
+
+
+def llama_check(d):
+    """The moelm settings of a llama / mixtral config this forward follows (HF's: dropless top-k, the
+    chosen K probabilities renormalised); anything else is refused with a message."""
+    hd = d.get("head_dim")
+    if hd is not None and hd * d["num_attention_heads"] != d["hidden_size"]:
+        raise ValueError("head_dim %d x %d heads != hidden_size %d: not supported" % (hd, d["num_attention_heads"],
+                                                                                      d["hidden_size"]))
+    if d["model_type"] == "mixtral":
+        if d.get("router_type", "topk") != "topk" or not d.get("topk_softmax_after", True):
+            raise ValueError("mixtral with router %r / topk_softmax_after %r: only HF's routing is supported"
+                             % (d.get("router_type"), d.get("topk_softmax_after")))
+        if d.get("capacity_factor", 0) > 0 or d.get("eval_capacity_factor", 0) > 0 or d.get("expert_capacity", 0) > 0:
+            raise ValueError("mixtral with a capacity: only dropless routing (HF's) is supported")
+        if d.get("shared_expert") or d.get("use_expert_bias") or d.get("routed_scaling_factor", 1) != 1:
+            raise ValueError("mixtral with a shared expert, selection bias or routed scaling is not supported")
+
+
 # ---- the nn.Module --------------------------------------------------------------------------------
 
 def checkpoint_dir(path):
@@ -356,14 +499,20 @@ def checkpoint_dir(path):
 
 
 class MoeLM(torch.nn.Module):
-    """A moelm lm or seed model. Its parameters carry moelm's tensor names (state_dict() keys are the
-    names in model.safetensors). forward(input_ids [B, T]) -> logits [B, T, V]; after each call,
+    """A moelm model. Its parameters carry the checkpoint's tensor names (state_dict() keys are the names
+    in model.safetensors; mixtral: Hugging Face's per-expert names, llama_split_experts). forward(input_ids [B, T]) -> logits [B, T, V]; after each call,
     .routing holds a Routing per MoE layer and .aux_loss the weighted router losses."""
 
     def __init__(self, config, tensors):
         super().__init__()
         self.config = dict(config)
-        self.cfg = Cfg(config)
+        self.llama = config.get("model_type") in ("mixtral", "llama")
+        if self.llama:
+            llama_check(self.config)
+            self.V, self.positions = config["vocab_size"], config.get("max_position_embeddings", 1 << 30)
+        else:
+            self.cfg = Cfg(config)
+            self.V, self.positions = self.cfg.V, tensors["pos_emb.weight"].shape[0]
         for name, t in tensors.items():
             owner = self
             parts = name.split(".")
@@ -381,6 +530,8 @@ class MoeLM(torch.nn.Module):
         with open(os.path.join(d, "config.json")) as f:
             config = json.load(f)
         tensors, _ = st_read(os.path.join(d, "model.safetensors"))
+        if config.get("model_type") == "mixtral":
+            tensors = llama_split_experts(tensors)
         return cls(config, tensors).eval()
 
     def forward(self, input_ids, random_expert=None):
@@ -388,18 +539,24 @@ class MoeLM(torch.nn.Module):
         if ids.dim() == 1:
             ids = ids.unsqueeze(0)
         B, T = ids.shape
-        if T > self.cfg_positions():
-            raise ValueError("sequence of %d tokens: the model has %d positions" % (T, self.cfg_positions()))
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.cfg.V):
-            raise ValueError("token ids must be in [0, %d)" % self.cfg.V)
+        if T > self.positions:
+            raise ValueError("sequence of %d tokens: the model has %d positions" % (T, self.positions))
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.V):
+            raise ValueError("token ids must be in [0, %d)" % self.V)
+        if self.llama:
+            record = []
+            logits, _, router_logits = llama_forward(dict(self.named_parameters()), self.config, ids, record)
+            self.routing = record
+            self.aux_loss = None
+            if router_logits and self.config.get("output_router_logits"):
+                self.aux_loss = self.config["router_aux_loss_coef"] * balance_loss(
+                    router_logits, self.config["num_local_experts"], self.config["num_experts_per_tok"])
+            return logits
         stats = MoEStats()
         logits, aux = forward(self.cfg, dict(self.named_parameters()), ids, stats, self.training, random_expert)
         self.routing = stats.routing
         self.aux_loss = aux
         return logits.view(B, T, -1)
-
-    def cfg_positions(self):
-        return self.get_parameter("pos_emb.weight").shape[0]
 
 
 def load(path):

@@ -1,7 +1,7 @@
 #!/bin/sh
 # test_python.sh: python/moelm.py (a run directory as a PyTorch nn.Module) against `moelm forward`:
 # for a small trained run of each supported kind (lm: switch, top-2 with Mixtral gates, soft,
-# hash, shared expert + selection bias; seed: switch, soft, random), the module's logits on a batch
+# hash, shared expert + selection bias; seed: switch, soft, random; mixtral; llama), the module's logits on a batch
 # equal moelm's within 1e-5 of the largest logit (both float32; measured differences are ~1e-6 of
 # it: a different summation order, no routing flip), the routing it exposes is consistent (kept
 # slots within capacity), and the tokenizer helper round-trips through `moelm tokenizer`.
@@ -35,9 +35,12 @@ train lm_shared --config tiny --set shared_expert=1 --set use_expert_bias=1 --se
 train seed_switch --config seed-switch $SMALL --set num_experts=8 --set head_hidden=40 --set dropout_rate=0
 train seed_gating --config seed-gating $SMALL --set num_experts=4 --set head_hidden=40 --set dropout_rate=0
 train seed_moe --config seed-moe $SMALL --set num_experts=4 --set head_hidden=40 --set dropout_rate=0
+train mixtral --config mixtral-tiny --tokenizer word --set d_model=32 --set d_ff=48
+train llama --config llama-tiny --tokenizer word --set d_model=32 --set d_ff=48
 
 # the batch: 3 sequences of 40 ids of each run's vocabulary (drawn, fixed seed), and moelm's logits
-for n in lm_switch lm_top2 lm_soft lm_hash lm_shared seed_switch seed_gating seed_moe; do
+RUNS="lm_switch lm_top2 lm_soft lm_hash lm_shared seed_switch seed_gating seed_moe mixtral llama"
+for n in $RUNS; do
     "$PY" - "$TMP/$n" <<'PYEOF' || bad "$n: inputs written"
 import json, struct, sys, torch
 d = sys.argv[1]
@@ -53,7 +56,7 @@ PYEOF
 done
 
 # the comparison, in one Python process: prints "ok NAME" / "FAIL NAME" lines
-"$PY" - "$TMP" >"$TMP/compare.txt" 2>&1 <<'PYEOF'
+"$PY" - "$TMP" "$RUNS" >"$TMP/compare.txt" 2>&1 <<'PYEOF'
 import os, struct, sys, torch
 sys.path.insert(0, "python")
 import moelm
@@ -62,14 +65,14 @@ tmp = sys.argv[1]
 def report(ok, name):
     print(("ok " if ok else "FAIL ") + name)
 
-for n in ["lm_switch", "lm_top2", "lm_soft", "lm_hash", "lm_shared", "seed_switch", "seed_gating", "seed_moe"]:
+for n in sys.argv[2].split():
     model = moelm.load(os.path.join(tmp, n))       # the run directory: its latest checkpoint
     raw = open(os.path.join(tmp, n + ".in.safetensors"), "rb").read()
     (hn,) = struct.unpack("<Q", raw[:8])
     ids = torch.frombuffer(bytearray(raw[8 + hn:]), dtype=torch.int32).view(3, 40).long()
     ref = moelm.st_read(os.path.join(tmp, n + ".out.safetensors"))[0]["case.logits"]
     with torch.no_grad():
-        if model.cfg.router == "random":
+        if not model.llama and model.cfg.router == "random":
             # one expert takes the whole call: moelm's draw is one of E; exactly that one must match
             errs = [float((model(ids, random_expert=e) - ref).abs().max()) for e in range(model.cfg.E)]
             tol = 1e-5 * float(ref.abs().max())
@@ -81,10 +84,15 @@ for n in ["lm_switch", "lm_top2", "lm_soft", "lm_hash", "lm_shared", "seed_switc
     err, scale = float((logits - ref).abs().max()), float(ref.abs().max())
     report(logits.shape == ref.shape and err <= 1e-5 * scale,
            "%s: logits equal moelm forward's (max diff %.3g, 1e-5 of the largest %.3g)" % (n, err, scale))
-    ok = len(model.routing) == (1 if model.cfg.type == "seed" else sum(model.cfg.sparse(l) for l in range(model.cfg.L)))
+    if model.llama:
+        E, L = model.config.get("num_local_experts", 0), model.config["num_hidden_layers"]
+        want = L if model.config["model_type"] == "mixtral" else 0
+    else:
+        E, want = model.cfg.E, 1 if model.cfg.type == "seed" else sum(model.cfg.sparse(l) for l in range(model.cfg.L))
+    ok = len(model.routing) == want
     for r in model.routing:
-        load = torch.bincount(r.expert[r.kept], minlength=model.cfg.E)
-        ok = ok and int(load.max()) <= r.capacity and r.expert.shape[0] == 120 and r.probs.shape == (120, model.cfg.E)
+        load = torch.bincount(r.expert[r.kept], minlength=E)
+        ok = ok and int(load.max()) <= r.capacity and r.expert.shape[0] == 120 and r.probs.shape == (120, E)
     report(ok, "%s: routing of %d MoE layer(s), kept slots within capacity (dropped %s)"
            % (n, len(model.routing), " ".join("%.3f" % r.dropped() for r in model.routing)))
 
