@@ -29,7 +29,7 @@ int cmd_generate(int argc, char **argv) {
                    "  --seed N           sampling seed (default 1)\n"
                    "  -t, --threads N    threads (default: 1 for a model under 32 MB of weights a token, or on a\n"
                    "                     busy machine (load average >= CPUs), else 2). A token's step is short\n"
-                   "                     and each layer waits for its slowest thread: there -t 2 was 2.5-80x\n"
+                   "                     and each layer waits for its slowest thread: there -t 2 was 2.5-106x\n"
                    "                     slower than -t 1 (bench/RESULTS.md); time both with `moelm bench`\n"
                    "  --bf16             read the weight matrices as bfloat16: half the bytes, 1.4-1.9x faster\n"
                    "                     here; logits within ~2%% of the float ones (a sample can differ)\n"

@@ -116,7 +116,8 @@ moelm_status generate_run(const GenerateOptions *o);
  * a token's work is small (under GEN_SMALL_BYTES: a token is a few short products, each ending at a
  * barrier, and a second thread only adds waits) or the machine is busy (load >= cpus: a thread that
  * reaches a barrier waits for a sibling that has no core), else 2 (at most cpus). Measured on the
- * shared 2-core machine (bench/RESULTS.md): -t 2 was 2.5-80x slower than -t 1, tiny to seed-switch. */
+ * shared 2-core machine (bench/RESULTS.md): -t 2 was 2.5-106x slower than -t 1, tiny to switch-ptb;
+ * every preset reads under 32 MB a token at float (the largest, mixtral-ptb, 26 MB). */
 #define GEN_SMALL_BYTES (32.0 * 1024 * 1024)
 int generate_auto_threads(double bytes_per_token, double load, int cpus);
 
