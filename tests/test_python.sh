@@ -96,11 +96,12 @@ for n in sys.argv[2].split():
     report(ok, "%s: routing of %d MoE layer(s), kept slots within capacity (dropped %s)"
            % (n, len(model.routing), " ".join("%.3f" % r.dropped() for r in model.routing)))
 
-# eval vs train capacity: lm_shared has capacity factor 0.5: drops, and logits that differ
+# a 1-D call is one sequence; lm_shared's capacity factor 0.5 drops slots
 m = moelm.load(os.path.join(tmp, "lm_shared"))
 with torch.no_grad():
-    a = m(ids[:, :32] % m.cfg.V)
-    report(m.routing[0].dropped() > 0, "lm_shared: capacity factor 0.5 drops slots (%.3f)" % m.routing[0].dropped())
+    one = m(torch.arange(32) % m.cfg.V)
+    report(one.shape == (1, 32, m.cfg.V) and m.routing[0].dropped() > 0,
+           "lm_shared: a 1-D call gives [1, T, V]; capacity factor 0.5 drops slots (%.3f)" % m.routing[0].dropped())
 
 # the tokenizer helper through the moelm binary
 tok = moelm.Tokenizer(os.path.join(tmp, "lm_switch"), moelm=os.environ.get("MOELM_BIN", "./moelm"))
