@@ -93,6 +93,21 @@ $BIN report "$TMP/run" -o "$TMP/run.html" >/dev/null 2>&1
 info_s=$($BIN info "$TMP/run" 2>/dev/null | sed -n 's/.* tokens seen, \([0-9.]*\) s of training.*/\1/p')
 check "report's wall-clock equals moelm info's ($info_s s)" grep -q "<td class=\"n\">$info_s s</td>" "$TMP/run.html"
 
+# hostile records: deep nesting (a 2000-character key path is left out, not overflowed), a key of 3000
+# characters, empty objects and arrays, control characters: a CSV and exit 0 (the sanitizer build checks
+# the memory)
+mkdir -p "$TMP/hostile"
+$PY - "$TMP/hostile/metrics.jsonl" <<'PYEOF'
+import json, sys
+deep = 1
+for i in range(60):
+    deep = {"k%030d" % i: deep}
+recs = [{"step": 1, "deep": deep}, {"x" * 3000: 1, "e": {}, "a": [], "s": "tab\there\nnew \u0001"}, {"step": 2}]
+open(sys.argv[1], "w").write("".join(json.dumps(r) + "\n" for r in recs))
+PYEOF
+$BIN report --csv "$TMP/hostile" -o "$TMP/hostile.csv" >/dev/null 2>"$TMP/hostile.err"; rc=$?
+check "hostile metrics: exit 0 and a header plus 3 rows" sh -c "[ $rc = 0 ] && $PY -c \"import csv,sys; r=list(csv.reader(open('$TMP/hostile.csv', newline=''))); sys.exit(not (len(r) == 4 and r[0][0] == 'step' and r[3][0] == '2'))\""
+
 # errors: one line, non-zero
 expect_error "report --csv of a directory without metrics.jsonl" "no metrics.jsonl" $BIN report --csv "$TMP"
 expect_error "report --csv of two runs" "give one run directory" $BIN report --csv "$TMP/run" "$TMP/hand"
