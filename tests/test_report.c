@@ -501,8 +501,8 @@ TEST(report_issue24) {
     EXPECT(report_build(&sc, four, 4) == MOELM_OK);
     if (sc.buf) {
         EXPECT_MSG(count(sc.buf, "has collapsed") == 2, "%d", count(sc.buf, "has collapsed"));
-        EXPECT(strstr(sc.buf, "has collapsed at the last evaluation (step 6): 94% of the token-slots dropped, 1 of 4") != NULL);
-        EXPECT(strstr(sc.buf, "has collapsed at the last evaluation (step 6): 0% of the token-slots dropped, 3 of 4") != NULL);
+        EXPECT(strstr(sc.buf, "has collapsed</b> at step 6 (94% of the token-slots dropped, 1 of 4") != NULL);
+        EXPECT(strstr(sc.buf, "has collapsed</b> at step 6 (0% of the token-slots dropped, 3 of 4") != NULL);
         /* four runs, with the trainer's criterion: the first flag is the first run's row */
         EXPECT(strstr(sc.buf, ">drop<") < strstr(sc.buf, "94% of the token-slots"));
     }

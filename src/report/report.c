@@ -379,7 +379,7 @@ static const char *CSS =
     "background:#fff;max-width:1400px}.tok{border-radius:3px;padding:1px 0}.tok.drop{background:#eee;color:#999;text-decoration:line-through}"
     ".toks.focus .tok{opacity:.22}.toks.focus .tok.on{opacity:1;outline:1px solid #555}"
     ".chip{display:inline-block;padding:0 6px;margin:0 4px 2px 0;border-radius:3px;font:12px ui-monospace,monospace;cursor:default}"
-    "td.warn{color:#a40000;font-weight:600}.lname{font-weight:600;margin:8px 0 2px}.words{font:12px ui-monospace,Menlo,monospace}#selfcheck{display:none}";
+    ".lname{font-weight:600;margin:8px 0 2px}.words{font:12px ui-monospace,Menlo,monospace}#selfcheck{display:none}";
 
 /* Hover a token or an expert chip: the tokens of that expert in the same layer stand out. */
 static const char *JS_HOVER =
@@ -434,20 +434,6 @@ static void section_summary(StrBuf *sb, const Run *runs, int R) {
             sb_printf(sb, "<td class=\"n\">%.4f (step %.0f)</td><td class=\"n\">%.2f</td><td class=\"n\">%.2f</td></tr>\n",
                       r->vloss[bi], r->estep[bi], r->vppl[bi], r->vwppl[bi]);
         else sb_printf(sb, "<td>-</td><td>-</td><td>-</td></tr>\n");
-        for (int l = 0; l < r->L && r->V > 0; l++) {
-            /* the trainer's criterion (moe_router_collapsed), at the last evaluation */
-            double drop = r->dropped[(size_t)l * r->V + r->V - 1], dead = r->dead[(size_t)l * r->V + r->V - 1];
-            const char *rn = json_string(json_get(r->config, "router_type"));
-            int router = rn ? router_from_name(rn) : ROUTER_SWITCH;
-            if (!isfinite(drop) || !isfinite(dead) || router < 0 || !moe_router_collapsed((RouterType)router, r->E, drop, (int)dead))
-                continue;
-            char ln[64];
-            sb_printf(sb, "<tr><td colspan=\"9\" class=\"warn\">warning: the router of ");
-            html_escape(sb, layer_name(r, l, ln, sizeof ln));
-            sb_printf(sb, " has collapsed at the last evaluation (step %.0f): %.0f%% of the token-slots dropped, %.0f of %d "
-                          "experts dead; try a larger router_aux_loss_coef or capacity_factor, or a smaller lr</td></tr>\n",
-                      r->estep[r->V - 1], 100 * drop, dead, r->E);
-        }
         if (r->bad_lines) {
             sb_printf(sb, "<tr><td colspan=\"9\" class=\"note\">%d malformed line(s) of ", r->bad_lines);
             html_escape(sb, r->path);
@@ -568,17 +554,18 @@ static void layer_chart(StrBuf *sb, Run *runs, int R, int which, double scale, c
 }
 
 /* A warning for each sparse layer whose router had collapsed at the run's last evaluation, by the
- * trainer's rule (moe_stats_collapsed): a learned router with most token-slots dropped or most
+ * trainer's rule (moe_router_collapsed): a learned router with most token-slots dropped or most
  * experts dead. Random, hash and soft routers are left out, as are runs without their config. */
 static void router_collapse_flags(StrBuf *sb, const Run *r) {
     const char *rt = r->config ? json_string(json_get(r->config, "router_type")) : NULL;
-    if (!rt || !strcmp(rt, "random") || !strcmp(rt, "hash") || !strcmp(rt, "soft") || r->E < 2) return;
+    int router = rt ? router_from_name(rt) : -1;
+    if (router < 0) return;
     char ln[64];
     for (int l = 0; l < r->L; l++) {
         const double *d = r->dropped + (size_t)l * r->V, *dead = r->dead + (size_t)l * r->V;
         int v = r->V - 1;
         while (v >= 0 && isnan(d[v])) v--;
-        if (v < 0 || !(d[v] > 0.5 || dead[v] > r->E / 2)) continue;
+        if (v < 0 || !moe_router_collapsed((RouterType)router, r->E, d[v], (int)dead[v])) continue;
         layer_name(r, l, ln, sizeof ln);
         sb_printf(sb, "<p class=\"note\"><b>warning: ");
         html_escape(sb, r->label);
