@@ -16,6 +16,7 @@
  * the sampler's greedy, top-k, top-p and frequency behaviour, and its partial sorts against a full one.
  */
 #include <fcntl.h>
+#include <math.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -25,6 +26,7 @@
 #include "backend/runtime.h"
 #include "model/model.h"
 #include "tiny_models.h"
+#include "train/train.h"
 
 static void tiny(ModelConfig *c, int V) {
     tiny_lm(c, V, 0.1f);   /* dropout must be ignored in eval and in generation */
@@ -686,8 +688,23 @@ TEST(sample_frequencies) {
     for (int v = 0; v < V; v++) EXPECT_NEAR((double)seen[v] / D, p[v], 3.0 * sqrt(p[v] * (1 - p[v]) / D));
 }
 
+/* generate's default thread count: 1 for a small model or a busy machine, else 2 (at most the CPUs) */
+TEST(auto_threads) {
+    double MB = 1024.0 * 1024.0;
+    EXPECT(generate_auto_threads(0.25 * MB, 0.0, 2) == 1);      /* tiny: barrier-bound whatever the load */
+    EXPECT(generate_auto_threads(31.0 * MB, NAN, 16) == 1);
+    EXPECT(generate_auto_threads(100.0 * MB, 0.5, 2) == 2);      /* a large model on a quiet machine */
+    EXPECT(generate_auto_threads(100.0 * MB, NAN, 2) == 2);      /* load unknown */
+    EXPECT(generate_auto_threads(100.0 * MB, 2.0, 2) == 1);      /* busy: load >= CPUs */
+    EXPECT(generate_auto_threads(100.0 * MB, 18.0, 2) == 1);
+    EXPECT(generate_auto_threads(100.0 * MB, 0.0, 1) == 1);      /* one CPU */
+    EXPECT(isnan(backend_load()) || backend_load() >= 0.0);
+    EXPECT(backend_cpus() >= 1);
+}
+
 int main(void) {
     test_one_thread();
+    RUN(auto_threads);
     RUN(bf16_rounding);
     RUN(gemv_matches_reference);
     RUN(gemv_t_nz_matches_reference);

@@ -415,6 +415,125 @@ TEST(report_escapes_every_file_string) {
 #undef PJ
 }
 
+/* Issue 24's report fixes, on synthetic runs: the summary names the blocks that hold experts (not
+ * "every 2nd block" for one sparse layer in block 1 of 4); router charts of two evaluations are points
+ * on an axis spanning the metric's natural range; the wall-clock is the checkpoint's (moelm info's)
+ * unless the log went past it; runs with different tokenizers are compared by word-level perplexity;
+ * a collapsed router (the trainer's criterion) is flagged, a random router's unused experts are not. */
+static void write_run(const char *dir, const char *cfg, const char *state, const char *evals) {
+    char path[512], buf[4096];
+    snprintf(path, sizeof path, "%s/latest", dir);
+    dir_make(path);
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    snprintf(buf, sizeof buf,
+             "{\"step\": 1, \"loss\": 6.9, \"aux_loss\": 0.02, \"lr\": 0.001, \"grad_norm\": 2.0, \"tokens_per_s\": 900, \"time_s\": 0.1, \"tokens\": 64}\n"
+             "{\"step\": 4, \"loss\": 5.5, \"aux_loss\": 0.02, \"lr\": 0.0008, \"grad_norm\": 1.2, \"tokens_per_s\": 1000, \"time_s\": 0.4, \"tokens\": 256}\n"
+             "%s", evals);
+    write_file(path, buf);
+    snprintf(path, sizeof path, "%s/latest/config.json", dir);
+    write_file(path, cfg);
+    if (state) {
+        snprintf(path, sizeof path, "%s/latest/state.json", dir);
+        write_file(path, state);
+    }
+}
+
+#define EVAL(step, drop, dead) "{\"step\": " #step ", \"val_loss\": 5.2, \"val_ppl\": 181.3, \"val_word_ppl\": 250.5, \"moe\": " \
+    "[{\"layer\": 0, \"dropped\": " #drop ", \"entropy\": 1.2, \"top1\": 0.4, \"dead\": " #dead ", \"aux\": 1.0501, " \
+    "\"z\": 0.7, \"load\": [0.4, 0.1, 0.2, 0.3]}]}\n"
+#define CFG(router, L, step) "{\"model_type\": \"lm\", \"router_type\": \"" router "\", \"num_experts\": 4, \"num_layers\": " \
+    #L ", \"d_model\": 8, \"sparse_step\": " #step ", \"num_experts_per_tok\": 1}\n"
+
+TEST(report_issue24) {
+    char b[160];
+    report_sparse_blocks(b, sizeof b, 4, 4);
+    EXPECT_MSG(!strcmp(b, "in block 1 of 4"), "%s", b);
+    report_sparse_blocks(b, sizeof b, 2, 1);
+    EXPECT_MSG(!strcmp(b, "in every block"), "%s", b);
+    report_sparse_blocks(b, sizeof b, 4, 2);
+    EXPECT_MSG(!strcmp(b, "in blocks 1, 3 (2 of 4)"), "%s", b);
+    report_sparse_blocks(b, sizeof b, 24, 2);
+    EXPECT_MSG(!strcmp(b, "in blocks 1, 3, 5, 7, 9, 11, 13, 15, ... (12 of 24)"), "%s", b);
+
+    const char *root = "build/tmp/test_report24";
+    dir_remove_tree(root);
+    const char *st_a = "{\"step\": 6, \"elapsed_s\": 12.5, \"tokenizer_hash\": \"111\"}\n";
+    write_run("build/tmp/test_report24/a", CFG("switch", 4, 4), st_a, EVAL(3, 0.1, 0) EVAL(6, 0.1001, 0));
+    const char *a[1] = {"build/tmp/test_report24/a"};
+    StrBuf sb = {0};
+    EXPECT(report_build(&sb, a, 1) == MOELM_OK);
+    if (sb.buf) {
+        EXPECT(strstr(sb.buf, "switch, 4 experts in block 1 of 4, 4 layers") != NULL);
+        EXPECT(strstr(sb.buf, "every 2nd") == NULL);
+        /* two evaluations: points, no line; the dropped share on an axis up to 100 %, the balance loss
+         * (1.0501, 1.0501) on one from 0 */
+        EXPECT(count_between(sb.buf, ">dropped token-slots<", "</svg>", "<path class=\"series\"") == 0);
+        EXPECT(count_between(sb.buf, ">dropped token-slots<", "</svg>", "<circle") == 2);
+        EXPECT(count_between(sb.buf, ">dropped token-slots<", "</svg>", ">100<") == 1);
+        EXPECT(count_between(sb.buf, ">load-balancing loss per layer<", "</svg>", ">0.0<") == 1);
+        EXPECT(count_between(sb.buf, ">router confidence<", "</svg>", ">1.0<") == 1);
+        /* the wall-clock of the checkpoint, as moelm info says, not the last logged step's 0.4 s */
+        EXPECT(strstr(sb.buf, ">12.5 s<") != NULL && strstr(sb.buf, ">0.4 s<") == NULL);
+        EXPECT(strstr(sb.buf, "has collapsed") == NULL);
+    }
+    sb_free(&sb);
+
+    /* the log went past the checkpoint (stopped before its next one): the log's wall-clock */
+    write_run("build/tmp/test_report24/past", CFG("switch", 2, 1), "{\"step\": 2, \"elapsed_s\": 0.25}\n", EVAL(3, 0.1, 0));
+    const char *past[1] = {"build/tmp/test_report24/past"};
+    StrBuf sp = {0};
+    EXPECT(report_build(&sp, past, 1) == MOELM_OK);
+    if (sp.buf) {
+        EXPECT(strstr(sp.buf, ">0.4 s<") != NULL);
+        EXPECT(strstr(sp.buf, "switch, 4 experts in every block, 2 layers") != NULL);
+    }
+    sb_free(&sp);
+
+    /* a collapsed switch router (94% dropped at the last evaluation) is flagged; 3 of 4 dead too; a
+     * random router's experts no batch drew are not */
+    write_run("build/tmp/test_report24/drop", CFG("switch", 2, 2), NULL, EVAL(3, 0.1, 0) EVAL(6, 0.9375, 1));
+    write_run("build/tmp/test_report24/dead", CFG("topk", 2, 2), NULL, EVAL(6, 0.0, 3));
+    write_run("build/tmp/test_report24/rnd", CFG("random", 2, 2), NULL, EVAL(6, 0.0, 3));
+    write_run("build/tmp/test_report24/early", CFG("switch", 2, 2), NULL, EVAL(3, 0.9, 3) EVAL(6, 0.1, 0));
+    const char *four[4] = {"build/tmp/test_report24/drop", "build/tmp/test_report24/dead", "build/tmp/test_report24/rnd",
+                           "build/tmp/test_report24/early"};
+    StrBuf sc = {0};
+    EXPECT(report_build(&sc, four, 4) == MOELM_OK);
+    if (sc.buf) {
+        EXPECT_MSG(count(sc.buf, "has collapsed") == 2, "%d", count(sc.buf, "has collapsed"));
+        EXPECT(strstr(sc.buf, "has collapsed</b> at step 6 (94% of the token-slots dropped, 1 of 4") != NULL);
+        EXPECT(strstr(sc.buf, "has collapsed</b> at step 6 (0% of the token-slots dropped, 3 of 4") != NULL);
+        /* four runs, with the trainer's criterion: the first flag is the first run's row */
+        EXPECT(strstr(sc.buf, ">drop<") < strstr(sc.buf, "94% of the token-slots"));
+    }
+    sb_free(&sc);
+
+    /* tokenizers: a and b differ (hashes 111, 222): word-level perplexity only; a and c agree: per token */
+    write_run("build/tmp/test_report24/b", CFG("switch", 4, 4), "{\"step\": 6, \"elapsed_s\": 3, \"tokenizer_hash\": \"222\"}\n",
+              EVAL(3, 0.1, 0) EVAL(6, 0.1, 0));
+    write_run("build/tmp/test_report24/c", CFG("switch", 4, 4), st_a, EVAL(3, 0.1, 0) EVAL(6, 0.1, 0));
+    const char *ab[2] = {"build/tmp/test_report24/a", "build/tmp/test_report24/b"};
+    StrBuf sd = {0};
+    EXPECT(report_build(&sd, ab, 2) == MOELM_OK);
+    if (sd.buf) {
+        EXPECT(strstr(sd.buf, ">word-level perplexity vs step<") != NULL && strstr(sd.buf, ">perplexity vs step<") == NULL);
+        EXPECT(count_between(sd.buf, ">word-level perplexity vs step<", "</svg>", ">a val (word)<") == 2);   /* its path's title and its legend */
+        EXPECT(count_between(sd.buf, ">word-level perplexity vs step<", "</svg>", " train<") == 0);
+        EXPECT(strstr(sd.buf, "use different tokenizers") != NULL);
+    }
+    sb_free(&sd);
+    const char *ac[2] = {"build/tmp/test_report24/a", "build/tmp/test_report24/c"};
+    StrBuf se = {0};
+    EXPECT(report_build(&se, ac, 2) == MOELM_OK);
+    if (se.buf) {
+        EXPECT(strstr(se.buf, ">perplexity vs step<") != NULL && strstr(se.buf, "word-level perplexity") == NULL);
+        EXPECT(count_between(se.buf, ">perplexity vs step<", "</svg>", ">a train<") == 2);
+    }
+    sb_free(&se);
+}
+#undef EVAL
+#undef CFG
+
 int main(void) {
     test_one_thread();
     RUN(scale_linear_and_log);
@@ -429,6 +548,7 @@ int main(void) {
     RUN(eta_format);
     RUN(report_page);
     RUN(report_escapes_every_file_string);
+    RUN(report_issue24);
     RUN(routing_from_evaluation_equals_dump);
     return test_summary("report");
 }

@@ -70,4 +70,10 @@ printf 'the <unk> cat\n' >"$TMP/unk1.txt"
 $BIN eval -m "$TMP/spm" --data "$TMP/unk1.txt" -t 1 >"$TMP/spm_eval.out" 2>/dev/null
 check "spm: the literal <unk> is one unknown token" grep -q "unknown tokens: 1 of" "$TMP/spm_eval.out"
 
+# generation's default thread count: the tiny model (a quarter MB a token) takes 1 thread; -t 2 is kept
+$BIN generate -m "$TMP/w" -n 3 >/dev/null 2>"$TMP/t_auto.err"
+check "generate without -t: 1 thread for a small model" grep -q "tok/s, 1 thread, chosen" "$TMP/t_auto.err"
+$BIN generate -m "$TMP/w" -n 3 -t 2 >/dev/null 2>"$TMP/t_2.err"
+check "generate -t 2: 2 threads" grep -q "tok/s, 2 threads)" "$TMP/t_2.err"
+
 finish use

@@ -7,6 +7,7 @@
 #include "gemm_bf16.h"
 #include "common/util.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -439,6 +440,23 @@ void backend_set_threads(int n) {
 }
 
 int backend_threads(void) { return g_threads; }
+
+int backend_cpus(void) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
+    int n = CPU_COUNT(&set);
+    return n > 0 ? n : 1;
+}
+
+double backend_load(void) {
+    FILE *f = fopen("/proc/loadavg", "r");
+    double load = NAN;
+    if (f) {
+        if (fscanf(f, "%lf", &load) != 1) load = NAN;
+        fclose(f);
+    }
+    return load;
+}
 
 const char *backend_name(void) {
 #ifdef MOELM_BLAS

@@ -8,7 +8,12 @@
 /* Threads for both OpenMP loops and BLAS (one pool with the OpenMP build of OpenBLAS). */
 void backend_set_threads(int n);
 int backend_threads(void);
-const char *backend_name(void);   /* e.g. "openblas (Haswell; ...)" or "reference (no BLAS)" */
+const char *backend_name(void);
+
+/* The processors this process may run on (sched_getaffinity; 1 when unknown), and the machine's
+ * 1-minute load average (/proc/loadavg; NaN when unreadable): how crowded the cores are. */
+int backend_cpus(void);
+double backend_load(void);   /* e.g. "openblas (Haswell; ...)" or "reference (no BLAS)" */
 
 /* The environment the BLAS and OpenMP runtimes read once, when they load (before main() runs).
  * libgomp by default lets a thread that reaches a barrier spin for up to ~300k iterations: on a

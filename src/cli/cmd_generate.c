@@ -6,7 +6,7 @@
 #include "train/train.h"
 
 int cmd_generate(int argc, char **argv) {
-    GenerateOptions o = {.ckpt = NULL, .prompt = "", .n = 40, .temp = 0.8f, .top_p = 1.0f, .top_k = 40, .seed = 1, .threads = 2,
+    GenerateOptions o = {.ckpt = NULL, .prompt = "", .n = 40, .temp = 0.8f, .top_p = 1.0f, .top_k = 40, .seed = 1, .threads = 0,
                          .beams = 1, .length_penalty = 1.0f};
     long v;
     double d;
@@ -27,9 +27,10 @@ int cmd_generate(int argc, char **argv) {
                    "  --top-k K          sample from the K most likely tokens; 0 = off (default 40)\n"
                    "  --top-p P          nucleus sampling; 1 = off (default 1)\n"
                    "  --seed N           sampling seed (default 1)\n"
-                   "  -t, --threads N    threads (default 2). A token's step is short and each layer waits\n"
-                   "                     for its slowest thread: on a busy machine -t 1 is often several\n"
-                   "                     times faster (bench/RESULTS.md); time both with `moelm bench`\n"
+                   "  -t, --threads N    threads (default: 1 for a model under 32 MB of weights a token, or on a\n"
+                   "                     busy machine (load average >= CPUs), else 2). A token's step is short\n"
+                   "                     and each layer waits for its slowest thread: there -t 2 was 2.5-106x\n"
+                   "                     slower than -t 1 (bench/RESULTS.md); time both with `moelm bench`\n"
                    "  --bf16             read the weight matrices as bfloat16: half the bytes, 1.4-1.9x faster\n"
                    "                     here; logits within ~2%% of the float ones (a sample can differ)\n"
                    "  --beams N          encoder-decoder: beam search with N beams (default 1: greedy, or sampling\n"

@@ -121,7 +121,9 @@ moelm_status model_load_dir(Model *m, const char *dir, int B, int Te, int Td) {
     st = ws_open(&ws, dir);
     if (st) return st;
     st = cfg.model_type == MODEL_SWITCH ? model_create_encdec(m, &cfg, B, Te, Td, 1, 0, 1) : model_create(m, &cfg, B, Te, 1);
-    if (!st) st = config_is_llama(&cfg) ? llama_read_hf(m, ws, dir) : model_read_weights(m, ws, dir);
+    /* the family's HF files split the experts; a moelm checkpoint (train's latest/) keeps its slabs */
+    int hf = config_is_llama(&cfg) && !ws_info(ws, "model.layers.0.block_sparse_moe.experts.w1_w3.weight", NULL, NULL, NULL);
+    if (!st) st = hf ? llama_read_hf(m, ws, dir) : model_read_weights(m, ws, dir);
     ws_close(ws);
     if (st && m->params) model_free(m);
     return st;

@@ -87,6 +87,11 @@ int moe_hash_expert(int token, int E) {
     return (int)(z % (uint64_t)E);
 }
 
+int moe_router_collapsed(RouterType r, int E, double dropped_share, int dead) {
+    if (r == ROUTER_RANDOM || r == ROUTER_HASH || r == ROUTER_SOFT || E < 2) return 0;
+    return dropped_share > 0.5 || dead > E / 2;
+}
+
 size_t moe_param_count(const MoEConfig *cfg) {
     size_t E = (size_t)cfg->E, C = (size_t)cfg->C, H = (size_t)cfg->H, H1 = (size_t)moe_h1(cfg);
     size_t n = (router_learned(cfg->router) ? E * C : 0)   /* router_w: none for random and hash */

@@ -177,6 +177,12 @@ int moe_active_experts(const MoEConfig *cfg);
 /* The hash router's fixed expert for a token id, in [0, E). */
 int moe_hash_expert(int token, int E);
 
+/* Whether a router has collapsed, from one evaluation's statistics: most token-slots dropped (a share
+ * over 0.5) or most experts dead (more than E/2 with no token). Only for routers that learn to
+ * choose among capped experts (switch, top-k, expert-choice): 0 for random, hash and soft, and E < 2.
+ * The one criterion of training's warning and the report's flag. */
+int moe_router_collapsed(RouterType r, int E, double dropped_share, int dead);
+
 /* Parameter floats of one layer (router + experts + shared expert + expert bias); the model lays the
  * tensors out in its arena in the order of MoEParams' fields. Random and hash routing have no router
  * weight (router_w is NULL and not counted). */

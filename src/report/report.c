@@ -13,6 +13,7 @@
 #include <string.h>
 #include <dirent.h>
 #include "io/fileio.h"
+#include "moe/moe.h"
 #include "report/svg.h"
 
 #define MAXL 64
@@ -35,11 +36,38 @@ typedef struct {
     char lname[MAXL][32];     /* an encoder-decoder's sparse blocks ("encoder block 1"), from metrics.jsonl; "" otherwise */
     Json *routing;            /* newest routing dump, or NULL */
     Json *config;             /* latest/config.json, or NULL */
+    double ckpt_step, ckpt_elapsed;   /* latest/state.json's step and elapsed_s (the run's wall-clock, as
+                                       * moelm info gives it: evaluations and checkpoints included); NaN if none */
+    char tok_hash[32];        /* latest/state.json's tokenizer_hash ("" when unknown) */
 } Run;
 
 static double num(const Json *o, const char *key) {
     const Json *v = json_get(o, key);
     return json_type(v) == JSON_NUMBER ? json_number(v) : NAN;
+}
+
+/* An integer key of a config (0 when absent or not a number). */
+static int inum(const Json *o, const char *key) {
+    double v = num(o, key);
+    return isfinite(v) && fabs(v) < 1e9 ? (int)v : 0;
+}
+
+void report_sparse_blocks(char *buf, size_t cap, int L, int step) {
+    /* the lm's rule (config_block_is_sparse): block i is sparse when step == 1 or i % step == 1 */
+    int n = 0, first = -1;
+    for (int i = 0; i < L; i++) if (step == 1 || i % step == 1) { n++; if (first < 0) first = i; }
+    if (n == 0) { snprintf(buf, cap, "in no block of %d", L); return; }
+    if (n == L) { snprintf(buf, cap, "in every block"); return; }
+    if (n == 1) { snprintf(buf, cap, "in block %d of %d", first, L); return; }
+    size_t len = (size_t)snprintf(buf, cap, "in blocks ");
+    int shown = 0;
+    for (int i = 0; i < L && len < cap; i++) {
+        if (!(i % step == 1)) continue;
+        if (shown == 8 && n > 9) { len += (size_t)snprintf(buf + len, cap - len, ", ..."); break; }
+        len += (size_t)snprintf(buf + len, cap - len, "%s%d", shown ? ", " : "", i);
+        shown++;
+    }
+    if (len < cap) snprintf(buf + len, cap - len, " (%d of %d)", n, L);
 }
 
 static double *nan_array(size_t n) {
@@ -70,11 +98,14 @@ static double time_at_step(const Run *r, double step) {
     return t0;
 }
 
-static moelm_status read_metrics(Run *r) {
+moelm_status report_read_records(const char *run, Json ***recs_out, size_t *nr_out, int *bad_lines) {
     char path[1100];
-    snprintf(path, sizeof path, "%s/metrics.jsonl", r->path);
+    snprintf(path, sizeof path, "%s/metrics.jsonl", run);
+    *recs_out = NULL;
+    *nr_out = 0;
+    *bad_lines = 0;
     if (!path_exists(path))
-        return moelm_fail(MOELM_ERR_IO, "%s: no metrics.jsonl (is it a run directory written by moelm train?)", r->path);
+        return moelm_fail(MOELM_ERR_IO, "%s: no metrics.jsonl (is it a run directory written by moelm train?)", run);
     char *data = NULL;
     size_t n = 0;
     moelm_status st = file_read_all_limit(path, &data, &n, REPORT_MAX_METRICS);
@@ -82,7 +113,7 @@ static moelm_status read_metrics(Run *r) {
     size_t lines = 1;
     for (size_t i = 0; i < n; i++) lines += data[i] == '\n';
     Json **recs = moelm_calloc(lines, sizeof(Json *));
-    if (!recs) { moelm_free(data); return MOELM_ERR_NOMEM; }
+    if (!recs) { moelm_free(data); return moelm_fail(MOELM_ERR_NOMEM, "%s: out of memory", path); }
     size_t nr = 0;
     for (size_t i = 0; i < n;) {
         char *nl = memchr(data + i, '\n', n - i);
@@ -92,11 +123,28 @@ static moelm_status read_metrics(Run *r) {
         if (a < end) {
             Json *j = NULL;
             if (json_parse(&j, data + a, end - a, path) == MOELM_OK && json_type(j) == JSON_OBJECT) recs[nr++] = j;
-            else { json_free(j); r->bad_lines++; }
+            else { json_free(j); (*bad_lines)++; }
         }
         i = end + 1;
     }
     moelm_free(data);
+    *recs_out = recs;
+    *nr_out = nr;
+    return MOELM_OK;
+}
+
+void report_free_records(Json **recs, size_t nr) {
+    for (size_t i = 0; i < nr; i++) json_free(recs[i]);
+    moelm_free(recs);
+}
+
+static moelm_status read_metrics(Run *r) {
+    char path[1100];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", r->path);
+    Json **recs = NULL;
+    size_t nr = 0;
+    moelm_status st = report_read_records(r->path, &recs, &nr, &r->bad_lines);
+    if (st) return st;
     int S = 0, V = 0, L = 0, E = 0;
     for (size_t i = 0; i < nr; i++) {
         if (json_get(recs[i], "loss")) S++;
@@ -150,8 +198,7 @@ static moelm_status read_metrics(Run *r) {
             v++;
         }
     }
-    for (size_t i = 0; i < nr; i++) json_free(recs[i]);
-    moelm_free(recs);
+    report_free_records(recs, nr);
     if (st) return moelm_fail(st, "%s: out of memory", path);
     for (int i = 0; i < V; i++)
         if (!isfinite(r->etime[i])) r->etime[i] = time_at_step(r, r->estep[i]);
@@ -185,7 +232,22 @@ static void read_routing(Run *r) {
     else json_free(j);
 }
 
+static void read_state(Run *r) {
+    char path[1100];
+    snprintf(path, sizeof path, "%s/latest/state.json", r->path);
+    r->ckpt_step = r->ckpt_elapsed = NAN;
+    Json *j = NULL;
+    if (path_exists(path) && json_parse_file(&j, path) == MOELM_OK && json_type(j) == JSON_OBJECT) {
+        r->ckpt_step = num(j, "step");
+        r->ckpt_elapsed = num(j, "elapsed_s");
+        const char *h = json_string(json_get(j, "tokenizer_hash"));
+        if (h) snprintf(r->tok_hash, sizeof r->tok_hash, "%s", h);
+    }
+    json_free(j);
+}
+
 static void read_config(Run *r) {
+    read_state(r);
     char path[1100];
     snprintf(path, sizeof path, "%s/latest/config.json", r->path);
     Json *j = NULL;
@@ -194,16 +256,28 @@ static void read_config(Run *r) {
     if (!r->config) { snprintf(r->desc, sizeof r->desc, "%s", r->L ? "sparse" : "dense"); return; }
     const char *mt = json_string(json_get(j, "model_type"));
     const char *router = json_string(json_get(j, "router_type"));
-    int E = (int)num(j, "num_experts"), Lr = (int)num(j, "num_layers"), C = (int)num(j, "d_model");
-    int K = (int)num(j, "num_experts_per_tok"), step = (int)num(j, "sparse_step");
-    if (mt && !strcmp(mt, "seed"))
+    int E = inum(j, "num_experts"), Lr = inum(j, "num_layers"), C = inum(j, "d_model");
+    int K = inum(j, "num_experts_per_tok"), step = inum(j, "sparse_step");
+    char kk[24] = "";
+    if (router && !strcmp(router, "topk")) snprintf(kk, sizeof kk, ", k %d", K);
+    if (mt && !strcmp(mt, "seed")) {
         snprintf(r->desc, sizeof r->desc, "seed model, %s head MoE, %d experts, d_model %d", router ? router : "?", E, C);
-    else if (E <= 1 || step <= 0)
+    } else if (mt && (!strcmp(mt, "mixtral") || !strcmp(mt, "llama"))) {
+        E = inum(j, "num_local_experts");
+        if (!strcmp(mt, "mixtral"))
+            snprintf(r->desc, sizeof r->desc, "mixtral, %d experts, k %d, in every block, %d layers, d_model %d", E, K,
+                     inum(j, "num_hidden_layers"), inum(j, "hidden_size"));
+        else snprintf(r->desc, sizeof r->desc, "llama (dense), %d layers, d_model %d", inum(j, "num_hidden_layers"), inum(j, "hidden_size"));
+    } else if (mt && !strcmp(mt, "switch_transformers")) {
+        snprintf(r->desc, sizeof r->desc, "switch_transformers encoder-decoder, %d experts, %d encoder layers, d_model %d", E, Lr, C);
+    } else if (E <= 1 || step <= 0 || Lr < 1) {
         snprintf(r->desc, sizeof r->desc, "dense, %d layers, d_model %d", Lr, C);
-    else
-        snprintf(r->desc, sizeof r->desc, "%s, %d experts%s%.0d, every %s block, %d layers, d_model %d", router ? router : "?", E,
-                 router && !strcmp(router, "topk") ? ", k " : "", router && !strcmp(router, "topk") ? K : 0,
-                 step == 1 ? "" : "2nd", Lr, C);
+    } else {
+        char where[160];
+        report_sparse_blocks(where, sizeof where, Lr, step);
+        snprintf(r->desc, sizeof r->desc, "%s, %d experts%s %s, %d layers, d_model %d", router ? router : "?", E, kk, where,
+                 Lr, C);
+    }
 }
 
 /* ---- page pieces ---------------------------------------------------------------------------------- */
@@ -248,22 +322,27 @@ static void ser_add(Series *S, const double *x, const double *y, int n, const ch
 
 static int charts_written;
 
-/* Writes the chart when some series has a finite point (an empty chart is left out), then frees S. */
-static void chart(StrBuf *sb, Series *S, const char *title, const char *xlabel, const char *ylabel, int logy) {
+/* Writes the chart c (its id set here) when some series has a finite point (an empty chart is left
+ * out), then frees S. */
+static void chart_with(StrBuf *sb, Series *S, SvgChart c) {
     int any = 0;
     for (int i = 0; i < S->n && !any; i++)
         for (int j = 0; j < S->s[i].n && !any; j++)
-            any = isfinite(S->s[i].x[j]) && isfinite(S->s[i].y[j]) && (!logy || S->s[i].y[j] > 0);
+            any = isfinite(S->s[i].x[j]) && isfinite(S->s[i].y[j]) && (!c.logy || S->s[i].y[j] > 0);
     if (any) {
         char id[32];
         snprintf(id, sizeof id, "chart-%d", ++charts_written);
-        SvgChart c = {.id = id, .title = title, .xlabel = xlabel, .ylabel = ylabel, .logy = logy};
+        c.id = id;
         sb_printf(sb, "<figure>");
         svg_line_chart(sb, &c, S->s, S->n);
         sb_printf(sb, "</figure>\n");
     }
     for (int i = 0; i < S->nown; i++) moelm_free(S->own[i]);
     memset(S, 0, sizeof *S);
+}
+
+static void chart(StrBuf *sb, Series *S, const char *title, const char *xlabel, const char *ylabel, int logy) {
+    chart_with(sb, S, (SvgChart){.title = title, .xlabel = xlabel, .ylabel = ylabel, .logy = logy});
 }
 
 /* The colour of run ri's layer l in per-layer charts: by layer for one run, by run for several. */
@@ -346,6 +425,9 @@ static void section_summary(StrBuf *sb, const Run *runs, int R) {
         html_escape(sb, r->label);
         sb_printf(sb, "</td><td>");
         html_escape(sb, r->desc);
+        /* the wall-clock of the latest checkpoint (what moelm info says: the final evaluation and checkpoint
+         * included) unless the log went on past it (a run stopped before its next checkpoint) */
+        if (isfinite(r->ckpt_elapsed) && isfinite(r->ckpt_step) && !(last_step > r->ckpt_step)) last_time = r->ckpt_elapsed;
         sb_printf(sb, "</td><td class=\"n\">%.0f</td><td class=\"n\">%.0f</td><td class=\"n\">%.1f s</td><td class=\"n\">%.4f</td>",
                   last_step, last_tok, last_time, last_loss);
         if (bi >= 0)
@@ -397,15 +479,33 @@ static void section_curves(StrBuf *sb, Run *runs, int R) {
         }
         chart(sb, &S, pass ? "loss vs wall-clock" : "loss vs step", pass ? tl : "step", "cross-entropy (nats/token)", 0);
     }
+    /* runs whose tokenizers differ have incomparable per-token losses: their perplexities are compared
+     * per word (val_word_ppl: the validation text's words, whatever the tokens) */
+    int tok_differ = 0;
+    for (int i = 0; i < R; i++)
+        for (int k = 0; k < i; k++)
+            if (runs[i].tok_hash[0] && runs[k].tok_hash[0] && strcmp(runs[i].tok_hash, runs[k].tok_hash)) tok_differ = 1;
     for (int pass = 0; pass < 2; pass++) {
         for (int i = 0; i < R && i < 64; i++) {
             Run *r = &runs[i];
+            if (tok_differ) {
+                ser_add(&S, pass ? et[i] : r->estep, r->vwppl, r->V, svg_palette(i), 1, 1, "%s val (word)", r->label);
+                continue;
+            }
             ser_add(&S, pass ? tt[i] : r->step, tppl[i], r->S, svg_palette(i), 0, 0, "%s train", r->label);
             ser_add(&S, pass ? et[i] : r->estep, r->vppl, r->V, svg_palette(i), 1, 1, "%s val", r->label);
             if (word_differs) ser_add(&S, pass ? et[i] : r->estep, r->vwppl, r->V, svg_palette(i + 5), 1, 1, "%s val (word)", r->label);
         }
-        chart(sb, &S, pass ? "perplexity vs wall-clock" : "perplexity vs step", pass ? tl : "step", "perplexity (log scale)", 1);
+        if (tok_differ)
+            chart(sb, &S, pass ? "word-level perplexity vs wall-clock" : "word-level perplexity vs step", pass ? tl : "step",
+                  "validation perplexity per word (log scale)", 1);
+        else
+            chart(sb, &S, pass ? "perplexity vs wall-clock" : "perplexity vs step", pass ? tl : "step", "perplexity (log scale)", 1);
     }
+    if (tok_differ)
+        sb_printf(sb, "</div><p class=\"note\">These runs use different tokenizers, so their losses and perplexities per "
+                      "token do not compare: the perplexity charts show the validation perplexity per word (the loss of a "
+                      "line's tokens over its words), which does.</p><div class=\"grid\">\n");
     sb_printf(sb, "</div>\n<h2>Optimisation</h2><div class=\"grid\">\n");
     for (int i = 0; i < R; i++) ser_add(&S, runs[i].step, runs[i].lr, runs[i].S, svg_palette(i), 0, 0, "%s", runs[i].label);
     chart(sb, &S, "learning rate", "step", "lr", 0);
@@ -423,10 +523,21 @@ static double *layer_metric(const Run *r, int which) {
     return a[which];
 }
 
+/* A per-layer router metric over the evaluations. The y axis spans at least the metric's natural range
+ * [0, yhi] (dropped % up to 100, entropy up to ln E, confidence up to 1, dead up to E, balance up to 1):
+ * nearly equal values stay nearly level instead of filling the chart; with at most REPORT_FEW_EVALS
+ * evaluations the values are points, not a line through two dots. */
+#define REPORT_FEW_EVALS 3
 static void layer_chart(StrBuf *sb, Run *runs, int R, int which, double scale, const char *title, const char *ylabel) {
     Series S;
     memset(&S, 0, sizeof S);
     char ln[64];
+    int maxV = 0, maxE = 1;
+    for (int i = 0; i < R; i++) {
+        if (runs[i].L && runs[i].V > maxV) maxV = runs[i].V;
+        if (runs[i].E > maxE) maxE = runs[i].E;
+    }
+    const double yhi[6] = {100, log(maxE), 1, maxE, 1, 0};
     for (int i = 0; i < R; i++) {
         Run *r = &runs[i];
         for (int l = 0; l < r->L; l++) {
@@ -438,21 +549,23 @@ static void layer_chart(StrBuf *sb, Run *runs, int R, int which, double scale, c
             else ser_add(&S, r->estep, y, r->V, layer_color(R, i, l), l % 2, 1, "%s %s", r->label, ln);
         }
     }
-    chart(sb, &S, title, "step", ylabel, 0);
+    chart_with(sb, &S, (SvgChart){.title = title, .xlabel = "step", .ylabel = ylabel, .yinclude = 1, .ylo = 0,
+                                  .yhi = yhi[which], .points = maxV <= REPORT_FEW_EVALS});
 }
 
 /* A warning for each sparse layer whose router had collapsed at the run's last evaluation, by the
- * trainer's rule (moe_stats_collapsed): a learned router with most token-slots dropped or most
+ * trainer's rule (moe_router_collapsed): a learned router with most token-slots dropped or most
  * experts dead. Random, hash and soft routers are left out, as are runs without their config. */
 static void router_collapse_flags(StrBuf *sb, const Run *r) {
     const char *rt = r->config ? json_string(json_get(r->config, "router_type")) : NULL;
-    if (!rt || !strcmp(rt, "random") || !strcmp(rt, "hash") || !strcmp(rt, "soft") || r->E < 2) return;
+    int router = rt ? router_from_name(rt) : -1;
+    if (router < 0) return;
     char ln[64];
     for (int l = 0; l < r->L; l++) {
         const double *d = r->dropped + (size_t)l * r->V, *dead = r->dead + (size_t)l * r->V;
         int v = r->V - 1;
         while (v >= 0 && isnan(d[v])) v--;
-        if (v < 0 || !(d[v] > 0.5 || dead[v] > r->E / 2)) continue;
+        if (v < 0 || !moe_router_collapsed((RouterType)router, r->E, d[v], (int)dead[v])) continue;
         layer_name(r, l, ln, sizeof ln);
         sb_printf(sb, "<p class=\"note\"><b>warning: ");
         html_escape(sb, r->label);

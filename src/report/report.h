@@ -21,4 +21,20 @@ moelm_status report_build(StrBuf *sb, const char *const *runs, int n);
 /* Builds the page and writes it to out_path atomically; *bytes (may be NULL) gets its size. */
 moelm_status report_write(const char *const *runs, int n, const char *out_path, size_t *bytes);
 
+/* The records of run/metrics.jsonl (JSON objects, in file order; torn or malformed lines skipped and
+ * counted in *bad_lines). MOELM_ERR_IO naming the directory when it has no metrics.jsonl. Free with
+ * report_free_records. */
+moelm_status report_read_records(const char *run, Json ***recs, size_t *nr, int *bad_lines);
+void report_free_records(Json **recs, size_t nr);
+
+/* Where an lm's sparse layers are, for its summary: "in every block", "in block 1 of 4", "in blocks
+ * 1, 3 (2 of 4)" (block i sparse when step == 1 or i % step == 1), into buf[cap]. */
+void report_sparse_blocks(char *buf, size_t cap, int L, int step);
+
+/* `moelm report --csv`: run/metrics.jsonl as CSV into sb (csv.c): one row per record, in file order;
+ * the header holds every key of any record, nested ones flattened with dots (moe.0.load.3), in
+ * first-seen order; a key a record lacks, and JSON null, is an empty field. *bad_lines gets the
+ * malformed lines skipped. */
+moelm_status report_csv(StrBuf *sb, const char *run, int *bad_lines);
+
 #endif

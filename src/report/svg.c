@@ -182,6 +182,10 @@ int svg_line_chart(StrBuf *sb, const SvgChart *c, const SvgSeries *s, int ns) {
             if (y < ylo) ylo = y;
             if (y > yhi) yhi = y;
         }
+    if (total && c->yinclude && !c->logy) {
+        if (c->ylo < ylo) ylo = c->ylo;
+        if (c->yhi > yhi) yhi = c->yhi;
+    }
     double xr[2] = {xlo, xhi}, yr[2] = {ylo, yhi};
     svg_scale_fit(&xs, xr, total ? 2 : 0, 0);
     svg_scale_fit(&ys, yr, total ? 2 : 0, c->logy);
@@ -226,6 +230,7 @@ int svg_line_chart(StrBuf *sb, const SvgChart *c, const SvgSeries *s, int ns) {
         for (int j = 0; j < s[i].n; j++) {
             double x = s[i].x[j], y = s[i].y[j];
             if (!isfinite(x) || !usable(y, c->logy)) { pen = 0; continue; }
+            if (c->points) break;
             if (!any) {
                 sb_printf(sb, "<path class=\"series\" fill=\"none\" stroke=\"%s\"%s d=\"", col,
                           s[i].dashed ? " stroke-dasharray=\"5 3\"" : "");
@@ -242,7 +247,7 @@ int svg_line_chart(StrBuf *sb, const SvgChart *c, const SvgSeries *s, int ns) {
         }
         int nfin = 0;
         for (int j = 0; j < s[i].n; j++) nfin += isfinite(s[i].x[j]) && usable(s[i].y[j], c->logy);
-        if (!s[i].markers && nfin != 1) continue;   /* a lone point gets a marker: its path has no extent */
+        if (!s[i].markers && !c->points && nfin != 1) continue;   /* a lone point gets a marker: its path has no extent */
         for (int j = 0; j < s[i].n; j++) {
             double x = s[i].x[j], y = s[i].y[j];
             if (!isfinite(x) || !usable(y, c->logy)) continue;

@@ -55,6 +55,10 @@ typedef struct {
     const char *xlabel, *ylabel;
     int width, height;    /* pixels (0: 440 x 270; the legend adds rows below) */
     int logy;             /* log10 y axis */
+    int yinclude;         /* 1: the y axis covers at least [ylo, yhi] (a quantity's natural range: two
+                           * nearly equal values are not blown up to fill the chart) */
+    double ylo, yhi;
+    int points;           /* 1: markers only, no connecting lines (a few evaluations) */
 } SvgChart;
 
 /* Appends a line chart; returns the number of finite points plotted. */

@@ -433,8 +433,15 @@ static int gen_sample(Gen *g, const GenerateOptions *o, int n, int stop_at_eos, 
     return made;
 }
 
+int generate_auto_threads(double bytes_per_token, double load, int cpus) {
+    if (bytes_per_token < GEN_SMALL_BYTES) return 1;
+    if (isfinite(load) && load >= cpus) return 1;
+    return cpus < 2 ? 1 : 2;
+}
+
 moelm_status generate_run(const GenerateOptions *o) {
-    backend_set_threads(o->threads);
+    /* -t not given: the encoder-decoder's size is not known yet: 2 threads unless the machine is busy */
+    backend_set_threads(o->threads > 0 ? o->threads : generate_auto_threads(INFINITY, backend_load(), backend_cpus()));
     ModelType type;
     int seq_len;
     moelm_status pst = peek_model(o->ckpt, &type, &seq_len);
@@ -453,6 +460,11 @@ moelm_status generate_run(const GenerateOptions *o) {
     if (st) {
         tokenizer_free(tok);
         return st;
+    }
+    if (o->threads <= 0) {
+        size_t total, active, per_expert;
+        model_param_counts(&m, &total, &active, &per_expert);
+        backend_set_threads(generate_auto_threads((double)active * (o->bf16 ? 2 : 4), backend_load(), backend_cpus()));
     }
     KVCache kv;
     st = kv_create(&kv, &m);
@@ -502,7 +514,8 @@ moelm_status generate_run(const GenerateOptions *o) {
         if (g.slid)
             fprintf(stderr, "note: the context of %d positions was full %d time(s): it slid to its newest half\n",
                     m.cfg.n_positions, g.slid);
-        fprintf(stderr, "generated %d tokens in %.2f s (%.1f tok/s)", made, dt, dt > 0 ? made / dt : 0.0);
+        fprintf(stderr, "generated %d tokens in %.2f s (%.1f tok/s, %d thread%s%s)", made, dt, dt > 0 ? made / dt : 0.0,
+                backend_threads(), backend_threads() > 1 ? "s" : "", o->threads > 0 ? "" : ", chosen: -t N to set");
         if (o->interactive) fprintf(stderr, "; the context holds %d of %d positions", kv.pos, m.cfg.n_positions);
         fprintf(stderr, "\n");
     }

@@ -109,9 +109,8 @@ void print_model_summary(const Model *m, FILE *f) {
 }
 
 int moe_stats_collapsed(const MoEStats *s, RouterType router) {
-    if (router == ROUTER_RANDOM || router == ROUTER_HASH || router == ROUTER_SOFT || s->E < 2 || s->slots <= 0)
-        return 0;
-    return s->dropped > 0.5 * s->slots || moe_stats_dead(s) > s->E / 2;
+    if (s->slots <= 0) return 0;
+    return moe_router_collapsed(router, s->E, s->dropped / s->slots, moe_stats_dead(s));
 }
 
 void print_moe_stats(const EvalResult *r, FILE *f) {

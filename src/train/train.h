@@ -101,7 +101,7 @@ typedef struct {
     float temp, top_p;
     int top_k;
     uint64_t seed;
-    int threads;
+    int threads;          /* 0: generate_auto_threads */
     int bf16;             /* weight matrices read as bfloat16 (kv_load_weights) */
     int interactive;      /* 1: prompts read from stdin, one a line, the KV cache kept between them */
     int beams;            /* switch_transformers: beam search with this many beams (1: greedy or sampling) */
@@ -110,6 +110,16 @@ typedef struct {
     int ema;              /* the run's weight average (ema_decay) instead of its weights */
 } GenerateOptions;
 moelm_status generate_run(const GenerateOptions *o);
+
+/* generate's thread count when -t is not given, from the bytes of weights a token reads and how crowded
+ * the machine is (load: its 1-minute load average, NaN unknown; cpus: the processors we may use): 1 when
+ * a token's work is small (under GEN_SMALL_BYTES: a token is a few short products, each ending at a
+ * barrier, and a second thread only adds waits) or the machine is busy (load >= cpus: a thread that
+ * reaches a barrier waits for a sibling that has no core), else 2 (at most cpus). Measured on the
+ * shared 2-core machine (bench/RESULTS.md): -t 2 was 2.5-106x slower than -t 1, tiny to switch-ptb;
+ * every preset reads under 32 MB a token at float (the largest, mixtral-ptb, 26 MB). */
+#define GEN_SMALL_BYTES (32.0 * 1024 * 1024)
+int generate_auto_threads(double bytes_per_token, double load, int cpus);
 
 /* moelm export: a llama / mixtral checkpoint (or HF directory) as a Hugging Face directory (config.json,
  * model.safetensors or shards, tokenizer.model, generation_config.json) or a GGUF file. */

@@ -48,103 +48,11 @@ CASES = {
 }
 
 
-# ---- the model ------------------------------------------------------------------------------------
+# ---- the model: python/moelm.py's (the module users load runs with) -----------------------------
 
-def rms_norm(x, w, eps):
-    """LlamaRMSNorm / MixtralRMSNorm: x * rsqrt(mean(x^2) + eps) * w, in float32."""
-    var = x.pow(2).mean(-1, keepdim=True)
-    return w * (x * torch.rsqrt(var + eps))
-
-
-def rope_cos_sin(T, hd, theta):
-    """The rotary tables of positions 0..T-1 as HF's rotary embedding builds them (float32)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
-    pos = torch.arange(T, dtype=torch.float32)
-    freqs = pos[:, None] * inv_freq[None, :]          # [T, hd/2]
-    emb = torch.cat([freqs, freqs], dim=-1)            # [T, hd]
-    return emb.cos(), emb.sin()
-
-
-def rotate_half(x):
-    h = x.shape[-1] // 2
-    return torch.cat([-x[..., h:], x[..., :h]], dim=-1)
-
-
-def attention(W, pre, h, c, cos, sin):
-    B, T, C = h.shape
-    NH, NKV = c["num_attention_heads"], c["num_key_value_heads"]
-    hd = C // NH
-    q = (h @ W[pre + "self_attn.q_proj.weight"].T).view(B, T, NH, hd).transpose(1, 2)
-    k = (h @ W[pre + "self_attn.k_proj.weight"].T).view(B, T, NKV, hd).transpose(1, 2)
-    v = (h @ W[pre + "self_attn.v_proj.weight"].T).view(B, T, NKV, hd).transpose(1, 2)
-    q = q * cos + rotate_half(q) * sin
-    k = k * cos + rotate_half(k) * sin
-    rep = NH // NKV   # repeat_kv: query head j reads kv head j // rep
-    k = k[:, :, None].expand(B, NKV, rep, T, hd).reshape(B, NH, T, hd)
-    v = v[:, :, None].expand(B, NKV, rep, T, hd).reshape(B, NH, T, hd)
-    s = q @ k.transpose(2, 3) / math.sqrt(hd)
-    mask = torch.triu(torch.full((T, T), torch.finfo(torch.float32).min), diagonal=1)
-    a = torch.softmax(s + mask, dim=-1, dtype=torch.float32)
-    o = (a @ v).transpose(1, 2).reshape(B, T, NH * hd)
-    return o @ W[pre + "self_attn.o_proj.weight"].T
-
-
-def swiglu(x, gate, up, down):
-    return (torch.nn.functional.silu(x @ gate.T) * (x @ up.T)) @ down.T
-
-
-def sparse_moe(W, pre, h, c):
-    """MixtralSparseMoeBlock: softmax over all experts, top-k, the k weights renormalised, experts summed."""
-    B, T, C = h.shape
-    x = h.reshape(B * T, C)
-    logits = x @ W[pre + "block_sparse_moe.gate.weight"].T            # [BT, E]
-    probs = torch.softmax(logits, dim=1, dtype=torch.float32)
-    w, sel = torch.topk(probs, c["num_experts_per_tok"], dim=-1)
-    w = w / w.sum(dim=-1, keepdim=True)
-    out = torch.zeros_like(x)
-    for e in range(c["num_local_experts"]):
-        e_pre = pre + "block_sparse_moe.experts.%d." % e
-        rows, slot = torch.where(sel == e)
-        if rows.numel() == 0:
-            continue
-        y = swiglu(x[rows], W[e_pre + "w1.weight"], W[e_pre + "w3.weight"], W[e_pre + "w2.weight"])
-        out = out.index_add(0, rows, y * w[rows, slot, None])
-    return out.view(B, T, C), logits
-
-
-def balance_loss(router_logits, E, K):
-    """HF's load_balancing_loss_func without an attention mask: every layer's logits as one batch."""
-    lg = torch.cat(router_logits, dim=0)
-    p = torch.softmax(lg, dim=-1)
-    _, sel = torch.topk(p, K, dim=-1)
-    mask = torch.nn.functional.one_hot(sel, E).float()          # [LN, K, E]
-    tokens_per_expert = mask.mean(dim=0)                          # [K, E]
-    prob_per_expert = p.mean(dim=0)                               # [E]
-    return (tokens_per_expert * prob_per_expert[None, :]).sum() * E
-
-
-def forward(W, c, ids):
-    B, T = ids.shape
-    C, NH = c["hidden_size"], c["num_attention_heads"]
-    cos, sin = rope_cos_sin(T, C // NH, c["rope_theta"])
-    h = W["model.embed_tokens.weight"][ids]
-    router_logits = []
-    for l in range(c["num_hidden_layers"]):
-        pre = "model.layers.%d." % l
-        h = h + attention(W, pre, rms_norm(h, W[pre + "input_layernorm.weight"], c["rms_norm_eps"]), c, cos, sin)
-        x = rms_norm(h, W[pre + "post_attention_layernorm.weight"], c["rms_norm_eps"])
-        if c["model_type"] == "mixtral":
-            y, lg = sparse_moe(W, pre, x, c)
-            router_logits.append(lg)
-        else:
-            y = swiglu(x, W[pre + "mlp.gate_proj.weight"], W[pre + "mlp.up_proj.weight"], W[pre + "mlp.down_proj.weight"])
-        h = h + y
-    h = rms_norm(h, W["model.norm.weight"], c["rms_norm_eps"])
-    head = W["model.embed_tokens.weight"] if c["tie_word_embeddings"] else W["lm_head.weight"]
-    logits = h @ head.T
-    # labels = input_ids: position t predicts token t + 1 (HF shifts inside the loss)
-    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
-    return logits, loss, router_logits
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
+from moelm import balance_loss  # noqa: E402
+from moelm import llama_forward as forward  # noqa: E402
 
 
 # ---- weights --------------------------------------------------------------------------------------
