@@ -1,12 +1,25 @@
 #!/bin/sh
 # bench/train_ab.sh OLD NEW [REPS]: training speed of two moelm binaries, interleaved (old, new, old,
-# new, ...), REPS runs each (default 5), 2 threads, the AVX-512 kernel (OPENBLAS_CORETYPE=Cooperlake,
-# set for these commands only); prints every run's ms/step, sgemm peak and share of it
+# new, ...), REPS runs each (default 5), 2 threads, OpenBLAS's kernel for this CPU (OPENBLAS_CORETYPE set
+# for these commands only, from /proc/cpuinfo: Cooperlake with AVX-512 BF16, SkylakeX with AVX-512,
+# Haswell with AVX2; CORETYPE=NAME overrides it, CORETYPE=env keeps the environment's); prints every
+# run's ms/step, sgemm peak and share of it
 # (`moelm bench --steps 5 --warmup 1 -n 0`), then the median and minimum per binary and config.
 # CONFIGS (default "dense"): dense, switch32, soft32, switch128 as in bench/compare.sh.
 set -u
 OLD=$1; NEW=$2; REPS=${3:-5}
 CONFIGS=${CONFIGS:-dense}
+if [ -z "${CORETYPE:-}" ]; then
+    flags=$(grep -m 1 '^flags' /proc/cpuinfo 2>/dev/null)
+    case " $flags " in
+    *" avx512_bf16 "*) CORETYPE=Cooperlake ;;
+    *" avx512f "*) CORETYPE=SkylakeX ;;
+    *" avx2 "*) CORETYPE=Haswell ;;
+    *) CORETYPE=env ;;
+    esac
+fi
+if [ "$CORETYPE" = env ]; then CT=""; else CT="OPENBLAS_CORETYPE=$CORETYPE"; fi
+echo "OpenBLAS core type: ${CT:-as the environment sets it (${OPENBLAS_CORETYPE:-unset})}" >&2
 args() {
     case $1 in
     dense) echo "--config seed-moe --set num_experts=1" ;;
@@ -22,7 +35,7 @@ for cfg in $CONFIGS; do
         for side in old new; do
             if [ "$side" = old ]; then bin=$OLD; else bin=$NEW; fi
             # shellcheck disable=SC2046
-            line=$(env OPENBLAS_CORETYPE=Cooperlake "$bin" bench $(args "$cfg") -t 2 --steps 5 --warmup 1 -n 0 2>&1 | grep '^RESULT')
+            line=$(env $CT "$bin" bench $(args "$cfg") -t 2 --steps 5 --warmup 1 -n 0 2>&1 | grep '^RESULT')
             ms=$(echo "$line" | sed -E 's/.* train_ms_step=([0-9.]+).*/\1/')
             pk=$(echo "$line" | sed -E 's/.* sgemm_peak_gflops=([0-9.]+).*/\1/')
             sh=$(echo "$line" | sed -E 's/.* peak_share=([0-9.]+).*/\1/')

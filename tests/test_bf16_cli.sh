@@ -11,13 +11,13 @@ rm -rf "$TMP"; mkdir -p "$TMP"
 . "$(dirname "$0")/lib.sh"
 
 # the tiny preset has an MoE block (4 experts): attention, dense FFN, experts and the tied head in bf16
-R="--config tiny --steps 12 --ckpt-interval 6 --eval-interval 0 --log-interval 1 -t 2 --quiet"
+R="--config tiny --steps 12 --ckpt-interval 6 --eval-interval 0 --log-interval 1 -t 1 --quiet"
 loss_of() { grep -o '"step": [0-9]*, "loss": [0-9.]*' "$1/metrics.jsonl"; }
 
 # 1. exact resume in bf16: 12 steps, or 6 (--stop-at) + resume + 6
 $BIN train $R --bf16 --out "$TMP/full" >/dev/null 2>&1
 $BIN train $R --bf16 --stop-at 6 --out "$TMP/half" >/dev/null 2>&1
-$BIN train --resume "$TMP/half" --steps 12 --ckpt-interval 6 --eval-interval 0 --log-interval 1 -t 2 --quiet --bf16 >/dev/null 2>&1
+$BIN train --resume "$TMP/half" --steps 12 --ckpt-interval 6 --eval-interval 0 --log-interval 1 -t 1 --quiet --bf16 >/dev/null 2>&1
 check "bf16 resume: identical loss curve" test -n "$(loss_of "$TMP/full")" -a "$(loss_of "$TMP/full")" = "$(loss_of "$TMP/half")"
 check "bf16 resume: identical final weights" cmp -s "$TMP/full/latest/model.safetensors" "$TMP/half/latest/model.safetensors"
 check "bf16 resume: identical optimizer state" cmp -s "$TMP/full/latest/optimizer.safetensors" "$TMP/half/latest/optimizer.safetensors"
@@ -32,24 +32,24 @@ check "first loss: bf16 is not float's bits" test "$f" != "$h"
 check "state.json records float" grep -q '"bf16": false' "$TMP/float/latest/state.json"
 
 # 3. either mode resumes the other's checkpoint (the weights are float in both)
-$BIN train --resume "$TMP/float" --steps 14 --eval-interval 0 --log-interval 1 -t 2 --bf16 >"$TMP/f2h.log" 2>&1
+$BIN train --resume "$TMP/float" --steps 14 --eval-interval 0 --log-interval 1 -t 1 --bf16 >"$TMP/f2h.log" 2>&1
 check "float run resumed in bf16" grep -q '"bf16": true' "$TMP/float/latest/state.json"
 check "the resume says the mode changed" grep -q "trained in float until step 12; it goes on in bf16" "$TMP/f2h.log"
 check "a bf16 run says its precision and kernel" grep -qE "precision: bf16 mixed .*(avx512bf16|avx2|portable) kernel" "$TMP/f2h.log"
-$BIN train --resume "$TMP/full" --steps 14 --eval-interval 0 --log-interval 1 -t 2 --quiet >/dev/null 2>&1
+$BIN train --resume "$TMP/full" --steps 14 --eval-interval 0 --log-interval 1 -t 1 --quiet >/dev/null 2>&1
 check "bf16 run resumed in float" grep -q '"bf16": false' "$TMP/full/latest/state.json"
 n=$(grep -c '"step"' "$TMP/full/metrics.jsonl")
 check "metrics: one record per step across the modes ($n of 14)" test "$n" = 14
 
 # 4. bench --bf16: both precisions and both peaks in one RESULT line
-$BIN bench --config tiny --steps 2 --warmup 1 -n 0 -t 2 --bf16 >"$TMP/bench.log" 2>&1
+$BIN bench --config tiny --steps 2 --warmup 1 -n 0 -t 1 --bf16 >"$TMP/bench.log" 2>&1
 line=$(grep '^RESULT' "$TMP/bench.log")
 field() { echo "$line" | sed -E "s/.* $1=([-0-9.e]+).*/\1/"; }
 for k in train_tok_s train_bf16_tok_s sgemm_peak_gflops bf16_peak_gflops bf16_peak_share; do
     check "bench --bf16: $k = $(field $k) > 0" awk -v v="$(field $k)" 'BEGIN { exit !(v > 0) }'
 done
 check "bench --bf16 names the bf16 kernel" sh -c "echo '$line' | grep -qE 'bf16_kernel=(avx512bf16|avx2|portable)'"
-$BIN bench --config tiny --steps 2 --warmup 1 -n 0 -t 2 --no-peak >"$TMP/bench0.log" 2>&1
+$BIN bench --config tiny --steps 2 --warmup 1 -n 0 -t 1 --no-peak >"$TMP/bench0.log" 2>&1
 check "bench without --bf16: train_bf16_tok_s=0.0" grep -q 'train_bf16_tok_s=0.0 ' "$TMP/bench0.log"
 
 finish bf16_cli

@@ -27,9 +27,9 @@ for p in seed-moe seed-gating seed-switch; do
 done
 
 # 2. exact resume: 12 steps, or 6 (--stop-at) + resume + 6, give the same losses and the same final weights
-$BIN train --config tiny --steps 12 --ckpt-interval 6 --eval-interval 0 --log-interval 1 --out "$TMP/full" -t 2 --quiet >/dev/null 2>&1
-$BIN train --config tiny --steps 12 --stop-at 6 --ckpt-interval 6 --eval-interval 0 --log-interval 1 --out "$TMP/half" -t 2 --quiet >/dev/null 2>&1
-$BIN train --resume "$TMP/half" --steps 12 --ckpt-interval 6 --eval-interval 0 --log-interval 1 -t 2 --quiet >/dev/null 2>&1
+$BIN train --config tiny --steps 12 --ckpt-interval 6 --eval-interval 0 --log-interval 1 --out "$TMP/full" -t 1 --quiet >/dev/null 2>&1
+$BIN train --config tiny --steps 12 --stop-at 6 --ckpt-interval 6 --eval-interval 0 --log-interval 1 --out "$TMP/half" -t 1 --quiet >/dev/null 2>&1
+$BIN train --resume "$TMP/half" --steps 12 --ckpt-interval 6 --eval-interval 0 --log-interval 1 -t 1 --quiet >/dev/null 2>&1
 loss_of() { grep -o '"step": [0-9]*, "loss": [0-9.]*' "$1/metrics.jsonl"; }
 check "resume: identical loss curve" test "$(loss_of "$TMP/full")" = "$(loss_of "$TMP/half")"
 check "resume: identical final weights" cmp -s "$TMP/full/latest/model.safetensors" "$TMP/half/latest/model.safetensors"
@@ -40,7 +40,7 @@ check "metrics: one record per step after resume ($n of 12)" test "$n" = 12
 # a dropout rule (dropout_growth): the rate is fixed at the end of the warm-up from the epochs the
 # run makes, rate + growth * log2(epochs / dropout_epochs), kept by a resume before or after that step
 DR="--config tiny --steps 12 --set warmup_steps=4 --set dropout_rate=0.05 --set dropout_growth=0.1 --set dropout_epochs=0.0002
-    --set dropout_max=0.5 --ckpt-interval 2 --eval-interval 0 --log-interval 1 -t 2 --quiet"
+    --set dropout_max=0.5 --ckpt-interval 2 --eval-interval 0 --log-interval 1 -t 1 --quiet"
 $BIN train $DR --out "$TMP/dr" >/dev/null 2>&1
 ntrain=$($BIN train --config tiny --steps 1 --eval-interval 0 -t 1 --out "$TMP/dr-n" 2>/dev/null | sed -n 's/.*(\([0-9]*\) train tokens.*/\1/p')
 want=$(awk "BEGIN{printf \"%.4f\", 0.05 + 0.1 * log(12 * 64 / ${ntrain:-1} / 0.0002) / log(2)}")
@@ -51,7 +51,7 @@ check "dropout rule: the base rate during the warm-up" test "$(drop_at "$TMP/dr"
 check "dropout rule: state.json keeps the rate" grep -q "\"dropout\": $got" "$TMP/dr/latest/state.json"
 for at in 2 6; do
     $BIN train $DR --stop-at $at --out "$TMP/dr$at" >/dev/null 2>&1
-    $BIN train --resume "$TMP/dr$at" --ckpt-interval 2 --eval-interval 0 --log-interval 1 -t 2 >"$TMP/dr$at.log" 2>&1
+    $BIN train --resume "$TMP/dr$at" --ckpt-interval 2 --eval-interval 0 --log-interval 1 -t 1 >"$TMP/dr$at.log" 2>&1
     check "dropout rule: resumed at step $at, identical loss curve" test "$(loss_of "$TMP/dr")" = "$(loss_of "$TMP/dr$at")"
 done
 check "dropout rule: a resume before the warm-up's end sets the rate, one after it reads it from state.json" \

@@ -5,9 +5,10 @@
 
 
 /* A barrier for the threads of one parallel region: each spins (then yields the core, so a machine with
- * more runnable threads than cores still progresses) until all nthreads have arrived. libgomp's barrier
- * makes a futex system call on every release (1.2-1.7 us in this VM against 0.4 us here); generation
- * passes ~30 barriers per token. Zero-initialised before first use; one region at a time. */
+ * more runnable threads than cores still progresses) until all nthreads have arrived; generation
+ * passes ~30 barriers per token, and libgomp's barrier makes a system call on every release (measured
+ * against this one: bench/RESULTS.md, session 8). Zero-initialised before first use; one region at a
+ * time. */
 typedef struct {
     int arrived;
     char pad[60];     /* the two counters on different cache lines */

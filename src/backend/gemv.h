@@ -28,14 +28,10 @@ void gemv_one_bf16(float *y, const float *x, const uint16_t *W, const float *bia
  * indices k < K with x[k] != 0, ascending, into idx [K]; returns their count), so that a zero unit's
  * row of weights is never read. The sum of gemv_one in another order: one FMA a unit, in order, from
  * the bias, so every y[i] gets the same bits whichever block or thread computes it. A zero x[k] drops
- * its row even where a weight is Inf or NaN (0 * Inf would be NaN); a NaN x[k] is kept. On this
- * machine skipping pays where each row is read in one run of >= 1 KiB (n = ldw = 256: with half the
- * rows zero, 1.5x gemv_one's speed over the same matrix; with 95%, 8x); runs of 512 bytes read about
- * as slowly as the whole matrix (the prefetcher fetches the skipped rows anyway), and two threads
- * each reading half of every row, or four rows read side by side, are slower than gemv_one. The
- * _bf16 form reads bf16 weights, each widened exactly: rows of 256 are 512 bytes, and pay only when
- * most of x is zero (0.76x gemv_one_bf16 at half, 1.4-1.7x at three quarters); rows of 1024 (2 KiB)
- * pay at half. */
+ * its row even where a weight is Inf or NaN (0 * Inf would be NaN); a NaN x[k] is kept. Skipping
+ * pays only where each row is read in one long run (blocks of 256 outputs: 1 KiB of floats); which
+ * layouts pay, and at what share of zeros, is measured in bench/RESULTS.md (session 11). The _bf16
+ * form reads bf16 weights, each widened exactly. */
 int nz_index(const float *x, int K, int *idx);
 void gemv_t_nz(float *y, const float *x, const int *idx, int cnt, const float *Wt, int ldw, const float *bias, int n);
 void gemv_t_nz_bf16(float *y, const float *x, const int *idx, int cnt, const uint16_t *Wt, int ldw, const float *bias, int n);
