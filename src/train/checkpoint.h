@@ -49,6 +49,19 @@ typedef struct {
 moelm_status ckpt_save(const char *run_dir, const Model *m, const Optimizer *o, const TrainState *st,
                        const Tokenizer *tok, int keep);
 
+/* ckpt_save of a model whose data come from src (a model spread over ranks, dist.c): m and o give
+ * the whole model's tensors (shapes, full offsets) and settings, with m->params, o->m and o->v NULL
+ * (o->ema non-NULL when the file is to hold a weight average); src->read(ctx, arena, off, want, &got)
+ * returns floats off .. off + got - 1 (1 <= got <= want, valid until the next call) of the whole
+ * model's arena: 0 the parameters, 1 and 2 Adam's m and v, 3 the average. It is asked in one order:
+ * the parameters' file tensors, then m, v and the average, each by increasing offset. */
+typedef struct {
+    const float *(*read)(void *ctx, int arena, size_t off, size_t want, size_t *got);
+    void *ctx;
+} CkptSource;
+moelm_status ckpt_save_from(const char *run_dir, const Model *m, const Optimizer *o, const TrainState *st,
+                            const Tokenizer *tok, int keep, const CkptSource *src);
+
 /* The step of the newest RUN/ckpt-<step> (0 when only RUN/latest exists), -1 when RUN holds none. */
 int ckpt_newest_step(const char *run_dir);
 /* An exclusive lock (flock) on the run directory, held until ckpt_unlock_run (or the process ends):

@@ -120,41 +120,80 @@ void dist_reduce_grads(Model *m) {
     g_reduce_s += time_now() - t0;
 }
 
-/* On world rank 0 (root), full[n_params_full] = the whole model's arena assembled from src[n_params]
- * of the ranks of this COMM_EP group: the shards of a sharded tensor come from every rank of the
- * group in rank order (rank p holds shard p), the other tensors from rank 0's own copy. */
-static void gather_arena(const Model *m, const float *src, float *full, int root) {
-    for (int i = 0; i < m->n_tensors; i++) {
-        const TensorInfo *t = &m->tensors[i];
-        if (tensor_sharded(t)) comm_gather_f32(COMM_EP, src + t->offset, t->size, root ? full + t->full_offset : NULL, 0);
-        else if (root) memcpy(full + t->full_offset, src + t->offset, sizeof(float) * t->size);
+/* A sharded model's checkpoint, streamed (ckpt_save_from): world rank 0 writes the whole model a
+ * piece at a time, and the ranks of its expert-parallel group send their shards of one tensor when
+ * rank 0's writer reaches it (comm_gather_f32 of that tensor), so no rank holds more than its own
+ * arenas and one gathered tensor. The gathers follow one plan that every rank of the group knows:
+ * slot k = a n_tensors + i (arena a: 0 the parameters, 1 and 2 Adam's m and v, 3 the weights' average
+ * when the run keeps one; tensor i, in offset
+ * order) for every sharded tensor, in increasing k, which is the order the writer reads in. The
+ * other ranks run the whole plan; rank 0 runs it as its writer asks, then the rest (ckpt_drain),
+ * so that a write that fails halfway leaves no rank waiting. */
+typedef struct {
+    const Model *m;
+    const float *arena[4];    /* this rank's parameters, Adam m and v, the weights' average (or NULL) [n_params] each */
+    float *buf;               /* rank 0: one gathered tensor [the largest sharded full_size] */
+    int held;                 /* the slot buf holds (-1: none) */
+    int next;                 /* the first slot not yet gathered */
+} CkptGather;
+
+static void gather_slot(CkptGather *g, int k) {
+    const TensorInfo *t = &g->m->tensors[k % g->m->n_tensors];
+    comm_gather_f32(COMM_EP, g->arena[k / g->m->n_tensors] + t->offset, t->size, g->buf, 0);
+    g->held = k;
+}
+
+/* Runs the plan's gathers from g->next up to (not including) slot `until`. */
+static void ckpt_drain(CkptGather *g, int until) {
+    for (; g->next < until; g->next++)
+        if (tensor_sharded(&g->m->tensors[g->next % g->m->n_tensors])) gather_slot(g, g->next);
+}
+
+static const float *ckpt_read(void *ctx, int a, size_t off, size_t want, size_t *got) {
+    CkptGather *g = ctx;
+    const Model *m = g->m;
+    int i = 0;
+    while (i + 1 < m->n_tensors && m->tensors[i + 1].full_offset <= off) i++;   /* the tensor holding off */
+    const TensorInfo *t = &m->tensors[i];
+    size_t in = off - t->full_offset, left = t->full_size - in;
+    CHECK(off >= t->full_offset && in < t->full_size);
+    *got = want < left ? want : left;
+    if (!tensor_sharded(t)) return g->arena[a] + t->offset + in;   /* rank 0's own copy */
+    int k = a * m->n_tensors + i;
+    if (g->held != k) {
+        CHECK(k >= g->next);   /* the writer reads in the plan's order */
+        ckpt_drain(g, k);      /* (nothing: every sharded tensor before k was read) */
+        gather_slot(g, k);
+        g->next = k + 1;
     }
+    return g->buf + in;
 }
 
 moelm_status dist_save_checkpoint(const char *run_dir, const Model *m, const Optimizer *o, const TrainState *s,
                                   const Tokenizer *tok, int keep) {
     int root = comm_rank(COMM_WORLD) == 0;
     if (m->n_params == m->n_params_full) return root ? ckpt_save(run_dir, m, o, s, tok, keep) : MOELM_OK;
-    /* sharded experts: replica 0's expert-parallel group (world ranks 0 .. P-1) gathers the weights
-     * and both Adam moments onto rank 0, which writes the whole model's checkpoint */
+    /* sharded experts: replica 0's expert-parallel group (world ranks 0 .. P-1) streams the weights,
+     * both Adam moments and the average to rank 0, which writes the whole model's checkpoint */
     if (comm_rank(COMM_DP) != 0) return MOELM_OK;
-    size_t nf = m->n_params_full, arenas = o->ema ? 4 : 3;
-    float *full = root ? moelm_malloc(arenas * nf * sizeof(float)) : NULL;
+    size_t most = 0;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const TensorInfo *t = &m->tensors[i];
+        CHECK(i == 0 || t->full_offset >= m->tensors[i - 1].full_offset);   /* the arena in tensor order */
+        if (tensor_sharded(t) && t->full_size > most) most = t->full_size;
+    }
+    int arenas = o->ema ? 4 : 3;
+    CkptGather g = {m, {m->params, o->m, o->v, o->ema}, NULL, -1, 0};
+    g.buf = root ? moelm_malloc(most * sizeof(float)) : NULL;
     TensorInfo *ft = root ? moelm_malloc(sizeof(TensorInfo) * (size_t)m->n_tensors) : NULL;
-    int failed = root && (!full || !ft);
-    comm_allreduce_i32(COMM_EP, &failed, 1);   /* the group gathers only if rank 0 can hold the result */
+    int failed = root && (!g.buf || !ft);
+    comm_allreduce_i32(COMM_EP, &failed, 1);   /* the group streams only if rank 0 can take a tensor */
     moelm_status st = MOELM_OK;
     if (failed) {
-        st = root ? moelm_fail(MOELM_ERR_NOMEM, "cannot gather the experts for a checkpoint (%zu floats)", arenas * nf)
+        st = root ? moelm_fail(MOELM_ERR_NOMEM, "cannot gather the experts for a checkpoint (%zu floats)", most)
                   : MOELM_OK;
-    } else {
-        gather_arena(m, m->params, full, root);
-        gather_arena(m, o->m, full + nf, root);
-        gather_arena(m, o->v, full + 2 * nf, root);
-        if (o->ema) gather_arena(m, o->ema, full + 3 * nf, root);
-    }
-    if (!failed && root) {
-        /* the whole model as ckpt_save sees it: full shapes and offsets over the gathered arenas */
+    } else if (root) {
+        /* the whole model as ckpt_save sees it: full shapes and offsets, the data from ckpt_read */
         for (int i = 0; i < m->n_tensors; i++) {
             ft[i] = m->tensors[i];
             if (ft[i].ndim) ft[i].shape[0] = ft[i].full_dim0;
@@ -164,17 +203,16 @@ moelm_status dist_save_checkpoint(const char *run_dir, const Model *m, const Opt
         }
         Model fm = *m;
         fm.tensors = ft;
-        fm.params = full;
-        fm.grads = NULL;
-        fm.n_params = nf;
+        fm.params = fm.grads = NULL;
+        fm.n_params = m->n_params_full;
         Optimizer fo = *o;
-        fo.m = full + nf;
-        fo.v = full + 2 * nf;
-        fo.ema = o->ema ? full + 3 * nf : NULL;
-        fo.n = nf;
-        st = ckpt_save(run_dir, &fm, &fo, s, tok, keep);
+        fo.m = fo.v = NULL;   /* fo.ema stays: it says the file holds an average (its data come from ckpt_read) */
+        fo.n = m->n_params_full;
+        CkptSource src = {ckpt_read, &g};
+        st = ckpt_save_from(run_dir, &fm, &fo, s, tok, keep, &src);
     }
-    moelm_free(full);
+    if (!failed) ckpt_drain(&g, arenas * m->n_tensors);   /* rank 0: what a failed write left; the others: all */
+    moelm_free(g.buf);
     moelm_free(ft);
     return st;
 }
