@@ -12,6 +12,12 @@
 # counter-based draws each rank drew from its own stream and the losses differed from step 1
 # (9.271608 against 9.273253 in the issue's run).
 #
+# Then rank 0's memory while it writes a sharded checkpoint: the demo preset with 32 experts of
+# hidden 1024 (17.1M parameters, 16.8M in experts) on 2 expert-parallel ranks. The shards reach rank 0
+# one tensor at a time (dist_save_checkpoint), so its peak RSS may exceed the other rank's by its
+# buffers (one gathered tensor, 16.8 MB here, the tokenizer, the logs) but by less than one copy of
+# the weights (65 MiB); gathering the whole model (weights and both moments) exceeded it by ~200 MiB.
+#
 # Tolerance: 1e-5 on losses near 7, as tests/test_mpi.sh (the ranks sum a gradient in another order;
 # the masks themselves are bit-identical).
 #
@@ -77,4 +83,19 @@ for preset in switch-ptb seed-moe switch-t5-ptb; do
         fi
     done
 done
+
+mem="$TMP/mem"
+if $MPIRUN -np 2 $MPI_BIN train --config demo --set num_experts=32 --set expert_d_ff=1024 -b 4 --seq-len 16 -t 1 --steps 1 \
+        --eval-interval 0 --eval-batches 1 --expert-parallel 2 --out "$mem" >"$mem.log" 2>&1 &&
+   $REF_BIN info "$mem/latest" >/dev/null 2>&1; then
+    rss=$(grep -o 'peak RSS per rank [0-9.]*-[0-9.]*' "$mem.log" | awk '{print $5}')
+    total=$(grep -o 'parameters: [0-9.]*M total' "$mem.log" | awk '{print $2}' | tr -d M)
+    if awk -v r="$rss" -v p="$total" 'BEGIN { split(r, a, "-"); exit !(p > 10 && a[2] - a[1] < p * 1e6 * 4 / 1048576) }'; then
+        ok "sharded checkpoint: rank 0 peaks within one copy of the weights of the other rank ($rss MiB, ${total}M parameters)"
+    else
+        bad "sharded checkpoint: rank 0 peaks within one copy of the weights of the other rank ($rss MiB, ${total}M parameters)"
+    fi
+else
+    cat "$mem.log"; bad "sharded checkpoint: run"
+fi
 finish mpi_presets
