@@ -121,52 +121,56 @@ void dist_reduce_grads(Model *m) {
 }
 
 /* A sharded model's checkpoint, streamed (ckpt_save_from): world rank 0 writes the whole model a
- * piece at a time, and the ranks of its expert-parallel group send their shards of one tensor when
- * rank 0's writer reaches it (comm_gather_f32 of that tensor), so no rank holds more than its own
- * arenas and one gathered tensor. The gathers follow one plan that every rank of the group knows:
- * slot k = a n_tensors + i (arena a: 0 the parameters, 1 and 2 Adam's m and v, 3 the weights' average
- * when the run keeps one; tensor i, in offset
- * order) for every sharded tensor, in increasing k, which is the order the writer reads in. The
- * other ranks run the whole plan; rank 0 runs it as its writer asks, then the rest (ckpt_drain),
- * so that a write that fails halfway leaves no rank waiting. */
+ * piece at a time, and each rank p of its expert-parallel group sends its shard of a tensor when rank
+ * 0's writer reaches that shard, so no rank holds more than its own arenas and one shard of one tensor.
+ * The messages follow one plan that every rank of the group knows: slot k = (a n_tensors + i) P + p
+ * (arena a: 0 the parameters, 1 and 2 Adam's m and v, 3 the weights' average when the run keeps one;
+ * tensor i, in offset order; shard p of P) for every sharded tensor and p > 0 (rank 0 reads its own
+ * shard in place), in increasing k: the order the writer reads in. The other ranks send theirs in
+ * that order; rank 0 receives as its writer asks, then the rest (ckpt_drain), so that a write that
+ * fails halfway leaves no rank waiting. */
 typedef struct {
     const Model *m;
     const float *arena[4];    /* this rank's parameters, Adam m and v, the weights' average (or NULL) [n_params] each */
-    float *buf;               /* rank 0: one gathered tensor [the largest sharded full_size] */
+    int P, rank;              /* the expert-parallel group's size, this rank in it */
+    float *buf;               /* rank 0: one shard of one tensor [the largest sharded tensor's size] */
     int held;                 /* the slot buf holds (-1: none) */
-    int next;                 /* the first slot not yet gathered */
-} CkptGather;
+    int next;                 /* the first slot not yet sent or received */
+} CkptStream;
 
-static void gather_slot(CkptGather *g, int k) {
-    const TensorInfo *t = &g->m->tensors[k % g->m->n_tensors];
-    comm_gather_f32(COMM_EP, g->arena[k / g->m->n_tensors] + t->offset, t->size, g->buf, 0);
-    g->held = k;
-}
-
-/* Runs the plan's gathers from g->next up to (not including) slot `until`. */
-static void ckpt_drain(CkptGather *g, int until) {
-    for (; g->next < until; g->next++)
-        if (tensor_sharded(&g->m->tensors[g->next % g->m->n_tensors])) gather_slot(g, g->next);
+/* Runs the plan's messages from g->next up to (not including) slot `until`. */
+static void ckpt_drain(CkptStream *g, int until) {
+    for (; g->next < until; g->next++) {
+        int p = g->next % g->P, i = g->next / g->P % g->m->n_tensors, a = g->next / g->P / g->m->n_tensors;
+        const TensorInfo *t = &g->m->tensors[i];
+        if (p == 0 || !tensor_sharded(t)) continue;
+        if (g->rank == 0) {
+            comm_recv_f32(COMM_EP, g->buf, t->size, p);
+            g->held = g->next;
+        } else if (g->rank == p) {
+            comm_send_f32(COMM_EP, g->arena[a] + t->offset, t->size, 0);
+        }
+    }
 }
 
 static const float *ckpt_read(void *ctx, int a, size_t off, size_t want, size_t *got) {
-    CkptGather *g = ctx;
+    CkptStream *g = ctx;
     const Model *m = g->m;
     int i = 0;
     while (i + 1 < m->n_tensors && m->tensors[i + 1].full_offset <= off) i++;   /* the tensor holding off */
     const TensorInfo *t = &m->tensors[i];
-    size_t in = off - t->full_offset, left = t->full_size - in;
+    size_t in = off - t->full_offset;
     CHECK(off >= t->full_offset && in < t->full_size);
-    *got = want < left ? want : left;
-    if (!tensor_sharded(t)) return g->arena[a] + t->offset + in;   /* rank 0's own copy */
-    int k = a * m->n_tensors + i;
+    /* a replicated tensor is rank 0's own; a sharded one's shard p is rank p's */
+    size_t shard = tensor_sharded(t) ? t->size : t->full_size, p = in / shard, at = in % shard;
+    *got = want < shard - at ? want : shard - at;
+    if (p == 0) return g->arena[a] + t->offset + at;
+    int k = (a * m->n_tensors + i) * g->P + (int)p;
     if (g->held != k) {
         CHECK(k >= g->next);   /* the writer reads in the plan's order */
-        ckpt_drain(g, k);      /* (nothing: every sharded tensor before k was read) */
-        gather_slot(g, k);
-        g->next = k + 1;
+        ckpt_drain(g, k + 1);  /* (slot k alone: every shard before it was read) */
     }
-    return g->buf + in;
+    return g->buf + at;
 }
 
 moelm_status dist_save_checkpoint(const char *run_dir, const Model *m, const Optimizer *o, const TrainState *s,
@@ -180,14 +184,14 @@ moelm_status dist_save_checkpoint(const char *run_dir, const Model *m, const Opt
     for (int i = 0; i < m->n_tensors; i++) {
         const TensorInfo *t = &m->tensors[i];
         CHECK(i == 0 || t->full_offset >= m->tensors[i - 1].full_offset);   /* the arena in tensor order */
-        if (tensor_sharded(t) && t->full_size > most) most = t->full_size;
+        if (tensor_sharded(t) && t->size > most) most = t->size;
     }
     int arenas = o->ema ? 4 : 3;
-    CkptGather g = {m, {m->params, o->m, o->v, o->ema}, NULL, -1, 0};
-    g.buf = root ? moelm_malloc(most * sizeof(float)) : NULL;
+    CkptStream g = {m, {m->params, o->m, o->v, o->ema}, comm_size(COMM_EP), comm_rank(COMM_EP), NULL, -1, 0};
+    g.buf = root ? moelm_malloc((most ? most : 1) * sizeof(float)) : NULL;
     TensorInfo *ft = root ? moelm_malloc(sizeof(TensorInfo) * (size_t)m->n_tensors) : NULL;
     int failed = root && (!g.buf || !ft);
-    comm_allreduce_i32(COMM_EP, &failed, 1);   /* the group streams only if rank 0 can take a tensor */
+    comm_allreduce_i32(COMM_EP, &failed, 1);   /* the group streams only if rank 0 can take a shard */
     moelm_status st = MOELM_OK;
     if (failed) {
         st = root ? moelm_fail(MOELM_ERR_NOMEM, "cannot gather the experts for a checkpoint (%zu floats)", most)
@@ -211,7 +215,7 @@ moelm_status dist_save_checkpoint(const char *run_dir, const Model *m, const Opt
         CkptSource src = {ckpt_read, &g};
         st = ckpt_save_from(run_dir, &fm, &fo, s, tok, keep, &src);
     }
-    if (!failed) ckpt_drain(&g, arenas * m->n_tensors);   /* rank 0: what a failed write left; the others: all */
+    if (!failed) ckpt_drain(&g, arenas * m->n_tensors * g.P);   /* rank 0: what a failed write left; the others: all */
     moelm_free(g.buf);
     moelm_free(ft);
     return st;
