@@ -294,12 +294,21 @@ moelm_status ckpt_save_from(const char *run_dir, const Model *m, const Optimizer
     return MOELM_OK;
 }
 
-void ckpt_run_dir(const char *ckdir, char *out, size_t cap) {
-    char buf[4096];
+int ckpt_run_dir(const char *ckdir, char *out, size_t cap) {
+    char buf[4096], p[4200];
     snprintf(buf, sizeof buf, "%s", ckdir);
     size_t n = strlen(buf);
     while (n > 1 && buf[n - 1] == '/') buf[--n] = 0;
     path_dirname(buf, out, cap);
+    const char *base = strrchr(buf, '/');
+    base = base ? base + 1 : buf;
+    if (!strcmp(base, "latest")) return 1;   /* ckpt_resolve checked it is the run's own link */
+    if (ckpt_step_of(base) < 0) return 0;
+    struct stat sb;
+    snprintf(p, sizeof p, "%s/latest", out);
+    if (lstat(p, &sb) == 0) return 1;
+    snprintf(p, sizeof p, "%s/metrics.jsonl", out);
+    return path_exists(p);
 }
 
 /* A `latest` given or found must be a symbolic link to a checkpoint of its own run directory. */

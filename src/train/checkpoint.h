@@ -77,8 +77,10 @@ moelm_status ckpt_remove_all(const char *run_dir);
 moelm_status ckpt_resolve(const char *path, char *out, size_t cap);
 
 /* The run directory a checkpoint directory (as ckpt_resolve gives it: RUN/latest, RUN/ckpt-<step>)
- * belongs to: its parent. A run resumed from any of its checkpoints goes on in it. */
-void ckpt_run_dir(const char *ckdir, char *out, size_t cap);
+ * belongs to: its parent. A run resumed from any of its checkpoints goes on in it. Returns 1 when the
+ * parent is a run directory of it: ckdir is RUN/latest, or RUN/ckpt-<step> beside a `latest` or a
+ * metrics.jsonl; 0 for a checkpoint copied elsewhere (its parent is not its run). */
+int ckpt_run_dir(const char *ckdir, char *out, size_t cap);
 
 /* Reads config.json and verifies CHECKSUMS. */
 moelm_status ckpt_read_config(const char *dir, ModelConfig *cfg);
