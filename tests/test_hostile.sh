@@ -304,6 +304,18 @@ if $BIN train --resume "$c/ckpt-00000002" --out "$TMP/cont" --log-interval 1 --e
     ok "a copied checkpoint with --out: goes on there, with the run's losses"
 else bad "a copied checkpoint with --out: $(ls "$TMP/cont" 2>&1) $(head -c 300 "$TMP/err")"; fi
 
+# data that never ends or does not fit: a device is refused before reading (a symlink to /dev/zero read
+# until memory ran out), a file past the cap (a sparse 3 GiB file: nothing on disk) by its size
+ln -sf /dev/zero "$TMP/zero.txt"
+expect_error "--data a symlink to /dev/zero: refused" "zero.txt: not a regular file or a pipe" \
+    $BIN train --config tiny --data "$TMP/zero.txt" --steps 1 --out "$TMP/zero" -t 1 --quiet
+rm -f "$TMP/big.txt"
+if truncate -s 3G "$TMP/big.txt" 2>/dev/null; then
+    expect_error "--data a 3 GiB file: refused by its size" "big.txt: 3.0 GiB, more than moelm reads into memory \(2 GiB" \
+        $BIN train --config tiny --data "$TMP/big.txt" --steps 1 --out "$TMP/big" -t 1 --quiet
+fi
+rm -f "$TMP/big.txt" "$TMP/zero.txt"
+
 # small data: the too-few-tokens error names the file (it printed "moelm: : 7 tokens"); an empty
 # valid split gives no evaluation (it reported "val ppl 1.00")
 printf 'a b c\nd e\n' >"$TMP/small.txt"
