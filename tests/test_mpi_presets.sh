@@ -39,13 +39,7 @@ MPI_BIN=build-mpi/moelm
 REF_BIN=${MOELM_BIN:-./moelm}
 [ -x "$REF_BIN" ] || { make -s -j2 >/dev/null 2>&1; REF_BIN=./moelm; }
 
-MPIRUN="mpirun"
-if mpirun --version 2>&1 | grep -q "Open MPI"; then
-    MPIRUN="mpirun --oversubscribe"
-    [ "$(id -u)" = 0 ] && MPIRUN="$MPIRUN --allow-run-as-root"
-    export OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1
-    export OMPI_MCA_btl="self,vader,tcp" OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo
-fi
+. tests/mpirun.sh
 
 # 1,200 lines of 12 words from 300 (a fixed linear congruential walk, so every awk writes the same):
 # 60 validation lines, a final evaluation of a few batches
