@@ -138,8 +138,6 @@ uint64_t rng_u64(Rng *r) {
 
 uint32_t rng_u32(Rng *r) { return (uint32_t)(rng_u64(r) >> 32); }
 
-void rng_skip(Rng *r, uint64_t n) { r->s += n * 0x9E3779B97F4A7C15ull; }   /* the Weyl sequence's n steps */
-
 float rng_uniform(Rng *r) { return (float)(rng_u32(r) >> 8) * (1.0f / 16777216.0f); }
 
 float rng_normal(Rng *r) {

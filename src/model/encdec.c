@@ -430,7 +430,8 @@ static void block_forward(Model *m, T5StackActs *s, T5BlockActs *a, const T5Bloc
     }
     rmsnorm_forward(a->ln3, a->rstd3, res, p->ff_ln, N, C, eps);
     if (sparse) {
-        moe_forward(a->ffn, &a->moe, a->ln3, ids, &p->moe, &s->moe_cfg, N, training, model_site_key(m, layer, SITE_MOE));
+        moe_forward(a->ffn, &a->moe, a->ln3, ids, &p->moe, &s->moe_cfg, N, training,
+                    model_site_key(m, layer, SITE_MOE));
     } else {
         matmul_forward(a->fc_pre, a->ln3, p->wi, NULL, N, C, H);
         activation_forward(a->fc, a->fc_pre, c->hidden_act, N, H);
@@ -496,7 +497,7 @@ static void stack_forward(Model *m, int dec, const int *ids, float pdrop, int tr
     T5StackActs *s = dec ? &ed->dec : &ed->enc;
     const T5StackParams *sp = dec ? &ed->p.dec : &ed->p.enc;
     int B = ed->B, T = dec ? ed->Td : ed->Te, N = B * T, C = c->d_model, L = config_switch_layers(c, dec);
-    int base = dec ? config_switch_layers(c, 0) : 0;   /* the stack's first layer among the model's (its draws' sites) */
+    int base = dec ? config_switch_layers(c, 0) : 0;   /* the stack's first layer in the model (for its draws) */
     size_t NC = (size_t)N * C;
     /* the stack's routing: one group a sequence; HF's z loss shared out over its sparse blocks (moelm's
      * other routers: each layer's own losses, summed) */

@@ -671,7 +671,8 @@ float model_forward(Model *m, const int *inputs, const int *targets, int trainin
             ffn_in = la->ln1;
         }
         if (sparse) {
-            moe_forward(la->ffn, &la->moe, ffn_in, inputs, &lp->moe, &m->moe_cfg, N, training, model_site_key(m, l, SITE_MOE));
+            moe_forward(la->ffn, &la->moe, ffn_in, inputs, &lp->moe, &m->moe_cfg, N, training,
+                        model_site_key(m, l, SITE_MOE));
             m->aux_loss += moe_loss(&la->moe, &m->moe_cfg);
         } else {
             ffn_fwd(m, la->ffn, la->fc_pre, la->fc, ffn_in, lp, N);
