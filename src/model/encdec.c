@@ -409,7 +409,9 @@ static void block_forward(Model *m, T5StackActs *s, T5BlockActs *a, const T5Bloc
     AttnDims d = self_dims(ed, B, T, dec, c);
     attn_forward(a->atty, a->att, a->q, a->k, a->v, s->bias, !dec ? ed->enc_mask : ed->has_dec_mask ? ed->dec_mask : NULL,
                  &d);
-    if (pdrop > 0.0f) attn_dropout_forward(a->atty, ed->att_d, a->att_drop, a->att, a->v, pdrop, &d, &m->rng);
+    if (pdrop > 0.0f)
+        attn_dropout_forward(a->atty, ed->att_d, a->att_drop, a->att, a->v, pdrop, &d, model_site_key(m, layer, SITE_ATTN_PROBS),
+                             (uint64_t)m->pass_row0 * c->num_heads * T * T);
     matmul_forward(proj, a->atty, p->o, NULL, N, I, C);
     model_dropout(m, layer, SITE_ATTN, proj, a->drop1, proj, pdrop, NC, B);
     add_forward(a->res1, a->x_in, proj, NC);
@@ -422,7 +424,9 @@ static void block_forward(Model *m, T5StackActs *s, T5BlockActs *a, const T5Bloc
         matmul_forward(a->cv, ed->enc.out, p->cv, NULL, Ne, C, I);
         AttnDims cd = cross_dims(ed, c);
         attn_forward(a->catty, a->catt, a->cq, a->ck, a->cv, NULL, ed->enc_mask, &cd);
-        if (pdrop > 0.0f) attn_dropout_forward(a->catty, ed->att_d, a->catt_drop, a->catt, a->cv, pdrop, &cd, &m->rng);
+        if (pdrop > 0.0f)
+            attn_dropout_forward(a->catty, ed->att_d, a->catt_drop, a->catt, a->cv, pdrop, &cd,
+                                 model_site_key(m, layer, SITE_CROSS_PROBS), (uint64_t)m->pass_row0 * c->num_heads * T * ed->Te);
         matmul_forward(proj, a->catty, p->co, NULL, N, I, C);
         model_dropout(m, layer, SITE_CROSS, proj, a->drop2, proj, pdrop, NC, B);
         add_forward(a->res2, a->res1, proj, NC);

@@ -254,7 +254,8 @@ float model_forward(Model *m, const int *inputs, const int *targets, int trainin
  * decoder's blocks after the encoder's; embeddings are at the first layer of their stack, the seed
  * model's head at layer num_layers). model_dropout: dropout_forward of n elements of the pass's B rows
  * at a site, element i of local row b drawing counter (row0 + b) n/B + i of the site's stream. */
-typedef enum { SITE_EMBED, SITE_ATTN, SITE_CROSS, SITE_HIDDEN, SITE_FFN, SITE_MOE, SITE_OUT, SITES } DrawSite;
+typedef enum { SITE_EMBED, SITE_ATTN, SITE_CROSS, SITE_HIDDEN, SITE_FFN, SITE_MOE, SITE_OUT, SITE_ATTN_PROBS, SITE_CROSS_PROBS,
+               SITES } DrawSite;
 void model_pass_begin(Model *m, int B, int training);
 uint64_t model_site_key(const Model *m, int layer, DrawSite site);
 void model_dropout(const Model *m, int layer, DrawSite site, float *out, uint8_t *mask, const float *inp, float p,
