@@ -139,7 +139,7 @@ static void prob_forward(Prob *p, int fast) {
     if (p->pdrop > 0.0f) {   /* the same mask every call: a fixed function of q, k, v, bias */
         Rng r;
         rng_seed(&r, p->dseed);
-        attn_dropout_forward(p->out, p->att_d, p->dmask, p->att, p->v, p->pdrop, &p->d, &r);
+        attn_dropout_forward(p->out, p->att_d, p->dmask, p->att, p->v, p->pdrop, &p->d, r.s, 0);
     }
 }
 
@@ -274,7 +274,7 @@ TEST(attn_dropout_p0_is_plain_attention) {
     prob_forward(&b, 1);
     Rng r;
     rng_seed(&r, 5);
-    attn_dropout_forward(b.out, b.att_d, b.dmask, b.att, b.v, 0.0f, &b.d, &r);
+    attn_dropout_forward(b.out, b.att_d, b.dmask, b.att, b.v, 0.0f, &b.d, r.s, 0);
     EXPECT(max_rel_diff(a.out, b.out, no) <= 1e-5);
     Grads ga = grads_make(&a), gb = grads_make(&b);
     prob_backward(&a, &ga, 1);
@@ -282,7 +282,7 @@ TEST(attn_dropout_p0_is_plain_attention) {
     EXPECT(max_rel_diff(ga.dqbuf, gb.dqbuf, a.nq) <= 1e-5 && max_rel_diff(ga.dkvbuf, gb.dkvbuf, a.nkv) <= 1e-5);
     EXPECT(max_rel_diff(ga.dbias, gb.dbias, (size_t)a.d.NH * a.d.Tq * a.d.Tk) <= 1e-5);
     rng_seed(&r, 5);
-    attn_dropout_forward(b.out, b.att_d, b.dmask, b.att, b.v, 0.3f, &b.d, &r);
+    attn_dropout_forward(b.out, b.att_d, b.dmask, b.att, b.v, 0.3f, &b.d, r.s, 0);
     size_t dropped = 0;
     for (size_t i = 0; i < na; i++) dropped += !b.dmask[i];
     EXPECT_MSG(dropped > na / 5 && dropped < na * 2 / 5, "%zu of %zu dropped", dropped, na);

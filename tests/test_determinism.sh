@@ -1,7 +1,7 @@
 #!/bin/sh
 # test_determinism.sh: at a fixed thread count, two training runs give bit-identical losses (the
-# OpenMP loops own whole rows or columns, reductions run in a fixed order, dropout draws from one
-# sequential RNG, and BLAS is deterministic at a fixed thread count). Also `moelm bench` runs and
+# OpenMP loops own whole rows or columns, reductions run in a fixed order, dropout draws are hashes of
+# their places (rng_at: no thread draws another's), and BLAS is deterministic at a fixed thread count). Also `moelm bench` runs and
 # prints its figures (with the sgemm peak and the read bandwidth once). Ends with "determinism: N passed, N failed".
 BIN=${MOELM_BIN:-./moelm}
 TMP=build/tmp/determinism

@@ -288,6 +288,33 @@ if $BIN train --resume "$r/ckpt-00000002" --log-interval 1 --eval-interval 0 -t 
    [ "$(grep -o '^{"step": [0-9]*' "$r/metrics.jsonl" | sed 's/.* //' | tr '\n' ' ')" = "1 2 3 4 " ]; then
     ok "resume from RUN/ckpt-N goes on in RUN"
 else bad "resume from RUN/ckpt-N goes on in RUN: $(ls "$r/ckpt-00000002") $(head -c 300 "$TMP/err")"; fi
+# a checkpoint copied out of its run directory: --resume alone is refused (it went on in whatever
+# directory held the copy, writing metrics, checkpoints and caches there); with --out it goes on in
+# that new run directory, with the original run's losses
+c="$TMP/copies"; rm -rf "$c" "$TMP/cont"; mkdir -p "$c"
+cp -r "$r/ckpt-00000002" "$c/ckpt-00000002"
+cp -r "$r/ckpt-00000002" "$c/mine"
+expect_error "a copied checkpoint: --resume alone is refused" "outside its run directory.*--out" \
+    $BIN train --resume "$c/ckpt-00000002" -t 1 --quiet
+expect_error "a copied checkpoint under another name: refused too" "outside its run directory" $BIN train --resume "$c/mine" -t 1 --quiet
+check "a copied checkpoint: nothing written beside it" test "$(ls "$c" | tr '\n' ' ')" = "ckpt-00000002 mine "
+if $BIN train --resume "$c/ckpt-00000002" --out "$TMP/cont" --log-interval 1 --eval-interval 0 -t 1 --quiet >/dev/null 2>"$TMP/err" &&
+   [ "$(readlink "$TMP/cont/latest")" = ckpt-00000004 ] && [ "$(ls "$c" | tr '\n' ' ')" = "ckpt-00000002 mine " ] &&
+   [ "$(grep -o '"loss": [0-9.]*' "$TMP/cont/metrics.jsonl")" = "$(grep -o '"loss": [0-9.]*' "$r/metrics.jsonl" | tail -n 2)" ]; then
+    ok "a copied checkpoint with --out: goes on there, with the run's losses"
+else bad "a copied checkpoint with --out: $(ls "$TMP/cont" 2>&1) $(head -c 300 "$TMP/err")"; fi
+
+# data that never ends or does not fit: a device is refused before reading (a symlink to /dev/zero read
+# until memory ran out), a file past the cap (a sparse 3 GiB file: nothing on disk) by its size
+ln -sf /dev/zero "$TMP/zero.txt"
+expect_error "--data a symlink to /dev/zero: refused" "zero.txt: not a regular file or a pipe" \
+    $BIN train --config tiny --data "$TMP/zero.txt" --steps 1 --out "$TMP/zero" -t 1 --quiet
+rm -f "$TMP/big.txt"
+if truncate -s 3G "$TMP/big.txt" 2>/dev/null; then
+    expect_error "--data a 3 GiB file: refused by its size" "big.txt: 3.0 GiB, more than moelm reads into memory \(2 GiB" \
+        $BIN train --config tiny --data "$TMP/big.txt" --steps 1 --out "$TMP/big" -t 1 --quiet
+fi
+rm -f "$TMP/big.txt" "$TMP/zero.txt"
 
 # small data: the too-few-tokens error names the file (it printed "moelm: : 7 tokens"); an empty
 # valid split gives no evaluation (it reported "val ppl 1.00")

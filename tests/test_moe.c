@@ -60,7 +60,7 @@ static void bind_params(MoEParams *p, float *base, const MoEConfig *c) {
 typedef struct {
     MoEConfig cfg;
     int N, training;
-    uint64_t seed;        /* the forward's rng seed (jitter, random router) */
+    uint64_t seed;        /* the forward's key (jitter, random router) */
     float aux_scale;
     size_t P;
     float *w, *gw;        /* [P] parameters and their gradients */
@@ -122,9 +122,7 @@ static void case_free(Case *cs) {
 }
 
 static void case_forward(Case *cs) {
-    Rng r;
-    rng_seed(&r, cs->seed);
-    moe_forward(cs->out, &cs->a, cs->x, cs->tokens, &cs->p, &cs->cfg, cs->N, cs->training, &r);
+    moe_forward(cs->out, &cs->a, cs->x, cs->tokens, &cs->p, &cs->cfg, cs->N, cs->training, cs->seed);
 }
 
 /* L = sum(out * R) + aux_scale * moe_loss  =>  dout = R */

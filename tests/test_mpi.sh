@@ -47,15 +47,7 @@ MPI_HBIN=build-mpi/moelm-test   # with the test hooks (src/train/hooks.h): the k
 REF_BIN=${MOELM_BIN:-./moelm}
 [ -x "$REF_BIN" ] || { make -s -j8 >/dev/null 2>&1; REF_BIN=./moelm; }
 
-# OpenMPI refuses root without --allow-run-as-root and more ranks than cores without --oversubscribe;
-# MPICH knows neither flag. Shared-memory single-copy (CMA) fails in containers: turn it off.
-MPIRUN="mpirun"
-if mpirun --version 2>&1 | grep -q "Open MPI"; then
-    MPIRUN="mpirun --oversubscribe"
-    [ "$(id -u)" = 0 ] && MPIRUN="$MPIRUN --allow-run-as-root"
-    export OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1
-    export OMPI_MCA_btl="self,vader,tcp" OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo
-fi
+. tests/mpirun.sh   # MPIRUN
 
 ARGS="train --config tiny -t 1 --steps 20 --log-interval 1 --eval-interval 10 --eval-batches 4 --quiet"
 

@@ -360,22 +360,71 @@ TEST(crossentropy_grad) {
     EXPECT_NEAR(l, log(7.0), 1e-6);
 }
 
-/* ---- dropout ---- */
+/* ---- counter-based random numbers and dropout ---- */
+
+/* rng_at's statistics. Tolerances: 5 standard deviations of each statistic under a true uniform
+ * source (a false alarm about once in 3 million runs; the draws are fixed, so a pass stays a pass),
+ * while a broken hash (a missing mix, a key that only shifts the stream) misses by far more. */
+TEST(rng_at_statistics) {
+    const uint64_t key = 0x1234567890ABCDEFull;
+    enum { NB = 64, N = 1 << 20 };
+    /* uniformity of rng_at_uniform over 64 bins: chi-square, 63 degrees of freedom (mean 63, sd 11.2) */
+    double cnt[NB] = {0}, chi = 0.0, sum = 0.0, sum2 = 0.0, lag = 0.0;
+    float prev = 0.0f;
+    for (uint64_t i = 0; i < N; i++) {
+        float u = rng_at_uniform(key, i);
+        EXPECT(u >= 0.0f && u < 1.0f);
+        cnt[(int)(u * NB)]++;
+        sum += u; sum2 += (double)u * u;
+        if (i) lag += ((double)u - 0.5) * ((double)prev - 0.5);
+        prev = u;
+    }
+    for (int b = 0; b < NB; b++) chi += (cnt[b] - (double)N / NB) * (cnt[b] - (double)N / NB) / ((double)N / NB);
+    EXPECT(chi < 63 + 5 * 11.2);
+    /* mean 1/2 (sd 0.289/sqrt N), variance 1/12, neighbours uncorrelated (correlation sd 1/sqrt N) */
+    EXPECT_NEAR(sum / N, 0.5, 5 * 0.289 / 1024);
+    EXPECT_NEAR(sum2 / N - (sum / N) * (sum / N), 1.0 / 12, 0.002);
+    EXPECT(fabs(lag / N * 12.0) < 5.0 / 1024);
+    /* every bit of rng_at is set half the time (sd of the count: 512 in 2^20) */
+    int bits_ok = 1;
+    for (int k = 0; k < 64; k++) {
+        long ones = 0;
+        for (uint64_t i = 0; i < N; i++) ones += (rng_at(key, i) >> k) & 1;
+        bits_ok &= labs(ones - N / 2) < 5 * 512;
+    }
+    EXPECT(bits_ok);
+    /* avalanche: a counter or a key one bit apart changes half the 64 bits (mean 32, sd 4 per pair;
+     * over 4096 pairs the mean's sd is 0.0625) */
+    double flip_i = 0.0, flip_k = 0.0;
+    for (uint64_t i = 0; i < 4096; i++) {
+        flip_i += __builtin_popcountll(rng_at(key, i) ^ rng_at(key, i ^ (1ull << (i % 40))));
+        flip_k += __builtin_popcountll(rng_at(key, i) ^ rng_at(key ^ (1ull << (i % 64)), i));
+    }
+    EXPECT_NEAR(flip_i / 4096, 32.0, 0.5);
+    EXPECT_NEAR(flip_k / 4096, 32.0, 0.5);
+    /* streams of keys that differ by a multiple of splitmix64's increment do not overlap shifted (the
+     * plain splitmix64 stream of key + G is that of key, one draw on), nor do a site's sub-stream keys */
+    const uint64_t G = 0x9E3779B97F4A7C15ull;
+    long same = 0, close = 0;
+    for (uint64_t i = 0; i < 100000; i++) {
+        same += rng_at(key + G, i) == rng_at(key, i + 1);
+        close += rng_at(rng_key(key, 1), i) == rng_at(rng_key(key, 2), i);
+    }
+    EXPECT(same == 0 && close == 0);
+    /* a counter-based value is that of its place alone: any order gives it */
+    EXPECT(rng_at(key, 77) == rng_at(key, 77) && rng_at(key, 77) != rng_at(key, 78));
+}
+
 TEST(dropout_mask_and_grad) {
     size_t n = 10000;
     float *x = vec(n, 1), *y = zeros(n), *dy = vec(n, 1), *dx = zeros(n);
     uint8_t *m = keep(malloc(n));
-    Rng r;
-    rng_seed(&r, 7);
-    dropout_forward(y, m, x, 0.25f, n, &r);
-    /* the mask is n sequential rng_uniform draws (however the kernel computes them), and the RNG
-     * ends where n draws leave it */
-    Rng seq;
-    rng_seed(&seq, 7);
+    const uint64_t key = 7, first = 12345;
+    dropout_forward(y, m, x, 0.25f, n, key, first);
+    /* the mask is the draws of its places (however the kernel computes them) */
     size_t differ = 0;
-    for (size_t i = 0; i < n; i++) differ += m[i] != (rng_uniform(&seq) >= 0.25f);
+    for (size_t i = 0; i < n; i++) differ += m[i] != (rng_at_uniform(key, first + i) >= 0.25f);
     EXPECT(differ == 0);
-    EXPECT(seq.s == r.s);
     size_t kept = 0, wrong = 0;
     const float scale = 1.0f / 0.75f;
     for (size_t i = 0; i < n; i++) {
@@ -389,11 +438,41 @@ TEST(dropout_mask_and_grad) {
     wrong = 0;
     for (size_t i = 0; i < n; i++) wrong += dx[i] != (m[i] ? dy[i] * scale : 0.0f);
     EXPECT(wrong == 0);
-    /* same seed, same mask */
+    /* same key and place, same mask; another key, another mask */
     uint8_t *m2 = keep(malloc(n));
-    rng_seed(&r, 7);
-    dropout_forward(y, m2, x, 0.25f, n, &r);
+    dropout_forward(y, m2, x, 0.25f, n, key, first);
     EXPECT(memcmp(m, m2, n) == 0);
+    dropout_forward(y, m2, x, 0.25f, n, key + 1, first);
+    EXPECT(memcmp(m, m2, n) != 0);
+}
+
+/* A batch's mask does not depend on how its rows are split (over ranks: each takes its rows with its
+ * first row's offset) nor on the thread count: the rows of one call over 12 rows of width 4000 equal
+ * those of calls over 5 + 7 and 3 + 4 + 5 rows, at 1 and 2 threads. */
+TEST(dropout_rank_split_and_threads) {
+    enum { ROWS = 12, W = 4000 };   /* 48,000 elements: over PAR_MIN_WORK, so 2 threads split the loop */
+    size_t n = (size_t)ROWS * W;
+    float *x = vec(n, 1), *y = zeros(n), *y2 = zeros(n);
+    uint8_t *m = keep(malloc(n)), *m2 = keep(malloc(n));
+    const uint64_t key = 0xABCDull;
+    dropout_forward(y, m, x, 0.1f, n, key, 0);
+    int splits[2][4] = {{5, 7, 0, 0}, {3, 4, 5, 0}};
+    for (int s = 0; s < 2; s++)
+        for (int th = 1; th <= 2; th++) {
+            omp_set_num_threads(th);
+            memset(m2, 9, n);
+            size_t row = 0;
+            for (int k = 0; splits[s][k]; k++) {
+                size_t off = row * W, cnt = (size_t)splits[s][k] * W;
+                dropout_forward(y2 + off, m2 + off, x + off, 0.1f, cnt, key, off);
+                row += (size_t)splits[s][k];
+            }
+            EXPECT(row == ROWS && memcmp(m, m2, n) == 0 && memcmp(y, y2, n * sizeof(float)) == 0);
+        }
+    omp_set_num_threads(1);
+    /* a split that forgets the offset draws other masks (what one stream per rank did) */
+    dropout_forward(y2 + 5 * W, m2 + 5 * W, x + 5 * W, 0.1f, 7 * W, key, 0);
+    EXPECT(memcmp(m, m2, n) != 0);
 }
 
 /* ---- BLAS against the reference ---- */
@@ -526,7 +605,9 @@ int main(void) {
     RUN(gelu_accuracy);
     RUN(encoder_grad);
     RUN(crossentropy_grad);
+    RUN(rng_at_statistics);
     RUN(dropout_mask_and_grad);
+    RUN(dropout_rank_split_and_threads);
     RUN(gemm_matches_reference);
     RUN(gemm_pair_same_bits);
     RUN(team_barrier_orders);

@@ -105,10 +105,14 @@ void comm_exscan_i32(CommGroup g, const int *in, int *out, int n) {
     if (g_rank[g] == 0) memset(out, 0, sizeof(int) * (size_t)n);   /* MPI leaves rank 0's undefined */
 }
 
-void comm_gather_f32(CommGroup g, const float *send, size_t n, float *recv, int root) {
-    if (g_size[g] == 1) { memcpy(recv, send, sizeof(float) * n); return; }
-    CHECK(n <= (size_t)0x7fffffff);
-    MPI_Gather(send, (int)n, MPI_FLOAT, recv, (int)n, MPI_FLOAT, root, g_comm[g]);
+void comm_send_f32(CommGroup g, const float *buf, size_t n, int to) {
+    CHECK(g_size[g] > 1 && to != g_rank[g] && n <= (size_t)0x7fffffff);
+    MPI_Send(buf, (int)n, MPI_FLOAT, to, 0, g_comm[g]);
+}
+
+void comm_recv_f32(CommGroup g, float *buf, size_t n, int from) {
+    CHECK(g_size[g] > 1 && from != g_rank[g] && n <= (size_t)0x7fffffff);
+    MPI_Recv(buf, (int)n, MPI_FLOAT, from, 0, g_comm[g], MPI_STATUS_IGNORE);
 }
 
 void comm_alltoall_i32(CommGroup g, const int *send, int *recv, int n) {
@@ -156,9 +160,13 @@ void comm_exscan_i32(CommGroup g, const int *in, int *out, int n) {
     (void)g; (void)in;
     memset(out, 0, sizeof(int) * (size_t)n);
 }
-void comm_gather_f32(CommGroup g, const float *send, size_t n, float *recv, int root) {
-    (void)g; (void)root;
-    memcpy(recv, send, sizeof(float) * n);
+void comm_send_f32(CommGroup g, const float *buf, size_t n, int to) {
+    (void)g; (void)buf; (void)n; (void)to;
+    CHECK(!"comm_send_f32 over one rank");
+}
+void comm_recv_f32(CommGroup g, float *buf, size_t n, int from) {
+    (void)g; (void)buf; (void)n; (void)from;
+    CHECK(!"comm_recv_f32 over one rank");
 }
 void comm_alltoall_i32(CommGroup g, const int *send, int *recv, int n) {
     (void)g;

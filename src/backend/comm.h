@@ -46,9 +46,10 @@ void comm_allreduce_f64(CommGroup g, double *buf, size_t n);
 void comm_allreduce_i32(CommGroup g, int *buf, int n);
 /* out[n] = sum of in[n] over the ranks before this one in the group (0 on rank 0). */
 void comm_exscan_i32(CommGroup g, const int *in, int *out, int n);
-/* On root, recv[size * n] = every rank's send[n], block q from rank q (MPI_Gather); recv is not
- * read elsewhere (may be NULL there). */
-void comm_gather_f32(CommGroup g, const float *send, size_t n, float *recv, int root);
+/* Point to point (MPI_Send, MPI_Recv; messages between two ranks arrive in the order sent): buf[n]
+ * to rank `to` of the group, and into buf[n] from rank `from`. Only over several ranks. */
+void comm_send_f32(CommGroup g, const float *buf, size_t n, int to);
+void comm_recv_f32(CommGroup g, float *buf, size_t n, int from);
 /* Sends send[q*n .. q*n+n-1] to rank q and receives rank q's block into recv[q*n ..]. */
 void comm_alltoall_i32(CommGroup g, const int *send, int *recv, int n);
 /* Sends scount[q] floats from send + sdispl[q] to rank q; receives rcount[q] floats from rank q at

@@ -133,15 +133,10 @@ void rng_seed(Rng *r, uint64_t seed) { r->s = seed ^ 0x9E3779B97F4A7C15ull; }
 
 uint64_t rng_u64(Rng *r) {
     /* splitmix64 (Steele, Lea, Flood 2014): a Weyl sequence passed through a bijective mixer */
-    uint64_t z = (r->s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
+    return rng_mix64(r->s += 0x9E3779B97F4A7C15ull);
 }
 
 uint32_t rng_u32(Rng *r) { return (uint32_t)(rng_u64(r) >> 32); }
-
-void rng_skip(Rng *r, uint64_t n) { r->s += n * 0x9E3779B97F4A7C15ull; }   /* the Weyl sequence's n steps */
 
 float rng_uniform(Rng *r) { return (float)(rng_u32(r) >> 8) * (1.0f / 16777216.0f); }
 

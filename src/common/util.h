@@ -52,7 +52,28 @@ uint32_t rng_u32(Rng *r);
 float rng_uniform(Rng *r);                 /* [0, 1) with 24 random bits */
 float rng_normal(Rng *r);                  /* standard normal, Box-Muller */
 uint32_t rng_below(Rng *r, uint32_t n);    /* uniform in [0, n), n > 0, no modulo bias */
-void rng_skip(Rng *r, uint64_t n);         /* the state after n more rng_u64 (rng_uniform) draws, in O(1) */
+
+/* Counter-based draws: value i of the stream `key` is a hash of (key, i), so any value is computed
+ * alone, in any order, by any thread or rank. Training draws these keyed by where a value is used
+ * (the forward pass, the site in the model, the global row and element), never by who draws it:
+ * one process and any split over ranks or threads draw the same values (docs/SCALING.md).
+ * rng_at(key, i) = mix(key ^ mix((i + 1) G)), mix splitmix64's finaliser (a bijection): the inner hash
+ * makes neighbouring counters differ in about half their bits before the key enters, so streams of
+ * different keys do not overlap shifted (as splitmix64 streams of keys a multiple of G apart do). */
+static inline uint64_t rng_mix64(uint64_t z) {   /* splitmix64's finaliser: every input bit reaches every output bit */
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static inline uint64_t rng_at(uint64_t key, uint64_t i) {
+    return rng_mix64(key ^ rng_mix64((i + 1) * 0x9E3779B97F4A7C15ull));
+}
+/* [0, 1) with the top 24 bits of rng_at */
+static inline float rng_at_uniform(uint64_t key, uint64_t i) {
+    return (float)(rng_at(key, i) >> 40) * (1.0f / 16777216.0f);
+}
+/* the key of a sub-stream (site `site` of a pass keyed `key`) */
+static inline uint64_t rng_key(uint64_t key, uint64_t site) { return rng_at(key, site); }
 
 /* ---- small helpers ----------------------------------------------------------------------------- */
 

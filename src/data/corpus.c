@@ -55,6 +55,12 @@ static moelm_status read_checked(const char *path, char **text, size_t *len) {
     struct stat sb;
     if (stat(path, &sb) != 0) return moelm_fail(MOELM_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     if (S_ISDIR(sb.st_mode)) return moelm_fail(MOELM_ERR_IO, "%s: is a directory, expected a text file", path);
+    if (!S_ISREG(sb.st_mode) && !S_ISFIFO(sb.st_mode))   /* /dev/zero, /dev/urandom, a disk: endless or not text */
+        return moelm_fail(MOELM_ERR_IO, "%s: not a regular file or a pipe (a device?), expected a text file", path);
+    if (S_ISREG(sb.st_mode) && (uint64_t)sb.st_size > CORPUS_MAX_BYTES)
+        return moelm_fail(MOELM_ERR_DATA, "%s: %.1f GiB, more than moelm reads into memory (%.0f GiB a file); split it "
+                                          "or take a part", path, (double)sb.st_size / 1073741824.0,
+                          (double)CORPUS_MAX_BYTES / 1073741824.0);
     FILE *f = fopen(path, "rb");
     if (!f) return moelm_fail(MOELM_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
 
@@ -64,6 +70,11 @@ static moelm_status read_checked(const char *path, char **text, size_t *len) {
     moelm_status st = MOELM_OK;
     if (!buf) { fclose(f); return moelm_fail_context(MOELM_ERR_NOMEM, "%s", path); }
     for (;;) {
+        if (n > CORPUS_MAX_BYTES) {   /* a pipe that does not end */
+            st = moelm_fail(MOELM_ERR_DATA, "%s: more than %.0f GiB, more than moelm reads into memory; split it or take "
+                                            "a part", path, (double)CORPUS_MAX_BYTES / 1073741824.0);
+            break;
+        }
         if (n + 1 >= cap) {
             char *q = moelm_realloc(buf, cap * 2);
             if (!q) { st = moelm_fail_context(MOELM_ERR_NOMEM, "%s", path); break; }

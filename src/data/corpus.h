@@ -9,6 +9,9 @@
  *                      test (valid and test get floor(lines/20) lines each, at least 1 each when the
  *                      file has 3 or more lines; a file of 1 or 2 lines is all train).
  * Every text is checked to be UTF-8 without NUL bytes; a leading UTF-8 byte order mark is dropped.
+ * A file is a regular file or a pipe (a device such as /dev/zero is refused before reading) of at
+ * most CORPUS_MAX_BYTES (2 GiB: the text, its tokens and the token cache are held in memory; a larger
+ * file is refused with its size, a pipe once it has given that much).
  * Errors name the file and the problem: missing or unreadable file (MOELM_ERR_IO), invalid UTF-8 or
  * a NUL byte with its byte offset and line (MOELM_ERR_FORMAT), a train split (or a valid/test file
  * of a directory) with nothing but whitespace ("<path>: corpus is empty", MOELM_ERR_DATA).
@@ -22,6 +25,7 @@
 #include "moelm.h"
 
 enum { CORPUS_TRAIN = 0, CORPUS_VALID = 1, CORPUS_TEST = 2 };
+#define CORPUS_MAX_BYTES (2ull << 30)
 
 typedef struct {
     char *text[3];        /* train, valid, test texts [len[i] + 1] (NUL-terminated, moelm_malloc'ed) */

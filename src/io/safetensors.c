@@ -81,6 +81,11 @@ static moelm_status write_converted(FileWriter *w, const float *src, size_t n, S
 
 moelm_status st_write_as(const char *path, const StTensor *tensors, const StDtype *dtypes, int count,
                          const char *const *meta_kv) {
+    return st_write_from(path, tensors, dtypes, count, meta_kv, NULL, NULL);
+}
+
+moelm_status st_write_from(const char *path, const StTensor *tensors, const StDtype *dtypes, int count,
+                           const char *const *meta_kv, StSource source, void *ctx) {
     CHECK(count >= 0 && (count == 0 || tensors));
     StrBuf h = { 0 };
     sb_append(&h, "{", 1);
@@ -110,7 +115,7 @@ moelm_status st_write_as(const char *path, const StTensor *tensors, const StDtyp
             CHECK(t->shape[d] == 0 || elems <= UINT64_MAX / 4 / (uint64_t)t->shape[d]);
             elems *= (uint64_t)t->shape[d];
         }
-        CHECK(elems == 0 || t->data);
+        CHECK(elems == 0 || t->data || source);
         StDtype dt = dtypes ? dtypes[i] : ST_F32;
         uint64_t nb = elems * (dt == ST_F32 ? 4 : 2);
         if (!first) sb_append(&h, ",", 1);
@@ -145,7 +150,16 @@ moelm_status st_write_as(const char *path, const StTensor *tensors, const StDtyp
         const StTensor *t = &tensors[i];
         size_t elems = 1;
         for (int d = 0; d < t->ndim; d++) elems *= (size_t)t->shape[d];
-        if (elems) st = write_converted(&w, t->data, elems, dtypes ? dtypes[i] : ST_F32, buf, CHUNK);
+        StDtype dt = dtypes ? dtypes[i] : ST_F32;
+        if (t->data) {
+            if (elems) st = write_converted(&w, t->data, elems, dt, buf, CHUNK);
+            continue;
+        }
+        for (size_t off = 0, got = 0; off < elems && !st; off += got) {   /* the source's pieces, in order */
+            const float *p = source(ctx, i, off, elems - off, &got);
+            CHECK(p != NULL && got >= 1 && got <= elems - off);
+            st = write_converted(&w, p, got, dt, buf, CHUNK);
+        }
     }
     if (!st) st = fw_commit(&w);
     moelm_free(buf);

@@ -43,6 +43,12 @@ typedef struct {
  * non-empty and not "__metadata__" (checked with CHECK: a programming error). */
 moelm_status st_write(const char *path, const StTensor *tensors, int count, const char *const *meta_kv);
 
+/* st_write_as whose tensors with data NULL come from source, a piece at a time while streaming:
+ * source(ctx, i, off, want, &got) returns elements off .. off + got - 1 of tensor i, 1 <= got <= want
+ * (valid until the next call), asked in order of i and off (a writer of a model spread over ranks
+ * fetches one piece at a time and never holds the whole). */
+typedef const float *(*StSource)(void *ctx, int i, size_t off, size_t want, size_t *got);
+
 /* The dtypes st_write_as can store. */
 typedef enum { ST_F32 = 0, ST_F16, ST_BF16 } StDtype;
 const char *st_dtype_name(StDtype t);   /* "F32", "F16", "BF16" */
@@ -50,6 +56,8 @@ const char *st_dtype_name(StDtype t);   /* "F32", "F16", "BF16" */
  * data are converted in chunks while streaming (no second copy of a tensor). */
 moelm_status st_write_as(const char *path, const StTensor *tensors, const StDtype *dtypes, int count,
                          const char *const *meta_kv);
+moelm_status st_write_from(const char *path, const StTensor *tensors, const StDtype *dtypes, int count,
+                           const char *const *meta_kv, StSource source, void *ctx);
 
 typedef struct SafeTensors SafeTensors;
 

@@ -394,7 +394,7 @@ static AttnDims cross_dims(const EncDec *ed, const ModelConfig *c) {
 
 /* One block: out[N, C] from a->x_in. */
 static void block_forward(Model *m, T5StackActs *s, T5BlockActs *a, const T5BlockParams *p, float *out, const int *ids,
-                          int dec, int sparse, float pdrop, int training) {
+                          int dec, int sparse, float pdrop, int training, int layer) {
     EncDec *ed = m->ed;
     const ModelConfig *c = &m->cfg;
     int B = ed->B, T = dec ? ed->Td : ed->Te, N = B * T, C = c->d_model, I = ed->I, H = c->d_ff;
@@ -409,9 +409,11 @@ static void block_forward(Model *m, T5StackActs *s, T5BlockActs *a, const T5Bloc
     AttnDims d = self_dims(ed, B, T, dec, c);
     attn_forward(a->atty, a->att, a->q, a->k, a->v, s->bias, !dec ? ed->enc_mask : ed->has_dec_mask ? ed->dec_mask : NULL,
                  &d);
-    if (pdrop > 0.0f) attn_dropout_forward(a->atty, ed->att_d, a->att_drop, a->att, a->v, pdrop, &d, &m->rng);
+    if (pdrop > 0.0f)
+        attn_dropout_forward(a->atty, ed->att_d, a->att_drop, a->att, a->v, pdrop, &d, model_site_key(m, layer, SITE_ATTN_PROBS),
+                             (uint64_t)m->pass_row0 * c->num_heads * T * T);
     matmul_forward(proj, a->atty, p->o, NULL, N, I, C);
-    dropout_forward(proj, a->drop1, proj, pdrop, NC, &m->rng);
+    model_dropout(m, layer, SITE_ATTN, proj, a->drop1, proj, pdrop, NC, B);
     add_forward(a->res1, a->x_in, proj, NC);
     const float *res = a->res1;
     if (dec) {
@@ -422,22 +424,25 @@ static void block_forward(Model *m, T5StackActs *s, T5BlockActs *a, const T5Bloc
         matmul_forward(a->cv, ed->enc.out, p->cv, NULL, Ne, C, I);
         AttnDims cd = cross_dims(ed, c);
         attn_forward(a->catty, a->catt, a->cq, a->ck, a->cv, NULL, ed->enc_mask, &cd);
-        if (pdrop > 0.0f) attn_dropout_forward(a->catty, ed->att_d, a->catt_drop, a->catt, a->cv, pdrop, &cd, &m->rng);
+        if (pdrop > 0.0f)
+            attn_dropout_forward(a->catty, ed->att_d, a->catt_drop, a->catt, a->cv, pdrop, &cd,
+                                 model_site_key(m, layer, SITE_CROSS_PROBS), (uint64_t)m->pass_row0 * c->num_heads * T * ed->Te);
         matmul_forward(proj, a->catty, p->co, NULL, N, I, C);
-        dropout_forward(proj, a->drop2, proj, pdrop, NC, &m->rng);
+        model_dropout(m, layer, SITE_CROSS, proj, a->drop2, proj, pdrop, NC, B);
         add_forward(a->res2, a->res1, proj, NC);
         res = a->res2;
     }
     rmsnorm_forward(a->ln3, a->rstd3, res, p->ff_ln, N, C, eps);
     if (sparse) {
-        moe_forward(a->ffn, &a->moe, a->ln3, ids, &p->moe, &s->moe_cfg, N, training, &m->rng);
+        moe_forward(a->ffn, &a->moe, a->ln3, ids, &p->moe, &s->moe_cfg, N, training,
+                    model_site_key(m, layer, SITE_MOE));
     } else {
         matmul_forward(a->fc_pre, a->ln3, p->wi, NULL, N, C, H);
         activation_forward(a->fc, a->fc_pre, c->hidden_act, N, H);
-        dropout_forward(a->fc, a->fc_drop, a->fc, pdrop, (size_t)N * H, &m->rng);
+        model_dropout(m, layer, SITE_HIDDEN, a->fc, a->fc_drop, a->fc, pdrop, (size_t)N * H, B);
         matmul_forward(a->ffn, a->fc, p->wo, NULL, N, H, C);
     }
-    dropout_forward(a->ffn, a->drop3, a->ffn, pdrop, NC, &m->rng);
+    model_dropout(m, layer, SITE_FFN, a->ffn, a->drop3, a->ffn, pdrop, NC, B);
     add_forward(out, res, a->ffn, NC);
 }
 
@@ -496,6 +501,7 @@ static void stack_forward(Model *m, int dec, const int *ids, float pdrop, int tr
     T5StackActs *s = dec ? &ed->dec : &ed->enc;
     const T5StackParams *sp = dec ? &ed->p.dec : &ed->p.enc;
     int B = ed->B, T = dec ? ed->Td : ed->Te, N = B * T, C = c->d_model, L = config_switch_layers(c, dec);
+    int base = dec ? config_switch_layers(c, 0) : 0;   /* the stack's first layer in the model (for its draws) */
     size_t NC = (size_t)N * C;
     /* the stack's routing: one group a sequence; HF's z loss shared out over its sparse blocks (moelm's
      * other routers: each layer's own losses, summed) */
@@ -506,7 +512,7 @@ static void stack_forward(Model *m, int dec, const int *ids, float pdrop, int tr
     s->moe_cfg.z_coef = !s->losses_on ? 0.0f : hf ? c->router_z_loss_coef / (float)s->n_sparse : c->router_z_loss_coef;
     float *x0 = s->blocks[0].x_in;
     encoder_forward(x0, ids, ed->p.shared, NULL, B, T, C);
-    dropout_forward(x0, s->emb_drop, x0, pdrop, NC, &m->rng);
+    model_dropout(m, base, SITE_EMBED, x0, s->emb_drop, x0, pdrop, NC, B);
     posbias_buckets(s->bkt, T, T, 0, !dec, c->sw.relative_attention_num_buckets, c->sw.relative_attention_max_distance);
     posbias_forward(s->bias, s->bkt, sp->rel_bias, c->num_heads, T, T);
     for (int i = 0; i < L; i++) {
@@ -514,10 +520,10 @@ static void stack_forward(Model *m, int dec, const int *ids, float pdrop, int tr
         int sparse = config_switch_block_is_sparse(c, dec, i);
         if (sparse) a->moe.aux_dprobs = hf ? s->aux_dprobs : NULL;
         block_forward(m, s, a, &sp->blocks[i], i + 1 < L ? s->blocks[i + 1].x_in : s->x_final, ids, dec, sparse, pdrop,
-                      training);
+                      training, base + i);
     }
     rmsnorm_forward(s->out, s->rstd_f, s->x_final, sp->final_ln, N, C, c->layer_norm_epsilon);
-    dropout_forward(s->out, s->out_drop, s->out, pdrop, NC, &m->rng);
+    model_dropout(m, base, SITE_OUT, s->out, s->out_drop, s->out, pdrop, NC, B);
     stack_router_losses(m, s, dec);
 }
 
@@ -530,6 +536,7 @@ void encdec_encode(Model *m, const int *ids, const int *mask, int B, int Te) {
     ed->Td = 1;
     take_batch(ed, &m->cfg, &b);
     m->pdrop = 0.0f;
+    model_pass_begin(m, B, 0);
     stack_forward(m, 0, ed->enc_ids, 0.0f, 0);
 }
 
@@ -544,6 +551,7 @@ float encdec_forward(Model *m, const Seq2SeqBatch *b, int training) {
     take_batch(ed, c, b);
     float pdrop = training ? m->train_dropout : 0.0f;
     m->pdrop = pdrop;
+    model_pass_begin(m, ed->B, training);
     stack_forward(m, 0, ed->enc_ids, pdrop, training);
     stack_forward(m, 1, ed->dec_ids, pdrop, training);
     int Nd = ed->B * ed->Td, C = c->d_model, V = c->vocab_size;

@@ -369,13 +369,14 @@ static int expert_ffn(const Model *m, KVCache *kv, const MoEParams *p, int e, Ff
  * rows of every such expert. Many (soft gating: every expert) go whole to the threads, one barrier in
  * all (measured faster than the phases: 1590-1626 against 1414-1465 tokens/s in bf16 for 32 soft
  * experts). */
-static void moe_team(Model *m, KVCache *kv, float *out, const float *x, const int *token, const MoEParams *p) {
+static void moe_team(Model *m, KVCache *kv, float *out, const float *x, const int *token, const MoEParams *p,
+                     int layer) {
     const MoEConfig *cfg = &m->moe_cfg;
     MoEActs *a = &kv->moe;
     int C = cfg->C, H = cfg->H, E = cfg->E, reached = 0, lo, hi;
     FfnRow f, shared = {a->sy, a->sh, a->sh_pre, x, p->sw1, p->sb1, p->sw2, p->sb2};
     CHECK(a->Rmax == 0 && cfg->e_first == 0);   /* every expert held here */
-    if (team_rank() == 0) moe_forward_route(a, x, token, p, cfg, 1, 0, &m->rng);
+    if (team_rank() == 0) moe_forward_route(a, x, token, p, cfg, 1, 0, model_site_key(m, layer, SITE_MOE));
     team_barrier(kv);
     for (int e = 0; e < E; e++) reached += a->offsets[e + 1] > a->offsets[e];
     if (reached >= 2 * team_size()) {
@@ -483,7 +484,7 @@ static void step_team(Model *m, KVCache *kv, int token, int t) {
         phase_end(kv, KV_PHASE_PROJECTION, &since);
         const float *ffn = xb2;
         if (sparse) {
-            moe_team(m, kv, o, xb, &token, &lp->moe);
+            moe_team(m, kv, o, xb, &token, &lp->moe, l);
             ffn = o;
         } else {
             FfnRow f = {xb2, kv->fc, kv->fc_pre, xb, lp->fc1_w, lp->fc1_b, lp->fc2_w, lp->fc2_b};
@@ -505,7 +506,7 @@ static void step_team(Model *m, KVCache *kv, int token, int t) {
         mv_rows(m, kv, kv->logits, xb, c->tie_word_embeddings ? p->wte : p->lm_head, NULL, lo, hi, C);
     } else {
         int HH = c->head_hidden, lo, hi;
-        moe_team(m, kv, o, x, &token, &p->head_moe);
+        moe_team(m, kv, o, x, &token, &p->head_moe, c->num_layers);
         phase_end(kv, KV_PHASE_MOE, &since);
         add_forward(xb, x, o, C);                                    /* hm = x + moe(x) */
         FfnRow f = {kv->logits, kv->fc, kv->fc_pre, xb, p->head_w1, p->head_b1, p->head_w2, p->head_b2};
@@ -524,6 +525,7 @@ void model_step_kv(Model *m, KVCache *kv, int token) {
     CHECK(kv->mem != NULL && kv->n_positions == c->n_positions);
     CHECK(t >= 0 && t < c->n_positions);   /* the caller stops when the cache is full */
     CHECK(token >= 0 && token < c->vocab_size);
+    model_pass_begin(m, 1, 0);   /* the random router's key, as model_forward's pass takes it */
 #pragma omp parallel num_threads(team) if (team > 1)
     step_team(m, kv, token, t);
     kv->pos = t + 1;

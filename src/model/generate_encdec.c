@@ -100,6 +100,7 @@ void encdec_step(Model *m, EncDecCache *kv, const int *tokens) {
     float eps = c->layer_norm_epsilon;
     CHECK(pos < P);
     for (int r = 0; r < R; r++) CHECK(tokens[r] >= 0 && tokens[r] < V);
+    model_pass_begin(m, R, 0);   /* the random router's key, as encdec_forward's pass takes it */
     encoder_forward(kv->x, tokens, ed->p.shared, NULL, R, 1, C);
     /* the decoder's bias for the query at pos against keys 0..pos (causal buckets) */
     posbias_buckets(kv->bkt, 1, n, pos, 0, c->sw.relative_attention_num_buckets, c->sw.relative_attention_max_distance);
@@ -129,7 +130,8 @@ void encdec_step(Model *m, EncDecCache *kv, const int *tokens) {
         add_forward(kv->x, kv->x, kv->proj, (size_t)R * C);
         rmsnorm_forward(kv->xn, kv->rstd, kv->x, p->ff_ln, R, C, eps);
         if (config_switch_block_is_sparse(c, 1, i)) {
-            moe_forward(kv->ffn, &kv->moe, kv->xn, tokens, &p->moe, &kv->moe_cfg, R, 0, &m->rng);
+            moe_forward(kv->ffn, &kv->moe, kv->xn, tokens, &p->moe, &kv->moe_cfg, R, 0,
+                        model_site_key(m, config_switch_layers(c, 0) + i, SITE_MOE));
         } else {
             matmul_forward(kv->fc_pre, kv->xn, p->wi, NULL, R, C, H);
             activation_forward(kv->fc, kv->fc_pre, c->hidden_act, R, H);

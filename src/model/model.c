@@ -613,6 +613,22 @@ static int hf_balance(const Model *m, double *f, double *P) {
     return 1;
 }
 
+void model_pass_begin(Model *m, int B, int training) {
+    m->pass_row0 = 0;
+    if (training || router_info(m->cfg.router_type)->route == ROUTE_RANDOM_PASS) m->pass_key = rng_u64(&m->rng);
+    if (training && comm_size(COMM_WORLD) > 1) comm_exscan_i32(COMM_WORLD, &B, &m->pass_row0, 1);
+}
+
+uint64_t model_site_key(const Model *m, int layer, DrawSite site) {
+    CHECK(layer >= 0 && site >= 0 && site < SITES);
+    return rng_key(m->pass_key, (uint64_t)layer * SITES + (uint64_t)site);
+}
+
+void model_dropout(const Model *m, int layer, DrawSite site, float *out, uint8_t *mask, const float *inp, float p,
+                   size_t n, int B) {
+    dropout_forward(out, mask, inp, p, n, model_site_key(m, layer, site), (uint64_t)m->pass_row0 * (n / (size_t)B));
+}
+
 float model_forward(Model *m, const int *inputs, const int *targets, int training) {
     CHECK(!m->ed);   /* switch_transformers: encdec_forward */
     const ModelConfig *c = &m->cfg;
@@ -626,10 +642,11 @@ float model_forward(Model *m, const int *inputs, const int *targets, int trainin
     if (m->bf16) bf16_walk(m, m->w16, 1);   /* the packed copies from the current weights */
     memcpy(a->inputs, inputs, sizeof(int) * N);
     for (int i = 0; i < N; i++) a->targets[i] = targets ? targets[i] : -1;
+    model_pass_begin(m, B, training);
 
     float *x0 = c->num_layers ? a->layers[0].x_in : a->x_final;
     encoder_forward(x0, inputs, p->wte, p->wpe, B, T, C);   /* wpe NULL: llama / mixtral */
-    dropout_forward(x0, a->emb_mask, x0, pdrop, (size_t)N * C, &m->rng);
+    model_dropout(m, 0, SITE_EMBED, x0, a->emb_mask, x0, pdrop, (size_t)N * C, B);
     m->aux_loss = 0.0f;
     for (int l = 0; l < c->num_layers; l++) {
         LayerActs *la = &a->layers[l];
@@ -643,7 +660,7 @@ float model_forward(Model *m, const int *inputs, const int *targets, int trainin
         }
         attn_block_fwd(m, la, lp, att_in);
         linear_fwd(la->attproj, la->atty, lp->out_w, &lp->out16, lp->out_b, N, NH * (C / NH), C);
-        dropout_forward(la->attproj, la->drop1, la->attproj, pdrop, (size_t)N * C, &m->rng);
+        model_dropout(m, l, SITE_ATTN, la->attproj, la->drop1, la->attproj, pdrop, (size_t)N * C, B);
         add_forward(la->res1, la->x_in, la->attproj, (size_t)N * C);
         const float *ffn_in;
         if (!seed) {
@@ -654,12 +671,13 @@ float model_forward(Model *m, const int *inputs, const int *targets, int trainin
             ffn_in = la->ln1;
         }
         if (sparse) {
-            moe_forward(la->ffn, &la->moe, ffn_in, inputs, &lp->moe, &m->moe_cfg, N, training, &m->rng);
+            moe_forward(la->ffn, &la->moe, ffn_in, inputs, &lp->moe, &m->moe_cfg, N, training,
+                        model_site_key(m, l, SITE_MOE));
             m->aux_loss += moe_loss(&la->moe, &m->moe_cfg);
         } else {
             ffn_fwd(m, la->ffn, la->fc_pre, la->fc, ffn_in, lp, N);
         }
-        dropout_forward(la->ffn, la->drop2, la->ffn, pdrop, (size_t)N * C, &m->rng);
+        model_dropout(m, l, SITE_FFN, la->ffn, la->drop2, la->ffn, pdrop, (size_t)N * C, B);
         if (!seed) {
             add_forward(out, la->res1, la->ffn, (size_t)N * C);
         } else {
@@ -678,10 +696,11 @@ float model_forward(Model *m, const int *inputs, const int *targets, int trainin
         linear_fwd(a->logits, a->lnf, c->tie_word_embeddings ? p->wte : p->lm_head, &p->lm16, NULL, N, C, V);
     } else {
         int HH = c->head_hidden;
-        moe_forward(a->hm_out, &a->head_moe, a->x_final, inputs, &p->head_moe, &m->moe_cfg, N, training, &m->rng);
+        moe_forward(a->hm_out, &a->head_moe, a->x_final, inputs, &p->head_moe, &m->moe_cfg, N, training,
+                    model_site_key(m, c->num_layers, SITE_MOE));
         m->aux_loss += moe_loss(&a->head_moe, &m->moe_cfg);
         add_forward(a->hm, a->x_final, a->hm_out, (size_t)N * C);
-        dropout_forward(a->hm_drop, a->head_mask, a->hm, pdrop, (size_t)N * C, &m->rng);
+        model_dropout(m, c->num_layers, SITE_OUT, a->hm_drop, a->head_mask, a->hm, pdrop, (size_t)N * C, B);
         linear_fwd(a->head_pre, a->hm_drop, p->head_w1, &p->head1_16, p->head_b1, N, C, HH);
         activation_forward(a->head_h, a->head_pre, ACT_RELU, N, HH);
         linear_fwd(a->logits, a->head_h, p->head_w2, &p->head2_16, p->head_b2, N, HH, V);

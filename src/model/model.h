@@ -206,7 +206,11 @@ typedef struct {
     void *acts_mem;
     ModelActs a;
     ModelScratch s;
-    Rng rng;                  /* dropout, jitter and the random router */
+    Rng rng;                  /* the passes' keys: a forward that draws (training: dropout, jitter; a random
+                               * router) takes its key from it (saved in checkpoints), and every draw of the
+                               * pass is rng_at of a key derived from it (model_pass_begin) */
+    uint64_t pass_key;        /* the current forward's key */
+    int pass_row0;            /* this rank's first sequence in the global batch of the forward (0: one process) */
     float train_dropout;      /* dropout rate of a training forward (cfg.dropout_rate unless a run's rule changed it) */
     float pdrop;              /* dropout rate of the last forward (0 in eval) */
     float loss;               /* mean cross-entropy of the last forward (targets >= 0) */
@@ -240,6 +244,23 @@ void model_param_counts(const Model *m, size_t *total, size_t *active, size_t *p
  * training: dropout, jitter and the training capacity factor. */
 float model_forward(Model *m, const int *inputs, const int *targets, int training);
 
+/* A forward's random draws are functions of where they are used, never of who draws them: (the
+ * pass's key, the layer and site, the global row, the element), so one process and any split of the
+ * batch over ranks or threads draw the same values. model_pass_begin, at a forward's start over B
+ * sequences (of this rank): a pass that draws (training, or a random router) takes its key from m->rng
+ * (the n-th key of the seed's stream for the n-th such pass: step and micro-batch), and in training
+ * over several ranks learns its first sequence in the global batch (a collective: the sequences of the
+ * ranks before it). model_site_key: the key of a site of a layer (an encoder-decoder counts the
+ * decoder's blocks after the encoder's; embeddings are at the first layer of their stack, the seed
+ * model's head at layer num_layers). model_dropout: dropout_forward of n elements of the pass's B rows
+ * at a site, element i of local row b drawing counter (row0 + b) n/B + i of the site's stream. */
+typedef enum { SITE_EMBED, SITE_ATTN, SITE_CROSS, SITE_HIDDEN, SITE_FFN, SITE_MOE, SITE_OUT, SITE_ATTN_PROBS, SITE_CROSS_PROBS,
+               SITES } DrawSite;
+void model_pass_begin(Model *m, int B, int training);
+uint64_t model_site_key(const Model *m, int layer, DrawSite site);
+void model_dropout(const Model *m, int layer, DrawSite site, float *out, uint8_t *mask, const float *inp, float p,
+                   size_t n, int B);
+
 /* Backward of the last forward: grads += d(loss + aux_loss)/d(params). Needs targets. */
 void model_backward(Model *m);
 
@@ -264,7 +285,7 @@ moelm_status model_set_bf16(Model *m, int on);
  * model_step_kv feeds token at position kv->pos and writes next-token logits [V] into kv->logits,
  * exactly what model_forward(training = 0) computes for the last position of the sequence so far
  * (up to float reordering), then advances pos. The caller stops at pos == n_positions (CHECKed).
- * The random router draws its expert from m->rng on every step, as model_forward does per pass. */
+ * The random router draws its expert from a key taken from m->rng on every step, as model_forward does per pass. */
 moelm_status kv_create(KVCache *kv, const Model *m);
 void kv_free(KVCache *kv);
 void kv_reset(KVCache *kv);

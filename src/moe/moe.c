@@ -352,7 +352,7 @@ static double route_token(MoEActs *a, const MoEConfig *cfg, const float *bias, i
 
 /* Fills xin (jittered), logits, probs, expert, gate, assigned, aux_loss, z_loss. */
 static void moe_route(MoEActs *a, const float *x, const int *tokens, const MoEParams *p, const MoEConfig *cfg,
-                      int N, int training, Rng *rng) {
+                      int N, int training, uint64_t key) {
     int C = cfg->C, E = cfg->E, KS = a->KS;
     a->aux_loss = 0.0f;
     a->z_loss = 0.0f;
@@ -363,8 +363,9 @@ static void moe_route(MoEActs *a, const float *x, const int *tokens, const MoEPa
         /* No router weight: gate 1, logits 0, probs the one-hot of the routing decision. */
         int re = -1;
         if (router_info(cfg->router)->route == ROUTE_RANDOM_PASS) {
-            CHECK(rng != NULL);
-            re = (int)rng_below(rng, (uint32_t)E);
+            Rng r;   /* one expert a pass: the first draw of the stream seeded by the key, the same on every rank */
+            rng_seed(&r, key);
+            re = (int)rng_below(&r, (uint32_t)E);
             a->random_expert = re;
         } else {
             CHECK(tokens != NULL);
@@ -385,21 +386,19 @@ static void moe_route(MoEActs *a, const float *x, const int *tokens, const MoEPa
     }
 
     /* Jitter (Switch Transformer): x_router = x * u, u ~ U(1 - eps, 1 + eps) elementwise, training only.
-     * Drawn sequentially from one RNG, so the factors do not depend on the thread count; over several
-     * ranks each takes its rows' draws of the routing group's (the ranks before it hold the group's first
-     * rows), and every rank's RNG ends where one process's would: the same factors at any world size. */
+     * Element c of the group's token g draws rng_at_uniform(key, g C + c): over several ranks a rank's
+     * first token is the count of the tokens on the ranks before it (they hold the group's first rows),
+     * so the factors are those of one process at any world size and thread count. */
     size_t NC = (size_t)N * C;
     if (training && cfg->jitter > 0.0f) {
-        CHECK(rng != NULL);
         float eps = cfg->jitter;
         int before = 0;
         if (comm_size(COMM_WORLD) > 1) comm_exscan_i32(COMM_WORLD, &N, &before, 1);
-        rng_skip(rng, (uint64_t)before * C);
+        uint64_t first = (uint64_t)before * C;
         for (size_t i = 0; i < NC; i++) {
-            a->jit[i] = 1.0f - eps + 2.0f * eps * rng_uniform(rng);
+            a->jit[i] = 1.0f - eps + 2.0f * eps * rng_at_uniform(key, first + i);
             a->xin[i] = x[i] * a->jit[i];
         }
-        rng_skip(rng, (uint64_t)(a->Ng - before - N) * C);
         a->jittered = 1;
     } else {
         memcpy(a->xin, x, NC * sizeof(float));
@@ -695,7 +694,7 @@ static MoEActs moe_ep_view(const MoEActs *a) {
 /* ---- forward ---------------------------------------------------------------------------------- */
 
 void moe_forward_route(MoEActs *a, const float *x, const int *tokens, const MoEParams *p, const MoEConfig *cfg,
-                       int N, int training, Rng *rng) {
+                       int N, int training, uint64_t key) {
     CHECK(N >= 1 && N <= a->Nmax);
     CHECK(a->KS == moe_slots_per_token(cfg));
     int C = cfg->C;
@@ -706,7 +705,7 @@ void moe_forward_route(MoEActs *a, const float *x, const int *tokens, const MoEP
     if (cfg->group_size > 0) CHECK(N % cfg->group_size == 0);
     a->Cap = moe_capacity(cfg, cfg->group_size > 0 ? cfg->group_size : a->Ng, training);
 
-    moe_route(a, x, tokens, p, cfg, N, training, rng);
+    moe_route(a, x, tokens, p, cfg, N, training, key);
     moe_dispatch_plan(a, N, cfg->E, cfg->group_size);
     moe_gather(a, x, C);
 }
@@ -716,20 +715,20 @@ void moe_forward_combine(float *out, const MoEActs *a, const MoEConfig *cfg) {
 }
 
 void moe_forward(float *out, MoEActs *a, const float *x, const int *tokens, const MoEParams *p,
-                 const MoEConfig *cfg, int N, int training, Rng *rng) {
+                 const MoEConfig *cfg, int N, int training, uint64_t key) {
     int C = cfg->C;
-    moe_forward_route(a, x, tokens, p, cfg, N, training, rng);
+    moe_forward_route(a, x, tokens, p, cfg, N, training, key);
     a->hdrop_p = training && a->hdrop ? cfg->expert_dropout : 0.0f;
     if (a->Rmax) {
         /* expert parallel: each expert's slab xd[offsets[e]..] goes to the rank owning e, which runs
          * its experts over the rows of every peer (a view of the acts on its own slabs) */
         MoEActs v = moe_ep_view(a);
         moe_ep_to_owners(a, cfg, a->xd, a->ep_x, 1);
-        if (v.hdrop_p > 0.0f) dropout_draw(v.hdrop, v.hdrop_p, (size_t)v.offsets[cfg->E] * cfg->H, rng);
+        if (v.hdrop_p > 0.0f) dropout_draw(v.hdrop, v.hdrop_p, (size_t)v.offsets[cfg->E] * cfg->H, rng_key(key, 1), 0);
         moe_experts_forward(&v, p, cfg);
         moe_ep_from_owners(a, cfg, a->ep_y, a->y);   /* and the slabs y[offsets[e]..] come back */
     } else {
-        if (a->hdrop_p > 0.0f) dropout_draw(a->hdrop, a->hdrop_p, (size_t)a->offsets[cfg->E] * cfg->H, rng);
+        if (a->hdrop_p > 0.0f) dropout_draw(a->hdrop, a->hdrop_p, (size_t)a->offsets[cfg->E] * cfg->H, rng_key(key, 1), 0);
         moe_experts_forward(a, p, cfg);
     }
     if (cfg->shared_expert) {

@@ -195,10 +195,11 @@ moelm_status moe_config_check(const MoEConfig *cfg, int causal);
 int moe_capacity(const MoEConfig *cfg, int N, int training);
 
 /* out[N,C] = MoE(x[N,C]), N <= the N acts were bound for; tokens[N] are the token ids (hash routing;
- * may be NULL otherwise). rng drives jitter and the random router (may be NULL when neither runs).
- * training selects the capacity factor and jitter. */
+ * may be NULL otherwise). key keys the pass's draws at this layer (rng_at): jitter (token g of the
+ * routing group, channel c: counter g C + c) and the random router's expert (the first rng_below of an
+ * Rng seeded with key). training selects the capacity factor and jitter. */
 void moe_forward(float *out, MoEActs *a, const float *x, const int *tokens, const MoEParams *p,
-                 const MoEConfig *cfg, int N, int training, Rng *rng);
+                 const MoEConfig *cfg, int N, int training, uint64_t key);
 
 /* moe_forward in its three parts, for a caller that runs the experts itself (generation, which
  * shares each expert's products over a team of threads; tests/test_generate.c holds the result to
@@ -207,7 +208,7 @@ void moe_forward(float *out, MoEActs *a, const float *x, const int *tokens, cons
  * expert's sy) as moe_forward would; moe_forward_combine writes out[N,C] from them. Not under expert
  * parallelism: the caller holds every expert (Rmax == 0, e_first == 0). */
 void moe_forward_route(MoEActs *a, const float *x, const int *tokens, const MoEParams *p, const MoEConfig *cfg,
-                       int N, int training, Rng *rng);
+                       int N, int training, uint64_t key);
 void moe_forward_combine(float *out, const MoEActs *a, const MoEConfig *cfg);
 
 /* The weighted auxiliary terms this layer adds to the loss: aux_coef * aux_loss + z_coef * z_loss. */

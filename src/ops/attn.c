@@ -335,12 +335,12 @@ void attn_backward(float *dq, float *dk, float *dv, float *dbias, float *datt, c
 /* ---- dropout on the probabilities ------------------------------------------------------------------ */
 
 void attn_dropout_forward(float *out, float *att_d, uint8_t *mask, const float *att, const float *v, float p,
-                          const AttnDims *d, Rng *rng) {
+                          const AttnDims *d, uint64_t key, uint64_t first) {
     attn_check(d);
     CHECK(p >= 0.0f && p < 1.0f);
     int rep = d->NH / d->NKV;
     size_t blk = (size_t)d->Tq * d->Tk, work = (size_t)d->B * d->NH * blk * d->hd;
-    dropout_forward(att_d, mask, att, p, (size_t)d->B * d->NH * blk, rng);
+    dropout_forward(att_d, mask, att, p, (size_t)d->B * d->NH * blk, key, first);
 #pragma omp parallel for collapse(2) schedule(static) if (work >= PAR_MIN_WORK)
     for (int b = 0; b < d->B; b++)
         for (int h = 0; h < d->NH; h++)   /* each thread owns head h's columns of out in batch b */

@@ -62,14 +62,14 @@ void attn_backward_ref(float *dq, float *dk, float *dv, float *dbias, float *dat
 
 /* Dropout on the probabilities, as Hugging Face's T5 / Switch attention applies it in training (after
  * the softmax, before the values): after attn_forward (which saved att), out = att_d v with att_d =
- * att * mask / (1 - p), mask[B, NH, Tq, Tk] drawn from rng (dropout_forward's stream) and att_d
+ * att * mask / (1 - p), mask[B, NH, Tq, Tk] drawn as dropout_forward's (key, first + i) and att_d
  * [B, NH, Tq, Tk] written (scratch the caller may reuse). The backward replaces attn_backward for such a
  * forward: dv = att_d^T dout, d att = (dout v^T) mask / (1 - p), then the softmax's backward through
  * att; att_d is scratch again (recomputed from att and mask), the rest as attn_backward. Both are one
  * GEMM route over whole (b, h) blocks; tests/test_attn.c holds them to finite differences and, with
  * every key kept and p = 0, to attn_forward / attn_backward. */
 void attn_dropout_forward(float *out, float *att_d, uint8_t *mask, const float *att, const float *v, float p,
-                          const AttnDims *d, Rng *rng);
+                          const AttnDims *d, uint64_t key, uint64_t first);
 void attn_dropout_backward(float *dq, float *dk, float *dv, float *dbias, float *datt, float *att_d, const float *dout,
                            const float *att, const uint8_t *mask, float p, const float *q, const float *k,
                            const float *v, const AttnDims *d);

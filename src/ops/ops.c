@@ -681,40 +681,26 @@ void activation_backward(float *dinp, const float *dout, const float *inp, Activ
 
 /* ---- dropout ----------------------------------------------------------------------------------- */
 
-/* Draw i of the sequence of rng_uniform calls from state s0: the RNG is splitmix64, whose i-th next
- * output is mix(s0 + (i+1) G), so element i needs no other element's draw. Any thread count and the
- * vector lanes give the bits of the sequential loop; the caller then advances the state by n G. */
-#define DROPOUT_G 0x9E3779B97F4A7C15ull
-static inline float dropout_uniform(uint64_t s0, size_t i) {
-    uint64_t z = s0 + (uint64_t)(i + 1) * DROPOUT_G;   /* rng_u64's Weyl step, then its mixer */
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return (float)(uint32_t)(z >> 40) * (1.0f / 16777216.0f);   /* rng_uniform: the top 24 bits */
-}
-
-void dropout_forward(float *out, uint8_t *mask, const float *inp, float p, size_t n, Rng *rng) {
+void dropout_forward(float *out, uint8_t *mask, const float *inp, float p, size_t n, uint64_t key, uint64_t first) {
     if (p <= 0.0f) {
         if (out != inp) memcpy(out, inp, n * sizeof(float));
         memset(mask, 1, n);
         return;
     }
+    /* element i keeps with the draw rng_at_uniform(key, first + i): computed alone, so any thread count,
+     * the vector lanes and any split of the rows over ranks give the same mask */
     float scale = 1.0f / (1.0f - p);
-    const uint64_t s0 = rng->s;
 #pragma omp parallel for simd schedule(static) if (n >= PAR_MIN_WORK)
     for (size_t i = 0; i < n; i++) {
-        float u = dropout_uniform(s0, i);
+        float u = rng_at_uniform(key, first + i);
         mask[i] = u >= p;
         out[i] = u >= p ? inp[i] * scale : 0.0f;
     }
-    rng->s = s0 + (uint64_t)n * DROPOUT_G;
 }
 
-void dropout_draw(uint8_t *mask, float p, size_t n, Rng *rng) {
-    const uint64_t s0 = rng->s;
+void dropout_draw(uint8_t *mask, float p, size_t n, uint64_t key, uint64_t first) {
 #pragma omp parallel for simd schedule(static) if (n >= PAR_MIN_WORK)
-    for (size_t i = 0; i < n; i++) mask[i] = dropout_uniform(s0, i) >= p;
-    rng->s = s0 + (uint64_t)n * DROPOUT_G;
+    for (size_t i = 0; i < n; i++) mask[i] = rng_at_uniform(key, first + i) >= p;
 }
 
 void dropout_backward(float *dinp, const float *dout, const uint8_t *mask, float p, size_t n) {

@@ -91,14 +91,16 @@ void activation_forward_cols(float *out, const float *inp, Activation act, int H
 /* dinp = (shape of inp) */
 void activation_backward(float *dinp, const float *dout, const float *inp, Activation act, int N, int H);
 
-/* Inverted dropout: out = inp * mask / (1 - p); mask[n] in {0,1} saved. p == 0 copies (mask all 1).
- * out may alias inp. */
-void dropout_forward(float *out, uint8_t *mask, const float *inp, float p, size_t n, Rng *rng);
+/* Inverted dropout: out = inp * mask / (1 - p); mask[n] in {0,1} saved, mask[i] = rng_at_uniform(key,
+ * first + i) >= p (element i's place in its site's stream: first = where these n elements start in the
+ * global batch, so ranks holding other rows draw the rest of one process's mask). p == 0 copies (mask
+ * all 1). out may alias inp. */
+void dropout_forward(float *out, uint8_t *mask, const float *inp, float p, size_t n, uint64_t key, uint64_t first);
 /* dinp = dout * mask / (1 - p); dinp may alias dout. */
 void dropout_backward(float *dinp, const float *dout, const uint8_t *mask, float p, size_t n);
 /* mask[n] alone, the draws dropout_forward would make (mask[i] = 1 keeps element i): for a dropout
  * applied later, piece by piece (the experts' hidden activations). */
-void dropout_draw(uint8_t *mask, float p, size_t n, Rng *rng);
+void dropout_draw(uint8_t *mask, float p, size_t n, uint64_t key, uint64_t first);
 
 /* Softmax cross-entropy per row: losses[N] = -log softmax(logits[n])[targets[n]], and (unless lse is
  * NULL) lse[n] = log sum_v exp(logits[n][v]), which the backward takes instead of reading each row

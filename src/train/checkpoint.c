@@ -53,42 +53,62 @@ static moelm_status write_text(const char *dir, const char *name, const char *te
     return file_write_atomic(path, text, strlen(text));
 }
 
+/* A file's tensors from a CkptSource: tensor i is floats offs[i] .. of arena arena[i]. */
+typedef struct {
+    const CkptSource *src;
+    const int *arena;
+    const size_t *offs;
+} Pieces;
+
+static const float *piece(void *ctx, int i, size_t off, size_t want, size_t *got) {
+    const Pieces *p = ctx;
+    return p->src->read(p->src->ctx, p->arena[i], p->offs[i] + off, want, got);
+}
+
 /* The model's tensors as files hold them (model_file_tensors: per-expert slabs split into Hugging
- * Face's per-expert tensors; the other names unchanged). */
-static moelm_status write_model(const char *path, const Model *m) {
+ * Face's per-expert tensors; the other names unchanged); from src when it is not NULL (m->params NULL). */
+static moelm_status write_model(const char *path, const Model *m, const CkptSource *src) {
     int n = model_file_tensors(m, NULL, 0);
     FileTensor *ft = moelm_calloc((size_t)(n ? n : 1), sizeof(FileTensor));
     StTensor *ts = moelm_calloc((size_t)(n ? n : 1), sizeof(StTensor));
-    if (!ft || !ts) {
-        moelm_free(ft);
-        moelm_free(ts);
-        return MOELM_ERR_NOMEM;
+    size_t *offs = moelm_calloc((size_t)(n ? n : 1), sizeof(size_t));
+    int *arena = moelm_calloc((size_t)(n ? n : 1), sizeof(int));
+    moelm_status st = ft && ts && offs && arena ? MOELM_OK : MOELM_ERR_NOMEM;
+    if (!st) {
+        model_file_tensors(m, ft, n);
+        for (int i = 0, j = 0; i < n; i++) {
+            CHECK(ft[i].first == 0);   /* the whole model (dist_save_checkpoint streams a sharded one) */
+            j = i && ft[i].tensor == ft[i - 1].tensor ? j + 1 : 0;   /* the expert of a per-expert slab */
+            offs[i] = m->tensors[ft[i].tensor].offset + (size_t)j * ft[i].count;
+            ts[i].name = ft[i].name;
+            ts[i].data = src ? NULL : ft[i].data;
+            ts[i].ndim = ft[i].ndim;
+            for (int d = 0; d < ft[i].ndim; d++) ts[i].shape[d] = ft[i].shape[d];
+        }
+        /* HF's loader wants format "pt"; moelm's version beside it */
+        const char *meta[] = {"format", "pt", "moelm_version", MOELM_VERSION, NULL};
+        Pieces pc = {src, arena, offs};
+        st = st_write_from(path, ts, NULL, n, meta, src ? piece : NULL, &pc);
     }
-    model_file_tensors(m, ft, n);
-    for (int i = 0; i < n; i++) {
-        CHECK(ft[i].first == 0);   /* the whole model (dist_save_checkpoint gathers a sharded one) */
-        ts[i].name = ft[i].name;
-        ts[i].data = ft[i].data;
-        ts[i].ndim = ft[i].ndim;
-        for (int d = 0; d < ft[i].ndim; d++) ts[i].shape[d] = ft[i].shape[d];
-    }
-    /* HF's loader wants format "pt"; moelm's version beside it */
-    const char *meta[] = {"format", "pt", "moelm_version", MOELM_VERSION, NULL};
-    moelm_status st = st_write(path, ts, n, meta);
     moelm_free(ft);
     moelm_free(ts);
+    moelm_free(offs);
+    moelm_free(arena);
     return st;
 }
 
-static moelm_status write_optimizer(const char *path, const Optimizer *o) {
+static moelm_status write_optimizer(const char *path, const Optimizer *o, const CkptSource *src) {
     float t = (float)o->t;   /* exact below 2^24 steps */
     StTensor ts[4] = {
-        {"adam.m", o->m, 1, {(int64_t)o->n}},
-        {"adam.v", o->v, 1, {(int64_t)o->n}},
+        {"adam.m", src ? NULL : o->m, 1, {(int64_t)o->n}},
+        {"adam.v", src ? NULL : o->v, 1, {(int64_t)o->n}},
         {"adam.t", &t, 0, {0}},
-        {"ema", o->ema, 1, {(int64_t)o->n}},
+        {"ema", src ? NULL : o->ema, 1, {(int64_t)o->n}},   /* with src, o->ema only says there is one */
     };
-    return st_write(path, ts, o->ema ? 4 : 3, NULL);
+    int arena[4] = {1, 2, 0, 3};
+    size_t offs[4] = {0, 0, 0, 0};
+    Pieces pc = {src, arena, offs};
+    return st_write_from(path, ts, NULL, o->ema ? 4 : 3, NULL, src ? piece : NULL, &pc);
 }
 
 static int ckpt_step_of(const char *name) {
@@ -211,6 +231,11 @@ void ckpt_unlock_run(int fd) {
 
 moelm_status ckpt_save(const char *run_dir, const Model *m, const Optimizer *o, const TrainState *s,
                        const Tokenizer *tok, int keep) {
+    return ckpt_save_from(run_dir, m, o, s, tok, keep, NULL);
+}
+
+moelm_status ckpt_save_from(const char *run_dir, const Model *m, const Optimizer *o, const TrainState *s,
+                            const Tokenizer *tok, int keep, const CkptSource *src) {
     char tmp[4096], final[4096], path[4096], name[64];
     snprintf(name, sizeof name, "ckpt-%08ld", s->step);
     snprintf(tmp, sizeof tmp, "%s/.tmp-%s", run_dir, name);
@@ -220,11 +245,11 @@ moelm_status ckpt_save(const char *run_dir, const Model *m, const Optimizer *o, 
     char *cfg = NULL, *state = NULL;
     if (!st) {
         snprintf(path, sizeof path, "%s/model.safetensors", tmp);
-        st = write_model(path, m);
+        st = write_model(path, m, src);
     }
     if (!st) {
         snprintf(path, sizeof path, "%s/optimizer.safetensors", tmp);
-        st = write_optimizer(path, o);
+        st = write_optimizer(path, o, src);
     }
     if (!st) {
         cfg = config_to_json(&m->cfg);
@@ -269,12 +294,21 @@ moelm_status ckpt_save(const char *run_dir, const Model *m, const Optimizer *o, 
     return MOELM_OK;
 }
 
-void ckpt_run_dir(const char *ckdir, char *out, size_t cap) {
-    char buf[4096];
+int ckpt_run_dir(const char *ckdir, char *out, size_t cap) {
+    char buf[4096], p[4200];
     snprintf(buf, sizeof buf, "%s", ckdir);
     size_t n = strlen(buf);
     while (n > 1 && buf[n - 1] == '/') buf[--n] = 0;
     path_dirname(buf, out, cap);
+    const char *base = strrchr(buf, '/');
+    base = base ? base + 1 : buf;
+    if (!strcmp(base, "latest")) return 1;   /* ckpt_resolve checked it is the run's own link */
+    if (ckpt_step_of(base) < 0) return 0;
+    struct stat sb;
+    snprintf(p, sizeof p, "%s/latest", out);
+    if (lstat(p, &sb) == 0) return 1;
+    snprintf(p, sizeof p, "%s/metrics.jsonl", out);
+    return path_exists(p);
 }
 
 /* A `latest` given or found must be a symbolic link to a checkpoint of its own run directory. */

@@ -49,6 +49,19 @@ typedef struct {
 moelm_status ckpt_save(const char *run_dir, const Model *m, const Optimizer *o, const TrainState *st,
                        const Tokenizer *tok, int keep);
 
+/* ckpt_save of a model whose data come from src (a model spread over ranks, dist.c): m and o give
+ * the whole model's tensors (shapes, full offsets) and settings, with m->params, o->m and o->v NULL
+ * (o->ema non-NULL when the file is to hold a weight average); src->read(ctx, arena, off, want, &got)
+ * returns floats off .. off + got - 1 (1 <= got <= want, valid until the next call) of the whole
+ * model's arena: 0 the parameters, 1 and 2 Adam's m and v, 3 the average. It is asked in one order:
+ * the parameters' file tensors, then m, v and the average, each by increasing offset. */
+typedef struct {
+    const float *(*read)(void *ctx, int arena, size_t off, size_t want, size_t *got);
+    void *ctx;
+} CkptSource;
+moelm_status ckpt_save_from(const char *run_dir, const Model *m, const Optimizer *o, const TrainState *st,
+                            const Tokenizer *tok, int keep, const CkptSource *src);
+
 /* The step of the newest RUN/ckpt-<step> (0 when only RUN/latest exists), -1 when RUN holds none. */
 int ckpt_newest_step(const char *run_dir);
 /* An exclusive lock (flock) on the run directory, held until ckpt_unlock_run (or the process ends):
@@ -64,8 +77,10 @@ moelm_status ckpt_remove_all(const char *run_dir);
 moelm_status ckpt_resolve(const char *path, char *out, size_t cap);
 
 /* The run directory a checkpoint directory (as ckpt_resolve gives it: RUN/latest, RUN/ckpt-<step>)
- * belongs to: its parent. A run resumed from any of its checkpoints goes on in it. */
-void ckpt_run_dir(const char *ckdir, char *out, size_t cap);
+ * belongs to: its parent. A run resumed from any of its checkpoints goes on in it. Returns 1 when the
+ * parent is a run directory of it: ckdir is RUN/latest, or RUN/ckpt-<step> beside a `latest` or a
+ * metrics.jsonl; 0 for a checkpoint copied elsewhere (its parent is not its run). */
+int ckpt_run_dir(const char *ckdir, char *out, size_t cap);
 
 /* Reads config.json and verifies CHECKSUMS. */
 moelm_status ckpt_read_config(const char *dir, ModelConfig *cfg);

@@ -120,41 +120,84 @@ void dist_reduce_grads(Model *m) {
     g_reduce_s += time_now() - t0;
 }
 
-/* On world rank 0 (root), full[n_params_full] = the whole model's arena assembled from src[n_params]
- * of the ranks of this COMM_EP group: the shards of a sharded tensor come from every rank of the
- * group in rank order (rank p holds shard p), the other tensors from rank 0's own copy. */
-static void gather_arena(const Model *m, const float *src, float *full, int root) {
-    for (int i = 0; i < m->n_tensors; i++) {
-        const TensorInfo *t = &m->tensors[i];
-        if (tensor_sharded(t)) comm_gather_f32(COMM_EP, src + t->offset, t->size, root ? full + t->full_offset : NULL, 0);
-        else if (root) memcpy(full + t->full_offset, src + t->offset, sizeof(float) * t->size);
+/* A sharded model's checkpoint, streamed (ckpt_save_from): world rank 0 writes the whole model a
+ * piece at a time, and each rank p of its expert-parallel group sends its shard of a tensor when rank
+ * 0's writer reaches that shard, so no rank holds more than its own arenas and one shard of one tensor.
+ * The messages follow one plan that every rank of the group knows: slot k = (a n_tensors + i) P + p
+ * (arena a: 0 the parameters, 1 and 2 Adam's m and v, 3 the weights' average when the run keeps one;
+ * tensor i, in offset order; shard p of P) for every sharded tensor and p > 0 (rank 0 reads its own
+ * shard in place), in increasing k: the order the writer reads in. The other ranks send theirs in
+ * that order; rank 0 receives as its writer asks, then the rest (ckpt_drain), so that a write that
+ * fails halfway leaves no rank waiting. */
+typedef struct {
+    const Model *m;
+    const float *arena[4];    /* this rank's parameters, Adam m and v, the weights' average (or NULL) [n_params] each */
+    int P, rank;              /* the expert-parallel group's size, this rank in it */
+    float *buf;               /* rank 0: one shard of one tensor [the largest sharded tensor's size] */
+    int held;                 /* the slot buf holds (-1: none) */
+    int next;                 /* the first slot not yet sent or received */
+} CkptStream;
+
+/* Runs the plan's messages from g->next up to (not including) slot `until`. */
+static void ckpt_drain(CkptStream *g, int until) {
+    for (; g->next < until; g->next++) {
+        int p = g->next % g->P, i = g->next / g->P % g->m->n_tensors, a = g->next / g->P / g->m->n_tensors;
+        const TensorInfo *t = &g->m->tensors[i];
+        if (p == 0 || !tensor_sharded(t)) continue;
+        if (g->rank == 0) {
+            comm_recv_f32(COMM_EP, g->buf, t->size, p);
+            g->held = g->next;
+        } else if (g->rank == p) {
+            comm_send_f32(COMM_EP, g->arena[a] + t->offset, t->size, 0);
+        }
     }
+}
+
+static const float *ckpt_read(void *ctx, int a, size_t off, size_t want, size_t *got) {
+    CkptStream *g = ctx;
+    const Model *m = g->m;
+    int i = 0;
+    while (i + 1 < m->n_tensors && m->tensors[i + 1].full_offset <= off) i++;   /* the tensor holding off */
+    const TensorInfo *t = &m->tensors[i];
+    size_t in = off - t->full_offset;
+    CHECK(off >= t->full_offset && in < t->full_size);
+    /* a replicated tensor is rank 0's own; a sharded one's shard p is rank p's */
+    size_t shard = tensor_sharded(t) ? t->size : t->full_size, p = in / shard, at = in % shard;
+    *got = want < shard - at ? want : shard - at;
+    if (p == 0) return g->arena[a] + t->offset + at;
+    int k = (a * m->n_tensors + i) * g->P + (int)p;
+    if (g->held != k) {
+        CHECK(k >= g->next);   /* the writer reads in the plan's order */
+        ckpt_drain(g, k + 1);  /* (slot k alone: every shard before it was read) */
+    }
+    return g->buf + at;
 }
 
 moelm_status dist_save_checkpoint(const char *run_dir, const Model *m, const Optimizer *o, const TrainState *s,
                                   const Tokenizer *tok, int keep) {
     int root = comm_rank(COMM_WORLD) == 0;
     if (m->n_params == m->n_params_full) return root ? ckpt_save(run_dir, m, o, s, tok, keep) : MOELM_OK;
-    /* sharded experts: replica 0's expert-parallel group (world ranks 0 .. P-1) gathers the weights
-     * and both Adam moments onto rank 0, which writes the whole model's checkpoint */
+    /* sharded experts: replica 0's expert-parallel group (world ranks 0 .. P-1) streams the weights,
+     * both Adam moments and the average to rank 0, which writes the whole model's checkpoint */
     if (comm_rank(COMM_DP) != 0) return MOELM_OK;
-    size_t nf = m->n_params_full, arenas = o->ema ? 4 : 3;
-    float *full = root ? moelm_malloc(arenas * nf * sizeof(float)) : NULL;
+    size_t most = 0;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const TensorInfo *t = &m->tensors[i];
+        CHECK(i == 0 || t->full_offset >= m->tensors[i - 1].full_offset);   /* the arena in tensor order */
+        if (tensor_sharded(t) && t->size > most) most = t->size;
+    }
+    int arenas = o->ema ? 4 : 3;
+    CkptStream g = {m, {m->params, o->m, o->v, o->ema}, comm_size(COMM_EP), comm_rank(COMM_EP), NULL, -1, 0};
+    g.buf = root ? moelm_malloc((most ? most : 1) * sizeof(float)) : NULL;
     TensorInfo *ft = root ? moelm_malloc(sizeof(TensorInfo) * (size_t)m->n_tensors) : NULL;
-    int failed = root && (!full || !ft);
-    comm_allreduce_i32(COMM_EP, &failed, 1);   /* the group gathers only if rank 0 can hold the result */
+    int failed = root && (!g.buf || !ft);
+    comm_allreduce_i32(COMM_EP, &failed, 1);   /* the group streams only if rank 0 can take a shard */
     moelm_status st = MOELM_OK;
     if (failed) {
-        st = root ? moelm_fail(MOELM_ERR_NOMEM, "cannot gather the experts for a checkpoint (%zu floats)", arenas * nf)
+        st = root ? moelm_fail(MOELM_ERR_NOMEM, "cannot gather the experts for a checkpoint (%zu floats)", most)
                   : MOELM_OK;
-    } else {
-        gather_arena(m, m->params, full, root);
-        gather_arena(m, o->m, full + nf, root);
-        gather_arena(m, o->v, full + 2 * nf, root);
-        if (o->ema) gather_arena(m, o->ema, full + 3 * nf, root);
-    }
-    if (!failed && root) {
-        /* the whole model as ckpt_save sees it: full shapes and offsets over the gathered arenas */
+    } else if (root) {
+        /* the whole model as ckpt_save sees it: full shapes and offsets, the data from ckpt_read */
         for (int i = 0; i < m->n_tensors; i++) {
             ft[i] = m->tensors[i];
             if (ft[i].ndim) ft[i].shape[0] = ft[i].full_dim0;
@@ -164,17 +207,16 @@ moelm_status dist_save_checkpoint(const char *run_dir, const Model *m, const Opt
         }
         Model fm = *m;
         fm.tensors = ft;
-        fm.params = full;
-        fm.grads = NULL;
-        fm.n_params = nf;
+        fm.params = fm.grads = NULL;
+        fm.n_params = m->n_params_full;
         Optimizer fo = *o;
-        fo.m = full + nf;
-        fo.v = full + 2 * nf;
-        fo.ema = o->ema ? full + 3 * nf : NULL;
-        fo.n = nf;
-        st = ckpt_save(run_dir, &fm, &fo, s, tok, keep);
+        fo.m = fo.v = NULL;   /* fo.ema stays: it says the file holds an average (its data come from ckpt_read) */
+        fo.n = m->n_params_full;
+        CkptSource src = {ckpt_read, &g};
+        st = ckpt_save_from(run_dir, &fm, &fo, s, tok, keep, &src);
     }
-    moelm_free(full);
+    if (!failed) ckpt_drain(&g, arenas * m->n_tensors * g.P);   /* rank 0: what a failed write left; the others: all */
+    moelm_free(g.buf);
     moelm_free(ft);
     return st;
 }

@@ -14,7 +14,7 @@
  * Gradients (Model.grads, one arena): the replicated tensors are summed over COMM_WORLD; a held
  * shard of experts only over COMM_DP (its replicas: nobody else computed it). The clip norm adds
  * the shards' squares over COMM_EP (optim.c), so every rank clips by the one-process norm.
- * Checkpoints hold the whole model: dist_save_checkpoint gathers the shards onto rank 0, and on
+ * Checkpoints hold the whole model: dist_save_checkpoint streams the shards to rank 0, and on
  * load each rank reads its own rows (checkpoint.c), so a run resumes at any world size and expert
  * parallelism that divide the batch and the experts. Only rank 0 prints, logs and writes files.
  */
@@ -55,9 +55,10 @@ void dist_expert_shard(int *part, int *parts);
 void dist_reduce_grads(Model *m);
 
 /* Writes a checkpoint of the whole model (a collective): rank 0 calls ckpt_save; with sharded
- * experts, ranks 0 .. P-1 first gather the shards of the weights and Adam moments onto rank 0
- * (which holds the whole arena three times over while it writes). Returns rank 0's status (the
- * other ranks return MOELM_OK; pass the result to dist_any_failed). */
+ * experts, ranks 0 .. P-1 stream the shards of the weights and Adam moments to rank 0 one tensor at
+ * a time as its writer reaches them (ckpt_save_from), so rank 0 holds its own arenas plus one
+ * gathered tensor. Returns rank 0's status (the other ranks return MOELM_OK; pass the result to
+ * dist_any_failed). */
 moelm_status dist_save_checkpoint(const char *run_dir, const Model *m, const Optimizer *o, const TrainState *s,
                                   const Tokenizer *tok, int keep);
 

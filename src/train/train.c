@@ -33,7 +33,7 @@
 void train_options_default(TrainOptions *o) {
     memset(o, 0, sizeof *o);
     o->config = NULL;   /* the "demo" preset, or on resume the checkpoint's */
-    o->out = "runs/demo";
+    o->out = NULL;   /* runs/demo (on resume: the checkpoint's run directory) */
     o->seed = 1;
     o->threads = 2;
     o->eval_interval = 200;
@@ -382,6 +382,7 @@ typedef struct {
     long best_step;
     int signal;                 /* the SIGINT or SIGTERM that stopped the run (0: none) */
     int made_dir;               /* this run made its directory: a failure in the set-up removes it */
+    int resume_elsewhere;       /* resumed from a checkpoint outside its run directory, into --out */
     int started;                /* the set-up is done */
 } Run;
 
@@ -643,8 +644,15 @@ static moelm_status run_resume_settings(Run *r) {
     TrainState *s = &r->state;
     TrainConfig *tc = &r->tc;
     moelm_status st = ckpt_resolve(o->resume, r->ckdir, sizeof r->ckdir);
-    if (!st) {   /* RUN, RUN/latest or RUN/ckpt-N: the run goes on in RUN, never inside a checkpoint */
-        ckpt_run_dir(r->ckdir, r->dirbuf, sizeof r->dirbuf);
+    if (!st && !ckpt_run_dir(r->ckdir, r->dirbuf, sizeof r->dirbuf)) {
+        /* a checkpoint copied out of its run: it goes on in a new run directory the user names, never
+         * in whatever directory holds the copy */
+        if (!o->out)
+            return moelm_fail(MOELM_ERR_ARG, "%s: a checkpoint outside its run directory (no latest or metrics.jsonl "
+                                             "beside it): add --out DIR to continue it in a new run directory", r->ckdir);
+        r->dir = o->out;
+        r->resume_elsewhere = 1;
+    } else if (!st) {   /* RUN, RUN/latest or RUN/ckpt-N: the run goes on in RUN, never inside a checkpoint */
         r->dir = r->dirbuf;
         /* the lock first: another process may be replacing the checkpoint this reads (and a run it has
          * taken past --steps must be refused as busy, not reported complete) */
@@ -799,10 +807,11 @@ static moelm_status run_settings(Run *r) {
  * checkpoints and metrics); a new run over an old one would mix their checkpoints and metrics:
  * refused, or with --force the old checkpoints (and routing dumps) are deleted first. */
 static moelm_status run_claim_dir(Run *r) {
-    r->made_dir = !r->o->resume && !path_exists(r->dir) && dist_is_root();
+    int fresh = !r->o->resume || r->resume_elsewhere;   /* a new run directory (resume_elsewhere: from a copy) */
+    r->made_dir = fresh && !path_exists(r->dir) && dist_is_root();
     moelm_status st = dir_make(r->dir);
     if (!st && dist_is_root() && r->lock_fd < 0) st = ckpt_lock_run(r->dir, &r->lock_fd);   /* resume: taken already */
-    if (st || r->o->resume || ckpt_newest_step(r->dir) < 0) return st;
+    if (st || !fresh || ckpt_newest_step(r->dir) < 0) return st;
     if (!r->o->force)
         return moelm_fail(MOELM_ERR_CONFIG, "%s already holds a run (its checkpoints): --resume %s continues it, "
                                             "--force starts over and deletes them, or choose another --out",
@@ -1002,7 +1011,7 @@ static moelm_status run_setup(Run *r, const TrainOptions *o) {
     memset(r, 0, sizeof *r);
     r->lock_fd = r->metrics_fd = -1;
     r->o = o;
-    r->dir = o->resume ? o->resume : o->out;
+    r->dir = o->resume ? o->resume : o->out ? o->out : "runs/demo";
     r->state.dropout = -1;
     if (strlen(r->dir) > 3000) return moelm_fail(MOELM_ERR_ARG, "run directory path too long");
     backend_set_threads(o->threads);

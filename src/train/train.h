@@ -19,7 +19,8 @@ typedef struct {
     const char *data;           /* NULL or "builtin", a directory, or a text file */
     const char *config;         /* a preset name or a config.json path (NULL: "demo"; on resume NULL means the
                                  * checkpoint's, and a config given must match it unless force) */
-    const char *out;            /* run directory (created) */
+    const char *out;            /* run directory (created); NULL: runs/demo, on resume the checkpoint's run
+                                 * (and for a checkpoint outside its run directory, the new one it goes on in) */
     const char *resume;         /* run directory to continue from its latest checkpoint, or NULL */
     const char *init_from;      /* a new run from this model's weights, config and tokenizer (init_from.h), or NULL */
     const char *const *sets;    /* "key=value" overrides of model or training keys; NULL-terminated */

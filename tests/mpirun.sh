@@ -1,0 +1,11 @@
+# mpirun.sh: sourced by the MPI tests (tests/test_mpi*.sh): sets MPIRUN, the launcher with the flags
+# this machine needs. OpenMPI refuses root without --allow-run-as-root and more ranks than cores
+# without --oversubscribe; MPICH knows neither flag. Shared-memory single-copy (CMA) fails in
+# containers: turn it off; keep the traffic on the loopback interface.
+MPIRUN="mpirun"
+if mpirun --version 2>&1 | grep -q "Open MPI"; then
+    MPIRUN="mpirun --oversubscribe"
+    [ "$(id -u)" = 0 ] && MPIRUN="$MPIRUN --allow-run-as-root"
+    export OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1
+    export OMPI_MCA_btl="self,vader,tcp" OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo
+fi
