@@ -238,6 +238,8 @@ typedef struct {
     const char *extra_tensor;
     const char *q4_tensor;          /* its type patched to Q4_0 */
     int bad_piece_type, no_unk, rope_dim;
+    int dense;                      /* no experts (ffn_gate, ffn_up, ffn_down) */
+    GgufTensorType mtype;           /* the matrices' type (0: F32; norms and routers stay F32) */
     const char *scaling;
     uint32_t ctx;
 } Spec;
@@ -245,7 +247,8 @@ typedef struct {
 static void add_t(GgufWriter *w, const Spec *s, const char *name, int nd, int64_t d0, int64_t d1, int64_t d2, const float *buf) {
     int64_t sh[3] = {d0, d1, d2};
     if (s->bad_tensor && !strcmp(s->bad_tensor, name)) sh[0] += 32;
-    gguf_writer_add_tensor(w, name, GGUF_TENSOR_F32, nd, sh, buf);
+    int matrix = nd >= 2 && !strstr(name, "ffn_gate_inp");
+    gguf_writer_add_tensor(w, name, matrix && s->mtype ? s->mtype : GGUF_TENSOR_F32, nd, sh, buf);
 }
 
 static void write_spec(const char *path, const Spec *spec) {
@@ -255,6 +258,7 @@ static void write_spec(const char *path, const Spec *spec) {
 #define DEFAULT(f) if (!full.f) full.f = base.f
     DEFAULT(C); DEFAULT(L); DEFAULT(H); DEFAULT(NH); DEFAULT(NKV); DEFAULT(E); DEFAULT(K); DEFAULT(V);
 #undef DEFAULT
+    if (full.dense) full.E = 0;
     static float buf[1 << 18];
     for (int i = 0; i < (1 << 18); i++) buf[i] = 0.01f * (float)((i * 7) % 13 - 6);
     GgufWriter *w = gguf_writer_new();
@@ -431,10 +435,34 @@ static int write_hostile(const char *dir) {
     return 0;
 }
 
+/* Small valid files for the fuzz target's corpus (tests/fuzz/run_data.sh): mixtral in F32 and Q8_0, dense */
+static int write_seeds(const char *dir) {
+    static const Spec seeds[] = {
+        {.name = "mixtral-f32", .C = 32, .L = 1, .H = 32, .NH = 2, .NKV = 1, .E = 2, .K = 1, .V = 8},
+        {.name = "mixtral-q8", .C = 32, .L = 1, .H = 32, .NH = 2, .NKV = 1, .E = 2, .K = 1, .V = 8, .mtype = GGUF_TENSOR_Q8_0},
+        {.name = "llama-f16", .C = 32, .L = 1, .H = 32, .NH = 2, .NKV = 2, .V = 8, .dense = 1, .mtype = GGUF_TENSOR_F16},
+    };
+    char path[4096];
+    CHECK(dir_make(dir) == MOELM_OK);
+    for (size_t i = 0; i < sizeof seeds / sizeof seeds[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s.gguf", dir, seeds[i].name);
+        write_spec(path, &seeds[i]);
+        Model m;
+        Tokenizer *tok = NULL;
+        Q8Arena q8;
+        CHECK(llama_load_gguf(&m, &tok, &q8, path, 1, 0) == MOELM_OK);   /* a seed the loader accepts */
+        q8_arena_free(&q8);
+        tokenizer_free(tok);
+        model_free(&m);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     test_one_thread();
     CHECK(dir_make(TMP) == MOELM_OK);
     if (argc == 3 && !strcmp(argv[1], "--write-hostile")) return write_hostile(argv[2]);
+    if (argc == 3 && !strcmp(argv[1], "--write-seeds")) return write_seeds(argv[2]);
     CHECK(tokenizer_train_spm_bytes(&g_tok, g_text, strlen(g_text), TOK_BPE, 300) == MOELM_OK);
     g_live = moelm_alloc_live_bytes();
     RUN(gguf_model_f32_bit_exact);

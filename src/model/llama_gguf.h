@@ -20,7 +20,7 @@ const char *llama_gguf_name(const char *hf, char *buf, size_t cap);
 /* Reads a GGUF file of architecture "llama" (llama.expert_count > 0: Mixtral's layout), as this file
  * writes it or llama.cpp's converter does: the config from the llama.* keys (n_positions is
  * llama.context_length, at most LLAMA_GGUF_MAX_CONTEXT), the weights into a blank model for B x T
- * (T <= 0: 256 or the context if shorter) with attn_q's and attn_k's rows put back in HF's order and
+ * (T <= 0: 256 or the context if shorter; at most the context) with attn_q's and attn_k's rows put back in HF's order and
  * the experts' stacks into moelm's slabs, F32, F16, BF16 and Q8_0 converted to float; with q8 (not
  * NULL) the Q8_0 matrices (not the routers) stay Q8_0 blocks in q8 instead (their floats are never
  * written: kv_use_q8 reads them). With tok (not NULL) the tokenizer from tokenizer.ggml.* (model

@@ -235,7 +235,7 @@ static moelm_status read_view(const Gguf *g, const char *path, Model *m, Q8Arena
     if (!st && heads) unpermute_rows(dst, tmp, heads, hd, rb);
     if (!st && keep) st = q8_arena_add(q8, v->off, v->count);
     moelm_free(tmp);
-    return st ? moelm_fail_context(st, "%s", path) : MOELM_OK;
+    return st;
 }
 
 /* The tokenizer of tokenizer.ggml.*; the ids a sequence starts and ends with into cfg */
@@ -319,7 +319,8 @@ moelm_status llama_load_gguf(Model *m, Tokenizer **tok, Q8Arena *q8, const char 
     if (!st) st = check_tensors(g, path, &plan, v, n);
     if (plan.tensors) model_free(&plan);
     if (T <= 0) T = cfg.n_positions < 256 ? cfg.n_positions : 256;
-    if (!st) st = model_create_blank(m, &cfg, B, T);
+    if (T > cfg.n_positions) T = cfg.n_positions;
+    if (!st && (st = model_create_blank(m, &cfg, B, T)) != MOELM_OK) st = moelm_fail_context(st, "%s", path);
     if (!st && q8 && !(q8->blocks = moelm_malloc(sizeof(BlockQ8_0) * (m->n_params / Q8_0_BLOCK + 1)))) st = MOELM_ERR_NOMEM;
     for (int i = 0; i < n && !st; i++) st = read_view(g, path, m, q8, &v[i]);
     moelm_free(v);
