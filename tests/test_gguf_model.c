@@ -34,8 +34,9 @@ static const char g_text[] =
 static Tokenizer *g_tok;
 static size_t g_live;   /* bytes held between the tests (the tokenizer): each test leaves exactly these */
 
-/* A tiny model of the family: mixtral (4 experts top-2, 4:2 heads) or a dense llama (tied, 2:1 heads),
- * widths multiples of 32 (Q8_0's blocks), weights scaled to move the output visibly. */
+/* A tiny model of the family: mixtral (4 experts top-2, 4:2 heads; mixtral 2: top-1, as llama.cpp's
+ * top-1 files) or a dense llama (tied, 2:1 heads), widths multiples of 32 (Q8_0's blocks), weights
+ * scaled to move the output visibly. */
 static void tiny_model(Model *m, int mixtral) {
     ModelConfig c;
     CHECK(config_preset(&c, mixtral ? "mixtral-tiny" : "llama-tiny") == MOELM_OK);
@@ -47,6 +48,7 @@ static void tiny_model(Model *m, int mixtral) {
     c.d_ff = mixtral ? 64 : 96;
     c.n_positions = 16;
     c.tie_word_embeddings = !mixtral;
+    if (mixtral == 2) c.num_experts_per_tok = 1;
     c.rope_theta = 500.0f;
     CHECK(model_create(m, &c, 1, 16, 7) == MOELM_OK);
     for (size_t i = 0; i < m->n_params; i++) m->params[i] *= 8.0f;
@@ -74,10 +76,10 @@ static double logits_diff(Model *a, Model *b, const int *ids, int T, double *sca
 }
 
 TEST(gguf_model_f32_bit_exact) {
-    for (int mixtral = 1; mixtral >= 0; mixtral--) {
+    for (int mixtral = 2; mixtral >= 0; mixtral--) {
         Model m, r;
         tiny_model(&m, mixtral);
-        const char *p = mixtral ? TMP "/mixtral-f32.gguf" : TMP "/llama-f32.gguf";
+        const char *p = mixtral == 2 ? TMP "/mixtral-top1-f32.gguf" : mixtral ? TMP "/mixtral-f32.gguf" : TMP "/llama-f32.gguf";
         EXPECT(llama_write_gguf(&m, g_tok, p, GGUF_TENSOR_F32) == MOELM_OK);
         Tokenizer *tok = NULL;
         moelm_status st = llama_load_gguf(&r, &tok, NULL, p, 1, 16);
@@ -131,10 +133,11 @@ TEST(gguf_model_f32_bit_exact) {
 }
 
 /* f16 and bf16: each weight rounded once (relative 2^-11, 2^-8). Measured here: logits move by at most
- * ~0.05% (f16) and ~0.5% (bf16) of the largest; the bounds are 4x that. */
+ * 0.13% (f16) and 1.4% (bf16) of the largest (weights 8x the init's, so errors add up over 2 layers); the
+ * bounds are about 4x that. */
 TEST(gguf_model_f16_bf16_close) {
     static const struct { GgufTensorType t; double tol; const char *path; } cases[] = {
-        {GGUF_TENSOR_F16, 2e-3, TMP "/mixtral-f16.gguf"}, {GGUF_TENSOR_BF16, 2e-2, TMP "/mixtral-bf16.gguf"}};
+        {GGUF_TENSOR_F16, 5e-3, TMP "/mixtral-f16.gguf"}, {GGUF_TENSOR_BF16, 5e-2, TMP "/mixtral-bf16.gguf"}};
     Model m;
     tiny_model(&m, 1);
     for (int k = 0; k < 2; k++) {
@@ -198,7 +201,7 @@ TEST(gguf_model_q8_blocks) {
     EXPECT_MSG(far == 0, "%zu dequantised weights are farther than half a step from the originals", far);
     /* generation from the blocks: the steps of the int8 products against those of the float model of
      * the same (dequantised) weights; they differ only by the input's quantisation (about 0.4% of each
-     * block's largest input): measured ~1% of the largest logit, bound 5% */
+     * block's largest input): measured 2.6% of the largest logit over 12 steps, bound 8% */
     KVCache kq, kf;
     EXPECT(kv_create(&kq, &rq) == MOELM_OK && kv_load_weights(&kq, &rq, 0) == MOELM_OK && kv_use_q8(&kq, &rq, &q8) == MOELM_OK);
     EXPECT(kv_create(&kf, &rf) == MOELM_OK && kv_load_weights(&kf, &rf, 0) == MOELM_OK);
@@ -213,7 +216,7 @@ TEST(gguf_model_q8_blocks) {
             scale = fmax(scale, fabs((double)kf.logits[v]));
         }
     }
-    EXPECT_MSG(worst <= 0.05 * scale && worst > 0.0 && scale > 1.0, "q8 steps differ by %g (largest logit %g)", worst, scale);
+    EXPECT_MSG(worst <= 0.08 * scale && worst > 0.0 && scale > 1.0, "q8 steps differ by %g (largest logit %g)", worst, scale);
     kv_free(&kq);
     kv_free(&kf);
     q8_arena_free(&q8);
