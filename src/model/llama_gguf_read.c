@@ -66,14 +66,19 @@ static moelm_status key_bool(const Gguf *g, const char *key, int dflt, int *out)
     return st;
 }
 
+/* The string key must be want; else an error saying what moelm reads */
+static moelm_status key_string_is(const Gguf *g, const char *path, const char *key, const char *want, const char *what) {
+    const char *s = NULL;
+    moelm_status st = gguf_get_string(g, key, &s, NULL);
+    if (!st && strcmp(s, want))
+        st = moelm_fail(MOELM_ERR_FORMAT, "%s: %s is '%.40s': moelm reads %s only", path, key, s, what);
+    return st;
+}
+
 /* The model config from the llama.* keys; V from the vocabulary. */
 static moelm_status read_config(const Gguf *g, const char *path, ModelConfig *cfg) {
-    const char *arch = NULL;
-    moelm_status st = gguf_get_string(g, "general.architecture", &arch, NULL);
+    moelm_status st = key_string_is(g, path, "general.architecture", "llama", "'llama' (dense or Mixtral's layout)");
     if (st) return st;
-    if (strcmp(arch, "llama"))
-        return moelm_fail(MOELM_ERR_FORMAT, "%s: general.architecture is '%.40s': moelm runs 'llama' (dense or Mixtral's "
-                          "layout) only", path, arch);
     int64_t C, L, H, NH, NKV, P, E, K = 0, hd_rot, kl, vl;
     double eps, theta;
     GgufType elem;
@@ -240,12 +245,8 @@ static moelm_status read_view(const Gguf *g, const char *path, Model *m, Q8Arena
 
 /* The tokenizer of tokenizer.ggml.*; the ids a sequence starts and ends with into cfg */
 static moelm_status read_tokenizer(const Gguf *g, const char *path, Tokenizer **tok, ModelConfig *cfg) {
-    const char *model = NULL;
-    moelm_status st = gguf_get_string(g, "tokenizer.ggml.model", &model, NULL);
+    moelm_status st = key_string_is(g, path, "tokenizer.ggml.model", "llama", "SentencePiece vocabularies ('llama')");
     if (st) return st;
-    if (strcmp(model, "llama"))
-        return moelm_fail(MOELM_ERR_FORMAT, "%s: tokenizer.ggml.model is '%.40s': moelm reads SentencePiece vocabularies "
-                          "('llama') only", path, model);
     int V = cfg->vocab_size;
     int64_t bos, eos;
     int add_bos, add_space, remove_ws;
