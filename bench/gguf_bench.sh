@@ -53,4 +53,4 @@ done | tee /dev/stderr | awk '
         return m % 2 ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2 }
     END { printf "%-6s %12s %14s %8s\n", "file", "moelm tok/s", "llama.cpp tok/s", "ratio"
           for (i = 1; i <= no; i++) { k = order[i]; x = med(a, k, n[k]); y = med(b, k, n[k])
-              printf "%-6s %12.1f %14.1f %8.2f\n", k, x, y, y > 0 ? x / y : 0 } }'
+              printf "%-6s %12.1f %14.1f %8.2f\n", k, x, y, (y > 0 ? x / y : 0) } }'
