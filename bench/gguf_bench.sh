@@ -40,7 +40,7 @@ r=0
 while [ "$r" -lt "$REPS" ]; do
     for t in f32 q8_0; do
         m=$("$BIN" generate -m "$D/m.$t.gguf" -p the -n "$N" --temp 0 -t 2 2>&1 >/dev/null |
-            sed -n 's/.*(\([0-9.]*\) tok\/s).*/\1/p')
+            sed -n 's/.*(\([0-9.]*\) tok\/s.*/\1/p')
         l=$("$LC/llama-simple" -m "$D/m.$t.gguf" -n "$N" the 2>&1 >/dev/null |
             sed -n 's/.* eval time = *\([0-9.]*\) ms \/ *\([0-9]*\) runs.*/\1 \2/p' | awk '{ if ($1 > 0) printf "%.1f", 1000 * $2 / $1 }')
         echo "run $t moelm ${m:-?} llama.cpp ${l:-?}"
