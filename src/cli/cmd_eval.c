@@ -13,7 +13,8 @@ int cmd_eval(int argc, char **argv) {
         const char *val = NULL;
         if (arg_flag(argv, i, "-h|--help")) {
             printf("usage: moelm eval -m CKPT [--data FILE|DIR] [-b N] [--seq-len N] [--stride N] [-t N] [--ema]\n\n"
-                   "  -m, --model CKPT    checkpoint directory, or a run directory (its latest)\n"
+                   "  -m, --model CKPT    checkpoint directory, or a run directory (its latest), a Hugging Face\n"
+                   "                      directory, or a GGUF file of architecture llama\n"
                    "  --data FILE|DIR     text to evaluate; a folder means its test split (default: the run's test split)\n"
                    "  -b, --batch-size N  sequences per batch (default 16)\n"
                    "  --seq-len N         context length (default: the run's)\n"

@@ -15,7 +15,7 @@ int cmd_forward(int argc, char **argv) {
             printf("usage: moelm forward -m DIR --inputs IN.safetensors -o OUT.safetensors [-t N]\n\n"
                    "  -m, --model DIR       a model directory: a moelm checkpoint, or a Hugging Face directory\n"
                    "                        (config.json and model.safetensors, or shards with their index;\n"
-                   "                        fp32, fp16 or bf16)\n"
+                   "                        fp32, fp16 or bf16), or a GGUF file of architecture llama\n"
                    "  --inputs FILE         safetensors with, per case P, int32 [batch, length] tensors\n"
                    "                        P.input_ids and optionally P.attention_mask, P.decoder_input_ids, P.labels,\n"
                    "                        P.decoder_attention_mask\n"

@@ -839,3 +839,14 @@ moelm_status gguf_writer_write(GgufWriter *w, const char *path) {
     sb_free(&h);
     return s;
 }
+
+int gguf_is_file(const char *path) {
+    struct stat sb;
+    if (stat(path, &sb) != 0 || !S_ISREG(sb.st_mode)) return 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    char magic[4];
+    int yes = read(fd, magic, 4) == 4 && !memcmp(magic, "GGUF", 4);
+    close(fd);
+    return yes;
+}

@@ -78,6 +78,8 @@ typedef struct {
 } GgufTensorInfo;
 
 moelm_status gguf_open(Gguf **out, const char *path);
+/* 1 when path is a regular file that starts with GGUF's magic (a model path to open as GGUF) */
+int gguf_is_file(const char *path);
 void gguf_close(Gguf *g);
 uint32_t gguf_alignment(const Gguf *g);
 uint64_t gguf_data_offset(const Gguf *g);      /* the data section's start in the file */

@@ -3,6 +3,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include "io/gguf.h"
 #include "io/safetensors.h"
 #include "model/encdec.h"
 #include "model/model.h"
@@ -227,7 +228,12 @@ moelm_status forward_file_run(const char *model_dir, const char *in_path, const 
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", model_dir);
     ModelConfig cfg;
-    if (!st) st = config_load(&cfg, path);
+    if (!st && gguf_is_file(model_dir)) {   /* a GGUF file: the llama family, read by model_load_dir */
+        memset(&cfg, 0, sizeof cfg);
+        cfg.model_type = MODEL_LLAMA;
+    } else if (!st) {
+        st = config_load(&cfg, path);
+    }
     if (note && note_cap) snprintf(note, note_cap, "%s", st ? "" : cfg.note);
     if (!st && cfg.model_type == MODEL_SWITCH) {
         int B = 1, Te = 1, Td = 1;

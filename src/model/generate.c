@@ -172,7 +172,67 @@ moelm_status kv_load_weights(KVCache *kv, const Model *m, int bf16) {
     return MOELM_OK;
 }
 
+/* ---- Q8_0 matrices ----------------------------------------------------------------------------- */
+
+moelm_status q8_arena_add(Q8Arena *a, size_t first, size_t n) {
+    CHECK(first % Q8_0_BLOCK == 0 && n % Q8_0_BLOCK == 0);
+    CHECK(a->n_span == 0 || first >= a->span[2 * a->n_span - 1]);
+    if (a->n_span && first == a->span[2 * a->n_span - 1]) {
+        a->span[2 * a->n_span - 1] += n;
+        return MOELM_OK;
+    }
+    if (a->n_span == a->cap) {
+        int cap = a->cap ? 2 * a->cap : 64;
+        size_t *s = moelm_realloc(a->span, sizeof(size_t) * 2 * (size_t)cap);
+        if (!s) return MOELM_ERR_NOMEM;
+        a->span = s;
+        a->cap = cap;
+    }
+    a->span[2 * a->n_span] = first;
+    a->span[2 * a->n_span + 1] = first + n;
+    a->n_span++;
+    return MOELM_OK;
+}
+
+int q8_arena_holds(const Q8Arena *a, size_t first, size_t n) {
+    int lo = 0, hi = a->n_span;   /* the last span starting at or before first: binary search */
+    while (hi - lo > 1) {
+        int mid = (lo + hi) / 2;
+        if (a->span[2 * mid] <= first) lo = mid;
+        else hi = mid;
+    }
+    return a->n_span && a->span[2 * lo] <= first && first + n <= a->span[2 * lo + 1];
+}
+
+void q8_arena_free(Q8Arena *a) {
+    moelm_free(a->blocks);
+    moelm_free(a->span);
+    memset(a, 0, sizeof *a);
+}
+
+moelm_status kv_use_q8(KVCache *kv, const Model *m, const Q8Arena *q) {
+    CHECK(kv->w16 == NULL && kv->q8x == NULL);
+    const ModelConfig *c = &m->cfg;
+    int K = c->d_model > c->d_ff ? c->d_model : c->d_ff;   /* the widest input a product reads */
+    if (m->moe_cfg.H > K) K = m->moe_cfg.H;
+    K = (K + Q8_0_BLOCK - 1) / Q8_0_BLOCK * Q8_0_BLOCK;
+    kv->q8x = moelm_calloc(KV_TEAM_MAX, sizeof(Q8Vec));
+    if (!kv->q8x) return MOELM_ERR_NOMEM;
+    for (int i = 0; i < KV_TEAM_MAX; i++)
+        if (q8vec_alloc(&kv->q8x[i], K)) {
+            for (int j = 0; j < i; j++) q8vec_free(&kv->q8x[j]);
+            moelm_free(kv->q8x);
+            kv->q8x = NULL;
+            return MOELM_ERR_NOMEM;
+        }
+    kv->q8 = q;
+    return MOELM_OK;
+}
+
 void kv_free(KVCache *kv) {
+    if (kv->q8x)
+        for (int i = 0; i < KV_TEAM_MAX; i++) q8vec_free(&kv->q8x[i]);
+    moelm_free(kv->q8x);
     kv_drop_weights(kv);
     moelm_free(kv->mem);
     memset(kv, 0, sizeof *kv);
@@ -257,6 +317,16 @@ static void mv_rows(const Model *m, const KVCache *kv, float *y, const float *x,
                     int lo, int hi, int K) {
     if (hi <= lo) return;
     const float *bias = b ? b + lo : NULL;
+    size_t at = (size_t)(W - m->params) + (size_t)lo * K;
+    if (kv->q8 && q8_arena_holds(kv->q8, at, (size_t)(hi - lo) * K)) {
+        /* the Q8Vec is sized for the widest input: its K is this product's (q8vec_quantize reads K) */
+        Q8Vec *xq = &kv->q8x[team_rank()];
+        xq->K = K;
+        q8vec_quantize(xq, x);
+        q8_0_gemv(y + lo, kv->q8->blocks + at / Q8_0_BLOCK, xq, hi - lo, K);
+        for (int i = 0; bias && i < hi - lo; i++) y[lo + i] += bias[i];
+        return;
+    }
     if (!kv->w16) {
         gemv_one(y + lo, x, W + (size_t)lo * K, bias, hi - lo, K);
         return;
@@ -454,8 +524,15 @@ static void step_team(Model *m, KVCache *kv, int token, int t) {
     size_t ldk = kv_key_stride(P);
     double since = kv->profile ? time_now() : 0.0;
 
-    /* x = wte[token] + wpe[t]: encoder_forward's sum (no wpe in the llama family) */
-    for (int i = 0; i < C; i++) x[i] = p->wte[(size_t)token * C + i] + (p->wpe ? p->wpe[(size_t)t * C + i] : 0.0f);
+    /* x = wte[token] + wpe[t]: encoder_forward's sum (no wpe in the llama family); a Q8_0 embedding's
+     * row dequantized */
+    size_t row = (size_t)(p->wte - m->params) + (size_t)token * C;
+    const float *emb = p->wte + (size_t)token * C;
+    if (kv->q8 && q8_arena_holds(kv->q8, row, (size_t)C)) {
+        q8_0_dequantize(x, kv->q8->blocks + row / Q8_0_BLOCK, (size_t)C);
+        emb = x;
+    }
+    for (int i = 0; i < C; i++) x[i] = emb[i] + (p->wpe ? p->wpe[(size_t)t * C + i] : 0.0f);
     for (int l = 0; l < c->num_layers; l++) {
         const LayerParams *lp = &p->layers[l];
         int sparse = config_block_is_sparse(c, l);

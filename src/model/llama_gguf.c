@@ -30,8 +30,7 @@ static void permute_rope_rows(float *dst, const float *src, int heads, int hd, i
                        sizeof(float) * (size_t)C);
 }
 
-/* The GGUF name of an HF tensor name (NULL for per-expert tensors, stacked separately) */
-static const char *gguf_name(const char *hf, char *buf, size_t cap) {
+const char *llama_gguf_name(const char *hf, char *buf, size_t cap) {
     static const struct { const char *hf, *gg; } map[] = {
         {"input_layernorm.weight", "attn_norm.weight"}, {"self_attn.q_proj.weight", "attn_q.weight"},
         {"self_attn.k_proj.weight", "attn_k.weight"}, {"self_attn.v_proj.weight", "attn_v.weight"},
@@ -117,6 +116,7 @@ moelm_status llama_write_gguf(const Model *m, const Tokenizer *tok, const char *
     gguf_writer_add_bool(w, "tokenizer.ggml.add_bos_token", sep >= 0);
     gguf_writer_add_bool(w, "tokenizer.ggml.add_eos_token", 0);
     gguf_writer_add_bool(w, "tokenizer.ggml.add_space_prefix", tokenizer_adds_space_prefix(tok));
+    gguf_writer_add_bool(w, "tokenizer.ggml.remove_extra_whitespaces", tokenizer_removes_extra_spaces(tok));
 
     float *q = buf, *x = buf + qk;
     int64_t shape[3];
@@ -124,7 +124,7 @@ moelm_status llama_write_gguf(const Model *m, const Tokenizer *tok, const char *
     for (int i = 0; i < n; i++) {
         const LlamaHfTensor *t = &v[i];
         const float *data = m->params + t->off;
-        const char *name = gguf_name(t->name, nm, sizeof nm);
+        const char *name = llama_gguf_name(t->name, nm, sizeof nm);
         if (!name) continue;   /* an expert's own matrix: stacked below, with its layer's router */
         int norm = t->ndim == 1, router = strstr(name, "ffn_gate_inp") != NULL;
         int heads = strstr(name, ".attn_q.") ? NH : strstr(name, ".attn_k.") ? NKV : 0;

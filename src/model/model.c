@@ -339,8 +339,8 @@ static moelm_status model_plan_sharded(Model *m, const ModelConfig *cfg, int par
 
 moelm_status model_plan(Model *m, const ModelConfig *cfg) { return model_plan_sharded(m, cfg, 0, 1); }
 
-moelm_status model_create_sharded(Model *m, const ModelConfig *cfg, int B, int T, uint64_t seed, int part, int parts) {
-    if (cfg->model_type == MODEL_SWITCH) return model_create_encdec(m, cfg, B, T, T, seed, part, parts);
+/* model_create_sharded's body; blank: no initialisation, params and grads left unwritten */
+static moelm_status create(Model *m, const ModelConfig *cfg, int B, int T, uint64_t seed, int part, int parts, int blank) {
     memset(m, 0, sizeof *m);
     moelm_status st = config_check(cfg);
     if (st) return st;
@@ -350,8 +350,8 @@ moelm_status model_create_sharded(Model *m, const ModelConfig *cfg, int B, int T
     if ((st = model_plan_sharded(m, cfg, part, parts))) return st;
     m->B = B;
     m->T = T;
-    m->params = moelm_calloc(m->n_params, sizeof(float));
-    m->grads = moelm_calloc(m->n_params, sizeof(float));
+    m->params = blank ? moelm_malloc(sizeof(float) * m->n_params) : moelm_calloc(m->n_params, sizeof(float));
+    m->grads = blank ? moelm_malloc(sizeof(float) * m->n_params) : moelm_calloc(m->n_params, sizeof(float));
     if (!m->params || !m->grads) { model_free(m); return MOELM_ERR_NOMEM; }
     Layout lay = {m, 1, 0, 0, 0, part, parts};
     layout_model(&lay);
@@ -361,9 +361,19 @@ moelm_status model_create_sharded(Model *m, const ModelConfig *cfg, int B, int T
         rope_tables(m->a.rope_cos, m->a.rope_sin, cfg->n_positions, cfg->d_model / cfg->num_heads, cfg->rope_theta);
         rope_positions(m->a.rope_pos, B, T, 0);
     }
-    init_params(m, seed);
+    if (!blank) init_params(m, seed);
     rng_seed(&m->rng, seed ^ 0xD5A61266F0C9392Cull);
     return MOELM_OK;
+}
+
+moelm_status model_create_sharded(Model *m, const ModelConfig *cfg, int B, int T, uint64_t seed, int part, int parts) {
+    if (cfg->model_type == MODEL_SWITCH) return model_create_encdec(m, cfg, B, T, T, seed, part, parts);
+    return create(m, cfg, B, T, seed, part, parts, 0);
+}
+
+moelm_status model_create_blank(Model *m, const ModelConfig *cfg, int B, int T) {
+    CHECK(cfg->model_type != MODEL_SWITCH);
+    return create(m, cfg, B, T, 1, 0, 1, 1);
 }
 
 void model_free(Model *m) {

@@ -24,6 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "backend/barrier.h"
+#include "backend/q8.h"
 #include "model/config.h"
 #include "moe/moe.h"
 
@@ -160,6 +161,20 @@ typedef struct {
     size_t n, rows, cols, off;
     KVPhase phase;            /* the part of a step that reads it */
 } KVDownCopy;
+/* Weight matrices held as Q8_0 blocks instead of floats (a GGUF file's, kept as they are): spans
+ * [span[2i], span[2i + 1]) of the parameter arena, in floats (multiples of 32, ascending, disjoint),
+ * whose values are blocks[o / 32] for o in the span; the arena's floats there are never read. */
+typedef struct {
+    BlockQ8_0 *blocks;        /* [n_params / 32]: only the spans' blocks are set */
+    size_t *span;             /* [2 cap] */
+    int n_span, cap;
+} Q8Arena;
+/* Appends [first, first + n) (after every span so far; merged with the last when they touch). */
+moelm_status q8_arena_add(Q8Arena *a, size_t first, size_t n);
+/* 1 when floats [first, first + n) lie inside one span */
+int q8_arena_holds(const Q8Arena *a, size_t first, size_t n);
+void q8_arena_free(Q8Arena *a);
+
 typedef struct {
     int pos;                  /* tokens already in the cache; the next token goes to position pos */
     int n_positions;          /* P: the cache is full at pos == P */
@@ -187,6 +202,8 @@ typedef struct {
     void *down_w;             /* those copies, down-major (float; bf16 with w16) */
     float skip_min;           /* the least share of a product's units at zero for which it reads the copy, */
     float skip_min_long;      /* for runs shorter than KV_LONG_RUN bytes, and for longer ones */
+    const Q8Arena *q8;        /* kv_use_q8: the matrices read as Q8_0 (NULL: none) */
+    Q8Vec *q8x;               /* [KV_TEAM_MAX] each thread's input vector quantized for them */
     int profile;              /* nonzero: thread 0 times each phase of a step into phase_s */
     double phase_s[KV_PHASES];    /* seconds since kv_reset, thread 0's (its waits at barriers included) */
 } KVCache;
@@ -230,6 +247,10 @@ moelm_status model_create(Model *m, const ModelConfig *cfg, int B, int T, uint64
  * experts [part E/parts, (part+1) E/parts), parts must divide E). Every held value equals the full
  * model's (the initialisation draws the whole stream and keeps the slice); parts = 1 is model_create. */
 moelm_status model_create_sharded(Model *m, const ModelConfig *cfg, int B, int T, uint64_t seed, int part, int parts);
+/* For a loader that fills the weights: model_create (not switch_transformers) without the
+ * initialisation, params and grads left unwritten (fresh pages cost no memory until written, so the
+ * matrices a loader keeps elsewhere, a GGUF file's Q8_0 blocks, take none); not for training. */
+moelm_status model_create_blank(Model *m, const ModelConfig *cfg, int B, int T);
 /* The layout alone: cfg checked, tensors (names, shapes, offsets) and n_params, but no parameters,
  * gradients or activations (to check a file against a config before allocating for it). */
 moelm_status model_plan(Model *m, const ModelConfig *cfg);
@@ -300,6 +321,10 @@ void kv_reset(KVCache *kv);
  * bytes per token, logits within ~2% of the float ones' scale (norms, biases, routers and the KV
  * cache stay float). */
 moelm_status kv_load_weights(KVCache *kv, const Model *m, int bf16);
+/* The matrices (and embedding rows) of m that q holds are read from its Q8_0 blocks from now on, the
+ * products by q8_0_gemv on the input quantized to Q8_0 (backend/q8.h; llama.cpp's arithmetic), never
+ * a float copy; q must outlive kv. Not with bf16 (CHECKed). */
+moelm_status kv_use_q8(KVCache *kv, const Model *m, const Q8Arena *q);
 void model_step_kv(Model *m, KVCache *kv, int token);
 /* Bytes of weights the steps since kv_reset skipped (kv_load_weights' down-major rows of zero units):
  * in all, and by phase into out. */

@@ -9,6 +9,7 @@
 #include "io/fileio.h"
 #include "io/weights.h"
 #include "model/encdec.h"
+#include "model/llama_gguf.h"
 #include "model/llama_hf.h"
 
 int model_file_tensors(const Model *m, FileTensor *out, int max) {
@@ -113,6 +114,7 @@ moelm_status model_write_weights(const Model *m, const char *dir, int dtype, uin
 moelm_status model_load_dir(Model *m, const char *dir, int B, int Te, int Td) {
     char path[4096];
     ModelConfig cfg;
+    if (gguf_is_file(dir)) return llama_load_gguf(m, NULL, NULL, dir, B, Te);   /* a llama.cpp model file */
     snprintf(path, sizeof path, "%s/config.json", dir);
     moelm_status st = config_load(&cfg, path);
     if (st) return st;

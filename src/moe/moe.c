@@ -210,9 +210,12 @@ moelm_status moe_config_check(const MoEConfig *cfg, int causal) {
         return moelm_fail(MOELM_ERR_CONFIG, "router_type: %s routing is non-causal (an expert "
                           "picks its tokens from the whole batch, so a token's output depends on later "
                           "tokens); it cannot be used in a causal language model: use switch or topk", rn);
-    if (ri->slots == EXPERTS_K && (cfg->K < 2 || cfg->K > cfg->E))
-        return moelm_fail(MOELM_ERR_CONFIG, "num_experts_per_tok: router %s needs 2 <= K <= num_experts "
-                          "(%d), got %d (use router switch for K = 1)", rn, cfg->E, cfg->K);
+    /* K = 1 is the switch router, except Mixtral's (the softmax over the chosen: weight 1, as llama.cpp's
+     * top-1 files run) */
+    int kmin = cfg->topk_softmax_after ? 1 : 2;
+    if (ri->slots == EXPERTS_K && (cfg->K < kmin || cfg->K > cfg->E))
+        return moelm_fail(MOELM_ERR_CONFIG, "num_experts_per_tok: router %s needs %d <= K <= num_experts "
+                          "(%d), got %d (use router switch for K = 1)", rn, kmin, cfg->E, cfg->K);
     if (ri->slots == EXPERTS_ONE && cfg->K > 1)
         return moelm_fail(MOELM_ERR_CONFIG, "num_experts_per_tok: router %s sends each token to one expert, "
                           "so K must be 1, got %d (use router topk for K >= 2)", rn, cfg->K);

@@ -452,3 +452,43 @@ moelm_status spm_build_trainer_spec(const SpmTrainOptions *op, uint8_t **buf, si
     *n = o.n;
     return MOELM_OK;
 }
+
+/* ---- a vocabulary's parts ------------------------------------------------------------------------ */
+
+/* The .model file v describes, parsed as any other: one set of checks for both sources. */
+moelm_status tokenizer_from_vocab(Tokenizer **out, const TokenizerVocab *v, const char *what) {
+    *out = NULL;
+    CHECK(v->kind == TOK_BPE || v->kind == TOK_UNIGRAM);
+    PbOut o = {0}, pc = {0}, tr = {0};
+    int bytes = 0;
+    for (int i = 0; i < v->n; i++) {
+        if (v->len[i] == 0 || v->len[i] > 4096)
+            return moelm_fail(MOELM_ERR_FORMAT, "%s: piece %d is %llu bytes long (1..4096)", what, i,
+                              (unsigned long long)v->len[i]);
+        pc.n = 0;
+        out_len(&pc, 1, v->piece[i], (size_t)v->len[i]);
+        out_float(&pc, 2, v->score[i]);
+        out_key(&pc, 3, 0);
+        out_varint(&pc, (uint64_t)(uint32_t)v->type[i]);
+        out_len(&o, 1, pc.b ? pc.b : (uint8_t *)"", pc.n);
+        bytes += v->type[i] == SPM_BYTE;
+    }
+    out_key(&tr, 3, 0);
+    out_varint(&tr, v->kind == TOK_BPE ? 2 : 1);
+    out_bool(&tr, 35, bytes > 0);
+    /* the special pieces by name, as sentencepiece finds them (a control piece of that spelling) */
+    if (v->bos_id >= 0 && v->bos_id < v->n) out_len(&tr, 46, v->piece[v->bos_id], (size_t)v->len[v->bos_id]);
+    if (v->eos_id >= 0 && v->eos_id < v->n) out_len(&tr, 47, v->piece[v->eos_id], (size_t)v->len[v->eos_id]);
+    out_len(&o, 2, tr.b ? tr.b : (uint8_t *)"", tr.n);
+    SpmNormSpec ns;
+    norm_init(&ns);
+    ns.name = (char *)"identity";
+    ns.add_dummy_prefix = v->add_dummy_prefix;
+    ns.remove_extra_whitespaces = v->remove_extra_whitespaces;
+    out_normalizer(&o, 3, &ns);
+    moelm_status st = o.oom || pc.oom || tr.oom ? MOELM_ERR_NOMEM : spm_parse_model(out, o.b, o.n, what);
+    moelm_free(o.b);
+    moelm_free(pc.b);
+    moelm_free(tr.b);
+    return st;
+}

@@ -136,6 +136,9 @@ int tokenizer_adds_space_prefix(const Tokenizer *t) {
     return (t->kind == TOK_UNIGRAM || t->kind == TOK_BPE) && t->norm.add_dummy_prefix;
 }
 int tokenizer_byte_fallback(const Tokenizer *t) { return t->byte_fallback; }
+int tokenizer_removes_extra_spaces(const Tokenizer *t) {
+    return (t->kind == TOK_UNIGRAM || t->kind == TOK_BPE) && t->norm.remove_extra_whitespaces;
+}
 const char *tokenizer_piece(const Tokenizer *t, int id) {
     if (id >= t->V && id < t->V + t->n_sent) return t->sent[id - t->V];
     return (id >= 0 && id < t->V) ? t->piece[id] : NULL;

@@ -74,6 +74,25 @@ int tokenizer_piece_type(const Tokenizer *t, int id);
  * fallback (unknown characters become <0xNN> pieces). 0 for word and char tokenizers. */
 int tokenizer_adds_space_prefix(const Tokenizer *t);
 int tokenizer_byte_fallback(const Tokenizer *t);
+/* SentencePiece's remove_extra_whitespaces (leading, trailing and repeated spaces dropped); 0 for word
+ * and char tokenizers. */
+int tokenizer_removes_extra_spaces(const Tokenizer *t);
+
+/* A SentencePiece vocabulary from its parts, as a GGUF file's tokenizer.ggml.* keys hold them. */
+typedef struct {
+    TokenizerKind kind;            /* TOK_BPE or TOK_UNIGRAM */
+    int n;                         /* pieces */
+    const char *const *piece;      /* [n] UTF-8, len[i] bytes each (no NUL needed) */
+    const uint64_t *len;           /* [n] */
+    const float *score;            /* [n] */
+    const int32_t *type;           /* [n] 1..6, tokenizer_piece_type's numbers */
+    int bos_id, eos_id;            /* -1: none; else a control piece's id */
+    int add_dummy_prefix, remove_extra_whitespaces;
+} TokenizerVocab;
+/* The tokenizer of v: an identity normalizer (no character map) with v's whitespace flags, byte
+ * fallback when v has byte pieces; checked as a .model file is (valid UTF-8, known types, one unknown
+ * piece, all 256 byte pieces or none, finite scores, no duplicates), errors naming `what`. */
+moelm_status tokenizer_from_vocab(Tokenizer **out, const TokenizerVocab *v, const char *what);
 /* tokenizer_train_spm with sentencepiece's --byte_fallback: the 256 byte pieces <0x00>..<0xFF> join the
  * vocabulary and encode any character outside the pieces (llama.cpp's tokenizer needs them). */
 moelm_status tokenizer_train_spm_bytes(Tokenizer **out, const char *text, size_t n, TokenizerKind kind, int vocab_size);

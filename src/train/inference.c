@@ -25,6 +25,11 @@ static moelm_status open_model(const char *path, int B, int T, int Td, Model *m,
     char p[4096];
     *tok = NULL;
     memset(state, 0, sizeof *state);
+    if (gguf_is_file(path)) {   /* a llama.cpp model file (llama_gguf_read.c), its matrices as floats */
+        snprintf(dir, cap, "%s", path);
+        *has_state = 0;
+        return llama_load_gguf(m, tok, NULL, path, B, T);
+    }
     moelm_status st = ckpt_resolve(path, dir, cap);
     if (st) return st;
     snprintf(p, sizeof p, "%s/CHECKSUMS", dir);
@@ -112,6 +117,11 @@ static moelm_status peek_model(const char *path, ModelType *type, int *seq_len) 
     ModelConfig cfg;
     TrainState state;
     memset(&state, 0, sizeof state);
+    if (gguf_is_file(path)) {   /* the llama family (llama_load_gguf checks the rest) */
+        *type = MODEL_LLAMA;
+        *seq_len = 0;
+        return MOELM_OK;
+    }
     moelm_status st = ckpt_resolve(path, dir, sizeof dir);
     snprintf(p, sizeof p, "%s/state.json", dir);
     if (!st && path_exists(p)) st = ckpt_read_state(dir, &state);
@@ -455,9 +465,15 @@ moelm_status generate_run(const GenerateOptions *o) {
     Tokenizer *tok = NULL;
     TrainState state;
     char dir[4096];
-    moelm_status st = open_ckpt(o->ckpt, 1, 1, &m, &tok, &state, dir, sizeof dir);
+    /* a GGUF file's Q8_0 matrices stay int8 (q8), unless --bf16 asks for bf16 copies of float ones */
+    Q8Arena q8 = {0};
+    int gguf = gguf_is_file(o->ckpt);
+    if (gguf) snprintf(dir, sizeof dir, "%s", o->ckpt);
+    moelm_status st = gguf ? llama_load_gguf(&m, &tok, o->bf16 ? NULL : &q8, o->ckpt, 1, 1)
+                           : open_ckpt(o->ckpt, 1, 1, &m, &tok, &state, dir, sizeof dir);
     if (!st) st = use_ema(o->ema, dir, &m);
     if (st) {
+        q8_arena_free(&q8);
         tokenizer_free(tok);
         return st;
     }
@@ -469,6 +485,7 @@ moelm_status generate_run(const GenerateOptions *o) {
     KVCache kv;
     st = kv_create(&kv, &m);
     if (!st) st = kv_load_weights(&kv, &m, o->bf16);
+    if (!st && q8.n_span) st = kv_use_q8(&kv, &m, &q8);
     int V = m.cfg.vocab_size;
     float *scratch = st ? NULL : moelm_malloc(sizeof(float) * 2 * (size_t)V);
     int *hist = st ? NULL : moelm_malloc(sizeof(int) * (size_t)m.cfg.n_positions);
@@ -478,9 +495,10 @@ moelm_status generate_run(const GenerateOptions *o) {
         Rng rng;
         rng_seed(&rng, o->seed);
         rng_seed(&m.rng, o->seed ^ 0x5bd1e995u);
-        /* a generation starts as a new line: <eos> first when the tokenizer has one */
-        int eos = tokenizer_eos_id(tok);
-        if (eos >= 0) gen_feed(&g, eos);
+        /* a generation starts as a new line: <eos> first when the tokenizer has one (a GGUF file's BOS,
+         * as llama.cpp starts: moelm's exports make it the end-of-text id) */
+        int eos = tokenizer_eos_id(tok), start = gguf && m.cfg.bos_token_id >= 0 ? m.cfg.bos_token_id : eos;
+        if (start >= 0) gen_feed(&g, start);
         else if (!o->prompt[0]) gen_feed(&g, 0);   /* no line start to give: token 0 */
         double t0 = time_now();
         int made = 0;
@@ -522,6 +540,7 @@ moelm_status generate_run(const GenerateOptions *o) {
     moelm_free(hist);
     moelm_free(scratch);
     kv_free(&kv);
+    q8_arena_free(&q8);
     tokenizer_free(tok);
     model_free(&m);
     return st;

@@ -2,8 +2,8 @@
 # run_data.sh SECONDS: builds the fuzz targets of the files moelm reads besides safetensors and JSON
 # text (run_io.sh) and SentencePiece protobufs (run_spm.sh): token files (fuzz_tokens), config.json
 # (fuzz_config), a checkpoint's state.json (fuzz_state), tokenizer files as the CLI opens them
-# (fuzz_vocab), a checkpoint's CHECKSUMS (fuzz_checksums); clang, libFuzzer + ASan + UBSan. Runs
-# each for SECONDS seconds (default 60) on seeds this script makes. Exits non-zero when a target
+# (fuzz_vocab), a checkpoint's CHECKSUMS (fuzz_checksums), GGUF files read as models
+# (fuzz_gguf_model); clang, libFuzzer + ASan + UBSan. Runs each for SECONDS seconds (default 60) on seeds this script makes. Exits non-zero when a target
 # finds a crash, a leak or a broken property (the reproducer is left in build/fuzz/).
 set -eu
 secs=${1:-60}
@@ -22,7 +22,7 @@ for f in $(find src -name '*.c' -not -path 'src/cli/*' | sort); do
     lib="$lib $o"
 done
 flags_link=$(echo "$flags")
-for t in tokens config state vocab checksums; do
+for t in tokens config state vocab checksums gguf_model; do
     # shellcheck disable=SC2086
     $CC $flags_link tests/fuzz/fuzz_$t.c $lib -o "$out/fuzz_$t" -lm
     mkdir -p "$out/corpus_$t"
@@ -54,8 +54,13 @@ printf '# moelm CHECKSUMS v1: crc32 size name\n3610a686 5 a.bin\na3a6bf43 2 b.js
 printf '# moelm CHECKSUMS v1: crc32 size name\n3610a686 5 a.bin\n' > "$out/corpus_checksums/2"
 printf 'MOELMVOC\001\000\000\000\000\000\000\000\002\000\000\000\005\000\000\000<unk>\005\000\000\000<eos>\000\000\000\000' > "$out/corpus_vocab/1"
 
+# GGUF model seeds: the tiny llama files test_gguf_model writes (a mixtral and a dense one), when built
+if [ -x build/tests/test_gguf_model ]; then
+    build/tests/test_gguf_model --write-seeds "$out/corpus_gguf_model" >/dev/null || true
+fi
+
 rc=0
-for t in tokens config state vocab checksums; do
+for t in tokens config state vocab checksums gguf_model; do
     echo "== fuzz_$t: ${secs}s"
     if ! "$out/fuzz_$t" -max_total_time="$secs" -max_len=65536 -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 \
          -artifact_prefix="$out/$t-" "$out/corpus_$t" > "$out/$t.log" 2>&1; then
