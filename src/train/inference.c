@@ -84,15 +84,19 @@ static moelm_status open_model(const char *path, int B, int T, int Td, Model *m,
 }
 
 /* --ema: the weight average a training run kept (ema_decay > 0) in place of the weights of the model
- * open_model loaded from dir (freed on error). */
-static moelm_status use_ema(int ema, const char *dir, Model *m) {
+ * open_model loaded from dir; on error the model and the tokenizer are freed (*tok NULL). */
+static moelm_status use_ema(int ema, const char *dir, Model *m, Tokenizer **tok) {
     if (!ema) return MOELM_OK;
     char p[4096];
     snprintf(p, sizeof p, "%s/optimizer.safetensors", dir);
     moelm_status st = path_exists(p) ? ckpt_load_ema(dir, m)
                                      : moelm_fail(MOELM_ERR_ARG, "--ema: %s is not a moelm training checkpoint (the weight "
                                                                  "average is kept by `moelm train --set ema_decay=...`)", dir);
-    if (st) model_free(m);
+    if (st) {
+        model_free(m);
+        tokenizer_free(*tok);
+        *tok = NULL;
+    }
     return st;
 }
 
@@ -146,11 +150,8 @@ static moelm_status eval_span_run(const char *ckpt, const char *data, int B, int
     char dir[4096], name[4096];
     int has_state;
     moelm_status st = open_model(ckpt, B, len.inputs, len.targets, &m, &tok, &state, &has_state, dir, sizeof dir);
-    if (!st) st = use_ema(ema, dir, &m);
-    if (st) {
-        tokenizer_free(tok);
-        return st;
-    }
+    if (!st) st = use_ema(ema, dir, &m, &tok);
+    if (st) return st;
     st = need_tokenizer(tok, dir);
     Corpus c;
     memset(&c, 0, sizeof c);
@@ -236,11 +237,8 @@ moelm_status eval_run(const char *ckpt, const char *data, int B, int T, int stri
     TrainState state;
     char dir[4096];
     st = open_ckpt(ckpt, B, T, &m, &tok, &state, dir, sizeof dir);
-    if (!st) st = use_ema(ema, dir, &m);
-    if (st) {
-        tokenizer_free(tok);
-        return st;
-    }
+    if (!st) st = use_ema(ema, dir, &m, &tok);
+    if (st) return st;
     char *text = NULL;
     size_t len = 0;
     char name[4096];
@@ -331,11 +329,8 @@ static moelm_status generate_encdec_run(const GenerateOptions *o) {
     if (!st) st = config_load(&pc, cp);
     if (st) return st;
     st = open_model(o->ckpt, 1, pc.n_positions, 1, &m, &tok, &state, &has_state, dir, sizeof dir);
-    if (!st) st = use_ema(o->ema, dir, &m);
-    if (st) {
-        tokenizer_free(tok);
-        return st;
-    }
+    if (!st) st = use_ema(o->ema, dir, &m, &tok);
+    if (st) return st;
     st = need_tokenizer(tok, dir);
     if (!st) st = tokenizer_encode(tok, o->prompt, strlen(o->prompt), &ids, &n);
     int eos = tok ? tokenizer_eos_id(tok) : -1;
@@ -471,7 +466,7 @@ moelm_status generate_run(const GenerateOptions *o) {
     if (gguf) snprintf(dir, sizeof dir, "%s", o->ckpt);
     moelm_status st = gguf ? llama_load_gguf(&m, &tok, o->bf16 ? NULL : &q8, o->ckpt, 1, 1)
                            : open_ckpt(o->ckpt, 1, 1, &m, &tok, &state, dir, sizeof dir);
-    if (!st) st = use_ema(o->ema, dir, &m);
+    if (!st) st = use_ema(o->ema, dir, &m, &tok);
     if (st) {
         q8_arena_free(&q8);
         tokenizer_free(tok);
@@ -600,11 +595,8 @@ moelm_status export_run(const ExportOptions *o) {
     char dir[4096];
     int has_state;
     moelm_status st = open_model(o->ckpt, 1, 1, 0, &m, &tok, &state, &has_state, dir, sizeof dir);
-    if (!st) st = use_ema(o->ema, dir, &m);
-    if (st) {
-        tokenizer_free(tok);
-        return st;
-    }
+    if (!st) st = use_ema(o->ema, dir, &m, &tok);
+    if (st) return st;
     if (!tok) {
         st = moelm_fail(MOELM_ERR_IO, "%s: no tokenizer.model (a SentencePiece model) beside the weights", dir);
     } else if (!config_is_llama(&m.cfg)) {
