@@ -644,6 +644,51 @@ TEST(random_router_one_expert_reproducible) {
     case_free(&cs);
 }
 
+/* The expert dropout's mask of a slot is keyed by the slot (token, choice), not by the row dispatch
+ * gives it: when other tokens' routing changes, every slot's row may move, its mask must not (over
+ * ranks the rows of a slot differ from one process's, tests/test_mpi_presets.sh). Keyed by row, the
+ * first comparison below fails. */
+TEST(expert_dropout_mask_follows_the_slot) {
+    Case cs;
+    MoEConfig cfg = cfg_make(ROUTER_TOPK, 2, ACT_GELU, 0.0f);
+    cfg.expert_dropout = 0.4f;
+    case_init(&cs, cfg, TN, 70);
+    int KS = 2, S = TN * KS;
+    uint8_t *m0 = malloc((size_t)S * TH);
+    int *row0 = malloc((size_t)S * sizeof(int));
+    case_forward(&cs);
+    EXPECT(cs.a.hdrop_p == 0.4f && cs.a.S == S);   /* dropless: every slot has a row */
+    size_t kept = 0;
+    for (int i = 0; i < S; i++) {
+        row0[i] = cs.a.slot_row[i];
+        memcpy(m0 + (size_t)i * TH, cs.a.hdrop + (size_t)row0[i] * TH, TH);
+        for (int j = 0; j < TH; j++) kept += m0[(size_t)i * TH + j];
+    }
+    /* 1702 units at rate 0.4: 60% kept, within 5 standard deviations (1.2%) */
+    EXPECT_MSG(fabs((double)kept / (S * TH) - 0.6) < 0.06, "kept %zu of %d", kept, S * TH);
+    EXPECT(memcmp(m0, m0 + TH, TH) != 0);   /* two slots, two masks */
+    /* other inputs for the first 12 tokens: their experts change, and with them the others' rows */
+    for (int i = 0; i < 12 * TC; i++) cs.x[i] = -2.0f * cs.x[i];
+    case_forward(&cs);
+    int moved = 0, same = 1;
+    for (int i = 0; i < S; i++) {
+        moved += cs.a.slot_row[i] != row0[i];
+        same &= !memcmp(m0 + (size_t)i * TH, cs.a.hdrop + (size_t)cs.a.slot_row[i] * TH, TH);
+    }
+    EXPECT_MSG(moved > S / 4, "only %d of %d rows moved: the case does not test the keying", moved, S);
+    EXPECT(same);
+    /* and a forward of another pass (key) draws another mask; eval draws none */
+    cs.seed++;
+    case_forward(&cs);
+    EXPECT(memcmp(m0, cs.a.hdrop + (size_t)cs.a.slot_row[0] * TH, TH) != 0);
+    cs.training = 0;
+    case_forward(&cs);
+    EXPECT(cs.a.hdrop_p == 0.0f);
+    free(m0);
+    free(row0);
+    case_free(&cs);
+}
+
 /* ---- end-to-end float finite differences (no saved selection) --------------------------------- */
 
 typedef struct { Case *cs; int *expert0, *row0; int changed; } FloatFd;
@@ -958,6 +1003,7 @@ int main(void) {
     RUN(ties_go_to_the_lower_index);
     RUN(hash_is_a_pure_function_of_the_token_id);
     RUN(random_router_one_expert_reproducible);
+    RUN(expert_dropout_mask_follows_the_slot);
     RUN(float_forward_finite_differences);
     RUN(dropped_tokens_output_exactly_zero);
     RUN(dropless_equals_large_capacity);

@@ -121,15 +121,27 @@ void comm_alltoall_i32(CommGroup g, const int *send, int *recv, int n) {
     g_a2a_bytes += (uint64_t)(g_size[g] - 1) * (uint64_t)n * sizeof(int);
 }
 
-void comm_alltoallv_f32(CommGroup g, const float *send, const int *scount, const int *sdispl,
-                        float *recv, const int *rcount, const int *rdispl) {
+/* MPI_Alltoallv of elements of type t (size bytes each); counts and displacements in elements */
+static void alltoallv(CommGroup g, const void *send, const int *scount, const int *sdispl, void *recv,
+                      const int *rcount, const int *rdispl, MPI_Datatype t, size_t size) {
     if (g_size[g] == 1) {
-        memcpy(recv + rdispl[0], send + sdispl[0], sizeof(float) * (size_t)scount[0]);
+        memcpy((char *)recv + (size_t)rdispl[0] * size, (const char *)send + (size_t)sdispl[0] * size,
+               size * (size_t)scount[0]);
         return;
     }
-    MPI_Alltoallv(send, scount, sdispl, MPI_FLOAT, recv, rcount, rdispl, MPI_FLOAT, g_comm[g]);
+    MPI_Alltoallv(send, scount, sdispl, t, recv, rcount, rdispl, t, g_comm[g]);
     for (int q = 0; q < g_size[g]; q++)
-        if (q != g_rank[g]) g_a2a_bytes += (uint64_t)scount[q] * sizeof(float);
+        if (q != g_rank[g]) g_a2a_bytes += (uint64_t)scount[q] * size;
+}
+
+void comm_alltoallv_f32(CommGroup g, const float *send, const int *scount, const int *sdispl,
+                        float *recv, const int *rcount, const int *rdispl) {
+    alltoallv(g, send, scount, sdispl, recv, rcount, rdispl, MPI_FLOAT, sizeof(float));
+}
+
+void comm_alltoallv_i32(CommGroup g, const int *send, const int *scount, const int *sdispl,
+                        int *recv, const int *rcount, const int *rdispl) {
+    alltoallv(g, send, scount, sdispl, recv, rcount, rdispl, MPI_INT, sizeof(int));
 }
 
 void comm_bcast_f64(CommGroup g, double *buf, int n, int root) {
@@ -176,6 +188,11 @@ void comm_alltoallv_f32(CommGroup g, const float *send, const int *scount, const
                         float *recv, const int *rcount, const int *rdispl) {
     (void)g; (void)rcount;
     memcpy(recv + rdispl[0], send + sdispl[0], sizeof(float) * (size_t)scount[0]);
+}
+void comm_alltoallv_i32(CommGroup g, const int *send, const int *scount, const int *sdispl,
+                        int *recv, const int *rcount, const int *rdispl) {
+    (void)g; (void)rcount;
+    memcpy(recv + rdispl[0], send + sdispl[0], sizeof(int) * (size_t)scount[0]);
 }
 void comm_bcast_f64(CommGroup g, double *buf, int n, int root) { (void)g; (void)buf; (void)n; (void)root; }
 void comm_barrier(CommGroup g) { (void)g; }

@@ -56,6 +56,9 @@ void comm_alltoall_i32(CommGroup g, const int *send, int *recv, int n);
  * recv + rdispl[q] (MPI_Alltoallv). Counts and displacements in floats. */
 void comm_alltoallv_f32(CommGroup g, const float *send, const int *scount, const int *sdispl,
                         float *recv, const int *rcount, const int *rdispl);
+/* The same for ints (counts and displacements in ints). */
+void comm_alltoallv_i32(CommGroup g, const int *send, const int *scount, const int *sdispl,
+                        int *recv, const int *rcount, const int *rdispl);
 void comm_bcast_f64(CommGroup g, double *buf, int n, int root);
 void comm_barrier(CommGroup g);
 

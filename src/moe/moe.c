@@ -137,6 +137,7 @@ static size_t moe_acts_layout(MoEActs *a, void *mem, const MoEConfig *cfg, int N
     a->gfill = carve(&cv, E * i);
     a->row_token = carve(&cv, Smax * i);
     a->row_slot = carve(&cv, Smax * i);
+    a->row_id = carve(&cv, cfg->expert_dropout > 0.0f ? Smax * i : 0);
     a->xd = carve(&cv, Smax * C * f);
     a->h_pre = carve(&cv, Smax * H1 * f);
     a->h = carve(&cv, Smax * H * f);
@@ -175,6 +176,9 @@ static size_t moe_acts_layout(MoEActs *a, void *mem, const MoEConfig *cfg, int N
         a->ep_dh_pre = carve(&cv, R * H1 * f);
         a->ep_dh = carve(&cv, R * H * f);
         a->ep_hdrop = carve(&cv, cfg->expert_dropout > 0.0f ? R * H : 0);
+        a->ep_row_id = carve(&cv, cfg->expert_dropout > 0.0f ? R * i : 0);
+        a->ep_id_stage = carve(&cv, cfg->expert_dropout > 0.0f ? R * i : 0);
+        a->ep_ic = carve(&cv, cfg->expert_dropout > 0.0f ? 4 * P * i : 0);
     }
     return cv.off + 64;   /* slack: the caller's block need not be 64-byte aligned at its start */
 }
@@ -390,14 +394,12 @@ static void moe_route(MoEActs *a, const float *x, const int *tokens, const MoEPa
 
     /* Jitter (Switch Transformer): x_router = x * u, u ~ U(1 - eps, 1 + eps) elementwise, training only.
      * Element c of the group's token g draws rng_at_uniform(key, g C + c): over several ranks a rank's
-     * first token is the count of the tokens on the ranks before it (they hold the group's first rows),
-     * so the factors are those of one process at any world size and thread count. */
+     * first token g = t0 is the count of the tokens on the ranks before it (they hold the group's first
+     * rows), so the factors are those of one process at any world size and thread count. */
     size_t NC = (size_t)N * C;
     if (training && cfg->jitter > 0.0f) {
         float eps = cfg->jitter;
-        int before = 0;
-        if (comm_size(COMM_WORLD) > 1) comm_exscan_i32(COMM_WORLD, &N, &before, 1);
-        uint64_t first = (uint64_t)before * C;
+        uint64_t first = (uint64_t)a->t0 * C;
         for (size_t i = 0; i < NC; i++) {
             a->jit[i] = 1.0f - eps + 2.0f * eps * rng_at_uniform(key, first + i);
             a->xin[i] = x[i] * a->jit[i];
@@ -678,6 +680,20 @@ static void moe_combine(float *out, const MoEActs *a, int N, int C, float s) {
     for (int t = 0; t < N; t++) combine_token(out + (size_t)t * C, a, t, C, s);
 }
 
+/* The expert dropout's mask of n rows, mask[n, H]: unit j of row r keeps with the draw
+ * rng_at_uniform(key, id[r] H + j), id[r] the row's slot in the routing group ((global token) KS +
+ * choice; row_id). A function of the slot alone, not of where dispatch put its row: one process, any
+ * split of the tokens over ranks and any owner of the expert draw the same mask for it (the draws
+ * dropout_draw makes, row by row). Each thread writes only its rows. */
+static void expert_dropout_draw(uint8_t *mask, const int *id, int n, int H, float p, uint64_t key) {
+#pragma omp parallel for schedule(static) if ((size_t)n * H >= MOE_PAR_WORK)
+    for (int r = 0; r < n; r++) {
+        uint8_t *m = mask + (size_t)r * H;
+        uint64_t first = (uint64_t)id[r] * (uint64_t)H;
+        for (int j = 0; j < H; j++) m[j] = rng_at_uniform(key, first + (uint64_t)j) >= p;
+    }
+}
+
 /* The owner's side of expert parallelism as acts of their own: the experts' loops run unchanged over
  * the rows received from every peer (ep_off gives rows only to this rank's experts). */
 static MoEActs moe_ep_view(const MoEActs *a) {
@@ -707,6 +723,11 @@ void moe_forward_route(MoEActs *a, const float *x, const int *tokens, const MoEP
     CHECK(comm_size(COMM_WORLD) == 1 || a->kpos != NULL);   /* bound after comm_init */
     if (cfg->group_size > 0) CHECK(N % cfg->group_size == 0);
     a->Cap = moe_capacity(cfg, cfg->group_size > 0 ? cfg->group_size : a->Ng, training);
+    a->hdrop_p = training && a->hdrop ? cfg->expert_dropout : 0.0f;
+    /* the tokens of the ranks before this one, for the draws keyed by a token's place in the group */
+    a->t0 = 0;
+    if (comm_size(COMM_WORLD) > 1 && training && (cfg->jitter > 0.0f || a->hdrop_p > 0.0f))
+        comm_exscan_i32(COMM_WORLD, &N, &a->t0, 1);
 
     moe_route(a, x, tokens, p, cfg, N, training, key);
     moe_dispatch_plan(a, N, cfg->E, cfg->group_size);
@@ -721,17 +742,26 @@ void moe_forward(float *out, MoEActs *a, const float *x, const int *tokens, cons
                  const MoEConfig *cfg, int N, int training, uint64_t key) {
     int C = cfg->C;
     moe_forward_route(a, x, tokens, p, cfg, N, training, key);
-    a->hdrop_p = training && a->hdrop ? cfg->expert_dropout : 0.0f;
+    if (a->hdrop_p > 0.0f) {
+        /* each row's slot in the routing group keys its expert dropout mask; the slots fit an int as
+         * long as the group's token-slots do */
+        CHECK((int64_t)a->Ng * a->KS <= INT32_MAX);
+        for (int r = 0; r < a->S; r++) a->row_id[r] = (a->t0 + a->row_token[r]) * a->KS + a->row_slot[r];
+    }
     if (a->Rmax) {
         /* expert parallel: each expert's slab xd[offsets[e]..] goes to the rank owning e, which runs
-         * its experts over the rows of every peer (a view of the acts on its own slabs) */
+         * its experts over the rows of every peer (a view of the acts on its own slabs); the rows'
+         * slots travel with them */
         MoEActs v = moe_ep_view(a);
         moe_ep_to_owners(a, cfg, a->xd, a->ep_x, 1);
-        if (v.hdrop_p > 0.0f) dropout_draw(v.hdrop, v.hdrop_p, (size_t)v.offsets[cfg->E] * cfg->H, rng_key(key, 1), 0);
+        if (v.hdrop_p > 0.0f) {
+            moe_ep_ids_to_owners(a, cfg, a->row_id, a->ep_row_id);
+            expert_dropout_draw(v.hdrop, a->ep_row_id, v.offsets[cfg->E], cfg->H, v.hdrop_p, rng_key(key, 1));
+        }
         moe_experts_forward(&v, p, cfg);
         moe_ep_from_owners(a, cfg, a->ep_y, a->y);   /* and the slabs y[offsets[e]..] come back */
     } else {
-        if (a->hdrop_p > 0.0f) dropout_draw(a->hdrop, a->hdrop_p, (size_t)a->offsets[cfg->E] * cfg->H, rng_key(key, 1), 0);
+        if (a->hdrop_p > 0.0f) expert_dropout_draw(a->hdrop, a->row_id, a->S, cfg->H, a->hdrop_p, rng_key(key, 1));
         moe_experts_forward(a, p, cfg);
     }
     if (cfg->shared_expert) {

@@ -134,6 +134,8 @@ typedef struct {
                              * over several layers (Hugging Face Switch's router loss); set before the backward */
     int *row_token;         /* [Smax] token of each dispatched row */
     int *row_slot;          /* [Smax] k index of each dispatched row (gate = gate[token*K + k]) */
+    int *row_id;            /* [Smax] each dispatched row's slot in the routing group, (t0 + token) KS + k: what
+                             * keys its expert dropout mask (NULL unless cfg->expert_dropout > 0) */
     float *xd;              /* [Smax, C] dispatched inputs, grouped by expert */
     float *h_pre;           /* [Smax, H1] first linear output */
     float *h;               /* [Smax, H] after activation (and the expert dropout) */
@@ -150,6 +152,8 @@ typedef struct {
      * tokens (docs/SCALING.md), so capacity and the auxiliary losses count Ng tokens, and assigned[]
      * counts the whole group's choices. Bound when the acts are bound, from the groups' sizes then. */
     int Ng;                 /* tokens of the routing group (N on one rank) */
+    int t0;                 /* the routing group's index of this rank's first token (the tokens of the ranks
+                             * before it; 0 on one rank, and outside training forwards that draw) */
     int *kpos;              /* [3, KS, E] scratch: this rank's drop-priority positions per (k, e) */
     /* Expert parallelism (COMM_EP of size P > 1): this rank as the owner of experts [p E/P, (p+1) E/P)
      * receives the rows its peers dispatched to them. Rmax = P * Smax rows bound. */
@@ -161,6 +165,9 @@ typedef struct {
     float *ep_x, *ep_h_pre, *ep_h, *ep_y;     /* [Rmax, C], [Rmax, H1], [Rmax, H], [Rmax, C] owner's slabs */
     float *ep_dh_pre, *ep_dh;                 /* [Rmax, H1], [Rmax, H] owner's backward scratch */
     uint8_t *ep_hdrop;                        /* [Rmax, H] the owner's expert dropout mask (as hdrop) */
+    int *ep_row_id;                           /* [Rmax] the owner's rows' slots (as row_id; NULL without expert dropout) */
+    int *ep_id_stage;                         /* [Rmax] slots as received, peer-major (the same) */
+    int *ep_ic;                               /* [4, P] their all-to-all counts and displacements, in rows (the same) */
 } MoEActs;
 
 /* Number of floats (and ints, counted as 4 bytes each) the activations of N tokens need: the caller

@@ -28,10 +28,10 @@ void moe_dist_positions(MoEActs *a, int N, int E) {
     }
 }
 
-/* Copies n rows of width C, peer-major <-> expert-major, for every (peer q, owned expert j): the
+/* Copies rows of `width` bytes, peer-major <-> expert-major, for every (peer q, owned expert j): the
  * peer-major position runs through q then j; the expert-major one is ep_off[e0 + j] plus the rows
  * of expert j from peers before q. to_owner = 1: stage -> owner; 0: owner -> stage. */
-static void ep_permute(MoEActs *a, float *stage, float *owner, int E, int C, int to_owner) {
+static void ep_permute(MoEActs *a, void *stage, void *owner, int E, size_t width, int to_owner) {
     int P = comm_size(COMM_EP), EL = E / P, e0 = comm_rank(COMM_EP) * EL;
     int cur[256];
     for (int j = 0; j < EL; j++) cur[j] = a->ep_off[e0 + j];
@@ -39,9 +39,9 @@ static void ep_permute(MoEActs *a, float *stage, float *owner, int E, int C, int
     for (int q = 0; q < P; q++)
         for (int j = 0; j < EL; j++) {
             size_t n = (size_t)a->ep_recv[q * EL + j];
-            float *s = stage + sr * C, *o = owner + (size_t)cur[j] * C;
-            if (to_owner) memcpy(o, s, n * C * sizeof(float));
-            else memcpy(s, o, n * C * sizeof(float));
+            char *s = (char *)stage + sr * width, *o = (char *)owner + (size_t)cur[j] * width;
+            if (to_owner) memcpy(o, s, n * width);
+            else memcpy(s, o, n * width);
             sr += n;
             cur[j] += (int)n;
         }
@@ -73,14 +73,29 @@ void moe_ep_to_owners(MoEActs *a, const MoEConfig *cfg, const float *rows, float
             a->ep_off[e0 + j + 1] = a->ep_off[e0 + j] + n;
         }
         for (int e = e0 + EL + 1; e <= E; e++) a->ep_off[e] = a->ep_off[e0 + EL];
+        if (a->ep_ic)   /* the same exchange in rows, for the rows' slots (moe_ep_ids_to_owners) */
+            for (int q = 0; q < P; q++) {
+                a->ep_ic[q] = a->ep_sc[q] / C;
+                a->ep_ic[P + q] = a->ep_sd[q] / C;
+                a->ep_ic[2 * P + q] = a->ep_rc[q] / C;
+                a->ep_ic[3 * P + q] = a->ep_rd[q] / C;
+            }
     }
     comm_alltoallv_f32(COMM_EP, rows, a->ep_sc, a->ep_sd, a->ep_stage, a->ep_rc, a->ep_rd);
-    ep_permute(a, a->ep_stage, owner, E, C, 1);
+    ep_permute(a, a->ep_stage, owner, E, (size_t)C * sizeof(float), 1);
 }
 
 void moe_ep_from_owners(MoEActs *a, const MoEConfig *cfg, const float *owner, float *rows) {
     int E = cfg->E, C = cfg->C;
-    ep_permute(a, a->ep_stage, (float *)owner, E, C, 0);
+    ep_permute(a, a->ep_stage, (float *)owner, E, (size_t)C * sizeof(float), 0);
     /* the reverse exchange: what came from q goes back to q, into the rows it was sent from */
     comm_alltoallv_f32(COMM_EP, a->ep_stage, a->ep_rc, a->ep_rd, rows, a->ep_sc, a->ep_sd);
+}
+
+void moe_ep_ids_to_owners(MoEActs *a, const MoEConfig *cfg, const int *ids, int *owner) {
+    int P = comm_size(COMM_EP);
+    const int *ic = a->ep_ic;
+    CHECK(ic != NULL);
+    comm_alltoallv_i32(COMM_EP, ids, ic, ic + P, a->ep_id_stage, ic + 2 * P, ic + 3 * P);
+    ep_permute(a, a->ep_id_stage, owner, cfg->E, sizeof(int), 1);
 }

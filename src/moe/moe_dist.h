@@ -29,6 +29,10 @@ void moe_dist_positions(MoEActs *a, int N, int E);
  * and fills ep_send, ep_recv, ep_off and the all-to-all counts; later calls reuse them. */
 void moe_ep_to_owners(MoEActs *a, const MoEConfig *cfg, const float *rows, float *owner, int plan);
 
+/* The rows' slot ids (a->row_id, [S]) the same way, into owner[] laid out as the rows (a->ep_row_id),
+ * after the forward's moe_ep_to_owners: the owner keys each row's expert dropout by them. */
+void moe_ep_ids_to_owners(MoEActs *a, const MoEConfig *cfg, const int *ids, int *owner);
+
 /* Back direction: owner[ , C] (laid out by a->ep_off) to this rank's rows[S, C]. */
 void moe_ep_from_owners(MoEActs *a, const MoEConfig *cfg, const float *owner, float *rows);
 
