@@ -203,8 +203,10 @@ int moe_capacity(const MoEConfig *cfg, int N, int training);
 
 /* out[N,C] = MoE(x[N,C]), N <= the N acts were bound for; tokens[N] are the token ids (hash routing;
  * may be NULL otherwise). key keys the pass's draws at this layer (rng_at): jitter (token g of the
- * routing group, channel c: counter g C + c) and the random router's expert (the first rng_below of an
- * Rng seeded with key). training selects the capacity factor and jitter. */
+ * routing group, channel c: counter g C + c), the expert dropout (key rng_key(key, 1); hidden unit j of
+ * the slot of token g's choice k: counter (g KS + k) H + j, wherever the slot's row is dispatched) and
+ * the random router's expert (the first rng_below of an Rng seeded with key). training selects the
+ * capacity factor, jitter and the expert dropout. */
 void moe_forward(float *out, MoEActs *a, const float *x, const int *tokens, const MoEParams *p,
                  const MoEConfig *cfg, int N, int training, uint64_t key);
 
