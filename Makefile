@@ -1,5 +1,5 @@
 # moelm build. `make` builds ./moelm; `make test` builds and runs every test; `make demo` trains a
-# small model on the built-in corpus. Options: BLAS=0 (no OpenBLAS), SAN=1 (ASan+UBSan), DEBUG=1,
+# small model on the built-in corpus. Options: BLAS=0 (no OpenBLAS), SAN=1 (ASan+UBSan), DEBUG=1 (DEBUG=O1: -O1 -g),
 # MPI=1 (mpicc, data and expert parallel training under mpirun; builds into build-mpi*).
 
 CC      ?= gcc
@@ -14,6 +14,9 @@ LDLIBS  := -lm -fopenmp
 
 ifeq ($(DEBUG),1)
   CFLAGS += -O0 -g
+else ifeq ($(DEBUG),O1)
+  # -O1 -g, no -march=native: scripts/valgrind.sh --quick (memcheck runs it ~3x faster than -O0)
+  CFLAGS += -O1 -g
 else
   # -fvect-cost-model=dynamic: GCC 12's -O2 default (very-cheap) skips every loop that needs a
   # remainder, i.e. nearly all of ops.c and the optimizer; -fno-math-errno lets sqrtf vectorise.
