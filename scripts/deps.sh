@@ -10,6 +10,8 @@ command -v make >/dev/null 2>&1 || need="$need make"
 [ "${1:-}" = test ] && { command -v spm_encode >/dev/null 2>&1 || need="$need sentencepiece"; }
 # tests/test_python.sh: python/moelm.py against moelm forward (Debian's torch)
 [ "${1:-}" = test ] && { /usr/bin/python3 -c 'import torch' >/dev/null 2>&1 || need="$need python3-torch"; }
+# .ci/run's memcheck stage (scripts/valgrind.sh --quick)
+[ "${1:-}" = test ] && { command -v valgrind >/dev/null 2>&1 || need="$need valgrind"; }
 # bench/compare.sh runs the PyTorch peer with jemalloc (LD_PRELOAD) and Debian's torch
 [ "${1:-}" = bench ] && { [ -e /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 ] || need="$need libjemalloc2"; }
 [ "${1:-}" = bench ] && { /usr/bin/python3 -c 'import torch' >/dev/null 2>&1 || need="$need python3-torch"; }
