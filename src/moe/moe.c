@@ -680,11 +680,11 @@ static void moe_combine(float *out, const MoEActs *a, int N, int C, float s) {
     for (int t = 0; t < N; t++) combine_token(out + (size_t)t * C, a, t, C, s);
 }
 
-/* The expert dropout's mask of n rows, mask[n, H]: unit j of row r keeps with the draw
- * rng_at_uniform(key, id[r] H + j), id[r] the row's slot in the routing group ((global token) KS +
- * choice; row_id). A function of the slot alone, not of where dispatch put its row: one process, any
- * split of the tokens over ranks and any owner of the expert draw the same mask for it (the draws
- * dropout_draw makes, row by row). Each thread writes only its rows. */
+/* The expert dropout's mask of n rows, mask[n, H] (1 keeps; applied later, expert by expert, in
+ * ffn_forward): unit j of row r keeps when rng_at_uniform(key, id[r] H + j) >= p (dropout_forward's
+ * rule), id[r] the row's slot in the routing group ((global token) KS + choice; row_id). A function of
+ * the slot alone, not of where dispatch put its row: one process, any split of the tokens over ranks
+ * and any owner of the expert draw the same mask for it. Each thread writes only its rows. */
 static void expert_dropout_draw(uint8_t *mask, const int *id, int n, int H, float p, uint64_t key) {
 #pragma omp parallel for schedule(static) if ((size_t)n * H >= MOE_PAR_WORK)
     for (int r = 0; r < n; r++) {

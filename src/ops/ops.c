@@ -698,11 +698,6 @@ void dropout_forward(float *out, uint8_t *mask, const float *inp, float p, size_
     }
 }
 
-void dropout_draw(uint8_t *mask, float p, size_t n, uint64_t key, uint64_t first) {
-#pragma omp parallel for simd schedule(static) if (n >= PAR_MIN_WORK)
-    for (size_t i = 0; i < n; i++) mask[i] = rng_at_uniform(key, first + i) >= p;
-}
-
 void dropout_backward(float *dinp, const float *dout, const uint8_t *mask, float p, size_t n) {
     float scale = p > 0.0f ? 1.0f / (1.0f - p) : 1.0f;
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN_WORK)

@@ -98,9 +98,6 @@ void activation_backward(float *dinp, const float *dout, const float *inp, Activ
 void dropout_forward(float *out, uint8_t *mask, const float *inp, float p, size_t n, uint64_t key, uint64_t first);
 /* dinp = dout * mask / (1 - p); dinp may alias dout. */
 void dropout_backward(float *dinp, const float *dout, const uint8_t *mask, float p, size_t n);
-/* mask[n] alone, the draws dropout_forward would make (mask[i] = 1 keeps element i): for a dropout
- * applied later, piece by piece (the experts' hidden activations). */
-void dropout_draw(uint8_t *mask, float p, size_t n, uint64_t key, uint64_t first);
 
 /* Softmax cross-entropy per row: losses[N] = -log softmax(logits[n])[targets[n]], and (unless lse is
  * NULL) lse[n] = log sum_v exp(logits[n][v]), which the backward takes instead of reading each row
