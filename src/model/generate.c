@@ -14,7 +14,7 @@
  * Dimensions: C d_model, NH heads, hs = C/NH, L layers, V vocab, H d_ff, H1 = H or 2H (SwiGLU),
  * HH the seed head's hidden size, P n_positions.
  */
-#include "model/model.h"
+#include "model/steps.h"
 
 #include <math.h>
 #ifdef _OPENMP
@@ -276,7 +276,7 @@ _Static_assert(KV_PHASES <= 8, "kv->skipped keeps a thread's bytes by phase in i
  * Each output element is computed by one thread with the same code, and every thread's own vectors
  * hold the same values, at any thread count, so the bits do not depend on it. */
 
-static void norm1(const Model *m, float *out, const float *inp, const float *w, const float *b) {
+static void norm_row(const Model *m, float *out, const float *inp, const float *w, const float *b) {
     float mean, rstd;
     if (m->cfg.norm_type == NORM_RMS) rmsnorm_forward(out, &rstd, inp, w, 1, m->cfg.d_model, m->cfg.layer_norm_epsilon);
     else layernorm_forward(out, &mean, &rstd, inp, w, b, 1, m->cfg.d_model, m->cfg.layer_norm_epsilon);
@@ -512,88 +512,128 @@ static void llama_attention(Model *m, KVCache *kv, const float *inp, const Layer
     }
 }
 
-/* The body of model_step_kv, run by every thread of a team (or by one thread alone). */
-static void step_team(Model *m, KVCache *kv, int token, int t) {
+/* The self-attention of position t in layer l of the lm and seed models (model.c's attention_forward
+ * for row t): the calling thread's heads h, their rows of q, k and v from inp, k and v into the
+ * cache's position t (head h's keys transposed, kh[d ldk + u], and its values as rows), then
+ * attention_step over the cache into atty. */
+static void lm_attention(Model *m, KVCache *kv, const float *inp, const LayerParams *lp, int l, int t) {
     const ModelConfig *c = &m->cfg;
-    int C = c->d_model, NH = c->num_heads, V = c->vocab_size, P = c->n_positions, hs = C / NH;
-    int H = c->d_ff;
-    int seed = c->model_type == MODEL_SEED, llama = config_is_llama(c);
-    const ModelParams *p = &m->p;
-    float *x = kv->own + (size_t)team_rank() * 3 * own_stride(C), *xb = x + own_stride(C), *o = xb + own_stride(C);
-    float *xb2 = kv->xb2;
+    int C = c->d_model, NH = c->num_heads, P = c->n_positions, hs = C / NH, h0, h1;
     size_t ldk = kv_key_stride(P);
-    double since = kv->profile ? time_now() : 0.0;
+    float *kl = kv->k + (size_t)l * C * ldk, *vl = kv->v + (size_t)l * P * C;
+    share_of(NH, 1, &h0, &h1);
+    for (int part = 0; part < 3; part++)
+        mv_rows(m, kv, kv->qkv, inp, lp->qkv_w, lp->qkv_b, part * C + h0 * hs, part * C + h1 * hs, C);
+    for (int h = h0; h < h1; h++) {
+        float *kh = kl + (size_t)h * hs * ldk, *vh = vl + (size_t)h * P * hs;
+        for (int d = 0; d < hs; d++) kh[(size_t)d * ldk + t] = kv->qkv[C + h * hs + d];
+        memcpy(vh + (size_t)t * hs, kv->qkv + 2 * C + h * hs, sizeof(float) * hs);
+        attention_step(kv->atty + h * hs, kv->att + (size_t)h * P, kv->qkv + h * hs, kh, ldk, vh, t + 1, hs);
+    }
+}
 
-    /* x = wte[token] + wpe[t]: encoder_forward's sum (no wpe in the llama family); a Q8_0 embedding's
-     * row dequantized */
-    size_t row = (size_t)(p->wte - m->params) + (size_t)token * C;
-    const float *emb = p->wte + (size_t)token * C;
-    if (kv->q8 && q8_arena_holds(kv->q8, row, (size_t)C)) {
-        q8_0_dequantize(x, kv->q8->blocks + row / Q8_0_BLOCK, (size_t)C);
-        emb = x;
+/* A thread's vectors in a step: its own x (the residual stream: a block's input, res1 and output
+ * in place), xb (a norm's output, the seed head's hm) and o (a sum: the MoE layer's output, the seed
+ * block's res2), and the team's shared ones */
+typedef struct {
+    float *x, *xb, *o;
+} OwnVecs;
+
+static float *step_vec(KVCache *kv, const OwnVecs *v, StepVec role, int sparse) {
+    switch (role) {
+    case SV_X: case SV_RES1: case SV_OUT: return v->x;
+    case SV_LN1: case SV_LN2: case SV_LNF: case SV_HM: case SV_HM_DROP: return v->xb;
+    case SV_RES2: case SV_HM_OUT: return v->o;
+    case SV_FFN: return sparse ? v->o : kv->xb2;   /* the MoE layer's sum is each thread's own */
+    case SV_ATTPROJ: return kv->xb2;
+    case SV_ATTY: return kv->atty;
+    case SV_LOGITS: return kv->logits;
     }
-    for (int i = 0; i < C; i++) x[i] = emb[i] + (p->wpe ? p->wpe[(size_t)t * C + i] : 0.0f);
-    for (int l = 0; l < c->num_layers; l++) {
-        const LayerParams *lp = &p->layers[l];
-        int sparse = config_block_is_sparse(c, l);
-        float *kl = kv->k + (size_t)l * C * ldk, *vl = kv->v + (size_t)l * P * C;
-        const float *att_in = seed ? x : xb;
-        if (!seed) norm1(m, xb, x, lp->ln1_w, lp->ln1_b);
-        /* this thread's heads: their rows of q, k and v, the cache's position t, then attention_forward's
-         * row t over the cache (head h's keys transposed, kh[d ldk + u], and its values as rows) */
-        int h0, h1;
-        share_of(NH, 1, &h0, &h1);
-        if (llama) llama_attention(m, kv, att_in, lp, l, t);
-        else
-            for (int part = 0; part < 3; part++)
-                mv_rows(m, kv, kv->qkv, att_in, lp->qkv_w, lp->qkv_b, part * C + h0 * hs, part * C + h1 * hs, C);
-        for (int h = h0; h < h1 && !llama; h++) {
-            float *kh = kl + (size_t)h * hs * ldk, *vh = vl + (size_t)h * P * hs;
-            for (int d = 0; d < hs; d++) kh[(size_t)d * ldk + t] = kv->qkv[C + h * hs + d];
-            memcpy(vh + (size_t)t * hs, kv->qkv + 2 * C + h * hs, sizeof(float) * hs);
-            attention_step(kv->atty + h * hs, kv->att + (size_t)h * P, kv->qkv + h * hs, kh, ldk, vh, t + 1, hs);
+    CHECK(0 && "a vector without a buffer");
+    return NULL;
+}
+
+/* Step st of stage s (steps.h) for the token at position t, by the calling thread of the team. The
+ * last products of a stage end at the region's closing barrier (logits, the seed head's W2). */
+static void gen_step(Model *m, KVCache *kv, const OwnVecs *v, const ModelStep *st, int s, int token, int t) {
+    const ModelConfig *c = &m->cfg;
+    int C = c->d_model, V = c->vocab_size, L = c->num_layers, lo, hi;
+    const ModelParams *p = &m->p;
+    const LayerParams *lp = s < L ? &p->layers[s] : NULL;
+    int sparse = s < L && config_block_is_sparse(c, s);
+    float *out = step_vec(kv, v, st->out, sparse);
+    const float *in = st->op == STEP_EMBED ? NULL : step_vec(kv, v, st->in, sparse);
+    switch (st->op) {
+    case STEP_EMBED: {   /* encoder_forward's sum; a Q8_0 embedding's row dequantized */
+        size_t row = (size_t)(p->wte - m->params) + (size_t)token * C;
+        const float *emb = p->wte + (size_t)token * C;
+        if (kv->q8 && q8_arena_holds(kv->q8, row, (size_t)C)) {
+            q8_0_dequantize(out, kv->q8->blocks + row / Q8_0_BLOCK, (size_t)C);
+            emb = out;
         }
+        for (int i = 0; i < C; i++) out[i] = emb[i] + (p->wpe ? p->wpe[(size_t)t * C + i] : 0.0f);
+        break;
+    }
+    case STEP_NORM:
+        if (st->norm == NORM_OF_LN1) norm_row(m, out, in, lp->ln1_w, lp->ln1_b);
+        else if (st->norm == NORM_OF_LN2) norm_row(m, out, in, lp->ln2_w, lp->ln2_b);
+        else norm_row(m, out, in, p->lnf_w, p->lnf_b);
+        break;
+    case STEP_ATTN:
+        CHECK(out == kv->atty);
+        if (config_is_llama(c)) llama_attention(m, kv, in, lp, s, t);
+        else lm_attention(m, kv, in, lp, s, t);
         team_barrier(kv);
-        phase_end(kv, KV_PHASE_ATTENTION, &since);
-        mv_team(m, kv, xb2, kv->atty, lp->out_w, lp->out_b, C, C);
-        add_forward(x, x, xb2, C);                                   /* res1 = x_in + attproj */
-        norm1(m, xb, x, seed ? lp->ln1_w : lp->ln2_w, seed ? lp->ln1_b : lp->ln2_b);
-        phase_end(kv, KV_PHASE_PROJECTION, &since);
-        const float *ffn = xb2;
-        if (sparse) {
-            moe_team(m, kv, o, xb, &token, &lp->moe, l);
-            ffn = o;
-        } else {
-            FfnRow f = {xb2, kv->fc, kv->fc_pre, xb, lp->fc1_w, lp->fc1_b, lp->fc2_w, lp->fc2_b};
-            ffn_team(m, kv, &f, c->hidden_act, C, H);
-        }
-        if (!seed) {
-            add_forward(x, x, ffn, C);                               /* out = res1 + ffn */
-        } else {
-            add_forward(o, xb, ffn, C);                              /* res2 = ln1 + ffn */
-            norm1(m, x, o, lp->ln2_w, lp->ln2_b);                    /* out = norm2(res2) */
-        }
-        phase_end(kv, sparse ? KV_PHASE_MOE : KV_PHASE_FFN, &since);
+        break;
+    case STEP_PROJ:
+        mv_team(m, kv, out, in, lp->out_w, lp->out_b, C, C);
+        break;
+    case STEP_DROP:   /* generation is an eval forward: no dropout */
+        CHECK(out == in);
+        break;
+    case STEP_ADD:
+        add_forward(out, in, step_vec(kv, v, st->in2, sparse), C);
+        break;
+    case STEP_FFN: {
+        FfnRow f = {out, kv->fc, kv->fc_pre, in, lp->fc1_w, lp->fc1_b, lp->fc2_w, lp->fc2_b};
+        ffn_team(m, kv, &f, c->hidden_act, C, c->d_ff);
+        break;
     }
-    /* the last products end at the region's closing barrier */
-    if (!seed) {
-        norm1(m, xb, x, p->lnf_w, p->lnf_b);
-        int lo, hi;
+    case STEP_MOE:
+        moe_team(m, kv, out, in, &token, lp ? &lp->moe : &p->head_moe, s);
+        break;
+    case STEP_LOGITS:
         rows_of(V, &lo, &hi);
-        mv_rows(m, kv, kv->logits, xb, c->tie_word_embeddings ? p->wte : p->lm_head, NULL, lo, hi, C);
-    } else {
-        int HH = c->head_hidden, lo, hi;
-        moe_team(m, kv, o, x, &token, &p->head_moe, c->num_layers);
-        phase_end(kv, KV_PHASE_MOE, &since);
-        add_forward(xb, x, o, C);                                    /* hm = x + moe(x) */
-        FfnRow f = {kv->logits, kv->fc, kv->fc_pre, xb, p->head_w1, p->head_b1, p->head_w2, p->head_b2};
+        mv_rows(m, kv, out, in, c->tie_word_embeddings ? p->wte : p->lm_head, NULL, lo, hi, C);
+        break;
+    case STEP_HEAD_FFN: {
+        int HH = c->head_hidden, turn = 0;
+        FfnRow f = {out, kv->fc, kv->fc_pre, in, p->head_w1, p->head_b1, p->head_w2, p->head_b2};
         rows_of(HH, &lo, &hi);
         ffn_up(m, kv, &f, ACT_RELU, C, HH, lo, hi);                  /* relu(hm W1 + b1) */
         team_barrier(kv);
-        int turn = 0;
         ffn_down(m, kv, &f, V, HH, &turn);                           /* logits = . W2 + b2 */
+        break;
     }
-    phase_end(kv, KV_PHASE_HEAD, &since);
+    }
+}
+
+/* The body of model_step_kv, run by every thread of a team (or by one thread alone): model_steps'
+ * stages in order, each part of a step timed when it ends (bench --profile). */
+static void step_team(Model *m, KVCache *kv, int token, int t) {
+    const ModelConfig *c = &m->cfg;
+    size_t cs = own_stride(c->d_model);
+    float *own = kv->own + (size_t)team_rank() * 3 * cs;
+    OwnVecs v = {own, own + cs, own + 2 * cs};
+    double since = kv->profile ? time_now() : 0.0;
+    for (int s = 0; s <= c->num_layers; s++) {
+        ModelStep st[MODEL_STEPS_MAX];
+        int n = model_steps(c, s, st);
+        for (int i = 0; i < n; i++) {
+            gen_step(m, kv, &v, &st[i], s, token, t);
+            if (i + 1 == n || st[i + 1].part != st[i].part) phase_end(kv, st[i].part, &since);
+        }
+    }
 }
 
 void model_step_kv(Model *m, KVCache *kv, int token) {
@@ -610,51 +650,14 @@ void model_step_kv(Model *m, KVCache *kv, int token) {
 
 /* ---- bytes a step streams ---------------------------------------------------------------------- */
 
-/* Counts a step's reads as the step makes them, by phase: matrices through mv_rows (bf16 when kv has
- * copies), vectors (biases, norms, embedding rows, the router) always float. */
-typedef struct {
-    double mat[KV_PHASES], vec[KV_PHASES];   /* floats */
-} StepFloats;
-
-static void count_moe(StepFloats *f, const MoEConfig *cfg) {
-    double C = cfg->C, H = cfg->H, H1 = activation_in_width(cfg->act, cfg->H);
-    int reached = moe_slots_per_token(cfg) < cfg->E ? moe_slots_per_token(cfg) : cfg->E;
-    if (router_info(cfg->router)->learned) f->vec[KV_PHASE_MOE] += cfg->E * C;   /* router_w */
-    if (cfg->use_expert_bias) f->vec[KV_PHASE_MOE] += cfg->E;
-    f->mat[KV_PHASE_MOE] += (reached + (cfg->shared_expert ? 1 : 0)) * (H1 * C + C * H);
-    if (!cfg->no_bias) f->vec[KV_PHASE_MOE] += (reached + (cfg->shared_expert ? 1 : 0)) * (H1 + C);
-}
-
+/* model_cost's floats by part: matrices as kv_load_weights' copies hold them (bf16 or float), vectors
+ * (biases, norms, embedding rows, the router) always float. */
 double kv_phase_bytes(const Model *m, int bf16, double out[KV_PHASES]) {
-    const ModelConfig *c = &m->cfg;
-    double C = c->d_model, V = c->vocab_size, H = c->d_ff, H1 = activation_in_width(c->hidden_act, c->d_ff);
-    double norm = c->norm_type == NORM_RMS ? C : 2 * C;   /* weight (and bias) of one norm */
-    int seed = c->model_type == MODEL_SEED;
-    StepFloats f = {{0.0}, {0.0}};
-    int llama = config_is_llama(c), bias = !llama;   /* the llama family: no wpe, no biases but the experts' */
-    double QKV = model_qkv_width(c);
-    f.vec[KV_PHASE_ATTENTION] = llama ? C : 2 * C;        /* a row of wte and one of wpe */
-    for (int l = 0; l < c->num_layers; l++) {
-        int sparse = config_block_is_sparse(c, l);
-        f.mat[KV_PHASE_ATTENTION] += QKV * C;             /* qkv */
-        f.vec[KV_PHASE_ATTENTION] += bias * QKV + (seed ? 0 : norm);
-        f.mat[KV_PHASE_PROJECTION] += C * C;              /* out, and the norm after it */
-        f.vec[KV_PHASE_PROJECTION] += bias * C + norm;
-        if (sparse) count_moe(&f, &m->moe_cfg);
-        else { f.mat[KV_PHASE_FFN] += H1 * C + C * H; f.vec[KV_PHASE_FFN] += bias * (H1 + C) + (seed ? norm : 0); }
-    }
-    if (seed) {
-        double HH = c->head_hidden;
-        count_moe(&f, &m->moe_cfg);
-        f.mat[KV_PHASE_HEAD] += HH * C + V * HH;
-        f.vec[KV_PHASE_HEAD] += HH + V;
-    } else {
-        f.vec[KV_PHASE_HEAD] += norm;                     /* lnf */
-        f.mat[KV_PHASE_HEAD] += V * C;                    /* lm_head, or wte when tied */
-    }
+    ModelCost k;
+    model_cost(m, &k);
     double total = 0.0;
     for (int p = 0; p < KV_PHASES; p++) {
-        out[p] = f.mat[p] * (bf16 ? sizeof(uint16_t) : sizeof(float)) + f.vec[p] * sizeof(float);
+        out[p] = k.mat[p] * (bf16 ? sizeof(uint16_t) : sizeof(float)) + k.vec[p] * sizeof(float);
         total += out[p];
     }
     return total;

@@ -9,6 +9,7 @@
 #include "backend/gemm.h"
 #include "model/encdec.h"
 #include "model/layout.h"
+#include "model/steps.h"
 #include "ops/attn.h"
 #include "ops/ops.h"
 
@@ -639,81 +640,113 @@ void model_dropout(const Model *m, int layer, DrawSite site, float *out, uint8_t
     dropout_forward(out, mask, inp, p, n, model_site_key(m, layer, site), (uint64_t)m->pass_row0 * (n / (size_t)B));
 }
 
+/* Where the training forward keeps stage s's vector v (steps.h): the block's saved activations, the
+ * next block's input for its output. */
+static float *forward_vec(Model *m, int s, StepVec v) {
+    ModelActs *a = &m->a;
+    int L = m->cfg.num_layers;
+    LayerActs *la = s < L ? &a->layers[s] : NULL;
+    switch (v) {
+    case SV_X: return la ? la->x_in : a->x_final;
+    case SV_OUT: return s + 1 < L ? a->layers[s + 1].x_in : a->x_final;
+    case SV_LN1: return la->ln1;
+    case SV_ATTY: return la->atty;
+    case SV_ATTPROJ: return la->attproj;
+    case SV_RES1: return la->res1;
+    case SV_LN2: return la->ln2;
+    case SV_FFN: return la->ffn;
+    case SV_RES2: return la->res2;
+    case SV_LNF: return a->lnf;
+    case SV_HM_OUT: return a->hm_out;
+    case SV_HM: return a->hm;
+    case SV_HM_DROP: return a->hm_drop;
+    case SV_LOGITS: return a->logits;
+    }
+    CHECK(0 && "a vector without a buffer");
+    return NULL;
+}
+
+/* Runs step st of stage s over the batch (N = B*T rows), saving what model_backward reads. */
+static void forward_step(Model *m, const ModelStep *st, int s, const int *inputs, int training) {
+    const ModelConfig *c = &m->cfg;
+    int B = m->B, N = B * m->T, C = c->d_model, NH = c->num_heads, V = c->vocab_size, L = c->num_layers;
+    ModelActs *a = &m->a;
+    const ModelParams *p = &m->p;
+    LayerActs *la = s < L ? &a->layers[s] : NULL;
+    const LayerParams *lp = s < L ? &p->layers[s] : NULL;
+    float *out = forward_vec(m, s, st->out);
+    const float *in = st->op == STEP_EMBED ? NULL : forward_vec(m, s, st->in);
+    switch (st->op) {
+    case STEP_EMBED:
+        encoder_forward(out, inputs, p->wte, p->wpe, B, m->T, C);   /* wpe NULL: llama / mixtral */
+        break;
+    case STEP_NORM:
+        if (st->norm == NORM_OF_LN1) norm_fwd(m, out, la->ln1_mean, la->ln1_rstd, in, lp->ln1_w, lp->ln1_b, N);
+        else if (st->norm == NORM_OF_LN2) norm_fwd(m, out, la->ln2_mean, la->ln2_rstd, in, lp->ln2_w, lp->ln2_b, N);
+        else norm_fwd(m, out, a->lnf_mean, a->lnf_rstd, in, p->lnf_w, p->lnf_b, N);
+        break;
+    case STEP_ATTN:
+        CHECK(out == la->atty);
+        attn_block_fwd(m, la, lp, in);
+        break;
+    case STEP_PROJ:
+        linear_fwd(out, in, lp->out_w, &lp->out16, lp->out_b, N, NH * (C / NH), C);
+        break;
+    case STEP_DROP: {
+        uint8_t *mask = st->site == SITE_EMBED ? a->emb_mask : st->site == SITE_ATTN ? la->drop1
+                      : st->site == SITE_FFN ? la->drop2 : a->head_mask;
+        model_dropout(m, s, st->site, out, mask, in, m->pdrop, (size_t)N * C, B);
+        break;
+    }
+    case STEP_ADD:
+        add_forward(out, in, forward_vec(m, s, st->in2), (size_t)N * C);
+        break;
+    case STEP_FFN:
+        ffn_fwd(m, out, la->fc_pre, la->fc, in, lp, N);
+        break;
+    case STEP_MOE: {
+        MoEActs *ma = la ? &la->moe : &a->head_moe;
+        moe_forward(out, ma, in, inputs, la ? &lp->moe : &p->head_moe, &m->moe_cfg, N, training,
+                    model_site_key(m, s, SITE_MOE));
+        m->aux_loss += moe_loss(ma, &m->moe_cfg);
+        break;
+    }
+    case STEP_LOGITS:
+        linear_fwd(out, in, c->tie_word_embeddings ? p->wte : p->lm_head, &p->lm16, NULL, N, C, V);
+        break;
+    case STEP_HEAD_FFN: {
+        int HH = c->head_hidden;
+        linear_fwd(a->head_pre, in, p->head_w1, &p->head1_16, p->head_b1, N, C, HH);
+        activation_forward(a->head_h, a->head_pre, ACT_RELU, N, HH);
+        linear_fwd(out, a->head_h, p->head_w2, &p->head2_16, p->head_b2, N, HH, V);
+        break;
+    }
+    }
+}
+
 float model_forward(Model *m, const int *inputs, const int *targets, int training) {
     CHECK(!m->ed);   /* switch_transformers: encdec_forward */
     const ModelConfig *c = &m->cfg;
-    int B = m->B, T = m->T, N = B * T, C = c->d_model, NH = c->num_heads, V = c->vocab_size;
-    int seed = c->model_type == MODEL_SEED;
-    float pdrop = training ? m->train_dropout : 0.0f;
+    int B = m->B, T = m->T, N = B * T, V = c->vocab_size;
     ModelActs *a = &m->a;
-    const ModelParams *p = &m->p;
-    m->pdrop = pdrop;
+    m->pdrop = training ? m->train_dropout : 0.0f;
     for (int i = 0; i < N; i++) CHECK(inputs[i] >= 0 && inputs[i] < V);
     if (m->bf16) bf16_walk(m, m->w16, 1);   /* the packed copies from the current weights */
     memcpy(a->inputs, inputs, sizeof(int) * N);
     for (int i = 0; i < N; i++) a->targets[i] = targets ? targets[i] : -1;
     model_pass_begin(m, B, training);
 
-    float *x0 = c->num_layers ? a->layers[0].x_in : a->x_final;
-    encoder_forward(x0, inputs, p->wte, p->wpe, B, T, C);   /* wpe NULL: llama / mixtral */
-    model_dropout(m, 0, SITE_EMBED, x0, a->emb_mask, x0, pdrop, (size_t)N * C, B);
     m->aux_loss = 0.0f;
-    for (int l = 0; l < c->num_layers; l++) {
-        LayerActs *la = &a->layers[l];
-        const LayerParams *lp = &p->layers[l];
-        float *out = l + 1 < c->num_layers ? a->layers[l + 1].x_in : a->x_final;
-        int sparse = config_block_is_sparse(c, l);
-        const float *att_in = la->x_in;
-        if (!seed) {
-            norm_fwd(m, la->ln1, la->ln1_mean, la->ln1_rstd, la->x_in, lp->ln1_w, lp->ln1_b, N);
-            att_in = la->ln1;
+    for (int s = 0; s <= c->num_layers; s++) {
+        double f[256], P[256];
+        if (s == c->num_layers && hf_balance(m, f, P)) {   /* after the blocks: every layer's routing */
+            double aux = 0.0;
+            for (int e = 0; e < m->moe_cfg.E; e++) aux += f[e] * P[e];
+            m->aux_loss += c->router_aux_loss_coef * (float)(m->moe_cfg.E * aux);
         }
-        attn_block_fwd(m, la, lp, att_in);
-        linear_fwd(la->attproj, la->atty, lp->out_w, &lp->out16, lp->out_b, N, NH * (C / NH), C);
-        model_dropout(m, l, SITE_ATTN, la->attproj, la->drop1, la->attproj, pdrop, (size_t)N * C, B);
-        add_forward(la->res1, la->x_in, la->attproj, (size_t)N * C);
-        const float *ffn_in;
-        if (!seed) {
-            norm_fwd(m, la->ln2, la->ln2_mean, la->ln2_rstd, la->res1, lp->ln2_w, lp->ln2_b, N);
-            ffn_in = la->ln2;
-        } else {
-            norm_fwd(m, la->ln1, la->ln1_mean, la->ln1_rstd, la->res1, lp->ln1_w, lp->ln1_b, N);
-            ffn_in = la->ln1;
-        }
-        if (sparse) {
-            moe_forward(la->ffn, &la->moe, ffn_in, inputs, &lp->moe, &m->moe_cfg, N, training,
-                        model_site_key(m, l, SITE_MOE));
-            m->aux_loss += moe_loss(&la->moe, &m->moe_cfg);
-        } else {
-            ffn_fwd(m, la->ffn, la->fc_pre, la->fc, ffn_in, lp, N);
-        }
-        model_dropout(m, l, SITE_FFN, la->ffn, la->drop2, la->ffn, pdrop, (size_t)N * C, B);
-        if (!seed) {
-            add_forward(out, la->res1, la->ffn, (size_t)N * C);
-        } else {
-            add_forward(la->res2, la->ln1, la->ffn, (size_t)N * C);
-            norm_fwd(m, out, la->ln2_mean, la->ln2_rstd, la->res2, lp->ln2_w, lp->ln2_b, N);
-        }
-    }
-    double f[256], P[256];
-    if (hf_balance(m, f, P)) {
-        double aux = 0.0;
-        for (int e = 0; e < m->moe_cfg.E; e++) aux += f[e] * P[e];
-        m->aux_loss += c->router_aux_loss_coef * (float)(m->moe_cfg.E * aux);
-    }
-    if (!seed) {
-        norm_fwd(m, a->lnf, a->lnf_mean, a->lnf_rstd, a->x_final, p->lnf_w, p->lnf_b, N);
-        linear_fwd(a->logits, a->lnf, c->tie_word_embeddings ? p->wte : p->lm_head, &p->lm16, NULL, N, C, V);
-    } else {
-        int HH = c->head_hidden;
-        moe_forward(a->hm_out, &a->head_moe, a->x_final, inputs, &p->head_moe, &m->moe_cfg, N, training,
-                    model_site_key(m, c->num_layers, SITE_MOE));
-        m->aux_loss += moe_loss(&a->head_moe, &m->moe_cfg);
-        add_forward(a->hm, a->x_final, a->hm_out, (size_t)N * C);
-        model_dropout(m, c->num_layers, SITE_OUT, a->hm_drop, a->head_mask, a->hm, pdrop, (size_t)N * C, B);
-        linear_fwd(a->head_pre, a->hm_drop, p->head_w1, &p->head1_16, p->head_b1, N, C, HH);
-        activation_forward(a->head_h, a->head_pre, ACT_RELU, N, HH);
-        linear_fwd(a->logits, a->head_h, p->head_w2, &p->head2_16, p->head_b2, N, HH, V);
+        ModelStep st[MODEL_STEPS_MAX];
+        int n = model_steps(c, s, st);
+        for (int i = 0; i < n; i++) forward_step(m, &st[i], s, inputs, training);
     }
     crossentropy_forward(a->losses, a->lse, a->logits, a->targets, N, V);
     double sum = 0.0;

@@ -16,6 +16,7 @@
 #include "io/fileio.h"
 #include "data/span.h"
 #include "model/encdec.h"
+#include "model/steps.h"
 #include "optim/optim.h"
 #include "train/step.h"
 #include "train/train.h"
@@ -75,36 +76,6 @@ static void print_gen_phases(const Model *m, const KVCache *kv, int n, int bf16)
                100.0 * kv->phase_s[p] / total, read / 1e6, read / sec / 1e9);
     }
     printf("\n");
-}
-
-/* ---- FLOPs ----------------------------------------------------------------------------------------- */
-
-/* Dimensions: N = B*T tokens, C d_model, H d_ff, H1 = H or 2H (SwiGLU), E experts, S kept slots,
- * HH the seed head's hidden size, V vocab. 2 FLOPs per multiply-add. */
-static double moe_flops(const Model *m, const MoEActs *a) {
-    const MoEConfig *mc = &m->moe_cfg;
-    double C = mc->C, H = mc->H, H1 = activation_in_width(mc->act, mc->H), N = a->N;
-    double f = (double)a->S * (2 * C * H1 + 2 * H * C);                        /* experts over kept slots */
-    if (router_info(mc->router)->learned) f += 2 * N * C * mc->E;   /* router */
-    if (mc->shared_expert) f += N * (2 * C * H1 + 2 * H * C);
-    return f;
-}
-
-double bench_forward_flops(const Model *m) {
-    const ModelConfig *c = &m->cfg;
-    double B = m->B, T = m->T, N = B * T, C = c->d_model, V = c->vocab_size;
-    double H = c->d_ff, H1 = activation_in_width(c->hidden_act, c->d_ff), HH = c->head_hidden;
-    int seed = c->model_type == MODEL_SEED;
-    double f = 0.0;
-    for (int l = 0; l < c->num_layers; l++) {
-        f += 2 * N * C * 3 * C + 2 * N * C * C;            /* qkv and output projections */
-        f += 2 * B * T * (T + 1) * C;                       /* causal q.k and p.v: 2 * 2 * hs per (b,h,t,u<=t) */
-        if (config_block_is_sparse(c, l)) f += moe_flops(m, &m->a.layers[l].moe);
-        else f += N * (2 * C * H1 + 2 * H * C);
-    }
-    if (seed) f += moe_flops(m, &m->a.head_moe) + 2 * N * C * HH + 2 * N * HH * V;
-    else f += 2 * N * C * V;
-    return f;
 }
 
 /* ---- helpers ------------------------------------------------------------------------------------- */
@@ -219,7 +190,9 @@ void bench_train(Model *m, Optimizer *opt, const TrainConfig *tc, const int *bat
         out->fwd_s += r.fwd_s;
         out->bwd_s += r.bwd_s;
         out->opt_s += r.opt_s;
-        out->flops += 3.0 * bench_forward_flops(m);
+        ModelCost k;
+        model_cost(m, &k);
+        out->flops += 3.0 * k.flops;   /* forward + backward */
     }
 }
 

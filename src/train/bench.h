@@ -3,7 +3,8 @@
  * What it measures, in one process:
  *   train     steps of (zero grad, forward with dropout, backward, clip, Adam/AdamW) on random token
  *             batches of the preset's B x T: ms/step, tokens/s, and GFLOP/s from an analytic count of
- *             the forward + backward FLOPs (bench_step_flops);
+ *             the forward + backward FLOPs (3x model_cost's forward: the backward computes two
+ *             products per forward product);
  *   generate  batch 1, a one-token prompt then n_gen greedy tokens through the KV cache: tokens/s;
  *   peak      sgemm through gemm() at 2048^3 and at the model's largest GEMM shape: GFLOP/s, so the
  *             training figure can be given as a share of what this machine's GEMM reaches now;
@@ -44,15 +45,10 @@ moelm_status bench_run(const BenchOptions *o);
  * train` runs it. */
 typedef struct {
     double fwd_s, bwd_s, opt_s;   /* the timed steps' phases (StepResult), summed */
-    double flops;                 /* their forward + backward FLOPs (3x bench_forward_flops each) */
+    double flops;                 /* their forward + backward FLOPs (3x model_cost's flops each) */
     float loss;                   /* the last step's */
 } BenchTrain;
 void bench_train(Model *m, Optimizer *opt, const TrainConfig *tc, const int *batches, int nbatch, int warmup, int steps,
                  BenchTrain *out);
-
-/* Forward FLOPs of the last model_forward (2 per multiply-add; matmuls, attention scores and
- * weighted sums, MoE experts counted over the slots actually kept). A training step is counted as
- * 3x this (the backward computes two GEMMs per forward GEMM). */
-double bench_forward_flops(const Model *m);
 
 #endif
