@@ -13,6 +13,7 @@
 #include "test.h"
 #include "fd.h"
 #include "model/model.h"
+#include "model/steps.h"
 #include "tiny_models.h"
 #include "optim/optim.h"
 
@@ -347,6 +348,67 @@ TEST(training_reduces_loss) {
     model_free(&m);
 }
 
+/* model_cost's FLOPs of a forward against the model's tensor table: 2 per multiply-add, N rows
+ * through every weight matrix but the embeddings' (wte again as a tied head), the experts' slabs only
+ * for the slots the forward kept (each MoE layer's S rows through one expert's share), and attention's
+ * scores and weighted sums counted pair by pair (query t and key u <= t, 2 x 2 hd per head). Exact:
+ * every count is a whole number below 2^53. Checked: counting q, k, v at 3C rows under grouped-query
+ * attention, or the experts over N K slots with drops, fails. */
+static double table_flops(const Model *m) {
+    const ModelConfig *c = &m->cfg;
+    double N = (double)m->B * m->T, f = 0.0, experts = 0.0;
+    int tied_head = c->model_type != MODEL_SEED && c->tie_word_embeddings;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const TensorInfo *t = &m->tensors[i];
+        int emb = strstr(t->name, "tok_emb") || strstr(t->name, "pos_emb") || strstr(t->name, "embed_tokens");
+        if (t->ndim < 2 || !strstr(t->name, ".weight")) continue;
+        if (strstr(t->name, ".experts.")) experts += (double)t->size;
+        else if (!emb || (tied_head && !strstr(t->name, "pos_emb"))) f += 2 * N * (double)t->size;
+    }
+    MoELayer ml[8];
+    int n_moe = model_moe_layers(m, ml, 8);
+    for (int i = 0; i < n_moe; i++) f += 2.0 * ml[i].a->S * (experts / n_moe / m->moe_cfg.E);
+    for (int l = 0; l < c->num_layers; l++)
+        for (int b = 0; b < m->B; b++)
+            for (int q = 0; q < m->T; q++)
+                for (int u = 0; u <= q; u++) f += 2.0 * 2 * c->d_model;   /* NH heads of hd: C a pair */
+    return f;
+}
+
+TEST(cost_flops_match_the_tensors) {
+    ModelConfig c[6];
+    const char *label[6] = {"dense tied", "switch lm with drops", "top-2 + shared", "seed soft", "mixtral gqa",
+                            "llama tied"};
+    tiny(&c[0], 11);
+    c[0].num_experts = 0;
+    tiny(&c[1], 11);
+    c[1].num_experts = 3;
+    c[1].sparse_step = 1;
+    c[1].eval_capacity_factor = 0.5f;   /* Cap 2 of 10 rows a expert: slots dropped */
+    c[1].min_capacity = 1;
+    tiny(&c[2], 11);
+    c[2].num_experts = 4;
+    c[2].router_type = ROUTER_TOPK;
+    c[2].num_experts_per_tok = 2;
+    c[2].shared_expert = 1;
+    c[2].hidden_act = ACT_SWIGLU;
+    tiny_seed(&c[3], ROUTER_SOFT, 0.0f);
+    tiny_llama(&c[4], 1, 11);
+    tiny_llama(&c[5], 0, 11);
+    c[5].tie_word_embeddings = 1;
+    for (int i = 0; i < 6; i++) {
+        Model m;
+        EXPECT_MSG(model_create(&m, &c[i], 2, 5, 1) == MOELM_OK, "%s: %s", label[i], moelm_last_error());
+        int inp[10];
+        for (int k = 0; k < 10; k++) inp[k] = (3 * k + 1) % 11;
+        model_forward(&m, inp, NULL, 0);
+        ModelCost k;
+        model_cost(&m, &k);
+        EXPECT_MSG(k.flops == table_flops(&m), "%s: %.0f FLOPs, the tensors say %.0f", label[i], k.flops, table_flops(&m));
+        model_free(&m);
+    }
+}
+
 TEST(bad_configs_rejected) {
     ModelConfig c;
     tiny(&c, 11);
@@ -518,6 +580,7 @@ int main(void) {
     RUN(output_bias_from_unigrams);
     RUN(causality);
     RUN(training_reduces_loss);
+    RUN(cost_flops_match_the_tensors);
     RUN(bad_configs_rejected);
     RUN(sharded_experts_layout);
     RUN(config_json_round_trip);

@@ -1,10 +1,11 @@
 /* generate.c: generation with a KV cache (batch 1) and next-token sampling.
  *
- * model_step_kv runs one position through the same layers, in the same order and with the same ops,
- * as model_forward in eval mode (no dropout, the eval capacity factor, no jitter), keeping each
- * layer's keys and values so that attention at position t reads positions 0..t from the cache
- * instead of recomputing them. It is not a second model: any change to model_forward's structure
- * must be mirrored here, and tests/test_generate.c compares the two on every model kind.
+ * model_step_kv runs one position through the stages of model_steps (steps.h), the same list of
+ * steps that model_forward walks, in eval mode (no dropout, the eval capacity factor, no jitter),
+ * keeping each layer's keys and values so that attention at position t reads positions 0..t from the
+ * cache instead of recomputing them. What is written here is how each kind of step runs for one
+ * position in a team of threads (gen_step), not the model's structure; tests/test_generate.c compares
+ * the two walkers on every model kind.
  *
  * Invariants: one allocation per cache (kv_create), nothing allocated in a step; kv->k and kv->v
  * hold positions 0..kv->pos-1 of every layer; the MoE layers run with N = 1, so a token's routing
