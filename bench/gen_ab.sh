@@ -1,16 +1,18 @@
 #!/bin/sh
-# bench/gen_ab.sh OLD NEW [REPS]: generation speed of two moelm binaries, interleaved (old, new, old,
-# new, ...) on the seed configs, REPS runs each (default 3), 2 threads; prints every run's float and
-# bf16 tok/s (`moelm bench --steps 0 -n 100 --no-peak`) and the medians per binary and config.
+# bench/gen_ab.sh OLD NEW [REPS] [THREADS]: generation speed of two moelm binaries, interleaved (old,
+# new, old, new, ...) on the seed configs and a small mixtral, REPS runs each (default 3), THREADS
+# threads (default 2); prints every run's float and bf16 tok/s (`moelm bench --steps 0 -n 100
+# --no-peak`) and the medians per binary and config.
 set -u
-OLD=$1; NEW=$2; REPS=${3:-3}
-for cfg in "seed-gating" "seed-switch" "seed-moe --set num_experts=1" "seed-switch --set num_experts=128"; do
+OLD=$1; NEW=$2; REPS=${3:-3}; THREADS=${4:-2}
+for cfg in "seed-gating" "seed-switch" "seed-moe --set num_experts=1" "seed-switch --set num_experts=128" \
+           "mixtral-ptb" "mixtral-tiny"; do
     r=0
     while [ "$r" -lt "$REPS" ]; do
         for side in old new; do
             if [ "$side" = old ]; then bin=$OLD; else bin=$NEW; fi
             # shellcheck disable=SC2086
-            line=$("$bin" bench --config $cfg --steps 0 -n 100 -t 2 --no-peak 2>&1 | grep '^RESULT')
+            line=$("$bin" bench --config $cfg --steps 0 -n 100 -t "$THREADS" --no-peak 2>&1 | grep '^RESULT')
             f=$(echo "$line" | sed -E 's/.* gen_tok_s=([0-9.]+).*/\1/')
             b=$(echo "$line" | sed -E 's/.* gen_bf16_tok_s=([0-9.]+).*/\1/')
             echo "$side $(echo "$cfg" | tr ' ' '_') $f $b"

@@ -737,8 +737,8 @@ float model_forward(Model *m, const int *inputs, const int *targets, int trainin
     model_pass_begin(m, B, training);
 
     m->aux_loss = 0.0f;
-    for (int s = 0; s <= c->num_layers; s++) {
-        double f[256], P[256];
+    double f[256], P[256];
+    for (int s = 0; s <= c->num_layers; s++) {   /* the blocks, then the head (model_steps) */
         if (s == c->num_layers && hf_balance(m, f, P)) {   /* after the blocks: every layer's routing */
             double aux = 0.0;
             for (int e = 0; e < m->moe_cfg.E; e++) aux += f[e] * P[e];
