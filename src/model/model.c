@@ -645,25 +645,19 @@ void model_dropout(const Model *m, int layer, DrawSite site, float *out, uint8_t
 static float *forward_vec(Model *m, int s, StepVec v) {
     ModelActs *a = &m->a;
     int L = m->cfg.num_layers;
-    LayerActs *la = s < L ? &a->layers[s] : NULL;
-    switch (v) {
-    case SV_X: return la ? la->x_in : a->x_final;
-    case SV_OUT: return s + 1 < L ? a->layers[s + 1].x_in : a->x_final;
-    case SV_LN1: return la->ln1;
-    case SV_ATTY: return la->atty;
-    case SV_ATTPROJ: return la->attproj;
-    case SV_RES1: return la->res1;
-    case SV_LN2: return la->ln2;
-    case SV_FFN: return la->ffn;
-    case SV_RES2: return la->res2;
-    case SV_LNF: return a->lnf;
-    case SV_HM_OUT: return a->hm_out;
-    case SV_HM: return a->hm;
-    case SV_HM_DROP: return a->hm_drop;
-    case SV_LOGITS: return a->logits;
+    if (v == SV_X) return s < L ? a->layers[s].x_in : a->x_final;
+    if (v == SV_OUT) return s + 1 < L ? a->layers[s + 1].x_in : a->x_final;
+    if (s == L) {
+        float *head[] = {[SV_LNF] = a->lnf, [SV_HM_OUT] = a->hm_out, [SV_HM] = a->hm, [SV_HM_DROP] = a->hm_drop,
+                         [SV_LOGITS] = a->logits};
+        CHECK(v >= SV_LNF && v <= SV_LOGITS);
+        return head[v];
     }
-    CHECK(0 && "a vector without a buffer");
-    return NULL;
+    LayerActs *la = &a->layers[s];
+    float *block[] = {[SV_LN1] = la->ln1, [SV_ATTY] = la->atty, [SV_ATTPROJ] = la->attproj, [SV_RES1] = la->res1,
+                      [SV_LN2] = la->ln2, [SV_FFN] = la->ffn, [SV_RES2] = la->res2};
+    CHECK(v > SV_X && v < SV_OUT);
+    return block[v];
 }
 
 /* Runs step st of stage s over the batch (N = B*T rows), saving what model_backward reads. */
