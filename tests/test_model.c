@@ -1,6 +1,7 @@
 /* test_model.c: the whole model's gradient against central finite differences on tiny configs
  * (dense pre-norm lm, RMSNorm + SwiGLU untied, switch lm with capacity dropping, the seed model),
- * causality, and a short training run whose loss must fall.
+ * causality, a short training run whose loss must fall, and model_cost's FLOPs and Q8_0 bytes against
+ * the tensor table.
  *
  * FD tolerance: tiny models whose weights are scaled up 20x from the init so that every term of
  * the gradient is visible; h = 3e-3 on float parameters. The loss (~2) is a float, so its rounding
@@ -403,10 +404,32 @@ TEST(cost_flops_match_the_tensors) {
         for (int k = 0; k < 10; k++) inp[k] = (3 * k + 1) % 11;
         model_forward(&m, inp, NULL, 0);
         ModelCost k;
-        model_cost(&m, &k);
+        model_cost(&m, NULL, &k);
         EXPECT_MSG(k.flops == table_flops(&m), "%s: %.0f FLOPs, the tensors say %.0f", label[i], k.flops, table_flops(&m));
         model_free(&m);
     }
+}
+
+/* model_cost with a Q8Arena: the matrix it holds (layer 0's q, k, v: 128 values, 4 blocks) counts as
+ * 4 blocks of 34 bytes in the attention part instead of 128 matrix floats, nothing else moves. */
+TEST(cost_counts_q8_blocks) {
+    ModelConfig c;
+    tiny_llama(&c, 1, 11);
+    Model m;
+    EXPECT(model_create(&m, &c, 1, 4, 1) == MOELM_OK);
+    size_t at = (size_t)(m.p.layers[0].qkv_w - m.params), n = (size_t)model_qkv_width(&c) * c.d_model;
+    Q8Arena q = {0};
+    EXPECT(n == 128 && q8_arena_add(&q, at, n) == MOELM_OK);
+    ModelCost f, k;
+    model_cost(&m, NULL, &f);
+    model_cost(&m, &q, &k);
+    for (int p = 0; p < KV_PHASES; p++) {
+        int att = p == KV_PHASE_ATTENTION;
+        EXPECT_MSG(k.mat[p] == f.mat[p] - (att ? 128.0 : 0.0) && k.vec[p] == f.vec[p], "part %d", p);
+        EXPECT_MSG(k.q8_bytes[p] == (att ? 4 * 34.0 : 0.0) && f.q8_bytes[p] == 0.0, "part %d: %.0f bytes", p, k.q8_bytes[p]);
+    }
+    q8_arena_free(&q);
+    model_free(&m);
 }
 
 TEST(bad_configs_rejected) {
@@ -581,6 +604,7 @@ int main(void) {
     RUN(causality);
     RUN(training_reduces_loss);
     RUN(cost_flops_match_the_tensors);
+    RUN(cost_counts_q8_blocks);
     RUN(bad_configs_rejected);
     RUN(sharded_experts_layout);
     RUN(config_json_round_trip);

@@ -655,10 +655,10 @@ void model_step_kv(Model *m, KVCache *kv, int token) {
  * (biases, norms, embedding rows, the router) always float. */
 double kv_phase_bytes(const Model *m, int bf16, double out[KV_PHASES]) {
     ModelCost k;
-    model_cost(m, &k);
+    model_cost(m, NULL, &k);
     double total = 0.0;
     for (int p = 0; p < KV_PHASES; p++) {
-        out[p] = k.mat[p] * (bf16 ? sizeof(uint16_t) : sizeof(float)) + k.vec[p] * sizeof(float);
+        out[p] = k.mat[p] * (bf16 ? sizeof(uint16_t) : sizeof(float)) + k.vec[p] * sizeof(float) + k.q8_bytes[p];
         total += out[p];
     }
     return total;

@@ -51,59 +51,86 @@ int model_steps(const ModelConfig *c, int s, ModelStep out[MODEL_STEPS_MAX]) {
 
 /* ---- cost ---------------------------------------------------------------------------------------- */
 
-/* An MoE layer: FLOPs over the slots its last forward kept (a->S of a->N rows), and the floats one
- * token's step reads (the router, the experts it reaches, the shared expert). */
-static void cost_moe(ModelCost *k, const MoEConfig *cfg, const MoEActs *a) {
+/* n values from W read in part p, a matrix's (mat) or a vector's: as Q8_0 blocks where q8 holds them */
+static void cost_read(ModelCost *k, const Model *m, const Q8Arena *q8, KVPhase p, const float *W, double n, int mat) {
+    if (q8 && q8_arena_holds(q8, (size_t)(W - m->params), (size_t)n)) k->q8_bytes[p] += n / Q8_0_BLOCK * sizeof(BlockQ8_0);
+    else if (mat) k->mat[p] += n;
+    else k->vec[p] += n;
+}
+
+/* An MoE layer mp: FLOPs over the slots its last forward kept (a->S of a->N rows), and what one token's
+ * step reads (the router, the experts it reaches: the first ones of the slab, as a file quantizes a
+ * slab whole; the shared expert). */
+static void cost_moe(ModelCost *k, const Model *m, const Q8Arena *q8, const MoEParams *mp, const MoEActs *a) {
+    const MoEConfig *cfg = &m->moe_cfg;
     double C = cfg->C, H = cfg->H, H1 = activation_in_width(cfg->act, cfg->H), N = a->N;
     int learned = router_info(cfg->router)->learned, slots = moe_slots_per_token(cfg);
+    int reached = slots < cfg->E ? slots : cfg->E;
     double expert = 2 * C * H1 + 2 * H * C;
+    const KVPhase P = KV_PHASE_MOE;
     k->flops += (double)a->S * expert + (learned ? 2 * N * C * cfg->E : 0.0) + (cfg->shared_expert ? N * expert : 0.0);
-    int reached = (slots < cfg->E ? slots : cfg->E) + (cfg->shared_expert ? 1 : 0);
-    k->vec[KV_PHASE_MOE] += (learned ? cfg->E * C : 0.0) + (cfg->use_expert_bias ? cfg->E : 0.0);
-    k->mat[KV_PHASE_MOE] += reached * (H1 * C + C * H);
-    if (!cfg->no_bias) k->vec[KV_PHASE_MOE] += reached * (H1 + C);
+    k->vec[P] += (learned ? cfg->E * C : 0.0) + (cfg->use_expert_bias ? cfg->E : 0.0);
+    for (int e = 0; e < reached; e++) {
+        cost_read(k, m, q8, P, mp->w1 + (size_t)e * (size_t)(H1 * C), H1 * C, 1);
+        cost_read(k, m, q8, P, mp->w2 + (size_t)e * (size_t)(C * H), C * H, 1);
+    }
+    if (cfg->shared_expert) {
+        cost_read(k, m, q8, P, mp->sw1, H1 * C, 1);
+        cost_read(k, m, q8, P, mp->sw2, C * H, 1);
+    }
+    if (!cfg->no_bias) k->vec[P] += (reached + (cfg->shared_expert ? 1 : 0)) * (H1 + C);
 }
 
 /* Every count is a whole number below 2^53, so the sums are exact in any order. */
-void model_cost(const Model *m, ModelCost *k) {
+void model_cost(const Model *m, const Q8Arena *q8, ModelCost *k) {
     CHECK(!m->ed);
     const ModelConfig *c = &m->cfg;
+    const ModelParams *p = &m->p;
     double B = m->B, T = m->T, N = B * T, C = c->d_model, V = c->vocab_size, HH = c->head_hidden;
     double H = c->d_ff, H1 = activation_in_width(c->hidden_act, c->d_ff), QKV = model_qkv_width(c);
     double norm = c->norm_type == NORM_RMS ? C : 2 * C;   /* weight (and bias) of one norm */
-    int llama = config_is_llama(c), bias = !llama;        /* the llama family: no wpe, no biases but the experts' */
+    int bias = !config_is_llama(c);                       /* the llama family: no biases but the experts' */
     *k = (ModelCost){0};
     for (int s = 0; s <= c->num_layers; s++) {
+        const LayerParams *lp = s < c->num_layers ? &p->layers[s] : NULL;
         ModelStep st[MODEL_STEPS_MAX];
         int n = model_steps(c, s, st);
         for (int i = 0; i < n; i++) {
-            double *mat = &k->mat[st[i].part], *vec = &k->vec[st[i].part];
+            KVPhase part = st[i].part;
+            double *vec = &k->vec[part];
             switch (st[i].op) {
-            case STEP_EMBED: *vec += llama ? C : 2 * C; break;   /* a row of wte and one of wpe */
+            case STEP_EMBED:   /* a row of wte (row 0's form: every row's) and one of wpe */
+                cost_read(k, m, q8, part, p->wte, C, 0);
+                if (p->wpe) *vec += C;
+                break;
             case STEP_NORM: *vec += norm; break;
             case STEP_ATTN:   /* q, k, v; then causal q.k and p.v: 2 * 2 hd per (b, h, t, u <= t) */
                 k->flops += 2 * N * C * QKV + 2 * B * T * (T + 1) * C;
-                *mat += QKV * C;
+                cost_read(k, m, q8, part, lp->qkv_w, QKV * C, 1);
                 *vec += bias * QKV;
                 break;
             case STEP_PROJ:
                 k->flops += 2 * N * C * C;
-                *mat += C * C;
+                cost_read(k, m, q8, part, lp->out_w, C * C, 1);
                 *vec += bias * C;
                 break;
             case STEP_FFN:
                 k->flops += N * (2 * C * H1 + 2 * H * C);
-                *mat += H1 * C + C * H;
+                cost_read(k, m, q8, part, lp->fc1_w, H1 * C, 1);
+                cost_read(k, m, q8, part, lp->fc2_w, C * H, 1);
                 *vec += bias * (H1 + C);
                 break;
-            case STEP_MOE: cost_moe(k, &m->moe_cfg, s < c->num_layers ? &m->a.layers[s].moe : &m->a.head_moe); break;
-            case STEP_LOGITS:   /* lm_head, or wte when tied */
+            case STEP_MOE:
+                cost_moe(k, m, q8, lp ? &lp->moe : &p->head_moe, lp ? &m->a.layers[s].moe : &m->a.head_moe);
+                break;
+            case STEP_LOGITS:
                 k->flops += 2 * N * C * V;
-                *mat += V * C;
+                cost_read(k, m, q8, part, c->tie_word_embeddings ? p->wte : p->lm_head, V * C, 1);
                 break;
             case STEP_HEAD_FFN:
                 k->flops += 2 * N * C * HH + 2 * N * HH * V;
-                *mat += HH * C + V * HH;
+                cost_read(k, m, q8, part, p->head_w1, HH * C, 1);
+                cost_read(k, m, q8, part, p->head_w2, V * HH, 1);
                 *vec += HH + V;
                 break;
             case STEP_DROP: case STEP_ADD: break;

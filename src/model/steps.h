@@ -68,10 +68,12 @@ typedef struct {
     double mat[KV_PHASES];         /* floats of weight matrices one generation step reads, by part (read in
                                     * bf16 with kv_load_weights' copies) */
     double vec[KV_PHASES];         /* floats of vectors it reads: norms, biases, routers, embedding rows */
+    double q8_bytes[KV_PHASES];    /* bytes of the Q8_0 blocks it reads instead (34 a 32 values) */
 } ModelCost;
 
 /* The cost of m (not switch_transformers). A generation step's MoE layers read the router and the
- * experts a token reaches (its slots: one, K, or every expert; at N = 1 none is dropped). */
-void model_cost(const Model *m, ModelCost *out);
+ * experts a token reaches (its slots: one, K, or every expert; at N = 1 none is dropped). The matrices
+ * and embedding rows that q8 holds (kv_use_q8) count as Q8_0 blocks; q8 NULL: none. */
+void model_cost(const Model *m, const Q8Arena *q8, ModelCost *out);
 
 #endif

@@ -191,7 +191,7 @@ void bench_train(Model *m, Optimizer *opt, const TrainConfig *tc, const int *bat
         out->bwd_s += r.bwd_s;
         out->opt_s += r.opt_s;
         ModelCost k;
-        model_cost(m, &k);
+        model_cost(m, NULL, &k);
         out->flops += 3.0 * k.flops;   /* forward + backward */
     }
 }
