@@ -3,7 +3,8 @@
  * (F32; BF16 in two shards; F16) loaded by llama_load_hf_dir, its batch run forward and backward, and
  * compared with PyTorch's logits, loss, every layer's router logits, HF's load-balancing loss and the
  * gradient of every HF tensor (loss + coef * aux where output_router_logits). Then the directory is
- * written back (llama_write_hf) and must hold the same bits in F32.
+ * written back (llama_write_hf) and must hold the same bits in F32. In bf16 mode the same batch against
+ * the script's bf16 mixed precision (<case>.bf16.safetensors; bf16_case).
  *
  * Tolerances: logits within 1e-4 of the largest logit (the issue's bar; float32 sums in another order
  * differ by ~1e-6 of it); loss and aux 1e-5 relative; router logits 1e-4 of the largest; gradients within
@@ -44,6 +45,77 @@ static float *read_all(SafeTensors *st, const char *name, int *ndim, int64_t *sh
     if (ndim) *ndim = nd;
     if (shape) memcpy(shape, sh, sizeof(int64_t) * (size_t)nd);
     return x;
+}
+
+/* The worst difference from <name>.bf16.safetensors of m's logits and gradients (of its last pass), each
+ * relative to the reference tensor's largest |value|; the loss's relative difference in *dloss. */
+static double bf16_worst(const Model *m, SafeTensors *ref, float loss, const LlamaHfTensor *v, int nt, double *dloss,
+                         const char **worst) {
+    size_t n = (size_t)m->B * m->T * m->cfg.vocab_size;
+    double d, scale, w;
+    float *want = read_all(ref, "logits", NULL, NULL);
+    EXPECT(want != NULL);
+    if (!want) return INFINITY;
+    diff(m->a.logits, want, n, &d, &scale);
+    w = d / scale;
+    *worst = "logits";
+    free(want);
+    want = read_all(ref, "loss", NULL, NULL);
+    *dloss = want ? fabs(loss - want[0]) / fabs(want[0]) : INFINITY;
+    free(want);
+    for (int i = 0; i < nt; i++) {
+        char nm[160];
+        snprintf(nm, sizeof nm, "grad.%s", v[i].name);
+        want = read_all(ref, nm, NULL, NULL);
+        EXPECT_MSG(want != NULL, "no %s", nm);
+        if (!want) return INFINITY;
+        diff(m->grads + v[i].off, want, v[i].count, &d, &scale);
+        if (d / scale > w) { w = d / scale; *worst = v[i].name; }
+        free(want);
+    }
+    return w;
+}
+
+/* model's logits kept from the forward (the backward overwrites them with their gradient) */
+static float pass(Model *m, const int *inp, const int *tgt, float *logits) {
+    model_zero_grad(m);
+    float loss = model_forward(m, inp, tgt, 0);
+    memcpy(logits, m->a.logits, sizeof(float) * m->B * m->T * m->cfg.vocab_size);
+    model_backward(m);
+    memcpy(m->a.logits, logits, sizeof(float) * m->B * m->T * m->cfg.vocab_size);
+    return loss;
+}
+
+/* bf16 mode (model_set_bf16) against mixtral_ref.py's bf16 mixed precision: the same rounded operands
+ * (the router float in both) with float sums, in torch's order of sums. The sums differ by float
+ * rounding, ~1e-6 of a product's terms (a value that close to a bf16 rounding boundary could round the
+ * other way and move its product by 2^-8 of one term; none does in these fixtures): logits and every
+ * gradient within 1e-4 of the reference tensor's largest, the loss 1e-5 relative, as the float cases
+ * (measured: 4.2e-7 and 1.1e-7). Float moelm against the same reference differs by bf16's rounding
+ * itself (measured 1.2e-2 to 4.8e-2 of a tensor's largest, loss 8.5e-5 to 1.5e-3): it must fail. */
+#define BF16_REF_TOL 1e-4
+#define BF16_REF_LOSS_TOL 1e-5
+static void bf16_case(Model *m, const char *name, const int *inp, const int *tgt, const LlamaHfTensor *v, int nt) {
+    char path[600];
+    snprintf(path, sizeof path, "%s/%s.bf16.safetensors", ref_dir(), name);
+    SafeTensors *ref = NULL;
+    EXPECT_MSG(st_open(&ref, path) == MOELM_OK, "%s", moelm_last_error());
+    if (!ref) return;
+    float *logits = malloc(sizeof(float) * m->B * m->T * m->cfg.vocab_size);
+    const char *wn = "";
+    double dl, dlf;
+    double wf = bf16_worst(m, ref, pass(m, inp, tgt, logits), v, nt, &dlf, &wn);   /* float against the bf16 reference */
+    EXPECT(model_set_bf16(m, 1) == MOELM_OK);
+    double w = bf16_worst(m, ref, pass(m, inp, tgt, logits), v, nt, &dl, &wn);
+    printf("  %s bf16: worst %.2g of the largest (%s), loss %.2g relative; float against it: %.2g, loss %.2g\n", name,
+           w, wn, dl, wf, dlf);
+    EXPECT_MSG(w <= BF16_REF_TOL && dl <= BF16_REF_LOSS_TOL, "%s bf16: %s differs by %.3g of its largest, loss by %.3g",
+               name, wn, w, dl);
+    EXPECT_MSG(wf > BF16_REF_TOL && dlf > BF16_REF_LOSS_TOL,
+               "%s: float moelm is within the bf16 reference's bound (%.3g, loss %.3g): the bound sees no bf16", name, wf, dlf);
+    EXPECT(model_set_bf16(m, 0) == MOELM_OK);
+    free(logits);
+    st_close(ref);
 }
 
 static void run_case(const char *name) {
@@ -108,6 +180,8 @@ static void run_case(const char *name) {
     }
     EXPECT_MSG(checked == st_count(exp) - (int)(3 + nl + (nl > 0)), "%s: %d gradients checked of %d in the file", name,
                checked, st_count(exp));
+
+    bf16_case(&m, name, inp, tgt, v, nt);
 
     /* HF's balance loss, unweighted: with output_router_logits on and coefficient 1 */
     if (nl) {
