@@ -611,58 +611,94 @@ void model_step_kv(Model *m, KVCache *kv, int token) {
 /* ---- bytes a step streams ---------------------------------------------------------------------- */
 
 /* Counts a step's reads as the step makes them, by phase: matrices through mv_rows (bf16 when kv has
- * copies), vectors (biases, norms, embedding rows, the router) always float. */
+ * copies; Q8_0 blocks, 34 bytes a 32 values, where q8 holds them), vectors (biases, norms, the router)
+ * always float, an embedding row float or Q8_0. */
 typedef struct {
+    const Model *m;
+    const Q8Arena *q8;                       /* NULL: no matrix as Q8_0 */
     double mat[KV_PHASES], vec[KV_PHASES];   /* floats */
+    double q8b[KV_PHASES];                   /* bytes of Q8_0 blocks */
 } StepFloats;
 
-static void count_moe(StepFloats *f, const MoEConfig *cfg) {
+_Static_assert(sizeof(BlockQ8_0) == 34, "a Q8_0 block is ggml's 34 bytes");
+
+/* n values from W in phase p, a matrix's (mat) or a vector's: as Q8_0 blocks where q8 holds them */
+static void count_read(StepFloats *f, KVPhase p, const float *W, double n, int mat) {
+    if (f->q8 && q8_arena_holds(f->q8, (size_t)(W - f->m->params), (size_t)n))
+        f->q8b[p] += n / Q8_0_BLOCK * sizeof(BlockQ8_0);
+    else if (mat) f->mat[p] += n;
+    else f->vec[p] += n;
+}
+
+/* the experts a token reaches (the first `reached` of the held slab: a file quantizes a slab whole) */
+static void count_moe(StepFloats *f, const MoEParams *mp, const MoEConfig *cfg) {
     double C = cfg->C, H = cfg->H, H1 = activation_in_width(cfg->act, cfg->H);
     int reached = moe_slots_per_token(cfg) < cfg->E ? moe_slots_per_token(cfg) : cfg->E;
     if (router_info(cfg->router)->learned) f->vec[KV_PHASE_MOE] += cfg->E * C;   /* router_w */
     if (cfg->use_expert_bias) f->vec[KV_PHASE_MOE] += cfg->E;
-    f->mat[KV_PHASE_MOE] += (reached + (cfg->shared_expert ? 1 : 0)) * (H1 * C + C * H);
+    for (int e = 0; e < reached; e++) {
+        count_read(f, KV_PHASE_MOE, mp->w1 + (size_t)e * (size_t)(H1 * C), H1 * C, 1);
+        count_read(f, KV_PHASE_MOE, mp->w2 + (size_t)e * (size_t)(C * H), C * H, 1);
+    }
+    if (cfg->shared_expert) {
+        count_read(f, KV_PHASE_MOE, mp->sw1, H1 * C, 1);
+        count_read(f, KV_PHASE_MOE, mp->sw2, C * H, 1);
+    }
     if (!cfg->no_bias) f->vec[KV_PHASE_MOE] += (reached + (cfg->shared_expert ? 1 : 0)) * (H1 + C);
 }
 
-double kv_phase_bytes(const Model *m, int bf16, double out[KV_PHASES]) {
+static double phase_bytes(const Model *m, int bf16, const Q8Arena *q8, double out[KV_PHASES]) {
     const ModelConfig *c = &m->cfg;
+    const ModelParams *pp = &m->p;
     double C = c->d_model, V = c->vocab_size, H = c->d_ff, H1 = activation_in_width(c->hidden_act, c->d_ff);
     double norm = c->norm_type == NORM_RMS ? C : 2 * C;   /* weight (and bias) of one norm */
     int seed = c->model_type == MODEL_SEED;
-    StepFloats f = {{0.0}, {0.0}};
+    StepFloats f = {m, q8, {0.0}, {0.0}, {0.0}};
     int llama = config_is_llama(c), bias = !llama;   /* the llama family: no wpe, no biases but the experts' */
     double QKV = model_qkv_width(c);
-    f.vec[KV_PHASE_ATTENTION] = llama ? C : 2 * C;        /* a row of wte and one of wpe */
+    count_read(&f, KV_PHASE_ATTENTION, pp->wte, C, 0);    /* a row of wte (row 0's form: every row's) */
+    if (!llama) f.vec[KV_PHASE_ATTENTION] += C;           /* and one of wpe */
     for (int l = 0; l < c->num_layers; l++) {
+        const LayerParams *lp = &pp->layers[l];
         int sparse = config_block_is_sparse(c, l);
-        f.mat[KV_PHASE_ATTENTION] += QKV * C;             /* qkv */
+        count_read(&f, KV_PHASE_ATTENTION, lp->qkv_w, QKV * C, 1);
         f.vec[KV_PHASE_ATTENTION] += bias * QKV + (seed ? 0 : norm);
-        f.mat[KV_PHASE_PROJECTION] += C * C;              /* out, and the norm after it */
+        count_read(&f, KV_PHASE_PROJECTION, lp->out_w, C * C, 1);   /* out, and the norm after it */
         f.vec[KV_PHASE_PROJECTION] += bias * C + norm;
-        if (sparse) count_moe(&f, &m->moe_cfg);
-        else { f.mat[KV_PHASE_FFN] += H1 * C + C * H; f.vec[KV_PHASE_FFN] += bias * (H1 + C) + (seed ? norm : 0); }
+        if (sparse) {
+            count_moe(&f, &lp->moe, &m->moe_cfg);
+        } else {
+            count_read(&f, KV_PHASE_FFN, lp->fc1_w, H1 * C, 1);
+            count_read(&f, KV_PHASE_FFN, lp->fc2_w, C * H, 1);
+            f.vec[KV_PHASE_FFN] += bias * (H1 + C) + (seed ? norm : 0);
+        }
     }
     if (seed) {
         double HH = c->head_hidden;
-        count_moe(&f, &m->moe_cfg);
+        count_moe(&f, &pp->head_moe, &m->moe_cfg);
         f.mat[KV_PHASE_HEAD] += HH * C + V * HH;
         f.vec[KV_PHASE_HEAD] += HH + V;
     } else {
         f.vec[KV_PHASE_HEAD] += norm;                     /* lnf */
-        f.mat[KV_PHASE_HEAD] += V * C;                    /* lm_head, or wte when tied */
+        count_read(&f, KV_PHASE_HEAD, c->tie_word_embeddings ? pp->wte : pp->lm_head, V * C, 1);
     }
     double total = 0.0;
     for (int p = 0; p < KV_PHASES; p++) {
-        out[p] = f.mat[p] * (bf16 ? sizeof(uint16_t) : sizeof(float)) + f.vec[p] * sizeof(float);
+        out[p] = f.mat[p] * (bf16 ? sizeof(uint16_t) : sizeof(float)) + f.vec[p] * sizeof(float) + f.q8b[p];
         total += out[p];
     }
     return total;
 }
 
+double kv_phase_bytes(const Model *m, int bf16, double out[KV_PHASES]) { return phase_bytes(m, bf16, NULL, out); }
+
 double kv_step_bytes(const Model *m, int bf16) {
     double by[KV_PHASES];
-    return kv_phase_bytes(m, bf16, by);
+    return phase_bytes(m, bf16, NULL, by);
+}
+
+double kv_phase_bytes_q8(const Model *m, const Q8Arena *q8, double out[KV_PHASES]) {
+    return phase_bytes(m, 0, q8, out);
 }
 
 /* ---- sampling ---------------------------------------------------------------------------------- */
