@@ -293,7 +293,8 @@ int model_init_output_bias(Model *m, const int *ids, size_t n);
 void model_zero_grad(Model *m);
 
 /* Mixed precision (bf16 mode): every linear layer's products (forward, input and weight gradients;
- * attention's projections, dense FFNs, experts, the head) take bf16 operands with float sums
+ * attention's projections, dense FFNs, experts, the head; lm, seed, mixtral and llama models, whose
+ * fused q/k/v and gate/up views span their HF tensors) take bf16 operands with float sums
  * (gemm_bf16.h); parameters, gradients, optimizer moments, the residual stream, norms, attention's
  * scores and softmax, the router, the loss stay float. on: allocates the packed bf16 copies of the
  * matrices (w16; ~ half the float parameters' bytes, twice: each matrix in both products' forms),
