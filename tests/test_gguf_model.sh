@@ -121,5 +121,6 @@ expect_error "forward: a Q4_0 weight" "weight-q4_0.gguf.*Q4_0" $BIN forward -m "
 printf 'GGUF\003\000\000\000' >"$TMP/short.gguf"
 expect_error "generate: a truncated GGUF" "short.gguf" $BIN generate -m "$TMP/short.gguf" -n 2
 expect_error "bench -m: a truncated GGUF" "short.gguf" $BIN bench -m "$TMP/short.gguf" -n 2 --no-peak -t 1
+expect_error "bench -m with --bf16 refused" "bench -m: --bf16" $BIN bench -m "$TMP/mixtral.q8_0.gguf" --bf16 -n 2 -t 1
 expect_error "bench -m: a shape against the keys" "q-shape.gguf.*attn_q" $BIN bench -m "$H/q-shape.gguf" -n 2 --no-peak -t 1
 finish gguf_model_cli

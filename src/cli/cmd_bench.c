@@ -60,6 +60,11 @@ int cmd_bench(int argc, char **argv) {
             return cli_error(2);
         }
     }
+    if (o.model && o.bf16) {
+        moelm_fail(MOELM_ERR_ARG, "bench -m: --bf16 times training, which a GGUF file's weights are not for "
+                   "(generate --bf16 -m FILE runs its bf16 generation)");
+        return cli_error(2);
+    }
     sets[o.n_sets] = NULL;
     o.sets = sets;
     moelm_status st = bench_run(&o);
