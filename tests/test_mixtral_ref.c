@@ -47,17 +47,25 @@ static float *read_all(SafeTensors *st, const char *name, int *ndim, int64_t *sh
     return x;
 }
 
-/* The worst difference from <name>.bf16.safetensors of m's logits and gradients (of its last pass), each
- * relative to the reference tensor's largest |value|; the loss's relative difference in *dloss. */
+/* ||a - b|| / ||b|| over n (L2) */
+static double rel_l2(const float *a, const float *b, size_t n) {
+    double d = 0.0, r = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        d += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        r += (double)b[i] * b[i];
+    }
+    return sqrt(d) / (sqrt(r) + 1e-30);
+}
+
+/* The worst relative L2 difference from <name>.bf16.safetensors of m's logits and gradients (of its last
+ * pass), tensor by tensor; the loss's relative difference in *dloss. */
 static double bf16_worst(const Model *m, SafeTensors *ref, float loss, const LlamaHfTensor *v, int nt, double *dloss,
                          const char **worst) {
     size_t n = (size_t)m->B * m->T * m->cfg.vocab_size;
-    double d, scale, w;
     float *want = read_all(ref, "logits", NULL, NULL);
     EXPECT(want != NULL);
     if (!want) return INFINITY;
-    diff(m->a.logits, want, n, &d, &scale);
-    w = d / scale;
+    double w = rel_l2(m->a.logits, want, n);
     *worst = "logits";
     free(want);
     want = read_all(ref, "loss", NULL, NULL);
@@ -69,8 +77,8 @@ static double bf16_worst(const Model *m, SafeTensors *ref, float loss, const Lla
         want = read_all(ref, nm, NULL, NULL);
         EXPECT_MSG(want != NULL, "no %s", nm);
         if (!want) return INFINITY;
-        diff(m->grads + v[i].off, want, v[i].count, &d, &scale);
-        if (d / scale > w) { w = d / scale; *worst = v[i].name; }
+        double r = rel_l2(m->grads + v[i].off, want, v[i].count);
+        if (r > w) { w = r; *worst = v[i].name; }
         free(want);
     }
     return w;
@@ -88,12 +96,16 @@ static float pass(Model *m, const int *inp, const int *tgt, float *logits) {
 
 /* bf16 mode (model_set_bf16) against mixtral_ref.py's bf16 mixed precision: the same rounded operands
  * (the router float in both) with float sums, in torch's order of sums. The sums differ by float
- * rounding, ~1e-6 of a product's terms (a value that close to a bf16 rounding boundary could round the
- * other way and move its product by 2^-8 of one term; none does in these fixtures): logits and every
- * gradient within 1e-4 of the reference tensor's largest, the loss 1e-5 relative, as the float cases
- * (measured: 4.2e-7 and 1.1e-7). Float moelm against the same reference differs by bf16's rounding
- * itself (measured 1.2e-2 to 4.8e-2 of a tensor's largest, loss 8.5e-5 to 1.5e-3): it must fail. */
-#define BF16_REF_TOL 1e-4
+ * rounding, ~1e-7 of a product's terms; but a value that close to a bf16 rounding boundary rounds the
+ * other way in one of the two (the float parts' order of sums differs between builds too: the -O2
+ * -march=native and the sanitizer builds), moving it by 2^-8 of itself, and with it a row or column of
+ * the products it enters: seen in the sanitizer build as k_proj's gradient 6.9e-4 off in relative L2
+ * (one element of q_proj's 1.7e-3 of the tensor's largest), where the -O2 build agrees to 4.2e-7. So
+ * each tensor (logits, every gradient) is held by its relative L2 difference, which bf16's rounding
+ * moves in every element: within BF16_REF_TOL = 3e-3, the loss 1e-5 relative (seen 1.1e-7). Float
+ * moelm against the same reference differs by bf16's rounding itself and must be beyond both (seen
+ * 1.1e-2 to 3.5e-2 relative L2, loss 8.5e-5 to 1.5e-3): 3.7x and 4.3x from the tolerance either way. */
+#define BF16_REF_TOL 3e-3
 #define BF16_REF_LOSS_TOL 1e-5
 static void bf16_case(Model *m, const char *name, const int *inp, const int *tgt, const LlamaHfTensor *v, int nt) {
     char path[600];
@@ -107,9 +119,9 @@ static void bf16_case(Model *m, const char *name, const int *inp, const int *tgt
     double wf = bf16_worst(m, ref, pass(m, inp, tgt, logits), v, nt, &dlf, &wn);   /* float against the bf16 reference */
     EXPECT(model_set_bf16(m, 1) == MOELM_OK);
     double w = bf16_worst(m, ref, pass(m, inp, tgt, logits), v, nt, &dl, &wn);
-    printf("  %s bf16: worst %.2g of the largest (%s), loss %.2g relative; float against it: %.2g, loss %.2g\n", name,
+    printf("  %s bf16: worst relative L2 %.2g (%s), loss %.2g relative; float against it: %.2g, loss %.2g\n", name,
            w, wn, dl, wf, dlf);
-    EXPECT_MSG(w <= BF16_REF_TOL && dl <= BF16_REF_LOSS_TOL, "%s bf16: %s differs by %.3g of its largest, loss by %.3g",
+    EXPECT_MSG(w <= BF16_REF_TOL && dl <= BF16_REF_LOSS_TOL, "%s bf16: %s differs by %.3g relative L2, loss by %.3g",
                name, wn, w, dl);
     EXPECT_MSG(wf > BF16_REF_TOL && dlf > BF16_REF_LOSS_TOL,
                "%s: float moelm is within the bf16 reference's bound (%.3g, loss %.3g): the bound sees no bf16", name, wf, dlf);
