@@ -7,7 +7,8 @@
 # the result does not depend on how busy the machine is; each run's time per step is recorded too
 # (wall-clock and, where /usr/bin/time exists, CPU seconds), so wall-clock can be estimated later.
 # BUDGET=MIN instead trains each run for MIN minutes of wall-clock (--time-budget: the preset's
-# warm-up share and schedule laid over the time; STEPS is then ignored): on a quiet machine only.
+# warm-up share and schedule laid over the time; STEPS is then ignored, but still comes before any
+# NAME: `BUDGET=15 T=2 sh bench/quality_sweep.sh 0 dense sw8`): on a quiet machine only.
 # The list:
 #   the expert-count curve at equal active parameters (every expert is the dense block's FFN,
 #   d_ff 1024, top-1): dense-ptb (1), switch-ptb with 8 (the preset), 32 and 128 experts in block 1;
