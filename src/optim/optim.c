@@ -97,6 +97,29 @@ void optim_step(Optimizer *o, Model *m, const TrainConfig *tc, float lr, float g
     }
 }
 
+void optim_dyn_step(const DynRule *r, Model *m, float gscale) {
+    for (int i = 0; i < m->n_tensors; i++) {
+        const TensorInfo *t = &m->tensors[i];
+        float *p = m->params + t->offset, *g = m->grads + t->offset;
+        size_t n = t->size;
+        if (!t->trainable) {
+            memset(g, 0, sizeof(float) * n);
+            continue;
+        }
+        const float *p0 = r->theta0 + t->offset, *rs = r->rscale ? r->rscale + t->offset : NULL;
+        float lr = r->lr, lambda = r->decay;
+        /* each element is independent: no two threads touch the same index. Krause et al.'s rule,
+         * theta <- theta - lr g / (sqrt(MS) + eps) + lambda (theta0 - theta), both terms from the same theta
+         * (lr 0 and lambda 0 leave every weight with its bits) */
+#pragma omp parallel for schedule(static) if (n >= 32768)
+        for (size_t k = 0; k < n; k++) {
+            float gk = g[k] * gscale;
+            g[k] = 0.0f;
+            p[k] = p[k] - lr * (rs ? gk * rs[k] : gk) + lambda * (p0[k] - p[k]);
+        }
+    }
+}
+
 float grad_norm(const Model *m) {
     double ss = 0.0, shard_ss = 0.0;   /* replicated tensors; this rank's shards of the experts */
     int sharded = 0;
