@@ -11,7 +11,8 @@
  *   - on a passage read several times, the repeats cost less than statically (the adapted weights
  *     carry what was read).
  * Planted faults: the weights updated before the segment is scored (fails causality and the first
- * segment), no update at all (fails the repeat gain). optim_dyn_step against the formula in double. */
+ * segment), no update at all (fails the repeat gain). optim_dyn_step against the formula in double;
+ * no allocation per segment. */
 #include <string.h>
 #include "test.h"
 #include "tiny_models.h"
@@ -217,11 +218,33 @@ TEST(dyn_step_formula) {
     model_free(&m);
 }
 
+/* nothing is allocated per segment: armed to fail the next allocation before the evaluation, the first
+ * allocation after it is the one that fails */
+TEST(no_alloc_per_segment) {
+    Model m;
+    EXPECT(tiny_model(&m, TINY_MIXTRAL));
+    int ids[NTOK];
+    text(ids, NTOK, 4);
+    DynEval d;
+    EvalResult r;
+    EXPECT(dyn_create(&d, &m, 0.1f, 0.01f, NULL, 1.0f) == MOELM_OK);
+    moelm_alloc_fail_after(1);
+    EXPECT(evaluate_dynamic(&d, ids, NTOK, &r, NULL) == MOELM_OK);
+    void *p = moelm_malloc(16);
+    moelm_alloc_fail_after(0);
+    EXPECT(p == NULL);
+    moelm_free(p);
+    EXPECT(r.tokens == NTOK - 1 && isfinite(r.nll));
+    dyn_free(&d);
+    model_free(&m);
+}
+
 int main(void) {
     test_one_thread();
     RUN(lr0_is_static);
     RUN(causal_and_first_segment_static);
     RUN(repeats_cost_less);
     RUN(dyn_step_formula);
+    RUN(no_alloc_per_segment);
     return test_summary("dyneval");
 }

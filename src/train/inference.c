@@ -229,20 +229,22 @@ static void print_ppl(const char *prefix, const EvalResult *r, size_t words) {
     printf("%sword-level perplexity: %.3f\n", prefix, words ? exp(r->nll / (double)words) : 0.0);
 }
 
-/* beta2 of the training settings a checkpoint's state.json holds (0.999, Adam's usual, when absent) */
-static float state_beta2(const TrainState *state) {
+/* A number of the training settings a checkpoint's state.json holds, within (lo, hi]; dflt when absent. */
+static float state_train_number(const TrainState *state, const char *key, float lo, float hi, float dflt) {
     Json *j = NULL;
-    float b2 = 0.999f;
+    float x = dflt;
     if (state->train_json[0] && json_parse(&j, state->train_json, strlen(state->train_json), "state.json train") == MOELM_OK) {
-        const Json *v = json_get(j, "beta2");
-        if (v && json_type(v) == JSON_NUMBER && json_number(v) > 0 && json_number(v) < 1) b2 = (float)json_number(v);
+        const Json *v = json_get(j, key);
+        if (v && json_type(v) == JSON_NUMBER && json_number(v) > lo && json_number(v) <= hi) x = (float)json_number(v);
     }
     json_free(j);
-    return b2;
+    return x;
 }
 
 /* eval --dynamic after the static evaluation: the RMS rule from the checkpoint's Adam second moment when
- * it has one (and dyn->sgd is 0), else SGD; prints the dynamic numbers. The model ends adapted. */
+ * it has one (and dyn->sgd is 0), else SGD; each update's gradient clipped at the run's grad_clip (1
+ * when unknown: a segment of a few dozen tokens can give a gradient far larger than a training batch's,
+ * and one unclipped step then ruins the weights). Prints the dynamic numbers. The model ends adapted. */
 static moelm_status eval_dynamic(Model *m, const char *dir, const TrainState *state, const EvalDynamic *dyn,
                                  const int *ids, size_t n, size_t words) {
     char p[4096];
@@ -253,14 +255,16 @@ static moelm_status eval_dynamic(Model *m, const char *dir, const TrainState *st
     memset(&o, 0, sizeof o);
     moelm_status st = rms ? optim_create(&o, m->n_params) : MOELM_OK;
     if (!st && rms) st = ckpt_load_optimizer(dir, &o, m);
-    if (!st && rms) dyn_ms_from_adam(o.v, &o, state_beta2(state));
+    if (!st && rms) dyn_ms_from_adam(o.v, &o, state_train_number(state, "beta2", 0, 0.999999f, 0.999f));
+    float clip = state_train_number(state, "grad_clip", 0, 1e30f, 1.0f);
     DynEval d;
-    if (!st) st = dyn_create(&d, m, lr, dyn->decay, rms ? o.v : NULL, 0.0f);
+    if (!st) st = dyn_create(&d, m, lr, dyn->decay, rms ? o.v : NULL, clip);
     optim_free(&o);
     if (st) return st;
     printf("dynamic evaluation (adapts the weights on the text as it is read; not comparable with static numbers):\n"
            "  segments of %d tokens in order, each scored, then one %s step on it (lr %g, decay toward the trained "
-           "weights %g)\n", m->T, rms ? "RMS-normalised (MS: the run's Adam second moment)" : "SGD", lr, dyn->decay);
+           "weights %g, gradient clipped at norm %g)\n", m->T, rms ? "RMS-normalised (MS: the run's Adam second moment)" : "SGD",
+           lr, dyn->decay, clip);
     EvalResult r;
     double t0 = time_now();
     st = evaluate_dynamic(&d, ids, n, &r, NULL);
