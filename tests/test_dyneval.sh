@@ -29,7 +29,7 @@ check "eval --dynamic runs" test $? = 0
 check "it is labelled as not comparable" grep -q "^dynamic evaluation (adapts the weights on the text as it is read; not comparable with static numbers)" "$TMP/dyn.out"
 check "it prints static and dynamic token and word perplexity" \
     test "$(nums "$TMP/dyn.out" "" | grep -c .)" = 2 -a "$(nums "$TMP/dyn.out" "dynamic " | grep -c .)" = 2
-check "the default rule is the RMS one (the run has Adam's moments)" grep -q "RMS-normalised" "$TMP/dyn.out"
+check "the default rule is SGD" grep -q "one SGD step" "$TMP/dyn.out"
 check "dynamic differs from static at the default lr" test "$(nums "$TMP/dyn.out" "")" != "$(nums "$TMP/dyn.out" "dynamic ")"
 
 $BIN eval -m "$TMP/run" -t 1 --dynamic --dyn-lr 0 --dyn-decay 0.5 >"$TMP/lr0.out" 2>&1
@@ -37,15 +37,16 @@ $BIN eval -m "$TMP/run" -t 1 -b 1 >"$TMP/b1.out" 2>&1
 check "--dyn-lr 0: the dynamic numbers are the static ones" test -n "$(nums "$TMP/lr0.out" "")" -a \
     "$(nums "$TMP/lr0.out" "")" = "$(nums "$TMP/lr0.out" "dynamic ")"
 check "the static numbers are eval -b 1's" test -n "$(nums "$TMP/b1.out" "")" -a "$(nums "$TMP/b1.out" "")" = "$(nums "$TMP/lr0.out" "")"
-$BIN eval -m "$TMP/run" -t 1 --dynamic --dyn-lr 0 --dyn-sgd >"$TMP/sgd0.out" 2>&1
-check "--dyn-lr 0 with SGD: the static numbers too" test -n "$(nums "$TMP/sgd0.out" "")" -a \
-    "$(nums "$TMP/sgd0.out" "")" = "$(nums "$TMP/sgd0.out" "dynamic ")"
+$BIN eval -m "$TMP/run" -t 1 --dynamic --dyn-lr 0 --dyn-rms >"$TMP/rms0.out" 2>&1
+check "--dyn-lr 0 with the RMS rule: the static numbers too" test -n "$(nums "$TMP/rms0.out" "")" -a \
+    "$(nums "$TMP/rms0.out" "")" = "$(nums "$TMP/rms0.out" "dynamic ")"
+check "--dyn-rms says so" grep -q "RMS-normalised" "$TMP/rms0.out"
 
 # one passage (40 lines of the validation text) read three times
 head -n 40 "$TMP/data/ptb.valid.txt" >"$TMP/passage.txt"
 cat "$TMP/passage.txt" "$TMP/passage.txt" "$TMP/passage.txt" >"$TMP/rep.txt"
 loss() { nums "$1" "$2" | head -1 | sed 's/.*loss \([0-9.]*\),.*/\1/'; }
-for rule in "--dyn-lr 1e-4" "--dyn-sgd --dyn-lr 0.3"; do
+for rule in "--dyn-rms --dyn-lr 1e-4" "--dyn-lr 0.3"; do
     $BIN eval -m "$TMP/run" -t 1 --data "$TMP/rep.txt" --dynamic $rule >"$TMP/rep.out" 2>&1
     s=$(loss "$TMP/rep.out" ""); d=$(loss "$TMP/rep.out" "dynamic ")
     check "a passage read three times: dynamic loss $d < 0.95 x static $s ($rule)" awk "BEGIN{exit !(${d:-99} < 0.95 * ${s:-0})}"
@@ -56,6 +57,9 @@ expect_error "a --dyn-lr that is not a number" "dyn-lr" $BIN eval -m "$TMP/run" 
 expect_error "a --dyn-decay above 1" "dyn-decay" $BIN eval -m "$TMP/run" --dynamic --dyn-decay 2
 expect_error "--dyn-lr without --dynamic" "go with --dynamic" $BIN eval -m "$TMP/run" --dyn-lr 0.1
 expect_error "--stride with --dynamic" "stride" $BIN eval -m "$TMP/run" --dynamic --stride 4
+mkdir -p "$TMP/noopt"; cp "$TMP/run/latest/config.json" "$TMP/run/latest/model.safetensors" "$TMP/run/latest/tokenizer.model" "$TMP/noopt/"
+expect_error "--dyn-rms without Adam's moments (a Hugging Face-style directory)" "optimizer.safetensors" \
+    $BIN eval -m "$TMP/noopt" --dynamic --dyn-rms
 $BIN train --config switch-t5-tiny --data "$TMP/data" --steps 1 --eval-interval 0 -t 1 --quiet --out "$TMP/t5" >/dev/null 2>&1
 expect_error "an encoder-decoder is refused" "decoder-only" $BIN eval -m "$TMP/t5" --dynamic
 

@@ -11,8 +11,10 @@
  * moment (optimizer.safetensors adam.v, bias-corrected), the average of g^2 over the run's last
  * ~1/(1 - beta2) steps (Krause et al. gather it in a pass over the training set at the evaluation's
  * segment length; this is the same statistic at the training batch's), eps = 1% of the mean sqrt(MS)
- * so that a weight the training barely moved cannot take a huge step. Without it (a Hugging Face
- * directory, a GGUF file, or DYN_SGD): plain SGD, g itself.
+ * so that a weight the training barely moved cannot take a huge step (`eval --dyn-rms`). Or plain SGD,
+ * g itself: `eval --dynamic`'s default, the better of the two on PTB's validation split (bench/RESULTS.md:
+ * the RMS rule gained less and diverged at twice its best lr, SGD at three times). Each update's
+ * gradient is clipped at the run's grad_clip.
  *
  * The MoE layers: the router is adapted like every other weight, by the gradient of the segment's
  * cross-entropy plus the auxiliary balance and z losses at the config's coefficients (the objective
@@ -31,9 +33,9 @@
 #include "train/train.h"
 
 /* the defaults, chosen on PTB's validation split after a short switch-ptb run (bench/RESULTS.md) */
-#define DYN_LR_RMS 3e-5f
 #define DYN_LR_SGD 0.1f
-#define DYN_DECAY 0.0f
+#define DYN_LR_RMS 1e-5f
+#define DYN_DECAY 0.01f
 
 typedef struct {
     Model *m;             /* B = 1: one segment at a time, T its context */

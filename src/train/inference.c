@@ -241,15 +241,13 @@ static float state_train_number(const TrainState *state, const char *key, float 
     return x;
 }
 
-/* eval --dynamic after the static evaluation: the RMS rule from the checkpoint's Adam second moment when
- * it has one (and dyn->sgd is 0), else SGD; each update's gradient clipped at the run's grad_clip (1
+/* eval --dynamic after the static evaluation: SGD, or with dyn->rms the RMS rule from the checkpoint's
+ * Adam second moment; each update's gradient clipped at the run's grad_clip (1
  * when unknown: a segment of a few dozen tokens can give a gradient far larger than a training batch's,
  * and one unclipped step then ruins the weights). Prints the dynamic numbers. The model ends adapted. */
 static moelm_status eval_dynamic(Model *m, const char *dir, const TrainState *state, const EvalDynamic *dyn,
                                  const int *ids, size_t n, size_t words) {
-    char p[4096];
-    snprintf(p, sizeof p, "%s/optimizer.safetensors", dir);
-    int rms = !dyn->sgd && path_exists(p);
+    int rms = dyn->rms;   /* eval_run checked that the checkpoint has Adam's moments */
     float lr = dyn->lr >= 0 ? dyn->lr : rms ? DYN_LR_RMS : DYN_LR_SGD;
     Optimizer o;
     memset(&o, 0, sizeof o);
@@ -291,6 +289,13 @@ moelm_status eval_run(const char *ckpt, const char *data, int B, int T, int stri
         if (stride > 0 && stride != T && stride != seq_len)
             return moelm_fail(MOELM_ERR_ARG, "eval --dynamic reads the text in non-overlapping segments: --stride does not apply");
         if (!(dyn->decay >= 0 && dyn->decay <= 1)) return moelm_fail(MOELM_ERR_ARG, "--dyn-decay must be in [0, 1]");
+        char d[4096], p[4200];
+        if (dyn->rms && !gguf_is_file(ckpt) && ckpt_resolve(ckpt, d, sizeof d) == MOELM_OK)
+            snprintf(p, sizeof p, "%s/optimizer.safetensors", d);
+        else snprintf(p, sizeof p, "%s", "");
+        if (dyn->rms && !path_exists(p))
+            return moelm_fail(MOELM_ERR_ARG, "--dyn-rms: %s is not a moelm training checkpoint with optimizer.safetensors (the "
+                                             "RMS rule takes MS from its Adam second moment); without --dyn-rms: SGD", ckpt);
         B = 1;       /* one segment at a time, in order; the static numbers at the same windows */
         stride = 0;
     }

@@ -97,7 +97,7 @@ typedef struct {
     int on;               /* 0: the static evaluation alone */
     float lr;             /* < 0: the rule's default */
     float decay;          /* lambda, in [0, 1] */
-    int sgd;              /* 1: plain SGD steps even when the checkpoint has Adam's second moment */
+    int rms;              /* 1: the RMS rule (MS from the checkpoint's Adam second moment), 0: SGD */
 } EvalDynamic;
 
 /* moelm eval: loads a checkpoint, evaluates a text file (or the test split of a folder); dyn NULL or
