@@ -32,6 +32,12 @@ check "it prints static and dynamic token and word perplexity" \
 check "the default rule is SGD" grep -q "one SGD step" "$TMP/dyn.out"
 check "dynamic differs from static at the default lr" test "$(nums "$TMP/dyn.out" "")" != "$(nums "$TMP/dyn.out" "dynamic ")"
 
+$BIN eval -m "$TMP/run" -t 2 --dynamic >"$TMP/dyn2.out" 2>&1
+l1=$(nums "$TMP/dyn.out" "dynamic " | head -1 | sed 's/.*loss \([0-9.]*\),.*/\1/')
+l2=$(nums "$TMP/dyn2.out" "dynamic " | head -1 | sed 's/.*loss \([0-9.]*\),.*/\1/')
+# two threads sum some products in another order: the same loss within 0.5% (seen: equal to 4 digits)
+check "-t 2: the dynamic loss of -t 1 ($l2, $l1)" awk "BEGIN{d = ${l2:-0} - ${l1:-99}; exit !(d * d < (0.005 * ${l1:-0})^2)}"
+
 $BIN eval -m "$TMP/run" -t 1 --dynamic --dyn-lr 0 --dyn-decay 0.5 >"$TMP/lr0.out" 2>&1
 $BIN eval -m "$TMP/run" -t 1 -b 1 >"$TMP/b1.out" 2>&1
 check "--dyn-lr 0: the dynamic numbers are the static ones" test -n "$(nums "$TMP/lr0.out" "")" -a \
