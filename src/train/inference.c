@@ -242,9 +242,9 @@ static float state_train_number(const TrainState *state, const char *key, float 
 }
 
 /* eval --dynamic after the static evaluation: SGD, or with dyn->rms the RMS rule from the checkpoint's
- * Adam second moment; each update's gradient clipped at the run's grad_clip (1
- * when unknown: a segment of a few dozen tokens can give a gradient far larger than a training batch's,
- * and one unclipped step then ruins the weights). Prints the dynamic numbers. The model ends adapted. */
+ * Adam second moment; each update's gradient clipped at the run's grad_clip (1 when unknown: a segment
+ * of a few dozen tokens can give a gradient far larger than a training batch's, and one unclipped step
+ * then ruins the weights). Prints the dynamic numbers. The model ends adapted. */
 static moelm_status eval_dynamic(Model *m, const char *dir, const TrainState *state, const EvalDynamic *dyn,
                                  const int *ids, size_t n, size_t words) {
     int rms = dyn->rms;   /* eval_run checked that the checkpoint has Adam's moments */
