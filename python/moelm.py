@@ -366,13 +366,18 @@ def rotate_half(x):
     return torch.cat([-x[..., h:], x[..., :h]], dim=-1)
 
 
-def llama_attention(W, pre, h, c, cos, sin):
+def linear(x, w):
+    """x @ w.T: a linear layer's product (the llama functions take another as mm, e.g. a bf16 one)."""
+    return x @ w.T
+
+
+def llama_attention(W, pre, h, c, cos, sin, mm=linear):
     B, T, C = h.shape
     NH, NKV = c["num_attention_heads"], c["num_key_value_heads"]
     hd = C // NH
-    q = (h @ W[pre + "self_attn.q_proj.weight"].T).view(B, T, NH, hd).transpose(1, 2)
-    k = (h @ W[pre + "self_attn.k_proj.weight"].T).view(B, T, NKV, hd).transpose(1, 2)
-    v = (h @ W[pre + "self_attn.v_proj.weight"].T).view(B, T, NKV, hd).transpose(1, 2)
+    q = mm(h, W[pre + "self_attn.q_proj.weight"]).view(B, T, NH, hd).transpose(1, 2)
+    k = mm(h, W[pre + "self_attn.k_proj.weight"]).view(B, T, NKV, hd).transpose(1, 2)
+    v = mm(h, W[pre + "self_attn.v_proj.weight"]).view(B, T, NKV, hd).transpose(1, 2)
     q = q * cos + rotate_half(q) * sin
     k = k * cos + rotate_half(k) * sin
     rep = NH // NKV   # repeat_kv: query head j reads kv head j // rep
@@ -382,14 +387,14 @@ def llama_attention(W, pre, h, c, cos, sin):
     mask = torch.triu(torch.full((T, T), torch.finfo(torch.float32).min), diagonal=1)
     a = torch.softmax(s + mask, dim=-1, dtype=torch.float32)
     o = (a @ v).transpose(1, 2).reshape(B, T, NH * hd)
-    return o @ W[pre + "self_attn.o_proj.weight"].T
+    return mm(o, W[pre + "self_attn.o_proj.weight"])
 
 
-def swiglu(x, gate, up, down):
-    return (torch.nn.functional.silu(x @ gate.T) * (x @ up.T)) @ down.T
+def swiglu(x, gate, up, down, mm=linear):
+    return mm(torch.nn.functional.silu(mm(x, gate)) * mm(x, up), down)
 
 
-def sparse_moe(W, pre, h, c, record=None, layer=None):
+def sparse_moe(W, pre, h, c, record=None, layer=None, mm=linear):
     """MixtralSparseMoeBlock: softmax over all experts, top-k, the k weights renormalised, experts summed."""
     B, T, C = h.shape
     x = h.reshape(B * T, C)
@@ -406,7 +411,7 @@ def sparse_moe(W, pre, h, c, record=None, layer=None):
         rows, slot = torch.where(sel == e)
         if rows.numel() == 0:
             continue
-        y = swiglu(x[rows], W[e_pre + "w1.weight"], W[e_pre + "w3.weight"], W[e_pre + "w2.weight"])
+        y = swiglu(x[rows], W[e_pre + "w1.weight"], W[e_pre + "w3.weight"], W[e_pre + "w2.weight"], mm)
         out = out.index_add(0, rows, y * w[rows, slot, None])
     return out.view(B, T, C), logits
 
@@ -422,9 +427,10 @@ def balance_loss(router_logits, E, K):
     return (tokens_per_expert * prob_per_expert[None, :]).sum() * E
 
 
-def llama_forward(W, c, ids, record=None):
+def llama_forward(W, c, ids, record=None, mm=linear):
     """ids [B, T] -> (logits [B, T, V], HF's loss with labels = ids, router logits [B*T, E] per MoE layer).
-    record: None, or a list that gets a Routing per MoE layer."""
+    record: None, or a list that gets a Routing per MoE layer. mm(x, w): the linear layers' products
+    (attention's projections, the MLP or experts, the head; not the router)."""
     B, T = ids.shape
     C, NH = c["hidden_size"], c["num_attention_heads"]
     cos, sin = rope_cos_sin(T, C // NH, c["rope_theta"])
@@ -432,17 +438,17 @@ def llama_forward(W, c, ids, record=None):
     router_logits = []
     for l in range(c["num_hidden_layers"]):
         pre = "model.layers.%d." % l
-        h = h + llama_attention(W, pre, rms_norm(h, W[pre + "input_layernorm.weight"], c["rms_norm_eps"]), c, cos, sin)
+        h = h + llama_attention(W, pre, rms_norm(h, W[pre + "input_layernorm.weight"], c["rms_norm_eps"]), c, cos, sin, mm)
         x = rms_norm(h, W[pre + "post_attention_layernorm.weight"], c["rms_norm_eps"])
         if c["model_type"] == "mixtral":
-            y, lg = sparse_moe(W, pre, x, c, record, l)
+            y, lg = sparse_moe(W, pre, x, c, record, l, mm)
             router_logits.append(lg)
         else:
-            y = swiglu(x, W[pre + "mlp.gate_proj.weight"], W[pre + "mlp.up_proj.weight"], W[pre + "mlp.down_proj.weight"])
+            y = swiglu(x, W[pre + "mlp.gate_proj.weight"], W[pre + "mlp.up_proj.weight"], W[pre + "mlp.down_proj.weight"], mm)
         h = h + y
     h = rms_norm(h, W["model.norm.weight"], c["rms_norm_eps"])
     head = W["model.embed_tokens.weight"] if c["tie_word_embeddings"] else W["lm_head.weight"]
-    logits = h @ head.T
+    logits = mm(h, head)
     # labels = input_ids: position t predicts token t + 1 (HF shifts inside the loss)
     loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
     return logits, loss, router_logits

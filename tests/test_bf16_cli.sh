@@ -4,6 +4,7 @@
 # do; its first loss is float's within bf16's bound (the same weights at step 1: the products move the
 # loss by at most 2^-7 of itself, tests/test_bf16.c) yet not float's bits (bf16 is on); the state
 # records the mode and a run resumes in either mode; bench's RESULT line carries both precisions.
+# The same for mixtral-tiny (and llama-tiny learns); switch_transformers is refused.
 # Ends with "bf16_cli: N passed, N failed" and exits non-zero on failure.
 BIN=${MOELM_BIN:-./moelm}
 TMP=build/tmp/bf16_cli
@@ -51,5 +52,38 @@ done
 check "bench --bf16 names the bf16 kernel" sh -c "echo '$line' | grep -qE 'bf16_kernel=(avx512bf16|avx2|portable)'"
 $BIN bench --config tiny --steps 2 --warmup 1 -n 0 -t 1 --no-peak >"$TMP/bench0.log" 2>&1
 check "bench without --bf16: train_bf16_tok_s=0.0" grep -q 'train_bf16_tok_s=0.0 ' "$TMP/bench0.log"
+
+# 5. the llama family (q/k/v and gate/up in separate HF tensors, packed as one matrix each): mixtral-tiny
+#    learns in bf16, its first loss is float's within 2^-7, a stopped bf16 run resumes bit for bit, a float
+#    run resumes in bf16; llama-tiny learns in bf16; bench --bf16 times it
+M="--config mixtral-tiny --data builtin --tokenizer bpe:300 --steps 30 --eval-interval 0 --log-interval 1 -t 1 --quiet"
+$BIN train $M --bf16 --out "$TMP/mx" >/dev/null 2>&1
+$BIN train $M --out "$TMP/mxf" >/dev/null 2>&1
+last() { tail -1 "$1/metrics.jsonl" | sed -E 's/.*"loss": ([0-9.]+).*/\1/'; }
+a=$(first "$TMP/mx"); b=$(last "$TMP/mx")
+check "mixtral-tiny --bf16: the loss falls ($a -> $b, float: $(last "$TMP/mxf"))" \
+    awk -v a="${a:-0}" -v b="${b:-1e9}" 'BEGIN { exit !(b < a - 0.5) }'
+f=$(first "$TMP/mxf")
+check "mixtral-tiny: first loss, bf16 $a within 2^-7 of float $f, not its bits" \
+    awk -v f="${f:-0}" -v h="${a:-1e9}" 'BEGIN { d = h - f; if (d < 0) d = -d; exit !(f > 0 && d <= f / 128 && d > 0) }'
+$BIN train $M --bf16 --stop-at 15 --out "$TMP/mxh" >/dev/null 2>&1
+$BIN train --resume "$TMP/mxh" -t 1 --log-interval 1 --quiet --bf16 >/dev/null 2>&1
+check "mixtral-tiny bf16 stop at 15 and resume: identical loss curve" test -n "$(loss_of "$TMP/mx")" -a "$(loss_of "$TMP/mx")" = "$(loss_of "$TMP/mxh")"
+check "mixtral-tiny bf16 resume: identical weights and optimizer" sh -c "cmp -s '$TMP/mx/latest/model.safetensors' '$TMP/mxh/latest/model.safetensors' &&
+    cmp -s '$TMP/mx/latest/optimizer.safetensors' '$TMP/mxh/latest/optimizer.safetensors'"
+$BIN train --resume "$TMP/mxf" --steps 34 -t 1 --log-interval 1 --bf16 >"$TMP/mxf2h.log" 2>&1
+check "mixtral-tiny: a float run resumed in bf16" sh -c "grep -q 'trained in float until step 30; it goes on in bf16' '$TMP/mxf2h.log' &&
+    grep -q '\"bf16\": true' '$TMP/mxf/latest/state.json' && test \$(grep -c '\"step\"' '$TMP/mxf/metrics.jsonl') = 34"
+$BIN train --config llama-tiny --data builtin --tokenizer bpe:300 --steps 20 --eval-interval 0 --log-interval 1 -t 1 --quiet \
+    --bf16 --out "$TMP/ll" >/dev/null 2>&1
+a=$(first "$TMP/ll"); b=$(last "$TMP/ll")
+check "llama-tiny --bf16: the loss falls ($a -> $b)" awk -v a="${a:-0}" -v b="${b:-1e9}" 'BEGIN { exit !(b < a - 0.5) }'
+line=$($BIN bench --config mixtral-tiny --vocab 300 -b 4 --seq-len 16 --steps 2 --warmup 0 -n 0 --no-peak -t 1 --bf16 2>&1 | grep '^RESULT')
+check "bench --bf16 mixtral-tiny: train_bf16_tok_s = $(field train_bf16_tok_s) > 0" awk -v v="$(field train_bf16_tok_s)" 'BEGIN { exit !(v > 0) }'
+
+# 6. the encoder-decoder has no bf16 path: refused with one line, nothing written
+expect_error "train --bf16 refused for switch_transformers" "bf16 mode is not yet supported for switch_transformers" \
+    $BIN train --config switch-t5-tiny --steps 1 --eval-interval 0 -t 1 --bf16 --out "$TMP/sw"
+check "nothing trained by the refused run" test ! -e "$TMP/sw/latest"
 
 finish bf16_cli

@@ -42,9 +42,12 @@ KILLS=12
 sleeps=$(awk -v s="$seed" -v n=$((3 * KILLS)) -v r="$ref_ms" 'BEGIN{srand(s); for(i=0;i<n;i++) printf "%.3f ", 0.02 + rand()*1.2*r/1000/12}')
 RUN=$TMP/killed
 kills=0; starts=0; resumed_ok=1
+# a run holding checkpoints is resumed (as the refusal of a second new run says), even when a kill
+# landed between its first checkpoint's rename and the making of `latest`
+held() { [ -e "$RUN/latest" ] || ls -d "$RUN"/ckpt-* >/dev/null 2>&1; }
 for s in $sleeps; do
     [ "$kills" -ge "$KILLS" ] && break
-    if [ -e "$RUN/latest" ]; then $BIN train --resume "$RUN" $ARGS >/dev/null 2>"$TMP/kerr" &
+    if held; then $BIN train --resume "$RUN" $ARGS >/dev/null 2>"$TMP/kerr" &
     else $BIN train $ARGS --out "$RUN" >/dev/null 2>"$TMP/kerr" &
     fi
     pid=$!; starts=$((starts + 1))
@@ -56,7 +59,7 @@ for s in $sleeps; do
     fi
 done
 # and on to the end, uninterrupted
-if [ -e "$RUN/latest" ]; then $BIN train --resume "$RUN" $ARGS >/dev/null 2>"$TMP/kerr"; rc=$?
+if held; then $BIN train --resume "$RUN" $ARGS >/dev/null 2>"$TMP/kerr"; rc=$?
 else $BIN train $ARGS --out "$RUN" >/dev/null 2>"$TMP/kerr"; rc=$?
 fi
 [ "$rc" = 0 ] || { resumed_ok=0; echo "   final resume: rc=$rc: $(head -c 300 "$TMP/kerr")"; }
@@ -65,6 +68,11 @@ check "at least 10 kills landed ($kills)" test "$kills" -ge 10
 check "killed run: final weights bit-identical" cmp -s "$TMP/ref/latest/model.safetensors" "$RUN/latest/model.safetensors"
 check "killed run: optimizer state bit-identical" cmp -s "$TMP/ref/latest/optimizer.safetensors" "$RUN/latest/optimizer.safetensors"
 check "killed run: identical loss curve" test "$(curve "$TMP/ref")" = "$(curve "$RUN")"
+# that moment made by hand: the newest checkpoint without `latest` is resumed from, and the run ends
+# as the reference (the seed 1796618479 above once landed a kill there)
+cp -r "$TMP/ref" "$TMP/nolatest" && rm -rf "$TMP/nolatest/latest" "$TMP/nolatest"/ckpt-$(printf %08d $STEPS)
+check "no latest yet: --resume goes on from the newest checkpoint" \
+    sh -c "$BIN train --resume '$TMP/nolatest' $ARGS >/dev/null 2>&1 && cmp -s '$TMP/ref/latest/model.safetensors' '$TMP/nolatest/latest/model.safetensors'"
 n=$(grep -c '"step"' "$RUN/metrics.jsonl")
 steps_seq=$(grep -o '^{"step": [0-9]*' "$RUN/metrics.jsonl" | sed 's/.* //' | tr '\n' ' ')
 check "killed run: one metrics record per step ($n of $STEPS)" test "$steps_seq" = "$(seq 1 $STEPS | tr '\n' ' ')"

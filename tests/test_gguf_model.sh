@@ -11,6 +11,8 @@
 # only summation order differs, so a near tie may flip late: the count is printed). Hostile model files
 # (test_gguf_model --write-hostile: missing keys, shapes against the keys, unknown weight types, absurd
 # sizes, ...) give one stderr line naming the file and a non-zero exit from generate, eval and forward.
+# `moelm bench -m FILE` counts the bytes of weights a token reads as tests/js/gguf_step_bytes.mjs counts
+# them from the file's tensor table (q8_0 and f32 files).
 # Ends with "gguf_model_cli: N passed, N failed".
 BIN=${MOELM_BIN:-./moelm}
 TMP=build/tmp/gguf_model_cli
@@ -22,6 +24,13 @@ LC=${LLAMACPP_DIR:-../shared/tools/llama.cpp}
 have_lc=0
 [ -x "$LC/llama-simple" ] && have_lc=1
 [ $have_lc = 1 ] || echo "SKIP llama.cpp comparisons: $LC/llama-simple is absent"
+# @huggingface/gguf (tests/js, as test_gguf_js.sh installs it) counts the bytes a token reads from a file
+have_js=0
+if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+    [ -d tests/js/node_modules/@huggingface/gguf ] || (cd tests/js && npm install --no-audit --no-fund --silent >/dev/null 2>&1)
+    [ -d tests/js/node_modules/@huggingface/gguf ] && have_js=1
+fi
+[ $have_js = 1 ] || echo "SKIP bench -m byte counts: node, npm or @huggingface/gguf is absent"
 
 # le32 N: N as 4 little-endian bytes
 le32() { printf "$(printf '\\%03o\\%03o\\%03o\\%03o' $(($1 & 255)) $((($1 >> 8) & 255)) $((($1 >> 16) & 255)) $((($1 >> 24) & 255)))"; }
@@ -64,6 +73,20 @@ for kind in mixtral llama; do
         l=$(loss "$R.$t.gguf")
         check "$kind: eval -m $t.gguf: loss $l within 0.02 of $l32" awk -v a="$l" -v b="$l32" 'BEGIN { exit !(a != "" && a - b < 0.02 && b - a < 0.02) }'
     done
+    # bench -m: the bytes of weights a token reads (Q8_0 blocks at 34 bytes a 32 values, the rest float), as
+    # the file's tensor table read by @huggingface/gguf gives them (a count, not a timing)
+    for t in q8_0 f32; do
+        got=$($BIN bench -m "$R.$t.gguf" -n 4 --no-peak -t 1 2>&1 | sed -n 's/^RESULT.* gen_bytes=\([0-9]*\).*/\1/p')
+        if [ $have_js = 1 ]; then
+            want=$(node tests/js/gguf_step_bytes.mjs "$R.$t.gguf")
+            check "$kind: bench -m $t.gguf reads $got bytes a token, the file's tensors say $want" test -n "$got" -a "$got" = "$want"
+        else
+            check "$kind: bench -m $t.gguf reports its bytes a token ($got)" test -n "$got"
+        fi
+        eval "bytes_$t=\${got:-0}"
+    done
+    check "$kind: a q8_0 token reads under 0.3 of an f32 one's bytes ($bytes_q8_0 of $bytes_f32)" \
+        awk -v q="$bytes_q8_0" -v f="$bytes_f32" 'BEGIN { exit !(q > 0 && q < 0.3 * f) }'
     if [ $have_lc = 1 ]; then
         n=0; agree=0; IFS='|'
         for p in $prompts; do
@@ -97,4 +120,7 @@ expect_error "eval: a shape against the keys" "q-shape.gguf.*attn_q" $BIN eval -
 expect_error "forward: a Q4_0 weight" "weight-q4_0.gguf.*Q4_0" $BIN forward -m "$H/weight-q4_0.gguf" --inputs "$TMP/inputs.safetensors" -o "$TMP/x.safetensors" -t 1
 printf 'GGUF\003\000\000\000' >"$TMP/short.gguf"
 expect_error "generate: a truncated GGUF" "short.gguf" $BIN generate -m "$TMP/short.gguf" -n 2
+expect_error "bench -m: a truncated GGUF" "short.gguf" $BIN bench -m "$TMP/short.gguf" -n 2 --no-peak -t 1
+expect_error "bench -m with --bf16 refused" "bench -m: --bf16" $BIN bench -m "$TMP/mixtral.q8_0.gguf" --bf16 -n 2 -t 1
+expect_error "bench -m: a shape against the keys" "q-shape.gguf.*attn_q" $BIN bench -m "$H/q-shape.gguf" -n 2 --no-peak -t 1
 finish gguf_model_cli

@@ -65,5 +65,4 @@ expect_error "HF dir: vocab_size against the tokenizer and weights" "vocab_size"
 expect_error "export: --format onnx refused" "format" $BIN export -m "$TMP/full" --format onnx -o "$TMP/x"
 expect_error "export: --dtype q4 refused" "dtype" $BIN export -m "$TMP/full" --format hf --dtype q4 -o "$TMP/x"
 check "nothing written by the refused exports" test ! -e "$TMP/x"
-expect_error "train --bf16 refused for mixtral (not built)" "bf16 mode is not yet supported" $BIN train --config mixtral-tiny --data builtin --steps 1 --bf16 --out "$TMP/bf16"
 finish mixtral

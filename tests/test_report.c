@@ -534,6 +534,50 @@ TEST(report_issue24) {
 #undef EVAL
 #undef CFG
 
+/* Issue 28: a dense and a switch run overlaid, the switch run's averaged weights (val_loss_ema, val_ppl_ema,
+ * written with --set ema_decay=D) as a line of their own beside its raw weights' validation curve, at the
+ * right points (each marker's title holds its step and value; the evaluation without an average is a
+ * gap), and none for the run that kept no average. */
+TEST(report_ema_overlay) {
+    const char *dir = "build/tmp/test_report_ema";
+    dir_remove_tree(dir);
+    dir_make("build/tmp/test_report_ema/dense");
+    dir_make("build/tmp/test_report_ema/switch");
+    write_file("build/tmp/test_report_ema/dense/metrics.jsonl",
+               "{\"step\": 1, \"loss\": 6.9, \"aux_loss\": 0, \"lr\": 0.001, \"grad_norm\": 2, \"tokens_per_s\": 900, \"time_s\": 1, \"tokens\": 64}\n"
+               "{\"step\": 3, \"val_loss\": 6.2, \"val_ppl\": 492.7, \"val_word_ppl\": 492.7}\n"
+               "{\"step\": 6, \"val_loss\": 5.6, \"val_ppl\": 270.4, \"val_word_ppl\": 270.4}\n");
+    write_file("build/tmp/test_report_ema/switch/metrics.jsonl",
+               "{\"step\": 1, \"loss\": 6.8, \"aux_loss\": 0.01, \"lr\": 0.001, \"grad_norm\": 2, \"tokens_per_s\": 800, \"time_s\": 1, \"tokens\": 64}\n"
+               "{\"step\": 3, \"val_loss\": 6.0, \"val_ppl\": 403.4, \"val_word_ppl\": 403.4, "
+               "\"val_loss_ema\": 5.8, \"val_ppl_ema\": 330.3, \"val_word_ppl_ema\": 330.3}\n"
+               "{\"step\": 6, \"val_loss\": 5.2, \"val_ppl\": 181.3, \"val_word_ppl\": 181.3}\n"
+               "{\"step\": 9, \"val_loss\": 5.1, \"val_ppl\": 164.0, \"val_word_ppl\": 164.0, "
+               "\"val_loss_ema\": 4.6, \"val_ppl_ema\": 99.48, \"val_word_ppl_ema\": 99.48}\n");
+    const char *two[2] = {"build/tmp/test_report_ema/dense", "build/tmp/test_report_ema/switch"};
+    StrBuf sb = {0};
+    EXPECT(report_build(&sb, two, 2) == MOELM_OK);
+    if (sb.buf) {
+        /* loss vs step: both runs' train and val, and the switch run's average */
+        EXPECT(count_between(sb.buf, "id=\"chart-1\"", "</svg>", "<path class=\"series\"") == 5);
+        EXPECT(count_between(sb.buf, "id=\"chart-1\"", "</svg>", ">dense val<") == 2);
+        EXPECT(count_between(sb.buf, "id=\"chart-1\"", "</svg>", ">switch val<") == 2);
+        EXPECT(count_between(sb.buf, "id=\"chart-1\"", "</svg>", "<title>switch val, averaged weights: 3, 5.8</title>") == 1);
+        EXPECT(count_between(sb.buf, "id=\"chart-1\"", "</svg>", "<title>switch val, averaged weights: 9, 4.6</title>") == 1);
+        EXPECT(count_between(sb.buf, "id=\"chart-1\"", "</svg>", "<title>switch val, averaged weights: 6,") == 0);
+        /* a dotted line: its own style, not the raw weights' dashes */
+        EXPECT(count_between(sb.buf, "id=\"chart-1\"", "</svg>", "stroke-dasharray=\"1.5 3\"") == 2);   /* path, key */
+        /* perplexity vs step (chart 3): the average's perplexities */
+        EXPECT(count_between(sb.buf, "id=\"chart-3\"", "</svg>", "<title>switch val, averaged weights: 3, 330.3</title>") == 1);
+        EXPECT(count_between(sb.buf, "id=\"chart-3\"", "</svg>", "<title>switch val, averaged weights: 9, 99.48</title>") == 1);
+        /* against wall-clock too (charts 2 and 4), and never for the dense run */
+        EXPECT(count_between(sb.buf, "id=\"chart-2\"", "</svg>", ">switch val, averaged weights<") == 2);   /* path title, key */
+        EXPECT(count_between(sb.buf, "id=\"chart-4\"", "</svg>", ">switch val, averaged weights<") == 2);   /* path title, key */
+        EXPECT(count(sb.buf, "dense val, averaged") == 0);
+    }
+    sb_free(&sb);
+}
+
 int main(void) {
     test_one_thread();
     RUN(scale_linear_and_log);
@@ -549,6 +593,7 @@ int main(void) {
     RUN(report_page);
     RUN(report_escapes_every_file_string);
     RUN(report_issue24);
+    RUN(report_ema_overlay);
     RUN(routing_from_evaluation_equals_dump);
     return test_summary("report");
 }

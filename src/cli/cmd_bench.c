@@ -14,6 +14,9 @@ static void usage(FILE *f) {
             "  --config NAME|FILE     preset (tiny, demo, dense-ptb, switch-ptb, seed-moe, seed-gating, seed-switch,\n"
             "                         mixtral-tiny, mixtral-ptb, llama-tiny)\n"
             "                         or a config.json (default: seed-switch)\n"
+            "  -m, --model FILE.gguf  time generation from a GGUF file's weights instead (llama / mixtral; Q8_0\n"
+            "                         matrices from their int8 blocks): tok/s, bytes a token reads, their share\n"
+            "                         of the read bandwidth; no training\n"
             "  --set KEY=VALUE        override a config or training key, repeatable (e.g. --set num_experts=128)\n"
             "  -t, --threads N        threads for OpenMP and BLAS (default 2)\n"
             "  --steps N              timed training steps (default 10; 0 = no training)\n"
@@ -42,6 +45,7 @@ int cmd_bench(int argc, char **argv) {
         else if (arg_flag(argv, i, "--profile")) o.profile = 1;
         else if (arg_flag(argv, i, "--bf16")) o.bf16 = 1;
         else if (arg_match(argc, argv, &i, "--config", &val)) { if (!val) return cli_error(2); o.config = val; }
+        else if (arg_match(argc, argv, &i, "-m|--model", &val)) { if (!val) return cli_error(2); o.model = val; }
         else if (arg_match(argc, argv, &i, "--set", &val)) { if (arg_add_set(val, sets, &o.n_sets, 256)) return cli_error(2); }
         else if (arg_match(argc, argv, &i, "-t|--threads", &val)) { if (arg_int("--threads", val, 1, 1024, &v)) return cli_error(2); o.threads = (int)v; }
         else if (arg_match(argc, argv, &i, "--steps", &val)) { if (arg_int("--steps", val, 0, 1000000, &v)) return cli_error(2); o.steps = (int)v; }
@@ -55,6 +59,11 @@ int cmd_bench(int argc, char **argv) {
             moelm_fail(MOELM_ERR_ARG, "bench: unknown flag '%s' (see moelm bench --help)", argv[i]);
             return cli_error(2);
         }
+    }
+    if (o.model && o.bf16) {
+        moelm_fail(MOELM_ERR_ARG, "bench -m: --bf16 times training, which a GGUF file's weights are not for "
+                   "(generate --bf16 -m FILE runs its bf16 generation)");
+        return cli_error(2);
     }
     sets[o.n_sets] = NULL;
     o.sets = sets;

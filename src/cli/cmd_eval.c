@@ -3,16 +3,20 @@
 #include <string.h>
 #include "args.h"
 #include "common/util.h"
+#include "train/dyneval.h"
 #include "train/train.h"
 
 int cmd_eval(int argc, char **argv) {
     const char *ckpt = NULL, *data = NULL;
     long b = 16, T = 0, t = 2, S = 0;
     int ema = 0;
+    EvalDynamic dyn = {0, -1.0f, DYN_DECAY, 0};
+    double x;
     for (int i = 1; i < argc; i++) {
         const char *val = NULL;
         if (arg_flag(argv, i, "-h|--help")) {
-            printf("usage: moelm eval -m CKPT [--data FILE|DIR] [-b N] [--seq-len N] [--stride N] [-t N] [--ema]\n\n"
+            printf("usage: moelm eval -m CKPT [--data FILE|DIR] [-b N] [--seq-len N] [--stride N] [-t N] [--ema]\n"
+                   "                  [--dynamic [--dyn-lr X] [--dyn-decay X] [--dyn-rms]]\n\n"
                    "  -m, --model CKPT    checkpoint directory, or a run directory (its latest), a Hugging Face\n"
                    "                      directory, or a GGUF file of architecture llama\n"
                    "  --data FILE|DIR     text to evaluate; a folder means its test split (default: the run's test split)\n"
@@ -22,8 +26,19 @@ int cmd_eval(int argc, char **argv) {
                    "                      sees at least seq-len - N of context (default: seq-len, no overlap)\n"
                    "  -t, --threads N     threads (default 2)\n"
                    "  --ema               evaluate the run's weight average (trained with --set ema_decay=...)\n"
+                   "  --dynamic           also dynamic evaluation (Krause et al. 2018; decoder-only models): the text\n"
+                   "                      in order in segments of seq-len tokens, each scored and then one update on\n"
+                   "                      it, so the weights adapt to the text as it is read: NOT comparable with\n"
+                   "                      static perplexity. The static numbers are then taken one window at a time\n"
+                   "                      (-b 1); -b and --stride do not apply\n"
+                   "  --dyn-lr X          its step size (default %g with SGD, %g with --dyn-rms)\n"
+                   "  --dyn-decay X       its pull toward the trained weights per update, in [0, 1] (default %g)\n"
+                   "  --dyn-rms           steps divided per weight by its RMS training gradient (Krause et al.'s rule,\n"
+                   "                      from the checkpoint's Adam second moment; default: plain SGD, which did\n"
+                   "                      better on PTB's validation split)\n"
                    "Prints token-level and word-level perplexity (exp of the total NLL over the words, <eos> included)\n"
-                   "and per-layer expert load, dropped fraction, router entropy and confidence, dead experts.\n");
+                   "and per-layer expert load, dropped fraction, router entropy and confidence, dead experts.\n",
+                   (double)DYN_LR_SGD, (double)DYN_LR_RMS, (double)DYN_DECAY);
             return 0;
         }
         else if (arg_match(argc, argv, &i, "-m|--model", &val)) { if (!val) return cli_error(2); ckpt = val; }
@@ -33,10 +48,18 @@ int cmd_eval(int argc, char **argv) {
         else if (arg_match(argc, argv, &i, "--stride", &val)) { if (arg_int("--stride", val, 1, 1 << 16, &S)) return cli_error(2); }
         else if (arg_match(argc, argv, &i, "-t|--threads", &val)) { if (arg_int("--threads", val, 1, 1024, &t)) return cli_error(2); }
         else if (arg_flag(argv, i, "--ema")) ema = 1;
+        else if (arg_flag(argv, i, "--dynamic")) dyn.on = 1;
+        else if (arg_flag(argv, i, "--dyn-rms")) dyn.rms = 1;
+        else if (arg_match(argc, argv, &i, "--dyn-lr", &val)) { if (arg_float("--dyn-lr", val, 0, 1e3, &x)) return cli_error(2); dyn.lr = (float)x; }
+        else if (arg_match(argc, argv, &i, "--dyn-decay", &val)) { if (arg_float("--dyn-decay", val, 0, 1, &x)) return cli_error(2); dyn.decay = (float)x; }
         else { moelm_fail(MOELM_ERR_ARG, "eval: unknown flag '%s' (see moelm eval --help)", argv[i]); return cli_error(2); }
     }
     if (!ckpt) { moelm_fail(MOELM_ERR_ARG, "eval: -m CKPT is required"); return cli_error(2); }
-    moelm_status st = eval_run(ckpt, data, (int)b, (int)T, (int)S, (int)t, ema);
+    if (!dyn.on && (dyn.lr >= 0 || dyn.decay != DYN_DECAY || dyn.rms)) {
+        moelm_fail(MOELM_ERR_ARG, "eval: --dyn-lr, --dyn-decay and --dyn-rms go with --dynamic");
+        return cli_error(2);
+    }
+    moelm_status st = eval_run(ckpt, data, (int)b, (int)T, (int)S, (int)t, ema, &dyn);
     return st ? cli_error(st == MOELM_ERR_ARG ? 2 : 1) : 0;
 }
 

@@ -651,11 +651,11 @@ void model_step_kv(Model *m, KVCache *kv, int token) {
 
 /* ---- bytes a step streams ---------------------------------------------------------------------- */
 
-/* model_cost's floats by part: matrices as kv_load_weights' copies hold them (bf16 or float), vectors
- * (biases, norms, embedding rows, the router) always float. */
-double kv_phase_bytes(const Model *m, int bf16, double out[KV_PHASES]) {
+/* model_cost's floats by part: matrices as kv_load_weights' copies hold them (bf16 or float) or as
+ * q8's Q8_0 blocks, vectors (biases, norms, embedding rows, the router) always float. */
+static double phase_bytes(const Model *m, int bf16, const Q8Arena *q8, double out[KV_PHASES]) {
     ModelCost k;
-    model_cost(m, NULL, &k);
+    model_cost(m, q8, &k);
     double total = 0.0;
     for (int p = 0; p < KV_PHASES; p++) {
         out[p] = k.mat[p] * (bf16 ? sizeof(uint16_t) : sizeof(float)) + k.vec[p] * sizeof(float) + k.q8_bytes[p];
@@ -664,9 +664,15 @@ double kv_phase_bytes(const Model *m, int bf16, double out[KV_PHASES]) {
     return total;
 }
 
+double kv_phase_bytes(const Model *m, int bf16, double out[KV_PHASES]) { return phase_bytes(m, bf16, NULL, out); }
+
 double kv_step_bytes(const Model *m, int bf16) {
     double by[KV_PHASES];
-    return kv_phase_bytes(m, bf16, by);
+    return phase_bytes(m, bf16, NULL, by);
+}
+
+double kv_phase_bytes_q8(const Model *m, const Q8Arena *q8, double out[KV_PHASES]) {
+    return phase_bytes(m, 0, q8, out);
 }
 
 /* ---- sampling ---------------------------------------------------------------------------------- */

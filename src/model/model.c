@@ -425,7 +425,10 @@ static void bf16_moe(const Model *m, MoEParams *p, uint16_t *mem, size_t *off, i
 }
 
 /* Every matrix a product reads, in layout order: returns the elements of their packed copies; with
- * mem, binds the views into it, and with pack, fills them from the float parameters. */
+ * mem, binds the views into it, and with pack, fills them from the float parameters. The llama
+ * family's q_proj, k_proj, v_proj (and an MLP's gate_proj, up_proj; an expert's w1, w3) are separate
+ * tensors lying back to back in the arena (layout_llama): qkv_w (fc1_w, w1) spans them, one matrix
+ * packed as one, as its products read it. */
 static size_t bf16_walk(Model *m, uint16_t *mem, int pack) {
     const ModelConfig *c = &m->cfg;
     int C = c->d_model, V = c->vocab_size, H = c->d_ff, H1 = activation_in_width(c->hidden_act, H);
@@ -442,7 +445,7 @@ static size_t bf16_walk(Model *m, uint16_t *mem, int pack) {
             bf16_moe(m, &lp->moe, mem, &off, pack);
         }
     }
-    if (c->model_type == MODEL_LM) {
+    if (c->model_type != MODEL_SEED) {   /* lm, llama, mixtral: one head matrix */
         bf16_one(&p->lm16, c->tie_word_embeddings ? p->wte : p->lm_head, 1, V, C, mem, &off, pack);
     } else {
         bf16_moe(m, &p->head_moe, mem, &off, pack);
@@ -468,9 +471,6 @@ static void bf16_unbind(Model *m) {
 moelm_status model_set_bf16(Model *m, int on) {
     if (m->ed)   /* the encoder-decoder's products have no bf16 path yet */
         return on ? moelm_fail(MOELM_ERR_CONFIG, "bf16 mode is not yet supported for switch_transformers models")
-                  : MOELM_OK;
-    if (config_is_llama(&m->cfg))   /* its q/k/v and MLP tensors lie in several arena tensors: not packed yet */
-        return on ? moelm_fail(MOELM_ERR_CONFIG, "bf16 mode is not yet supported for mixtral / llama models")
                   : MOELM_OK;
     if (!on) {
         bf16_unbind(m);

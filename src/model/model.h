@@ -293,7 +293,8 @@ int model_init_output_bias(Model *m, const int *ids, size_t n);
 void model_zero_grad(Model *m);
 
 /* Mixed precision (bf16 mode): every linear layer's products (forward, input and weight gradients;
- * attention's projections, dense FFNs, experts, the head) take bf16 operands with float sums
+ * attention's projections, dense FFNs, experts, the head; lm, seed, mixtral and llama models, whose
+ * fused q/k/v and gate/up views span their HF tensors) take bf16 operands with float sums
  * (gemm_bf16.h); parameters, gradients, optimizer moments, the residual stream, norms, attention's
  * scores and softmax, the router, the loss stay float. on: allocates the packed bf16 copies of the
  * matrices (w16; ~ half the float parameters' bytes, twice: each matrix in both products' forms),
@@ -339,6 +340,9 @@ void kv_phase_skipped(const KVCache *kv, double out[KV_PHASES]);
  * kv_phase_bytes: the same by phase into out; returns their sum, kv_step_bytes. */
 double kv_step_bytes(const Model *m, int bf16);
 double kv_phase_bytes(const Model *m, int bf16, double out[KV_PHASES]);
+/* kv_phase_bytes (float) with the matrices and embedding rows that q8 holds (kv_use_q8) counted as the
+ * Q8_0 blocks a step reads: 34 bytes (an fp16 scale and 32 int8) a 32 values. */
+double kv_phase_bytes_q8(const Model *m, const Q8Arena *q8, double out[KV_PHASES]);
 
 /* Samples the next token from logits [V]: temperature temp (<= 0: greedy argmax, the first maximum),
  * then top-k (top_k <= 0: off), then top-p / nucleus over the top-k renormalised (top_p >= 1: off),

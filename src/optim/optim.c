@@ -60,6 +60,13 @@ static float tensor_rms(const TensorInfo *t, const float *p) {
     return (float)(r > 1e-3 ? r : 1e-3);
 }
 
+/* 1 for a buffer (trainable == 0), which no update touches: its gradient is zeroed (consumed) */
+static int buffer_skipped(Model *m, const TensorInfo *t) {
+    if (t->trainable) return 0;
+    memset(m->grads + t->offset, 0, sizeof(float) * t->size);
+    return 1;
+}
+
 void optim_step(Optimizer *o, Model *m, const TrainConfig *tc, float lr, float gscale) {
     o->t++;
     float b1 = tc->beta1, b2 = tc->beta2, eps = tc->eps;
@@ -69,12 +76,9 @@ void optim_step(Optimizer *o, Model *m, const TrainConfig *tc, float lr, float g
     float ema_w = 1.0f - ema_d;   /* the new weights' share of the average */
     for (int i = 0; i < m->n_tensors; i++) {
         const TensorInfo *t = &m->tensors[i];
+        if (buffer_skipped(m, t)) continue;
         float *p = m->params + t->offset, *g = m->grads + t->offset;
         size_t n = t->size;
-        if (!t->trainable) {
-            memset(g, 0, sizeof(float) * n);
-            continue;
-        }
         float wd = t->decay ? tc->weight_decay : 0.0f;
         float *mm = o->m + t->offset, *vv = o->v + t->offset;
         float *ema = o->ema && tc->ema_decay > 0 ? o->ema + t->offset : NULL;
@@ -93,6 +97,26 @@ void optim_step(Optimizer *o, Model *m, const TrainConfig *tc, float lr, float g
             if (adamw) upd += wd * p[k];
             p[k] -= lr * upd;
             if (ema) ema[k] += ema_w * (p[k] - ema[k]);
+        }
+    }
+}
+
+void optim_dyn_step(const DynRule *r, Model *m, float gscale) {
+    for (int i = 0; i < m->n_tensors; i++) {
+        const TensorInfo *t = &m->tensors[i];
+        if (buffer_skipped(m, t)) continue;
+        float *p = m->params + t->offset, *g = m->grads + t->offset;
+        size_t n = t->size;
+        const float *p0 = r->theta0 + t->offset, *rs = r->rscale ? r->rscale + t->offset : NULL;
+        float lr = r->lr, lambda = r->decay;
+        /* each element is independent: no two threads touch the same index. Krause et al.'s rule,
+         * theta <- theta - lr g / (sqrt(MS) + eps) + lambda (theta0 - theta), both terms from the same theta
+         * (lr 0 and lambda 0 leave every weight with its bits) */
+#pragma omp parallel for schedule(static) if (n >= 32768)
+        for (size_t k = 0; k < n; k++) {
+            float gk = g[k] * gscale;
+            g[k] = 0.0f;
+            p[k] = p[k] - lr * (rs ? gk * rs[k] : gk) + lambda * (p0[k] - p[k]);
         }
     }
 }

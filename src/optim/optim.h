@@ -42,6 +42,20 @@ void optim_swap_ema(Optimizer *o, Model *m);
  * so the next backward needs no model_zero_grad. */
 void optim_step(Optimizer *o, Model *m, const TrainConfig *tc, float lr, float gscale);
 
+/* Dynamic evaluation's update (Krause et al. 2018, src/train/dyneval.h): the weights adapted to the text
+ * just read, and pulled back toward the trained ones. */
+typedef struct {
+    float lr;               /* eta, the step size */
+    float decay;            /* lambda, the share of (theta0 - theta) added back each update, in [0, 1] */
+    const float *theta0;    /* [n_params] the trained weights */
+    const float *rscale;    /* [n_params] 1 / (sqrt(MS) + eps), MS a weight's mean squared gradient on the
+                             * training data (the RMS rule); NULL: 1 (plain SGD) */
+} DynRule;
+
+/* One update of every trainable tensor: theta <- theta - lr * g * gscale * rscale + decay * (theta0 - theta).
+ * Buffers (trainable == 0) keep their values. Consumes the gradients as optim_step does. */
+void optim_dyn_step(const DynRule *r, Model *m, float gscale);
+
 /* The global L2 norm of the trainable gradients (double accumulation; with sharded experts the
  * shards' squares are summed over COMM_EP, a collective). NaN or Inf if any gradient is not finite. */
 float grad_norm(const Model *m);

@@ -29,6 +29,8 @@ typedef struct {
     double *step, *loss, *aux, *lr, *gnorm, *tps, *time, *tokens;   /* [S] */
     int V;
     double *estep, *etime, *vloss, *vppl, *vwppl;                    /* [V] */
+    double *eloss, *eppl, *ewppl;    /* [V] the averaged weights' (val_loss_ema ...; ema_decay > 0), NaN where absent */
+    int has_ema;                     /* some record has val_loss_ema */
     int L, E;                                                        /* sparse layers, experts in the eval records */
     double *dropped, *entropy, *top1, *dead, *laux, *lz;             /* [L, V] */
     double *load;                                                    /* [L, E, V] */
@@ -78,7 +80,7 @@ static double *nan_array(size_t n) {
 
 static void run_free(Run *r) {
     double **arrs[] = {&r->step, &r->loss, &r->aux, &r->lr, &r->gnorm, &r->tps, &r->time, &r->tokens, &r->estep, &r->etime,
-                       &r->vloss, &r->vppl, &r->vwppl, &r->dropped, &r->entropy, &r->top1, &r->dead, &r->laux, &r->lz, &r->load};
+                       &r->vloss, &r->vppl, &r->vwppl, &r->eloss, &r->eppl, &r->ewppl, &r->dropped, &r->entropy, &r->top1, &r->dead, &r->laux, &r->lz, &r->load};
     for (size_t i = 0; i < sizeof arrs / sizeof arrs[0]; i++) { moelm_free(*arrs[i]); *arrs[i] = NULL; }
     json_free(r->routing);
     json_free(r->config);
@@ -161,10 +163,10 @@ static moelm_status read_metrics(Run *r) {
     }
     r->S = S; r->V = V; r->L = L; r->E = E;
     double **sa[] = {&r->step, &r->loss, &r->aux, &r->lr, &r->gnorm, &r->tps, &r->time, &r->tokens};
-    double **va[] = {&r->estep, &r->etime, &r->vloss, &r->vppl, &r->vwppl};
+    double **va[] = {&r->estep, &r->etime, &r->vloss, &r->vppl, &r->vwppl, &r->eloss, &r->eppl, &r->ewppl};
     double **la[] = {&r->dropped, &r->entropy, &r->top1, &r->dead, &r->laux, &r->lz};
     for (size_t k = 0; k < 8 && !st; k++) if (!(*sa[k] = nan_array((size_t)S))) st = MOELM_ERR_NOMEM;
-    for (size_t k = 0; k < 5 && !st; k++) if (!(*va[k] = nan_array((size_t)V))) st = MOELM_ERR_NOMEM;
+    for (size_t k = 0; k < 8 && !st; k++) if (!(*va[k] = nan_array((size_t)V))) st = MOELM_ERR_NOMEM;
     for (size_t k = 0; k < 6 && !st; k++) if (!(*la[k] = nan_array((size_t)L * V))) st = MOELM_ERR_NOMEM;
     if (!st && !(r->load = nan_array((size_t)L * E * V))) st = MOELM_ERR_NOMEM;
     int s = 0, v = 0;
@@ -181,6 +183,10 @@ static moelm_status read_metrics(Run *r) {
             r->vloss[v] = num(o, "val_loss");
             r->vppl[v] = num(o, "val_ppl");
             r->vwppl[v] = num(o, "val_word_ppl");
+            r->eloss[v] = num(o, "val_loss_ema");
+            r->eppl[v] = num(o, "val_ppl_ema");
+            r->ewppl[v] = num(o, "val_word_ppl_ema");
+            r->has_ema |= json_get(o, "val_loss_ema") != NULL;
             const Json *moe = json_get(o, "moe");
             for (int l = 0; l < L && l < (int)json_len(moe); l++) {
                 const Json *x = json_at(moe, (size_t)l);
@@ -469,13 +475,16 @@ static void section_curves(StrBuf *sb, Run *runs, int R) {
         for (int v = 0; v < r->V; v++) et[i][v] = r->etime[v] / tdiv;
     }
     sb_printf(sb, "<h2>Loss and perplexity</h2><p class=\"note\">Training loss at each logged step (solid) and "
-                  "validation loss at each evaluation (dashed, dots), against optimizer steps and against wall-clock.</p>"
+                  "validation loss at each evaluation (dashed, dots), against optimizer steps and against wall-clock; a run that "
+                  "keeps a moving average of its weights (ema_decay) also shows the average's validation curve (dotted, "
+                  "in the run's colour).</p>"
                   "<div class=\"grid\">\n");
     for (int pass = 0; pass < 2; pass++) {
         for (int i = 0; i < R && i < 64; i++) {
             Run *r = &runs[i];
             ser_add(&S, pass ? tt[i] : r->step, r->loss, r->S, svg_palette(i), 0, 0, "%s train", r->label);
             ser_add(&S, pass ? et[i] : r->estep, r->vloss, r->V, svg_palette(i), 1, 1, "%s val", r->label);
+            if (r->has_ema) ser_add(&S, pass ? et[i] : r->estep, r->eloss, r->V, svg_palette(i), 2, 1, "%s val, averaged weights", r->label);
         }
         chart(sb, &S, pass ? "loss vs wall-clock" : "loss vs step", pass ? tl : "step", "cross-entropy (nats/token)", 0);
     }
@@ -490,10 +499,13 @@ static void section_curves(StrBuf *sb, Run *runs, int R) {
             Run *r = &runs[i];
             if (tok_differ) {
                 ser_add(&S, pass ? et[i] : r->estep, r->vwppl, r->V, svg_palette(i), 1, 1, "%s val (word)", r->label);
+                if (r->has_ema)
+                    ser_add(&S, pass ? et[i] : r->estep, r->ewppl, r->V, svg_palette(i), 2, 1, "%s val (word), averaged weights", r->label);
                 continue;
             }
             ser_add(&S, pass ? tt[i] : r->step, tppl[i], r->S, svg_palette(i), 0, 0, "%s train", r->label);
             ser_add(&S, pass ? et[i] : r->estep, r->vppl, r->V, svg_palette(i), 1, 1, "%s val", r->label);
+            if (r->has_ema) ser_add(&S, pass ? et[i] : r->estep, r->eppl, r->V, svg_palette(i), 2, 1, "%s val, averaged weights", r->label);
             if (word_differs) ser_add(&S, pass ? et[i] : r->estep, r->vwppl, r->V, svg_palette(i + 5), 1, 1, "%s val (word)", r->label);
         }
         if (tok_differ)

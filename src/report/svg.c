@@ -103,6 +103,11 @@ const char *svg_palette(int i) {
     return pal[i % 10];
 }
 
+/* the stroke-dasharray attribute of SvgSeries.dashed */
+static const char *dash_attr(int dashed) {
+    return dashed == 2 ? " stroke-dasharray=\"1.5 3\"" : dashed ? " stroke-dasharray=\"5 3\"" : "";
+}
+
 void svg_ramp(double t, char out[8]) {
     /* piecewise-linear through light yellow, green-teal, blue, dark navy (a YlGnBu-like ramp) */
     static const double stops[5][3] = {{255, 255, 217}, {161, 218, 180}, {65, 182, 196}, {34, 94, 168}, {8, 29, 88}};
@@ -232,8 +237,7 @@ int svg_line_chart(StrBuf *sb, const SvgChart *c, const SvgSeries *s, int ns) {
             if (!isfinite(x) || !usable(y, c->logy)) { pen = 0; continue; }
             if (c->points) break;
             if (!any) {
-                sb_printf(sb, "<path class=\"series\" fill=\"none\" stroke=\"%s\"%s d=\"", col,
-                          s[i].dashed ? " stroke-dasharray=\"5 3\"" : "");
+                sb_printf(sb, "<path class=\"series\" fill=\"none\" stroke=\"%s\"%s d=\"", col, dash_attr(s[i].dashed));
                 any = 1;
             }
             sb_printf(sb, "%s%.1f %.1f", pen ? " L" : any == 1 ? "M" : " M", svg_scale_map(&xs, x), svg_scale_map(&ys, y));
@@ -270,7 +274,7 @@ int svg_line_chart(StrBuf *sb, const SvgChart *c, const SvgSeries *s, int ns) {
         if (row == 0 || lx + w > W - MR) { row++; lx = ML; }
         double y = H0 + (row - 1) * 16 + 4;
         sb_printf(sb, "<line class=\"key\" x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"%s\"%s/>", lx, y, lx + 20, y,
-                  s[i].color ? s[i].color : svg_palette(i), s[i].dashed ? " stroke-dasharray=\"5 3\"" : "");
+                  s[i].color ? s[i].color : svg_palette(i), dash_attr(s[i].dashed));
         text_el(sb, lx + 24, y + 4, "start", "legend", s[i].name);
         lx += w + 10;
     }

@@ -45,7 +45,7 @@ typedef struct {
     int n;
     const char *name;     /* legend label (NULL: no legend entry) */
     const char *color;    /* CSS colour (NULL: palette by index) */
-    int dashed;           /* 1: dashed stroke */
+    int dashed;           /* 1: dashed stroke, 2: dotted */
     int markers;          /* 1: a circle at each point */
 } SvgSeries;
 

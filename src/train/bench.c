@@ -16,6 +16,7 @@
 #include "io/fileio.h"
 #include "data/span.h"
 #include "model/encdec.h"
+#include "model/llama_gguf.h"
 #include "model/steps.h"
 #include "optim/optim.h"
 #include "train/step.h"
@@ -62,10 +63,10 @@ static double bench_generate(Model *m, KVCache *kv, int n, int first, Rng *r, fl
 }
 
 /* --profile: a step's phases over the last pass (thread 0's times, its waits at barriers included),
- * each with the bytes of weights it read (less the rows it skipped) and their rate */
-static void print_gen_phases(const Model *m, const KVCache *kv, int n, int bf16) {
-    double bytes[KV_PHASES], skipped[KV_PHASES], total = 0.0;
-    kv_phase_bytes(m, bf16, bytes);
+ * each with the bytes of weights it read (bytes: kv_phase_bytes's, less the rows it skipped) and
+ * their rate */
+static void print_gen_phases(const KVCache *kv, int n, int bf16, const double bytes[KV_PHASES]) {
+    double skipped[KV_PHASES], total = 0.0;
     kv_phase_skipped(kv, skipped);
     for (int p = 0; p < KV_PHASES; p++) total += kv->phase_s[p];
     printf("generate%s phases, a token:", bf16 ? " --bf16" : "");
@@ -136,12 +137,13 @@ static uint32_t read_times(const uint32_t *a, size_t n, int passes, int reps, do
     return acc;
 }
 
-/* The machine's read bandwidth (bytes/s) over the first `bytes` of the model's weights (what a token
- * step reads, in as many bytes and the same memory: no buffer of its own, so no RSS added), reps
- * samples into t[0..reps-1]: as many passes per sample as make ~2 GB (3 to 100). */
-static void read_bandwidth_times(const Model *m, double bytes, int reps, double *t) {
-    size_t n = (size_t)(bytes / sizeof(float));
-    if (n > m->n_params) n = m->n_params;
+/* The machine's read bandwidth (bytes/s) over the first `bytes` of the model's weights, base[held
+ * bytes] (what a token step reads, in as many bytes and the same memory: no buffer of its own, so no
+ * RSS added: the float parameters, or a GGUF file's Q8_0 blocks), reps samples into t[0..reps-1]: as
+ * many passes per sample as make ~2 GB (3 to 100). */
+static void read_bandwidth_times(const void *base, size_t held, double bytes, int reps, double *t) {
+    size_t n = (size_t)(bytes / sizeof(uint32_t));
+    if (n > held / sizeof(uint32_t)) n = held / sizeof(uint32_t);
     n &= ~(size_t)63;
     if (n == 0) {   /* fewer than 64 floats: nothing worth timing; the share is then printed as 0 */
         for (int i = 0; i < reps; i++) t[i] = 0.0;
@@ -149,7 +151,7 @@ static void read_bandwidth_times(const Model *m, double bytes, int reps, double 
     }
     double want = 2e9 / (4.0 * n);
     int passes = want < 3 ? 3 : want > 100 ? 100 : (int)want;
-    volatile uint32_t sink = read_times((const uint32_t *)(const void *)m->params, n, passes, reps, t);
+    volatile uint32_t sink = read_times((const uint32_t *)base, n, passes, reps, t);
     (void)sink;
     for (int i = 0; i < reps; i++) t[i] = 4.0 * n / t[i];
 }
@@ -277,7 +279,65 @@ static moelm_status bench_run_switch(const BenchOptions *o, const ModelConfig *c
     return st;
 }
 
+/* -m FILE.gguf: generation from the file's weights as `moelm generate -m FILE` runs it (its Q8_0
+ * matrices from their int8 blocks, q8_0_gemv), no training (a Q8_0 file's matrices are never floats
+ * here): tok/s, the bytes of weights a token reads (kv_phase_bytes_q8: Q8_0 blocks at 34 bytes a 32
+ * values, the rest float) and their share of the read bandwidth measured over as many bytes of the
+ * same weights (the blocks when the file has Q8_0 matrices), half before and half after. */
+static moelm_status bench_run_gguf(const BenchOptions *o) {
+    enum { PEAK_REPS = 5 };
+    backend_set_threads(o->threads);
+    Model m;
+    Q8Arena q8;
+    KVCache kv;
+    memset(&kv, 0, sizeof kv);
+    moelm_status st = llama_load_gguf(&m, NULL, &q8, o->model, 1, 1);
+    if (st) return st;
+    int n = o->n_gen < m.cfg.n_positions ? o->n_gen : m.cfg.n_positions - 1;
+    float *scratch = moelm_malloc(sizeof(float) * 2 * (size_t)m.cfg.vocab_size);
+    if (!scratch) st = MOELM_ERR_NOMEM;
+    if (!st) st = kv_create(&kv, &m);
+    if (!st) st = kv_load_weights(&kv, &m, 0);
+    if (!st && q8.n_span) st = kv_use_q8(&kv, &m, &q8);
+    if (st) goto done;
+    double phases[KV_PHASES], bytes = kv_phase_bytes_q8(&m, q8.n_span ? &q8 : NULL, phases), read_bw[2 * PEAK_REPS];
+    const void *base = q8.n_span ? (const void *)q8.blocks : (const void *)m.params;
+    size_t held = q8.n_span ? sizeof(BlockQ8_0) * (m.n_params / Q8_0_BLOCK) : sizeof(float) * m.n_params;
+    print_model_summary(&m, stdout);
+    printf("bench: %s (%s), %d threads: generation only (no training from a file's weights)\n", o->model,
+           q8.n_span ? "Q8_0 matrices read from their int8 blocks" : "float matrices", o->threads);
+    if (o->peak) read_bandwidth_times(base, held, bytes, PEAK_REPS, read_bw);
+    double tps = 0.0, skip = 0.0, read_gbs = 0.0;
+    if (n > 0) {
+        Rng r;
+        rng_seed(&r, o->seed ^ 0x9E3779B97F4A7C15ull);
+        kv.profile = o->profile;
+        tps = bench_generate(&m, &kv, n, m.cfg.bos_token_id >= 0 ? m.cfg.bos_token_id : 0, &r, scratch, &skip);
+        printf("generate: batch 1, %d new tokens, %.1f tok/s (%.3f ms/token)\n", n, tps, 1e3 / tps);
+        if (o->profile) print_gen_phases(&kv, n, 0, phases);
+    }
+    double gen_bytes = bytes - skip, gen_gbs = tps * gen_bytes / 1e9;
+    if (o->peak) {
+        read_bandwidth_times(base, held, bytes, PEAK_REPS, read_bw + PEAK_REPS);
+        read_gbs = median_of(read_bw, 2 * PEAK_REPS) / 1e9;
+        printf("read: %.1f GB/s over %.1f MB (median of %d, before and after the run); generate streams %.3f MB of "
+               "weights a token: %.1f GB/s, %.0f%% of it\n", read_gbs, bytes / 1e6, 2 * PEAK_REPS, gen_bytes / 1e6,
+               gen_gbs, read_gbs > 0 ? 100.0 * gen_gbs / read_gbs : 0.0);
+    }
+    printf("RESULT model=%s threads=%d gen_tok_s=%.2f gen_bytes=%.0f gen_gbs=%.2f read_gbs=%.2f gen_read_share=%.4f "
+           "q8_kernel=%s rss_mb=%.1f\n", o->model, o->threads, tps, gen_bytes, gen_gbs, read_gbs,
+           read_gbs > 0 ? gen_gbs / read_gbs : 0.0, q8.n_span ? q8_0_kernel_name() : "none", peak_rss_mb());
+    fflush(stdout);
+done:
+    if (kv.mem) kv_free(&kv);
+    moelm_free(scratch);
+    q8_arena_free(&q8);
+    model_free(&m);
+    return st;
+}
+
 moelm_status bench_run(const BenchOptions *o) {
+    if (o->model) return bench_run_gguf(o);
     ModelConfig cfg;
     TrainConfig tc;
     moelm_status st = resolve_config(o, &cfg, &tc);
@@ -309,7 +369,7 @@ moelm_status bench_run(const BenchOptions *o) {
     /* the machine's read bandwidth over as many bytes as a float token step reads: half the samples
      * now, half after the runs, as the peak */
     double step_bytes = kv_step_bytes(&m, 0), read_bw[2 * PEAK_REPS];
-    if (o->peak && o->n_gen > 0) read_bandwidth_times(&m, step_bytes, PEAK_REPS, read_bw);
+    if (o->peak && o->n_gen > 0) read_bandwidth_times(m.params, sizeof(float) * m.n_params, step_bytes, PEAK_REPS, read_bw);
     enum { NBATCH = 4 };
     int *tok = moelm_malloc(sizeof(int) * (size_t)N * NBATCH * 2);
     float *scratch = moelm_malloc(sizeof(float) * 2 * (size_t)V);
@@ -368,7 +428,9 @@ moelm_status bench_run(const BenchOptions *o) {
         kv.profile = o->profile;
         gen_tps = bench_generate(&m, &kv, o->n_gen, tok[0], &r, scratch, &skip);
         printf("generate: batch 1, %d new tokens, %.1f tok/s (%.3f ms/token)\n", o->n_gen, gen_tps, 1e3 / gen_tps);
-        if (o->profile) print_gen_phases(&m, &kv, o->n_gen, 0);
+        double phases[KV_PHASES];
+        kv_phase_bytes(&m, 0, phases);
+        if (o->profile) print_gen_phases(&kv, o->n_gen, 0, phases);
     }
     double rss = peak_rss_mb();
     printf("memory: peak RSS %.1f MB (training and generation)\n", rss);
@@ -378,14 +440,16 @@ moelm_status bench_run(const BenchOptions *o) {
         gen16_tps = bench_generate(&m, &kv, o->n_gen, tok[0], &r, scratch, &skip16);
         printf("generate --bf16: %.1f tok/s (%.3f ms/token), %.2fx the float weights\n", gen16_tps, 1e3 / gen16_tps,
                gen16_tps / gen_tps);
-        if (o->profile) print_gen_phases(&m, &kv, o->n_gen, 1);
+        double phases[KV_PHASES];
+        kv_phase_bytes(&m, 1, phases);
+        if (o->profile) print_gen_phases(&kv, o->n_gen, 1, phases);
     }
 
     /* the bytes a step read: its weights less the rows it skipped after a ReLU */
     double gen_bytes = step_bytes - skip, gen16_bytes = kv_step_bytes(&m, 1) - skip16;
     double gen_gbs = gen_tps * gen_bytes / 1e9, read_gbs = 0.0;
     if (o->peak && o->n_gen > 0) {
-        read_bandwidth_times(&m, step_bytes, PEAK_REPS, read_bw + PEAK_REPS);
+        read_bandwidth_times(m.params, sizeof(float) * m.n_params, step_bytes, PEAK_REPS, read_bw + PEAK_REPS);
         read_gbs = median_of(read_bw, 2 * PEAK_REPS) / 1e9;
         printf("read: %.1f GB/s over %.1f MB (median of %d, before and after the runs); generate streams %.1f MB of "
                "weights a token (%.1f MB of zero units' rows skipped): %.1f GB/s, %.0f%% of it (bf16: %.1f MB, %.1f GB/s)\n",
@@ -419,11 +483,11 @@ moelm_status bench_run(const BenchOptions *o) {
     printf("RESULT config=%s threads=%d train_tok_s=%.1f train_ms_step=%.3f train_gflops=%.2f train_bf16_tok_s=%.1f "
            "train_bf16_ms_step=%.3f train_bf16_gflops=%.2f gen_tok_s=%.2f gen_bf16_tok_s=%.2f sgemm_peak_gflops=%.2f "
            "peak_share=%.4f bf16_peak_gflops=%.2f bf16_peak_share=%.4f rss_mb=%.1f gen_gbs=%.2f read_gbs=%.2f "
-           "gen_read_share=%.4f kernel=%s bf16_kernel=%s\n",
+           "gen_read_share=%.4f kernel=%s bf16_kernel=%s gen_bytes=%.0f\n",
            o->config, o->threads, train_tps, o->steps > 0 ? 1e3 * t_total / o->steps : 0.0, train_gflops, train16_tps,
            o->bf16 && o->steps > 0 ? 1e3 * t16_total / o->steps : 0.0, train16_gflops, gen_tps, gen16_tps, peak,
            peak > 0 ? train_gflops / peak : 0.0, peak16, peak16 > 0 ? train16_gflops / peak16 : 0.0, rss, gen_gbs,
-           read_gbs, read_gbs > 0 ? gen_gbs / read_gbs : 0.0, kernel, gemm_bf16_kernel());
+           read_gbs, read_gbs > 0 ? gen_gbs / read_gbs : 0.0, kernel, gemm_bf16_kernel(), o->n_gen > 0 ? gen_bytes : 0.0);
     fflush(stdout);
 done:
     moelm_free(tok);

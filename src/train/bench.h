@@ -13,6 +13,8 @@
  *             share of what this machine's memory delivers now (both halves of peak and read are
  *             sampled before and after the runs);
  *   memory    the process's peak RSS after training and generation (before the peak GEMM buffers).
+ * With a GGUF file (BenchOptions.model) only generation and read, from the file's weights (Q8_0 matrices
+ * from their int8 blocks, counted in bytes as a step reads them: kv_phase_bytes_q8).
  * What it is not: a convergence test (the tokens are uniform noise).
  */
 #ifndef MOELM_BENCH_H
@@ -23,6 +25,7 @@
 
 typedef struct {
     const char *config;         /* preset name or config.json (default "seed-switch") */
+    const char *model;          /* NULL, or a GGUF file: its generation alone (config, training unused) */
     const char *const *sets;    /* "key=value" model or training overrides, NULL-terminated */
     int n_sets;
     int threads;

@@ -322,6 +322,27 @@ static moelm_status check_latest(const char *run_dir, const char *link) {
                       link, target, run_dir);
 }
 
+/* RUN/ckpt-<step> of the highest step holding a model (a checkpoint directory appears whole, by a
+ * rename, so the newest is complete); 0 when there is none. */
+static int newest_complete(const char *run_dir, char *out, size_t cap) {
+    DIR *d = opendir(run_dir);
+    if (!d) return 0;
+    int best = -1;
+    char name[64] = "", buf[4200];
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        int s = ckpt_step_of(e->d_name);
+        if (s <= best) continue;
+        snprintf(buf, sizeof buf, "%s/%s/model.safetensors", run_dir, e->d_name);
+        if (!path_exists(buf)) continue;
+        best = s;
+        snprintf(name, sizeof name, "%s", e->d_name);
+    }
+    closedir(d);
+    if (best >= 0) snprintf(out, cap, "%s/%s", run_dir, name);
+    return best >= 0;
+}
+
 moelm_status ckpt_resolve(const char *path, char *out, size_t cap) {
     char buf[4096], dirbuf[4096];
     if (!path_exists(path)) return moelm_fail(MOELM_ERR_IO, "%s: no such checkpoint or run directory", path);
@@ -348,6 +369,8 @@ moelm_status ckpt_resolve(const char *path, char *out, size_t cap) {
             snprintf(out, cap, "%s/latest", path);
             return MOELM_OK;
         }
+    } else if (newest_complete(path, out, cap)) {
+        return MOELM_OK;   /* killed between its first checkpoint's rename and the making of latest */
     }
     return moelm_fail(MOELM_ERR_IO, "%s: not a checkpoint (no model.safetensors) and no latest checkpoint in it", path);
 }

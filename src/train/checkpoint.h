@@ -73,7 +73,8 @@ moelm_status ckpt_remove_all(const char *run_dir);
 
 /* Resolves a path given by the user (a checkpoint dir, RUN/latest, or a RUN dir with `latest`)
  * to a checkpoint directory in out. A `latest` that is not a symbolic link to a ckpt-<step>
- * directory of its own run directory (a path elsewhere, a directory) is refused. */
+ * directory of its own run directory (a path elsewhere, a directory) is refused. A RUN dir without
+ * `latest` (killed between its first checkpoint's rename and the link) gives its newest checkpoint. */
 moelm_status ckpt_resolve(const char *path, char *out, size_t cap);
 
 /* The run directory a checkpoint directory (as ckpt_resolve gives it: RUN/latest, RUN/ckpt-<step>)

@@ -12,6 +12,7 @@
 #include "model/llama_gguf.h"
 #include "model/llama_hf.h"
 #include "train/checkpoint.h"
+#include "train/dyneval.h"
 #include "train/train.h"
 
 /* Opens a model directory: a moelm checkpoint (CHECKSUMS verified, state.json read; *has_state 1) or a
@@ -221,12 +222,83 @@ done:
  * in ~82k tokens), tinyshakespeare under a PTB word:10000 tokenizer ~46%. */
 #define EVAL_UNK_WARN 0.10
 
-moelm_status eval_run(const char *ckpt, const char *data, int B, int T, int stride, int threads, int ema) {
+/* The loss and perplexity lines of an evaluation, each starting with prefix. */
+static void print_ppl(const char *prefix, const EvalResult *r, size_t words) {
+    double per_tok = r->nll / r->tokens;
+    printf("%stoken-level: loss %.4f, perplexity %.3f\n", prefix, per_tok, exp(per_tok));
+    printf("%sword-level perplexity: %.3f\n", prefix, words ? exp(r->nll / (double)words) : 0.0);
+}
+
+/* A number of the training settings a checkpoint's state.json holds, within (lo, hi]; dflt when absent. */
+static float state_train_number(const TrainState *state, const char *key, float lo, float hi, float dflt) {
+    Json *j = NULL;
+    float x = dflt;
+    if (state->train_json[0] && json_parse(&j, state->train_json, strlen(state->train_json), "state.json train") == MOELM_OK) {
+        const Json *v = json_get(j, key);
+        if (v && json_type(v) == JSON_NUMBER && json_number(v) > lo && json_number(v) <= hi) x = (float)json_number(v);
+    }
+    json_free(j);
+    return x;
+}
+
+/* eval --dynamic after the static evaluation: SGD, or with dyn->rms the RMS rule from the checkpoint's
+ * Adam second moment; each update's gradient clipped at the run's grad_clip (1 when unknown: a segment
+ * of a few dozen tokens can give a gradient far larger than a training batch's, and one unclipped step
+ * then ruins the weights). Prints the dynamic numbers. The model ends adapted. */
+static moelm_status eval_dynamic(Model *m, const char *dir, const TrainState *state, const EvalDynamic *dyn,
+                                 const int *ids, size_t n, size_t words) {
+    int rms = dyn->rms;   /* eval_run checked that the checkpoint has Adam's moments */
+    float lr = dyn->lr >= 0 ? dyn->lr : rms ? DYN_LR_RMS : DYN_LR_SGD;
+    Optimizer o;
+    memset(&o, 0, sizeof o);
+    moelm_status st = rms ? optim_create(&o, m->n_params) : MOELM_OK;
+    if (!st && rms) st = ckpt_load_optimizer(dir, &o, m);
+    if (!st && rms) dyn_ms_from_adam(o.v, &o, state_train_number(state, "beta2", 0, 0.999999f, 0.999f));
+    float clip = state_train_number(state, "grad_clip", 0, 1e30f, 1.0f);
+    DynEval d;
+    if (!st) st = dyn_create(&d, m, lr, dyn->decay, rms ? o.v : NULL, clip);
+    optim_free(&o);
+    if (st) return st;
+    printf("dynamic evaluation (adapts the weights on the text as it is read; not comparable with static numbers):\n"
+           "  segments of %d tokens in order, each scored, then one %s step on it (lr %g, decay toward the trained "
+           "weights %g, gradient clipped at norm %g)\n", m->T, rms ? "RMS-normalised (MS: the run's Adam second moment)" : "SGD",
+           lr, dyn->decay, clip);
+    EvalResult r;
+    double t0 = time_now();
+    st = evaluate_dynamic(&d, ids, n, &r, NULL);
+    if (!st) {
+        print_ppl("dynamic ", &r, words);
+        printf("dynamic eval time %.1f s (%.0f tok/s)\n", time_now() - t0, r.tokens / (time_now() - t0));
+    }
+    dyn_free(&d);
+    return st;
+}
+
+moelm_status eval_run(const char *ckpt, const char *data, int B, int T, int stride, int threads, int ema,
+                      const EvalDynamic *dyn) {
     backend_set_threads(threads);
     ModelType type;
     int seq_len;
     moelm_status st = peek_model(ckpt, &type, &seq_len);
     if (st) return st;
+    int dynamic = dyn && dyn->on;
+    if (dynamic) {
+        if (type == MODEL_SWITCH)
+            return moelm_fail(MOELM_ERR_ARG, "eval --dynamic is for decoder-only models (lm, seed, llama, mixtral); this "
+                                             "is an encoder-decoder (switch_transformers), whose span corruption has no reading order");
+        if (stride > 0 && stride != T && stride != seq_len)
+            return moelm_fail(MOELM_ERR_ARG, "eval --dynamic reads the text in non-overlapping segments: --stride does not apply");
+        if (!(dyn->decay >= 0 && dyn->decay <= 1)) return moelm_fail(MOELM_ERR_ARG, "--dyn-decay must be in [0, 1]");
+        char d[4096], p[4200];
+        if (dyn->rms && !gguf_is_file(ckpt) && ckpt_resolve(ckpt, d, sizeof d) == MOELM_OK)
+            snprintf(p, sizeof p, "%s/optimizer.safetensors", d);
+        else snprintf(p, sizeof p, "%s", "");
+        if (dyn->rms && !path_exists(p))
+            return moelm_fail(MOELM_ERR_ARG, "--dyn-rms: %s is not a moelm training checkpoint with optimizer.safetensors (the "
+                                             "RMS rule takes MS from its Adam second moment); without --dyn-rms: SGD", ckpt);
+        B = 1;       /* one segment at a time, in order; the static numbers at the same windows */
+        stride = 0;
+    }
     if (type == MODEL_SWITCH) {
         if (stride > 0) return moelm_fail(MOELM_ERR_ARG, "--stride is for decoder-only models (an encoder-decoder is "
                                                          "evaluated on span-corrupted windows)");
@@ -279,14 +351,14 @@ moelm_status eval_run(const char *ckpt, const char *data, int B, int T, int stri
         for (size_t i = first; i < n; i++) unk += unk_id >= 0 && ids[i] == unk_id;
         EvalResult r;
         double t0 = time_now();
+        Rng rng0 = m.rng;   /* the dynamic pass draws what the static one did (the random router) */
         st = evaluate(&m, ids, n, 0, stride, &r);
         if (!st) {
-            double per_tok = r.nll / r.tokens;
             printf("%s: %.0f tokens, %zu words, windows of %d tokens", name, r.tokens, words, m.T);
             if (stride > 0 && stride < m.T) printf(" every %d (each scored token sees at least %d before it)\n", stride, m.T - stride);
             else printf(", not overlapping\n");
-            printf("token-level: loss %.4f, perplexity %.3f\n", per_tok, exp(per_tok));
-            printf("word-level perplexity: %.3f\n", words ? exp(r.nll / (double)words) : 0.0);
+            if (dynamic) printf("static (the trained weights, one window at a time):\n");
+            print_ppl("", &r, words);
             double unk_rate = (double)unk / (double)(n - first);
             printf("unknown tokens: %zu of %zu (%.2f%%)\n", unk, n - first, 100.0 * unk_rate);
             /* <unk> is one cheap guess for many words: above a few percent the perplexity flatters */
@@ -295,6 +367,8 @@ moelm_status eval_run(const char *ckpt, const char *data, int B, int T, int stri
                         "know): the perplexity is not comparable with that of text it covers\n", 100.0 * unk_rate);
             printf("eval time %.1f s (%.0f tok/s)\n", time_now() - t0, r.tokens / (time_now() - t0));
             print_moe_stats(&r, stdout);
+            m.rng = rng0;
+            if (dynamic) st = eval_dynamic(&m, dir, &state, dyn, ids, n, words);
         }
     }
     moelm_free(ids);

@@ -11,7 +11,7 @@
  * gradients (the backward adds), and the update takes their mean (1/N folded into the clip scale;
  * N = 1 divides by 1, the same bits). */
 static StepResult step_with(Trainer *t, void (*fwd)(Model *m, const void *batch, int k), const void *batch, int N,
-                            float lr, long step) {
+                            float lr, long step, const DynRule *dyn) {
     Model *m = t->model;
     StepResult r = {0};
     double t0 = time_now(), f = 0, b = 0;
@@ -38,7 +38,10 @@ static StepResult step_with(Trainer *t, void (*fwd)(Model *m, const void *batch,
     r.aux_loss = aux;
     r.grad_norm = grad_norm(m) / (float)N;   /* NaN/Inf exactly when a gradient is */
     r.nonfinite = !isfinite(r.loss) || !isfinite(r.grad_norm) || !isfinite(r.aux_loss);
-    if (!r.nonfinite) {
+    if (!r.nonfinite && dyn) {   /* dynamic evaluation: its own rule, the expert bias as trained */
+        optim_dyn_step(dyn, m, clip_scale(r.grad_norm, t->tc->grad_clip));
+        t->grads_zero = 1;
+    } else if (!r.nonfinite) {
         optim_step(t->opt, m, t->tc, lr, clip_scale(r.grad_norm, t->tc->grad_clip) / (float)N);
         t->grads_zero = 1;
         MoELayer ml[CONFIG_MAX_MOE_LAYERS];
@@ -52,12 +55,12 @@ static StepResult step_with(Trainer *t, void (*fwd)(Model *m, const void *batch,
     return r;
 }
 
-typedef struct { const int *inputs, *targets; } LmBatch;
+typedef struct { const int *inputs, *targets; int training; } LmBatch;
 
 static void lm_forward(Model *m, const void *batch, int k) {
     const LmBatch *b = batch;
     size_t rows = (size_t)m->B * m->T;
-    model_forward(m, b->inputs + k * rows, b->targets + k * rows, 1);
+    model_forward(m, b->inputs + k * rows, b->targets + k * rows, b->training);
 }
 
 static void seq2seq_forward(Model *m, const void *batch, int k) {
@@ -66,10 +69,16 @@ static void seq2seq_forward(Model *m, const void *batch, int k) {
 }
 
 StepResult train_step(Trainer *t, const int *inputs, const int *targets, float lr, long step) {
-    LmBatch b = {inputs, targets};
-    return step_with(t, lm_forward, &b, t->tc->grad_accum > 1 ? t->tc->grad_accum : 1, lr, step);
+    LmBatch b = {inputs, targets, 1};
+    return step_with(t, lm_forward, &b, t->tc->grad_accum > 1 ? t->tc->grad_accum : 1, lr, step, NULL);
+}
+
+StepResult train_step_dynamic(Trainer *t, const int *inputs, const int *targets, const DynRule *rule) {
+    CHECK(!t->model->ed);
+    LmBatch b = {inputs, targets, 0};
+    return step_with(t, lm_forward, &b, 1, rule->lr, 0, rule);
 }
 
 StepResult train_step_seq2seq(Trainer *t, const Seq2SeqBatch *b, float lr, long step) {
-    return step_with(t, seq2seq_forward, b, 1, lr, step);
+    return step_with(t, seq2seq_forward, b, 1, lr, step, NULL);
 }

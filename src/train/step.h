@@ -46,4 +46,11 @@ StepResult train_step(Trainer *t, const int *inputs, const int *targets, float l
 /* The same step for an encoder-decoder (switch_transformers) on a batch of this rank's rows. */
 StepResult train_step_seq2seq(Trainer *t, const Seq2SeqBatch *b, float lr, long step);
 
+/* Dynamic evaluation's step (src/train/dyneval.h) on inputs, targets [B*T]: the forward in evaluation
+ * mode (no dropout, no jitter, the evaluation capacity: the pass that scores the text, whose per-token
+ * losses Model.a.losses still holds afterwards), its backward (the cross-entropy's mean over the valid
+ * targets plus the MoE layers' auxiliary losses, as in training), global-norm clipping at tc->grad_clip,
+ * and optim_dyn_step with rule; the expert bias is not updated. t->opt is not used. */
+StepResult train_step_dynamic(Trainer *t, const int *inputs, const int *targets, const DynRule *rule);
+
 #endif

@@ -92,8 +92,18 @@ moelm_status evaluate_pairs(Model *m, const Seq2SeqData *d, size_t max_batches, 
 /* Prints per-layer expert statistics (load, dropped, entropy, confidence, dead) on one line each. */
 void print_moe_stats(const EvalResult *r, FILE *f);
 
-/* moelm eval: loads a checkpoint, evaluates a text file (or the test split of a folder). */
-moelm_status eval_run(const char *ckpt, const char *data, int batch_size, int seq_len, int stride, int threads, int ema);
+/* moelm eval --dynamic (src/train/dyneval.h) */
+typedef struct {
+    int on;               /* 0: the static evaluation alone */
+    float lr;             /* < 0: the rule's default */
+    float decay;          /* lambda, in [0, 1] */
+    int rms;              /* 1: the RMS rule (MS from the checkpoint's Adam second moment), 0: SGD */
+} EvalDynamic;
+
+/* moelm eval: loads a checkpoint, evaluates a text file (or the test split of a folder); dyn NULL or
+ * dyn->on 0: static only, else the static evaluation at batch 1, then the dynamic one. */
+moelm_status eval_run(const char *ckpt, const char *data, int batch_size, int seq_len, int stride, int threads, int ema,
+                      const EvalDynamic *dyn);
 
 /* moelm generate */
 typedef struct {

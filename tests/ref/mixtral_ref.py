@@ -13,6 +13,12 @@ unweighted) and the gradient of loss + router_aux_loss_coef * aux (when output_r
 every weight ("grad." + its HF name). The weights of a F16/BF16 directory are used as the file holds
 them (rounded), in float32.
 
+And <case>.bf16.safetensors: the same batch through bf16 mixed precision as `moelm train --bf16` defines
+it (src/model/model.h): every linear layer's three products (the forward, the input gradient and the
+weight gradient of q/k/v/o, the MLP or experts, the head; not the router) take their two operands
+rounded to bf16 (to nearest, ties to even) and sum in float (bf16_linear: a torch.autograd.Function
+written here); everything else float. It holds logits, loss, and grad.<HF name> for every weight.
+
 Needs only Debian's torch (/usr/bin/python3). Regenerate: /usr/bin/python3 tests/ref/mixtral_ref.py tests/ref
 """
 import json
@@ -53,6 +59,33 @@ CASES = {
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
 from moelm import balance_loss  # noqa: E402
 from moelm import llama_forward as forward  # noqa: E402
+
+
+def bf(t):
+    """t rounded to bf16 (nearest, ties to even), as float32"""
+    return t.bfloat16().float()
+
+
+class Bf16Linear(torch.autograd.Function):
+    """y = x w^T with x and w rounded to bf16 and the products summed in float; backward: dx = bf(dy) bf(w),
+    dw = bf(dy)^T bf(x) (float sums), the gradients themselves float (mixed precision)."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        xr, wr = bf(x), bf(w)
+        ctx.save_for_backward(xr, wr)
+        return xr @ wr.T
+
+    @staticmethod
+    def backward(ctx, dy):
+        xr, wr = ctx.saved_tensors
+        dyr = bf(dy)
+        dw = dyr.reshape(-1, dyr.shape[-1]).T @ xr.reshape(-1, xr.shape[-1])
+        return dyr @ wr, dw
+
+
+def bf16_linear(x, w):
+    return Bf16Linear.apply(x, w)
 
 
 # ---- weights --------------------------------------------------------------------------------------
@@ -171,6 +204,12 @@ def write_dir(d, c, W, dtype, shards):
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
 
 
+def print_margin(name, layer, logits, k):
+    """the smallest gap between the k-th and (k+1)-th probability: a flip would need an error this large"""
+    p = torch.softmax(logits.detach(), dim=-1).sort(dim=-1, descending=True).values
+    print("  %s layer %d: smallest top-%d margin %.3g" % (name, layer, k, (p[:, k - 1] - p[:, k]).min()))
+
+
 def run_case(name, spec, out):
     c = dict(spec["cfg"])
     gen = torch.Generator().manual_seed(sum(map(ord, name)))
@@ -187,10 +226,7 @@ def run_case(name, spec, out):
         exp["aux_loss"] = aux.detach().reshape(1)
         for l, lg in enumerate(router_logits):
             exp["router_logits.%d" % l] = lg.detach()
-            # the smallest gap between the k-th and (k+1)-th probability: a flip would need an error this large
-            p = torch.softmax(lg.detach(), dim=-1).sort(dim=-1, descending=True).values
-            k = c["num_experts_per_tok"]
-            print("  %s layer %d: smallest top-%d margin %.3g" % (name, l, k, (p[:, k - 1] - p[:, k]).min()))
+            print_margin(name, l, lg, c["num_experts_per_tok"])
         if c["output_router_logits"]:
             total = loss + c["router_aux_loss_coef"] * aux
     total.backward()
@@ -199,6 +235,24 @@ def run_case(name, spec, out):
     write_safetensors(os.path.join(out, "mixtral", name + ".expected.safetensors"), exp,
                       {n: "F32" for n in exp}, {"case": name})
     print("%s: loss %.6f%s" % (name, loss.item(), " aux %.6f" % exp["aux_loss"].item() if "aux_loss" in exp else ""))
+
+    # the same batch in bf16 mixed precision
+    P = {n: t.clone().requires_grad_(True) for n, t in W.items()}
+    logits16, loss16, router_logits = forward(P, c, ids, mm=bf16_linear)
+    total = loss16
+    for l, lg in enumerate(router_logits):
+        print_margin(name + " bf16", l, lg, c["num_experts_per_tok"])
+    if c["model_type"] == "mixtral" and c["output_router_logits"]:
+        total = loss16 + c["router_aux_loss_coef"] * balance_loss(router_logits, c["num_local_experts"],
+                                                                  c["num_experts_per_tok"])
+    total.backward()
+    b16 = {"logits": logits16.detach(), "loss": loss16.detach().reshape(1)}
+    for n, t in P.items():
+        b16["grad." + n] = t.grad.detach()
+    write_safetensors(os.path.join(out, "mixtral", name + ".bf16.safetensors"), b16,
+                      {n: "F32" for n in b16}, {"case": name, "precision": "bf16 mixed"})
+    print("%s bf16: loss %.6f (float %.6f), logits within %.2g of float's largest" %
+          (name, loss16.item(), loss.item(), ((logits16 - logits).abs().max() / logits.abs().max()).item()))
 
 
 def main():
