@@ -3,19 +3,54 @@
 # suite's line "N passed, N failed". A binary that crashes or exits non-zero without a summary
 # counts as one failure.
 #
-# MOELM_TEST_JOBS=N runs N tests at once (default 1). Every test binary runs at one thread
+# MOELM_TEST_JOBS=N runs N tests at once (default 2). Every test binary runs at one thread
 # (tests/test.h) and every shell test in its own build/tmp folder, so 2 use both cores of a two-core
 # machine (make test: ~half the time); each one's output is kept and printed in the order given, as
-# if they had run one after the other. Not the default: the few checks of wall-clock (--time-budget
-# ending on time, bench's read bandwidth) have a second of slack, which a busy neighbour can use up
-# (seen with test_mpi's four ranks beside test_cli on a shared machine).
-jobs=${MOELM_TEST_JOBS:-1}
+# if they had run one after the other. The longest tests start first (MOELM_TEST_FIRST, then the
+# other shell tests, then the binaries), so that short ones fill the other core at the end. The
+# checks of wall-clock keep their slack with a neighbour: --time-budget plans its end from its own
+# measured steps and evaluations (a neighbour slows those too; 1 to 2 s of slack over 3 to 6 s), the
+# MPI ranks yield their core while they wait (tests/mpirun.sh), bench's read bandwidth is a median of
+# 10 samples against a floor of 0.5 GB/s, and test_data's corpus time is CPU seconds.
+jobs=${MOELM_TEST_JOBS:-2}
+first=${MOELM_TEST_FIRST:-"test_gguf_model.sh test_llamacpp.sh test_mpi.sh test_mpi_presets.sh test_tokenizer test_cli.sh"}
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
+# Scratch in memory. The tests write under build/tmp (and mktemp -d under $TMPDIR), and checkpoints,
+# exports and tokenizers are fsynced (src/io/fileio.h): on a disk shared with other work those waits
+# were most of the suite's wall time (test_checkpoint: 22 s on disk, 0.6 s in memory, the same CPU).
+# When /dev/shm has 4 GiB free (a whole run leaves ~0.7 GiB there), build/tmp is for the run a link
+# to a new folder there, removed at the end with what the tests left in it (an empty build/tmp takes
+# the link's place). MOELM_TEST_TMP=disk keeps build/tmp on disk and its contents after the run.
+scratch=""
+if [ "${MOELM_TEST_TMP:-}" != disk ] && [ -d /dev/shm ] && [ -w /dev/shm ] &&
+   [ "$(df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 { print $4 }')" -gt 4194304 ] 2>/dev/null; then
+    scratch=$(mktemp -d /dev/shm/moelm-test.XXXXXX) || scratch=""
+fi
+if [ -n "$scratch" ]; then
+    mkdir -p "$root/build" && rm -rf "$root/build/tmp" && ln -s "$scratch" "$root/build/tmp"
+    export TMPDIR="$scratch"
+fi
+cleanup() {
+    rm -rf "$out"
+    if [ -n "$scratch" ]; then
+        [ "$(readlink "$root/build/tmp")" = "$scratch" ] && rm -f "$root/build/tmp" && mkdir -p "$root/build/tmp"
+        rm -rf "$scratch"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 for t in "$@"; do printf '%s\n' "$t"; done >"$out/list"
 # each job: the i-th path of the list, run from the root, its output and exit status kept by i
-seq 1 $# | xargs -P "$jobs" -I{} sh -c 't=$(sed -n "$2p" "$1/list"); cd "$0" && "$t" >"$1/$2.out" 2>&1; echo $? >"$1/$2.rc"' \
+# the start order: indices into the list, the tests named in $first, then the shell tests, then the rest
+order() {
+    i=0; for t in "$@"; do i=$((i + 1)); case " $first " in *" $(basename "$t") "*) echo $i ;; esac; done
+    i=0; for t in "$@"; do i=$((i + 1)); case " $first " in *" $(basename "$t") "*) continue ;; esac
+                                      case $t in *.sh) echo $i ;; esac; done
+    i=0; for t in "$@"; do i=$((i + 1)); case " $first " in *" $(basename "$t") "*) continue ;; esac
+                                      case $t in *.sh) ;; *) echo $i ;; esac; done
+}
+order "$@" | xargs -P "$jobs" -I{} sh -c 't=$(sed -n "$2p" "$1/list"); cd "$0" && "$t" >"$1/$2.out" 2>&1; echo $? >"$1/$2.rc"' \
     "$root" "$out" {}
 passed=0; failed=0; bad=""; i=0
 for t in "$@"; do

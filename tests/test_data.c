@@ -17,6 +17,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -26,6 +27,14 @@
 #endif
 
 /* ---- helpers ------------------------------------------------------------------------------------ */
+
+/* CPU seconds of this process: a limit on work, which a busy neighbour on the same cores does not move
+ * (wall-clock seconds it can double) */
+static double cpu_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 static char g_tmp[256];
 
@@ -130,14 +139,15 @@ static size_t word_tokens(const char *text, size_t n, WordMap *m, int add, int *
 
 TEST(builtin_deterministic_and_sized) {
     size_t live = moelm_alloc_live_bytes();
-    double t0 = time_now();
+    double t0 = cpu_now();
     char *a[3];
     size_t na[3];
     for (int s = 0; s < 3; s++)
         EXPECT(builtin_generate(&a[s], &na[s], s, s ? BUILTIN_EVAL_BYTES : BUILTIN_TRAIN_BYTES, NULL, NULL) == MOELM_OK);
-    double dt = time_now() - t0;
-    /* the brief: generating the default corpus must stay well under a training step's start-up cost */
-    EXPECT_MSG(dt < (SLOW_BUILD ? 3.0 : 0.3), "generation took %.3f s", dt);
+    double dt = cpu_now() - t0;
+    /* the brief: generating the default corpus must stay well under a training step's start-up cost
+     * (CPU seconds: the suite runs two tests at once, tests/run.sh) */
+    EXPECT_MSG(dt < (SLOW_BUILD ? 3.0 : 0.3), "generation took %.3f s of CPU", dt);
     for (int s = 0; s < 3; s++) {
         char *b;
         size_t nb;

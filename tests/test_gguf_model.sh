@@ -43,7 +43,7 @@ loss() { $BIN eval -m "$1" --data builtin --seq-len 64 -t 1 2>&1 | sed -n 's/^to
 
 for kind in mixtral llama; do
     R="$TMP/$kind"
-    $BIN train --config $kind-tiny --data builtin --steps 120 -t 2 --quiet --eval-interval 0 --out "$R" >"$TMP/$kind.train.log" 2>&1
+    $BIN train --config $kind-tiny --data builtin --steps 120 -t 1 --quiet --eval-interval 0 --out "$R" >"$TMP/$kind.train.log" 2>&1
     check "$kind-tiny trained" test -f "$R/latest/model.safetensors"
     for t in f32 f16 bf16 q8_0; do $BIN export -m "$R" --format gguf --type $t -o "$R.$t.gguf" >>"$TMP/$kind.export.log" 2>&1; done
     check "$kind: exported f32, f16, bf16 and q8_0" sh -c "test -s '$R.f32.gguf' -a -s '$R.f16.gguf' -a -s '$R.bf16.gguf' -a -s '$R.q8_0.gguf'"
