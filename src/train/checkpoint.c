@@ -118,16 +118,28 @@ static int ckpt_step_of(const char *name) {
     return *end || v < 0 ? -1 : (int)v;
 }
 
-int ckpt_newest_step(const char *run_dir) {
+/* The highest step of RUN's ckpt-<step> directories (with whole = 1 only those holding a model), its
+ * directory's name in name[cap] when given; -1 when there is none. */
+static int newest_ckpt(const char *run_dir, int whole, char *name, size_t cap) {
     DIR *d = opendir(run_dir);
     if (!d) return -1;
     int best = -1;
+    char buf[4200];
     struct dirent *e;
     while ((e = readdir(d))) {
         int s = ckpt_step_of(e->d_name);
-        if (s > best) best = s;
+        if (s <= best) continue;
+        snprintf(buf, sizeof buf, "%s/%s/model.safetensors", run_dir, e->d_name);
+        if (whole && !path_exists(buf)) continue;
+        best = s;
+        if (name) snprintf(name, cap, "%s", e->d_name);
     }
     closedir(d);
+    return best;
+}
+
+int ckpt_newest_step(const char *run_dir) {
+    int best = newest_ckpt(run_dir, 0, NULL, 0);
     char latest[4096];
     snprintf(latest, sizeof latest, "%s/latest", run_dir);
     struct stat sb;
@@ -325,22 +337,10 @@ static moelm_status check_latest(const char *run_dir, const char *link) {
 /* RUN/ckpt-<step> of the highest step holding a model (a checkpoint directory appears whole, by a
  * rename, so the newest is complete); 0 when there is none. */
 static int newest_complete(const char *run_dir, char *out, size_t cap) {
-    DIR *d = opendir(run_dir);
-    if (!d) return 0;
-    int best = -1;
-    char name[64] = "", buf[4200];
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        int s = ckpt_step_of(e->d_name);
-        if (s <= best) continue;
-        snprintf(buf, sizeof buf, "%s/%s/model.safetensors", run_dir, e->d_name);
-        if (!path_exists(buf)) continue;
-        best = s;
-        snprintf(name, sizeof name, "%s", e->d_name);
-    }
-    closedir(d);
-    if (best >= 0) snprintf(out, cap, "%s/%s", run_dir, name);
-    return best >= 0;
+    char name[256];
+    if (newest_ckpt(run_dir, 1, name, sizeof name) < 0) return 0;
+    snprintf(out, cap, "%s/%s", run_dir, name);
+    return 1;
 }
 
 moelm_status ckpt_resolve(const char *path, char *out, size_t cap) {
