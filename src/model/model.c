@@ -660,7 +660,27 @@ static float *forward_vec(Model *m, int s, StepVec v) {
     return block[v];
 }
 
-/* Runs step st of stage s over the batch (N = B*T rows), saving what model_backward reads. */
+/* The norm a step names in stage s: its weights, their gradients and the statistics its forward saves */
+typedef struct { const float *w, *b; float *dw, *db, *mean, *rstd; } NormUse;
+
+static NormUse norm_use(Model *m, int s, NormOf which) {
+    ModelActs *a = &m->a;
+    if (which == NORM_OF_LNF) return (NormUse){m->p.lnf_w, m->p.lnf_b, m->g.lnf_w, m->g.lnf_b, a->lnf_mean, a->lnf_rstd};
+    const LayerParams *lp = &m->p.layers[s];
+    LayerParams *lg = &m->g.layers[s];
+    LayerActs *la = &a->layers[s];
+    if (which == NORM_OF_LN1) return (NormUse){lp->ln1_w, lp->ln1_b, lg->ln1_w, lg->ln1_b, la->ln1_mean, la->ln1_rstd};
+    return (NormUse){lp->ln2_w, lp->ln2_b, lg->ln2_w, lg->ln2_b, la->ln2_mean, la->ln2_rstd};
+}
+
+/* The [N, C] mask of dropout site `site` in stage s */
+static uint8_t *drop_mask(Model *m, int s, DrawSite site) {
+    ModelActs *a = &m->a;
+    return site == SITE_EMBED ? a->emb_mask : site == SITE_ATTN ? a->layers[s].drop1
+         : site == SITE_FFN ? a->layers[s].drop2 : a->head_mask;
+}
+
+/* Runs step st of stage s over the batch (N = B*T rows), saving what backward_step reads. */
 static void forward_step(Model *m, const ModelStep *st, int s, const int *inputs, int training) {
     const ModelConfig *c = &m->cfg;
     int B = m->B, N = B * m->T, C = c->d_model, NH = c->num_heads, V = c->vocab_size, L = c->num_layers;
@@ -674,11 +694,11 @@ static void forward_step(Model *m, const ModelStep *st, int s, const int *inputs
     case STEP_EMBED:
         encoder_forward(out, inputs, p->wte, p->wpe, B, m->T, C);   /* wpe NULL: llama / mixtral */
         break;
-    case STEP_NORM:
-        if (st->norm == NORM_OF_LN1) norm_fwd(m, out, la->ln1_mean, la->ln1_rstd, in, lp->ln1_w, lp->ln1_b, N);
-        else if (st->norm == NORM_OF_LN2) norm_fwd(m, out, la->ln2_mean, la->ln2_rstd, in, lp->ln2_w, lp->ln2_b, N);
-        else norm_fwd(m, out, a->lnf_mean, a->lnf_rstd, in, p->lnf_w, p->lnf_b, N);
+    case STEP_NORM: {
+        NormUse u = norm_use(m, s, st->norm);
+        norm_fwd(m, out, u.mean, u.rstd, in, u.w, u.b, N);
         break;
+    }
     case STEP_ATTN:
         CHECK(out == la->atty);
         attn_block_fwd(m, la, lp, in);
@@ -686,12 +706,9 @@ static void forward_step(Model *m, const ModelStep *st, int s, const int *inputs
     case STEP_PROJ:
         linear_fwd(out, in, lp->out_w, &lp->out16, lp->out_b, N, NH * (C / NH), C);
         break;
-    case STEP_DROP: {
-        uint8_t *mask = st->site == SITE_EMBED ? a->emb_mask : st->site == SITE_ATTN ? la->drop1
-                      : st->site == SITE_FFN ? la->drop2 : a->head_mask;
-        model_dropout(m, s, st->site, out, mask, in, m->pdrop, (size_t)N * C, B);
+    case STEP_DROP:
+        model_dropout(m, s, st->site, out, drop_mask(m, s, st->site), in, m->pdrop, (size_t)N * C, B);
         break;
-    }
     case STEP_ADD:
         add_forward(out, in, forward_vec(m, s, st->in2), (size_t)N * C);
         break;
@@ -775,7 +792,192 @@ static void hf_balance_bwd(Model *m, float *dx, MoEParams *g, MoEActs *a, const 
     gemm(0, 0, N, C, E, 1.0f, a->dlogits, E, p->router_w, C, 1.0f, dx, C);
 }
 
+/* The gradients of one stage's vectors (StepVec roles) while the backward walks its steps in reverse.
+ * A live role's gradient lies in one of three [N, C] buffers (ModelScratch's dres, dbuf, dbuf2), or,
+ * for SV_LOGITS, over a->logits (crossentropy_backward's dlogits, in place). A role's gradient is
+ * complete once the steps that read it in the forward (later ones) have run backward: then the step
+ * that wrote it reads it and hands it on to its inputs and the role is spent. An ADD hands its
+ * output's gradient on unchanged, so its operands share that buffer (users counts them); a step's
+ * first contribution to a role takes a free buffer, and a later one (a role read by two steps: the
+ * residual res1, the seed model's ln1 and every block input) is added into it, after a copy of its own
+ * if another role still shares it. The stage's input's gradient is the output's of the stage before. */
+#define GRAD_BUFS 4   /* the three scratch buffers, then the logits */
+
+typedef struct {
+    float *buf[GRAD_BUFS];
+    int users[GRAD_BUFS];     /* live roles in each buffer (a step's temporary counts as one) */
+    int at[STEP_VECS];        /* the buffer of each role's gradient; -1 while no step has written it */
+    size_t n;                 /* N C: the floats of a buffer */
+} StageGrads;
+
+/* A free scratch buffer, taken (one user) */
+static int grads_take(StageGrads *G) {
+    for (int b = 0; b < GRAD_BUFS - 1; b++)
+        if (!G->users[b]) {
+            G->users[b] = 1;
+            return b;
+        }
+    CHECK(0 && "the backward of these steps needs more than three [N, C] gradient buffers");
+    return -1;
+}
+
+static float *grad_of(const StageGrads *G, StepVec v) {
+    CHECK(G->at[v] >= 0);
+    return G->buf[G->at[v]];
+}
+
+/* Role v's gradient is spent */
+static void grad_done(StageGrads *G, StepVec v) {
+    CHECK(G->at[v] >= 0);
+    G->users[G->at[v]]--;
+    G->at[v] = -1;
+}
+
+/* Role v's gradient in a buffer no other role shares (copied out of a shared one) */
+static void grad_own(StageGrads *G, StepVec v) {
+    int b = G->at[v];
+    if (G->users[b] == 1) return;
+    int own = grads_take(G);
+    memcpy(G->buf[own], G->buf[b], sizeof(float) * G->n);
+    G->users[b]--;
+    G->at[v] = own;
+}
+
+/* Where a step writes its contribution to role v's gradient: the role's first takes a buffer of its
+ * own (zeroed for a step that adds into its dinp: adds, the norms); a later one adds into the role's
+ * when adds, and goes to a temporary that grad_end adds otherwise. */
+static float *grad_begin(StageGrads *G, StepVec v, int adds) {
+    if (G->at[v] < 0) {
+        G->at[v] = grads_take(G);
+        if (adds) memset(G->buf[G->at[v]], 0, sizeof(float) * G->n);
+        return G->buf[G->at[v]];
+    }
+    grad_own(G, v);
+    return adds ? G->buf[G->at[v]] : G->buf[grads_take(G)];
+}
+
+/* After the step: a temporary d from grad_begin is added into role v's gradient and freed */
+static void grad_end(StageGrads *G, StepVec v, float *d) {
+    float *dv = grad_of(G, v);
+    if (d == dv) return;
+    add_forward(dv, dv, d, G->n);
+    for (int b = 0; b < GRAD_BUFS - 1; b++) if (G->buf[b] == d) G->users[b] = 0;
+}
+
+/* An ADD's operand v: d v += d out, sharing out's buffer when it is v's first contribution */
+static void grad_pass(StageGrads *G, StepVec v, StepVec out) {
+    if (G->at[v] < 0) {
+        G->at[v] = G->at[out];
+        G->users[G->at[v]]++;
+        return;
+    }
+    grad_own(G, v);
+    add_forward(grad_of(G, v), grad_of(G, v), grad_of(G, out), G->n);
+}
+
+/* The backward of step st of stage s (forward_step's mirror): reads its output's gradient (complete),
+ * adds its inputs' contributions and the parameters' gradients, and spends the output's. f and P:
+ * hf_balance's shares, or f NULL without that loss. */
+static void backward_step(Model *m, StageGrads *G, const ModelStep *st, int s, const double *f, const double *P) {
+    const ModelConfig *c = &m->cfg;
+    int B = m->B, N = B * m->T, C = c->d_model, NH = c->num_heads, V = c->vocab_size, L = c->num_layers;
+    int H = c->d_ff, H1 = activation_in_width(c->hidden_act, H), HH = c->head_hidden;
+    ModelActs *a = &m->a;
+    ModelScratch *sc = &m->s;
+    const ModelParams *p = &m->p;
+    ModelParams *g = &m->g;
+    LayerActs *la = s < L ? &a->layers[s] : NULL;
+    const LayerParams *lp = s < L ? &p->layers[s] : NULL;
+    LayerParams *lg = s < L ? &g->layers[s] : NULL;
+    const float *dout = grad_of(G, st->out);
+    const float *in = st->op == STEP_EMBED ? NULL : forward_vec(m, s, st->in);
+    float *din = NULL;
+    switch (st->op) {
+    case STEP_EMBED:
+        encoder_backward(g->wte, g->wpe, dout, a->inputs, B, m->T, C);
+        break;
+    case STEP_DROP:   /* elementwise: in place when the output's gradient was its own */
+        grad_done(G, st->out);
+        din = grad_begin(G, st->in, 0);
+        dropout_backward(din, dout, drop_mask(m, s, st->site), m->pdrop, G->n);
+        grad_end(G, st->in, din);
+        return;
+    case STEP_NORM: {
+        NormUse u = norm_use(m, s, st->norm);
+        din = grad_begin(G, st->in, 1);
+        norm_bwd(m, din, u.dw, u.db, dout, in, u.w, u.mean, u.rstd, N);
+        break;
+    }
+    case STEP_ATTN:
+        din = grad_begin(G, st->in, 0);
+        attn_block_bwd(m, din, lg, dout, la, lp, in);
+        break;
+    case STEP_PROJ:
+        din = grad_begin(G, st->in, 0);
+        linear_bwd(din, lg->out_w, lg->out_b, dout, in, lp->out_w, &lp->out16, N, NH * (C / NH), C);
+        break;
+    case STEP_ADD:
+        grad_pass(G, st->in, st->out);
+        grad_pass(G, st->in2, st->out);
+        break;
+    case STEP_FFN:
+        din = grad_begin(G, st->in, 0);
+        linear_bwd(sc->dfc2, lg->fc2_w, lg->fc2_b, dout, la->fc, lp->fc2_w, &lp->fc2_16, N, H, C);
+        activation_backward(sc->dfc, sc->dfc2, la->fc_pre, c->hidden_act, N, H);
+        linear_bwd(din, lg->fc1_w, lg->fc1_b, sc->dfc, in, lp->fc1_w, &lp->fc1_16, N, C, H1);
+        break;
+    case STEP_MOE:
+        din = grad_begin(G, st->in, 0);
+        moe_backward(din, la ? &lg->moe : &g->head_moe, dout, la ? &la->moe : &a->head_moe, in,
+                     la ? &lp->moe : &p->head_moe, &m->moe_cfg, N, 1.0f);
+        if (la && f) hf_balance_bwd(m, din, &lg->moe, &la->moe, in, &lp->moe, f, P);
+        break;
+    case STEP_LOGITS:
+        din = grad_begin(G, st->in, 0);
+        linear_bwd(din, c->tie_word_embeddings ? g->wte : g->lm_head, NULL, dout, in,
+                   c->tie_word_embeddings ? p->wte : p->lm_head, &p->lm16, N, C, V);
+        break;
+    case STEP_HEAD_FFN:
+        din = grad_begin(G, st->in, 0);
+        linear_bwd(sc->dfc2, g->head_w2, g->head_b2, dout, a->head_h, p->head_w2, &p->head2_16, N, HH, V);
+        activation_backward(sc->dfc, sc->dfc2, a->head_pre, ACT_RELU, N, HH);
+        linear_bwd(din, g->head_w1, g->head_b1, sc->dfc, in, p->head_w1, &p->head1_16, N, C, HH);
+        break;
+    }
+    if (din) grad_end(G, st->in, din);
+    grad_done(G, st->out);
+}
+
 void model_backward(Model *m) {
+    CHECK(!m->ed);   /* switch_transformers: encdec_backward */
+    const ModelConfig *c = &m->cfg;
+    int N = m->B * m->T, V = c->vocab_size;
+    ModelActs *a = &m->a;
+    ModelScratch *sc = &m->s;
+
+    double f[256], P[256];
+    int bal = hf_balance(m, f, P);
+    float inv = m->n_valid ? 1.0f / (float)m->n_valid : 0.0f;
+    for (int i = 0; i < N; i++) sc->dlosses[i] = a->targets[i] >= 0 ? inv : 0.0f;
+    crossentropy_backward(a->logits, a->logits, a->lse, a->targets, sc->dlosses, N, V);   /* the logits are spent */
+
+    StageGrads G = {{sc->dres, sc->dbuf, sc->dbuf2, a->logits}, {0}, {0}, (size_t)N * c->d_model};
+    for (int v = 0; v < STEP_VECS; v++) G.at[v] = -1;
+    G.at[SV_LOGITS] = GRAD_BUFS - 1;
+    G.users[GRAD_BUFS - 1] = 1;
+    for (int s = c->num_layers; s >= 0; s--) {   /* the head, then the blocks, each stage's steps in reverse */
+        ModelStep st[MODEL_STEPS_MAX];
+        for (int i = model_steps(c, s, st) - 1; i >= 0; i--) backward_step(m, &G, &st[i], s, bal ? f : NULL, P);
+        int x = G.at[SV_X];
+        CHECK((x >= 0) == (s > 0) && G.users[GRAD_BUFS - 1] == 0);
+        for (int v = 0; v < STEP_VECS; v++) G.at[v] = -1;
+        if (s > 0) G.at[SV_OUT] = x;   /* the stage before's output: this one's input */
+        for (int b = 0; b < GRAD_BUFS; b++) CHECK(G.users[b] == (s > 0 && b == x));
+    }
+}
+
+void model_backward_ref(Model *m);
+void model_backward_ref(Model *m) {
     CHECK(!m->ed);   /* switch_transformers: encdec_backward */
     const ModelConfig *c = &m->cfg;
     int B = m->B, T = m->T, N = B * T, C = c->d_model, NH = c->num_heads, V = c->vocab_size;

@@ -43,6 +43,7 @@ typedef enum {
     SV_X, SV_LN1, SV_ATTY, SV_ATTPROJ, SV_RES1, SV_LN2, SV_FFN, SV_RES2, SV_OUT,   /* a block's */
     SV_LNF, SV_HM_OUT, SV_HM, SV_HM_DROP, SV_LOGITS                                 /* the head's */
 } StepVec;
+#define STEP_VECS (SV_LOGITS + 1)   /* the number of roles */
 
 typedef enum { NORM_OF_LN1, NORM_OF_LN2, NORM_OF_LNF } NormOf;
 
