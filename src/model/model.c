@@ -253,7 +253,7 @@ static void layout_acts(void *ctx, Bump *b) {
     s->dres = BF(b, N * C);
     s->dbuf = BF(b, N * C);
     s->dbuf2 = BF(b, N * C);
-    s->dqkv = BF(b, (size_t)N * (QKV > C ? QKV : C));
+    s->dqkv = BF(b, (size_t)N * QKV);
     s->datt = BF(b, (size_t)B * NH * T * T);
     s->dfc = BF(b, (size_t)N * wide);
     s->dfc2 = BF(b, (size_t)N * wide);
@@ -974,89 +974,6 @@ void model_backward(Model *m) {
         if (s > 0) G.at[SV_OUT] = x;   /* the stage before's output: this one's input */
         for (int b = 0; b < GRAD_BUFS; b++) CHECK(G.users[b] == (s > 0 && b == x));
     }
-}
-
-void model_backward_ref(Model *m);
-void model_backward_ref(Model *m) {
-    CHECK(!m->ed);   /* switch_transformers: encdec_backward */
-    const ModelConfig *c = &m->cfg;
-    int B = m->B, T = m->T, N = B * T, C = c->d_model, NH = c->num_heads, V = c->vocab_size;
-    int H = c->d_ff, H1 = activation_in_width(c->hidden_act, H);
-    int seed = c->model_type == MODEL_SEED;
-    float pdrop = m->pdrop;          /* the rate the forward used (0 in eval: masks all ones) */
-    ModelActs *a = &m->a;
-    ModelScratch *s = &m->s;
-    const ModelParams *p = &m->p;
-    ModelParams *g = &m->g;
-    size_t NC = (size_t)N * C;
-
-    double f[256], P[256];
-    int bal = hf_balance(m, f, P);
-    float inv = m->n_valid ? 1.0f / (float)m->n_valid : 0.0f;
-    for (int i = 0; i < N; i++) s->dlosses[i] = a->targets[i] >= 0 ? inv : 0.0f;
-    float *dlogits = a->logits;   /* in place: the logits are not needed after this */
-    crossentropy_backward(dlogits, a->logits, a->lse, a->targets, s->dlosses, N, V);
-
-    if (!seed) {
-        const float *W = c->tie_word_embeddings ? p->wte : p->lm_head;
-        float *dW = c->tie_word_embeddings ? g->wte : g->lm_head;
-        linear_bwd(s->dbuf, dW, NULL, dlogits, a->lnf, W, &p->lm16, N, C, V);
-        memset(s->dres, 0, sizeof(float) * NC);
-        norm_bwd(m, s->dres, g->lnf_w, g->lnf_b, s->dbuf, a->x_final, p->lnf_w, a->lnf_mean, a->lnf_rstd, N);
-    } else {
-        int HH = c->head_hidden;
-        linear_bwd(s->dfc2, g->head_w2, g->head_b2, dlogits, a->head_h, p->head_w2, &p->head2_16, N, HH, V);
-        activation_backward(s->dfc, s->dfc2, a->head_pre, ACT_RELU, N, HH);
-        linear_bwd(s->dbuf, g->head_w1, g->head_b1, s->dfc, a->hm_drop, p->head_w1, &p->head1_16, N, C, HH);
-        dropout_backward(s->dbuf, s->dbuf, a->head_mask, pdrop, NC);          /* d hm */
-        moe_backward(s->dbuf2, &g->head_moe, s->dbuf, &a->head_moe, a->x_final, &p->head_moe, &m->moe_cfg, N, 1.0f);
-        add_forward(s->dres, s->dbuf, s->dbuf2, NC);                        /* hm = x + moe(x) */
-    }
-
-    for (int l = c->num_layers - 1; l >= 0; l--) {
-        LayerActs *la = &a->layers[l];
-        const LayerParams *lp = &p->layers[l];
-        LayerParams *lg = &g->layers[l];
-        int sparse = config_block_is_sparse(c, l);
-        /* s->dres holds d(block output) */
-        const float *ffn_in;
-        float *dffn_out;   /* gradient of the FFN/MoE output (after dropout) */
-        if (!seed) {
-            ffn_in = la->ln2;
-            dffn_out = s->dres;           /* out = res1 + ffn: dres flows on as d res1 */
-        } else {
-            ffn_in = la->ln1;
-            memset(s->dbuf, 0, sizeof(float) * NC);
-            norm_bwd(m, s->dbuf, lg->ln2_w, lg->ln2_b, s->dres, la->res2, lp->ln2_w, la->ln2_mean, la->ln2_rstd, N);
-            dffn_out = s->dbuf;           /* res2 = ln1 + ffn: d ln1 and d ffn both = dbuf */
-        }
-        dropout_backward(s->dbuf2, dffn_out, la->drop2, pdrop, NC);
-        float *dffn_in = s->dqkv;         /* [N, C] slice of the [N, 3C] scratch, free until attention */
-        if (sparse) {
-            moe_backward(dffn_in, &lg->moe, s->dbuf2, &la->moe, ffn_in, &lp->moe, &m->moe_cfg, N, 1.0f);
-            if (bal) hf_balance_bwd(m, dffn_in, &lg->moe, &la->moe, ffn_in, &lp->moe, f, P);
-        } else {
-            linear_bwd(s->dfc2, lg->fc2_w, lg->fc2_b, s->dbuf2, la->fc, lp->fc2_w, &lp->fc2_16, N, H, C);
-            activation_backward(s->dfc, s->dfc2, la->fc_pre, c->hidden_act, N, H);
-            linear_bwd(dffn_in, lg->fc1_w, lg->fc1_b, s->dfc, ffn_in, lp->fc1_w, &lp->fc1_16, N, C, H1);
-        }
-        if (!seed) {
-            norm_bwd(m, s->dres, lg->ln2_w, lg->ln2_b, dffn_in, la->res1, lp->ln2_w, la->ln2_mean, la->ln2_rstd, N);
-        } else {
-            add_forward(s->dbuf, s->dbuf, dffn_in, NC);                     /* d ln1 */
-            memset(s->dres, 0, sizeof(float) * NC);
-            norm_bwd(m, s->dres, lg->ln1_w, lg->ln1_b, s->dbuf, la->res1, lp->ln1_w, la->ln1_mean, la->ln1_rstd, N);
-        }
-        /* s->dres = d res1; res1 = x_in + attproj */
-        dropout_backward(s->dbuf, s->dres, la->drop1, pdrop, NC);
-        linear_bwd(s->dbuf2, lg->out_w, lg->out_b, s->dbuf, la->atty, lp->out_w, &lp->out16, N, NH * (C / NH), C);
-        const float *att_in = seed ? la->x_in : la->ln1;
-        attn_block_bwd(m, s->dbuf, lg, s->dbuf2, la, lp, att_in);
-        if (!seed) norm_bwd(m, s->dres, lg->ln1_w, lg->ln1_b, s->dbuf, la->x_in, lp->ln1_w, la->ln1_mean, la->ln1_rstd, N);
-        else add_forward(s->dres, s->dres, s->dbuf, NC);
-    }
-    dropout_backward(s->dres, s->dres, a->emb_mask, pdrop, NC);
-    encoder_backward(g->wte, g->wpe, s->dres, a->inputs, B, T, C);
 }
 
 int model_init_output_bias(Model *m, const int *ids, size_t n) {

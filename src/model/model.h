@@ -118,11 +118,13 @@ static inline int model_qkv_width(const ModelConfig *c) {
     return (c->num_heads + 2 * nkv) * (c->d_model / c->num_heads);
 }
 
+/* The backward's scratch, shared by all stages: dres, dbuf and dbuf2 hold the gradients of the steps'
+ * roles (model_backward's StageGrads), the others a step's own. */
 typedef struct {
-    float *dres;              /* [N, C] gradient of the residual stream */
+    float *dres;              /* [N, C] */
     float *dbuf;              /* [N, C] */
     float *dbuf2;             /* [N, C] */
-    float *dqkv;              /* [N, 3C] */
+    float *dqkv;              /* [N, QKV] attention's q, k, v gradient (model_qkv_width) */
     float *datt;              /* [B, NH, T, T] */
     float *dfc;               /* [N, H1 or HH] */
     float *dfc2;              /* [N, H or HH] */

@@ -2,18 +2,22 @@
  *
  * model_steps lists the steps of one stage of a forward in order: stage 0 .. L-1 the blocks (stage 0
  * opening with the embeddings), stage L the head. It is the one description of each model type's
- * structure, read by three walkers:
+ * structure, read by four walkers:
  *   model_forward   (model.c)     over B x T positions, saving what the backward reads;
+ *   model_backward  (model.c)     the same steps in reverse (stage L down to 0, each stage's last
+ *                                 step first), each step's backward reading what its forward saved;
  *   model_step_kv   (generate.c)  one position through the KV cache, in a team of threads;
  *   model_cost      (steps.c)     the FLOPs of a forward and the bytes of weights a token reads.
  * A walker says how each kind of step runs on its buffers (a StepVec is a role, which the generation
- * step maps several of onto one vector: res1 is x, updated in place), and one without dropout skips
- * STEP_DROP. The order of norms, attention, residual adds and FFN or MoE layers is written nowhere else.
+ * step maps several of onto one vector: res1 is x, updated in place; the backward holds each role's
+ * gradient in one of three [N, C] buffers, adding when a role feeds two steps), and one without dropout
+ * skips STEP_DROP. The order of norms, attention, residual adds and FFN or MoE layers is written nowhere
+ * else: a new order or model type is an edit of model_steps (and, for a new kind of step, one case in
+ * each walker).
  *
- * Not here: the backward (model_backward walks the blocks in reverse by hand, since each step's
- * backward reads what its forward saved), and the switch_transformers encoder-decoder (encdec.c,
- * generate_encdec.c): two stacks with cross-attention and T5's relative position bias, its own
- * activations, no shared buffers with these models.
+ * Not here: the switch_transformers encoder-decoder (encdec.c, generate_encdec.c): two stacks with
+ * cross-attention and T5's relative position bias, its own activations, no shared buffers with these
+ * models.
  *
  * Dimensions: B batch, T sequence, N = B*T, C d_model, NH heads, hd = C/NH, L layers, V vocab,
  * H d_ff, H1 = H or 2H (SwiGLU), HH the seed head's hidden size, E experts.
