@@ -6,8 +6,8 @@
  * rows, "...experts.w2.weight" [E, C, H]. HF's files have one tensor per expert and matrix
  * ("...block_sparse_moe.experts.E.w1.weight" [H, C], w3 [H, C], w2 [C, H]): llama_hf_tensors splits the
  * slabs into those views, here and only here. The zero expert-bias buffers are not in files.
- * (The switch_transformers work has a generic per-expert file view, model_file_tensors; when it is in
- * this tree, this view is its llama case.)
+ * Reading and writing a weight set are model_files.c's (model_read_file_tensors,
+ * model_write_file_tensors) over this view.
  */
 #include "model/llama_hf.h"
 
@@ -60,41 +60,39 @@ LlamaHfTensor *llama_hf_tensors_alloc(const Model *m, int *n) {
     return v;
 }
 
-moelm_status llama_read_hf(Model *m, const WeightSet *ws, const char *dir) {
-    int n;
-    LlamaHfTensor *v = llama_hf_tensors_alloc(m, &n);
-    if (!v) return MOELM_ERR_NOMEM;
-    moelm_status st = MOELM_OK;
-    for (int i = 0; i < n && !st; i++) st = ws_read_f32(ws, v[i].name, m->params + v[i].off, v[i].ndim, v[i].shape);
-    /* every tensor of the set has a place (a tied model's file may carry HF's copy of the head) */
-    for (int j = 0; j < ws_count(ws) && !st; j++) {
-        const char *name = ws_name(ws, j);
-        int found = m->cfg.tie_word_embeddings && !strcmp(name, "lm_head.weight");
-        for (int i = 0; i < n && !found; i++) found = !strcmp(v[i].name, name);
-        if (!found)
-            st = moelm_fail(MOELM_ERR_FORMAT, "%s: tensor '%s' has no place in this %s model (a different model or "
-                            "config?)", dir, name, m->cfg.model_type == MODEL_MIXTRAL ? "mixtral" : "llama");
+/* The family's file tensors (llama_hf_tensors) as model.h's FileTensor over m's weights, for
+ * model_files.c's reader and writer; moelm_malloc'ed (NULL: no memory). */
+static FileTensor *hf_file_tensors(const Model *m, int *n) {
+    LlamaHfTensor *v = llama_hf_tensors_alloc(m, n);
+    FileTensor *ft = v ? moelm_calloc((size_t)(*n ? *n : 1), sizeof *ft) : NULL;
+    for (int i = 0; ft && i < *n; i++) {
+        FileTensor *f = &ft[i];
+        CHECK(strlen(v[i].name) < sizeof f->name);
+        snprintf(f->name, sizeof f->name, "%s", v[i].name);
+        f->data = m->params + v[i].off;
+        f->ndim = v[i].ndim;
+        f->shape[0] = v[i].shape[0];
+        f->shape[1] = v[i].shape[1];
+        f->count = v[i].count;
+        f->tensor = -1;   /* a view of a slab, or a whole tensor: the readers and writers do not ask */
     }
     moelm_free(v);
+    return ft;
+}
+
+moelm_status llama_read_hf(Model *m, const WeightSet *ws, const char *dir) {
+    int n;
+    FileTensor *ft = hf_file_tensors(m, &n);
+    moelm_status st = ft ? model_read_file_tensors(m, ft, n, ws, dir) : MOELM_ERR_NOMEM;
+    moelm_free(ft);
     return st;
 }
 
 moelm_status llama_write_hf(const Model *m, const char *dir, int dtype, uint64_t max_shard_bytes) {
     int n;
-    LlamaHfTensor *v = llama_hf_tensors_alloc(m, &n);
-    StTensor *ts = moelm_calloc((size_t)(n ? n : 1), sizeof(StTensor));
-    StDtype *dt = moelm_calloc((size_t)(n ? n : 1), sizeof(StDtype));
-    moelm_status st = v && ts && dt ? MOELM_OK : MOELM_ERR_NOMEM;
-    for (int i = 0; i < n && !st; i++) {
-        ts[i].name = v[i].name;
-        ts[i].data = m->params + v[i].off;
-        ts[i].ndim = v[i].ndim;
-        ts[i].shape[0] = v[i].shape[0];
-        ts[i].shape[1] = v[i].shape[1];
-        dt[i] = dtype == 1 ? ST_F16 : dtype == 2 ? ST_BF16 : ST_F32;
-    }
-    const char *meta[] = {"format", "pt", NULL};   /* HF's loader wants format "pt" */
-    if (!st) st = ws_write(dir, ts, dt, n, meta, max_shard_bytes);
+    FileTensor *ft = hf_file_tensors(m, &n);
+    moelm_status st = ft ? model_write_file_tensors(ft, n, dir, dtype, max_shard_bytes) : MOELM_ERR_NOMEM;
+    moelm_free(ft);
     char *js = st ? NULL : config_to_json(&m->cfg);
     if (!st && !js) st = MOELM_ERR_NOMEM;
     if (!st) {
@@ -103,9 +101,6 @@ moelm_status llama_write_hf(const Model *m, const char *dir, int dtype, uint64_t
         st = file_write_atomic(path, js, strlen(js));
     }
     moelm_free(js);
-    moelm_free(v);
-    moelm_free(ts);
-    moelm_free(dt);
     return st;
 }
 

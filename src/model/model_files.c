@@ -43,11 +43,18 @@ int model_file_tensors(const Model *m, FileTensor *out, int max) {
 }
 
 /* Names a file may hold besides the model's own: HF's tied copies of switch_transformers' shared
- * embedding. Returns 1 for such a name. */
+ * embedding, and the head's copy of a tied switch_transformers or llama-family model. Returns 1 for
+ * such a name. */
 static int tied_copy(const Model *m, const char *name) {
-    if (m->cfg.model_type != MODEL_SWITCH) return 0;
-    if (!strcmp(name, "encoder.embed_tokens.weight") || !strcmp(name, "decoder.embed_tokens.weight")) return 1;
-    return m->cfg.tie_word_embeddings && !strcmp(name, "lm_head.weight");
+    int sw = m->cfg.model_type == MODEL_SWITCH;
+    if (sw && (!strcmp(name, "encoder.embed_tokens.weight") || !strcmp(name, "decoder.embed_tokens.weight"))) return 1;
+    return (sw || config_is_llama(&m->cfg)) && m->cfg.tie_word_embeddings && !strcmp(name, "lm_head.weight");
+}
+
+/* The model family's name in messages. */
+static const char *family_name(const ModelConfig *c) {
+    return c->model_type == MODEL_SWITCH ? "switch_transformers" : c->model_type == MODEL_MIXTRAL ? "mixtral"
+         : c->model_type == MODEL_LLAMA ? "llama" : "moelm";
 }
 
 static FileTensor *file_tensors_alloc(const Model *m, int *n) {
@@ -61,6 +68,12 @@ moelm_status model_read_weights(Model *m, const WeightSet *ws, const char *dir) 
     int n;
     FileTensor *ft = file_tensors_alloc(m, &n);
     if (!ft) return MOELM_ERR_NOMEM;
+    moelm_status st = model_read_file_tensors(m, ft, n, ws, dir);
+    moelm_free(ft);
+    return st;
+}
+
+moelm_status model_read_file_tensors(Model *m, const FileTensor *ft, int n, const WeightSet *ws, const char *dir) {
     moelm_status st = MOELM_OK;
     for (int i = 0; i < n && !st; i++) {
         const char *name = ft[i].name;
@@ -83,18 +96,23 @@ moelm_status model_read_weights(Model *m, const WeightSet *ws, const char *dir) 
         for (int i = 0; i < n && !found; i++) found = !strcmp(ft[i].name, name);
         if (!found)
             st = moelm_fail(MOELM_ERR_FORMAT, "%s: tensor '%s' has no place in this %s model (a different model or "
-                            "config?)", dir, name, m->cfg.model_type == MODEL_SWITCH ? "switch_transformers" : "moelm");
+                            "config?)", dir, name, family_name(&m->cfg));
     }
-    moelm_free(ft);
     return st;
 }
 
 moelm_status model_write_weights(const Model *m, const char *dir, int dtype, uint64_t max_shard_bytes) {
     int n;
     FileTensor *ft = file_tensors_alloc(m, &n);
+    moelm_status st = ft ? model_write_file_tensors(ft, n, dir, dtype, max_shard_bytes) : MOELM_ERR_NOMEM;
+    moelm_free(ft);
+    return st;
+}
+
+moelm_status model_write_file_tensors(const FileTensor *ft, int n, const char *dir, int dtype, uint64_t max_shard_bytes) {
     StTensor *ts = moelm_calloc((size_t)(n ? n : 1), sizeof(StTensor));
     StDtype *dt = moelm_calloc((size_t)(n ? n : 1), sizeof(StDtype));
-    moelm_status st = ft && ts && dt ? MOELM_OK : MOELM_ERR_NOMEM;
+    moelm_status st = ts && dt ? MOELM_OK : MOELM_ERR_NOMEM;
     for (int i = 0; i < n && !st; i++) {
         CHECK(ft[i].first == 0);   /* a whole model: a sharded one is gathered first */
         ts[i].name = ft[i].name;
@@ -105,7 +123,6 @@ moelm_status model_write_weights(const Model *m, const char *dir, int dtype, uin
     }
     const char *meta[] = {"format", "pt", NULL};   /* HF's loader wants format "pt" */
     if (!st) st = ws_write(dir, ts, dt, n, meta, max_shard_bytes);
-    moelm_free(ft);
     moelm_free(ts);
     moelm_free(dt);
     return st;

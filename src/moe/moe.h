@@ -167,7 +167,8 @@ typedef struct {
     uint8_t *ep_hdrop;                        /* [Rmax, H] the owner's expert dropout mask (as hdrop) */
     int *ep_row_id;                           /* [Rmax] the owner's rows' slots (as row_id; NULL without expert dropout) */
     int *ep_id_stage;                         /* [Rmax] slots as received, peer-major (the same) */
-    int *ep_ic;                               /* [4, P] their all-to-all counts and displacements, in rows (the same) */
+    int *ep_ic;                               /* [4, P] scratch: their all-to-all counts and displacements in rows
+                                               * (ep_sc, ep_sd, ep_rc, ep_rd over C; the same) */
 } MoEActs;
 
 /* Number of floats (and ints, counted as 4 bytes each) the activations of N tokens need: the caller

@@ -73,13 +73,6 @@ void moe_ep_to_owners(MoEActs *a, const MoEConfig *cfg, const float *rows, float
             a->ep_off[e0 + j + 1] = a->ep_off[e0 + j] + n;
         }
         for (int e = e0 + EL + 1; e <= E; e++) a->ep_off[e] = a->ep_off[e0 + EL];
-        if (a->ep_ic)   /* the same exchange in rows, for the rows' slots (moe_ep_ids_to_owners) */
-            for (int q = 0; q < P; q++) {
-                a->ep_ic[q] = a->ep_sc[q] / C;
-                a->ep_ic[P + q] = a->ep_sd[q] / C;
-                a->ep_ic[2 * P + q] = a->ep_rc[q] / C;
-                a->ep_ic[3 * P + q] = a->ep_rd[q] / C;
-            }
     }
     comm_alltoallv_f32(COMM_EP, rows, a->ep_sc, a->ep_sd, a->ep_stage, a->ep_rc, a->ep_rd);
     ep_permute(a, a->ep_stage, owner, E, (size_t)C * sizeof(float), 1);
@@ -93,9 +86,16 @@ void moe_ep_from_owners(MoEActs *a, const MoEConfig *cfg, const float *owner, fl
 }
 
 void moe_ep_ids_to_owners(MoEActs *a, const MoEConfig *cfg, const int *ids, int *owner) {
-    int P = comm_size(COMM_EP);
-    const int *ic = a->ep_ic;
+    int P = comm_size(COMM_EP), C = cfg->C;
+    int *ic = a->ep_ic;
     CHECK(ic != NULL);
+    /* the rows' exchange of the forward's plan (moe_ep_to_owners), one int a row instead of C floats */
+    for (int q = 0; q < P; q++) {
+        ic[q] = a->ep_sc[q] / C;
+        ic[P + q] = a->ep_sd[q] / C;
+        ic[2 * P + q] = a->ep_rc[q] / C;
+        ic[3 * P + q] = a->ep_rd[q] / C;
+    }
     comm_alltoallv_i32(COMM_EP, ids, ic, ic + P, a->ep_id_stage, ic + 2 * P, ic + 3 * P);
     ep_permute(a, a->ep_id_stage, owner, cfg->E, sizeof(int), 1);
 }

@@ -543,50 +543,56 @@ moelm_status ckpt_load_model(const char *dir, Model *m) {
     return st;
 }
 
-moelm_status ckpt_load_ema(const char *dir, Model *m) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
-    SafeTensors *sf = NULL;
-    moelm_status st = st_open(&sf, path);
-    if (st) return st;
-    if (!st_info(sf, "ema", NULL, NULL, NULL)) {
-        st_close(sf);
-        return moelm_fail(MOELM_ERR_ARG, "%s holds no weight average: the run trained without one (--set ema_decay=0.999 "
-                                         "keeps one)", dir);
-    }
+/* Reads vector `key` of optimizer.safetensors (path), laid out as the whole model's arena
+ * [n_params_full], into x (m's arena): each tensor's part this model holds (a sharded model's rows of
+ * it), every tensor or only the trainable ones (trainable_only: the buffers keep their values), and
+ * checks every value finite (and >= 0 with nonneg). */
+static moelm_status read_arena_vector(SafeTensors *sf, const char *key, float *x, const Model *m, int trainable_only,
+                                      int nonneg, const char *path) {
     int64_t n = (int64_t)m->n_params_full;
+    moelm_status st = MOELM_OK;
     for (int i = 0; !st && i < m->n_tensors; i++) {
         const TensorInfo *ti = &m->tensors[i];
-        if (!ti->trainable) continue;
+        if (trainable_only && !ti->trainable) continue;
         size_t first = ti->full_offset + tensor_held_first(ti);
-        st = st_read_f32_part(sf, "ema", m->params + ti->offset, 1, &n, first, ti->size);
-        if (!st) st = check_finite(m->params + ti->offset, ti->size, first, 0, path, "ema");
+        st = st_read_f32_part(sf, key, x + ti->offset, 1, &n, first, ti->size);
+        if (!st) st = check_finite(x + ti->offset, ti->size, first, nonneg, path, key);
     }
+    return st;
+}
+
+/* Opens dir/optimizer.safetensors; path [4096] gets its name. */
+static moelm_status open_optimizer(const char *dir, char *path, SafeTensors **sf) {
+    snprintf(path, 4096, "%s/optimizer.safetensors", dir);
+    *sf = NULL;
+    return st_open(sf, path);
+}
+
+moelm_status ckpt_load_ema(const char *dir, Model *m) {
+    char path[4096];
+    SafeTensors *sf;
+    moelm_status st = open_optimizer(dir, path, &sf);
+    if (st) return st;
+    if (!st_info(sf, "ema", NULL, NULL, NULL))
+        st = moelm_fail(MOELM_ERR_ARG, "%s holds no weight average: the run trained without one (--set ema_decay=0.999 "
+                                       "keeps one)", dir);
+    if (!st) st = read_arena_vector(sf, "ema", m->params, m, 1, 0, path);
     st_close(sf);
     return st;
 }
 
 moelm_status ckpt_load_optimizer(const char *dir, Optimizer *o, const Model *m) {
     char path[4096];
-    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
-    SafeTensors *sf = NULL;
-    moelm_status st = st_open(&sf, path);
+    SafeTensors *sf;
+    moelm_status st = open_optimizer(dir, path, &sf);
     if (st) return st;
-    int64_t n = (int64_t)m->n_params_full;
     float t = 0;
     /* a run with a weight average that resumes a checkpoint without one starts it from the weights */
     int ema = o->ema && st_info(sf, "ema", NULL, NULL, NULL);
     /* the moments of the whole model's arena; a sharded model reads its tensors' parts of it */
-    for (int i = 0; !st && i < m->n_tensors; i++) {
-        const TensorInfo *ti = &m->tensors[i];
-        size_t first = ti->full_offset + tensor_held_first(ti);
-        st = st_read_f32_part(sf, "adam.m", o->m + ti->offset, 1, &n, first, ti->size);
-        if (!st) st = st_read_f32_part(sf, "adam.v", o->v + ti->offset, 1, &n, first, ti->size);
-        if (!st) st = check_finite(o->m + ti->offset, ti->size, first, 0, path, "adam.m");
-        if (!st) st = check_finite(o->v + ti->offset, ti->size, first, 1, path, "adam.v");
-        if (!st && ema) st = st_read_f32_part(sf, "ema", o->ema + ti->offset, 1, &n, first, ti->size);
-        if (!st && ema) st = check_finite(o->ema + ti->offset, ti->size, first, 0, path, "ema");
-    }
+    st = read_arena_vector(sf, "adam.m", o->m, m, 0, 0, path);
+    if (!st) st = read_arena_vector(sf, "adam.v", o->v, m, 0, 1, path);
+    if (!st && ema) st = read_arena_vector(sf, "ema", o->ema, m, 0, 0, path);
     if (!st) st = st_read_f32(sf, "adam.t", &t, 0, NULL);
     if (!st && !(t >= 0 && t < 16777216.0f)) st = moelm_fail(MOELM_ERR_FORMAT, "%s: adam.t = %g is not a step count", path, t);
     o->t = (long)t;

@@ -1283,13 +1283,21 @@ static void run_log(Run *r, const StepResult *sr, float lr, MetricsRecord *rec) 
     r->tokens_since = 0;
 }
 
+/* The valid split's evaluation by the model as it stands, nb batches (0: all of it), into ev, with no
+ * routing dump: a pair corpus's targets, a span-corrupted stream's (encoder-decoder) or a language
+ * model's windows. */
+static moelm_status run_evaluate_split(Run *r, size_t nb, EvalResult *ev) {
+    return r->pairs ? evaluate_pairs(&r->model, &r->pd[1], nb, ev)
+         : r->s2s   ? evaluate_span(&r->model, r->ids[1], r->n[1], r->len, nb, ev)
+                    : evaluate(&r->model, r->ids[1], r->n[1], nb, 0, ev);
+}
+
 /* An encoder-decoder's evaluation: the span-corruption loss of the valid split's windows and the target
  * perplexity (no routing dump: the routing maps are the lm's). */
 static moelm_status run_evaluate_span(Run *r, int last, MetricsRecord *rec) {
     double t0 = r->t_eval_start = now_s();
     size_t nb = last ? 0 : r->part_batches;
-    moelm_status st = r->pairs ? evaluate_pairs(&r->model, &r->pd[1], nb, &r->ev)
-                               : evaluate_span(&r->model, r->ids[1], r->n[1], r->len, nb, &r->ev);
+    moelm_status st = run_evaluate_split(r, nb, &r->ev);
     r->t_eval_s = now_s() - t0;
     if (st) return st;
     double loss = r->ev.tokens > 0 ? r->ev.nll / r->ev.tokens : 0;
@@ -1322,9 +1330,7 @@ static moelm_status run_evaluate_ema(Run *r, int last, MetricsRecord *rec) {
     size_t nb = last ? 0 : r->part_batches;
     uint64_t rng = r->model.rng.s;
     optim_swap_ema(&r->opt, &r->model);
-    moelm_status st = r->pairs ? evaluate_pairs(&r->model, &r->pd[1], nb, &r->ev_ema)
-                      : r->s2s ? evaluate_span(&r->model, r->ids[1], r->n[1], r->len, nb, &r->ev_ema)
-                               : evaluate(&r->model, r->ids[1], r->n[1], nb, 0, &r->ev_ema);
+    moelm_status st = run_evaluate_split(r, nb, &r->ev_ema);
     optim_swap_ema(&r->opt, &r->model);
     r->model.rng.s = rng;
     r->t_eval_s += now_s() - t0;
