@@ -39,6 +39,7 @@
 #include "io/safetensors.h"
 #include "model/model.h"
 #include "optim/optim.h"
+#include "tiny_models.h"
 
 #define B_ 2
 #define T_ 6
@@ -54,12 +55,7 @@ typedef struct {
 
 static void base(ModelConfig *c) {
     config_preset(c, "tiny");
-    c->vocab_size = 17;
-    c->d_model = 16;
-    c->num_heads = 2;
-    c->num_layers = 2;
-    c->d_ff = 24;
-    c->n_positions = 8;
+    tiny_sizes(c, 17, 16, 2, 2, 24, 8);
     c->dropout_rate = 0.0f;
     c->layer_norm_epsilon = 1e-5f;
     c->num_experts = 0;
@@ -106,14 +102,9 @@ static void cfg_top2(ModelConfig *c) {
 
 static void seed_base(ModelConfig *c, RouterType r) {
     config_preset(c, "seed-switch");
-    c->vocab_size = 17;
-    c->d_model = 16;
-    c->num_heads = 2;
-    c->num_layers = 2;
-    c->d_ff = 24;
+    tiny_sizes(c, 17, 16, 2, 2, 24, 8);
     c->expert_d_ff = 20;
     c->head_hidden = 20;
-    c->n_positions = 8;
     c->dropout_rate = 0.0f;
     c->num_experts = 4;
     c->router_type = r;

@@ -7,29 +7,26 @@
 #include <string.h>
 #include "model/model.h"
 
-/* The dense pre-norm lm of the "tiny" preset, shrunk to d_model 8 (vocabulary V). */
+/* The sizes a test shrinks a preset to: vocabulary V, d_model C over NH heads, L blocks, feed-forward
+ * H, P positions. */
+static inline void tiny_sizes(ModelConfig *c, int V, int C, int NH, int L, int H, int P) {
+    c->vocab_size = V; c->d_model = C; c->num_heads = NH; c->num_layers = L; c->d_ff = H; c->n_positions = P;
+}
+
+/* The dense pre-norm lm of the "tiny" preset (2 blocks), shrunk to d_model 8 (vocabulary V). */
 static inline void tiny_lm(ModelConfig *c, int V, float dropout) {
     config_preset(c, "tiny");
-    c->vocab_size = V;
-    c->d_model = 8;
-    c->num_heads = 2;
-    c->d_ff = 12;
-    c->n_positions = 8;
+    tiny_sizes(c, V, 8, 2, 2, 12, 8);
     c->dropout_rate = dropout;
 }
 
 /* The tutorial's seed model (post-norm stack, MoE head) with router r, at the same tiny sizes. */
 static inline void tiny_seed(ModelConfig *c, RouterType r, float dropout) {
     config_preset(c, "seed-switch");
-    c->vocab_size = 11;
-    c->d_model = 8;
-    c->num_heads = 2;
-    c->num_layers = 2;
-    c->d_ff = 12;
+    tiny_sizes(c, 11, 8, 2, 2, 12, 8);
     c->expert_d_ff = 10;
     c->head_hidden = 9;
     c->num_experts = 3;
-    c->n_positions = 8;
     c->dropout_rate = dropout;
     c->router_type = r;
 }
@@ -37,13 +34,9 @@ static inline void tiny_seed(ModelConfig *c, RouterType r, float dropout) {
 /* The mixtral-tiny preset (mixtral: 1) or llama-tiny, shrunk: d_model 8, 4 query heads over 2 key/value
  * heads (head width 2), 3 experts top-2 with HF's balance loss at a visible coefficient. */
 static inline void tiny_llama(ModelConfig *c, int mixtral, int V) {
-    config_preset(c, mixtral ? "mixtral-tiny" : "llama-tiny");
-    c->vocab_size = V;
-    c->d_model = 8;
-    c->num_heads = 4;
+    config_preset(c, mixtral ? "mixtral-tiny" : "llama-tiny");   /* 2 blocks */
+    tiny_sizes(c, V, 8, 4, 2, 6, 8);
     c->num_key_value_heads = 2;
-    c->d_ff = 6;
-    c->n_positions = 8;
     if (mixtral) {
         c->num_experts = 3;
         c->router_aux_loss_coef = 0.1f;

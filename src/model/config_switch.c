@@ -66,6 +66,15 @@ void config_switch_defaults(ModelConfig *c) {
     s->hf_router_losses = 1;
 }
 
+/* moelm's encoder-decoder sizes: d_model C, NH heads of width dkv, feed-forward H, L blocks in each
+ * stack of which S sparse, E experts. */
+static void switch_sizes(ModelConfig *c, int C, int NH, int dkv, int H, int L, int S, int E) {
+    c->d_model = C; c->num_heads = NH; c->sw.d_kv = dkv; c->d_ff = H;
+    c->num_layers = c->sw.num_decoder_layers = L;
+    c->sw.num_sparse_encoder_layers = c->sw.num_sparse_decoder_layers = S;
+    c->num_experts = E;
+}
+
 int config_switch_preset(ModelConfig *c, const char *name) {
     if (!strcmp(name, "seed-hf-switch")) {
         /* the tutorial's SwitchTransformersConfig(num_experts=32, d_model=256, num_heads=8, num_layers=6),
@@ -85,31 +94,16 @@ int config_switch_preset(ModelConfig *c, const char *name) {
          * the router losses on every stack (the fixed form), the Switch paper's aux coefficient 0.01 */
         config_switch_defaults(c);
         c->vocab_size = 0;
-        c->d_model = 256;
-        c->num_heads = 8;
-        c->sw.d_kv = 32;
-        c->d_ff = 1024;
-        c->num_layers = 4;
-        c->sw.num_decoder_layers = 4;
-        c->sw.num_sparse_encoder_layers = 2;
-        c->sw.num_sparse_decoder_layers = 2;
-        c->num_experts = 8;
         c->expert_capacity = 0;
         c->router_aux_loss_coef = 0.01f;
         c->sw.decoder_start_token_id = 0;
         c->sw.hf_router_losses = 0;
         if (!strcmp(name, "switch-t5-tiny")) {
-            c->d_model = 32;
-            c->num_heads = 4;
-            c->sw.d_kv = 8;
-            c->d_ff = 64;
-            c->num_layers = 2;
-            c->sw.num_decoder_layers = 2;
-            c->sw.num_sparse_encoder_layers = 1;
-            c->sw.num_sparse_decoder_layers = 1;
-            c->num_experts = 4;
+            switch_sizes(c, 32, 4, 8, 64, 2, 1, 4);
             c->dropout_rate = 0.0f;
             c->n_positions = 128;
+        } else {
+            switch_sizes(c, 256, 8, 32, 1024, 4, 2, 8);
         }
         return 1;
     }
