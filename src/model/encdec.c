@@ -261,11 +261,7 @@ moelm_status encdec_plan(Model *m, const ModelConfig *cfg, int part, int parts) 
         model_free(m);
         return MOELM_ERR_NOMEM;
     }
-    Layout lay = {m, 0, 0, 0, 0, part, parts};
-    layout_encdec(&lay);
-    m->n_tensors = lay.n;
-    m->n_params = lay.off;
-    m->n_params_full = lay.full_off;
+    layout_plan(m, layout_encdec, part, parts);
     return MOELM_OK;
 }
 

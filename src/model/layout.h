@@ -33,6 +33,10 @@ float *layout_tensor(Layout *L, float **grad, const char *name, int trainable, i
  * after it is the same whatever part is held), the held ones kept. */
 void layout_init_normal(float *x, const TensorInfo *t, float std, Rng *r);
 
+/* Runs the layout fn's pass 0 over m (experts' shard part of parts) and records its totals: m's
+ * tensor table, n_tensors, n_params and n_params_full. */
+void layout_plan(Model *m, void (*fn)(Layout *), int part, int parts);
+
 typedef struct {
     char *base;               /* NULL: count only */
     size_t off;

@@ -165,6 +165,14 @@ static void layout_model(Layout *L) {
     }
 }
 
+void layout_plan(Model *m, void (*fn)(Layout *), int part, int parts) {
+    Layout lay = {m, 0, 0, 0, 0, part, parts};
+    fn(&lay);
+    m->n_tensors = lay.n;
+    m->n_params = lay.off;
+    m->n_params_full = lay.full_off;
+}
+
 /* Activations: a bump allocator over one block, run twice like the parameter layout (model/layout.h). */
 void *layout_bump(Bump *b, size_t bytes) {
     void *p = b->base ? b->base + b->off : NULL;
@@ -330,11 +338,7 @@ static moelm_status model_plan_sharded(Model *m, const ModelConfig *cfg, int par
     m->a.layers = moelm_calloc(L ? L : 1, sizeof(LayerActs));
     m->tensors = moelm_calloc(16 + 20 * (size_t)L, sizeof(TensorInfo));
     if (!m->p.layers || !m->g.layers || !m->a.layers || !m->tensors) { model_free(m); return MOELM_ERR_NOMEM; }
-    Layout lay = {m, 0, 0, 0, 0, part, parts};
-    layout_model(&lay);
-    m->n_tensors = lay.n;
-    m->n_params = lay.off;
-    m->n_params_full = lay.full_off;
+    layout_plan(m, layout_model, part, parts);
     return MOELM_OK;
 }
 
