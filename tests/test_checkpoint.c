@@ -118,14 +118,19 @@ static int no_tmp_left(const char *run) {
     return ok;
 }
 
+/* A fresh run directory holding one checkpoint of f; the checkpoint's directory into dir. */
+static void save_fresh(Fix *f, const char *run, char *dir, size_t cap) {
+    rm_rf(run);
+    dir_make(run);
+    EXPECT(ckpt_save(run, &f->m, &f->o, &f->s, f->tok, 0) == MOELM_OK);
+    EXPECT(ckpt_resolve(run, dir, cap) == MOELM_OK);
+}
+
 TEST(save_load_roundtrip) {
     Fix f;
     EXPECT(fix_make(&f) == 0);
-    rm_rf(TDIR "/rt");
-    dir_make(TDIR "/rt");
-    EXPECT(ckpt_save(TDIR "/rt", &f.m, &f.o, &f.s, f.tok, 0) == MOELM_OK);
     char dir[4096];
-    EXPECT(ckpt_resolve(TDIR "/rt", dir, sizeof dir) == MOELM_OK);
+    save_fresh(&f, TDIR "/rt", dir, sizeof dir);
     ModelConfig c;
     EXPECT(ckpt_read_config(dir, &c) == MOELM_OK);
     TrainState s;
@@ -174,12 +179,11 @@ TEST(failure_at_every_step_keeps_previous) {
     EXPECT(fix_make(&g) == 0);
     fix_advance(&g);
     int total = 0;
+    char dir[4096];
     for (size_t k = 0; k < sizeof k_ops / sizeof k_ops[0]; k++) {
         int n;
         for (n = 1; n < 500; n++) {
-            rm_rf(TDIR "/f");
-            dir_make(TDIR "/f");
-            EXPECT(ckpt_save(TDIR "/f", &f.m, &f.o, &f.s, f.tok, 0) == MOELM_OK);
+            save_fresh(&f, TDIR "/f", dir, sizeof dir);
             fileio_fail_at(k_ops[k].op, n);
             moelm_status st = ckpt_save(TDIR "/f", &g.m, &g.o, &g.s, g.tok, 1);
             fileio_fail_reset();
@@ -222,11 +226,10 @@ TEST(allocation_failure_keeps_previous) {
     EXPECT(fix_make(&g) == 0);
     fix_advance(&g);
     float *got = malloc(sizeof(float) * f.m.n_params);
+    char dir[4096];
     int n;
     for (n = 1; n < 2000; n++) {
-        rm_rf(TDIR "/a");
-        dir_make(TDIR "/a");
-        EXPECT(ckpt_save(TDIR "/a", &f.m, &f.o, &f.s, f.tok, 0) == MOELM_OK);
+        save_fresh(&f, TDIR "/a", dir, sizeof dir);
         moelm_alloc_fail_after(n);
         moelm_status st = ckpt_save(TDIR "/a", &g.m, &g.o, &g.s, g.tok, 1);
         moelm_alloc_fail_after(0);
@@ -247,9 +250,8 @@ TEST(allocation_failure_keeps_previous) {
 TEST(short_writes_are_retried) {
     Fix f;
     EXPECT(fix_make(&f) == 0);
-    rm_rf(TDIR "/s0");
-    dir_make(TDIR "/s0");
-    EXPECT(ckpt_save(TDIR "/s0", &f.m, &f.o, &f.s, f.tok, 0) == MOELM_OK);
+    char dir[4096];
+    save_fresh(&f, TDIR "/s0", dir, sizeof dir);
     char *ref = NULL, *got = NULL;
     size_t nref = 0, ngot = 0;
     EXPECT(file_read_all(TDIR "/s0/latest/model.safetensors", &ref, &nref) == MOELM_OK);
@@ -282,24 +284,13 @@ static void poke(const char *dir, const char *name, long at, const char *with) {
 TEST(edited_files_are_refused) {
     Fix f;
     EXPECT(fix_make(&f) == 0);
-    rm_rf(TDIR "/e");
-    dir_make(TDIR "/e");
-    EXPECT(ckpt_save(TDIR "/e", &f.m, &f.o, &f.s, f.tok, 0) == MOELM_OK);
     char dir[4096];
-    EXPECT(ckpt_resolve(TDIR "/e", dir, sizeof dir) == MOELM_OK);
+    save_fresh(&f, TDIR "/e", dir, sizeof dir);
     ModelConfig c;
     poke(dir, "config.json", 20, "9");   /* a digit of a size, say */
     EXPECT(ckpt_read_config(dir, &c) != MOELM_OK);
     EXPECT_MSG(strstr(moelm_last_error(), "config.json") && !strchr(moelm_last_error(), '\n'), "%s", moelm_last_error());
     fix_free(&f);
-}
-
-/* A fresh run directory holding one checkpoint of f; the checkpoint's directory into dir. */
-static void save_fresh(Fix *f, const char *run, char *dir, size_t cap) {
-    rm_rf(run);
-    dir_make(run);
-    EXPECT(ckpt_save(run, &f->m, &f->o, &f->s, f->tok, 0) == MOELM_OK);
-    EXPECT(ckpt_resolve(run, dir, cap) == MOELM_OK);
 }
 
 /* NaN or Inf weights (or NaN moments, a negative second moment) written into a consistent checkpoint
