@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include "backend/runtime.h"
+#include "common/util.h"
 
 static int t_passed, t_failed, t_cur_failed;
 
@@ -38,6 +39,14 @@ static int t_passed, t_failed, t_cur_failed;
  * cores are shared (test_model: ~70 s at two threads, 0.3 s at one). The tests of threaded paths set
  * their own counts (backend_set_threads, omp_set_num_threads) around what they compare. */
 static void test_one_thread(void) { backend_set_threads(1); }
+
+/* Writes a test's fixture file: n bytes of data to path (a failure to write it stops the binary). */
+static inline void test_write_file(const char *path, const void *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    CHECK(f);
+    if (n) CHECK(fwrite(data, 1, n, f) == n);
+    CHECK(fclose(f) == 0);
+}
 
 static int test_summary(const char *module) {
     printf("%s: %d passed, %d failed\n", module, t_passed, t_failed);

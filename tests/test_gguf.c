@@ -19,13 +19,6 @@
 
 #define TMP "build/tmp/gguf"
 
-static void write_raw(const char *path, const void *data, size_t n) {
-    FILE *f = fopen(path, "wb");
-    CHECK(f);
-    if (n) CHECK(fwrite(data, 1, n, f) == n);
-    CHECK(fclose(f) == 0);
-}
-
 /* ---- a file with every kind of metadata and every tensor type ---------------------------------- */
 
 enum { QR = 5, QK = 96 };
@@ -243,7 +236,7 @@ TEST(gguf_exact_bytes) {
     moelm_free(got);
     /* a hand-built file without the trailing padding and with a u8 array reads */
     b.len -= 32 - 24;
-    write_raw(TMP "/hand.gguf", b.buf, b.len);
+    test_write_file(TMP "/hand.gguf", b.buf, b.len);
     Gguf *g = NULL;
     EXPECT(gguf_open(&g, TMP "/hand.gguf") == MOELM_OK);
     if (g) {
@@ -286,7 +279,7 @@ TEST(gguf_every_truncation) {
     gguf_close(g);
     int wrong = 0;
     for (size_t k = 0; k <= n; k++) {
-        write_raw(TMP "/trunc.gguf", data, k);
+        test_write_file(TMP "/trunc.gguf", data, k);
         Gguf *t = NULL;
         moelm_status s = gguf_open(&t, TMP "/trunc.gguf");
         if ((s == MOELM_OK) != (k >= end)) { wrong++; if (wrong < 4) printf("  prefix %zu: %s\n", k, moelm_last_error()); }
@@ -414,14 +407,14 @@ TEST(gguf_hostile_catalogue) {
     const char *p = TMP "/hostile.gguf";
     StrBuf b = { 0 };
     c_valid(&b);
-    write_raw(p, b.buf, b.len);
+    test_write_file(p, b.buf, b.len);
     Gguf *g = NULL;
     EXPECT(gguf_open(&g, p) == MOELM_OK);   /* the base the cases vary is valid */
     gguf_close(g);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         b.len = 0;
         cases[i].fn(&b);
-        write_raw(p, b.buf, b.len);
+        test_write_file(p, b.buf, b.len);
         expect_rejected(p, cases[i].what, cases[i].needle);
     }
     sb_free(&b);
@@ -446,7 +439,7 @@ TEST(gguf_read_errors_after_open) {
     b_tensor(&b, "w", 1, NE8, GGUF_TENSOR_F32, 160);
     b_pad(&b, 32);
     for (int i = 0; i < 192; i++) sb_append(&b, "\0", 1);
-    write_raw(TMP "/q4k.gguf", b.buf, b.len);
+    test_write_file(TMP "/q4k.gguf", b.buf, b.len);
     sb_free(&b);
     Gguf *g = NULL;
     EXPECT(gguf_open(&g, TMP "/q4k.gguf") == MOELM_OK);

@@ -19,13 +19,6 @@
 
 #define TMP "build/tmp/io"
 
-static void write_raw(const char *path, const void *data, size_t n) {
-    FILE *f = fopen(path, "wb");
-    CHECK(f);
-    if (n) CHECK(fwrite(data, 1, n, f) == n);
-    CHECK(fclose(f) == 0);
-}
-
 static int file_equals(const char *path, const void *data, size_t n) {
     char *got = NULL;
     size_t gn = 0;
@@ -185,13 +178,13 @@ TEST(json_hostile_catalogue) {
 TEST(json_files) {
     const char *p = TMP "/cfg.json";
     const char *good = "{\"d_model\": 64,\n \"x\": [1,2,3]}\n";
-    write_raw(p, good, strlen(good));
+    test_write_file(p, good, strlen(good));
     Json *j = NULL;
     EXPECT(json_parse_file(&j, p) == MOELM_OK);
     EXPECT(json_number(json_get(j, "d_model")) == 64.0);
     json_free(j);
     const char *bad = "{\"d_model\": 64,\n \"x\": [1,2,3}\n";
-    write_raw(p, bad, strlen(bad));
+    test_write_file(p, bad, strlen(bad));
     EXPECT(json_parse_file(&j, p) == MOELM_ERR_FORMAT && j == NULL);
     EXPECT_MSG(strstr(moelm_last_error(), p) && strstr(moelm_last_error(), "line 2"), "%s", moelm_last_error());
     EXPECT(json_parse_file(&j, TMP "/missing.json") == MOELM_ERR_IO);
@@ -343,10 +336,10 @@ TEST(fileio_dirs) {
     EXPECT(dir_make(TMP "/tree/a/b//c/") == MOELM_OK);
     EXPECT(path_is_dir(TMP "/tree/a/b/c"));
     EXPECT(dir_make(TMP "/tree/a/b/c") == MOELM_OK);   /* already there */
-    write_raw(TMP "/tree/a/f.txt", "x", 1);
+    test_write_file(TMP "/tree/a/f.txt", "x", 1);
     EXPECT(dir_make(TMP "/tree/a/f.txt/d") == MOELM_ERR_IO && strstr(moelm_last_error(), "f.txt"));
     /* a symlink out of the tree is removed, not followed */
-    write_raw(TMP "/outside.txt", "keep", 4);
+    test_write_file(TMP "/outside.txt", "keep", 4);
     EXPECT(symlink("../../outside.txt", TMP "/tree/a/link") == 0);
     EXPECT(symlink("../..", TMP "/tree/a/dirlink") == 0);
     EXPECT(dir_sync(TMP "/tree/a") == MOELM_OK);
@@ -463,7 +456,7 @@ TEST(st_exact_bytes) {
     h2[0] = (unsigned char)l2;
     memcpy(h2 + 8, hdr2, l2);
     memcpy(h2 + 8 + l2, data, 8);
-    write_raw(p, h2, 8 + l2 + 8);
+    test_write_file(p, h2, 8 + l2 + 8);
     SafeTensors *st = NULL;
     EXPECT(st_open(&st, p) == MOELM_OK);
     if (!st) return;
@@ -656,7 +649,7 @@ static void write_st(const char *path, const char *header, size_t data) {
     unsigned char *buf = calloc(1, 8 + hl + data);
     for (int i = 0; i < 8; i++) buf[i] = (unsigned char)((uint64_t)hl >> (8 * i));
     memcpy(buf + 8, header, hl);
-    write_raw(path, buf, 8 + hl + data);
+    test_write_file(path, buf, 8 + hl + data);
     free(buf);
 }
 
@@ -739,7 +732,7 @@ TEST(st_hostile_catalogue) {
             unsigned char buf[256] = { 0 };
             buf[0] = (unsigned char)hl;
             memcpy(buf + 8, h, hl);
-            write_raw(p, buf, 8 + hl + 16);
+            test_write_file(p, buf, 8 + hl + 16);
         } else {
             write_st(p, cases[i].header, cases[i].data);
         }
@@ -748,26 +741,26 @@ TEST(st_hostile_catalogue) {
     /* bad header lengths, written byte by byte */
     unsigned char raw[64];
     memset(raw, 0, sizeof raw);
-    write_raw(p, raw, 0);
+    test_write_file(p, raw, 0);
     expect_st_rejected(p, "empty file");
-    write_raw(p, raw, 5);
+    test_write_file(p, raw, 5);
     expect_st_rejected(p, "5-byte file");
-    write_raw(p, raw, 16);
+    test_write_file(p, raw, 16);
     expect_st_rejected(p, "header length 0");
     raw[0] = 100;
     memcpy(raw + 8, "{}", 2);
-    write_raw(p, raw, 20);
+    test_write_file(p, raw, 20);
     expect_st_rejected(p, "header longer than the file");
     memset(raw, 0xff, 8);
-    write_raw(p, raw, 20);
+    test_write_file(p, raw, 20);
     expect_st_rejected(p, "header length 2^64-1");
     memset(raw, 0, 8);
     raw[4] = 1;   /* 2^32 */
-    write_raw(p, raw, 20);
+    test_write_file(p, raw, 20);
     expect_st_rejected(p, "header length 4 GiB");
     memset(raw, 0, 8);
     raw[0] = 0x01; raw[1] = 0xe1; raw[2] = 0xf5; raw[3] = 0x05;   /* 100000001 */
-    write_raw(p, raw, 20);
+    test_write_file(p, raw, 20);
     expect_st_rejected(p, "header length just over 100 MB");
     /* deeply nested header */
     {
@@ -873,7 +866,7 @@ TEST(io_out_of_memory_is_clean) {
     EXPECT(wrote && opened);
     /* checksums */
     EXPECT(dir_make(TMP "/ckoom") == MOELM_OK);
-    write_raw(TMP "/ckoom/x", "abc", 3);
+    test_write_file(TMP "/ckoom/x", "abc", 3);
     const char *files[] = { "x" };
     int ok = 0;
     for (long k = 1; k < 100 && !ok; k++) {
@@ -900,15 +893,15 @@ TEST(io_out_of_memory_is_clean) {
 
 static int make_fifo(void) { return mkfifo(TMP "/ck/b.json", 0644); }
 static int make_zero_link(void) { return symlink("/dev/zero", TMP "/ck/b.json"); }
-static int make_file_link(void) { write_raw(TMP "/ck/b2.json", "{}", 2); return symlink("b2.json", TMP "/ck/b.json"); }
+static int make_file_link(void) { test_write_file(TMP "/ck/b2.json", "{}", 2); return symlink("b2.json", TMP "/ck/b.json"); }
 static int make_dir_entry(void) { return mkdir(TMP "/ck/b.json", 0755); }
 
 TEST(checksums) {
     const char *d = TMP "/ck";
     EXPECT(dir_remove_tree(d) == MOELM_OK);
     EXPECT(dir_make(d) == MOELM_OK);
-    write_raw(TMP "/ck/a.bin", "hello", 5);
-    write_raw(TMP "/ck/b.json", "{}", 2);
+    test_write_file(TMP "/ck/a.bin", "hello", 5);
+    test_write_file(TMP "/ck/b.json", "{}", 2);
     const char *files[] = { "a.bin", "b.json" };
     EXPECT(checksums_write(d, files, 2) == MOELM_OK);
     /* crc32("hello") = 0x3610a686 */
@@ -916,14 +909,14 @@ TEST(checksums) {
     EXPECT(file_equals(TMP "/ck/CHECKSUMS", want, strlen(want)));
     EXPECT(checksums_verify(d, files, 2) == MOELM_OK);
     /* one flipped byte */
-    write_raw(TMP "/ck/a.bin", "hellp", 5);
+    test_write_file(TMP "/ck/a.bin", "hellp", 5);
     EXPECT(checksums_verify(d, files, 2) == MOELM_ERR_FORMAT);
     EXPECT_MSG(strstr(moelm_last_error(), TMP "/ck/a.bin") && strstr(moelm_last_error(), "checksum"), "%s",
                moelm_last_error());
     /* truncated */
-    write_raw(TMP "/ck/a.bin", "hell", 4);
+    test_write_file(TMP "/ck/a.bin", "hell", 4);
     EXPECT(checksums_verify(d, files, 2) == MOELM_ERR_FORMAT && strstr(moelm_last_error(), "size"));
-    write_raw(TMP "/ck/a.bin", "hello", 5);
+    test_write_file(TMP "/ck/a.bin", "hello", 5);
     EXPECT(checksums_verify(d, files, 2) == MOELM_OK);
     /* missing */
     EXPECT(unlink(TMP "/ck/b.json") == 0);
@@ -946,19 +939,19 @@ TEST(checksums) {
         "# moelm CHECKSUMS v1: crc32 size name\n3610a686 5\n",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        write_raw(TMP "/ck/CHECKSUMS", bad[i], strlen(bad[i]));
+        test_write_file(TMP "/ck/CHECKSUMS", bad[i], strlen(bad[i]));
         EXPECT_MSG(checksums_verify(d, files, 2) == MOELM_ERR_FORMAT, "bad CHECKSUMS #%zu accepted", i);
         EXPECT(strstr(moelm_last_error(), TMP "/ck/CHECKSUMS") != NULL);
     }
     /* gaps (each verified before the fix): a CHECKSUMS with only its header, or without the line of
      * one required file, let that file's bytes through unchecked */
-    write_raw(TMP "/ck/b.json", "{}", 2);
+    test_write_file(TMP "/ck/b.json", "{}", 2);
     EXPECT(checksums_write(d, files, 2) == MOELM_OK);
     const char *hdr = "# moelm CHECKSUMS v1: crc32 size name\n";
-    write_raw(TMP "/ck/CHECKSUMS", hdr, strlen(hdr));
+    test_write_file(TMP "/ck/CHECKSUMS", hdr, strlen(hdr));
     EXPECT(checksums_verify(d, files, 2) == MOELM_ERR_FORMAT && strstr(moelm_last_error(), "does not list a.bin"));
     const char *one = "# moelm CHECKSUMS v1: crc32 size name\n3610a686 5 a.bin\n";
-    write_raw(TMP "/ck/CHECKSUMS", one, strlen(one));
+    test_write_file(TMP "/ck/CHECKSUMS", one, strlen(one));
     EXPECT(checksums_verify(d, files, 2) == MOELM_ERR_FORMAT && strstr(moelm_last_error(), "does not list b.json"));
     EXPECT(checksums_verify(d, files, 1) == MOELM_OK);
     /* listed entries that are not regular files: a FIFO and a symbolic link to /dev/zero hung (read
@@ -981,7 +974,7 @@ TEST(checksums) {
     }
     rmdir(TMP "/ck/b.json");
     unlink(TMP "/ck/b.json");
-    write_raw(TMP "/ck/b.json", "{}", 2);
+    test_write_file(TMP "/ck/b.json", "{}", 2);
     EXPECT(checksums_verify(d, files, 2) == MOELM_OK);
     /* CHECKSUMS itself as a FIFO: refused, not waited on */
     EXPECT(unlink(TMP "/ck/CHECKSUMS") == 0 && mkfifo(TMP "/ck/CHECKSUMS", 0644) == 0);
