@@ -6,8 +6,8 @@
  * rows, "...experts.w2.weight" [E, C, H]. HF's files have one tensor per expert and matrix
  * ("...block_sparse_moe.experts.E.w1.weight" [H, C], w3 [H, C], w2 [C, H]): llama_hf_tensors splits the
  * slabs into those views, here and only here. The zero expert-bias buffers are not in files.
- * Reading and writing a weight set are model_files.c's (model_read_file_tensors,
- * model_write_file_tensors) over this view.
+ * Reading and writing a weight set are model_files.c's (model_read_view, model_write_view) through
+ * this view.
  */
 #include "model/llama_hf.h"
 
@@ -60,8 +60,8 @@ LlamaHfTensor *llama_hf_tensors_alloc(const Model *m, int *n) {
     return v;
 }
 
-/* The family's file tensors (llama_hf_tensors) as model.h's FileTensor over m's weights, for
- * model_files.c's reader and writer; moelm_malloc'ed (NULL: no memory). */
+/* The family's file tensors (llama_hf_tensors) as model.h's FileTensor over m's weights: the view
+ * (ModelFileView) of model_files.c's reader and writer. */
 static FileTensor *hf_file_tensors(const Model *m, int *n) {
     LlamaHfTensor *v = llama_hf_tensors_alloc(m, n);
     FileTensor *ft = v ? moelm_calloc((size_t)(*n ? *n : 1), sizeof *ft) : NULL;
@@ -81,18 +81,11 @@ static FileTensor *hf_file_tensors(const Model *m, int *n) {
 }
 
 moelm_status llama_read_hf(Model *m, const WeightSet *ws, const char *dir) {
-    int n;
-    FileTensor *ft = hf_file_tensors(m, &n);
-    moelm_status st = ft ? model_read_file_tensors(m, ft, n, ws, dir) : MOELM_ERR_NOMEM;
-    moelm_free(ft);
-    return st;
+    return model_read_view(m, hf_file_tensors, ws, dir);
 }
 
 moelm_status llama_write_hf(const Model *m, const char *dir, int dtype, uint64_t max_shard_bytes) {
-    int n;
-    FileTensor *ft = hf_file_tensors(m, &n);
-    moelm_status st = ft ? model_write_file_tensors(ft, n, dir, dtype, max_shard_bytes) : MOELM_ERR_NOMEM;
-    moelm_free(ft);
+    moelm_status st = model_write_view(m, hf_file_tensors, dir, dtype, max_shard_bytes);
     char *js = st ? NULL : config_to_json(&m->cfg);
     if (!st && !js) st = MOELM_ERR_NOMEM;
     if (!st) {

@@ -375,9 +375,12 @@ struct WeightSet;   /* io/weights.h */
  * encoder/decoder.embed_tokens.weight, and lm_head.weight when tied), which may also stand in for
  * shared.weight. Errors name the tensor and the directory. */
 moelm_status model_read_weights(Model *m, const struct WeightSet *ws, const char *dir);
-/* model_read_weights over a given view of m's tensors, ft[0..n) (the llama family's Hugging Face
- * view splits its fused slabs: llama_hf.c). */
-moelm_status model_read_file_tensors(Model *m, const FileTensor *ft, int n, const struct WeightSet *ws, const char *dir);
+/* A view of m's tensors as a kind of file holds them: a moelm_malloc'ed array of its *n file tensors
+ * (NULL: no memory). model_read_weights' is model_file_tensors'; the llama family's Hugging Face view
+ * splits the fused expert slabs (llama_hf.c). */
+typedef FileTensor *ModelFileView(const Model *m, int *n);
+/* model_read_weights through a given view. */
+moelm_status model_read_view(Model *m, ModelFileView *view, const struct WeightSet *ws, const char *dir);
 /* Builds the model a directory holds (config.json and its weight set: a moelm checkpoint or a Hugging Face
  * directory) for batches up to B x Te (and B x Td for an encoder-decoder; Te for others). The config's
  * ignored keys are in m->cfg.note. */
@@ -385,8 +388,8 @@ moelm_status model_load_dir(Model *m, const char *dir, int B, int Te, int Td);
 /* Writes m's file tensors into dir as a Hugging Face weight set (model.safetensors, or shards of at
  * most max_shard_bytes with model.safetensors.index.json; 0: one file), as dtype (0 F32, 1 F16, 2 BF16). */
 moelm_status model_write_weights(const Model *m, const char *dir, int dtype, uint64_t max_shard_bytes);
-/* model_write_weights of a given view, ft[0..n), each tensor whole (first 0). */
-moelm_status model_write_file_tensors(const FileTensor *ft, int n, const char *dir, int dtype, uint64_t max_shard_bytes);
+/* model_write_weights through a given view (every file tensor whole: first 0). */
+moelm_status model_write_view(const Model *m, ModelFileView *view, const char *dir, int dtype, uint64_t max_shard_bytes);
 
 /* One MoE layer of a model, wherever the model type keeps it: an lm's sparse block, the seed head. */
 typedef struct {

@@ -65,15 +65,13 @@ static FileTensor *file_tensors_alloc(const Model *m, int *n) {
 }
 
 moelm_status model_read_weights(Model *m, const WeightSet *ws, const char *dir) {
-    int n;
-    FileTensor *ft = file_tensors_alloc(m, &n);
-    if (!ft) return MOELM_ERR_NOMEM;
-    moelm_status st = model_read_file_tensors(m, ft, n, ws, dir);
-    moelm_free(ft);
-    return st;
+    return model_read_view(m, file_tensors_alloc, ws, dir);
 }
 
-moelm_status model_read_file_tensors(Model *m, const FileTensor *ft, int n, const WeightSet *ws, const char *dir) {
+moelm_status model_read_view(Model *m, ModelFileView *view, const WeightSet *ws, const char *dir) {
+    int n;
+    FileTensor *ft = view(m, &n);
+    if (!ft) return MOELM_ERR_NOMEM;
     moelm_status st = MOELM_OK;
     for (int i = 0; i < n && !st; i++) {
         const char *name = ft[i].name;
@@ -98,21 +96,20 @@ moelm_status model_read_file_tensors(Model *m, const FileTensor *ft, int n, cons
             st = moelm_fail(MOELM_ERR_FORMAT, "%s: tensor '%s' has no place in this %s model (a different model or "
                             "config?)", dir, name, family_name(&m->cfg));
     }
-    return st;
-}
-
-moelm_status model_write_weights(const Model *m, const char *dir, int dtype, uint64_t max_shard_bytes) {
-    int n;
-    FileTensor *ft = file_tensors_alloc(m, &n);
-    moelm_status st = ft ? model_write_file_tensors(ft, n, dir, dtype, max_shard_bytes) : MOELM_ERR_NOMEM;
     moelm_free(ft);
     return st;
 }
 
-moelm_status model_write_file_tensors(const FileTensor *ft, int n, const char *dir, int dtype, uint64_t max_shard_bytes) {
+moelm_status model_write_weights(const Model *m, const char *dir, int dtype, uint64_t max_shard_bytes) {
+    return model_write_view(m, file_tensors_alloc, dir, dtype, max_shard_bytes);
+}
+
+moelm_status model_write_view(const Model *m, ModelFileView *view, const char *dir, int dtype, uint64_t max_shard_bytes) {
+    int n;
+    FileTensor *ft = view(m, &n);
     StTensor *ts = moelm_calloc((size_t)(n ? n : 1), sizeof(StTensor));
     StDtype *dt = moelm_calloc((size_t)(n ? n : 1), sizeof(StDtype));
-    moelm_status st = ts && dt ? MOELM_OK : MOELM_ERR_NOMEM;
+    moelm_status st = ft && ts && dt ? MOELM_OK : MOELM_ERR_NOMEM;
     for (int i = 0; i < n && !st; i++) {
         CHECK(ft[i].first == 0);   /* a whole model: a sharded one is gathered first */
         ts[i].name = ft[i].name;
@@ -123,6 +120,7 @@ moelm_status model_write_file_tensors(const FileTensor *ft, int n, const char *d
     }
     const char *meta[] = {"format", "pt", NULL};   /* HF's loader wants format "pt" */
     if (!st) st = ws_write(dir, ts, dt, n, meta, max_shard_bytes);
+    moelm_free(ft);
     moelm_free(ts);
     moelm_free(dt);
     return st;
