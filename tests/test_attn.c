@@ -25,6 +25,7 @@
 #include "fd.h"
 #include "ops/attn.h"
 #include "ops/ops.h"
+#include "ops/ops_simd.h"
 #include "io/safetensors.h"
 #include "backend/runtime.h"
 
@@ -433,6 +434,40 @@ TEST(attn_step_matches_forward) {
         }
 }
 
+/* The token step's two sums over the cache (ops_simd.h step_scores_any, step_values_any) against
+ * their plain chains computed here: each score fmaf over d ascending from 0, then times the scale;
+ * each value fmaf over u ascending from 0. Bit for bit (the same chains, whatever holds the sums)
+ * where the build has no AVX-512; AVX-512's values sum four chains (u mod 4), so there 1e-6 (1 + |x|)
+ * (float reordering of n <= 70 terms of O(1)). Head widths on the vector paths (8, 16, 32, 64) and
+ * off them (7, 24), key counts around the 32-key block (1, 31, 32, 33, 70). */
+TEST(step_sums_match_chains) {
+    int hss[6] = {8, 16, 32, 64, 7, 24}, ns[5] = {1, 31, 32, 33, 70};
+    for (int a = 0; a < 6; a++)
+        for (int c = 0; c < 5; c++) {
+            int hs = hss[a], n = ns[c];
+            size_t ldk = (size_t)n + 9;
+            float *q = rnd((size_t)hs, 1.0f), *kT = rnd((size_t)hs * ldk, 1.0f), *v = rnd((size_t)n * hs, 1.0f);
+            float *w = rnd((size_t)n, 1.0f), *s = zero((size_t)n), *o = zero((size_t)hs);
+            float *s_ref = zero((size_t)n), *o_ref = zero((size_t)hs), scale = 0.3f;
+            for (int u = 0; u < n; u++) {
+                float t = 0.0f;
+                for (int d = 0; d < hs; d++) t = fmaf(q[d], kT[(size_t)d * ldk + u], t);
+                s_ref[u] = t * scale;
+            }
+            for (int i = 0; i < hs; i++)
+                for (int u = 0; u < n; u++) o_ref[i] = fmaf(w[u], v[(size_t)u * hs + i], o_ref[i]);
+            step_scores_any(s, q, kT, ldk, n, hs, scale);
+            step_values_any(o, w, v, n, hs);
+            EXPECT_MSG(memcmp(s, s_ref, sizeof(float) * n) == 0, "hs %d n %d: scores differ from the chains", hs, n);
+#if defined(__AVX512F__)
+            EXPECT_MSG(max_rel_diff(o, o_ref, (size_t)hs) <= 1e-6, "hs %d n %d: values differ from the chains", hs, n);
+#else
+            EXPECT_MSG(memcmp(o, o_ref, sizeof(float) * hs) == 0, "hs %d n %d: values differ from the chains", hs, n);
+#endif
+            arena_reset();
+        }
+}
+
 /* ---- RoPE ---- */
 
 typedef struct { float *x, *r, *cs, *sn; int *pos; int P, N, NHR, hd; size_t ld; } RopeCtx;
@@ -815,6 +850,7 @@ int main(void) {
     RUN(attn_threads_same_bits);
     RUN(attn_mask_semantics);
     RUN(attn_step_matches_forward);
+    RUN(step_sums_match_chains);
     RUN(rope_grad_and_values);
     RUN(posbias_grad_and_offset);
     RUN(t5_bucket_values);
