@@ -3,7 +3,7 @@
  * Oracles: fp16 widening against the format's formula evaluated with ldexp in double (and, where the
  * compiler targets F16C, the hardware conversion, both ways); fp16 rounding at every boundary
  * between two adjacent halves (the midpoint goes to the even one, one float ulp either side to the
- * nearer); Q8_0 against its definition; q8_0_gemv against q8_0_gemv_ref bit for bit on odd shapes,
+ * nearer); Q8_0 against its definition, and the vector quantizer against it bit for bit; q8_0_gemv against q8_0_gemv_ref bit for bit on odd shapes,
  * and both against the exact sum in double within the float accumulation's bound.
  */
 #include "test.h"
@@ -125,6 +125,51 @@ TEST(q8_0_quantize_rule) {
     EXPECT(sizeof(BlockQ8_0) == 34);
 }
 
+/* q8vec_quantize (AVX2 vectors where the build has them) against q8_0_quantize (the plain rule) bit
+ * for bit, block by block: exact halves of every sign (amax 127: the step is 1), a value one float
+ * ulp either side of a half, random normals at scales 1e-30 .. 1e6 (fp16 subnormal scales, and one
+ * that overflows to Inf), -0 and all-zero blocks, a NaN and an Inf (the plain rule's fallback). Then
+ * q8vec_quantize_once: quantizes a new x, skips the same bits, redoes a change of one bit or of K. */
+TEST(q8vec_quantize_matches_rule) {
+    enum { NB = 24, K = NB * 32 };
+    static float x[K];
+    static BlockQ8_0 b[NB];
+    Rng r;
+    rng_seed(&r, 11);
+    for (int i = 0; i < 32; i++) x[i] = (float)(i - 16) + (i == 31 ? 0.0f : 0.5f) + (i == 0 ? 111.0f : 0.0f);
+    x[31] = 127.0f;                                                       /* amax 127: id = 1, exact halves */
+    for (int i = 32; i < 64; i++) x[i] = -x[i - 32];
+    for (int i = 64; i < 96; i++) x[i] = i == 95 ? 127.0f : nextafterf((float)(i - 80) + 0.5f, i % 2 ? 100.0f : -100.0f);
+    static const float scales[] = {1e-30f, 1e-7f, 1e-3f, 1.0f, 37.0f, 1e6f, 1e7f};
+    for (int b2 = 3; b2 < NB; b2++)
+        for (int i = 0; i < 32; i++) x[32 * b2 + i] = rng_normal(&r) * scales[b2 % 7];
+    for (int i = 0; i < 32; i++) x[32 * 10 + i] = i % 3 ? 0.0f : -0.0f;  /* zero block */
+    x[32 * 11 + 7] = NAN;
+    x[32 * 12 + 30] = -INFINITY;
+    q8_0_quantize(b, x, K);
+    Q8Vec v;
+    CHECK(q8vec_alloc(&v, K) == MOELM_OK);
+    EXPECT(q8vec_quantize_once(&v, x) == 1);
+    int bad = 0;
+    for (int k = 0; k < NB; k++) {
+        uint32_t want = f2u(fp16_to_f32(b[k].d)), got = f2u(v.d[k]);
+        if (got != want || memcmp(v.q + 32 * k, b[k].qs, 32) != 0) {
+            if (bad++ < 3) EXPECT_MSG(0, "block %d: d %08x q[0] %d, the rule's %08x %d", k, got, v.q[32 * k], want, b[k].qs[0]);
+        }
+    }
+    EXPECT(bad == 0);
+    EXPECT(v.q[0] == 96 && v.q[1] == -15 && v.q[16] == 1 && v.q[32 + 16] == -1);   /* 95.5 -> 96, -14.5 -> -15, +-0.5 -> +-1 */
+    EXPECT(q8vec_quantize_once(&v, x) == 0);
+    x[5] = nextafterf(x[5], 0.0f);
+    EXPECT(q8vec_quantize_once(&v, x) == 1);
+    v.K = K - 32;
+    EXPECT(q8vec_quantize_once(&v, x) == 1 && q8vec_quantize_once(&v, x) == 0);
+    q8vec_quantize(&v, x);
+    EXPECT(q8vec_quantize_once(&v, x) == 1);   /* q8vec_quantize forgets the copy */
+    q8vec_free(&v);
+    EXPECT(moelm_alloc_live_bytes() == 0);
+}
+
 /* W [M, K] random Q8_0 (weights including -128 and +-127, scales of every size including fp16
  * subnormals and zero), x with a zero block and a large one */
 static void make_case(BlockQ8_0 *W, float *x, int M, int K, Rng *r) {
@@ -228,6 +273,7 @@ int main(void) {
     RUN(fp16_widen_exhaustive);
     RUN(fp16_round_at_every_boundary);
     RUN(q8_0_quantize_rule);
+    RUN(q8vec_quantize_matches_rule);
     RUN(q8_0_gemv_matches_reference_bitwise);
     RUN(q8_0_gemv_nonfinite_and_float_product);
     return test_summary("q8");

@@ -112,13 +112,15 @@ moelm_status q8vec_alloc(Q8Vec *v, int K) {
     CHECK(K > 0 && K % Q8_0_BLOCK == 0);
     memset(v, 0, sizeof *v);
     size_t nq = (size_t)K, nd = (size_t)K / Q8_0_BLOCK, nbias = (size_t)K / 4;
-    /* one block: bias (64-byte aligned, K/4 int32 = 8 a block), then d, then q */
-    char *p = moelm_malloc(nbias * sizeof(int32_t) + nd * sizeof(float) + nq);
+    /* one block: bias (64-byte aligned, K/4 int32 = 8 a block), then d, then src, then q */
+    char *p = moelm_malloc(nbias * sizeof(int32_t) + nd * sizeof(float) + nq * sizeof(float) + nq);
     if (!p) return MOELM_ERR_NOMEM;
     v->K = K;
     v->bias = (int32_t *)p;
     v->d = (float *)(p + nbias * sizeof(int32_t));
-    v->q = (int8_t *)(p + nbias * sizeof(int32_t) + nd * sizeof(float));
+    v->src = v->d + nd;
+    v->q = (int8_t *)(v->src + nq);
+    v->src_K = 0;
     return MOELM_OK;
 }
 
@@ -127,15 +129,64 @@ void q8vec_free(Q8Vec *v) {
     memset(v, 0, sizeof *v);
 }
 
+#if defined(Q8_AVX2) || defined(Q8_VNNI)
+/* quantize_block in AVX2 vectors, the same bits: |x| and its maximum are exact in any order, x * id
+ * is the same product, and roundf (halves away from zero) is trunc(v) plus v's sign where |v -
+ * trunc(v)| >= 1/2 (the difference is exact for |v| < 2^23). A block holding a NaN or an Inf takes
+ * the plain rule. */
+static int quantize_block_fast(uint16_t *d, int8_t *q, const float *x) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)), big = _mm256_set1_ps(3.4028235e38f);
+    __m256 v[4], a[4], bad = _mm256_setzero_ps();
+    for (int i = 0; i < 4; i++) {
+        v[i] = _mm256_loadu_ps(x + 8 * i);
+        a[i] = _mm256_and_ps(v[i], absmask);
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(a[i], big, _CMP_NLE_UQ));   /* NaN or beyond FLT_MAX */
+    }
+    if (_mm256_movemask_ps(bad)) return quantize_block(d, q, x);
+    __m256 m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+    float dv = amax / 127.0f, id = dv != 0.0f ? 1.0f / dv : 0.0f;
+    *d = fp16_round(dv);
+    const __m256 idv = _mm256_set1_ps(id), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+    __m256i n[4];
+    for (int i = 0; i < 4; i++) {
+        __m256 p = _mm256_mul_ps(v[i], idv);
+        __m256 t = _mm256_round_ps(p, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+        __m256 away = _mm256_cmp_ps(_mm256_and_ps(_mm256_sub_ps(p, t), absmask), half, _CMP_GE_OQ);
+        __m256 step = _mm256_or_ps(one, _mm256_andnot_ps(absmask, p));   /* +-1 with p's sign */
+        n[i] = _mm256_cvttps_epi32(_mm256_add_ps(t, _mm256_and_ps(away, step)));
+    }
+    /* 32 int32 to 32 int8 in order: the packs work within 128-bit lanes, the permute restores it */
+    __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(n[0], n[1]), _mm256_packs_epi32(n[2], n[3]));
+    b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i *)q, b);
+    return (*d & 0x7c00u) == 0x7c00u;
+}
+#else
+static int quantize_block_fast(uint16_t *d, int8_t *q, const float *x) { return quantize_block(d, q, x); }
+#endif
+
 void q8vec_quantize(Q8Vec *v, const float *x) {
     for (int b = 0; b < v->K / Q8_0_BLOCK; b++) {
         uint16_t d;
         int8_t *q = v->q + (size_t)b * Q8_0_BLOCK;
-        quantize_block(&d, q, x + (size_t)b * Q8_0_BLOCK);
+        quantize_block_fast(&d, q, x + (size_t)b * Q8_0_BLOCK);
         v->d[b] = fp16_to_f32(d);
         for (int g = 0; g < Q8_0_BLOCK / 4; g++)
             v->bias[b * 8 + g] = -128 * (q[4 * g] + q[4 * g + 1] + q[4 * g + 2] + q[4 * g + 3]);
     }
+    v->src_K = 0;   /* not q8vec_quantize_once's copy any more */
+}
+
+int q8vec_quantize_once(Q8Vec *v, const float *x) {
+    size_t bytes = sizeof(float) * (size_t)v->K;
+    if (v->src_K == v->K && memcmp(v->src, x, bytes) == 0) return 0;
+    q8vec_quantize(v, x);
+    memcpy(v->src, x, bytes);
+    v->src_K = v->K;
+    return 1;
 }
 
 /* ---- the product ------------------------------------------------------------------------------ */

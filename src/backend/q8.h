@@ -71,14 +71,22 @@ typedef struct {
     int8_t *q;        /* [K] */
     float *d;         /* [K/32] the block scales, fp16 values widened */
     int32_t *bias;    /* [K/4] -128 * (the sum of each 4 consecutive q): vpdpbusd's offset removed */
+    float *src;       /* [K of q8vec_alloc] the floats q8vec_quantize_once last quantized */
+    int src_K;        /* how many of them (0: none) */
 } Q8Vec;
 
 /* One allocation for x's K values (K > 0, a multiple of 32, CHECKed); MOELM_ERR_NOMEM leaves v
  * zeroed. q8vec_free releases it (a zeroed struct is fine). */
 moelm_status q8vec_alloc(Q8Vec *v, int K);
 void q8vec_free(Q8Vec *v);
-/* v <- x[v->K] quantized (the Q8_0 rule above, blocks with a NaN or Inf get d = NaN) */
+/* v <- x[v->K] quantized (the Q8_0 rule above, blocks with a NaN or Inf get d = NaN). With AVX2 the
+ * blocks are quantized in vectors, the same bits as q8_0_quantize's plain rule (tests/test_q8.c). */
 void q8vec_quantize(Q8Vec *v, const float *x);
+/* q8vec_quantize, skipped when v already holds x: the last vector it quantized had the same K and the
+ * same bits (a token step's products that read one input, e.g. q, k and v, or an expert's gate and
+ * up, quantize it once). v->K may change between calls (at most q8vec_alloc's K); returns 1 when it
+ * quantized. */
+int q8vec_quantize_once(Q8Vec *v, const float *x);
 
 /* y[M] = W[M, K] x, W as M rows of K/32 blocks, x quantized in xq (xq->K == K, CHECKed), on the
  * calling thread (inside a parallel region or not). */

@@ -320,10 +320,12 @@ static void mv_rows(const Model *m, const KVCache *kv, float *y, const float *x,
     const float *bias = b ? b + lo : NULL;
     size_t at = (size_t)(W - m->params) + (size_t)lo * K;
     if (kv->q8 && q8_arena_holds(kv->q8, at, (size_t)(hi - lo) * K)) {
-        /* the Q8Vec is sized for the widest input: its K is this product's (q8vec_quantize reads K) */
+        /* the Q8Vec is sized for the widest input: its K is this product's (q8vec_quantize reads K);
+         * products that read the same x (q, k, v; an expert's gate and up; experts on one token)
+         * quantize it once */
         Q8Vec *xq = &kv->q8x[team_rank()];
         xq->K = K;
-        q8vec_quantize(xq, x);
+        q8vec_quantize_once(xq, x);
         q8_0_gemv(y + lo, kv->q8->blocks + at / Q8_0_BLOCK, xq, hi - lo, K);
         for (int i = 0; bias && i < hi - lo; i++) y[lo + i] += bias[i];
         return;
