@@ -269,6 +269,15 @@ static inline __m256 block_avx2(const BlockQ8_0 *w, const int8_t *xq, float dx, 
     return _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(w->d) * dx), _mm256_cvtepi32_ps(s), acc);
 }
 
+/* fold16 of lanes lo (0..7) and hi (8..15), as in row_vnni */
+static inline float fold_avx2(__m256 lo, __m256 hi) {
+    __m256 h8 = _mm256_add_ps(lo, hi);
+    __m128 h4 = _mm_add_ps(_mm256_castps256_ps128(h8), _mm256_extractf128_ps(h8, 1));
+    __m128 h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
+    __m128 h1 = _mm_add_ss(h2, _mm_movehdup_ps(h2));
+    return _mm_cvtss_f32(h1);
+}
+
 static inline float row_avx2(const BlockQ8_0 *w, const Q8Vec *x, int nb) {
     __m256 lo = _mm256_setzero_ps(), hi = lo;
     int b = 0;
@@ -277,11 +286,31 @@ static inline float row_avx2(const BlockQ8_0 *w, const Q8Vec *x, int nb) {
         hi = block_avx2(&w[b + 1], x->q + (size_t)(b + 1) * Q8_0_BLOCK, x->d[b + 1], hi);
     }
     if (b < nb) lo = block_avx2(&w[b], x->q + (size_t)b * Q8_0_BLOCK, x->d[b], lo);
-    __m256 h8 = _mm256_add_ps(lo, hi);   /* fold16 as in row_vnni */
-    __m128 h4 = _mm_add_ps(_mm256_castps256_ps128(h8), _mm256_extractf128_ps(h8, 1));
-    __m128 h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
-    __m128 h1 = _mm_add_ss(h2, _mm_movehdup_ps(h2));
-    return _mm_cvtss_f32(h1);
+    return fold_avx2(lo, hi);
+}
+#endif
+
+#ifdef Q8_AVX2
+/* row_avx2 on four rows side by side, each row's lanes the same arithmetic (the same bits): the four
+ * rows' sums are independent chains that the core overlaps (1.15x over one row at a time on Zen 3,
+ * the weights in cache) */
+static void rows4_avx2(float *y, const BlockQ8_0 *w, const Q8Vec *x, int nb) {
+    __m256 lo[4], hi[4];
+    for (int r = 0; r < 4; r++) lo[r] = hi[r] = _mm256_setzero_ps();
+    int b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        const int8_t *xa = x->q + (size_t)b * Q8_0_BLOCK, *xb = xa + Q8_0_BLOCK;
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            lo[r] = block_avx2(&w[(size_t)r * nb + b], xa, x->d[b], lo[r]);
+            hi[r] = block_avx2(&w[(size_t)r * nb + b + 1], xb, x->d[b + 1], hi[r]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) {
+        if (b < nb) lo[r] = block_avx2(&w[(size_t)r * nb + b], x->q + (size_t)b * Q8_0_BLOCK, x->d[b], lo[r]);
+        y[r] = fold_avx2(lo[r], hi[r]);
+    }
 }
 #endif
 
@@ -291,7 +320,9 @@ void q8_0_gemv(float *y, const BlockQ8_0 *W, const Q8Vec *xq, int M, int K) {
 #if defined(Q8_VNNI)
     for (int m = 0; m < M; m++) y[m] = row_vnni(W + (size_t)m * nb, xq, nb);
 #elif defined(Q8_AVX2)
-    for (int m = 0; m < M; m++) y[m] = row_avx2(W + (size_t)m * nb, xq, nb);
+    int m = 0;
+    for (; m + 4 <= M; m += 4) rows4_avx2(y + m, W + (size_t)m * nb, xq, nb);
+    for (; m < M; m++) y[m] = row_avx2(W + (size_t)m * nb, xq, nb);
 #else
     for (int m = 0; m < M; m++) y[m] = row_ref(W + (size_t)m * nb, xq, nb);
 #endif
