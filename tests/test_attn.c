@@ -438,8 +438,9 @@ TEST(attn_step_matches_forward) {
  * their plain chains computed here: each score fmaf over d ascending from 0, then times the scale;
  * each value fmaf over u ascending from 0. Bit for bit (the same chains, whatever holds the sums)
  * where the build has no AVX-512; AVX-512's values sum four chains (u mod 4), so there 1e-6 (1 + |x|)
- * (float reordering of n <= 70 terms of O(1)). Head widths on the vector paths (8, 16, 32, 64) and
- * off them (7, 24), key counts around the 32-key block (1, 31, 32, 33, 70). */
+ * (float reordering of n <= 70 terms of O(1)). Also step_values2_any (two heads over one set of
+ * values): each head the one-head bits. Head widths on the vector paths (8, 16, 32, 64) and off them
+ * (7, 24), key counts around the 32- and 64-key blocks (1, 31, 32, 33, 70). */
 TEST(step_sums_match_chains) {
     int hss[6] = {8, 16, 32, 64, 7, 24}, ns[5] = {1, 31, 32, 33, 70};
     for (int a = 0; a < 6; a++)
@@ -458,11 +459,18 @@ TEST(step_sums_match_chains) {
                 for (int u = 0; u < n; u++) o_ref[i] = fmaf(w[u], v[(size_t)u * hs + i], o_ref[i]);
             step_scores_any(s, q, kT, ldk, n, hs, scale);
             step_values_any(o, w, v, n, hs);
+            float *w2 = rnd((size_t)n, 1.0f), *o2 = zero((size_t)hs), *o3 = zero((size_t)hs), *o3_ref = zero((size_t)hs);
+            for (int i = 0; i < hs; i++)
+                for (int u = 0; u < n; u++) o3_ref[i] = fmaf(w2[u], v[(size_t)u * hs + i], o3_ref[i]);
+            step_values2_any(o2, o3, w, w2, v, n, hs);   /* two heads over one set of values */
+            EXPECT_MSG(memcmp(o2, o, sizeof(float) * hs) == 0 && max_rel_diff(o3, o3_ref, (size_t)hs) <= 1e-6,
+                       "hs %d n %d: two heads' values differ from one head's", hs, n);
             EXPECT_MSG(memcmp(s, s_ref, sizeof(float) * n) == 0, "hs %d n %d: scores differ from the chains", hs, n);
 #if defined(__AVX512F__)
             EXPECT_MSG(max_rel_diff(o, o_ref, (size_t)hs) <= 1e-6, "hs %d n %d: values differ from the chains", hs, n);
 #else
             EXPECT_MSG(memcmp(o, o_ref, sizeof(float) * hs) == 0, "hs %d n %d: values differ from the chains", hs, n);
+            EXPECT_MSG(memcmp(o3, o3_ref, sizeof(float) * hs) == 0, "hs %d n %d: second head's values differ", hs, n);
 #endif
             arena_reset();
         }

@@ -411,6 +411,10 @@ void attn_step(float *out, float *a, const float *q, const float *kT, size_t ldk
             for (int u = 0; u < n; u++) ah[u] += br[u];
         }
         softmax_visible(ah, n, n, key_mask);
-        step_values_any(out + (size_t)h * hd, ah, vg, n, hd);
+        /* heads r and r + 1 (r even) of a key/value group (grouped-query) read its values in one
+         * pass, once r + 1's weights are known; an odd group's last head alone */
+        int r = h % rep;
+        if (r % 2 == 1) step_values2_any(out + (size_t)(h - 1) * hd, out + (size_t)h * hd, ah - n, ah, vg, n, hd);
+        else if (r == rep - 1) step_values_any(out + (size_t)h * hd, ah, vg, n, hd);
     }
 }
