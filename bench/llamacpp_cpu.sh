@@ -3,10 +3,10 @@
 # from the same GGUF files (f32 and q8_0), batch 1 (issue 29, "Speed"). On a machine shared with other
 # jobs, wall-clock rates measure the share of the cores each process got; CPU time (perf stat's task-clock
 # of the whole process, every thread) measures the work. Each program runs at two lengths and the
-# difference is the CPU time of 256 tokens, set-up and loading cancelled:
-#   moelm:     moelm generate -m FILE -p the -n 64|320 --temp 0 -t T      (greedy: argmax of the logits)
-#   llama.cpp: llama-perplexity -m FILE -f TEXT -c 128|384 -b 1 -ub 1 -t T --chunks 1
-#              (64 positions as one batch, then 64|320 single-token decodes through the KV cache; see
+# difference is the CPU time of 384 tokens, set-up and loading cancelled:
+#   moelm:     moelm generate -m FILE -p the -n 64|448 --temp 0 -t T      (greedy: argmax of the logits)
+#   llama.cpp: llama-perplexity -m FILE -f TEXT -c 128|512 -b 1 -ub 1 -t T --chunks 1
+#              (64 positions as one batch, then 64|448 single-token decodes through the KV cache; see
 #              bench/llamacpp_compare.sh for why this tool)
 # At 2 threads the CPU time includes what each program's threads spend waiting for each other (both spin).
 # The models are bench/llamacpp_compare.sh's (made by it when missing: llama-7M, mixtral-16M, mixtral-78M),
@@ -29,10 +29,10 @@ for name in $MODELS; do
 done
 
 cpu_ms() { perf stat -x, -e task-clock -o "$D/perf.txt" "$@" >/dev/null 2>&1; awk -F, '/task-clock/ { print $1 }' "$D/perf.txt"; }
-per_tok() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f", (b - a) / 256 }'; }   # ms of CPU a token
+per_tok() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f", (b - a) / 384 }'; }   # ms of CPU a token
 moelm_tok() {   # binary file threads
     a=$(cpu_ms "$1" generate -m "$2" -p the -n 64 --temp 0 -t "$3")
-    b=$(cpu_ms "$1" generate -m "$2" -p the -n 320 --temp 0 -t "$3")
+    b=$(cpu_ms "$1" generate -m "$2" -p the -n 448 --temp 0 -t "$3")
     per_tok "$a" "$b"
 }
 
@@ -47,7 +47,7 @@ for name in $MODELS; do
                 o=-
                 [ -n "$BASE" ] && o=$(moelm_tok "$BASE" "$f" "$t")
                 a=$(cpu_ms "$LC/llama-perplexity" -m "$f" -f "$D/text.txt" -c 128 -b 1 -ub 1 -t "$t" --chunks 1)
-                b=$(cpu_ms "$LC/llama-perplexity" -m "$f" -f "$D/text.txt" -c 384 -b 1 -ub 1 -t "$t" --chunks 1)
+                b=$(cpu_ms "$LC/llama-perplexity" -m "$f" -f "$D/text.txt" -c 512 -b 1 -ub 1 -t "$t" --chunks 1)
                 echo "$name $ty t=$t moelm $m base $o llama.cpp $(per_tok "$a" "$b")"
                 r=$((r + 1))
             done
