@@ -12,8 +12,11 @@
 # The models are bench/llamacpp_compare.sh's (made by it when missing: llama-7M, mixtral-16M, mixtral-78M),
 # exported again as q8_0. MOELM_BASE=BINARY adds a second moelm (an older build) to every round, run
 # between the two, so a change is measured against its baseline in the same conditions.
-# Prints every round (ms of CPU a token) and, per model, type and thread count, min/median/max of each
-# and the ratio of medians llama.cpp / moelm (> 1: moelm needs less CPU a token).
+# Prints every round (CPU ms at the two lengths of moelm, the base, llama.cpp) and, per model, type and
+# thread count, each program's CPU ms a token two ways: from the least CPU at each length over the
+# rounds (set-up noise, e.g. page clearing, only adds, and it is as large as the tokens' own time for the
+# 78M model), and the median of the rounds' own differences; then llama.cpp / moelm and base / moelm
+# from the first (> 1: moelm needs less CPU a token).
 set -u
 REPS=${1:-5}; shift 2>/dev/null
 THREADS=${*:-1 2}
@@ -29,11 +32,8 @@ for name in $MODELS; do
 done
 
 cpu_ms() { perf stat -x, -e task-clock -o "$D/perf.txt" "$@" >/dev/null 2>&1; awk -F, '/task-clock/ { print $1 }' "$D/perf.txt"; }
-per_tok() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f", (b - a) / 384 }'; }   # ms of CPU a token
-moelm_tok() {   # binary file threads
-    a=$(cpu_ms "$1" generate -m "$2" -p the -n 64 --temp 0 -t "$3")
-    b=$(cpu_ms "$1" generate -m "$2" -p the -n 448 --temp 0 -t "$3")
-    per_tok "$a" "$b"
+moelm_pair() {   # binary file threads: CPU ms at the two lengths
+    echo "$(cpu_ms "$1" generate -m "$2" -p the -n 64 --temp 0 -t "$3") $(cpu_ms "$1" generate -m "$2" -p the -n 448 --temp 0 -t "$3")"
 }
 
 for name in $MODELS; do
@@ -43,28 +43,30 @@ for name in $MODELS; do
         for t in $THREADS; do
             r=0
             while [ "$r" -lt "$REPS" ]; do
-                m=$(moelm_tok "$BIN" "$f" "$t")
-                o=-
-                [ -n "$BASE" ] && o=$(moelm_tok "$BASE" "$f" "$t")
+                m=$(moelm_pair "$BIN" "$f" "$t")
+                o="- -"
+                [ -n "$BASE" ] && o=$(moelm_pair "$BASE" "$f" "$t")
                 a=$(cpu_ms "$LC/llama-perplexity" -m "$f" -f "$D/text.txt" -c 128 -b 1 -ub 1 -t "$t" --chunks 1)
                 b=$(cpu_ms "$LC/llama-perplexity" -m "$f" -f "$D/text.txt" -c 512 -b 1 -ub 1 -t "$t" --chunks 1)
-                echo "$name $ty t=$t moelm $m base $o llama.cpp $(per_tok "$a" "$b")"
+                echo "$name $ty t=$t moelm $m base $o llama.cpp $a $b"
                 r=$((r + 1))
             done
         done
     done
 done | tee "$D/cpu_runs.txt" | awk '
-    { k = $1 " " $2 " " $3; if (!(k in n)) order[++no] = k; n[k]++; a[k, n[k]] = $5; o[k, n[k]] = $7; b[k, n[k]] = $9 }
-    function sortv(x, k, m, v,   i, j, t) { for (i = 1; i <= m; i++) v[i] = x[k, i]
-        for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (v[j] + 0 < v[i] + 0) { t = v[i]; v[i] = v[j]; v[j] = t } }
-    function med(v, m) { return m % 2 ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2 }
+    # per program: (the least CPU at 448 tokens - the least at 64) / 384: set-up noise only adds, so the
+    # minima are its steadiest estimate; and the median of the rounds own differences
+    { k = $1 " " $2 " " $3; if (!(k in n)) order[++no] = k; i = ++n[k]
+      for (p = 0; p < 3; p++) { s[k, p, i] = $(5 + 3 * p); l[k, p, i] = $(6 + 3 * p); d[k, p, i] = (l[k, p, i] - s[k, p, i]) / 384 } }
+    function mn(x, k, p, m,   i, v) { v = x[k, p, 1]; for (i = 2; i <= m; i++) if (x[k, p, i] + 0 < v + 0) v = x[k, p, i]; return v }
+    function md(x, k, p, m,   i, j, t, v) { for (i = 1; i <= m; i++) v[i] = x[k, p, i]
+        for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (v[j] + 0 < v[i] + 0) { t = v[i]; v[i] = v[j]; v[j] = t }
+        return m % 2 ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2 }
+    function est(k, p, m) { return s[k, p, 1] == "-" ? "-" : sprintf("%.3f %.3f", (mn(l, k, p, m) - mn(s, k, p, m)) / 384, md(d, k, p, m)) }
     { print }
-    END { printf "\nms of CPU a token, min/med/max\n%-12s %-5s %-4s %20s %20s %20s %9s %9s\n", "model", "type", "thr",
-                 "moelm", "moelm base", "llama.cpp", "llama/m", "base/m"
-          for (i = 1; i <= no; i++) { k = order[i]; split(k, p, " "); m = n[k]
-              sortv(a, k, m, va); sortv(o, k, m, vo); sortv(b, k, m, vb)
-              base = vo[1] == "-" ? "-" : sprintf("%.3f/%.3f/%.3f", vo[1], med(vo, m), vo[m])
-              rb = vo[1] == "-" ? "-" : sprintf("%.2fx", med(vo, m) / med(va, m))
-              printf "%-12s %-5s %-4s %20s %20s %20s %8.2fx %9s\n", p[1], p[2], p[3],
-                     sprintf("%.3f/%.3f/%.3f", va[1], med(va, m), va[m]), base,
-                     sprintf("%.3f/%.3f/%.3f", vb[1], med(vb, m), vb[m]), med(vb, m) / med(va, m), rb } }'
+    END { printf "\nms of CPU a token: from the minima, and the median of the rounds\n%-12s %-5s %-4s %-13s %-13s %-13s %s\n",
+                 "model", "type", "thr", "moelm", "moelm base", "llama.cpp", "llama.cpp/moelm, base/moelm (minima)"
+          for (i = 1; i <= no; i++) { k = order[i]; split(k, q, " "); m = n[k]
+              e0 = est(k, 0, m); e1 = est(k, 1, m); e2 = est(k, 2, m); split(e0, a0, " "); split(e1, a1, " "); split(e2, a2, " ")
+              printf "%-12s %-5s %-4s %-13s %-13s %-13s %.2fx %s\n", q[1], q[2], q[3], e0, e1, e2, a2[1] / a0[1],
+                     e1 == "-" ? "-" : sprintf("%.2fx", a1[1] / a0[1]) } }'
