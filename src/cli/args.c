@@ -1,6 +1,7 @@
 /* args.c: see args.h. */
 #include "args.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -16,7 +17,18 @@ static int same_flag(const char *a, const char *b, size_t n) {
     return 1;
 }
 
+/* The flags the current argument was tried against, for arg_unknown's "did you mean": a command's
+ * parse loop tries every flag it knows before it finds an argument unknown. */
+static const char *tried[96];
+static int n_tried;
+static const char *tried_arg;
+
 static int matches(const char *arg, const char *names, size_t *arglen) {
+    if (arg != tried_arg) {
+        tried_arg = arg;
+        n_tried = 0;
+    }
+    if (n_tried < (int)(sizeof tried / sizeof *tried)) tried[n_tried++] = names;
     size_t al = strcspn(arg, "=");
     const char *p = names;
     while (*p) {
@@ -36,8 +48,12 @@ int arg_match(int argc, char **argv, int *i, const char *names, const char **val
     if (!matches(argv[*i], names, &al)) return 0;
     if (argv[*i][al] == '=') {
         *val = argv[*i] + al + 1;
-    } else if (*i + 1 < argc) {
+    } else if (*i + 1 < argc && !(argv[*i + 1][0] == '-' && argv[*i + 1][1] == '-' && isalpha((unsigned char)argv[*i + 1][2]))) {
         *val = argv[++*i];
+    } else if (*i + 1 < argc) {
+        moelm_fail(MOELM_ERR_ARG, "%s needs a value before the next flag %s (write %s=VALUE for a value that starts with --)",
+                   argv[*i], argv[*i + 1], argv[*i]);
+        *val = NULL;
     } else {
         moelm_fail(MOELM_ERR_ARG, "%s needs a value", argv[*i]);
         *val = NULL;
@@ -98,4 +114,61 @@ int arg_add_set(const char *val, const char **sets, int *n, int cap) {
     sets[(*n)++] = val;
     sets[*n] = NULL;
     return 0;
+}
+
+/* Flags of each command, for "that is a flag of another command": a hint only (a flag missing here
+ * just gets no hint). */
+static const struct { const char *cmd, *flags; } other_flags[] = {
+    {"train", " --data --config --set --print-config --tokenizer --out --resume --init-from --force --steps --stop-at"
+              " --time-budget --grad-accum --batch-size --seq-len --stride --lr --seed --threads --eval-interval"
+              " --eval-batches --log-interval --ckpt-interval --keep --skip-nonfinite --bf16 --quiet --expert-parallel "},
+    {"eval", " --model --data --batch-size --seq-len --stride --threads --ema --dynamic --dyn-lr --dyn-decay --dyn-rms "},
+    {"generate", " --model --prompt --n-predict --interactive --temp --top-k --top-p --seed --threads --bf16 --beams"
+                 " --length-penalty --stop-eos --ema "},
+    {"export", " --model --format --out --dtype --type --max-shard-size --ema "},
+    {"bench", " --config --model --set --threads --steps --warmup --batch-size --seq-len --vocab --gen --bf16"
+              " --no-peak --profile --seed "},
+    {"forward", " --model --inputs --output --threads "},
+    {"report", " --output --csv "},
+};
+
+int arg_unknown(const char *cmd, const char *arg) {
+    size_t al = strcspn(arg, "=");
+    char flag[64];
+    snprintf(flag, sizeof flag, "%.*s", (int)(al < 63 ? al : 63), arg);
+    for (int k = 0; flag[k]; k++)
+        if (flag[k] == '_') flag[k] = '-';
+    if (arg[0] != '-')
+        return moelm_fail(MOELM_ERR_ARG, "%s: unexpected argument '%s' (flags start with -; see moelm %s --help)",
+                          cmd, arg, cmd);
+    char padded[68];
+    snprintf(padded, sizeof padded, " %s ", flag);
+    for (size_t c = 0; c < sizeof other_flags / sizeof *other_flags; c++)
+        if (strcmp(other_flags[c].cmd, cmd) && strstr(other_flags[c].flags, padded))
+            return moelm_fail(MOELM_ERR_ARG, "%s: '%s' is a flag of moelm %s, not of moelm %s (see moelm %s --help)",
+                              cmd, flag, other_flags[c].cmd, cmd, cmd);
+    /* the nearest of the flags this argument was tried against (a long flag against long names) */
+    const char *near = NULL;
+    int dist = 1 << 30;
+    char name[64];
+    for (int t = 0; arg == tried_arg && t < n_tried; t++) {
+        for (const char *p = tried[t]; *p;) {
+            size_t n = strcspn(p, "|");
+            snprintf(name, sizeof name, "%.*s", (int)n, p);
+            p += n + (p[n] == '|');
+            if (flag[1] == '-' && name[1] != '-') continue;
+            int d = str_edit_distance(flag, name);
+            if (d < dist) {
+                dist = d;
+                near = tried[t];
+            }
+        }
+    }
+    if (near && str_near_miss(flag, dist)) {
+        const char *longest = strrchr(near, '|');   /* name the long form: --batch-size, not -b */
+        longest = longest ? longest + 1 : near;
+        return moelm_fail(MOELM_ERR_ARG, "%s: unknown flag '%s' (did you mean %s? see moelm %s --help)",
+                          cmd, arg, longest, cmd);
+    }
+    return moelm_fail(MOELM_ERR_ARG, "%s: unknown flag '%s' (see moelm %s --help)", cmd, arg, cmd);
 }

@@ -18,6 +18,11 @@ int arg_float(const char *flag, const char *v, double lo, double hi, double *out
  * (a missing value) or the list is full, with the last error set. */
 int arg_add_set(const char *val, const char **sets, int *n, int cap);
 
+/* Sets the last error for an unknown argument of command cmd: the nearest of the flags the parse
+ * loop tried on it ("did you mean"), else the other command it belongs to, else a pointer to
+ * --help. Returns MOELM_ERR_ARG. Call it from the loop's last else, right after the tries. */
+int arg_unknown(const char *cmd, const char *arg);
+
 /* Prints "moelm: <last error>" and returns 2 (usage) or 1. */
 int cli_error(int code);
 

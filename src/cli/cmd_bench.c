@@ -3,6 +3,7 @@
 #include <string.h>
 #include "args.h"
 #include "common/util.h"
+#include "io/fileio.h"
 #include "train/bench.h"
 
 static void usage(FILE *f) {
@@ -56,13 +57,18 @@ int cmd_bench(int argc, char **argv) {
         else if (arg_match(argc, argv, &i, "-n|--gen", &val)) { if (arg_int("--gen", val, 0, 65535, &v)) return cli_error(2); o.n_gen = (int)v; }
         else if (arg_match(argc, argv, &i, "--seed", &val)) { if (arg_int("--seed", val, 0, 0x7fffffffffffffffL, &v)) return cli_error(2); o.seed = (uint64_t)v; }
         else {
-            moelm_fail(MOELM_ERR_ARG, "bench: unknown flag '%s' (see moelm bench --help)", argv[i]);
+            arg_unknown("bench", argv[i]);
             return cli_error(2);
         }
     }
     if (o.model && o.bf16) {
         moelm_fail(MOELM_ERR_ARG, "bench -m: --bf16 times training, which a GGUF file's weights are not for "
                    "(generate --bf16 -m FILE runs its bf16 generation)");
+        return cli_error(2);
+    }
+    if (o.model && path_is_dir(o.model)) {
+        moelm_fail(MOELM_ERR_ARG, "bench -m takes a GGUF file and %s is a folder (moelm export -m %s --format gguf -o "
+                   "FILE.gguf makes one of a mixtral / llama run; --config NAME times a preset)", o.model, o.model);
         return cli_error(2);
     }
     sets[o.n_sets] = NULL;

@@ -52,7 +52,7 @@ int cmd_eval(int argc, char **argv) {
         else if (arg_flag(argv, i, "--dyn-rms")) dyn.rms = 1;
         else if (arg_match(argc, argv, &i, "--dyn-lr", &val)) { if (arg_float("--dyn-lr", val, 0, 1e3, &x)) return cli_error(2); dyn.lr = (float)x; }
         else if (arg_match(argc, argv, &i, "--dyn-decay", &val)) { if (arg_float("--dyn-decay", val, 0, 1, &x)) return cli_error(2); dyn.decay = (float)x; }
-        else { moelm_fail(MOELM_ERR_ARG, "eval: unknown flag '%s' (see moelm eval --help)", argv[i]); return cli_error(2); }
+        else { arg_unknown("eval", argv[i]); return cli_error(2); }
     }
     if (!ckpt) { moelm_fail(MOELM_ERR_ARG, "eval: -m CKPT is required"); return cli_error(2); }
     if (!dyn.on && (dyn.lr >= 0 || dyn.decay != DYN_DECAY || dyn.rms)) {

@@ -3,6 +3,7 @@
 #include <string.h>
 #include "args.h"
 #include "common/util.h"
+#include "io/fileio.h"
 #include "train/train.h"
 
 int cmd_export(int argc, char **argv) {
@@ -39,7 +40,7 @@ int cmd_export(int argc, char **argv) {
             o.max_shard_bytes = (uint64_t)shard << shift;
         }
         else if (arg_flag(argv, i, "--ema")) o.ema = 1;
-        else { moelm_fail(MOELM_ERR_ARG, "export: unknown flag '%s' (see moelm export --help)", argv[i]); return cli_error(2); }
+        else { arg_unknown("export", argv[i]); return cli_error(2); }
     }
     if (!o.ckpt || !o.out || !format) {
         moelm_fail(MOELM_ERR_ARG, "export: -m CKPT, --format hf|gguf and -o OUT are required");
@@ -47,6 +48,16 @@ int cmd_export(int argc, char **argv) {
     }
     if (!strcmp(format, "gguf")) o.gguf = 1;
     else if (strcmp(format, "hf")) { moelm_fail(MOELM_ERR_ARG, "export: --format '%s' is not hf or gguf", format); return cli_error(2); }
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", o.out);
+    char *slash = strrchr(dir, '/');
+    if (o.gguf && slash && slash != dir) {   /* a Hugging Face directory is made with its parents */
+        *slash = '\0';
+        if (!path_is_dir(dir)) {
+            moelm_fail(MOELM_ERR_ARG, "export: -o %s: the folder %s does not exist (mkdir -p %s first)", o.out, dir, dir);
+            return cli_error(2);
+        }
+    }
     static const char *const types[] = {"f32", "f16", "bf16", "q8_0"};
     o.dtype = -1;
     for (int t = 0; t < 4; t++) if (!strcmp(type ? type : "f32", types[t])) o.dtype = t;

@@ -32,7 +32,7 @@ int cmd_forward(int argc, char **argv) {
         else if (arg_match(argc, argv, &i, "--inputs", &val)) { if (!val) return cli_error(2); in = val; }
         else if (arg_match(argc, argv, &i, "-o|--output", &val)) { if (!val) return cli_error(2); out = val; }
         else if (arg_match(argc, argv, &i, "-t|--threads", &val)) { if (arg_int("--threads", val, 1, 1024, &t)) return cli_error(2); }
-        else { moelm_fail(MOELM_ERR_ARG, "forward: unknown flag '%s' (see moelm forward --help)", argv[i]); return cli_error(2); }
+        else { arg_unknown("forward", argv[i]); return cli_error(2); }
     }
     if (!model || !in || !out) {
         moelm_fail(MOELM_ERR_ARG, "forward: -m DIR, --inputs FILE and -o FILE are required");

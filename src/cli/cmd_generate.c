@@ -56,7 +56,7 @@ int cmd_generate(int argc, char **argv) {
         else if (arg_flag(argv, i, "--stop-eos")) o.stop_eos = 1;
         else if (arg_flag(argv, i, "--ema")) o.ema = 1;
         else if (arg_match(argc, argv, &i, "-t|--threads", &val)) { if (arg_int("--threads", val, 1, 1024, &v)) return cli_error(2); o.threads = (int)v; }
-        else { moelm_fail(MOELM_ERR_ARG, "generate: unknown flag '%s' (see moelm generate --help)", argv[i]); return cli_error(2); }
+        else { arg_unknown("generate", argv[i]); return cli_error(2); }
     }
     if (!o.ckpt) { moelm_fail(MOELM_ERR_ARG, "generate: -m CKPT is required"); return cli_error(2); }
     moelm_status st = generate_run(&o);

@@ -55,7 +55,7 @@ int cmd_report(int argc, char **argv) {
         else if (arg_match(argc, argv, &i, "-o|--output", &val)) { if (!val) return cli_error(2); out = val; }
         else if (arg_flag(argv, i, "--csv")) csv = 1;
         else if (argv[i][0] == '-' && argv[i][1]) {
-            moelm_fail(MOELM_ERR_ARG, "report: unknown flag '%s' (see moelm report --help)", argv[i]);
+            arg_unknown("report", argv[i]);
             return cli_error(2);
         } else {
             if (n >= 64) { moelm_fail(MOELM_ERR_ARG, "report: at most 64 run directories"); return cli_error(2); }

@@ -96,7 +96,18 @@ static int next_flag(int argc, char **argv, int *i, const FlagDef *defs, int nde
         *i += 2;
         return k;
     }
-    moelm_fail(MOELM_ERR_ARG, "unknown flag '%.*s' (see moelm tokenizer --help)", (int)(n + 2), a);
+    char flag[64];
+    snprintf(flag, sizeof flag, "%.*s", (int)(n < 63 ? n : 63), body);
+    const char *near = NULL;
+    int dist = 1 << 30;
+    for (int k = 0; k < ndefs; k++) {
+        for (char *u = flag; *u; u++) if (*u == '-') *u = '_';
+        str_nearer(flag, defs[k].name, &near, &dist);
+    }
+    if (near && str_near_miss(flag, dist))
+        moelm_fail(MOELM_ERR_ARG, "unknown flag '%.*s' (did you mean --%s? see moelm tokenizer --help)", (int)(n + 2), a, near);
+    else
+        moelm_fail(MOELM_ERR_ARG, "unknown flag '%.*s' (see moelm tokenizer --help)", (int)(n + 2), a);
     return -2;
 }
 

@@ -99,7 +99,7 @@ int cmd_train(int argc, char **argv) {
         else if (arg_match(argc, argv, &i, "--grad-accum", &val)) { if (arg_int("--grad-accum", val, 1, 65536, &v)) return cli_error(2); o.grad_accum = (int)v; }
         else if (arg_match(argc, argv, &i, "--keep", &val)) { if (arg_int("--keep", val, 0, 1000000, &v)) return cli_error(2); o.keep = (int)v; }
         else {
-            moelm_fail(MOELM_ERR_ARG, "train: unknown flag '%s' (see moelm train --help)", argv[i]);
+            arg_unknown("train", argv[i]);
             return cli_error(2);
         }
     }

@@ -2,6 +2,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "util.h"
 
+#include <ctype.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -188,4 +189,35 @@ uint64_t hash_fnv1a64(const void *data, size_t n) {
     uint64_t h = 0xcbf29ce484222325ull;
     for (size_t i = 0; i < n; i++) { h ^= p[i]; h *= 0x100000001b3ull; }
     return h;
+}
+
+int str_edit_distance(const char *a, const char *b) {
+    int d[64], n = (int)strlen(b);
+    if (n > 63) n = 63;
+    for (int j = 0; j <= n; j++) d[j] = j;
+    for (int i = 1; a[i - 1] && i < 64; i++) {
+        int diag = d[0];
+        d[0] = i;
+        for (int j = 1; j <= n; j++) {
+            int up = d[j], best = diag + (tolower((unsigned char)a[i - 1]) != tolower((unsigned char)b[j - 1]));
+            if (up + 1 < best) best = up + 1;
+            if (d[j - 1] + 1 < best) best = d[j - 1] + 1;
+            diag = up;
+            d[j] = best;
+        }
+    }
+    return d[n];
+}
+
+void str_nearer(const char *s, const char *candidate, const char **best, int *dist) {
+    int d = str_edit_distance(s, candidate);
+    if (d < *dist) {
+        *dist = d;
+        *best = candidate;
+    }
+}
+
+int str_near_miss(const char *s, int d) {
+    int len = (int)strlen(s), limit = len / 3 > 1 ? len / 3 : 1;
+    return d <= limit;
 }

@@ -158,7 +158,7 @@ static moelm_status load_dir(Corpus *c, const char *dir) {
     }
     if (naming < 0)
         return moelm_fail(MOELM_ERR_IO, "%s: no corpus files: looked for ptb.train.txt, ptb.valid.txt, ptb.test.txt "
-                          "or train.txt, valid.txt, test.txt", dir);
+                          "or train.txt, valid.txt, test.txt (or give --data one text file: split 90/5/5)", dir);
     for (int s = 0; s < 3; s++) {
         int w = snprintf(path[s], sizeof path[s], "%s%s%s", dir, sep, namings[naming][s]);
         if (w < 0 || (size_t)w >= sizeof path[s]) return moelm_fail(MOELM_ERR_IO, "%s: path too long", dir);

@@ -133,10 +133,16 @@ moelm_status config_preset(ModelConfig *c, const char *name) {
         /* switch_transformers presets: config_switch.c */
     } else {
         char list[256] = "";
+        const char *near = NULL;
+        int dist = 1 << 30;
         for (int i = 0; config_preset_names[i]; i++) {
             strcat(list, i ? ", " : "");
             strcat(list, config_preset_names[i]);
+            str_nearer(name, config_preset_names[i], &near, &dist);
         }
+        if (str_near_miss(name, dist))
+            return moelm_fail(MOELM_ERR_CONFIG, "unknown preset '%s' (did you mean '%s'? presets: %s; or a config.json path)",
+                              name, near, list);
         return moelm_fail(MOELM_ERR_CONFIG, "unknown preset '%s' (presets: %s; or a config.json path)", name, list);
     }
     return MOELM_OK;

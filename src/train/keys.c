@@ -94,39 +94,14 @@ static const char *key_meaning(const char *key) {
     return NULL;
 }
 
-/* Levenshtein distance of a and b (keys are short: at most 63 characters count). */
-static int edit_distance(const char *a, const char *b) {
-    int d[64], n = (int)strlen(b);
-    if (n > 63) n = 63;
-    for (int j = 0; j <= n; j++) d[j] = j;
-    for (int i = 1; a[i - 1] && i < 64; i++) {
-        int diag = d[0];
-        d[0] = i;
-        for (int j = 1; j <= n; j++) {
-            int up = d[j], best = diag + (a[i - 1] != b[j - 1]);
-            if (up + 1 < best) best = up + 1;
-            if (d[j - 1] + 1 < best) best = d[j - 1] + 1;
-            diag = up;
-            d[j] = best;
-        }
-    }
-    return d[n];
-}
-
 const char *key_nearest(const char *key) {
     const char *best = NULL;
     int bd = 1 << 30;
     for (size_t i = 0; i < N_MODEL_KEYS + N_TRAIN_KEYS; i++) {
         const char *k = i < N_MODEL_KEYS ? model_keys[i].key : train_keys[i - N_MODEL_KEYS].key;
-        int dist = edit_distance(key, k);
-        if (dist < bd) {
-            bd = dist;
-            best = k;
-        }
+        str_nearer(key, k, &best, &bd);
     }
-    /* a near miss only: at most a third of the key's letters (and 1 for short keys) */
-    int len = (int)strlen(key), limit = len / 3 > 1 ? len / 3 : 1;
-    return bd <= limit ? best : NULL;
+    return str_near_miss(key, bd) ? best : NULL;
 }
 
 moelm_status key_unknown(const char *where, const char *key) {

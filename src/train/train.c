@@ -551,6 +551,12 @@ static moelm_status experiment_load(const char *path, ModelConfig *cfg, TrainCon
 
 static moelm_status config_base(const char *name, ModelConfig *cfg, TrainConfig *tc) {
     if (path_exists(name) && !path_is_dir(name)) return experiment_load(name, cfg, tc);
+    if (path_is_dir(name))
+        return moelm_fail(MOELM_ERR_CONFIG, "--config %s is a folder: give a preset or a JSON file (a run's is "
+                          "%s/latest/config.json; --resume %s continues the run)", name, name, name);
+    size_t n = strlen(name);
+    if (strchr(name, '/') || (n > 5 && !strcmp(name + n - 5, ".json")))
+        return moelm_fail(MOELM_ERR_CONFIG, "--config %s: no such file (moelm train --help lists the presets)", name);
     moelm_status st = config_preset(cfg, name);
     return st ? st : config_preset_train(tc, name);
 }
@@ -584,6 +590,10 @@ moelm_status train_resolve_config(const char *name, const char *const *sets, int
 /* MOELM_OK when the configs are the same; else an error "<what> "key": a, the requested config "key": b <why>"
  * naming the first key that differs. */
 static moelm_status config_compare(const ModelConfig *have, const ModelConfig *want, const char *what, const char *why) {
+    static const char *const types[] = {"lm", "seed", "switch_transformers", "mixtral", "llama"};
+    if (have->model_type != want->model_type)   /* the first key differs too, but says less */
+        return moelm_fail(MOELM_ERR_CONFIG, "%s model_type %s, the requested config model_type %s %s", what,
+                          types[have->model_type], types[want->model_type], why);
     moelm_status st = MOELM_OK;
     char *a = config_to_json(have), *b = config_to_json(want);
     if (!a || !b) st = moelm_fail(MOELM_ERR_NOMEM, "out of memory comparing configs");
