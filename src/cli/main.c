@@ -29,21 +29,33 @@ int cmd_export(int argc, char **argv);
 MISSING_COMMAND(cmd_report, "report")
 MISSING_COMMAND(cmd_bench, "bench")
 
-static void usage(FILE *f) {
+static const char *const commands[] = {"train", "eval", "generate", "info", "report", "tokenizer", "export",
+                                        "forward", "bench", NULL};
+
+/* Grouped by what a user is doing; the examples use the name moelm was started by, so they run
+ * as printed (./moelm from the repository root). */
+static void usage(FILE *f, const char *prog) {
     fprintf(f,
             "moelm %s: Mixture-of-Experts and Switch Transformer language models\n\n"
-            "usage: moelm <command> [flags]   (moelm <command> --help for its flags)\n\n"
-            "commands:\n"
-            "  train      train a model (built-in corpus by default)\n"
+            "usage: %s <command> [flags]      (%s <command> --help lists its flags, with examples)\n\n"
+            "train and study a model:\n"
+            "  train      train a model: a preset (--config) on a corpus (--data: built-in by default)\n"
             "  eval       token- and word-level perplexity and expert statistics of a checkpoint\n"
             "  generate   sample text from a checkpoint\n"
             "  info       a checkpoint's config, parameter counts and step\n"
-            "  forward    a model's outputs (logits, hidden states, router logits, losses) for given ids\n"
-            "  tokenizer  train, encode and decode SentencePiece-compatible tokenizers\n"
             "  report     one self-contained HTML page of a run or several: curves, expert load, routing\n"
-            "  bench      training and inference speed: tok/s, GFLOP/s, share of the machine's GEMM peak\n"
-            "  export     a mixtral / llama model as a Hugging Face directory or a GGUF file\n",
-            MOELM_VERSION);
+            "files and other tools:\n"
+            "  tokenizer  train, encode and decode SentencePiece-compatible tokenizers\n"
+            "  export     a mixtral / llama model as a Hugging Face directory or a GGUF file\n"
+            "  forward    a model's outputs (logits, hidden states, router logits, losses) for given ids\n"
+            "  bench      training and inference speed: tok/s, GFLOP/s, share of the machine's GEMM peak\n\n"
+            "examples:\n"
+            "  %s train --config demo --out runs/demo     # a small Switch LM on the built-in corpus (~1 min)\n"
+            "  %s eval -m runs/demo                       # perplexity on its test split, expert load\n"
+            "  %s generate -m runs/demo -p \"the old\" -n 20\n"
+            "  %s report runs/demo                        # writes runs/demo/report.html\n"
+            "  %s train --resume runs/demo --steps 800    # train on; Ctrl-C saves a checkpoint to resume from\n",
+            MOELM_VERSION, prog, prog, prog, prog, prog, prog, prog);
 }
 
 /* The BLAS and OpenMP runtimes read their settings when they load, before main(): when
@@ -64,7 +76,7 @@ static void restart_with_runtime_env(char **argv) {
 int main(int argc, char **argv) {
     restart_with_runtime_env(argv);
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
-        usage(stdout);
+        usage(stdout, argc ? argv[0] : "moelm");
         return argc < 2 ? 2 : 0;
     }
     if (!strcmp(argv[1], "--version")) {
@@ -82,6 +94,12 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "bench")) return cmd_bench(argc - 1, argv + 1);
     if (!strcmp(cmd, "forward")) return cmd_forward(argc - 1, argv + 1);
     if (!strcmp(cmd, "export")) return cmd_export(argc - 1, argv + 1);
-    fprintf(stderr, "moelm: unknown command '%s' (try moelm --help)\n", cmd);
+    const char *near = NULL;
+    int dist = 1 << 30;
+    for (int c = 0; commands[c]; c++) str_nearer(cmd, commands[c], &near, &dist);
+    if (str_near_miss(cmd, dist))
+        fprintf(stderr, "moelm: unknown command '%s' (did you mean %s? moelm --help lists them)\n", cmd, near);
+    else
+        fprintf(stderr, "moelm: unknown command '%s' (moelm --help lists them)\n", cmd);
     return 2;
 }

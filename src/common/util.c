@@ -192,21 +192,24 @@ uint64_t hash_fnv1a64(const void *data, size_t n) {
 }
 
 int str_edit_distance(const char *a, const char *b) {
-    int d[64], n = (int)strlen(b);
+    int d[64][64], m = (int)strlen(a), n = (int)strlen(b);
+    if (m > 63) m = 63;
     if (n > 63) n = 63;
-    for (int j = 0; j <= n; j++) d[j] = j;
-    for (int i = 1; a[i - 1] && i < 64; i++) {
-        int diag = d[0];
-        d[0] = i;
+    for (int i = 0; i <= m; i++) d[i][0] = i;
+    for (int j = 0; j <= n; j++) d[0][j] = j;
+    for (int i = 1; i <= m; i++) {
         for (int j = 1; j <= n; j++) {
-            int up = d[j], best = diag + (tolower((unsigned char)a[i - 1]) != tolower((unsigned char)b[j - 1]));
-            if (up + 1 < best) best = up + 1;
-            if (d[j - 1] + 1 < best) best = d[j - 1] + 1;
-            diag = up;
-            d[j] = best;
+            int x = tolower((unsigned char)a[i - 1]), y = tolower((unsigned char)b[j - 1]);
+            int best = d[i - 1][j - 1] + (x != y);
+            if (d[i - 1][j] + 1 < best) best = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < best) best = d[i][j - 1] + 1;
+            if (i > 1 && j > 1 && x == tolower((unsigned char)b[j - 2]) && tolower((unsigned char)a[i - 2]) == y &&
+                d[i - 2][j - 2] + 1 < best)
+                best = d[i - 2][j - 2] + 1;   /* two neighbours swapped: one typo */
+            d[i][j] = best;
         }
     }
-    return d[n];
+    return d[m][n];
 }
 
 void str_nearer(const char *s, const char *candidate, const char **best, int *dist) {

@@ -81,7 +81,8 @@ double time_now(void);                      /* monotonic seconds */
 uint32_t crc32_update(uint32_t crc, const void *data, size_t n);   /* IEEE CRC-32 (zlib's) */
 uint64_t hash_fnv1a64(const void *data, size_t n);
 
-/* "Did you mean": the Levenshtein distance of a and b, letters compared case-blind (names are
+/* "Did you mean": the edit distance of a and b (insertions, deletions, substitutions and swaps of
+ * two neighbours, each one edit: Damerau's, restricted), letters compared case-blind (names are
  * short: at most 63 characters count); str_nearer keeps in *best the candidate nearest to s so far
  * (*dist its distance; start it at 1 << 30); str_near_miss says whether a distance d from s is a
  * typo rather than another word: at most a third of s's letters, and 1 for short names. */
