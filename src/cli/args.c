@@ -100,6 +100,8 @@ int arg_float(const char *flag, const char *v, double lo, double hi, double *out
     return 0;
 }
 
+const char *cli_prog = "moelm";
+
 int cli_error(int code) {
     fprintf(stderr, "moelm: %s\n", moelm_last_error());
     return code;

@@ -23,6 +23,9 @@ int arg_add_set(const char *val, const char **sets, int *n, int cap);
  * --help. Returns MOELM_ERR_ARG. Call it from the loop's last else, right after the tries. */
 int arg_unknown(const char *cmd, const char *arg);
 
+/* The name moelm was started by (argv[0], e.g. ./moelm), for examples in --help that run as printed. */
+extern const char *cli_prog;
+
 /* Prints "moelm: <last error>" and returns 2 (usage) or 1. */
 int cli_error(int code);
 

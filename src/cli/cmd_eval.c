@@ -37,8 +37,11 @@ int cmd_eval(int argc, char **argv) {
                    "                      from the checkpoint's Adam second moment; default: plain SGD, which did\n"
                    "                      better on PTB's validation split)\n"
                    "Prints token-level and word-level perplexity (exp of the total NLL over the words, <eos> included)\n"
-                   "and per-layer expert load, dropped fraction, router entropy and confidence, dead experts.\n",
-                   (double)DYN_LR_SGD, (double)DYN_LR_RMS, (double)DYN_DECAY);
+                   "and per-layer expert load, dropped fraction, router entropy and confidence, dead experts.\n\n"
+                   "examples:\n"
+                   "  %s eval -m runs/tiny                          # the run's test split\n"
+                   "  %s eval -m runs/tiny --data README.md -t 1    # any text file, read with the run's tokenizer\n",
+                   (double)DYN_LR_SGD, (double)DYN_LR_RMS, (double)DYN_DECAY, cli_prog, cli_prog);
             return 0;
         }
         else if (arg_match(argc, argv, &i, "-m|--model", &val)) { if (!val) return cli_error(2); ckpt = val; }
@@ -65,11 +68,13 @@ int cmd_eval(int argc, char **argv) {
 
 int cmd_info(int argc, char **argv) {
     if (argc != 2 || argv[1][0] == '-') {
-        if (argc == 2 && !strcmp(argv[1], "--help")) {
-            printf("usage: moelm info CKPT\n");
+        if (argc == 2 && arg_flag(argv, 1, "-h|--help")) {
+            printf("usage: moelm info CKPT     a checkpoint's config, parameter counts and step\n\n"
+                   "  CKPT   a run directory (its latest), a checkpoint, a Hugging Face directory or a GGUF file\n\n"
+                   "example:\n  %s info runs/tiny\n", cli_prog);
             return 0;
         }
-        moelm_fail(MOELM_ERR_ARG, "usage: moelm info CKPT");
+        moelm_fail(MOELM_ERR_ARG, "usage: moelm info CKPT (a run directory, a checkpoint, a Hugging Face directory or a GGUF file)");
         return cli_error(2);
     }
     return info_run(argv[1]) ? cli_error(1) : 0;

@@ -23,7 +23,10 @@ int cmd_export(int argc, char **argv) {
                    "  --dtype, --type T    tensor type: f32 (default), f16, bf16; q8_0 for gguf\n"
                    "  --max-shard-size N   hf: shards of at most N bytes of tensors (suffix K, M, G: KiB, MiB, GiB;\n"
                    "                       default 0: one model.safetensors)\n"
-                   "  --ema                the run's weight average (trained with --set ema_decay=...)\n");
+                   "  --ema                the run's weight average (trained with --set ema_decay=...)\n\n"
+                   "examples (a mixtral / llama run: %s train --config mixtral-tiny --out runs/mx):\n"
+                   "  %s export -m runs/mx --format hf -o mx-hf\n"
+                   "  %s export -m runs/mx --format gguf --type q8_0 -o mx-q8.gguf\n", cli_prog, cli_prog, cli_prog);
             return 0;
         }
         else if (arg_match(argc, argv, &i, "-m|--model", &val)) { if (!val) return cli_error(2); o.ckpt = val; }

@@ -39,7 +39,11 @@ int cmd_generate(int argc, char **argv) {
                    "                     with --temp > 0); the prompt is the encoder's input, the output the target\n"
                    "  --length-penalty X beam search: a hypothesis scores sum log p / length^X (Hugging Face's; default 1)\n"
                    "  --stop-eos         stop after the end-of-text token (a line end), as llama.cpp stops at EOS\n"
-                   "  --ema              the run's weight average (trained with --set ema_decay=...) as the model\n");
+                   "  --ema              the run's weight average (trained with --set ema_decay=...) as the model\n\n"
+                   "examples:\n"
+                   "  %s generate -m runs/tiny -p \"the old\" -n 20 --seed 2\n"
+                   "  %s generate -m runs/tiny -p \"the old\" --temp 0       # greedy: the same text every time\n",
+                   cli_prog, cli_prog);
             return 0;
         }
         else if (arg_match(argc, argv, &i, "-m|--model", &val)) { if (!val) return cli_error(2); o.ckpt = val; }

@@ -7,6 +7,7 @@
 #include "common/util.h"
 #include "moelm.h"
 #include "backend/runtime.h"
+#include "cli/args.h"
 #include "train/hooks.h"
 
 int cmd_train(int argc, char **argv);
@@ -83,6 +84,7 @@ int main(int argc, char **argv) {
         printf("moelm %s\n", MOELM_VERSION);
         return 0;
     }
+    if (argv[0] && argv[0][0]) cli_prog = argv[0];
     hook_begin();   /* test builds only: fault injection (src/train/hooks.h) */
     const char *cmd = argv[1];
     if (!strcmp(cmd, "train")) return cmd_train(argc - 1, argv + 1);

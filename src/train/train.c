@@ -695,8 +695,8 @@ static moelm_status run_resume_settings(Run *r) {
             if (st) return st;
         }
         if (o->threads != s->threads)
-            fprintf(stderr, "moelm: warning: resuming with %d threads, the run used %d: losses will not be bit-identical\n",
-                    o->threads, s->threads);
+            fprintf(stderr, "moelm: warning: resuming with %d threads, the run used %d: losses will not be bit-identical "
+                    "(-t %d resumes exactly)\n", o->threads, s->threads, s->threads);
     }
     /* the run's length: its steps and its time budget (state.json's), or longer ones given now; a run
      * whose final checkpoint this is and that is given nothing longer is complete */
