@@ -66,5 +66,7 @@ int cmd_export(int argc, char **argv) {
     for (int t = 0; t < 4; t++) if (!strcmp(type ? type : "f32", types[t])) o.dtype = t;
     if (o.dtype < 0) { moelm_fail(MOELM_ERR_ARG, "export: --dtype '%s' is not f32, f16, bf16 or q8_0", type); return cli_error(2); }
     moelm_status st = export_run(&o);
-    return st ? cli_error(st == MOELM_ERR_ARG ? 2 : 1) : 0;
+    if (st) return cli_error(st == MOELM_ERR_ARG ? 2 : 1);
+    printf("wrote %s (%s, %s)\n", o.out, o.gguf ? "GGUF" : "Hugging Face directory", types[o.dtype]);
+    return 0;
 }
