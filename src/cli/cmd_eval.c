@@ -71,7 +71,7 @@ int cmd_info(int argc, char **argv) {
         if (argc == 2 && arg_flag(argv, 1, "-h|--help")) {
             printf("usage: moelm info CKPT     a checkpoint's config, parameter counts and step\n\n"
                    "  CKPT   a run directory (its latest), a checkpoint, a Hugging Face directory or a GGUF file\n\n"
-                   "example:\n  %s info runs/tiny\n", cli_prog);
+                   "examples:\n  %s info runs/tiny\n", cli_prog);
             return 0;
         }
         moelm_fail(MOELM_ERR_ARG, "usage: moelm info CKPT (a run directory, a checkpoint, a Hugging Face directory or a GGUF file)");
