@@ -66,7 +66,7 @@ check "the examples were found ($n)" [ "$n" -ge 12 ]
 # 3. mistakes: one line, a non-zero exit (2 for bad usage), and a pointer to the fix
 EXPECT_RC=2
 expect_error "a misspelt flag: did you mean" "unknown flag '--stpes' \(did you mean --steps\?" $BIN train --stpes 2
-expect_error "a misspelt short-lived flag with _ for -: did you mean" "did you mean --batch-size\?" $BIN train --batch_sise 2
+expect_error "a misspelt flag written with _ for -: did you mean" "did you mean --batch-size\?" $BIN train --batch_sise 2
 expect_error "a flag of another command is named as such" "'--temp' is a flag of moelm generate, not of moelm train" \
     $BIN train --temp 0.5
 expect_error "generate given train's --steps" "'--steps' is a flag of moelm train" $BIN generate -m "$R" --steps 3

@@ -591,7 +591,8 @@ moelm_status train_resolve_config(const char *name, const char *const *sets, int
  * naming the first key that differs. */
 static moelm_status config_compare(const ModelConfig *have, const ModelConfig *want, const char *what, const char *why) {
     static const char *const types[] = {"lm", "seed", "switch_transformers", "mixtral", "llama"};
-    if (have->model_type != want->model_type)   /* the first key differs too, but says less */
+    /* another family: its first key differs too ("moelm_version" against "architectures"), but says less */
+    if (have->model_type != want->model_type && !(config_is_llama(have) && config_is_llama(want)))
         return moelm_fail(MOELM_ERR_CONFIG, "%s model_type %s, the requested config model_type %s %s", what,
                           types[have->model_type], types[want->model_type], why);
     moelm_status st = MOELM_OK;
