@@ -31,7 +31,10 @@ static void usage(FILE *f) {
             "  --no-peak              skip the sgemm peak and read bandwidth measurements\n"
             "  --profile              print forward / backward / optimizer time per step, and a generated\n"
             "                         token's phases (attention, projection, ffn, moe, head): time and GB/s\n"
-            "  --seed N               seed of the weights and tokens (default 1)\n");
+            "  --seed N               seed of the weights and tokens (default 1)\n\n"
+            "examples:\n"
+            "  %s bench --config tiny -t 1 --steps 3 -n 20 --no-peak   # a second: what the lines mean\n"
+            "  %s bench --config seed-switch -t 2                      # the tutorial's Switch model\n", cli_prog, cli_prog);
 }
 
 int cmd_bench(int argc, char **argv) {

@@ -25,7 +25,10 @@ int cmd_forward(int argc, char **argv) {
                    "                        P.encoder|decoder_aux_loss, P.lm_loss and P.loss (with labels);\n"
                    "                        decoder-only models: P.logits and P.loss (next-token)\n"
                    "  -t, --threads N       threads (default 2)\n"
-                   "Eval mode: no dropout, no router jitter. No tokenizer is needed.\n");
+                   "Eval mode: no dropout, no router jitter. No tokenizer is needed.\n\n"
+                   "examples (a small Hugging Face switch_transformers directory in the repository):\n"
+                   "  %s forward -m tests/ref/switch/switch_tied --inputs tests/ref/switch/switch_tied.inputs.safetensors -o out.safetensors -t 1\n",
+                   cli_prog);
             return 0;
         }
         else if (arg_match(argc, argv, &i, "-m|--model", &val)) { if (!val) return cli_error(2); model = val; }

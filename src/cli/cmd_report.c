@@ -19,7 +19,10 @@ static void usage(FILE *f) {
             "  --csv               instead, the run's metrics.jsonl as CSV (pandas.read_csv, spreadsheets): a row per\n"
             "                      record (training and evaluation), a column per key, nested keys with dots\n"
             "                      (moe.0.dropped, moe.0.load.3), empty where a record lacks the key;\n"
-            "                      to -o FILE (default RUN_DIR/metrics.csv; - for stdout)\n");
+            "                      to -o FILE (default RUN_DIR/metrics.csv; - for stdout)\n\n"
+            "examples:\n"
+            "  %s report runs/tiny                      # writes runs/tiny/report.html\n"
+            "  %s report --csv runs/tiny -o tiny.csv\n", cli_prog, cli_prog);
 }
 
 static int report_csv_cmd(const char *const *runs, int n, const char *out) {
