@@ -72,6 +72,10 @@ expect_error "a misspelt flag written with _ for -: did you mean" "did you mean 
 expect_error "a flag of another command is named as such" "'--temp' is a flag of moelm generate, not of moelm train" \
     $BIN train --temp 0.5
 expect_error "generate given train's --steps" "'--steps' is a flag of moelm train" $BIN generate -m "$R" --steps 3
+expect_error "a key written as a flag: --set" "'--num-experts' is not a flag but num_experts is a key: --set num_experts=VALUE" \
+    $BIN train --num-experts 16
+expect_error "a misspelt tokenizer subcommand: did you mean" "unknown subcommand 'encdoe' \(did you mean encode\?" \
+    $BIN tokenizer encdoe
 expect_error "a word where a flag belongs" "unexpected argument 'runs/x' \(flags start with -" $BIN train runs/x
 expect_error "a missing value at the end" "^moelm: --steps needs a value$" $BIN train --steps
 expect_error "a missing value before the next flag" "--out needs a value before the next flag --steps" \

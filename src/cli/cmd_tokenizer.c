@@ -379,6 +379,12 @@ int cmd_tokenizer(int argc, char **argv) {
     if (!strcmp(argv[1], "train")) return cmd_train_tok(argc - 1, argv + 1);
     if (!strcmp(argv[1], "encode")) return cmd_encode_decode(argc - 1, argv + 1, 1);
     if (!strcmp(argv[1], "decode")) return cmd_encode_decode(argc - 1, argv + 1, 0);
-    moelm_fail(MOELM_ERR_ARG, "tokenizer: unknown subcommand '%s' (train, encode, decode)", argv[1]);
+    const char *near = NULL;
+    int dist = 1 << 30;
+    for (int k = 0; k < 3; k++) str_nearer(argv[1], (const char *[]){"train", "encode", "decode"}[k], &near, &dist);
+    if (str_near_miss(argv[1], dist))
+        moelm_fail(MOELM_ERR_ARG, "tokenizer: unknown subcommand '%s' (did you mean %s? train, encode, decode)", argv[1], near);
+    else
+        moelm_fail(MOELM_ERR_ARG, "tokenizer: unknown subcommand '%s' (train, encode, decode)", argv[1]);
     return fail(2);
 }

@@ -4,6 +4,7 @@
 #include "args.h"
 #include "common/util.h"
 #include "model/config.h"
+#include "train/keys.h"
 #include "train/train.h"
 
 static void usage(FILE *f, const char *prog) {
@@ -99,7 +100,13 @@ int cmd_train(int argc, char **argv) {
         else if (arg_match(argc, argv, &i, "--grad-accum", &val)) { if (arg_int("--grad-accum", val, 1, 65536, &v)) return cli_error(2); o.grad_accum = (int)v; }
         else if (arg_match(argc, argv, &i, "--keep", &val)) { if (arg_int("--keep", val, 0, 1000000, &v)) return cli_error(2); o.keep = (int)v; }
         else {
-            arg_unknown("train", argv[i]);
+            char key[64];   /* --num-experts 16 for --set num_experts=16 */
+            snprintf(key, sizeof key, "%.*s", (int)strcspn(argv[i] + 2, "="), argv[i] + 2);
+            for (char *c = key; *c; c++) if (*c == '-') *c = '_';
+            if (!strncmp(argv[i], "--", 2) && (key_is_model(key) || key_is_training(key)))
+                moelm_fail(MOELM_ERR_ARG, "train: '%s' is not a flag but %s is a key: --set %s=VALUE", argv[i], key, key);
+            else
+                arg_unknown("train", argv[i]);
             return cli_error(2);
         }
     }
