@@ -623,15 +623,18 @@ moelm_status info_run(const char *ckpt) {
     moelm_status st = open_ckpt(ckpt, 1, 1, &m, &tok, &state, dir, sizeof dir);
     if (st) return st;
     printf("checkpoint: %s\n", dir);
-    printf("step %ld, %.0f tokens seen, %.1f s of training, data %s, %d threads\n", state.step, state.tokens_seen,
-           state.elapsed_s, state.data, state.threads);
+    if (state.threads > 0)
+        printf("step %ld, %.0f tokens seen, %.1f s of training, data %s, %d threads\n", state.step, state.tokens_seen,
+               state.elapsed_s, state.data, state.threads);
+    else   /* a Hugging Face directory or a GGUF file: no state.json */
+        printf("not trained by moelm (no training state)\n");
     printf("tokenizer: %s, vocab %d\n",
            tokenizer_kind(tok) == TOK_WORD ? "word" : tokenizer_kind(tok) == TOK_CHAR ? "char"
            : tokenizer_kind(tok) == TOK_UNIGRAM ? "unigram" : "bpe", tokenizer_vocab_size(tok));
     print_model_summary(&m, stdout);
     if (state.val_ppl > 0)
         printf("validation (step %ld): ppl %.2f, word ppl %.2f\n", state.val_step, state.val_ppl, state.val_word_ppl);
-    printf("training settings: %s\n", state.train_json);
+    if (state.train_json[0]) printf("training settings: %s\n", state.train_json);
     tokenizer_free(tok);
     model_free(&m);
     return MOELM_OK;
