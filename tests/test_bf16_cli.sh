@@ -42,8 +42,9 @@ check "bf16 run resumed in float" grep -q '"bf16": false' "$TMP/full/latest/stat
 n=$(grep -c '"step"' "$TMP/full/metrics.jsonl")
 check "metrics: one record per step across the modes ($n of 14)" test "$n" = 14
 
-# 4. bench --bf16: both precisions and both peaks in one RESULT line
-$BIN bench --config tiny --steps 2 --warmup 1 -n 0 -t 1 --bf16 >"$TMP/bench.log" 2>&1
+# 4. bench --bf16: both precisions and both peaks in one RESULT line (peaks on 256^3 products: at
+#    2048^3 the emulated bf16 product took ~6 s of the test's ~15 s of CPU here, without AVX-512 BF16)
+$BIN bench --config tiny --steps 2 --warmup 1 -n 0 -t 1 --bf16 --peak-size 256 >"$TMP/bench.log" 2>&1
 line=$(grep '^RESULT' "$TMP/bench.log")
 field() { echo "$line" | sed -E "s/.* $1=([-0-9.e]+).*/\1/"; }
 for k in train_tok_s train_bf16_tok_s sgemm_peak_gflops bf16_peak_gflops bf16_peak_share; do
@@ -52,6 +53,8 @@ done
 check "bench --bf16 names the bf16 kernel" sh -c "echo '$line' | grep -qE 'bf16_kernel=(avx512bf16|avx2|portable)'"
 $BIN bench --config tiny --steps 2 --warmup 1 -n 0 -t 1 --no-peak >"$TMP/bench0.log" 2>&1
 check "bench without --bf16: train_bf16_tok_s=0.0" grep -q 'train_bf16_tok_s=0.0 ' "$TMP/bench0.log"
+check "bench --peak-size: the peaks' product" grep -qE '^bf16 product \((avx512bf16|avx2|portable) kernel\): 256\^3 ' "$TMP/bench.log"
+expect_error "bench --peak-size below 16 refused" "peak-size" $BIN bench --config tiny --peak-size 8 -t 1
 
 # 5. the llama family (q/k/v and gate/up in separate HF tensors, packed as one matrix each): mixtral-tiny
 #    learns in bf16, its first loss is float's within 2^-7, a stopped bf16 run resumes bit for bit, a float

@@ -2,7 +2,7 @@
 # test_determinism.sh: at a fixed thread count, two training runs give bit-identical losses (the
 # OpenMP loops own whole rows or columns, reductions run in a fixed order, dropout draws are hashes of
 # their places (rng_at: no thread draws another's), and BLAS is deterministic at a fixed thread count). Also `moelm bench` runs and
-# prints its figures (with the sgemm peak and the read bandwidth once). Ends with "determinism: N passed, N failed".
+# prints its figures (with the sgemm peak, on 512^3 products, and the read bandwidth once). Ends with "determinism: N passed, N failed".
 BIN=${MOELM_BIN:-./moelm}
 TMP=build/tmp/determinism
 rm -rf "$TMP"; mkdir -p "$TMP"
@@ -31,7 +31,7 @@ check "bench: identical loss in two runs" test "$(grep '^train:' "$TMP/bencha.lo
 # to 2 decimals (GB/s) and 4 (the share), so g / r recomputed here is off by up to 0.005 / r from the
 # rounding of g (on a busy machine g is ~0.1 GB/s and that is 2e-3) and 0.005 g / r^2 from r's (a slow
 # read beside a fast generation: g / r 5.85 at r 4.31 is 7e-3 from r's rounding alone)
-$BIN bench --config tiny --steps 1 --warmup 0 -n 20 -t 2 >"$TMP/peak.log" 2>&1
+$BIN bench --config tiny --steps 1 --warmup 0 -n 20 -t 2 --peak-size 512 >"$TMP/peak.log" 2>&1
 res=$(grep '^RESULT' "$TMP/peak.log")
 val() { echo "$res" | sed -E "s/.* $1=([-0-9.e]+).*/\1/"; }
 check "bench: read bandwidth measured" awk -v r="$(val read_gbs)" 'BEGIN { exit !(r > 0.5) }'

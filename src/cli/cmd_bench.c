@@ -27,8 +27,10 @@ static void usage(FILE *f) {
             "  --vocab N              vocabulary size when the config leaves it open (default 10000)\n"
             "  -n, --gen N            generated tokens, batch 1, KV cache (default 100; 0 = no generation)\n"
             "  --bf16                 also time training in bf16 mixed precision (train --bf16), after the float\n"
-            "                         steps, and the bf16 product's 2048^3 peak beside sgemm's\n"
+            "                         steps, and the bf16 product's peak beside sgemm's\n"
             "  --no-peak              skip the sgemm peak and read bandwidth measurements\n"
+            "  --peak-size N          time the peaks on N x N x N products (default 2048; smaller is quicker\n"
+            "                         and further below the machine's peak)\n"
             "  --profile              print forward / backward / optimizer time per step, and a generated\n"
             "                         token's phases (attention, projection, ffn, moe, head): time and GB/s\n"
             "  --seed N               seed of the weights and tokens (default 1)\n\n"
@@ -58,6 +60,7 @@ int cmd_bench(int argc, char **argv) {
         else if (arg_match(argc, argv, &i, "--seq-len", &val)) { if (arg_int("--seq-len", val, 1, 1 << 16, &v)) return cli_error(2); o.seq_len = (int)v; }
         else if (arg_match(argc, argv, &i, "--vocab", &val)) { if (arg_int("--vocab", val, 2, 10000000, &v)) return cli_error(2); o.vocab_size = (int)v; }
         else if (arg_match(argc, argv, &i, "-n|--gen", &val)) { if (arg_int("--gen", val, 0, 65535, &v)) return cli_error(2); o.n_gen = (int)v; }
+        else if (arg_match(argc, argv, &i, "--peak-size", &val)) { if (arg_int("--peak-size", val, 16, 16384, &v)) return cli_error(2); o.peak_n = (int)v; }
         else if (arg_match(argc, argv, &i, "--seed", &val)) { if (arg_int("--seed", val, 0, 0x7fffffffffffffffL, &v)) return cli_error(2); o.seed = (uint64_t)v; }
         else {
             arg_unknown("bench", argv[i]);

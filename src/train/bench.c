@@ -31,6 +31,7 @@ void bench_options_default(BenchOptions *o) {
     o->vocab_size = 10000;
     o->n_gen = 100;
     o->peak = 1;
+    o->peak_n = 2048;
     o->seed = 1;
 }
 
@@ -350,10 +351,11 @@ moelm_status bench_run(const BenchOptions *o) {
      * after training and generation, so that the share compares the two over the same stretch of a
      * machine whose speed moves (the buffers are freed before the model is made: no RSS added) */
     enum { PEAK_REPS = 5 };
+    const int P = o->peak_n;   /* the peak's square product, P^3 */
     double peak_t[2 * PEAK_REPS], peak16_t[2 * PEAK_REPS];
     if (o->peak) {
-        st = gemm_times(2048, 2048, 2048, PEAK_REPS, peak_t, 0);
-        if (!st && o->bf16) st = gemm_times(2048, 2048, 2048, PEAK_REPS, peak16_t, 1);
+        st = gemm_times(P, P, P, PEAK_REPS, peak_t, 0);
+        if (!st && o->bf16) st = gemm_times(P, P, P, PEAK_REPS, peak16_t, 1);
         if (st) return st;
     }
 
@@ -461,18 +463,18 @@ moelm_status bench_run(const BenchOptions *o) {
     double peak = 0.0, peak16 = 0.0, head = 0.0, head_t[PEAK_REPS];
     int hM = N, hN = V, hK = cfg.model_type == MODEL_SEED ? cfg.head_hidden : cfg.d_model;
     if (o->peak) {
-        st = gemm_times(2048, 2048, 2048, PEAK_REPS, peak_t + PEAK_REPS, 0);
-        if (!st && o->bf16) st = gemm_times(2048, 2048, 2048, PEAK_REPS, peak16_t + PEAK_REPS, 1);
+        st = gemm_times(P, P, P, PEAK_REPS, peak_t + PEAK_REPS, 0);
+        if (!st && o->bf16) st = gemm_times(P, P, P, PEAK_REPS, peak16_t + PEAK_REPS, 1);
         if (!st) st = gemm_times(hM, hN, hK, PEAK_REPS, head_t, 0);
         if (st) goto done;
-        peak = median_gflops(2048, 2048, 2048, peak_t, 2 * PEAK_REPS);
+        peak = median_gflops(P, P, P, peak_t, 2 * PEAK_REPS);
         head = median_gflops(hM, hN, hK, head_t, PEAK_REPS);
-        printf("sgemm: 2048^3 %.1f GFLOP/s (median of %d, before and after the runs); head shape %dx%dx%d %.1f GFLOP/s\n",
-               peak, 2 * PEAK_REPS, hM, hN, hK, head);
-        if (o->steps > 0) printf("train: %.1f%% of the sgemm 2048^3 peak\n", 100.0 * train_gflops / peak);
+        printf("sgemm: %d^3 %.1f GFLOP/s (median of %d, before and after the runs); head shape %dx%dx%d %.1f GFLOP/s\n",
+               P, peak, 2 * PEAK_REPS, hM, hN, hK, head);
+        if (o->steps > 0) printf("train: %.1f%% of the sgemm %d^3 peak\n", 100.0 * train_gflops / peak, P);
         if (o->bf16) {
-            peak16 = median_gflops(2048, 2048, 2048, peak16_t, 2 * PEAK_REPS);
-            printf("bf16 product (%s kernel): 2048^3 %.1f GFLOP/s (%.2fx sgemm)", gemm_bf16_kernel(), peak16, peak16 / peak);
+            peak16 = median_gflops(P, P, P, peak16_t, 2 * PEAK_REPS);
+            printf("bf16 product (%s kernel): %d^3 %.1f GFLOP/s (%.2fx sgemm)", gemm_bf16_kernel(), P, peak16, peak16 / peak);
             if (o->steps > 0) printf("; train --bf16: %.1f%% of it", 100.0 * train16_gflops / peak16);
             printf("\n");
         }

@@ -6,7 +6,7 @@
  *             the forward + backward FLOPs (3x model_cost's forward: the backward computes two
  *             products per forward product);
  *   generate  batch 1, a one-token prompt then n_gen greedy tokens through the KV cache: tokens/s;
- *   peak      sgemm through gemm() at 2048^3 and at the model's largest GEMM shape: GFLOP/s, so the
+ *   peak      sgemm through gemm() at peak_n^3 (2048^3) and at the model's largest GEMM shape: GFLOP/s, so the
  *             training figure can be given as a share of what this machine's GEMM reaches now;
  *   read      the plainest streaming read (read_words) over as many bytes of the weights as a token
  *             step reads (kv_step_bytes): GB/s, so generation's bytes per second can be given as a
@@ -35,6 +35,7 @@ typedef struct {
     int vocab_size;             /* when the config leaves it 0 (default 10000) */
     int n_gen;                  /* generated tokens (default 100; 0: skip) */
     int peak;                   /* measure the sgemm peak (default 1) */
+    int peak_n;                 /* the peak's product is peak_n^3 (default 2048) */
     int profile;                /* print forward / backward / optimizer times per step */
     int bf16;                   /* also time training in bf16 mode (model_set_bf16) and the bf16 product's peak */
     uint64_t seed;
