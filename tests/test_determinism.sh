@@ -6,6 +6,9 @@
 BIN=${MOELM_BIN:-./moelm}
 TMP=build/tmp/determinism
 rm -rf "$TMP"; mkdir -p "$TMP"
+# The runs at 2 threads wait passively (a wait policy changes no result): on a shared two-core machine
+# OpenMP's spinning waits took ~3 s of CPU for each 5-step run of tiny, ~0.3 s passive.
+export OMP_WAIT_POLICY=PASSIVE
 pass=0; fail=0
 check() { name=$1; shift; if "$@"; then pass=$((pass + 1)); echo "ok   $name"; else fail=$((fail + 1)); echo "FAIL $name"; fi; }
 losses() { sed -E 's/, "tokens_per_s".*//' "$1/metrics.jsonl"; }   # step, loss, aux_loss, lr, grad_norm

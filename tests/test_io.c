@@ -896,6 +896,28 @@ static int make_zero_link(void) { return symlink("/dev/zero", TMP "/ck/b.json");
 static int make_file_link(void) { test_write_file(TMP "/ck/b2.json", "{}", 2); return symlink("b2.json", TMP "/ck/b.json"); }
 static int make_dir_entry(void) { return mkdir(TMP "/ck/b.json", 0755); }
 
+/* crc32_update (8 bytes a step) against crc32_update_ref (a byte a step) on every alignment and length
+ * up to 80, chained at every split, and on a 1 MiB buffer; both against CRC-32's check value. */
+TEST(crc32_fast_equals_reference) {
+    EXPECT(crc32_update(0, "123456789", 9) == 0xCBF43926u && crc32_update_ref(0, "123456789", 9) == 0xCBF43926u);
+    EXPECT(crc32_update(0, "", 0) == 0);
+    enum { BIG = 1 << 20 };
+    unsigned char *buf = malloc(BIG);
+    uint64_t x = 88172645463325252ull;
+    for (int i = 0; i < BIG; i++) { x ^= x << 13; x ^= x >> 7; x ^= x << 17; buf[i] = (unsigned char)x; }
+    int bad = 0;
+    for (int off = 0; off < 8; off++)
+        for (int n = 0; n <= 80; n++) {
+            uint32_t want = crc32_update_ref(0, buf + off, (size_t)n);
+            if (crc32_update(0, buf + off, (size_t)n) != want) bad++;
+            for (int k = 0; k <= n; k++)
+                if (crc32_update(crc32_update(0, buf + off, (size_t)k), buf + off + k, (size_t)(n - k)) != want) bad++;
+        }
+    EXPECT_MSG(bad == 0, "%d mismatches", bad);
+    EXPECT(crc32_update(7, buf + 3, BIG - 3) == crc32_update_ref(7, buf + 3, BIG - 3));
+    free(buf);
+}
+
 TEST(checksums) {
     const char *d = TMP "/ck";
     EXPECT(dir_remove_tree(d) == MOELM_OK);
@@ -1007,6 +1029,7 @@ int main(void) {
     RUN(st_read_errors_after_open);
     RUN(st_interrupted_write_keeps_previous);
     RUN(io_out_of_memory_is_clean);
+    RUN(crc32_fast_equals_reference);
     RUN(checksums);
     return test_summary("io");
 }

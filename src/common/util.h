@@ -78,7 +78,8 @@ static inline uint64_t rng_key(uint64_t key, uint64_t site) { return rng_at(key,
 /* ---- small helpers ----------------------------------------------------------------------------- */
 
 double time_now(void);                      /* monotonic seconds */
-uint32_t crc32_update(uint32_t crc, const void *data, size_t n);   /* IEEE CRC-32 (zlib's) */
+uint32_t crc32_update(uint32_t crc, const void *data, size_t n);   /* IEEE CRC-32 (zlib's), 8 bytes a step */
+uint32_t crc32_update_ref(uint32_t crc, const void *data, size_t n);   /* the same, a byte a step */
 uint64_t hash_fnv1a64(const void *data, size_t n);
 
 /* "Did you mean": the edit distance of a and b (insertions, deletions, substitutions and swaps of
