@@ -15,6 +15,11 @@ rm -rf "$TMP"; mkdir -p "$TMP"
 . "$(dirname "$0")/lib.sh"
 
 T="-t 1 --quiet"
+# the runs train on PTB's first lines (each start on the built-in corpus tokenized it and each run
+# evaluated its whole validation split: ~0.3 s of CPU a run)
+mkdir -p "$TMP/data"
+for s in train:1500 valid:100 test:100; do head -n "${s#*:}" "../shared/data/ptb/ptb.${s%:*}.txt" >"$TMP/data/ptb.${s%:*}.txt"; done
+D="--data $TMP/data"
 curve() { grep -o '"step": [0-9]*, "loss": [-0-9.a-z]*' "$1/metrics.jsonl"; }
 records() { cat "$1/metrics.jsonl" 2>/dev/null | grep -c .; }
 # starts a run in the background with SIGINT at its default (a script's background job ignores it),
@@ -29,8 +34,8 @@ signal_run() {
 }
 
 # ---- 1. signals ---------------------------------------------------------------------------------
-# 500 steps (~1 s of CPU): the signal comes once 20 are logged, far before the end even when busy
-ARGS="--config tiny --steps 500 --eval-interval 0 --log-interval 1 $T"
+# 300 steps (~0.6 s of CPU): the signal comes once 20 are logged, far before the end even when busy
+ARGS="--config tiny $D --steps 300 --eval-interval 0 --log-interval 1 $T"
 $BIN train $ARGS --out "$TMP/full" >"$TMP/full.log" 2>&1
 for sig in TERM INT; do
     want=143; [ $sig = INT ] && want=130
@@ -40,7 +45,7 @@ for sig in TERM INT; do
     check "SIG$sig: one line saying a checkpoint was saved" \
         sh -c "[ \$(grep -c . $TMP/$sig.err) = 1 ] && grep -q 'stopped after step $at with a checkpoint' $TMP/$sig.err"
     check "SIG$sig: the checkpoint is of the last logged step ($at)" test "$(tail -n 1 "$TMP/$sig/metrics.jsonl" | cut -d, -f1)" = "{\"step\": $at"
-    check "SIG$sig: stopped mid-run (step $at of 500)" test "${at:-0}" -gt 0 -a "${at:-500}" -lt 500
+    check "SIG$sig: stopped mid-run (step $at of 300)" test "${at:-0}" -gt 0 -a "${at:-300}" -lt 300
     $BIN train --resume "$TMP/$sig" --eval-interval 0 --log-interval 1 $T >/dev/null 2>&1
     check "SIG$sig: the resumed run's loss curve is the uninterrupted one's" test "$(curve "$TMP/full")" = "$(curve "$TMP/$sig")"
     check "SIG$sig: identical final weights" cmp -s "$TMP/full/latest/model.safetensors" "$TMP/$sig/latest/model.safetensors"
@@ -50,7 +55,7 @@ done
 # milliseconds (more on a busy machine), the second signal comes 20 ms after the first, in the same
 # step: killed by it (130), no checkpoint, no line
 S2="$TMP/second"
-env --default-signal=INT $BIN train --config demo --steps 1000 --eval-interval 0 --log-interval 1 -b 32 --out "$S2" $T \
+env --default-signal=INT $BIN train --config demo $D --steps 1000 --eval-interval 0 --log-interval 1 -b 32 --out "$S2" $T \
     >"$S2.log" 2>"$S2.err" &
 pid=$!
 while [ "$(records "$S2")" -lt 2 ] && kill -0 $pid 2>/dev/null; do sleep 0.02; done
@@ -66,7 +71,7 @@ check "a second SIGINT ends the run at once (exit $rc, no checkpoint, no line)" 
 # keeps the schedule across the resume (within 5% of the peak: in the warm-up the lr moves with the
 # time, and the checkpoint's write, ~10% of the time so far, is the gap) and ends within the budget.
 B="$TMP/budget"
-signal_run TERM 40 "$B" --config tiny --set warmup_steps=4 --time-budget 0.1 --eval-interval 0 --log-interval 1 -t 1
+signal_run TERM 40 "$B" --config tiny $D --set warmup_steps=4 --time-budget 0.1 --eval-interval 0 --log-interval 1 -t 1
 check "budget: the banner speaks of time" grep -q "^training: 6s time budget, .*warm-up 20% of it" "$B.log"
 lr_before=$(tail -n 1 "$B/metrics.jsonl" | grep -o '"lr": [0-9.e-]*' | cut -d' ' -f2)
 n_before=$(records "$B")
@@ -93,13 +98,13 @@ check "complete: exit 0" test "$rc" = 0
 check "complete: says so and how to train on" grep -q "the run is complete .*--time-budget" "$TMP/again.log"
 check "complete: no header pretending to resume" sh -c "! grep -q 'resumed from' $TMP/again.log"
 check "complete: nothing trained or written" test "$before" = "$(ls -l --time-style=full-iso "$B" "$B/latest/" | md5sum)"
-$BIN train --resume "$TMP/full" --data builtin -b 4 --seq-len 16 $T >"$TMP/same.log" 2>&1; rc=$?
+$BIN train --resume "$TMP/full" $D -b 4 --seq-len 16 $T >"$TMP/same.log" 2>&1; rc=$?
 check "the run's own -b, --seq-len, --data are accepted with --resume (rc $rc)" \
-    sh -c "[ $rc = 0 ] && grep -q 'complete (500 of 500 steps).*--steps N' $TMP/same.log"
+    sh -c "[ $rc = 0 ] && grep -q 'complete (300 of 300 steps).*--steps N' $TMP/same.log"
 expect_error "a differing -b is refused" "batches of 4 x 16, not 8 x 16" $BIN train --resume "$TMP/full" -b 8 $T
 
 # ---- --grad-accum resumes exactly: 12 steps, or 6 (--stop-at) + resume + 6 ----------------------------
-GA="--config tiny --grad-accum 3 -b 2 --eval-interval 0 --log-interval 1 $T"
+GA="--config tiny $D --grad-accum 3 -b 2 --eval-interval 0 --log-interval 1 $T"
 $BIN train $GA --steps 12 --out "$TMP/ga" >/dev/null 2>&1
 $BIN train $GA --steps 12 --stop-at 6 --out "$TMP/ga2" >/dev/null 2>&1
 $BIN train --resume "$TMP/ga2" --grad-accum 3 --eval-interval 0 --log-interval 1 $T >/dev/null 2>&1
@@ -110,14 +115,14 @@ expect_error "grad-accum: a differing one is refused on resume" "accumulates 3 m
     $BIN train --resume "$TMP/ga2" --grad-accum 2 $T
 
 # ---- 4. the summary -------------------------------------------------------------------------------
-$BIN train --config tiny --steps 30 --eval-interval 10 --eval-batches 5 --out "$TMP/sum" -t 1 --log-interval 100 >"$TMP/sum.log" 2>&1
+$BIN train --config tiny $D --steps 30 --eval-interval 10 --eval-batches 5 --out "$TMP/sum" -t 1 --log-interval 100 >"$TMP/sum.log" 2>&1
 best=$(grep -o '"val_ppl": [0-9.]*' "$TMP/sum/metrics.jsonl" | cut -d' ' -f2 | sort -g | head -n 1)
 check "summary: steps, tokens, time" grep -qE "^done: 30 steps, 1\.9K tokens, [0-9]+s" "$TMP/sum.log"
 check "summary: best and final validation perplexity" \
     grep -qE "val ppl best $(printf %.2f "$best") \(step [0-9]+\), final [0-9.]+$" "$TMP/sum.log"
 check "summary: the checkpoint" grep -qx "checkpoint: $TMP/sum/ckpt-00000030" "$TMP/sum.log"
 check "summary: the report command" grep -qx "report: moelm report $TMP/sum" "$TMP/sum.log"
-$BIN train --config tiny --steps 3 --out "$TMP/sumq" $T >"$TMP/sumq.log" 2>&1
+$BIN train --config tiny $D --steps 3 --out "$TMP/sumq" $T >"$TMP/sumq.log" 2>&1
 check "--quiet: no summary either" test ! -s "$TMP/sumq.log"
 
 # ---- 5. experiment files and keys -----------------------------------------------------------------
@@ -129,7 +134,7 @@ check "--print-config: the experiment file's model and training keys over its pr
 model_keys=$(grep -c '^  "' "$TMP/sum/latest/config.json")
 check "--print-config: every model key of config.json ($model_keys) and every training key, each with a meaning" \
     sh -c "[ \$(grep -cE '^[a-z_0-9]+ += ' $TMP/pc.log) = \$(($model_keys + 23)) ] && ! grep -q \"Hugging Face's key;\" $TMP/pc.log"
-$BIN train --config "$TMP/exp.json" --out "$TMP/exp" $T >/dev/null 2>&1
+$BIN train --config "$TMP/exp.json" $D --out "$TMP/exp" $T >/dev/null 2>&1
 check "an experiment file trains with its keys" \
     sh -c "readlink $TMP/exp/latest | grep -q ckpt-00000003 && grep -q '\"lr\": 0.002,' $TMP/exp/latest/state.json && grep -q '\"num_experts\": 2,' $TMP/exp/latest/config.json"
 printf '{"d_model": 16, "num_heads": 2, "warmup_steps": 7}' >"$TMP/exp2.json"
