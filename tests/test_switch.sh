@@ -20,11 +20,11 @@ check "forward --help names the outputs" sh -c "$BIN forward --help | grep -q en
 
 # ---- training, resume, eval, generate (the built-in corpus, span corruption) --------------------------------
 T1="-t 1 --quiet"
-$BIN train --config switch-t5-tiny --steps 200 -b 8 --lr 5e-3 --eval-interval 0 --eval-batches 30 --out "$TMP/learn" $T1 \
+$BIN train --config switch-t5-tiny --steps 100 -b 8 --lr 1e-2 --eval-interval 0 --out "$TMP/learn" $T1 \
     >"$TMP/learn.log" 2>&1
 val=$(grep val_loss "$TMP/learn/metrics.jsonl" | tail -n 1 | sed -E 's/.*"val_loss": ([0-9.]+).*/\1/')
 # the span-corruption loss starts at ln 1056 = 6.96 (uniform over the vocabulary); the unigram entropy of
-# the built-in corpus is 5.34 nats; 200 steps reach ~3.9
+# the built-in corpus is 5.34 nats; 100 steps at lr 1e-2 reach 4.02 (200 at 5e-3 reached ~3.9, at ~1.7x the CPU)
 check "switch-t5-tiny learns: span-corruption val loss ${val:-none} < 4.3" awk "BEGIN{exit !(${val:-99} < 4.3)}"
 check "metrics name the stacks' sparse blocks" grep -q '"stack": "decoder", "block": 1' "$TMP/learn/metrics.jsonl"
 $BIN report "$TMP/learn" -o "$TMP/report.html" >/dev/null 2>&1
@@ -65,11 +65,12 @@ $BIN train --config switch-t5-tiny --steps 100000 --time-budget 0.05 --eval-inte
 check "time budget: a checkpoint within the budget" sh -c "t=\$(tail -n 1 $TMP/budget/metrics.jsonl | sed -E 's/.*\"time_s\": ([0-9.]+).*/\\1/'); awk \"BEGIN{exit !(\$t < 4.5)}\" && test -d $TMP/budget/latest"
 
 # input<TAB>target pairs (--data FILE.tsv): reverse a sequence of 3-7 words over a vocabulary of 20; the
-# target loss starts near ln 24 (3.2) and a uniform guess over the 20 words is 3.0
+# target loss starts near ln 24 (3.2) and a uniform guess over the 20 words is 3.0; 200 steps at lr 1e-2 reach
+# 1.61 (300 at 5e-3 reached 1.18, at 1.5x the CPU)
 awk 'BEGIN{srand(3); split("red green blue cat dog sun moon tree car book fish bird star rain wind fire stone gold milk bread",w," ");
      for(i=0;i<3000;i++){n=3+int(rand()*5); s=""; for(j=0;j<n;j++){a[j]=w[1+int(rand()*20)]; s=s (j?" ":"") a[j]}
      t=""; for(j=n-1;j>=0;j--) t=t (j<n-1?" ":"") a[j]; print s "\t" t}}' >"$TMP/rev.tsv"
-$BIN train --config switch-t5-tiny --data "$TMP/rev.tsv" --steps 300 -b 16 --seq-len 12 --lr 5e-3 --eval-interval 0 \
+$BIN train --config switch-t5-tiny --data "$TMP/rev.tsv" --steps 200 -b 16 --seq-len 12 --lr 1e-2 --eval-interval 0 \
     --out "$TMP/rev" -t 1 >"$TMP/rev.log" 2>&1
 tl=$(grep val_loss "$TMP/rev/metrics.jsonl" | tail -n 1 | sed -E 's/.*"val_loss": ([0-9.]+).*/\1/')
 check "seq2seq pairs: the objective is named" grep -q "objective: sequence to sequence, 2700 train and 150 valid" "$TMP/rev.log"
