@@ -4,6 +4,7 @@
 #   expect_error NAME ERE CMD...  ok when CMD exits 1..127 (exactly $EXPECT_RC when set), writes
 #                               exactly one line to stderr, and that line matches the extended regex
 #   finish SUITE                prints "SUITE: N passed, N failed"; exit status non-zero on failure
+#   ptb_lines DIR               PTB's first lines as a small corpus folder (below)
 pass=0; fail=0
 ok()   { pass=$((pass + 1)); echo "ok   $1"; }
 bad()  { fail=$((fail + 1)); echo "FAIL $1"; }
@@ -15,6 +16,13 @@ expect_error() {
     if [ "$rc" -gt 0 ] && [ "$rc" -lt 128 ] && { [ -z "${EXPECT_RC:-}" ] || [ "$rc" = "$EXPECT_RC" ]; } &&
        [ "$lines" = 1 ] && grep -qE -- "$pat" "$TMP/err"; then ok "$name"
     else bad "$name (rc=$rc, $lines stderr lines: $(head -c 300 "$TMP/err"))"; fi
+}
+# ptb_lines DIR: PTB's first lines (1,500 for training, 100 each for validation and test) as
+# DIR/ptb.{train,valid,test}.txt, a corpus for runs whose checks need no larger one: on the built-in
+# corpus each start tokenized it and each final evaluation took its whole split (~0.25 s of CPU a run)
+ptb_lines() {
+    mkdir -p "$1"
+    for s in train:1500 valid:100 test:100; do head -n "${s#*:}" "../shared/data/ptb/ptb.${s%:*}.txt" >"$1/ptb.${s%:*}.txt"; done
 }
 finish() {
     echo "$1: $pass passed, $fail failed"

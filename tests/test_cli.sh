@@ -32,8 +32,7 @@ done
 # 2. exact resume: 12 steps, or 6 (--stop-at) + resume + 6, give the same losses and the same final weights
 #    (on PTB's first lines: each start on the built-in corpus tokenized it and each evaluation of the
 #    checkpoint below took its whole split, ~0.25 s of CPU each)
-mkdir -p "$TMP/data"
-for s in train:1500 valid:100 test:100; do head -n "${s#*:}" "../shared/data/ptb/ptb.${s%:*}.txt" >"$TMP/data/ptb.${s%:*}.txt"; done
+ptb_lines "$TMP/data"
 D="--data $TMP/data --tokenizer word:1000"   # 1,000 words: the head over all 4,249 made steps 2x slower
 $BIN train --config tiny $D --steps 12 --ckpt-interval 6 --eval-interval 0 --log-interval 1 --out "$TMP/full" -t 1 --quiet >/dev/null 2>&1
 $BIN train --config tiny $D --steps 12 --stop-at 6 --ckpt-interval 6 --eval-interval 0 --log-interval 1 --out "$TMP/half" -t 1 --quiet >/dev/null 2>&1

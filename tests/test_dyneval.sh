@@ -13,10 +13,7 @@ TMP=build/tmp/dyneval
 rm -rf "$TMP"; mkdir -p "$TMP/data"
 . "$(dirname "$0")/lib.sh"
 
-# PTB's first lines: split:lines
-for s in train:1500 valid:100 test:100; do
-    head -n "${s#*:}" "../shared/data/ptb/ptb.${s%:*}.txt" >"$TMP/data/ptb.${s%:*}.txt"
-done
+ptb_lines "$TMP/data"   # PTB's first lines
 $BIN train --config tiny --data "$TMP/data" -b 4 --seq-len 16 --steps 60 --eval-interval 0 -t 1 --quiet \
     --out "$TMP/run" >/dev/null 2>&1
 check "a tiny run trained" test -d "$TMP/run/latest"

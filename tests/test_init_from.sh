@@ -13,8 +13,7 @@ rm -rf "$TMP"; mkdir -p "$TMP"
 . tests/lib.sh
 # PTB's first lines (1,500 for training, 100 for validation): every run here evaluates its whole
 # validation split at step 0 and at its end, which on the built-in corpus was most of the test's CPU
-mkdir -p "$TMP/data"
-for s in train:1500 valid:100 test:100; do head -n "${s#*:}" "../shared/data/ptb/ptb.${s%:*}.txt" >"$TMP/data/ptb.${s%:*}.txt"; done
+ptb_lines "$TMP/data"
 T="--data $TMP/data -t 1 --quiet --eval-interval 0"
 # the val_loss of the record of step $2 in run $1's metrics.jsonl
 val_at() { grep "^{\"step\": $2," "$1/metrics.jsonl" | grep -o '"val_loss": [0-9.]*' | sed 's/.*: //'; }

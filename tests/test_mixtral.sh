@@ -11,8 +11,7 @@ T="--config mixtral-tiny --data builtin -t 1 --quiet --eval-interval 0 --tokeniz
 # PTB's first lines for what does not learn (the evaluations, llama-tiny, the refused configs): on the
 # built-in corpus each start tokenized it and each evaluation took its whole split (~0.5 s of CPU each);
 # the learning run stays on it (30 steps on these lines lower mixtral-tiny's loss by 0.46, there by 1.05)
-mkdir -p "$TMP/data"
-for s in train:1500 valid:100 test:100; do head -n "${s#*:}" "../shared/data/ptb/ptb.${s%:*}.txt" >"$TMP/data/ptb.${s%:*}.txt"; done
+ptb_lines "$TMP/data"
 $BIN train $T --steps 30 --out "$TMP/full" >"$TMP/full.log" 2>&1
 check "mixtral-tiny trains 30 steps" test -f "$TMP/full/latest/model.safetensors"
 first=$(sed -n 1p "$TMP/full/metrics.jsonl" | sed -E 's/.*"loss": ([0-9.]+).*/\1/')
