@@ -5,6 +5,9 @@
 #                               exactly one line to stderr, and that line matches the extended regex
 #   finish SUITE                prints "SUITE: N passed, N failed"; exit status non-zero on failure
 #   ptb_lines DIR               PTB's first lines as a small corpus folder (below)
+#   oracle [-i FILE]... -- TOOL ARG...  runs an external oracle (reading the -i files) through
+#                               tests/oracle.sh's cache of answers, logged to $TMP/oracle.log
+#   oracle_count                prints how many oracle answers came from the cache and how many ran
 pass=0; fail=0
 ok()   { pass=$((pass + 1)); echo "ok   $1"; }
 bad()  { fail=$((fail + 1)); echo "FAIL $1"; }
@@ -23,6 +26,11 @@ expect_error() {
 ptb_lines() {
     mkdir -p "$1"
     for s in train:1500 valid:100 test:100; do head -n "${s#*:}" "../shared/data/ptb/ptb.${s%:*}.txt" >"$1/ptb.${s%:*}.txt"; done
+}
+oracle() { MOELM_ORACLE_LOG="$TMP/oracle.log" sh tests/oracle.sh "$@"; }
+oracle_count() {
+    echo "oracle answers: $(cat "$TMP/oracle.log" 2>/dev/null | grep -c '^hit') from the cache" \
+         "(${MOELM_ORACLE_CACHE:-build/oracle-cache}), $(cat "$TMP/oracle.log" 2>/dev/null | grep -c '^run') run"
 }
 finish() {
     echo "$1: $pass passed, $fail failed"

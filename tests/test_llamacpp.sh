@@ -8,7 +8,10 @@
 # llama.cpp does neither), and its greedy
 # continuations of several prompts from the f32 file are moelm's tokens (moelm generate --stop-eos: both
 # stop at the end-of-text token); the q8_0 file generates too; @huggingface/gguf reads the f32 file's
-# keys and tensor shapes against the model's config. Ends with "llamacpp: N passed, N failed".
+# keys and tensor shapes against the model's config. llama-simple's answers go through tests/oracle.sh's
+# cache (keyed by the file's, the tool's and the prompt's bytes: a later run of the same tree asks
+# nothing new; the count is printed), and a changed prompt or one changed byte of the file is shown to
+# miss it. Ends with "llamacpp: N passed, N failed".
 BIN=${MOELM_BIN:-./moelm}
 TMP=build/tmp/llamacpp
 rm -rf "$TMP"; mkdir -p "$TMP"
@@ -44,12 +47,28 @@ done
 # barrier, so on a 2-core machine each token costs about a second of CPU; the tiny model repeats a
 # token within ~5 anyway (16 tokens cost 3x the whole rest of this test and checked nothing more).
 for p in "the company" "in the first" "new york"; do
-    "$LC/llama-simple" -m "$TMP/f32.gguf" -n 8 "$p" 2>/dev/null | sed 's/^<\/s> //' | tr -d '\n' >"$TMP/lc.txt"
+    oracle -i "$TMP/f32.gguf" -- "$LC/llama-simple" -m "$TMP/f32.gguf" -n 8 "$p" 2>/dev/null | sed 's/^<\/s> //' | tr -d '\n' >"$TMP/lc.txt"
     $BIN generate -m "$TMP/run" --prompt "$p" -n 8 --temp 0 --stop-eos -t 1 2>/dev/null | tr -d '\n' >"$TMP/ours.txt"
     check "greedy f32 '$p': llama.cpp's continuation is moelm's ($(cat "$TMP/ours.txt"))" cmp -s "$TMP/lc.txt" "$TMP/ours.txt"
 done
-"$LC/llama-simple" -m "$TMP/q8.gguf" -n 4 "the company" >"$TMP/q8.txt" 2>"$TMP/q8.err"
+oracle -i "$TMP/q8.gguf" -- "$LC/llama-simple" -m "$TMP/q8.gguf" -n 4 "the company" >"$TMP/q8.txt" 2>"$TMP/q8.err"
 check "llama.cpp runs the q8_0 file" sh -c "grep -q 'the company' '$TMP/q8.txt' && grep -q 'decoded' '$TMP/q8.err'"
+# the cache of llama.cpp's answers (tests/oracle.sh, keyed by the bytes asked about): another prompt,
+# or a one-byte change to the file (its last byte, a weight's), is a question not answered yet
+if [ "${MOELM_ORACLE_CACHE:-}" != off ]; then
+    answered() { sh tests/oracle.sh -n -i "$TMP/f32.gguf" -- "$LC/llama-simple" -m "$TMP/f32.gguf" -n 8 "$1"; }
+    not() { ! "$@"; }
+    check "oracle cache: llama.cpp's answer for 'new york' is kept" answered "new york"
+    check "oracle cache: another prompt is not answered" not answered "new yorks"
+    cp "$TMP/f32.gguf" "$TMP/f32.keep"
+    last=$(($(wc -c <"$TMP/f32.gguf") - 1))
+    byte=$(od -An -tu1 -j $last "$TMP/f32.gguf" | tr -d ' ')
+    printf "\\$(printf '%03o' $(((byte + 1) % 256)))" | dd of="$TMP/f32.gguf" bs=1 seek=$last conv=notrunc 2>/dev/null
+    one_byte_miss() { test "$(cmp -l "$TMP/f32.gguf" "$TMP/f32.keep" | wc -l)" = 1 && not answered "new york"; }
+    check "oracle cache: the file with one byte changed is not answered" one_byte_miss
+    mv "$TMP/f32.keep" "$TMP/f32.gguf"
+fi
+oracle_count
 
 if command -v node >/dev/null 2>&1 && [ -d tests/js/node_modules/@huggingface/gguf ]; then
     check "@huggingface/gguf reads the keys and shapes" node tests/js/llama_meta.mjs "$TMP/f32.gguf" "$TMP/hf/config.json"
