@@ -11,7 +11,8 @@
 # only summation order differs, so a near tie may flip late: the count is printed). Hostile model files
 # (test_gguf_model --write-hostile: missing keys, shapes against the keys, unknown weight types, absurd
 # sizes, ...) give one stderr line naming the file and a non-zero exit from generate, eval and forward.
-# `moelm bench -m FILE` counts the bytes of weights a token reads as tests/js/gguf_step_bytes.mjs counts
+# llama-simple's answers go through tests/oracle.sh's cache (keyed by the file's, the tool's and the
+# prompt's bytes; the count is printed). `moelm bench -m FILE` counts the bytes of weights a token reads as tests/js/gguf_step_bytes.mjs counts
 # them from the file's tensor table (q8_0 and f32 files).
 # Ends with "gguf_model_cli: N passed, N failed".
 BIN=${MOELM_BIN:-./moelm}
@@ -92,7 +93,7 @@ for kind in mixtral llama; do
         for p in $prompts; do
             unset IFS
             n=$((n + 1))
-            "$LC/llama-simple" -m "$R.q8_0.gguf" -n 12 "$p" 2>/dev/null | sed 's/^<\/s> //' | tr -d '\n' >"$TMP/lc.txt"
+            oracle -i "$R.q8_0.gguf" -- "$LC/llama-simple" -m "$R.q8_0.gguf" -n 12 "$p" 2>/dev/null | sed 's/^<\/s> //' | tr -d '\n' >"$TMP/lc.txt"
             $BIN generate -m "$R.q8_0.gguf" -p "$p" -n 12 --temp 0 --stop-eos -t 1 2>/dev/null | tr -d '\n' >"$TMP/ours.txt"
             if [ -s "$TMP/ours.txt" ] && cmp -s "$TMP/lc.txt" "$TMP/ours.txt"; then agree=$((agree + 1))
             else echo "  q8_0 '$p': llama.cpp '$(cat "$TMP/lc.txt")', moelm '$(cat "$TMP/ours.txt")'"; fi
@@ -102,6 +103,7 @@ for kind in mixtral llama; do
         check "$kind q8_0: moelm's greedy text is llama.cpp's on $agree of $n prompts (at least $((n - 1)))" test $agree -ge $((n - 1))
     fi
 done
+[ $have_lc = 1 ] && oracle_count
 
 # --bf16 on a GGUF file (float weights as bf16) and on a q8_0 one (dequantised, then bf16) runs
 check "generate --bf16 -m f32.gguf runs" sh -c "$BIN generate -m '$TMP/mixtral.f32.gguf' -p the -n 8 --bf16 -t 1 2>&1 | grep -q 'generated 8 tokens'"

@@ -174,6 +174,13 @@ static int have_spm(void) {
     return cached;
 }
 
+/* sentencepiece's answers go through tests/oracle.sh's cache (the tests run from the repository root):
+ * keyed by the bytes of the tool, its arguments, its input files and stdin, so a later run of the same
+ * tree asks nothing new while a changed model or text asks again (tests/test_oracle.sh); main() counts
+ * the hits in ORACLE_LOG. ORACLE -i FILE... -o FILE... [-s] -- TOOL ARG... */
+#define ORACLE "MOELM_ORACLE_LOG=" ORACLE_LOG " sh tests/oracle.sh "
+#define ORACLE_LOG TMPDIR "/oracle.log"
+
 static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int sh(const char *fmt, ...) {
     char cmd[4096];
@@ -217,7 +224,7 @@ static void lines_free(Lines *L) { moelm_free(L->buf); moelm_free(L->line); }
 static long diff_with_spm(const Tokenizer *t, const char *model, const char *data, const char *tag) {
     char out[512];
     snprintf(out, sizeof out, TMPDIR "/%s.ids", tag);
-    if (sh("spm_encode --model=%s --output_format=id < %s > %s", model, data, out)) return -1;
+    if (sh(ORACLE "-i %s -s -- spm_encode --model=%s --output_format=id < %s > %s", model, model, data, out)) return -1;
     Lines in, ref;
     if (!lines_read(&in, data) || !lines_read(&ref, out)) return -1;
     long bad = 0;
@@ -280,7 +287,9 @@ static int train_cases(void) {
     mkdirs();
     done = train_inputs();
     for (size_t c = 0; c < NCASES; c++)
-        if (sh("spm_train --input=%s --model_prefix=" TMPDIR "/%s %s --minloglevel=2 > " TMPDIR "/%s.log 2>&1",
+        if (sh(ORACLE "-i %s -o " TMPDIR "/%s.model -o " TMPDIR "/%s.vocab -- "
+               "spm_train --input=%s --model_prefix=" TMPDIR "/%s %s --minloglevel=2 > " TMPDIR "/%s.log 2>&1",
+               k_cases[c].input, k_cases[c].tag, k_cases[c].tag,
                k_cases[c].input, k_cases[c].tag, k_cases[c].flags, k_cases[c].tag)) done = 0;
     return done;
 }
@@ -348,8 +357,9 @@ TEST(spm_decode_matches_spm_decode) {
         for (int d = 0; d < 2; d++) {
             snprintf(ids, sizeof ids, TMPDIR "/%s.dec%d.ids", k_cases[c].tag, d);
             snprintf(dec, sizeof dec, TMPDIR "/%s.dec%d.txt", k_cases[c].tag, d);
-            if (sh("spm_encode --model=%s --output_format=id < %s > %s && spm_decode --model=%s --input_format=id < %s > %s",
-                   model, data[d], ids, model, ids, dec)) { EXPECT(0); continue; }
+            if (sh(ORACLE "-i %s -s -- spm_encode --model=%s --output_format=id < %s > %s && "
+                   ORACLE "-i %s -s -- spm_decode --model=%s --input_format=id < %s > %s",
+                   model, model, data[d], ids, model, model, ids, dec)) { EXPECT(0); continue; }
             Lines in, ref;
             if (!lines_read(&in, data[d]) || !lines_read(&ref, dec)) { EXPECT(0); continue; }
             long b = in.n == ref.n ? 0 : 1;
@@ -455,8 +465,9 @@ TEST(spm_train_piece_counts) {
         char prefix[200], model[256];
         snprintf(prefix, sizeof prefix, TMPDIR "/spm_ref_%s", types[k]);
         snprintf(model, sizeof model, "%s.model", prefix);
-        EXPECT(sh("spm_train --input=%s --model_prefix=%s --model_type=%s --vocab_size=8000 --normalization_rule_name=identity "
-                  "--minloglevel=2 > /dev/null 2>&1", PTB_HEAD, prefix, types[k]) == 0);
+        EXPECT(sh(ORACLE "-i %s -o %s.model -o %s.vocab -- spm_train --input=%s --model_prefix=%s --model_type=%s "
+                  "--vocab_size=8000 --normalization_rule_name=identity --minloglevel=2 > /dev/null 2>&1",
+                  PTB_HEAD, prefix, prefix, PTB_HEAD, prefix, types[k]) == 0);
         Tokenizer *ref, *ours;
         if (tokenizer_load(&ref, model)) { EXPECT(0); continue; }
         SpmTrainOptions o;
@@ -804,9 +815,11 @@ TEST(cli_train_encode_decode) {
     EXPECT(sh("%s tokenizer train --input=%s --model-prefix " TMPDIR "/cli_bpe --vocab_size 2000 --model_type bpe "
               "--byte_fallback --user_defined_symbols '<sep>' 2>/dev/null", bin, SHAKES) == 0);
     EXPECT(sh("%s tokenizer encode --model " TMPDIR "/cli_bpe.model --output_format=id %s > " TMPDIR "/cli.ids", bin, PTB_TEST) == 0);
-    EXPECT(sh("spm_encode --model=" TMPDIR "/cli_bpe.model --output_format=id < %s | cmp -s - " TMPDIR "/cli.ids", PTB_TEST) == 0);
+    EXPECT(sh(ORACLE "-i " TMPDIR "/cli_bpe.model -s -- spm_encode --model=" TMPDIR "/cli_bpe.model --output_format=id "
+              "< %s | cmp -s - " TMPDIR "/cli.ids", PTB_TEST) == 0);
     EXPECT(sh("%s tokenizer decode --model " TMPDIR "/cli_bpe.model --input_format id " TMPDIR "/cli.ids > " TMPDIR "/cli.txt", bin) == 0);
-    EXPECT(sh("spm_decode --model=" TMPDIR "/cli_bpe.model --input_format=id < " TMPDIR "/cli.ids | cmp -s - " TMPDIR "/cli.txt") == 0);
+    EXPECT(sh(ORACLE "-i " TMPDIR "/cli_bpe.model -s -- spm_decode --model=" TMPDIR "/cli_bpe.model --input_format=id "
+              "< " TMPDIR "/cli.ids | cmp -s - " TMPDIR "/cli.txt") == 0);
     EXPECT(system("test \"$(head -c 20 " TMPDIR "/cli_bpe.vocab)\" != ''") == 0);
     char cmd[512];
     snprintf(cmd, sizeof cmd, "%s tokenizer encode --model " TMPDIR "/cli_bpe.model --bogus < /dev/null 2> " TMPDIR "/cli.err", bin);
@@ -815,8 +828,21 @@ TEST(cli_train_encode_decode) {
     EXPECT(sh("grep -q '^moelm: unknown flag' " TMPDIR "/cli.err && test $(wc -l < " TMPDIR "/cli.err) -eq 1") == 0);
 }
 
+/* Prints how many of sentencepiece's answers came from the oracle cache (ORACLE_LOG's lines). */
+static void oracle_count(void) {
+    FILE *f = fopen(ORACLE_LOG, "r");
+    char line[256];
+    int hit = 0, run = 0;
+    while (f && fgets(line, sizeof line, f)) { hit += strncmp(line, "hit ", 4) == 0; run += strncmp(line, "run ", 4) == 0; }
+    if (f) fclose(f);
+    printf("oracle answers: %d from the cache (%s), %d run\n", hit,
+           getenv("MOELM_ORACLE_CACHE") ? getenv("MOELM_ORACLE_CACHE") : "build/oracle-cache", run);
+}
+
 int main(void) {
     test_one_thread();
+    mkdirs();
+    remove(ORACLE_LOG);
     RUN(word_build_encode_decode);
     RUN(count_words);
     RUN(char_build_encode_decode);
@@ -836,6 +862,7 @@ int main(void) {
         const char *bin = getenv("MOELM_BIN");
         if (bin && access(bin, X_OK) == 0) RUN(cli_train_encode_decode);
         else printf("SKIP cli_train_encode_decode: MOELM_BIN not set (make test sets it)\n");
+        oracle_count();
     }
     return test_summary("tokenizer");
 }
