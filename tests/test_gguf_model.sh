@@ -88,13 +88,16 @@ for kind in mixtral llama; do
     done
     check "$kind: a q8_0 token reads under 0.3 of an f32 one's bytes ($bytes_q8_0 of $bytes_f32)" \
         awk -v q="$bytes_q8_0" -v f="$bytes_f32" 'BEGIN { exit !(q > 0 && q < 0.3 * f) }'
+    # 8 tokens: every continuation but "new york"'s ends at the end-of-text token within 8 (both programs
+    # stop there); that one repeats its 8th token ('l') to the 12th this test asked for before, at ~1.5
+    # CPU-s a token in llama-simple (4 spinning threads, no thread option)
     if [ $have_lc = 1 ]; then
         n=0; agree=0; IFS='|'
         for p in $prompts; do
             unset IFS
             n=$((n + 1))
-            oracle -i "$R.q8_0.gguf" -- "$LC/llama-simple" -m "$R.q8_0.gguf" -n 12 "$p" 2>/dev/null | sed 's/^<\/s> //' | tr -d '\n' >"$TMP/lc.txt"
-            $BIN generate -m "$R.q8_0.gguf" -p "$p" -n 12 --temp 0 --stop-eos -t 1 2>/dev/null | tr -d '\n' >"$TMP/ours.txt"
+            oracle -i "$R.q8_0.gguf" -- "$LC/llama-simple" -m "$R.q8_0.gguf" -n 8 "$p" 2>/dev/null | sed 's/^<\/s> //' | tr -d '\n' >"$TMP/lc.txt"
+            $BIN generate -m "$R.q8_0.gguf" -p "$p" -n 8 --temp 0 --stop-eos -t 1 2>/dev/null | tr -d '\n' >"$TMP/ours.txt"
             if [ -s "$TMP/ours.txt" ] && cmp -s "$TMP/lc.txt" "$TMP/ours.txt"; then agree=$((agree + 1))
             else echo "  q8_0 '$p': llama.cpp '$(cat "$TMP/lc.txt")', moelm '$(cat "$TMP/ours.txt")'"; fi
             IFS='|'
