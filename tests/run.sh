@@ -6,8 +6,10 @@
 # MOELM_TEST_JOBS=N runs N tests at once (default 2). Every test binary runs at one thread
 # (tests/test.h) and every shell test in its own build/tmp folder, so 2 use both cores of a two-core
 # machine (make test: ~half the time); each one's output is kept and printed in the order given, as
-# if they had run one after the other. The longest tests start first (MOELM_TEST_FIRST, then the
-# other shell tests, then the binaries), so that short ones fill the other core at the end. The
+# if they had run one after the other. The longest tests start first, so that short ones fill the
+# other core at the end: by the wall seconds each took in the last run (build/test-times, rewritten
+# at the end of every run), and a test without a time (a first run, a new test) before those, in the
+# order MOELM_TEST_FIRST, the other shell tests, the binaries. The
 # checks of wall-clock keep their slack with a neighbour: --time-budget plans its end from its own
 # measured steps and evaluations (a neighbour slows those too; 1 to 2 s of slack over 3 to 6 s), the
 # MPI ranks yield their core while they wait (tests/mpirun.sh), bench's read bandwidth is a median of
@@ -41,17 +43,34 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 for t in "$@"; do printf '%s\n' "$t"; done >"$out/list"
-# each job: the i-th path of the list, run from the root, its output and exit status kept by i
-# the start order: indices into the list, the tests named in $first, then the shell tests, then the rest
+# each job: the i-th path of the list, run from the root, its output, exit status and start and end
+# times kept by i
+# the start order: indices into the list, the longest first by the last run's seconds; a test without
+# one ranks above them all: the tests named in $first (in that order), then the shell tests, then the rest
+times="$root/build/test-times"
 order() {
-    i=0; for t in "$@"; do i=$((i + 1)); case " $first " in *" $(basename "$t") "*) echo $i ;; esac; done
-    i=0; for t in "$@"; do i=$((i + 1)); case " $first " in *" $(basename "$t") "*) continue ;; esac
-                                      case $t in *.sh) echo $i ;; esac; done
-    i=0; for t in "$@"; do i=$((i + 1)); case " $first " in *" $(basename "$t") "*) continue ;; esac
-                                      case $t in *.sh) ;; *) echo $i ;; esac; done
+    awk -v first=" $first " -v tf="$times" '
+        BEGIN { while ((getline line < tf) > 0) if (split(line, a, " ") == 2) secs[a[1]] = a[2] }
+        { n = $0; sub(/.*\//, "", n)
+          if (n in secs) k = secs[n]
+          else if ((p = index(first, " " n " ")) > 0) k = 3000000 - p
+          else if (n ~ /\.sh$/) k = 2000000
+          else k = 1000000
+          print k, NR }' "$out/list" | sort -s -k1,1gr | cut -d' ' -f2
 }
-order "$@" | xargs -P "$jobs" -I{} sh -c 't=$(sed -n "$2p" "$1/list"); cd "$0" && "$t" >"$1/$2.out" 2>&1; echo $? >"$1/$2.rc"' \
+order | xargs -P "$jobs" -I{} sh -c 't=$(sed -n "$2p" "$1/list"); cd "$0" && date +%s.%N >"$1/$2.time" &&
+                                    "$t" >"$1/$2.out" 2>&1; echo $? >"$1/$2.rc"; date +%s.%N >>"$1/$2.time"' \
     "$root" "$out" {}
+# the seconds each test took, for the next run's order (the tests not run this time keep theirs)
+i=0
+for t in "$@"; do
+    i=$((i + 1))
+    [ -f "$out/$i.rc" ] && awk -v n="$(basename "$t")" 'NR == 1 { s = $1 } NR == 2 { printf "%s %.2f\n", n, $1 - s }' "$out/$i.time"
+done >"$out/times"
+if [ -s "$out/times" ] && mkdir -p "$root/build"; then
+    { awk 'FNR == NR { ran[$1] = 1; next } !($1 in ran)' "$out/times" "$times" 2>/dev/null; cat "$out/times"; } >"$out/times.all" &&
+        mv "$out/times.all" "$times"
+fi
 passed=0; failed=0; bad=""; i=0
 for t in "$@"; do
     i=$((i + 1))
