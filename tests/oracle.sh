@@ -94,7 +94,8 @@ keep=$([ "$cache" != off ] && [ $rc = 0 ] && echo 1 || echo 0)
 n=0
 for f in $outputs; do n=$((n + 1)); [ $keep = 1 ] && { cp "$f" "$new/o$n" 2>/dev/null || keep=0; }; done
 if [ $keep = 1 ] && echo $rc >"$new/rc"; then
-    rm -rf "$entry" && mv -T "$new" "$entry" 2>/dev/null || rm -rf "$new"
+    # a whole entry another test stored meanwhile stays (a reader may be copying it); a damaged one goes
+    if whole; then rm -rf "$new"; else rm -rf "$entry"; mv -T "$new" "$entry" 2>/dev/null || rm -rf "$new"; fi
 else
     rm -rf "$new"
 fi
