@@ -68,8 +68,6 @@ losses() { grep -o '"loss": [-0-9.e]*' "$1/metrics.jsonl" | cut -d' ' -f2; grep 
 # where the uninterrupted run's periodic evaluation takes --eval-batches)
 train_losses() { grep -o '"loss": [-0-9.e]*' "$1/metrics.jsonl" | cut -d' ' -f2; }
 routing() { grep -o '"dropped": [0-9.]*\|"load": \[[^]]*\]' "$1/metrics.jsonl" | grep -o '[0-9][0-9.]*'; }
-# parameters of a safetensors file as one float a line (data starts after the 8-byte header length and the header)
-st_floats() { h=$(od -An -t u8 -N 8 "$1" | tr -d ' '); od -An -v -f -j $((8 + h)) "$1" | tr -s ' ' '\n' | grep -v '^$'; }
 # $1 $2 files of numbers, $3 tolerance: prints the max |diff|, fails on a count mismatch or a larger diff
 maxdiff() {
     [ "$(wc -l <"$1")" = "$(wc -l <"$2")" ] && [ -s "$1" ] || { echo "count mismatch"; return 1; }
@@ -82,8 +80,7 @@ compare() {
     if d=$(maxdiff "$tmp/a" "$tmp/b" 1e-5); then ok "$1: loss curve (max diff $d)"; else bad "$1: loss curve (max diff $d)"; fi
     routing "$2" >"$tmp/a"; routing "$3" >"$tmp/b"
     if d=$(maxdiff "$tmp/a" "$tmp/b" 1e-4); then ok "$1: routing counts (max diff $d)"; else bad "$1: routing counts (max diff $d)"; fi
-    st_floats "$2/latest/model.safetensors" >"$tmp/a"; st_floats "$3/latest/model.safetensors" >"$tmp/b"
-    if d=$(maxdiff "$tmp/a" "$tmp/b" 1e-4); then ok "$1: checkpoint (max diff $d)"; else bad "$1: checkpoint (max diff $d)"; fi
+    if d=$(/usr/bin/python3 tests/st_maxdiff.py "$2/latest/model.safetensors" "$3/latest/model.safetensors" 1e-4); then ok "$1: checkpoint (max diff $d)"; else bad "$1: checkpoint (max diff $d)"; fi
 }
 
 # $1 name, $2 ranks, $3 extra flags; run dir $tmp/$1
@@ -117,6 +114,13 @@ for router in switch topk; do
         if mpi_train "$name" "$np" "--expert-parallel $ep $*"; then compare "$name" "$ref" "$tmp/$name"; else bad "$name: run"; fi
     done
 done
+
+# The checkpoint comparison can fail: the two routers' one-process runs trained different weights.
+if d=$(/usr/bin/python3 tests/st_maxdiff.py "$tmp/ref-switch/latest/model.safetensors" "$tmp/ref-topk/latest/model.safetensors" 1e-4); then
+    bad "the checkpoint comparison tells the switch and top-2 runs apart (max diff $d)"
+else
+    ok "the checkpoint comparison tells the switch and top-2 runs apart (max diff $d)"
+fi
 
 # Expert parallelism holds a shard: with 4 ranks each holds 1 of the 4 experts (and fewer parameters
 # than the model has), as the switch router's 4-rank run above says.

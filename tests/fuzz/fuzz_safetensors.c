@@ -16,10 +16,13 @@
 
 static char g_path[256];
 
+static void remove_scratch(void) { unlink(g_path); }   /* /dev/shm keeps what a run leaves */
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!g_path[0]) {
         const char *dir = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
         snprintf(g_path, sizeof g_path, "%s/fuzz_st.%ld.safetensors", dir, (long)getpid());
+        atexit(remove_scratch);
     }
     FILE *f = fopen(g_path, "wb");
     if (!f) abort();
