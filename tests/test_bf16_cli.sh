@@ -59,28 +59,33 @@ expect_error "bench --peak-size below 16 refused" "peak-size" $BIN bench --confi
 # 5. the llama family (q/k/v and gate/up in separate HF tensors, packed as one matrix each): mixtral-tiny
 #    learns in bf16, its first loss is float's within 2^-7, a stopped bf16 run resumes bit for bit, a float
 #    run resumes in bf16; llama-tiny learns in bf16; bench --bf16 times it
-M="--config mixtral-tiny --data builtin --tokenizer bpe:300 --steps 30 --eval-interval 0 --log-interval 1 -t 1 --quiet"
+#    (on PTB's first lines: on the built-in corpus each start trained its BPE tokenizer, tokenized it and
+#    evaluated its whole validation split at the end, ~1 s of CPU a run where 40 steps take 0.3 s)
+ptb_lines "$TMP/data"
+M="--config mixtral-tiny --data $TMP/data --tokenizer bpe:300 --steps 40 --eval-interval 0 --log-interval 1 -t 1 --quiet"
 $BIN train $M --bf16 --out "$TMP/mx" >/dev/null 2>&1
 $BIN train $M --out "$TMP/mxf" >/dev/null 2>&1
-last() { tail -1 "$1/metrics.jsonl" | sed -E 's/.*"loss": ([0-9.]+).*/\1/'; }
+# the mean of the last 5 steps' losses (one batch's loss moves by ~0.1 from step to step); from ln 300 =
+# 5.70 a model that learns nothing stays there, and these 40 steps reach ~5.19 (a fall of 0.53-0.54)
+last() { grep -o '"loss": [0-9.]*' "$1/metrics.jsonl" | tail -n 5 | awk '{ s += $2 } END { if (NR) printf "%.4f\n", s / NR }'; }
 a=$(first "$TMP/mx"); b=$(last "$TMP/mx")
 check "mixtral-tiny --bf16: the loss falls ($a -> $b, float: $(last "$TMP/mxf"))" \
-    awk -v a="${a:-0}" -v b="${b:-1e9}" 'BEGIN { exit !(b < a - 0.5) }'
+    awk -v a="${a:-0}" -v b="${b:-1e9}" 'BEGIN { exit !(b < a - 0.35) }'
 f=$(first "$TMP/mxf")
 check "mixtral-tiny: first loss, bf16 $a within 2^-7 of float $f, not its bits" \
     awk -v f="${f:-0}" -v h="${a:-1e9}" 'BEGIN { d = h - f; if (d < 0) d = -d; exit !(f > 0 && d <= f / 128 && d > 0) }'
-$BIN train $M --bf16 --stop-at 15 --out "$TMP/mxh" >/dev/null 2>&1
+$BIN train $M --bf16 --stop-at 20 --out "$TMP/mxh" >/dev/null 2>&1
 $BIN train --resume "$TMP/mxh" -t 1 --log-interval 1 --quiet --bf16 >/dev/null 2>&1
-check "mixtral-tiny bf16 stop at 15 and resume: identical loss curve" test -n "$(loss_of "$TMP/mx")" -a "$(loss_of "$TMP/mx")" = "$(loss_of "$TMP/mxh")"
+check "mixtral-tiny bf16 stop at 20 and resume: identical loss curve" test -n "$(loss_of "$TMP/mx")" -a "$(loss_of "$TMP/mx")" = "$(loss_of "$TMP/mxh")"
 check "mixtral-tiny bf16 resume: identical weights and optimizer" sh -c "cmp -s '$TMP/mx/latest/model.safetensors' '$TMP/mxh/latest/model.safetensors' &&
     cmp -s '$TMP/mx/latest/optimizer.safetensors' '$TMP/mxh/latest/optimizer.safetensors'"
-$BIN train --resume "$TMP/mxf" --steps 34 -t 1 --log-interval 1 --bf16 >"$TMP/mxf2h.log" 2>&1
-check "mixtral-tiny: a float run resumed in bf16" sh -c "grep -q 'trained in float until step 30; it goes on in bf16' '$TMP/mxf2h.log' &&
-    grep -q '\"bf16\": true' '$TMP/mxf/latest/state.json' && test \$(grep -c '\"step\"' '$TMP/mxf/metrics.jsonl') = 34"
-$BIN train --config llama-tiny --data builtin --tokenizer bpe:300 --steps 20 --eval-interval 0 --log-interval 1 -t 1 --quiet \
+$BIN train --resume "$TMP/mxf" --steps 44 -t 1 --log-interval 1 --bf16 >"$TMP/mxf2h.log" 2>&1
+check "mixtral-tiny: a float run resumed in bf16" sh -c "grep -q 'trained in float until step 40; it goes on in bf16' '$TMP/mxf2h.log' &&
+    grep -q '\"bf16\": true' '$TMP/mxf/latest/state.json' && test \$(grep -c '\"step\"' '$TMP/mxf/metrics.jsonl') = 44"
+$BIN train --config llama-tiny --data "$TMP/data" --tokenizer bpe:300 --steps 20 --eval-interval 0 --log-interval 1 -t 1 --quiet \
     --bf16 --out "$TMP/ll" >/dev/null 2>&1
 a=$(first "$TMP/ll"); b=$(last "$TMP/ll")
-check "llama-tiny --bf16: the loss falls ($a -> $b)" awk -v a="${a:-0}" -v b="${b:-1e9}" 'BEGIN { exit !(b < a - 0.5) }'
+check "llama-tiny --bf16: the loss falls ($a -> $b)" awk -v a="${a:-0}" -v b="${b:-1e9}" 'BEGIN { exit !(b < a - 0.35) }'
 line=$($BIN bench --config mixtral-tiny --vocab 300 -b 4 --seq-len 16 --steps 2 --warmup 0 -n 0 --no-peak -t 1 --bf16 2>&1 | grep '^RESULT')
 check "bench --bf16 mixtral-tiny: train_bf16_tok_s = $(field train_bf16_tok_s) > 0" awk -v v="$(field train_bf16_tok_s)" 'BEGIN { exit !(v > 0) }'
 

@@ -7,22 +7,23 @@ BIN=${MOELM_BIN:-./moelm}
 TMP=build/tmp/mixtral
 rm -rf "$TMP"; mkdir -p "$TMP"
 . tests/lib.sh
-T="--config mixtral-tiny --data builtin -t 1 --quiet --eval-interval 0 --tokenizer bpe:300"
-# PTB's first lines for what does not learn (the evaluations, llama-tiny, the refused configs): on the
-# built-in corpus each start tokenized it and each evaluation took its whole split (~0.5 s of CPU each);
-# the learning run stays on it (30 steps on these lines lower mixtral-tiny's loss by 0.46, there by 1.05)
+# PTB's first lines: on the built-in corpus each start trained its BPE tokenizer, tokenized it and
+# evaluated its whole validation split at the end (~1 s of CPU a run, where 40 steps take 0.3 s)
 ptb_lines "$TMP/data"
-$BIN train $T --steps 30 --out "$TMP/full" >"$TMP/full.log" 2>&1
-check "mixtral-tiny trains 30 steps" test -f "$TMP/full/latest/model.safetensors"
+T="--config mixtral-tiny --data $TMP/data -t 1 --quiet --eval-interval 0 --tokenizer bpe:300 --log-interval 1"
+$BIN train $T --steps 40 --out "$TMP/full" >"$TMP/full.log" 2>&1
+check "mixtral-tiny trains 40 steps" test -f "$TMP/full/latest/model.safetensors"
+# from ln 300 = 5.70 a model that learns nothing stays there; the mean of the last 5 steps' losses (one
+# batch's moves by ~0.1 a step) reaches ~5.18 in these 40 steps
 first=$(sed -n 1p "$TMP/full/metrics.jsonl" | sed -E 's/.*"loss": ([0-9.]+).*/\1/')
-last=$(tail -1 "$TMP/full/metrics.jsonl" | sed -E 's/.*"loss": ([0-9.]+).*/\1/')
-check "mixtral-tiny: the loss falls ($first -> $last)" awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a - 0.5) }'
+last=$(grep -o '"loss": [0-9.]*' "$TMP/full/metrics.jsonl" | tail -n 5 | awk '{ s += $2 } END { if (NR) printf "%.4f\n", s / NR }')
+check "mixtral-tiny: the loss falls ($first -> $last)" awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a - 0.35) }'
 check "config.json is HF's Mixtral" grep -q '"architectures": \["MixtralForCausalLM"\]' "$TMP/full/latest/config.json"
 check "config.json: GQA and top-2" sh -c "grep -q '\"num_key_value_heads\": 2' '$TMP/full/latest/config.json' &&
     grep -q '\"num_experts_per_tok\": 2' '$TMP/full/latest/config.json'"
-$BIN train $T --steps 30 --stop-at 15 --out "$TMP/half" >"$TMP/half.log" 2>&1
+$BIN train $T --steps 40 --stop-at 20 --out "$TMP/half" >"$TMP/half.log" 2>&1
 $BIN train --resume "$TMP/half" -t 1 --quiet >"$TMP/resume.log" 2>&1
-check "stop at 15 and resume: bit-identical weights" cmp -s "$TMP/half/latest/model.safetensors" "$TMP/full/latest/model.safetensors"
+check "stop at 20 and resume: bit-identical weights" cmp -s "$TMP/half/latest/model.safetensors" "$TMP/full/latest/model.safetensors"
 $BIN generate -m "$TMP/full" --prompt "the" -n 16 --temp 0 -t 1 >"$TMP/gen1.txt" 2>"$TMP/gen1.err"
 $BIN generate -m "$TMP/full" --prompt "the" -n 16 --temp 0 -t 2 >"$TMP/gen2.txt" 2>/dev/null
 check "generate: 16 tokens" grep -q "generated 16 tokens" "$TMP/gen1.err"
