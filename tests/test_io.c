@@ -584,7 +584,8 @@ TEST(st_f16_bf16_roundtrip) {
  * NaN-ness only, torch makes every NaN canonical); and a file torch's values fill (raw bytes written
  * by Python) reads in moelm as torch widens it. */
 TEST(st_torch_reads_and_writes_halves) {
-    if (access("/usr/bin/python3", X_OK) != 0 || system("/usr/bin/python3 -c 'import torch' 2>/dev/null") != 0) {
+    if (access("/usr/bin/python3", X_OK) != 0 || system("/usr/bin/python3 -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec(\"torch\") is None)' "
+                                                            "2>/dev/null") != 0) {
         printf("  (skipped: no /usr/bin/python3 with torch)\n");
         return;
     }
