@@ -28,7 +28,7 @@ EXPECT_RC=1
 ptb_lines "$TMP/data"
 D="--data $TMP/data --tokenizer word:1000"   # 1,000 words: the head over all 4,249 made steps 2x slower
 
-STEPS=24
+STEPS=100
 # checkpoints at every step, so that most kill moments fall into a checkpoint write
 ARGS="--config tiny $D --steps $STEPS --ckpt-interval 1 --keep 2 --eval-interval 0 --log-interval 1 -t 1 --quiet"
 curve() { grep -o '"step": [0-9]*, "loss": [-0-9.a-z]*\|"val_loss": [-0-9.a-z]*' "$1/metrics.jsonl"; }
@@ -38,13 +38,21 @@ t0=$(date +%s%N)
 $BIN train $ARGS --out "$TMP/ref" >/dev/null 2>&1
 check "uninterrupted reference run completes" test -f "$TMP/ref/latest/model.safetensors"
 ref_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+t0=$(date +%s%N)
+$BIN train $(echo "$ARGS" | sed "s/--steps $STEPS/--steps 1/") --out "$TMP/one" >/dev/null 2>&1
+one_ms=$(( ($(date +%s%N) - t0) / 1000000 ))   # a start and one step
 
 seed=${FAULTS_SEED:-$(date +%s)}
-echo "   kill moments from FAULTS_SEED=$seed (reference run ${ref_ms} ms)"
+echo "   kill moments from FAULTS_SEED=$seed (reference run ${ref_ms} ms, a start and one step ${one_ms} ms)"
 KILLS=12
-# sleeps uniform in [0.02 s, 1.2 * reference / KILLS): on average 0.6 of a run goes by in KILLS starts;
-# a start that completes on its own is not a kill, and more starts are made (at most 3 * KILLS)
-sleeps=$(awk -v s="$seed" -v n=$((3 * KILLS)) -v r="$ref_ms" 'BEGIN{srand(s); for(i=0;i<n;i++) printf "%.3f ", 0.02 + rand()*1.2*r/1000/12}')
+# sleeps uniform from half a start to a start and 8% of the run's steps: a quarter of the kills land in
+# a start (reading the checkpoint, the token caches), the rest in steps and their checkpoint writes; a
+# start goes ~8% of the way at most (a resume starts faster than a new run: more on a loaded machine).
+# A start that completes on its own is not a kill, and more starts are made (at most 3 * KILLS); when
+# one finishes the run the kills go on in a new one (with sleeps from 0.02 s to 10% of the whole run and
+# 24 steps, one test in three ended its run after 6 or 7 kills).
+sleeps=$(awk -v s="$seed" -v n=$((3 * KILLS)) -v r="$ref_ms" -v o="$one_ms" \
+         'BEGIN { srand(s); a = o / 2; b = o + 0.08 * (r - o); for (i = 0; i < n; i++) printf "%.3f ", (a + rand() * (b - a)) / 1000 }')
 RUN=$TMP/killed
 kills=0; starts=0; resumed_ok=1
 # a run holding checkpoints is resumed (as the refusal of a second new run says), even when a kill
@@ -60,6 +68,7 @@ for s in $sleeps; do
     kill -9 "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null; rc=$?
     if [ "$rc" = 137 ]; then kills=$((kills + 1))
+    elif [ "$rc" = 0 ]; then rm -rf "$RUN"   # it finished: the kills go on in a new one
     elif [ "$rc" != 0 ]; then resumed_ok=0; echo "   start $starts: rc=$rc: $(head -c 300 "$TMP/kerr")"
     fi
 done
