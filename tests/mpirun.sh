@@ -12,4 +12,8 @@ if mpirun --version 2>&1 | grep -q "Open MPI"; then
     # outnumber the cores, and 2 ranks on a 2-core machine beside other tests spun instead (a 20-step
     # run on 2 ranks: 1.7 s of CPU, 0.9 s with this).
     export OMPI_MCA_mpi_yield_when_idle=1
+    # The byte transfer layers above (ob1 over self, vader, tcp) and nothing that probes for network
+    # fabrics at start: Debian's OpenMPI also loads UCX, libfabric (OFI) and PSM, whose probing took
+    # half of every launch here (mpirun -np 2 of a 2-step run: 0.35 s, 0.17 s without them)
+    export OMPI_MCA_pml=ob1 OMPI_MCA_mtl=^ofi,psm,psm2 OMPI_MCA_osc=^ucx
 fi
