@@ -9,14 +9,15 @@
 # if they had run one after the other. The longest tests start first, so that short ones fill the
 # other core at the end: by the wall seconds each took in the last run (build/test-times, rewritten
 # at the end of every run), and a test without a time (a first run, a new test) before those, in the
-# order MOELM_TEST_FIRST, the other shell tests, the binaries. The
+# order MOELM_TEST_FIRST, the other shell tests, the binaries. The tests in MOELM_TEST_ALONE (the
+# MPI tests) run before all others, each with the machine to itself (below). The
 # checks of wall-clock keep their slack with a neighbour: --time-budget plans its end from its own
 # measured steps and evaluations (a neighbour slows those too; 1 to 2 s of slack over 3 to 6 s), the
 # MPI ranks yield their core while they wait (tests/mpirun.sh), bench's read bandwidth is a median of
 # 10 samples against a floor of 0.5 GB/s, and test_data's corpus time is CPU seconds.
 jobs=${MOELM_TEST_JOBS:-2}
 first=${MOELM_TEST_FIRST:-"test_gguf_model.sh test_llamacpp.sh test_mpi.sh test_mpi_presets.sh test_tokenizer test_cli.sh"}
-apart=${MOELM_TEST_APART:-"test_mpi.sh test_mpi_presets.sh"}
+alone=${MOELM_TEST_ALONE:-"test_mpi.sh test_mpi_presets.sh"}
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=$(mktemp -d)
 # Scratch in memory. The tests write under build/tmp (and mktemp -d under $TMPDIR), and checkpoints,
@@ -48,41 +49,31 @@ for t in "$@"; do printf '%s\n' "$t"; done >"$out/list"
 # times kept by i
 times="$root/build/test-times"
 # the start order: indices into the list, the longest first by the last run's seconds; a test without
-# one ranks above them all: the tests named in $first (in that order), then the shell tests, then the
-# rest. Tests named in $apart (those that launch several MPI ranks each) do not run beside one another:
-# 2 + 4 ranks with another test on two cores stretched test_mpi.sh from 16 s to 28 s. The order comes
-# from simulating the run on $jobs slots with the last run's seconds (a test without any counts 5 s):
-# when a slot frees, it takes the first waiting test, but not an $apart test while another one runs if
-# any other test waits. xargs then starts the tests in that order as its slots free.
+# one ranks above them all: the tests named in $first (in that order), then the shell tests, then the rest
 order() {
-    awk -v first=" $first " -v apart=" $apart " -v tf="$times" -v jobs="$jobs" '
+    awk -v first=" $first " -v tf="$times" '
         BEGIN { while ((getline line < tf) > 0) if (split(line, a, " ") == 2) secs[a[1]] = a[2] }
         { n = $0; sub(/.*\//, "", n)
           if (n in secs) k = secs[n]
           else if ((p = index(first, " " n " ")) > 0) k = 3000000 - p
           else if (n ~ /\.sh$/) k = 2000000
           else k = 1000000
-          print k, NR, ((n in secs) ? secs[n] : 5), (index(apart, " " n " ") > 0) }' "$out/list" |
-    sort -s -k1,1gr |
-    awk -v jobs="$jobs" '
-        { id[NR] = $2; dur[NR] = $3; sep[NR] = $4; m = NR }
-        END {
-            for (j = 1; j <= jobs; j++) free[j] = 0
-            for (left = m; left > 0; left--) {
-                s = 1; for (j = 2; j <= jobs; j++) if (free[j] < free[s]) s = j
-                now = free[s]; busy = 0
-                for (j = 1; j <= jobs; j++) if (j != s && sepend[j] > now) busy = 1
-                pick = 0
-                for (i = 1; i <= m; i++) if (!done[i] && !(busy && sep[i])) { pick = i; break }
-                if (!pick) for (i = 1; i <= m; i++) if (!done[i]) { pick = i; break }
-                done[pick] = 1; print id[pick]
-                free[s] = now + dur[pick]; sepend[s] = sep[pick] ? free[s] : 0
-            }
-        }'
+          print k, NR }' "$out/list" | sort -s -k1,1gr | cut -d' ' -f2
 }
-order | xargs -P "$jobs" -I{} sh -c 't=$(sed -n "$2p" "$1/list"); cd "$0" && date +%s.%N >"$1/$2.time" &&
-                                    "$t" >"$1/$2.out" 2>&1; echo $? >"$1/$2.rc"; date +%s.%N >>"$1/$2.time"' \
-    "$root" "$out" {}
+# $1 jobs at a time, the indices on stdin
+run_jobs() {
+    xargs -P "$1" -I{} sh -c 't=$(sed -n "$2p" "$1/list"); cd "$0" && date +%s.%N >"$1/$2.time" &&
+                              "$t" >"$1/$2.out" 2>&1; echo $? >"$1/$2.rc"; date +%s.%N >>"$1/$2.time"' \
+        "$root" "$out" {}
+}
+# The tests named in $alone (those that launch several MPI ranks each) run first, one at a time with
+# nothing beside them; then the others, $jobs at a time. Ranks wait for one another at every exchange,
+# so a rank that loses its core to another test stalls them all: beside other tests test_mpi.sh took
+# 25 s and test_mpi_presets.sh 20, alone 11 and 10 (make test: 72 s against 74-82).
+order >"$out/order"
+apart() { n=$(sed -n "${1}p" "$out/list"); case " $alone " in *" ${n##*/} "*) return 0 ;; esac; return 1; }
+for i in $(cat "$out/order"); do apart "$i" && echo "$i"; done | run_jobs 1
+for i in $(cat "$out/order"); do apart "$i" || echo "$i"; done | run_jobs "$jobs"
 # the seconds each test took, for the next run's order (the tests not run this time keep theirs)
 i=0
 for t in "$@"; do
