@@ -51,6 +51,28 @@ if [ $use_stdin = 1 ]; then
     cat >"$stdin" || exit 2
 fi
 
+# The hash of the tool's bytes and of its shared libraries' (as ldd names them), kept in $cache/.tools
+# for the next call while the tool and those libraries have the device, inode, size, modification and
+# change times they had (and LD_LIBRARY_PATH is the same): ldd and the hash of ~7 MB were ~20 ms of
+# every call. A rewritten file has a new change time, whatever its size and modification time.
+fingerprint() {
+    memo="$cache/.tools/$(printf '%s' "$tool" | b2sum -l 64 | cut -d' ' -f1)"
+    if [ "$cache" != off ] && [ -f "$memo/hash" ] && [ "$(cat "$memo/ldpath")" = "${LD_LIBRARY_PATH:-}" ] &&
+       [ "$(stat -L -c '%n %d %i %s %.9Y %.9Z' -- "$tool" $(cat "$memo/libs") 2>&1)" = "$(cat "$memo/stat")" ]; then
+        cat "$memo/hash"
+        return
+    fi
+    libs=$(ldd "$tool" 2>/dev/null | sed -n 's/.*=> \(\/[^ ]*\) .*/\1/p')
+    st=$(stat -L -c '%n %d %i %s %.9Y %.9Z' -- "$tool" $libs 2>&1)
+    h=$(b2sum -l 256 -- "$tool" $libs | b2sum -l 256 | cut -d' ' -f1)
+    echo "$h"
+    [ "$cache" != off ] && mkdir -p "$cache/.tools" 2>/dev/null || return 0
+    m=$(mktemp -d "$cache/.tools/.new.XXXXXX") || return 0
+    printf '%s\n' "$h" >"$m/hash"; printf '%s\n' "${LD_LIBRARY_PATH:-}" >"$m/ldpath"
+    printf '%s\n' "$libs" >"$m/libs"; printf '%s\n' "$st" >"$m/stat"
+    rm -rf "$memo"; mv -T "$m" "$memo" 2>/dev/null || rm -rf "$m"
+}
+
 # the question's bytes, hashed (one b2sum for the files: each line "HASH  NAME", stdin's name "-"; b2sum,
 # not sha256sum: a third of the CPU on the ~7 MB of a tool and its libraries, asked at every call)
 key=$({
@@ -59,7 +81,8 @@ key=$({
     shift
     for a in "$@"; do printf 'arg %d:%s\n' "${#a}" "$a"; done
     for f in $outputs; do printf 'out %s\n' "$f"; done
-    b2sum -l 256 -- "$tool" $(ldd "$tool" 2>/dev/null | sed -n 's/.*=> \(\/[^ ]*\) .*/\1/p') $inputs - <"$stdin"
+    echo "tool bytes $(fingerprint)"
+    b2sum -l 256 -- $inputs - <"$stdin"
 } | b2sum -l 256)
 entry="$cache/${key%% *}"
 

@@ -64,5 +64,17 @@ check "an entry without its written file is a miss (runs: $(runs))" sh -c "test 
 MOELM_ORACLE_CACHE=off ask stdin2 0
 MOELM_ORACLE_CACHE=off ask stdin2 0
 check "MOELM_ORACLE_CACHE=off always runs the tool (runs: $(runs))" test "$(runs)" = 10
+# the tool's hash is kept between calls (tests/oracle.sh's .tools): a one-byte change in place, with
+# the size and modification time as before, still runs the tool (the file's change time moved)
+r0=$(runs); ask stdin2 0
+check "the kept answer hits (runs: $(runs))" test "$(runs)" = "$r0"
+before=$(stat -c '%i %s %.9Y' "$TMP/tool"); cp -p "$TMP/tool" "$TMP/tool.ref"
+at=$(grep -b -o 'one more line' "$TMP/tool" | cut -d: -f1)
+printf 'O' | dd of="$TMP/tool" bs=1 seek="$at" conv=notrunc 2>/dev/null
+touch -r "$TMP/tool.ref" "$TMP/tool"
+check "the tool's bytes changed in place, its inode, size and modification time kept" \
+    sh -c "! cmp -s '$TMP/tool' '$TMP/tool.ref' && test \"\$(stat -c '%i %s %.9Y' '$TMP/tool')\" = '$before'"
+ask stdin2 0
+check "... and the tool runs again (runs: $(runs))" test "$(runs)" = $((r0 + 1))
 expect_error "a missing input file is refused" "input.*cannot be read" $O -i "$TMP/none" -- "$TMP/tool" "$TMP/none" "$TMP/out" 0
 finish oracle
