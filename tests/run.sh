@@ -10,7 +10,7 @@
 # other core at the end: by the wall seconds each took in the last run (build/test-times, rewritten
 # at the end of every run), and a test without a time (a first run, a new test) before those, in the
 # order MOELM_TEST_FIRST, the other shell tests, the binaries. The tests in MOELM_TEST_ALONE (the
-# MPI tests) run before all others, each with the machine to itself (below). The
+# MPI tests) run before all others, with nothing else beside them (below). The
 # checks of wall-clock keep their slack with a neighbour: --time-budget plans its end from its own
 # measured steps and evaluations (a neighbour slows those too; 1 to 2 s of slack over 3 to 6 s), the
 # MPI ranks yield their core while they wait (tests/mpirun.sh), bench's read bandwidth is a median of
@@ -66,13 +66,14 @@ run_jobs() {
                               "$t" >"$1/$2.out" 2>&1; echo $? >"$1/$2.rc"; date +%s.%N >>"$1/$2.time"' \
         "$root" "$out" {}
 }
-# The tests named in $alone (those that launch several MPI ranks each) run first, one at a time with
-# nothing beside them; then the others, $jobs at a time. Ranks wait for one another at every exchange,
-# so a rank that loses its core to another test stalls them all: beside other tests test_mpi.sh took
-# 25 s and test_mpi_presets.sh 20, alone 11 and 10 (make test: 72 s against 74-82).
+# The tests named in $alone (those that launch several MPI ranks each) run first, beside one another
+# only; then the others, $jobs at a time. Ranks wait for one another at every exchange, so a rank that
+# loses its core to a busy test stalls them all, while two MPI tests leave each other's ranks the time
+# they spend waiting: beside other tests test_mpi.sh took 25 s and test_mpi_presets.sh 20, one after
+# the other alone 11 and 10, side by side 17 and 12 (make test: 74-82 s, 70 s and 63 s).
 order >"$out/order"
 apart() { n=$(sed -n "${1}p" "$out/list"); case " $alone " in *" ${n##*/} "*) return 0 ;; esac; return 1; }
-for i in $(cat "$out/order"); do apart "$i" && echo "$i"; done | run_jobs 1
+for i in $(cat "$out/order"); do apart "$i" && echo "$i"; done | run_jobs "$jobs"
 for i in $(cat "$out/order"); do apart "$i" || echo "$i"; done | run_jobs "$jobs"
 # the seconds each test took, for the next run's order (the tests not run this time keep theirs)
 i=0
