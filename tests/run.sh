@@ -12,7 +12,7 @@
 # order MOELM_TEST_FIRST, the other shell tests, the binaries. The tests in MOELM_TEST_ALONE (the
 # MPI tests) run before all others, with nothing else beside them (below). The
 # checks of wall-clock keep their slack with a neighbour: --time-budget plans its end from its own
-# measured steps and evaluations (a neighbour slows those too; 1 to 2 s of slack over 3 to 6 s), the
+# measured steps and evaluations (a neighbour slows those too; 1.5 to 2 s of slack over 1.2 to 3 s), the
 # MPI ranks yield their core while they wait (tests/mpirun.sh), bench's read bandwidth is a median of
 # 10 samples against a floor of 0.5 GB/s, and test_data's corpus time is CPU seconds.
 jobs=${MOELM_TEST_JOBS:-2}
