@@ -56,6 +56,7 @@ cfg truncated        "end|unexpected|expected"    '{"d_model": 6'
 cfg trailing         "trailing|after|unexpected"  '{"d_model": 64} x'
 cfg bad-utf8         "UTF-8|utf|invalid"          "$(printf '{"d_\377model": 64}')"
 cfg deep-nesting     "deep|nest|depth"            "$(awk 'BEGIN{for(i=0;i<100000;i++) printf "["; for(i=0;i<100000;i++) printf "]"}')"
+cfg float-overflow   "router_aux_loss_coef: [0-9]* is out of range" '{"router_aux_loss_coef": 1e39}'   # a finite double, an infinite float
 cfg negative-eps     "layer_norm_epsilon"         '{"layer_norm_epsilon": -1}'
 cfg negative-sparse  "sparse_step"                '{"sparse_step": -1}'
 cfg newline-in-key   "unknown"                    '{"d_\nmodel": 64}'

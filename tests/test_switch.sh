@@ -108,6 +108,7 @@ cfg negative-step    "config.json.*(sparse_step)"                    "{$base, \"
 cfg dropout          "config.json.*(dropout_rate)"                   "{$base, \"dropout_rate\": 1}"
 cfg int-overflow     "config.json.*(d_model)"                        "$(echo "{$base}" | sed 's/"d_model": 12/"d_model": 4294967308/')"
 cfg duplicate-key    "config.json.*(duplicate)"                      "{$base, \"d_ff\": 16}"
+cfg float-overflow   "config.json.*(router_aux_loss_coef.*out of range)" "{$base, \"router_aux_loss_coef\": 1e47}"   # fuzz_config's find
 cfg wrong-shapes     "model.safetensors.*mlp.wi.weight.*shape"                 "$(echo "{$base}" | sed 's/"d_ff": 16/"d_ff": 17/')"
 cfg fewer-layers     "fewer-layers.*no tensor.*router" "$(echo "{$base}" | sed 's/"num_layers": 4/"num_layers": 3/')"
 cfg no-vocab         "shared.weight.*32128"                     "$(echo "{$base}" | sed 's/"vocab_size": 40, //')"

@@ -215,6 +215,8 @@ moelm_status config_parse_float(const char *key, const char *v, float *out) {
     double x = strtod(v, &end);
     if (errno || end == v || *end || !isfinite(x))
         return moelm_fail(MOELM_ERR_CONFIG, "%s: '%s' is not a finite number", key, v);
+    if (!isfinite((float)x))   /* 1e39: a finite double, an infinite float (which no config can write back) */
+        return moelm_fail(MOELM_ERR_CONFIG, "%s: %s is out of range (a number of magnitude at most 3.4e38)", key, v);
     *out = (float)x;
     return MOELM_OK;
 }
