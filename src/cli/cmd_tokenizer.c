@@ -98,12 +98,10 @@ static int next_flag(int argc, char **argv, int *i, const FlagDef *defs, int nde
     }
     char flag[64];
     snprintf(flag, sizeof flag, "%.*s", (int)(n < 63 ? n : 63), body);
+    for (char *u = flag; *u; u++) if (*u == '-') *u = '_';
     const char *near = NULL;
     int dist = 1 << 30;
-    for (int k = 0; k < ndefs; k++) {
-        for (char *u = flag; *u; u++) if (*u == '-') *u = '_';
-        str_nearer(flag, defs[k].name, &near, &dist);
-    }
+    for (int k = 0; k < ndefs; k++) str_nearer(flag, defs[k].name, &near, &dist);
     if (near && str_near_miss(flag, dist))
         moelm_fail(MOELM_ERR_ARG, "unknown flag '%.*s' (did you mean --%s? see moelm tokenizer --help)", (int)(n + 2), a, near);
     else
@@ -379,10 +377,9 @@ int cmd_tokenizer(int argc, char **argv) {
     if (!strcmp(argv[1], "train")) return cmd_train_tok(argc - 1, argv + 1);
     if (!strcmp(argv[1], "encode")) return cmd_encode_decode(argc - 1, argv + 1, 1);
     if (!strcmp(argv[1], "decode")) return cmd_encode_decode(argc - 1, argv + 1, 0);
-    const char *near = NULL;
-    int dist = 1 << 30;
-    for (int k = 0; k < 3; k++) str_nearer(argv[1], (const char *[]){"train", "encode", "decode"}[k], &near, &dist);
-    if (str_near_miss(argv[1], dist))
+    static const char *const subcommands[] = {"train", "encode", "decode", NULL};
+    const char *near = str_nearest(argv[1], subcommands);
+    if (near)
         moelm_fail(MOELM_ERR_ARG, "tokenizer: unknown subcommand '%s' (did you mean %s? train, encode, decode)", argv[1], near);
     else
         moelm_fail(MOELM_ERR_ARG, "tokenizer: unknown subcommand '%s' (train, encode, decode)", argv[1]);

@@ -96,10 +96,8 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "bench")) return cmd_bench(argc - 1, argv + 1);
     if (!strcmp(cmd, "forward")) return cmd_forward(argc - 1, argv + 1);
     if (!strcmp(cmd, "export")) return cmd_export(argc - 1, argv + 1);
-    const char *near = NULL;
-    int dist = 1 << 30;
-    for (int c = 0; commands[c]; c++) str_nearer(cmd, commands[c], &near, &dist);
-    if (str_near_miss(cmd, dist))
+    const char *near = str_nearest(cmd, commands);
+    if (near)
         fprintf(stderr, "moelm: unknown command '%s' (did you mean %s? moelm --help lists them)\n", cmd, near);
     else
         fprintf(stderr, "moelm: unknown command '%s' (moelm --help lists them)\n", cmd);

@@ -247,3 +247,10 @@ int str_near_miss(const char *s, int d) {
     int len = (int)strlen(s), limit = len / 3 > 1 ? len / 3 : 1;
     return d <= limit;
 }
+
+const char *str_nearest(const char *s, const char *const *names) {
+    const char *best = NULL;
+    int dist = 1 << 30;
+    for (int i = 0; names[i]; i++) str_nearer(s, names[i], &best, &dist);
+    return best && str_near_miss(s, dist) ? best : NULL;
+}

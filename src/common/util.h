@@ -90,5 +90,7 @@ uint64_t hash_fnv1a64(const void *data, size_t n);
 int str_edit_distance(const char *a, const char *b);
 void str_nearer(const char *s, const char *candidate, const char **best, int *dist);
 int str_near_miss(const char *s, int d);
+/* The name of the NULL-terminated list nearest to s when it is a near miss (str_near_miss), else NULL. */
+const char *str_nearest(const char *s, const char *const *names);
 
 #endif

@@ -133,14 +133,12 @@ moelm_status config_preset(ModelConfig *c, const char *name) {
         /* switch_transformers presets: config_switch.c */
     } else {
         char list[256] = "";
-        const char *near = NULL;
-        int dist = 1 << 30;
         for (int i = 0; config_preset_names[i]; i++) {
             strcat(list, i ? ", " : "");
             strcat(list, config_preset_names[i]);
-            str_nearer(name, config_preset_names[i], &near, &dist);
         }
-        if (str_near_miss(name, dist))
+        const char *near = str_nearest(name, config_preset_names);
+        if (near)
             return moelm_fail(MOELM_ERR_CONFIG, "unknown preset '%s' (did you mean '%s'? presets: %s; or a config.json path)",
                               name, near, list);
         return moelm_fail(MOELM_ERR_CONFIG, "unknown preset '%s' (presets: %s; or a config.json path)", name, list);
@@ -266,7 +264,7 @@ moelm_status config_set(ModelConfig *c, const char *key, const char *v) {
 #undef INT
 #undef FLT
 #undef BOOL
-    if (!strcmp(key, "model_type")) {
+    if (!strcmp(key, "model_type")) {   /* the names of config_model_type_name */
         if (!strcmp(v, "lm")) c->model_type = MODEL_LM;
         else if (!strcmp(v, "seed")) c->model_type = MODEL_SEED;
         else if (!strcmp(v, "switch_transformers")) config_switch_defaults(c);
@@ -546,4 +544,10 @@ moelm_status config_check(const ModelConfig *c) {
         if (st) return st;
     }
     return MOELM_OK;
+}
+
+const char *config_model_type_name(ModelType t) {
+    static const char *const names[] = {"lm", "seed", "switch_transformers", "mixtral", "llama"};
+    CHECK((unsigned)t < sizeof names / sizeof *names);
+    return names[t];
 }

@@ -84,6 +84,8 @@ typedef struct {
 static inline int config_is_llama(const ModelConfig *c) {
     return c->model_type == MODEL_MIXTRAL || c->model_type == MODEL_LLAMA;
 }
+/* The model_type of config.json: lm, seed, switch_transformers, mixtral, llama. */
+const char *config_model_type_name(ModelType t);
 
 /* The names of the presets, NULL-terminated. */
 extern const char *const config_preset_names[];

@@ -53,8 +53,7 @@ static int tied_copy(const Model *m, const char *name) {
 
 /* The model family's name in messages. */
 static const char *family_name(const ModelConfig *c) {
-    return c->model_type == MODEL_SWITCH ? "switch_transformers" : c->model_type == MODEL_MIXTRAL ? "mixtral"
-         : c->model_type == MODEL_LLAMA ? "llama" : "moelm";
+    return c->model_type == MODEL_LM || c->model_type == MODEL_SEED ? "moelm" : config_model_type_name(c->model_type);
 }
 
 static FileTensor *file_tensors_alloc(const Model *m, int *n) {

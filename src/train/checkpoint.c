@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include "io/checksum.h"
 #include "io/fileio.h"
+#include "io/gguf.h"
 #include "io/json.h"
 #include "io/safetensors.h"
 #include "io/weights.h"
@@ -347,11 +348,7 @@ moelm_status ckpt_resolve(const char *path, char *out, size_t cap) {
     char buf[4096], dirbuf[4096];
     if (!path_exists(path)) return moelm_fail(MOELM_ERR_IO, "%s: no such checkpoint or run directory", path);
     if (!path_is_dir(path)) {
-        char magic[4] = {0};
-        FILE *f = fopen(path, "rb");
-        if (f && fread(magic, 1, 4, f) != 4) magic[0] = 0;
-        if (f) fclose(f);
-        if (!memcmp(magic, "GGUF", 4))
+        if (gguf_is_file(path))
             return moelm_fail(MOELM_ERR_IO, "%s is a GGUF file, not a run or checkpoint directory (-m FILE.gguf works in "
                               "generate, eval, forward, export and bench; moelm export -m %s --format hf -o DIR makes "
                               "a directory that --init-from takes)", path, path);

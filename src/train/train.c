@@ -590,11 +590,10 @@ moelm_status train_resolve_config(const char *name, const char *const *sets, int
 /* MOELM_OK when the configs are the same; else an error "<what> "key": a, the requested config "key": b <why>"
  * naming the first key that differs. */
 static moelm_status config_compare(const ModelConfig *have, const ModelConfig *want, const char *what, const char *why) {
-    static const char *const types[] = {"lm", "seed", "switch_transformers", "mixtral", "llama"};
     /* another family: its first key differs too ("moelm_version" against "architectures"), but says less */
     if (have->model_type != want->model_type && !(config_is_llama(have) && config_is_llama(want)))
         return moelm_fail(MOELM_ERR_CONFIG, "%s model_type %s, the requested config model_type %s %s", what,
-                          types[have->model_type], types[want->model_type], why);
+                          config_model_type_name(have->model_type), config_model_type_name(want->model_type), why);
     moelm_status st = MOELM_OK;
     char *a = config_to_json(have), *b = config_to_json(want);
     if (!a || !b) st = moelm_fail(MOELM_ERR_NOMEM, "out of memory comparing configs");
