@@ -5,6 +5,8 @@
 #                               exactly one line to stderr, and that line matches the extended regex
 #   finish SUITE                prints "SUITE: N passed, N failed"; exit status non-zero on failure
 #   ptb_lines DIR               PTB's first lines as a small corpus folder (below)
+#   mean_last_loss RUN          the mean of the last 5 steps' losses of a run's metrics.jsonl (one
+#                               batch's loss moves by ~0.1 from step to step: a learning check's end)
 #   oracle [-i FILE]... -- TOOL ARG...  runs an external oracle (reading the -i files) through
 #                               tests/oracle.sh's cache of answers, logged to $TMP/oracle.log
 #   oracle_count                prints how many oracle answers came from the cache and how many ran
@@ -27,6 +29,7 @@ ptb_lines() {
     mkdir -p "$1"
     for s in train:1500 valid:100 test:100; do head -n "${s#*:}" "../shared/data/ptb/ptb.${s%:*}.txt" >"$1/ptb.${s%:*}.txt"; done
 }
+mean_last_loss() { grep -o '"loss": [0-9.]*' "$1/metrics.jsonl" | tail -n 5 | awk '{ s += $2 } END { if (NR) printf "%.4f\n", s / NR }'; }
 oracle() { MOELM_ORACLE_LOG="$TMP/oracle.log" sh tests/oracle.sh "$@"; }
 oracle_count() {
     echo "oracle answers: $(cat "$TMP/oracle.log" 2>/dev/null | grep -c '^hit') from the cache" \

@@ -13,7 +13,6 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 #include "backend/runtime.h"
 #include "common/util.h"
 
@@ -21,9 +20,8 @@ static int t_passed, t_failed, t_cur_failed;
 
 #define TEST(name) static void name(void)
 /* A test that took 0.25 s or more of wall time says so after its name (where the suite's time goes). */
-static double t_now(void) { struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts); return ts.tv_sec + 1e-9 * ts.tv_nsec; }
 #define RUN(name) do { \
-        t_cur_failed = 0; double _t0 = t_now(); name(); double _dt = t_now() - _t0; \
+        t_cur_failed = 0; double _t0 = time_now(); name(); double _dt = time_now() - _t0; \
         if (t_cur_failed) { t_failed++; printf("FAIL %s", #name); } \
         else { t_passed++; printf("ok   %s", #name); } \
         if (_dt >= 0.25) printf(" (%.2f s)", _dt); \

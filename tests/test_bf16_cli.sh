@@ -65,11 +65,10 @@ ptb_lines "$TMP/data"
 M="--config mixtral-tiny --data $TMP/data --tokenizer bpe:300 --steps 40 --eval-interval 0 --log-interval 1 -t 1 --quiet"
 $BIN train $M --bf16 --out "$TMP/mx" >/dev/null 2>&1
 $BIN train $M --out "$TMP/mxf" >/dev/null 2>&1
-# the mean of the last 5 steps' losses (one batch's loss moves by ~0.1 from step to step); from ln 300 =
-# 5.70 a model that learns nothing stays there, and these 40 steps reach ~5.19 (a fall of 0.53-0.54)
-last() { grep -o '"loss": [0-9.]*' "$1/metrics.jsonl" | tail -n 5 | awk '{ s += $2 } END { if (NR) printf "%.4f\n", s / NR }'; }
-a=$(first "$TMP/mx"); b=$(last "$TMP/mx")
-check "mixtral-tiny --bf16: the loss falls ($a -> $b, float: $(last "$TMP/mxf"))" \
+# the mean of the last 5 steps' losses (lib.sh); from ln 300 = 5.70 a model that learns nothing stays
+# there, and these 40 steps reach ~5.19 (a fall of 0.53-0.54)
+a=$(first "$TMP/mx"); b=$(mean_last_loss "$TMP/mx")
+check "mixtral-tiny --bf16: the loss falls ($a -> $b, float: $(mean_last_loss "$TMP/mxf"))" \
     awk -v a="${a:-0}" -v b="${b:-1e9}" 'BEGIN { exit !(b < a - 0.35) }'
 f=$(first "$TMP/mxf")
 check "mixtral-tiny: first loss, bf16 $a within 2^-7 of float $f, not its bits" \
@@ -84,7 +83,7 @@ check "mixtral-tiny: a float run resumed in bf16" sh -c "grep -q 'trained in flo
     grep -q '\"bf16\": true' '$TMP/mxf/latest/state.json' && test \$(grep -c '\"step\"' '$TMP/mxf/metrics.jsonl') = 44"
 $BIN train --config llama-tiny --data "$TMP/data" --tokenizer bpe:300 --steps 20 --eval-interval 0 --log-interval 1 -t 1 --quiet \
     --bf16 --out "$TMP/ll" >/dev/null 2>&1
-a=$(first "$TMP/ll"); b=$(last "$TMP/ll")
+a=$(first "$TMP/ll"); b=$(mean_last_loss "$TMP/ll")
 check "llama-tiny --bf16: the loss falls ($a -> $b)" awk -v a="${a:-0}" -v b="${b:-1e9}" 'BEGIN { exit !(b < a - 0.35) }'
 line=$($BIN bench --config mixtral-tiny --vocab 300 -b 4 --seq-len 16 --steps 2 --warmup 0 -n 0 --no-peak -t 1 --bf16 2>&1 | grep '^RESULT')
 check "bench --bf16 mixtral-tiny: train_bf16_tok_s = $(field train_bf16_tok_s) > 0" awk -v v="$(field train_bf16_tok_s)" 'BEGIN { exit !(v > 0) }'
