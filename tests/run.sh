@@ -44,6 +44,10 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+# Every test's runs are short: their big blocks in 4 KiB pages (src/common/util.c). On the AMD EPYC VM
+# a huge page's first touch on memory the host had taken back cost ~15x 4 KiB pages' (bench/RESULTS.md);
+# a value set beforehand is kept (tests/test_io.c checks both settings).
+export MOELM_HUGE_PAGES="${MOELM_HUGE_PAGES:-0}"
 for t in "$@"; do printf '%s\n' "$t"; done >"$out/list"
 # each job: the i-th path of the list, run from the root, its output, exit status and start and end
 # times kept by i

@@ -919,6 +919,48 @@ TEST(crc32_fast_equals_reference) {
     free(buf);
 }
 
+/* The VmFlags line of the mapping that holds p (/proc/self/smaps) into flags; 0 if not found */
+static int vm_flags_at(const void *p, char *flags, size_t cap) {
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f) return 0;
+    char line[512];
+    int inside = 0, found = 0;
+    uintptr_t a = (uintptr_t)p;
+    while (!found && fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        char *dash = strchr(line, '-'), *space = strchr(line, ' ');
+        if (dash && space && dash < space && sscanf(line, "%lx-%lx ", &lo, &hi) == 2) inside = a >= lo && a < hi;
+        else if (inside && !strncmp(line, "VmFlags:", 8)) { snprintf(flags, cap, "%s", line + 8); found = 1; }
+    }
+    fclose(f);
+    return found;
+}
+
+/* Blocks of 4 MiB and more ask for transparent huge pages (the mapping's flag "hg"), and with
+ * MOELM_HUGE_PAGES=0 ask for none ("nh", which also refuses them where THP is "always"). The flags,
+ * not the pages: whether the kernel gives one is its business (a heap range reused by an earlier
+ * block keeps the huge pages it had). */
+TEST(huge_pages_setting) {
+    char flags[2][256], *was = getenv("MOELM_HUGE_PAGES");   /* tests/run.sh sets 0 */
+    was = was ? moelm_strdup(was) : NULL;
+    size_t n = (size_t)16 << 20;
+    int seen = 1;
+    for (int off = 0; off < 2 && seen; off++) {
+        if (off) setenv("MOELM_HUGE_PAGES", "0", 1);
+        else unsetenv("MOELM_HUGE_PAGES");
+        char *p = moelm_malloc(n);
+        EXPECT(p != NULL);
+        seen = p && vm_flags_at(p + n / 2, flags[off], sizeof flags[off]);
+        moelm_free(p);
+    }
+    if (was) setenv("MOELM_HUGE_PAGES", was, 1);
+    else unsetenv("MOELM_HUGE_PAGES");
+    moelm_free(was);
+    if (!seen) { printf("  (skipped: no VmFlags in /proc/self/smaps)\n"); return; }
+    EXPECT_MSG(strstr(flags[0], " hg") && !strstr(flags[0], " nh"), "a 16 MiB block by default: flags%s", flags[0]);
+    EXPECT_MSG(strstr(flags[1], " nh") && !strstr(flags[1], " hg"), "a 16 MiB block with MOELM_HUGE_PAGES=0: flags%s", flags[1]);
+}
+
 TEST(checksums) {
     const char *d = TMP "/ck";
     EXPECT(dir_remove_tree(d) == MOELM_OK);
@@ -1031,6 +1073,7 @@ int main(void) {
     RUN(st_interrupted_write_keeps_previous);
     RUN(io_out_of_memory_is_clean);
     RUN(crc32_fast_equals_reference);
+    RUN(huge_pages_setting);
     RUN(checksums);
     return test_summary("io");
 }

@@ -75,6 +75,8 @@ if command -v node >/dev/null 2>&1 && [ -d tests/js/node_modules/@huggingface/gg
 else
     echo "SKIP @huggingface/gguf check: node or tests/js/node_modules missing (scripts/deps.sh installs it)"
 fi
+# (on PTB's first lines: the refusal needs only a tokenizer, and the built-in corpus's start cost ~1 s)
+ptb_lines "$TMP/ptb"
 expect_error "gguf of a tokenizer without byte pieces refused" "byte pieces" sh -c \
-    "$BIN train --config mixtral-tiny --data builtin --steps 1 -t 1 --quiet --tokenizer bpe:300 --out '$TMP/nobytes' >/dev/null 2>&1 && $BIN export -m '$TMP/nobytes' --format gguf -o '$TMP/x.gguf'"
+    "$BIN train --config mixtral-tiny --data '$TMP/ptb' --steps 1 -t 1 --quiet --tokenizer bpe:300 --out '$TMP/nobytes' >/dev/null 2>&1 && $BIN export -m '$TMP/nobytes' --format gguf -o '$TMP/x.gguf'"
 finish llamacpp

@@ -64,10 +64,20 @@ void moelm_check_failed(const char *expr, const char *file, int line) {
 /* Blocks of HUGE_MIN bytes and more (the parameter, gradient, optimizer and activation arenas) start on
  * a 2 MiB boundary and ask for transparent huge pages before their first touch: a token of generation
  * streams every weight (tens of MB: thousands of 4 KiB pages, more than the TLB holds), a training step
- * every arena, and this VM's page faults are slow (PERF-NOTES: 11 us per 4 KiB page). */
+ * every arena, and the Zen 5 VM's page faults were slow (PERF-NOTES: 11 us per 4 KiB page).
+ * MOELM_HUGE_PAGES=0 asks for none (and refuses them where THP is "always"). Where the host takes back
+ * the memory a guest frees (free page reporting), a huge page's first touch can cost ~15x what 4 KiB
+ * pages cost (bench/RESULTS.md: 8.7 against 0.5 ms a MB on the AMD EPYC VM, 0.1 where the memory is
+ * still backed): short runs there (the tests, an eval) start faster without them, while a long run
+ * steps 3-5% faster with them. */
 #define HUGE_PAGE ((size_t)2 << 20)
 #define HUGE_MIN ((size_t)4 << 20)
 static size_t g_live;
+
+static int huge_pages_wanted(void) {
+    const char *e = getenv("MOELM_HUGE_PAGES");   /* asked for blocks of HUGE_MIN and more only */
+    return !(e && !strcmp(e, "0"));
+}
 static long g_fail_after;
 
 size_t moelm_alloc_live_bytes(void) { return g_live; }
@@ -79,13 +89,14 @@ void *moelm_malloc(size_t bytes) {
         return NULL;
     }
     void *p = NULL;
-    int huge = bytes >= HUGE_MIN;
-    if (bytes > SIZE_MAX - HUGE_PAGE || posix_memalign(&p, huge ? HUGE_PAGE : 64, bytes + HDR) != 0) {
+    int big = bytes >= HUGE_MIN, huge = big && huge_pages_wanted();
+    size_t align = huge ? HUGE_PAGE : big ? 4096 : 64;   /* madvise takes a page boundary */
+    if (bytes > SIZE_MAX - HUGE_PAGE || posix_memalign(&p, align, bytes + HDR) != 0) {
         moelm_fail(MOELM_ERR_NOMEM, "out of memory allocating %zu bytes", bytes);
         return NULL;
     }
-#ifdef MADV_HUGEPAGE
-    if (huge) madvise(p, bytes + HDR, MADV_HUGEPAGE);   /* a hint: where the kernel has none to give, 4 KiB pages */
+#if defined(MADV_HUGEPAGE) && defined(MADV_NOHUGEPAGE)
+    if (big) madvise(p, bytes + HDR, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);   /* a hint, not a promise */
 #endif
     *(size_t *)p = bytes;
 #pragma omp atomic
