@@ -8,6 +8,7 @@
 #include "test.h"
 #include "fd.h"
 #include "ops/ops.h"
+#include "ops/ops_simd.h"
 #include "backend/gemm.h"
 #include "backend/barrier.h"
 #include <omp.h>
@@ -262,6 +263,54 @@ TEST(exp_nonfinite_inputs_are_defined) {
     softmax_forward(d, x, N, V);
     EXPECT(isnan(d[0]) && isfinite(d[4 * V]));
     drop(x); drop(loss); drop(lse); drop(d); drop(dl);
+}
+
+/* The 8-lane exponential (ops_simd.h exp_poly8, used where GCC leaves loops over exp_poly scalar) has
+ * exp_poly's bits in every lane: a sweep over [-100, 100] at an irrational step, the clamps' edges,
+ * zeros, infinities and NaN. exp_row's sum is its documented order (element v in partial sum v mod
+ * 16, the 16 added pairwise), whatever the length (the 16-wide body and the tail), and it stores
+ * exp_poly's values; softmax_row and crossentropy_backward agree with exp_poly element by element. */
+TEST(exp_lanes_equal_exp_poly) {
+    enum { M = 4096 };
+    float *in = zeros(M), *want = zeros(M), *got = zeros(M);
+    for (int i = 0; i < M; i++) in[i] = -100.0f + (float)i * 0.0488281f * 1.0000003f;
+    const float special[] = {-87.3f, -87.29999f, -87.30001f, 88.0f, 87.99999f, 88.00001f, 0.0f, -0.0f,
+                             1e-30f, -1e-30f, INFINITY, -INFINITY, NAN, -NAN, 1e30f, -1e30f};
+    for (int i = 0; i < 16; i++) in[M - 16 + i] = special[i];
+    for (int i = 0; i < M; i++) want[i] = exp_poly(in[i]);
+    int bad = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    for (int i = 0; i < M; i += 8) _mm256_storeu_ps(got + i, exp_poly8(_mm256_loadu_ps(in + i)));
+    for (int i = 0; i < M; i++)
+        if (memcmp(&got[i], &want[i], sizeof(float)) != 0 && !(isnan(got[i]) && isnan(want[i]))) bad++;
+    EXPECT_MSG(bad == 0, "%d of %d lanes differ from exp_poly", bad, M);
+#else
+    printf("  (the 8-lane exponential is built only with AVX2 and FMA)\n");
+#endif
+    for (int V = 0; V <= 70; V++) {
+        float lane[16] = {0}, mx = 0.25f;
+        for (int v = 0; v < V; v++) lane[v & 15] += exp_poly(sinf(1.7f * (float)v) - mx);   /* O(1) terms: order shows */
+        for (int w = 8; w > 0; w /= 2)
+            for (int i = 0; i < w; i++) lane[i] += lane[i + w];
+        float row[70], out[70];
+        for (int v = 0; v < V; v++) row[v] = sinf(1.7f * (float)v);
+        float sum = exp_row(out, row, V, mx), sum2 = row_sumexp(row, V, mx);
+        if (memcmp(&sum, &lane[0], sizeof sum) != 0 || memcmp(&sum2, &lane[0], sizeof sum) != 0) bad++;
+        for (int v = 0; v < V; v++) if (out[v] != exp_poly(row[v] - mx)) bad++;
+    }
+    EXPECT_MSG(bad == 0, "%d sums or values of exp_row differ from its definition", bad);
+    int N = 3, V = 43, tgt[3] = {0, 5, 42};
+    float *x = vec((size_t)N * V, 11), *lse = vec(N, 12), *dl = vec(N, 13), *d = zeros((size_t)N * V);
+    crossentropy_backward(d, x, lse, tgt, dl, N, V);
+    bad = 0;
+    for (int n = 0; n < N; n++)
+        for (int v = 0; v < V; v++) {
+            float e = dl[n] * exp_poly(x[n * V + v] - lse[n]);
+            if (v == tgt[n]) e -= dl[n];
+            if (d[n * V + v] != e) bad++;
+        }
+    EXPECT_MSG(bad == 0, "%d gradients of crossentropy_backward differ from g exp_poly(x - lse)", bad);
+    drop(in); drop(want); drop(got); drop(x); drop(lse); drop(dl); drop(d);
 }
 
 /* ---- activations ---- */
@@ -614,6 +663,7 @@ int main(void) {
     RUN(gemm_pair_same_bits);
     RUN(team_barrier_orders);
     RUN(activation_cols_match);
+    RUN(exp_lanes_equal_exp_poly);   /* last: its vec() calls would move the others' random inputs */
     free_bufs();
     return test_summary("ops");
 }

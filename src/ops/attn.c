@@ -165,8 +165,7 @@ static int softmax_visible(float *s, int n, int Tk, const uint8_t *m) {
         for (int j = 0; j < n; j++) { s[j] = m[j] ? exp_poly(s[j] - mx) : 0.0f; sum += s[j]; }
     } else {
         mx = row_max(s, n);
-#pragma omp simd reduction(+ : sum)
-        for (int j = 0; j < n; j++) { s[j] = exp_poly(s[j] - mx); sum += s[j]; }
+        sum = exp_row(s, s, n, mx);
     }
     float inv = 1.0f / sum;
 #pragma omp simd

@@ -482,9 +482,7 @@ static void att_block_forward_blocked(float *out, float *att, const float *qb, s
         int np = (n + 15) & ~15;   /* whole vectors: keys n..np-1 are masked, no scalar tail */
         att_dots(s, qb + t * C3, KT, Tp, np / 16, hs, scale);
         for (int u = n; u < np; u++) s[u] = -INFINITY;   /* exp_poly gives 1e-38 there, against a sum >= 1 */
-        float mx = row_max(s, np), sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (int u = 0; u < np; u++) { s[u] = exp_poly(s[u] - mx); sum += s[u]; }
+        float mx = row_max(s, np), sum = exp_row(s, s, np, mx);
         float inv = 1.0f / sum, *a = att + (size_t)t * T;
 #pragma omp simd
         for (int u = 0; u < np; u++) s[u] *= inv;
@@ -740,10 +738,15 @@ void crossentropy_backward(float *dlogits, const float *logits, const float *lse
         float *d = dlogits + (size_t)n * V;
         if (targets[n] < 0) { memset(d, 0, sizeof(float) * V); continue; }
         float g = dlosses[n], l = lse[n];
-        /* d = g (softmax - onehot). simd: element v is read then written, so the in-place case
+        /* d = g (softmax - onehot), 8 lanes at a time: element v is read then written, so the in-place case
          * (d == x) carries no dependence between iterations; x <= lse, so exp_poly sees x - l <= 0 */
-#pragma omp simd
-        for (int v = 0; v < V; v++) d[v] = g * exp_poly(x[v] - l);
+        int v = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+        __m256 gv = _mm256_set1_ps(g), lv = _mm256_set1_ps(l);
+        for (; v + 8 <= V; v += 8)
+            _mm256_storeu_ps(d + v, _mm256_mul_ps(gv, exp_poly8(_mm256_sub_ps(_mm256_loadu_ps(x + v), lv))));
+#endif
+        for (; v < V; v++) d[v] = g * exp_poly(x[v] - l);
         d[targets[n]] -= g;
     }
 }

@@ -47,14 +47,61 @@ static inline float row_max(const float *x, int V) {
     return mx;
 }
 
-/* sum_v exp(x[v] - mx), in 16 interleaved partial sums (the vector lanes), so the order is fixed by
- * the code, not by the thread count. */
-static inline float row_sumexp(const float *x, int V, float mx) {
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int v = 0; v < V; v++) sum += exp_poly(x[v] - mx);
-    return sum;
+#if defined(__AVX2__) && defined(__FMA__)
+/* exp_poly on 8 lanes: the same operations in the same order, so each lane has exp_poly's bits. GCC 12
+ * does not vectorise loops over exp_poly itself when tuning for Zen (-march=native on Zen 3, znver4):
+ * under the default -ftrapping-math its clamps stay branches, and those loops ran a lane at a time. */
+static inline __m256 exp_poly8(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.3f), hi = _mm256_set1_ps(88.0f);
+    x = _mm256_blendv_ps(x, lo, _mm256_cmp_ps(x, lo, _CMP_LT_OQ));   /* NaN fails both and stays */
+    x = _mm256_blendv_ps(x, hi, _mm256_cmp_ps(x, hi, _CMP_GT_OQ));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693359375f), x);
+    r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+    __m256 nn = _mm256_and_ps(n, _mm256_cmp_ps(n, n, _CMP_ORD_Q));   /* a NaN's exponent: 0 */
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(nn), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
+#endif
+
+/* sum_v exp(x[v] - mx), and out[v] = exp(x[v] - mx) when out is not NULL (out may be x). The sum is
+ * 16 interleaved partial sums (element v in sum v mod 16) added pairwise at the end, so its order is
+ * fixed by the code, not by the vector width or the thread count. */
+static inline float exp_row(float *out, const float *x, int V, float mx) {
+    float lane[16] = {0};
+    int v = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    __m256 m = _mm256_set1_ps(mx), s0 = _mm256_setzero_ps(), s1 = s0;
+    for (; v + 16 <= V; v += 16) {
+        __m256 e0 = exp_poly8(_mm256_sub_ps(_mm256_loadu_ps(x + v), m));
+        __m256 e1 = exp_poly8(_mm256_sub_ps(_mm256_loadu_ps(x + v + 8), m));
+        if (out) { _mm256_storeu_ps(out + v, e0); _mm256_storeu_ps(out + v + 8, e1); }
+        s0 = _mm256_add_ps(s0, e0);
+        s1 = _mm256_add_ps(s1, e1);
+    }
+    _mm256_storeu_ps(lane, s0);
+    _mm256_storeu_ps(lane + 8, s1);
+#endif
+    for (; v < V; v++) {
+        float e = exp_poly(x[v] - mx);
+        if (out) out[v] = e;
+        lane[v & 15] += e;
+    }
+    for (int w = 8; w > 0; w /= 2)
+        for (int i = 0; i < w; i++) lane[i] += lane[i + w];
+    return lane[0];
+}
+
+/* sum_v exp(x[v] - mx) (exp_row's order) */
+static inline float row_sumexp(const float *x, int V, float mx) { return exp_row(NULL, x, V, mx); }
 
 /* sum_i a[i] b[i] over n floats */
 static inline float dot_simd(const float *a, const float *b, int n) {
@@ -70,11 +117,9 @@ static inline void axpy_simd(float *restrict y, float alpha, const float *restri
     for (int i = 0; i < n; i++) y[i] = __builtin_fmaf(alpha, x[i], y[i]);
 }
 
-/* a[0..n) = softmax(a[0..n)) in place: exponentials by exp_poly, summed over the vector lanes */
+/* a[0..n) = softmax(a[0..n)) in place: exponentials by exp_poly, summed in exp_row's order */
 static inline void softmax_row(float *a, int n) {
-    float mx = row_max(a, n), sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int u = 0; u < n; u++) { a[u] = exp_poly(a[u] - mx); sum += a[u]; }
+    float mx = row_max(a, n), sum = exp_row(a, a, n, mx);
     float inv = 1.0f / sum;
 #pragma omp simd
     for (int u = 0; u < n; u++) a[u] *= inv;
