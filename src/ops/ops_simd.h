@@ -1,8 +1,9 @@
 /* ops_simd.h: the small vectorised helpers that ops.c and attn.c share (internal to src/ops/), and
  * the work below which they open no parallel region.
  *
- * Each is plain C that the compiler vectorises (omp simd), or AVX-512 intrinsics under __AVX512F__
- * with the scalar meaning in its comment. Static inline, so each file gets its own copy and the
+ * Each is plain C that the compiler vectorises (omp simd), or AVX-512 / AVX2 intrinsics under
+ * __AVX512F__ / __AVX2__ with the scalar meaning in its comment (exp_poly8: GCC left the loops over
+ * exp_poly scalar). Static inline, so each file gets its own copy and the
  * bits of every caller are those of the code it had before it was moved here.
  */
 #ifndef MOELM_OPS_SIMD_H
