@@ -313,26 +313,30 @@ TEST(exp_lanes_equal_exp_poly) {
     drop(in); drop(want); drop(got); drop(x); drop(lse); drop(dl); drop(d);
 }
 
-/* GELU's 8-lane forward and gradient (ops.c gelu8, gelu_grad8) have the scalar functions' bits: each
- * value of a sweep over [-12, 12] and the special inputs, through the vector body (a row of 4,096)
- * and alone (a row of one: the scalar tail). */
+/* GELU's 8-lane forward and gradient (ops.c gelu8, gelu_grad8) and ReLU's 8-lane gradient have the
+ * scalar code's bits: each value of a sweep over [-12, 12] and the special inputs (and gradients),
+ * through the vector body (a row of 4,096) and alone (a row of one: the scalar tail). */
 TEST(gelu_lanes_equal_scalar) {
     enum { M = 4096 };
     float *in = zeros(M), *dy = zeros(M), *fv = zeros(M), *gv = zeros(M);
     for (int i = 0; i < M; i++) { in[i] = -12.0f + (float)i * 0.00585937f * 1.0000003f; dy[i] = 0.75f + (float)(i % 7) * 0.125f; }
     const float special[] = {0.0f, -0.0f, 10.0f, -10.0f, 1e30f, -1e30f, INFINITY, -INFINITY, NAN, 1e-30f, 88.0f, -88.0f};
     for (int i = 0; i < 12; i++) in[M - 12 + i] = special[i];
-    activation_forward(fv, in, ACT_GELU, 1, M);
-    activation_backward(gv, dy, in, ACT_GELU, 1, M);
+    dy[5] = INFINITY; dy[6] = -INFINITY; dy[7] = NAN; dy[8] = -0.0f;   /* ReLU's dout * 0 keeps these apart */
     int bad = 0;
-    for (int i = 0; i < M; i++) {
-        float f, g;
-        activation_forward(&f, in + i, ACT_GELU, 1, 1);
-        activation_backward(&g, dy + i, in + i, ACT_GELU, 1, 1);
-        if (memcmp(&f, &fv[i], sizeof f) != 0 && !(isnan(f) && isnan(fv[i]))) bad++;
-        if (memcmp(&g, &gv[i], sizeof g) != 0 && !(isnan(g) && isnan(gv[i]))) bad++;
+    for (int a = 0; a < 2; a++) {
+        Activation act = a ? ACT_RELU : ACT_GELU;
+        activation_forward(fv, in, act, 1, M);
+        activation_backward(gv, dy, in, act, 1, M);
+        for (int i = 0; i < M; i++) {
+            float f, g;
+            activation_forward(&f, in + i, act, 1, 1);
+            activation_backward(&g, dy + i, in + i, act, 1, 1);
+            if (memcmp(&f, &fv[i], sizeof f) != 0 && !(isnan(f) && isnan(fv[i]))) bad++;
+            if (memcmp(&g, &gv[i], sizeof g) != 0 && !(isnan(g) && isnan(gv[i]))) bad++;
+        }
     }
-    EXPECT_MSG(bad == 0, "%d GELU values or gradients differ between the vector body and the scalar tail", bad);
+    EXPECT_MSG(bad == 0, "%d GELU or ReLU values or gradients differ between the vector body and the scalar tail", bad);
     drop(in); drop(dy); drop(fv); drop(gv);
 }
 
