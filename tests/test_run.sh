@@ -50,11 +50,13 @@ for sig in TERM INT; do
     check "SIG$sig: identical final weights" cmp -s "$TMP/full/latest/model.safetensors" "$TMP/$sig/latest/model.safetensors"
 done
 
-# a second SIGINT ends the process at once: the demo model's steps of 32 x 64 tokens take tens of
-# milliseconds (more on a busy machine), the second signal comes 20 ms after the first, in the same
-# step: killed by it (130), no checkpoint, no line
+# a second SIGINT ends the process at once: the demo model's steps of 128 x 32 tokens take ~170 ms here
+# (more on a busy machine), the second signal comes 20 ms after the first, in the same step: killed by
+# it (130), no checkpoint, no line. (With 32 x 32 tokens a step took ~40 ms once the cross-entropy,
+# GELU and Adam were vectorised, and a first signal late in a step let the run save and exit before
+# the second: CI saw it once.)
 S2="$TMP/second"
-env --default-signal=INT $BIN train --config demo $D --steps 1000 --eval-interval 0 --log-interval 1 -b 32 --out "$S2" $T \
+env --default-signal=INT $BIN train --config demo $D --steps 1000 --eval-interval 0 --log-interval 1 -b 128 --out "$S2" $T \
     >"$S2.log" 2>"$S2.err" &
 pid=$!
 while [ "$(records "$S2")" -lt 2 ] && kill -0 $pid 2>/dev/null; do sleep 0.02; done
