@@ -43,7 +43,16 @@ dense-s2   2 --config dense-ptb
 sw8-s2     2 --config switch-ptb
 dense-s3   3 --config dense-ptb
 sw8-s3     3 --config switch-ptb
-sw8-wd0.3  1 --config switch-ptb --set weight_decay=0.3'
+sw8-wd0.3  1 --config switch-ptb --set weight_decay=0.3
+base       1 --config switch-ptb
+d0         1 --config switch-ptb --set dropout_rate=0
+lr2        1 --config switch-ptb --set lr=2e-3
+d05        1 --config switch-ptb --set dropout_rate=0.05
+d0-b8      1 --config switch-ptb --set dropout_rate=0 --set batch_size=8 --steps 2600 --set warmup_steps=104
+d0-w192    1 --config switch-ptb --set dropout_rate=0 --set d_model=192 --set d_ff=768 --steps 1850 --set warmup_steps=74
+d0-L3      1 --config switch-ptb --set dropout_rate=0 --set num_layers=3 --steps 1600 --set warmup_steps=64
+d0-beta2   1 --config switch-ptb --set dropout_rate=0 --set beta2=0.99
+d0-st32    1 --config switch-ptb --set dropout_rate=0 --set stride=32'
 
 one() {   # one NAME SEED ARGS...
     name=$1; seed=$2; shift 2

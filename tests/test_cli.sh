@@ -64,6 +64,17 @@ done
 check "dropout rule: a resume before the warm-up's end sets the rate, one after it reads it from state.json" \
     sh -c "grep -q 'from step 5 on' $TMP/dr2.log && ! grep -q 'from step' $TMP/dr6.log"
 expect_error "dropout_max out of range" "dropout_max" $BIN train --config tiny --set dropout_max=1.5 --steps 1 --out "$TMP/drbad" $T
+# below dropout_epochs with dropout_start_epochs S: 0 up to S epochs, then growth * log2(epochs / S) up to the
+# base rate (E: this run's 12 x 64 tokens in epochs; S = E / 1.5 gives 0.1 log2 1.5 = 0.0585, S = 2E gives 0)
+E=$(awk "BEGIN{printf \"%.9g\", 12 * 64 / ${ntrain:-1}}")
+for s in 1.5 0.5; do
+    $BIN train --config tiny --steps 12 --set warmup_steps=4 --set dropout_rate=0.3 --set dropout_growth=0.1 \
+        --set dropout_epochs=1000 --set dropout_start_epochs="$(awk "BEGIN{printf \"%.9g\", $E / $s}")" \
+        --eval-interval 0 --log-interval 1 -t 1 --quiet --out "$TMP/drs$s" >/dev/null 2>&1
+    want=$(awk "BEGIN{w = 0.1 * log($s) / log(2); printf \"%.4f\", (w > 0 ? w : 0)}")
+    got=$(awk "BEGIN{printf \"%.4f\", $(drop_at "$TMP/drs$s" 12)}")
+    check "dropout rule below dropout_epochs: $got at $s x dropout_start_epochs = $want" test "$got" = "$want"
+done
 
 # a resume after a crash that logged steps past the checkpoint drops them, no duplicates
 echo '{"step": 13, "loss": 9.9}' >>"$TMP/half/metrics.jsonl"

@@ -305,7 +305,13 @@ static moelm_status parse_float_in(const char *key, const char *v, float *out, f
 }
 
 float train_dropout_for_epochs(const TrainConfig *t, float base, double epochs) {
-    if (!(t->dropout_growth > 0.0f) || !(epochs > t->dropout_epochs)) return base;
+    if (!(t->dropout_growth > 0.0f)) return base;
+    if (!(epochs > t->dropout_epochs)) {
+        if (!(t->dropout_start_epochs > 0.0f)) return base;
+        if (!(epochs > t->dropout_start_epochs)) return 0.0f;
+        double p = t->dropout_growth * log2(epochs / t->dropout_start_epochs);
+        return (float)(p < base ? p : base);
+    }
     double p = base + t->dropout_growth * log2(epochs / t->dropout_epochs);
     double cap = t->dropout_max > base ? t->dropout_max : base;
     return (float)(p < cap ? p : cap);
@@ -327,6 +333,8 @@ moelm_status train_config_set(TrainConfig *t, const char *key, const char *v) {
     if (!strcmp(key, "dropout_growth")) return parse_float_in(key, v, &t->dropout_growth, 0.0f, 1.0f);
     if (!strcmp(key, "dropout_epochs")) return parse_float_in(key, v, &t->dropout_epochs, 1e-6f, 1e9f);
     if (!strcmp(key, "dropout_max")) return parse_float_in(key, v, &t->dropout_max, 0.0f, 0.99f);
+    if (!strcmp(key, "dropout_start_epochs"))
+        return parse_float_in(key, v, &t->dropout_start_epochs, 0.0f, 1e9f);
     if (!strcmp(key, "grad_accum")) {
         moelm_status st = config_parse_int(key, v, &t->grad_accum);
         if (!st && (t->grad_accum < 1 || t->grad_accum > 65536))

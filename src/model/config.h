@@ -168,8 +168,10 @@ typedef struct {
      * dropout_rate + dropout_growth * log2(epochs / dropout_epochs), at most dropout_max; the epochs
      * are projected once, at the end of the warm-up (from the steps, or from the time budget and the
      * measured speed) and the rate is then fixed for the rest of the run (state.json keeps it).
+     * dropout_start_epochs > 0 also lowers it for short runs: 0 up to that many epochs, then
+     * dropout_growth per doubling until it reaches dropout_rate (0: dropout_rate up to dropout_epochs).
      * dropout_growth 0: off, dropout_rate throughout */
-    float dropout_growth, dropout_epochs, dropout_max;
+    float dropout_growth, dropout_epochs, dropout_max, dropout_start_epochs;
     int grad_accum;                       /* micro-batches of batch_size per update (0 or 1: none) */
     float time_budget_s;                  /* > 0: the run's length in wall-clock seconds (--time-budget) */
     float warmup_share;                   /* with a time budget: the share of it the warm-up takes */

@@ -64,6 +64,7 @@ static const KeyInfo train_keys[] = {
     {"dropout_growth", "dropout added per doubling of epochs past dropout_epochs (0: off)"},
     {"dropout_epochs", "epochs from which dropout grows"},
     {"dropout_max", "the most dropout can grow to"},
+    {"dropout_start_epochs", "> 0: no dropout up to this many epochs, then it grows to dropout_rate (0: off)"},
     {"tokenizer", "word, word:N, char, unigram:N, bpe:N or a tokenizer file (--tokenizer)"},
     {"grad_accum", "micro-batches accumulated per update (--grad-accum)"},
     {"time_budget_s", "> 0: the run's length in seconds of wall-clock (--time-budget, in minutes)"},

@@ -432,6 +432,8 @@ static char *train_config_json(const TrainConfig *tc, int all) {
     sb_printf(&sb, "\"dropout_epochs\": %s, ", float_str(f[0], tc->dropout_epochs));
     sb_printf(&sb, "\"dropout_max\": %s, \"tokenizer\": ", float_str(f[0], tc->dropout_max));
     sb_json_string(&sb, tc->tokenizer);
+    if (tc->dropout_start_epochs > 0 || all)
+        sb_printf(&sb, ", \"dropout_start_epochs\": %s", float_str(f[0], tc->dropout_start_epochs));
     if (tc->grad_accum > 1 || all) sb_printf(&sb, ", \"grad_accum\": %d", run_accum(tc));
     if (tc->ema_decay > 0 || all) sb_printf(&sb, ", \"ema_decay\": %s", float_str(f[0], tc->ema_decay));
     if (tc->unigram_output_bias || all) sb_printf(&sb, ", \"unigram_output_bias\": %d", tc->unigram_output_bias);
@@ -1004,10 +1006,15 @@ static void run_print_header(const Run *r) {
     if (o->bf16)
         printf("precision: bf16 mixed (bf16 operands, float sums and weights), %s kernel%s\n", gemm_bf16_kernel(),
                gemm_bf16_fast() ? "" : " (this CPU has no AVX-512 BF16: the same numbers, slower than float)");
-    if (tc->dropout_growth > 0 && r->state.dropout < 0)
-        printf("dropout: %g until step %ld, then set from the epochs the run projects (+%g per doubling past %g epochs, "
-               "at most %g)\n", r->cfg.dropout_rate, dropout_fix_step(tc, tc->time_budget_s), tc->dropout_growth,
-               tc->dropout_epochs, tc->dropout_max);
+    if (tc->dropout_growth > 0 && r->state.dropout < 0) {
+        char below[96] = "";
+        if (tc->dropout_start_epochs > 0)
+            snprintf(below, sizeof below, "0 up to %g epochs, +%g per doubling up to %g; ", tc->dropout_start_epochs,
+                     tc->dropout_growth, r->cfg.dropout_rate);
+        printf("dropout: %g until step %ld, then set from the epochs the run projects (%s+%g per doubling past %g "
+               "epochs, at most %g)\n", r->cfg.dropout_rate, dropout_fix_step(tc, tc->time_budget_s), below,
+               tc->dropout_growth, tc->dropout_epochs, tc->dropout_max);
+    }
     if (r->full_batches == 0)
         printf("no evaluation: the valid split has %s to predict\n", r->pairs ? "no pair" : "nothing");
     if (o->resume) printf("resumed from %s at step %ld\n", r->ckdir, r->state.step);
