@@ -157,9 +157,11 @@ moelm_status config_preset_train(TrainConfig *t, const char *name) {
         /* tuned on the validation split for a 15-minute budget (bench/RESULTS.md, issue 9): batch 16
          * beat 32 and 8 at equal tokens, lr 1e-3 beat 5e-4, 2e-3 and 3e-3; 5000 steps are ~5M tokens */
         t->batch_size = 16; t->seq_len = 64; t->steps = 5000; t->warmup_steps = 200; t->lr = 1e-3f;
-        /* dropout 0.1 up to 10 epochs (15 minutes on 2 cores are ~6), then +0.1 per doubling: 0.1
-         * overfits from ~13 epochs on, 0.25 held at 29 (bench/RESULTS.md, validation only) */
+        /* dropout 0.1 from 6 to 10 epochs (15 minutes on 2 AVX-512 cores are ~6), then +0.1 per doubling:
+         * 0.1 overfits from ~13 epochs on, 0.25 held at 29; below 6 epochs the same slope down to 0 at 3
+         * (at 1.4 epochs 0 beat 0.05 and 0.1; bench/RESULTS.md, validation only) */
         t->dropout_growth = 0.1f;
+        t->dropout_start_epochs = 3.0f;
         snprintf(t->tokenizer, sizeof t->tokenizer, "word:10000");
     } else if (!strcmp(name, "switch-t5-tiny")) {
         /* switch_transformers: seq_len is the encoder's input (span-corrupted windows) */
