@@ -75,6 +75,8 @@ for s in 1.5 0.5; do
     got=$(awk "BEGIN{printf \"%.4f\", $(drop_at "$TMP/drs$s" 12)}")
     check "dropout rule below dropout_epochs: $got at $s x dropout_start_epochs = $want" test "$got" = "$want"
 done
+expect_error "dropout_start_epochs at or above dropout_epochs" "must be below dropout_epochs" \
+    $BIN train --config tiny --set dropout_growth=0.1 --set dropout_start_epochs=10 --steps 1 --out "$TMP/drbad2" $T
 
 # a resume after a crash that logged steps past the checkpoint drops them, no duplicates
 echo '{"step": 13, "loss": 9.9}' >>"$TMP/half/metrics.jsonl"

@@ -810,6 +810,10 @@ static moelm_status run_settings(Run *r) {
     if (tc->batch_size < 1 || tc->seq_len < 1) return moelm_fail(MOELM_ERR_CONFIG, "batch size and sequence length must be positive");
     if (tc->steps < 1) return moelm_fail(MOELM_ERR_CONFIG, "steps must be positive (got %ld)", tc->steps);
     if (!(tc->lr > 0) || !isfinite(tc->lr)) return moelm_fail(MOELM_ERR_CONFIG, "lr must be a positive number");
+    if (tc->dropout_growth > 0 && tc->dropout_start_epochs > 0 && !(tc->dropout_start_epochs < tc->dropout_epochs))
+        return moelm_fail(MOELM_ERR_CONFIG, "dropout_start_epochs (%g) must be below dropout_epochs (%g): the rate "
+                          "rises from 0 at the first to dropout_rate, and grows past it from the second",
+                          tc->dropout_start_epochs, tc->dropout_epochs);
     if (r->cfg.n_positions < tc->seq_len) r->cfg.n_positions = tc->seq_len;
     return MOELM_OK;
 }
