@@ -75,6 +75,21 @@ for s in 1.5 0.5; do
     got=$(awk "BEGIN{printf \"%.4f\", $(drop_at "$TMP/drs$s" 12)}")
     check "dropout rule below dropout_epochs: $got at $s x dropout_start_epochs = $want" test "$got" = "$want"
 done
+# shifted windows (shift_windows): a resume in the second epoch continues the same data exactly, the run's
+# config keeps the key, and the windows are not the unshifted ones (100 lines: an epoch is ~36 steps of 4 x 16)
+mkdir -p "$TMP/sw"; for s in train valid test; do head -n 100 "$TMP/data/ptb.$s.txt" >"$TMP/sw/ptb.$s.txt"; done
+SW="--config tiny --data $TMP/sw --tokenizer word:300 --steps 60 --set warmup_steps=4 --ckpt-interval 10 --eval-interval 0
+    --log-interval 1 -t 1 --quiet"
+$BIN train $SW --set shift_windows=1 --out "$TMP/sw-full" >/dev/null 2>&1
+$BIN train $SW --set shift_windows=1 --stop-at 50 --out "$TMP/sw-half" >/dev/null 2>&1
+$BIN train --resume "$TMP/sw-half" --ckpt-interval 10 --eval-interval 0 --log-interval 1 -t 1 --quiet >/dev/null 2>&1
+$BIN train $SW --out "$TMP/sw-plain" >/dev/null 2>&1
+check "shift_windows: resumed at step 50 (second epoch), identical loss curve" \
+    test -n "$(loss_of "$TMP/sw-full")" -a "$(loss_of "$TMP/sw-full")" = "$(loss_of "$TMP/sw-half")"
+check "shift_windows: the run keeps the key" grep -q '"shift_windows": 1' "$TMP/sw-half/latest/state.json"
+check "shift_windows: other windows than the unshifted run's" test "$(loss_of "$TMP/sw-full")" != "$(loss_of "$TMP/sw-plain")"
+expect_error "shift_windows on span corruption" "shift_windows moves the windows of a decoder-only" \
+    $BIN train --config switch-t5-tiny --set shift_windows=1 --steps 1 --out "$TMP/sw-t5" $T
 expect_error "dropout_start_epochs at or above dropout_epochs" "must be below dropout_epochs" \
     $BIN train --config tiny --set dropout_growth=0.1 --set dropout_start_epochs=10 --steps 1 --out "$TMP/drbad2" $T
 

@@ -954,6 +954,74 @@ TEST(dataloader_stride_and_errors) {
     free(ids);
 }
 
+/* shifted windows: every epoch visits each of its windows once, all at one shift in [0, stride), every
+ * window inside the text; the shifts differ between epochs and follow (seed, epoch) only (a seek to an
+ * epoch gives the same batches); edges: a text that fits the
+ * largest shift keeps its windows, one that does not loses the last window, a single window only
+ * moves as far as the text allows */
+TEST(dataloader_shifted) {
+    enum { N = 1000, B = 4, T = 16, E = 6 };
+    int *ids = iota(N);
+    DataLoader dl;
+    EXPECT(dataloader_init(&dl, ids, N, B, T, T, 1, 42) == MOELM_OK);
+    size_t nwin0 = dl.nwin;   /* 62: the last start 976, + 15 + 17 > 1000 */
+    dataloader_shift_windows(&dl);
+    EXPECT_MSG(dl.nwin == nwin0 - 1 && dl.reach == T - 1, "nwin %zu of %zu, reach %zu", dl.nwin, nwin0, dl.reach);
+    size_t nwin = dl.nwin, shifts[E];
+    int in[B * T], tg[B * T], ok = 1, distinct = 0;
+    size_t *starts = malloc((E * nwin + B) * sizeof *starts), got = 0;
+    while (got < E * nwin) {
+        dataloader_next(&dl, in, tg);
+        for (int b = 0; b < B; b++) {
+            starts[got++] = (size_t)in[b * T];
+            ok &= tg[b * T + T - 1] == in[b * T] + T && tg[b * T + T - 1] <= N - 1;
+        }
+    }
+    EXPECT(ok);
+    for (int e = 0; e < E; e++) {
+        char *seen = calloc(nwin, 1);
+        size_t sh = starts[e * nwin] % T;
+        int fine = sh < T;
+        for (size_t i = 0; i < nwin; i++) {
+            size_t s = starts[e * nwin + i], w = s / T;
+            fine &= s % T == sh && w < nwin && !seen[w] && s + T + 1 <= N;
+            if (w < nwin) seen[w] = 1;
+        }
+        EXPECT_MSG(fine, "epoch %d: not every window once at one shift", e);
+        shifts[e] = sh;
+        for (int f = 0; f < e; f++) distinct |= shifts[f] != sh;
+        free(seen);
+    }
+    EXPECT_MSG(distinct, "six epochs, one shift (%zu)", shifts[0]);
+    /* a loader sought to epoch 3 gives epoch 3's windows; so does one of another run with the same seed */
+    DataLoader re;
+    EXPECT(dataloader_init(&re, ids, N, B, T, T, 1, 42) == MOELM_OK);
+    dataloader_shift_windows(&re);
+    EXPECT(dataloader_seek(&re, 3, 0) == MOELM_OK);
+    dataloader_next(&re, in, tg);
+    EXPECT(re.shift == shifts[3] && (size_t)in[0] == starts[3 * nwin] && (size_t)in[T] == starts[3 * nwin + 1]);
+    dataloader_free(&re);
+    dataloader_free(&dl);
+    /* a text that fits the largest shift: 2 windows of 16 + 1 and 15 to spare keep both */
+    EXPECT(dataloader_init(&dl, ids, 2 * T + 1 + T - 1, 1, T, T, 1, 7) == MOELM_OK && dl.nwin == 2);
+    dataloader_shift_windows(&dl);
+    EXPECT(dl.nwin == 2 && dl.reach == T - 1);
+    dataloader_free(&dl);
+    /* one window and 3 tokens to spare: shifts 0..3, the window always inside */
+    EXPECT(dataloader_init(&dl, ids, T + 1 + 3, 1, T, T, 1, 7) == MOELM_OK && dl.nwin == 1);
+    dataloader_shift_windows(&dl);
+    EXPECT(dl.nwin == 1 && dl.reach == 3);
+    int inside = 1;
+    for (int e = 0; e < 20; e++) {
+        dataloader_next(&dl, in, tg);
+        inside &= in[0] >= 0 && in[0] <= 3 && tg[T - 1] <= T + 3;
+    }
+    EXPECT(inside);
+    dataloader_free(&dl);
+    free(starts);
+    free(ids);
+}
+
 TEST(dataloader_seek_restores) {
     enum { N = 5000, B = 3, T = 10, STEPS = 400 };
     int *ids = iota(N);
@@ -1212,6 +1280,7 @@ int main(void) {
     RUN(dataloader_epochs);
     RUN(dataloader_stride_and_errors);
     RUN(dataloader_seek_restores);
+    RUN(dataloader_shifted);
     RUN(eval_batches_cover_once);
     RUN(span_lengths_as_hf);
     RUN(span_noise_statistics);

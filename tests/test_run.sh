@@ -134,7 +134,7 @@ check "--print-config: the experiment file's model and training keys over its pr
     sh -c "grep -qE '^num_experts += 2 ' $TMP/pc.log && grep -qE '^lr += 0.002 ' $TMP/pc.log && grep -qE '^d_model += 32 ' $TMP/pc.log && grep -qE '^grad_accum += 2 ' $TMP/pc.log"
 model_keys=$(grep -c '^  "' "$TMP/sum/latest/config.json")
 check "--print-config: every model key of config.json ($model_keys) and every training key, each with a meaning" \
-    sh -c "[ \$(grep -cE '^[a-z_0-9]+ += ' $TMP/pc.log) = \$(($model_keys + 24)) ] && ! grep -q \"Hugging Face's key;\" $TMP/pc.log"
+    sh -c "[ \$(grep -cE '^[a-z_0-9]+ += ' $TMP/pc.log) = \$(($model_keys + 25)) ] && ! grep -q \"Hugging Face's key;\" $TMP/pc.log"
 $BIN train --config "$TMP/exp.json" $D --out "$TMP/exp" $T >/dev/null 2>&1
 check "an experiment file trains with its keys" \
     sh -c "readlink $TMP/exp/latest | grep -q ckpt-00000003 && grep -q '\"lr\": 0.002,' $TMP/exp/latest/state.json && grep -q '\"num_experts\": 2,' $TMP/exp/latest/config.json"

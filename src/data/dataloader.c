@@ -12,6 +12,13 @@
  * mixes the loader seed and the epoch through splitmix64, so nearby (seed, epoch) pairs are unrelated. */
 static void build_order(DataLoader *dl) {
     for (size_t i = 0; i < dl->nwin; i++) dl->order[i] = (uint32_t)i;
+    dl->shift = 0;
+    if (dl->reach > 0) {   /* a stream of its own, so the order is the unshifted loader's */
+        Rng s;
+        rng_seed(&s, dl->seed ^ 0x5DEECE66Dull);
+        rng_seed(&s, rng_u64(&s) ^ ((dl->epoch + 1) * 0x9E3779B97F4A7C15ull));
+        dl->shift = rng_below(&s, (uint32_t)dl->reach + 1);
+    }
     if (!dl->shuffle || dl->nwin < 2) return;
     Rng r;
     rng_seed(&r, dl->seed);
@@ -44,6 +51,16 @@ moelm_status dataloader_init(DataLoader *dl, const int *ids, size_t n, int B, in
     return MOELM_OK;
 }
 
+void dataloader_shift_windows(DataLoader *dl) {
+    size_t stride = (size_t)dl->stride, T = (size_t)dl->T;
+    /* the last window goes when it does not fit the largest shift, stride - 1; then the one before it
+     * does (its start + stride - 1 + T + 1 is the dropped one's start + T + 1 - 1 < n) */
+    if (dl->nwin >= 2 && (dl->nwin - 1) * stride + (stride - 1) + T + 1 > dl->n) dl->nwin--;
+    size_t room = dl->n - ((dl->nwin - 1) * stride + T + 1);   /* past the last window's end */
+    dl->reach = stride - 1 < room ? stride - 1 : room;
+    build_order(dl);
+}
+
 void dataloader_free(DataLoader *dl) {
     moelm_free(dl->order);
     dl->order = NULL;
@@ -59,7 +76,7 @@ void dataloader_next(DataLoader *dl, int *inputs, int *targets) {
             dl->pos = 0;
             build_order(dl);
         }
-        size_t start = (size_t)dl->order[dl->pos++] * (size_t)dl->stride;
+        size_t start = (size_t)dl->order[dl->pos++] * (size_t)dl->stride + dl->shift;
         const int *w = dl->ids + start;             /* start + T + 1 <= n by construction of nwin */
         memcpy(inputs + (size_t)b * (size_t)T, w, (size_t)T * sizeof(int));
         memcpy(targets + (size_t)b * (size_t)T, w + 1, (size_t)T * sizeof(int));

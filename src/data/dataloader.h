@@ -6,7 +6,9 @@
  * first T, targets the last T (inputs shifted by one). stride == T gives non-overlapping windows (the
  * default); stride == 1 gives the tutorial's overlapping windows. An epoch visits every window once,
  * in the order of a permutation that depends only on (seed, epoch), so the whole loader state is
- * (epoch, pos) and resuming is exact.
+ * (epoch, pos) and resuming is exact. With shifted windows (dataloader_shift_windows) every start of
+ * epoch e moves by one shift in [0, stride) drawn from (seed, e): each epoch cuts the text at other
+ * places, so a token is seen after other contexts (the epoch has the windows that fit every shift).
  *
  * Evaluation: sequential non-overlapping windows that use every position 1..n-1 as a target exactly
  * once; padding has input 0 and target -1 (the loss ignores target -1).
@@ -24,6 +26,8 @@ typedef struct {
     size_t nwin;                     /* number of windows: starts 0, stride, 2*stride, ... with start + T + 1 <= n */
     uint32_t *order;                 /* [nwin] permutation of the current epoch (owned) */
     int shuffle; uint64_t seed;      /* order of epoch e = Fisher-Yates with an Rng seeded from (seed, e) */
+    size_t reach, shift;             /* the starts of the current epoch are w*stride + shift, shift <= reach
+                                      * (reach 0: windows not shifted) */
     uint64_t epoch; size_t pos;      /* next window index into order, 0 <= pos <= nwin */
 } DataLoader;
 
@@ -34,6 +38,10 @@ void dataloader_free(DataLoader *dl);
 /* Fills inputs[B*T], targets[B*T] (targets = inputs shifted by one); wraps to the next epoch (reshuffled)
  * when the epoch ends, also in the middle of a batch; never allocates. */
 void dataloader_next(DataLoader *dl, int *inputs, int *targets);
+
+/* Shifted windows from now on (call before the first batch or seek): nwin drops to the windows that fit
+ * the largest shift (one fewer at most), and the current epoch's order and shift are redrawn. */
+void dataloader_shift_windows(DataLoader *dl);
 
 /* Restores the position (epoch, pos) exactly, for resume. MOELM_ERR_DATA if pos > nwin. */
 moelm_status dataloader_seek(DataLoader *dl, uint64_t epoch, size_t pos);

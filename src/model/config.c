@@ -323,6 +323,7 @@ moelm_status train_config_set(TrainConfig *t, const char *key, const char *v) {
     if (!strcmp(key, "batch_size")) return config_parse_int(key, v, &t->batch_size);
     if (!strcmp(key, "seq_len")) return config_parse_int(key, v, &t->seq_len);
     if (!strcmp(key, "stride")) return config_parse_int(key, v, &t->stride);
+    if (!strcmp(key, "shift_windows")) return config_parse_bool(key, v, &t->shift_windows);
     if (!strcmp(key, "lr")) return config_parse_float(key, v, &t->lr);
     if (!strcmp(key, "min_lr_ratio")) return config_parse_float(key, v, &t->min_lr_ratio);
     if (!strcmp(key, "warmup_steps")) return config_parse_int(key, v, &t->warmup_steps);

@@ -157,6 +157,8 @@ typedef enum { SCHED_CONSTANT = 0, SCHED_COSINE = 1, SCHED_LINEAR = 2 } LrSchedu
 
 typedef struct {
     int batch_size, seq_len, stride;      /* stride 0: = seq_len (non-overlapping windows) */
+    int shift_windows;                    /* 1: each epoch's window starts move by a shift in [0, stride) drawn
+                                           * from (seed, epoch), so every epoch cuts the text elsewhere */
     float lr, min_lr_ratio;               /* decay ends at lr * min_lr_ratio */
     int warmup_steps;
     LrSchedule schedule;

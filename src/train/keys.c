@@ -49,6 +49,7 @@ static const KeyInfo train_keys[] = {
     {"batch_size", "sequences per micro-batch (-b)"},
     {"seq_len", "tokens per sequence (--seq-len)"},
     {"stride", "window stride over the training text (0: seq_len, non-overlapping)"},
+    {"shift_windows", "1: each epoch's windows start at another random shift in [0, stride) (the text cut elsewhere)"},
     {"lr", "peak learning rate (--lr)"},
     {"min_lr_ratio", "the schedule decays to lr times this"},
     {"warmup_steps", "linear warm-up steps (with a time budget: their share of steps is the warm-up's of the time)"},

@@ -436,6 +436,7 @@ static char *train_config_json(const TrainConfig *tc, int all) {
         sb_printf(&sb, ", \"dropout_start_epochs\": %s", float_str(f[0], tc->dropout_start_epochs));
     if (tc->grad_accum > 1 || all) sb_printf(&sb, ", \"grad_accum\": %d", run_accum(tc));
     if (tc->ema_decay > 0 || all) sb_printf(&sb, ", \"ema_decay\": %s", float_str(f[0], tc->ema_decay));
+    if (tc->shift_windows || all) sb_printf(&sb, ", \"shift_windows\": %d", tc->shift_windows);
     if (tc->unigram_output_bias || all) sb_printf(&sb, ", \"unigram_output_bias\": %d", tc->unigram_output_bias);
     if (tc->time_budget_s > 0 || all)
         sb_printf(&sb, ", \"time_budget_s\": %s, \"warmup_share\": %s", float_str(f[0], tc->time_budget_s),
@@ -917,6 +918,9 @@ static moelm_status run_build_model(Run *r) {
         model_init_output_bias(&r->model, r->ids[0], r->n[0]);
     if (!st) st = optim_create(&r->opt, r->model.n_params);
     r->opt_ok = st == MOELM_OK;
+    if (!st && tc->shift_windows && (r->pairs || r->s2s))
+        st = moelm_fail(MOELM_ERR_CONFIG, "shift_windows moves the windows of a decoder-only model's text; this run "
+                        "trains on %s", r->pairs ? "input<TAB>target pairs" : "span-corrupted windows");
     if (!st && r->pairs) {
         /* the pairs' order: pd[0].dl */
     } else if (!st && r->s2s) {
@@ -927,6 +931,7 @@ static moelm_status run_build_model(Run *r) {
         st = dataloader_init(&r->dl, r->ids[0], r->n[0], tc->batch_size, tc->seq_len,
                              tc->stride > 0 ? tc->stride : tc->seq_len, 1, s->seed);
         r->dl_ok = st == MOELM_OK;
+        if (!st && tc->shift_windows) dataloader_shift_windows(&r->dl);
     }
     if (!st && r->o->resume) st = ckpt_load_model(r->ckdir, &r->model);
     if (!st && r->src) st = init_from_load(r->src, &r->model);
@@ -1007,6 +1012,9 @@ static void run_print_header(const Run *r) {
                tc->steps, tc->batch_size * run_accum(tc), tc->seq_len, batch, tc->lr, sched, tc->warmup_steps,
                optim_name(tc), tc->weight_decay, tc->grad_clip, o->threads, backend_name());
     }
+    if (r->dl_ok && r->dl.reach > 0)
+        printf("windows: every epoch's starts move by a shift of 0 to %zu tokens drawn for it (shift_windows)\n",
+               r->dl.reach);
     if (o->bf16)
         printf("precision: bf16 mixed (bf16 operands, float sums and weights), %s kernel%s\n", gemm_bf16_kernel(),
                gemm_bf16_fast() ? "" : " (this CPU has no AVX-512 BF16: the same numbers, slower than float)");
