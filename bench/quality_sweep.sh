@@ -24,6 +24,11 @@
 #   scaled to the preset's time at 1,300 steps by each step's measured cost: d0-b8 (batch 8), d0-w192
 #   (width 192), d0-L3 (3 layers); d0-beta2 (Adam's beta2 0.99) and d0-st32 (windows at stride 32)
 #   were not run. A run whose --steps is in the list keeps it (the last --steps wins).
+#   Session 20 (run as `T=1 ... 1300` or `T=1 ... 1`, two at once): d0-T128 and d0-T256 (windows of
+#   128 and 256 tokens at the same tokens per step), d0-L2 (not run); at the 15-minute regime's
+#   length, 2,900 steps of the preset (~3 epochs; the steps of a cheaper shape scaled by its cost):
+#   m15 (the preset as it ships), m15-L3, m15-L2 (not run), m15-shift (shift_windows, and a weight
+#   average 0.995 that does not change the training), and seed 2 of m15 and m15-shift.
 # TABLE_ONLY=1 trains nothing: it rewrites the table's rows of the runs named from their directories.
 # Runs go to $OUT/<name> (default runs/qsweep), one line each to $OUT/table.txt; then the mean and
 # spread over the seeds per model, and the switch - dense gap per seed. The run directories hold a
@@ -59,7 +64,16 @@ d0-b8      1 --config switch-ptb --set dropout_rate=0 --set batch_size=8 --steps
 d0-w192    1 --config switch-ptb --set dropout_rate=0 --set d_model=192 --set d_ff=768 --steps 1850 --set warmup_steps=74
 d0-L3      1 --config switch-ptb --set dropout_rate=0 --set num_layers=3 --steps 1600 --set warmup_steps=64
 d0-beta2   1 --config switch-ptb --set dropout_rate=0 --set beta2=0.99
-d0-st32    1 --config switch-ptb --set dropout_rate=0 --set stride=32'
+d0-st32    1 --config switch-ptb --set dropout_rate=0 --set stride=32
+d0-T128    1 --config switch-ptb --set dropout_rate=0 --set seq_len=128 --set batch_size=8
+d0-T256    1 --config switch-ptb --set dropout_rate=0 --set seq_len=256 --set batch_size=4
+d0-L2      1 --config switch-ptb --set dropout_rate=0 --set num_layers=2 --steps 1900 --set warmup_steps=76
+m15        1 --config switch-ptb --steps 2900 --set warmup_steps=116
+m15-L3     1 --config switch-ptb --set num_layers=3 --steps 3580 --set warmup_steps=143
+m15-L2     1 --config switch-ptb --set num_layers=2 --steps 4260 --set warmup_steps=170
+m15-shift  1 --config switch-ptb --set shift_windows=1 --set ema_decay=0.995 --steps 2900 --set warmup_steps=116
+m15-s2     2 --config switch-ptb --steps 2900 --set warmup_steps=116
+m15-shift-s2 2 --config switch-ptb --set shift_windows=1 --steps 2900 --set warmup_steps=116'
 
 one() {   # one NAME SEED ARGS...
     name=$1; seed=$2; shift 2
