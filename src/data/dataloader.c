@@ -13,7 +13,7 @@
 static void build_order(DataLoader *dl) {
     for (size_t i = 0; i < dl->nwin; i++) dl->order[i] = (uint32_t)i;
     dl->shift = 0;
-    if (dl->reach > 0) {   /* a stream of its own, so the order is the unshifted loader's */
+    if (dl->reach > 0) {   /* a stream of its own: the order draws from the same stream as unshifted */
         Rng s;
         rng_seed(&s, dl->seed ^ 0x5DEECE66Dull);
         rng_seed(&s, rng_u64(&s) ^ ((dl->epoch + 1) * 0x9E3779B97F4A7C15ull));
