@@ -956,9 +956,8 @@ TEST(dataloader_stride_and_errors) {
 
 /* shifted windows: every epoch visits each of its windows once, all at one shift in [0, stride), every
  * window inside the text; the shifts differ between epochs and follow (seed, epoch) only (a seek to an
- * epoch gives the same batches); edges: a text that fits the
- * largest shift keeps its windows, one that does not loses the last window, a single window only
- * moves as far as the text allows */
+ * epoch gives the same batches); edges: a text that fits the largest shift keeps its windows, one that
+ * does not loses the last window, a single window only moves as far as the text allows */
 TEST(dataloader_shifted) {
     enum { N = 1000, B = 4, T = 16, E = 6 };
     int *ids = iota(N);
@@ -980,8 +979,8 @@ TEST(dataloader_shifted) {
     EXPECT(ok);
     for (int e = 0; e < E; e++) {
         char *seen = calloc(nwin, 1);
-        size_t sh = starts[e * nwin] % T;
-        int fine = sh < T;
+        size_t sh = starts[e * nwin] % T;   /* the epoch's shift, which every window must share */
+        int fine = 1;
         for (size_t i = 0; i < nwin; i++) {
             size_t s = starts[e * nwin + i], w = s / T;
             fine &= s % T == sh && w < nwin && !seen[w] && s + T + 1 <= N;

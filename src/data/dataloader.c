@@ -8,22 +8,25 @@
 
 #include <string.h>
 
+/* An Rng for one epoch: seeded from seed, its first draw mixed with the epoch's term. */
+static void epoch_rng(Rng *r, uint64_t seed, uint64_t mix) {
+    rng_seed(r, seed);
+    rng_seed(r, rng_u64(r) ^ mix);
+}
+
 /* Rebuilds order for dl->epoch: identity, then (if shuffling) Fisher-Yates driven by an Rng whose seed
  * mixes the loader seed and the epoch through splitmix64, so nearby (seed, epoch) pairs are unrelated. */
 static void build_order(DataLoader *dl) {
     for (size_t i = 0; i < dl->nwin; i++) dl->order[i] = (uint32_t)i;
     dl->shift = 0;
-    if (dl->reach > 0) {   /* a stream of its own: the order draws from the same stream as unshifted */
+    if (dl->reach > 0) {   /* from a stream of its own: the order's draws stay those of an unshifted loader */
         Rng s;
-        rng_seed(&s, dl->seed ^ 0x5DEECE66Dull);
-        rng_seed(&s, rng_u64(&s) ^ ((dl->epoch + 1) * 0x9E3779B97F4A7C15ull));
+        epoch_rng(&s, dl->seed ^ 0x5DEECE66Dull, (dl->epoch + 1) * 0x9E3779B97F4A7C15ull);
         dl->shift = rng_below(&s, (uint32_t)dl->reach + 1);
     }
     if (!dl->shuffle || dl->nwin < 2) return;
     Rng r;
-    rng_seed(&r, dl->seed);
-    uint64_t a = rng_u64(&r);
-    rng_seed(&r, a ^ (dl->epoch * 0xD1B54A32D192ED03ull));
+    epoch_rng(&r, dl->seed, dl->epoch * 0xD1B54A32D192ED03ull);
     for (size_t i = dl->nwin - 1; i > 0; i--) {
         size_t j = rng_below(&r, (uint32_t)(i + 1));
         uint32_t t = dl->order[i]; dl->order[i] = dl->order[j]; dl->order[j] = t;

@@ -815,6 +815,9 @@ static moelm_status run_settings(Run *r) {
         return moelm_fail(MOELM_ERR_CONFIG, "dropout_start_epochs (%g) must be below dropout_epochs (%g): the rate "
                           "rises from 0 at the first to dropout_rate, and grows past it from the second",
                           tc->dropout_start_epochs, tc->dropout_epochs);
+    if (tc->shift_windows && r->cfg.model_type == MODEL_SWITCH)
+        return moelm_fail(MOELM_ERR_CONFIG, "shift_windows moves the windows of a decoder-only model's text; a "
+                          "switch_transformers run trains on span-corrupted windows or input<TAB>target pairs");
     if (r->cfg.n_positions < tc->seq_len) r->cfg.n_positions = tc->seq_len;
     return MOELM_OK;
 }
@@ -918,9 +921,6 @@ static moelm_status run_build_model(Run *r) {
         model_init_output_bias(&r->model, r->ids[0], r->n[0]);
     if (!st) st = optim_create(&r->opt, r->model.n_params);
     r->opt_ok = st == MOELM_OK;
-    if (!st && tc->shift_windows && (r->pairs || r->s2s))
-        st = moelm_fail(MOELM_ERR_CONFIG, "shift_windows moves the windows of a decoder-only model's text; this run "
-                        "trains on %s", r->pairs ? "input<TAB>target pairs" : "span-corrupted windows");
     if (!st && r->pairs) {
         /* the pairs' order: pd[0].dl */
     } else if (!st && r->s2s) {
