@@ -321,6 +321,17 @@ TEST(kv_switch_lm) {
     run_case(&c, "switch lm");
 }
 
+/* the adaptive softmax: both paths give every word's log p (the step normalises after its team) */
+TEST(kv_adaptive_lm) {
+    ModelConfig c;
+    tiny(&c, 13);
+    c.num_experts = 4;
+    c.sparse_step = 1;
+    c.eval_capacity_factor = 0.0f;
+    EXPECT(config_set(&c, "adaptive_softmax_cutoffs", "5,9") == MOELM_OK);
+    run_case(&c, "adaptive softmax lm");
+}
+
 TEST(kv_topk_lm) {
     ModelConfig c;
     tiny(&c, 13);
@@ -712,6 +723,7 @@ int main(void) {
     RUN(kv_dense_rms_swiglu_untied);
     RUN(kv_dense_wide_heads);
     RUN(kv_switch_lm);
+    RUN(kv_adaptive_lm);
     RUN(kv_topk_lm);
     RUN(kv_llama_family);
     RUN(kv_seed_models);

@@ -157,6 +157,54 @@ TEST(grad_topk_lm) {
     run_case(&c, "top-2 lm");
 }
 
+/* The adaptive softmax's head (ops/adaptive.h) in the whole model: two tail clusters, tied to the
+ * embedding, after a switch layer with drops; one cluster, untied */
+TEST(grad_adaptive_lm) {
+    ModelConfig c;
+    tiny(&c, 11);
+    c.num_experts = 3;
+    c.sparse_step = 1;
+    c.capacity_factor = 0.5f;
+    c.eval_capacity_factor = 0.5f;
+    c.min_capacity = 1;
+    EXPECT(config_set(&c, "adaptive_softmax_cutoffs", "4,8") == MOELM_OK && c.n_adaptive == 2);
+    run_case(&c, "adaptive softmax, 2 clusters, tied, switch with drops");
+    tiny(&c, 11);
+    c.num_experts = 0;
+    c.tie_word_embeddings = 0;
+    EXPECT(config_set(&c, "adaptive_softmax_cutoffs", "6") == MOELM_OK && c.n_adaptive == 1);
+    run_case(&c, "adaptive softmax, 1 cluster, untied");
+}
+
+/* A forward for the distribution (no targets, or full_logits) gives every word's log p: each row sums to
+ * 1, and the targets' entries are the losses of the forward that reads the targets' clusters only. */
+TEST(adaptive_full_logits_are_the_losses) {
+    ModelConfig c;
+    tiny(&c, 11);
+    EXPECT(config_set(&c, "adaptive_softmax_cutoffs", "3,7") == MOELM_OK);
+    Model m;
+    int B = 2, T = 5, V = 11, inp[10], tgt[10];
+    EXPECT(model_create(&m, &c, B, T, 5) == MOELM_OK);
+    scale_params(&m, 20.0f, 0);
+    batch(inp, tgt, B * T, V, 3);
+    tgt[4] = -1;
+    float fast = model_forward(&m, inp, tgt, 0);
+    float lf[10];
+    memcpy(lf, m.a.losses, sizeof lf);
+    m.full_logits = 1;
+    float full = model_forward(&m, inp, tgt, 0);
+    EXPECT_MSG(fabsf(fast - full) < 1e-5f * (1.0f + fast), "mean loss %.7g (targets' clusters) against %.7g (all words)",
+               fast, full);
+    for (int i = 0; i < B * T; i++) {
+        double sum = 0.0;
+        for (int v = 0; v < V; v++) sum += exp(m.a.logits[i * V + v]);
+        EXPECT_MSG(fabs(sum - 1.0) < 1e-5, "row %d sums to %.7f", i, sum);
+        EXPECT_MSG(fabsf(lf[i] - m.a.losses[i]) < 1e-5f * (1.0f + lf[i]), "row %d: loss %.7g against %.7g", i, lf[i],
+                   m.a.losses[i]);
+    }
+    model_free(&m);
+}
+
 /* The Llama / Mixtral family: RoPE, grouped-query attention (4 query heads over 2), RMSNorm, SwiGLU,
  * no biases; mixtral's top-2 router (softmax over the chosen 2) with HF's balance loss over both layers
  * (coefficient 0.1, so that its gradient is visible), untied; llama dense and tied. */
@@ -454,6 +502,19 @@ TEST(bad_configs_rejected) {
     c.num_experts = 4;
     c.router_type = ROUTER_EXPERT_CHOICE;
     EXPECT(config_check(&c) == MOELM_ERR_CONFIG);   /* non-causal router in a causal LM */
+    /* the adaptive softmax's cutoffs: ascending, inside the vocabulary, the lm only */
+    const char *bad_cuts[] = {"5,3", "11", "0,4", "4,4", "a", "3,", "1,2,3,4,5,6,7,8,9"};
+    for (int i = 0; i < 7; i++) {
+        tiny(&c, 11);
+        moelm_status st = config_set(&c, "adaptive_softmax_cutoffs", bad_cuts[i]);
+        if (!st) st = config_check(&c);
+        EXPECT_MSG(st == MOELM_ERR_CONFIG && strstr(moelm_last_error(), "adaptive_softmax_cutoffs"), "'%s' accepted",
+                   bad_cuts[i]);
+    }
+    config_preset(&c, "seed-switch");
+    c.vocab_size = 11;
+    EXPECT(config_set(&c, "adaptive_softmax_cutoffs", "4") == MOELM_OK);
+    EXPECT(config_check(&c) == MOELM_ERR_CONFIG && strstr(moelm_last_error(), "model_type lm"));
 }
 
 /* Expert parallelism's layout: each of P parts holds E/P experts of every MoE layer, with exactly
@@ -516,6 +577,7 @@ TEST(config_json_round_trip) {
     c.router_type = ROUTER_TOPK;
     c.num_experts_per_tok = 2;
     c.routed_scaling_factor = 0.75f;
+    EXPECT(config_set(&c, "adaptive_softmax_cutoffs", "200,600") == MOELM_OK);
     char *js = config_to_json(&c);
     EXPECT(js != NULL);
     system("mkdir -p build/tmp");
@@ -594,6 +656,8 @@ int main(void) {
     RUN(grad_dense_rms_swiglu_untied);
     RUN(grad_switch_lm_with_drops);
     RUN(grad_topk_lm);
+    RUN(grad_adaptive_lm);
+    RUN(adaptive_full_logits_are_the_losses);
     RUN(grad_mixtral);
     RUN(grad_mixtral_switch_capacity);
     RUN(grad_llama);

@@ -231,6 +231,29 @@ moelm_status config_parse_bool(const char *key, const char *v, int *out) {
     return MOELM_OK;
 }
 
+/* "2000,6000" -> cutoffs; "" or "0": none. Order and range are config_check's. */
+static moelm_status parse_cutoffs(ModelConfig *c, const char *key, const char *v) {
+    int n = 0, cut[ADAPTIVE_MAX];
+    if (strcmp(v, "") && strcmp(v, "0")) {
+        for (const char *p = v;; p++) {
+            char *end;
+            errno = 0;
+            long x = strtol(p, &end, 10);
+            if (end == p || (*end && *end != ',') || errno == ERANGE || x < 1 || x > 10000000)
+                return moelm_fail(MOELM_ERR_CONFIG, "%s: '%s' is not a comma-separated list of positive ids", key, v);
+            if (n == ADAPTIVE_MAX)
+                return moelm_fail(MOELM_ERR_CONFIG, "%s: at most %d cutoffs (got '%s')", key, ADAPTIVE_MAX, v);
+            cut[n++] = (int)x;
+            if (!*end) break;
+            p = end;
+        }
+    }
+    c->n_adaptive = n;
+    memset(c->adaptive_cutoffs, 0, sizeof c->adaptive_cutoffs);   /* configs compare whole */
+    memcpy(c->adaptive_cutoffs, cut, sizeof(int) * n);
+    return MOELM_OK;
+}
+
 static const char *act_name(Activation a) { return a == ACT_RELU ? "relu" : a == ACT_GELU ? "gelu" : "swiglu"; }
 
 moelm_status config_set(ModelConfig *c, const char *key, const char *v) {
@@ -278,6 +301,7 @@ moelm_status config_set(ModelConfig *c, const char *key, const char *v) {
         else return moelm_fail(MOELM_ERR_CONFIG, "model_type: '%s' is not lm, seed, switch_transformers, mixtral or llama", v);
         return MOELM_OK;
     }
+    if (!strcmp(key, "adaptive_softmax_cutoffs")) return parse_cutoffs(c, key, v);
     if (!strcmp(key, "norm_type")) {
         if (!strcmp(v, "layernorm")) c->norm_type = NORM_LAYER;
         else if (!strcmp(v, "rmsnorm")) c->norm_type = NORM_RMS;
@@ -433,7 +457,7 @@ moelm_status config_load_skipping(ModelConfig *c, const char *path, int (*skip)(
     }
     json_free(j);
     ModelConfig chk = *c;
-    if (chk.vocab_size == 0) chk.vocab_size = 1;   /* 0 (or absent): taken from the tokenizer when training */
+    if (chk.vocab_size == 0) chk.vocab_size = 10000000;   /* 0 (or absent): taken from the tokenizer when training */
     st = config_check(&chk);
     return st ? moelm_fail_context(st, "%s", path) : MOELM_OK;
 }
@@ -461,8 +485,14 @@ char *config_to_json(const ModelConfig *c) {
     sb_printf(&sb, "  \"router_aux_loss_coef\": %.9g,\n  \"router_z_loss_coef\": %.9g,\n  \"router_jitter_noise\": %.9g,\n",
               c->router_aux_loss_coef, c->router_z_loss_coef, c->router_jitter_noise);
     sb_printf(&sb, "  \"routed_scaling_factor\": %.9g,\n", c->routed_scaling_factor);
-    sb_printf(&sb, "  \"use_expert_bias\": %s,\n  \"expert_bias_rate\": %.9g,\n  \"shared_expert\": %s\n}\n",
+    sb_printf(&sb, "  \"use_expert_bias\": %s,\n  \"expert_bias_rate\": %.9g,\n  \"shared_expert\": %s",
               c->use_expert_bias ? "true" : "false", c->expert_bias_rate, c->shared_expert ? "true" : "false");
+    if (c->n_adaptive) {   /* only when set: the configs of full-softmax models read as before */
+        sb_printf(&sb, ",\n  \"adaptive_softmax_cutoffs\": \"");
+        for (int k = 0; k < c->n_adaptive; k++) sb_printf(&sb, "%s%d", k ? "," : "", c->adaptive_cutoffs[k]);
+        sb_printf(&sb, "\"");
+    }
+    sb_printf(&sb, "\n}\n");
     if (sb.failed) {
         sb_free(&sb);
         return NULL;
@@ -533,6 +563,16 @@ moelm_status config_check(const ModelConfig *c) {
     REQ(c->num_experts >= 0 && c->num_experts <= 256, "num_experts must be in [0, 256] (got %d)", c->num_experts);
     REQ(c->expert_d_ff >= 0 && c->expert_d_ff <= 1 << 20, "expert_d_ff must be in [0, 1048576] (got %d)", c->expert_d_ff);
     REQ(c->sparse_step >= 0, "sparse_step must be >= 0 (got %d)", c->sparse_step);
+    if (c->n_adaptive) {
+        REQ(c->model_type == MODEL_LM, "adaptive_softmax_cutoffs: only model_type lm has an adaptive softmax");
+        for (int k = 0; k < c->n_adaptive; k++) {
+            int cut = c->adaptive_cutoffs[k];
+            REQ(cut >= 1 && cut < c->vocab_size, "adaptive_softmax_cutoffs: %d is not in [1, vocab_size %d)", cut,
+                c->vocab_size);
+            REQ(!k || cut > c->adaptive_cutoffs[k - 1], "adaptive_softmax_cutoffs must ascend (%d after %d)", cut,
+                c->adaptive_cutoffs[k - 1]);
+        }
+    }
     if (c->model_type == MODEL_SEED) {
         REQ(c->num_experts >= 1, "the seed model needs num_experts >= 1 (got %d)", c->num_experts);
         REQ(c->head_hidden >= 1 && c->head_hidden <= 1 << 20, "head_hidden must be in [1, 1048576] (got %d)", c->head_hidden);

@@ -10,6 +10,7 @@
 
 #include "common/util.h"
 #include "moe/moe.h"
+#include "ops/adaptive.h"
 #include "ops/ops.h"
 
 struct Json;   /* io/json.h */
@@ -56,6 +57,10 @@ typedef struct {
     Activation hidden_act;      /* "relu" | "gelu" | "swiglu" (dense FFN and experts) */
     int tie_word_embeddings;    /* lm: LM head shares the token embedding */
     int head_hidden;            /* seed: hidden size of the tutorial's head (dropout, linear, ReLU, linear) */
+    /* lm: the adaptive softmax's cutoffs (ops/adaptive.h), ascending in (0, V); n_adaptive 0: a full softmax.
+     * Key adaptive_softmax_cutoffs, a comma-separated list ("2000,6000"; "" or "0": none) */
+    int n_adaptive;
+    int adaptive_cutoffs[ADAPTIVE_MAX];
     /* MoE (num_experts <= 1: dense model) */
     int num_experts;            /* E */
     int sparse_step;            /* lm: block i is sparse when sparse_step == 1 or i % sparse_step == 1 (HF) */

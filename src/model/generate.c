@@ -648,6 +648,17 @@ void model_step_kv(Model *m, KVCache *kv, int token) {
     model_pass_begin(m, 1, 0);   /* the random router's key, as model_forward's pass takes it */
 #pragma omp parallel num_threads(team) if (team > 1)
     step_team(m, kv, token, t);
+    if (m->ad.n) {   /* the adaptive softmax: the words' logits to log p, with the clusters' from ln_f's output */
+        const float *x = kv->own + own_stride(c->d_model);   /* thread 0's xb */
+        float clog[ADAPTIVE_MAX];
+        for (int k = 0; k < m->ad.n; k++) {
+            const float *w = m->p.ad_cluster + (size_t)k * c->d_model;
+            double d = 0.0;
+            for (int i = 0; i < c->d_model; i++) d += (double)x[i] * w[i];
+            clog[k] = (float)d;
+        }
+        adaptive_normalize(kv->logits, clog, &m->ad, 1);
+    }
     kv->pos = t + 1;
 }
 

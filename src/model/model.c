@@ -155,6 +155,8 @@ static void layout_model(Layout *L) {
         p->lnf_w = layout_tensor(L, &g->lnf_w, "ln_f.weight", 1, 1, C, 0, 0);
         if (!rms) p->lnf_b = layout_tensor(L, &g->lnf_b, "ln_f.bias", 1, 1, C, 0, 0);
         if (!c->tie_word_embeddings) p->lm_head = layout_tensor(L, &g->lm_head, "lm_head.weight", 1, 2, V, C, 0);
+        if (c->n_adaptive)   /* last: the other tensors' initial values are a full-softmax model's */
+            p->ad_cluster = layout_tensor(L, &g->ad_cluster, "adaptive.cluster.weight", 1, 2, c->n_adaptive, C, 0);
     } else {
         layout_moe(L, &p->head_moe, &g->head_moe, &m->moe_cfg, "moe");
         int HH = c->head_hidden;
@@ -244,7 +246,13 @@ static void layout_acts(void *ctx, Bump *b) {
         a->head_pre = BF(b, N * HH);
         a->head_h = BF(b, N * HH);
     }
-    a->logits = BF(b, (size_t)N * V);
+    a->logits = BF(b, (size_t)N * (V + m->ad.n));
+    if (m->ad.n) {
+        void *mem = bump(b, adaptive_acts_bytes(&m->ad, N));
+        a->ad.logits = a->logits;
+        if (mem) adaptive_acts_bind(&a->ad, mem, &m->ad, N);
+        a->ad_clog = BF(b, (size_t)N * m->ad.n);
+    }
     a->losses = BF(b, N);
     a->lse = BF(b, N);
     a->inputs = bump(b, sizeof(int) * N);
@@ -332,6 +340,14 @@ static moelm_status model_plan_sharded(Model *m, const ModelConfig *cfg, int par
         return moelm_fail(MOELM_ERR_CONFIG, "cannot hold part %d of %d of %d experts (the parts must divide the experts)",
                           part, parts, E);
     m->moe_cfg.e_first = E / parts * part;
+    if (cfg->n_adaptive) {
+        AdaptiveShape *ad = &m->ad;
+        ad->V = cfg->vocab_size;
+        ad->C = cfg->d_model;
+        ad->n = cfg->n_adaptive;
+        memcpy(ad->cut, cfg->adaptive_cutoffs, sizeof(int) * ad->n);
+        ad->cut[ad->n] = ad->V;
+    }
     int L = cfg->num_layers;
     m->p.layers = moelm_calloc(L ? L : 1, sizeof(LayerParams));
     m->g.layers = moelm_calloc(L ? L : 1, sizeof(LayerParams));
@@ -726,9 +742,19 @@ static void forward_step(Model *m, const ModelStep *st, int s, const int *inputs
         m->aux_loss += moe_loss(ma, &m->moe_cfg);
         break;
     }
-    case STEP_LOGITS:
-        linear_fwd(out, in, c->tie_word_embeddings ? p->wte : p->lm_head, &p->lm16, NULL, N, C, V);
+    case STEP_LOGITS: {
+        const float *W = c->tie_word_embeddings ? p->wte : p->lm_head;
+        if (!m->ad.n) {
+            linear_fwd(out, in, W, &p->lm16, NULL, N, C, V);
+        } else if (a->ad_full) {   /* every word's log p */
+            matmul_forward(out, in, W, NULL, N, C, V);
+            gemm(0, 1, N, m->ad.n, C, 1.0f, in, C, p->ad_cluster, C, 0.0f, a->ad_clog, m->ad.n);
+            adaptive_normalize(out, a->ad_clog, &m->ad, N);
+        } else {   /* the targets' losses only */
+            adaptive_forward(&a->ad, a->losses, in, W, p->ad_cluster, a->targets, &m->ad, N);
+        }
         break;
+    }
     case STEP_HEAD_FFN: {
         int HH = c->head_hidden;
         linear_fwd(a->head_pre, in, p->head_w1, &p->head1_16, p->head_b1, N, C, HH);
@@ -750,6 +776,7 @@ float model_forward(Model *m, const int *inputs, const int *targets, int trainin
     memcpy(a->inputs, inputs, sizeof(int) * N);
     for (int i = 0; i < N; i++) a->targets[i] = targets ? targets[i] : -1;
     model_pass_begin(m, B, training);
+    a->ad_full = m->ad.n && (!targets || m->full_logits);
 
     m->aux_loss = 0.0f;
     double f[256], P[256];
@@ -763,7 +790,11 @@ float model_forward(Model *m, const int *inputs, const int *targets, int trainin
         int n = model_steps(c, s, st);
         for (int i = 0; i < n; i++) forward_step(m, &st[i], s, inputs, training);
     }
-    crossentropy_forward(a->losses, a->lse, a->logits, a->targets, N, V);
+    if (!m->ad.n) {
+        crossentropy_forward(a->losses, a->lse, a->logits, a->targets, N, V);
+    } else if (a->ad_full) {   /* the logits are log p */
+        for (int i = 0; i < N; i++) a->losses[i] = a->targets[i] >= 0 ? -a->logits[(size_t)i * V + a->targets[i]] : 0.0f;
+    }   /* else adaptive_forward wrote them */
     double sum = 0.0;
     int valid = 0;
     for (int i = 0; i < N; i++) if (a->targets[i] >= 0) { sum += a->losses[i]; valid++; }
@@ -938,8 +969,12 @@ static void backward_step(Model *m, StageGrads *G, const ModelStep *st, int s, c
         break;
     case STEP_LOGITS:
         din = grad_begin(G, st->in, 0);
-        linear_bwd(din, c->tie_word_embeddings ? g->wte : g->lm_head, NULL, dout, in,
-                   c->tie_word_embeddings ? p->wte : p->lm_head, &p->lm16, N, C, V);
+        if (m->ad.n)   /* dout: the saved logits, which it turns into their gradient */
+            adaptive_backward(din, c->tie_word_embeddings ? g->wte : g->lm_head, g->ad_cluster, sc->dlosses, &a->ad, in,
+                              c->tie_word_embeddings ? p->wte : p->lm_head, p->ad_cluster, &m->ad, N);
+        else
+            linear_bwd(din, c->tie_word_embeddings ? g->wte : g->lm_head, NULL, dout, in,
+                       c->tie_word_embeddings ? p->wte : p->lm_head, &p->lm16, N, C, V);
         break;
     case STEP_HEAD_FFN:
         din = grad_begin(G, st->in, 0);
@@ -963,7 +998,9 @@ void model_backward(Model *m) {
     int bal = hf_balance(m, f, P);
     float inv = m->n_valid ? 1.0f / (float)m->n_valid : 0.0f;
     for (int i = 0; i < N; i++) sc->dlosses[i] = a->targets[i] >= 0 ? inv : 0.0f;
-    crossentropy_backward(a->logits, a->logits, a->lse, a->targets, sc->dlosses, N, V);   /* the logits are spent */
+    CHECK(!a->ad_full);   /* a forward for the distribution has no backward */
+    if (!m->ad.n)
+        crossentropy_backward(a->logits, a->logits, a->lse, a->targets, sc->dlosses, N, V);   /* the logits are spent */
 
     StageGrads G = {{sc->dres, sc->dbuf, sc->dbuf2, a->logits}, {0}, {0}, (size_t)N * c->d_model};
     for (int v = 0; v < STEP_VECS; v++) G.at[v] = -1;

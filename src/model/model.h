@@ -45,6 +45,7 @@ typedef struct {
     LayerParams *layers;      /* [L] */
     float *lnf_w, *lnf_b;     /* lm: [C], [C] */
     float *lm_head;           /* lm, untied: [V, C] */
+    float *ad_cluster;        /* lm with an adaptive softmax: the tail clusters' head rows [n, C] */
     MoEParams head_moe;       /* seed */
     float *head_w1, *head_b1; /* seed: [HH, C], [HH] */
     float *head_w2, *head_b2; /* seed: [V, HH], [V] */
@@ -104,7 +105,12 @@ typedef struct {
     float *hm_drop;           /* seed: [N, C] after dropout */
     uint8_t *head_mask;       /* seed: [N, C] */
     float *head_pre, *head_h; /* seed: [N, HH], [N, HH] */
-    float *logits;            /* [N, V]; overwritten by dlogits in backward */
+    float *logits;            /* [N, V]; overwritten by dlogits in backward. With an adaptive softmax [N, V + n]:
+                               * a training or scoring forward holds ad's logits there (adaptive.h), a
+                               * forward for the distribution (model_forward_full) every word's log p */
+    AdaptiveActs ad;          /* the adaptive softmax's saved values (n_adaptive > 0) */
+    float *ad_clog;           /* [N, n] the clusters' logits of a forward for the distribution */
+    int ad_full;              /* the last forward computed the distribution (no backward then) */
     float *losses;            /* [N] */
     float *lse;               /* [N] log-sum-exp of each row of logits, for the backward */
     int *inputs, *targets;    /* [N], [N] copies of the batch */
@@ -238,6 +244,8 @@ typedef struct {
     size_t acts_bytes;
     struct EncDec *ed;        /* switch_transformers only (p, g, a and s unused then); NULL otherwise */
     int bf16;                 /* mixed precision (model_set_bf16) */
+    AdaptiveShape ad;         /* the adaptive softmax's cutoffs (ad.n == 0: a full softmax) */
+    int full_logits;          /* model_forward with targets computes the whole distribution too (adaptive) */
     uint16_t *w16;            /* bf16 mode: the packed copies of every matrix the products read */
     size_t w16_n;             /* elements of w16 */
 } Model;
