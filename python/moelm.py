@@ -13,7 +13,8 @@ routing) in Python or a notebook. Needs only PyTorch (Debian's python3-torch: /u
 Model types: "lm" (pre-norm decoder: tiny, demo, dense-ptb, switch-ptb) and "seed" (the tutorial's
 post-norm stack with an MoE before its ReLU head: seed-moe, seed-gating, seed-switch), with the
 routers switch, topk (GShard, or Mixtral's softmax over the chosen K), soft, hash and random, the
-DeepSeek selection bias, the shared expert and routed_scaling_factor; "mixtral" and "llama"
+DeepSeek selection bias, the shared expert and routed_scaling_factor, and the adaptive softmax (the
+logits are then every word's log-probability, as moelm's are); "mixtral" and "llama"
 (mixtral-tiny, mixtral-ptb, llama-tiny: Hugging Face's names and keys, dropless routing as HF's).
 Refused with a message: switch_transformers (an encoder-decoder in HF's layout: use transformers)
 and expert-choice routing.
@@ -126,6 +127,8 @@ class Cfg:
         self.shared = bool(d.get("shared_expert", False))
         self.dropout = d.get("dropout_rate", 0.0)
         self.jitter = d.get("router_jitter_noise", 0.0)
+        # the adaptive softmax's cutoffs ("2000,6000"; absent: a full softmax)
+        self.cutoffs = [int(c) for c in str(d.get("adaptive_softmax_cutoffs", "")).split(",") if c not in ("", "0")]
 
     def sparse(self, l):
         """Block l has an MoE layer (the lm's; the seed model's one MoE layer is its head's)."""
@@ -307,6 +310,18 @@ def _shared(cfg, x, P, pre, out):
                      P[pre + "shared.fc2.bias"], cfg.EH)
 
 
+def adaptive_log_probs(z, cl, cuts):
+    """The adaptive softmax (Grave et al. 2017): z [N, V] every word's logit, cl [N, n] the tail clusters'
+    -> [N, V] log p: the head is a softmax over the words below cuts[0] and the n clusters; a word of
+    cluster k (ids cuts[k] .. cuts[k + 1] - 1, the last up to V) adds its softmax within the cluster."""
+    c0, bounds = cuts[0], cuts + [z.shape[1]]
+    head = torch.log_softmax(torch.cat([z[:, :c0], cl], dim=1), dim=1)
+    parts = [head[:, :c0]]
+    for k in range(len(cuts)):
+        parts.append(head[:, c0 + k:c0 + k + 1] + torch.log_softmax(z[:, bounds[k]:bounds[k + 1]], dim=1))
+    return torch.cat(parts, dim=1)
+
+
 def forward(cfg, P, inputs, stats, training=True, random_expert=None):
     """inputs [B, T] long -> (logits [B*T, V], aux). P: moelm's tensor names -> tensors."""
     B, T = inputs.shape
@@ -335,6 +350,8 @@ def forward(cfg, P, inputs, stats, training=True, random_expert=None):
     if cfg.type == "lm":
         x = norm(cfg, x, P["ln_f.weight"], P.get("ln_f.bias"))
         logits = x @ (P["tok_emb.weight"] if cfg.tied else P["lm_head.weight"]).t()
+        if cfg.cutoffs:
+            logits = adaptive_log_probs(logits, x @ P["adaptive.cluster.weight"].t(), cfg.cutoffs)
     else:
         y, a = moe(cfg, x, P, "moe.", stats, tokens, training, random_expert, "head")
         aux = aux + a

@@ -90,6 +90,23 @@ check "shift_windows: the run keeps the key" grep -q '"shift_windows": 1' "$TMP/
 check "shift_windows: other windows than the unshifted run's" test "$(loss_of "$TMP/sw-full")" != "$(loss_of "$TMP/sw-plain")"
 expect_error "shift_windows on span corruption" "shift_windows moves the windows of a decoder-only" \
     $BIN train --config switch-t5-tiny --set shift_windows=1 --steps 1 --out "$TMP/sw-t5" $T
+# the adaptive softmax (adaptive_softmax_cutoffs): the banner names it, a resume continues exactly,
+# eval and generate read the run; a list outside the vocabulary or out of order is a one-line error
+AD="$SW --steps 30 --set adaptive_softmax_cutoffs=30,120"
+$BIN train $AD --out "$TMP/ad-full" >/dev/null 2>&1
+$BIN train $AD --stop-at 20 --out "$TMP/ad-half" >/dev/null 2>&1
+$BIN train --resume "$TMP/ad-half" --ckpt-interval 10 --eval-interval 0 --log-interval 1 -t 1 >"$TMP/ad-half.log" 2>&1
+check "adaptive softmax: the banner names the head and clusters" \
+    grep -q 'adaptive softmax: ids \[0, 30) in the head, 2 tail clusters from id 30, 120' "$TMP/ad-half.log"
+check "adaptive softmax: resumed at step 20, identical loss curve" \
+    test -n "$(loss_of "$TMP/ad-full")" -a "$(loss_of "$TMP/ad-full")" = "$(loss_of "$TMP/ad-half")"
+check "adaptive softmax: the loss is not the full softmax's" test "$(loss_of "$TMP/ad-full")" != "$(loss_of "$TMP/sw-plain")"
+check "adaptive softmax: eval gives a perplexity" sh -c "$BIN eval -m $TMP/ad-full -t 1 | grep -q 'word-level perplexity'"
+check "adaptive softmax: generate" $BIN generate -m "$TMP/ad-full" -p "the" -n 8 -t 1
+expect_error "adaptive_softmax_cutoffs past the vocabulary" "adaptive_softmax_cutoffs: 400 is not in \\[1, vocab_size" \
+    $BIN train $SW --set adaptive_softmax_cutoffs=400 --steps 1 --out "$TMP/ad-bad" $T
+expect_error "adaptive_softmax_cutoffs out of order" "adaptive_softmax_cutoffs must ascend" \
+    $BIN train $SW --set adaptive_softmax_cutoffs=50,20 --steps 1 --out "$TMP/ad-bad" $T
 expect_error "dropout_start_epochs at or above dropout_epochs" "must be below dropout_epochs" \
     $BIN train --config tiny --set dropout_growth=0.1 --set dropout_start_epochs=10 --steps 1 --out "$TMP/drbad2" $T
 

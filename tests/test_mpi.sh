@@ -206,6 +206,16 @@ else
     cat "$tmp/ref-mx.log"; bad "mixtral: one process"
 fi
 
+# The adaptive softmax (2 tail clusters of the tiny preset's vocabulary): each rank's rows are scored
+# in their targets' clusters, the head's gradient summed by the all-reduce like any other; data and
+# data x expert parallel runs equal one process
+A_ARGS="$ARGS --set adaptive_softmax_cutoffs=40,150 --quiet"
+if $REF_BIN $A_ARGS --out "$tmp/ref-ad" >"$tmp/ref-ad.log" 2>&1; then
+    mpi_vs_one "$A_ARGS" "$tmp/ref-ad" "ad-dp2 2 1" "ad-dp2xep2 4 2"
+else
+    cat "$tmp/ref-ad.log"; bad "adaptive: one process"
+fi
+
 # --time-budget on several ranks: every rank takes rank 0's clock, so all use the same learning rate
 # and stop at the same step (a rank stopping alone would leave the others waiting in a collective)
 # (0.6 s: the check is that the ranks agree, not the time, which tests/test_cli.sh holds)

@@ -204,6 +204,7 @@ static moelm_status run_lm(const char *dir, const Case *c, Outputs *o) {
         tgt[i] = (i + 1) % c->Te ? c->ids[i + 1] : -1;
     }
     if (!st) {
+        m.full_logits = 1;   /* an adaptive softmax's logits: every word's log p */
         float loss = model_forward(&m, c->ids, tgt, 0);
         st = out_add(o, c->prefix, "logits", m.a.logits, 3, c->B, c->Te, V);
         if (!st) st = out_scalar(o, c->prefix, "loss", loss + m.aux_loss);

@@ -72,6 +72,12 @@ void print_model_summary(const Model *m, FILE *f) {
             c->d_ff, c->norm_type == NORM_RMS ? "rmsnorm" : "layernorm",
             c->hidden_act == ACT_RELU ? "relu" : c->hidden_act == ACT_GELU ? "gelu" : "swiglu",
             c->model_type != MODEL_SEED ? (c->tie_word_embeddings ? ", tied head" : ", untied head") : "");
+    if (c->n_adaptive) {
+        fprintf(f, "adaptive softmax: ids [0, %d) in the head, %d tail cluster%s from id", c->adaptive_cutoffs[0],
+                c->n_adaptive, c->n_adaptive > 1 ? "s" : "");
+        for (int k = 0; k < c->n_adaptive; k++) fprintf(f, "%s %d", k ? "," : "", c->adaptive_cutoffs[k]);
+        fprintf(f, "\n");
+    }
     int n_moe = config_num_moe_layers(c);
     if (n_moe) {
         const MoEConfig *mc = &m->moe_cfg;
