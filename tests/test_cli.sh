@@ -103,8 +103,12 @@ check "adaptive softmax: resumed at step 20, identical loss curve" \
 check "adaptive softmax: the loss is not the full softmax's" test "$(loss_of "$TMP/ad-full")" != "$(loss_of "$TMP/sw-plain")"
 check "adaptive softmax: eval gives a perplexity" sh -c "$BIN eval -m $TMP/ad-full -t 1 | grep -q 'word-level perplexity'"
 check "adaptive softmax: generate" $BIN generate -m "$TMP/ad-full" -p "the" -n 8 -t 1
-expect_error "adaptive_softmax_cutoffs past the vocabulary" "adaptive_softmax_cutoffs: 400 is not in \\[1, vocab_size" \
-    $BIN train $SW --set adaptive_softmax_cutoffs=400 --steps 1 --out "$TMP/ad-bad" $T
+# cutoffs at or past the tokenizer's vocabulary (a PTB preset's on other data) are left out, with a note
+$BIN train --config tiny --data $TMP/sw --tokenizer word:300 --steps 1 --eval-interval 0 -t 1 \
+    --set adaptive_softmax_cutoffs=50,400,900 --out "$TMP/ad-fit" >"$TMP/ad-fit.log" 2>&1
+check "adaptive softmax: cutoffs past the vocabulary left out, with a note" \
+    sh -c "grep -q 'cutoffs 400, 900 not below the vocabulary of [0-9]*: left out\$' $TMP/ad-fit.log &&
+           grep -q '\"adaptive_softmax_cutoffs\": \"50\"' $TMP/ad-fit/latest/config.json"
 expect_error "adaptive_softmax_cutoffs out of order" "adaptive_softmax_cutoffs must ascend" \
     $BIN train $SW --set adaptive_softmax_cutoffs=50,20 --steps 1 --out "$TMP/ad-bad" $T
 expect_error "dropout_start_epochs at or above dropout_epochs" "must be below dropout_epochs" \

@@ -58,6 +58,11 @@ cfg bad-utf8         "UTF-8|utf|invalid"          "$(printf '{"d_\377model": 64}
 cfg deep-nesting     "deep|nest|depth"            "$(awk 'BEGIN{for(i=0;i<100000;i++) printf "["; for(i=0;i<100000;i++) printf "]"}')"
 cfg float-overflow   "router_aux_loss_coef: [0-9]* is out of range" '{"router_aux_loss_coef": 1e39}'   # a finite double, an infinite float
 cfg negative-eps     "layer_norm_epsilon"         '{"layer_norm_epsilon": -1}'
+cfg ad-descending    "adaptive_softmax_cutoffs must ascend" '{"adaptive_softmax_cutoffs": "50,20"}'
+cfg ad-not-a-list    "adaptive_softmax_cutoffs: .* is not a comma-separated list" '{"adaptive_softmax_cutoffs": "1,,2"}'
+cfg ad-negative      "adaptive_softmax_cutoffs: .* is not a comma-separated list" '{"adaptive_softmax_cutoffs": "-5"}'
+cfg ad-too-many      "adaptive_softmax_cutoffs: at most 8" '{"adaptive_softmax_cutoffs": "1,2,3,4,5,6,7,8,9"}'
+cfg ad-on-seed       "only model_type lm"         '{"model_type": "seed", "adaptive_softmax_cutoffs": "5"}'
 cfg negative-sparse  "sparse_step"                '{"sparse_step": -1}'
 cfg newline-in-key   "unknown"                    '{"d_\nmodel": 64}'
 printf '{"d_model": 64\000}' >"$C/nul.json"; nc=$((nc + 1))
@@ -174,6 +179,12 @@ newck outside; rm "$r/latest"; ln -s "$(cd "$TMP/base/latest" && pwd -P)" "$r/la
 expect_error "checkpoint: latest pointing outside its run" "latest.*refusing" $BIN eval -m "$r" -t 1 -b 2
 newck huge; sed -i 's/"d_model": 32/"d_model": 8192/; s/"d_ff": [0-9]*/"d_ff": 32768/' "$d/config.json"; resum "$d" config.json
 expect_error "checkpoint: config.json asking for gigabytes" "model.safetensors.*config.json needs" timeout 10 $BIN eval -m "$r" -t 1 -b 2
+# an adaptive softmax in a checkpoint's config.json: cutoffs past its vocabulary; valid cutoffs whose
+# cluster vectors the weights do not hold
+newck adcut; sed -i 's/^{/{"adaptive_softmax_cutoffs": "99999",/' "$d/config.json"; resum "$d" config.json
+expect_error "checkpoint: adaptive cutoffs past the vocabulary" "config.json.*adaptive_softmax_cutoffs: 99999 is not in" $BIN eval -m "$r" -t 1 -b 2
+newck adw; sed -i 's/^{/{"adaptive_softmax_cutoffs": "5",/' "$d/config.json"; resum "$d" config.json
+expect_error "checkpoint: adaptive softmax without its cluster vectors" "model.safetensors.*adaptive.cluster.weight" $BIN generate -m "$r" -n 2 -t 1
 newck bigtok; awk 'BEGIN { for (i = 0; i < 2000; i++) print "w" i }' >"$TMP/words.txt"
 $BIN tokenizer train --input "$TMP/words.txt" --model_prefix "$TMP/bigtok" --vocab_size 3000 --model_type word >/dev/null 2>&1
 cp "$TMP/bigtok.model" "$d/tokenizer.model"; resum "$d" tokenizer.model

@@ -76,6 +76,17 @@ static void base_train(TrainConfig *t) {
     snprintf(t->tokenizer, sizeof t->tokenizer, "word");
 }
 
+/* The PTB presets' adaptive softmax over the word tokenizer's frequency-ordered ids: the 500 commonest
+ * words (70% of PTB's tokens) in the head, tails [500, 2500) and [2500, V). In 15 minutes one cluster
+ * from 2000 led the full softmax by 11% in validation perplexity (1.37x the steps), per step level with
+ * it; 500, 2500 did 3% better than 2000 and level with 1000, 4000 (bench/RESULTS.md). A smaller
+ * vocabulary keeps only the cutoffs below it (train.c). */
+static void ptb_adaptive(ModelConfig *c) {
+    c->n_adaptive = 2;
+    c->adaptive_cutoffs[0] = 500;
+    c->adaptive_cutoffs[1] = 2500;
+}
+
 static void seed_model(ModelConfig *c, RouterType r) {
     base_lm(c);
     /* the tutorial's sizes: embedding 256, hidden 512, output 512, 8 heads, 6 layers, 32 experts */
@@ -108,6 +119,7 @@ moelm_status config_preset(ModelConfig *c, const char *name) {
          * the training preset's dropout rule raises it for runs of more than 10 epochs */
         base_lm(c);
         c->dropout_rate = 0.1f;
+        ptb_adaptive(c);
     } else if (!strcmp(name, "switch-ptb")) {
         /* 8 experts in block 1 only (sparse_step 4: blocks i % 4 == 1): at 1,500 steps it led dense-ptb
          * by 6 validation points, as far as 8 experts in blocks 1 and 3 did (4), at a third of the extra
@@ -117,6 +129,7 @@ moelm_status config_preset(ModelConfig *c, const char *name) {
         c->dropout_rate = 0.1f;
         c->num_experts = 8;
         c->sparse_step = 4;
+        ptb_adaptive(c);
     } else if (!strcmp(name, "mixtral-tiny")) {
         llama_small(c, 1, 64, 4, 2, 2, 128, 4, 128);     /* 4 experts, top-2, GQA 4:2 */
     } else if (!strcmp(name, "llama-tiny")) {

@@ -390,6 +390,7 @@ typedef struct {
     int made_dir;               /* this run made its directory: a failure in the set-up removes it */
     int resume_elsewhere;       /* resumed from a checkpoint outside its run directory, into --out */
     int started;                /* the set-up is done */
+    char ad_dropped[96];        /* the adaptive softmax's cutoffs the tokenizer's vocabulary was too small for */
 } Run;
 
 static void run_free(Run *r) {
@@ -550,7 +551,7 @@ static moelm_status experiment_load(const char *path, ModelConfig *cfg, TrainCon
     }
     if (!st && p) {
         ModelConfig chk = *cfg;
-        if (chk.vocab_size == 0) chk.vocab_size = 1;
+        if (chk.vocab_size == 0) chk.vocab_size = 10000000;   /* the tokenizer's, later */
         st = config_check(&chk);
         if (st) st = moelm_fail_context(st, "%s", path);
     }
@@ -877,7 +878,19 @@ static moelm_status run_load_data(Run *r) {
     if (st) return st;
     r->words[CORPUS_VALID] = text_count_words(r->corpus.text[CORPUS_VALID], r->corpus.len[CORPUS_VALID]);
     int V = tokenizer_vocab_size(r->tok);
-    if (r->cfg.vocab_size == 0) r->cfg.vocab_size = V;
+    if (r->cfg.vocab_size == 0) {
+        r->cfg.vocab_size = V;
+        /* a preset's cutoffs (PTB's 10,000 words) on a smaller vocabulary: those at or past it go */
+        ModelConfig *c = &r->cfg;
+        int keep = 0;
+        while (keep < c->n_adaptive && c->adaptive_cutoffs[keep] < V) keep++;
+        for (int k = keep; k < c->n_adaptive; k++) {
+            size_t at = strlen(r->ad_dropped);
+            snprintf(r->ad_dropped + at, sizeof r->ad_dropped - at, "%s%d", k > keep ? ", " : "", c->adaptive_cutoffs[k]);
+            c->adaptive_cutoffs[k] = 0;
+        }
+        c->n_adaptive = keep;
+    }
     if (r->cfg.vocab_size != V)
         return moelm_fail(MOELM_ERR_CONFIG, "vocab_size %d in the config, but the tokenizer has %d", r->cfg.vocab_size, V);
     s->tokenizer_hash = tokenizer_hash(r->tok);
@@ -996,6 +1009,9 @@ static void run_print_header(const Run *r) {
     printf("data: %s (%zu train tokens, %zu valid tokens, %zu valid words), tokenizer %s, vocab %d\n",
            r->state.data, r->n[0], r->n[1], r->words[1], tc->tokenizer, tokenizer_vocab_size(r->tok));
     print_model_summary(&r->model, stdout);
+    if (r->ad_dropped[0])
+        printf("adaptive softmax: cutoff%s %s not below the vocabulary of %d: left out%s\n", strchr(r->ad_dropped, ',') ? "s" : "",
+               r->ad_dropped, r->cfg.vocab_size, r->cfg.n_adaptive ? "" : " (a full softmax)");
     if (r->pairs)
         printf("objective: sequence to sequence, %d train and %d valid input<TAB>target pairs, each side up to %d tokens\n",
                r->pd[0].n, r->pd[1].n, r->tc.seq_len);
