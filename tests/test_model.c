@@ -191,8 +191,18 @@ TEST(adaptive_full_logits_are_the_losses) {
     float fast = model_forward(&m, inp, tgt, 0);
     float lf[10];
     memcpy(lf, m.a.losses, sizeof lf);
+    ModelCost k_fast, k_full;
+    model_cost(&m, NULL, &k_fast);
     m.full_logits = 1;
     float full = model_forward(&m, inp, tgt, 0);
+    model_cost(&m, NULL, &k_full);
+    /* model_cost's products: the head's 3 + 2 rows for every token, a target's cluster's words ([3, 7) or
+     * [7, 11)) for each target in a tail; all 11 words and 2 clusters for the distribution */
+    double rows = 0.0;
+    for (int i = 0; i < B * T; i++) rows += 5 + (tgt[i] >= 3 ? 4 : 0);
+    double want = 2.0 * c.d_model * (B * T * (V + 2) - rows);
+    EXPECT_MSG(fabs((k_full.flops - k_fast.flops) - want) < 1e-6 * want, "model_cost: %.0f more FLOPs for the distribution, "
+               "want %.0f", k_full.flops - k_fast.flops, want);
     EXPECT_MSG(fabsf(fast - full) < 1e-5f * (1.0f + fast), "mean loss %.7g (targets' clusters) against %.7g (all words)",
                fast, full);
     for (int i = 0; i < B * T; i++) {

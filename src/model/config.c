@@ -267,6 +267,19 @@ static moelm_status parse_cutoffs(ModelConfig *c, const char *key, const char *v
     return MOELM_OK;
 }
 
+void config_take_vocab(ModelConfig *c, int V, char *dropped, size_t cap) {
+    c->vocab_size = V;
+    int keep = 0;
+    while (keep < c->n_adaptive && c->adaptive_cutoffs[keep] < V) keep++;
+    if (cap) dropped[0] = 0;
+    for (int k = keep; k < c->n_adaptive; k++) {
+        size_t at = strlen(dropped);
+        if (at < cap) snprintf(dropped + at, cap - at, "%s%d", k > keep ? ", " : "", c->adaptive_cutoffs[k]);
+        c->adaptive_cutoffs[k] = 0;
+    }
+    c->n_adaptive = keep;
+}
+
 static const char *act_name(Activation a) { return a == ACT_RELU ? "relu" : a == ACT_GELU ? "gelu" : "swiglu"; }
 
 moelm_status config_set(ModelConfig *c, const char *key, const char *v) {

@@ -111,6 +111,10 @@ char *config_to_json(const ModelConfig *cfg);
 
 /* Validates; the message names the key and the problem (heads not dividing d_model, ...). */
 moelm_status config_check(const ModelConfig *cfg);
+/* A vocabulary taken from the tokenizer (vocab_size was 0): vocab_size = V, and the adaptive softmax's
+ * cutoffs at or past V (a preset's, made for PTB's 10,000 words) left out, listed in dropped[cap]
+ * ("2500, 4000"; "" when none) */
+void config_take_vocab(ModelConfig *c, int V, char *dropped, size_t cap);
 
 /* What kind of layer block i's FFN is: 1 an MoE layer (the lm's every sparse_step-th block when it
  * has experts), 0 a dense FFN (every block of the seed model: its MoE layer is the head's). The one

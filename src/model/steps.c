@@ -82,6 +82,19 @@ static void cost_moe(ModelCost *k, const Model *m, const Q8Arena *q8, const MoEP
 }
 
 /* Every count is a whole number below 2^53, so the sums are exact in any order. */
+/* The output matrix's rows a row of the last forward multiplied on average: V, or with an adaptive
+ * softmax the head's and its target's cluster's (every word's too in a forward for the distribution).
+ * A token step of generation reads all V (cost_read). */
+static double logit_rows(const Model *m, double N, double V) {
+    const AdaptiveShape *ad = &m->ad;
+    const AdaptiveActs *a = &m->a.ad;
+    if (!ad->n || !a->ht) return V;
+    if (m->a.ad_full) return V + ad->n;
+    double rows = N * (ad->cut[0] + ad->n);
+    for (int j = 0; j < ad->n; j++) rows += (double)(a->start[j + 1] - a->start[j]) * (ad->cut[j + 1] - ad->cut[j]);
+    return rows / N;
+}
+
 void model_cost(const Model *m, const Q8Arena *q8, ModelCost *k) {
     CHECK(!m->ed);
     const ModelConfig *c = &m->cfg;
@@ -124,7 +137,7 @@ void model_cost(const Model *m, const Q8Arena *q8, ModelCost *k) {
                 cost_moe(k, m, q8, lp ? &lp->moe : &p->head_moe, lp ? &m->a.layers[s].moe : &m->a.head_moe);
                 break;
             case STEP_LOGITS:
-                k->flops += 2 * N * C * V;
+                k->flops += 2 * N * C * logit_rows(m, N, V);
                 cost_read(k, m, q8, part, c->tie_word_embeddings ? p->wte : p->lm_head, V * C, 1);
                 break;
             case STEP_HEAD_FFN:

@@ -878,19 +878,7 @@ static moelm_status run_load_data(Run *r) {
     if (st) return st;
     r->words[CORPUS_VALID] = text_count_words(r->corpus.text[CORPUS_VALID], r->corpus.len[CORPUS_VALID]);
     int V = tokenizer_vocab_size(r->tok);
-    if (r->cfg.vocab_size == 0) {
-        r->cfg.vocab_size = V;
-        /* a preset's cutoffs (PTB's 10,000 words) on a smaller vocabulary: those at or past it go */
-        ModelConfig *c = &r->cfg;
-        int keep = 0;
-        while (keep < c->n_adaptive && c->adaptive_cutoffs[keep] < V) keep++;
-        for (int k = keep; k < c->n_adaptive; k++) {
-            size_t at = strlen(r->ad_dropped);
-            snprintf(r->ad_dropped + at, sizeof r->ad_dropped - at, "%s%d", k > keep ? ", " : "", c->adaptive_cutoffs[k]);
-            c->adaptive_cutoffs[k] = 0;
-        }
-        c->n_adaptive = keep;
-    }
+    if (r->cfg.vocab_size == 0) config_take_vocab(&r->cfg, V, r->ad_dropped, sizeof r->ad_dropped);
     if (r->cfg.vocab_size != V)
         return moelm_fail(MOELM_ERR_CONFIG, "vocab_size %d in the config, but the tokenizer has %d", r->cfg.vocab_size, V);
     s->tokenizer_hash = tokenizer_hash(r->tok);

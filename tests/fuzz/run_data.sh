@@ -43,6 +43,8 @@ fi
 [ -d build/fuzz/corpus_spm ] && cp build/fuzz/corpus_spm/* "$out/corpus_vocab/" 2>/dev/null || true
 printf '{"d_model": 64, "num_heads": 4, "num_experts": 8, "router_type": "topk", "num_experts_per_tok": 2}' > "$out/corpus_config/1"
 printf '{"model_type": "seed", "num_experts": 4, "vocab_size": 50}' > "$out/corpus_config/2"
+printf '{"d_model": 64, "vocab_size": 300, "adaptive_softmax_cutoffs": "20,100"}' > "$out/corpus_config/adaptive"
+printf '{"adaptive_softmax_cutoffs": "5,9,4000"}' > "$out/corpus_config/adaptive-novocab"
 # switch_transformers (Hugging Face's config.json): the reference's two, and HF's defaults with nulls
 cp tests/ref/switch/switch_tied/config.json "$out/corpus_config/switch-tied"
 cp tests/ref/switch/switch_untied/config.json "$out/corpus_config/switch-untied"
