@@ -4,6 +4,7 @@
 #include <math.h>
 #include <string.h>
 #include "backend/gemm.h"
+#include "common/util.h"
 #include "ops/ops.h"
 #include "ops/ops_simd.h"
 
@@ -55,6 +56,7 @@ void adaptive_forward(AdaptiveActs *a, float *losses, const float *x, const floa
     int count[ADAPTIVE_MAX] = {0};
     for (int i = 0; i < N; i++) {
         int t = targets[i];
+        CHECK(t < s->V);
         if (t < c0) {
             a->ht[i] = t;   /* a head word, or -1 */
             continue;
