@@ -81,8 +81,7 @@ typedef struct { AdaptiveActs a; void *mem; float logits[N * (V + NC)]; } Acts;
 
 static void acts_init(Acts *t, const AdaptiveShape *s) {
     t->mem = malloc(adaptive_acts_bytes(s, N));
-    t->a.logits = t->logits;
-    adaptive_acts_bind(&t->a, t->mem, s, N);
+    adaptive_acts_bind(&t->a, t->mem, t->logits, s, N);
 }
 
 TEST(adaptive_loss_matches_double) {

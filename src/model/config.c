@@ -252,7 +252,7 @@ static moelm_status parse_cutoffs(ModelConfig *c, const char *key, const char *v
             char *end;
             errno = 0;
             long x = strtol(p, &end, 10);
-            if (end == p || (*end && *end != ',') || errno == ERANGE || x < 1 || x > 10000000)
+            if (end == p || (*end && *end != ',') || errno == ERANGE || x < 1 || x > CONFIG_MAX_VOCAB)
                 return moelm_fail(MOELM_ERR_CONFIG, "%s: '%s' is not a comma-separated list of positive ids", key, v);
             if (n == ADAPTIVE_MAX)
                 return moelm_fail(MOELM_ERR_CONFIG, "%s: at most %d cutoffs (got '%s')", key, ADAPTIVE_MAX, v);
@@ -482,9 +482,7 @@ moelm_status config_load_skipping(ModelConfig *c, const char *path, int (*skip)(
         }
     }
     json_free(j);
-    ModelConfig chk = *c;
-    if (chk.vocab_size == 0) chk.vocab_size = 10000000;   /* 0 (or absent): taken from the tokenizer when training */
-    st = config_check(&chk);
+    st = config_check_open_vocab(c);
     return st ? moelm_fail_context(st, "%s", path) : MOELM_OK;
 }
 
@@ -573,10 +571,17 @@ MoEConfig config_moe(const ModelConfig *c) {
     return m;
 }
 
+moelm_status config_check_open_vocab(const ModelConfig *c) {
+    ModelConfig chk = *c;
+    if (chk.vocab_size == 0) chk.vocab_size = CONFIG_MAX_VOCAB;
+    return config_check(&chk);
+}
+
 moelm_status config_check(const ModelConfig *c) {
     if (c->model_type == MODEL_SWITCH) return config_switch_check(c);
 #define REQ(cond, ...) if (!(cond)) return moelm_fail(MOELM_ERR_CONFIG, __VA_ARGS__)
-    REQ(c->vocab_size >= 1 && c->vocab_size <= 10000000, "vocab_size must be in [1, 10000000] (got %d)", c->vocab_size);
+    REQ(c->vocab_size >= 1 && c->vocab_size <= CONFIG_MAX_VOCAB, "vocab_size must be in [1, %d] (got %d)", CONFIG_MAX_VOCAB,
+        c->vocab_size);
     REQ(c->d_model >= 1 && c->d_model <= 65536, "d_model must be in [1, 65536] (got %d)", c->d_model);
     REQ(c->num_heads >= 1, "num_heads must be positive (got %d)", c->num_heads);
     REQ(c->d_model % c->num_heads == 0, "num_heads (%d) must divide d_model (%d)", c->num_heads, c->d_model);

@@ -111,6 +111,9 @@ char *config_to_json(const ModelConfig *cfg);
 
 /* Validates; the message names the key and the problem (heads not dividing d_model, ...). */
 moelm_status config_check(const ModelConfig *cfg);
+#define CONFIG_MAX_VOCAB 10000000
+/* config_check of a config whose vocab_size 0 (or absent) is the tokenizer's, known later: as the largest */
+moelm_status config_check_open_vocab(const ModelConfig *cfg);
 /* A vocabulary taken from the tokenizer (vocab_size was 0): vocab_size = V, and the adaptive softmax's
  * cutoffs at or past V (a preset's, made for PTB's 10,000 words) left out, listed in dropped[cap]
  * ("2500, 4000"; "" when none) */

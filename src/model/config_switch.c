@@ -385,7 +385,8 @@ char *config_switch_to_json(const ModelConfig *c) {
 moelm_status config_switch_check(const ModelConfig *c) {
     const SwitchConfig *s = &c->sw;
 #define REQ(cond, ...) if (!(cond)) return moelm_fail(MOELM_ERR_CONFIG, __VA_ARGS__)
-    REQ(c->vocab_size >= 1 && c->vocab_size <= 10000000, "vocab_size must be in [1, 10000000] (got %d)", c->vocab_size);
+    REQ(c->vocab_size >= 1 && c->vocab_size <= CONFIG_MAX_VOCAB, "vocab_size must be in [1, %d] (got %d)", CONFIG_MAX_VOCAB,
+        c->vocab_size);
     REQ(c->d_model >= 1 && c->d_model <= 65536, "d_model must be in [1, 65536] (got %d)", c->d_model);
     REQ(c->num_heads >= 1 && c->num_heads <= 1024, "num_heads must be in [1, 1024] (got %d)", c->num_heads);
     REQ(s->d_kv >= 1 && s->d_kv <= 65536, "d_kv must be in [1, 65536] (got %d)", s->d_kv);

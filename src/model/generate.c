@@ -28,6 +28,7 @@
 #include "backend/runtime.h"
 #include "backend/gemm.h"
 #include "ops/attn.h"
+#include "ops/ops_simd.h"
 #include "ops/ops.h"
 
 /* ---- cache ------------------------------------------------------------------------------------- */
@@ -651,12 +652,7 @@ void model_step_kv(Model *m, KVCache *kv, int token) {
     if (m->ad.n) {   /* the adaptive softmax: the words' logits to log p, with the clusters' from ln_f's output */
         const float *x = kv->own + own_stride(c->d_model);   /* thread 0's xb */
         float clog[ADAPTIVE_MAX];
-        for (int k = 0; k < m->ad.n; k++) {
-            const float *w = m->p.ad_cluster + (size_t)k * c->d_model;
-            double d = 0.0;
-            for (int i = 0; i < c->d_model; i++) d += (double)x[i] * w[i];
-            clog[k] = (float)d;
-        }
+        for (int k = 0; k < m->ad.n; k++) clog[k] = dot_simd(x, m->p.ad_cluster + (size_t)k * c->d_model, c->d_model);
         adaptive_normalize(kv->logits, clog, &m->ad, 1);
     }
     kv->pos = t + 1;

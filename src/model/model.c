@@ -249,8 +249,7 @@ static void layout_acts(void *ctx, Bump *b) {
     a->logits = BF(b, (size_t)N * (V + m->ad.n));
     if (m->ad.n) {
         void *mem = bump(b, adaptive_acts_bytes(&m->ad, N));
-        a->ad.logits = a->logits;
-        if (mem) adaptive_acts_bind(&a->ad, mem, &m->ad, N);
+        if (mem) adaptive_acts_bind(&a->ad, mem, a->logits, &m->ad, N);
         a->ad_clog = BF(b, (size_t)N * m->ad.n);
     }
     a->losses = BF(b, N);

@@ -81,7 +81,6 @@ static void cost_moe(ModelCost *k, const Model *m, const Q8Arena *q8, const MoEP
     if (!cfg->no_bias) k->vec[P] += (reached + (cfg->shared_expert ? 1 : 0)) * (H1 + C);
 }
 
-/* Every count is a whole number below 2^53, so the sums are exact in any order. */
 /* The output matrix's rows a row of the last forward multiplied on average: V, or with an adaptive
  * softmax the head's and its target's cluster's (every word's too in a forward for the distribution).
  * A token step of generation reads all V (cost_read). */
@@ -95,6 +94,7 @@ static double logit_rows(const Model *m, double N, double V) {
     return rows / N;
 }
 
+/* Every count is a whole number below 2^53, so the sums are exact in any order. */
 void model_cost(const Model *m, const Q8Arena *q8, ModelCost *k) {
     CHECK(!m->ed);
     const ModelConfig *c = &m->cfg;

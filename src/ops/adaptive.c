@@ -15,10 +15,8 @@ size_t adaptive_acts_bytes(const AdaptiveShape *s, int N) {
          + 3 * up64(sizeof(int) * (size_t)N);
 }
 
-void adaptive_acts_bind(AdaptiveActs *a, void *mem, const AdaptiveShape *s, int N) {
+void adaptive_acts_bind(AdaptiveActs *a, void *mem, float *logits, const AdaptiveShape *s, int N) {
     char *p = mem;
-    float *logits = a->logits;   /* the caller's */
-    memset(a, 0, sizeof *a);
     a->logits = logits;
 #define TAKE(f, type, n) (a->f = (type *)p, p += up64(sizeof(type) * (size_t)(n)))
     TAKE(lse, float, N);
@@ -112,10 +110,9 @@ void adaptive_backward(float *dx, float *dW, float *dWc, const float *dlosses, A
         GemmCall ti = {0, 0, Nk, C, Sk, 1.0f, tl, Sk, Wk, C, 0.0f, a->dxg, C, 0, NULL};
         GemmCall tw = {1, 0, Sk, C, Nk, 1.0f, tl, Sk, a->xg, C, 1.0f, dW + (size_t)s->cut[k] * C, C, 0, NULL};
         gemm_pair(&ti, &tw);
-        for (int j = 0; j < Nk; j++) {
+        for (int j = 0; j < Nk; j++) {   /* scattered back to the rows' gradients */
             float *d = dx + (size_t)rows[j] * C;
-            const float *g = a->dxg + (size_t)j * C;
-            for (int c = 0; c < C; c++) d[c] += g[c];
+            add_forward(d, d, a->dxg + (size_t)j * C, C);
         }
     }
 }

@@ -26,7 +26,7 @@ typedef struct {
 
 /* What the forward saves for the backward, in caller-owned memory (adaptive_acts_bytes for N rows) */
 typedef struct {
-    float *logits;    /* [N, H] head logits (H = cut[0] + n), then each cluster's [N_k, S_k] rows */
+    float *logits;    /* [N, H] head logits (H = cut[0] + n), then each cluster's [N_k, S_k] rows (the caller's) */
     float *lse;       /* [N] head log-normaliser */
     float *tlse;      /* [N] the tail rows' log-normalisers, in cluster order */
     float *xg, *dxg;  /* [N, C] a cluster's rows of x gathered, and their gradient */
@@ -38,7 +38,8 @@ typedef struct {
 } AdaptiveActs;
 
 size_t adaptive_acts_bytes(const AdaptiveShape *s, int N);
-void adaptive_acts_bind(AdaptiveActs *a, void *mem, const AdaptiveShape *s, int N);
+/* a's buffers from mem (adaptive_acts_bytes of it) and the caller's logits [N, V + n] */
+void adaptive_acts_bind(AdaptiveActs *a, void *mem, float *logits, const AdaptiveShape *s, int N);
 
 /* losses[N] = -log p(targets[n] | x[n]) (0 for a target < 0), from x [N, C], W [V, C], Wc [n, C] */
 void adaptive_forward(AdaptiveActs *a, float *losses, const float *x, const float *W, const float *Wc,

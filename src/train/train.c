@@ -549,12 +549,7 @@ static moelm_status experiment_load(const char *path, ModelConfig *cfg, TrainCon
         if (st && strstr(moelm_last_error(), "unknown config key")) st = key_unknown(where, k);
         else if (st) st = moelm_fail_context(st, "%s", path);
     }
-    if (!st && p) {
-        ModelConfig chk = *cfg;
-        if (chk.vocab_size == 0) chk.vocab_size = 10000000;   /* the tokenizer's, later */
-        st = config_check(&chk);
-        if (st) st = moelm_fail_context(st, "%s", path);
-    }
+    if (!st && p && (st = config_check_open_vocab(cfg))) st = moelm_fail_context(st, "%s", path);
     json_free(j);
     return st;
 }
