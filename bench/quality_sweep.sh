@@ -29,6 +29,11 @@
 #   length, 2,900 steps of the preset (~3 epochs; the steps of a cheaper shape scaled by its cost):
 #   m15 (the preset as it ships), m15-L3, m15-L2 (not run), m15-shift (shift_windows, and a weight
 #   average 0.995 that does not change the training), and seed 2 of m15 and m15-shift.
+#   Session 22 (run as `T=1 ... 2400`, two at once; the presets with the adaptive softmax): a-base (the
+#   preset, and a weight average 0.995), a-swiglu (SwiGLU FFNs at d_ff 688: the GELU FFN's parameters),
+#   a-rms (RMSNorm), a-h8 (8 heads of 32), a-beta2 (Adam's beta2 0.99), a-fg16 (16 experts of width 512,
+#   top-2: the same active width), a-shared (a shared expert of 512 beside 8 routed ones of 512), a-sp2
+#   (experts in blocks 1 and 3).
 # TABLE_ONLY=1 trains nothing: it rewrites the table's rows of the runs named from their directories.
 # Runs go to $OUT/<name> (default runs/qsweep), one line each to $OUT/table.txt; then the mean and
 # spread over the seeds per model, and the switch - dense gap per seed. The run directories hold a
@@ -73,7 +78,19 @@ m15-L3     1 --config switch-ptb --set num_layers=3 --steps 3580 --set warmup_st
 m15-L2     1 --config switch-ptb --set num_layers=2 --steps 4260 --set warmup_steps=170
 m15-shift  1 --config switch-ptb --set shift_windows=1 --set ema_decay=0.995 --steps 2900 --set warmup_steps=116
 m15-s2     2 --config switch-ptb --steps 2900 --set warmup_steps=116
-m15-shift-s2 2 --config switch-ptb --set shift_windows=1 --steps 2900 --set warmup_steps=116'
+m15-shift-s2 2 --config switch-ptb --set shift_windows=1 --steps 2900 --set warmup_steps=116
+a-base     1 --config switch-ptb --set ema_decay=0.995
+a-swiglu   1 --config switch-ptb --set hidden_act=swiglu --set d_ff=688
+a-rms      1 --config switch-ptb --set norm_type=rmsnorm
+a-h8       1 --config switch-ptb --set num_heads=8
+a-beta2    1 --config switch-ptb --set beta2=0.99
+a-fg16     1 --config switch-ptb --set num_experts=16 --set expert_d_ff=512 --set router_type=topk --set num_experts_per_tok=2
+a-shared   1 --config switch-ptb --set shared_expert=true --set expert_d_ff=512
+a-sp2      1 --config switch-ptb --set sparse_step=2
+a-sr       1 --config switch-ptb --set hidden_act=swiglu --set d_ff=688 --set norm_type=rmsnorm --set beta2=0.99
+a-srr      1 --config switch-ptb --set hidden_act=swiglu --set d_ff=688 --set norm_type=rmsnorm --set beta2=0.99
+a-b999     1 --config switch-ptb --set beta2=0.999
+a-b99-lr2  1 --config switch-ptb --set beta2=0.99 --set lr=2e-3'
 
 one() {   # one NAME SEED ARGS...
     name=$1; seed=$2; shift 2

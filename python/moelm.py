@@ -129,6 +129,10 @@ class Cfg:
         self.jitter = d.get("router_jitter_noise", 0.0)
         # the adaptive softmax's cutoffs ("2000,6000"; absent: a full softmax)
         self.cutoffs = [int(c) for c in str(d.get("adaptive_softmax_cutoffs", "")).split(",") if c not in ("", "0")]
+        # rotary positions on q and k instead of a learned pos_emb (absent: learned)
+        self.rope = d.get("position_embedding", "learned") == "rope"
+        self.theta = d.get("rope_theta", 10000.0)
+        self.positions = d["n_positions"]
 
     def sparse(self, l):
         """Block l has an MoE layer (the lm's; the seed model's one MoE layer is its head's)."""
@@ -163,6 +167,10 @@ def attention(cfg, x, P, pre):
     qkv = F.linear(x, P[pre + "attn.qkv.weight"], P[pre + "attn.qkv.bias"])
     q, k, v = qkv.split(C, dim=-1)
     q, k, v = (t.view(B, T, NH, hs).transpose(1, 2) for t in (q, k, v))
+    if cfg.rope:
+        cos, sin = rope_cos_sin(T, hs, cfg.theta)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
     s = q @ k.transpose(-2, -1) / (hs ** 0.5)
     mask = torch.ones(T, T, dtype=torch.bool).tril()
     s = s.masked_fill(~mask, float("-inf"))
@@ -325,7 +333,9 @@ def adaptive_log_probs(z, cl, cuts):
 def forward(cfg, P, inputs, stats, training=True, random_expert=None):
     """inputs [B, T] long -> (logits [B*T, V], aux). P: moelm's tensor names -> tensors."""
     B, T = inputs.shape
-    x = P["tok_emb.weight"][inputs] + P["pos_emb.weight"][:T].unsqueeze(0)
+    x = P["tok_emb.weight"][inputs]
+    if not cfg.rope:
+        x = x + P["pos_emb.weight"][:T].unsqueeze(0)
     aux = torch.zeros(())
     tokens = inputs.reshape(-1)
     for l in range(cfg.L):
@@ -535,7 +545,7 @@ class MoeLM(torch.nn.Module):
             self.V, self.positions = config["vocab_size"], config.get("max_position_embeddings", 1 << 30)
         else:
             self.cfg = Cfg(config)
-            self.V, self.positions = self.cfg.V, tensors["pos_emb.weight"].shape[0]
+            self.V, self.positions = self.cfg.V, self.cfg.positions
         for name, t in tensors.items():
             owner = self
             parts = name.split(".")

@@ -111,6 +111,23 @@ check "adaptive softmax: cutoffs past the vocabulary left out, with a note" \
            grep -q '\"adaptive_softmax_cutoffs\": \"50\"' $TMP/ad-fit/latest/config.json"
 expect_error "adaptive_softmax_cutoffs out of order" "adaptive_softmax_cutoffs must ascend" \
     $BIN train $SW --set adaptive_softmax_cutoffs=50,20 --steps 1 --out "$TMP/ad-bad" $T
+# rotary positions (position_embedding rope): the banner says so, the run has no pos_emb, a resume
+# continues exactly, generate reads the run; an odd head width is a one-line error
+RP="$SW --steps 30 --set position_embedding=rope"
+$BIN train $RP --out "$TMP/rp-full" >/dev/null 2>&1
+$BIN train $RP --stop-at 20 --out "$TMP/rp-half" >/dev/null 2>&1
+$BIN train --resume "$TMP/rp-half" --ckpt-interval 10 --eval-interval 0 --log-interval 1 -t 1 >"$TMP/rp-half.log" 2>&1
+check "rope: the banner names it" grep -q '^model: lm (RoPE),' "$TMP/rp-half.log"
+check "rope: no learned positions in the checkpoint (the learned run's has them)" \
+    sh -c "! head -c 8192 $TMP/rp-full/latest/model.safetensors | grep -qa pos_emb.weight &&
+    head -c 8192 $TMP/sw-plain/latest/model.safetensors | grep -qa pos_emb.weight &&
+    grep -q '\"position_embedding\": \"rope\"' $TMP/rp-full/latest/config.json"
+check "rope: resumed at step 20, identical loss curve" \
+    test -n "$(loss_of "$TMP/rp-full")" -a "$(loss_of "$TMP/rp-full")" = "$(loss_of "$TMP/rp-half")"
+check "rope: the loss is not the learned positions'" test "$(loss_of "$TMP/rp-full")" != "$(loss_of "$TMP/sw-plain")"
+check "rope: generate" $BIN generate -m "$TMP/rp-full" -p "the" -n 8 -t 1
+expect_error "rope with an odd head width" "position_embedding rope needs an even head width" \
+    $BIN train $SW --set position_embedding=rope --set d_model=30 --set num_heads=2 --steps 1 --out "$TMP/rp-bad" $T
 expect_error "dropout_start_epochs at or above dropout_epochs" "must be below dropout_epochs" \
     $BIN train --config tiny --set dropout_growth=0.1 --set dropout_start_epochs=10 --steps 1 --out "$TMP/drbad2" $T
 

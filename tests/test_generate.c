@@ -332,6 +332,23 @@ TEST(kv_adaptive_lm) {
     run_case(&c, "adaptive softmax lm");
 }
 
+/* rotary positions: the step rotates q and k at position t (llama_attention, with the lm's qkv bias) */
+TEST(kv_rope_lm) {
+    ModelConfig c;
+    tiny(&c, 13);
+    c.num_experts = 4;
+    c.sparse_step = 1;
+    c.eval_capacity_factor = 0.0f;
+    EXPECT(config_set(&c, "position_embedding", "rope") == MOELM_OK && config_set(&c, "rope_theta", "50") == MOELM_OK);
+    run_case(&c, "rope lm");
+    tiny(&c, 13);
+    c.num_experts = 0;
+    c.d_model = 64;
+    c.d_ff = 48;
+    EXPECT(config_set(&c, "position_embedding", "rope") == MOELM_OK);
+    run_case(&c, "rope lm, heads of 32");
+}
+
 TEST(kv_topk_lm) {
     ModelConfig c;
     tiny(&c, 13);
@@ -724,6 +741,7 @@ int main(void) {
     RUN(kv_dense_wide_heads);
     RUN(kv_switch_lm);
     RUN(kv_adaptive_lm);
+    RUN(kv_rope_lm);
     RUN(kv_topk_lm);
     RUN(kv_llama_family);
     RUN(kv_seed_models);

@@ -63,6 +63,10 @@ cfg ad-not-a-list    "adaptive_softmax_cutoffs: .* is not a comma-separated list
 cfg ad-negative      "adaptive_softmax_cutoffs: .* is not a comma-separated list" '{"adaptive_softmax_cutoffs": "-5"}'
 cfg ad-too-many      "adaptive_softmax_cutoffs: at most 8" '{"adaptive_softmax_cutoffs": "1,2,3,4,5,6,7,8,9"}'
 cfg ad-on-seed       "only model_type lm"         '{"model_type": "seed", "adaptive_softmax_cutoffs": "5"}'
+cfg pos-unknown      "position_embedding: 'alibi' is not learned or rope" '{"position_embedding": "alibi"}'
+cfg rope-on-seed     "position_embedding rope: only model_type lm" '{"model_type": "seed", "position_embedding": "rope"}'
+cfg rope-theta       "rope_theta" '{"position_embedding": "rope", "rope_theta": 0.5}'
+cfg rope-odd-heads   "even head width" '{"position_embedding": "rope", "d_model": 30, "num_heads": 2}'
 cfg negative-sparse  "sparse_step"                '{"sparse_step": -1}'
 cfg newline-in-key   "unknown"                    '{"d_\nmodel": 64}'
 printf '{"d_model": 64\000}' >"$C/nul.json"; nc=$((nc + 1))
@@ -185,6 +189,9 @@ newck adcut; sed -i 's/^{/{"adaptive_softmax_cutoffs": "99999",/' "$d/config.jso
 expect_error "checkpoint: adaptive cutoffs past the vocabulary" "config.json.*adaptive_softmax_cutoffs: 99999 is not in" $BIN eval -m "$r" -t 1 -b 2
 newck adw; sed -i 's/^{/{"adaptive_softmax_cutoffs": "5",/' "$d/config.json"; resum "$d" config.json
 expect_error "checkpoint: adaptive softmax without its cluster vectors" "model.safetensors.*adaptive.cluster.weight" $BIN generate -m "$r" -n 2 -t 1
+# a learned-position checkpoint whose config.json says rope: its weights hold a pos_emb the model lacks
+newck rope; sed -i 's/^{/{"position_embedding": "rope",/' "$d/config.json"; resum "$d" config.json
+expect_error "checkpoint: rope config over learned-position weights" "model.safetensors: tensor pos_emb.weight, which config.json's model does not have" $BIN eval -m "$r" -t 1 -b 2
 newck bigtok; awk 'BEGIN { for (i = 0; i < 2000; i++) print "w" i }' >"$TMP/words.txt"
 $BIN tokenizer train --input "$TMP/words.txt" --model_prefix "$TMP/bigtok" --vocab_size 3000 --model_type word >/dev/null 2>&1
 cp "$TMP/bigtok.model" "$d/tokenizer.model"; resum "$d" tokenizer.model

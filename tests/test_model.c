@@ -176,6 +176,32 @@ TEST(grad_adaptive_lm) {
     run_case(&c, "adaptive softmax, 1 cluster, untied");
 }
 
+/* Rotary positions in the lm (position_embedding rope): the llama path's rotation behind the lm's
+ * biased q | k | v, no pos_emb; after a switch layer with drops, rmsnorm and swiglu; and dense */
+TEST(grad_rope_lm) {
+    ModelConfig c;
+    tiny(&c, 11);
+    c.num_experts = 3;
+    c.sparse_step = 1;
+    c.capacity_factor = 0.5f;
+    c.eval_capacity_factor = 0.5f;
+    c.min_capacity = 1;
+    c.norm_type = NORM_RMS;
+    c.hidden_act = ACT_SWIGLU;
+    EXPECT(config_set(&c, "position_embedding", "rope") == MOELM_OK && c.rope == 1);
+    EXPECT(config_set(&c, "rope_theta", "50") == MOELM_OK);   /* a small base: every pair turns visibly at T = 5 */
+    EXPECT(config_check(&c) == MOELM_OK);
+    run_case(&c, "rope lm, switch with drops, rmsnorm swiglu");
+    tiny(&c, 11);
+    c.num_experts = 0;
+    EXPECT(config_set(&c, "position_embedding", "rope") == MOELM_OK);
+    Model m;
+    EXPECT(model_create(&m, &c, 2, 5, 1) == MOELM_OK);
+    EXPECT(m.p.wpe == NULL);   /* no learned positions */
+    model_free(&m);
+    run_case(&c, "rope lm, dense");
+}
+
 /* A forward for the distribution (no targets, or full_logits) gives every word's log p: each row sums to
  * 1, and the targets' entries are the losses of the forward that reads the targets' clusters only. */
 TEST(adaptive_full_logits_are_the_losses) {
@@ -525,6 +551,20 @@ TEST(bad_configs_rejected) {
     c.vocab_size = 11;
     EXPECT(config_set(&c, "adaptive_softmax_cutoffs", "4") == MOELM_OK);
     EXPECT(config_check(&c) == MOELM_ERR_CONFIG && strstr(moelm_last_error(), "model_type lm"));
+    /* position_embedding: learned or rope; rope on the lm only, with an even head width */
+    tiny(&c, 11);
+    EXPECT(config_set(&c, "position_embedding", "absolute") == MOELM_ERR_CONFIG &&
+           strstr(moelm_last_error(), "not learned or rope"));
+    EXPECT(config_set(&c, "position_embedding", "rope") == MOELM_OK && config_check(&c) == MOELM_OK);
+    c.num_heads = 4;   /* 8 / 4 = 2: even */
+    EXPECT(config_check(&c) == MOELM_OK);
+    c.d_model = 12;
+    c.num_heads = 4;   /* 12 / 4 = 3 */
+    EXPECT(config_check(&c) == MOELM_ERR_CONFIG && strstr(moelm_last_error(), "even head width"));
+    config_preset(&c, "seed-switch");
+    c.vocab_size = 11;
+    EXPECT(config_set(&c, "position_embedding", "rope") == MOELM_OK);
+    EXPECT(config_check(&c) == MOELM_ERR_CONFIG && strstr(moelm_last_error(), "only model_type lm"));
 }
 
 /* Expert parallelism's layout: each of P parts holds E/P experts of every MoE layer, with exactly
@@ -588,6 +628,7 @@ TEST(config_json_round_trip) {
     c.num_experts_per_tok = 2;
     c.routed_scaling_factor = 0.75f;
     EXPECT(config_set(&c, "adaptive_softmax_cutoffs", "200,600") == MOELM_OK);
+    EXPECT(config_set(&c, "position_embedding", "rope") == MOELM_OK && config_set(&c, "rope_theta", "500") == MOELM_OK);
     char *js = config_to_json(&c);
     EXPECT(js != NULL);
     system("mkdir -p build/tmp");
@@ -667,6 +708,7 @@ int main(void) {
     RUN(grad_switch_lm_with_drops);
     RUN(grad_topk_lm);
     RUN(grad_adaptive_lm);
+    RUN(grad_rope_lm);
     RUN(adaptive_full_logits_are_the_losses);
     RUN(grad_mixtral);
     RUN(grad_mixtral_switch_capacity);

@@ -1,7 +1,7 @@
 #!/bin/sh
 # test_python.sh: python/moelm.py (a run directory as a PyTorch nn.Module) against `moelm forward`:
 # for a small trained run of each supported kind (lm: switch, top-2 with Mixtral gates, soft,
-# hash, shared expert + selection bias, an adaptive softmax (logits: every word's log p); seed: switch, soft, random; mixtral; llama), the module's logits on a batch
+# hash, shared expert + selection bias, an adaptive softmax (logits: every word's log p), rotary positions; seed: switch, soft, random; mixtral; llama), the module's logits on a batch
 # equal moelm's within 1e-5 of the largest logit (both float32; measured differences are ~1e-6 of
 # it: a different summation order, no routing flip), the routing it exposes is consistent (kept
 # slots within capacity), and the tokenizer helper round-trips through `moelm tokenizer`.
@@ -37,6 +37,7 @@ train lm_hash --config tiny --set router_type=hash --set sparse_step=1
 train lm_shared --config tiny --set shared_expert=1 --set use_expert_bias=1 --set routed_scaling_factor=2 \
     --set capacity_factor=0.5 --set eval_capacity_factor=0.5
 train lm_adaptive --config tiny --set adaptive_softmax_cutoffs=60,300 --set sparse_step=1
+train lm_rope --config tiny --set position_embedding=rope --set rope_theta=100 --set sparse_step=1 --set hidden_act=swiglu
 train seed_switch --config seed-switch $SMALL --set num_experts=8 --set head_hidden=40 --set dropout_rate=0
 train seed_gating --config seed-gating $SMALL --set num_experts=4 --set head_hidden=40 --set dropout_rate=0
 train seed_moe --config seed-moe $SMALL --set num_experts=4 --set head_hidden=40 --set dropout_rate=0
@@ -46,7 +47,7 @@ train llama --config llama-tiny --set d_model=32 --set d_ff=48
 # the batch: 3 sequences of 40 ids of each run's vocabulary (drawn, fixed seed), and moelm's logits;
 # the inputs of every run written by one Python process without torch (its import costs ~2 s of CPU:
 # only the comparison below pays it)
-RUNS="lm_switch lm_top2 lm_soft lm_hash lm_shared lm_adaptive seed_switch seed_gating seed_moe mixtral llama"
+RUNS="lm_switch lm_top2 lm_soft lm_hash lm_shared lm_adaptive lm_rope seed_switch seed_gating seed_moe mixtral llama"
 "$PY" - "$TMP" "$RUNS" <<'PYEOF' >"$TMP/inputs.txt" 2>&1
 import json, random, struct, sys
 for n in sys.argv[2].split():

@@ -328,6 +328,12 @@ moelm_status config_set(ModelConfig *c, const char *key, const char *v) {
         return MOELM_OK;
     }
     if (!strcmp(key, "adaptive_softmax_cutoffs")) return parse_cutoffs(c, key, v);
+    if (!strcmp(key, "position_embedding")) {
+        if (!strcmp(v, "learned")) c->rope = 0;
+        else if (!strcmp(v, "rope")) c->rope = 1;
+        else return moelm_fail(MOELM_ERR_CONFIG, "position_embedding: '%s' is not learned or rope", v);
+        return MOELM_OK;
+    }
     if (!strcmp(key, "norm_type")) {
         if (!strcmp(v, "layernorm")) c->norm_type = NORM_LAYER;
         else if (!strcmp(v, "rmsnorm")) c->norm_type = NORM_RMS;
@@ -516,6 +522,8 @@ char *config_to_json(const ModelConfig *c) {
         for (int k = 0; k < c->n_adaptive; k++) sb_printf(&sb, "%s%d", k ? "," : "", c->adaptive_cutoffs[k]);
         sb_printf(&sb, "\"");
     }
+    if (c->rope)   /* likewise */
+        sb_printf(&sb, ",\n  \"position_embedding\": \"rope\",\n  \"rope_theta\": %.9g", c->rope_theta);
     sb_printf(&sb, "\n}\n");
     if (sb.failed) {
         sb_free(&sb);
@@ -603,6 +611,13 @@ moelm_status config_check(const ModelConfig *c) {
             REQ(!k || cut > c->adaptive_cutoffs[k - 1], "adaptive_softmax_cutoffs must ascend (%d after %d)", cut,
                 c->adaptive_cutoffs[k - 1]);
         }
+    }
+    if (c->rope) {
+        REQ(c->model_type == MODEL_LM, "position_embedding rope: only model_type lm has the choice (llama and mixtral "
+            "always rotate, the others learn their positions)");
+        REQ((c->d_model / c->num_heads) % 2 == 0, "position_embedding rope needs an even head width (d_model / "
+            "num_heads = %d)", c->d_model / c->num_heads);
+        REQ(isfinite(c->rope_theta) && c->rope_theta > 1.0f, "rope_theta must be > 1 (got %g)", c->rope_theta);
     }
     if (c->model_type == MODEL_SEED) {
         REQ(c->num_experts >= 1, "the seed model needs num_experts >= 1 (got %d)", c->num_experts);

@@ -61,6 +61,9 @@ typedef struct {
      * Key adaptive_softmax_cutoffs, a comma-separated list ("2000,6000"; "" or "0": none) */
     int n_adaptive;
     int adaptive_cutoffs[ADAPTIVE_MAX];
+    /* lm: rotary position embeddings (the rotate-half RoPE of llama, base rope_theta) on q and k in place of
+     * the learned pos_emb added to the input. Key position_embedding, "learned" (0) or "rope" (1) */
+    int rope;
     /* MoE (num_experts <= 1: dense model) */
     int num_experts;            /* E */
     int sparse_step;            /* lm: block i is sparse when sparse_step == 1 or i % sparse_step == 1 (HF) */
@@ -89,6 +92,9 @@ typedef struct {
 static inline int config_is_llama(const ModelConfig *c) {
     return c->model_type == MODEL_MIXTRAL || c->model_type == MODEL_LLAMA;
 }
+/* 1 where attention rotates q and k (RoPE) and the input has no position embedding: the llama family,
+ * and an lm with position_embedding rope. */
+static inline int config_uses_rope(const ModelConfig *c) { return config_is_llama(c) || c->rope; }
 /* The model_type of config.json: lm, seed, switch_transformers, mixtral, llama. */
 const char *config_model_type_name(ModelType t);
 

@@ -485,7 +485,8 @@ static void phase_end(KVCache *kv, KVPhase p, double *since) {
     *since = now;
 }
 
-/* The llama family's attention of position t in layer l (model.c's attn_block_fwd for one row): the
+/* The rotary attention of position t in layer l (the llama family's, an lm's with RoPE; model.c's
+ * attn_block_fwd for one row): the
  * calling thread's key/value heads g, with their query heads g G .. g G + G - 1 (G = NH / NKV): their
  * rows of q, k and v from inp, the rotation of q and k at position t, k and v into the cache (kv head g
  * where the lm keeps head g), and attn_step over the cache into atty. */
@@ -500,9 +501,9 @@ static void llama_attention(Model *m, KVCache *kv, const float *inp, const Layer
     share_of(NKV, 1, &g0, &g1);
     if (g0 >= g1) return;
     int qr = NH * hd, kr = NKV * hd;   /* the first rows of k and of v in qkv_w */
-    mv_rows(m, kv, kv->qkv, inp, lp->qkv_w, NULL, g0 * G * hd, g1 * G * hd, C);
-    mv_rows(m, kv, kv->qkv, inp, lp->qkv_w, NULL, qr + g0 * hd, qr + g1 * hd, C);
-    mv_rows(m, kv, kv->qkv, inp, lp->qkv_w, NULL, qr + kr + g0 * hd, qr + kr + g1 * hd, C);
+    mv_rows(m, kv, kv->qkv, inp, lp->qkv_w, lp->qkv_b, g0 * G * hd, g1 * G * hd, C);   /* qkv_b: an lm's */
+    mv_rows(m, kv, kv->qkv, inp, lp->qkv_w, lp->qkv_b, qr + g0 * hd, qr + g1 * hd, C);
+    mv_rows(m, kv, kv->qkv, inp, lp->qkv_w, lp->qkv_b, qr + kr + g0 * hd, qr + kr + g1 * hd, C);
     const ModelActs *a = &m->a;
     int nq = (g1 - g0) * G, nk = g1 - g0;   /* one row each: its stride is its width */
     rope_forward(q + (size_t)g0 * G * hd, &t, a->rope_cos, a->rope_sin, P, 1, nq, hd, (size_t)nq * hd);
@@ -585,7 +586,7 @@ static void gen_step(Model *m, KVCache *kv, const OwnVecs *v, const ModelStep *s
         break;
     case STEP_ATTN:
         CHECK(out == kv->atty);
-        if (config_is_llama(c)) llama_attention(m, kv, in, lp, s, t);
+        if (config_uses_rope(c)) llama_attention(m, kv, in, lp, s, t);
         else lm_attention(m, kv, in, lp, s, t);
         team_barrier(kv);
         break;

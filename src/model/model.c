@@ -127,7 +127,7 @@ static void layout_model(Layout *L) {
     ModelParams *p = &m->p, *g = &m->g;
     char nm[96];
     p->wte = layout_tensor(L, &g->wte, "tok_emb.weight", 1, 2, V, C, 0);
-    p->wpe = layout_tensor(L, &g->wpe, "pos_emb.weight", 1, 2, c->n_positions, C, 0);
+    if (!c->rope) p->wpe = layout_tensor(L, &g->wpe, "pos_emb.weight", 1, 2, c->n_positions, C, 0);
     for (int l = 0; l < c->num_layers; l++) {
         LayerParams *lp = &p->layers[l], *lg = &g->layers[l];
 #define NAME(s) (snprintf(nm, sizeof nm, "blocks.%d.%s", l, s), nm)
@@ -256,7 +256,7 @@ static void layout_acts(void *ctx, Bump *b) {
     a->lse = BF(b, N);
     a->inputs = bump(b, sizeof(int) * N);
     a->targets = bump(b, sizeof(int) * N);
-    if (config_is_llama(c)) {
+    if (config_uses_rope(c)) {
         int hd = C / NH, P = c->n_positions;
         a->rope_cos = BF(b, (size_t)P * hd / 2);
         a->rope_sin = BF(b, (size_t)P * hd / 2);
@@ -377,7 +377,7 @@ static moelm_status create(Model *m, const ModelConfig *cfg, int B, int T, uint6
     layout_model(&lay);
     m->acts_mem = layout_alloc(layout_acts, m, &m->acts_bytes);
     if (!m->acts_mem) { model_free(m); return MOELM_ERR_NOMEM; }
-    if (config_is_llama(cfg)) {
+    if (config_uses_rope(cfg)) {
         rope_tables(m->a.rope_cos, m->a.rope_sin, cfg->n_positions, cfg->d_model / cfg->num_heads, cfg->rope_theta);
         rope_positions(m->a.rope_pos, B, T, 0);
     }
@@ -583,7 +583,7 @@ static void attn_block_fwd(const Model *m, LayerActs *la, const LayerParams *lp,
     const ModelConfig *c = &m->cfg;
     int N = m->B * m->T, C = c->d_model, NH = c->num_heads, QKV = model_qkv_width(c);
     linear_fwd(la->qkv, inp, lp->qkv_w, &lp->qkv16, lp->qkv_b, N, C, QKV);
-    if (!config_is_llama(c)) {
+    if (!config_uses_rope(c)) {
         attention_forward(la->atty, la->att, la->qkv, m->B, m->T, C, NH, 1);
         return;
     }
@@ -601,7 +601,7 @@ static void attn_block_bwd(Model *m, float *dinp, LayerParams *lg, const float *
     const ModelConfig *c = &m->cfg;
     ModelScratch *s = &m->s;
     int N = m->B * m->T, C = c->d_model, NH = c->num_heads, QKV = model_qkv_width(c);
-    if (!config_is_llama(c)) {
+    if (!config_uses_rope(c)) {
         attention_backward(s->dqkv, s->datt, datty, la->att, la->qkv, m->B, m->T, C, NH, 1);
     } else {
         AttnDims d = attn_dims(m);
@@ -711,7 +711,7 @@ static void forward_step(Model *m, const ModelStep *st, int s, const int *inputs
     const float *in = st->op == STEP_EMBED ? NULL : forward_vec(m, s, st->in);
     switch (st->op) {
     case STEP_EMBED:
-        encoder_forward(out, inputs, p->wte, p->wpe, B, m->T, C);   /* wpe NULL: llama / mixtral */
+        encoder_forward(out, inputs, p->wte, p->wpe, B, m->T, C);   /* wpe NULL: RoPE */
         break;
     case STEP_NORM: {
         NormUse u = norm_use(m, s, st->norm);

@@ -424,6 +424,13 @@ static moelm_status check_shapes(const char *dir, const ModelConfig *cfg) {
                             have, want);
         }
     }
+    for (int i = 0; !st && i < st_count(sf); i++) {   /* every needed one is there: name one that is not needed */
+        int needed = 0;
+        for (int j = 0; !needed && j < n; j++) needed = !strcmp(st_name(sf, i), ft[j].name);
+        if (!needed)
+            st = moelm_fail(MOELM_ERR_FORMAT, "%s: tensor %s, which config.json's model does not have (%d tensors, it "
+                            "needs %d)", path, st_name(sf, i), st_count(sf), n);
+    }
     if (!st && st_count(sf) != n) st = moelm_fail(MOELM_ERR_FORMAT, "%s: %d tensors, config.json needs %d", path, st_count(sf), n);
     st_close(sf);
     moelm_free(ft);

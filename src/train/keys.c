@@ -27,6 +27,8 @@ static const KeyInfo model_keys[] = {
     {"tie_word_embeddings", "the output head shares the embedding matrix (lm)"},
     {"head_hidden", "seed: hidden width of the tutorial's head"},
     {"adaptive_softmax_cutoffs", "lm: an adaptive softmax's cutoffs over frequency-ordered ids (\"2000,6000\"; \"\": full)"},
+    {"position_embedding", "lm: learned (a trained vector per position, added to the input) or rope (q and k rotated)"},
+    {"rope_theta", "the rotary base (position_embedding rope; llama, mixtral)"},
     {"num_experts", "experts per MoE layer (0: a dense model)"},
     {"sparse_step", "lm: block i is sparse when sparse_step is 1 or i % sparse_step == 1"},
     {"router_type", "random, hash, soft, switch, topk or expert-choice"},

@@ -68,7 +68,7 @@ void print_model_summary(const Model *m, FILE *f) {
     else
     fprintf(f, "model: %s, vocab %d, d_model %d, %d layers, %d heads, d_ff %d, %s, %s%s\n",
             c->model_type == MODEL_SEED ? "seed" : c->model_type == MODEL_MIXTRAL ? "mixtral (GQA, RoPE)"
-            : c->model_type == MODEL_LLAMA ? "llama (GQA, RoPE)" : "lm", c->vocab_size, c->d_model, c->num_layers, c->num_heads,
+            : c->model_type == MODEL_LLAMA ? "llama (GQA, RoPE)" : c->rope ? "lm (RoPE)" : "lm", c->vocab_size, c->d_model, c->num_layers, c->num_heads,
             c->d_ff, c->norm_type == NORM_RMS ? "rmsnorm" : "layernorm",
             c->hidden_act == ACT_RELU ? "relu" : c->hidden_act == ACT_GELU ? "gelu" : "swiglu",
             c->model_type != MODEL_SEED ? (c->tie_word_embeddings ? ", tied head" : ", untied head") : "");
@@ -796,7 +796,7 @@ static moelm_status run_new_settings(Run *r) {
     r->state.batch_size = tc->batch_size;
     r->state.seq_len = tc->seq_len;
     if (o->init_from && o->config && (st = init_check_config(r)) != MOELM_OK) return st;
-    int learned_pos = !config_is_llama(&r->cfg) && r->cfg.model_type != MODEL_SWITCH;
+    int learned_pos = !config_uses_rope(&r->cfg) && r->cfg.model_type != MODEL_SWITCH;
     if (o->init_from && learned_pos && r->cfg.n_positions < tc->seq_len)
         return moelm_fail(MOELM_ERR_CONFIG, "--init-from: sequences of %d tokens, but %s's model has learned positions "
                           "for %d", tc->seq_len, o->init_from, r->cfg.n_positions);

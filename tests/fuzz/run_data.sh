@@ -45,6 +45,7 @@ printf '{"d_model": 64, "num_heads": 4, "num_experts": 8, "router_type": "topk",
 printf '{"model_type": "seed", "num_experts": 4, "vocab_size": 50}' > "$out/corpus_config/2"
 printf '{"d_model": 64, "vocab_size": 300, "adaptive_softmax_cutoffs": "20,100"}' > "$out/corpus_config/adaptive"
 printf '{"adaptive_softmax_cutoffs": "5,9,4000"}' > "$out/corpus_config/adaptive-novocab"
+printf '{"d_model": 64, "num_heads": 4, "position_embedding": "rope", "rope_theta": 500}' > "$out/corpus_config/rope"
 # switch_transformers (Hugging Face's config.json): the reference's two, and HF's defaults with nulls
 cp tests/ref/switch/switch_tied/config.json "$out/corpus_config/switch-tied"
 cp tests/ref/switch/switch_untied/config.json "$out/corpus_config/switch-untied"
