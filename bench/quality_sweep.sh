@@ -33,7 +33,11 @@
 #   preset, and a weight average 0.995), a-swiglu (SwiGLU FFNs at d_ff 688: the GELU FFN's parameters),
 #   a-rms (RMSNorm), a-h8 (8 heads of 32), a-beta2 (Adam's beta2 0.99), a-fg16 (16 experts of width 512,
 #   top-2: the same active width), a-shared (a shared expert of 512 beside 8 routed ones of 512), a-sp2
-#   (experts in blocks 1 and 3).
+#   (experts in blocks 1 and 3), a-beta2 and a-b999 (beta2 0.99, 0.999), a-b99-lr2 (0.99 and lr 2e-3),
+#   a-sr (SwiGLU, RMSNorm, beta2 0.99) and a-srr (the same with rotary positions: run before the key
+#   existed, on a build that switched the same rotation on by an environment variable). Every entry runs
+#   against the presets as they are now: since session 22 they have the block of a-srr and beta2 0.999,
+#   so the earlier entries no longer repeat what they measured.
 # TABLE_ONLY=1 trains nothing: it rewrites the table's rows of the runs named from their directories.
 # Runs go to $OUT/<name> (default runs/qsweep), one line each to $OUT/table.txt; then the mean and
 # spread over the seeds per model, and the switch - dense gap per seed. The run directories hold a
@@ -88,7 +92,7 @@ a-fg16     1 --config switch-ptb --set num_experts=16 --set expert_d_ff=512 --se
 a-shared   1 --config switch-ptb --set shared_expert=true --set expert_d_ff=512
 a-sp2      1 --config switch-ptb --set sparse_step=2
 a-sr       1 --config switch-ptb --set hidden_act=swiglu --set d_ff=688 --set norm_type=rmsnorm --set beta2=0.99
-a-srr      1 --config switch-ptb --set hidden_act=swiglu --set d_ff=688 --set norm_type=rmsnorm --set beta2=0.99
+a-srr      1 --config switch-ptb --set hidden_act=swiglu --set d_ff=688 --set norm_type=rmsnorm --set beta2=0.99 --set position_embedding=rope
 a-b999     1 --config switch-ptb --set beta2=0.999
 a-b99-lr2  1 --config switch-ptb --set beta2=0.99 --set lr=2e-3'
 
