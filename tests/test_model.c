@@ -119,6 +119,16 @@ static void run_case(ModelConfig *c, const char *label) {
     model_free(&m);
 }
 
+/* 3 experts in every block, capacity 2 of the 10 tokens' slots: drops happen */
+static void switch_with_drops(ModelConfig *c) {
+    tiny(c, 11);
+    c->num_experts = 3;
+    c->sparse_step = 1;
+    c->capacity_factor = 0.5f;      /* Cap = max(1, round(0.5*10/3)) = 2 */
+    c->eval_capacity_factor = 0.5f;
+    c->min_capacity = 1;
+}
+
 TEST(grad_dense_lm) {
     ModelConfig c;
     tiny(&c, 11);
@@ -138,12 +148,7 @@ TEST(grad_dense_rms_swiglu_untied) {
 
 TEST(grad_switch_lm_with_drops) {
     ModelConfig c;
-    tiny(&c, 11);
-    c.num_experts = 3;
-    c.sparse_step = 1;
-    c.capacity_factor = 0.5f;      /* Cap = max(1, round(0.5*10/3)) = 2: drops happen */
-    c.eval_capacity_factor = 0.5f;
-    c.min_capacity = 1;
+    switch_with_drops(&c);
     run_case(&c, "switch lm, capacity dropping");
 }
 
@@ -161,12 +166,7 @@ TEST(grad_topk_lm) {
  * embedding, after a switch layer with drops; one cluster, untied */
 TEST(grad_adaptive_lm) {
     ModelConfig c;
-    tiny(&c, 11);
-    c.num_experts = 3;
-    c.sparse_step = 1;
-    c.capacity_factor = 0.5f;
-    c.eval_capacity_factor = 0.5f;
-    c.min_capacity = 1;
+    switch_with_drops(&c);
     EXPECT(config_set(&c, "adaptive_softmax_cutoffs", "4,8") == MOELM_OK && c.n_adaptive == 2);
     run_case(&c, "adaptive softmax, 2 clusters, tied, switch with drops");
     tiny(&c, 11);
@@ -180,12 +180,7 @@ TEST(grad_adaptive_lm) {
  * biased q | k | v, no pos_emb; after a switch layer with drops, rmsnorm and swiglu; and dense */
 TEST(grad_rope_lm) {
     ModelConfig c;
-    tiny(&c, 11);
-    c.num_experts = 3;
-    c.sparse_step = 1;
-    c.capacity_factor = 0.5f;
-    c.eval_capacity_factor = 0.5f;
-    c.min_capacity = 1;
+    switch_with_drops(&c);
     c.norm_type = NORM_RMS;
     c.hidden_act = ACT_SWIGLU;
     EXPECT(config_set(&c, "position_embedding", "rope") == MOELM_OK && c.rope == 1);
