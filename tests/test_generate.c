@@ -312,22 +312,24 @@ TEST(kv_dense_wide_heads) {
     run_case(&c, "dense, heads of 32");
 }
 
+/* 4 experts in every block, dropless: N = 1 never drops, so neither may the full pass */
+static void switch_dropless(ModelConfig *c) {
+    tiny(c, 13);
+    c->num_experts = 4;
+    c->sparse_step = 1;
+    c->eval_capacity_factor = 0.0f;
+}
+
 TEST(kv_switch_lm) {
     ModelConfig c;
-    tiny(&c, 13);
-    c.num_experts = 4;
-    c.sparse_step = 1;
-    c.eval_capacity_factor = 0.0f;   /* dropless: N = 1 never drops, so neither may the full pass */
+    switch_dropless(&c);
     run_case(&c, "switch lm");
 }
 
 /* the adaptive softmax: both paths give every word's log p (the step normalises after its team) */
 TEST(kv_adaptive_lm) {
     ModelConfig c;
-    tiny(&c, 13);
-    c.num_experts = 4;
-    c.sparse_step = 1;
-    c.eval_capacity_factor = 0.0f;
+    switch_dropless(&c);
     EXPECT(config_set(&c, "adaptive_softmax_cutoffs", "5,9") == MOELM_OK);
     run_case(&c, "adaptive softmax lm");
 }
@@ -335,10 +337,7 @@ TEST(kv_adaptive_lm) {
 /* rotary positions: the step rotates q and k at position t (llama_attention, with the lm's qkv bias) */
 TEST(kv_rope_lm) {
     ModelConfig c;
-    tiny(&c, 13);
-    c.num_experts = 4;
-    c.sparse_step = 1;
-    c.eval_capacity_factor = 0.0f;
+    switch_dropless(&c);
     EXPECT(config_set(&c, "position_embedding", "rope") == MOELM_OK && config_set(&c, "rope_theta", "50") == MOELM_OK);
     run_case(&c, "rope lm");
     tiny(&c, 13);

@@ -630,11 +630,12 @@ moelm_status config_check(const ModelConfig *c) {
                 c->adaptive_cutoffs[k - 1]);
         }
     }
-    if (c->rope) {
-        REQ(c->model_type == MODEL_LM, "position_embedding rope: only model_type lm has the choice (llama and mixtral "
-            "always rotate, the others learn their positions)");
-        REQ((c->d_model / c->num_heads) % 2 == 0, "position_embedding rope needs an even head width (d_model / "
-            "num_heads = %d)", c->d_model / c->num_heads);
+    REQ(!c->rope || c->model_type == MODEL_LM, "position_embedding rope: only model_type lm has the choice (llama and "
+        "mixtral always rotate, the others learn their positions)");
+    if (config_uses_rope(c)) {   /* an lm with position_embedding rope, the llama family */
+        REQ((c->d_model / c->num_heads) % 2 == 0, "%s needs an even head width (%s = %d)",
+            c->rope ? "position_embedding rope" : "RoPE",
+            c->rope ? "d_model / num_heads" : "hidden_size / num_attention_heads", c->d_model / c->num_heads);
         REQ(isfinite(c->rope_theta) && c->rope_theta > 1.0f, "rope_theta must be > 1 (got %g)", c->rope_theta);
     }
     if (c->model_type == MODEL_SEED) {

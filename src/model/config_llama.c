@@ -189,9 +189,7 @@ moelm_status config_llama_check(const ModelConfig *c) {
     int nkv = c->num_key_value_heads ? c->num_key_value_heads : c->num_heads;
     REQ(nkv >= 1 && nkv <= c->num_heads && c->num_heads % nkv == 0,
         "num_key_value_heads (%d) must divide num_attention_heads (%d)", nkv, c->num_heads);
-    REQ((c->d_model / c->num_heads) % 2 == 0, "the head width hidden_size / num_attention_heads (%d) must be even "
-        "(rotary pairs)", c->d_model / c->num_heads);
-    REQ(c->rope_theta > 1.0f && isfinite(c->rope_theta), "rope_theta must be > 1 (got %g)", c->rope_theta);
+    /* the rotary head width and base: config_check, as for an lm with rotary positions */
     REQ(c->norm_type == NORM_RMS, "norm_type: the %s family uses rmsnorm", c->model_type == MODEL_MIXTRAL ? "mixtral" : "llama");
     REQ(c->hidden_act == ACT_SWIGLU, "hidden_act: the llama family uses silu (SwiGLU)");
     REQ(c->expert_d_ff == 0 || c->expert_d_ff == c->d_ff, "expert_d_ff: mixtral's experts are intermediate_size wide");
